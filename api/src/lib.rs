@@ -1,0 +1,21 @@
+//! `outrigger-api`: the wire model shared by the control plane and the proxy.
+//!
+//! The central type is [`Snapshot`]: everything one proxy needs to serve traffic
+//! (its own identity, its listeners, the services it may reach and their
+//! endpoints). It is plain serde data, readable from YAML (static bootstrap
+//! files) and JSON (the control-plane stream). Addresses are kept as strings on
+//! the wire so that [`Snapshot::validate`] can report *every* malformed value
+//! with its path instead of stopping at the first one, as a typed
+//! deserialization would.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod snapshot;
+mod validate;
+
+pub use duration::{Duration, DurationError};
+pub use snapshot::{
+    Admin, Direction, Endpoint, Limits, Listener, ParseError, ProxyInfo, Service, ServiceProtocol,
+    ServiceRef, Snapshot,
+};
+pub use validate::{FieldError, ValidationErrors};

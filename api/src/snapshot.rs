@@ -1,0 +1,272 @@
+//! The proxy's configuration snapshot: the wire model.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// Everything one proxy needs to serve traffic. A static bootstrap file holds
+/// one; the control plane streams a new one on every change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Opaque version string; shown on `/config` and in the metrics.
+    pub version: String,
+    /// Who this proxy is (used for the source/destination metric labels).
+    #[serde(default)]
+    pub proxy: ProxyInfo,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInfo {
+    /// The workload (Deployment, StatefulSet, ...) the proxy's pod belongs to.
+    pub workload: String,
+    pub namespace: String,
+    /// The proxy's SPIFFE identity, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl Default for ProxyInfo {
+    fn default() -> Self {
+        Self {
+            workload: "unknown".into(),
+            namespace: "default".into(),
+            identity: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `IP:port` of the admin listener (`/metrics`, `/ready`, `/live`,
+    /// `/config`, `POST /shutdown`).
+    pub bind: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0:4191".into(),
+        }
+    }
+}
+
+/// Guards and deadlines. Every field has a default, so a snapshot names only
+/// what it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections accepted per listener; past it new ones are closed at once.
+    pub max_connections: u32,
+    /// Time a client has to send a complete HTTP/1 request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list) accepted, in bytes.
+    pub max_header_bytes: u32,
+    /// How long protocol detection waits for a client's first bytes before the
+    /// connection is treated as opaque TCP (server-speaks-first protocols).
+    pub detect_timeout: Duration,
+    /// Deadline for connecting to an upstream endpoint.
+    pub connect_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight work may take before the proxy exits anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            detect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(90),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Traffic from this pod's app to the mesh (port 4140 by convention).
+    Outbound,
+    /// Traffic from the mesh to this pod's app (port 4143 by convention).
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub direction: Direction,
+    /// `IP:port` to bind. Port 0 picks a free port (tests).
+    pub bind: String,
+    /// Outbound only: send every connection to this service instead of looking
+    /// up the original destination (static mode: no iptables needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<ServiceRef>,
+    /// Inbound only: the app's `IP:port` when a connection carries no original
+    /// destination (static mode). With iptables, the app is reached on
+    /// `127.0.0.1:<original port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Inbound only: app ports whose traffic skips protocol detection and is
+    /// forwarded as opaque TCP (server-speaks-first protocols such as MySQL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+}
+
+/// Names one port of one service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRef {
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+}
+
+/// A service the proxy may reach: its virtual addresses and ports, and the
+/// endpoints behind them. A Kubernetes Service with several ports whose
+/// endpoints differ per port is several `Service` entries with the same name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// Virtual IPs (the ClusterIP): connections to `address:port` belong to
+    /// this service.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Virtual ports.
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    /// Detect HTTP/1, HTTP/2 or opaque TCP from the client's first bytes.
+    #[default]
+    Detect,
+    /// Skip detection: forward bytes as they come.
+    Opaque,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `IP:port` to connect to.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The workload serving at this endpoint (metrics `destination_workload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The endpoint proxy's SPIFFE identity (`spiffe://...`), when meshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Whether an Outrigger proxy fronts this endpoint. Meshed endpoints get
+    /// every HTTP request over one multiplexed HTTP/2 connection.
+    #[serde(default)]
+    pub meshed: bool,
+}
+
+/// A snapshot document that is not even well-formed.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("invalid YAML snapshot: {0}")]
+    Yaml(String),
+    #[error("invalid JSON snapshot: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Snapshot {
+    /// Reads a snapshot from YAML (JSON is valid YAML too).
+    pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
+        serde_saphyr::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ParseError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a snapshot always serializes")
+    }
+
+    pub fn service(&self, r: &ServiceRef) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.name == r.name && s.namespace == r.namespace && s.ports.contains(&r.port))
+    }
+}
+
+impl Admin {
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        parse_socket_addr(&self.bind)
+    }
+}
+
+impl Listener {
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        parse_socket_addr(&self.bind)
+    }
+
+    pub fn app_addr(&self) -> Result<Option<SocketAddr>, String> {
+        self.app.as_deref().map(parse_socket_addr).transpose()
+    }
+}
+
+impl Service {
+    pub fn virtual_ips(&self) -> Result<Vec<IpAddr>, String> {
+        self.addresses.iter().map(|a| parse_ip(a)).collect()
+    }
+
+    /// `name.namespace`, the `destination_service` metric label.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+}
+
+impl Endpoint {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        parse_socket_addr(&self.address)
+    }
+}
+
+pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an IP:port"))
+}
+
+pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map_err(|_| format!("{s:?} is not an IP address"))
+}
