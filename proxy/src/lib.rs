@@ -1,1 +1,22 @@
+//! `outrigger-proxy`: the Outrigger sidecar.
+//!
+//! Read [`listener`] first: it is the path of every accepted connection, from
+//! the socket to HTTP ([`http`]) or opaque TCP ([`tcp`]). [`app`] binds and
+//! drains; [`config`] turns a snapshot into lookup tables; [`admin`] serves
+//! the operator's endpoints.
+#![forbid(unsafe_code)]
 
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod tcp;
+pub mod transport;
+
+pub use app::{Drained, Options, Proxy, StartError};

@@ -1,1 +1,135 @@
-fn main(){}
+//! The `outrigger-proxy` command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use outrigger_api::Snapshot;
+use outrigger_proxy::{Drained, Options, Proxy};
+
+#[derive(Parser)]
+#[command(name = "outrigger-proxy", version, about = "The Outrigger sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with a static configuration snapshot (YAML or JSON).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log one line per request on the `outrigger::access` target.
+        #[arg(long)]
+        access_log: bool,
+        /// Log filter, e.g. `info` or `outrigger_proxy=debug,info`.
+        #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+        log_level: String,
+        #[arg(long, env = "OUTRIGGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+        log_format: LogFormat,
+        /// Data-plane worker threads (default: one per core).
+        #[arg(long, env = "OUTRIGGER_THREADS")]
+        threads: Option<usize>,
+    },
+    /// Check a snapshot file and list every error with its path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let snapshot = load(&config)?;
+            snapshot
+                .validate()
+                .with_context(|| format!("{} is not a valid snapshot", config.display()))?;
+            println!(
+                "{}: ok ({} listeners, {} services)",
+                config.display(),
+                snapshot.listeners.len(),
+                snapshot.services.len()
+            );
+            Ok(())
+        }
+        Command::Run {
+            config,
+            access_log,
+            log_level,
+            log_format,
+            threads,
+        } => {
+            init_logs(&log_level, log_format)?;
+            let snapshot = load(&config)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all().thread_name("outrigger-proxy");
+            if let Some(n) = threads {
+                rt.worker_threads(n.max(1));
+            }
+            let rt = rt.build().context("starting the runtime")?;
+            rt.block_on(run(snapshot, &config, Options { access_log }))
+        }
+    }
+}
+
+async fn run(snapshot: Snapshot, path: &Path, opts: Options) -> anyhow::Result<()> {
+    let proxy = Proxy::start(snapshot, opts)
+        .await
+        .with_context(|| format!("cannot start with {}", path.display()))?;
+    let shutdown = signal_or_admin(&proxy);
+    tokio::pin!(shutdown);
+    let waiting = proxy.wait();
+    tokio::pin!(waiting);
+    let outcome = tokio::select! {
+        outcome = &mut waiting => outcome,
+        _ = &mut shutdown => waiting.await,
+    };
+    match outcome {
+        Drained::Clean => Ok(()),
+        Drained::DeadlinePassed => anyhow::bail!("drain deadline passed with requests still in flight"),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT, after starting the drain.
+fn signal_or_admin(proxy: &Proxy) -> impl std::future::Future<Output = ()> + use<> {
+    let trigger = proxy.shutdown_handle();
+    async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        trigger.notify_one();
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Snapshot> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        Snapshot::from_json(&text)
+    } else {
+        Snapshot::from_yaml(&text)
+    };
+    parsed.with_context(|| format!("parsing {}", path.display()))
+}
+
+fn init_logs(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}

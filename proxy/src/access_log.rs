@@ -1,0 +1,51 @@
+//! One line per request on the `outrigger::access` tracing target, when the
+//! access log is on (`--access-log`). Fields follow Envoy's default format
+//! where they overlap, so Istio users read it at a glance.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, Uri, Version};
+
+use crate::metrics::RequestLabels;
+
+/// Longest path written to the log; longer ones are cut (with `...`).
+const MAX_PATH: usize = 512;
+
+pub struct AccessLog {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub peer: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+}
+
+impl AccessLog {
+    pub fn emit(&self, labels: &RequestLabels, elapsed: Duration) {
+        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = if path.len() > MAX_PATH {
+            let mut end = MAX_PATH;
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &path[..end])
+        } else {
+            path.to_string()
+        };
+        let upstream = self.upstream.map(|u| u.to_string());
+        tracing::info!(
+            target: "outrigger::access",
+            direction = ?labels.traffic.direction,
+            method = %self.method,
+            path = %path,
+            protocol = ?self.version,
+            status = labels.response_code,
+            grpc_status = ?labels.grpc_response_status.0,
+            response_flags = labels.response_flags.as_str(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            downstream = %self.peer,
+            upstream = upstream.as_deref().unwrap_or("-"),
+            destination_service = &*labels.traffic.destination_service,
+        );
+    }
+}

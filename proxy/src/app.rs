@@ -1,0 +1,186 @@
+//! The proxy's lifecycle: apply a snapshot, bind the listeners and the admin
+//! port, serve, and drain on request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use outrigger_api::{Snapshot, ValidationErrors};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::drain;
+use crate::http::client::Client;
+use crate::http::proxy::Shared;
+use crate::listener::{Listener, ListenerSpec};
+use crate::metrics::Metrics;
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Write one `outrigger::access` log line per request.
+    pub access_log: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How the drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished its work in time.
+    Clean,
+    /// The drain deadline passed with work still in flight.
+    DeadlinePassed,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub admin_addr: SocketAddr,
+    listeners: Vec<(String, SocketAddr)>,
+    shutdown: Arc<Notify>,
+    done: JoinHandle<Drained>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Validates the snapshot, binds every listener and the admin port, and
+    /// starts serving. Nothing is bound if the snapshot is invalid.
+    pub async fn start(snapshot: Snapshot, opts: Options) -> Result<Self, StartError> {
+        let cfg = Config::try_from(snapshot)?;
+        let metrics = Arc::new(Metrics::new());
+        let limits = cfg.limits.clone();
+        let snapshot = cfg.snapshot.clone();
+        let config = Arc::new(ArcSwap::from_pointee(cfg));
+        metrics.config_applied.inc();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        metrics.config_last_applied.set(now as i64);
+
+        let admin_bind = snapshot.admin.bind_addr().expect("validated");
+        let admin_listener = TcpListener::bind(admin_bind).await.map_err(|source| StartError::Bind {
+            what: "admin".into(),
+            addr: admin_bind,
+            source,
+        })?;
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            let addr = l.bind_addr().expect("validated");
+            let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                what: format!("listener {:?}", l.name),
+                addr,
+                source,
+            })?;
+            bound.push((l, tcp));
+        }
+
+        let shared = Arc::new(Shared {
+            client: Client::new(limits.connect_timeout, limits.idle_timeout),
+            metrics: metrics.clone(),
+            access_log: opts.access_log,
+        });
+        let (signal, watch) = drain::channel();
+        let mut listeners = Vec::new();
+        for (l, tcp) in bound {
+            let local = tcp.local_addr().expect("bound socket has an address");
+            listeners.push((l.name.clone(), local));
+            let listener = Arc::new(Listener {
+                spec: ListenerSpec {
+                    name: l.name.clone(),
+                    direction: l.direction,
+                    target: l.target.clone(),
+                    app: l.app_addr().expect("validated"),
+                    opaque_ports: l.opaque_ports.clone(),
+                },
+                config: config.clone(),
+                shared: shared.clone(),
+                connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            });
+            tracing::info!(listener = %l.name, direction = l.direction.as_str(), addr = %local, "listening");
+            tokio::spawn(listener.run(tcp, watch.clone()));
+        }
+
+        let ready = Arc::new(AtomicBool::new(true));
+        metrics.ready.set(1);
+        let shutdown = Arc::new(Notify::new());
+        let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            metrics: metrics.clone(),
+            config,
+            ready: ready.clone(),
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(admin.run(admin_listener, admin_stopped));
+        tracing::info!(addr = %admin_addr, version = %snapshot.version, "admin listening; ready");
+
+        let trigger = shutdown.clone();
+        let drain_metrics = metrics.clone();
+        let deadline = limits.drain_timeout;
+        let done = tokio::spawn(async move {
+            trigger.notified().await;
+            ready.store(false, Ordering::Release);
+            drain_metrics.ready.set(0);
+            tracing::info!(deadline = ?deadline, "draining: no new connections; finishing in-flight work");
+            drop(watch);
+            let outcome = match tokio::time::timeout(deadline, signal.drain()).await {
+                Ok(()) => Drained::Clean,
+                Err(_) => Drained::DeadlinePassed,
+            };
+            match outcome {
+                Drained::Clean => tracing::info!("drained"),
+                Drained::DeadlinePassed => tracing::warn!("drain deadline passed with work in flight; stopping anyway"),
+            }
+            let _ = stop_admin.send(true);
+            outcome
+        });
+
+        Ok(Self {
+            admin_addr,
+            listeners,
+            shutdown,
+            done,
+            metrics,
+        })
+    }
+
+    /// The bound address of the named listener (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// A handle that starts the drain when notified.
+    pub fn shutdown_handle(&self) -> Arc<Notify> {
+        self.shutdown.clone()
+    }
+
+    /// Starts draining (as SIGTERM or `POST /shutdown` do).
+    pub fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Waits until a shutdown has drained.
+    pub async fn wait(self) -> Drained {
+        self.done.await.unwrap_or(Drained::DeadlinePassed)
+    }
+
+    /// Starts draining and waits for it, at most `limit` beyond the drain deadline.
+    pub async fn stop(self, limit: Duration) -> Drained {
+        self.shutdown();
+        tokio::time::timeout(limit, self.wait())
+            .await
+            .unwrap_or(Drained::DeadlinePassed)
+    }
+}

@@ -1,0 +1,259 @@
+//! Bodies that meter what passes through them.
+//!
+//! [`CountedBody`] adds data bytes to a counter as frames pass. [`ResponseBody`]
+//! also watches for the `grpc-status` trailer and, when the response ends (or
+//! is dropped early), records the request: count, duration, access log line.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+use super::{Body, BoxError};
+use crate::access_log::AccessLog;
+use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag};
+
+pin_project! {
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        bytes: Counter,
+    }
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, bytes: Counter) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl<B> HttpBody for CountedBody<B>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.inc_by(data.len() as u64);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What to record once a response is over.
+pub struct Record {
+    pub metrics: Arc<Metrics>,
+    pub labels: RequestLabels,
+    pub start: Instant,
+    pub access: Option<Box<AccessLog>>,
+}
+
+impl Record {
+    fn finish(mut self, completed: bool) {
+        if !completed && self.labels.response_flags == ResponseFlag::None {
+            self.labels.response_flags = ResponseFlag::DownstreamConnectionTermination;
+        }
+        let elapsed = self.start.elapsed();
+        self.metrics.requests.get_or_create(&self.labels).inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&self.labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(log) = self.access {
+            log.emit(&self.labels, elapsed);
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseBody {
+        #[pin]
+        inner: Body,
+        bytes: Counter,
+        record: Option<Record>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                let completed = this.inner.is_end_stream();
+                record.finish(completed);
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    pub fn new(inner: Body, bytes: Counter, record: Record) -> Self {
+        Self {
+            inner,
+            bytes,
+            record: Some(record),
+        }
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes.inc_by(data.len() as u64);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let (Some(v), Some(r)) = (trailers.get("grpc-status"), this.record.as_mut()) {
+                        r.labels.grpc_response_status = GrpcStatus::parse(v.as_bytes());
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(r) = this.record.take() {
+                    r.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut r) = this.record.take() {
+                    if r.labels.response_flags == ResponseFlag::None {
+                        r.labels.response_flags = ResponseFlag::UpstreamConnectionTermination;
+                    }
+                    r.finish(true);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{unknown, Direction, SecurityPolicy, TrafficLabels};
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn labels() -> RequestLabels {
+        RequestLabels {
+            traffic: TrafficLabels {
+                direction: Direction::Inbound,
+                source_workload: unknown(),
+                source_namespace: unknown(),
+                source_principal: unknown(),
+                destination_workload: "web".into(),
+                destination_namespace: "shop".into(),
+                destination_principal: unknown(),
+                destination_service: unknown(),
+                connection_security_policy: SecurityPolicy::None,
+            },
+            response_code: 200,
+            grpc_response_status: GrpcStatus(None),
+            response_flags: ResponseFlag::None,
+        }
+    }
+
+    fn body_of(frames: Vec<Frame<Bytes>>) -> Body {
+        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, BoxError>));
+        StreamBody::new(stream).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_finished_grpc_response_is_recorded_once_with_its_trailer_status() {
+        let metrics = Arc::new(Metrics::new());
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "14".parse().unwrap());
+        let body = body_of(vec![
+            Frame::data(Bytes::from_static(b"hello")),
+            Frame::data(Bytes::from_static(b" world")),
+            Frame::trailers(trailers),
+        ]);
+        let bytes = Counter::default();
+        let record = Record {
+            metrics: metrics.clone(),
+            labels: labels(),
+            start: Instant::now(),
+            access: None,
+        };
+        let collected = ResponseBody::new(body, bytes.clone(), record)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
+        assert_eq!(bytes.get(), 11);
+        let mut expected = labels();
+        expected.grpc_response_status = GrpcStatus(Some(14));
+        assert_eq!(metrics.requests.get_or_create(&expected).get(), 1);
+        assert_eq!(metrics.requests.get_or_create(&labels()).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_midway_is_recorded_as_downstream_termination() {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
+        let record = Record {
+            metrics: metrics.clone(),
+            labels: labels(),
+            start: Instant::now(),
+            access: None,
+        };
+        let rb = ResponseBody::new(body, Counter::default(), record);
+        drop(rb);
+        drop(tx);
+        let mut dc = labels();
+        dc.response_flags = ResponseFlag::DownstreamConnectionTermination;
+        assert_eq!(metrics.requests.get_or_create(&dc).get(), 1);
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn counted_body_counts_data_only() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x", "yyyy".parse().unwrap());
+        let body = body_of(vec![Frame::data(Bytes::from_static(b"abc")), Frame::trailers(trailers)]);
+        let c = Counter::default();
+        CountedBody::new(body, c.clone()).collect().await.unwrap();
+        assert_eq!(c.get(), 3);
+    }
+}

@@ -1,0 +1,212 @@
+//! Accepting connections: the accept loop with its connection limit, and the
+//! per-connection path from a socket to HTTP or opaque TCP.
+//!
+//! ```text
+//! accept → limit → target (outbound: static target | original dst → service | passthrough;
+//!                          inbound: original dst port on localhost | configured app)
+//!        → opaque? (service protocol / inbound opaque port) or detect (deadline)
+//!        → HTTP/1 | HTTP/2 → http::server  |  opaque → tcp::forward
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::detect::{self, Protocol};
+use crate::drain;
+use crate::http::proxy::{ConnContext, HttpProxy, Shared, Target};
+use crate::metrics::{unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels};
+use crate::tcp;
+use crate::transport::{metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
+
+/// One listener's settings, from its snapshot entry.
+pub struct ListenerSpec {
+    pub name: String,
+    pub direction: ApiDirection,
+    pub target: Option<ServiceRef>,
+    pub app: Option<SocketAddr>,
+    pub opaque_ports: Vec<u16>,
+}
+
+pub struct Listener {
+    pub spec: ListenerSpec,
+    pub config: Arc<ArcSwap<Config>>,
+    pub shared: Arc<Shared>,
+    pub connections: Arc<Semaphore>,
+}
+
+impl Listener {
+    /// Accepts until drain begins. Past `limits.max_connections` open
+    /// connections, new ones are closed at once and counted.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+        let direction = Direction::from(self.spec.direction);
+        loop {
+            let accepted = tokio::select! {
+                _ = drain.signaled() => break,
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off a little rather than spin.
+                    tracing::warn!(listener = %self.spec.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                self.shared.metrics.tcp_rejected.get_or_create(&DirectionLabel { direction }).inc();
+                tracing::warn!(listener = %self.spec.name, %peer, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                this.serve(stream, peer, drain).await;
+                drop(permit);
+            });
+        }
+        tracing::debug!(listener = %self.spec.name, "stopped accepting");
+    }
+
+    fn resolve(&self, cfg: &Config, orig: Option<SocketAddr>) -> Result<(Target, bool), String> {
+        match self.spec.direction {
+            ApiDirection::Outbound => {
+                if let Some(r) = &self.spec.target {
+                    let svc = cfg
+                        .service(r)
+                        .ok_or_else(|| format!("target {}.{}:{} is not in the snapshot", r.name, r.namespace, r.port))?;
+                    return Ok((Target::Service(svc.clone()), svc.protocol == ServiceProtocol::Opaque));
+                }
+                let orig = orig.ok_or("no original destination (not redirected) and no static target")?;
+                Ok(match cfg.service_at(orig) {
+                    Some(svc) => (Target::Service(svc.clone()), svc.protocol == ServiceProtocol::Opaque),
+                    None => (Target::Passthrough(orig), false),
+                })
+            }
+            ApiDirection::Inbound => {
+                let app = match orig {
+                    Some(o) => {
+                        let lo = match o.ip() {
+                            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                        };
+                        SocketAddr::new(lo, o.port())
+                    }
+                    None => self
+                        .spec
+                        .app
+                        .ok_or("no original destination (not redirected) and no app address")?,
+                };
+                Ok((Target::App(app), self.spec.opaque_ports.contains(&app.port())))
+            }
+        }
+    }
+
+    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr, drain: drain::Watch) {
+        let cfg = self.config.load_full();
+        let direction = Direction::from(self.spec.direction);
+        let (target, opaque) = match self.resolve(&cfg, original_dst(&stream)) {
+            Ok(t) => t,
+            Err(reason) => {
+                tracing::warn!(listener = %self.spec.name, %peer, %reason, "closing connection with nowhere to go");
+                return;
+            }
+        };
+        let (protocol, prefix) = if opaque {
+            (Protocol::Opaque, Default::default())
+        } else {
+            match detect::detect(&mut stream, cfg.limits.detect_timeout, cfg.limits.max_header_bytes).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection failed during protocol detection");
+                    return;
+                }
+            }
+        };
+
+        // Opaque connections go to one endpoint, known now.
+        let opaque_upstream = match (&target, protocol) {
+            (Target::Service(svc), Protocol::Opaque) => match svc.pick() {
+                Some(ep) => Some((ep.addr, Some(ep.clone()))),
+                None => {
+                    tracing::warn!(%peer, service = %svc.label, flag = "UH", "no endpoint for opaque connection; closing");
+                    return;
+                }
+            },
+            (Target::Passthrough(a) | Target::App(a), Protocol::Opaque) => Some((*a, None)),
+            _ => None,
+        };
+
+        let p = &cfg.proxy;
+        let u = unknown();
+        let (dw, dn, dp) = match opaque_upstream.as_ref().and_then(|(_, ep)| ep.as_ref()) {
+            Some(ep) => (ep.workload.clone(), ep.namespace.clone(), ep.principal.clone()),
+            None => (u.clone(), u.clone(), u.clone()),
+        };
+        let service = match &target {
+            Target::Service(s) => s.label.clone(),
+            _ => u.clone(),
+        };
+        let traffic = match direction {
+            Direction::Outbound => TrafficLabels {
+                direction,
+                source_workload: p.workload.clone(),
+                source_namespace: p.namespace.clone(),
+                source_principal: p.principal.clone(),
+                destination_workload: dw,
+                destination_namespace: dn,
+                destination_principal: dp,
+                destination_service: service,
+                connection_security_policy: SecurityPolicy::None,
+            },
+            Direction::Inbound => TrafficLabels {
+                direction,
+                source_workload: u.clone(),
+                source_namespace: u.clone(),
+                source_principal: u,
+                destination_workload: p.workload.clone(),
+                destination_namespace: p.namespace.clone(),
+                destination_principal: p.principal.clone(),
+                destination_service: service,
+                connection_security_policy: SecurityPolicy::None,
+            },
+        };
+        let labels = TcpLabels { traffic, protocol };
+        let m = &self.shared.metrics;
+        m.tcp_opened.get_or_create(&labels).inc();
+        let received = m.tcp_received_bytes.get_or_create(&labels).clone();
+        received.inc_by(prefix.len() as u64);
+        let sent = m.tcp_sent_bytes.get_or_create(&labels).clone();
+        let io = PrefixedIo::new(prefix, MeteredIo::new(stream, received, sent));
+
+        match opaque_upstream {
+            Some((addr, _)) => {
+                if let Err(e) = tcp::forward(io, addr, cfg.limits.connect_timeout).await {
+                    tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
+                }
+            }
+            None => {
+                let svc = HttpProxy {
+                    ctx: Arc::new(ConnContext {
+                        direction,
+                        target,
+                        proxy: cfg.proxy.clone(),
+                        peer,
+                        drain: drain.clone(),
+                    }),
+                    shared: self.shared.clone(),
+                };
+                crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain).await;
+            }
+        }
+        m.tcp_closed.get_or_create(&labels).inc();
+    }
+}

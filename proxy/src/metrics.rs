@@ -1,0 +1,371 @@
+//! The proxy's Prometheus metrics (`prometheus-client`), served on the admin
+//! port at `/metrics`. Every label value is bounded: names come from the
+//! snapshot, codes from small enumerations; no paths, no per-request values.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::detect::Protocol;
+
+/// A shared label value, cheap to clone (names from the snapshot).
+pub type Name = Arc<str>;
+
+pub fn unknown() -> Name {
+    Arc::from("unknown")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl From<outrigger_api::Direction> for Direction {
+    fn from(d: outrigger_api::Direction) -> Self {
+        match d {
+            outrigger_api::Direction::Inbound => Direction::Inbound,
+            outrigger_api::Direction::Outbound => Direction::Outbound,
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            e,
+            match self {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(e, self.as_str())
+    }
+}
+
+/// `connection_security_policy`: `mutual_tls` once the identity work lands;
+/// plaintext hops say `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SecurityPolicy {
+    None,
+    MutualTls,
+}
+
+impl EncodeLabelValue for SecurityPolicy {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            e,
+            match self {
+                SecurityPolicy::None => "none",
+                SecurityPolicy::MutualTls => "mutual_tls",
+            },
+        )
+    }
+}
+
+/// Why the proxy answered a request itself, as Envoy's short response flags
+/// (familiar from Istio access logs); `-` when the upstream answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ResponseFlag {
+    #[default]
+    None,
+    /// No endpoint to send to (`UH`).
+    NoHealthyUpstream,
+    /// Connecting to the upstream failed (`UF`).
+    UpstreamConnectFailure,
+    /// The upstream closed or reset before a complete response (`UC`).
+    UpstreamConnectionTermination,
+    /// The upstream broke the protocol (`UPE`).
+    UpstreamProtocolError,
+    /// The connection has nowhere to go (`NR`).
+    NoRoute,
+    /// The client went away before the response ended (`DC`).
+    DownstreamConnectionTermination,
+}
+
+impl ResponseFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlag::None => "-",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamConnectFailure => "UF",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::NoRoute => "NR",
+            ResponseFlag::DownstreamConnectionTermination => "DC",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResponseFlag {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(e, self.as_str())
+    }
+}
+
+/// gRPC status code 0..=16, or empty for non-gRPC responses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrpcStatus(pub Option<u8>);
+
+impl GrpcStatus {
+    /// Parses a `grpc-status` value; out-of-range codes become 2 (UNKNOWN), as
+    /// gRPC clients treat them.
+    pub fn parse(v: &[u8]) -> Self {
+        let code = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .filter(|c| *c <= 16)
+            .unwrap_or(2);
+        GrpcStatus(Some(code))
+    }
+}
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self.0 {
+            Some(c) => c.encode(e),
+            None => "".encode(e),
+        }
+    }
+}
+
+/// Who talks to whom, over what: shared by the request and byte families.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub direction: Direction,
+    pub source_workload: Name,
+    pub source_namespace: Name,
+    pub source_principal: Name,
+    pub destination_workload: Name,
+    pub destination_namespace: Name,
+    pub destination_principal: Name,
+    pub destination_service: Name,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub traffic: TrafficLabels,
+    pub response_code: u16,
+    pub grpc_response_status: GrpcStatus,
+    pub response_flags: ResponseFlag,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    #[prometheus(flatten)]
+    pub traffic: TrafficLabels,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: Direction,
+}
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric family of the proxy. Cloning is cheap (handles to shared state).
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub request_bytes: Family<TrafficLabels, Counter>,
+    pub response_bytes: Family<TrafficLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    pub tcp_received_bytes: Family<TcpLabels, Counter>,
+    pub tcp_sent_bytes: Family<TcpLabels, Counter>,
+    pub tcp_rejected: Family<DirectionLabel, Counter>,
+    pub config_applied: Counter,
+    pub config_last_applied: Gauge,
+    pub ready: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut reg = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        reg.register(
+            "outrigger_requests",
+            "HTTP requests handled, counted when the response ends",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        reg.register(
+            "outrigger_request_duration_seconds",
+            "Time from receiving the request head to the end of the response",
+            request_duration.clone(),
+        );
+        let request_bytes = Family::<TrafficLabels, Counter>::default();
+        reg.register(
+            "outrigger_request_bytes",
+            "HTTP request body bytes received from clients",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<TrafficLabels, Counter>::default();
+        reg.register(
+            "outrigger_response_bytes",
+            "HTTP response body bytes sent to clients",
+            response_bytes.clone(),
+        );
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        reg.register(
+            "outrigger_tcp_connections_opened",
+            "Client connections accepted",
+            tcp_opened.clone(),
+        );
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        reg.register(
+            "outrigger_tcp_connections_closed",
+            "Client connections closed",
+            tcp_closed.clone(),
+        );
+        let tcp_received_bytes = Family::<TcpLabels, Counter>::default();
+        reg.register(
+            "outrigger_tcp_received_bytes",
+            "Bytes received from clients on accepted connections, all protocols",
+            tcp_received_bytes.clone(),
+        );
+        let tcp_sent_bytes = Family::<TcpLabels, Counter>::default();
+        reg.register(
+            "outrigger_tcp_sent_bytes",
+            "Bytes sent to clients on accepted connections, all protocols",
+            tcp_sent_bytes.clone(),
+        );
+        let tcp_rejected = Family::<DirectionLabel, Counter>::default();
+        reg.register(
+            "outrigger_tcp_connections_rejected",
+            "Connections closed at once because the listener was at limits.max_connections",
+            tcp_rejected.clone(),
+        );
+        let config_applied = Counter::default();
+        reg.register(
+            "outrigger_config_applied",
+            "Configuration snapshots applied",
+            config_applied.clone(),
+        );
+        let config_last_applied = Gauge::default();
+        reg.register(
+            "outrigger_config_last_applied_timestamp_seconds",
+            "Unix time when the snapshot in force was applied",
+            config_last_applied.clone(),
+        );
+        let ready = Gauge::default();
+        reg.register(
+            "outrigger_ready",
+            "1 when the proxy has a valid config and is not draining",
+            ready.clone(),
+        );
+        Self {
+            requests,
+            request_duration,
+            request_bytes,
+            response_bytes,
+            tcp_opened,
+            tcp_closed,
+            tcp_received_bytes,
+            tcp_sent_bytes,
+            tcp_rejected,
+            config_applied,
+            config_last_applied,
+            ready,
+            registry: Arc::new(reg),
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic() -> TrafficLabels {
+        TrafficLabels {
+            direction: Direction::Outbound,
+            source_workload: "client".into(),
+            source_namespace: "shop".into(),
+            source_principal: unknown(),
+            destination_workload: "web".into(),
+            destination_namespace: "shop".into(),
+            destination_principal: unknown(),
+            destination_service: "web.shop".into(),
+            connection_security_policy: SecurityPolicy::None,
+        }
+    }
+
+    #[test]
+    fn families_encode_with_their_labels() {
+        let m = Metrics::new();
+        let labels = RequestLabels {
+            traffic: traffic(),
+            response_code: 200,
+            grpc_response_status: GrpcStatus(Some(0)),
+            response_flags: ResponseFlag::None,
+        };
+        m.requests.get_or_create(&labels).inc_by(3);
+        m.request_duration.get_or_create(&labels).observe(0.003);
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("outrigger_requests_total{"))
+            .expect(&text);
+        assert_eq!(
+            line,
+            "outrigger_requests_total{direction=\"outbound\",source_workload=\"client\",source_namespace=\"shop\",\
+source_principal=\"unknown\",destination_workload=\"web\",destination_namespace=\"shop\",destination_principal=\"unknown\",\
+destination_service=\"web.shop\",connection_security_policy=\"none\",response_code=\"200\",grpc_response_status=\"0\",\
+response_flags=\"-\"} 3"
+        );
+        let bucket = |le: &str| {
+            let prefix = format!("outrigger_request_duration_seconds_bucket{{le=\"{le}\",direction=\"outbound\"");
+            let line = text.lines().find(|l| l.starts_with(&prefix)).expect(&prefix);
+            line.rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(bucket("0.0025"), "0");
+        assert_eq!(bucket("0.005"), "1");
+        assert_eq!(bucket("+Inf"), "1");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn grpc_status_is_bounded() {
+        assert_eq!(GrpcStatus::parse(b"0"), GrpcStatus(Some(0)));
+        assert_eq!(GrpcStatus::parse(b"14"), GrpcStatus(Some(14)));
+        assert_eq!(GrpcStatus::parse(b"99"), GrpcStatus(Some(2)));
+        assert_eq!(GrpcStatus::parse(b"x"), GrpcStatus(Some(2)));
+    }
+}
