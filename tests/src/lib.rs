@@ -1,1 +1,270 @@
+//! Test harness for cross-crate tests: real upstream servers, real Outrigger
+//! proxies (in-process, bound to port 0 on loopback), real clients, and a
+//! reader for the proxies' Prometheus output.
+//!
+//! [`Mesh::start`] builds the two-proxy hop the product is about:
+//! `client → outbound proxy → (HTTP/2) → inbound proxy → app`.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use outrigger_api::Snapshot;
+use outrigger_proxy::{Options, Proxy};
+use tokio::net::TcpListener;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|n| match n {}).boxed_unsync()
+}
+
+/// Serves `handler` on a fresh loopback port with HTTP/1.1 and HTTP/2
+/// (prior knowledge) and upgrades; returns the address. Runs until the test ends.
+pub async fn serve_http<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers like the demo app:
+/// `/echo` streams the request body back (with any request trailers),
+/// `/bytes/N` sends N bytes, `/headers` lists the request headers it saw,
+/// `/status/N` answers with status N, `/slow/MS` answers after MS
+/// milliseconds, anything else says who it is.
+pub async fn app(name: &'static str) -> SocketAddr {
+    serve_http(move |req: Request<Incoming>| async move {
+        let path = req.uri().path().to_string();
+        if path == "/echo" {
+            return Response::new(req.into_body().map_err(Into::into).boxed_unsync());
+        }
+        if path == "/headers" {
+            let mut lines: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            lines.push(format!("version: {:?}", req.version()));
+            lines.push(format!("uri: {}", req.uri()));
+            return Response::new(full(lines.join("\n")));
+        }
+        if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+            return Response::new(full(vec![b'x'; n]));
+        }
+        if let Some(code) = path.strip_prefix("/status/").and_then(|n| n.parse::<u16>().ok()) {
+            let mut r = Response::new(full(format!("status {code}")));
+            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+            return r;
+        }
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|n| n.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Response::new(full(format!("slow {name}")));
+        }
+        Response::new(full(format!("hello from {name}")))
+    })
+    .await
+}
+
+/// The server-side proxy's snapshot: inbound on a free port, forwarding to `app`.
+pub fn server_snapshot(app: SocketAddr) -> Snapshot {
+    Snapshot::from_yaml(&format!(
+        r#"
+version: "test-server"
+proxy: {{ workload: web, namespace: shop }}
+admin: {{ bind: "127.0.0.1:0" }}
+limits: {{ drain_timeout: 5s, detect_timeout: 300ms }}
+listeners:
+  - {{ name: inbound, direction: inbound, bind: "127.0.0.1:0", app: "{app}" }}
+"#
+    ))
+    .unwrap()
+}
+
+/// The client-side proxy's snapshot: outbound on a free port, bound to the
+/// service `web.shop:80` whose endpoints are `endpoints` (meshed or not).
+pub fn client_snapshot(endpoints: &[(SocketAddr, bool)]) -> Snapshot {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (a, meshed))| format!("      - {{ address: \"{a}\", meshed: {meshed}, workload: web-{i} }}"))
+        .collect();
+    Snapshot::from_yaml(&format!(
+        r#"
+version: "test-client"
+proxy: {{ workload: client, namespace: shop }}
+admin: {{ bind: "127.0.0.1:0" }}
+limits: {{ drain_timeout: 5s, detect_timeout: 300ms }}
+listeners:
+  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+    endpoints:
+{}
+"#,
+        eps.join("\n")
+    ))
+    .unwrap()
+}
+
+/// Two proxies in front of one app: `client → outbound → inbound → app`.
+pub struct Mesh {
+    pub client: Proxy,
+    pub server: Proxy,
+    pub app: SocketAddr,
+}
+
+impl Mesh {
+    pub async fn start(app: SocketAddr) -> Self {
+        Self::start_with(app, |_| {}, |_| {}).await
+    }
+
+    /// Starts the pair, letting the test edit each snapshot first.
+    pub async fn start_with(
+        app: SocketAddr,
+        edit_server: impl FnOnce(&mut Snapshot),
+        edit_client: impl FnOnce(&mut Snapshot),
+    ) -> Self {
+        let mut s = server_snapshot(app);
+        edit_server(&mut s);
+        let server = Proxy::start(s, Options::default()).await.expect("server proxy starts");
+        let inbound = server.listener_addr("inbound").unwrap();
+        let mut c = client_snapshot(&[(inbound, true)]);
+        edit_client(&mut c);
+        let client = Proxy::start(c, Options::default()).await.expect("client proxy starts");
+        Self { client, server, app }
+    }
+
+    /// Where the app's client sends its traffic.
+    pub fn outbound(&self) -> SocketAddr {
+        self.client.listener_addr("outbound").unwrap()
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.server.listener_addr("inbound").unwrap()
+    }
+}
+
+/// An HTTP/1.1 connection to `addr`.
+pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`.
+pub async fn http2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One GET over a fresh HTTP/1.1 connection; returns status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    try_get(addr, path).await.unwrap()
+}
+
+/// [`get`] that reports failure (refused, closed, reset) instead of panicking.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxError> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut c, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = c
+        .send_request(Request::get(path).header("host", "web.shop").body(empty())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The Prometheus text from a proxy's admin port.
+pub async fn scrape(proxy: &Proxy) -> String {
+    get(proxy.admin_addr, "/metrics").await.1
+}
+
+/// The value of the sample `name{...}` whose labels include every pair in
+/// `labels`, summed over all such samples; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let rest = rest.strip_suffix('}')?;
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Polls `check` every 10 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn metric_sums_matching_samples() {
+        let text = "# HELP x y\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\ny_total{a=\"1\"} 9\n";
+        assert_eq!(metric(text, "x_total", &[("a", "1")]), 7.0);
+        assert_eq!(metric(text, "x_total", &[("b", "3")]), 4.0);
+        assert_eq!(metric(text, "x_total", &[("b", "9")]), 0.0);
+        assert_eq!(metric(text, "z_total", &[]), 0.0);
+    }
+}
