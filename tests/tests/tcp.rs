@@ -1,0 +1,116 @@
+//! Opaque TCP through two real proxies: detection, server-speaks-first
+//! protocols, ports marked opaque, and byte accounting.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use outrigger_api::{Duration as ApiDuration, ServiceProtocol};
+use outrigger_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A raw TCP echo server; with `banner`, it speaks first.
+async fn echo_server(banner: Option<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if let Some(b) = banner {
+                    s.write_all(b).await.unwrap();
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn client_first_binary_protocols_are_echoed_byte_for_byte() {
+    let mesh = Mesh::start(echo_server(None).await).await;
+    let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
+    // Not HTTP: detection decides "opaque" on the first byte, no waiting.
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let mut first = vec![0x00, 0xff, 0x10];
+    first.extend_from_slice(&payload);
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&first).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::time::timeout(LIMIT, async { tokio::join!(write, read) }).await.unwrap();
+    n.unwrap();
+    assert_eq!(back.len(), first.len());
+    assert!(back == first, "echo differs");
+    drop(s);
+
+    // Exact byte accounting on both proxies, labelled opaque.
+    let want = first.len() as f64;
+    let labels = [("protocol", "opaque")];
+    assert!(
+        eventually(LIMIT, || async {
+            let c = scrape(&mesh.client).await;
+            metric(&c, "outrigger_tcp_connections_closed_total", &labels) == 1.0
+        })
+        .await
+    );
+    let c = scrape(&mesh.client).await;
+    assert_eq!(metric(&c, "outrigger_tcp_received_bytes_total", &labels), want, "{c}");
+    assert_eq!(metric(&c, "outrigger_tcp_sent_bytes_total", &labels), want);
+    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "opaque"), ("destination_service", "web.shop"), ("destination_workload", "web-0")]), 1.0);
+    let s = scrape(&mesh.server).await;
+    assert_eq!(metric(&s, "outrigger_tcp_received_bytes_total", &[("protocol", "opaque"), ("direction", "inbound")]), want, "{s}");
+}
+
+#[tokio::test]
+async fn server_speaks_first_protocols_work_after_the_detection_deadline() {
+    // detect_timeout is 300 ms on both proxies in the harness.
+    let mesh = Mesh::start(echo_server(Some(b"220 smtp.example ESMTP ready\r\n")).await).await;
+    let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
+    let mut banner = [0u8; 30];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut banner)).await.unwrap().unwrap();
+    assert_eq!(&banner, b"220 smtp.example ESMTP ready\r\n");
+    s.write_all(b"EHLO me\r\n").await.unwrap();
+    let mut reply = [0u8; 9];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(&reply, b"EHLO me\r\n");
+}
+
+#[tokio::test]
+async fn ports_marked_opaque_skip_detection() {
+    // A detection deadline far beyond the test's bound: the banner can only
+    // arrive in time if neither proxy waits for the client to speak.
+    let app = echo_server(Some(b"* MYSQL greeting\n")).await;
+    let mesh = Mesh::start_with(
+        app,
+        |s| {
+            s.limits.detect_timeout = ApiDuration::from_secs(600);
+            s.listeners[0].opaque_ports = vec![app.port()];
+        },
+        |c| {
+            c.limits.detect_timeout = ApiDuration::from_secs(600);
+            c.services[0].protocol = ServiceProtocol::Opaque;
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
+    let mut banner = [0u8; 17];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut banner)).await.expect("no detection wait").unwrap();
+    assert_eq!(&banner, b"* MYSQL greeting\n");
+    // Even bytes that look like HTTP stay opaque on an opaque port.
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut back = [0u8; 18];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"GET / HTTP/1.1\r\n\r\n");
+    let c = scrape(&mesh.client).await;
+    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "opaque")]), 1.0, "{c}");
+    // Scrapes go to the admin port: the data listeners saw no HTTP at all.
+    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "http1")]), 0.0, "{c}");
+}
