@@ -132,14 +132,20 @@ impl Snapshot {
             if let Some(addr) = errs.check(format!("{p}.bind"), lis.bind_addr()) {
                 if addr.port() != 0 {
                     if let Some(other) = binds.insert(addr, format!("{p}.bind")) {
-                        errs.push(format!("{p}.bind"), format!("{addr} is also bound by {other}"));
+                        errs.push(
+                            format!("{p}.bind"),
+                            format!("{addr} is also bound by {other}"),
+                        );
                     }
                 }
             }
             match lis.direction {
                 Direction::Outbound => {
                     if lis.app.is_some() {
-                        errs.push(format!("{p}.app"), "only inbound listeners forward to an app");
+                        errs.push(
+                            format!("{p}.app"),
+                            "only inbound listeners forward to an app",
+                        );
                     }
                     if !lis.opaque_ports.is_empty() {
                         errs.push(
@@ -196,7 +202,10 @@ impl Snapshot {
                 if *port == 0 {
                     errs.push(format!("{p}.ports[{j}]"), "port 0 is not a port");
                 } else if !seen_ports.insert(*port) {
-                    errs.push(format!("{p}.ports[{j}]"), format!("port {port} is listed twice"));
+                    errs.push(
+                        format!("{p}.ports[{j}]"),
+                        format!("port {port} is listed twice"),
+                    );
                 } else if let Some(other) = keys.insert((&svc.name, &svc.namespace, *port), i) {
                     errs.push(
                         format!("{p}.ports[{j}]"),
@@ -225,7 +234,9 @@ impl Snapshot {
             let mut endpoints = HashSet::new();
             for (j, ep) in svc.endpoints.iter().enumerate() {
                 let ep_p = format!("{p}.endpoints[{j}]");
-                if let Some(addr) = errs.check(format!("{ep_p}.address"), parse_socket_addr(&ep.address)) {
+                if let Some(addr) =
+                    errs.check(format!("{ep_p}.address"), parse_socket_addr(&ep.address))
+                {
                     if addr.port() == 0 {
                         errs.push(format!("{ep_p}.address"), "port 0 is not a port");
                     } else if !endpoints.insert(addr) {
@@ -334,8 +345,14 @@ services:
             text.contains("services[0].endpoints[0].address: \"10.0.0.1\" is not an IP:port"),
             "{text}"
         );
-        assert!(text.contains("listeners[1].bind: 127.0.0.1:4140 is also bound by listeners[0].bind"), "{text}");
-        assert!(text.contains("services[1].endpoints[1].address: 10.0.0.9:3306 is listed twice"), "{text}");
+        assert!(
+            text.contains("listeners[1].bind: 127.0.0.1:4140 is also bound by listeners[0].bind"),
+            "{text}"
+        );
+        assert!(
+            text.contains("services[1].endpoints[1].address: 10.0.0.9:3306 is listed twice"),
+            "{text}"
+        );
         assert!(text.contains("no service nope.shop with port 80"), "{text}");
     }
 
@@ -376,8 +393,12 @@ services:
             ],
             "{errs}"
         );
-        assert!(errs.to_string().contains("web.shop port 80 is already defined by services[0]"));
-        assert!(errs.to_string().contains("10.96.0.10:80 also belongs to services[0]"));
+        assert!(errs
+            .to_string()
+            .contains("web.shop port 80 is already defined by services[0]"));
+        assert!(errs
+            .to_string()
+            .contains("10.96.0.10:80 also belongs to services[0]"));
     }
 
     #[test]
@@ -411,10 +432,14 @@ services:
     fn unknown_fields_and_bad_syntax_are_parse_errors() {
         let err = Snapshot::from_yaml("version: '1'\nlisteners: []\nroutez: []\n").unwrap_err();
         assert!(err.to_string().contains("routez"), "{err}");
-        let err = Snapshot::from_yaml("version: '1'\nlimits: { detect_timeout: 10 }\n").unwrap_err();
+        let err =
+            Snapshot::from_yaml("version: '1'\nlimits: { detect_timeout: 10 }\n").unwrap_err();
         assert!(err.to_string().contains("has no unit"), "{err}");
         let err = Snapshot::from_yaml("version: [").unwrap_err();
-        assert!(err.to_string().starts_with("invalid YAML snapshot"), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid YAML snapshot"),
+            "{err}"
+        );
         let err = Snapshot::from_json("{\"version\": 1}").unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
     }

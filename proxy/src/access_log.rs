@@ -35,17 +35,28 @@ impl AccessLog {
         let upstream = self.upstream.map(|u| u.to_string());
         tracing::info!(
             target: "outrigger::access",
-            direction = ?labels.traffic.direction,
+            direction = labels.traffic.direction.as_str(),
             method = %self.method,
             path = %path,
-            protocol = ?self.version,
+            protocol = version_str(self.version),
             status = labels.response_code,
-            grpc_status = ?labels.grpc_response_status.0,
+            grpc_status = labels.grpc_response_status.0.map_or(-1, i16::from),
             response_flags = labels.response_flags.as_str(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             downstream = %self.peer,
             upstream = upstream.as_deref().unwrap_or("-"),
             destination_service = &*labels.traffic.destination_service,
         );
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
     }
 }

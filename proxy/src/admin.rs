@@ -62,7 +62,9 @@ impl Admin {
                 let mut r = Response::new(full(self.metrics.encode()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 r
             }
@@ -76,8 +78,10 @@ impl Admin {
             }
             (&Method::GET, "/config") => {
                 let mut r = Response::new(full(self.config.load().snapshot.to_json()));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 r
             }
             (&Method::POST, "/shutdown") => {
@@ -86,10 +90,15 @@ impl Admin {
                     self.shutdown.notify_one();
                     text(StatusCode::OK, "draining\n")
                 } else {
-                    text(StatusCode::FORBIDDEN, "shutdown is only accepted from localhost\n")
+                    text(
+                        StatusCode::FORBIDDEN,
+                        "shutdown is only accepted from localhost\n",
+                    )
                 }
             }
-            (_, "/metrics" | "/live" | "/ready" | "/config") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+            (_, "/metrics" | "/live" | "/ready" | "/config") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+            }
             (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -102,7 +111,9 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

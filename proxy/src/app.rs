@@ -66,23 +66,31 @@ impl Proxy {
         let snapshot = cfg.snapshot.clone();
         let config = Arc::new(ArcSwap::from_pointee(cfg));
         metrics.config_applied.inc();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         metrics.config_last_applied.set(now as i64);
 
         let admin_bind = snapshot.admin.bind_addr().expect("validated");
-        let admin_listener = TcpListener::bind(admin_bind).await.map_err(|source| StartError::Bind {
-            what: "admin".into(),
-            addr: admin_bind,
-            source,
-        })?;
+        let admin_listener =
+            TcpListener::bind(admin_bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "admin".into(),
+                    addr: admin_bind,
+                    source,
+                })?;
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
             let addr = l.bind_addr().expect("validated");
-            let tcp = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-                what: format!("listener {:?}", l.name),
-                addr,
-                source,
-            })?;
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: format!("listener {:?}", l.name),
+                    addr,
+                    source,
+                })?;
             bound.push((l, tcp));
         }
 
@@ -115,7 +123,9 @@ impl Proxy {
         let ready = Arc::new(AtomicBool::new(true));
         metrics.ready.set(1);
         let shutdown = Arc::new(Notify::new());
-        let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+        let admin_addr = admin_listener
+            .local_addr()
+            .expect("bound socket has an address");
         let (stop_admin, admin_stopped) = watch::channel(false);
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
@@ -141,7 +151,9 @@ impl Proxy {
             };
             match outcome {
                 Drained::Clean => tracing::info!("drained"),
-                Drained::DeadlinePassed => tracing::warn!("drain deadline passed with work in flight; stopping anyway"),
+                Drained::DeadlinePassed => {
+                    tracing::warn!("drain deadline passed with work in flight; stopping anyway")
+                }
             }
             let _ = stop_admin.send(true);
             outcome
@@ -158,7 +170,10 @@ impl Proxy {
 
     /// The bound address of the named listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// A handle that starts the drain when notified.

@@ -122,7 +122,11 @@ impl TryFrom<Snapshot> for Config {
         let proxy = ProxyLabels {
             workload: Arc::from(snapshot.proxy.workload.as_str()),
             namespace: Arc::from(snapshot.proxy.namespace.as_str()),
-            principal: snapshot.proxy.identity.as_deref().map_or_else(unknown, Arc::from),
+            principal: snapshot
+                .proxy
+                .identity
+                .as_deref()
+                .map_or_else(unknown, Arc::from),
         };
         Ok(Config {
             snapshot: Arc::new(snapshot),
@@ -203,7 +207,10 @@ services:
         let errs = Config::try_from(s).err().unwrap();
         assert_eq!(
             errs.paths(),
-            vec!["services[0].addresses[1]", "services[0].endpoints[0].address"]
+            vec![
+                "services[0].addresses[1]",
+                "services[0].endpoints[0].address"
+            ]
         );
     }
 }

@@ -59,7 +59,10 @@ pub fn classify(buf: &[u8], max_line: usize) -> Option<Protocol> {
             };
         }
     };
-    if method_end == 0 || method_end > MAX_METHOD_LEN || !buf[..method_end].iter().all(|&b| is_tchar(b)) {
+    if method_end == 0
+        || method_end > MAX_METHOD_LEN
+        || !buf[..method_end].iter().all(|&b| is_tchar(b))
+    {
         return Some(Protocol::Opaque);
     }
     let rest = &buf[method_end + 1..];
@@ -67,7 +70,11 @@ pub fn classify(buf: &[u8], max_line: usize) -> Option<Protocol> {
         Some(nl) => {
             let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
             let is_http = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
-            Some(if is_http { Protocol::Http1 } else { Protocol::Opaque })
+            Some(if is_http {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            })
         }
         None if rest.iter().any(|&b| b < 0x20 && b != b'\r') => Some(Protocol::Opaque),
         None if buf.len() >= max_line => Some(Protocol::Http1),
@@ -126,9 +133,15 @@ mod tests {
     #[test]
     fn http1_request_lines() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n", MAX), Some(Protocol::Http1));
-        assert_eq!(classify(b"POST /a?b=c HTTP/1.0\r\nHost: x\r\n", MAX), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"POST /a?b=c HTTP/1.0\r\nHost: x\r\n", MAX),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"GET / HTTP/1.1\n", MAX), Some(Protocol::Http1));
-        assert_eq!(classify(b"CONNECT db:5432 HTTP/1.1\r\n", MAX), Some(Protocol::Http1));
+        assert_eq!(
+            classify(b"CONNECT db:5432 HTTP/1.1\r\n", MAX),
+            Some(Protocol::Http1)
+        );
         assert_eq!(classify(b"G", MAX), None);
         assert_eq!(classify(b"GET", MAX), None);
         assert_eq!(classify(b"GET /index", MAX), None);
@@ -138,12 +151,27 @@ mod tests {
     #[test]
     fn anything_else_is_opaque() {
         // A MySQL-ish binary greeting, TLS ClientHello, an SSH banner, HTTP/0.9.
-        assert_eq!(classify(&[0x4a, 0x00, 0x00, 0x00, 0x0a], MAX), Some(Protocol::Opaque));
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00], MAX), Some(Protocol::Opaque));
-        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n", MAX), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(&[0x4a, 0x00, 0x00, 0x00, 0x0a], MAX),
+            Some(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(&[0x16, 0x03, 0x01, 0x02, 0x00], MAX),
+            Some(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n", MAX),
+            Some(Protocol::Opaque)
+        );
         assert_eq!(classify(b"GET /\r\n", MAX), Some(Protocol::Opaque));
-        assert_eq!(classify(b" GET / HTTP/1.1\r\n", MAX), Some(Protocol::Opaque));
-        assert_eq!(classify(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", MAX), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(b" GET / HTTP/1.1\r\n", MAX),
+            Some(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", MAX),
+            Some(Protocol::Opaque)
+        );
         assert_eq!(classify(b"GET /a\x00b", MAX), Some(Protocol::Opaque));
         assert_eq!(classify(b"HELLO there\r\n", MAX), Some(Protocol::Opaque));
     }
@@ -160,7 +188,9 @@ mod tests {
     async fn silent_clients_are_opaque_after_the_deadline() {
         let (mut client, mut server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX).await.unwrap();
+        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX)
+            .await
+            .unwrap();
         assert_eq!(p, Protocol::Opaque);
         assert!(buf.is_empty());
         assert_eq!(start.elapsed(), Duration::from_millis(300));
@@ -173,10 +203,15 @@ mod tests {
         let writer = tokio::spawn(async move {
             client.write_all(b"GET /x HT").await.unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;
-            client.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            client
+                .write_all(b"TP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX).await.unwrap();
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX)
+            .await
+            .unwrap();
         assert_eq!(p, Protocol::Http1);
         assert!(buf.starts_with(b"GET /x HTTP/1.1\r\n"));
         drop(writer.await.unwrap());
@@ -187,7 +222,9 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
         drop(client);
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX).await.unwrap();
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX)
+            .await
+            .unwrap();
         assert_eq!(p, Protocol::Opaque);
         assert_eq!(&buf[..], b"GE");
     }

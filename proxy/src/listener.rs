@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::proxy::{ConnContext, HttpProxy, Shared, Target};
-use crate::metrics::{unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels};
+use crate::metrics::{
+    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels,
+};
 use crate::tcp;
 use crate::transport::{metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
 
@@ -60,7 +62,11 @@ impl Listener {
                 }
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.shared.metrics.tcp_rejected.get_or_create(&DirectionLabel { direction }).inc();
+                self.shared
+                    .metrics
+                    .tcp_rejected
+                    .get_or_create(&DirectionLabel { direction })
+                    .inc();
                 tracing::warn!(listener = %self.spec.name, %peer, "connection limit reached; closing");
                 drop(stream);
                 continue;
@@ -80,14 +86,24 @@ impl Listener {
         match self.spec.direction {
             ApiDirection::Outbound => {
                 if let Some(r) = &self.spec.target {
-                    let svc = cfg
-                        .service(r)
-                        .ok_or_else(|| format!("target {}.{}:{} is not in the snapshot", r.name, r.namespace, r.port))?;
-                    return Ok((Target::Service(svc.clone()), svc.protocol == ServiceProtocol::Opaque));
+                    let svc = cfg.service(r).ok_or_else(|| {
+                        format!(
+                            "target {}.{}:{} is not in the snapshot",
+                            r.name, r.namespace, r.port
+                        )
+                    })?;
+                    return Ok((
+                        Target::Service(svc.clone()),
+                        svc.protocol == ServiceProtocol::Opaque,
+                    ));
                 }
-                let orig = orig.ok_or("no original destination (not redirected) and no static target")?;
+                let orig =
+                    orig.ok_or("no original destination (not redirected) and no static target")?;
                 Ok(match cfg.service_at(orig) {
-                    Some(svc) => (Target::Service(svc.clone()), svc.protocol == ServiceProtocol::Opaque),
+                    Some(svc) => (
+                        Target::Service(svc.clone()),
+                        svc.protocol == ServiceProtocol::Opaque,
+                    ),
                     None => (Target::Passthrough(orig), false),
                 })
             }
@@ -105,7 +121,10 @@ impl Listener {
                         .app
                         .ok_or("no original destination (not redirected) and no app address")?,
                 };
-                Ok((Target::App(app), self.spec.opaque_ports.contains(&app.port())))
+                Ok((
+                    Target::App(app),
+                    self.spec.opaque_ports.contains(&app.port()),
+                ))
             }
         }
     }
@@ -123,7 +142,13 @@ impl Listener {
         let (protocol, prefix) = if opaque {
             (Protocol::Opaque, Default::default())
         } else {
-            match detect::detect(&mut stream, cfg.limits.detect_timeout, cfg.limits.max_header_bytes).await {
+            match detect::detect(
+                &mut stream,
+                cfg.limits.detect_timeout,
+                cfg.limits.max_header_bytes,
+            )
+            .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "connection failed during protocol detection");
@@ -148,7 +173,11 @@ impl Listener {
         let p = &cfg.proxy;
         let u = unknown();
         let (dw, dn, dp) = match opaque_upstream.as_ref().and_then(|(_, ep)| ep.as_ref()) {
-            Some(ep) => (ep.workload.clone(), ep.namespace.clone(), ep.principal.clone()),
+            Some(ep) => (
+                ep.workload.clone(),
+                ep.namespace.clone(),
+                ep.principal.clone(),
+            ),
             None => (u.clone(), u.clone(), u.clone()),
         };
         let service = match &target {

@@ -8,7 +8,11 @@ use outrigger_api::Snapshot;
 use outrigger_proxy::{Drained, Options, Proxy};
 
 #[derive(Parser)]
-#[command(name = "outrigger-proxy", version, about = "The Outrigger sidecar proxy")]
+#[command(
+    name = "outrigger-proxy",
+    version,
+    about = "The Outrigger sidecar proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,9 @@ async fn run(snapshot: Snapshot, path: &Path, opts: Options) -> anyhow::Result<(
     };
     match outcome {
         Drained::Clean => Ok(()),
-        Drained::DeadlinePassed => anyhow::bail!("drain deadline passed with requests still in flight"),
+        Drained::DeadlinePassed => {
+            anyhow::bail!("drain deadline passed with requests still in flight")
+        }
     }
 }
 
@@ -114,7 +120,8 @@ fn signal_or_admin(proxy: &Proxy) -> impl std::future::Future<Output = ()> + use
 }
 
 fn load(path: &Path) -> anyhow::Result<Snapshot> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let parsed = if path.extension().is_some_and(|e| e == "json") {
         Snapshot::from_json(&text)
     } else {
@@ -126,7 +133,11 @@ fn load(path: &Path) -> anyhow::Result<Snapshot> {
 fn init_logs(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -35,15 +35,18 @@ impl From<outrigger_api::Direction> for Direction {
     }
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 impl EncodeLabelValue for Direction {
     fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        std::fmt::Write::write_str(
-            e,
-            match self {
-                Direction::Inbound => "inbound",
-                Direction::Outbound => "outbound",
-            },
-        )
+        std::fmt::Write::write_str(e, self.as_str())
     }
 }
 
@@ -176,7 +179,8 @@ pub struct DirectionLabel {
 
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
 ];
 
 fn latency_histogram() -> Histogram {
@@ -211,7 +215,9 @@ impl Metrics {
             requests.clone(),
         );
         let request_duration =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         reg.register(
             "outrigger_request_duration_seconds",
             "Time from receiving the request head to the end of the response",
@@ -351,8 +357,13 @@ destination_service=\"web.shop\",connection_security_policy=\"none\",response_co
 response_flags=\"-\"} 3"
         );
         let bucket = |le: &str| {
-            let prefix = format!("outrigger_request_duration_seconds_bucket{{le=\"{le}\",direction=\"outbound\"");
-            let line = text.lines().find(|l| l.starts_with(&prefix)).expect(&prefix);
+            let prefix = format!(
+                "outrigger_request_duration_seconds_bucket{{le=\"{le}\",direction=\"outbound\""
+            );
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .expect(&prefix);
             line.rsplit(' ').next().unwrap().to_string()
         };
         assert_eq!(bucket("0.0025"), "0");

@@ -7,7 +7,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::transport;
 
-pub async fn forward<I>(mut client: I, upstream: SocketAddr, connect_timeout: Duration) -> std::io::Result<(u64, u64)>
+pub async fn forward<I>(
+    mut client: I,
+    upstream: SocketAddr,
+    connect_timeout: Duration,
+) -> std::io::Result<(u64, u64)>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

@@ -40,7 +40,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -77,15 +79,24 @@ pub async fn app(name: &'static str) -> SocketAddr {
             lines.push(format!("uri: {}", req.uri()));
             return Response::new(full(lines.join("\n")));
         }
-        if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             return Response::new(full(vec![b'x'; n]));
         }
-        if let Some(code) = path.strip_prefix("/status/").and_then(|n| n.parse::<u16>().ok()) {
+        if let Some(code) = path
+            .strip_prefix("/status/")
+            .and_then(|n| n.parse::<u16>().ok())
+        {
             let mut r = Response::new(full(format!("status {code}")));
             *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
             return r;
         }
-        if let Some(ms) = path.strip_prefix("/slow/").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(ms) = path
+            .strip_prefix("/slow/")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             return Response::new(full(format!("slow {name}")));
         }
@@ -115,7 +126,9 @@ pub fn client_snapshot(endpoints: &[(SocketAddr, bool)]) -> Snapshot {
     let eps: Vec<String> = endpoints
         .iter()
         .enumerate()
-        .map(|(i, (a, meshed))| format!("      - {{ address: \"{a}\", meshed: {meshed}, workload: web-{i} }}"))
+        .map(|(i, (a, meshed))| {
+            format!("      - {{ address: \"{a}\", meshed: {meshed}, workload: web-{i} }}")
+        })
         .collect();
     Snapshot::from_yaml(&format!(
         r#"
@@ -157,12 +170,20 @@ impl Mesh {
     ) -> Self {
         let mut s = server_snapshot(app);
         edit_server(&mut s);
-        let server = Proxy::start(s, Options::default()).await.expect("server proxy starts");
+        let server = Proxy::start(s, Options::default())
+            .await
+            .expect("server proxy starts");
         let inbound = server.listener_addr("inbound").unwrap();
         let mut c = client_snapshot(&[(inbound, true)]);
         edit_client(&mut c);
-        let client = Proxy::start(c, Options::default()).await.expect("client proxy starts");
-        Self { client, server, app }
+        let client = Proxy::start(c, Options::default())
+            .await
+            .expect("client proxy starts");
+        Self {
+            client,
+            server,
+            app,
+        }
     }
 
     /// Where the app's client sends its traffic.
@@ -178,7 +199,9 @@ impl Mesh {
 /// An HTTP/1.1 connection to `addr`.
 pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn.with_upgrades());
     sender
 }
@@ -186,9 +209,10 @@ pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<
 /// An HTTP/2 (prior knowledge) connection to `addr`.
 pub async fn http2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -204,7 +228,11 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxE
     let (mut c, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let resp = c
-        .send_request(Request::get(path).header("host", "web.shop").body(empty())?)
+        .send_request(
+            Request::get(path)
+                .header("host", "web.shop")
+                .body(empty())?,
+        )
         .await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();

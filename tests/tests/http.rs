@@ -12,9 +12,15 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-async fn send1(c: &mut hyper::client::conn::http1::SendRequest<Body>, req: Request<Body>) -> (u16, http::HeaderMap, Bytes) {
+async fn send1(
+    c: &mut hyper::client::conn::http1::SendRequest<Body>,
+    req: Request<Body>,
+) -> (u16, http::HeaderMap, Bytes) {
     c.ready().await.unwrap();
-    let resp = tokio::time::timeout(LIMIT, c.send_request(req)).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(LIMIT, c.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -26,7 +32,14 @@ async fn keep_alive_requests_share_one_client_connection_and_one_mesh_connection
     let mesh = Mesh::start(app("web").await).await;
     let mut c = http1(mesh.outbound()).await;
     for i in 0..5 {
-        let (status, _, body) = send1(&mut c, Request::get(format!("/n/{i}")).header("host", "web.shop").body(empty()).unwrap()).await;
+        let (status, _, body) = send1(
+            &mut c,
+            Request::get(format!("/n/{i}"))
+                .header("host", "web.shop")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!((status, &body[..]), (200, &b"hello from web"[..]));
     }
     // Three more client connections, concurrently.
@@ -39,12 +52,42 @@ async fn keep_alive_requests_share_one_client_connection_and_one_mesh_connection
         assert_eq!(t.await.unwrap().0, 200);
     }
     let client = scrape(&mesh.client).await;
-    assert_eq!(metric(&client, "outrigger_tcp_connections_opened_total", &[("protocol", "http1"), ("direction", "outbound")]), 4.0, "{client}");
+    assert_eq!(
+        metric(
+            &client,
+            "outrigger_tcp_connections_opened_total",
+            &[("protocol", "http1"), ("direction", "outbound")]
+        ),
+        4.0,
+        "{client}"
+    );
     // Every HTTP/1 request crossed the mesh over one HTTP/2 connection.
     let server = scrape(&mesh.server).await;
-    assert_eq!(metric(&server, "outrigger_tcp_connections_opened_total", &[("direction", "inbound")]), 1.0, "{server}");
-    assert_eq!(metric(&server, "outrigger_tcp_connections_opened_total", &[("direction", "inbound"), ("protocol", "http2")]), 1.0);
-    assert_eq!(metric(&server, "outrigger_requests_total", &[("direction", "inbound"), ("response_code", "200")]), 8.0);
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_tcp_connections_opened_total",
+            &[("direction", "inbound")]
+        ),
+        1.0,
+        "{server}"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_tcp_connections_opened_total",
+            &[("direction", "inbound"), ("protocol", "http2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "outrigger_requests_total",
+            &[("direction", "inbound"), ("response_code", "200")]
+        ),
+        8.0
+    );
 }
 
 #[tokio::test]
@@ -69,7 +112,14 @@ async fn the_app_sees_http1_with_its_host_and_no_hop_by_hop_or_internal_headers(
     assert!(lines.contains(&"x-kept: end-to-end"), "{seen}");
     assert!(lines.contains(&"version: HTTP/1.1"), "{seen}");
     assert!(lines.contains(&"uri: /headers?q=1"), "{seen}");
-    for gone in ["x-secret", "keep-alive", "proxy-connection", "te:", "outrigger-orig-proto", "connection"] {
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te:",
+        "outrigger-orig-proto",
+        "connection",
+    ] {
         assert!(!seen.contains(gone), "{gone} reached the app:\n{seen}");
     }
 }
@@ -80,17 +130,32 @@ async fn http2_clients_stay_http2_to_the_app() {
     let mut c = http2(mesh.outbound()).await;
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let fut = c.send_request(Request::get(format!("http://web.shop/headers?i={i}")).body(empty()).unwrap());
+        let fut = c.send_request(
+            Request::get(format!("http://web.shop/headers?i={i}"))
+                .body(empty())
+                .unwrap(),
+        );
         tasks.push(tokio::spawn(async move {
             let resp = tokio::time::timeout(LIMIT, fut).await.unwrap().unwrap();
             assert_eq!(resp.status(), 200);
-            String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+            String::from_utf8(
+                resp.into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap()
         }));
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let seen = t.await.unwrap();
         assert!(seen.contains("version: HTTP/2.0"), "{seen}");
-        assert!(seen.contains(&format!("uri: http://web.shop/headers?i={i}")), "{seen}");
+        assert!(
+            seen.contains(&format!("uri: http://web.shop/headers?i={i}")),
+            "{seen}"
+        );
     }
     c.ready().await.unwrap();
 }
@@ -102,32 +167,66 @@ async fn large_and_chunked_bodies_stream_both_ways() {
 
     // 8 MiB request body with a known length, echoed back.
     let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let (status, _, body) = send1(&mut c, Request::post("/echo").header("host", "web.shop").body(full(big.clone())).unwrap()).await;
+    let (status, _, body) = send1(
+        &mut c,
+        Request::post("/echo")
+            .header("host", "web.shop")
+            .body(full(big.clone()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body.len(), big.len());
     assert!(body == big, "echoed body differs");
 
     // A chunked request body (no length) in 300 pieces; the echo comes back chunked.
-    let pieces: Vec<Result<hyper::body::Frame<Bytes>, BoxError>> =
-        (0..300).map(|i| Ok(hyper::body::Frame::data(Bytes::from(format!("chunk-{i:03};"))))).collect();
+    let pieces: Vec<Result<hyper::body::Frame<Bytes>, BoxError>> = (0..300)
+        .map(|i| {
+            Ok(hyper::body::Frame::data(Bytes::from(format!(
+                "chunk-{i:03};"
+            ))))
+        })
+        .collect();
     let body = StreamBody::new(stream::iter(pieces)).boxed_unsync();
     let c2 = &mut c;
     c2.ready().await.unwrap();
-    let resp = c2.send_request(Request::post("/echo").header("host", "web.shop").body(body).unwrap()).await.unwrap();
+    let resp = c2
+        .send_request(
+            Request::post("/echo")
+                .header("host", "web.shop")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("content-length").is_none(), "streamed, not buffered");
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "streamed, not buffered"
+    );
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     let want: String = (0..300).map(|i| format!("chunk-{i:03};")).collect();
     assert_eq!(String::from_utf8(got.to_vec()).unwrap(), want);
 
     // 16 MiB response body.
-    let (status, headers, body) = send1(&mut c, Request::get("/bytes/16777216").header("host", "web.shop").body(empty()).unwrap()).await;
+    let (status, headers, body) = send1(
+        &mut c,
+        Request::get("/bytes/16777216")
+            .header("host", "web.shop")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(headers.get("content-length").unwrap(), "16777216");
     assert_eq!(body.len(), 16 * 1024 * 1024);
 
     let client = scrape(&mesh.client).await;
-    let sent_up = metric(&client, "outrigger_request_bytes_total", &[("direction", "outbound")]);
+    let sent_up = metric(
+        &client,
+        "outrigger_request_bytes_total",
+        &[("direction", "outbound")],
+    );
     assert_eq!(sent_up, (big.len() + want.len()) as f64);
 }
 
@@ -135,19 +234,32 @@ async fn large_and_chunked_bodies_stream_both_ways() {
 async fn a_malformed_request_gets_400_and_the_proxy_keeps_serving() {
     let mesh = Mesh::start(app("web").await).await;
     let mut raw = TcpStream::connect(mesh.outbound()).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\nthis is not a header\r\n\r\n").await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\nthis is not a header\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // The connection was closed (read_to_end returned), and others are served.
-    assert_eq!(get(mesh.outbound(), "/").await, (200, "hello from web".to_string()));
+    assert_eq!(
+        get(mesh.outbound(), "/").await,
+        (200, "hello from web".to_string())
+    );
 
     // A bad Content-Length is refused the same way.
     let mut raw = TcpStream::connect(mesh.outbound()).await.unwrap();
-    raw.write_all(b"POST / HTTP/1.1\r\nHost: web.shop\r\nContent-Length: nope\r\n\r\n").await.unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nHost: web.shop\r\nContent-Length: nope\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"));
     assert_eq!(get(mesh.outbound(), "/").await.0, 200);
 }
@@ -161,7 +273,9 @@ async fn oversized_headers_are_refused_with_431() {
     // The proxy may close while we are still writing; that is fine.
     let _ = raw.write_all(req.as_bytes()).await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await.unwrap();
+    let _ = tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
+        .await
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(get(mesh.outbound(), "/").await.0, 200);
@@ -169,15 +283,24 @@ async fn oversized_headers_are_refused_with_431() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let mesh = Mesh::start_with(app("web").await, |_| {}, |c| {
-        c.limits.header_read_timeout = outrigger_api::Duration::from_millis(200);
-    })
+    let mesh = Mesh::start_with(
+        app("web").await,
+        |_| {},
+        |c| {
+            c.limits.header_read_timeout = outrigger_api::Duration::from_millis(200);
+        },
+    )
     .await;
     let mut raw = TcpStream::connect(mesh.outbound()).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\n").await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     // Closed by the proxy well before our own 10 s bound.
-    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer)).await.expect("proxy closes the connection").ok();
+    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
+        .await
+        .expect("proxy closes the connection")
+        .ok();
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
     assert_eq!(get(mesh.outbound(), "/").await.0, 200);
 }
@@ -186,22 +309,55 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 async fn past_the_connection_limit_new_connections_are_closed_and_counted() {
     let mesh = Mesh::start_with(app("web").await, |_| {}, |c| c.limits.max_connections = 1).await;
     let mut first = http1(mesh.outbound()).await;
-    let (status, _, _) = send1(&mut first, Request::get("/").header("host", "web.shop").body(empty()).unwrap()).await;
+    let (status, _, _) = send1(
+        &mut first,
+        Request::get("/")
+            .header("host", "web.shop")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
 
     let mut second = TcpStream::connect(mesh.outbound()).await.unwrap();
-    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n").await;
+    let _ = second
+        .write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n")
+        .await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(LIMIT, second.read_to_end(&mut answer)).await.unwrap();
+    let _ = tokio::time::timeout(LIMIT, second.read_to_end(&mut answer))
+        .await
+        .unwrap();
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     let text = scrape(&mesh.client).await;
-    assert_eq!(metric(&text, "outrigger_tcp_connections_rejected_total", &[("direction", "outbound")]), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_tcp_connections_rejected_total",
+            &[("direction", "outbound")]
+        ),
+        1.0
+    );
 
     // The first connection is unaffected; once it closes, a new one is served.
-    let (status, _, _) = send1(&mut first, Request::get("/").header("host", "web.shop").body(empty()).unwrap()).await;
+    let (status, _, _) = send1(
+        &mut first,
+        Request::get("/")
+            .header("host", "web.shop")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     drop(first);
-    assert!(eventually(LIMIT, || async { matches!(tokio::time::timeout(Duration::from_secs(1), try_get(mesh.outbound(), "/")).await, Ok(Ok((200, _)))) }).await);
+    assert!(
+        eventually(LIMIT, || async {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), try_get(mesh.outbound(), "/")).await,
+                Ok(Ok((200, _)))
+            )
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -224,38 +380,92 @@ async fn failures_the_proxy_answers_itself_carry_a_flag() {
         name: "to-empty".into(),
         direction: outrigger_api::Direction::Outbound,
         bind: "127.0.0.1:0".into(),
-        target: Some(outrigger_api::ServiceRef { name: "empty".into(), namespace: "shop".into(), port: 81 }),
+        target: Some(outrigger_api::ServiceRef {
+            name: "empty".into(),
+            namespace: "shop".into(),
+            port: 81,
+        }),
         app: None,
         opaque_ports: vec![],
     });
-    let proxy = outrigger_proxy::Proxy::start(snap, Default::default()).await.unwrap();
+    let proxy = outrigger_proxy::Proxy::start(snap, Default::default())
+        .await
+        .unwrap();
 
     let mut c = http1(proxy.listener_addr("outbound").unwrap()).await;
-    let (status, headers, body) = send1(&mut c, Request::get("/").header("host", "web.shop").body(empty()).unwrap()).await;
+    let (status, headers, body) = send1(
+        &mut c,
+        Request::get("/")
+            .header("host", "web.shop")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 502);
     assert_eq!(headers["outrigger-response-flags"], "UF");
-    assert!(headers["outrigger-proxy-error"].to_str().unwrap().contains(&dead.to_string()));
+    assert!(headers["outrigger-proxy-error"]
+        .to_str()
+        .unwrap()
+        .contains(&dead.to_string()));
     assert!(String::from_utf8_lossy(&body).contains("connect to"));
 
     let mut c = http1(proxy.listener_addr("to-empty").unwrap()).await;
-    let (status, headers, _) = send1(&mut c, Request::get("/").header("host", "empty.shop").body(empty()).unwrap()).await;
+    let (status, headers, _) = send1(
+        &mut c,
+        Request::get("/")
+            .header("host", "empty.shop")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 503);
     assert_eq!(headers["outrigger-response-flags"], "UH");
 
     let text = scrape(&proxy).await;
-    assert_eq!(metric(&text, "outrigger_requests_total", &[("response_code", "502"), ("response_flags", "UF")]), 1.0, "{text}");
-    assert_eq!(metric(&text, "outrigger_requests_total", &[("response_code", "503"), ("response_flags", "UH"), ("destination_service", "empty.shop")]), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_requests_total",
+            &[("response_code", "502"), ("response_flags", "UF")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_requests_total",
+            &[
+                ("response_code", "503"),
+                ("response_flags", "UH"),
+                ("destination_service", "empty.shop")
+            ]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn requests_are_spread_round_robin_over_endpoints() {
     let a = app("a").await;
     let b = app("b").await;
-    let proxy = outrigger_proxy::Proxy::start(client_snapshot(&[(a, false), (b, false)]), Default::default()).await.unwrap();
+    let proxy = outrigger_proxy::Proxy::start(
+        client_snapshot(&[(a, false), (b, false)]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let mut c = http1(proxy.listener_addr("outbound").unwrap()).await;
     let mut seen = Vec::new();
     for _ in 0..6 {
-        let (_, _, body) = send1(&mut c, Request::get("/").header("host", "web.shop").body(empty()).unwrap()).await;
+        let (_, _, body) = send1(
+            &mut c,
+            Request::get("/")
+                .header("host", "web.shop")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
         seen.push(String::from_utf8(body.to_vec()).unwrap());
     }
     assert_eq!(seen, ["hello from a", "hello from b"].repeat(3));

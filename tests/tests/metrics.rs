@@ -11,7 +11,10 @@ const LIMIT: Duration = Duration::from_secs(10);
 async fn request_metrics_match_the_traffic_sent() {
     let mesh = Mesh::start(app("web").await).await;
     for _ in 0..5 {
-        assert_eq!(get(mesh.outbound(), "/").await, (200, "hello from web".into()));
+        assert_eq!(
+            get(mesh.outbound(), "/").await,
+            (200, "hello from web".into())
+        );
     }
     for _ in 0..2 {
         assert_eq!(get(mesh.outbound(), "/status/503").await.0, 503);
@@ -42,15 +45,60 @@ async fn request_metrics_match_the_traffic_sent() {
         l.push(extra);
         l
     };
-    assert_eq!(metric(&c, "outrigger_requests_total", &with(("response_code", "200"))), 5.0, "{c}");
-    assert_eq!(metric(&c, "outrigger_requests_total", &with(("response_code", "503"))), 2.0);
-    assert_eq!(metric(&c, "outrigger_request_duration_seconds_count", &with(("response_code", "200"))), 5.0);
-    assert_eq!(metric(&c, "outrigger_request_duration_seconds_bucket", &[("response_code", "200"), ("le", "+Inf")]), 5.0);
-    assert!(metric(&c, "outrigger_request_duration_seconds_sum", &[("response_code", "200")]) > 0.0);
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_requests_total",
+            &with(("response_code", "200"))
+        ),
+        5.0,
+        "{c}"
+    );
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_requests_total",
+            &with(("response_code", "503"))
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_request_duration_seconds_count",
+            &with(("response_code", "200"))
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_request_duration_seconds_bucket",
+            &[("response_code", "200"), ("le", "+Inf")]
+        ),
+        5.0
+    );
+    assert!(
+        metric(
+            &c,
+            "outrigger_request_duration_seconds_sum",
+            &[("response_code", "200")]
+        ) > 0.0
+    );
     // "hello from web" is 14 bytes, "status 503" 10.
-    assert_eq!(metric(&c, "outrigger_response_bytes_total", &out[..7]), (5 * 14 + 2 * 10) as f64);
+    assert_eq!(
+        metric(&c, "outrigger_response_bytes_total", &out[..7]),
+        (5 * 14 + 2 * 10) as f64
+    );
     assert_eq!(metric(&c, "outrigger_request_bytes_total", &out[..7]), 0.0);
-    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("direction", "outbound"), ("protocol", "http1")]), 7.0);
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_tcp_connections_opened_total",
+            &[("direction", "outbound"), ("protocol", "http1")]
+        ),
+        7.0
+    );
     assert_eq!(metric(&c, "outrigger_config_applied_total", &[]), 1.0);
     assert_eq!(metric(&c, "outrigger_ready", &[]), 1.0);
 
@@ -64,20 +112,43 @@ async fn request_metrics_match_the_traffic_sent() {
     let mut ok = inbound.to_vec();
     ok.push(("response_code", "200"));
     assert_eq!(metric(&s, "outrigger_requests_total", &ok), 5.0, "{s}");
-    assert_eq!(metric(&s, "outrigger_response_bytes_total", &inbound), (5 * 14 + 2 * 10) as f64);
+    assert_eq!(
+        metric(&s, "outrigger_response_bytes_total", &inbound),
+        (5 * 14 + 2 * 10) as f64
+    );
     // All seven crossed the hop on one HTTP/2 connection.
-    assert_eq!(metric(&s, "outrigger_tcp_connections_opened_total", &[("protocol", "http2")]), 1.0);
+    assert_eq!(
+        metric(
+            &s,
+            "outrigger_tcp_connections_opened_total",
+            &[("protocol", "http2")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn label_values_stay_bounded_whatever_the_paths() {
     let mesh = Mesh::start(app("web").await).await;
     for i in 0..50 {
-        assert_eq!(get(mesh.outbound(), &format!("/users/{i}?token={i}")).await.0, 200);
+        assert_eq!(
+            get(mesh.outbound(), &format!("/users/{i}?token={i}"))
+                .await
+                .0,
+            200
+        );
     }
-    assert!(eventually(LIMIT, || async { metric(&scrape(&mesh.client).await, "outrigger_requests_total", &[]) == 50.0 }).await);
+    assert!(
+        eventually(LIMIT, || async {
+            metric(&scrape(&mesh.client).await, "outrigger_requests_total", &[]) == 50.0
+        })
+        .await
+    );
     let c = scrape(&mesh.client).await;
-    let series = c.lines().filter(|l| l.starts_with("outrigger_requests_total{")).count();
+    let series = c
+        .lines()
+        .filter(|l| l.starts_with("outrigger_requests_total{"))
+        .count();
     assert_eq!(series, 1, "one series for 50 distinct paths:\n{c}");
     assert!(!c.contains("/users/"), "no path in any label");
 }
@@ -100,7 +171,12 @@ async fn prometheus_scrapes_the_admin_port() {
     for _ in 0..3 {
         assert_eq!(get(mesh.outbound(), "/").await.0, 200);
     }
-    assert!(eventually(LIMIT, || async { metric(&scrape(&mesh.client).await, "outrigger_requests_total", &[]) == 3.0 }).await);
+    assert!(
+        eventually(LIMIT, || async {
+            metric(&scrape(&mesh.client).await, "outrigger_requests_total", &[]) == 3.0
+        })
+        .await
+    );
 
     let dir = std::env::temp_dir().join(format!("outrigger-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -117,7 +193,10 @@ async fn prometheus_scrapes_the_admin_port() {
     let mut server = KillOnDrop(
         std::process::Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -141,7 +220,10 @@ async fn prometheus_scrapes_the_admin_port() {
         }
     })
     .await;
-    assert!(server.0.try_wait().unwrap().is_none(), "prometheus exited early");
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "prometheus exited early"
+    );
     let last = last.into_inner().unwrap();
     assert!(found, "Prometheus never returned the series: {last}");
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
@@ -162,11 +244,19 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|f| f.is_file())
+        })
         .ok_or(())
 }

@@ -17,7 +17,9 @@ async fn echo_server(banner: Option<&'static [u8]>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if let Some(b) = banner {
                     s.write_all(b).await.unwrap();
@@ -45,7 +47,9 @@ async fn client_first_binary_protocols_are_echoed_byte_for_byte() {
     };
     let mut back = Vec::new();
     let read = r.read_to_end(&mut back);
-    let (_, n) = tokio::time::timeout(LIMIT, async { tokio::join!(write, read) }).await.unwrap();
+    let (_, n) = tokio::time::timeout(LIMIT, async { tokio::join!(write, read) })
+        .await
+        .unwrap();
     n.unwrap();
     assert_eq!(back.len(), first.len());
     assert!(back == first, "echo differs");
@@ -62,11 +66,34 @@ async fn client_first_binary_protocols_are_echoed_byte_for_byte() {
         .await
     );
     let c = scrape(&mesh.client).await;
-    assert_eq!(metric(&c, "outrigger_tcp_received_bytes_total", &labels), want, "{c}");
+    assert_eq!(
+        metric(&c, "outrigger_tcp_received_bytes_total", &labels),
+        want,
+        "{c}"
+    );
     assert_eq!(metric(&c, "outrigger_tcp_sent_bytes_total", &labels), want);
-    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "opaque"), ("destination_service", "web.shop"), ("destination_workload", "web-0")]), 1.0);
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_tcp_connections_opened_total",
+            &[
+                ("protocol", "opaque"),
+                ("destination_service", "web.shop"),
+                ("destination_workload", "web-0")
+            ]
+        ),
+        1.0
+    );
     let s = scrape(&mesh.server).await;
-    assert_eq!(metric(&s, "outrigger_tcp_received_bytes_total", &[("protocol", "opaque"), ("direction", "inbound")]), want, "{s}");
+    assert_eq!(
+        metric(
+            &s,
+            "outrigger_tcp_received_bytes_total",
+            &[("protocol", "opaque"), ("direction", "inbound")]
+        ),
+        want,
+        "{s}"
+    );
 }
 
 #[tokio::test]
@@ -75,11 +102,17 @@ async fn server_speaks_first_protocols_work_after_the_detection_deadline() {
     let mesh = Mesh::start(echo_server(Some(b"220 smtp.example ESMTP ready\r\n")).await).await;
     let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
     let mut banner = [0u8; 30];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut banner)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, s.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&banner, b"220 smtp.example ESMTP ready\r\n");
     s.write_all(b"EHLO me\r\n").await.unwrap();
     let mut reply = [0u8; 9];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, s.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&reply, b"EHLO me\r\n");
 }
 
@@ -102,15 +135,37 @@ async fn ports_marked_opaque_skip_detection() {
     .await;
     let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
     let mut banner = [0u8; 17];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut banner)).await.expect("no detection wait").unwrap();
+    tokio::time::timeout(LIMIT, s.read_exact(&mut banner))
+        .await
+        .expect("no detection wait")
+        .unwrap();
     assert_eq!(&banner, b"* MYSQL greeting\n");
     // Even bytes that look like HTTP stay opaque on an opaque port.
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut back = [0u8; 18];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&back, b"GET / HTTP/1.1\r\n\r\n");
     let c = scrape(&mesh.client).await;
-    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "opaque")]), 1.0, "{c}");
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_tcp_connections_opened_total",
+            &[("protocol", "opaque")]
+        ),
+        1.0,
+        "{c}"
+    );
     // Scrapes go to the admin port: the data listeners saw no HTTP at all.
-    assert_eq!(metric(&c, "outrigger_tcp_connections_opened_total", &[("protocol", "http1")]), 0.0, "{c}");
+    assert_eq!(
+        metric(
+            &c,
+            "outrigger_tcp_connections_opened_total",
+            &[("protocol", "http1")]
+        ),
+        0.0,
+        "{c}"
+    );
 }

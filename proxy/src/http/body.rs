@@ -131,7 +131,8 @@ impl HttpBody for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.bytes.inc_by(data.len() as u64);
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    if let (Some(v), Some(r)) = (trailers.get("grpc-status"), this.record.as_mut()) {
+                    if let (Some(v), Some(r)) = (trailers.get("grpc-status"), this.record.as_mut())
+                    {
                         r.labels.grpc_response_status = GrpcStatus::parse(v.as_bytes());
                     }
                 }
@@ -251,7 +252,10 @@ mod tests {
     async fn counted_body_counts_data_only() {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x", "yyyy".parse().unwrap());
-        let body = body_of(vec![Frame::data(Bytes::from_static(b"abc")), Frame::trailers(trailers)]);
+        let body = body_of(vec![
+            Frame::data(Bytes::from_static(b"abc")),
+            Frame::trailers(trailers),
+        ]);
         let c = Counter::default();
         CountedBody::new(body, c.clone()).collect().await.unwrap();
         assert_eq!(c.get(), 3);

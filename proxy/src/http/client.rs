@@ -52,7 +52,9 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } => ResponseFlag::UpstreamConnectFailure,
             ClientError::Handshake { .. } => ResponseFlag::UpstreamConnectFailure,
-            ClientError::Http { source, .. } if source.is_parse() => ResponseFlag::UpstreamProtocolError,
+            ClientError::Http { source, .. } if source.is_parse() => {
+                ResponseFlag::UpstreamProtocolError
+            }
             ClientError::Http { .. } => ResponseFlag::UpstreamConnectionTermination,
         }
     }
@@ -66,11 +68,18 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Idle HTTP/1 connections to one endpoint, with when each went idle.
+type IdleStack = Vec<(http1::SendRequest<Body>, Instant)>;
+
+/// The one HTTP/2 connection to an endpoint; the async lock makes concurrent
+/// first requests share a single connect.
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
 struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<Body>, Instant)>>>,
-    h2: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>>>,
+    h1_idle: Mutex<HashMap<SocketAddr, IdleStack>>,
+    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
 }
 
 impl Client {
@@ -126,7 +135,11 @@ impl Client {
             .map_err(|source| ClientError::Connect { addr, source })
     }
 
-    async fn send_h1(&self, addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let mut req = req;
         // A pooled connection the server has just closed fails before the
         // request is written; then the request comes back and goes out on a
@@ -193,7 +206,11 @@ impl Client {
         });
     }
 
-    async fn send_h2(&self, addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let slot = {
             let mut map = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(addr).or_default().clone()

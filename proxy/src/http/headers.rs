@@ -168,7 +168,10 @@ mod tests {
             .body(())
             .unwrap();
         assert!(is_upgrade(ws.method(), ws.headers()));
-        let no_conn = Request::get("/").header("upgrade", "websocket").body(()).unwrap();
+        let no_conn = Request::get("/")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
         assert!(!is_upgrade(no_conn.method(), no_conn.headers()));
         let connect = Request::connect("db:5432").body(()).unwrap();
         assert!(is_upgrade(connect.method(), connect.headers()));

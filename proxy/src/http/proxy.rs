@@ -27,7 +27,10 @@ use super::{full, Body};
 use crate::access_log::AccessLog;
 use crate::config::{ProxyLabels, ServiceState};
 use crate::drain;
-use crate::metrics::{unknown, Direction, GrpcStatus, Metrics, RequestLabels, ResponseFlag, SecurityPolicy, TrafficLabels};
+use crate::metrics::{
+    unknown, Direction, GrpcStatus, Metrics, RequestLabels, ResponseFlag, SecurityPolicy,
+    TrafficLabels,
+};
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {
@@ -103,13 +106,17 @@ impl HttpProxy {
         });
 
         let (resp, traffic, flag) = match self.choose(&req) {
-            Err((traffic, err)) => (local_response(&err, client_version), traffic, err.flag),
+            Err(refused) => {
+                let (traffic, err) = *refused;
+                (local_response(&err, client_version), traffic, err.flag)
+            }
             Ok(up) => {
                 if let Some(a) = access.as_mut() {
                     a.upstream = Some(up.addr);
                 }
                 let traffic = up.traffic.clone();
-                let upgrade = client_version != Version::HTTP_2 && headers::is_upgrade(req.method(), req.headers());
+                let upgrade = client_version != Version::HTTP_2
+                    && headers::is_upgrade(req.method(), req.headers());
                 let result = if upgrade {
                     self.forward_upgrade(req, &up).await
                 } else {
@@ -142,11 +149,31 @@ impl HttpProxy {
         resp.map(|b| ResponseBody::new(b, bytes, record))
     }
 
-    fn traffic(&self, dst_workload: &Arc<str>, dst_namespace: &Arc<str>, dst_principal: &Arc<str>, service: &Arc<str>) -> TrafficLabels {
+    fn traffic(
+        &self,
+        dst_workload: &Arc<str>,
+        dst_namespace: &Arc<str>,
+        dst_principal: &Arc<str>,
+        service: &Arc<str>,
+    ) -> TrafficLabels {
         let p = &self.ctx.proxy;
         let (sw, sn, sp, dw, dn, dp) = match self.ctx.direction {
-            Direction::Outbound => (&p.workload, &p.namespace, &p.principal, dst_workload, dst_namespace, dst_principal),
-            Direction::Inbound => (dst_workload, dst_namespace, dst_principal, &p.workload, &p.namespace, &p.principal),
+            Direction::Outbound => (
+                &p.workload,
+                &p.namespace,
+                &p.principal,
+                dst_workload,
+                dst_namespace,
+                dst_principal,
+            ),
+            Direction::Inbound => (
+                dst_workload,
+                dst_namespace,
+                dst_principal,
+                &p.workload,
+                &p.namespace,
+                &p.principal,
+            ),
         };
         TrafficLabels {
             direction: self.ctx.direction,
@@ -161,7 +188,12 @@ impl HttpProxy {
         }
     }
 
-    fn choose(&self, req: &Request<Incoming>) -> Result<Upstream, (TrafficLabels, LocalError)> {
+    /// The upstream for this request, or why there is none (boxed: the
+    /// refusal is the rare path).
+    fn choose(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<Upstream, Box<(TrafficLabels, LocalError)>> {
         let client_proto = if req.version() == Version::HTTP_2 {
             UpstreamProto::Http2
         } else {
@@ -172,18 +204,22 @@ impl HttpProxy {
             Target::Service(svc) => match svc.pick() {
                 Some(ep) => Ok(Upstream {
                     addr: ep.addr,
-                    proto: if ep.meshed { UpstreamProto::Http2 } else { client_proto },
+                    proto: if ep.meshed {
+                        UpstreamProto::Http2
+                    } else {
+                        client_proto
+                    },
                     mark_http1: ep.meshed && client_proto == UpstreamProto::Http1,
                     traffic: self.traffic(&ep.workload, &ep.namespace, &ep.principal, &svc.label),
                 }),
-                None => Err((
+                None => Err(Box::new((
                     self.traffic(&unknown, &unknown, &unknown, &svc.label),
                     LocalError {
                         flag: ResponseFlag::NoHealthyUpstream,
                         status: StatusCode::SERVICE_UNAVAILABLE,
                         message: format!("service {} has no endpoints", svc.label),
                     },
-                )),
+                ))),
             },
             Target::Passthrough(addr) => Ok(Upstream {
                 addr: *addr,
@@ -195,7 +231,11 @@ impl HttpProxy {
                 let from_h1_client = req.headers().get(&ORIG_PROTO).is_some();
                 Ok(Upstream {
                     addr: *addr,
-                    proto: if from_h1_client { UpstreamProto::Http1 } else { client_proto },
+                    proto: if from_h1_client {
+                        UpstreamProto::Http1
+                    } else {
+                        client_proto
+                    },
                     mark_http1: false,
                     traffic: self.traffic(&unknown, &unknown, &unknown, &unknown),
                 })
@@ -213,7 +253,8 @@ impl HttpProxy {
             UpstreamProto::Http1 => headers::to_http1(parts, authority.as_ref()),
             UpstreamProto::Http2 => {
                 let authority = authority.unwrap_or_else(|| {
-                    Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")
+                    Authority::try_from(up.addr.to_string())
+                        .expect("a socket address is an authority")
                 });
                 headers::to_http2(parts, authority);
                 if up.mark_http1 && client_h1 {
@@ -223,12 +264,23 @@ impl HttpProxy {
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>, up: &Upstream) -> Result<Response<Body>, LocalError> {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        up: &Upstream,
+    ) -> Result<Response<Body>, LocalError> {
         let client_version = req.version();
         let (mut parts, body) = req.into_parts();
         self.prepare(&mut parts, up);
-        let bytes = self.shared.metrics.request_bytes.get_or_create(&up.traffic).clone();
-        let body = CountedBody::new(body, bytes).map_err(Into::into).boxed_unsync();
+        let bytes = self
+            .shared
+            .metrics
+            .request_bytes
+            .get_or_create(&up.traffic)
+            .clone();
+        let body = CountedBody::new(body, bytes)
+            .map_err(Into::into)
+            .boxed_unsync();
         let resp = self
             .shared
             .client
@@ -238,12 +290,19 @@ impl HttpProxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.version = response_version(client_version);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 
     /// WebSocket and other upgrades, and CONNECT: forwarded on a dedicated
     /// HTTP/1 connection; on success both sides are spliced byte for byte.
-    async fn forward_upgrade(&self, mut req: Request<Incoming>, up: &Upstream) -> Result<Response<Body>, LocalError> {
+    async fn forward_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        up: &Upstream,
+    ) -> Result<Response<Body>, LocalError> {
         let client_version = req.version();
         let is_connect = req.method() == Method::CONNECT;
         let client_upgrade = hyper::upgrade::on(&mut req);
@@ -254,12 +313,21 @@ impl HttpProxy {
         let authority = headers::authority(&parts);
         headers::to_http1(&mut parts, authority.as_ref());
         if let Some(p) = protocol {
-            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(UPGRADE, p);
         }
-        let body = CountedBody::new(body, self.shared.metrics.request_bytes.get_or_create(&up.traffic).clone())
-            .map_err(Into::into)
-            .boxed_unsync();
+        let body = CountedBody::new(
+            body,
+            self.shared
+                .metrics
+                .request_bytes
+                .get_or_create(&up.traffic)
+                .clone(),
+        )
+        .map_err(Into::into)
+        .boxed_unsync();
         let mut resp = self
             .shared
             .client
@@ -267,7 +335,8 @@ impl HttpProxy {
             .await
             .map_err(|e| upstream_error(&e))?;
 
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS || (is_connect && resp.status().is_success());
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (is_connect && resp.status().is_success());
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let drain = self.ctx.drain.clone();
@@ -278,7 +347,9 @@ impl HttpProxy {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
                             tracing::debug!(%peer, error = %e, "upgraded connection ended");
                         }
                     }
@@ -291,7 +362,10 @@ impl HttpProxy {
             headers::strip_hop_by_hop(&mut parts.headers);
         }
         parts.version = response_version(client_version);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 }
 
@@ -318,10 +392,16 @@ fn local_response(err: &LocalError, client_version: Version) -> Response<Body> {
     *resp.status_mut() = err.status;
     *resp.version_mut() = response_version(client_version);
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(&err.message) {
         h.insert(PROXY_ERROR.clone(), v);
     }
-    h.insert("outrigger-response-flags", HeaderValue::from_static(err.flag.as_str()));
+    h.insert(
+        "outrigger-response-flags",
+        HeaderValue::from_static(err.flag.as_str()),
+    );
     resp
 }

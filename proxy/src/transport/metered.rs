@@ -37,7 +37,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for MeteredIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for MeteredIo<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
             self.written.inc_by(n as u64);
