@@ -44,7 +44,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    eprintln!("upstream {:?} listening on {}", args.name, listener.local_addr()?);
+    eprintln!(
+        "upstream {:?} listening on {}",
+        args.name,
+        listener.local_addr()?
+    );
     let hello = Bytes::from(format!("hello from {}\n", args.name));
     loop {
         let (stream, _) = listener.accept().await?;
@@ -67,9 +71,20 @@ fn respond(req: Request<Incoming>, hello: Bytes) -> Response<Body> {
     if path == "/echo" {
         return Response::new(req.into_body().boxed_unsync());
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let body = Bytes::from(vec![b'x'; n.min(64 << 20)]);
-        return Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+        return Response::new(
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
     }
-    Response::new(Full::new(hello).map_err(|never| match never {}).boxed_unsync())
+    Response::new(
+        Full::new(hello)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
