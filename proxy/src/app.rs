@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::drain;
-use crate::http::client::Client;
+use crate::http::client::{Client, ClientSettings};
 use crate::http::proxy::Shared;
 use crate::listener::{Listener, ListenerSpec};
 use crate::metrics::Metrics;
@@ -95,7 +95,11 @@ impl Proxy {
         }
 
         let shared = Arc::new(Shared {
-            client: Client::new(limits.connect_timeout, limits.idle_timeout),
+            client: Client::new(ClientSettings {
+                connect_timeout: limits.connect_timeout,
+                idle_timeout: limits.idle_timeout,
+                max_header_bytes: limits.max_header_bytes,
+            }),
             metrics: metrics.clone(),
             access_log: opts.access_log,
         });

@@ -8,13 +8,14 @@
 //!        → HTTP/1 | HTTP/2 → http::server  |  opaque → tcp::forward
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::detect::{self, Protocol};
@@ -24,7 +25,23 @@ use crate::metrics::{
     unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels,
 };
 use crate::tcp;
-use crate::transport::{metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
+use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
+
+/// Held for as long as anything still uses an accepted connection (its HTTP
+/// server, an upgraded tunnel spliced from it): releases its slot under
+/// `limits.max_connections` and counts the close when the last holder is done.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    closed: Option<Counter>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &self.closed {
+            c.inc();
+        }
+    }
+}
 
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {
@@ -72,12 +89,14 @@ impl Listener {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            transport::set_keepalive(&stream);
             let this = self.clone();
             let drain = drain.clone();
-            tokio::spawn(async move {
-                this.serve(stream, peer, drain).await;
-                drop(permit);
-            });
+            let guard = ConnGuard {
+                _permit: permit,
+                closed: None,
+            };
+            tokio::spawn(async move { this.serve(stream, peer, drain, guard).await });
         }
         tracing::debug!(listener = %self.spec.name, "stopped accepting");
     }
@@ -108,19 +127,12 @@ impl Listener {
                 })
             }
             ApiDirection::Inbound => {
-                let app = match orig {
-                    Some(o) => {
-                        let lo = match o.ip() {
-                            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                        };
-                        SocketAddr::new(lo, o.port())
-                    }
-                    None => self
-                        .spec
-                        .app
-                        .ok_or("no original destination (not redirected) and no app address")?,
-                };
+                // The app is reached where the client meant to reach it (the
+                // pod IP), never on localhost: a socket the app bound to
+                // 127.0.0.1 only stays private to the pod.
+                let app = orig
+                    .or(self.spec.app)
+                    .ok_or("no original destination (not redirected) and no app address")?;
                 Ok((
                     Target::App(app),
                     self.spec.opaque_ports.contains(&app.port()),
@@ -129,7 +141,13 @@ impl Listener {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream, peer: SocketAddr, drain: drain::Watch) {
+    async fn serve(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        drain: drain::Watch,
+        mut guard: ConnGuard,
+    ) {
         let cfg = self.config.load_full();
         let direction = Direction::from(self.spec.direction);
         let (target, opaque) = match self.resolve(&cfg, original_dst(&stream)) {
@@ -211,6 +229,7 @@ impl Listener {
         let labels = TcpLabels { traffic, protocol };
         let m = &self.shared.metrics;
         m.tcp_opened.get_or_create(&labels).inc();
+        guard.closed = Some(m.tcp_closed.get_or_create(&labels).clone());
         let received = m.tcp_received_bytes.get_or_create(&labels).clone();
         received.inc_by(prefix.len() as u64);
         let sent = m.tcp_sent_bytes.get_or_create(&labels).clone();
@@ -221,6 +240,7 @@ impl Listener {
                 if let Err(e) = tcp::forward(io, addr, cfg.limits.connect_timeout).await {
                     tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
                 }
+                drop(guard);
             }
             None => {
                 let svc = HttpProxy {
@@ -230,12 +250,12 @@ impl Listener {
                         proxy: cfg.proxy.clone(),
                         peer,
                         drain: drain.clone(),
+                        _guard: guard,
                     }),
                     shared: self.shared.clone(),
                 };
                 crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain).await;
             }
         }
-        m.tcp_closed.get_or_create(&labels).inc();
     }
 }

@@ -16,8 +16,11 @@ use crate::detect::Protocol;
 /// A shared label value, cheap to clone (names from the snapshot).
 pub type Name = Arc<str>;
 
+static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Arc::from("unknown"));
+
+/// The label value for what the proxy cannot know (shared, not allocated).
 pub fn unknown() -> Name {
-    Arc::from("unknown")
+    UNKNOWN.clone()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -470,3 +470,173 @@ async fn requests_are_spread_round_robin_over_endpoints() {
     }
     assert_eq!(seen, ["hello from a", "hello from b"].repeat(3));
 }
+
+/// A raw HTTP/1.1 server that accepts CONNECT with 200 and then echoes.
+async fn connect_echo_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !head.starts_with(b"CONNECT db.shop:5432 HTTP/1.1\r\n") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connect_tunnel_holds_its_connection_slot_until_it_closes() {
+    let upstream = connect_echo_server().await;
+    let mut snap = client_snapshot(&[(upstream, false)]);
+    snap.limits.max_connections = 1;
+    let proxy = outrigger_proxy::Proxy::start(snap, Default::default())
+        .await
+        .unwrap();
+    let outbound = proxy.listener_addr("outbound").unwrap();
+
+    let mut tunnel = open_tunnel(outbound).await.expect("tunnel opens");
+    tunnel
+        .write_all(b"\x00binary after CONNECT\xff")
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 22];
+    tokio::time::timeout(LIMIT, tunnel.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"\x00binary after CONNECT\xff");
+
+    // The open tunnel still occupies the only slot, and is not counted closed.
+    let mut second = TcpStream::connect(outbound).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, second.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.is_empty());
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(&text, "outrigger_tcp_connections_rejected_total", &[]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "outrigger_tcp_connections_closed_total", &[]),
+        0.0,
+        "{text}"
+    );
+
+    drop(tunnel);
+    assert!(
+        eventually(LIMIT, || async {
+            metric(
+                &scrape(&proxy).await,
+                "outrigger_tcp_connections_closed_total",
+                &[],
+            ) == 1.0
+        })
+        .await,
+        "the tunnel's close is counted when it closes"
+    );
+    // The slot is free again: a new tunnel opens.
+    assert!(eventually(LIMIT, || async { open_tunnel(outbound).await.is_some() }).await);
+}
+
+/// Sends CONNECT and reads the response head; `None` unless it is a 200.
+async fn open_tunnel(proxy: std::net::SocketAddr) -> Option<TcpStream> {
+    let mut tunnel = TcpStream::connect(proxy).await.ok()?;
+    tunnel
+        .write_all(b"CONNECT db.shop:5432 HTTP/1.1\r\nHost: db.shop:5432\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(LIMIT, tunnel.read_exact(&mut byte))
+            .await
+            .ok()?
+            .ok()?;
+        head.push(byte[0]);
+    }
+    head.starts_with(b"HTTP/1.1 200 OK\r\n").then_some(tunnel)
+}
+
+#[tokio::test]
+async fn a_client_giving_up_before_the_response_is_counted_as_dc() {
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(1);
+    let upstream = serve_http(move |_req| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let _ = arrived_tx.send(()).await;
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            http::Response::new(empty())
+        }
+    })
+    .await;
+    let proxy =
+        outrigger_proxy::Proxy::start(client_snapshot(&[(upstream, false)]), Default::default())
+            .await
+            .unwrap();
+    let mut raw = TcpStream::connect(proxy.listener_addr("outbound").unwrap())
+        .await
+        .unwrap();
+    raw.write_all(b"GET /stuck HTTP/1.1\r\nHost: web.shop\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(LIMIT, arrived.recv()).await.unwrap();
+    drop(raw);
+    let dc = [
+        ("response_code", "0"),
+        ("response_flags", "DC"),
+        ("destination_service", "web.shop"),
+    ];
+    assert!(
+        eventually(LIMIT, || async {
+            metric(&scrape(&proxy).await, "outrigger_requests_total", &dc) == 1.0
+        })
+        .await,
+        "{}",
+        scrape(&proxy).await
+    );
+}
+
+#[tokio::test]
+async fn connect_over_http2_is_refused_plainly() {
+    let proxy = outrigger_proxy::Proxy::start(
+        client_snapshot(&[(app("web").await, false)]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = http2(proxy.listener_addr("outbound").unwrap()).await;
+    let resp = c
+        .send_request(
+            Request::connect("db.shop:5432")
+                .version(http::Version::HTTP_2)
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.headers()["outrigger-response-flags"], "NR");
+}

@@ -71,7 +71,7 @@ pub struct Record {
 }
 
 impl Record {
-    fn finish(mut self, completed: bool) {
+    pub(crate) fn finish(mut self, completed: bool) {
         if !completed && self.labels.response_flags == ResponseFlag::None {
             self.labels.response_flags = ResponseFlag::DownstreamConnectionTermination;
         }

@@ -53,13 +53,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An HTTP/1 request that asks to switch protocols (`Connection: upgrade` with
-/// an `Upgrade` header, as WebSocket does) or to open a tunnel (`CONNECT`).
-pub fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
+/// An HTTP/1.1 request that asks to switch protocols (`Connection: upgrade`
+/// with an `Upgrade` header, as WebSocket does) or to open a tunnel
+/// (`CONNECT`). HTTP/1.0 has no upgrades (RFC 9110 §7.8).
+pub fn is_upgrade(version: Version, method: &Method, headers: &HeaderMap) -> bool {
     if method == Method::CONNECT {
         return true;
     }
-    headers.contains_key(header::UPGRADE)
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -79,16 +81,23 @@ pub fn authority(parts: &Parts) -> Option<Authority> {
     })
 }
 
-/// Rewrites a request into HTTP/1.1 form: origin-form target, `Host` set.
-pub fn to_http1(parts: &mut Parts, authority: Option<&Authority>) {
+/// Rewrites a request into HTTP/1.1 form: origin-form target (absolute-form
+/// kept when `keep_absolute`, for a client talking to a forward proxy), `Host`
+/// set, and, from HTTP/2, split `cookie` fields joined (RFC 9113 §8.2.3).
+pub fn to_http1(parts: &mut Parts, authority: Option<&Authority>, keep_absolute: bool) {
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    let uri_has_authority = parts.uri.authority().is_some();
     if let Some(a) = authority {
-        if !parts.headers.contains_key(header::HOST) {
+        // A URI authority wins over a different Host (RFC 9112 §3.2.2).
+        if uri_has_authority || !parts.headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
                 parts.headers.insert(header::HOST, v);
             }
         }
     }
-    if parts.method != Method::CONNECT {
+    if parts.method != Method::CONNECT && !(keep_absolute && uri_has_authority) {
         let pq = parts
             .uri
             .path_and_query()
@@ -97,6 +106,20 @@ pub fn to_http1(parts: &mut Parts, authority: Option<&Authority>) {
         parts.uri = Uri::from(pq);
     }
     parts.version = Version::HTTP_11;
+}
+
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Rewrites a request into HTTP/2 form: absolute URI carrying `:scheme` and
@@ -167,16 +190,32 @@ mod tests {
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        assert!(is_upgrade(ws.method(), ws.headers()));
+        assert!(is_upgrade(ws.version(), ws.method(), ws.headers()));
+        assert!(
+            !is_upgrade(Version::HTTP_10, ws.method(), ws.headers()),
+            "no upgrades in HTTP/1.0"
+        );
         let no_conn = Request::get("/")
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        assert!(!is_upgrade(no_conn.method(), no_conn.headers()));
+        assert!(!is_upgrade(
+            no_conn.version(),
+            no_conn.method(),
+            no_conn.headers()
+        ));
         let connect = Request::connect("db:5432").body(()).unwrap();
-        assert!(is_upgrade(connect.method(), connect.headers()));
+        assert!(is_upgrade(
+            connect.version(),
+            connect.method(),
+            connect.headers()
+        ));
         let plain = Request::get("/").body(()).unwrap();
-        assert!(!is_upgrade(plain.method(), plain.headers()));
+        assert!(!is_upgrade(
+            plain.version(),
+            plain.method(),
+            plain.headers()
+        ));
     }
 
     #[test]
@@ -195,31 +234,56 @@ mod tests {
         assert_eq!(p.version, Version::HTTP_2);
 
         let a = authority(&p).unwrap();
-        to_http1(&mut p, Some(&a));
+        to_http1(&mut p, Some(&a), false);
         assert_eq!(p.uri.to_string(), "/a/b?c=d");
         assert_eq!(p.headers.get(header::HOST).unwrap(), "web.shop:80");
         assert_eq!(p.version, Version::HTTP_11);
     }
 
     #[test]
-    fn absolute_form_http1_prefers_the_uri_authority() {
+    fn absolute_form_http1_takes_its_host_from_the_uri() {
+        let absolute = || {
+            parts(
+                Request::get("http://api.example:8080/x")
+                    .header("host", "other")
+                    .body(())
+                    .unwrap(),
+            )
+        };
+        let mut p = absolute();
+        let a = authority(&p).unwrap();
+        assert_eq!(a.as_str(), "api.example:8080");
+        to_http1(&mut p, Some(&a), false);
+        assert_eq!(p.uri.to_string(), "/x");
+        assert_eq!(p.headers.get(header::HOST).unwrap(), "api.example:8080");
+
+        // To a forward proxy (passthrough), the absolute form is kept.
+        let mut p = absolute();
+        to_http1(&mut p, Some(&a), true);
+        assert_eq!(p.uri.to_string(), "http://api.example:8080/x");
+        assert_eq!(p.headers.get(header::HOST).unwrap(), "api.example:8080");
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined_for_http1() {
         let mut p = parts(
-            Request::get("http://api.example:8080/x")
-                .header("host", "ignored")
+            Request::get("http://x/")
+                .version(Version::HTTP_2)
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
                 .body(())
                 .unwrap(),
         );
-        assert_eq!(authority(&p).unwrap().as_str(), "api.example:8080");
-        to_http1(&mut p, None);
-        assert_eq!(p.uri.to_string(), "/x");
-        assert_eq!(p.headers.get(header::HOST).unwrap(), "ignored");
+        to_http1(&mut p, None, false);
+        let cookies: Vec<_> = p.headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
     }
 
     #[test]
     fn connect_keeps_its_authority_form() {
         let mut p = parts(Request::connect("db:5432").body(()).unwrap());
         let a = authority(&p);
-        to_http1(&mut p, a.as_ref());
+        to_http1(&mut p, a.as_ref(), false);
         assert_eq!(p.uri.to_string(), "db:5432");
         assert_eq!(p.headers.get(header::HOST).unwrap(), "db:5432");
     }

@@ -27,6 +27,7 @@ use super::{full, Body};
 use crate::access_log::AccessLog;
 use crate::config::{ProxyLabels, ServiceState};
 use crate::drain;
+use crate::listener::ConnGuard;
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels,
@@ -57,6 +58,9 @@ pub struct ConnContext {
     pub proxy: ProxyLabels,
     pub peer: SocketAddr,
     pub drain: drain::Watch,
+    /// Keeps the connection's slot (and its close uncounted) while anything
+    /// still serves it, including a tunnel spliced after an upgrade.
+    pub _guard: ConnGuard,
 }
 
 #[derive(Clone)]
@@ -71,6 +75,17 @@ struct Upstream {
     /// Carrying an HTTP/1 request over HTTP/2 to a peer proxy.
     mark_http1: bool,
     traffic: TrafficLabels,
+}
+
+/// A request waiting for its response head; records itself if dropped.
+struct InFlight(Option<Record>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.finish(false);
+        }
+    }
 }
 
 /// A request the proxy answers itself.
@@ -95,7 +110,7 @@ impl HttpProxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let start = Instant::now();
         let client_version = req.version();
-        let mut access = self.shared.access_log.then(|| {
+        let access = self.shared.access_log.then(|| {
             Box::new(AccessLog {
                 method: req.method().clone(),
                 uri: req.uri().clone(),
@@ -104,48 +119,82 @@ impl HttpProxy {
                 upstream: None,
             })
         });
-
-        let (resp, traffic, flag) = match self.choose(&req) {
-            Err(refused) => {
-                let (traffic, err) = *refused;
-                (local_response(&err, client_version), traffic, err.flag)
-            }
-            Ok(up) => {
-                if let Some(a) = access.as_mut() {
-                    a.upstream = Some(up.addr);
-                }
-                let traffic = up.traffic.clone();
-                let upgrade = client_version != Version::HTTP_2
-                    && headers::is_upgrade(req.method(), req.headers());
-                let result = if upgrade {
-                    self.forward_upgrade(req, &up).await
-                } else {
-                    self.forward(req, &up).await
-                };
-                match result {
-                    Ok(resp) => (resp, traffic, ResponseFlag::None),
-                    Err(err) => (local_response(&err, client_version), traffic, err.flag),
-                }
-            }
-        };
-
-        let grpc = resp
-            .headers()
-            .get("grpc-status")
-            .map_or(GrpcStatus(None), |v| GrpcStatus::parse(v.as_bytes()));
-        let metrics = &self.shared.metrics;
-        let bytes = metrics.response_bytes.get_or_create(&traffic).clone();
-        let record = Record {
-            metrics: metrics.clone(),
+        let record = |traffic: TrafficLabels, access: Option<Box<AccessLog>>| Record {
+            metrics: self.shared.metrics.clone(),
             labels: RequestLabels {
                 traffic,
-                response_code: resp.status().as_u16(),
-                grpc_response_status: grpc,
-                response_flags: flag,
+                response_code: 0,
+                grpc_response_status: GrpcStatus(None),
+                response_flags: ResponseFlag::None,
             },
             start,
             access,
         };
+
+        if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
+            let err = LocalError {
+                flag: ResponseFlag::NoRoute,
+                status: StatusCode::NOT_IMPLEMENTED,
+                message: "CONNECT over HTTP/2 is not supported; use HTTP/1.1 CONNECT".into(),
+            };
+            let u = unknown();
+            let traffic = self.traffic(&u, &u, &u, &u);
+            return self.respond(
+                local_response(&err, client_version),
+                record(traffic, access),
+                err.flag,
+            );
+        }
+        let up = match self.choose(&req) {
+            Ok(up) => up,
+            Err(refused) => {
+                let (traffic, err) = *refused;
+                return self.respond(
+                    local_response(&err, client_version),
+                    record(traffic, access),
+                    err.flag,
+                );
+            }
+        };
+        let mut access = access;
+        if let Some(a) = access.as_mut() {
+            a.upstream = Some(up.addr);
+        }
+        // Recorded as `DC` with code 0 if the client gives up before the
+        // response head arrives (this future is dropped).
+        let mut in_flight = InFlight(Some(record(up.traffic.clone(), access)));
+        let result = if client_version != Version::HTTP_2
+            && headers::is_upgrade(client_version, req.method(), req.headers())
+        {
+            self.forward_upgrade(req, &up).await
+        } else {
+            self.forward(req, &up).await
+        };
+        let record = in_flight.0.take().expect("taken once");
+        match result {
+            Ok(resp) => self.respond(resp, record, ResponseFlag::None),
+            Err(err) => self.respond(local_response(&err, client_version), record, err.flag),
+        }
+    }
+
+    /// Wraps the response so that it is recorded when it ends.
+    fn respond(
+        &self,
+        resp: Response<Body>,
+        mut record: Record,
+        flag: ResponseFlag,
+    ) -> Response<ResponseBody> {
+        record.labels.response_code = resp.status().as_u16();
+        record.labels.response_flags = flag;
+        if let Some(v) = resp.headers().get("grpc-status") {
+            record.labels.grpc_response_status = GrpcStatus::parse(v.as_bytes());
+        }
+        let bytes = self
+            .shared
+            .metrics
+            .response_bytes
+            .get_or_create(&record.labels.traffic)
+            .clone();
         resp.map(|b| ResponseBody::new(b, bytes, record))
     }
 
@@ -248,14 +297,18 @@ impl HttpProxy {
         let client_h1 = parts.version != Version::HTTP_2;
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&ORIG_PROTO);
-        let authority = headers::authority(parts);
+        // An HTTP/1.0 request may carry no Host at all: name the endpoint.
+        let authority = headers::authority(parts).unwrap_or_else(|| {
+            Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")
+        });
         match up.proto {
-            UpstreamProto::Http1 => headers::to_http1(parts, authority.as_ref()),
+            UpstreamProto::Http1 => {
+                // A client talking to a forward proxy we pass through to keeps
+                // its absolute-form request target.
+                let keep_absolute = client_h1 && matches!(self.ctx.target, Target::Passthrough(_));
+                headers::to_http1(parts, Some(&authority), keep_absolute)
+            }
             UpstreamProto::Http2 => {
-                let authority = authority.unwrap_or_else(|| {
-                    Authority::try_from(up.addr.to_string())
-                        .expect("a socket address is an authority")
-                });
                 headers::to_http2(parts, authority);
                 if up.mark_http1 && client_h1 {
                     parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
@@ -310,8 +363,9 @@ impl HttpProxy {
         let protocol = parts.headers.get(UPGRADE).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&ORIG_PROTO);
-        let authority = headers::authority(&parts);
-        headers::to_http1(&mut parts, authority.as_ref());
+        let authority =
+            headers::authority(&parts).or_else(|| Authority::try_from(up.addr.to_string()).ok());
+        headers::to_http1(&mut parts, authority.as_ref(), false);
         if let Some(p) = protocol {
             parts
                 .headers
@@ -339,10 +393,11 @@ impl HttpProxy {
             || (is_connect && resp.status().is_success());
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let drain = self.ctx.drain.clone();
-            let peer = self.ctx.peer;
+            // The tunnel holds the connection's context: its drain watch and
+            // its slot under the connection limit, until both sides close.
+            let ctx = self.ctx.clone();
             tokio::spawn(async move {
-                let _drain = drain;
+                let peer = ctx.peer;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

@@ -1,5 +1,7 @@
 //! Serves one detected HTTP connection with hyper, under the drain watch.
 
+use std::time::Duration;
+
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -21,6 +23,8 @@ where
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(20))
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .adaptive_window(true)
                 .serve_connection(io, svc);
@@ -34,19 +38,26 @@ where
             }
         }
         _ => {
+            // A connection accepted just as draining began still gets its
+            // first request served (already read during detection), then closes.
+            let draining = drain.is_draining();
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes)
-                .keep_alive(true)
+                .keep_alive(!draining)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(conn);
-            tokio::select! {
+            if draining {
+                conn.await
+            } else {
+                tokio::select! {
                 r = conn.as_mut() => r,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    _ = drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
             }
         }

@@ -21,5 +21,17 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
             )
         })??;
     stream.set_nodelay(true)?;
+    set_keepalive(&stream);
     Ok(stream)
+}
+
+/// TCP keepalive, so that a peer that vanished without a FIN or RST (a
+/// node gone, a NAT entry dropped) does not hold a connection forever.
+pub fn set_keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
 }
