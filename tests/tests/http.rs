@@ -12,6 +12,14 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// A GET for `path` addressed to the test service.
+fn get_req(path: impl AsRef<str>) -> Request<Body> {
+    Request::get(path.as_ref())
+        .header("host", "web.shop")
+        .body(empty())
+        .unwrap()
+}
+
 async fn send1(
     c: &mut hyper::client::conn::http1::SendRequest<Body>,
     req: Request<Body>,
@@ -209,14 +217,7 @@ async fn large_and_chunked_bodies_stream_both_ways() {
     assert_eq!(String::from_utf8(got.to_vec()).unwrap(), want);
 
     // 16 MiB response body.
-    let (status, headers, body) = send1(
-        &mut c,
-        Request::get("/bytes/16777216")
-            .header("host", "web.shop")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, headers, body) = send1(&mut c, get_req("/bytes/16777216")).await;
     assert_eq!(status, 200);
     assert_eq!(headers.get("content-length").unwrap(), "16777216");
     assert_eq!(body.len(), 16 * 1024 * 1024);
@@ -309,14 +310,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 async fn past_the_connection_limit_new_connections_are_closed_and_counted() {
     let mesh = Mesh::start_with(app("web").await, |_| {}, |c| c.limits.max_connections = 1).await;
     let mut first = http1(mesh.outbound()).await;
-    let (status, _, _) = send1(
-        &mut first,
-        Request::get("/")
-            .header("host", "web.shop")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = send1(&mut first, get_req("/")).await;
     assert_eq!(status, 200);
 
     let mut second = TcpStream::connect(mesh.outbound()).await.unwrap();
@@ -339,14 +333,7 @@ async fn past_the_connection_limit_new_connections_are_closed_and_counted() {
     );
 
     // The first connection is unaffected; once it closes, a new one is served.
-    let (status, _, _) = send1(
-        &mut first,
-        Request::get("/")
-            .header("host", "web.shop")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, _, _) = send1(&mut first, get_req("/")).await;
     assert_eq!(status, 200);
     drop(first);
     assert!(
@@ -393,14 +380,7 @@ async fn failures_the_proxy_answers_itself_carry_a_flag() {
         .unwrap();
 
     let mut c = http1(proxy.listener_addr("outbound").unwrap()).await;
-    let (status, headers, body) = send1(
-        &mut c,
-        Request::get("/")
-            .header("host", "web.shop")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, headers, body) = send1(&mut c, get_req("/")).await;
     assert_eq!(status, 502);
     assert_eq!(headers["outrigger-response-flags"], "UF");
     assert!(headers["outrigger-proxy-error"]
@@ -458,14 +438,7 @@ async fn requests_are_spread_round_robin_over_endpoints() {
     let mut c = http1(proxy.listener_addr("outbound").unwrap()).await;
     let mut seen = Vec::new();
     for _ in 0..6 {
-        let (_, _, body) = send1(
-            &mut c,
-            Request::get("/")
-                .header("host", "web.shop")
-                .body(empty())
-                .unwrap(),
-        )
-        .await;
+        let (_, _, body) = send1(&mut c, get_req("/")).await;
         seen.push(String::from_utf8(body.to_vec()).unwrap());
     }
     assert_eq!(seen, ["hello from a", "hello from b"].repeat(3));

@@ -137,16 +137,7 @@ impl Client {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let stream = self.connect(addr).await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upgrade connection ended");
-            }
-        });
+        let mut sender = self.connect_h1(addr, true).await?;
         sender
             .send_request(req)
             .await
@@ -182,22 +173,39 @@ impl Client {
                 },
             }
         }
-        let stream = self.connect(addr).await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HTTP/1 upstream connection ended");
-            }
-        });
+        let mut sender = self.connect_h1(addr, false).await?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })?;
         self.return_when_ready(addr, sender);
         Ok(resp)
+    }
+
+    /// A new HTTP/1 connection; with `upgrades`, one that can be taken over
+    /// after a 101 or a CONNECT's 2xx.
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, ClientError> {
+        let stream = self.connect(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.inner.settings.max_header_bytes.max(8192))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            let ended = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%addr, error = %e, "HTTP/1 upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     fn take_idle_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
