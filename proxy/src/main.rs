@@ -74,12 +74,23 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs(&log_level, log_format)?;
             let snapshot = load(&config)?;
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            rt.enable_all().thread_name("outrigger-proxy");
-            if let Some(n) = threads {
-                rt.worker_threads(n.max(1));
-            }
-            let rt = rt.build().context("starting the runtime")?;
+            // One worker: a current-thread runtime, with no cross-thread
+            // wake-ups or work stealing to pay for (as linkerd2-proxy does on
+            // one core). More: the multi-thread scheduler.
+            let mut rt = match threads {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n.max(1));
+                    b
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
+            let rt = rt
+                .enable_all()
+                .thread_name("outrigger-proxy")
+                .build()
+                .context("starting the runtime")?;
             rt.block_on(run(snapshot, &config, Options { access_log }))
         }
     }
