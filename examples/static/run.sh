@@ -16,7 +16,9 @@ smoke=0
 cd "$root"
 echo "building (release)..."
 cargo build --release --locked -q -p outrigger-proxy -p outrigger-bench
-bin="$root/target/release"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
+bin="$target_dir/release"
 logs="$(mktemp -d)"
 
 pids=()
