@@ -171,6 +171,7 @@ def cmd_load(args):
     sys_before = system_cpu()
     children_before = children_cpu()
     started = time.monotonic()
+    started_at = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=args.timeout)
@@ -195,6 +196,7 @@ def cmd_load(args):
     result = {
         "label": args.label,
         "command": shlex.join(cmd),
+        "started_at": started_at,
         "wall_s": wall,
         "load": summarize_oha(raw),
         "processes": {},
