@@ -234,35 +234,38 @@ async fn large_and_chunked_bodies_stream_both_ways() {
 #[tokio::test]
 async fn a_malformed_request_gets_400_and_the_proxy_keeps_serving() {
     let mesh = Mesh::start(app("web").await).await;
-    let mut raw = TcpStream::connect(mesh.outbound()).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: web.shop\r\nthis is not a header\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(
+        mesh.outbound(),
+        b"GET / HTTP/1.1\r\nHost: web.shop\r\nthis is not a header\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    // The connection was closed (read_to_end returned), and others are served.
+    // The connection was closed (the read reached its end), and others are served.
     assert_eq!(
         get(mesh.outbound(), "/").await,
         (200, "hello from web".to_string())
     );
 
     // A bad Content-Length is refused the same way.
-    let mut raw = TcpStream::connect(mesh.outbound()).await.unwrap();
-    raw.write_all(b"POST / HTTP/1.1\r\nHost: web.shop\r\nContent-Length: nope\r\n\r\n")
-        .await
-        .unwrap();
+    let answer = raw_exchange(
+        mesh.outbound(),
+        b"POST / HTTP/1.1\r\nHost: web.shop\r\nContent-Length: nope\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(get(mesh.outbound(), "/").await.0, 200);
+}
+
+/// Writes `request` on a new connection and reads until the proxy closes it.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(request).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(LIMIT, raw.read_to_end(&mut answer))
         .await
-        .unwrap()
+        .expect("the proxy closes the connection")
         .unwrap();
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"));
-    assert_eq!(get(mesh.outbound(), "/").await.0, 200);
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
