@@ -10,23 +10,16 @@ use std::time::Duration;
 use outrigger_api::{ServiceProtocol, ServiceRef, Snapshot, ValidationErrors};
 
 use crate::balance::RoundRobin;
-use crate::metrics::{unknown, Name};
+use crate::metrics::{unknown, Name, Workload};
 
 pub struct Config {
     pub snapshot: Arc<Snapshot>,
-    pub proxy: ProxyLabels,
+    /// This proxy's own workload, as the metrics name it.
+    pub proxy: Workload,
     pub limits: Limits,
     services: Vec<Arc<ServiceState>>,
     by_virtual_addr: HashMap<SocketAddr, usize>,
     by_ref: HashMap<ServiceRef, usize>,
-}
-
-/// This proxy's own metric identity.
-#[derive(Clone, Debug)]
-pub struct ProxyLabels {
-    pub workload: Name,
-    pub namespace: Name,
-    pub principal: Name,
 }
 
 #[derive(Clone, Debug)]
@@ -52,9 +45,8 @@ pub struct ServiceState {
 pub struct EndpointState {
     pub addr: SocketAddr,
     pub meshed: bool,
-    pub workload: Name,
-    pub namespace: Name,
-    pub principal: Name,
+    /// Who serves at this endpoint (metric labels).
+    pub peer: Workload,
 }
 
 impl ServiceState {
@@ -81,9 +73,11 @@ impl TryFrom<Snapshot> for Config {
                     Some(EndpointState {
                         addr: ep.socket_addr().ok()?,
                         meshed: ep.meshed,
-                        workload: ep.workload.as_deref().map_or_else(unknown, Arc::from),
-                        namespace: namespace.clone(),
-                        principal: ep.identity.as_deref().map_or_else(unknown, Arc::from),
+                        peer: Workload {
+                            workload: ep.workload.as_deref().map_or_else(unknown, Arc::from),
+                            namespace: namespace.clone(),
+                            principal: ep.identity.as_deref().map_or_else(unknown, Arc::from),
+                        },
                     })
                 })
                 .collect();
@@ -119,7 +113,7 @@ impl TryFrom<Snapshot> for Config {
             idle_timeout: l.idle_timeout.get(),
             drain_timeout: l.drain_timeout.get(),
         };
-        let proxy = ProxyLabels {
+        let proxy = Workload {
             workload: Arc::from(snapshot.proxy.workload.as_str()),
             namespace: Arc::from(snapshot.proxy.namespace.as_str()),
             principal: snapshot
@@ -194,9 +188,9 @@ services:
         let cfg = Config::try_from(snapshot()).unwrap();
         let svc = cfg.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
         let eps = &svc.endpoints;
-        assert_eq!((&*eps[0].workload, eps[0].meshed), ("web-v1", true));
-        assert_eq!((&*eps[1].workload, eps[1].meshed), ("unknown", false));
-        assert_eq!(&*eps[1].namespace, "shop");
+        assert_eq!((&*eps[0].peer.workload, eps[0].meshed), ("web-v1", true));
+        assert_eq!((&*eps[1].peer.workload, eps[1].meshed), ("unknown", false));
+        assert_eq!(&*eps[1].peer.namespace, "shop");
     }
 
     #[test]

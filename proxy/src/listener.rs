@@ -21,9 +21,7 @@ use crate::config::Config;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::proxy::{ConnContext, HttpProxy, Shared, Target};
-use crate::metrics::{
-    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels,
-};
+use crate::metrics::{unknown, Direction, DirectionLabel, TcpLabels, TrafficLabels, Workload};
 use crate::tcp;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
 
@@ -188,44 +186,15 @@ impl Listener {
             _ => None,
         };
 
-        let p = &cfg.proxy;
-        let u = unknown();
-        let (dw, dn, dp) = match opaque_upstream.as_ref().and_then(|(_, ep)| ep.as_ref()) {
-            Some(ep) => (
-                ep.workload.clone(),
-                ep.namespace.clone(),
-                ep.principal.clone(),
-            ),
-            None => (u.clone(), u.clone(), u.clone()),
+        let upstream_workload = match opaque_upstream.as_ref().and_then(|(_, ep)| ep.as_ref()) {
+            Some(ep) => ep.peer.clone(),
+            None => Workload::unknown(),
         };
         let service = match &target {
             Target::Service(s) => s.label.clone(),
-            _ => u.clone(),
+            _ => unknown(),
         };
-        let traffic = match direction {
-            Direction::Outbound => TrafficLabels {
-                direction,
-                source_workload: p.workload.clone(),
-                source_namespace: p.namespace.clone(),
-                source_principal: p.principal.clone(),
-                destination_workload: dw,
-                destination_namespace: dn,
-                destination_principal: dp,
-                destination_service: service,
-                connection_security_policy: SecurityPolicy::None,
-            },
-            Direction::Inbound => TrafficLabels {
-                direction,
-                source_workload: u.clone(),
-                source_namespace: u.clone(),
-                source_principal: u,
-                destination_workload: p.workload.clone(),
-                destination_namespace: p.namespace.clone(),
-                destination_principal: p.principal.clone(),
-                destination_service: service,
-                connection_security_policy: SecurityPolicy::None,
-            },
-        };
+        let traffic = TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service);
         let labels = TcpLabels { traffic, protocol };
         let m = &self.shared.metrics;
         m.tcp_opened.get_or_create(&labels).inc();

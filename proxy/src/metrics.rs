@@ -159,6 +159,48 @@ pub struct TrafficLabels {
     pub connection_security_policy: SecurityPolicy,
 }
 
+/// One end of a hop, as the metrics name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub workload: Name,
+    pub namespace: Name,
+    pub principal: Name,
+}
+
+impl Workload {
+    /// A peer the proxy cannot identify (yet: without mTLS, every inbound client).
+    pub fn unknown() -> Self {
+        Self {
+            workload: unknown(),
+            namespace: unknown(),
+            principal: unknown(),
+        }
+    }
+}
+
+impl TrafficLabels {
+    /// Labels for a hop between this proxy's own workload and a peer: on
+    /// outbound traffic the proxy's workload is the source, on inbound the
+    /// destination.
+    pub fn new(direction: Direction, local: &Workload, peer: &Workload, service: Name) -> Self {
+        let (src, dst) = match direction {
+            Direction::Outbound => (local, peer),
+            Direction::Inbound => (peer, local),
+        };
+        Self {
+            direction,
+            source_workload: src.workload.clone(),
+            source_namespace: src.namespace.clone(),
+            source_principal: src.principal.clone(),
+            destination_workload: dst.workload.clone(),
+            destination_namespace: dst.namespace.clone(),
+            destination_principal: dst.principal.clone(),
+            destination_service: service,
+            connection_security_policy: SecurityPolicy::None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     #[prometheus(flatten)]
@@ -373,6 +415,29 @@ response_flags=\"-\"} 3"
         assert_eq!(bucket("0.005"), "1");
         assert_eq!(bucket("+Inf"), "1");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_proxy_is_the_source_outbound_and_the_destination_inbound() {
+        let me = Workload {
+            workload: "client".into(),
+            namespace: "shop".into(),
+            principal: unknown(),
+        };
+        let peer = Workload {
+            workload: "web".into(),
+            namespace: "shop".into(),
+            principal: unknown(),
+        };
+        assert_eq!(
+            TrafficLabels::new(Direction::Outbound, &me, &peer, "web.shop".into()),
+            traffic()
+        );
+        let inbound = TrafficLabels::new(Direction::Inbound, &me, &peer, "web.shop".into());
+        assert_eq!(
+            (&*inbound.source_workload, &*inbound.destination_workload),
+            ("web", "client")
+        );
     }
 
     #[test]

@@ -25,12 +25,12 @@ use super::client::{Client, UpstreamProto};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1, PROXY_ERROR};
 use super::{full, Body};
 use crate::access_log::AccessLog;
-use crate::config::{ProxyLabels, ServiceState};
+use crate::config::ServiceState;
 use crate::drain;
 use crate::listener::ConnGuard;
 use crate::metrics::{
-    unknown, Direction, GrpcStatus, Metrics, RequestLabels, ResponseFlag, SecurityPolicy,
-    TrafficLabels,
+    unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, TrafficLabels,
+    Workload,
 };
 
 /// Process-wide pieces every request handler shares.
@@ -55,7 +55,7 @@ pub enum Target {
 pub struct ConnContext {
     pub direction: Direction,
     pub target: Target,
-    pub proxy: ProxyLabels,
+    pub proxy: Workload,
     pub peer: SocketAddr,
     pub drain: drain::Watch,
     /// Keeps the connection's slot (and its close uncounted) while anything
@@ -137,8 +137,7 @@ impl HttpProxy {
                 status: StatusCode::NOT_IMPLEMENTED,
                 message: "CONNECT over HTTP/2 is not supported; use HTTP/1.1 CONNECT".into(),
             };
-            let u = unknown();
-            let traffic = self.traffic(&u, &u, &u, &u);
+            let traffic = self.traffic(&Workload::unknown(), unknown());
             return self.respond(
                 local_response(&err, client_version),
                 record(traffic, access),
@@ -198,43 +197,8 @@ impl HttpProxy {
         resp.map(|b| ResponseBody::new(b, bytes, record))
     }
 
-    fn traffic(
-        &self,
-        dst_workload: &Arc<str>,
-        dst_namespace: &Arc<str>,
-        dst_principal: &Arc<str>,
-        service: &Arc<str>,
-    ) -> TrafficLabels {
-        let p = &self.ctx.proxy;
-        let (sw, sn, sp, dw, dn, dp) = match self.ctx.direction {
-            Direction::Outbound => (
-                &p.workload,
-                &p.namespace,
-                &p.principal,
-                dst_workload,
-                dst_namespace,
-                dst_principal,
-            ),
-            Direction::Inbound => (
-                dst_workload,
-                dst_namespace,
-                dst_principal,
-                &p.workload,
-                &p.namespace,
-                &p.principal,
-            ),
-        };
-        TrafficLabels {
-            direction: self.ctx.direction,
-            source_workload: sw.clone(),
-            source_namespace: sn.clone(),
-            source_principal: sp.clone(),
-            destination_workload: dw.clone(),
-            destination_namespace: dn.clone(),
-            destination_principal: dp.clone(),
-            destination_service: service.clone(),
-            connection_security_policy: SecurityPolicy::None,
-        }
+    fn traffic(&self, peer: &Workload, service: Name) -> TrafficLabels {
+        TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, peer, service)
     }
 
     /// The upstream for this request, or why there is none (boxed: the
@@ -248,7 +212,6 @@ impl HttpProxy {
         } else {
             UpstreamProto::Http1
         };
-        let unknown = unknown();
         match &self.ctx.target {
             Target::Service(svc) => match svc.pick() {
                 Some(ep) => Ok(Upstream {
@@ -259,10 +222,10 @@ impl HttpProxy {
                         client_proto
                     },
                     mark_http1: ep.meshed && client_proto == UpstreamProto::Http1,
-                    traffic: self.traffic(&ep.workload, &ep.namespace, &ep.principal, &svc.label),
+                    traffic: self.traffic(&ep.peer, svc.label.clone()),
                 }),
                 None => Err(Box::new((
-                    self.traffic(&unknown, &unknown, &unknown, &svc.label),
+                    self.traffic(&Workload::unknown(), svc.label.clone()),
                     LocalError {
                         flag: ResponseFlag::NoHealthyUpstream,
                         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -274,7 +237,7 @@ impl HttpProxy {
                 addr: *addr,
                 proto: client_proto,
                 mark_http1: false,
-                traffic: self.traffic(&unknown, &unknown, &unknown, &unknown),
+                traffic: self.traffic(&Workload::unknown(), unknown()),
             }),
             Target::App(addr) => {
                 let from_h1_client = req.headers().get(&ORIG_PROTO).is_some();
@@ -286,7 +249,7 @@ impl HttpProxy {
                         client_proto
                     },
                     mark_http1: false,
-                    traffic: self.traffic(&unknown, &unknown, &unknown, &unknown),
+                    traffic: self.traffic(&Workload::unknown(), unknown()),
                 })
             }
         }
