@@ -256,9 +256,12 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 return None;
             }
             let rest = rest.strip_suffix('}')?;
+            // Whole `key="value"` pairs only: `,` before each key, so that
+            // `workload` never matches inside `source_workload`.
+            let rest = format!(",{rest}");
             labels
                 .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .all(|(k, v)| rest.contains(&format!(",{k}=\"{v}\"")))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
@@ -294,5 +297,11 @@ mod tests {
         assert_eq!(metric(text, "x_total", &[("b", "3")]), 4.0);
         assert_eq!(metric(text, "x_total", &[("b", "9")]), 0.0);
         assert_eq!(metric(text, "z_total", &[]), 0.0);
+        let text = "w_total{source_workload=\"a\",destination_workload=\"b\"} 1\n";
+        assert_eq!(metric(text, "w_total", &[("workload", "a")]), 0.0);
+        assert_eq!(
+            metric(text, "w_total", &[("destination_workload", "b")]),
+            1.0
+        );
     }
 }

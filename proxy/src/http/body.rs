@@ -90,8 +90,7 @@ impl Record {
 pin_project! {
     pub struct ResponseBody {
         #[pin]
-        inner: Body,
-        bytes: Counter,
+        inner: CountedBody<Body>,
         record: Option<Record>,
     }
 
@@ -109,8 +108,7 @@ pin_project! {
 impl ResponseBody {
     pub fn new(inner: Body, bytes: Counter, record: Record) -> Self {
         Self {
-            inner,
-            bytes,
+            inner: CountedBody::new(inner, bytes),
             record: Some(record),
         }
     }
@@ -128,9 +126,7 @@ impl HttpBody for ResponseBody {
         let res = this.inner.poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes.inc_by(data.len() as u64);
-                } else if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_ref() {
                     if let (Some(v), Some(r)) = (trailers.get("grpc-status"), this.record.as_mut())
                     {
                         r.labels.grpc_response_status = GrpcStatus::parse(v.as_bytes());
