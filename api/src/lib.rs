@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod duration;
+pub mod policy;
 mod snapshot;
 mod validate;
 

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{HttpRoute, PortRateLimit, Subset, TrafficPolicy};
 use crate::Duration;
 
 /// Everything one proxy needs to serve traffic. A static bootstrap file holds
@@ -138,6 +139,10 @@ pub struct Listener {
     /// forwarded as opaque TCP (server-speaks-first protocols such as MySQL).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opaque_ports: Vec<u16>,
+    /// Inbound only: local token buckets per app port; requests past them are
+    /// answered 429 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<PortRateLimit>,
 }
 
 /// Names one port of one service.
@@ -167,6 +172,21 @@ pub struct Service {
     pub protocol: ServiceProtocol,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// HTTP routes (Istio `VirtualService.http`), tried in order. None: every
+    /// request goes to this service's endpoints with the default retry policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRoute>,
+    /// Named endpoint subsets (Istio `DestinationRule.subsets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+    /// Balancing, connection-pool limits and outlier detection for requests
+    /// sent to this service's endpoints (Istio `DestinationRule.trafficPolicy`).
+    #[serde(
+        rename = "trafficPolicy",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,8 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::policy::{
+    HeaderOperations, Headers, HttpMatch, HttpRoute, Percent, RetryOn, StringMatch, TokenBucket,
+    TrafficPolicy, GRPC_CODE_NAMES,
+};
 use crate::snapshot::{parse_ip, parse_socket_addr};
-use crate::{Direction, Snapshot};
+use crate::{Direction, Service, Snapshot};
 
 /// One invalid field: `services[2].endpoints[0].address: "x" is not an IP:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +108,7 @@ impl Snapshot {
         }
 
         self.validate_services(&mut errs);
+        self.validate_policies(&mut errs);
         self.validate_listeners(&mut errs, admin);
 
         if errs.0.is_empty() {
@@ -153,6 +158,12 @@ impl Snapshot {
                             "outbound opacity is set per service (services[].protocol: opaque)",
                         );
                     }
+                    if !lis.rate_limits.is_empty() {
+                        errs.push(
+                            format!("{p}.rate_limits"),
+                            "rate limits apply on inbound listeners (outbound: a route's localRateLimit)",
+                        );
+                    }
                     if let Some(t) = &lis.target {
                         if self.service(t).is_none() {
                             errs.push(
@@ -177,6 +188,22 @@ impl Snapshot {
                         if *port == 0 {
                             errs.push(format!("{p}.opaque_ports[{j}]"), "port 0 is not a port");
                         }
+                    }
+                    let mut limited = HashSet::new();
+                    for (j, rl) in lis.rate_limits.iter().enumerate() {
+                        let rp = format!("{p}.rate_limits[{j}]");
+                        if rl.port == Some(0) {
+                            errs.push(format!("{rp}.port"), "port 0 is not a port");
+                        } else if !limited.insert(rl.port) {
+                            errs.push(
+                                format!("{rp}.port"),
+                                match rl.port {
+                                    Some(port) => format!("port {port} has another rate limit"),
+                                    None => "only one rate limit may omit the port".to_string(),
+                                },
+                            );
+                        }
+                        check_bucket(errs, &format!("{rp}.token_bucket"), &rl.token_bucket);
                     }
                 }
             }
@@ -252,6 +279,363 @@ impl Snapshot {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Snapshot {
+    /// Routes, subsets and traffic policies of every service.
+    fn validate_policies(&self, errs: &mut Errors) {
+        for (i, svc) in self.services.iter().enumerate() {
+            let p = format!("services[{i}]");
+            let mut subsets = HashSet::new();
+            for (j, sub) in svc.subsets.iter().enumerate() {
+                if sub.name.trim().is_empty() {
+                    errs.push(format!("{p}.subsets[{j}].name"), "must not be empty");
+                } else if !subsets.insert(sub.name.as_str()) {
+                    errs.push(
+                        format!("{p}.subsets[{j}].name"),
+                        format!("subset {:?} is defined twice", sub.name),
+                    );
+                }
+            }
+            if let Some(tp) = &svc.traffic_policy {
+                check_traffic_policy(errs, &format!("{p}.trafficPolicy"), tp);
+            }
+            let mut names = HashSet::new();
+            for (j, route) in svc.http.iter().enumerate() {
+                let rp = format!("{p}.http[{j}]");
+                if let Some(n) = &route.name {
+                    if n.trim().is_empty() {
+                        errs.push(format!("{rp}.name"), "must not be empty when given");
+                    } else if !names.insert(n.as_str()) {
+                        errs.push(
+                            format!("{rp}.name"),
+                            format!("route name {n:?} is used twice in this service"),
+                        );
+                    }
+                }
+                self.check_route(errs, &rp, svc, route);
+            }
+        }
+    }
+
+    fn check_route(&self, errs: &mut Errors, p: &str, svc: &Service, route: &HttpRoute) {
+        for (k, m) in route.matches.iter().enumerate() {
+            check_match(errs, &format!("{p}.match[{k}]"), m);
+        }
+        let several = route.route.len() > 1;
+        let mut total: u64 = 0;
+        for (k, rd) in route.route.iter().enumerate() {
+            let dp = format!("{p}.route[{k}]");
+            match rd.weight {
+                Some(w) => total += u64::from(w),
+                None if several => errs.push(
+                    format!("{dp}.weight"),
+                    "required when a route has several destinations",
+                ),
+                None => total += 100,
+            }
+            if let Some(h) = &rd.headers {
+                check_headers(errs, &format!("{dp}.headers"), h);
+            }
+            let d = &rd.destination;
+            let (name, namespace) = match d.host.split_once('.') {
+                Some((n, ns)) => (n, ns),
+                None => (d.host.as_str(), svc.namespace.as_str()),
+            };
+            let ports: Vec<u16> = match d.port {
+                Some(port) => vec![port.number],
+                None => svc.ports.clone(),
+            };
+            let mut target = None;
+            for port in ports {
+                let found = self.services.iter().find(|s| {
+                    s.name == name && s.namespace == namespace && s.ports.contains(&port)
+                });
+                match found {
+                    Some(s) => target = Some(s),
+                    None => {
+                        let hint = if d.port.is_none() {
+                            " (the port clients dial here; set destination.port)"
+                        } else {
+                            ""
+                        };
+                        errs.push(
+                            format!("{dp}.destination"),
+                            format!("no service {name}.{namespace} with port {port} in this snapshot{hint}"),
+                        );
+                        target = None;
+                        break;
+                    }
+                }
+            }
+            if let (Some(t), Some(subset)) = (target, &d.subset) {
+                if !t.subsets.iter().any(|s| &s.name == subset) {
+                    errs.push(
+                        format!("{dp}.destination.subset"),
+                        format!("service {name}.{namespace} has no subset {subset:?}"),
+                    );
+                }
+            }
+        }
+        if !route.route.is_empty() && total == 0 {
+            errs.push(format!("{p}.route"), "the weights add up to 0");
+        }
+        if let Some(r) = &route.retries {
+            if let Some(t) = r.per_try_timeout {
+                if t.get().is_zero() {
+                    errs.push(
+                        format!("{p}.retries.perTryTimeout"),
+                        "must be greater than zero",
+                    );
+                }
+            }
+            if let Some(on) = &r.retry_on {
+                errs.check(format!("{p}.retries.retryOn"), RetryOn::parse_list(on));
+            }
+        }
+        if let Some(f) = &route.fault {
+            if let Some(d) = &f.delay {
+                check_percent(errs, &format!("{p}.fault.delay.percentage"), d.percentage);
+            }
+            if let Some(a) = &f.abort {
+                let ap = format!("{p}.fault.abort");
+                match (a.http_status, &a.grpc_status) {
+                    (Some(code), None) => {
+                        if !(200..=599).contains(&code) {
+                            errs.push(
+                                format!("{ap}.httpStatus"),
+                                format!("{code} is not an HTTP status in 200..=599"),
+                            );
+                        }
+                    }
+                    (None, Some(name)) => {
+                        if !GRPC_CODE_NAMES[1..].contains(&name.as_str()) {
+                            errs.push(
+                                format!("{ap}.grpcStatus"),
+                                format!(
+                                    "{name:?} is not a gRPC error code name (e.g. UNAVAILABLE)"
+                                ),
+                            );
+                        }
+                    }
+                    _ => errs.push(ap.clone(), "needs exactly one of httpStatus, grpcStatus"),
+                }
+                check_percent(errs, &format!("{ap}.percentage"), a.percentage);
+            }
+        }
+        if let Some(rw) = &route.rewrite {
+            if let Some(uri) = &rw.uri {
+                if !uri.starts_with('/') || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    errs.push(
+                        format!("{p}.rewrite.uri"),
+                        format!("{uri:?} is not an absolute path"),
+                    );
+                }
+            }
+            if let Some(a) = &rw.authority {
+                if a.is_empty()
+                    || a.chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+                {
+                    errs.push(
+                        format!("{p}.rewrite.authority"),
+                        format!("{a:?} is not an authority (host[:port])"),
+                    );
+                }
+            }
+        }
+        if let Some(h) = &route.headers {
+            check_headers(errs, &format!("{p}.headers"), h);
+        }
+        if let Some(b) = &route.local_rate_limit {
+            check_bucket(errs, &format!("{p}.localRateLimit"), b);
+        }
+    }
+}
+
+fn check_match(errs: &mut Errors, p: &str, m: &HttpMatch) {
+    for (field, sm) in [
+        ("uri", &m.uri),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(sm) = sm {
+            if check_string_match(errs, &format!("{p}.{field}"), sm) == 0 {
+                errs.push(format!("{p}.{field}"), "needs one of exact, prefix, regex");
+            }
+        }
+    }
+    if let Some(
+        StringMatch { exact: Some(u), .. }
+        | StringMatch {
+            prefix: Some(u), ..
+        },
+    ) = &m.uri
+    {
+        if !u.starts_with('/') {
+            errs.push(format!("{p}.uri"), format!("{u:?} does not start with /"));
+        }
+    }
+    for (name, sm) in &m.headers {
+        let hp = format!("{p}.headers.{name}");
+        if let Err(e) = check_header_name(name) {
+            errs.push(hp.clone(), e);
+        }
+        check_string_match(errs, &hp, sm);
+    }
+}
+
+/// Checks a `StringMatch` and returns how many kinds it sets.
+fn check_string_match(errs: &mut Errors, p: &str, m: &StringMatch) -> usize {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|s| **s)
+        .count();
+    if set > 1 {
+        errs.push(p, "set only one of exact, prefix, regex");
+    }
+    if let Some(re) = &m.regex {
+        if let Err(e) = compile_full_match(re) {
+            errs.push(format!("{p}.regex"), format!("invalid regex {re:?}: {e}"));
+        }
+    }
+    set
+}
+
+/// Compiles `re` so that it must match a whole value (Envoy's and Istio's
+/// regex semantics).
+pub fn compile_full_match(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::Syntax(s) => s
+                .lines()
+                .last()
+                .unwrap_or("syntax error")
+                .trim()
+                .to_string(),
+            other => other.to_string(),
+        })
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    const SEPARATORS: &str = "\"(),/:;<=>?@[\\]{}";
+    if name.is_empty() {
+        return Err("header names must not be empty".into());
+    }
+    if name.starts_with(':') {
+        return Err(format!(
+            "{name:?}: pseudo-headers cannot be matched or changed"
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| !c.is_ascii() || c.is_ascii_control() || c == ' ' || SEPARATORS.contains(c))
+    {
+        return Err(format!("{name:?} is not a valid header name"));
+    }
+    Ok(())
+}
+
+fn check_headers(errs: &mut Errors, p: &str, h: &Headers) {
+    for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(HeaderOperations { set, add, remove }) = ops else {
+            continue;
+        };
+        for (op, map) in [("set", set), ("add", add)] {
+            for (name, value) in map {
+                let hp = format!("{p}.{side}.{op}.{name}");
+                if let Err(e) = check_header_name(name) {
+                    errs.push(hp.clone(), e);
+                }
+                if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                    errs.push(hp, "header values must not contain CR, LF or NUL");
+                }
+            }
+        }
+        for (k, name) in remove.iter().enumerate() {
+            if let Err(e) = check_header_name(name) {
+                errs.push(format!("{p}.{side}.remove[{k}]"), e);
+            }
+        }
+    }
+}
+
+fn check_percent(errs: &mut Errors, p: &str, v: Option<Percent>) {
+    if let Some(Percent { value }) = v {
+        if !(0.0..=100.0).contains(&value) {
+            errs.push(p, format!("{value} is not a percentage in 0..=100"));
+        }
+    }
+}
+
+fn check_bucket(errs: &mut Errors, p: &str, b: &TokenBucket) {
+    if b.max_tokens == 0 {
+        errs.push(format!("{p}.maxTokens"), "must be at least 1");
+    }
+    if b.tokens_per_fill == 0 {
+        errs.push(format!("{p}.tokensPerFill"), "must be at least 1");
+    }
+    if b.fill_interval.get().is_zero() {
+        errs.push(format!("{p}.fillInterval"), "must be greater than zero");
+    }
+}
+
+fn check_traffic_policy(errs: &mut Errors, p: &str, tp: &TrafficPolicy) {
+    if let Some(lb) = &tp.load_balancer {
+        if let Some(w) = lb.warmup_duration_secs {
+            if w.get().is_zero() {
+                errs.push(
+                    format!("{p}.loadBalancer.warmupDurationSecs"),
+                    "must be greater than zero (omit it to turn slow start off)",
+                );
+            }
+        }
+    }
+    if let Some(cp) = &tp.connection_pool {
+        let limits = [
+            (
+                "tcp.maxConnections",
+                cp.tcp.as_ref().and_then(|t| t.max_connections),
+            ),
+            (
+                "http.http1MaxPendingRequests",
+                cp.http.as_ref().and_then(|h| h.http1_max_pending_requests),
+            ),
+            (
+                "http.http2MaxRequests",
+                cp.http.as_ref().and_then(|h| h.http2_max_requests),
+            ),
+        ];
+        for (field, v) in limits {
+            if v == Some(0) {
+                errs.push(
+                    format!("{p}.connectionPool.{field}"),
+                    "must be at least 1 (omit it for no limit)",
+                );
+            }
+        }
+    }
+    if let Some(od) = &tp.outlier_detection {
+        let op = format!("{p}.outlierDetection");
+        if od.max_ejection_percent > 100 {
+            errs.push(
+                format!("{op}.maxEjectionPercent"),
+                format!("{} is more than 100", od.max_ejection_percent),
+            );
+        }
+        if od.base_ejection_time.get().is_zero() {
+            errs.push(
+                format!("{op}.baseEjectionTime"),
+                "must be greater than zero",
+            );
+        }
+        if od.interval.get().is_zero() {
+            errs.push(format!("{op}.interval"), "must be greater than zero");
         }
     }
 }
@@ -450,5 +834,162 @@ services:
         assert!(check_spiffe("spiffe://cluster.local").is_err());
         assert!(check_spiffe("spiffe:///ns/a").is_err());
         assert!(check_spiffe("https://x/y").is_err());
+    }
+
+    const ROUTED: &str = r#"
+version: "1"
+listeners:
+  - name: inbound
+    direction: inbound
+    bind: "127.0.0.1:4143"
+    app: "127.0.0.1:8080"
+    rate_limits:
+      - { port: 8080, token_bucket: { maxTokens: 10, fillInterval: 1s } }
+      - { token_bucket: { maxTokens: 100, tokensPerFill: 10, fillInterval: 100ms } }
+services:
+  - name: reviews
+    namespace: shop
+    ports: [9080]
+    subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+    trafficPolicy:
+      loadBalancer: { simple: LEAST_REQUEST, warmupDurationSecs: 30s }
+      connectionPool: { tcp: { maxConnections: 10 }, http: { http1MaxPendingRequests: 5, http2MaxRequests: 100 } }
+      outlierDetection: { consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 10s, maxEjectionPercent: 50 }
+    http:
+      - name: jason
+        match: [{ headers: { end-user: { exact: jason } } }, { uri: { regex: "/api/v[0-9]+/.*" } }]
+        route: [{ destination: { host: reviews, subset: v2 } }]
+        fault: { abort: { grpcStatus: UNAVAILABLE, percentage: { value: 5 } } }
+      - route:
+          - { destination: { host: reviews.shop, subset: v1, port: { number: 9080 } }, weight: 90 }
+          - { destination: { host: ratings }, weight: 10 }
+        retries: { attempts: 3, perTryTimeout: 1s, retryOn: "5xx,409" }
+        localRateLimit: { maxTokens: 5, fillInterval: 1s }
+  - name: ratings
+    namespace: shop
+    ports: [9080]
+"#;
+
+    #[test]
+    fn routes_subsets_and_policies_validate() {
+        let s = Snapshot::from_yaml(ROUTED).unwrap();
+        s.validate().unwrap();
+        assert_eq!(Snapshot::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn every_policy_error_is_listed_with_its_path() {
+        let mut s = Snapshot::from_yaml(ROUTED).unwrap();
+        let svc = &mut s.services[0];
+        svc.subsets.push(svc.subsets[0].clone());
+        let tp = svc.traffic_policy.as_mut().unwrap();
+        tp.outlier_detection.as_mut().unwrap().max_ejection_percent = 101;
+        tp.connection_pool
+            .as_mut()
+            .unwrap()
+            .tcp
+            .as_mut()
+            .unwrap()
+            .max_connections = Some(0);
+        let r0 = &mut svc.http[0];
+        r0.matches[0].headers.get_mut("end-user").unwrap().prefix = Some("j".into());
+        r0.matches[1].uri.as_mut().unwrap().regex = Some("(".into());
+        r0.route[0].destination.subset = Some("v9".into());
+        r0.fault
+            .as_mut()
+            .unwrap()
+            .abort
+            .as_mut()
+            .unwrap()
+            .grpc_status = Some("NOPE".into());
+        let r1 = &mut svc.http[1];
+        r1.name = Some("jason".into());
+        r1.route[1].weight = None;
+        r1.route[1].destination.host = "ratings.other".into();
+        r1.retries.as_mut().unwrap().retry_on = Some("5xx,sometimes".into());
+        r1.local_rate_limit.as_mut().unwrap().max_tokens = 0;
+        s.listeners[0].rate_limits[1].port = Some(8080);
+        let errs = s.validate().unwrap_err();
+        assert_eq!(
+            errs.paths(),
+            vec![
+                "services[0].subsets[2].name",
+                "services[0].trafficPolicy.connectionPool.tcp.maxConnections",
+                "services[0].trafficPolicy.outlierDetection.maxEjectionPercent",
+                "services[0].http[0].match[0].headers.end-user",
+                "services[0].http[0].match[1].uri.regex",
+                "services[0].http[0].route[0].destination.subset",
+                "services[0].http[0].fault.abort.grpcStatus",
+                "services[0].http[1].name",
+                "services[0].http[1].route[1].weight",
+                "services[0].http[1].route[1].destination",
+                "services[0].http[1].retries.retryOn",
+                "services[0].http[1].localRateLimit.maxTokens",
+                "listeners[0].rate_limits[1].port",
+            ],
+            "{errs}"
+        );
+        let text = errs.to_string();
+        for needle in [
+            "subset \"v1\" is defined twice",
+            "set only one of exact, prefix, regex",
+            "invalid regex \"(\"",
+            "service reviews.shop has no subset \"v9\"",
+            "no service ratings.other with port 9080 in this snapshot",
+            "unknown retry condition \"sometimes\"",
+            "port 8080 has another rate limit",
+            "101 is more than 100",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn a_destination_without_port_needs_every_dialed_port() {
+        let mut s = Snapshot::from_yaml(ROUTED).unwrap();
+        s.services[0].ports.push(9443);
+        let errs = s.validate().unwrap_err();
+        assert_eq!(
+            errs.paths(),
+            vec!["services[0].http[1].route[1].destination"]
+        );
+        assert!(errs.to_string().contains("set destination.port"), "{errs}");
+    }
+
+    #[test]
+    fn regexes_match_whole_values() {
+        let re = compile_full_match("/api/v[0-9]+").unwrap();
+        assert!(re.is_match("/api/v2"));
+        assert!(!re.is_match("/api/v2/x"));
+        assert!(!re.is_match("x/api/v2"));
+        let re = compile_full_match("a|b").unwrap();
+        assert!(re.is_match("a") && re.is_match("b") && !re.is_match("ab"));
+    }
+
+    #[test]
+    fn header_names_are_checked() {
+        assert!(check_header_name("x-user").is_ok());
+        assert!(check_header_name(":path").is_err());
+        assert!(check_header_name("a b").is_err());
+        assert!(check_header_name("a:b").is_err());
+        assert!(check_header_name("").is_err());
+    }
+
+    #[test]
+    fn rate_limits_belong_to_inbound_listeners() {
+        let mut s = good();
+        s.listeners[0].rate_limits = s.listeners[1].rate_limits.clone();
+        s.listeners[0]
+            .rate_limits
+            .push(crate::policy::PortRateLimit {
+                port: None,
+                token_bucket: TokenBucket {
+                    max_tokens: 1,
+                    tokens_per_fill: 1,
+                    fill_interval: crate::Duration::from_secs(1),
+                },
+            });
+        let errs = s.validate().unwrap_err();
+        assert_eq!(errs.paths(), vec!["listeners[0].rate_limits"]);
     }
 }

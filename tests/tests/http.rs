@@ -365,6 +365,9 @@ async fn failures_the_proxy_answers_itself_carry_a_flag() {
         ports: vec![81],
         protocol: Default::default(),
         endpoints: vec![],
+        http: vec![],
+        subsets: vec![],
+        traffic_policy: None,
     });
     snap.listeners.push(outrigger_api::Listener {
         name: "to-empty".into(),
@@ -377,6 +380,7 @@ async fn failures_the_proxy_answers_itself_carry_a_flag() {
         }),
         app: None,
         opaque_ports: vec![],
+        rate_limits: vec![],
     });
     let proxy = outrigger_proxy::Proxy::start(snap, Default::default())
         .await
