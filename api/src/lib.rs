@@ -19,4 +19,4 @@ pub use snapshot::{
     Admin, Direction, Endpoint, Limits, Listener, ParseError, ProxyInfo, Service, ServiceProtocol,
     ServiceRef, Snapshot,
 };
-pub use validate::{FieldError, ValidationErrors};
+pub use validate::{compile_full_match, FieldError, ValidationErrors};

@@ -18,6 +18,9 @@ pub struct AccessLog {
     pub version: Version,
     pub peer: SocketAddr,
     pub upstream: Option<SocketAddr>,
+    /// The route taken (outbound), by its metric label.
+    pub route: Option<crate::metrics::Name>,
+    pub attempts: Option<crate::http::error::Attempts>,
 }
 
 impl AccessLog {
@@ -46,6 +49,8 @@ impl AccessLog {
             downstream = %self.peer,
             upstream = upstream.as_deref().unwrap_or("-"),
             destination_service = &*labels.traffic.destination_service,
+            route = self.route.as_deref().unwrap_or("-"),
+            attempts = self.attempts.map_or(1, |a| a.0),
         );
     }
 }

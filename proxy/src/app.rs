@@ -95,6 +95,7 @@ impl Proxy {
         }
 
         let shared = Arc::new(Shared {
+            chance: crate::policy::chance::Chance::default(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.idle_timeout,

@@ -2,15 +2,22 @@
 //! tables the data path uses. Built with `TryFrom`, which refuses a snapshot
 //! that does not validate, so an applied `Config` is always a good one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outrigger_api::{ServiceProtocol, ServiceRef, Snapshot, ValidationErrors};
+use tokio::time::Instant;
 
-use crate::balance::RoundRobin;
 use crate::metrics::{unknown, Name, Workload};
+use crate::policy::balance::{LbPolicy, Load};
+use crate::policy::budget::RetryBudget;
+use crate::policy::outlier::{Outlier, OutlierPolicy};
+use crate::policy::pool::{Pool, PoolLimits};
+use crate::policy::rate_limit::{PortLimits, TokenBucket};
+use crate::policy::route::{Backend, Route};
 
 pub struct Config {
     pub snapshot: Arc<Snapshot>,
@@ -18,8 +25,12 @@ pub struct Config {
     pub proxy: Workload,
     pub limits: Limits,
     services: Vec<Arc<ServiceState>>,
-    by_virtual_addr: HashMap<SocketAddr, usize>,
+    by_virtual_addr: HashMap<SocketAddr, ServiceRef>,
     by_ref: HashMap<ServiceRef, usize>,
+    /// Each service port's routes, in order.
+    routes: HashMap<ServiceRef, Arc<[Arc<Route>]>>,
+    /// Inbound listeners' rate limits, by listener name.
+    inbound_limits: HashMap<String, Arc<PortLimits>>,
 }
 
 #[derive(Clone, Debug)]
@@ -33,12 +44,30 @@ pub struct Limits {
     pub drain_timeout: Duration,
 }
 
+/// One service entry of the snapshot, with its endpoints and policies.
+/// Rebuilt on every snapshot; what must outlive a snapshot (endpoint load
+/// and outlier state, the retry budget, the pool's permits) is carried over
+/// from the previous config by [`Config::build`].
 pub struct ServiceState {
     /// `name.namespace`: the `destination_service` label.
     pub label: Name,
     pub protocol: ServiceProtocol,
     pub endpoints: Vec<EndpointState>,
-    balancer: RoundRobin,
+    /// Indices of every endpoint, and of each subset's.
+    pub all: Arc<[usize]>,
+    subsets: HashMap<String, Arc<[usize]>>,
+    pub lb: LbPolicy,
+    pub outlier: Option<OutlierPolicy>,
+    pub pool: Arc<Pool>,
+    pub runtime: Arc<ServiceRuntime>,
+}
+
+/// Per-service state that lives across snapshots.
+#[derive(Debug, Default)]
+pub struct ServiceRuntime {
+    pub budget: RetryBudget,
+    /// Round-robin position.
+    pub next: AtomicUsize,
 }
 
 #[derive(Clone, Debug)]
@@ -47,12 +76,39 @@ pub struct EndpointState {
     pub meshed: bool,
     /// Who serves at this endpoint (metric labels).
     pub peer: Workload,
+    pub labels: BTreeMap<String, String>,
+    pub stats: Arc<EndpointStats>,
+}
+
+/// An endpoint's live state: its load for the balancer and its outlier
+/// detector. Kept across snapshots while the endpoint stays.
+#[derive(Debug)]
+pub struct EndpointStats {
+    pub load: Load,
+    pub outlier: Mutex<Outlier>,
+    /// Set while ejected, so that the balancer's common path takes no lock.
+    pub ejected: std::sync::atomic::AtomicBool,
+    /// When the endpoint joined a service that already existed (slow
+    /// start); `None` for endpoints present from the service's first snapshot.
+    pub joined: Option<Instant>,
+}
+
+impl EndpointStats {
+    pub fn new(joined: Option<Instant>) -> Self {
+        let now = Instant::now();
+        Self {
+            load: Load::new(now),
+            outlier: Mutex::new(Outlier::new(now)),
+            ejected: Default::default(),
+            joined,
+        }
+    }
 }
 
 impl ServiceState {
-    /// The next endpoint, round robin; `None` when the service has none.
-    pub fn pick(&self) -> Option<&EndpointState> {
-        self.balancer.pick(&self.endpoints)
+    /// A subset's endpoint indices (validation guarantees it exists).
+    pub fn subset(&self, name: &str) -> Option<&Arc<[usize]>> {
+        self.subsets.get(name)
     }
 }
 
@@ -60,49 +116,83 @@ impl TryFrom<Snapshot> for Config {
     type Error = ValidationErrors;
 
     fn try_from(snapshot: Snapshot) -> Result<Self, Self::Error> {
+        Config::build(snapshot, None)
+    }
+}
+
+/// Identifies a service entry across snapshots.
+fn entry_key(svc: &outrigger_api::Service) -> (String, String, u16) {
+    (
+        svc.name.clone(),
+        svc.namespace.clone(),
+        svc.ports.first().copied().unwrap_or(0),
+    )
+}
+
+impl Config {
+    /// Validates `snapshot` and builds the tables, reusing the live state of
+    /// services and endpoints that `previous` already had.
+    pub fn build(snapshot: Snapshot, previous: Option<&Config>) -> Result<Self, ValidationErrors> {
         snapshot.validate()?;
+        let prev_services: HashMap<(String, String, u16), &Arc<ServiceState>> = previous
+            .map(|p| {
+                p.snapshot
+                    .services
+                    .iter()
+                    .map(entry_key)
+                    .zip(p.services.iter())
+                    .collect()
+            })
+            .unwrap_or_default();
+
         let mut services = Vec::with_capacity(snapshot.services.len());
         let mut by_virtual_addr = HashMap::new();
         let mut by_ref = HashMap::new();
         for (i, svc) in snapshot.services.iter().enumerate() {
-            let namespace: Name = Arc::from(svc.namespace.as_str());
-            let endpoints = svc
-                .endpoints
-                .iter()
-                .filter_map(|ep| {
-                    Some(EndpointState {
-                        addr: ep.socket_addr().ok()?,
-                        meshed: ep.meshed,
-                        peer: Workload {
-                            workload: ep.workload.as_deref().map_or_else(unknown, Arc::from),
-                            namespace: namespace.clone(),
-                            principal: ep.identity.as_deref().map_or_else(unknown, Arc::from),
-                        },
-                    })
-                })
-                .collect();
-            services.push(Arc::new(ServiceState {
-                label: Arc::from(svc.qualified_name()),
-                protocol: svc.protocol,
-                endpoints,
-                balancer: RoundRobin::default(),
-            }));
-            for ip in svc.virtual_ips().unwrap_or_default() {
-                for port in &svc.ports {
-                    by_virtual_addr.insert(SocketAddr::new(ip, *port), i);
-                }
-            }
+            let prev = prev_services.get(&entry_key(svc)).copied();
+            services.push(Arc::new(build_service(svc, prev)));
             for port in &svc.ports {
-                by_ref.insert(
-                    ServiceRef {
-                        name: svc.name.clone(),
-                        namespace: svc.namespace.clone(),
-                        port: *port,
-                    },
-                    i,
-                );
+                let r = ServiceRef {
+                    name: svc.name.clone(),
+                    namespace: svc.namespace.clone(),
+                    port: *port,
+                };
+                for ip in svc.virtual_ips().unwrap_or_default() {
+                    by_virtual_addr.insert(SocketAddr::new(ip, *port), r.clone());
+                }
+                by_ref.insert(r, i);
             }
         }
+
+        let mut routes = HashMap::new();
+        for (i, svc) in snapshot.services.iter().enumerate() {
+            for port in &svc.ports {
+                let key = ServiceRef {
+                    name: svc.name.clone(),
+                    namespace: svc.namespace.clone(),
+                    port: *port,
+                };
+                let list = build_routes(svc, *port, &services[i], |r| {
+                    by_ref.get(r).map(|j| services[*j].clone())
+                });
+                routes.insert(key, list.into());
+            }
+        }
+
+        let inbound_limits = snapshot
+            .listeners
+            .iter()
+            .filter(|l| !l.rate_limits.is_empty())
+            .map(|l| {
+                let limits = l
+                    .rate_limits
+                    .iter()
+                    .map(|rl| (rl.port, Arc::new(TokenBucket::from(&rl.token_bucket))))
+                    .collect();
+                (l.name.clone(), Arc::new(PortLimits::new(limits)))
+            })
+            .collect();
+
         let l = &snapshot.limits;
         let limits = Limits {
             max_connections: l.max_connections as usize,
@@ -129,19 +219,161 @@ impl TryFrom<Snapshot> for Config {
             services,
             by_virtual_addr,
             by_ref,
+            routes,
+            inbound_limits,
         })
     }
-}
 
-impl Config {
-    /// The service whose virtual address a client dialed.
-    pub fn service_at(&self, addr: SocketAddr) -> Option<&Arc<ServiceState>> {
-        self.by_virtual_addr.get(&addr).map(|i| &self.services[*i])
+    /// The service port whose virtual address a client dialed.
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&ServiceRef> {
+        self.by_virtual_addr.get(&addr)
     }
 
     pub fn service(&self, r: &ServiceRef) -> Option<&Arc<ServiceState>> {
         self.by_ref.get(r).map(|i| &self.services[*i])
     }
+
+    /// The routes of a service port, in order.
+    pub fn routes(&self, r: &ServiceRef) -> Option<&Arc<[Arc<Route>]>> {
+        self.routes.get(r)
+    }
+
+    pub fn inbound_limits(&self, listener: &str) -> Option<&Arc<PortLimits>> {
+        self.inbound_limits.get(listener)
+    }
+
+    /// Every service entry (for the metrics of ejected endpoints).
+    pub fn services(&self) -> &[Arc<ServiceState>] {
+        &self.services
+    }
+}
+
+fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>) -> ServiceState {
+    let namespace: Name = Arc::from(svc.namespace.as_str());
+    let prev_stats: HashMap<SocketAddr, &Arc<EndpointStats>> = prev
+        .map(|p| p.endpoints.iter().map(|e| (e.addr, &e.stats)).collect())
+        .unwrap_or_default();
+    // Endpoints that join a service already in force warm up; those of a
+    // brand-new service (proxy start) do not.
+    let joined = prev.map(|_| Instant::now());
+    let endpoints: Vec<EndpointState> = svc
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            let addr = ep.socket_addr().ok()?;
+            let stats = prev_stats
+                .get(&addr)
+                .map(|s| (*s).clone())
+                .unwrap_or_else(|| Arc::new(EndpointStats::new(joined)));
+            Some(EndpointState {
+                addr,
+                meshed: ep.meshed,
+                peer: Workload {
+                    workload: ep.workload.as_deref().map_or_else(unknown, Arc::from),
+                    namespace: namespace.clone(),
+                    principal: ep.identity.as_deref().map_or_else(unknown, Arc::from),
+                },
+                labels: ep.labels.clone(),
+                stats,
+            })
+        })
+        .collect();
+    let all: Arc<[usize]> = (0..endpoints.len()).collect();
+    let subsets = svc
+        .subsets
+        .iter()
+        .map(|sub| {
+            let members: Arc<[usize]> = endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, ep)| sub.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+                .map(|(i, _)| i)
+                .collect();
+            (sub.name.clone(), members)
+        })
+        .collect();
+    let tp = svc.traffic_policy.clone().unwrap_or_default();
+    let lb = LbPolicy::from(tp.load_balancer.as_ref());
+    let outlier = tp.outlier_detection.as_ref().map(OutlierPolicy::from);
+    let pool_limits = PoolLimits::from(tp.connection_pool.as_ref());
+    let pool = match prev {
+        Some(p) if p.pool.limits == pool_limits => p.pool.clone(),
+        _ => Arc::new(Pool::new(pool_limits)),
+    };
+    let runtime = prev.map(|p| p.runtime.clone()).unwrap_or_default();
+    ServiceState {
+        label: Arc::from(svc.qualified_name()),
+        protocol: svc.protocol,
+        endpoints,
+        all,
+        subsets,
+        lb,
+        outlier,
+        pool,
+        runtime,
+    }
+}
+
+/// The routes of one port of a service; without routes in the snapshot,
+/// one default route to the service itself.
+fn build_routes(
+    svc: &outrigger_api::Service,
+    port: u16,
+    this: &Arc<ServiceState>,
+    lookup: impl Fn(&ServiceRef) -> Option<Arc<ServiceState>>,
+) -> Vec<Arc<Route>> {
+    if svc.http.is_empty() {
+        let backend = Backend {
+            service: this.clone(),
+            endpoints: this.all.clone(),
+            headers: None,
+        };
+        return vec![Arc::new(Route::default_to(backend, this))];
+    }
+    svc.http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.route.is_empty() {
+                let backend = Backend {
+                    service: this.clone(),
+                    endpoints: this.all.clone(),
+                    headers: None,
+                };
+                return Arc::new(Route::build(i, r, vec![(1, backend)], this));
+            }
+            let backends = r
+                .route
+                .iter()
+                .filter_map(|rd| {
+                    let d = &rd.destination;
+                    let (name, namespace) = match d.host.split_once('.') {
+                        Some((n, ns)) => (n.to_string(), ns.to_string()),
+                        None => (d.host.clone(), svc.namespace.clone()),
+                    };
+                    let target = lookup(&ServiceRef {
+                        name,
+                        namespace,
+                        port: d.port.map_or(port, |p| p.number),
+                    })?;
+                    let endpoints = match &d.subset {
+                        Some(s) => target.subset(s)?.clone(),
+                        None => target.all.clone(),
+                    };
+                    let weight = rd.weight.unwrap_or(100);
+                    Some((
+                        weight,
+                        Backend {
+                            service: target,
+                            endpoints,
+                            headers: rd.headers.as_ref().map(|h| Arc::new(h.into())),
+                        },
+                    ))
+                })
+                .collect();
+            Arc::new(Route::build(i, r, backends, this))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,8 +402,8 @@ services:
     fn services_are_found_by_virtual_address_and_by_name() {
         let cfg = Config::try_from(snapshot()).unwrap();
         for addr in ["10.96.0.10:80", "10.96.0.10:8080", "[fd00::10]:80"] {
-            let svc = cfg.service_at(addr.parse().unwrap()).expect(addr);
-            assert_eq!(&*svc.label, "web.shop");
+            let r = cfg.service_at(addr.parse().unwrap()).expect(addr);
+            assert_eq!(&*cfg.service(r).unwrap().label, "web.shop");
         }
         assert!(cfg.service_at("10.96.0.10:81".parse().unwrap()).is_none());
         let r = ServiceRef {
@@ -186,8 +418,8 @@ services:
     #[test]
     fn endpoint_labels_default_to_unknown() {
         let cfg = Config::try_from(snapshot()).unwrap();
-        let svc = cfg.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
-        let eps = &svc.endpoints;
+        let r = cfg.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
+        let eps = &cfg.service(r).unwrap().endpoints;
         assert_eq!((&*eps[0].peer.workload, eps[0].meshed), ("web-v1", true));
         assert_eq!((&*eps[1].peer.workload, eps[1].meshed), ("unknown", false));
         assert_eq!(&*eps[1].peer.namespace, "shop");

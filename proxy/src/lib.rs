@@ -9,13 +9,13 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
-pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod tcp;
 pub mod transport;
 

@@ -16,12 +16,14 @@ use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::detect::{self, Protocol};
 use crate::drain;
-use crate::http::proxy::{ConnContext, HttpProxy, Shared, Target};
+use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{unknown, Direction, DirectionLabel, TcpLabels, TrafficLabels, Workload};
+use crate::policy::balance::{self, Choice};
 use crate::tcp;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
 
@@ -110,17 +112,19 @@ impl Listener {
                         )
                     })?;
                     return Ok((
-                        Target::Service(svc.clone()),
+                        Target::Service(r.clone()),
                         svc.protocol == ServiceProtocol::Opaque,
                     ));
                 }
                 let orig =
                     orig.ok_or("no original destination (not redirected) and no static target")?;
                 Ok(match cfg.service_at(orig) {
-                    Some(svc) => (
-                        Target::Service(svc.clone()),
-                        svc.protocol == ServiceProtocol::Opaque,
-                    ),
+                    Some(r) => {
+                        let opaque = cfg
+                            .service(r)
+                            .is_some_and(|s| s.protocol == ServiceProtocol::Opaque);
+                        (Target::Service(r.clone()), opaque)
+                    }
                     None => (Target::Passthrough(orig), false),
                 })
             }
@@ -175,13 +179,19 @@ impl Listener {
 
         // Opaque connections go to one endpoint, known now.
         let opaque_upstream = match (&target, protocol) {
-            (Target::Service(svc), Protocol::Opaque) => match svc.pick() {
-                Some(ep) => Some((ep.addr, Some(ep.clone()))),
-                None => {
-                    tracing::warn!(%peer, service = %svc.label, flag = "UH", "no endpoint for opaque connection; closing");
-                    return;
+            (Target::Service(r), Protocol::Opaque) => {
+                let svc = cfg.service(r).expect("resolved above");
+                match balance::choose(svc, &svc.all, &[], Instant::now(), &self.shared.chance) {
+                    Choice::Endpoint { index, .. } => {
+                        let ep = &svc.endpoints[index];
+                        Some((ep.addr, Some(ep.clone())))
+                    }
+                    Choice::Empty | Choice::AllEjected(_) => {
+                        tracing::warn!(%peer, service = %svc.label, flag = "UH", "no endpoint for opaque connection; closing");
+                        return;
+                    }
                 }
-            },
+            }
             (Target::Passthrough(a) | Target::App(a), Protocol::Opaque) => Some((*a, None)),
             _ => None,
         };
@@ -191,7 +201,7 @@ impl Listener {
             None => Workload::unknown(),
         };
         let service = match &target {
-            Target::Service(s) => s.label.clone(),
+            Target::Service(r) => cfg.service(r).map_or_else(unknown, |s| s.label.clone()),
             _ => unknown(),
         };
         let traffic = TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service);
@@ -212,16 +222,25 @@ impl Listener {
                 drop(guard);
             }
             None => {
+                let ctx = Arc::new(ConnContext {
+                    direction,
+                    target,
+                    proxy: cfg.proxy.clone(),
+                    peer,
+                    drain: drain.clone(),
+                    _guard: guard,
+                });
+                let stack = stack_for(
+                    &ctx.target,
+                    Arc::from(self.spec.name.as_str()),
+                    self.config.clone(),
+                    &self.shared,
+                    ctx.clone(),
+                );
                 let svc = HttpProxy {
-                    ctx: Arc::new(ConnContext {
-                        direction,
-                        target,
-                        proxy: cfg.proxy.clone(),
-                        peer,
-                        drain: drain.clone(),
-                        _guard: guard,
-                    }),
+                    ctx,
                     shared: self.shared.clone(),
+                    stack,
                 };
                 crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain).await;
             }

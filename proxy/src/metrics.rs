@@ -97,6 +97,19 @@ pub enum ResponseFlag {
     NoRoute,
     /// The client went away before the response ended (`DC`).
     DownstreamConnectionTermination,
+    /// The service's connection-pool limits were full (`UO`).
+    UpstreamOverflow,
+    /// The route timeout or the per-try timeout passed (`UT`).
+    UpstreamRequestTimeout,
+    /// The upstream failed in a retryable way and no retry was left: the
+    /// attempts ran out, or the retry budget was spent (`URX`).
+    UpstreamRetryLimitExceeded,
+    /// A local rate limit refused the request (`RL`).
+    RateLimited,
+    /// A fault-injection delay was applied (`DI`).
+    DelayInjected,
+    /// A fault-injection abort answered the request (`FI`).
+    FaultInjected,
 }
 
 impl ResponseFlag {
@@ -109,6 +122,12 @@ impl ResponseFlag {
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::NoRoute => "NR",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::UpstreamRequestTimeout => "UT",
+            ResponseFlag::UpstreamRetryLimitExceeded => "URX",
+            ResponseFlag::RateLimited => "RL",
+            ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::FaultInjected => "FI",
         }
     }
 }
@@ -222,6 +241,23 @@ pub struct DirectionLabel {
     pub direction: Direction,
 }
 
+/// Per-route counts: the routed service and the route's name from the
+/// snapshot (or `route-<index>`), so the label stays bounded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub destination_service: Name,
+    pub route: Name,
+    pub response_code: u16,
+    pub response_flags: ResponseFlag,
+}
+
+/// Families about one upstream service (retries, ejections, pool).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub destination_service: Name,
+}
+
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -244,6 +280,13 @@ pub struct Metrics {
     pub tcp_received_bytes: Family<TcpLabels, Counter>,
     pub tcp_sent_bytes: Family<TcpLabels, Counter>,
     pub tcp_rejected: Family<DirectionLabel, Counter>,
+    pub route_requests: Family<RouteLabels, Counter>,
+    pub retries: Family<ServiceLabel, Counter>,
+    pub retry_successes: Family<ServiceLabel, Counter>,
+    pub retry_budget_exhausted: Family<ServiceLabel, Counter>,
+    pub ejections: Family<ServiceLabel, Counter>,
+    pub ejected: Family<ServiceLabel, Gauge>,
+    pub pool_overflow: Family<ServiceLabel, Counter>,
     pub config_applied: Counter,
     pub config_last_applied: Gauge,
     pub ready: Gauge,
@@ -310,6 +353,48 @@ impl Metrics {
             "Connections closed at once because the listener was at limits.max_connections",
             tcp_rejected.clone(),
         );
+        let route_requests = Family::<RouteLabels, Counter>::default();
+        reg.register(
+            "outrigger_route_requests",
+            "HTTP requests per route of the service they were sent to",
+            route_requests.clone(),
+        );
+        let retries = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_retries",
+            "Retry attempts sent (tries after the first)",
+            retries.clone(),
+        );
+        let retry_successes = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_retry_successes",
+            "Requests that failed at first and succeeded on a retry",
+            retry_successes.clone(),
+        );
+        let retry_budget_exhausted = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_retry_budget_exhausted",
+            "Retries refused because the service's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let ejections = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_outlier_ejections",
+            "Endpoints ejected by outlier detection (first ejections and failed trials)",
+            ejections.clone(),
+        );
+        let ejected = Family::<ServiceLabel, Gauge>::default();
+        reg.register(
+            "outrigger_outlier_ejected_endpoints",
+            "Endpoints ejected right now",
+            ejected.clone(),
+        );
+        let pool_overflow = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_pool_overflow",
+            "Requests answered 503 at once because the connection-pool limits were full",
+            pool_overflow.clone(),
+        );
         let config_applied = Counter::default();
         reg.register(
             "outrigger_config_applied",
@@ -338,6 +423,13 @@ impl Metrics {
             tcp_received_bytes,
             tcp_sent_bytes,
             tcp_rejected,
+            route_requests,
+            retries,
+            retry_successes,
+            retry_budget_exhausted,
+            ejections,
+            ejected,
+            pool_overflow,
             config_applied,
             config_last_applied,
             ready,

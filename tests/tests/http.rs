@@ -433,15 +433,20 @@ async fn failures_the_proxy_answers_itself_carry_a_flag() {
 }
 
 #[tokio::test]
-async fn requests_are_spread_round_robin_over_endpoints() {
+async fn requests_are_spread_round_robin_over_endpoints_when_asked() {
     let a = app("a").await;
     let b = app("b").await;
-    let proxy = outrigger_proxy::Proxy::start(
-        client_snapshot(&[(a, false), (b, false)]),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let mut snap = client_snapshot(&[(a, false), (b, false)]);
+    snap.services[0].traffic_policy = Some(outrigger_api::policy::TrafficPolicy {
+        load_balancer: Some(outrigger_api::policy::LoadBalancer {
+            simple: Some(outrigger_api::policy::SimpleLb::RoundRobin),
+            warmup_duration_secs: None,
+        }),
+        ..Default::default()
+    });
+    let proxy = outrigger_proxy::Proxy::start(snap, Default::default())
+        .await
+        .unwrap();
     let mut c = http1(proxy.listener_addr("outbound").unwrap()).await;
     let mut seen = Vec::new();
     for _ in 0..6 {

@@ -14,9 +14,10 @@ use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use super::error::RouteName;
 use super::{Body, BoxError};
 use crate::access_log::AccessLog;
-use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag};
+use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
 
 pin_project! {
     pub struct CountedBody<B> {
@@ -68,6 +69,11 @@ pub struct Record {
     pub labels: RequestLabels,
     pub start: Instant,
     pub access: Option<Box<AccessLog>>,
+    /// The route the request took, for the per-route family.
+    pub route: Option<RouteName>,
+    /// Request body bytes read so far (a standalone counter, added to the
+    /// family under the final labels).
+    pub request_bytes: Counter,
 }
 
 impl Record {
@@ -77,6 +83,25 @@ impl Record {
         }
         let elapsed = self.start.elapsed();
         self.metrics.requests.get_or_create(&self.labels).inc();
+        let sent = self.request_bytes.get();
+        if sent > 0 {
+            self.metrics
+                .request_bytes
+                .get_or_create(&self.labels.traffic)
+                .inc_by(sent);
+        }
+        if let Some(r) = &self.route {
+            self.metrics
+                .route_requests
+                .get_or_create(&RouteLabels {
+                    direction: self.labels.traffic.direction,
+                    destination_service: r.service.clone(),
+                    route: r.route.clone(),
+                    response_code: self.labels.response_code,
+                    response_flags: self.labels.response_flags,
+                })
+                .inc();
+        }
         self.metrics
             .request_duration
             .get_or_create(&self.labels)
@@ -206,6 +231,8 @@ mod tests {
             labels: labels(),
             start: Instant::now(),
             access: None,
+            route: None,
+            request_bytes: Counter::default(),
         };
         let collected = ResponseBody::new(body, bytes.clone(), record)
             .collect()
@@ -229,6 +256,8 @@ mod tests {
             labels: labels(),
             start: Instant::now(),
             access: None,
+            route: None,
+            request_bytes: Counter::default(),
         };
         let rb = ResponseBody::new(body, Counter::default(), record);
         drop(rb);

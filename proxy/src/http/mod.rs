@@ -3,9 +3,12 @@
 
 pub mod body;
 pub mod client;
+pub mod error;
+pub mod forward;
 pub mod headers;
 pub mod proxy;
 pub mod server;
+pub mod stack;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -1,10 +1,8 @@
-//! The request handler: one HTTP request from a client to its upstream.
-//!
-//! For each request: choose the upstream (an endpoint of the target service,
-//! the original destination, or the local app), pick the upstream protocol
-//! (HTTP/2 to every meshed peer, otherwise what the client spoke), rewrite the
-//! request for that hop, send it, and meter the response until its end.
-//! Upgrades and CONNECT take a dedicated HTTP/1 connection and are spliced.
+//! The hyper-facing service of an accepted HTTP connection: it records
+//! every request (metrics, access log) and hands it to the connection's
+//! request stack ([`super::stack`]): outbound to a service, inbound to the
+//! app, or straight through. What the stack refuses becomes the proxy's own
+//! answer, with its response flag.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,39 +10,42 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::header::{CONNECTION, UPGRADE};
-use http::uri::Authority;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use outrigger_api::ServiceRef;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
 
 use super::body::{CountedBody, Record, ResponseBody};
 use super::client::{Client, UpstreamProto};
-use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1, PROXY_ERROR};
-use super::{full, Body};
+use super::error::{ErrorKind, Flagged, ProxyError, RouteName, Served};
+use super::forward::Upstream;
+use super::headers::ORIG_PROTO;
+use super::stack::{Req, Rsp};
 use crate::access_log::AccessLog;
-use crate::config::ServiceState;
 use crate::drain;
 use crate::listener::ConnGuard;
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, TrafficLabels,
     Workload,
 };
+use crate::policy::chance::Chance;
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
+    pub chance: Chance,
 }
 
 /// Where a connection's requests go, decided when it was accepted.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Target {
-    /// Outbound to a known service: each request picks one of its endpoints.
-    Service(Arc<ServiceState>),
+    /// Outbound to a known service port: each request is routed.
+    Service(ServiceRef),
     /// Outbound to an address the snapshot does not know: forwarded as is.
     Passthrough(SocketAddr),
     /// Inbound to the local app.
@@ -63,18 +64,13 @@ pub struct ConnContext {
     pub _guard: ConnGuard,
 }
 
+pub type Stack = BoxCloneSyncService<Req, Rsp, ProxyError>;
+
 #[derive(Clone)]
 pub struct HttpProxy {
     pub ctx: Arc<ConnContext>,
     pub shared: Arc<Shared>,
-}
-
-struct Upstream {
-    addr: SocketAddr,
-    proto: UpstreamProto,
-    /// Carrying an HTTP/1 request over HTTP/2 to a peer proxy.
-    mark_http1: bool,
-    traffic: TrafficLabels,
+    pub stack: Stack,
 }
 
 /// A request waiting for its response head; records itself if dropped.
@@ -86,13 +82,6 @@ impl Drop for InFlight {
             r.finish(false);
         }
     }
-}
-
-/// A request the proxy answers itself.
-struct LocalError {
-    flag: ResponseFlag,
-    status: StatusCode,
-    message: String,
 }
 
 impl hyper::service::Service<Request<Incoming>> for HttpProxy {
@@ -117,72 +106,103 @@ impl HttpProxy {
                 version: client_version,
                 peer: self.ctx.peer,
                 upstream: None,
+                route: None,
+                attempts: None,
             })
         });
-        let record = |traffic: TrafficLabels, access: Option<Box<AccessLog>>| Record {
+        let request_bytes = Counter::default();
+        let target_service = match &self.ctx.target {
+            Target::Service(r) => Arc::from(format!("{}.{}", r.name, r.namespace).as_str()),
+            _ => unknown(),
+        };
+        let mut record = Record {
             metrics: self.shared.metrics.clone(),
             labels: RequestLabels {
-                traffic,
+                traffic: self.traffic(&Workload::unknown(), target_service),
                 response_code: 0,
                 grpc_response_status: GrpcStatus(None),
                 response_flags: ResponseFlag::None,
             },
             start,
             access,
+            route: None,
+            request_bytes: request_bytes.clone(),
         };
 
         if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
-            let err = LocalError {
-                flag: ResponseFlag::NoRoute,
-                status: StatusCode::NOT_IMPLEMENTED,
-                message: "CONNECT over HTTP/2 is not supported; use HTTP/1.1 CONNECT".into(),
-            };
-            let traffic = self.traffic(&Workload::unknown(), unknown());
-            return self.respond(
-                local_response(&err, client_version),
-                record(traffic, access),
-                err.flag,
+            let err = ProxyError::new(
+                ErrorKind::NotImplemented,
+                "CONNECT over HTTP/2 is not supported; use HTTP/1.1 CONNECT",
             );
+            return self.respond(Err(err), record, client_version);
         }
-        let up = match self.choose(&req) {
-            Ok(up) => up,
-            Err(refused) => {
-                let (traffic, err) = *refused;
-                return self.respond(
-                    local_response(&err, client_version),
-                    record(traffic, access),
-                    err.flag,
-                );
+
+        let (parts, body) = req.into_parts();
+        let body = CountedBody::new(body, request_bytes)
+            .map_err(Into::into)
+            .boxed_unsync();
+        let mut req = Request::from_parts(parts, body);
+        if let Some(up) = self.fixed_upstream(&req) {
+            if let Some(a) = record.access.as_mut() {
+                a.upstream = Some(up.addr);
             }
-        };
-        let mut access = access;
-        if let Some(a) = access.as_mut() {
-            a.upstream = Some(up.addr);
+            req.extensions_mut().insert(up);
         }
         // Recorded as `DC` with code 0 if the client gives up before the
         // response head arrives (this future is dropped).
-        let mut in_flight = InFlight(Some(record(up.traffic.clone(), access)));
-        let result = if client_version != Version::HTTP_2
-            && headers::is_upgrade(client_version, req.method(), req.headers())
-        {
-            self.forward_upgrade(req, &up).await
-        } else {
-            self.forward(req, &up).await
-        };
+        let in_flight = InFlight(Some(record));
+        // Every layer is always ready (see `stack`), so no `poll_ready`.
+        let result = tower::Service::call(&mut self.stack.clone(), req).await;
+        let mut in_flight = in_flight;
         let record = in_flight.0.take().expect("taken once");
-        match result {
-            Ok(resp) => self.respond(resp, record, ResponseFlag::None),
-            Err(err) => self.respond(local_response(&err, client_version), record, err.flag),
-        }
+        self.respond(result, record, client_version)
     }
 
-    /// Wraps the response so that it is recorded when it ends.
+    /// Labels the request with what its way down learned, and wraps the
+    /// response (or the proxy's own answer) so that it is recorded at its end.
     fn respond(
         &self,
-        resp: Response<Body>,
+        result: Result<Rsp, ProxyError>,
         mut record: Record,
-        flag: ResponseFlag,
+        client_version: Version,
     ) -> Response<ResponseBody> {
+        let (resp, flag, served, route) = match result {
+            Ok(mut resp) => {
+                let flag = resp
+                    .extensions()
+                    .get::<Flagged>()
+                    .map_or(ResponseFlag::None, |f| f.0);
+                let served = resp.extensions_mut().remove::<Served>();
+                let route = resp.extensions_mut().remove::<RouteName>();
+                if let (Some(a), Some(n)) = (record.access.as_mut(), resp.extensions().get()) {
+                    a.attempts = Some(*n);
+                }
+                (resp, flag, served, route)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "request answered by the proxy");
+                if let (Some(a), Some(n)) = (record.access.as_mut(), e.attempts) {
+                    a.attempts = Some(n);
+                }
+                let resp = e.to_response(super::forward::response_version(client_version));
+                (
+                    resp,
+                    e.kind.flag(),
+                    e.served.map(|s| *s),
+                    e.route.map(|r| *r),
+                )
+            }
+        };
+        if let Some(s) = served {
+            record.labels.traffic = self.traffic(&s.peer, s.service);
+            if let Some(a) = record.access.as_mut() {
+                a.upstream = Some(s.addr);
+            }
+        }
+        if let Some(a) = record.access.as_mut() {
+            a.route = route.as_ref().map(|r| r.route.clone());
+        }
+        record.route = route;
         record.labels.response_code = resp.status().as_u16();
         record.labels.response_flags = flag;
         if let Some(v) = resp.headers().get("grpc-status") {
@@ -201,225 +221,63 @@ impl HttpProxy {
         TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, peer, service)
     }
 
-    /// The upstream for this request, or why there is none (boxed: the
-    /// refusal is the rare path).
-    fn choose(
-        &self,
-        req: &Request<Incoming>,
-    ) -> Result<Upstream, Box<(TrafficLabels, LocalError)>> {
+    /// The upstream of a connection that is not routed: the app (inbound) or
+    /// the original destination (passthrough).
+    fn fixed_upstream(&self, req: &Req) -> Option<Upstream> {
         let client_proto = if req.version() == Version::HTTP_2 {
             UpstreamProto::Http2
         } else {
             UpstreamProto::Http1
         };
-        match &self.ctx.target {
-            Target::Service(svc) => match svc.pick() {
-                Some(ep) => Ok(Upstream {
-                    addr: ep.addr,
-                    proto: if ep.meshed {
-                        UpstreamProto::Http2
-                    } else {
-                        client_proto
-                    },
-                    mark_http1: ep.meshed && client_proto == UpstreamProto::Http1,
-                    traffic: self.traffic(&ep.peer, svc.label.clone()),
-                }),
-                None => Err(Box::new((
-                    self.traffic(&Workload::unknown(), svc.label.clone()),
-                    LocalError {
-                        flag: ResponseFlag::NoHealthyUpstream,
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        message: format!("service {} has no endpoints", svc.label),
-                    },
-                ))),
-            },
-            Target::Passthrough(addr) => Ok(Upstream {
-                addr: *addr,
-                proto: client_proto,
-                mark_http1: false,
-                traffic: self.traffic(&Workload::unknown(), unknown()),
-            }),
+        let (addr, proto, keep_absolute) = match &self.ctx.target {
+            Target::Service(_) => return None,
+            Target::Passthrough(addr) => (*addr, client_proto, true),
             Target::App(addr) => {
+                // A request a peer proxy carried over HTTP/2 for an HTTP/1
+                // client goes to the app as HTTP/1.
                 let from_h1_client = req.headers().get(&ORIG_PROTO).is_some();
-                Ok(Upstream {
-                    addr: *addr,
-                    proto: if from_h1_client {
-                        UpstreamProto::Http1
-                    } else {
-                        client_proto
-                    },
-                    mark_http1: false,
-                    traffic: self.traffic(&Workload::unknown(), unknown()),
-                })
+                let proto = if from_h1_client {
+                    UpstreamProto::Http1
+                } else {
+                    client_proto
+                };
+                (*addr, proto, false)
             }
-        }
-    }
-
-    /// Rewrites the request for the upstream hop.
-    fn prepare(&self, parts: &mut http::request::Parts, up: &Upstream) {
-        let client_h1 = parts.version != Version::HTTP_2;
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(&ORIG_PROTO);
-        // An HTTP/1.0 request may carry no Host at all: name the endpoint.
-        let authority = headers::authority(parts).unwrap_or_else(|| {
-            Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")
-        });
-        match up.proto {
-            UpstreamProto::Http1 => {
-                // A client talking to a forward proxy we pass through to keeps
-                // its absolute-form request target.
-                let keep_absolute = client_h1 && matches!(self.ctx.target, Target::Passthrough(_));
-                headers::to_http1(parts, Some(&authority), keep_absolute)
-            }
-            UpstreamProto::Http2 => {
-                headers::to_http2(parts, authority);
-                if up.mark_http1 && client_h1 {
-                    parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
-                }
-            }
-        }
-    }
-
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        up: &Upstream,
-    ) -> Result<Response<Body>, LocalError> {
-        let client_version = req.version();
-        let (mut parts, body) = req.into_parts();
-        self.prepare(&mut parts, up);
-        let bytes = self
-            .shared
-            .metrics
-            .request_bytes
-            .get_or_create(&up.traffic)
-            .clone();
-        let body = CountedBody::new(body, bytes)
-            .map_err(Into::into)
-            .boxed_unsync();
-        let resp = self
-            .shared
-            .client
-            .send(up.addr, up.proto, Request::from_parts(parts, body))
-            .await
-            .map_err(|e| upstream_error(&e))?;
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.version = response_version(client_version);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
-    }
-
-    /// WebSocket and other upgrades, and CONNECT: forwarded on a dedicated
-    /// HTTP/1 connection; on success both sides are spliced byte for byte.
-    async fn forward_upgrade(
-        &self,
-        mut req: Request<Incoming>,
-        up: &Upstream,
-    ) -> Result<Response<Body>, LocalError> {
-        let client_version = req.version();
-        let is_connect = req.method() == Method::CONNECT;
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let (mut parts, body) = req.into_parts();
-        let protocol = parts.headers.get(UPGRADE).cloned();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(&ORIG_PROTO);
-        let authority =
-            headers::authority(&parts).or_else(|| Authority::try_from(up.addr.to_string()).ok());
-        headers::to_http1(&mut parts, authority.as_ref(), false);
-        if let Some(p) = protocol {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(UPGRADE, p);
-        }
-        let body = CountedBody::new(
-            body,
-            self.shared
-                .metrics
-                .request_bytes
-                .get_or_create(&up.traffic)
-                .clone(),
-        )
-        .map_err(Into::into)
-        .boxed_unsync();
-        let mut resp = self
-            .shared
-            .client
-            .send_upgrade(up.addr, Request::from_parts(parts, body))
-            .await
-            .map_err(|e| upstream_error(&e))?;
-
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            || (is_connect && resp.status().is_success());
-        if switched {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            // The tunnel holds the connection's context: its drain watch and
-            // its slot under the connection limit, until both sides close.
-            let ctx = self.ctx.clone();
-            tokio::spawn(async move {
-                let peer = ctx.peer;
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(%peer, error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "upgrade did not complete"),
-                }
-            });
-        }
-        let (mut parts, body) = resp.into_parts();
-        if !switched {
-            headers::strip_hop_by_hop(&mut parts.headers);
-        }
-        parts.version = response_version(client_version);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        };
+        Some(Upstream {
+            addr,
+            proto,
+            mark_http1: false,
+            keep_absolute,
+            served: Served {
+                addr,
+                peer: Workload::unknown(),
+                service: unknown(),
+            },
+        })
     }
 }
 
-fn response_version(client: Version) -> Version {
-    if client == Version::HTTP_2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
+/// The request stack for a connection to `target`.
+pub fn stack_for(
+    target: &Target,
+    listener: Name,
+    config: Arc<arc_swap::ArcSwap<crate::config::Config>>,
+    shared: &Shared,
+    conn: Arc<dyn Send + Sync>,
+) -> Stack {
+    let forward = super::forward::Forward::new(shared.client.clone(), conn);
+    match target {
+        Target::Service(r) => BoxCloneSyncService::new(super::stack::outbound(
+            config,
+            r.clone(),
+            shared.metrics.clone(),
+            shared.chance.clone(),
+            forward,
+        )),
+        Target::App(_) => {
+            BoxCloneSyncService::new(super::stack::inbound(config, listener, forward))
+        }
+        Target::Passthrough(_) => BoxCloneSyncService::new(super::stack::passthrough(forward)),
     }
-}
-
-fn upstream_error(e: &super::client::ClientError) -> LocalError {
-    let flag = e.flag();
-    tracing::debug!(error = %e, flag = flag.as_str(), "upstream request failed");
-    LocalError {
-        flag,
-        status: StatusCode::BAD_GATEWAY,
-        message: e.to_string(),
-    }
-}
-
-fn local_response(err: &LocalError, client_version: Version) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{}\n", err.message)));
-    *resp.status_mut() = err.status;
-    *resp.version_mut() = response_version(client_version);
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&err.message) {
-        h.insert(PROXY_ERROR.clone(), v);
-    }
-    h.insert(
-        "outrigger-response-flags",
-        HeaderValue::from_static(err.flag.as_str()),
-    );
-    resp
 }

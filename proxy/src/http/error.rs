@@ -1,0 +1,255 @@
+//! What the request path returns when it answers a request itself, and what
+//! a request learned on its way down (which route, which endpoint) for the
+//! metrics and the access log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode, Version};
+
+use super::client::ClientError;
+use super::headers::PROXY_ERROR;
+use super::{full, Body};
+use crate::metrics::{Name, ResponseFlag, Workload};
+
+/// Why the proxy could not get an answer from an upstream, or refused to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches, or the target is gone from the config (404 `NR`).
+    NoRoute,
+    /// Nothing to send to: no endpoints, or all ejected (503 `UH`).
+    NoHealthyUpstream,
+    /// Connection-pool limits full (503 `UO`).
+    Overflow,
+    /// The route or per-try timeout passed (504 `UT`).
+    Timeout,
+    /// A local rate limit refused it (429 `RL`); retry after this long.
+    RateLimited { retry_after: Duration },
+    /// Connecting to the endpoint failed (502 `UF`): the request never left.
+    ConnectFailure,
+    /// HTTP/2 `REFUSED_STREAM` (502 `UC`): the upstream did not process it.
+    RefusedStream,
+    /// Connection or stream closed before a response head (502 `UC`).
+    Reset,
+    /// The upstream broke the protocol (502 `UPE`).
+    ProtocolError,
+    /// A request form the proxy does not handle (501 `NR`).
+    NotImplemented,
+}
+
+impl ErrorKind {
+    pub fn flag(self) -> ResponseFlag {
+        match self {
+            ErrorKind::NoRoute | ErrorKind::NotImplemented => ResponseFlag::NoRoute,
+            ErrorKind::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
+            ErrorKind::Overflow => ResponseFlag::UpstreamOverflow,
+            ErrorKind::Timeout => ResponseFlag::UpstreamRequestTimeout,
+            ErrorKind::RateLimited { .. } => ResponseFlag::RateLimited,
+            ErrorKind::ConnectFailure => ResponseFlag::UpstreamConnectFailure,
+            ErrorKind::RefusedStream | ErrorKind::Reset => {
+                ResponseFlag::UpstreamConnectionTermination
+            }
+            ErrorKind::ProtocolError => ResponseFlag::UpstreamProtocolError,
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::NoHealthyUpstream | ErrorKind::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::ConnectFailure
+            | ErrorKind::RefusedStream
+            | ErrorKind::Reset
+            | ErrorKind::ProtocolError => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A failure of the endpoint itself (what outlier detection and the
+    /// balancer hold against it), as opposed to a refusal by the proxy.
+    pub fn is_endpoint_failure(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ConnectFailure
+                | ErrorKind::RefusedStream
+                | ErrorKind::Reset
+                | ErrorKind::ProtocolError
+                | ErrorKind::Timeout
+        )
+    }
+
+    /// The request provably never reached the upstream application, so even
+    /// a non-idempotent request may be sent again.
+    pub fn never_sent(self) -> bool {
+        matches!(self, ErrorKind::ConnectFailure | ErrorKind::RefusedStream)
+    }
+}
+
+/// The endpoint a request went to (response and error extension).
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub addr: SocketAddr,
+    pub peer: Workload,
+    /// The `destination_service` label: the service the endpoint belongs to.
+    pub service: Name,
+}
+
+/// The route a request took (response and error extension).
+#[derive(Clone, Debug)]
+pub struct RouteName {
+    /// The routed service (the one the client addressed).
+    pub service: Name,
+    pub route: Name,
+}
+
+/// A response the proxy passed on but still flags (`URX`, `DI`).
+#[derive(Clone, Copy, Debug)]
+pub struct Flagged(pub ResponseFlag);
+
+/// How many tries a request took (response extension; also the
+/// `outrigger-attempt-count` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+pub const ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("outrigger-attempt-count");
+pub const RESPONSE_FLAGS: http::HeaderName =
+    http::HeaderName::from_static("outrigger-response-flags");
+
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub served: Option<Box<Served>>,
+    pub route: Option<Box<RouteName>>,
+    pub attempts: Option<Attempts>,
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.flag().as_str())
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            served: None,
+            route: None,
+            attempts: None,
+        }
+    }
+
+    /// The proxy's own answer for this error, in the client's HTTP version:
+    /// the status, the reason in the body and in `outrigger-proxy-error`, and
+    /// the response flag in `outrigger-response-flags`.
+    pub fn to_response(&self, client_version: Version) -> http::Response<Body> {
+        let mut resp = http::Response::new(full(format!("{}\n", self.message)));
+        *resp.status_mut() = self.kind.status();
+        *resp.version_mut() = client_version;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.message) {
+            h.insert(PROXY_ERROR.clone(), v);
+        }
+        h.insert(
+            RESPONSE_FLAGS,
+            HeaderValue::from_static(self.kind.flag().as_str()),
+        );
+        if let ErrorKind::RateLimited { retry_after } = self.kind {
+            // Whole seconds, rounded up: never invite a retry too early.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Some(a) = self.attempts {
+            h.insert(ATTEMPT_COUNT, HeaderValue::from(a.0));
+        }
+        resp
+    }
+}
+
+impl From<ClientError> for ProxyError {
+    fn from(e: ClientError) -> Self {
+        let kind = match &e {
+            ClientError::Connect { .. } | ClientError::Handshake { .. } => {
+                ErrorKind::ConnectFailure
+            }
+            ClientError::Http { source, .. } if source.is_parse() => ErrorKind::ProtocolError,
+            ClientError::Http { source, .. } if is_refused_stream(source) => {
+                ErrorKind::RefusedStream
+            }
+            ClientError::Http { .. } => ErrorKind::Reset,
+        };
+        ProxyError::new(kind, e.to_string())
+    }
+}
+
+/// Whether an HTTP/2 stream was refused (`REFUSED_STREAM`) by the server.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_status_and_flag() {
+        let cases = [
+            (ErrorKind::NoRoute, 404, "NR"),
+            (ErrorKind::NoHealthyUpstream, 503, "UH"),
+            (ErrorKind::Overflow, 503, "UO"),
+            (ErrorKind::Timeout, 504, "UT"),
+            (
+                ErrorKind::RateLimited {
+                    retry_after: Duration::ZERO,
+                },
+                429,
+                "RL",
+            ),
+            (ErrorKind::ConnectFailure, 502, "UF"),
+            (ErrorKind::RefusedStream, 502, "UC"),
+            (ErrorKind::Reset, 502, "UC"),
+            (ErrorKind::ProtocolError, 502, "UPE"),
+            (ErrorKind::NotImplemented, 501, "NR"),
+        ];
+        for (kind, status, flag) in cases {
+            assert_eq!(kind.status().as_u16(), status, "{kind:?}");
+            assert_eq!(kind.flag().as_str(), flag, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_local_answer_says_why_and_when_to_come_back() {
+        let e = ProxyError::new(
+            ErrorKind::RateLimited {
+                retry_after: Duration::from_millis(1200),
+            },
+            "rate limit of inbound port 8080",
+        );
+        let r = e.to_response(Version::HTTP_11);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["outrigger-response-flags"], "RL");
+        assert_eq!(
+            r.headers()["outrigger-proxy-error"],
+            "rate limit of inbound port 8080"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The bottom of every stack: sends a request to the upstream chosen above
+//! it (the [`Upstream`] extension) over a pooled connection, or, for
+//! upgrades and CONNECT, over a dedicated HTTP/1 connection that is spliced
+//! to the client once the upstream agrees.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{CONNECTION, UPGRADE};
+use http::uri::Authority;
+use http::{HeaderValue, Method, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tower::Service;
+
+use super::client::{Client, UpstreamProto};
+use super::error::{ProxyError, Served};
+use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
+use super::stack::{Fut, Req, Rsp};
+
+/// Where and how one try of a request is sent (request extension).
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub proto: UpstreamProto,
+    /// Carrying an HTTP/1 request over HTTP/2 to a peer proxy.
+    pub mark_http1: bool,
+    /// Keep an absolute-form request target (a client talking to a forward
+    /// proxy that we pass through to).
+    pub keep_absolute: bool,
+    pub served: Served,
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    client: Client,
+    /// Held by spliced tunnels: the accepted connection's slot and drain
+    /// watch stay taken until the tunnel closes.
+    conn: Arc<dyn Send + Sync>,
+}
+
+impl Forward {
+    pub fn new(client: Client, conn: Arc<dyn Send + Sync>) -> Self {
+        Self { client, conn }
+    }
+}
+
+impl Service<Req> for Forward {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Fut {
+        let this = self.clone();
+        Box::pin(async move {
+            let Some(up) = req.extensions().get::<Upstream>().cloned() else {
+                return Err(ProxyError::new(
+                    super::error::ErrorKind::NoHealthyUpstream,
+                    "no upstream was chosen for this request",
+                ));
+            };
+            let served = up.served.clone();
+            let result = if req.version() != Version::HTTP_2
+                && headers::is_upgrade(req.version(), req.method(), req.headers())
+            {
+                this.upgrade(req, &up).await
+            } else {
+                this.send(req, &up).await
+            };
+            match result {
+                Ok(mut resp) => {
+                    resp.extensions_mut().insert(served);
+                    Ok(resp)
+                }
+                Err(mut e) => {
+                    e.served = Some(Box::new(served));
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+impl Forward {
+    async fn send(&self, req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
+        let client_version = req.version();
+        let (mut parts, body) = req.into_parts();
+        prepare(&mut parts, up);
+        let resp = self
+            .client
+            .send(up.addr, up.proto, http::Request::from_parts(parts, body))
+            .await?;
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.version = response_version(client_version);
+        Ok(Rsp::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
+    }
+
+    /// WebSocket and other upgrades, and CONNECT: forwarded on a dedicated
+    /// HTTP/1 connection; on success both sides are spliced byte for byte.
+    async fn upgrade(&self, mut req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
+        let client_version = req.version();
+        let is_connect = req.method() == Method::CONNECT;
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        let protocol = parts.headers.get(UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&ORIG_PROTO);
+        let authority =
+            headers::authority(&parts).or_else(|| Authority::try_from(up.addr.to_string()).ok());
+        headers::to_http1(&mut parts, authority.as_ref(), false);
+        if let Some(p) = protocol {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, p);
+        }
+        let mut resp = self
+            .client
+            .send_upgrade(up.addr, http::Request::from_parts(parts, body))
+            .await?;
+
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (is_connect && resp.status().is_success());
+        if switched {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                let _conn = conn;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        if !switched {
+            headers::strip_hop_by_hop(&mut parts.headers);
+        }
+        parts.version = response_version(client_version);
+        Ok(Rsp::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
+    }
+}
+
+/// Rewrites the request for the upstream hop.
+fn prepare(parts: &mut http::request::Parts, up: &Upstream) {
+    let client_h1 = parts.version != Version::HTTP_2;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&ORIG_PROTO);
+    // An HTTP/1.0 request may carry no Host at all: name the endpoint.
+    let authority = headers::authority(parts).unwrap_or_else(|| {
+        Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")
+    });
+    match up.proto {
+        UpstreamProto::Http1 => {
+            headers::to_http1(parts, Some(&authority), client_h1 && up.keep_absolute)
+        }
+        UpstreamProto::Http2 => {
+            headers::to_http2(parts, authority);
+            if up.mark_http1 && client_h1 {
+                parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
+            }
+        }
+    }
+}
+
+pub fn response_version(client: Version) -> Version {
+    if client == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    }
+}

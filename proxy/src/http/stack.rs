@@ -1,0 +1,101 @@
+//! The request path as a stack of tower layers, composed in one place and
+//! read top to bottom in the order a request meets them.
+//!
+//! Every layer is a `tower::Service<Request<Body>>` that answers
+//! `Response<Body>` or a [`ProxyError`]; none applies back-pressure through
+//! `poll_ready` (a full pool answers 503 at once, as Envoy does), so each
+//! layer is always ready and its future is boxed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use outrigger_api::ServiceRef;
+use tower::{Service, ServiceBuilder};
+
+use super::error::ProxyError;
+use super::forward::Forward;
+use super::Body;
+use crate::config::Config;
+use crate::metrics::{Metrics, Name};
+use crate::policy::{
+    balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome, pool::PoolLimit,
+    rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split,
+    timeout::Timeout,
+};
+
+pub type Req = Request<Body>;
+pub type Rsp = Response<Body>;
+pub type Fut = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send + 'static>>;
+
+/// A layer's inner service: what every layer wraps.
+pub trait HttpService:
+    Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
+{
+}
+
+/// Calls an inner service. Every service of the stack is always ready (see
+/// above), so `poll_ready` is not awaited; the concrete future type keeps
+/// the layers' async blocks simple for the compiler.
+pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
+    inner.call(req)
+}
+
+/// The outbound path to a service, top to bottom:
+///
+/// ```text
+/// route        first matching route of the service (404 NR when none)
+/// rate limit   the route's token bucket (429 RL)
+/// fault        injected delay (DI) and abort (FI)
+/// rewrite      request/response header operations, URI and authority rewrite
+/// timeout      the route timeout, over every try and back-off (504 UT)
+/// retry        budgeted retries with back-off, body replay, attempt count
+/// timeout      the per-try timeout (504 UT, retryable)
+/// split        weighted choice of destination service and subset
+/// balance      endpoint choice: P2C peak-EWMA (or RR, random, least-request),
+///              skipping ejected endpoints and the ones already tried (503 UH)
+/// pool         the service's connection-pool limits (503 UO)
+/// outlier      feeds each outcome to the endpoint's outlier detector
+/// forward      the pooled upstream connection (HTTP/1, HTTP/2, upgrades)
+/// ```
+pub fn outbound(
+    config: Arc<ArcSwap<Config>>,
+    target: ServiceRef,
+    metrics: Arc<Metrics>,
+    chance: Chance,
+    forward: Forward,
+) -> impl HttpService {
+    ServiceBuilder::new()
+        .layer_fn(|inner| Router::new(inner, config.clone(), target.clone()))
+        .layer_fn(RateLimit::route)
+        .layer_fn(|inner| Fault::new(inner, chance.clone()))
+        .layer_fn(Rewrite::new)
+        .layer_fn(Timeout::route)
+        .layer_fn(|inner| Retry::new(inner, metrics.clone(), chance.clone()))
+        .layer_fn(Timeout::per_try)
+        .layer_fn(|inner| Split::new(inner, chance.clone()))
+        .layer_fn(|inner| Balance::new(inner, chance.clone()))
+        .layer_fn(|inner| PoolLimit::new(inner, metrics.clone()))
+        .layer_fn(|inner| RecordOutcome::new(inner, metrics.clone()))
+        .service(forward)
+}
+
+/// The inbound path to the local app: the listener's rate limit for the
+/// app port (429 RL), then the app.
+pub fn inbound(config: Arc<ArcSwap<Config>>, listener: Name, forward: Forward) -> impl HttpService {
+    ServiceBuilder::new()
+        .layer_fn(|inner| RateLimit::inbound(inner, config.clone(), listener.clone()))
+        .service(forward)
+}
+
+/// Outbound to an address the config does not know: straight through.
+pub fn passthrough(forward: Forward) -> impl HttpService {
+    forward
+}

@@ -1,0 +1,304 @@
+//! Connection-pool limits per service (Istio `connectionPool`), Envoy's
+//! circuit breakers: `http2MaxRequests` bounds requests in flight to the
+//! service; `tcp.maxConnections` bounds HTTP/1 requests in flight (each holds
+//! its own upstream connection), and up to `http1MaxPendingRequests` more
+//! wait for one. Past the limits a request is answered 503 at once (`UO`).
+//! A request holds its slots until its response body ends.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use outrigger_api::policy::ConnectionPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::Service;
+
+use super::balance::Chosen;
+use crate::http::client::UpstreamProto;
+use crate::http::error::{ErrorKind, ProxyError};
+use crate::http::forward::Upstream;
+use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::{Body, BoxError};
+use crate::metrics::{Metrics, ServiceLabel};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub max_connections: Option<u32>,
+    pub max_pending: Option<u32>,
+    pub max_requests: Option<u32>,
+}
+
+impl From<Option<&ConnectionPool>> for PoolLimits {
+    fn from(cp: Option<&ConnectionPool>) -> Self {
+        let Some(cp) = cp else {
+            return Self::default();
+        };
+        Self {
+            max_connections: cp.tcp.as_ref().and_then(|t| t.max_connections),
+            max_pending: cp.http.as_ref().and_then(|h| h.http1_max_pending_requests),
+            max_requests: cp.http.as_ref().and_then(|h| h.http2_max_requests),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub limits: PoolLimits,
+    requests: Option<Arc<Semaphore>>,
+    connections: Option<Arc<Semaphore>>,
+    pending: AtomicU32,
+}
+
+/// Slots a request holds until its response ends.
+#[derive(Debug, Default)]
+pub struct Slots {
+    _request: Option<OwnedSemaphorePermit>,
+    _connection: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Overflow {
+    Requests(u32),
+    Pending(u32),
+}
+
+impl Pool {
+    pub fn new(limits: PoolLimits) -> Self {
+        let sem = |n: Option<u32>| n.map(|n| Arc::new(Semaphore::new(n as usize)));
+        Self {
+            limits,
+            requests: sem(limits.max_requests),
+            connections: sem(limits.max_connections),
+            pending: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.limits == PoolLimits::default()
+    }
+
+    /// Takes the slots for one request, waiting for an HTTP/1 connection if
+    /// the pending queue has room; refuses at once otherwise.
+    pub async fn admit(&self, http1: bool) -> Result<Slots, Overflow> {
+        let mut slots = Slots::default();
+        if let Some(sem) = &self.requests {
+            slots._request = Some(
+                sem.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Overflow::Requests(self.limits.max_requests.unwrap_or(0)))?,
+            );
+        }
+        if let (true, Some(sem)) = (http1, &self.connections) {
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => slots._connection = Some(p),
+                Err(_) => {
+                    let max = self.limits.max_pending.unwrap_or(u32::MAX);
+                    let waiting = self.pending.fetch_add(1, Ordering::AcqRel);
+                    let _pending = PendingGuard(&self.pending);
+                    if waiting >= max {
+                        return Err(Overflow::Pending(max));
+                    }
+                    slots._connection =
+                        Some(sem.clone().acquire_owned().await.expect("never closed"));
+                }
+            }
+        }
+        Ok(slots)
+    }
+}
+
+struct PendingGuard<'a>(&'a AtomicU32);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps the request's pool slots until it ends.
+    struct Holding {
+        #[pin]
+        inner: Body,
+        slots: Option<Slots>,
+    }
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &res {
+            this.slots.take();
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Clone)]
+pub struct PoolLimit<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> PoolLimit<S> {
+    pub fn new(inner: S, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl<S: HttpService> Service<Req> for PoolLimit<S> {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = Fut;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Fut {
+        let inner = self.inner.clone();
+        let Some(chosen) = req.extensions().get::<Chosen>().cloned() else {
+            return Box::pin(call(inner, req));
+        };
+        let pool = chosen.service.pool.clone();
+        if pool.is_unlimited() {
+            return Box::pin(call(inner, req));
+        }
+        let http1 = req
+            .extensions()
+            .get::<Upstream>()
+            .is_some_and(|u| u.proto == UpstreamProto::Http1);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let slots = match pool.admit(http1).await {
+                Ok(s) => s,
+                Err(why) => {
+                    metrics
+                        .pool_overflow
+                        .get_or_create(&ServiceLabel {
+                            destination_service: chosen.service.label.clone(),
+                        })
+                        .inc();
+                    let what = match why {
+                        Overflow::Requests(n) => format!("{n} requests in flight (http2MaxRequests)"),
+                        Overflow::Pending(n) => format!(
+                            "all connections busy and {n} requests waiting (http1MaxPendingRequests)"
+                        ),
+                    };
+                    return Err(ProxyError::new(
+                        ErrorKind::Overflow,
+                        format!(
+                            "service {} is at its pool limit: {what}",
+                            chosen.service.label
+                        ),
+                    ));
+                }
+            };
+            let resp = call(inner, req).await?;
+            Ok(resp.map(|b| {
+                Holding {
+                    inner: b,
+                    slots: Some(slots),
+                }
+                .boxed_unsync()
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pool(conns: Option<u32>, pending: Option<u32>, requests: Option<u32>) -> Pool {
+        Pool::new(PoolLimits {
+            max_connections: conns,
+            max_pending: pending,
+            max_requests: requests,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_past_http2_max_requests_overflow_at_once() {
+        let p = pool(None, None, Some(2));
+        let a = p.admit(false).await.unwrap();
+        let _b = p.admit(false).await.unwrap();
+        assert_eq!(p.admit(false).await.unwrap_err(), Overflow::Requests(2));
+        drop(a);
+        assert!(p.admit(false).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http1_requests_wait_for_a_connection_up_to_the_pending_limit() {
+        let p = Arc::new(pool(Some(1), Some(1), None));
+        let first = p.admit(true).await.unwrap();
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.admit(true).await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(p.admit(true).await.unwrap_err(), Overflow::Pending(1));
+        // HTTP/2 requests need no connection of their own.
+        assert!(p.admit(false).await.is_ok());
+        drop(first);
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_pending_limit_http1_requests_queue() {
+        let p = Arc::new(pool(Some(1), None, None));
+        let first = p.admit(true).await.unwrap();
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.admit(true).await.map(|_| ()) })
+            })
+            .collect();
+        drop(first);
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_held_until_the_response_body_ends() {
+        use crate::policy::testing::{request_to_endpoint, Scripted};
+        let upstream = Scripted::ok();
+        let limits = PoolLimits {
+            max_requests: Some(1),
+            ..Default::default()
+        };
+        let (req, svc_state) = request_to_endpoint(limits);
+        let mut svc = PoolLimit::new(upstream, Arc::new(Metrics::new()));
+        let resp = svc.call(req).await.unwrap();
+        let (second, _) = (request_to_endpoint_with(&svc_state), ());
+        let err = svc.call(second).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Overflow);
+        assert!(err.message.contains("http2MaxRequests"), "{}", err.message);
+        resp.into_body().collect().await.unwrap();
+        assert!(svc.call(request_to_endpoint_with(&svc_state)).await.is_ok());
+    }
+
+    use crate::policy::testing::request_to_endpoint_with;
+}

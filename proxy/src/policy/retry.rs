@@ -1,0 +1,608 @@
+//! Retries: which failures are worth another try (the pure [`RetryPolicy`]),
+//! how long to wait ([`backoff`]), and the retry layer, which replays the
+//! request (body included, up to 64 KiB) to a different endpoint where one
+//! exists, within the service's retry budget.
+//!
+//! A non-idempotent request (POST, PATCH, ...) is sent again only when it
+//! provably never reached the upstream (connect failure, `REFUSED_STREAM`),
+//! unless its route sets `retryNonIdempotent`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+use http_body::Body as _;
+use outrigger_api::policy::{RetryOn, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
+use tower::Service;
+
+use super::chance::Chance;
+use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
+use super::route::Route;
+use crate::http::error::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEMPT_COUNT};
+use crate::http::headers;
+use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::Body;
+use crate::metrics::{Metrics, ResponseFlag, ServiceLabel};
+
+pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    on: Vec<RetryOn>,
+    pub non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            per_try_timeout: None,
+            on: RetryOn::parse_list(DEFAULT_RETRY_ON).expect("the default parses"),
+            non_idempotent: false,
+        }
+    }
+}
+
+impl From<&outrigger_api::policy::Retries> for RetryPolicy {
+    fn from(r: &outrigger_api::policy::Retries) -> Self {
+        Self {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout.map(|t| t.get()),
+            on: RetryOn::parse_list(r.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON))
+                .expect("validated retryOn"),
+            non_idempotent: r.retry_non_idempotent,
+        }
+    }
+}
+
+/// How one try ended, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryOutcome {
+    Response { status: u16, grpc: Option<u8> },
+    Error(ErrorKind),
+}
+
+impl TryOutcome {
+    fn of(result: &Result<Rsp, ProxyError>) -> Self {
+        match result {
+            Ok(r) => TryOutcome::Response {
+                status: r.status().as_u16(),
+                grpc: r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok()),
+            },
+            Err(e) => TryOutcome::Error(e.kind),
+        }
+    }
+
+    /// The request never reached the upstream application.
+    fn never_sent(self) -> bool {
+        matches!(self, TryOutcome::Error(k) if k.never_sent())
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the effect of one request.
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl RetryPolicy {
+    /// Whether `outcome` is one of the failures this policy retries.
+    pub fn retryable(&self, outcome: TryOutcome) -> bool {
+        self.on.iter().any(|c| match (c, outcome) {
+            (RetryOn::Http5xx, TryOutcome::Response { status, .. }) => status >= 500,
+            (RetryOn::GatewayError, TryOutcome::Response { status, .. }) => {
+                (502..=504).contains(&status)
+            }
+            (RetryOn::Retriable4xx, TryOutcome::Response { status, .. }) => status == 409,
+            (RetryOn::Status(s), TryOutcome::Response { status, .. }) => *s == status,
+            (RetryOn::Grpc(code), TryOutcome::Response { grpc: Some(g), .. }) => *code as u8 == g,
+            (RetryOn::Grpc(_), TryOutcome::Response { grpc: None, .. }) => false,
+            (_, TryOutcome::Response { .. }) => false,
+            (c, TryOutcome::Error(kind)) => match kind {
+                ErrorKind::ConnectFailure => matches!(
+                    c,
+                    RetryOn::ConnectFailure | RetryOn::Http5xx | RetryOn::GatewayError
+                ),
+                ErrorKind::RefusedStream => {
+                    matches!(c, RetryOn::RefusedStream | RetryOn::Http5xx)
+                }
+                ErrorKind::Reset | ErrorKind::ProtocolError | ErrorKind::Timeout => {
+                    matches!(c, RetryOn::Reset | RetryOn::Http5xx | RetryOn::GatewayError)
+                }
+                _ => false,
+            },
+        })
+    }
+
+    /// Whether `method` may be sent again after `outcome`.
+    pub fn may_repeat(&self, method: &Method, outcome: TryOutcome) -> bool {
+        self.non_idempotent || is_idempotent(method) || outcome.never_sent()
+    }
+}
+
+/// Fully jittered exponential back-off before retry `n` (1-based): uniform
+/// in `[0, min(cap, base × 2^(n-1))]`.
+pub fn backoff(n: u32, chance: &Chance) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(chance.unit())
+}
+
+/// The endpoints earlier tries of this request went to (request extension,
+/// read by the balancer).
+#[derive(Clone, Debug, Default)]
+pub struct TriedEndpoints(pub Vec<SocketAddr>);
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    chance: Chance,
+}
+
+impl<S> Retry<S> {
+    pub fn new(inner: S, metrics: Arc<Metrics>, chance: Chance) -> Self {
+        Self {
+            inner,
+            metrics,
+            chance,
+        }
+    }
+}
+
+/// The request without its body, to rebuild for every try.
+struct Template {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Template {
+    fn build(&self, body: Body, tried: &[SocketAddr]) -> Req {
+        let mut req = Req::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req.extensions_mut().insert(TriedEndpoints(tried.to_vec()));
+        req
+    }
+}
+
+enum Replay {
+    Empty,
+    Body(ReplayBody),
+}
+
+impl<S: HttpService> Service<Req> for Retry<S> {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = Fut;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ProxyError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Fut {
+        let inner = self.inner.clone();
+        let route = req.extensions().get::<Arc<Route>>().cloned();
+        let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
+        let Some(route) = route.filter(|r| r.retry.attempts > 0 && !upgrade) else {
+            return Box::pin(call(inner, req));
+        };
+        let metrics = self.metrics.clone();
+        let chance = self.chance.clone();
+        Box::pin(async move {
+            let policy = &route.retry;
+            let budget = &route.routed.runtime.budget;
+            budget.deposit();
+            let (parts, body) = req.into_parts();
+            let template = Template {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+                extensions: parts.extensions,
+            };
+            let replay = if body.is_end_stream() {
+                Replay::Empty
+            } else {
+                Replay::Body(ReplayBody::new(body, MAX_REPLAY_BYTES))
+            };
+            let label = || ServiceLabel {
+                destination_service: route.service.clone(),
+            };
+            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut n: u32 = 0;
+            loop {
+                n += 1;
+                let body = match &replay {
+                    Replay::Empty => Body::default(),
+                    Replay::Body(b) => match b.try_clone() {
+                        Some(c) => http_body_util::BodyExt::boxed_unsync(c),
+                        None => unreachable!("checked before every retry"),
+                    },
+                };
+                let result = call(inner.clone(), template.build(body, &tried)).await;
+                if let Some(addr) = served(&result).map(|s| s.addr) {
+                    tried.push(addr);
+                }
+                let outcome = TryOutcome::of(&result);
+                let done = |mut result: Result<Rsp, ProxyError>, flag: Option<ResponseFlag>| {
+                    match &mut result {
+                        Ok(resp) => {
+                            resp.headers_mut()
+                                .insert(ATTEMPT_COUNT, HeaderValue::from(n));
+                            resp.extensions_mut().insert(Attempts(n));
+                            if let Some(f) = flag {
+                                resp.extensions_mut().insert(Flagged(f));
+                            }
+                        }
+                        Err(e) => e.attempts = Some(Attempts(n)),
+                    }
+                    result
+                };
+                if !policy.retryable(outcome) {
+                    if n > 1 {
+                        metrics.retry_successes.get_or_create(&label()).inc();
+                    }
+                    return done(result, None);
+                }
+                let exhausted = Some(ResponseFlag::UpstreamRetryLimitExceeded);
+                if n > policy.attempts {
+                    return done(result, exhausted);
+                }
+                if !policy.may_repeat(&template.method, outcome) {
+                    return done(result, None);
+                }
+                if let Replay::Body(b) = &replay {
+                    if b.try_clone().is_none() {
+                        // Past 64 KiB, or the last try still holds the body.
+                        return done(result, None);
+                    }
+                }
+                if !budget.withdraw() {
+                    metrics.retry_budget_exhausted.get_or_create(&label()).inc();
+                    return done(result, exhausted);
+                }
+                metrics.retries.get_or_create(&label()).inc();
+                drop(result);
+                tokio::time::sleep(backoff(n, &chance)).await;
+            }
+        })
+    }
+}
+
+fn served(result: &Result<Rsp, ProxyError>) -> Option<&Served> {
+    match result {
+        Ok(r) => r.extensions().get::<Served>(),
+        Err(e) => e.served.as_deref(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::{request_on_route, route_with, Scripted, Step};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    fn policy(on: &str, attempts: u32) -> RetryPolicy {
+        RetryPolicy::from(&outrigger_api::policy::Retries {
+            attempts,
+            per_try_timeout: None,
+            retry_on: Some(on.into()),
+            retry_non_idempotent: false,
+        })
+    }
+
+    fn resp(status: u16) -> TryOutcome {
+        TryOutcome::Response { status, grpc: None }
+    }
+
+    fn grpc(code: u8) -> TryOutcome {
+        TryOutcome::Response {
+            status: 200,
+            grpc: Some(code),
+        }
+    }
+
+    fn err(kind: ErrorKind) -> TryOutcome {
+        TryOutcome::Error(kind)
+    }
+
+    #[test]
+    fn each_condition_retries_exactly_its_failures() {
+        use ErrorKind::*;
+        let table: &[(&str, &[TryOutcome], &[TryOutcome])] = &[
+            (
+                "5xx",
+                &[
+                    resp(500),
+                    resp(503),
+                    resp(599),
+                    err(ConnectFailure),
+                    err(Reset),
+                    err(RefusedStream),
+                    err(Timeout),
+                ],
+                &[
+                    resp(200),
+                    resp(409),
+                    resp(499),
+                    err(Overflow),
+                    err(NoHealthyUpstream),
+                ],
+            ),
+            (
+                "gateway-error",
+                &[
+                    resp(502),
+                    resp(503),
+                    resp(504),
+                    err(ConnectFailure),
+                    err(Reset),
+                    err(Timeout),
+                ],
+                &[resp(500), resp(501), err(RefusedStream)],
+            ),
+            (
+                "reset",
+                &[err(Reset), err(ProtocolError), err(Timeout)],
+                &[err(ConnectFailure), resp(503)],
+            ),
+            (
+                "connect-failure",
+                &[err(ConnectFailure)],
+                &[err(Reset), resp(503)],
+            ),
+            (
+                "refused-stream",
+                &[err(RefusedStream)],
+                &[err(Reset), resp(503)],
+            ),
+            ("retriable-4xx", &[resp(409)], &[resp(404), resp(500)]),
+            ("503,429", &[resp(503), resp(429)], &[resp(502), resp(500)]),
+            ("cancelled", &[grpc(1)], &[grpc(0), grpc(14), resp(500)]),
+            ("deadline-exceeded", &[grpc(4)], &[grpc(1)]),
+            ("internal", &[grpc(13)], &[grpc(14)]),
+            ("resource-exhausted", &[grpc(8)], &[grpc(13)]),
+            ("unavailable", &[grpc(14)], &[grpc(13), resp(503)]),
+        ];
+        for (on, yes, no) in table {
+            let p = policy(on, 1);
+            for o in *yes {
+                assert!(p.retryable(*o), "{on} should retry {o:?}");
+            }
+            for o in *no {
+                assert!(!p.retryable(*o), "{on} should not retry {o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_policy_is_the_documented_one() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.attempts, 2);
+        assert!(p.retryable(err(ErrorKind::ConnectFailure)));
+        assert!(p.retryable(err(ErrorKind::RefusedStream)));
+        assert!(p.retryable(grpc(14)) && p.retryable(grpc(1)));
+        assert!(!p.retryable(resp(503)));
+        assert!(!p.retryable(err(ErrorKind::Reset)));
+    }
+
+    #[test]
+    fn non_idempotent_requests_repeat_only_when_never_sent_or_opted_in() {
+        let p = policy("5xx", 2);
+        assert!(p.may_repeat(&Method::GET, resp(503)));
+        assert!(p.may_repeat(&Method::PUT, err(ErrorKind::Reset)));
+        assert!(!p.may_repeat(&Method::POST, resp(503)));
+        assert!(!p.may_repeat(&Method::PATCH, err(ErrorKind::Reset)));
+        assert!(!p.may_repeat(&Method::POST, err(ErrorKind::Timeout)));
+        assert!(p.may_repeat(&Method::POST, err(ErrorKind::ConnectFailure)));
+        assert!(p.may_repeat(&Method::POST, err(ErrorKind::RefusedStream)));
+        let opted = RetryPolicy {
+            non_idempotent: true,
+            ..p
+        };
+        assert!(opted.may_repeat(&Method::POST, resp(503)));
+    }
+
+    #[test]
+    fn backoff_is_fully_jittered_under_a_doubling_ceiling() {
+        let c = Chance::seeded(5);
+        for (n, ceiling) in [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (30, 250)] {
+            let samples: Vec<Duration> = (0..2000).map(|_| backoff(n, &c)).collect();
+            let max = samples.iter().max().unwrap();
+            let min = samples.iter().min().unwrap();
+            let ceiling = Duration::from_millis(ceiling);
+            assert!(*max <= ceiling, "retry {n}: {max:?} > {ceiling:?}");
+            assert!(
+                *max > ceiling.mul_f64(0.95),
+                "retry {n}: jitter reaches the ceiling"
+            );
+            assert!(
+                *min < ceiling.mul_f64(0.05),
+                "retry {n}: jitter reaches zero"
+            );
+        }
+    }
+
+    fn route(on: &str, attempts: u32) -> Arc<Route> {
+        route_with(|r| r.retry = policy(on, attempts))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flaky_get_is_saved_and_the_attempts_are_counted() {
+        let upstream = Scripted::new([Step::Status(503), Step::Status(503), Step::Status(200)]);
+        let metrics = Arc::new(Metrics::new());
+        let mut svc = Retry::new(upstream.clone(), metrics.clone(), Chance::seeded(1));
+        let resp = svc.call(request_on_route(&route("5xx", 2))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[ATTEMPT_COUNT], "3");
+        assert_eq!(upstream.calls(), 3);
+        let label = ServiceLabel {
+            destination_service: "web.shop".into(),
+        };
+        assert_eq!(metrics.retries.get_or_create(&label).get(), 2);
+        assert_eq!(metrics.retry_successes.get_or_create(&label).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_attempts_run_out_the_last_answer_is_flagged() {
+        let upstream = Scripted::new([Step::Status(503); 5]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let resp = svc.call(request_on_route(&route("5xx", 1))).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(upstream.calls(), 2);
+        assert_eq!(
+            resp.extensions().get::<Flagged>().map(|f| f.0),
+            Some(ResponseFlag::UpstreamRetryLimitExceeded)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_the_upstream_saw_is_not_replayed() {
+        let upstream = Scripted::new([Step::Status(503), Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let mut req = request_on_route(&route("5xx,reset", 2));
+        *req.method_mut() = Method::POST;
+        let resp = svc.call(req).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(upstream.calls(), 1);
+        assert_eq!(upstream.seen()[0].method, Method::POST);
+        assert!(resp.extensions().get::<Flagged>().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_that_never_left_is_sent_again_with_its_body() {
+        let upstream = Scripted::new([Step::Error(ErrorKind::ConnectFailure), Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let mut req = request_on_route(&route("connect-failure", 2));
+        *req.method_mut() = Method::POST;
+        *req.body_mut() = crate::http::full("payment #1");
+        let resp = svc.call(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].body, Bytes::from_static(b"payment #1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_over_64_kib_is_not_retried() {
+        let upstream = Scripted::new([Step::Status(503), Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let mut req = request_on_route(&route("5xx", 2));
+        *req.method_mut() = Method::PUT;
+        *req.body_mut() = crate::http::full(vec![b'x'; MAX_REPLAY_BYTES + 1]);
+        let resp = svc.call(req).await.unwrap();
+        assert_eq!((resp.status().as_u16(), upstream.calls()), (503, 1));
+        let mut req = request_on_route(&route("5xx", 2));
+        *req.method_mut() = Method::PUT;
+        *req.body_mut() = crate::http::full(vec![b'x'; MAX_REPLAY_BYTES]);
+        let upstream2 = Scripted::new([Step::Status(503), Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream2.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let resp = svc.call(req).await.unwrap();
+        assert_eq!((resp.status().as_u16(), upstream2.calls()), (200, 2));
+        assert_eq!(upstream2.seen()[1].body.len(), MAX_REPLAY_BYTES);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_a_jittered_backoff_and_avoid_tried_endpoints() {
+        let upstream = Scripted::new([Step::Status(503), Step::Status(503), Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(9),
+        );
+        let start = tokio::time::Instant::now();
+        svc.call(request_on_route(&route("5xx", 2))).await.unwrap();
+        let waited = start.elapsed();
+        assert!(waited <= BACKOFF_BASE + BACKOFF_BASE * 2, "{waited:?}");
+        let seen = upstream.seen();
+        assert_eq!(seen[0].tried, Vec::<SocketAddr>::new());
+        assert_eq!(seen[1].tried, vec![seen[0].served]);
+        assert_eq!(seen[2].tried, vec![seen[0].served, seen[1].served]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_a_retry_storm() {
+        let upstream = Scripted::always(Step::Status(503));
+        let metrics = Arc::new(Metrics::new());
+        let mut svc = Retry::new(upstream.clone(), metrics.clone(), Chance::seeded(1));
+        let route = route("5xx", 3);
+        for _ in 0..500 {
+            let resp = svc.call(request_on_route(&route)).await.unwrap();
+            assert_eq!(resp.status(), 503);
+        }
+        // 500 requests; retries capped at 20 % of them plus 3/s over 10 s.
+        let retries = upstream.calls() - 500;
+        assert!(retries <= 100 + 30, "{retries} retries");
+        assert!(retries >= 100, "{retries} retries");
+        let label = ServiceLabel {
+            destination_service: "web.shop".into(),
+        };
+        assert_eq!(
+            metrics.retries.get_or_create(&label).get() as usize,
+            retries
+        );
+        assert!(metrics.retry_budget_exhausted.get_or_create(&label).get() > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_body_reaches_the_upstream_whole() {
+        let upstream = Scripted::new([Step::Status(200)]);
+        let mut svc = Retry::new(
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+            Chance::seeded(1),
+        );
+        let mut req = request_on_route(&route("5xx", 2));
+        let frames = vec![
+            Ok::<_, crate::http::BoxError>(http_body::Frame::data(Bytes::from_static(b"ab"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"cd"))),
+        ];
+        *req.body_mut() =
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        svc.call(req).await.unwrap();
+        assert_eq!(upstream.seen()[0].body, Bytes::from_static(b"abcd"));
+    }
+}

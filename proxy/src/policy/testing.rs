@@ -1,0 +1,263 @@
+//! Test doubles for the layers: a scripted inner service that records what
+//! reached it, and routes and backends built from small snapshots.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
+use http_body_util::BodyExt;
+use outrigger_api::{ServiceRef, Snapshot};
+use tower::Service;
+
+use super::balance::Chosen;
+use super::pool::PoolLimits;
+use super::retry::TriedEndpoints;
+use super::route::{Backend, Route};
+use crate::config::{Config, ServiceState};
+use crate::http::client::UpstreamProto;
+use crate::http::error::{ErrorKind, ProxyError, Served};
+use crate::http::forward::Upstream;
+use crate::http::stack::{Fut, Req, Rsp};
+use crate::http::{full, Body};
+use crate::metrics::Workload;
+
+/// What the scripted upstream does with one request.
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    Status(u16),
+    Error(ErrorKind),
+    Delay(Duration, u16),
+    /// Never answers.
+    Hang,
+}
+
+/// A request as the scripted upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Endpoints of earlier tries (the retry layer's extension).
+    pub tried: Vec<SocketAddr>,
+    /// The endpoint this call counts as served by.
+    pub served: SocketAddr,
+    /// The backend's service, when the split layer chose one.
+    pub backend: Option<String>,
+}
+
+/// The script, the step after it, and what was seen.
+type Script = (VecDeque<Step>, Option<Step>, Vec<Seen>);
+
+#[derive(Clone, Default)]
+pub struct Scripted {
+    state: Arc<Mutex<Script>>,
+}
+
+impl Scripted {
+    /// Answers with `steps` in order, then 200s.
+    pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        let s = Self::default();
+        s.state.lock().unwrap().0 = steps.into_iter().collect();
+        s
+    }
+
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    /// Answers every request with `step`.
+    pub fn always(step: Step) -> Self {
+        let s = Self::default();
+        s.state.lock().unwrap().1 = Some(step);
+        s
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.lock().unwrap().2.len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().2.clone()
+    }
+}
+
+impl Service<Req> for Scripted {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = Fut;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), ProxyError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Fut {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let (step, served) = {
+                let mut g = state.lock().unwrap();
+                let step = g.0.pop_front().or(g.1).unwrap_or(Step::Status(200));
+                let n = g.2.len() as u8;
+                let served = parts
+                    .extensions
+                    .get::<Upstream>()
+                    .map(|u| u.addr)
+                    .unwrap_or_else(|| SocketAddr::from(([10, 0, 0, n.wrapping_add(1)], 80)));
+                g.2.push(Seen {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                    body,
+                    tried: parts
+                        .extensions
+                        .get::<TriedEndpoints>()
+                        .map(|t| t.0.clone())
+                        .unwrap_or_default(),
+                    served,
+                    backend: parts
+                        .extensions
+                        .get::<Backend>()
+                        .map(|b| b.service.label.to_string()),
+                });
+                (step, served)
+            };
+            let served = Served {
+                addr: served,
+                peer: Workload::unknown(),
+                service: "web.shop".into(),
+            };
+            let status = match step {
+                Step::Status(s) => s,
+                Step::Delay(d, s) => {
+                    tokio::time::sleep(d).await;
+                    s
+                }
+                Step::Hang => std::future::pending().await,
+                Step::Error(kind) => {
+                    let mut e = ProxyError::new(kind, "scripted failure");
+                    e.served = Some(Box::new(served));
+                    return Err(e);
+                }
+            };
+            let mut resp = http::Response::new(full(format!("status {status}")));
+            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            resp.extensions_mut().insert(served);
+            Ok(resp)
+        })
+    }
+}
+
+/// A config with service `name.shop:80` and `endpoints` endpoints at
+/// 10.0.<k>.<i+1>:80, with `policy` YAML appended to the service.
+pub fn config(services: &[(&str, usize, &str)]) -> Config {
+    let mut yaml = String::from("version: '1'\nservices:\n");
+    for (k, (name, n, policy)) in services.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    namespace: shop\n    ports: [80]\n    endpoints:\n"
+        ));
+        for i in 0..*n {
+            yaml.push_str(&format!(
+                "      - {{ address: \"10.0.{k}.{}:80\", labels: {{ version: v{} }} }}\n",
+                i + 1,
+                i % 2 + 1
+            ));
+        }
+        for line in policy.lines() {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+    }
+    Config::try_from(Snapshot::from_yaml(&yaml).expect("test yaml")).expect("test snapshot")
+}
+
+pub fn service_ref(name: &str) -> ServiceRef {
+    ServiceRef {
+        name: name.into(),
+        namespace: "shop".into(),
+        port: 80,
+    }
+}
+
+/// The default route of a one-endpoint `web.shop`, changed by `edit`.
+pub fn route_with(edit: impl FnOnce(&mut Route)) -> Arc<Route> {
+    let cfg = config(&[("web", 1, "")]);
+    let mut route = (*cfg.routes(&service_ref("web")).unwrap()[0]).clone();
+    edit(&mut route);
+    Arc::new(route)
+}
+
+/// A backend for all endpoints of a one-endpoint service `name.shop`.
+pub fn backend_named(name: &str) -> Backend {
+    let cfg = config(&[(name, 1, "")]);
+    let svc = cfg.service(&service_ref(name)).unwrap().clone();
+    Backend {
+        endpoints: svc.all.clone(),
+        service: svc,
+        headers: None,
+    }
+}
+
+/// `GET /` on `route`.
+pub fn request_on_route(route: &Arc<Route>) -> Req {
+    let mut req = Req::new(Body::default());
+    *req.uri_mut() = Uri::from_static("/");
+    req.headers_mut()
+        .insert(http::header::HOST, "web.shop".parse().unwrap());
+    req.extensions_mut().insert(route.clone());
+    req
+}
+
+/// A request already sent to endpoint 0 of a one-endpoint service with
+/// these pool limits; and the service, for more requests.
+pub fn request_to_endpoint(limits: PoolLimits) -> (Req, Arc<ServiceState>) {
+    let mut policy = String::from("trafficPolicy:\n  connectionPool:\n");
+    if let Some(n) = limits.max_connections {
+        policy.push_str(&format!("    tcp: {{ maxConnections: {n} }}\n"));
+    }
+    let mut http = Vec::new();
+    if let Some(n) = limits.max_pending {
+        http.push(format!("http1MaxPendingRequests: {n}"));
+    }
+    if let Some(n) = limits.max_requests {
+        http.push(format!("http2MaxRequests: {n}"));
+    }
+    if !http.is_empty() {
+        policy.push_str(&format!("    http: {{ {} }}\n", http.join(", ")));
+    }
+    let cfg = config(&[("web", 1, &policy)]);
+    let svc = cfg.service(&service_ref("web")).unwrap().clone();
+    (request_to_endpoint_with(&svc), svc)
+}
+
+pub fn request_to_endpoint_with(svc: &Arc<ServiceState>) -> Req {
+    let mut req = Req::new(Body::default());
+    let ep = &svc.endpoints[0];
+    req.extensions_mut().insert(Upstream {
+        addr: ep.addr,
+        proto: UpstreamProto::Http2,
+        mark_http1: false,
+        keep_absolute: false,
+        served: Served {
+            addr: ep.addr,
+            peer: ep.peer.clone(),
+            service: svc.label.clone(),
+        },
+    });
+    req.extensions_mut().insert(Chosen {
+        service: svc.clone(),
+        index: 0,
+        trial: false,
+    });
+    req
+}
