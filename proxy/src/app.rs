@@ -54,6 +54,7 @@ pub struct Proxy {
     shutdown: Arc<Notify>,
     done: JoinHandle<Drained>,
     pub metrics: Arc<Metrics>,
+    config: Arc<ArcSwap<Config>>,
 }
 
 impl Proxy {
@@ -134,7 +135,7 @@ impl Proxy {
         let (stop_admin, admin_stopped) = watch::channel(false);
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
-            config,
+            config: config.clone(),
             ready: ready.clone(),
             shutdown: shutdown.clone(),
         });
@@ -170,7 +171,45 @@ impl Proxy {
             shutdown,
             done,
             metrics,
+            config,
         })
+    }
+
+    /// Applies a new snapshot to the running proxy: the next request (on new
+    /// and open connections alike) is routed by it; requests in flight and
+    /// open connections are not touched. Live endpoint state (load, outlier
+    /// ejections, retry budgets, pool slots) carries over. An invalid
+    /// snapshot is refused and the one in force stays. Listeners and the
+    /// admin address are bound at start and cannot change here.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), ValidationErrors> {
+        let current = self.config.load_full();
+        let mut frozen = Vec::new();
+        if snapshot.listeners != current.snapshot.listeners {
+            frozen.push(outrigger_api::FieldError {
+                path: "listeners".into(),
+                message: "listeners are bound at start; changing them needs a restart".into(),
+            });
+        }
+        if snapshot.admin != current.snapshot.admin {
+            frozen.push(outrigger_api::FieldError {
+                path: "admin".into(),
+                message: "the admin listener is bound at start; changing it needs a restart".into(),
+            });
+        }
+        if !frozen.is_empty() {
+            return Err(ValidationErrors(frozen));
+        }
+        let version = snapshot.version.clone();
+        let next = Config::build(snapshot, Some(&current))?;
+        self.config.store(Arc::new(next));
+        self.metrics.config_applied.inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics.config_last_applied.set(now as i64);
+        tracing::info!(%version, "snapshot applied");
+        Ok(())
     }
 
     /// The bound address of the named listener (useful with port 0).

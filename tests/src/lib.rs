@@ -105,6 +105,51 @@ pub async fn app(name: &'static str) -> SocketAddr {
     .await
 }
 
+/// How [`counted_app`] answers its `n`-th request (0-based).
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    Status(u16),
+    /// Wait this many milliseconds, then answer with the status.
+    Slow(u64, u16),
+    /// Never answer.
+    Hang,
+}
+
+/// An app that counts its requests and answers each as `script(n, &req)`
+/// says; the body names the app. Returns its address and the count.
+pub async fn counted_app<F>(
+    name: &'static str,
+    script: F,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize, &Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let addr = serve_http(move |req: Request<Incoming>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let answer = script(n, &req);
+        async move {
+            let status = match answer {
+                Answer::Status(s) => s,
+                Answer::Slow(ms, s) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    s
+                }
+                Answer::Hang => std::future::pending().await,
+            };
+            // Read the request body, as a real app would.
+            let _ = req.into_body().collect().await;
+            let mut r = Response::new(full(format!("{name} {status}")));
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            r
+        }
+    })
+    .await;
+    (addr, hits)
+}
+
 /// The server-side proxy's snapshot: inbound on a free port, forwarding to `app`.
 pub fn server_snapshot(app: SocketAddr) -> Snapshot {
     Snapshot::from_yaml(&format!(
