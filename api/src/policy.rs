@@ -374,8 +374,9 @@ pub struct ConnectionPool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpPool {
-    /// Upstream connections in use at once for this service: HTTP/1
-    /// requests in flight (each holds a connection) and opaque TCP connections.
+    /// HTTP/1 requests in flight to this service at once (each holds its own
+    /// upstream connection). HTTP/2 multiplexes on one connection per
+    /// endpoint and is bounded by `http2MaxRequests` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
 }
