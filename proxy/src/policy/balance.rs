@@ -382,3 +382,512 @@ impl Drop for InFlightGuard {
         self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::outlier::{Outcome, OutlierPolicy, Transition};
+    use crate::policy::testing::{config, service_ref};
+
+    const RR: &str = "trafficPolicy:\n  loadBalancer: { simple: ROUND_ROBIN }";
+    const RANDOM: &str = "trafficPolicy:\n  loadBalancer: { simple: RANDOM }";
+    const LEAST: &str = "trafficPolicy:\n  loadBalancer: { simple: LEAST_REQUEST }";
+
+    /// Service `web.shop` with `n` endpoints and `policy`.
+    fn service(n: usize, policy: &str) -> Arc<ServiceState> {
+        let cfg = config(&[("web", n, policy)]);
+        cfg.service(&service_ref("web")).unwrap().clone()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The index of a non-trial choice.
+    fn index(choice: Choice) -> usize {
+        match choice {
+            Choice::Endpoint {
+                index,
+                trial: false,
+            } => index,
+            other => panic!("expected a plain endpoint choice, got {other:?}"),
+        }
+    }
+
+    /// How many of `picks` choices went to each endpoint.
+    fn counts(
+        svc: &ServiceState,
+        members: &[usize],
+        avoid: &[SocketAddr],
+        picks: usize,
+        chance: &Chance,
+    ) -> Vec<usize> {
+        let mut counts = vec![0; svc.endpoints.len()];
+        for _ in 0..picks {
+            counts[index(choose(svc, members, avoid, Instant::now(), chance))] += 1;
+        }
+        counts
+    }
+
+    fn outlier_policy() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+        }
+    }
+
+    /// Ejects endpoint `i` for 30 s, as the outlier layer does.
+    fn eject(svc: &ServiceState, i: usize) {
+        let stats = &svc.endpoints[i].stats;
+        let t = stats.outlier.lock().unwrap().observe(
+            Outcome::Status(503),
+            &outlier_policy(),
+            Instant::now(),
+            || true,
+        );
+        assert!(matches!(t, Transition::Ejected { .. }), "{t:?}");
+        stats.ejected.store(true, Ordering::Relaxed);
+    }
+
+    /// A successful trial brings endpoint `i` back, as the outlier layer does.
+    fn recover(svc: &ServiceState, i: usize) {
+        let stats = &svc.endpoints[i].stats;
+        let t = stats.outlier.lock().unwrap().observe(
+            Outcome::Success,
+            &outlier_policy(),
+            Instant::now(),
+            || unreachable!(),
+        );
+        assert_eq!(t, Transition::Recovered);
+        stats.ejected.store(false, Ordering::Relaxed);
+    }
+
+    fn assert_close(actual: f64, expected: f64) {
+        assert!(
+            (actual - expected).abs() <= expected.abs() * 1e-9,
+            "{actual} != {expected}"
+        );
+    }
+
+    #[test]
+    fn no_members_is_empty() {
+        let svc = service(3, "");
+        let chance = Chance::seeded(1);
+        assert_eq!(
+            choose(&svc, &[], &[], Instant::now(), &chance),
+            Choice::Empty
+        );
+        let addr = svc.endpoints[0].addr;
+        assert_eq!(
+            choose(&svc, &[], &[addr], Instant::now(), &chance),
+            Choice::Empty
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped() {
+        for policy in ["", RR, RANDOM, LEAST] {
+            let svc = service(3, policy);
+            eject(&svc, 1);
+            let c = counts(&svc, &svc.all, &[], 600, &Chance::seeded(2));
+            assert_eq!(c[1], 0, "{policy}: {c:?}");
+            assert!(c[0] > 0 && c[2] > 0, "{policy}: {c:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_ejected_then_one_trial_when_the_ejection_ends() {
+        let svc = service(2, "");
+        let chance = Chance::seeded(3);
+        eject(&svc, 0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        eject(&svc, 1); // until 10 s after endpoint 0
+        for _ in 0..10 {
+            assert_eq!(
+                choose(&svc, &svc.all, &[], Instant::now(), &chance),
+                Choice::AllEjected(2)
+            );
+        }
+        // A subset's count is its own size.
+        assert_eq!(
+            choose(&svc, &[1], &[], Instant::now(), &chance),
+            Choice::AllEjected(1)
+        );
+
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(
+            choose(&svc, &svc.all, &[], Instant::now(), &chance),
+            Choice::AllEjected(2),
+            "1 s before endpoint 0's ejection ends"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            choose(&svc, &svc.all, &[], Instant::now(), &chance),
+            Choice::Endpoint {
+                index: 0,
+                trial: true
+            }
+        );
+        // The trial is in flight: nothing else goes to endpoint 0.
+        for _ in 0..10 {
+            assert_eq!(
+                choose(&svc, &svc.all, &[], Instant::now(), &chance),
+                Choice::AllEjected(2)
+            );
+        }
+        // The trial succeeds: endpoint 0 is an ordinary candidate again.
+        recover(&svc, 0);
+        let c = counts(&svc, &svc.all, &[], 20, &chance);
+        assert_eq!(c, vec![20, 0]);
+
+        // Endpoint 1's ejection ends: one trial, then it waits for its outcome.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let mut trials = 0;
+        for _ in 0..200 {
+            match choose(&svc, &svc.all, &[], Instant::now(), &chance) {
+                Choice::Endpoint { index, trial: true } => {
+                    assert_eq!(index, 1);
+                    trials += 1;
+                }
+                Choice::Endpoint { index, trial: false } => assert_eq!(index, 0),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(trials, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_trial_is_offered_again() {
+        let svc = service(1, "");
+        let chance = Chance::seeded(4);
+        eject(&svc, 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let trial = Choice::Endpoint {
+            index: 0,
+            trial: true,
+        };
+        assert_eq!(choose(&svc, &svc.all, &[], Instant::now(), &chance), trial);
+        assert_eq!(
+            choose(&svc, &svc.all, &[], Instant::now(), &chance),
+            Choice::AllEjected(1)
+        );
+        let stats = &svc.endpoints[0].stats;
+        stats.outlier.lock().unwrap().abandon_trial(Instant::now());
+        assert_eq!(choose(&svc, &svc.all, &[], Instant::now(), &chance), trial);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_tried_before_are_avoided_while_another_is_left() {
+        for policy in ["", RR, RANDOM, LEAST] {
+            let svc = service(3, policy);
+            let chance = Chance::seeded(5);
+            let addr = |i: usize| svc.endpoints[i].addr;
+
+            let c = counts(&svc, &svc.all, &[addr(0), addr(2)], 50, &chance);
+            assert_eq!(c, vec![0, 50, 0], "{policy}");
+            let c = counts(&svc, &svc.all, &[addr(1)], 200, &chance);
+            assert!(c[1] == 0 && c[0] > 0 && c[2] > 0, "{policy}: {c:?}");
+
+            // Every member was tried: any of them will do.
+            let c = counts(&svc, &svc.all, &[addr(0), addr(1), addr(2)], 300, &chance);
+            assert!(c.iter().all(|n| *n > 0), "{policy}: {c:?}");
+            // The only member was tried.
+            let c = counts(&svc, &[2], &[addr(2)], 10, &chance);
+            assert_eq!(c, vec![0, 0, 10], "{policy}");
+
+            // The only endpoint not tried is ejected: the tried one again.
+            eject(&svc, 1);
+            let c = counts(&svc, &[0, 1], &[addr(0)], 10, &chance);
+            assert_eq!(c, vec![10, 0, 0], "{policy}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_prefers_the_faster_endpoint() {
+        let svc = service(3, "");
+        assert_eq!(svc.lb.algorithm, Algorithm::PeakEwma);
+        let chance = Chance::seeded(6);
+        svc.endpoints[0]
+            .stats
+            .load
+            .observe(ms(500), Instant::now());
+        let c = counts(&svc, &svc.all, &[], 300, &chance);
+        assert_eq!(c[0], 0, "{c:?}");
+        assert!(c[1] > 100 && c[2] > 100, "{c:?}");
+
+        // Between two, the faster always wins.
+        let c = counts(&svc, &[0, 1], &[], 100, &chance);
+        assert_eq!(c, vec![0, 100, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_weighs_latency_by_requests_in_flight() {
+        let svc = service(2, "");
+        let chance = Chance::seeded(7);
+        let (slow, fast) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
+        slow.load.observe(ms(300), Instant::now());
+        // fast: the unmeasured 30 ms.
+
+        // 30 ms × 9 < 300 ms × 1: still the fast one.
+        let mut guards: Vec<_> = (0..8).map(|_| InFlightGuard::start(fast)).collect();
+        assert_eq!(fast.load.in_flight(), 8);
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
+
+        // 30 ms × 11 > 300 ms × 1: the slow one.
+        guards.extend((0..2).map(|_| InFlightGuard::start(fast)));
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![20, 0]);
+
+        // Load on the slow one tips it back: 300 ms × 2 > 30 ms × 11.
+        let slow_guard = InFlightGuard::start(slow);
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
+
+        drop(slow_guard);
+        drop(guards);
+        assert_eq!((slow.load.in_flight(), fast.load.in_flight()), (0, 0));
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_endpoint_is_tried_again_once_its_estimate_decays() {
+        let svc = service(2, "");
+        let chance = Chance::seeded(8);
+        let (slow, fast) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
+        slow.load.observe(ms(500), Instant::now());
+        fast.load.observe(ms(30), Instant::now());
+        // The fast one answers in 30 ms every second; the slow one gets
+        // nothing, so its estimate decays: 500 ms × e^(-t/10 s) < 30 ms from
+        // t = 28.1 s.
+        let mut first = None;
+        for second in 1..=60 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            fast.load.observe(ms(30), Instant::now());
+            if index(choose(&svc, &svc.all, &[], Instant::now(), &chance)) == 0 {
+                first = Some(second);
+                break;
+            }
+        }
+        assert_eq!(first, Some(29));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_higher_sample_replaces_the_estimate_at_once() {
+        let t0 = Instant::now();
+        let load = Load::new(t0);
+        assert_close(load.estimate(t0), DEFAULT_RTT.as_nanos() as f64);
+        load.observe(ms(100), t0);
+        assert_close(load.estimate(t0), 100e6);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = Instant::now();
+        load.observe(ms(120), now);
+        assert_close(load.estimate(now), 120e6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_sample_pulls_the_estimate_down_gradually() {
+        let load = Load::new(Instant::now());
+        load.observe(ms(100), Instant::now());
+        // At the same instant a lower sample has no weight.
+        load.observe(ms(10), Instant::now());
+        assert_close(load.estimate(Instant::now()), 100e6);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let decayed = load.estimate(now);
+        assert_close(decayed, 100e6 * (-0.1f64).exp());
+        load.observe(ms(10), now);
+        let pulled = load.estimate(now);
+        assert!(pulled < decayed && pulled > 50e6, "{pulled}");
+
+        // More samples keep pulling it down, never below the sample.
+        let mut last = pulled;
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            load.observe(ms(10), Instant::now());
+            let e = load.estimate(Instant::now());
+            assert!(e <= last && e >= 10e6, "{e} after {last}");
+            last = e;
+        }
+        assert_close(last, 10e6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_estimate_decays_toward_zero() {
+        let t0 = Instant::now();
+        let load = Load::new(t0);
+        let initial = DEFAULT_RTT.as_nanos() as f64;
+        tokio::time::advance(DECAY).await;
+        assert_close(load.estimate(Instant::now()), initial * (-1f64).exp());
+        tokio::time::advance(DECAY * 9).await;
+        let e = load.estimate(Instant::now());
+        assert!(e < initial * 1e-4, "{e}");
+        // Reading the estimate changes nothing.
+        assert_close(load.estimate(t0 + DECAY), initial * (-1f64).exp());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_cycles_in_order() {
+        let svc = service(3, RR);
+        assert_eq!(svc.lb.algorithm, Algorithm::RoundRobin);
+        let chance = Chance::seeded(9);
+        let seq: Vec<usize> = (0..7)
+            .map(|_| index(choose(&svc, &svc.all, &[], Instant::now(), &chance)))
+            .collect();
+        assert_eq!(seq, vec![0, 1, 2, 0, 1, 2, 0]);
+        // Over a subset, its members in turn.
+        let seq: Vec<usize> = (0..4)
+            .map(|_| index(choose(&svc, &[0, 2], &[], Instant::now(), &chance)))
+            .collect();
+        assert!(seq == [0, 2, 0, 2] || seq == [2, 0, 2, 0], "{seq:?}");
+        // An ejected endpoint drops out of the cycle.
+        eject(&svc, 1);
+        assert_eq!(counts(&svc, &svc.all, &[], 100, &chance)[1], 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_spreads_evenly() {
+        let svc = service(3, RANDOM);
+        assert_eq!(svc.lb.algorithm, Algorithm::Random);
+        let c = counts(&svc, &svc.all, &[], 3000, &Chance::seeded(10));
+        for n in &c {
+            assert!((900..1100).contains(n), "{c:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_request_prefers_fewer_requests_in_flight() {
+        let svc = service(3, LEAST);
+        assert_eq!(svc.lb.algorithm, Algorithm::LeastRequest);
+        let chance = Chance::seeded(11);
+        // Latency does not count.
+        svc.endpoints[0]
+            .stats
+            .load
+            .observe(ms(900), Instant::now());
+        // All idle: ties, each gets picks.
+        let c = counts(&svc, &svc.all, &[], 300, &chance);
+        assert!(c.iter().all(|n| *n > 50), "{c:?}");
+
+        let (e0, e1) = (&svc.endpoints[1].stats, &svc.endpoints[2].stats);
+        let _busy = [
+            InFlightGuard::start(e0),
+            InFlightGuard::start(e0),
+            InFlightGuard::start(e1),
+        ];
+        // Endpoint 1 (2 in flight) loses every pair; endpoint 0 (idle) wins
+        // its two pairs, endpoint 2 (1 in flight) the other.
+        let c = counts(&svc, &svc.all, &[], 3000, &chance);
+        assert_eq!(c[1], 0, "{c:?}");
+        assert!((1850..2150).contains(&c[0]), "{c:?}");
+        assert!((850..1150).contains(&c[2]), "{c:?}");
+    }
+
+    /// A config for `web.shop` with three endpoints and `policy`, and the
+    /// next config, where a fourth endpoint joined.
+    fn joined_fourth(policy: &str) -> (Arc<ServiceState>, Arc<ServiceState>) {
+        let first = config(&[("web", 3, policy)]);
+        let mut snapshot = (*first.snapshot).clone();
+        let mut ep = snapshot.services[0].endpoints[0].clone();
+        ep.address = "10.0.0.4:80".into();
+        snapshot.services[0].endpoints.push(ep);
+        let second = Config::build(snapshot, Some(&first)).unwrap();
+        let before = first.service(&service_ref("web")).unwrap().clone();
+        let after = second.service(&service_ref("web")).unwrap().clone();
+        (before, after)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_joining_endpoint_warms_up() {
+        for lb in ["ROUND_ROBIN", "RANDOM"] {
+            let policy = format!(
+                "trafficPolicy:\n  loadBalancer: {{ simple: {lb}, warmupDurationSecs: 10s }}"
+            );
+            let (before, svc) = joined_fourth(&policy);
+            assert_eq!(svc.lb.warmup, Some(Duration::from_secs(10)));
+            assert_eq!(svc.endpoints.len(), 4);
+            for i in 0..3 {
+                assert!(Arc::ptr_eq(
+                    &before.endpoints[i].stats,
+                    &svc.endpoints[i].stats
+                ));
+                assert_eq!(svc.endpoints[i].stats.joined, None);
+            }
+            assert_eq!(svc.endpoints[3].stats.joined, Some(Instant::now()));
+            let chance = Chance::seeded(12);
+
+            // Fair share is 1000 of 4000. Just joined: far less, but some.
+            let c = counts(&svc, &svc.all, &[], 4000, &chance);
+            assert!((40..300).contains(&c[3]), "{lb} at 0 s: {c:?}");
+            // Halfway: more, still less than fair.
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let half = counts(&svc, &svc.all, &[], 4000, &chance);
+            assert!(half[3] > c[3] && half[3] < 900, "{lb} at 5 s: {half:?}");
+            // Warm.
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let c = counts(&svc, &svc.all, &[], 4000, &chance);
+            for n in &c {
+                assert!((900..1100).contains(n), "{lb} at 10 s: {c:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_of_the_first_config_do_not_warm_up() {
+        let svc = service(
+            2,
+            "trafficPolicy:\n  loadBalancer: { simple: RANDOM, warmupDurationSecs: 10s }",
+        );
+        assert!(svc.endpoints.iter().all(|e| e.stats.joined.is_none()));
+        let c = counts(&svc, &svc.all, &[], 2000, &Chance::seeded(13));
+        assert!(c.iter().all(|n| (900..1100).contains(n)), "{c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_warmup_a_joining_endpoint_gets_its_share_at_once() {
+        let (_, svc) = joined_fourth(RR);
+        assert!(svc.endpoints[3].stats.joined.is_some());
+        let c = counts(&svc, &svc.all, &[], 400, &Chance::seeded(14));
+        assert_eq!(c, vec![100; 4]);
+    }
+
+    #[test]
+    fn the_warm_factor_ramps_from_the_floor() {
+        let t0 = Instant::now();
+        let joined = EndpointStats::new(Some(t0));
+        let w = Some(Duration::from_secs(10));
+        assert_eq!(warm_factor(&joined, w, t0), WARMUP_FLOOR);
+        assert_eq!(warm_factor(&joined, w, t0 + Duration::from_millis(500)), 0.1);
+        assert_close(warm_factor(&joined, w, t0 + Duration::from_secs(4)), 0.4);
+        assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(10)), 1.0);
+        assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(99)), 1.0);
+        assert_eq!(warm_factor(&joined, None, t0), 1.0);
+        assert_eq!(warm_factor(&joined, Some(Duration::ZERO), t0), 1.0);
+        let original = EndpointStats::new(None);
+        assert_eq!(warm_factor(&original, w, t0), 1.0);
+    }
+
+    #[test]
+    fn the_policy_maps_the_snapshot_names() {
+        assert_eq!(LbPolicy::from(None), LbPolicy::default());
+        for (yaml, algorithm) in [
+            ("", Algorithm::PeakEwma),
+            ("trafficPolicy:\n  loadBalancer: { simple: UNSPECIFIED }", Algorithm::PeakEwma),
+            (RR, Algorithm::RoundRobin),
+            (RANDOM, Algorithm::Random),
+            (LEAST, Algorithm::LeastRequest),
+        ] {
+            let svc = service(1, yaml);
+            assert_eq!(
+                svc.lb,
+                LbPolicy {
+                    algorithm,
+                    warmup: None
+                },
+                "{yaml}"
+            );
+        }
+    }
+}
