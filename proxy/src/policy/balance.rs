@@ -38,6 +38,8 @@ pub const DECAY: Duration = Duration::from_secs(10);
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 /// Share of its load a just-joined endpoint starts with under slow start.
 const WARMUP_FLOOR: f64 = 0.1;
+/// Least draws `RANDOM` makes under slow start before taking the last one.
+const RANDOM_TRIES: usize = 32;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Algorithm {
@@ -242,9 +244,16 @@ fn pick(svc: &ServiceState, candidates: &[usize], now: Instant, chance: &Chance)
         }
         Algorithm::RoundRobin | Algorithm::Random => {
             // Slow start: a warming endpoint is passed over with the
-            // probability it is not yet warm.
+            // probability it is not yet warm. Round robin meets every
+            // candidate within `n` tries; random draws need more, or the
+            // last draw, taken as it is, gives a warming endpoint much of
+            // its share when `n` is small.
+            let tries = match svc.lb.algorithm {
+                Algorithm::RoundRobin => n,
+                _ => n.max(RANDOM_TRIES),
+            };
             let mut pos = 0;
-            for _ in 0..n {
+            for _ in 0..tries {
                 pos = match svc.lb.algorithm {
                     Algorithm::RoundRobin => svc.runtime.next.fetch_add(1, Ordering::Relaxed) % n,
                     _ => chance.below(n),
@@ -553,7 +562,10 @@ mod tests {
                     assert_eq!(index, 1);
                     trials += 1;
                 }
-                Choice::Endpoint { index, trial: false } => assert_eq!(index, 0),
+                Choice::Endpoint {
+                    index,
+                    trial: false,
+                } => assert_eq!(index, 0),
                 other => panic!("{other:?}"),
             }
         }
@@ -611,10 +623,7 @@ mod tests {
         let svc = service(3, "");
         assert_eq!(svc.lb.algorithm, Algorithm::PeakEwma);
         let chance = Chance::seeded(6);
-        svc.endpoints[0]
-            .stats
-            .load
-            .observe(ms(500), Instant::now());
+        svc.endpoints[0].stats.load.observe(ms(500), Instant::now());
         let c = counts(&svc, &svc.all, &[], 300, &chance);
         assert_eq!(c[0], 0, "{c:?}");
         assert!(c[1] > 100 && c[2] > 100, "{c:?}");
@@ -763,10 +772,7 @@ mod tests {
         assert_eq!(svc.lb.algorithm, Algorithm::LeastRequest);
         let chance = Chance::seeded(11);
         // Latency does not count.
-        svc.endpoints[0]
-            .stats
-            .load
-            .observe(ms(900), Instant::now());
+        svc.endpoints[0].stats.load.observe(ms(900), Instant::now());
         // All idle: ties, each gets picks.
         let c = counts(&svc, &svc.all, &[], 300, &chance);
         assert!(c.iter().all(|n| *n > 50), "{c:?}");
@@ -785,13 +791,13 @@ mod tests {
         assert!((850..1150).contains(&c[2]), "{c:?}");
     }
 
-    /// A config for `web.shop` with three endpoints and `policy`, and the
-    /// next config, where a fourth endpoint joined.
-    fn joined_fourth(policy: &str) -> (Arc<ServiceState>, Arc<ServiceState>) {
-        let first = config(&[("web", 3, policy)]);
+    /// A config for `web.shop` with `before` endpoints and `policy`, and
+    /// the next config, where one more endpoint joined (the last).
+    fn joined_one(before: usize, policy: &str) -> (Arc<ServiceState>, Arc<ServiceState>) {
+        let first = config(&[("web", before, policy)]);
         let mut snapshot = (*first.snapshot).clone();
         let mut ep = snapshot.services[0].endpoints[0].clone();
-        ep.address = "10.0.0.4:80".into();
+        ep.address = format!("10.0.0.{}:80", before + 1);
         snapshot.services[0].endpoints.push(ep);
         let second = Config::build(snapshot, Some(&first)).unwrap();
         let before = first.service(&service_ref("web")).unwrap().clone();
@@ -805,7 +811,7 @@ mod tests {
             let policy = format!(
                 "trafficPolicy:\n  loadBalancer: {{ simple: {lb}, warmupDurationSecs: 10s }}"
             );
-            let (before, svc) = joined_fourth(&policy);
+            let (before, svc) = joined_one(3, &policy);
             assert_eq!(svc.lb.warmup, Some(Duration::from_secs(10)));
             assert_eq!(svc.endpoints.len(), 4);
             for i in 0..3 {
@@ -835,6 +841,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn random_warms_up_like_round_robin_in_a_small_service() {
+        // One endpoint, then two: just joined, the new one weighs 0.1
+        // against 1, so it gets 1/11 of the requests (9 %) under either.
+        for lb in ["ROUND_ROBIN", "RANDOM"] {
+            let policy = format!(
+                "trafficPolicy:\n  loadBalancer: {{ simple: {lb}, warmupDurationSecs: 10s }}"
+            );
+            let (_, svc) = joined_one(1, &policy);
+            let chance = Chance::seeded(15);
+            let c = counts(&svc, &svc.all, &[], 10_000, &chance);
+            assert!((700..1150).contains(&c[1]), "{lb} at 0 s: {c:?}");
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let c = counts(&svc, &svc.all, &[], 10_000, &chance);
+            assert!((4800..5200).contains(&c[1]), "{lb} at 10 s: {c:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn endpoints_of_the_first_config_do_not_warm_up() {
         let svc = service(
             2,
@@ -847,7 +871,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_warmup_a_joining_endpoint_gets_its_share_at_once() {
-        let (_, svc) = joined_fourth(RR);
+        let (_, svc) = joined_one(3, RR);
         assert!(svc.endpoints[3].stats.joined.is_some());
         let c = counts(&svc, &svc.all, &[], 400, &Chance::seeded(14));
         assert_eq!(c, vec![100; 4]);
@@ -859,7 +883,10 @@ mod tests {
         let joined = EndpointStats::new(Some(t0));
         let w = Some(Duration::from_secs(10));
         assert_eq!(warm_factor(&joined, w, t0), WARMUP_FLOOR);
-        assert_eq!(warm_factor(&joined, w, t0 + Duration::from_millis(500)), 0.1);
+        assert_eq!(
+            warm_factor(&joined, w, t0 + Duration::from_millis(500)),
+            0.1
+        );
         assert_close(warm_factor(&joined, w, t0 + Duration::from_secs(4)), 0.4);
         assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(10)), 1.0);
         assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(99)), 1.0);
@@ -874,7 +901,10 @@ mod tests {
         assert_eq!(LbPolicy::from(None), LbPolicy::default());
         for (yaml, algorithm) in [
             ("", Algorithm::PeakEwma),
-            ("trafficPolicy:\n  loadBalancer: { simple: UNSPECIFIED }", Algorithm::PeakEwma),
+            (
+                "trafficPolicy:\n  loadBalancer: { simple: UNSPECIFIED }",
+                Algorithm::PeakEwma,
+            ),
             (RR, Algorithm::RoundRobin),
             (RANDOM, Algorithm::Random),
             (LEAST, Algorithm::LeastRequest),
