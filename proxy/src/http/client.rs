@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::Body;
-use crate::metrics::ResponseFlag;
 use crate::transport;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,20 +48,6 @@ pub enum ClientError {
         addr: SocketAddr,
         source: hyper::Error,
     },
-}
-
-impl ClientError {
-    /// The response flag for a request this error failed.
-    pub fn flag(&self) -> ResponseFlag {
-        match self {
-            ClientError::Connect { .. } => ResponseFlag::UpstreamConnectFailure,
-            ClientError::Handshake { .. } => ResponseFlag::UpstreamConnectFailure,
-            ClientError::Http { source, .. } if source.is_parse() => {
-                ResponseFlag::UpstreamProtocolError
-            }
-            ClientError::Http { .. } => ResponseFlag::UpstreamConnectionTermination,
-        }
-    }
 }
 
 /// Most idle HTTP/1 connections kept per endpoint.
@@ -383,6 +368,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ResponseFlag;
     use http_body_util::BodyExt;
 
     async fn server(h2: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
@@ -506,10 +492,8 @@ mod tests {
             }));
         }
         for t in tasks {
-            assert_eq!(
-                t.await.unwrap().flag(),
-                ResponseFlag::UpstreamConnectFailure
-            );
+            let err = crate::http::error::ProxyError::from(t.await.unwrap());
+            assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
         }
         // The failed slot is forgotten by the sweeper.
         until(|| c.pooled().1 == 0).await;
