@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{CONNECTION, UPGRADE};
 use http::uri::Authority;
@@ -17,7 +16,7 @@ use tower::Service;
 use super::client::{Client, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
-use super::stack::{Fut, Req, Rsp};
+use super::stack::{always_ready, Fut, Req, Rsp};
 
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
@@ -47,13 +46,7 @@ impl Forward {
 }
 
 impl Service<Req> for Forward {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let this = self.clone();

@@ -41,6 +41,24 @@ impl<T> HttpService for T where
 {
 }
 
+/// The associated types and `poll_ready` every layer shares: always ready,
+/// answering `Response<Body>` or a [`ProxyError`] through a boxed future.
+macro_rules! always_ready {
+    () => {
+        type Response = $crate::http::stack::Rsp;
+        type Error = $crate::http::error::ProxyError;
+        type Future = $crate::http::stack::Fut;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), $crate::http::error::ProxyError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    };
+}
+pub(crate) use always_ready;
+
 /// Calls an inner service. Every service of the stack is always ready (see
 /// above), so `poll_ready` is not awaited; the concrete future type keeps
 /// the layers' async blocks simple for the compiler.

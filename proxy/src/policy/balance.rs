@@ -28,7 +28,7 @@ use crate::config::{EndpointStats, ServiceState};
 use crate::http::client::UpstreamProto;
 use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 
 /// The estimate of an endpoint nothing has been measured on yet.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -296,16 +296,7 @@ impl<S> Balance<S> {
 }
 
 impl<S: HttpService> Service<Req> for Balance<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();

@@ -11,7 +11,7 @@ use tower::Service;
 use super::chance::Chance;
 use super::route::Route;
 use crate::http::error::{Flagged, RESPONSE_FLAGS};
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req, Rsp};
 use crate::http::{full, Body};
 use crate::metrics::ResponseFlag;
 
@@ -122,16 +122,7 @@ impl<S> Fault<S> {
 }
 
 impl<S: HttpService> Service<Req> for Fault<S> {
-    type Response = Rsp;
-    type Error = crate::http::error::ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let decision = req

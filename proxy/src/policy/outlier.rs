@@ -22,8 +22,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::balance::Chosen;
-use crate::http::error::ProxyError;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 use crate::metrics::{Metrics, ServiceLabel};
 
 /// The policy, from `trafficPolicy.outlierDetection`.
@@ -266,16 +265,7 @@ impl Drop for TrialGuard {
 }
 
 impl<S: HttpService> Service<Req> for RecordOutcome<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let inner = self.inner.clone();

@@ -21,7 +21,7 @@ use super::balance::Chosen;
 use crate::http::client::UpstreamProto;
 use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 use crate::http::{Body, BoxError};
 use crate::metrics::{Metrics, ServiceLabel};
 
@@ -167,13 +167,7 @@ impl<S> PoolLimit<S> {
 }
 
 impl<S: HttpService> Service<Req> for PoolLimit<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let inner = self.inner.clone();

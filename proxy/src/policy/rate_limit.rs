@@ -13,7 +13,7 @@ use super::route::Route;
 use crate::config::Config;
 use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 use crate::metrics::Name;
 
 /// Envoy's token bucket: starts full, gains `per_fill` tokens (up to `max`)
@@ -151,16 +151,7 @@ impl<S> RateLimit<S> {
 }
 
 impl<S: HttpService> Service<Req> for RateLimit<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         if let Err(e) = self.check(&req) {

@@ -21,7 +21,7 @@ use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use super::route::Route;
 use crate::http::error::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEMPT_COUNT};
 use crate::http::headers;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req, Rsp};
 use crate::http::Body;
 use crate::metrics::{Metrics, ResponseFlag, ServiceLabel};
 
@@ -190,16 +190,7 @@ enum Replay {
 }
 
 impl<S: HttpService> Service<Req> for Retry<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let inner = self.inner.clone();

@@ -10,8 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use tower::Service;
 
 use super::route::{MatchedPrefix, Route};
-use crate::http::error::ProxyError;
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 
 /// Set, add, remove: one side's header operations.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -149,16 +148,7 @@ impl<S> Rewrite<S> {
 }
 
 impl<S: HttpService> Service<Req> for Rewrite<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();

@@ -19,7 +19,7 @@ use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, UriRewrite};
 use crate::config::{Config, ServiceState};
 use crate::http::error::{ErrorKind, ProxyError, RouteName};
-use crate::http::stack::{call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 use crate::metrics::Name;
 
 /// Where a route sends a share of its requests: a service and the endpoints
@@ -268,16 +268,7 @@ impl<S> Router<S> {
 }
 
 impl<S: HttpService> Service<Req> for Router<S> {
-    type Response = http::Response<crate::http::Body>;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
         let cfg = self.config.load();

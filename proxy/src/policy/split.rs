@@ -10,7 +10,7 @@ use tower::Service;
 use super::chance::Chance;
 use super::route::{Backend, Route};
 use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 
 /// Picks a backend in proportion to the weights, given a uniform `u` in
 /// `[0, 1)`; zero-weight backends are never picked.
@@ -43,16 +43,7 @@ impl<S> Split<S> {
 }
 
 impl<S: HttpService> Service<Req> for Split<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();

@@ -9,7 +9,7 @@ use tower::Service;
 
 use super::route::Route;
 use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
@@ -40,16 +40,7 @@ impl<S> Timeout<S> {
 }
 
 impl<S: HttpService> Service<Req> for Timeout<S> {
-    type Response = Rsp;
-    type Error = ProxyError;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), ProxyError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+    always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
         let limit: Option<Duration> = req.extensions().get::<Arc<Route>>().and_then(|r| match self
