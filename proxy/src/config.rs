@@ -323,24 +323,14 @@ fn build_routes(
     lookup: impl Fn(&ServiceRef) -> Option<Arc<ServiceState>>,
 ) -> Vec<Arc<Route>> {
     if svc.http.is_empty() {
-        let backend = Backend {
-            service: this.clone(),
-            endpoints: this.all.clone(),
-            headers: None,
-        };
-        return vec![Arc::new(Route::default_to(backend, this))];
+        return vec![Arc::new(Route::default_to(Backend::whole(this), this))];
     }
     svc.http
         .iter()
         .enumerate()
         .map(|(i, r)| {
             if r.route.is_empty() {
-                let backend = Backend {
-                    service: this.clone(),
-                    endpoints: this.all.clone(),
-                    headers: None,
-                };
-                return Arc::new(Route::build(i, r, vec![(1, backend)], this));
+                return Arc::new(Route::build(i, r, vec![(1, Backend::whole(this))], this));
             }
             let backends = r
                 .route

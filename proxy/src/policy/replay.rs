@@ -78,18 +78,6 @@ impl ReplayBody {
             _ => None,
         }
     }
-
-    /// Whether a copy is still kept (false once the body outgrew the limit).
-    pub fn is_replayable(&self) -> bool {
-        let in_hand = self.state.as_ref().map(|s| !s.overflowed);
-        in_hand.unwrap_or_else(|| {
-            self.shared
-                .lock()
-                .expect("replay lock")
-                .as_ref()
-                .is_some_and(|s| !s.overflowed)
-        })
-    }
 }
 
 impl Drop for ReplayBody {
@@ -246,7 +234,6 @@ mod tests {
         let probe = first.try_clone().unwrap();
         assert_eq!(read(first).await.0, "aaaabbbbcc");
         assert!(probe.try_clone().is_none());
-        assert!(!probe.is_replayable());
     }
 
     #[tokio::test]

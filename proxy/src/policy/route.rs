@@ -32,6 +32,17 @@ pub struct Backend {
     pub headers: Option<Arc<HeaderRules>>,
 }
 
+impl Backend {
+    /// Every endpoint of `service`, no header operations.
+    pub fn whole(service: &Arc<ServiceState>) -> Self {
+        Self {
+            service: service.clone(),
+            endpoints: service.all.clone(),
+            headers: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Route {
     /// The `route` metric label: the route's name, or `route-<index>`.

@@ -200,12 +200,7 @@ pub fn route_with(edit: impl FnOnce(&mut Route)) -> Arc<Route> {
 /// A backend for all endpoints of a one-endpoint service `name.shop`.
 pub fn backend_named(name: &str) -> Backend {
     let cfg = config(&[(name, 1, "")]);
-    let svc = cfg.service(&service_ref(name)).unwrap().clone();
-    Backend {
-        endpoints: svc.all.clone(),
-        service: svc,
-        headers: None,
-    }
+    Backend::whole(cfg.service(&service_ref(name)).unwrap())
 }
 
 /// `GET /` on `route`.
