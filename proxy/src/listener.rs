@@ -204,7 +204,8 @@ impl Listener {
             Target::Service(r) => cfg.service(r).map_or_else(unknown, |s| s.label.clone()),
             _ => unknown(),
         };
-        let traffic = TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service);
+        let traffic =
+            TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service.clone());
         let labels = TcpLabels { traffic, protocol };
         let m = &self.shared.metrics;
         m.tcp_opened.get_or_create(&labels).inc();
@@ -225,6 +226,7 @@ impl Listener {
                 let ctx = Arc::new(ConnContext {
                     direction,
                     target,
+                    service,
                     proxy: cfg.proxy.clone(),
                     peer,
                     drain: drain.clone(),

@@ -56,6 +56,9 @@ pub enum Target {
 pub struct ConnContext {
     pub direction: Direction,
     pub target: Target,
+    /// The target service's label (`unknown` for the app and passthrough),
+    /// until a request learns the service of its endpoint.
+    pub service: Name,
     pub proxy: Workload,
     pub peer: SocketAddr,
     pub drain: drain::Watch,
@@ -111,14 +114,10 @@ impl HttpProxy {
             })
         });
         let request_bytes = Counter::default();
-        let target_service = match &self.ctx.target {
-            Target::Service(r) => Arc::from(format!("{}.{}", r.name, r.namespace).as_str()),
-            _ => unknown(),
-        };
         let mut record = Record {
             metrics: self.shared.metrics.clone(),
             labels: RequestLabels {
-                traffic: self.traffic(&Workload::unknown(), target_service),
+                traffic: self.traffic(&Workload::unknown(), self.ctx.service.clone()),
                 response_code: 0,
                 grpc_response_status: GrpcStatus(None),
                 response_flags: ResponseFlag::None,

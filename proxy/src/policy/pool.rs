@@ -277,7 +277,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_held_until_the_response_body_ends() {
-        use crate::policy::testing::{request_to_endpoint, Scripted};
+        use crate::policy::testing::{request_to_endpoint, request_to_endpoint_with, Scripted};
         let upstream = Scripted::ok();
         let limits = PoolLimits {
             max_requests: Some(1),
@@ -286,13 +286,13 @@ mod tests {
         let (req, svc_state) = request_to_endpoint(limits);
         let mut svc = PoolLimit::new(upstream, Arc::new(Metrics::new()));
         let resp = svc.call(req).await.unwrap();
-        let (second, _) = (request_to_endpoint_with(&svc_state), ());
-        let err = svc.call(second).await.unwrap_err();
+        let err = svc
+            .call(request_to_endpoint_with(&svc_state))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Overflow);
         assert!(err.message.contains("http2MaxRequests"), "{}", err.message);
         resp.into_body().collect().await.unwrap();
         assert!(svc.call(request_to_endpoint_with(&svc_state)).await.is_ok());
     }
-
-    use crate::policy::testing::request_to_endpoint_with;
 }
