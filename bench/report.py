@@ -481,6 +481,9 @@ def run_file(r):
 
 
 ROOT = None
+# The markers of the section bench/report_policies.py writes.
+POLICIES_BEGIN = "<!-- policies: begin"
+POLICIES_END = "<!-- policies: end -->"
 
 
 def shorten(cmd):
@@ -500,6 +503,13 @@ def main():
     ROOT = args.root
     R = Results(args.out_dir)
     text = build(R)
+    # Keep the policy section (bench/policies.sh) of the report being replaced.
+    if os.path.exists(args.report):
+        with open(args.report) as f:
+            old = f.read()
+        if POLICIES_BEGIN in old and POLICIES_END in old:
+            kept = old[old.index(POLICIES_BEGIN) : old.index(POLICIES_END) + len(POLICIES_END)]
+            text = text.rstrip("\n") + "\n\n" + kept + "\n"
     with open(args.report, "w") as f:
         f.write(text)
     sys.stdout.write(text)

@@ -301,7 +301,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();
         let Some(backend) = req.extensions().get::<Backend>().cloned() else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         let svc = &backend.service;
         let now = Instant::now();

@@ -133,7 +133,7 @@ impl<S: HttpService> Service<Req> for Fault<S> {
             .unwrap_or_default();
         let inner = self.inner.clone();
         if decision == Decision::default() {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         }
         Box::pin(async move {
             if let Some(d) = decision.delay {

@@ -272,7 +272,7 @@ impl<S: HttpService> Service<Req> for RecordOutcome<S> {
         let chosen = req.extensions().get::<Chosen>().cloned();
         let Some((chosen, policy)) = chosen.and_then(|c| c.service.outlier.clone().map(|p| (c, p)))
         else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         let metrics = self.metrics.clone();
         Box::pin(async move {

@@ -172,11 +172,11 @@ impl<S: HttpService> Service<Req> for PoolLimit<S> {
     fn call(&mut self, req: Req) -> Fut {
         let inner = self.inner.clone();
         let Some(chosen) = req.extensions().get::<Chosen>().cloned() else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         let pool = chosen.service.pool.clone();
         if pool.is_unlimited() {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         }
         let http1 = req
             .extensions()

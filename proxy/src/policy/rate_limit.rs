@@ -117,36 +117,43 @@ impl<S> RateLimit<S> {
     }
 
     fn check(&self, req: &Req) -> Result<(), ProxyError> {
-        let (bucket, what) = match &self.scope {
+        // The message is written only when the bucket is empty: a request
+        // that passes pays for one `take`.
+        let refuse = |what: String, retry_after| {
+            ProxyError::new(
+                ErrorKind::RateLimited { retry_after },
+                format!("local rate limit of {what} exceeded"),
+            )
+        };
+        match &self.scope {
             Scope::Route => {
                 let Some(route) = req.extensions().get::<Arc<Route>>() else {
                     return Ok(());
                 };
-                match &route.rate_limit {
-                    Some(b) => (
-                        b.clone(),
+                let Some(bucket) = &route.rate_limit else {
+                    return Ok(());
+                };
+                bucket.take().map_err(|retry_after| {
+                    refuse(
                         format!("route {} of {}", route.label, route.service),
-                    ),
-                    None => return Ok(()),
-                }
+                        retry_after,
+                    )
+                })
             }
             Scope::Inbound { config, listener } => {
                 let Some(port) = req.extensions().get::<Upstream>().map(|u| u.addr.port()) else {
                     return Ok(());
                 };
                 let cfg = config.load();
-                match cfg.inbound_limits(listener).and_then(|l| l.for_port(port)) {
-                    Some(b) => (b.clone(), format!("inbound port {port}")),
-                    None => return Ok(()),
-                }
+                let Some(bucket) = cfg.inbound_limits(listener).and_then(|l| l.for_port(port))
+                else {
+                    return Ok(());
+                };
+                bucket
+                    .take()
+                    .map_err(|retry_after| refuse(format!("inbound port {port}"), retry_after))
             }
-        };
-        bucket.take().map_err(|retry_after| {
-            ProxyError::new(
-                ErrorKind::RateLimited { retry_after },
-                format!("local rate limit of {what} exceeded"),
-            )
-        })
+        }
     }
 }
 
@@ -157,7 +164,7 @@ impl<S: HttpService> Service<Req> for RateLimit<S> {
         if let Err(e) = self.check(&req) {
             return Box::pin(async move { Err(e) });
         }
-        Box::pin(call(self.inner.clone(), req))
+        call(self.inner.clone(), req)
     }
 }
 

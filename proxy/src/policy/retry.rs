@@ -179,7 +179,9 @@ impl Template {
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
         *req.extensions_mut() = self.extensions.clone();
-        req.extensions_mut().insert(TriedEndpoints(tried.to_vec()));
+        if !tried.is_empty() {
+            req.extensions_mut().insert(TriedEndpoints(tried.to_vec()));
+        }
         req
     }
 }
@@ -197,7 +199,7 @@ impl<S: HttpService> Service<Req> for Retry<S> {
         let route = req.extensions().get::<Arc<Route>>().cloned();
         let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
         let Some(route) = route.filter(|r| r.retry.attempts > 0 && !upgrade) else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         let metrics = self.metrics.clone();
         let chance = self.chance.clone();

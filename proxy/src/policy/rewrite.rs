@@ -153,10 +153,10 @@ impl<S: HttpService> Service<Req> for Rewrite<S> {
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();
         let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         if route.rewrite.is_none() && route.headers.is_none() {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         }
         if let Some(rw) = &route.rewrite {
             let prefix = req.extensions().get::<MatchedPrefix>().map(|p| p.0.clone());

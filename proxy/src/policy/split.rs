@@ -48,7 +48,7 @@ impl<S: HttpService> Service<Req> for Split<S> {
     fn call(&mut self, mut req: Req) -> Fut {
         let inner = self.inner.clone();
         let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return Box::pin(call(inner, req));
+            return call(inner, req);
         };
         let u = if route.backends.len() == 1 {
             0.0
@@ -67,6 +67,9 @@ impl<S: HttpService> Service<Req> for Split<S> {
             h.request.apply(req.headers_mut());
         }
         req.extensions_mut().insert(backend);
+        if headers.is_none() {
+            return call(inner, req);
+        }
         Box::pin(async move {
             let mut resp = call(inner, req).await?;
             if let Some(h) = &headers {

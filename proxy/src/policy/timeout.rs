@@ -51,7 +51,7 @@ impl<S: HttpService> Service<Req> for Timeout<S> {
         });
         let fut = call(self.inner.clone(), req);
         let Some(limit) = limit else {
-            return Box::pin(fut);
+            return fut;
         };
         let which = self.which;
         Box::pin(async move {
