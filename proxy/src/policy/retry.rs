@@ -242,9 +242,11 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                 let done = |mut result: Result<Rsp, ProxyError>, flag: Option<ResponseFlag>| {
                     match &mut result {
                         Ok(resp) => {
-                            resp.headers_mut()
-                                .insert(ATTEMPT_COUNT, HeaderValue::from(n));
-                            resp.extensions_mut().insert(Attempts(n));
+                            resp.headers_mut().insert(ATTEMPT_COUNT, attempt_count(n));
+                            if n > 1 {
+                                // Absent means one try (access log, metrics).
+                                resp.extensions_mut().insert(Attempts(n));
+                            }
                             if let Some(f) = flag {
                                 resp.extensions_mut().insert(Flagged(f));
                             }
@@ -281,6 +283,16 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                 tokio::time::sleep(backoff(n, &chance)).await;
             }
         })
+    }
+}
+
+/// The attempt-count header value; small counts are static (no allocation
+/// on the hot path).
+fn attempt_count(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
