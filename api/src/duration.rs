@@ -95,6 +95,27 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// In a CRD schema a duration is a string in this same notation; the API
+/// server checks the pattern, the control plane the value.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": SCHEMA_PATTERN,
+            "description": "A duration with a unit: 250ms, 1.5s, 2m, 1h."
+        })
+    }
+}
+
+/// The notation [`Duration`] parses, as a regular expression (CRD schemas).
+#[cfg(feature = "schema")]
+pub const SCHEMA_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$";
+
 #[cfg(test)]
 mod tests {
     use super::*;

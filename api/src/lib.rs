@@ -12,8 +12,11 @@
 mod duration;
 pub mod policy;
 mod snapshot;
+pub mod stream;
 mod validate;
 
+#[cfg(feature = "schema")]
+pub use duration::SCHEMA_PATTERN as DURATION_PATTERN;
 pub use duration::{Duration, DurationError};
 pub use snapshot::{
     Admin, Direction, Endpoint, Limits, Listener, ParseError, ProxyInfo, Service, ServiceProtocol,

@@ -14,6 +14,7 @@ use crate::Duration;
 /// One HTTP route of a service: requests that match go to its destinations.
 /// A service's routes are tried in order; the first match wins.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRoute {
     /// Shown in the `route` metric label and the access log; `route-<index>`
@@ -47,6 +48,7 @@ pub struct HttpRoute {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +68,7 @@ pub struct HttpMatch {
 /// Istio's `StringMatch`: one of `exact`, `prefix`, `regex` (RE2 syntax,
 /// matched against the whole value).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +80,7 @@ pub struct StringMatch {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteDestination {
     pub destination: Destination,
@@ -90,6 +94,7 @@ pub struct RouteDestination {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Destination {
     /// `name` (a service in the routed service's namespace) or `name.namespace`.
@@ -102,12 +107,14 @@ pub struct Destination {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortSelector {
     pub number: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first try (Istio's meaning); 0 turns retries off.
@@ -224,6 +231,7 @@ impl fmt::Display for RetryOn {
 
 /// Istio's `HTTPFaultInjection`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Fault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,6 +241,7 @@ pub struct Fault {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
     pub fixed_delay: Duration,
@@ -242,6 +251,7 @@ pub struct FaultDelay {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultAbort {
     /// The status answered (one of `httpStatus`, `grpcStatus`).
@@ -255,6 +265,7 @@ pub struct FaultAbort {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Percent {
     /// 0.0 ..= 100.0
@@ -284,6 +295,7 @@ pub const GRPC_CODE_NAMES: [&str; 17] = [
 
 /// Istio's `HTTPRewrite`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// Replaces the matched prefix when the route matched on `uri.prefix`,
@@ -296,6 +308,7 @@ pub struct Rewrite {
 
 /// Istio's `Headers`: operations on request and response headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Headers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,6 +318,7 @@ pub struct Headers {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOperations {
     /// Replace the header's values.
@@ -319,6 +333,7 @@ pub struct HeaderOperations {
 
 /// Istio's DestinationRule subset: endpoints whose labels include all of these.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Subset {
     pub name: String,
@@ -328,6 +343,7 @@ pub struct Subset {
 
 /// Istio's DestinationRule `trafficPolicy`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,6 +355,7 @@ pub struct TrafficPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
     /// Absent or `UNSPECIFIED`: power of two choices over peak-EWMA latency.
@@ -351,6 +368,7 @@ pub struct LoadBalancer {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimpleLb {
     /// Power of two choices over peak-EWMA latency (the default).
@@ -363,6 +381,7 @@ pub enum SimpleLb {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +391,7 @@ pub struct ConnectionPool {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpPool {
     /// HTTP/1 requests in flight to this service at once (each holds its own
@@ -382,6 +402,7 @@ pub struct TcpPool {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpPool {
     /// HTTP/1 requests that may wait for a connection once `maxConnections`
@@ -395,6 +416,7 @@ pub struct HttpPool {
 
 /// Istio's `OutlierDetection`, per endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutlierDetection {
     /// Consecutive 5xx answers (and connect failures and resets) that eject
@@ -429,6 +451,7 @@ impl Default for OutlierDetection {
 /// A local token bucket (Envoy's `token_bucket`): holds up to `maxTokens`,
 /// gains `tokensPerFill` every `fillInterval`; a request takes one token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokenBucket {
     pub max_tokens: u32,
@@ -444,6 +467,7 @@ fn one() -> u32 {
 /// A rate limit on an inbound listener, for one app port or (without `port`)
 /// for every port that has no limit of its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortRateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,18 @@
+//! `outrigger-control-plane`: the mesh's custom resources, the sources that
+//! fill the store (a folder of manifests; Kubernetes), the translator from the
+//! store to per-proxy snapshots, and the config stream.
+//!
+//! ```text
+//! manifests / kube watches ──▶ store ──▶ translate::Mesh::build ──▶ Mesh::config_for(proxy)
+//!                                           └─▶ verdicts (status.conditions[Accepted])
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod folder;
+pub mod manifest;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod store;
+pub mod translate;

@@ -1,0 +1,231 @@
+//! `outrigger-control-plane`: prints the CRDs, checks a folder of manifests,
+//! and shows what a proxy would receive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use outrigger_control_plane::crd;
+use outrigger_control_plane::folder::Folder;
+use outrigger_control_plane::metrics::Metrics;
+use outrigger_control_plane::publish::{run_folder, Debounce};
+use outrigger_control_plane::server::Server;
+use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
+
+#[derive(Parser)]
+#[command(name = "outrigger-control-plane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the mesh's CustomResourceDefinitions (YAML, for `kubectl apply`).
+    Crds,
+    /// Read a folder of manifests and report every file that does not parse
+    /// and every mesh resource that is not accepted, with the reason.
+    Check {
+        /// The folder (read recursively; *.yaml and *.yml).
+        #[arg(long)]
+        folder: PathBuf,
+        /// Namespace of objects that name none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Serve the config stream from a folder of manifests (local mode),
+    /// following edits live.
+    Run {
+        #[arg(long)]
+        folder: PathBuf,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Address of the config server (`/v1/config`, `/metrics`, `/ready`).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// How often the folder is read again.
+        #[arg(long, default_value = "500ms")]
+        poll: outrigger_api::Duration,
+        /// Quiet time after a change before translating.
+        #[arg(long, default_value = "100ms")]
+        debounce: outrigger_api::Duration,
+        /// Longest a change waits while changes keep coming.
+        #[arg(long, default_value = "1s")]
+        max_staleness: outrigger_api::Duration,
+        /// SPIFFE trust domain of the mesh identities.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Who sees a Service without an `outrigger.dev/export-to`
+        /// annotation: "." (its namespace; the default) or "*" (every namespace, as Istio).
+        #[arg(long, default_value = ".")]
+        default_export_to: String,
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Print what the proxy of one pod would receive from a folder of manifests.
+    Config {
+        #[arg(long)]
+        folder: PathBuf,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The proxy's pod, as namespace/name.
+        #[arg(long)]
+        pod: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            folder,
+            namespace,
+            listen,
+            poll,
+            debounce,
+            max_staleness,
+            trust_domain,
+            default_export_to,
+            log_level,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&log_level)
+                        .with_context(|| format!("--log-level {log_level:?}"))?,
+                )
+                .init();
+            let default_export_to = ExportTo::parse(std::slice::from_ref(&default_export_to), ".")
+                .map_err(|e| anyhow::anyhow!("--default-export-to {default_export_to:?}: {e}"))?;
+            let options = Options {
+                trust_domain,
+                default_export_to,
+                ..Options::default()
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(serve_folder(
+                folder,
+                namespace,
+                listen,
+                options,
+                poll.get(),
+                Debounce::new(debounce.get(), max_staleness.get()),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds => {
+            print!("{}", crd::definitions_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { folder, namespace } => {
+            let mut f = Folder::new(&folder, namespace);
+            f.rescan()
+                .with_context(|| format!("cannot read folder {}", folder.display()))?;
+            let mesh = Mesh::build(&f.store(), &Options::default());
+            let mut bad = 0;
+            for e in f.errors() {
+                println!("{e}");
+                bad += 1;
+            }
+            for (id, v) in mesh.verdicts() {
+                match v {
+                    Verdict::Accepted => println!("{} {}: accepted", id.kind, id.key),
+                    Verdict::Refused { reason, message } => {
+                        bad += 1;
+                        println!("{} {}: not accepted ({reason}): {message}", id.kind, id.key)
+                    }
+                }
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Config {
+            folder,
+            namespace,
+            pod,
+        } => {
+            let Some((ns, name)) = pod.split_once('/') else {
+                bail!("--pod {pod:?}: write it as namespace/name");
+            };
+            let mut f = Folder::new(&folder, namespace);
+            f.rescan()
+                .with_context(|| format!("cannot read folder {}", folder.display()))?;
+            for e in f.errors() {
+                eprintln!("warning: {e} (its last good content is used)");
+            }
+            let mesh = Mesh::build(&f.store(), &Options::default());
+            let config = mesh.config_for(&ProxyId {
+                namespace: ns.to_string(),
+                pod: name.to_string(),
+            });
+            let snap = config.to_snapshot("preview");
+            print!(
+                "{}",
+                serde_saphyr::to_string(&snap).context("serializing the snapshot")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Local mode: the folder loop and the config server until SIGINT/SIGTERM.
+async fn serve_folder(
+    folder: PathBuf,
+    namespace: String,
+    listen: String,
+    options: Options,
+    poll: std::time::Duration,
+    debounce: Debounce,
+) -> Result<()> {
+    std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot bind"))?;
+    let bound = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
+    let source = tokio::spawn(run_folder(
+        Folder::new(folder, namespace),
+        options,
+        poll,
+        debounce,
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let server = tokio::spawn(Server::new(rx, metrics).run(listener, stop));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = source.await;
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

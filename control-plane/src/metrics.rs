@@ -1,0 +1,105 @@
+//! The control plane's own metrics (`GET /metrics` on the config server).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    /// Proxies holding a config stream open.
+    pub connected_proxies: Gauge,
+    /// Config updates written to a proxy's stream.
+    pub pushes: Counter,
+    /// From the moment a source change was seen to the moment the update
+    /// that carries it was written to a proxy's stream.
+    pub push_latency: Histogram,
+    /// Size of each update written, in bytes.
+    pub update_bytes: Histogram,
+    /// Mesh resources currently not accepted, by kind.
+    pub rejected_resources: Family<KindLabel, Gauge>,
+    /// Manifest files whose last read failed (folder source).
+    pub manifest_errors: Gauge,
+    /// Mesh-wide translations run.
+    pub translations: Counter,
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut reg = Registry::default();
+        let connected_proxies = Gauge::default();
+        reg.register(
+            "outrigger_cp_connected_proxies",
+            "Proxies holding a config stream open",
+            connected_proxies.clone(),
+        );
+        let pushes = Counter::default();
+        reg.register(
+            "outrigger_cp_pushes",
+            "Config updates written to proxies' streams",
+            pushes.clone(),
+        );
+        let push_latency = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        reg.register(
+            "outrigger_cp_push_latency_seconds",
+            "From a resource change seen by the control plane to the update written to a proxy",
+            push_latency.clone(),
+        );
+        let update_bytes = Histogram::new([1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6, 16e6]);
+        reg.register(
+            "outrigger_cp_update_bytes",
+            "Size of each config update written to a proxy",
+            update_bytes.clone(),
+        );
+        let rejected_resources = Family::<KindLabel, Gauge>::default();
+        reg.register(
+            "outrigger_cp_rejected_resources",
+            "Mesh resources currently not accepted, by kind",
+            rejected_resources.clone(),
+        );
+        let manifest_errors = Gauge::default();
+        reg.register(
+            "outrigger_cp_manifest_errors",
+            "Manifest files whose last read failed (their last good content stays in force)",
+            manifest_errors.clone(),
+        );
+        let translations = Counter::default();
+        reg.register(
+            "outrigger_cp_translations",
+            "Mesh-wide translations of the store",
+            translations.clone(),
+        );
+        Self {
+            connected_proxies,
+            pushes,
+            push_latency,
+            update_bytes,
+            rejected_resources,
+            manifest_errors,
+            translations,
+            registry: reg,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

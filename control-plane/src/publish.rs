@@ -1,0 +1,196 @@
+//! From source changes to published meshes: changes are debounced (a burst
+//! of edits is translated once) with a bound on staleness (a steady stream
+//! of edits still publishes at least every `max_wait`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::folder::Folder;
+use crate::manifest::ManifestError;
+use crate::metrics::{KindLabel, Metrics};
+use crate::server::Published;
+use crate::store::Store;
+use crate::translate::{Mesh, Options, ResourceId, Verdict};
+
+/// When to translate after changes: once `quiet` has passed without a new
+/// change, and never later than `max_wait` after the first unpublished one.
+#[derive(Clone, Debug)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max_wait: Duration,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Debounce {
+    pub fn new(quiet: Duration, max_wait: Duration) -> Self {
+        Self {
+            quiet,
+            max_wait,
+            first: None,
+            last: None,
+        }
+    }
+
+    pub fn changed(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When the pending changes are due; None when nothing is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        let (first, last) = (self.first?, self.last?);
+        Some((last + self.quiet).min(first + self.max_wait))
+    }
+
+    /// Takes the pending changes if they are due at `now`; returns when the
+    /// first of them was seen.
+    pub fn take_due(&mut self, now: Instant) -> Option<Instant> {
+        if self.deadline()? <= now {
+            self.last = None;
+            self.first.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// Translates `store`, publishes it, and reports what changed in the
+/// verdicts since `previous` (logs and metrics).
+pub fn publish(
+    store: &Store,
+    options: &Options,
+    changed_at: Instant,
+    tx: &watch::Sender<Option<Arc<Published>>>,
+    metrics: &Metrics,
+    previous: &mut BTreeMap<ResourceId, Verdict>,
+) {
+    let mesh = Mesh::build(store, options);
+    metrics.translations.inc();
+    let mut rejected: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for kind in [
+        "VirtualService",
+        "DestinationRule",
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+    ] {
+        rejected.insert(kind, 0);
+    }
+    for (id, v) in mesh.verdicts() {
+        if let Verdict::Refused { reason, message } = v {
+            *rejected.entry(id.kind).or_default() += 1;
+            if previous.get(id) != Some(v) {
+                tracing::warn!(kind = id.kind, resource = %id.key, reason, "not accepted: {message}");
+            }
+        } else if previous.get(id).is_some_and(|p| !p.is_accepted()) {
+            tracing::info!(kind = id.kind, resource = %id.key, "accepted");
+        }
+    }
+    for (kind, n) in rejected {
+        metrics
+            .rejected_resources
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .set(n);
+    }
+    *previous = mesh.verdicts().clone();
+    tx.send_replace(Some(Arc::new(Published {
+        mesh: Arc::new(mesh),
+        changed_at: changed_at.into_std(),
+    })));
+}
+
+/// The folder source's loop: rescans every `poll`, translates debounced
+/// changes, and publishes. Bad files are logged once per new error; their
+/// last good objects stay in force.
+pub async fn run_folder(
+    mut folder: Folder,
+    options: Options,
+    poll: Duration,
+    mut debounce: Debounce,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut verdicts = BTreeMap::new();
+    let mut published_once = false;
+    let mut reported: Vec<ManifestError> = Vec::new();
+    loop {
+        match folder.rescan() {
+            Ok(scan) => {
+                if scan.changed || !published_once {
+                    debounce.changed(Instant::now());
+                }
+                let errors = folder.errors();
+                for e in errors.iter().filter(|e| !reported.contains(e)) {
+                    tracing::warn!("{e} (the file's last good content stays in force)");
+                }
+                metrics.manifest_errors.set(errors.len() as i64);
+                reported = errors;
+            }
+            Err(e) => {
+                tracing::warn!(folder = %folder.root().display(), error = %e, "cannot read the manifest folder; the last good config stays in force");
+            }
+        }
+        if let Some(first) = debounce.take_due(Instant::now()) {
+            publish(
+                &folder.store(),
+                &options,
+                first,
+                &tx,
+                &metrics,
+                &mut verdicts,
+            );
+            published_once = true;
+        }
+        let next_poll = Instant::now() + poll;
+        let wake = debounce.deadline().map_or(next_poll, |d| d.min(next_poll));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_publishes_once_after_the_quiet_time() {
+        let mut d = Debounce::new(Duration::from_millis(100), Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(d.deadline(), None);
+        d.changed(t0);
+        d.changed(t0 + Duration::from_millis(50));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(150)));
+        assert_eq!(d.take_due(t0 + Duration::from_millis(149)), None);
+        assert_eq!(d.take_due(t0 + Duration::from_millis(150)), Some(t0));
+        assert_eq!(d.deadline(), None, "nothing pending after publishing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_changes_still_publishes_within_max_wait() {
+        let mut d = Debounce::new(Duration::from_millis(100), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut published = Vec::new();
+        for i in 0..30u64 {
+            let now = t0 + Duration::from_millis(80 * i);
+            if let Some(first) = d.take_due(now) {
+                published.push((now - t0, first - t0));
+            }
+            d.changed(now);
+        }
+        // Changes every 80 ms never leave 100 ms of quiet: only max_wait publishes.
+        assert_eq!(
+            published,
+            [
+                (Duration::from_millis(1040), Duration::ZERO),
+                (Duration::from_millis(2080), Duration::from_millis(1040)),
+            ]
+        );
+    }
+}

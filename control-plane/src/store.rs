@@ -1,0 +1,193 @@
+//! The store: every object the control plane knows, from whichever source
+//! filled it (Kubernetes watches or a folder of manifests). Plain data; the
+//! translator reads it, the sources replace it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+
+use crate::crd::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+
+/// `namespace/name` of a namespaced object (cluster-scoped: namespace empty).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a Kubernetes object; objects without a name have none.
+    pub fn of<K: Resource>(obj: &K) -> Option<Self> {
+        let meta = obj.meta();
+        Some(Self::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone()?,
+        ))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Every kind the translator reads, by key.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    pub namespaces: BTreeMap<Key, Namespace>,
+    pub services: BTreeMap<Key, Service>,
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    /// Core `Endpoints`, for manifests written by hand in local mode (the
+    /// Kubernetes source reads EndpointSlices only).
+    pub endpoints: BTreeMap<Key, Endpoints>,
+    pub pods: BTreeMap<Key, Pod>,
+    pub virtual_services: BTreeMap<Key, VirtualService>,
+    pub destination_rules: BTreeMap<Key, DestinationRule>,
+    pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
+    pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
+}
+
+/// One object of a kind the store holds. Objects live here only between a
+/// source and the store, which keeps them unboxed, so their sizes differing
+/// does not matter.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Object {
+    Namespace(Namespace),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Endpoints(Endpoints),
+    Pod(Pod),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
+    AuthorizationPolicy(AuthorizationPolicy),
+    PeerAuthentication(PeerAuthentication),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace(_) => "Namespace",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::Endpoints(_) => "Endpoints",
+            Object::Pod(_) => "Pod",
+            Object::VirtualService(_) => "VirtualService",
+            Object::DestinationRule(_) => "DestinationRule",
+            Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Object::PeerAuthentication(_) => "PeerAuthentication",
+        }
+    }
+
+    pub fn key(&self) -> Option<Key> {
+        match self {
+            Object::Namespace(o) => Key::of(o),
+            Object::Service(o) => Key::of(o),
+            Object::EndpointSlice(o) => Key::of(o),
+            Object::Endpoints(o) => Key::of(o),
+            Object::Pod(o) => Key::of(o),
+            Object::VirtualService(o) => Key::of(o),
+            Object::DestinationRule(o) => Key::of(o),
+            Object::AuthorizationPolicy(o) => Key::of(o),
+            Object::PeerAuthentication(o) => Key::of(o),
+        }
+    }
+
+    /// Sets the namespace of a namespaced object that names none (as
+    /// `kubectl apply` does with the current namespace).
+    pub fn default_namespace(&mut self, ns: &str) {
+        let meta = match self {
+            Object::Namespace(_) => return,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Endpoints(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::PeerAuthentication(o) => &mut o.metadata,
+        };
+        if meta.namespace.as_deref().unwrap_or("").is_empty() {
+            meta.namespace = Some(ns.to_string());
+        }
+    }
+}
+
+impl Store {
+    /// Adds or replaces one object. Objects without a name are ignored
+    /// (sources reject them before they get here).
+    pub fn insert(&mut self, obj: Object) {
+        let Some(key) = obj.key() else { return };
+        match obj {
+            Object::Namespace(o) => {
+                self.namespaces.insert(key, o);
+            }
+            Object::Service(o) => {
+                self.services.insert(key, o);
+            }
+            Object::EndpointSlice(o) => {
+                self.endpoint_slices.insert(key, o);
+            }
+            Object::Endpoints(o) => {
+                self.endpoints.insert(key, o);
+            }
+            Object::Pod(o) => {
+                self.pods.insert(key, o);
+            }
+            Object::VirtualService(o) => {
+                self.virtual_services.insert(key, o);
+            }
+            Object::DestinationRule(o) => {
+                self.destination_rules.insert(key, o);
+            }
+            Object::AuthorizationPolicy(o) => {
+                self.authorization_policies.insert(key, o);
+            }
+            Object::PeerAuthentication(o) => {
+                self.peer_authentications.insert(key, o);
+            }
+        }
+    }
+
+    /// Builds a store from objects; a later object replaces an earlier one
+    /// with the same kind and key.
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut store = Store::default();
+        for o in objects {
+            store.insert(o);
+        }
+        store
+    }
+
+    /// Number of objects of every kind together.
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.endpoints.len()
+            + self.pods.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
+            + self.authorization_policies.len()
+            + self.peer_authentications.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

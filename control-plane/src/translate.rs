@@ -1,0 +1,1414 @@
+//! The translator: a pure function from the [`Store`] to what each proxy
+//! receives. This is where the mesh's semantics live.
+//!
+//! It works in two steps, so that a change costs one mesh-wide pass and then
+//! a cheap filter per proxy:
+//!
+//! 1. [`Mesh::build`] resolves every object once: Services and their
+//!    EndpointSlices (or hand-written Endpoints) and Pods become the wire
+//!    model's [`Service`] entries, one per Service port; DestinationRules and
+//!    VirtualServices are checked (hosts, destinations, subsets, ports, and
+//!    every rule of the wire model's validation) and attached to their host,
+//!    or refused with a [`Verdict`] that names the field.
+//! 2. [`Mesh::config_for`] picks what one proxy may see: the Services of its
+//!    namespace and those exported to it, with the routes and policies
+//!    exported to it, plus every Service those routes send to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use kube::Resource;
+use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
+use outrigger_api::{Endpoint, ProxyInfo, Service, ServiceProtocol, Snapshot};
+
+use crate::crd::{DestinationRule, VirtualService};
+use crate::store::{Key, Store};
+
+/// The label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Service annotation: the namespaces whose proxies may see the Service
+/// (comma-separated names, `.` for its own, `*` for all).
+pub const EXPORT_TO_ANNOTATION: &str = "outrigger.dev/export-to";
+/// The name of the injected proxy container; a pod that has it is meshed.
+pub const PROXY_CONTAINER: &str = "outrigger-proxy";
+/// A pod annotation that marks a pod as meshed where no container shows it
+/// (hand-written local manifests).
+pub const MESHED_ANNOTATION: &str = "outrigger.dev/meshed";
+
+/// Settings of the translation that come from the control plane's flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The SPIFFE trust domain: identities are `spiffe://<domain>/ns/<ns>/sa/<sa>`.
+    pub trust_domain: String,
+    /// The cluster DNS suffix of `name.namespace.svc.<domain>` hosts.
+    pub cluster_domain: String,
+    /// Who sees a Service that has no export annotation.
+    pub default_export_to: ExportTo,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            default_export_to: ExportTo::own(),
+        }
+    }
+}
+
+/// The namespaces an object is visible to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportTo {
+    All,
+    /// Only these namespaces (the object's own is written as its name).
+    Namespaces(BTreeSet<String>),
+}
+
+impl ExportTo {
+    /// Only the object's own namespace (`.`), resolved when the object is known.
+    pub fn own() -> Self {
+        ExportTo::Namespaces(BTreeSet::from([".".to_string()]))
+    }
+
+    /// Parses Istio's `exportTo` list relative to the object's namespace;
+    /// an empty list is `*`.
+    pub fn parse(values: &[String], own_namespace: &str) -> Result<Self, String> {
+        if values.is_empty() {
+            return Ok(ExportTo::All);
+        }
+        let mut out = BTreeSet::new();
+        for v in values {
+            match v.trim() {
+                "*" => return Ok(ExportTo::All),
+                "." => {
+                    out.insert(own_namespace.to_string());
+                }
+                "~" => {
+                    return Err("\"~\" (export to no namespace) is not supported".into());
+                }
+                ns if is_dns_label(ns) => {
+                    out.insert(ns.to_string());
+                }
+                other => return Err(format!("{other:?} is not a namespace name, \".\" or \"*\"")),
+            }
+        }
+        Ok(ExportTo::Namespaces(out))
+    }
+
+    fn resolve(&self, own_namespace: &str) -> Self {
+        match self {
+            ExportTo::All => ExportTo::All,
+            ExportTo::Namespaces(set) => ExportTo::Namespaces(
+                set.iter()
+                    .map(|n| {
+                        if n == "." {
+                            own_namespace.to_string()
+                        } else {
+                            n.clone()
+                        }
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn includes(&self, namespace: &str) -> bool {
+        match self {
+            ExportTo::All => true,
+            ExportTo::Namespaces(set) => set.contains(namespace),
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether the control plane applies a mesh resource, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Refused {
+        /// CamelCase, for the condition's `reason`.
+        reason: &'static str,
+        /// Names the field (`spec.http[0].route[1].destination.subset: ...`).
+        message: String,
+    },
+}
+
+impl Verdict {
+    fn refused(reason: &'static str, message: impl Into<String>) -> Self {
+        Verdict::Refused {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Verdict::Accepted)
+    }
+}
+
+/// A mesh resource, for [`Mesh::verdicts`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    pub kind: &'static str,
+    pub key: Key,
+}
+
+/// Who a proxy says it is: its pod, from the downward API.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProxyId {
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// What one proxy receives: who it is and the services it may reach.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyConfig {
+    pub proxy: ProxyInfo,
+    pub services: Vec<Service>,
+}
+
+impl ProxyConfig {
+    /// The config as a snapshot with no listeners (they belong to the
+    /// proxy's own bootstrap), for validation.
+    pub fn to_snapshot(&self, version: &str) -> Snapshot {
+        Snapshot {
+            version: version.to_string(),
+            proxy: self.proxy.clone(),
+            admin: Default::default(),
+            limits: Default::default(),
+            listeners: Vec::new(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+/// The routes or the policy of one host, with who may see them.
+#[derive(Clone, Debug)]
+struct Overlay<T> {
+    from: Key,
+    export: ExportTo,
+    value: T,
+}
+
+/// One Kubernetes Service, resolved.
+#[derive(Clone, Debug)]
+struct MeshService {
+    export: ExportTo,
+    /// One per Service port, without routes, subsets or policy.
+    entries: Vec<Service>,
+    routes: Option<Overlay<Vec<HttpRoute>>>,
+    rule: Option<Overlay<(Vec<Subset>, Option<TrafficPolicy>)>>,
+}
+
+/// Pod facts the snapshots use.
+#[derive(Clone, Debug)]
+struct PodFacts {
+    labels: BTreeMap<String, String>,
+    workload: String,
+    service_account: String,
+    meshed: bool,
+}
+
+/// The whole mesh, resolved once per change of the store.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    options: Options,
+    services: BTreeMap<Key, MeshService>,
+    pods: BTreeMap<Key, PodFacts>,
+    verdicts: BTreeMap<ResourceId, Verdict>,
+}
+
+impl Mesh {
+    pub fn build(store: &Store, options: &Options) -> Self {
+        let pods: BTreeMap<Key, PodFacts> = store
+            .pods
+            .iter()
+            .map(|(k, p)| (k.clone(), pod_facts(p)))
+            .collect();
+        let mut mesh = Mesh {
+            options: options.clone(),
+            services: BTreeMap::new(),
+            pods,
+            verdicts: BTreeMap::new(),
+        };
+        for (key, svc) in &store.services {
+            if let Some(ms) = mesh.resolve_service(store, key, svc) {
+                mesh.services.insert(key.clone(), ms);
+            }
+        }
+        for (key, dr) in by_age(&store.destination_rules) {
+            let verdict = mesh.apply_destination_rule(key, dr);
+            mesh.verdicts.insert(
+                ResourceId {
+                    kind: "DestinationRule",
+                    key: key.clone(),
+                },
+                verdict,
+            );
+        }
+        for (key, vs) in by_age(&store.virtual_services) {
+            let verdict = mesh.apply_virtual_service(key, vs);
+            mesh.verdicts.insert(
+                ResourceId {
+                    kind: "VirtualService",
+                    key: key.clone(),
+                },
+                verdict,
+            );
+        }
+        for key in store.authorization_policies.keys() {
+            mesh.verdicts.insert(
+                ResourceId {
+                    kind: "AuthorizationPolicy",
+                    key: key.clone(),
+                },
+                Verdict::refused(
+                    "NotEnforced",
+                    "authorization is not enforced yet: it needs mesh identities (mTLS), \
+                     which this version of Outrigger does not issue",
+                ),
+            );
+        }
+        for key in store.peer_authentications.keys() {
+            mesh.verdicts.insert(
+                ResourceId {
+                    kind: "PeerAuthentication",
+                    key: key.clone(),
+                },
+                Verdict::refused(
+                    "NotEnforced",
+                    "mTLS modes are not enforced yet: this version of Outrigger does not \
+                     issue mesh identities",
+                ),
+            );
+        }
+        mesh
+    }
+
+    /// Every mesh resource's verdict.
+    pub fn verdicts(&self) -> &BTreeMap<ResourceId, Verdict> {
+        &self.verdicts
+    }
+
+    /// What the proxy of `id` receives. A pod the store does not know gets
+    /// its namespace's view, with the pod name as its workload.
+    pub fn config_for(&self, id: &ProxyId) -> ProxyConfig {
+        let pod = self.pods.get(&Key::new(&id.namespace, &id.pod));
+        let proxy = ProxyInfo {
+            workload: pod
+                .map(|p| p.workload.clone())
+                .unwrap_or_else(|| id.pod.clone()),
+            namespace: id.namespace.clone(),
+            identity: pod.map(|p| self.identity(&id.namespace, &p.service_account)),
+        };
+        let ns = id.namespace.as_str();
+        // The services the proxy may address, then every service their
+        // visible routes send to (which it must know to route there).
+        let mut wanted: Vec<&Key> = self
+            .services
+            .iter()
+            .filter(|(k, s)| k.namespace == ns || s.export.includes(ns))
+            .map(|(k, _)| k)
+            .collect();
+        let mut included: BTreeSet<&Key> = BTreeSet::new();
+        while let Some(key) = wanted.pop() {
+            if !included.insert(key) {
+                continue;
+            }
+            let Some(ms) = self.services.get(key) else {
+                continue;
+            };
+            if let Some(routes) = ms.routes.as_ref().filter(|r| r.export.includes(ns)) {
+                for route in &routes.value {
+                    for rd in &route.route {
+                        if let Some((dest, _)) = self
+                            .services
+                            .get_key_value(&host_key(&rd.destination.host, &key.namespace))
+                        {
+                            wanted.push(dest);
+                        }
+                    }
+                }
+            }
+        }
+        let mut services = Vec::new();
+        for key in included {
+            let ms = &self.services[key];
+            let routes = ms.routes.as_ref().filter(|r| r.export.includes(ns));
+            let rule = ms.rule.as_ref().filter(|r| r.export.includes(ns));
+            for entry in &ms.entries {
+                let mut e = entry.clone();
+                if let Some(r) = routes {
+                    e.http = r.value.clone();
+                }
+                if let Some(r) = rule {
+                    e.subsets = r.value.0.clone();
+                    e.traffic_policy = r.value.1.clone();
+                }
+                services.push(e);
+            }
+        }
+        ProxyConfig { proxy, services }
+    }
+
+    fn identity(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.options.trust_domain
+        )
+    }
+
+    /// A Service with its endpoints, one entry per port. Headless and
+    /// ExternalName Services have no virtual address and are left out.
+    fn resolve_service(&self, store: &Store, key: &Key, svc: &KubeService) -> Option<MeshService> {
+        let spec = svc.spec.as_ref()?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let mut addresses: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+        if addresses.is_empty() {
+            addresses.extend(spec.cluster_ip.clone());
+        }
+        addresses.retain(|a| a != "None" && !a.is_empty());
+        let export = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+        {
+            Some(v) => {
+                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                // A malformed annotation exports nowhere beyond the namespace.
+                ExportTo::parse(&list, &key.namespace).unwrap_or_else(|_| ExportTo::own())
+            }
+            None => self.options.default_export_to.clone(),
+        }
+        .resolve(&key.namespace);
+        let mut entries = Vec::new();
+        for port in spec.ports.iter().flatten() {
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            if number == 0 || port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let endpoints = self.endpoints_of(store, key, port.name.as_deref().unwrap_or(""));
+            entries.push(Service {
+                name: key.name.clone(),
+                namespace: key.namespace.clone(),
+                addresses: addresses.clone(),
+                ports: vec![number],
+                protocol: protocol_of(port.name.as_deref(), port.app_protocol.as_deref()),
+                endpoints,
+                http: Vec::new(),
+                subsets: Vec::new(),
+                traffic_policy: None,
+            });
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        Some(MeshService {
+            export,
+            entries,
+            routes: None,
+            rule: None,
+        })
+    }
+
+    /// The ready endpoints of one Service port, from its EndpointSlices and
+    /// from a hand-written Endpoints object of the same name.
+    fn endpoints_of(&self, store: &Store, svc: &Key, port_name: &str) -> Vec<Endpoint> {
+        let mut out: BTreeMap<String, Endpoint> = BTreeMap::new();
+        let slices = store.endpoint_slices.iter().filter(|(k, s)| {
+            k.namespace == svc.namespace
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    == Some(&svc.name)
+        });
+        for (_, slice) in slices {
+            if slice.address_type == "FQDN" {
+                continue;
+            }
+            let Some(port) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.as_ref())
+                    .and_then(|name| self.pods.get(&Key::new(&svc.namespace, name)));
+                for addr in &ep.addresses {
+                    let e = self.endpoint(addr, port, pod, &svc.namespace);
+                    out.insert(e.address.clone(), e);
+                }
+            }
+        }
+        if let Some(eps) = store.endpoints.get(svc) {
+            for subset in eps.subsets.iter().flatten() {
+                let Some(port) = subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+                    .and_then(|p| u16::try_from(p.port).ok())
+                else {
+                    continue;
+                };
+                for a in subset.addresses.iter().flatten() {
+                    let pod = a
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name.as_ref())
+                        .and_then(|name| self.pods.get(&Key::new(&svc.namespace, name)));
+                    let e = self.endpoint(&a.ip, port, pod, &svc.namespace);
+                    out.insert(e.address.clone(), e);
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    fn endpoint(&self, ip: &str, port: u16, pod: Option<&PodFacts>, namespace: &str) -> Endpoint {
+        let address = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
+        match pod {
+            Some(p) => Endpoint {
+                address,
+                labels: p.labels.clone(),
+                workload: Some(p.workload.clone()),
+                identity: p
+                    .meshed
+                    .then(|| self.identity(namespace, &p.service_account)),
+                meshed: p.meshed,
+            },
+            None => Endpoint {
+                address,
+                labels: BTreeMap::new(),
+                workload: None,
+                identity: None,
+                meshed: false,
+            },
+        }
+    }
+
+    /// Resolves a host of a resource in `namespace` to a known Service.
+    fn resolve_host(&self, host: &str, namespace: &str) -> Result<Key, String> {
+        if host.contains('*') {
+            return Err(format!("{host:?}: wildcard hosts are not supported"));
+        }
+        let suffix = format!(".svc.{}", self.options.cluster_domain);
+        let short = host.strip_suffix(&suffix).unwrap_or(host);
+        let key = match short.split('.').collect::<Vec<_>>()[..] {
+            [name] => Key::new(namespace, name),
+            [name, ns] => Key::new(ns, name),
+            _ => {
+                return Err(format!(
+                    "{host:?} is not a Service name, name.namespace, or \
+                     name.namespace.svc.{}",
+                    self.options.cluster_domain
+                ))
+            }
+        };
+        if self.services.contains_key(&key) {
+            Ok(key)
+        } else {
+            Err(format!(
+                "{host:?}: no Service {} in namespace {} (with a virtual address and a TCP port)",
+                key.name, key.namespace
+            ))
+        }
+    }
+
+    fn apply_destination_rule(&mut self, key: &Key, dr: &DestinationRule) -> Verdict {
+        let spec = &dr.spec;
+        let host = match self.resolve_host(&spec.host, &key.namespace) {
+            Ok(h) => h,
+            Err(e) => return Verdict::refused("UnknownHost", format!("spec.host: {e}")),
+        };
+        let export = match ExportTo::parse(&spec.export_to, &key.namespace) {
+            Ok(e) => e,
+            Err(e) => return Verdict::refused("InvalidSpec", format!("spec.exportTo: {e}")),
+        };
+        if let Some(other) = self.services[&host].rule.as_ref() {
+            return Verdict::refused(
+                "Conflict",
+                format!(
+                    "spec.host: {}.{} already has DestinationRule {} (the oldest one applies)",
+                    host.name, host.namespace, other.from
+                ),
+            );
+        }
+        // The wire model's validation, on the host's entries with this rule.
+        let mut scratch: Vec<Service> = self.services[&host].entries.clone();
+        for e in &mut scratch {
+            e.subsets = spec.subsets.clone();
+            e.traffic_policy = spec.traffic_policy.clone();
+        }
+        if let Err(e) = check(scratch, |path| {
+            rename_path(
+                path,
+                &[
+                    ("subsets", "spec.subsets"),
+                    ("trafficPolicy", "spec.trafficPolicy"),
+                ],
+            )
+        }) {
+            return e;
+        }
+        self.services.get_mut(&host).expect("resolved").rule = Some(Overlay {
+            from: key.clone(),
+            export,
+            value: (spec.subsets.clone(), spec.traffic_policy.clone()),
+        });
+        Verdict::Accepted
+    }
+
+    fn apply_virtual_service(&mut self, key: &Key, vs: &VirtualService) -> Verdict {
+        let spec = &vs.spec;
+        if spec.hosts.is_empty() {
+            return Verdict::refused("InvalidSpec", "spec.hosts: names at least one service");
+        }
+        let export = match ExportTo::parse(&spec.export_to, &key.namespace) {
+            Ok(e) => e,
+            Err(e) => return Verdict::refused("InvalidSpec", format!("spec.exportTo: {e}")),
+        };
+        let mut hosts = Vec::new();
+        for (i, h) in spec.hosts.iter().enumerate() {
+            let host = match self.resolve_host(h, &key.namespace) {
+                Ok(h) => h,
+                Err(e) => return Verdict::refused("UnknownHost", format!("spec.hosts[{i}]: {e}")),
+            };
+            if let Some(other) = self.services[&host].routes.as_ref() {
+                return Verdict::refused(
+                    "Conflict",
+                    format!(
+                        "spec.hosts[{i}]: {}.{} is already routed by VirtualService {} \
+                         (the oldest one applies)",
+                        host.name, host.namespace, other.from
+                    ),
+                );
+            }
+            hosts.push(host);
+        }
+        // Destinations are written relative to the VirtualService's namespace
+        // (Istio's rule); the wire model reads `name.namespace` exactly.
+        let mut routes = spec.http.clone();
+        for (i, route) in routes.iter_mut().enumerate() {
+            if route.route.is_empty() {
+                return Verdict::refused(
+                    "InvalidSpec",
+                    format!("spec.http[{i}].route: a route has at least one destination"),
+                );
+            }
+            for (j, rd) in route.route.iter_mut().enumerate() {
+                let field = format!("spec.http[{i}].route[{j}].destination");
+                let dest = match self.resolve_host(&rd.destination.host, &key.namespace) {
+                    Ok(d) => d,
+                    Err(e) => return Verdict::refused("UnknownHost", format!("{field}.host: {e}")),
+                };
+                if let Some(subset) = &rd.destination.subset {
+                    let known = self.services[&dest]
+                        .rule
+                        .as_ref()
+                        .is_some_and(|r| r.value.0.iter().any(|s| &s.name == subset));
+                    if !known {
+                        return Verdict::refused(
+                            "UnknownSubset",
+                            format!(
+                                "{field}.subset: no subset {subset:?} in an accepted \
+                                 DestinationRule for {}.{}",
+                                dest.name, dest.namespace
+                            ),
+                        );
+                    }
+                }
+                rd.destination.host = format!("{}.{}", dest.name, dest.namespace);
+            }
+        }
+        // The wire model's validation (matches, regexes, weights, retries,
+        // faults, ports, ...) on the hosts with these routes and every
+        // destination with its rule.
+        for host in &hosts {
+            let mut scratch = Vec::new();
+            for e in &self.services[host].entries {
+                let mut e = e.clone();
+                e.http = routes.clone();
+                if let Some(r) = &self.services[host].rule {
+                    e.subsets = r.value.0.clone();
+                }
+                scratch.push(e);
+            }
+            let n = scratch.len();
+            let mut dests = BTreeSet::new();
+            for route in &routes {
+                for rd in &route.route {
+                    dests.insert(host_key(&rd.destination.host, &host.namespace));
+                }
+            }
+            for d in dests.iter().filter(|d| *d != host) {
+                for e in &self.services[d].entries {
+                    let mut e = e.clone();
+                    if let Some(r) = &self.services[d].rule {
+                        e.subsets = r.value.0.clone();
+                    }
+                    scratch.push(e);
+                }
+            }
+            if let Err(v) = check_first(scratch, n, |path| {
+                rename_path(path, &[("http", "spec.http")])
+            }) {
+                return v;
+            }
+        }
+        for host in hosts {
+            self.services.get_mut(&host).expect("resolved").routes = Some(Overlay {
+                from: key.clone(),
+                export: export.clone(),
+                value: routes.clone(),
+            });
+        }
+        Verdict::Accepted
+    }
+}
+
+/// `name.namespace` (as the translator writes destinations) or `name`
+/// (relative to `namespace`) to a key.
+fn host_key(host: &str, namespace: &str) -> Key {
+    match host.split_once('.') {
+        Some((name, ns)) => Key::new(ns, name),
+        None => Key::new(namespace, host),
+    }
+}
+
+/// Validates scratch services as the proxy would; refuses on the first
+/// error, with the path renamed to the resource's field.
+fn check(scratch: Vec<Service>, rename: impl Fn(&str) -> Option<String>) -> Result<(), Verdict> {
+    let n = scratch.len();
+    check_first(scratch, n, rename)
+}
+
+/// As [`check`], counting only errors in the first `n` services (the others
+/// are context: destinations the routes refer to).
+fn check_first(
+    scratch: Vec<Service>,
+    n: usize,
+    rename: impl Fn(&str) -> Option<String>,
+) -> Result<(), Verdict> {
+    let snap = Snapshot {
+        version: "check".into(),
+        proxy: ProxyInfo::default(),
+        admin: Default::default(),
+        limits: Default::default(),
+        listeners: Vec::new(),
+        services: scratch,
+    };
+    let Err(errs) = snap.validate() else {
+        return Ok(());
+    };
+    for e in errs.0 {
+        // services[i].rest
+        let Some(rest) = e.path.strip_prefix("services[") else {
+            continue;
+        };
+        let Some((idx, field)) = rest.split_once("].") else {
+            continue;
+        };
+        if idx.parse::<usize>().is_ok_and(|i| i < n) {
+            if let Some(path) = rename(field) {
+                return Err(Verdict::refused(
+                    "InvalidSpec",
+                    format!("{path}: {}", e.message),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `http[0].route[1].weight` with `("http", "spec.http")` → `spec.http[0].route[1].weight`;
+/// paths outside the renamed fields → None.
+fn rename_path(path: &str, renames: &[(&str, &str)]) -> Option<String> {
+    renames.iter().find_map(|(from, to)| {
+        let rest = path.strip_prefix(from)?;
+        (rest.is_empty() || rest.starts_with('[') || rest.starts_with('.'))
+            .then(|| format!("{to}{rest}"))
+    })
+}
+
+/// Istio's protocol selection: `appProtocol`, else the port name's prefix
+/// (`tcp-db`, `mysql`). Protocols we cannot parse as HTTP skip detection.
+fn protocol_of(name: Option<&str>, app_protocol: Option<&str>) -> ServiceProtocol {
+    const OPAQUE: [&str; 6] = ["tcp", "mysql", "mongo", "redis", "postgres", "postgresql"];
+    let proto = app_protocol
+        .or_else(|| name.map(|n| n.split('-').next().unwrap_or(n)))
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if OPAQUE.contains(&proto.as_str()) {
+        ServiceProtocol::Opaque
+    } else {
+        ServiceProtocol::Detect
+    }
+}
+
+fn pod_facts(pod: &Pod) -> PodFacts {
+    let meta = &pod.metadata;
+    let labels = meta.labels.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let meshed = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MESHED_ANNOTATION))
+        .is_some_and(|v| v == "true")
+        || spec.is_some_and(|s| {
+            s.containers.iter().any(|c| c.name == PROXY_CONTAINER)
+                || s.init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == PROXY_CONTAINER)
+        });
+    PodFacts {
+        workload: workload_of(pod),
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        meshed,
+        labels,
+    }
+}
+
+/// The workload a pod belongs to: a ReplicaSet's Deployment (the
+/// ReplicaSet name without its pod-template hash), another controller's
+/// name, or the pod's own name.
+fn workload_of(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| meta.owner_references.iter().flatten().next());
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) => deployment.to_string(),
+                None => o.name.clone(),
+            }
+        }
+        Some(o) => o.name.clone(),
+        None => meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Objects oldest first (by creation time, then key): the oldest of two
+/// conflicting resources applies, as in Istio.
+fn by_age<K: Resource>(map: &BTreeMap<Key, K>) -> Vec<(&Key, &K)> {
+    let mut v: Vec<(&Key, &K)> = map.iter().collect();
+    v.sort_by(|(ka, a), (kb, b)| {
+        let ta = a.meta().creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.meta().creation_timestamp.as_ref().map(|t| t.0);
+        // Objects without a time (hand-written) sort after those with one.
+        match (ta, tb) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| ka.cmp(kb)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => ka.cmp(kb),
+        }
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest;
+
+    /// A store from manifests (namespace `default` where none is named).
+    fn store(yaml: &str) -> Store {
+        let parsed =
+            manifest::parse("test.yaml", yaml, "default").unwrap_or_else(|e| panic!("{e}"));
+        Store::from_objects(parsed.objects)
+    }
+
+    fn mesh(yaml: &str) -> Mesh {
+        Mesh::build(&store(yaml), &Options::default())
+    }
+
+    fn config(mesh: &Mesh, ns: &str, pod: &str) -> ProxyConfig {
+        let c = mesh.config_for(&ProxyId {
+            namespace: ns.into(),
+            pod: pod.into(),
+        });
+        // Whatever the translator produces must pass the proxy's validation.
+        c.to_snapshot("test")
+            .validate()
+            .unwrap_or_else(|e| panic!("translated snapshot is invalid: {e}"));
+        c
+    }
+
+    fn verdict(mesh: &Mesh, kind: &'static str, ns: &str, name: &str) -> Verdict {
+        mesh.verdicts()[&ResourceId {
+            kind,
+            key: Key::new(ns, name),
+        }]
+            .clone()
+    }
+
+    fn refused(v: Verdict) -> (&'static str, String) {
+        match v {
+            Verdict::Refused { reason, message } => (reason, message),
+            Verdict::Accepted => panic!("expected a refusal, got Accepted"),
+        }
+    }
+
+    /// Istio's bookinfo `reviews` with three versions, each a pod with a
+    /// proxy, behind one Service with an EndpointSlice.
+    const REVIEWS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: reviews, namespace: shop }
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{ name: http, port: 9080, targetPort: 9080 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: reviews-abc
+  namespace: shop
+  labels: { kubernetes.io/service-name: reviews }
+addressType: IPv4
+ports: [{ name: http, port: 9080, protocol: TCP }]
+endpoints:
+  - addresses: ["10.244.0.11"]
+    conditions: { ready: true }
+    targetRef: { kind: Pod, name: reviews-v1-6d7f-x1, namespace: shop }
+  - addresses: ["10.244.0.12"]
+    conditions: { ready: true }
+    targetRef: { kind: Pod, name: reviews-v2-7c8d-x2, namespace: shop }
+  - addresses: ["10.244.0.13"]
+    conditions: { ready: false }
+    targetRef: { kind: Pod, name: reviews-v3-9f9f-x3, namespace: shop }
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1-6d7f-x1
+  namespace: shop
+  labels: { app: reviews, version: v1, pod-template-hash: 6d7f }
+  ownerReferences: [{ apiVersion: apps/v1, kind: ReplicaSet, name: reviews-v1-6d7f, uid: u1, controller: true }]
+spec:
+  serviceAccountName: bookinfo-reviews
+  containers: [{ name: reviews, image: reviews }, { name: outrigger-proxy, image: proxy }]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2-7c8d-x2
+  namespace: shop
+  labels: { app: reviews, version: v2, pod-template-hash: 7c8d }
+  ownerReferences: [{ apiVersion: apps/v1, kind: ReplicaSet, name: reviews-v2-7c8d, uid: u2, controller: true }]
+spec:
+  containers: [{ name: reviews, image: reviews }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: ratings, namespace: shop }
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{ name: http, port: 9080 }]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: ratings, namespace: shop }
+subsets:
+  - addresses: [{ ip: 10.244.0.21 }]
+    ports: [{ name: http, port: 9080 }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: productpage-1, namespace: shop, annotations: { outrigger.dev/meshed: "true" } }
+spec: { serviceAccountName: productpage, containers: [{ name: app, image: app }] }
+"#;
+
+    #[test]
+    fn a_service_becomes_one_entry_per_port_with_its_ready_endpoints() {
+        let m = mesh(REVIEWS);
+        let c = config(&m, "shop", "productpage-1");
+        assert_eq!(c.proxy.workload, "productpage-1");
+        assert_eq!(
+            c.proxy.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/productpage")
+        );
+        let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ratings", "reviews"]);
+        let reviews = &c.services[1];
+        assert_eq!(reviews.addresses, ["10.96.0.20"]);
+        assert_eq!(reviews.ports, [9080]);
+        let addrs: Vec<_> = reviews
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.244.0.11:9080", "10.244.0.12:9080"],
+            "not-ready v3 left out"
+        );
+        let v1 = &reviews.endpoints[0];
+        assert!(v1.meshed);
+        assert_eq!(
+            v1.workload.as_deref(),
+            Some("reviews-v1"),
+            "Deployment name from the ReplicaSet"
+        );
+        assert_eq!(
+            v1.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/bookinfo-reviews")
+        );
+        assert_eq!(v1.labels["version"], "v1");
+        let v2 = &reviews.endpoints[1];
+        assert!(!v2.meshed, "no proxy container");
+        assert_eq!(v2.identity, None);
+        assert_eq!(v2.workload.as_deref(), Some("reviews-v2"));
+        assert_eq!(v2.labels["app"], "reviews");
+        // Hand-written Endpoints, no pod: plain endpoint.
+        assert_eq!(c.services[0].endpoints[0].address, "10.244.0.21:9080");
+        assert!(!c.services[0].endpoints[0].meshed);
+    }
+
+    /// Istio's canary by weight, ported: `apiVersion` changed, nothing else.
+    const CANARY: &str = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  subsets:
+    - { name: v1, labels: { version: v1 } }
+    - { name: v2, labels: { version: v2 } }
+  trafficPolicy:
+    outlierDetection: { consecutive5xxErrors: 3, baseEjectionTime: 15s }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - route:
+        - destination: { host: reviews, subset: v1 }
+          weight: 75
+        - destination: { host: reviews, subset: v2 }
+          weight: 25
+"#;
+
+    #[test]
+    fn istio_canary_by_weight_routes_with_subsets() {
+        let m = mesh(&format!("{REVIEWS}---{CANARY}"));
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 2);
+        assert_eq!(
+            reviews
+                .traffic_policy
+                .as_ref()
+                .unwrap()
+                .outlier_detection
+                .as_ref()
+                .unwrap()
+                .consecutive_5xx_errors,
+            3
+        );
+        let route = &reviews.http[0];
+        assert_eq!(
+            route.route[0].destination.host, "reviews.shop",
+            "written relative to the VS"
+        );
+        assert_eq!(route.route[0].weight, Some(75));
+        assert_eq!(route.route[1].destination.subset.as_deref(), Some("v2"));
+        // The ratings service has no routes of its own.
+        assert!(c
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .http
+            .is_empty());
+    }
+
+    #[test]
+    fn istio_routing_by_header_keeps_match_order() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  http:
+    - match: [{ headers: { end-user: { exact: jason } } }]
+      route: [{ destination: { host: reviews, subset: v2 } }]
+    - route: [{ destination: { host: reviews, subset: v1 } }]
+"#;
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{vs}",
+            CANARY.split("---").next().unwrap()
+        ));
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http.len(), 2);
+        assert_eq!(
+            reviews.http[0].matches[0].headers["end-user"]
+                .exact
+                .as_deref(),
+            Some("jason")
+        );
+        assert_eq!(
+            reviews.http[1].route[0].destination.subset.as_deref(),
+            Some("v1")
+        );
+    }
+
+    #[test]
+    fn a_missing_subset_is_refused_naming_the_field_and_routes_stay_default() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - route: [{ destination: { host: reviews, subset: v3 } }]
+"#;
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{vs}",
+            CANARY.split("---").next().unwrap()
+        ));
+        let (reason, message) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert!(
+            message.starts_with("spec.http[0].route[0].destination.subset: no subset \"v3\""),
+            "{message}"
+        );
+        let c = config(&m, "shop", "productpage-1");
+        assert!(
+            c.services.iter().all(|s| s.http.is_empty()),
+            "a refused VS applies nothing"
+        );
+    }
+
+    #[test]
+    fn wire_model_validation_errors_are_reported_at_the_resource_field() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - match: [{ uri: { regex: "(" } }]
+      route: [{ destination: { host: reviews } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{vs}"));
+        let (reason, message) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.starts_with("spec.http[0].match[0].uri"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_hosts_and_destinations_are_refused() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: a, namespace: shop }
+spec:
+  hosts: [details]
+  http: [{ route: [{ destination: { host: reviews } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: b, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews.other } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: c, namespace: shop }
+spec:
+  hosts: ["*.shop"]
+  http: [{ route: [{ destination: { host: reviews } }] }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{vs}"));
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "a"));
+        assert_eq!(r, "UnknownHost");
+        assert!(
+            msg.starts_with("spec.hosts[0]: \"details\": no Service details in namespace shop"),
+            "{msg}"
+        );
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "b"));
+        assert!(
+            msg.starts_with("spec.http[0].route[0].destination.host: \"reviews.other\""),
+            "{msg}"
+        );
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "c"));
+        assert!(msg.contains("wildcard hosts are not supported"), "{msg}");
+    }
+
+    #[test]
+    fn the_oldest_of_two_virtual_services_for_one_host_applies() {
+        let vs = |name: &str, time: &str, weight: u32| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: {name}, namespace: shop, creationTimestamp: "{time}" }}
+spec:
+  hosts: [reviews]
+  http: [{{ route: [{{ destination: {{ host: reviews }}, weight: {weight} }}] }}]
+"#
+            )
+        };
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{}",
+            vs("a-newer", "2026-02-01T00:00:00Z", 7),
+            vs("z-older", "2026-01-01T00:00:00Z", 9)
+        ));
+        assert!(verdict(&m, "VirtualService", "shop", "z-older").is_accepted());
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "a-newer"));
+        assert_eq!(r, "Conflict");
+        assert!(
+            msg.contains("already routed by VirtualService shop/z-older"),
+            "{msg}"
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http[0].route[0].weight, Some(9));
+    }
+
+    #[test]
+    fn a_proxy_sees_its_namespace_and_what_is_exported_to_it() {
+        let other = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: private, namespace: billing }
+spec: { clusterIP: 10.96.1.1, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: public, namespace: billing, annotations: { outrigger.dev/export-to: "*" } }
+spec: { clusterIP: 10.96.1.2, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: partners, namespace: billing, annotations: { outrigger.dev/export-to: "., shop" } }
+spec: { clusterIP: 10.96.1.3, ports: [{ port: 80 }] }
+"#;
+        let m = mesh(&format!("{REVIEWS}---{other}"));
+        let names = |ns: &str| -> Vec<String> {
+            config(&m, ns, "someone")
+                .services
+                .iter()
+                .map(|s| format!("{}.{}", s.name, s.namespace))
+                .collect()
+        };
+        assert_eq!(
+            names("shop"),
+            [
+                "partners.billing",
+                "public.billing",
+                "ratings.shop",
+                "reviews.shop"
+            ]
+        );
+        assert_eq!(
+            names("billing"),
+            ["partners.billing", "private.billing", "public.billing"]
+        );
+        assert_eq!(names("elsewhere"), ["public.billing"]);
+        // Everything exported: the Istio default, as a flag.
+        let all = Mesh::build(
+            &store(&format!("{REVIEWS}---{other}")),
+            &Options {
+                default_export_to: ExportTo::All,
+                ..Options::default()
+            },
+        );
+        // All but `partners`, whose annotation still limits it.
+        assert_eq!(
+            all.config_for(&ProxyId {
+                namespace: "x".into(),
+                pod: "p".into()
+            })
+            .services
+            .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn routes_bring_their_destinations_along_and_respect_export_to() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: front, namespace: web, annotations: { outrigger.dev/export-to: "*" } }
+spec: { clusterIP: 10.96.2.1, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: front-canary, namespace: web }
+spec: { clusterIP: 10.96.2.2, ports: [{ port: 80 }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: front, namespace: web }
+spec:
+  hosts: [front]
+  exportTo: ["*"]
+  http:
+    - route:
+        - { destination: { host: front }, weight: 90 }
+        - { destination: { host: front-canary }, weight: 10 }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: canary-only-here, namespace: web }
+spec:
+  hosts: [front-canary]
+  exportTo: ["."]
+  http: [{ route: [{ destination: { host: front-canary } }], timeout: 2s }]
+"#;
+        let m = mesh(yaml);
+        let c = config(&m, "shop", "p");
+        let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["front", "front-canary"],
+            "the canary comes with the route"
+        );
+        assert!(
+            c.services[1].http.is_empty(),
+            "its own routes are not exported to shop"
+        );
+        let c = config(&m, "web", "p");
+        assert_eq!(c.services[1].http.len(), 1);
+    }
+
+    #[test]
+    fn authorization_and_peer_authentication_say_they_are_not_enforced_yet() {
+        let yaml = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: deny-all, namespace: shop }
+spec: { action: DENY, rules: [{}] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: strict, namespace: shop }
+spec: { mtls: { mode: STRICT } }
+"#;
+        let m = mesh(yaml);
+        assert_eq!(
+            refused(verdict(&m, "AuthorizationPolicy", "shop", "deny-all")).0,
+            "NotEnforced"
+        );
+        assert_eq!(
+            refused(verdict(&m, "PeerAuthentication", "shop", "strict")).0,
+            "NotEnforced"
+        );
+    }
+
+    #[test]
+    fn destination_rule_errors_name_the_field() {
+        let dr = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v1, labels: { version: v2 } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{dr}"));
+        let (r, msg) = refused(verdict(&m, "DestinationRule", "shop", "reviews"));
+        assert_eq!(r, "InvalidSpec");
+        assert!(
+            msg.starts_with("spec.subsets[1].name: subset \"v1\" is defined twice"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn port_names_and_app_protocols_pick_opaque_services() {
+        assert_eq!(protocol_of(Some("tcp-db"), None), ServiceProtocol::Opaque);
+        assert_eq!(protocol_of(Some("mysql"), None), ServiceProtocol::Opaque);
+        assert_eq!(
+            protocol_of(Some("http"), Some("redis")),
+            ServiceProtocol::Opaque
+        );
+        assert_eq!(protocol_of(Some("grpc-api"), None), ServiceProtocol::Detect);
+        assert_eq!(protocol_of(None, None), ServiceProtocol::Detect);
+    }
+
+    #[test]
+    fn export_to_parses_istio_values() {
+        assert_eq!(ExportTo::parse(&[], "a"), Ok(ExportTo::All));
+        assert_eq!(
+            ExportTo::parse(&[".".into(), "b".into()], "a"),
+            Ok(ExportTo::Namespaces(BTreeSet::from([
+                "a".into(),
+                "b".into()
+            ])))
+        );
+        assert!(ExportTo::parse(&["~".into()], "a")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(ExportTo::parse(&["Bad_NS".into()], "a").is_err());
+    }
+}

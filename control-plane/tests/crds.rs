@@ -1,0 +1,105 @@
+//! The checked-in CRDs are the Rust types' CRDs, and they carry what the API
+//! server needs to check and keep.
+
+use outrigger_control_plane::crd;
+
+const CHECKED_IN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../manifests/crds/outrigger.dev.yaml"
+);
+
+#[test]
+fn checked_in_crds_match_the_rust_types() {
+    let generated = crd::definitions_yaml();
+    let on_disk = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+    if on_disk != generated {
+        if std::env::var_os("OUTRIGGER_BLESS").is_some() {
+            std::fs::write(CHECKED_IN, &generated).unwrap();
+            return;
+        }
+        panic!(
+            "manifests/crds/outrigger.dev.yaml is out of date with control-plane/src/crd.rs; \
+             regenerate it with `cargo run -p outrigger-control-plane -- crds > \
+             manifests/crds/outrigger.dev.yaml` (or OUTRIGGER_BLESS=1 cargo test -p \
+             outrigger-control-plane --test crds)"
+        );
+    }
+}
+
+fn schema_of(kind: &str) -> serde_json::Value {
+    let crd = crd::definitions()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap();
+    let v = serde_json::to_value(&crd).unwrap();
+    v["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn every_rule_sits_where_it_was_meant_to() {
+    for r in crd::RULES {
+        let schema = schema_of(r.kind);
+        let node = schema
+            .pointer(r.at)
+            .unwrap_or_else(|| panic!("{}: no {}", r.kind, r.at));
+        let rules = node["x-kubernetes-validations"].as_array().unwrap();
+        assert!(
+            rules
+                .iter()
+                .any(|x| x["rule"] == r.rule && x["message"] == r.message),
+            "{}: rule {:?} missing at {}",
+            r.kind,
+            r.rule,
+            r.at
+        );
+    }
+    for (kind, at, max) in crd::MAX_ITEMS {
+        assert_eq!(schema_of(kind).pointer(at).unwrap()["maxItems"], *max);
+    }
+}
+
+#[test]
+fn unknown_fields_reach_the_control_plane() {
+    let vs = schema_of("VirtualService");
+    for at in [
+        "/properties/spec",
+        "/properties/spec/properties/http/items",
+        "/properties/spec/properties/http/items/properties/retries",
+    ] {
+        assert_eq!(
+            vs.pointer(at).unwrap()["x-kubernetes-preserve-unknown-fields"],
+            true,
+            "{at}"
+        );
+    }
+}
+
+#[test]
+fn weights_ports_and_durations_are_checked_by_the_schema() {
+    let vs = schema_of("VirtualService");
+    let dest = "/properties/spec/properties/http/items/properties/route/items";
+    assert_eq!(
+        vs.pointer(&format!("{dest}/properties/weight")).unwrap()["minimum"].as_f64(),
+        Some(0.0)
+    );
+    let timeout = vs
+        .pointer("/properties/spec/properties/http/items/properties/timeout")
+        .unwrap();
+    assert_eq!(timeout["type"], "string");
+    assert!(timeout["pattern"].as_str().unwrap().contains("ms|s|m|h"));
+}
+
+#[test]
+fn every_kind_has_a_status_subresource_and_the_group() {
+    for c in crd::definitions() {
+        assert_eq!(c.spec.group, "outrigger.dev");
+        let v = &c.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(
+            v.subresources.as_ref().unwrap().status.is_some(),
+            "{}",
+            c.spec.names.kind
+        );
+        assert_eq!(c.spec.scope, "Namespaced");
+    }
+}
