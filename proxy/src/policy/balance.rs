@@ -28,7 +28,7 @@ use crate::config::{EndpointStats, ServiceState};
 use crate::http::client::UpstreamProto;
 use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
 /// The estimate of an endpoint nothing has been measured on yet.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -299,9 +299,8 @@ impl<S: HttpService> Service<Req> for Balance<S> {
     always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
-        let inner = self.inner.clone();
         let Some(backend) = req.extensions().get::<Backend>().cloned() else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
         let svc = &backend.service;
         let now = Instant::now();
@@ -353,10 +352,13 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             index,
             trial,
         });
+        // In flight from the moment of choice, so the next choice sees it.
+        let in_flight = InFlightGuard::start(&stats);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let _in_flight = InFlightGuard::start(&stats);
-            let start = Instant::now();
-            let result = call(inner, req).await;
+            let _in_flight = in_flight;
+            let result = fut.await;
             let rtt = match &result {
                 Err(e) if e.kind.is_endpoint_failure() => start.elapsed().max(FAILURE_PENALTY),
                 _ => start.elapsed(),

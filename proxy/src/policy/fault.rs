@@ -131,10 +131,11 @@ impl<S: HttpService> Service<Req> for Fault<S> {
             .and_then(|r| r.fault.as_ref())
             .map(|f| f.decide(&self.chance))
             .unwrap_or_default();
-        let inner = self.inner.clone();
         if decision == Decision::default() {
-            return call(inner, req);
+            return self.inner.call(req);
         }
+        // The inner service is called after the delay.
+        let inner = self.inner.clone();
         Box::pin(async move {
             if let Some(d) = decision.delay {
                 tokio::time::sleep(d).await;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::balance::Chosen;
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 use crate::metrics::{Metrics, ServiceLabel};
 
 /// The policy, from `trafficPolicy.outlierDetection`.
@@ -268,16 +268,17 @@ impl<S: HttpService> Service<Req> for RecordOutcome<S> {
     always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
-        let inner = self.inner.clone();
         let chosen = req.extensions().get::<Chosen>().cloned();
         let Some((chosen, policy)) = chosen.and_then(|c| c.service.outlier.clone().map(|p| (c, p)))
         else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
         let metrics = self.metrics.clone();
+        let guard = TrialGuard(chosen.trial.then(|| chosen.clone()));
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut guard = TrialGuard(chosen.trial.then(|| chosen.clone()));
-            let result = call(inner, req).await;
+            let mut guard = guard;
+            let result = fut.await;
             let outcome = match &result {
                 Ok(r) if r.status().is_server_error() => Some(Outcome::Status(r.status().as_u16())),
                 Ok(_) => Some(Outcome::Success),

@@ -170,14 +170,16 @@ impl<S: HttpService> Service<Req> for PoolLimit<S> {
     always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
-        let inner = self.inner.clone();
         let Some(chosen) = req.extensions().get::<Chosen>().cloned() else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
         let pool = chosen.service.pool.clone();
         if pool.is_unlimited() {
-            return call(inner, req);
+            return self.inner.call(req);
         }
+        // Admission may wait (HTTP/1 pending requests): the inner service is
+        // called once a slot is held.
+        let inner = self.inner.clone();
         let http1 = req
             .extensions()
             .get::<Upstream>()

@@ -13,7 +13,7 @@ use super::route::Route;
 use crate::config::Config;
 use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 use crate::metrics::Name;
 
 /// Envoy's token bucket: starts full, gains `per_fill` tokens (up to `max`)
@@ -164,7 +164,7 @@ impl<S: HttpService> Service<Req> for RateLimit<S> {
         if let Err(e) = self.check(&req) {
             return Box::pin(async move { Err(e) });
         }
-        call(self.inner.clone(), req)
+        self.inner.call(req)
     }
 }
 

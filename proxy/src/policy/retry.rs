@@ -21,7 +21,7 @@ use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use super::route::Route;
 use crate::http::error::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEMPT_COUNT};
 use crate::http::headers;
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req, Rsp};
+use crate::http::stack::{always_ready, Fut, HttpService, Req, Rsp};
 use crate::http::Body;
 use crate::metrics::{Metrics, ResponseFlag, ServiceLabel};
 
@@ -195,12 +195,13 @@ impl<S: HttpService> Service<Req> for Retry<S> {
     always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
-        let inner = self.inner.clone();
         let route = req.extensions().get::<Arc<Route>>().cloned();
         let upgrade = headers::is_upgrade(req.version(), req.method(), req.headers());
         let Some(route) = route.filter(|r| r.retry.attempts > 0 && !upgrade) else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
+        // Every try calls this one copy of the inner service.
+        let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         let chance = self.chance.clone();
         Box::pin(async move {
@@ -234,7 +235,7 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                         None => unreachable!("checked before every retry"),
                     },
                 };
-                let result = call(inner.clone(), template.build(body, &tried)).await;
+                let result = inner.call(template.build(body, &tried)).await;
                 if let Some(addr) = served(&result).map(|s| s.addr) {
                     tried.push(addr);
                 }

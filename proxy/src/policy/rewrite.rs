@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use tower::Service;
 
 use super::route::{MatchedPrefix, Route};
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
 /// Set, add, remove: one side's header operations.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -151,12 +151,11 @@ impl<S: HttpService> Service<Req> for Rewrite<S> {
     always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
-        let inner = self.inner.clone();
         let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
         if route.rewrite.is_none() && route.headers.is_none() {
-            return call(inner, req);
+            return self.inner.call(req);
         }
         if let Some(rw) = &route.rewrite {
             let prefix = req.extensions().get::<MatchedPrefix>().map(|p| p.0.clone());
@@ -168,8 +167,9 @@ impl<S: HttpService> Service<Req> for Rewrite<S> {
         if let Some(h) = &route.headers {
             h.request.apply(req.headers_mut());
         }
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut resp = call(inner, req).await?;
+            let mut resp = fut.await?;
             if let Some(h) = &route.headers {
                 h.response.apply(resp.headers_mut());
             }

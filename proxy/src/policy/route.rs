@@ -19,7 +19,7 @@ use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, UriRewrite};
 use crate::config::{Config, ServiceState};
 use crate::http::error::{ErrorKind, ProxyError, RouteName};
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 use crate::metrics::Name;
 
 /// Where a route sends a share of its requests: a service and the endpoints
@@ -320,9 +320,9 @@ impl<S: HttpService> Service<Req> for Router<S> {
         if let Some(p) = prefix {
             req.extensions_mut().insert(MatchedPrefix(p));
         }
-        let inner = self.inner.clone();
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            match call(inner, req).await {
+            match fut.await {
                 Ok(mut resp) => {
                     resp.extensions_mut().insert(name);
                     Ok(resp)

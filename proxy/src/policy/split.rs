@@ -10,7 +10,7 @@ use tower::Service;
 use super::chance::Chance;
 use super::route::{Backend, Route};
 use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
 /// Picks a backend in proportion to the weights, given a uniform `u` in
 /// `[0, 1)`; zero-weight backends are never picked.
@@ -46,9 +46,8 @@ impl<S: HttpService> Service<Req> for Split<S> {
     always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
-        let inner = self.inner.clone();
         let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return call(inner, req);
+            return self.inner.call(req);
         };
         let u = if route.backends.len() == 1 {
             0.0
@@ -67,11 +66,12 @@ impl<S: HttpService> Service<Req> for Split<S> {
             h.request.apply(req.headers_mut());
         }
         req.extensions_mut().insert(backend);
+        let fut = self.inner.call(req);
         if headers.is_none() {
-            return call(inner, req);
+            return fut;
         }
         Box::pin(async move {
-            let mut resp = call(inner, req).await?;
+            let mut resp = fut.await?;
             if let Some(h) = &headers {
                 h.response.apply(resp.headers_mut());
             }

@@ -9,7 +9,7 @@ use tower::Service;
 
 use super::route::Route;
 use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
@@ -49,7 +49,7 @@ impl<S: HttpService> Service<Req> for Timeout<S> {
             Which::Route => r.timeout,
             Which::PerTry => r.retry.per_try_timeout,
         });
-        let fut = call(self.inner.clone(), req);
+        let fut = self.inner.call(req);
         let Some(limit) = limit else {
             return fut;
         };
