@@ -31,12 +31,15 @@
 # warm-up), latency at a fixed rate (oha -c LAT_CONCURRENCY -q FIXED_RATE),
 # and the client-side proxy's CPU per request. The setups run interleaved, in
 # ROUNDS rounds, and the report gives the median over rounds, so slow drift of
-# the shared machine hits every setup alike.
+# the shared machine hits every setup alike. Then each Outrigger client side
+# runs once more under callgrind for its instructions per request, a count
+# the machine's noise does not change.
 #
 # Settings (environment):
 #   DURATION=10s  WARMUP=2s  ROUNDS=3  THREADS=1  UPSTREAM_THREADS=1
 #   CONCURRENCY=32  LAT_CONCURRENCY=16  FIXED_RATE=1000
 #   DISTURBED_CORES=0.1  RERUNS=20     as in bench/run.sh
+#   CG=1  CG_N1=200  CG_N2=2200        instruction counts under callgrind (CG=0 skips them)
 #   BASE_PORT=18100       ports used: BASE_PORT .. BASE_PORT+50 on 127.0.0.1
 #   SKIP_INSTALL=1  SKIP_BUILD=1  BUILD_REF=HEAD   as in bench/run.sh
 #   REPORT=path           the file whose policy section is (re)written (default: BENCHMARKS.md)
@@ -264,7 +267,50 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # ---------------------------------------------------------------------------
-# 5. Report
+# 5. Instructions per request: each Outrigger client side again, alone, under
+# callgrind (deterministic, unlike time on a shared machine): CG_N1 and then
+# CG_N2 requests through a fresh process, and the difference of the two
+# instruction counts over CG_N2 - CG_N1 requests (start-up and shutdown cancel).
+if [[ ${CG:-1} == 1 ]]; then
+  if ! command -v valgrind >/dev/null; then
+    [[ -n ${SKIP_INSTALL:-} ]] && die "valgrind missing (apt-get install valgrind), or CG=0 to skip the instruction counts"
+    log "installing valgrind (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+  fi
+  CG_N1=${CG_N1:-200} CG_N2=${CG_N2:-2200}
+  P_CG=$((BASE_PORT + 60)); P_CG_ADMIN=$((BASE_PORT + 61))
+  log "instructions per request under callgrind ($CG_N1 and $CG_N2 requests, oha -c 4)"
+  for s in "${ORDER[@]}"; do
+    [[ $s == or_* ]] || continue
+    v=${s%-*}; v=${v#or_}; proto=${s##*-}
+    sed -e "s/127.0.0.1:${P_OR[$v]}\"/127.0.0.1:$P_CG\"/" -e "s/127.0.0.1:${P_OR_ADMIN[$v]}\"/127.0.0.1:$P_CG_ADMIN\"/" \
+      "$CONF/outrigger-$v.yaml" >"$CONF/cg-$v.yaml"
+    oha_proto=(); [[ $proto == h2 ]] && oha_proto=(--http2)
+    counts=()
+    for n in "$CG_N1" "$CG_N2"; do
+      start "cg_${s}_$n" valgrind --tool=callgrind --callgrind-out-file="$RES/cg-$s-$n.out" \
+        "$PROXY" run --config "$CONF/cg-$v.yaml" --threads 1 --log-level warn
+      name="cg_${s}_$n"
+      deadline=$((SECONDS + 120))
+      until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$P_CG_ADMIN/ready" 2>/dev/null; do
+        alive "${PID[$name]}" || die "the callgrind proxy for $s exited (log: $LOGS/$name.log)"
+        ((SECONDS < deadline)) || die "the callgrind proxy for $s was not ready after 120 s"
+        sleep 0.2
+      done
+      timeout 300 "$OHA" -n "$n" -c 4 --no-tui "${oha_proto[@]}" "http://127.0.0.1:$P_CG/" >/dev/null || die "oha against the callgrind proxy for $s failed"
+      kill -INT "${PID[$name]}"
+      wait "${PID[$name]}" 2>/dev/null || true
+      c=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$LOGS/$name.log" | head -n 1)
+      [[ -n $c ]] || die "no instruction count in $LOGS/$name.log"
+      counts+=("$c")
+    done
+    printf '{"setup": "%s", "n1": %s, "i1": %s, "n2": %s, "i2": %s}\n' "$s" "$CG_N1" "${counts[0]}" "$CG_N2" "${counts[1]}" >"$RES/instr-$s.json"
+    log "  $s: $(( (counts[1] - counts[0]) / (CG_N2 - CG_N1) )) instructions per request"
+  done
+fi
+
+# ---------------------------------------------------------------------------
+# 6. Report
 machine_info "$OUT/machine.txt" "$LOADAVG_BEFORE"
 python3 "$HERE/report_policies.py" --out-dir "$OUT" --report "$REPORT"
 log "policy section written to $REPORT"

@@ -40,7 +40,7 @@ ENVOY = {"off": "Envoy × 2, no policies", "on": "Envoy × 2, the same policies 
 def load_runs(res):
     runs = {}
     for name in os.listdir(res):
-        if name.endswith(".json") and not name.endswith(".oha.json") and name != "idle.json":
+        if name.endswith(".json") and not name.endswith(".oha.json") and name != "idle.json" and not name.startswith("instr-"):
             with open(os.path.join(res, name)) as f:
                 r = json.load(f)
             kind, setup = r["label"].split()
@@ -51,6 +51,17 @@ def load_runs(res):
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+def load_instructions(res):
+    """Instructions per request of each Outrigger setup (callgrind), by setup."""
+    out = {}
+    for name in os.listdir(res):
+        if name.startswith("instr-") and name.endswith(".json"):
+            with open(os.path.join(res, name)) as f:
+                d = json.load(f)
+            out[d["setup"]] = (d["i2"] - d["i1"]) / (d["n2"] - d["n1"])
+    return out
 
 
 class Setup:
@@ -123,6 +134,7 @@ def build(out_dir):
     rounds = int(s["rounds"])
     order = s["order"].split()
     setups = {name: Setup(runs, name, rounds) for name in order}
+    instr = load_instructions(res)
 
     md = []
     w = md.append
@@ -141,7 +153,11 @@ def build(out_dir):
         f"latency: oha `-c {s['lat_concurrency']} -q {s['fixed_rate']} --latency-correction` for "
         f"`{s['duration']}`. Client-side CPU: utime + stime of the client-side proxy during the "
         "max-throughput run ÷ successful requests; it is the least noisy measure of what a feature "
-        "costs, since throughput here is shared between oha, both proxies and the upstream on 2 cores."
+        "costs, since throughput here is shared between oha, both proxies and the upstream on 2 cores. "
+        "Client-side instructions per request: the Outrigger client side run alone under callgrind "
+        "(valgrind), once with a few requests and once with more (oha `-n`, `-c 4`), and the "
+        "difference of the two counts divided by the difference in requests: exact, and untouched by "
+        "the machine's noise (Envoy is not run under callgrind)."
     )
     w("")
     w(
@@ -177,6 +193,8 @@ def build(out_dir):
             lo, hi = st.rps_range()
             rng = f"{num(lo)}–{num(hi)}" if lo is not None else "–"
             cpu = st.client_cpu_us()
+            ins = instr.get(n)
+            ins_off = instr.get(f"or_off-{proto}")
             rows.append(
                 [
                     label,
@@ -189,6 +207,8 @@ def build(out_dir):
                     ratio(st.p99_fixed(), ref.p99_fixed()) if ref else "",
                     num(cpu),
                     ratio(cpu, ref.client_cpu_us()) if ref else "",
+                    num(ins) if ins else "–",
+                    ratio(ins, ins_off) if ins and system.startswith("or_") else "",
                     st.errors(),
                 ]
             )
@@ -204,6 +224,8 @@ def build(out_dir):
                     f"p99 ms at {s['fixed_rate']} req/s",
                     "× off",
                     "client-side CPU µs/req",
+                    "× off",
+                    "client-side instructions/req",
                     "× off",
                     "errors",
                 ],
@@ -227,6 +249,12 @@ def build(out_dir):
                 f"Outrigger with every policy on serves {num(all_.rps())} req/s, ×{share:.2f} of its "
                 f"policies-off {num(off.rps())} req/s"
             )
+            i_all, i_off = instr.get(f"or_all-{proto}"), instr.get(f"or_off-{proto}")
+            if i_all and i_off:
+                line += (
+                    f" (the client-side proxy runs ×{i_all / i_off:.2f} the instructions per request: "
+                    f"{num(i_all)} against {num(i_off)})"
+                )
             if en_off and en_on and en_off.rps() and en_on.rps():
                 line += (
                     f"; Envoy with the same policies serves ×{en_on.rps() / en_off.rps():.2f} of its own. "
