@@ -2,7 +2,7 @@
 # Outrigger policy benchmark: what each traffic-policy feature costs, and the
 # same policies on Envoy. One command, loopback only (127.0.0.1).
 #
-#   bench/policies.sh                     # about 25 minutes; writes the policy section of BENCHMARKS.md
+#   bench/policies.sh                     # about 40 minutes; writes the policy section of BENCHMARKS.md
 #   DURATION=2s ROUNDS=1 bench/policies.sh   # quick check of the harness
 #
 # Every setup is two hops, as in bench/run.sh: client -> client-side proxy ->
@@ -36,7 +36,7 @@
 # the machine's noise does not change.
 #
 # Settings (environment):
-#   DURATION=10s  WARMUP=2s  ROUNDS=3  THREADS=1  UPSTREAM_THREADS=1
+#   DURATION=10s  WARMUP=2s  ROUNDS=5  THREADS=1  UPSTREAM_THREADS=1
 #   CONCURRENCY=32  LAT_CONCURRENCY=16  FIXED_RATE=1000
 #   DISTURBED_CORES=0.1  RERUNS=20     as in bench/run.sh
 #   CG=1  CG_N1=200  CG_N2=2200        instruction counts under callgrind (CG=0 skips them)
@@ -55,7 +55,7 @@ CONF=$OUT/config
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 THREADS=${THREADS:-1}
 UPSTREAM_THREADS=${UPSTREAM_THREADS:-1}
 CONCURRENCY=${CONCURRENCY:-32}
