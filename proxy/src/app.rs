@@ -24,6 +24,10 @@ use crate::metrics::Metrics;
 pub struct Options {
     /// Write one `outrigger::access` log line per request.
     pub access_log: bool,
+    /// Stay unready (`/ready` 503) until the first [`Applier::apply`]
+    /// succeeds: the bootstrap snapshot only binds the listeners, and the
+    /// control plane's first update is the config to serve.
+    pub wait_for_config: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,17 @@ pub struct Proxy {
     shutdown: Arc<Notify>,
     done: JoinHandle<Drained>,
     pub metrics: Arc<Metrics>,
+    applier: Applier,
+}
+
+/// Applies new snapshots to a running proxy; cheap to clone, usable from
+/// any thread (the control-plane client runs on its own runtime).
+#[derive(Clone)]
+pub struct Applier {
     config: Arc<ArcSwap<Config>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -126,8 +140,9 @@ impl Proxy {
             tokio::spawn(listener.run(tcp, watch.clone()));
         }
 
-        let ready = Arc::new(AtomicBool::new(true));
-        metrics.ready.set(1);
+        let ready = Arc::new(AtomicBool::new(!opts.wait_for_config));
+        metrics.ready.set(i64::from(!opts.wait_for_config));
+        let draining = Arc::new(AtomicBool::new(false));
         let shutdown = Arc::new(Notify::new());
         let admin_addr = admin_listener
             .local_addr()
@@ -140,13 +155,24 @@ impl Proxy {
             shutdown: shutdown.clone(),
         });
         tokio::spawn(admin.run(admin_listener, admin_stopped));
-        tracing::info!(addr = %admin_addr, version = %snapshot.version, "admin listening; ready");
+        if opts.wait_for_config {
+            tracing::info!(addr = %admin_addr, "admin listening; not ready until the first config arrives");
+        } else {
+            tracing::info!(addr = %admin_addr, version = %snapshot.version, "admin listening; ready");
+        }
+        let applier = Applier {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            draining: draining.clone(),
+        };
 
         let trigger = shutdown.clone();
         let drain_metrics = metrics.clone();
         let deadline = limits.drain_timeout;
         let done = tokio::spawn(async move {
             trigger.notified().await;
+            draining.store(true, Ordering::Release);
             ready.store(false, Ordering::Release);
             drain_metrics.ready.set(0);
             tracing::info!(deadline = ?deadline, "draining: no new connections; finishing in-flight work");
@@ -171,8 +197,13 @@ impl Proxy {
             shutdown,
             done,
             metrics,
-            config,
+            applier,
         })
+    }
+
+    /// A handle that applies snapshots to this proxy.
+    pub fn applier(&self) -> Applier {
+        self.applier.clone()
     }
 
     /// Applies a new snapshot to the running proxy: the next request (on new
@@ -182,34 +213,7 @@ impl Proxy {
     /// snapshot is refused and the one in force stays. Listeners and the
     /// admin address are bound at start and cannot change here.
     pub fn apply(&self, snapshot: Snapshot) -> Result<(), ValidationErrors> {
-        let current = self.config.load_full();
-        let mut frozen = Vec::new();
-        if snapshot.listeners != current.snapshot.listeners {
-            frozen.push(outrigger_api::FieldError {
-                path: "listeners".into(),
-                message: "listeners are bound at start; changing them needs a restart".into(),
-            });
-        }
-        if snapshot.admin != current.snapshot.admin {
-            frozen.push(outrigger_api::FieldError {
-                path: "admin".into(),
-                message: "the admin listener is bound at start; changing it needs a restart".into(),
-            });
-        }
-        if !frozen.is_empty() {
-            return Err(ValidationErrors(frozen));
-        }
-        let version = snapshot.version.clone();
-        let next = Config::build(snapshot, Some(&current))?;
-        self.config.store(Arc::new(next));
-        self.metrics.config_applied.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.metrics.config_last_applied.set(now as i64);
-        tracing::info!(%version, "snapshot applied");
-        Ok(())
+        self.applier.apply(snapshot)
     }
 
     /// The bound address of the named listener (useful with port 0).
@@ -241,5 +245,65 @@ impl Proxy {
         tokio::time::timeout(limit, self.wait())
             .await
             .unwrap_or(Drained::DeadlinePassed)
+    }
+}
+
+impl Applier {
+    /// See [`Proxy::apply`]. A refused snapshot is counted in
+    /// `outrigger_config_rejected`; the first applied one makes a proxy
+    /// started with `wait_for_config` ready.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), ValidationErrors> {
+        let result = self.swap(snapshot);
+        match &result {
+            Ok(()) => {
+                if !self.draining.load(Ordering::Acquire)
+                    && !self.ready.swap(true, Ordering::AcqRel)
+                {
+                    self.metrics.ready.set(1);
+                    tracing::info!("ready");
+                }
+            }
+            Err(_) => {
+                self.metrics.config_rejected.inc();
+            }
+        }
+        result
+    }
+
+    /// Counts an update refused before it was a snapshot (unreadable).
+    pub fn count_rejected(&self) {
+        self.metrics.config_rejected.inc();
+    }
+
+    fn swap(&self, snapshot: Snapshot) -> Result<(), ValidationErrors> {
+        let current = self.config.load_full();
+
+        let mut frozen = Vec::new();
+        if snapshot.listeners != current.snapshot.listeners {
+            frozen.push(outrigger_api::FieldError {
+                path: "listeners".into(),
+                message: "listeners are bound at start; changing them needs a restart".into(),
+            });
+        }
+        if snapshot.admin != current.snapshot.admin {
+            frozen.push(outrigger_api::FieldError {
+                path: "admin".into(),
+                message: "the admin listener is bound at start; changing it needs a restart".into(),
+            });
+        }
+        if !frozen.is_empty() {
+            return Err(ValidationErrors(frozen));
+        }
+        let version = snapshot.version.clone();
+        let next = Config::build(snapshot, Some(&current))?;
+        self.config.store(Arc::new(next));
+        self.metrics.config_applied.inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics.config_last_applied.set(now as i64);
+        tracing::info!(%version, "snapshot applied");
+        Ok(())
     }
 }

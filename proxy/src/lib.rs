@@ -3,13 +3,14 @@
 //! Read [`listener`] first: it is the path of every accepted connection, from
 //! the socket to HTTP ([`http`]) or opaque TCP ([`tcp`]). [`app`] binds and
 //! drains; [`config`] turns a snapshot into lookup tables; [`admin`] serves
-//! the operator's endpoints.
+//! the operator's endpoints; [`control`] follows the control plane's stream.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod drain;
 pub mod http;
@@ -19,4 +20,4 @@ pub mod policy;
 pub mod tcp;
 pub mod transport;
 
-pub use app::{Drained, Options, Proxy, StartError};
+pub use app::{Applier, Drained, Options, Proxy, StartError};

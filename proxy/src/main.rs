@@ -20,10 +20,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic with a static configuration snapshot (YAML or JSON).
+    /// Serve traffic: from a static snapshot (YAML or JSON), or, with
+    /// `--control-plane`, with that snapshot as the bootstrap (listeners,
+    /// admin, limits) and the services streamed by the control plane.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// `host:port` of the control plane's config server. The proxy stays
+        /// unready until its first update, and keeps the last good snapshot
+        /// while the control plane is away.
+        #[arg(long, env = "OUTRIGGER_CONTROL_PLANE")]
+        control_plane: Option<String>,
+        /// This proxy's pod (downward API), to name itself to the control plane.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: Option<String>,
+        /// This proxy's namespace (downward API).
+        #[arg(long, env = "POD_NAMESPACE")]
+        pod_namespace: Option<String>,
         /// Log one line per request on the `outrigger::access` target.
         #[arg(long)]
         access_log: bool,
@@ -67,6 +80,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             config,
+            control_plane,
+            pod_name,
+            pod_namespace,
             access_log,
             log_level,
             log_format,
@@ -74,6 +90,20 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs(&log_level, log_format)?;
             let snapshot = load(&config)?;
+            let follow = match control_plane {
+                None => None,
+                Some(address) => Some(outrigger_proxy::control::Follow {
+                    address,
+                    namespace: pod_namespace
+                        .or_else(|| Some(snapshot.proxy.namespace.clone()))
+                        .filter(|n| !n.is_empty())
+                        .context(
+                            "--pod-namespace (POD_NAMESPACE) is needed with --control-plane",
+                        )?,
+                    pod: pod_name
+                        .context("--pod-name (POD_NAME) is needed with --control-plane")?,
+                }),
+            };
             // One worker: a current-thread runtime, with no cross-thread
             // wake-ups or work stealing to pay for (as linkerd2-proxy does on
             // one core). More: the multi-thread scheduler.
@@ -91,15 +121,29 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("outrigger-proxy")
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(run(snapshot, &config, Options { access_log }))
+            let opts = Options {
+                access_log,
+                wait_for_config: follow.is_some(),
+            };
+            rt.block_on(run(snapshot, &config, opts, follow))
         }
     }
 }
 
-async fn run(snapshot: Snapshot, path: &Path, opts: Options) -> anyhow::Result<()> {
-    let proxy = Proxy::start(snapshot, opts)
+async fn run(
+    snapshot: Snapshot,
+    path: &Path,
+    opts: Options,
+    follow: Option<outrigger_proxy::control::Follow>,
+) -> anyhow::Result<()> {
+    let proxy = Proxy::start(snapshot.clone(), opts)
         .await
         .with_context(|| format!("cannot start with {}", path.display()))?;
+    if let Some(follow) = follow {
+        tracing::info!(control_plane = %follow.address, namespace = %follow.namespace, pod = %follow.pod, "following the control plane");
+        outrigger_proxy::control::spawn(follow, snapshot, proxy.applier(), proxy.metrics.clone())
+            .context("starting the control-plane client thread")?;
+    }
     let shutdown = signal_or_admin(&proxy);
     tokio::pin!(shutdown);
     let waiting = proxy.wait();

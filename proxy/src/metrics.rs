@@ -288,7 +288,9 @@ pub struct Metrics {
     pub ejected: Family<ServiceLabel, Gauge>,
     pub pool_overflow: Family<ServiceLabel, Counter>,
     pub config_applied: Counter,
+    pub config_rejected: Counter,
     pub config_last_applied: Gauge,
+    pub control_plane_connected: Gauge,
     pub ready: Gauge,
     registry: Arc<Registry>,
 }
@@ -401,6 +403,18 @@ impl Metrics {
             "Configuration snapshots applied",
             config_applied.clone(),
         );
+        let config_rejected = Counter::default();
+        reg.register(
+            "outrigger_config_rejected",
+            "Configuration updates refused (invalid); the snapshot in force stayed",
+            config_rejected.clone(),
+        );
+        let control_plane_connected = Gauge::default();
+        reg.register(
+            "outrigger_control_plane_connected",
+            "1 while the config stream from the control plane is open",
+            control_plane_connected.clone(),
+        );
         let config_last_applied = Gauge::default();
         reg.register(
             "outrigger_config_last_applied_timestamp_seconds",
@@ -431,7 +445,9 @@ impl Metrics {
             ejected,
             pool_overflow,
             config_applied,
+            config_rejected,
             config_last_applied,
+            control_plane_connected,
             ready,
             registry: Arc::new(reg),
         }

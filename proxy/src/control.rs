@@ -1,0 +1,284 @@
+//! Following the control plane: one long-lived HTTP/2 request per proxy
+//! (`outrigger_api::stream`), each update merged into the bootstrap snapshot
+//! and applied. Runs on its own thread and runtime (as ztunnel does), so
+//! config work never competes with the data path for a worker.
+//!
+//! - An update that fails validation is refused and logged with every
+//!   error; the snapshot in force stays (`outrigger_config_rejected`).
+//! - When the stream breaks, or stays silent past [`IDLE_LIMIT`] (the
+//!   control plane sends a heartbeat every 15 s), the proxy keeps serving with
+//!   the last good snapshot and reconnects after a fully jittered,
+//!   exponentially growing pause ([`Backoff`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_api::Snapshot;
+
+use crate::app::Applier;
+use crate::metrics::Metrics;
+use crate::policy::chance::Chance;
+
+/// Silence on the stream after which the proxy reconnects.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// Longest single line accepted from the control plane.
+pub const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where the control plane is and who this proxy is.
+#[derive(Clone, Debug)]
+pub struct Follow {
+    /// `host:port` of the config server.
+    pub address: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Reconnect pauses: uniformly random in `[0, min(cap, base × 2^n))` after
+/// the n-th failure in a row (full jitter); back to the start once an update
+/// has arrived.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            failures: 0,
+        }
+    }
+
+    /// The pause before the next attempt, counting one more failure.
+    pub fn next_pause(&mut self, chance: &Chance) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(self.failures).unwrap_or(u32::MAX))
+            .min(self.cap);
+        self.failures = self.failures.saturating_add(1);
+        ceiling.mul_f64(chance.unit())
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Starts following on a thread of its own; it ends with the process.
+pub fn spawn(
+    follow: Follow,
+    bootstrap: Snapshot,
+    applier: Applier,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("outrigger-control".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the control-plane client runtime");
+            rt.block_on(run(follow, bootstrap, applier, metrics));
+        })
+}
+
+/// Follows the stream forever, reconnecting as needed.
+pub async fn run(follow: Follow, bootstrap: Snapshot, applier: Applier, metrics: Arc<Metrics>) {
+    let chance = Chance::default();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    loop {
+        let outcome = session(&follow, &bootstrap, &applier, &metrics, &mut backoff).await;
+        metrics.control_plane_connected.set(0);
+        let pause = backoff.next_pause(&chance);
+        tracing::warn!(
+            control_plane = %follow.address,
+            reason = %outcome,
+            retry_in = ?pause,
+            "config stream lost; serving with the last good snapshot"
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Ended {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("HTTP/2 handshake failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("request failed: {0}")]
+    Request(hyper::Error),
+    #[error("the control plane answered {0}: {1}")]
+    Status(StatusCode, String),
+    #[error("the stream broke: {0}")]
+    Body(hyper::Error),
+    #[error("the control plane closed the stream")]
+    Closed,
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("an update line passed {MAX_UPDATE_BYTES} bytes")]
+    TooLong,
+}
+
+/// One connection: open the stream, apply updates until it ends.
+async fn session(
+    follow: &Follow,
+    bootstrap: &Snapshot,
+    applier: &Applier,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+) -> Ended {
+    let tcp = match tokio::net::TcpStream::connect(&follow.address).await {
+        Ok(t) => t,
+        Err(e) => return Ended::Connect(e),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut send, conn) = match hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .handshake(TokioIo::new(tcp))
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => return Ended::Handshake(e),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "control-plane connection ended");
+        }
+    });
+    let uri = format!(
+        "http://{}{CONFIG_PATH}?namespace={}&pod={}",
+        follow.address, follow.namespace, follow.pod
+    );
+    let req = Request::get(uri)
+        .body(Empty::<Bytes>::new())
+        .expect("a valid request");
+    let resp = match send.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => return Ended::Request(e),
+    };
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        return Ended::Status(status, body);
+    }
+    metrics.control_plane_connected.set(1);
+    tracing::info!(control_plane = %follow.address, "config stream open");
+    let mut body = resp.into_body();
+    let mut lines = Lines::default();
+    loop {
+        let frame = match tokio::time::timeout(IDLE_LIMIT, body.frame()).await {
+            Err(_) => return Ended::Idle(IDLE_LIMIT),
+            Ok(None) => return Ended::Closed,
+            Ok(Some(Err(e))) => return Ended::Body(e),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if lines.push(&data).is_err() {
+            return Ended::TooLong;
+        }
+        while let Some(line) = lines.next_line() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // heartbeat
+            }
+            if apply_line(&line, bootstrap, applier) {
+                backoff.reset();
+            }
+        }
+    }
+}
+
+/// Applies one update line; true when it was applied.
+fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier) -> bool {
+    let update: ConfigUpdate = match serde_json::from_slice(line) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable config update refused; the snapshot in force stays");
+            applier.count_rejected();
+            return false;
+        }
+    };
+    let version = update.version.clone();
+    match applier.apply(update.apply_to(bootstrap)) {
+        Ok(()) => true,
+        Err(errors) => {
+            tracing::error!(%version, "config update refused; the snapshot in force stays: {errors}");
+            false
+        }
+    }
+}
+
+/// Splits a byte stream into newline-terminated lines.
+#[derive(Default)]
+struct Lines {
+    buf: BytesMut,
+}
+
+impl Lines {
+    fn push(&mut self, data: &Bytes) -> Result<(), ()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > MAX_UPDATE_BYTES && !self.buf.contains(&b'\n') {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn next_line(&mut self) -> Option<Bytes> {
+        let end = self.buf.iter().position(|b| *b == b'\n')?;
+        let line = self.buf.split_to(end).freeze();
+        self.buf.advance(1);
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_across_frames_and_heartbeats_are_empty() {
+        let mut l = Lines::default();
+        l.push(&Bytes::from_static(b"{\"a\":")).unwrap();
+        assert_eq!(l.next_line(), None);
+        l.push(&Bytes::from_static(b"1}\n\n{\"b\"")).unwrap();
+        assert_eq!(l.next_line().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(l.next_line().as_deref(), Some(&b""[..]));
+        assert_eq!(l.next_line(), None);
+        l.push(&Bytes::from_static(b":2}\n")).unwrap();
+        assert_eq!(l.next_line().as_deref(), Some(&b"{\"b\":2}"[..]));
+    }
+
+    #[test]
+    fn backoff_is_fully_jittered_under_a_growing_ceiling() {
+        let chance = Chance::seeded(7);
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let ceilings = [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000];
+        for c in ceilings {
+            let p = b.next_pause(&chance);
+            assert!(p < Duration::from_millis(c), "{p:?} not under {c} ms");
+        }
+        b.reset();
+        for _ in 0..20 {
+            let mut fresh = b.clone();
+            assert!(fresh.next_pause(&chance) < Duration::from_millis(250));
+        }
+    }
+}
