@@ -10,9 +10,11 @@
 
 pub mod crd;
 pub mod folder;
+pub mod kubernetes;
 pub mod manifest;
 pub mod metrics;
 pub mod publish;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod translate;

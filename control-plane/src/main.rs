@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use outrigger_control_plane::crd;
 use outrigger_control_plane::folder::Folder;
+use outrigger_control_plane::kubernetes;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
@@ -35,11 +36,20 @@ enum Command {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
-    /// Serve the config stream from a folder of manifests (local mode),
-    /// following edits live.
+    /// Serve the config stream from a folder of manifests (local mode,
+    /// following edits live) or from the cluster (`--kubernetes`).
     Run {
+        /// Read manifests from this folder.
+        #[arg(
+            long,
+            conflicts_with = "kubernetes",
+            required_unless_present = "kubernetes"
+        )]
+        folder: Option<PathBuf>,
+        /// Watch the cluster (in-cluster config, or the kubeconfig) and write
+        /// each mesh resource's Accepted condition.
         #[arg(long)]
-        folder: PathBuf,
+        kubernetes: bool,
         #[arg(long, default_value = "default")]
         namespace: String,
         /// Address of the config server (`/v1/config`, `/metrics`, `/ready`).
@@ -90,6 +100,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
             folder,
+            kubernetes,
             namespace,
             listen,
             poll,
@@ -117,14 +128,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            runtime.block_on(serve_folder(
-                folder,
-                namespace,
-                listen,
-                options,
-                poll.get(),
-                Debounce::new(debounce.get(), max_staleness.get()),
-            ))?;
+            let debounce = Debounce::new(debounce.get(), max_staleness.get());
+            let source = match folder {
+                Some(folder) => Source::Folder {
+                    folder,
+                    namespace,
+                    poll: poll.get(),
+                },
+                None if kubernetes => Source::Kubernetes,
+                None => bail!("give --folder DIR or --kubernetes"),
+            };
+            runtime.block_on(serve(source, listen, options, debounce))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {
@@ -185,16 +199,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Local mode: the folder loop and the config server until SIGINT/SIGTERM.
-async fn serve_folder(
-    folder: PathBuf,
-    namespace: String,
-    listen: String,
-    options: Options,
-    poll: std::time::Duration,
-    debounce: Debounce,
-) -> Result<()> {
-    std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
+enum Source {
+    Folder {
+        folder: PathBuf,
+        namespace: String,
+        poll: std::time::Duration,
+    },
+    Kubernetes,
+}
+
+/// The source's loop and the config server until SIGINT/SIGTERM.
+async fn serve(source: Source, listen: String, options: Options, debounce: Debounce) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("--listen {listen}: cannot bind"))?;
@@ -202,16 +217,42 @@ async fn serve_folder(
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
-    let source = tokio::spawn(run_folder(
-        Folder::new(folder, namespace),
-        options,
-        poll,
-        debounce,
-        tx,
-        metrics.clone(),
-        stop.clone(),
-    ));
+    let source = match source {
+        Source::Folder {
+            folder,
+            namespace,
+            poll,
+        } => {
+            std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
+            tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
+            tokio::spawn(run_folder(
+                Folder::new(folder, namespace),
+                options,
+                poll,
+                debounce,
+                tx,
+                metrics.clone(),
+                stop.clone(),
+            ))
+        }
+        Source::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            tracing::info!(listen = %bound, "control plane watching the cluster");
+            let shared = Arc::new(kubernetes::Shared::default());
+            kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
+            tokio::spawn(kubernetes::run(
+                client,
+                shared,
+                options,
+                debounce,
+                tx,
+                metrics.clone(),
+                stop.clone(),
+            ))
+        }
+    };
     let server = tokio::spawn(Server::new(rx, metrics).run(listener, stop));
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub manifest_errors: Gauge,
     /// Mesh-wide translations run.
     pub translations: Counter,
+    /// Kubernetes watch errors (each followed by a re-list after back-off).
+    pub watch_errors: Counter,
+    /// Status conditions written to mesh resources, and failed writes.
+    pub status_writes: Counter,
+    pub status_write_errors: Counter,
     registry: Registry,
 }
 
@@ -78,6 +83,24 @@ impl Metrics {
             "Mesh-wide translations of the store",
             translations.clone(),
         );
+        let watch_errors = Counter::default();
+        reg.register(
+            "outrigger_cp_watch_errors",
+            "Kubernetes watch errors; the watch re-lists after a back-off",
+            watch_errors.clone(),
+        );
+        let status_writes = Counter::default();
+        reg.register(
+            "outrigger_cp_status_writes",
+            "Accepted conditions written to mesh resources",
+            status_writes.clone(),
+        );
+        let status_write_errors = Counter::default();
+        reg.register(
+            "outrigger_cp_status_write_errors",
+            "Status writes that failed (retried at the next change)",
+            status_write_errors.clone(),
+        );
         Self {
             connected_proxies,
             pushes,
@@ -86,6 +109,9 @@ impl Metrics {
             rejected_resources,
             manifest_errors,
             translations,
+            watch_errors,
+            status_writes,
+            status_write_errors,
             registry: reg,
         }
     }

@@ -59,17 +59,22 @@ impl Debounce {
     }
 }
 
-/// Translates `store`, publishes it, and reports what changed in the
-/// verdicts since `previous` (logs and metrics).
+/// Translates `store` (a refused resource keeps the version `previous` had
+/// in force), publishes it, and reports what changed in the verdicts (logs
+/// and metrics).
 pub fn publish(
     store: &Store,
     options: &Options,
     changed_at: Instant,
     tx: &watch::Sender<Option<Arc<Published>>>,
     metrics: &Metrics,
-    previous: &mut BTreeMap<ResourceId, Verdict>,
+    previous: &mut Option<Arc<Mesh>>,
 ) {
-    let mesh = Mesh::build(store, options);
+    let mesh = Mesh::rebuild(store, options, previous.as_deref());
+    let before: BTreeMap<ResourceId, Verdict> = previous
+        .as_ref()
+        .map(|p| p.verdicts().clone())
+        .unwrap_or_default();
     metrics.translations.inc();
     let mut rejected: BTreeMap<&'static str, i64> = BTreeMap::new();
     for kind in [
@@ -83,10 +88,10 @@ pub fn publish(
     for (id, v) in mesh.verdicts() {
         if let Verdict::Refused { reason, message } = v {
             *rejected.entry(id.kind).or_default() += 1;
-            if previous.get(id) != Some(v) {
+            if before.get(id) != Some(v) {
                 tracing::warn!(kind = id.kind, resource = %id.key, reason, "not accepted: {message}");
             }
-        } else if previous.get(id).is_some_and(|p| !p.is_accepted()) {
+        } else if before.get(id).is_some_and(|p| !p.is_accepted()) {
             tracing::info!(kind = id.kind, resource = %id.key, "accepted");
         }
     }
@@ -96,9 +101,10 @@ pub fn publish(
             .get_or_create(&KindLabel { kind: kind.into() })
             .set(n);
     }
-    *previous = mesh.verdicts().clone();
+    let mesh = Arc::new(mesh);
+    *previous = Some(mesh.clone());
     tx.send_replace(Some(Arc::new(Published {
-        mesh: Arc::new(mesh),
+        mesh,
         changed_at: changed_at.into_std(),
     })));
 }
@@ -115,15 +121,18 @@ pub async fn run_folder(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut verdicts = BTreeMap::new();
-    let mut published_once = false;
+    let mut in_force: Option<Arc<Mesh>> = None;
+    let mut first_scan = true;
     let mut reported: Vec<ManifestError> = Vec::new();
     loop {
         match folder.rescan() {
             Ok(scan) => {
-                if scan.changed || !published_once {
+                // The first scan publishes even an empty folder: proxies
+                // wait for a first config.
+                if scan.changed || first_scan {
                     debounce.changed(Instant::now());
                 }
+                first_scan = false;
                 let errors = folder.errors();
                 for e in errors.iter().filter(|e| !reported.contains(e)) {
                     tracing::warn!("{e} (the file's last good content stays in force)");
@@ -142,9 +151,8 @@ pub async fn run_folder(
                 first,
                 &tx,
                 &metrics,
-                &mut verdicts,
+                &mut in_force,
             );
-            published_once = true;
         }
         let next_poll = Instant::now() + poll;
         let wake = debounce.deadline().map_or(next_poll, |d| d.min(next_poll));
@@ -192,5 +200,54 @@ mod tests {
                 (Duration::from_millis(2080), Duration::from_millis(1040)),
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_folder_is_published_one_quiet_time_after_start_then_on_each_edit() {
+        let dir = std::env::temp_dir().join(format!("outrigger-publish-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n";
+        std::fs::write(dir.join("a.yaml"), svc).unwrap();
+        let (tx, mut rx) = watch::channel(None);
+        let (_stop_tx, stop) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
+        let t0 = Instant::now();
+        tokio::spawn(run_folder(
+            Folder::new(&dir, "default"),
+            Options::default(),
+            Duration::from_millis(500),
+            Debounce::new(Duration::from_millis(100), Duration::from_secs(1)),
+            tx,
+            metrics.clone(),
+            stop,
+        ));
+        rx.changed().await.unwrap();
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(100),
+            "one quiet time, not max_wait"
+        );
+        std::fs::write(dir.join("b.yaml"), svc.replace("web", "api")).unwrap();
+        rx.changed().await.unwrap();
+        // Written at 100 ms, seen by the next poll (at 600 ms: a poll
+        // follows each wake-up by 500 ms), published one quiet time later.
+        assert_eq!(t0.elapsed(), Duration::from_millis(700));
+        let published = rx.borrow().clone().unwrap();
+        let names: Vec<String> = published
+            .mesh
+            .config_for(&crate::translate::ProxyId {
+                namespace: "default".into(),
+                pod: "p".into(),
+            })
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(names, ["api", "web"]);
+        assert!(metrics
+            .encode()
+            .contains("outrigger_cp_translations_total 2"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,10 @@
 //! 2. [`Mesh::config_for`] picks what one proxy may see: the Services of its
 //!    namespace and those exported to it, with the routes and policies
 //!    exported to it, plus every Service those routes send to.
+//!
+//! A bad edit never replaces a good config: when a resource that was
+//! accepted before is refused now, its last accepted version stays in force
+//! (given the previous mesh), and its verdict says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -152,6 +156,16 @@ impl Verdict {
     pub fn is_accepted(&self) -> bool {
         matches!(self, Verdict::Accepted)
     }
+
+    fn keeping_previous(self) -> Self {
+        match self {
+            Verdict::Refused { reason, message } => Verdict::Refused {
+                reason,
+                message: format!("{message} ({PREVIOUS_STAYS})"),
+            },
+            accepted => accepted,
+        }
+    }
 }
 
 /// A mesh resource, for [`Mesh::verdicts`].
@@ -224,10 +238,23 @@ pub struct Mesh {
     services: BTreeMap<Key, MeshService>,
     pods: BTreeMap<Key, PodFacts>,
     verdicts: BTreeMap<ResourceId, Verdict>,
+    /// The version of each resource in force (for the next build's fallback).
+    in_force_dr: BTreeMap<Key, DestinationRule>,
+    in_force_vs: BTreeMap<Key, VirtualService>,
 }
 
+/// What a refused resource's message says when its previous version stays.
+pub const PREVIOUS_STAYS: &str = "the last accepted version stays in force";
+
 impl Mesh {
+    /// Translates the store with no history: a refused resource applies nothing.
     pub fn build(store: &Store, options: &Options) -> Self {
+        Self::rebuild(store, options, None)
+    }
+
+    /// Translates the store; a resource refused now that `previous` had in
+    /// force keeps that version in force (if it still applies).
+    pub fn rebuild(store: &Store, options: &Options, previous: Option<&Mesh>) -> Self {
         let pods: BTreeMap<Key, PodFacts> = store
             .pods
             .iter()
@@ -238,6 +265,8 @@ impl Mesh {
             services: BTreeMap::new(),
             pods,
             verdicts: BTreeMap::new(),
+            in_force_dr: BTreeMap::new(),
+            in_force_vs: BTreeMap::new(),
         };
         for (key, svc) in &store.services {
             if let Some(ms) = mesh.resolve_service(store, key, svc) {
@@ -245,7 +274,18 @@ impl Mesh {
             }
         }
         for (key, dr) in by_age(&store.destination_rules) {
-            let verdict = mesh.apply_destination_rule(key, dr);
+            let mut verdict = mesh.apply_destination_rule(key, dr);
+            if verdict.is_accepted() {
+                mesh.in_force_dr.insert(key.clone(), dr.clone());
+            } else if let Some(prev) = previous
+                .and_then(|p| p.in_force_dr.get(key))
+                .filter(|p| p.spec != dr.spec)
+            {
+                if mesh.apply_destination_rule(key, prev).is_accepted() {
+                    mesh.in_force_dr.insert(key.clone(), prev.clone());
+                    verdict = verdict.keeping_previous();
+                }
+            }
             mesh.verdicts.insert(
                 ResourceId {
                     kind: "DestinationRule",
@@ -255,7 +295,18 @@ impl Mesh {
             );
         }
         for (key, vs) in by_age(&store.virtual_services) {
-            let verdict = mesh.apply_virtual_service(key, vs);
+            let mut verdict = mesh.apply_virtual_service(key, vs);
+            if verdict.is_accepted() {
+                mesh.in_force_vs.insert(key.clone(), vs.clone());
+            } else if let Some(prev) = previous
+                .and_then(|p| p.in_force_vs.get(key))
+                .filter(|p| p.spec != vs.spec)
+            {
+                if mesh.apply_virtual_service(key, prev).is_accepted() {
+                    mesh.in_force_vs.insert(key.clone(), prev.clone());
+                    verdict = verdict.keeping_previous();
+                }
+            }
             mesh.verdicts.insert(
                 ResourceId {
                     kind: "VirtualService",
@@ -1410,5 +1461,73 @@ spec:
             .unwrap_err()
             .contains("not supported"));
         assert!(ExportTo::parse(&["Bad_NS".into()], "a").is_err());
+    }
+
+    #[test]
+    fn a_refused_edit_keeps_the_last_accepted_version_in_force() {
+        let dr = CANARY.split("---").next().unwrap();
+        let vs = |subset: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  http: [{{ route: [{{ destination: {{ host: reviews, subset: {subset} }} }}] }}]
+"#
+            )
+        };
+        let good = Mesh::build(
+            &store(&format!("{REVIEWS}---{dr}---{}", vs("v1"))),
+            &Options::default(),
+        );
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let bad_store = store(&format!("{REVIEWS}---{dr}---{}", vs("v9")));
+        let next = Mesh::rebuild(&bad_store, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert!(
+            message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(
+            reviews.http[0].route[0].destination.subset.as_deref(),
+            Some("v1"),
+            "v1 stays"
+        );
+        // And again from that mesh: the good version is still the one in force.
+        let again = Mesh::rebuild(&bad_store, &Options::default(), Some(&next));
+        let c = config(&again, "shop", "productpage-1");
+        assert_eq!(
+            c.services
+                .iter()
+                .find(|s| s.name == "reviews")
+                .unwrap()
+                .http
+                .len(),
+            1
+        );
+        // Without history (a restarted control plane), the bad version applies nothing.
+        let fresh = Mesh::build(&bad_store, &Options::default());
+        assert!(config(&fresh, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.http.is_empty()));
+        // Deleting the resource is always taken.
+        let gone = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{dr}")),
+            &Options::default(),
+            Some(&next),
+        );
+        assert!(config(&gone, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.http.is_empty()));
     }
 }

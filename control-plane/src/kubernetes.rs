@@ -1,0 +1,353 @@
+//! The Kubernetes source: one watcher per kind fills the store, and each
+//! mesh resource's verdict is written back as its `Accepted` condition.
+//!
+//! The edges are kube-rs watchers (list, then watch; re-listed after a
+//! watch error or an expired resource version, with kube's default
+//! back-off). The core is [`Relist`], a pure state machine that applies
+//! watch events to the store's map for that kind, and [`crate::status`],
+//! which decides what status to write.
+//!
+//! RBAC (the chart's ClusterRole): `get`, `list`, `watch` on namespaces,
+//! services, pods and `discovery.k8s.io` endpointslices; `get`, `list`,
+//! `watch` on the four `outrigger.dev` kinds and `patch` on their `/status`.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::crd::{
+    AuthorizationPolicy, DestinationRule, PeerAuthentication, Status, VirtualService,
+};
+use crate::metrics::Metrics;
+use crate::publish::{publish, Debounce};
+use crate::server::Published;
+use crate::status::needs_write;
+use crate::store::{Key, Store};
+use crate::translate::{Mesh, Options, Verdict};
+
+/// The field manager of the control plane's status writes.
+pub const FIELD_MANAGER: &str = "outrigger-control-plane";
+
+/// One kind's watch events applied to its map in the store, with re-list
+/// semantics: objects not listed again after a restart of the watch are
+/// gone (they were deleted while the watch was down).
+#[derive(Debug)]
+pub struct Relist<K> {
+    /// The objects listed since the last `Init`, until `InitDone`.
+    relisting: Option<BTreeMap<Key, K>>,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Self { relisting: None }
+    }
+}
+
+impl<K: Resource + Clone + PartialEq> Relist<K> {
+    /// Applies one event to `objects`; true when they changed.
+    pub fn apply(&mut self, objects: &mut BTreeMap<Key, K>, event: Event<K>) -> bool {
+        match event {
+            Event::Apply(o) => match Key::of(&o) {
+                Some(k) => objects.insert(k, o.clone()).as_ref() != Some(&o),
+                None => false,
+            },
+            Event::Delete(o) => Key::of(&o).is_some_and(|k| objects.remove(&k).is_some()),
+            Event::Init => {
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                if let (Some(buf), Some(k)) = (self.relisting.as_mut(), Key::of(&o)) {
+                    buf.insert(k, o);
+                }
+                false
+            }
+            Event::InitDone => match self.relisting.take() {
+                Some(listed) if listed != *objects => {
+                    *objects = listed;
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// What the watchers share: the store and a signal that it changed.
+#[derive(Default)]
+pub struct Shared {
+    pub store: Mutex<Store>,
+    pub changed: Notify,
+}
+
+/// Watches one kind cluster-wide into the store's map `field`, until the
+/// process ends. Watch errors are logged and counted; the watcher re-lists
+/// after kube's back-off.
+async fn watch_kind<K>(
+    client: Client,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    field: fn(&mut Store) -> &mut BTreeMap<Key, K>,
+) where
+    K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let mut relist = Relist::<K>::default();
+    let stream =
+        watcher::watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff();
+    futures_util::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(e) => {
+                let changed = {
+                    let mut store = shared.store.lock().expect("store lock");
+                    relist.apply(field(&mut store), e)
+                };
+                if changed {
+                    shared.changed.notify_one();
+                }
+            }
+            Err(e) => {
+                metrics.watch_errors.inc();
+                tracing::warn!(%kind, error = %e, "watch failed; re-listing after back-off");
+            }
+        }
+    }
+}
+
+/// Starts a watcher for every kind the translator reads.
+pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+    macro_rules! watch {
+        ($kind:ty, $field:ident) => {
+            tokio::spawn(watch_kind::<$kind>(
+                client.clone(),
+                shared.clone(),
+                metrics.clone(),
+                |s| &mut s.$field,
+            ));
+        };
+    }
+    watch!(Namespace, namespaces);
+    watch!(Service, services);
+    watch!(EndpointSlice, endpoint_slices);
+    watch!(Pod, pods);
+    watch!(VirtualService, virtual_services);
+    watch!(DestinationRule, destination_rules);
+    watch!(AuthorizationPolicy, authorization_policies);
+    watch!(PeerAuthentication, peer_authentications);
+}
+
+/// Translates debounced store changes and publishes them, then writes the
+/// statuses that changed. Waits for the first change (the initial lists)
+/// before publishing anything, so proxies never get an empty mesh first.
+pub async fn run(
+    client: Client,
+    shared: Arc<Shared>,
+    options: Options,
+    mut debounce: Debounce,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut in_force: Option<Arc<Mesh>> = None;
+    loop {
+        let wake = debounce.deadline();
+        tokio::select! {
+            _ = shared.changed.notified() => debounce.changed(Instant::now()),
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        if let Some(first) = debounce.take_due(Instant::now()) {
+            let store = shared.store.lock().expect("store lock").clone();
+            publish(&store, &options, first, &tx, &metrics, &mut in_force);
+            if let Some(mesh) = &in_force {
+                if write_statuses(&client, &store, mesh, &metrics).await > 0 {
+                    // Try the failed writes again later, even if nothing changes.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STATUS_RETRY).await;
+                        shared.changed.notify_one();
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// How long after a failed status write the statuses are written again.
+pub const STATUS_RETRY: Duration = Duration::from_secs(5);
+
+/// Patches the `status` of every mesh resource whose verdict differs from
+/// what it says; returns how many writes failed.
+async fn write_statuses(client: &Client, store: &Store, mesh: &Mesh, metrics: &Metrics) -> usize {
+    let mut failed = 0;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    for (id, verdict) in mesh.verdicts() {
+        let key = &id.key;
+        let result = match id.kind {
+            "VirtualService" => {
+                write_one::<VirtualService>(
+                    client,
+                    key,
+                    store.virtual_services.get(key),
+                    verdict,
+                    &now,
+                    |o| o.status.as_ref(),
+                )
+                .await
+            }
+            "DestinationRule" => {
+                write_one::<DestinationRule>(
+                    client,
+                    key,
+                    store.destination_rules.get(key),
+                    verdict,
+                    &now,
+                    |o| o.status.as_ref(),
+                )
+                .await
+            }
+            "AuthorizationPolicy" => {
+                write_one::<AuthorizationPolicy>(
+                    client,
+                    key,
+                    store.authorization_policies.get(key),
+                    verdict,
+                    &now,
+                    |o| o.status.as_ref(),
+                )
+                .await
+            }
+            "PeerAuthentication" => {
+                write_one::<PeerAuthentication>(
+                    client,
+                    key,
+                    store.peer_authentications.get(key),
+                    verdict,
+                    &now,
+                    |o| o.status.as_ref(),
+                )
+                .await
+            }
+            _ => Ok(false),
+        };
+        match result {
+            Ok(true) => {
+                metrics.status_writes.inc();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                metrics.status_write_errors.inc();
+                tracing::warn!(kind = id.kind, resource = %key, error = %e, "cannot write status");
+            }
+        }
+    }
+    failed
+}
+
+/// Writes one status if it changed; true when it wrote.
+async fn write_one<K>(
+    client: &Client,
+    key: &Key,
+    obj: Option<&K>,
+    verdict: &Verdict,
+    now: &str,
+    status_of: fn(&K) -> Option<&Status>,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    let Some(obj) = obj else { return Ok(false) };
+    let Some(status) = needs_write(verdict, obj.meta().generation, status_of(obj), now) else {
+        return Ok(false);
+    };
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({ "status": status });
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        api.patch_status(
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        ),
+    )
+    .await
+    .map_err(|_| kube::Error::Service("status write timed out after 10 s".into()))??;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(name: &str, rv: &str) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    fn names(m: &BTreeMap<Key, Service>) -> Vec<String> {
+        m.keys().map(|k| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn apply_and_delete_change_the_map_once() {
+        let mut r = Relist::default();
+        let mut m = BTreeMap::new();
+        assert!(r.apply(&mut m, Event::Apply(svc("a", "1"))));
+        assert!(
+            !r.apply(&mut m, Event::Apply(svc("a", "1"))),
+            "same object: no change"
+        );
+        assert!(r.apply(&mut m, Event::Apply(svc("a", "2"))));
+        assert!(r.apply(&mut m, Event::Delete(svc("a", "2"))));
+        assert!(!r.apply(&mut m, Event::Delete(svc("a", "2"))));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_map_at_init_done_and_drops_what_was_not_listed() {
+        let mut r = Relist::default();
+        let mut m = BTreeMap::new();
+        r.apply(&mut m, Event::Apply(svc("a", "1")));
+        r.apply(&mut m, Event::Apply(svc("b", "1")));
+        // The watch broke; while it was down, `a` was deleted and `c` created.
+        assert!(!r.apply(&mut m, Event::Init));
+        assert!(!r.apply(&mut m, Event::InitApply(svc("b", "1"))));
+        assert!(!r.apply(&mut m, Event::InitApply(svc("c", "1"))));
+        assert_eq!(
+            names(&m),
+            ["a", "b"],
+            "nothing changes until the list is complete"
+        );
+        assert!(r.apply(&mut m, Event::InitDone));
+        assert_eq!(names(&m), ["b", "c"]);
+        // A resync that lists the same objects changes nothing.
+        r.apply(&mut m, Event::Init);
+        r.apply(&mut m, Event::InitApply(svc("b", "1")));
+        r.apply(&mut m, Event::InitApply(svc("c", "1")));
+        assert!(!r.apply(&mut m, Event::InitDone));
+    }
+}
