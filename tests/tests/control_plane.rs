@@ -1,0 +1,414 @@
+//! A real control plane (folder mode, in-process) streaming to a real proxy
+//! that routes real traffic: a VirtualService edit moves a split live with no
+//! failed request; a bad manifest is refused while the previous config keeps
+//! serving; the proxy rides out a control-plane restart and reconnects.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use outrigger_api::Snapshot;
+use outrigger_control_plane::folder::Folder;
+use outrigger_control_plane::metrics::Metrics;
+use outrigger_control_plane::publish::{run_folder, Debounce};
+use outrigger_control_plane::server::Server;
+use outrigger_control_plane::translate::Options as TranslateOptions;
+use outrigger_proxy::control::Follow;
+use outrigger_proxy::{Options, Proxy};
+use outrigger_tests::*;
+use tokio::sync::watch;
+
+/// A folder under the system temp dir, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("outrigger-cp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// Writes a file atomically (write then rename), as editors and
+    /// ConfigMap volumes do, so the control plane never reads half a file.
+    fn write(&self, file: &str, text: &str) {
+        let tmp = self.0.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join(file)).unwrap();
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An in-process control plane on `listener`, reading `folder`.
+struct ControlPlane {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    async fn start(folder: &Path, listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = watch::channel(None);
+        let (stop, stopped) = watch::channel(false);
+        let source = tokio::spawn(run_folder(
+            Folder::new(folder, "default"),
+            TranslateOptions::default(),
+            Duration::from_millis(20),
+            Debounce::new(Duration::from_millis(10), Duration::from_millis(100)),
+            tx,
+            metrics.clone(),
+            stopped.clone(),
+        ));
+        let server = tokio::spawn(Server::new(rx, metrics.clone()).run(listener, stopped));
+        Self {
+            addr,
+            stop,
+            metrics,
+            tasks: vec![source, server],
+        }
+    }
+
+    async fn bind_and_start(folder: &Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start(folder, listener).await
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The mesh the folder describes: Service `web` in `shop` with a blue and a
+/// green pod (each an app on loopback), their DestinationRule, and the
+/// client's pod.
+fn services(blue: SocketAddr, green: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: shop }}
+spec: {{ clusterIP: 10.96.0.10, ports: [{{ name: http, port: 80 }}] }}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: web, namespace: shop }}
+subsets:
+  - addresses: [{{ ip: 127.0.0.1, targetRef: {{ kind: Pod, name: web-blue }} }}]
+    ports: [{{ name: http, port: {} }}]
+  - addresses: [{{ ip: 127.0.0.1, targetRef: {{ kind: Pod, name: web-green }} }}]
+    ports: [{{ name: http, port: {} }}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: web-blue, namespace: shop, labels: {{ app: web, version: blue }} }}
+spec: {{ containers: [{{ name: web, image: web }}] }}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: web-green, namespace: shop, labels: {{ app: web, version: green }} }}
+spec: {{ containers: [{{ name: web, image: web }}] }}
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: {{ name: web, namespace: shop }}
+spec:
+  host: web
+  subsets: [{{ name: blue, labels: {{ version: blue }} }}, {{ name: green, labels: {{ version: green }} }}]
+"#,
+        blue.port(),
+        green.port()
+    )
+}
+
+fn split(blue: u32, green: u32) -> String {
+    format!(
+        r#"apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: web, namespace: shop }}
+spec:
+  hosts: [web]
+  http:
+    - route:
+        - {{ destination: {{ host: web, subset: blue }}, weight: {blue} }}
+        - {{ destination: {{ host: web, subset: green }}, weight: {green} }}
+"#
+    )
+}
+
+/// The client proxy's bootstrap: an outbound listener bound to `web.shop:80`
+/// (a placeholder entry with no endpoints until the control plane speaks).
+fn bootstrap() -> Snapshot {
+    Snapshot::from_yaml(
+        r#"
+version: "bootstrap"
+proxy: { workload: client, namespace: shop }
+admin: { bind: "127.0.0.1:0" }
+limits: { drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }
+listeners:
+  - { name: outbound, direction: outbound, bind: "127.0.0.1:0", target: { name: web, namespace: shop, port: 80 } }
+services:
+  - { name: web, namespace: shop, ports: [80] }
+"#,
+    )
+    .unwrap()
+}
+
+/// A client-side proxy following the control plane at `cp`.
+async fn following_proxy(cp: SocketAddr) -> Proxy {
+    let boot = bootstrap();
+    let p = Proxy::start(
+        boot.clone(),
+        Options {
+            wait_for_config: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    outrigger_proxy::control::spawn(
+        Follow {
+            address: cp.to_string(),
+            namespace: "shop".into(),
+            pod: "client-1".into(),
+        },
+        boot,
+        p.applier(),
+        p.metrics.clone(),
+    )
+    .unwrap();
+    p
+}
+
+async fn ready(p: &Proxy) -> bool {
+    let (status, _) = get(p.admin_addr, "/ready").await;
+    status == 200
+}
+
+/// Clients on long-lived HTTP/1.1 and HTTP/2 connections until `stop`.
+fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let mut h1 = http1(addr).await;
+                let mut h2 = http2(addr).await;
+                while !stop.load(Ordering::SeqCst) {
+                    let req = http::Request::get("/")
+                        .header("host", "web.shop")
+                        .body(empty())
+                        .unwrap();
+                    let resp = if i % 2 == 0 {
+                        h1.send_request(req).await
+                    } else {
+                        h2.send_request(req).await
+                    };
+                    match resp {
+                        Ok(r) if r.status() == 200 => {
+                            r.into_body().collect().await.unwrap();
+                            ok += 1;
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+fn counted(
+    name: &'static str,
+) -> impl std::future::Future<Output = (SocketAddr, Arc<AtomicUsize>)> {
+    counted_app(name, |_, _| Answer::Slow(1, 200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("split");
+    dir.write("mesh.yaml", &services(blue, green));
+    dir.write("web-vs.yaml", &split(100, 0));
+    let cp = ControlPlane::bind_and_start(&dir.0).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(!ready(&p).await, "not ready before the first update");
+    assert!(
+        eventually(Duration::from_secs(10), || ready(&p)).await,
+        "never ready"
+    );
+    let addr = p.listener_addr("outbound").unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    assert_eq!(
+        green_hits.load(Ordering::SeqCst),
+        0,
+        "100/0 sends nothing to green"
+    );
+
+    dir.write("web-vs.yaml", &split(0, 100));
+    // Once green has taken requests, blue must stop getting new ones.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            green_hits.load(Ordering::SeqCst) > 20
+        })
+        .await,
+        "the edit never reached the proxy"
+    );
+    let blue_after = blue_hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    // Requests already on their way to blue when the switch landed may finish there.
+    assert!(
+        blue_hits.load(Ordering::SeqCst) <= blue_after + 4,
+        "blue kept getting requests after the switch"
+    );
+    let text = cp.metrics.encode();
+    assert!(text.contains("outrigger_cp_connected_proxies 1"), "{text}");
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_manifest_is_refused_and_the_previous_config_keeps_serving() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("bad");
+    dir.write("mesh.yaml", &services(blue, green));
+    dir.write("web-vs.yaml", &split(100, 0));
+    let cp = ControlPlane::bind_and_start(&dir.0).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let version_before = metric(&scrape(&p).await, "outrigger_config_applied_total", &[]);
+
+    // Broken YAML: the file's last good content stays.
+    dir.write(
+        "web-vs.yaml",
+        "apiVersion: outrigger.dev/v1alpha1\nkind: VirtualService\nmetadata: { name: web\n",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp.metrics
+                .encode()
+                .contains("outrigger_cp_manifest_errors 1")
+        })
+        .await
+    );
+    // A well-formed VirtualService that names a missing subset: refused,
+    // and the accepted version stays in force.
+    dir.write(
+        "web-vs.yaml",
+        &split(0, 100).replace("subset: green", "subset: purple"),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp.metrics
+                .encode()
+                .contains("outrigger_cp_rejected_resources{kind=\"VirtualService\"} 1")
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..50 {
+        assert_eq!(get(addr, "/").await.0, 200);
+    }
+    assert_eq!(
+        green_hits.load(Ordering::SeqCst),
+        0,
+        "the refused edit changed nothing"
+    );
+    assert!(blue_hits.load(Ordering::SeqCst) >= 50);
+    let text = scrape(&p).await;
+    assert_eq!(
+        metric(&text, "outrigger_config_applied_total", &[]),
+        version_before,
+        "no update reached the proxy: nothing it sees changed"
+    );
+    assert_eq!(metric(&text, "outrigger_config_rejected_total", &[]), 0.0);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, _green_hits) = counted("green").await;
+    let dir = Dir::new("restart");
+    dir.write("mesh.yaml", &services(blue, green));
+    dir.write("web-vs.yaml", &split(100, 0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let cp = ControlPlane::start(&dir.0, listener).await;
+    let p = following_proxy(cp_addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let connected = |p: &Proxy| {
+        let p = p.metrics.clone();
+        async move { metric(&p.encode(), "outrigger_control_plane_connected", &[]) == 1.0 }
+    };
+    assert!(eventually(Duration::from_secs(5), || connected(&p)).await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(addr, stop.clone());
+    cp.stop().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(
+                &p.metrics.encode(),
+                "outrigger_control_plane_connected",
+                &[],
+            ) == 0.0
+        })
+        .await,
+        "the proxy never noticed the control plane left"
+    );
+    let served_while_away = blue_hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        blue_hits.load(Ordering::SeqCst) > served_while_away,
+        "traffic stopped"
+    );
+    assert!(ready(&p).await, "still ready with the last good snapshot");
+
+    // The control plane comes back on the same address; the proxy reconnects.
+    let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
+    let cp = ControlPlane::start(&dir.0, listener).await;
+    assert!(
+        eventually(Duration::from_secs(15), || connected(&p)).await,
+        "the proxy did not reconnect"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    for c in clients {
+        failed += c.await.unwrap().1;
+    }
+    assert_eq!(failed, 0);
+    cp.stop().await;
+}
