@@ -40,7 +40,7 @@
 #   CONCURRENCY=32  LAT_CONCURRENCY=16  FIXED_RATE=1000
 #   DISTURBED_CORES=0.1  RERUNS=20     as in bench/run.sh
 #   CG=1  CG_N1=200  CG_N2=2200        instruction counts under callgrind (CG=0 skips them)
-#   BASE_PORT=18100       ports used: BASE_PORT .. BASE_PORT+50 on 127.0.0.1
+#   BASE_PORT=18100       ports used: BASE_PORT .. BASE_PORT+61 on 127.0.0.1
 #   SKIP_INSTALL=1  SKIP_BUILD=1  BUILD_REF=HEAD   as in bench/run.sh
 #   REPORT=path           the file whose policy section is (re)written (default: BENCHMARKS.md)
 
@@ -84,7 +84,8 @@ P_EN_SERVER=$((BASE_PORT + 3)); P_EN_SERVER_ADMIN=$((BASE_PORT + 4))
 P_EN_OFF=$((BASE_PORT + 5)); P_EN_OFF_ADMIN=$((BASE_PORT + 6))
 P_EN_ON=$((BASE_PORT + 7)); P_EN_ON_ADMIN=$((BASE_PORT + 8))
 declare -A P_OR=() P_OR_ADMIN=()
-ALL_PORTS=($P_UPSTREAM $P_OR_SERVER $P_OR_SERVER_ADMIN $P_EN_SERVER $P_EN_SERVER_ADMIN $P_EN_OFF $P_EN_OFF_ADMIN $P_EN_ON $P_EN_ON_ADMIN)
+P_CG=$((BASE_PORT + 60)); P_CG_ADMIN=$((BASE_PORT + 61))
+ALL_PORTS=($P_UPSTREAM $P_OR_SERVER $P_OR_SERVER_ADMIN $P_EN_SERVER $P_EN_SERVER_ADMIN $P_EN_OFF $P_EN_OFF_ADMIN $P_EN_ON $P_EN_ON_ADMIN $P_CG $P_CG_ADMIN)
 i=0
 for v in "${VARIANTS[@]}"; do
   P_OR[$v]=$((BASE_PORT + 20 + 2 * i)); P_OR_ADMIN[$v]=$((BASE_PORT + 21 + 2 * i))
@@ -278,7 +279,6 @@ if [[ ${CG:-1} == 1 ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
   fi
   CG_N1=${CG_N1:-200} CG_N2=${CG_N2:-2200}
-  P_CG=$((BASE_PORT + 60)); P_CG_ADMIN=$((BASE_PORT + 61))
   log "instructions per request under callgrind ($CG_N1 and $CG_N2 requests, oha -c 4)"
   for s in "${ORDER[@]}"; do
     [[ $s == or_* ]] || continue

@@ -24,6 +24,9 @@ struct FileState {
     objects: Vec<Object>,
     /// The error of the last read, when it failed.
     error: Option<ManifestError>,
+    /// The last read failed at the file system (not the parser): read and
+    /// parse again next time even if the text looks the same.
+    unreadable: bool,
 }
 
 /// What a rescan found.
@@ -68,16 +71,19 @@ impl Folder {
                         line: 0,
                         message: format!("cannot read: {e}"),
                     };
-                    self.files.entry(path).or_default().error = Some(err.clone());
+                    let state = self.files.entry(path).or_default();
+                    state.error = Some(err.clone());
+                    state.unreadable = true;
                     scan.errors.push(err);
                     continue;
                 }
             };
             let known = self.files.contains_key(&path);
             let state = self.files.entry(path.clone()).or_default();
-            if known && state.text == text {
+            if known && state.text == text && !state.unreadable {
                 continue;
             }
+            state.unreadable = false;
             state.text = text;
             match manifest::parse(
                 &path.display().to_string(),

@@ -85,11 +85,24 @@ impl<K: Resource + Clone + PartialEq> Relist<K> {
     }
 }
 
-/// What the watchers share: the store and a signal that it changed.
+/// What the watchers share: the store, a signal that it changed, and the
+/// kinds whose first list is complete.
 #[derive(Default)]
 pub struct Shared {
     pub store: Mutex<Store>,
     pub changed: Notify,
+    listed: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// How many kinds [`spawn_watchers`] watches.
+pub const KINDS: usize = 8;
+
+impl Shared {
+    /// Whether every kind has been listed once: before that a translation
+    /// would see, say, Services without their EndpointSlices.
+    pub fn all_listed(&self) -> bool {
+        self.listed.lock().expect("listed lock").len() >= KINDS
+    }
 }
 
 /// Watches one kind cluster-wide into the store's map `field`, until the
@@ -112,11 +125,18 @@ async fn watch_kind<K>(
     while let Some(event) = stream.next().await {
         match event {
             Ok(e) => {
+                let init_done = matches!(e, Event::InitDone);
                 let changed = {
                     let mut store = shared.store.lock().expect("store lock");
                     relist.apply(field(&mut store), e)
                 };
-                if changed {
+                let first_list = init_done
+                    && shared
+                        .listed
+                        .lock()
+                        .expect("listed lock")
+                        .insert(kind.clone());
+                if changed || first_list {
                     shared.changed.notify_one();
                 }
             }
@@ -151,8 +171,9 @@ pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>
 }
 
 /// Translates debounced store changes and publishes them, then writes the
-/// statuses that changed. Waits for the first change (the initial lists)
-/// before publishing anything, so proxies never get an empty mesh first.
+/// statuses that changed. Publishes nothing (and `/ready` stays 503) until
+/// every kind has been listed once, so that proxies never get a partial
+/// mesh (Services without endpoints) after a restart.
 pub async fn run(
     client: Client,
     shared: Arc<Shared>,
@@ -164,11 +185,18 @@ pub async fn run(
 ) {
     let mut in_force: Option<Arc<Mesh>> = None;
     loop {
-        let wake = debounce.deadline();
+        let wake = if shared.all_listed() {
+            debounce.deadline()
+        } else {
+            None
+        };
         tokio::select! {
             _ = shared.changed.notified() => debounce.changed(Instant::now()),
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        if !shared.all_listed() {
+            continue;
         }
         if let Some(first) = debounce.take_due(Instant::now()) {
             let store = shared.store.lock().expect("store lock").clone();

@@ -148,6 +148,12 @@ impl Server {
             metrics.connected_proxies.inc();
             tracing::debug!(namespace = %id.namespace, pod = %id.pod, "proxy connected");
             let mut last_version = String::new();
+            // Heartbeats count from the last byte written, not from the last
+            // publish: a mesh that changes elsewhere must not starve this stream.
+            let mut last_write = tokio::time::Instant::now();
+            // The first update answers the connection, not a change: it is
+            // left out of the push latency.
+            let mut first = true;
             loop {
                 let published = mesh.borrow_and_update().clone();
                 if let Some(p) = published {
@@ -159,20 +165,25 @@ impl Server {
                         if tx.send(Bytes::from(line)).await.is_err() {
                             break;
                         }
+                        last_write = tokio::time::Instant::now();
                         metrics.pushes.inc();
                         metrics.update_bytes.observe(size as f64);
-                        metrics
-                            .push_latency
-                            .observe(p.changed_at.elapsed().as_secs_f64());
+                        if !first {
+                            metrics
+                                .push_latency
+                                .observe(p.changed_at.elapsed().as_secs_f64());
+                        }
+                        first = false;
                         last_version = update.version;
                     }
                 }
                 tokio::select! {
                     r = mesh.changed() => if r.is_err() { break },
-                    _ = tokio::time::sleep(HEARTBEAT) => {
+                    _ = tokio::time::sleep_until(last_write + HEARTBEAT) => {
                         if tx.send(Bytes::from_static(b"\n")).await.is_err() {
                             break;
                         }
+                        last_write = tokio::time::Instant::now();
                     }
                     _ = tx.closed() => break,
                 }

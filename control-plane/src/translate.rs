@@ -370,6 +370,11 @@ impl Mesh {
             .map(|(k, _)| k)
             .collect();
         let mut included: BTreeSet<&Key> = BTreeSet::new();
+        // Destinations a visible route names a subset of: their rule comes
+        // along even where its own exportTo would not reach, or the route
+        // would name a subset the proxy does not have (and the proxy would
+        // refuse the whole update).
+        let mut rule_needed: BTreeSet<&Key> = BTreeSet::new();
         while let Some(key) = wanted.pop() {
             if !included.insert(key) {
                 continue;
@@ -384,6 +389,9 @@ impl Mesh {
                             .services
                             .get_key_value(&host_key(&rd.destination.host, &key.namespace))
                         {
+                            if rd.destination.subset.is_some() {
+                                rule_needed.insert(dest);
+                            }
                             wanted.push(dest);
                         }
                     }
@@ -394,7 +402,10 @@ impl Mesh {
         for key in included {
             let ms = &self.services[key];
             let routes = ms.routes.as_ref().filter(|r| r.export.includes(ns));
-            let rule = ms.rule.as_ref().filter(|r| r.export.includes(ns));
+            let rule = ms
+                .rule
+                .as_ref()
+                .filter(|r| r.export.includes(ns) || rule_needed.contains(key));
             for entry in &ms.entries {
                 let mut e = entry.clone();
                 if let Some(r) = routes {
@@ -1529,5 +1540,48 @@ spec:
             .services
             .iter()
             .all(|s| s.http.is_empty()));
+    }
+
+    #[test]
+    fn a_route_exported_wider_than_its_destination_rule_brings_the_subsets_along() {
+        let yaml = format!(
+            "{REVIEWS}---{}",
+            r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  exportTo: ["."]
+  subsets: [{ name: v1, labels: { version: v1 } }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#
+        );
+        let all = Mesh::build(
+            &store(&yaml),
+            &Options {
+                default_export_to: ExportTo::All,
+                ..Options::default()
+            },
+        );
+        // `config` validates the snapshot as the proxy would.
+        let c = config(&all, "elsewhere", "p");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http.len(), 1);
+        assert_eq!(reviews.subsets.len(), 1, "the subset the route names");
+        // A proxy whose routes name no subset of it does not get the rule.
+        assert!(c
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .subsets
+            .is_empty());
     }
 }

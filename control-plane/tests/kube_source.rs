@@ -330,7 +330,11 @@ async fn lists_watches_a_resync_after_a_watch_error_and_status_writes() {
             >= 1,
         "re-listed"
     );
-    assert!(metrics
+    let writes: f64 = metrics
         .encode()
-        .contains("outrigger_cp_status_writes_total"));
+        .lines()
+        .find_map(|l| l.strip_prefix("outrigger_cp_status_writes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(writes >= 2.0, "{writes} status writes counted");
 }

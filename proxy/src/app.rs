@@ -259,8 +259,14 @@ impl Applier {
                 if !self.draining.load(Ordering::Acquire)
                     && !self.ready.swap(true, Ordering::AcqRel)
                 {
-                    self.metrics.ready.set(1);
-                    tracing::info!("ready");
+                    if self.draining.load(Ordering::Acquire) {
+                        // The drain began in between (it sets `draining`
+                        // before clearing `ready`): it owns readiness now.
+                        self.ready.store(false, Ordering::Release);
+                    } else {
+                        self.metrics.ready.set(1);
+                        tracing::info!("ready");
+                    }
                 }
             }
             Err(_) => {

@@ -230,21 +230,30 @@ fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier) -> bool {
 #[derive(Default)]
 struct Lines {
     buf: BytesMut,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
 }
 
 impl Lines {
     fn push(&mut self, data: &Bytes) -> Result<(), ()> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() > MAX_UPDATE_BYTES && !self.buf.contains(&b'\n') {
+        if self.buf.len() > MAX_UPDATE_BYTES && !self.buf[self.scanned..].contains(&b'\n') {
             return Err(());
         }
         Ok(())
     }
 
+    /// The next complete line; each byte is searched once, however the
+    /// line was split into frames.
     fn next_line(&mut self) -> Option<Bytes> {
-        let end = self.buf.iter().position(|b| *b == b'\n')?;
+        let Some(at) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let end = self.scanned + at;
         let line = self.buf.split_to(end).freeze();
         self.buf.advance(1);
+        self.scanned = 0;
         Some(line)
     }
 }

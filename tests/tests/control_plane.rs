@@ -167,18 +167,29 @@ services:
     .unwrap()
 }
 
-/// A client-side proxy following the control plane at `cp`.
-async fn following_proxy(cp: SocketAddr) -> Proxy {
-    let boot = bootstrap();
-    let p = Proxy::start(
-        boot.clone(),
+/// A client-side proxy waiting for its first config.
+async fn waiting_proxy() -> Proxy {
+    Proxy::start(
+        bootstrap(),
         Options {
             wait_for_config: true,
             ..Options::default()
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A client-side proxy following the control plane at `cp`.
+async fn following_proxy(cp: SocketAddr) -> Proxy {
+    let p = waiting_proxy().await;
+    follow(&p, cp);
+    p
+}
+
+/// Starts following the control plane at `cp`.
+fn follow(p: &Proxy, cp: SocketAddr) {
+    let boot = bootstrap();
     outrigger_proxy::control::spawn(
         Follow {
             address: cp.to_string(),
@@ -190,7 +201,6 @@ async fn following_proxy(cp: SocketAddr) -> Proxy {
         p.metrics.clone(),
     )
     .unwrap();
-    p
 }
 
 async fn ready(p: &Proxy) -> bool {
@@ -245,8 +255,9 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
     let cp = ControlPlane::bind_and_start(&dir.0).await;
-    let p = following_proxy(cp.addr).await;
+    let p = waiting_proxy().await;
     assert!(!ready(&p).await, "not ready before the first update");
+    follow(&p, cp.addr);
     assert!(
         eventually(Duration::from_secs(10), || ready(&p)).await,
         "never ready"
@@ -308,6 +319,7 @@ async fn a_bad_manifest_is_refused_and_the_previous_config_keeps_serving() {
     assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
     let addr = p.listener_addr("outbound").unwrap();
     let version_before = metric(&scrape(&p).await, "outrigger_config_applied_total", &[]);
+    let pushes_before = metric(&cp.metrics.encode(), "outrigger_cp_pushes_total", &[]);
 
     // Broken YAML: the file's last good content stays.
     dir.write(
@@ -353,6 +365,11 @@ async fn a_bad_manifest_is_refused_and_the_previous_config_keeps_serving() {
         "no update reached the proxy: nothing it sees changed"
     );
     assert_eq!(metric(&text, "outrigger_config_rejected_total", &[]), 0.0);
+    assert_eq!(
+        metric(&cp.metrics.encode(), "outrigger_cp_pushes_total", &[]),
+        pushes_before,
+        "the control plane sent nothing: the refused edit changed nothing any proxy sees"
+    );
     cp.stop().await;
 }
 
