@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service as KubeService};
 use kube::Resource;
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use outrigger_api::{Endpoint, ProxyInfo, Service, ServiceProtocol, Snapshot};
@@ -274,17 +274,11 @@ impl Mesh {
             }
         }
         for (key, dr) in by_age(&store.destination_rules) {
-            let mut verdict = mesh.apply_destination_rule(key, dr);
-            if verdict.is_accepted() {
-                mesh.in_force_dr.insert(key.clone(), dr.clone());
-            } else if let Some(prev) = previous
-                .and_then(|p| p.in_force_dr.get(key))
-                .filter(|p| p.spec != dr.spec)
-            {
-                if mesh.apply_destination_rule(key, prev).is_accepted() {
-                    mesh.in_force_dr.insert(key.clone(), prev.clone());
-                    verdict = verdict.keeping_previous();
-                }
+            let prev = previous.and_then(|p| p.in_force_dr.get(key));
+            let (verdict, in_force) =
+                mesh.apply_keeping(key, dr, prev, Mesh::apply_destination_rule);
+            if let Some(r) = in_force {
+                mesh.in_force_dr.insert(key.clone(), r);
             }
             mesh.verdicts.insert(
                 ResourceId {
@@ -295,17 +289,11 @@ impl Mesh {
             );
         }
         for (key, vs) in by_age(&store.virtual_services) {
-            let mut verdict = mesh.apply_virtual_service(key, vs);
-            if verdict.is_accepted() {
-                mesh.in_force_vs.insert(key.clone(), vs.clone());
-            } else if let Some(prev) = previous
-                .and_then(|p| p.in_force_vs.get(key))
-                .filter(|p| p.spec != vs.spec)
-            {
-                if mesh.apply_virtual_service(key, prev).is_accepted() {
-                    mesh.in_force_vs.insert(key.clone(), prev.clone());
-                    verdict = verdict.keeping_previous();
-                }
+            let prev = previous.and_then(|p| p.in_force_vs.get(key));
+            let (verdict, in_force) =
+                mesh.apply_keeping(key, vs, prev, Mesh::apply_virtual_service);
+            if let Some(r) = in_force {
+                mesh.in_force_vs.insert(key.clone(), r);
             }
             mesh.verdicts.insert(
                 ResourceId {
@@ -342,6 +330,28 @@ impl Mesh {
             );
         }
         mesh
+    }
+
+    /// Applies `current`; when it is refused and `previous` (the version in
+    /// force before) differs and still applies, that one stays in force.
+    /// Returns the verdict on `current` and the version now in force.
+    fn apply_keeping<R: Clone + PartialEq>(
+        &mut self,
+        key: &Key,
+        current: &R,
+        previous: Option<&R>,
+        apply: fn(&mut Mesh, &Key, &R) -> Verdict,
+    ) -> (Verdict, Option<R>) {
+        let verdict = apply(self, key, current);
+        if verdict.is_accepted() {
+            return (verdict, Some(current.clone()));
+        }
+        match previous.filter(|p| *p != current) {
+            Some(p) if apply(self, key, p).is_accepted() => {
+                (verdict.keeping_previous(), Some(p.clone()))
+            }
+            _ => (verdict, None),
+        }
     }
 
     /// Every mesh resource's verdict.
@@ -517,12 +527,7 @@ impl Mesh {
                 if !ready {
                     continue;
                 }
-                let pod = ep
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| r.name.as_ref())
-                    .and_then(|name| self.pods.get(&Key::new(&svc.namespace, name)));
+                let pod = self.pod_of(ep.target_ref.as_ref(), &svc.namespace);
                 for addr in &ep.addresses {
                     let e = self.endpoint(addr, port, pod, &svc.namespace);
                     out.insert(e.address.clone(), e);
@@ -541,18 +546,19 @@ impl Mesh {
                     continue;
                 };
                 for a in subset.addresses.iter().flatten() {
-                    let pod = a
-                        .target_ref
-                        .as_ref()
-                        .filter(|r| r.kind.as_deref() == Some("Pod"))
-                        .and_then(|r| r.name.as_ref())
-                        .and_then(|name| self.pods.get(&Key::new(&svc.namespace, name)));
+                    let pod = self.pod_of(a.target_ref.as_ref(), &svc.namespace);
                     let e = self.endpoint(&a.ip, port, pod, &svc.namespace);
                     out.insert(e.address.clone(), e);
                 }
             }
         }
         out.into_values().collect()
+    }
+
+    /// The pod an endpoint's `targetRef` names, when the store has it.
+    fn pod_of(&self, target: Option<&ObjectReference>, namespace: &str) -> Option<&PodFacts> {
+        let target = target.filter(|r| r.kind.as_deref() == Some("Pod"))?;
+        self.pods.get(&Key::new(namespace, target.name.as_ref()?))
     }
 
     fn endpoint(&self, ip: &str, port: u16, pod: Option<&PodFacts>, namespace: &str) -> Endpoint {
