@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -85,11 +85,92 @@ impl<K: Resource + Clone + PartialEq> Relist<K> {
     }
 }
 
-/// What the watchers share: the store, a signal that it changed, and the
+/// The mesh resources as the watch sees them, undecoded: a resource with a
+/// field the Rust types do not know must not fail its whole list (kube-rs
+/// decodes a list as a whole); it is decoded, or refused by name, at
+/// translation ([`State::store`]).
+#[derive(Clone, Debug, Default)]
+pub struct Raw {
+    pub virtual_services: BTreeMap<Key, DynamicObject>,
+    pub destination_rules: BTreeMap<Key, DynamicObject>,
+    pub authorization_policies: BTreeMap<Key, DynamicObject>,
+    pub peer_authentications: BTreeMap<Key, DynamicObject>,
+}
+
+/// What the watchers fill: the Kubernetes kinds typed, the mesh kinds raw.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub kube: Store,
+    pub raw: Raw,
+}
+
+impl State {
+    /// The store the translator reads: the mesh resources decoded, and the
+    /// ones that do not decode listed in `invalid` with the reason.
+    pub fn store(&self) -> Store {
+        let mut store = self.kube.clone();
+        decode_into(
+            &self.raw.virtual_services,
+            "VirtualService",
+            &mut store.virtual_services,
+            &mut store.invalid,
+        );
+        decode_into(
+            &self.raw.destination_rules,
+            "DestinationRule",
+            &mut store.destination_rules,
+            &mut store.invalid,
+        );
+        decode_into(
+            &self.raw.authorization_policies,
+            "AuthorizationPolicy",
+            &mut store.authorization_policies,
+            &mut store.invalid,
+        );
+        decode_into(
+            &self.raw.peer_authentications,
+            "PeerAuthentication",
+            &mut store.peer_authentications,
+            &mut store.invalid,
+        );
+        store
+    }
+
+    fn raw_of(&self, kind: &str) -> Option<&BTreeMap<Key, DynamicObject>> {
+        match kind {
+            "VirtualService" => Some(&self.raw.virtual_services),
+            "DestinationRule" => Some(&self.raw.destination_rules),
+            "AuthorizationPolicy" => Some(&self.raw.authorization_policies),
+            "PeerAuthentication" => Some(&self.raw.peer_authentications),
+            _ => None,
+        }
+    }
+}
+
+fn decode_into<K: DeserializeOwned>(
+    raw: &BTreeMap<Key, DynamicObject>,
+    kind: &'static str,
+    typed: &mut BTreeMap<Key, K>,
+    invalid: &mut BTreeMap<(&'static str, Key), String>,
+) {
+    for (key, obj) in raw {
+        let decoded = serde_json::to_value(obj).and_then(serde_json::from_value::<K>);
+        match decoded {
+            Ok(o) => {
+                typed.insert(key.clone(), o);
+            }
+            Err(e) => {
+                invalid.insert((kind, key.clone()), format!("spec: {e}"));
+            }
+        }
+    }
+}
+
+/// What the watchers share: their state, a signal that it changed, and the
 /// kinds whose first list is complete.
 #[derive(Default)]
 pub struct Shared {
-    pub store: Mutex<Store>,
+    pub state: Mutex<State>,
     pub changed: Notify,
     listed: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -109,26 +190,25 @@ impl Shared {
 /// process ends. Watch errors are logged and counted; the watcher re-lists
 /// after kube's back-off.
 async fn watch_kind<K>(
-    client: Client,
+    api: Api<K>,
+    kind: &'static str,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
-    field: fn(&mut Store) -> &mut BTreeMap<Key, K>,
+    field: fn(&mut State) -> &mut BTreeMap<Key, K>,
 ) where
     K: Resource + Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default,
 {
-    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let kind = kind.to_string();
     let mut relist = Relist::<K>::default();
-    let stream =
-        watcher::watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         match event {
             Ok(e) => {
                 let init_done = matches!(e, Event::InitDone);
                 let changed = {
-                    let mut store = shared.store.lock().expect("store lock");
-                    relist.apply(field(&mut store), e)
+                    let mut state = shared.state.lock().expect("state lock");
+                    relist.apply(field(&mut state), e)
                 };
                 let first_list = init_done
                     && shared
@@ -153,10 +233,22 @@ pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>
     macro_rules! watch {
         ($kind:ty, $field:ident) => {
             tokio::spawn(watch_kind::<$kind>(
-                client.clone(),
+                Api::all(client.clone()),
+                stringify!($kind),
                 shared.clone(),
                 metrics.clone(),
-                |s| &mut s.$field,
+                |s| &mut s.kube.$field,
+            ));
+        };
+    }
+    macro_rules! watch_raw {
+        ($kind:ty, $field:ident) => {
+            tokio::spawn(watch_kind::<DynamicObject>(
+                Api::all_with(client.clone(), &ApiResource::erase::<$kind>(&())),
+                stringify!($kind),
+                shared.clone(),
+                metrics.clone(),
+                |s| &mut s.raw.$field,
             ));
         };
     }
@@ -164,10 +256,10 @@ pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>
     watch!(Service, services);
     watch!(EndpointSlice, endpoint_slices);
     watch!(Pod, pods);
-    watch!(VirtualService, virtual_services);
-    watch!(DestinationRule, destination_rules);
-    watch!(AuthorizationPolicy, authorization_policies);
-    watch!(PeerAuthentication, peer_authentications);
+    watch_raw!(VirtualService, virtual_services);
+    watch_raw!(DestinationRule, destination_rules);
+    watch_raw!(AuthorizationPolicy, authorization_policies);
+    watch_raw!(PeerAuthentication, peer_authentications);
 }
 
 /// Translates debounced store changes and publishes them, then writes the
@@ -199,10 +291,17 @@ pub async fn run(
             continue;
         }
         if let Some(first) = debounce.take_due(Instant::now()) {
-            let store = shared.store.lock().expect("store lock").clone();
-            publish(&store, &options, first, &tx, &metrics, &mut in_force);
+            let state = shared.state.lock().expect("state lock").clone();
+            publish(
+                &state.store(),
+                &options,
+                first,
+                &tx,
+                &metrics,
+                &mut in_force,
+            );
             if let Some(mesh) = &in_force {
-                if write_statuses(&client, &store, mesh, &metrics).await > 0 {
+                if write_statuses(&client, &state, mesh, &metrics).await > 0 {
                     // Try the failed writes again later, even if nothing changes.
                     let shared = shared.clone();
                     tokio::spawn(async move {
@@ -220,59 +319,14 @@ pub const STATUS_RETRY: Duration = Duration::from_secs(5);
 
 /// Patches the `status` of every mesh resource whose verdict differs from
 /// what it says; returns how many writes failed.
-async fn write_statuses(client: &Client, store: &Store, mesh: &Mesh, metrics: &Metrics) -> usize {
-    let mut failed = 0;
+async fn write_statuses(client: &Client, state: &State, mesh: &Mesh, metrics: &Metrics) -> usize {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut failed = 0;
     for (id, verdict) in mesh.verdicts() {
-        let key = &id.key;
-        let result = match id.kind {
-            "VirtualService" => {
-                write_one::<VirtualService>(
-                    client,
-                    key,
-                    store.virtual_services.get(key),
-                    verdict,
-                    &now,
-                    |o| o.status.as_ref(),
-                )
-                .await
-            }
-            "DestinationRule" => {
-                write_one::<DestinationRule>(
-                    client,
-                    key,
-                    store.destination_rules.get(key),
-                    verdict,
-                    &now,
-                    |o| o.status.as_ref(),
-                )
-                .await
-            }
-            "AuthorizationPolicy" => {
-                write_one::<AuthorizationPolicy>(
-                    client,
-                    key,
-                    store.authorization_policies.get(key),
-                    verdict,
-                    &now,
-                    |o| o.status.as_ref(),
-                )
-                .await
-            }
-            "PeerAuthentication" => {
-                write_one::<PeerAuthentication>(
-                    client,
-                    key,
-                    store.peer_authentications.get(key),
-                    verdict,
-                    &now,
-                    |o| o.status.as_ref(),
-                )
-                .await
-            }
-            _ => Ok(false),
+        let Some(obj) = state.raw_of(id.kind).and_then(|m| m.get(&id.key)) else {
+            continue;
         };
-        match result {
+        match write_one(client, id.kind, &id.key, obj, verdict, &now).await {
             Ok(true) => {
                 metrics.status_writes.inc();
             }
@@ -280,7 +334,7 @@ async fn write_statuses(client: &Client, store: &Store, mesh: &Mesh, metrics: &M
             Err(e) => {
                 failed += 1;
                 metrics.status_write_errors.inc();
-                tracing::warn!(kind = id.kind, resource = %key, error = %e, "cannot write status");
+                tracing::warn!(kind = id.kind, resource = %id.key, error = %e, "cannot write status");
             }
         }
     }
@@ -288,23 +342,29 @@ async fn write_statuses(client: &Client, store: &Store, mesh: &Mesh, metrics: &M
 }
 
 /// Writes one status if it changed; true when it wrote.
-async fn write_one<K>(
+async fn write_one(
     client: &Client,
+    kind: &str,
     key: &Key,
-    obj: Option<&K>,
+    obj: &DynamicObject,
     verdict: &Verdict,
     now: &str,
-    status_of: fn(&K) -> Option<&Status>,
-) -> Result<bool, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-    K::DynamicType: Default,
-{
-    let Some(obj) = obj else { return Ok(false) };
-    let Some(status) = needs_write(verdict, obj.meta().generation, status_of(obj), now) else {
+) -> Result<bool, kube::Error> {
+    // A status the control plane cannot read is rewritten whole.
+    let current: Option<Status> = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let Some(status) = needs_write(verdict, obj.metadata.generation, current.as_ref(), now) else {
         return Ok(false);
     };
-    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let ar = match kind {
+        "VirtualService" => ApiResource::erase::<VirtualService>(&()),
+        "DestinationRule" => ApiResource::erase::<DestinationRule>(&()),
+        "AuthorizationPolicy" => ApiResource::erase::<AuthorizationPolicy>(&()),
+        _ => ApiResource::erase::<PeerAuthentication>(&()),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
     let patch = serde_json::json!({ "status": status });
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -60,6 +60,10 @@ pub struct Store {
     pub destination_rules: BTreeMap<Key, DestinationRule>,
     pub authorization_policies: BTreeMap<Key, AuthorizationPolicy>,
     pub peer_authentications: BTreeMap<Key, PeerAuthentication>,
+    /// Mesh resources that exist but could not be read as their kind (an
+    /// unsupported field, a bad value): (kind, key) → why. The Kubernetes
+    /// source puts them here instead of failing the whole watch.
+    pub invalid: BTreeMap<(&'static str, Key), String>,
 }
 
 /// One object of a kind the store holds. Objects live here only between a

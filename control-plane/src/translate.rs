@@ -273,6 +273,30 @@ impl Mesh {
                 mesh.services.insert(key.clone(), ms);
             }
         }
+        // Resources that could not be read: refused with the reason, and
+        // their version in force before stays.
+        for (&(kind, ref key), why) in &store.invalid {
+            let verdict = Verdict::refused("InvalidSpec", why.clone());
+            let kept = match kind {
+                "DestinationRule" => previous
+                    .and_then(|p| p.in_force_dr.get(key))
+                    .filter(|prev| mesh.apply_destination_rule(key, prev).is_accepted())
+                    .map(|prev| mesh.in_force_dr.insert(key.clone(), prev.clone()))
+                    .is_some(),
+                _ => false,
+            };
+            mesh.verdicts.insert(
+                ResourceId {
+                    kind,
+                    key: key.clone(),
+                },
+                if kept {
+                    verdict.keeping_previous()
+                } else {
+                    verdict
+                },
+            );
+        }
         for (key, dr) in by_age(&store.destination_rules) {
             let prev = previous.and_then(|p| p.in_force_dr.get(key));
             let (verdict, in_force) =
@@ -287,6 +311,21 @@ impl Mesh {
                 },
                 verdict,
             );
+        }
+        for (kind, key) in store.invalid.keys().filter(|(k, _)| *k == "VirtualService") {
+            let prev = previous.and_then(|p| p.in_force_vs.get(key));
+            if let Some(prev) =
+                prev.filter(|prev| mesh.apply_virtual_service(key, prev).is_accepted())
+            {
+                mesh.in_force_vs.insert(key.clone(), prev.clone());
+                let id = ResourceId {
+                    kind,
+                    key: key.clone(),
+                };
+                if let Some(v) = mesh.verdicts.remove(&id) {
+                    mesh.verdicts.insert(id, v.keeping_previous());
+                }
+            }
         }
         for (key, vs) in by_age(&store.virtual_services) {
             let prev = previous.and_then(|p| p.in_force_vs.get(key));
@@ -1589,5 +1628,49 @@ spec:
             .unwrap()
             .subsets
             .is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_resource_is_refused_by_name_and_its_last_accepted_version_stays() {
+        let good = Mesh::build(
+            &store(&format!("{REVIEWS}---{CANARY}")),
+            &Options::default(),
+        );
+        let mut bad = store(REVIEWS);
+        let dr = store(CANARY).destination_rules;
+        bad.destination_rules = dr;
+        bad.invalid.insert(
+            ("VirtualService", Key::new("shop", "reviews")),
+            "spec: unknown field `mirror`".into(),
+        );
+        let next = Mesh::rebuild(&bad, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains("mirror") && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        assert_eq!(
+            c.services
+                .iter()
+                .find(|s| s.name == "reviews")
+                .unwrap()
+                .http[0]
+                .route
+                .len(),
+            2
+        );
+        // With no history it applies nothing.
+        let fresh = Mesh::build(&bad, &Options::default());
+        assert!(
+            refused(verdict(&fresh, "VirtualService", "shop", "reviews"))
+                .1
+                .ends_with("`mirror`")
+        );
+        assert!(config(&fresh, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.http.is_empty()));
     }
 }

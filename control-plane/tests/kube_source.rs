@@ -159,6 +159,14 @@ fn virtual_service(subset: Option<&str>, generation: i64) -> Value {
             "spec": { "hosts": ["web"], "http": [{ "route": [{ "destination": dest }] }] } })
 }
 
+/// A VirtualService using Istio's `mirror`, which Outrigger does not
+/// support: it must be refused by name without failing the watch.
+fn unsupported() -> Value {
+    json!({ "apiVersion": "outrigger.dev/v1alpha1", "kind": "VirtualService",
+            "metadata": { "name": "mirrored", "namespace": "shop", "generation": 4, "resourceVersion": "11" },
+            "spec": { "hosts": ["web"], "http": [{ "route": [{ "destination": { "host": "web" } }], "mirror": { "host": "web" } }] } })
+}
+
 async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
@@ -215,12 +223,12 @@ async fn lists_watches_a_resync_after_a_watch_error_and_status_writes() {
                 list(
                     "/apis/outrigger.dev/v1alpha1/virtualservices",
                     "10",
-                    vec![virtual_service(Some("v9"), 1)],
+                    vec![virtual_service(Some("v9"), 1), unsupported()],
                 ),
                 list(
                     "/apis/outrigger.dev/v1alpha1/virtualservices",
                     "30",
-                    vec![virtual_service(None, 2)],
+                    vec![virtual_service(None, 2), unsupported()],
                 ),
             ],
         );
@@ -329,6 +337,23 @@ async fn lists_watches_a_resync_after_a_watch_error_and_status_writes() {
             .unwrap()
             >= 1,
         "re-listed"
+    );
+    // The VirtualService with an unsupported field: refused by name, and
+    // the watch of its kind kept working (the fix above came through it).
+    let named = |s: &Script| {
+        s.patches.iter().any(|(p, b)| {
+            let c = &b["status"]["conditions"][0];
+            p == "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/mirrored/status"
+                && c["status"] == "False"
+                && c["reason"] == "InvalidSpec"
+                && c["message"].as_str().unwrap().contains("mirror")
+                && c["observedGeneration"] == 4
+        })
+    };
+    assert!(
+        named(&script.lock().unwrap()),
+        "{:?}",
+        script.lock().unwrap().patches
     );
     let writes: f64 = metrics
         .encode()
