@@ -313,6 +313,55 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Four clients on long-lived connections to `addr` (two HTTP/1.1, two
+/// HTTP/2), each sending `GET /` for `web.shop` until `stop`; each returns
+/// (answered 200, failed). [`tally`] adds them up.
+pub fn keep_requesting(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                let mut h1 = http1(addr).await;
+                let mut h2 = http2(addr).await;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let req = Request::get("/")
+                        .header("host", "web.shop")
+                        .body(empty())
+                        .unwrap();
+                    let resp = if i % 2 == 0 {
+                        h1.send_request(req).await
+                    } else {
+                        h2.send_request(req).await
+                    };
+                    match resp {
+                        Ok(r) if r.status() == 200 => {
+                            r.into_body().collect().await.unwrap();
+                            ok += 1;
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// Waits for [`keep_requesting`]'s clients: (answered 200, failed) in all.
+pub async fn tally(clients: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    (ok, failed)
+}
+
 /// Polls `check` every 10 ms until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
 where

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use outrigger_api::Snapshot;
 use outrigger_control_plane::folder::Folder;
 use outrigger_control_plane::metrics::Metrics;
@@ -208,39 +207,6 @@ async fn ready(p: &Proxy) -> bool {
     status == 200
 }
 
-/// Clients on long-lived HTTP/1.1 and HTTP/2 connections until `stop`.
-fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
-    (0..4)
-        .map(|i| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
-                let mut h1 = http1(addr).await;
-                let mut h2 = http2(addr).await;
-                while !stop.load(Ordering::SeqCst) {
-                    let req = http::Request::get("/")
-                        .header("host", "web.shop")
-                        .body(empty())
-                        .unwrap();
-                    let resp = if i % 2 == 0 {
-                        h1.send_request(req).await
-                    } else {
-                        h2.send_request(req).await
-                    };
-                    match resp {
-                        Ok(r) if r.status() == 200 => {
-                            r.into_body().collect().await.unwrap();
-                            ok += 1;
-                        }
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect()
-}
-
 fn counted(
     name: &'static str,
 ) -> impl std::future::Future<Output = (SocketAddr, Arc<AtomicUsize>)> {
@@ -265,7 +231,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     let addr = p.listener_addr("outbound").unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(addr, stop.clone());
+    let clients = keep_requesting(addr, stop.clone());
     assert!(
         eventually(Duration::from_secs(5), || async {
             blue_hits.load(Ordering::SeqCst) > 50
@@ -290,12 +256,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     let blue_after = blue_hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, 0);
-    for c in clients {
-        let (o, f) = c.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = tally(clients).await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     // Requests already on their way to blue when the switch landed may finish there.
     assert!(
@@ -393,7 +354,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
     assert!(eventually(Duration::from_secs(5), || connected(&p)).await);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = load(addr, stop.clone());
+    let clients = keep_requesting(addr, stop.clone());
     cp.stop().await;
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -422,10 +383,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
         "the proxy did not reconnect"
     );
     stop.store(true, Ordering::SeqCst);
-    let mut failed = 0;
-    for c in clients {
-        failed += c.await.unwrap().1;
-    }
-    assert_eq!(failed, 0);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     cp.stop().await;
 }

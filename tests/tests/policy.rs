@@ -486,30 +486,7 @@ http:
     let addr = p.listener_addr("outbound").unwrap();
     // Four clients on long-lived connections (two HTTP/1.1, two HTTP/2).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        let stop = stop.clone();
-        clients.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, 0);
-            let mut h1 = http1(addr).await;
-            let mut h2 = http2(addr).await;
-            while !stop.load(Ordering::SeqCst) {
-                let resp = if i % 2 == 0 {
-                    h1.send_request(get("/")).await
-                } else {
-                    h2.send_request(get("/")).await
-                };
-                match resp {
-                    Ok(r) if r.status() == 200 => {
-                        r.into_body().collect().await.unwrap();
-                        ok += 1
-                    }
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let clients = keep_requesting(addr, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     p.apply(snapshot("half", &web(50, 50))).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -518,12 +495,7 @@ http:
     let blue_at_switch = blue_hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, 0);
-    for c in clients {
-        let (o, f) = c.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = tally(clients).await;
     assert_eq!(failed, 0, "{ok} requests succeeded");
     assert!(ok > 100, "{ok}");
     assert!(green_at_switch > 0, "the 50/50 split reached green");
