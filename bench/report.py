@@ -7,6 +7,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 
 TWO_HOP = [("h1", "HTTP/1.1"), ("h2", "HTTP/2 (prior knowledge)")]
@@ -481,9 +482,10 @@ def run_file(r):
 
 
 ROOT = None
-# The markers of the section bench/report_policies.py writes.
-POLICIES_BEGIN = "<!-- policies: begin"
-POLICIES_END = "<!-- policies: end -->"
+# Sections other scripts write (bench/policies.sh, bench/control-plane.sh)
+# sit between "<!-- NAME: begin ... -->" and "<!-- NAME: end -->"; they are
+# kept when this report is rewritten.
+KEPT_SECTION = re.compile(r"<!-- ([a-z-]+): begin.*?<!-- \1: end -->", re.S)
 
 
 def shorten(cmd):
@@ -503,13 +505,12 @@ def main():
     ROOT = args.root
     R = Results(args.out_dir)
     text = build(R)
-    # Keep the policy section (bench/policies.sh) of the report being replaced.
+    # Keep the sections other scripts wrote in the report being replaced.
     if os.path.exists(args.report):
         with open(args.report) as f:
             old = f.read()
-        if POLICIES_BEGIN in old and POLICIES_END in old:
-            kept = old[old.index(POLICIES_BEGIN) : old.index(POLICIES_END) + len(POLICIES_END)]
-            text = text.rstrip("\n") + "\n\n" + kept + "\n"
+        for kept in KEPT_SECTION.finditer(old):
+            text = text.rstrip("\n") + "\n\n" + kept.group(0) + "\n"
     with open(args.report, "w") as f:
         f.write(text)
     sys.stdout.write(text)

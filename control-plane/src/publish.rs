@@ -103,10 +103,7 @@ pub fn publish(
     }
     let mesh = Arc::new(mesh);
     *previous = Some(mesh.clone());
-    tx.send_replace(Some(Arc::new(Published {
-        mesh,
-        changed_at: changed_at.into_std(),
-    })));
+    tx.send_replace(Some(Arc::new(Published::new(mesh, changed_at.into_std()))));
 }
 
 /// The folder source's loop: rescans every `poll`, translates debounced

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +29,69 @@ pub struct Published {
     pub mesh: Arc<Mesh>,
     /// When the first source change folded into this mesh was seen.
     pub changed_at: Instant,
+    /// Each namespace's services, serialized once for all of its proxies
+    /// (filled as streams ask).
+    views: Mutex<HashMap<String, Arc<OnceLock<ServicesView>>>>,
+}
+
+impl Published {
+    pub fn new(mesh: Arc<Mesh>, changed_at: Instant) -> Self {
+        Self {
+            mesh,
+            changed_at,
+            views: Mutex::default(),
+        }
+    }
+
+    /// The services of namespace `ns` as JSON, computed by the first
+    /// stream that asks; the others share the bytes.
+    fn services_view(&self, ns: &str) -> Arc<OnceLock<ServicesView>> {
+        let cell = self
+            .views
+            .lock()
+            .expect("views lock")
+            .entry(ns.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| ServicesView::new(&self.mesh.services_for(ns)));
+        cell
+    }
+
+    /// One proxy's update as the chunks of one NDJSON line (the services
+    /// part shared with the namespace's other proxies), and its version.
+    fn update_line(&self, id: &ProxyId) -> (String, [Bytes; 3]) {
+        let view = self.services_view(&id.namespace);
+        let view = view.get().expect("initialised by services_view");
+        let proxy = serde_json::to_vec(&self.mesh.proxy_info(id)).expect("serializes");
+        let version = version_of(&proxy, view.hash);
+        let mut head = format!("{{\"version\":\"{version}\",\"proxy\":").into_bytes();
+        head.extend_from_slice(&proxy);
+        head.extend_from_slice(b",\"services\":");
+        (
+            version,
+            [
+                Bytes::from(head),
+                view.json.clone(),
+                Bytes::from_static(b"}\n"),
+            ],
+        )
+    }
+}
+
+/// A namespace's services as sent: the JSON array and its hash.
+struct ServicesView {
+    json: Bytes,
+    hash: u64,
+}
+
+impl ServicesView {
+    fn new(services: &[outrigger_api::Service]) -> Self {
+        let json = serde_json::to_vec(services).expect("serializes");
+        Self {
+            hash: fnv1a(FNV_OFFSET, &json),
+            json: Bytes::from(json),
+        }
+    }
 }
 
 /// Empty lines on an idle stream, so that dead peers and middleboxes show up.
@@ -141,7 +204,7 @@ impl Server {
 
     /// The never-ending response of one proxy's stream.
     fn stream(&self, id: ProxyId) -> Response<Body> {
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
         let mut mesh = self.mesh.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -157,12 +220,14 @@ impl Server {
             loop {
                 let published = mesh.borrow_and_update().clone();
                 if let Some(p) = published {
-                    let update = update_for(&p.mesh, &id);
-                    if update.version != last_version {
-                        let mut line = serde_json::to_vec(&update).expect("serializes");
-                        line.push(b'\n');
-                        let size = line.len();
-                        if tx.send(Bytes::from(line)).await.is_err() {
+                    let (version, chunks) = p.update_line(&id);
+                    if version != last_version {
+                        let size: usize = chunks.iter().map(Bytes::len).sum();
+                        let mut sent = true;
+                        for chunk in chunks {
+                            sent &= tx.send(chunk).await.is_ok();
+                        }
+                        if !sent {
                             break;
                         }
                         last_write = tokio::time::Instant::now();
@@ -174,7 +239,7 @@ impl Server {
                                 .observe(p.changed_at.elapsed().as_secs_f64());
                         }
                         first = false;
-                        last_version = update.version;
+                        last_version = version;
                     }
                 }
                 tokio::select! {
@@ -205,21 +270,32 @@ impl Server {
     }
 }
 
-/// One proxy's update from a translated mesh; its version is a hash of its
-/// content, so equal content has an equal version across restarts.
+/// One proxy's update from a translated mesh, as the stream sends it (for
+/// `/debug/config` and tests; the stream shares the services part).
 pub fn update_for(mesh: &Mesh, id: &ProxyId) -> ConfigUpdate {
     let config = mesh.config_for(id);
-    let content = serde_json::to_vec(&(&config.proxy, &config.services)).expect("serializes");
+    let proxy = serde_json::to_vec(&config.proxy).expect("serializes");
+    let services = serde_json::to_vec(&config.services).expect("serializes");
     ConfigUpdate {
-        version: format!("{:016x}", fnv1a(&content)),
+        version: version_of(&proxy, fnv1a(FNV_OFFSET, &services)),
         proxy: config.proxy,
         services: config.services,
     }
 }
 
-/// FNV-1a, 64 bits: small, and stable across Rust versions and runs.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// An update's version: a hash of its content (the proxy's JSON, then the
+/// hash of its services' JSON), so equal content has an equal version
+/// across restarts.
+fn version_of(proxy_json: &[u8], services_hash: u64) -> String {
+    let h = fnv1a(fnv1a(FNV_OFFSET, proxy_json), &services_hash.to_le_bytes());
+    format!("{h:016x}")
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, 64 bits, continuing from `h` (start with [`FNV_OFFSET`]):
+/// small, and stable across Rust versions and runs.
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -275,9 +351,64 @@ fn json_response(s: String) -> Response<Body> {
 mod tests {
     use super::*;
 
+    use crate::manifest;
+    use crate::store::Store;
+    use crate::translate::Options;
+
+    fn published(yaml: &str) -> Published {
+        let parsed = manifest::parse("test.yaml", yaml, "default").unwrap();
+        let mesh = Mesh::build(&Store::from_objects(parsed.objects), &Options::default());
+        Published::new(Arc::new(mesh), Instant::now())
+    }
+
+    fn id(ns: &str, pod: &str) -> ProxyId {
+        ProxyId {
+            namespace: ns.into(),
+            pod: pod.into(),
+        }
+    }
+
+    #[test]
+    fn the_streamed_line_is_the_update_and_shares_its_namespace_services() {
+        let p = published(
+            "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: a, namespace: shop }\nspec: { serviceAccountName: buyer, containers: [{ name: app }] }\n",
+        );
+        for pod in ["a", "unknown"] {
+            let (version, chunks) = p.update_line(&id("shop", pod));
+            let line: Vec<u8> = chunks.concat();
+            assert_eq!(line.last(), Some(&b'\n'));
+            let parsed: ConfigUpdate = serde_json::from_slice(&line).unwrap();
+            let expected = update_for(&p.mesh, &id("shop", pod));
+            assert_eq!(parsed, expected);
+            assert_eq!(version, expected.version);
+            assert_eq!(parsed.services.len(), 1);
+        }
+        let (va, a) = p.update_line(&id("shop", "a"));
+        let (vu, u) = p.update_line(&id("shop", "unknown"));
+        assert_ne!(va, vu, "the proxy part is in the version");
+        assert_eq!(
+            a[1].as_ptr(),
+            u[1].as_ptr(),
+            "one copy of the services per namespace"
+        );
+        let (_, other) = p.update_line(&id("elsewhere", "a"));
+        assert_eq!(&other[1][..], b"[]");
+    }
+
+    #[test]
+    fn the_version_follows_the_content_only() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n";
+        let (v1, _) = published(yaml).update_line(&id("default", "p"));
+        let (v2, _) = published(yaml).update_line(&id("default", "p"));
+        assert_eq!(v1, v2, "a restarted control plane sends the same version");
+        let (v3, _) =
+            published(&yaml.replace("10.0.0.1", "10.0.0.2")).update_line(&id("default", "p"));
+        assert_ne!(v1, v3);
+    }
+
     #[test]
     fn fnv1a_is_the_reference_function() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use outrigger_api::{Endpoint, ProxyInfo, Service, ServiceProtocol, Snapshot};
@@ -268,8 +269,25 @@ impl Mesh {
             in_force_dr: BTreeMap::new(),
             in_force_vs: BTreeMap::new(),
         };
+        // Each Service's EndpointSlices, found once rather than by a scan
+        // of every slice per Service.
+        let mut slices: BTreeMap<Key, Vec<&EndpointSlice>> = BTreeMap::new();
+        for (k, slice) in &store.endpoint_slices {
+            if let Some(name) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                slices
+                    .entry(Key::new(&k.namespace, name))
+                    .or_default()
+                    .push(slice);
+            }
+        }
         for (key, svc) in &store.services {
-            if let Some(ms) = mesh.resolve_service(store, key, svc) {
+            let svc_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
+            if let Some(ms) = mesh.resolve_service(store, svc_slices, key, svc) {
                 mesh.services.insert(key.clone(), ms);
             }
         }
@@ -401,15 +419,28 @@ impl Mesh {
     /// What the proxy of `id` receives. A pod the store does not know gets
     /// its namespace's view, with the pod name as its workload.
     pub fn config_for(&self, id: &ProxyId) -> ProxyConfig {
+        ProxyConfig {
+            proxy: self.proxy_info(id),
+            services: self.services_for(&id.namespace),
+        }
+    }
+
+    /// Who the proxy is: its workload and identity, from its Pod.
+    pub fn proxy_info(&self, id: &ProxyId) -> ProxyInfo {
         let pod = self.pods.get(&Key::new(&id.namespace, &id.pod));
-        let proxy = ProxyInfo {
+        ProxyInfo {
             workload: pod
                 .map(|p| p.workload.clone())
                 .unwrap_or_else(|| id.pod.clone()),
             namespace: id.namespace.clone(),
             identity: pod.map(|p| self.identity(&id.namespace, &p.service_account)),
-        };
-        let ns = id.namespace.as_str();
+        }
+    }
+
+    /// The services a proxy in namespace `ns` receives. They depend on the
+    /// namespace alone, so the config server computes them once per
+    /// namespace and shares them between its proxies.
+    pub fn services_for(&self, ns: &str) -> Vec<Service> {
         // The services the proxy may address, then every service their
         // visible routes send to (which it must know to route there).
         let mut wanted: Vec<&Key> = self
@@ -467,7 +498,7 @@ impl Mesh {
                 services.push(e);
             }
         }
-        ProxyConfig { proxy, services }
+        services
     }
 
     fn identity(&self, namespace: &str, service_account: &str) -> String {
@@ -479,7 +510,13 @@ impl Mesh {
 
     /// A Service with its endpoints, one entry per port. Headless and
     /// ExternalName Services have no virtual address and are left out.
-    fn resolve_service(&self, store: &Store, key: &Key, svc: &KubeService) -> Option<MeshService> {
+    fn resolve_service(
+        &self,
+        store: &Store,
+        slices: &[&EndpointSlice],
+        key: &Key,
+        svc: &KubeService,
+    ) -> Option<MeshService> {
         let spec = svc.spec.as_ref()?;
         if spec.type_.as_deref() == Some("ExternalName") {
             return None;
@@ -511,7 +548,8 @@ impl Mesh {
             if number == 0 || port.protocol.as_deref().is_some_and(|p| p != "TCP") {
                 continue;
             }
-            let endpoints = self.endpoints_of(store, key, port.name.as_deref().unwrap_or(""));
+            let endpoints =
+                self.endpoints_of(store, slices, key, port.name.as_deref().unwrap_or(""));
             entries.push(Service {
                 name: key.name.clone(),
                 namespace: key.namespace.clone(),
@@ -537,17 +575,15 @@ impl Mesh {
 
     /// The ready endpoints of one Service port, from its EndpointSlices and
     /// from a hand-written Endpoints object of the same name.
-    fn endpoints_of(&self, store: &Store, svc: &Key, port_name: &str) -> Vec<Endpoint> {
+    fn endpoints_of(
+        &self,
+        store: &Store,
+        slices: &[&EndpointSlice],
+        svc: &Key,
+        port_name: &str,
+    ) -> Vec<Endpoint> {
         let mut out: BTreeMap<String, Endpoint> = BTreeMap::new();
-        let slices = store.endpoint_slices.iter().filter(|(k, s)| {
-            k.namespace == svc.namespace
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&svc.name)
-        });
-        for (_, slice) in slices {
+        for slice in slices {
             if slice.address_type == "FQDN" {
                 continue;
             }
