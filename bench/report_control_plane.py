@@ -83,6 +83,8 @@ def build(results, machine):
           f"{first['cpu_per_edit_s'] * 1000:.0f} → {lastr['cpu_per_edit_s'] * 1000:.0f} ms "
           "(translation once per edit, each namespace's services serialized once and shared by its proxies, "
           "then one write per proxy).")
+    w("- The RSS peak is the resident set after the edits: it includes memory the allocator keeps from "
+      "translations (glibc's per-thread arenas), not only live data.")
     w("- The control plane's own push latency runs from its seeing the change (after the poll) to writing "
       "each update; propagation adds the wait for the poll and the read on the proxy's side.")
     w("")

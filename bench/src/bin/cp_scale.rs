@@ -362,7 +362,16 @@ async fn measure(
     let mut rounds_last_s = Vec::new();
     let pushed0 = push_latency(&args.listen).await?;
     let edits_start = Instant::now();
+    // Each edit waits a pseudo-random part of the poll interval first (a
+    // fixed seed), so the edits sample every phase of the poll cycle rather
+    // than all landing just after a poll.
+    let poll_ms = millis(&args.poll)?;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..args.rounds {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        tokio::time::sleep(Duration::from_millis((seed >> 33) % poll_ms.max(1))).await;
         let before = holding.clone();
         // 90/10, 89/11, ...: a different route each time.
         write_route(dir, 89 - round as u32 % 80)?;
@@ -433,6 +442,15 @@ async fn next_event(
                 done.context("a proxy task panicked")??;
             }
         }
+    }
+}
+
+/// "100ms" or "2s" in milliseconds.
+fn millis(d: &str) -> anyhow::Result<u64> {
+    match (d.strip_suffix("ms"), d.strip_suffix('s')) {
+        (Some(ms), _) => Ok(ms.parse()?),
+        (None, Some(s)) => Ok(s.parse::<u64>()? * 1000),
+        _ => bail!("durations are like 100ms or 2s, got {d:?}"),
     }
 }
 
