@@ -144,26 +144,24 @@ mod tests {
     use super::*;
 
     /// A fresh folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let p = std::env::temp_dir()
-                .join(format!("outrigger-folder-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
+            Self(
+                tempfile::Builder::new()
+                    .prefix(&format!("outrigger-folder-{name}-"))
+                    .tempdir()
+                    .unwrap(),
+            )
+        }
+        fn path(&self) -> &Path {
+            self.0.path()
         }
         fn write(&self, file: &str, text: &str) {
-            let p = self.0.join(file);
+            let p = self.path().join(file);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -176,7 +174,7 @@ mod tests {
         dir.write("sub/more.yml", &SVC.replace("web", "api"));
         dir.write("notes.txt", "not a manifest");
         dir.write(".svc.yaml.swp", "garbage");
-        let mut f = Folder::new(&dir.0, "default");
+        let mut f = Folder::new(dir.path(), "default");
         let scan = f.rescan().unwrap();
         assert!(scan.changed && scan.errors.is_empty(), "{:?}", scan.errors);
         assert_eq!(f.store().services.len(), 2);
@@ -217,10 +215,10 @@ mod tests {
     fn a_removed_file_takes_its_objects_with_it() {
         let dir = TempDir::new("removed");
         dir.write("a.yaml", SVC);
-        let mut f = Folder::new(&dir.0, "default");
+        let mut f = Folder::new(dir.path(), "default");
         f.rescan().unwrap();
         assert_eq!(f.store().len(), 1);
-        std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         assert!(f.rescan().unwrap().changed);
         assert!(f.store().is_empty());
         assert!(!f.rescan().unwrap().changed, "nothing new");

@@ -262,10 +262,11 @@ pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>
     watch_raw!(PeerAuthentication, peer_authentications);
 }
 
-/// Translates debounced store changes and publishes them, then writes the
-/// statuses that changed. Publishes nothing (and `/ready` stays 503) until
-/// every kind has been listed once, so that proxies never get a partial
-/// mesh (Services without endpoints) after a restart.
+/// Translates debounced store changes and publishes them; the statuses
+/// that changed are written by a task of their own ([`status_writer`]), so a
+/// slow API server never delays a push. Publishes nothing (and `/ready`
+/// stays 503) until every kind has been listed once, so that proxies never
+/// get a partial mesh (Services without endpoints) after a restart.
 pub async fn run(
     client: Client,
     shared: Arc<Shared>,
@@ -276,6 +277,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut in_force: Option<Arc<Mesh>> = None;
+    let (statuses, latest) = watch::channel(None);
+    tokio::spawn(status_writer(client, latest, metrics.clone(), stop.clone()));
     loop {
         let wake = if shared.all_listed() {
             debounce.deadline()
@@ -301,14 +304,40 @@ pub async fn run(
                 &mut in_force,
             );
             if let Some(mesh) = &in_force {
-                if write_statuses(&client, &state, mesh, &metrics).await > 0 {
-                    // Try the failed writes again later, even if nothing changes.
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(STATUS_RETRY).await;
-                        shared.changed.notify_one();
-                    });
-                }
+                statuses.send_replace(Some((Arc::new(state), mesh.clone())));
+            }
+        }
+    }
+}
+
+/// The state and mesh whose statuses are to be written.
+type ToWrite = Option<(Arc<State>, Arc<Mesh>)>;
+
+/// Writes the statuses of the latest published mesh, one resource at a
+/// time; a newer mesh replaces one still waiting. Failed writes are tried
+/// again after [`STATUS_RETRY`] (or at once when a newer mesh comes).
+async fn status_writer(
+    client: Client,
+    mut latest: watch::Receiver<ToWrite>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = latest.changed() => if r.is_err() { return },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        loop {
+            let Some((state, mesh)) = latest.borrow_and_update().clone() else {
+                break;
+            };
+            if write_statuses(&client, &state, &mesh, &metrics).await == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_RETRY) => {}
+                r = latest.changed() => if r.is_err() { return },
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             }
         }
     }

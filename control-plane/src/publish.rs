@@ -201,9 +201,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_folder_is_published_one_quiet_time_after_start_then_on_each_edit() {
-        let dir = std::env::temp_dir().join(format!("outrigger-publish-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("outrigger-publish-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let svc = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n";
         std::fs::write(dir.join("a.yaml"), svc).unwrap();
         let (tx, mut rx) = watch::channel(None);
@@ -211,7 +213,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let t0 = Instant::now();
         tokio::spawn(run_folder(
-            Folder::new(&dir, "default"),
+            Folder::new(dir, "default"),
             Options::default(),
             Duration::from_millis(500),
             Debounce::new(Duration::from_millis(100), Duration::from_secs(1)),
@@ -245,6 +247,5 @@ mod tests {
         assert!(metrics
             .encode()
             .contains("outrigger_cp_translations_total 2"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

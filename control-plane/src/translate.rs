@@ -287,7 +287,22 @@ impl Mesh {
         }
         for (key, svc) in &store.services {
             let svc_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
-            if let Some(ms) = mesh.resolve_service(store, svc_slices, key, svc) {
+            // A malformed export annotation is reported, and the Service
+            // stays visible in its own namespace only.
+            let export = mesh.export_of(key, svc).unwrap_or_else(|why| {
+                mesh.verdicts.insert(
+                    ResourceId {
+                        kind: "Service",
+                        key: key.clone(),
+                    },
+                    Verdict::refused(
+                        "InvalidAnnotation",
+                        format!("metadata.annotations[{EXPORT_TO_ANNOTATION}]: {why}; the Service is visible in its own namespace only"),
+                    ),
+                );
+                ExportTo::own().resolve(&key.namespace)
+            });
+            if let Some(ms) = mesh.resolve_service(store, svc_slices, key, svc, export) {
                 mesh.services.insert(key.clone(), ms);
             }
         }
@@ -508,6 +523,24 @@ impl Mesh {
         )
     }
 
+    /// Who sees a Service: its `outrigger.dev/export-to` annotation (Istio's
+    /// `networking.istio.io/exportTo` values, comma-separated), or the default.
+    fn export_of(&self, key: &Key, svc: &KubeService) -> Result<ExportTo, String> {
+        let export = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+        {
+            Some(v) => {
+                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                ExportTo::parse(&list, &key.namespace)?
+            }
+            None => self.options.default_export_to.clone(),
+        };
+        Ok(export.resolve(&key.namespace))
+    }
+
     /// A Service with its endpoints, one entry per port. Headless and
     /// ExternalName Services have no virtual address and are left out.
     fn resolve_service(
@@ -516,6 +549,7 @@ impl Mesh {
         slices: &[&EndpointSlice],
         key: &Key,
         svc: &KubeService,
+        export: ExportTo,
     ) -> Option<MeshService> {
         let spec = svc.spec.as_ref()?;
         if spec.type_.as_deref() == Some("ExternalName") {
@@ -526,20 +560,6 @@ impl Mesh {
             addresses.extend(spec.cluster_ip.clone());
         }
         addresses.retain(|a| a != "None" && !a.is_empty());
-        let export = match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
-        {
-            Some(v) => {
-                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-                // A malformed annotation exports nowhere beyond the namespace.
-                ExportTo::parse(&list, &key.namespace).unwrap_or_else(|_| ExportTo::own())
-            }
-            None => self.options.default_export_to.clone(),
-        }
-        .resolve(&key.namespace);
         let mut entries = Vec::new();
         for port in spec.ports.iter().flatten() {
             let Ok(number) = u16::try_from(port.port) else {
@@ -1374,6 +1394,30 @@ spec:
         let c = config(&m, "shop", "productpage-1");
         let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
         assert_eq!(reviews.http[0].route[0].weight, Some(9));
+    }
+
+    #[test]
+    fn a_malformed_export_annotation_is_reported_and_keeps_the_service_home() {
+        let m = mesh(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: { name: ledger, namespace: billing, annotations: { outrigger.dev/export-to: "shop, Not_A_Namespace" } }
+spec: { clusterIP: 10.96.1.1, ports: [{ port: 80 }] }
+"#,
+        );
+        let (reason, message) = refused(verdict(&m, "Service", "billing", "ledger"));
+        assert_eq!(reason, "InvalidAnnotation");
+        assert!(
+            message.contains("metadata.annotations[outrigger.dev/export-to]")
+                && message.contains("Not_A_Namespace"),
+            "{message}"
+        );
+        assert_eq!(config(&m, "billing", "p").services.len(), 1);
+        assert!(
+            config(&m, "shop", "p").services.is_empty(),
+            "not exported by half"
+        );
     }
 
     #[test]

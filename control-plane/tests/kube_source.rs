@@ -31,6 +31,8 @@ struct Script {
     served_watches: HashMap<String, usize>,
     /// (path, body) of every PATCH received.
     patches: Vec<(String, Value)>,
+    /// How many PATCHes to answer with a 500 first.
+    failing_patches: usize,
 }
 
 const COLLECTIONS: [(&str, &str, &str); 8] = [
@@ -106,8 +108,19 @@ async fn serve(
                 "spec": if kind == "VirtualService" { json!({ "hosts": ["web"] }) } else if kind == "DestinationRule" { json!({ "host": "web" }) } else { json!({}) },
             });
             obj["status"] = patch["status"].clone();
-            script.lock().unwrap().patches.push((path, patch));
-            send.send_response(respond(obj));
+            let mut s = script.lock().unwrap();
+            s.patches.push((path, patch));
+            if s.failing_patches > 0 {
+                s.failing_patches -= 1;
+                let mut r = respond(
+                    json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                                            "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500 }),
+                );
+                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                send.send_response(r);
+            } else {
+                send.send_response(respond(obj));
+            }
             continue;
         }
         let mut s = script.lock().unwrap();
@@ -178,15 +191,119 @@ async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-fn config(
-    rx: &watch::Receiver<Option<Arc<Published>>>,
-) -> Option<outrigger_control_plane::translate::ProxyConfig> {
+fn config(rx: &Mesh) -> Option<outrigger_control_plane::translate::ProxyConfig> {
     rx.borrow().as_ref().map(|p| {
         p.mesh.config_for(&ProxyId {
             namespace: "shop".into(),
             pod: "client".into(),
         })
     })
+}
+
+type Mesh = watch::Receiver<Option<Arc<Published>>>;
+
+/// The Kubernetes source against the mock: its published meshes, its
+/// metrics, and the sender that stops it.
+fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, watch::Sender<bool>) {
+    let (mock, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+    tokio::spawn(serve(handle, script));
+    let client = kube::Client::new(mock, "default");
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = watch::channel(None);
+    let (stop_tx, stop) = watch::channel(false);
+    kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
+    tokio::spawn(kubernetes::run(
+        client,
+        shared,
+        Options::default(),
+        Debounce::new(Duration::from_millis(10), Duration::from_millis(100)),
+        tx,
+        metrics.clone(),
+        stop,
+    ));
+    (rx, metrics, stop_tx)
+}
+
+fn counter(metrics: &Metrics, name: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_status_write_is_tried_again() {
+    let script = Arc::new(Mutex::new(Script {
+        failing_patches: 1,
+        ..Script::default()
+    }));
+    {
+        let mut s = script.lock().unwrap();
+        s.lists.insert(
+            "/api/v1/services",
+            vec![list(
+                "/api/v1/services",
+                "10",
+                vec![service("web", "10.96.0.10")],
+            )],
+        );
+        s.lists.insert(
+            "/apis/outrigger.dev/v1alpha1/virtualservices",
+            vec![list(
+                "/apis/outrigger.dev/v1alpha1/virtualservices",
+                "10",
+                vec![virtual_service(Some("v9"), 1)],
+            )],
+        );
+    }
+    let t0 = tokio::time::Instant::now();
+    let (rx, metrics, _stop) = start(script.clone());
+    assert!(
+        eventually(Duration::from_secs(10), || script
+            .lock()
+            .unwrap()
+            .patches
+            .len()
+            == 1)
+        .await,
+        "no status write"
+    );
+    assert!(config(&rx).is_some(), "the mesh was published");
+    assert!(
+        eventually(Duration::from_secs(30), || script
+            .lock()
+            .unwrap()
+            .patches
+            .len()
+            == 2)
+        .await,
+        "the failed write was not tried again"
+    );
+    assert!(
+        t0.elapsed() >= kubernetes::STATUS_RETRY,
+        "tried again after {:?}",
+        t0.elapsed()
+    );
+    let s = script.lock().unwrap();
+    let without_time = |(path, body): &(String, Value)| {
+        let mut c = body["status"]["conditions"][0].clone();
+        c.as_object_mut().unwrap().remove("lastTransitionTime");
+        (path.clone(), c)
+    };
+    assert_eq!(
+        without_time(&s.patches[0]),
+        without_time(&s.patches[1]),
+        "the same status, written again"
+    );
+    assert_eq!(
+        counter(&metrics, "outrigger_cp_status_write_errors_total"),
+        1.0
+    );
+    assert_eq!(counter(&metrics, "outrigger_cp_status_writes_total"), 1.0);
 }
 
 #[tokio::test]
@@ -248,25 +365,7 @@ async fn lists_watches_a_resync_after_a_watch_error_and_status_writes() {
             ],
         );
     }
-    let (mock, handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
-    tokio::spawn(serve(handle, script.clone()));
-    let client = kube::Client::new(mock, "default");
-
-    let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new(Shared::default());
-    let (tx, rx) = watch::channel(None);
-    let (_stop_tx, stop) = watch::channel(false);
-    kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
-    tokio::spawn(kubernetes::run(
-        client,
-        shared,
-        Options::default(),
-        Debounce::new(Duration::from_millis(10), Duration::from_millis(100)),
-        tx,
-        metrics.clone(),
-        stop,
-    ));
+    let (rx, metrics, _stop) = start(script.clone());
 
     // The lists and the watch event: web with its endpoint, and api.
     assert!(
@@ -355,11 +454,6 @@ async fn lists_watches_a_resync_after_a_watch_error_and_status_writes() {
         "{:?}",
         script.lock().unwrap().patches
     );
-    let writes: f64 = metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("outrigger_cp_status_writes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let writes = counter(&metrics, "outrigger_cp_status_writes_total");
     assert!(writes >= 2.0, "{writes} status writes counted");
 }

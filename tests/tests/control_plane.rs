@@ -4,7 +4,7 @@
 //! serving; the proxy rides out a control-plane restart and reconnects.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,28 +21,28 @@ use outrigger_tests::*;
 use tokio::sync::watch;
 
 /// A folder under the system temp dir, removed on drop.
-struct Dir(PathBuf);
+struct Dir(tempfile::TempDir);
 
 impl Dir {
     fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("outrigger-cp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
+        Self(
+            tempfile::Builder::new()
+                .prefix(&format!("outrigger-cp-{name}-"))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     /// Writes a file atomically (write then rename), as editors and
     /// ConfigMap volumes do, so the control plane never reads half a file.
     fn write(&self, file: &str, text: &str) {
-        let tmp = self.0.join(format!(".{file}.tmp"));
+        let tmp = self.path().join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join(file)).unwrap();
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        std::fs::rename(&tmp, self.path().join(file)).unwrap();
     }
 }
 
@@ -220,7 +220,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     let dir = Dir::new("split");
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
-    let cp = ControlPlane::bind_and_start(&dir.0).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
     let p = waiting_proxy().await;
     assert!(!ready(&p).await, "not ready before the first update");
     follow(&p, cp.addr);
@@ -275,7 +275,7 @@ async fn a_bad_manifest_is_refused_and_the_previous_config_keeps_serving() {
     let dir = Dir::new("bad");
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
-    let cp = ControlPlane::bind_and_start(&dir.0).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
     let p = following_proxy(cp.addr).await;
     assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
     let addr = p.listener_addr("outbound").unwrap();
@@ -343,7 +343,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
     dir.write("web-vs.yaml", &split(100, 0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp_addr = listener.local_addr().unwrap();
-    let cp = ControlPlane::start(&dir.0, listener).await;
+    let cp = ControlPlane::start(dir.path(), listener).await;
     let p = following_proxy(cp_addr).await;
     assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
     let addr = p.listener_addr("outbound").unwrap();
@@ -377,7 +377,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
 
     // The control plane comes back on the same address; the proxy reconnects.
     let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
-    let cp = ControlPlane::start(&dir.0, listener).await;
+    let cp = ControlPlane::start(dir.path(), listener).await;
     assert!(
         eventually(Duration::from_secs(15), || connected(&p)).await,
         "the proxy did not reconnect"

@@ -178,8 +178,11 @@ async fn prometheus_scrapes_the_admin_port() {
         .await
     );
 
-    let dir = std::env::temp_dir().join(format!("outrigger-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("outrigger-prom-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -231,7 +234,6 @@ async fn prometheus_scrapes_the_admin_port() {
     assert_eq!(m["destination_service"], "web.shop");
     assert_eq!(m["source_workload"], "client");
     assert_eq!(m["response_flags"], "-");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct KillOnDrop(std::process::Child);

@@ -217,12 +217,11 @@ async fn follow(
 ) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpStream::connect(&addr).await?;
     tcp.set_nodelay(true)?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = Request::get(format!(
-        "http://{addr}/v1/config?namespace={ns}&pod={pod}"
-    ))
-    .body(Empty::<Bytes>::new())?;
+    let req = Request::get(format!("http://{addr}/v1/config?namespace={ns}&pod={pod}"))
+        .body(Empty::<Bytes>::new())?;
     let resp = send.send_request(req).await?;
     if !resp.status().is_success() {
         bail!("{pod}: HTTP {}", resp.status());
@@ -323,12 +322,7 @@ fn spawn_control_plane(args: &Args, dir: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {}", args.control_plane.display()))
 }
 
-async fn measure(
-    args: &Args,
-    proxies: usize,
-    dir: &Path,
-    pid: u32,
-) -> anyhow::Result<ScaleResult> {
+async fn measure(args: &Args, proxies: usize, dir: &Path, pid: u32) -> anyhow::Result<ScaleResult> {
     wait_ready(&args.listen).await?;
     let rss_idle_kib = memory(pid)?.0;
     let cpu0 = cpu_seconds(pid)?;
@@ -382,7 +376,10 @@ async fn measure(
             let e = tokio::time::timeout(Duration::from_secs(60), next_event(&mut rx, &mut tasks))
                 .await
                 .with_context(|| {
-                    format!("edit {round}: {} of {proxies} proxies got it within 60 s", moved)
+                    format!(
+                        "edit {round}: {} of {proxies} proxies got it within 60 s",
+                        moved
+                    )
                 })??;
             bytes[e.proxy] = e.bytes;
             if latency[e.proxy].is_none() && before[e.proxy].as_ref() != Some(&e.version) {
@@ -402,7 +399,10 @@ async fn measure(
     let pushed1 = push_latency(&args.listen).await?;
     let pushes = pushed1.1 - pushed0.1;
     if pushes < (proxies * args.rounds) as f64 {
-        bail!("the control plane counted {pushes} pushes for {} proxy updates", proxies * args.rounds);
+        bail!(
+            "the control plane counted {pushes} pushes for {} proxy updates",
+            proxies * args.rounds
+        );
     }
     let (rss_after_kib, rss_peak_kib) = memory(pid)?;
     let mut sizes = bytes.clone();
