@@ -330,10 +330,22 @@ impl Mesh {
                 },
             );
         }
+        let in_use = mesh.subsets_in_use(store);
         for (key, dr) in by_age(&store.destination_rules) {
             let prev = previous.and_then(|p| p.in_force_dr.get(key));
-            let (verdict, in_force) =
-                mesh.apply_keeping(key, dr, prev, Mesh::apply_destination_rule);
+            // An edit that drops a subset a VirtualService routes to is
+            // refused, so the routes keep working on the version in force.
+            let dropped = prev.and_then(|p| mesh.dropped_in_use(key, p, dr, &in_use));
+            let (verdict, in_force) = match (dropped, prev) {
+                (Some(refusal), Some(p)) => {
+                    if mesh.apply_destination_rule(key, p).is_accepted() {
+                        (refusal.keeping_previous(), Some(p.clone()))
+                    } else {
+                        (refusal, None)
+                    }
+                }
+                _ => mesh.apply_keeping(key, dr, prev, Mesh::apply_destination_rule),
+            };
             if let Some(r) = in_force {
                 mesh.in_force_dr.insert(key.clone(), r);
             }
@@ -424,6 +436,59 @@ impl Mesh {
             }
             _ => (verdict, None),
         }
+    }
+
+    /// The subsets VirtualServices route to, by destination Service: each
+    /// with the first VirtualService (by key) naming it.
+    fn subsets_in_use<'s>(&self, store: &'s Store) -> BTreeMap<Key, BTreeMap<&'s str, &'s Key>> {
+        let mut out: BTreeMap<Key, BTreeMap<&str, &Key>> = BTreeMap::new();
+        for (vs_key, vs) in &store.virtual_services {
+            for rd in vs.spec.http.iter().flat_map(|r| &r.route) {
+                let Some(subset) = rd.destination.subset.as_deref() else {
+                    continue;
+                };
+                if let Ok(host) = self.resolve_host(&rd.destination.host, &vs_key.namespace) {
+                    out.entry(host).or_default().entry(subset).or_insert(vs_key);
+                }
+            }
+        }
+        out
+    }
+
+    /// The refusal of a DestinationRule edit (`previous` to `current`) that
+    /// drops a subset some VirtualService routes to; None when it drops none.
+    fn dropped_in_use(
+        &self,
+        key: &Key,
+        previous: &DestinationRule,
+        current: &DestinationRule,
+        in_use: &BTreeMap<Key, BTreeMap<&str, &Key>>,
+    ) -> Option<Verdict> {
+        let host = self.resolve_host(&current.spec.host, &key.namespace).ok()?;
+        if self
+            .resolve_host(&previous.spec.host, &key.namespace)
+            .ok()?
+            != host
+        {
+            return None;
+        }
+        let used = in_use.get(&host)?;
+        let dropped = previous
+            .spec
+            .subsets
+            .iter()
+            .map(|s| s.name.as_str())
+            .find(|name| {
+                used.contains_key(name) && !current.spec.subsets.iter().any(|s| s.name == *name)
+            })?;
+        Some(Verdict::refused(
+            "SubsetInUse",
+            format!(
+                "spec.subsets: subset {dropped:?} is removed, but VirtualService {} routes to it; \
+                 change the VirtualService first",
+                used[dropped]
+            ),
+        ))
     }
 
     /// Every mesh resource's verdict.
@@ -1665,6 +1730,51 @@ spec:
             .services
             .iter()
             .all(|s| s.http.is_empty()));
+    }
+
+    #[test]
+    fn a_destination_rule_edit_that_drops_a_subset_in_use_is_refused() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        assert_ne!(dr_v1_only, dr);
+        // The rule loses v2 while the route still sends 25 % there.
+        let edited = store(&format!("{REVIEWS}---{dr_v1_only}---{vs}"));
+        let next = Mesh::rebuild(&edited, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
+        assert_eq!(reason, "SubsetInUse");
+        assert!(
+            message.starts_with("spec.subsets: subset \"v2\" is removed, but VirtualService shop/reviews routes to it")
+                && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted,
+            "the route keeps working"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 2, "both subsets stay");
+        // Route first, then rule (or both at once): taken.
+        let vs_v1_only = vs.replace("          weight: 75\n", "").replace(
+            "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+            "",
+        );
+        let both = store(&format!("{REVIEWS}---{dr_v1_only}---{vs_v1_only}"));
+        let after = Mesh::rebuild(&both, &Options::default(), Some(&next));
+        assert_eq!(
+            verdict(&after, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&after, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&after, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 1);
+        assert_eq!(reviews.http[0].route.len(), 1);
     }
 
     #[test]
