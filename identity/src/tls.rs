@@ -1,0 +1,352 @@
+//! rustls configurations for mesh hops: TLS 1.3 only, both sides present a
+//! workload certificate, and each side checks the other's SPIFFE identity.
+//! rustls verifies chains but knows nothing of URI SANs, so the verifiers
+//! here add that: the client side accepts only the identity it expects for
+//! the endpoint; the server side accepts any identity of its trust domain
+//! (authorization decides what that identity may do).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::{Error, SpiffeId};
+
+/// The crypto provider every mesh config uses (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The trust anchors of one trust domain. During a root rotation it holds
+/// the old and the new root, so certificates from either verify.
+#[derive(Clone, Debug)]
+pub struct TrustBundle {
+    trust_domain: String,
+    roots: Arc<RootCertStore>,
+}
+
+impl TrustBundle {
+    pub fn new(trust_domain: &str, roots: &[CertificateDer<'static>]) -> Result<Self, Error> {
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r.clone()).map_err(|e| Error::Pem {
+                what: "trust root",
+                reason: e.to_string(),
+            })?;
+        }
+        if store.is_empty() {
+            return Err(Error::Pem {
+                what: "trust roots",
+                reason: "no root".into(),
+            });
+        }
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            roots: Arc::new(store),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+}
+
+/// A workload's private key. It is generated in the workload and never
+/// leaves it: only CSRs do.
+pub struct WorkloadKey {
+    key: rcgen::KeyPair,
+}
+
+impl WorkloadKey {
+    /// A new ECDSA P-256 key.
+    pub fn generate() -> Result<Self, Error> {
+        Ok(Self {
+            key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| Error::Csr(e.to_string()))?,
+        })
+    }
+
+    /// A CSR (DER) asking for `id`, signed with this key.
+    pub fn csr(&self, id: &SpiffeId) -> Result<Vec<u8>, Error> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            id.to_string()
+                .try_into()
+                .map_err(|e: rcgen::Error| Error::Csr(e.to_string()))?,
+        )];
+        let csr = params
+            .serialize_request(&self.key)
+            .map_err(|e| Error::Csr(e.to_string()))?;
+        Ok(csr.der().to_vec())
+    }
+
+    /// This key with a certificate chain issued for it (leaf first). Fails
+    /// when the leaf is not for this key or carries no SPIFFE identity.
+    pub fn certified(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Result<(SpiffeId, Arc<CertifiedKey>), Error> {
+        let id = peer_identity(&chain)?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
+        let signer = provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        let certified = CertifiedKey::new(chain, signer);
+        certified
+            .keys_match()
+            .map_err(|e| Error::Certificate(format!("not issued for this key: {e}")))?;
+        Ok((id, Arc::new(certified)))
+    }
+}
+
+/// The certificate a proxy presents, swapped in place on renewal: new
+/// handshakes use the new one, established connections are untouched.
+#[derive(Debug, Default)]
+pub struct CurrentCert(ArcSwapOption<CertifiedKey>);
+
+impl CurrentCert {
+    pub fn set(&self, cert: Arc<CertifiedKey>) {
+        self.0.store(Some(cert));
+    }
+
+    pub fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.load_full()
+    }
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.get().is_some()
+    }
+}
+
+/// The server side of a mesh hop: requires a client certificate of the
+/// bundle's trust domain. `alpn`: the protocols offered (e.g. `h2`).
+pub fn server_config(
+    cert: Arc<CurrentCert>,
+    trust: &TrustBundle,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    let verifier = Arc::new(MeshClientVerifier {
+        inner,
+        trust_domain: trust.trust_domain.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Certificate(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The client side of a mesh hop to a server that must be `expected`.
+pub fn client_config(
+    cert: Arc<CurrentCert>,
+    trust: &TrustBundle,
+    expected: SpiffeId,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let verifier = Arc::new(ExpectedServerVerifier {
+        roots: trust.roots.clone(),
+        expected,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Certificate(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The name a client puts in its ClientHello: mesh hops are addressed by
+/// identity, not DNS, so this is a fixed placeholder the verifier ignores.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from("outrigger.mesh").expect("a valid DNS name")
+}
+
+/// The SPIFFE identity of a peer's certificate chain (leaf first): the
+/// leaf must carry exactly one `spiffe://` URI SAN.
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Error::Certificate("no certificate".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| Error::Certificate(format!("unreadable certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| Error::Certificate(format!("unreadable subjectAltName: {e}")))?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris[..] {
+        [one] => one.parse(),
+        [] => Err(Error::Certificate(
+            "the certificate has no spiffe:// URI SAN".into(),
+        )),
+        _ => Err(Error::Certificate(format!(
+            "the certificate has {} spiffe:// URI SANs, expected one",
+            uris.len()
+        ))),
+    }
+}
+
+fn refuse(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+        Error::Certificate(reason),
+    ))))
+}
+
+/// Checks the server's chain against the roots, then that its identity is
+/// the expected one.
+#[derive(Debug)]
+struct ExpectedServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ExpectedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let id =
+            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
+        if id != self.expected {
+            return Err(refuse(format!(
+                "the server is {id}, expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// rustls' own client-certificate verifier (chain, validity, clientAuth),
+/// then: the identity must be of this trust domain.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id =
+            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(refuse(format!(
+                "the client is {id}, not of trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
