@@ -1,6 +1,7 @@
 //! `outrigger-control-plane`: the mesh's custom resources, the sources that
 //! fill the store (a folder of manifests; Kubernetes), the translator from the
-//! store to per-proxy snapshots, and the config stream.
+//! store to per-proxy snapshots, the config stream, and the mesh CA's
+//! certify endpoint (`certify.rs`, with callers authenticated in `authn.rs`).
 //!
 //! ```text
 //! manifests / kube watches ──▶ store ──▶ translate::Mesh::build ──▶ Mesh::config_for(proxy)
@@ -8,6 +9,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod authn;
+pub mod certify;
 pub mod crd;
 pub mod folder;
 pub mod kubernetes;

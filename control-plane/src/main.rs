@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
+use outrigger_control_plane::certify::{CaSource, Certifier};
 use outrigger_control_plane::crd;
 use outrigger_control_plane::folder::Folder;
 use outrigger_control_plane::kubernetes;
@@ -71,6 +73,30 @@ enum Command {
         /// annotation: "." (its namespace; the default) or "*" (every namespace, as Istio).
         #[arg(long, default_value = ".")]
         default_export_to: String,
+        /// The mesh CA's certificate (PEM: the signing certificate, then
+        /// its issuers), e.g. from a mounted Secret. With --ca-key.
+        #[arg(long, requires = "ca_key", conflicts_with = "ca_dir")]
+        ca_cert: Option<PathBuf>,
+        /// The mesh CA's private key (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// The trust roots (PEM), when the CA is an intermediate.
+        #[arg(long, requires = "ca_cert")]
+        ca_roots: Option<PathBuf>,
+        /// Where a generated CA is kept (ca.pem, ca.key, roots.pem), made on
+        /// first start and reused after. Default:
+        /// $XDG_STATE_HOME/outrigger/ca (~/.local/state/outrigger/ca).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// Lifetime of workload certificates.
+        #[arg(long, default_value = "24h")]
+        certificate_lifetime: outrigger_api::Duration,
+        /// Folder mode: bootstrap tokens, one file per workload at
+        /// DIR/<namespace>/<service-account>. Without it, the folder-mode
+        /// control plane issues no certificates. (Kubernetes mode checks
+        /// ServiceAccount tokens with TokenReview.)
+        #[arg(long, conflicts_with = "kubernetes")]
+        bootstrap_tokens: Option<PathBuf>,
         #[arg(long, default_value = "info")]
         log_level: String,
     },
@@ -108,6 +134,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_staleness,
             trust_domain,
             default_export_to,
+            ca_cert,
+            ca_key,
+            ca_roots,
+            ca_dir,
+            certificate_lifetime,
+            bootstrap_tokens,
             log_level,
         } => {
             tracing_subscriber::fmt()
@@ -118,6 +150,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .init();
             let default_export_to = ExportTo::parse(std::slice::from_ref(&default_export_to), ".")
                 .map_err(|e| anyhow::anyhow!("--default-export-to {default_export_to:?}: {e}"))?;
+            let ca = match (ca_cert, ca_key) {
+                (Some(cert), Some(key)) => CaSource::Files {
+                    cert,
+                    key,
+                    roots: ca_roots,
+                },
+                _ => CaSource::Dir(ca_dir.unwrap_or_else(default_ca_dir)),
+            };
+            let identity = Identity {
+                ca,
+                lifetime: certificate_lifetime.get(),
+                bootstrap_tokens,
+            };
             let options = Options {
                 trust_domain,
                 default_export_to,
@@ -138,7 +183,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None if kubernetes => Source::Kubernetes,
                 None => bail!("give --folder DIR or --kubernetes"),
             };
-            runtime.block_on(serve(source, listen, options, debounce))?;
+            runtime.block_on(serve(source, listen, options, debounce, identity))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {
@@ -208,8 +253,60 @@ enum Source {
     Kubernetes,
 }
 
+/// How the control plane acts as the mesh CA.
+struct Identity {
+    ca: CaSource,
+    lifetime: std::time::Duration,
+    bootstrap_tokens: Option<PathBuf>,
+}
+
+fn default_ca_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("outrigger/ca")
+}
+
+/// The certify endpoint's authority: the CA, and who may ask (TokenReview
+/// in a cluster, bootstrap token files in folder mode, else nobody).
+fn certifier(
+    identity: Identity,
+    trust_domain: &str,
+    kube: Option<kube::Client>,
+) -> Result<Option<Arc<Certifier>>> {
+    let authn: Arc<dyn Authenticate> = match (kube, identity.bootstrap_tokens) {
+        (Some(client), _) => Arc::new(TokenReviewer::new(client)),
+        (None, Some(dir)) => {
+            std::fs::read_dir(&dir)
+                .with_context(|| format!("--bootstrap-tokens {}", dir.display()))?;
+            Arc::new(TokenFiles::new(dir))
+        }
+        (None, None) => {
+            tracing::info!("no --bootstrap-tokens: this control plane issues no certificates");
+            return Ok(None);
+        }
+    };
+    let ca = identity.ca.load(trust_domain)?;
+    if let CaSource::Dir(dir) = &identity.ca {
+        tracing::info!(roots = %dir.join("roots.pem").display(), "mesh CA ready; proxies trust the roots in this file");
+    }
+    Ok(Some(Arc::new(Certifier::new(
+        Arc::new(ca),
+        trust_domain,
+        identity.lifetime,
+        authn,
+    ))))
+}
+
 /// The source's loop and the config server until SIGINT/SIGTERM.
-async fn serve(source: Source, listen: String, options: Options, debounce: Debounce) -> Result<()> {
+async fn serve(
+    source: Source,
+    listen: String,
+    options: Options,
+    debounce: Debounce,
+    identity: Identity,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("--listen {listen}: cannot bind"))?;
@@ -217,6 +314,8 @@ async fn serve(source: Source, listen: String, options: Options, debounce: Debou
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let trust_domain = options.trust_domain.clone();
+    let certify;
     let source = match source {
         Source::Folder {
             folder,
@@ -224,6 +323,7 @@ async fn serve(source: Source, listen: String, options: Options, debounce: Debou
             poll,
         } => {
             std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
+            certify = certifier(identity, &trust_domain, None)?;
             tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
             tokio::spawn(run_folder(
                 Folder::new(folder, namespace),
@@ -240,6 +340,7 @@ async fn serve(source: Source, listen: String, options: Options, debounce: Debou
                 .await
                 .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
             tracing::info!(listen = %bound, "control plane watching the cluster");
+            certify = certifier(identity, &trust_domain, Some(client.clone()))?;
             let shared = Arc::new(kubernetes::Shared::default());
             kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
             tokio::spawn(kubernetes::run(
@@ -253,7 +354,11 @@ async fn serve(source: Source, listen: String, options: Options, debounce: Debou
             ))
         }
     };
-    let server = tokio::spawn(Server::new(rx, metrics).run(listener, stop));
+    let mut server = Server::new(rx, metrics);
+    if let Some(c) = certify {
+        server = server.with_certifier(c);
+    }
+    let server = tokio::spawn(server.run(listener, stop));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

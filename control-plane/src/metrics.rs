@@ -12,6 +12,11 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     /// Proxies holding a config stream open.
     pub connected_proxies: Gauge,
@@ -33,6 +38,9 @@ pub struct Metrics {
     /// Status conditions written to mesh resources, and failed writes.
     pub status_writes: Counter,
     pub status_write_errors: Counter,
+    /// Certificate requests, by result: issued, refused, unauthenticated,
+    /// bad_request, rate_limited, unavailable.
+    pub certify_requests: Family<ResultLabel, Counter>,
     registry: Registry,
 }
 
@@ -98,8 +106,14 @@ impl Metrics {
         let status_write_errors = Counter::default();
         reg.register(
             "outrigger_cp_status_write_errors",
-            "Status writes that failed (retried at the next change)",
+            "Status writes that failed (tried again 5 s later, or with the next change)",
             status_write_errors.clone(),
+        );
+        let certify_requests = Family::<ResultLabel, Counter>::default();
+        reg.register(
+            "outrigger_cp_certify_requests",
+            "Certificate requests to the mesh CA, by result",
+            certify_requests.clone(),
         );
         Self {
             connected_proxies,
@@ -112,6 +126,7 @@ impl Metrics {
             watch_errors,
             status_writes,
             status_write_errors,
+            certify_requests,
             registry: reg,
         }
     }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,11 +18,13 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use outrigger_api::certify::CERTIFY_PATH;
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::Metrics;
+use crate::certify::{Certifier, MAX_BODY as MAX_CERTIFY_BODY};
+use crate::metrics::{Metrics, ResultLabel};
 use crate::translate::{Mesh, ProxyId};
 
 /// A translated mesh, as the streams see it.
@@ -103,13 +106,24 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct Server {
     mesh: watch::Receiver<Option<Arc<Published>>>,
     metrics: Arc<Metrics>,
+    certifier: Option<Arc<Certifier>>,
 }
 
 impl Server {
     /// `mesh` holds `None` until the sources have been read once; `/ready`
     /// and the streams wait for it.
     pub fn new(mesh: watch::Receiver<Option<Arc<Published>>>, metrics: Arc<Metrics>) -> Self {
-        Self { mesh, metrics }
+        Self {
+            mesh,
+            metrics,
+            certifier: None,
+        }
+    }
+
+    /// Serves `POST /v1/certify` with this mesh CA.
+    pub fn with_certifier(mut self, certifier: Arc<Certifier>) -> Self {
+        self.certifier = Some(certifier);
+        self
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) until `stop` turns true.
@@ -131,7 +145,7 @@ impl Server {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req)) }
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -158,9 +172,16 @@ impl Server {
         }
     }
 
-    fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         match (req.method(), path) {
+            (&Method::POST, CERTIFY_PATH) => match &self.certifier {
+                Some(c) => self.certify(c, req, peer).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "this control plane issues no certificates\n".into(),
+                ),
+            },
             (&Method::GET, CONFIG_PATH) => match proxy_of(&req) {
                 Ok(id) => self.stream(id),
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
@@ -199,6 +220,71 @@ impl Server {
                 r
             }
             _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
+        }
+    }
+
+    /// `POST /v1/certify`: a certificate for the caller's identity, or why not.
+    async fn certify(
+        &self,
+        certifier: &Certifier,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_CERTIFY_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                self.metrics
+                    .certify_requests
+                    .get_or_create(&ResultLabel {
+                        result: "bad_request",
+                    })
+                    .inc();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body: {e} (at most {MAX_CERTIFY_BODY} bytes)\n"),
+                );
+            }
+        };
+        match certifier
+            .certify(authorization.as_deref(), &body, peer.ip())
+            .await
+        {
+            Ok((id, answer)) => {
+                self.metrics
+                    .certify_requests
+                    .get_or_create(&ResultLabel { result: "issued" })
+                    .inc();
+                tracing::info!(%peer, identity = %id, "certificate issued");
+                json_response(serde_json::to_string(&answer).expect("serializes"))
+            }
+            Err(refusal) => {
+                self.metrics
+                    .certify_requests
+                    .get_or_create(&ResultLabel {
+                        result: refusal.result,
+                    })
+                    .inc();
+                tracing::warn!(%peer, status = refusal.status, "certificate refused: {}", refusal.message);
+                let mut r = text(
+                    StatusCode::from_u16(refusal.status).expect("a valid status"),
+                    format!("{}\n", refusal.message),
+                );
+                if let Some(wait) = refusal.retry_after {
+                    r.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        header::HeaderValue::from(wait.as_secs().max(1)),
+                    );
+                }
+                r
+            }
         }
     }
 

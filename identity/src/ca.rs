@@ -31,6 +31,17 @@ pub struct Ca {
     generated: Option<(String, String)>,
 }
 
+impl std::fmt::Debug for Ca {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("chain", &self.chain.len())
+            .field("roots", &self.roots.len())
+            .field("generated", &self.generated.is_some())
+            .finish()
+    }
+}
+
 /// A signed workload certificate.
 #[derive(Clone, Debug)]
 pub struct Issued {
