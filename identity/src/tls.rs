@@ -146,6 +146,16 @@ impl ResolvesClientCert for CurrentCert {
     }
 }
 
+/// Whether a server requires a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mesh hops: no certificate, no connection.
+    Required,
+    /// The control plane: proxies without a certificate yet may connect
+    /// (to ask for one); a certificate, when sent, is verified all the same.
+    Optional,
+}
+
 /// The server side of a mesh hop: requires a client certificate of the
 /// bundle's trust domain. `alpn`: the protocols offered (e.g. `h2`).
 pub fn server_config(
@@ -153,8 +163,23 @@ pub fn server_config(
     trust: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, Error> {
+    server_config_with(cert, trust, alpn, ClientAuth::Required)
+}
+
+/// [`server_config`] with the client certificate required or optional.
+pub fn server_config_with(
+    cert: Arc<CurrentCert>,
+    trust: &TrustBundle,
+    alpn: &[&[u8]],
+    client_auth: ClientAuth,
+) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(trust.roots.clone(), provider.clone());
+    if client_auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let inner = builder
         .build()
         .map_err(|e| Error::Certificate(e.to_string()))?;
     let verifier = Arc::new(MeshClientVerifier {
@@ -305,6 +330,10 @@ struct MeshClientVerifier {
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }

@@ -48,13 +48,14 @@ async fn handshake(
     let connector = TlsConnector::from(Arc::new(client));
     let server_side = tokio::spawn(async move {
         let mut tls = acceptor.accept(b).await.map_err(|e| e.to_string())?;
+        // A server that let a client in without a certificate still talks.
         let peer = peer_identity(tls.get_ref().1.peer_certificates().unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string());
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
         tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
         tls.shutdown().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(peer)
+        peer
     });
     let client_side = async move {
         let mut tls = connector
@@ -287,4 +288,53 @@ async fn a_renewed_certificate_is_used_by_new_handshakes() {
         renewed.cert[0].to_vec(),
         "the renewed certificate"
     );
+}
+
+#[tokio::test]
+async fn an_optional_client_certificate_is_verified_when_sent() {
+    let now = SystemTime::now();
+    let (ca, other) = (
+        Ca::generate(TD, now).unwrap(),
+        Ca::generate(TD, now).unwrap(),
+    );
+    let cp = id("outrigger-system", "outrigger-control-plane");
+    let optional = || {
+        tls::server_config_with(
+            workload(&ca, &cp, now, DAY),
+            &bundle(&[&ca]),
+            &[],
+            tls::ClientAuth::Optional,
+        )
+        .unwrap()
+    };
+    // No certificate yet: let in, with no identity.
+    let client = tls::client_config(
+        Arc::new(CurrentCert::default()),
+        &bundle(&[&ca]),
+        cp.clone(),
+        &[],
+    )
+    .unwrap();
+    let (c, s) = handshake(optional(), client).await;
+    assert!(c.is_ok(), "{c:?}");
+    assert!(s.unwrap_err().contains("no certificate"));
+    // A certificate of the mesh: its identity is known.
+    let buyer = id("shop", "buyer");
+    let client = tls::client_config(
+        workload(&ca, &buyer, now, DAY),
+        &bundle(&[&ca]),
+        cp.clone(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(handshake(optional(), client).await.1.unwrap(), buyer);
+    // A certificate of another CA: refused, not ignored.
+    let client = tls::client_config(
+        workload(&other, &buyer, now, DAY),
+        &bundle(&[&ca]),
+        cp.clone(),
+        &[],
+    )
+    .unwrap();
+    assert!(handshake(optional(), client).await.1.is_err());
 }
