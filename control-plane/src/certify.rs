@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
-use outrigger_identity::{Ca, SpiffeId};
+use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateSigningRequestDer;
+use rustls::sign::CertifiedKey;
 
 use crate::authn::{Authenticate, AuthnError};
 
@@ -147,6 +148,56 @@ impl Certifier {
                     .as_secs(),
             },
         ))
+    }
+}
+
+impl Certifier {
+    /// A certificate for the control plane itself (its serving identity),
+    /// with a key made here.
+    pub fn own_certificate(
+        &self,
+        id: &SpiffeId,
+    ) -> Result<(Arc<CertifiedKey>, SystemTime), outrigger_identity::Error> {
+        let key = WorkloadKey::generate()?;
+        let issued = self
+            .ca
+            .issue(&key.csr(id)?, id, self.lifetime, SystemTime::now())?;
+        let (_, certified) = key.certified(issued.chain)?;
+        Ok((certified, issued.not_after))
+    }
+
+    /// The CA's roots as a trust bundle.
+    pub fn trust(&self) -> Result<TrustBundle, outrigger_identity::Error> {
+        TrustBundle::new(&self.trust_domain, self.ca.roots())
+    }
+
+    /// Keeps `cert` holding a valid certificate for `id`: renewed at half
+    /// its lifetime, retried every 10 s after a failure.
+    pub async fn keep_own_certificate(
+        self: Arc<Self>,
+        id: SpiffeId,
+        cert: Arc<CurrentCert>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let wait = match self.own_certificate(&id) {
+                Ok((c, not_after)) => {
+                    cert.set(c);
+                    not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        / 2
+                }
+                Err(e) => {
+                    tracing::error!(identity = %id, error = %e, "cannot renew the control plane's own certificate");
+                    Duration::from_secs(10)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+        }
     }
 }
 

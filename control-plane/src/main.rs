@@ -16,6 +16,8 @@ use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
+use outrigger_identity::tls::ClientAuth;
+use outrigger_identity::{CurrentCert, SpiffeId};
 
 #[derive(Parser)]
 #[command(name = "outrigger-control-plane", version, about)]
@@ -99,6 +101,16 @@ enum Command {
         /// ServiceAccount tokens with TokenReview.)
         #[arg(long, conflicts_with = "kubernetes")]
         bootstrap_tokens: Option<PathBuf>,
+        /// The control plane's own identity (its serving certificate, which
+        /// proxies check): namespace and ServiceAccount.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "outrigger-system")]
+        identity_namespace: String,
+        #[arg(
+            long,
+            env = "SERVICE_ACCOUNT",
+            default_value = "outrigger-control-plane"
+        )]
+        identity_service_account: String,
         #[arg(long, default_value = "info")]
         log_level: String,
     },
@@ -142,6 +154,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ca_dir,
             certificate_lifetime,
             bootstrap_tokens,
+            identity_namespace,
+            identity_service_account,
             log_level,
         } => {
             tracing_subscriber::fmt()
@@ -164,6 +178,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ca,
                 lifetime: certificate_lifetime.get(),
                 bootstrap_tokens,
+                own: SpiffeId::new(
+                    &trust_domain,
+                    &identity_namespace,
+                    &identity_service_account,
+                )
+                .context("--identity-namespace / --identity-service-account")?,
             };
             let options = Options {
                 trust_domain,
@@ -260,6 +280,8 @@ struct Identity {
     ca: CaSource,
     lifetime: std::time::Duration,
     bootstrap_tokens: Option<PathBuf>,
+    /// The control plane's own identity.
+    own: SpiffeId,
 }
 
 fn default_ca_dir() -> PathBuf {
@@ -273,14 +295,14 @@ fn default_ca_dir() -> PathBuf {
 /// The certify endpoint's authority: the CA, and who may ask (TokenReview
 /// in a cluster, bootstrap token files in folder mode, else nobody).
 fn certifier(
-    identity: Identity,
+    identity: &Identity,
     trust_domain: &str,
     kube: Option<kube::Client>,
 ) -> Result<Option<Arc<Certifier>>> {
-    let authn: Arc<dyn Authenticate> = match (kube, identity.bootstrap_tokens) {
+    let authn: Arc<dyn Authenticate> = match (kube, &identity.bootstrap_tokens) {
         (Some(client), _) => Arc::new(TokenReviewer::new(client)),
         (None, Some(dir)) => {
-            std::fs::read_dir(&dir)
+            std::fs::read_dir(dir)
                 .with_context(|| format!("--bootstrap-tokens {}", dir.display()))?;
             Arc::new(TokenFiles::new(dir))
         }
@@ -325,7 +347,7 @@ async fn serve(
             poll,
         } => {
             std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
-            certify = certifier(identity, &trust_domain, None)?;
+            certify = certifier(&identity, &trust_domain, None)?;
             tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
             tokio::spawn(run_folder(
                 Folder::new(folder, namespace),
@@ -342,7 +364,7 @@ async fn serve(
                 .await
                 .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
             tracing::info!(listen = %bound, "control plane watching the cluster");
-            certify = certifier(identity, &trust_domain, Some(client.clone()))?;
+            certify = certifier(&identity, &trust_domain, Some(client.clone()))?;
             let shared = Arc::new(kubernetes::Shared::default());
             kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
             tokio::spawn(kubernetes::run(
@@ -358,7 +380,26 @@ async fn serve(
     };
     let mut server = Server::new(rx, metrics);
     if let Some(c) = certify {
-        server = server.with_certifier(c);
+        // With a CA, everything is served over TLS under the control
+        // plane's own identity, and streams need a client certificate.
+        let own = Arc::new(CurrentCert::default());
+        let (first, _) = c
+            .own_certificate(&identity.own)
+            .context("issuing the control plane's own certificate")?;
+        own.set(first);
+        tokio::spawn(c.clone().keep_own_certificate(
+            identity.own.clone(),
+            own.clone(),
+            stop.clone(),
+        ));
+        let tls = outrigger_identity::tls::server_config_with(
+            own,
+            &c.trust()?,
+            &[b"h2", b"http/1.1"],
+            ClientAuth::Optional,
+        )?;
+        tracing::info!(identity = %identity.own, "serving over TLS; proxies need the mesh roots");
+        server = server.with_certifier(c).with_tls(Arc::new(tls));
     }
     let server = tokio::spawn(server.run(listener, stop));
     shutdown_signal().await;

@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 use crate::certify::{Certifier, MAX_BODY as MAX_CERTIFY_BODY};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::translate::{Mesh, ProxyId};
+use outrigger_identity::tls::peer_identity;
+use outrigger_identity::SpiffeId;
 
 /// A translated mesh, as the streams see it.
 pub struct Published {
@@ -107,6 +109,42 @@ pub struct Server {
     mesh: watch::Receiver<Option<Arc<Published>>>,
     metrics: Arc<Metrics>,
     certifier: Option<Arc<Certifier>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Who is on the other end of a connection.
+struct Peer {
+    addr: SocketAddr,
+    tls: bool,
+    /// The identity of the client certificate, when one was sent.
+    identity: Option<SpiffeId>,
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a client with certificate identity `peer` may have the config
+/// of `proxy`, whose pod runs as `account` (when the pod is known): its
+/// identity must name the proxy's namespace and the pod's ServiceAccount.
+pub fn authorize(
+    peer: Option<&SpiffeId>,
+    proxy: &ProxyId,
+    account: Option<&str>,
+) -> Result<(), String> {
+    let peer = peer.ok_or("a client certificate is required for the config stream")?;
+    if peer.namespace() != proxy.namespace {
+        return Err(format!(
+            "{peer} may not have the config of namespace {}",
+            proxy.namespace
+        ));
+    }
+    if let Some(account) = account.filter(|a| *a != peer.service_account()) {
+        return Err(format!(
+            "{peer} may not have the config of pod {}/{}, which runs as ServiceAccount {account}",
+            proxy.namespace, proxy.pod
+        ));
+    }
+    Ok(())
 }
 
 impl Server {
@@ -117,6 +155,7 @@ impl Server {
             mesh,
             metrics,
             certifier: None,
+            tls: None,
         }
     }
 
@@ -126,10 +165,18 @@ impl Server {
         self
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) until `stop` turns true.
+    /// Serves over TLS with this config (the mesh CA's roots verify client
+    /// certificates; streams then need one that matches the proxy).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS)
+    /// until `stop` turns true.
     pub async fn run(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, addr) = tokio::select! {
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                 r = listener.accept() => match r {
                     Ok(s) => s,
@@ -141,60 +188,126 @@ impl Server {
                 },
             };
             let this = self.clone();
-            let mut stop = stop.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(10)))
-                    .keep_alive_timeout(Duration::from_secs(20));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "config connection ended");
-                        }
+                let Some(tls) = this.tls.clone() else {
+                    let peer = Peer {
+                        addr,
+                        tls: false,
+                        identity: None,
+                    };
+                    return this
+                        .serve_connection(TokioIo::new(stream), peer, stop)
+                        .await;
+                };
+                let accepted = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+                )
+                .await;
+                let stream = match accepted {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                        return;
                     }
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
-                }
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| peer_identity(c).ok());
+                let peer = Peer {
+                    addr,
+                    tls: true,
+                    identity,
+                };
+                this.serve_connection(TokioIo::new(stream), peer, stop)
+                    .await;
             });
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn serve_connection<I>(self, io: I, peer: Peer, mut stop: watch::Receiver<bool>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let addr = peer.addr;
+        let peer = Arc::new(peer);
+        let svc = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %addr, error = %e, "config connection ended");
+                }
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
+        }
+    }
+
+    /// Over TLS, a proxy is served only its own config ([`authorize`]).
+    fn authorized(&self, peer: &Peer, id: &ProxyId) -> Result<(), String> {
+        if !peer.tls {
+            return Ok(());
+        }
+        let mesh = self.mesh.borrow().clone();
+        let account = mesh
+            .as_ref()
+            .and_then(|p| p.mesh.service_account_of(id).map(str::to_string));
+        authorize(peer.identity.as_ref(), id, account.as_deref()).inspect_err(|why| {
+            tracing::warn!(peer = %peer.addr, namespace = %id.namespace, pod = %id.pod, "config refused: {why}");
+        })
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::POST, CERTIFY_PATH) => match &self.certifier {
-                Some(c) => self.certify(c, req, peer).await,
+                Some(c) => self.certify(c, req, peer.addr).await,
                 None => text(
                     StatusCode::NOT_FOUND,
                     "this control plane issues no certificates\n".into(),
                 ),
             },
             (&Method::GET, CONFIG_PATH) => match proxy_of(&req) {
-                Ok(id) => self.stream(id),
+                Ok(id) => match self.authorized(peer, &id) {
+                    Ok(()) => self.stream(id),
+                    Err(why) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
+                },
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
             },
             (&Method::GET, "/debug/config") => match proxy_of(&req) {
-                Ok(id) => match self.mesh.borrow().clone() {
-                    Some(p) => {
+                Ok(id) => match (self.authorized(peer, &id), self.mesh.borrow().clone()) {
+                    (Err(why), _) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
+                    (Ok(()), Some(p)) => {
                         let update = update_for(&p.mesh, &id);
                         let mut json = serde_json::to_string_pretty(&update).expect("serializes");
                         json.push('\n');
                         json_response(json)
                     }
-                    None => text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n".into()),
+                    (Ok(()), None) => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n".into())
+                    }
                 },
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
             },
@@ -490,6 +603,32 @@ mod tests {
         let (v3, _) =
             published(&yaml.replace("10.0.0.1", "10.0.0.2")).update_line(&id("default", "p"));
         assert_ne!(v1, v3);
+    }
+
+    #[test]
+    fn over_tls_a_proxy_gets_only_its_own_config() {
+        let buyer: SpiffeId = "spiffe://cluster.local/ns/shop/sa/buyer".parse().unwrap();
+        assert_eq!(
+            authorize(Some(&buyer), &id("shop", "client-1"), Some("buyer")),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(Some(&buyer), &id("shop", "not-yet-listed"), None),
+            Ok(()),
+            "a pod the store does not know yet: the namespace decides"
+        );
+        assert_eq!(
+            authorize(Some(&buyer), &id("billing", "ledger-1"), None).unwrap_err(),
+            "spiffe://cluster.local/ns/shop/sa/buyer may not have the config of namespace billing"
+        );
+        assert_eq!(
+            authorize(Some(&buyer), &id("shop", "admin-1"), Some("admin")).unwrap_err(),
+            "spiffe://cluster.local/ns/shop/sa/buyer may not have the config of pod shop/admin-1, \
+             which runs as ServiceAccount admin"
+        );
+        assert!(authorize(None, &id("shop", "client-1"), Some("buyer"))
+            .unwrap_err()
+            .contains("client certificate is required"));
     }
 
     #[test]

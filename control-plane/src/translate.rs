@@ -505,6 +505,13 @@ impl Mesh {
         }
     }
 
+    /// The ServiceAccount of a pod the store knows.
+    pub fn service_account_of(&self, id: &ProxyId) -> Option<&str> {
+        self.pods
+            .get(&Key::new(&id.namespace, &id.pod))
+            .map(|p| p.service_account.as_str())
+    }
+
     /// Who the proxy is: its workload and identity, from its Pod.
     pub fn proxy_info(&self, id: &ProxyId) -> ProxyInfo {
         let pod = self.pods.get(&Key::new(&id.namespace, &id.pod));
