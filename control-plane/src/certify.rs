@@ -171,6 +171,27 @@ impl Certifier {
         TrustBundle::new(&self.trust_domain, self.ca.roots())
     }
 
+    /// The control plane's TLS config, serving as `own` with a certificate
+    /// kept renewed until `stop`: client certificates are optional (a proxy
+    /// asking for its first one has none) and verified when sent.
+    pub fn server_tls(
+        self: &Arc<Self>,
+        own: SpiffeId,
+        alpn: &[&[u8]],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<rustls::ServerConfig, outrigger_identity::Error> {
+        let cert = Arc::new(CurrentCert::default());
+        cert.set(self.own_certificate(&own)?.0);
+        let config = outrigger_identity::tls::server_config_with(
+            cert.clone(),
+            &self.trust()?,
+            alpn,
+            outrigger_identity::tls::ClientAuth::Optional,
+        )?;
+        tokio::spawn(self.clone().keep_own_certificate(own, cert, stop));
+        Ok(config)
+    }
+
     /// Keeps `cert` holding a valid certificate for `id`: renewed at half
     /// its lifetime, retried every 10 s after a failure.
     pub async fn keep_own_certificate(

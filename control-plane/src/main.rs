@@ -16,8 +16,7 @@ use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
-use outrigger_identity::tls::ClientAuth;
-use outrigger_identity::{CurrentCert, SpiffeId};
+use outrigger_identity::SpiffeId;
 
 #[derive(Parser)]
 #[command(name = "outrigger-control-plane", version, about)]
@@ -382,22 +381,9 @@ async fn serve(
     if let Some(c) = certify {
         // With a CA, everything is served over TLS under the control
         // plane's own identity, and streams need a client certificate.
-        let own = Arc::new(CurrentCert::default());
-        let (first, _) = c
-            .own_certificate(&identity.own)
-            .context("issuing the control plane's own certificate")?;
-        own.set(first);
-        tokio::spawn(c.clone().keep_own_certificate(
-            identity.own.clone(),
-            own.clone(),
-            stop.clone(),
-        ));
-        let tls = outrigger_identity::tls::server_config_with(
-            own,
-            &c.trust()?,
-            &[b"h2", b"http/1.1"],
-            ClientAuth::Optional,
-        )?;
+        let tls = c
+            .server_tls(identity.own.clone(), &[b"h2", b"http/1.1"], stop.clone())
+            .context("the control plane's own certificate")?;
         tracing::info!(identity = %identity.own, "serving over TLS; proxies need the mesh roots");
         server = server.with_certifier(c).with_tls(Arc::new(tls));
     }

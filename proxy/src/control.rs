@@ -21,6 +21,7 @@ use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use outrigger_api::Snapshot;
 
 use crate::app::Applier;
+use crate::identity::{ControlIo, Identity, IdentityError};
 use crate::metrics::Metrics;
 use crate::policy::chance::Chance;
 
@@ -30,12 +31,16 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
 pub const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where the control plane is and who this proxy is.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Follow {
     /// `host:port` of the config server.
     pub address: String,
     pub namespace: String,
     pub pod: String,
+    /// With an identity, the proxy holds a certificate from the control
+    /// plane's CA (`identity::keep`) and follows the stream over mTLS once
+    /// it has one; without, over plain HTTP/2.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Reconnect pauses: uniformly random in `[0, min(cap, base × 2^n))` after
@@ -86,6 +91,13 @@ pub fn spawn(
                 .enable_all()
                 .build()
                 .expect("starting the control-plane client runtime");
+            if let Some(identity) = follow.identity.clone() {
+                rt.spawn(crate::identity::keep(
+                    identity,
+                    follow.address.clone(),
+                    metrics.clone(),
+                ));
+            }
             rt.block_on(run(follow, bootstrap, applier, metrics));
         })
 }
@@ -113,6 +125,8 @@ pub async fn run(follow: Follow, bootstrap: Snapshot, applier: Applier, metrics:
 pub enum Ended {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("{0}")]
+    Tls(IdentityError),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(hyper::Error),
     #[error("request failed: {0}")]
@@ -137,16 +151,28 @@ async fn session(
     metrics: &Metrics,
     backoff: &mut Backoff,
 ) -> Ended {
-    let tcp = match tokio::net::TcpStream::connect(&follow.address).await {
-        Ok(t) => t,
-        Err(e) => return Ended::Connect(e),
+    let io = match &follow.identity {
+        Some(identity) => {
+            // The stream needs this proxy's certificate.
+            identity.held().await;
+            match identity.connect(&follow.address).await {
+                Ok(io) => io,
+                Err(e) => return Ended::Tls(e),
+            }
+        }
+        None => match tokio::net::TcpStream::connect(&follow.address).await {
+            Ok(t) => {
+                let _ = t.set_nodelay(true);
+                ControlIo::Plain(t)
+            }
+            Err(e) => return Ended::Connect(e),
+        },
     };
-    let _ = tcp.set_nodelay(true);
     let (mut send, conn) = match hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
     {
         Ok(x) => x,
@@ -157,8 +183,13 @@ async fn session(
             tracing::debug!(error = %e, "control-plane connection ended");
         }
     });
+    let scheme = if follow.identity.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = format!(
-        "http://{}{CONFIG_PATH}?namespace={}&pod={}",
+        "{scheme}://{}{CONFIG_PATH}?namespace={}&pod={}",
         follow.address, follow.namespace, follow.pod
     );
     let req = Request::get(uri)

@@ -14,6 +14,7 @@ pub mod control;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

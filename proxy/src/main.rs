@@ -1,10 +1,13 @@
 //! The `outrigger-proxy` command.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use outrigger_api::Snapshot;
+use outrigger_identity::SpiffeId;
+use outrigger_proxy::identity::{Identity, IdentityConfig};
 use outrigger_proxy::{Drained, Options, Proxy};
 
 #[derive(Parser)]
@@ -18,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve traffic: from a static snapshot (YAML or JSON), or, with
@@ -37,6 +42,31 @@ enum Command {
         /// This proxy's namespace (downward API).
         #[arg(long, env = "POD_NAMESPACE")]
         pod_namespace: Option<String>,
+        /// The mesh's trust roots (PEM). With it, the proxy gets a workload
+        /// certificate from the control plane (and follows its stream over
+        /// mTLS); without, it follows over plain HTTP/2.
+        #[arg(long, env = "OUTRIGGER_TRUST_ROOTS", requires = "control_plane")]
+        trust_roots: Option<PathBuf>,
+        /// The token proving this workload's ServiceAccount: the projected
+        /// token (audience `outrigger`) or a bootstrap token file.
+        #[arg(
+            long,
+            env = "OUTRIGGER_TOKEN_FILE",
+            default_value = "/var/run/secrets/outrigger.dev/token"
+        )]
+        token_file: PathBuf,
+        /// This workload's ServiceAccount (downward API).
+        #[arg(long, env = "SERVICE_ACCOUNT")]
+        service_account: Option<String>,
+        #[arg(long, env = "OUTRIGGER_TRUST_DOMAIN", default_value = "cluster.local")]
+        trust_domain: String,
+        /// Who the control plane must be.
+        #[arg(
+            long,
+            env = "OUTRIGGER_CONTROL_PLANE_IDENTITY",
+            default_value = "spiffe://cluster.local/ns/outrigger-system/sa/outrigger-control-plane"
+        )]
+        control_plane_identity: String,
         /// Log one line per request on the `outrigger::access` target.
         #[arg(long)]
         access_log: bool,
@@ -83,6 +113,11 @@ fn main() -> anyhow::Result<()> {
             control_plane,
             pod_name,
             pod_namespace,
+            trust_roots,
+            token_file,
+            service_account,
+            trust_domain,
+            control_plane_identity,
             access_log,
             log_level,
             log_format,
@@ -92,17 +127,32 @@ fn main() -> anyhow::Result<()> {
             let snapshot = load(&config)?;
             let follow = match control_plane {
                 None => None,
-                Some(address) => Some(outrigger_proxy::control::Follow {
-                    address,
-                    namespace: pod_namespace
+                Some(address) => {
+                    let namespace = pod_namespace
                         .or_else(|| Some(snapshot.proxy.namespace.clone()))
                         .filter(|n| !n.is_empty())
                         .context(
                             "--pod-namespace (POD_NAMESPACE) is needed with --control-plane",
-                        )?,
-                    pod: pod_name
-                        .context("--pod-name (POD_NAME) is needed with --control-plane")?,
-                }),
+                        )?;
+                    let identity = match trust_roots {
+                        None => None,
+                        Some(roots) => Some(identity(
+                            &roots,
+                            token_file,
+                            &trust_domain,
+                            &namespace,
+                            service_account.as_deref(),
+                            &control_plane_identity,
+                        )?),
+                    };
+                    Some(outrigger_proxy::control::Follow {
+                        address,
+                        namespace,
+                        pod: pod_name
+                            .context("--pod-name (POD_NAME) is needed with --control-plane")?,
+                        identity,
+                    })
+                }
             };
             // One worker: a current-thread runtime, with no cross-thread
             // wake-ups or work stealing to pay for (as linkerd2-proxy does on
@@ -128,6 +178,33 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(run(snapshot, &config, opts, follow))
         }
     }
+}
+
+/// The proxy's identity from its flags; errors name the flag.
+fn identity(
+    roots: &Path,
+    token_file: PathBuf,
+    trust_domain: &str,
+    namespace: &str,
+    service_account: Option<&str>,
+    control_plane: &str,
+) -> anyhow::Result<Arc<Identity>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(roots).with_context(|| format!("--trust-roots {}", roots.display()))?;
+    let roots_der = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--trust-roots {}: not PEM certificates", roots.display()))?;
+    let service_account = service_account
+        .context("--service-account (SERVICE_ACCOUNT) is needed with --trust-roots")?;
+    let id = SpiffeId::new(trust_domain, namespace, service_account)?;
+    let control_plane: SpiffeId = control_plane.parse().context("--control-plane-identity")?;
+    Identity::new(IdentityConfig {
+        id,
+        token_file,
+        control_plane,
+        roots: roots_der,
+    })
+    .with_context(|| format!("--trust-roots {}", roots.display()))
 }
 
 async fn run(

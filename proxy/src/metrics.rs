@@ -291,8 +291,17 @@ pub struct Metrics {
     pub config_rejected: Counter,
     pub config_last_applied: Gauge,
     pub control_plane_connected: Gauge,
+    /// When the certificate in use expires (Unix seconds; 0 before the first).
+    pub identity_expiry: Gauge,
+    /// Certificate requests to the control plane, by result (ok, error).
+    pub identity_renewals: Family<ResultLabel, Counter>,
     pub ready: Gauge,
     registry: Arc<Registry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -415,6 +424,18 @@ impl Metrics {
             "1 while the config stream from the control plane is open",
             control_plane_connected.clone(),
         );
+        let identity_expiry = Gauge::default();
+        reg.register(
+            "outrigger_identity_cert_expiry_timestamp_seconds",
+            "When the workload certificate in use expires (0 before the first)",
+            identity_expiry.clone(),
+        );
+        let identity_renewals = Family::<ResultLabel, Counter>::default();
+        reg.register(
+            "outrigger_identity_renewals",
+            "Certificate requests to the control plane, by result",
+            identity_renewals.clone(),
+        );
         let config_last_applied = Gauge::default();
         reg.register(
             "outrigger_config_last_applied_timestamp_seconds",
@@ -448,6 +469,8 @@ impl Metrics {
             config_rejected,
             config_last_applied,
             control_plane_connected,
+            identity_expiry,
+            identity_renewals,
             ready,
             registry: Arc::new(reg),
         }

@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrigger_api::Snapshot;
+use outrigger_control_plane::authn::TokenFiles;
+use outrigger_control_plane::certify::Certifier;
 use outrigger_control_plane::folder::Folder;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::Options as TranslateOptions;
+use outrigger_identity::{Ca, SpiffeId};
 use outrigger_proxy::control::Follow;
+use outrigger_proxy::identity::{Identity, IdentityConfig};
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 use tokio::sync::watch;
@@ -56,6 +60,15 @@ struct ControlPlane {
 
 impl ControlPlane {
     async fn start(folder: &Path, listener: tokio::net::TcpListener) -> Self {
+        Self::start_with(folder, listener, None).await
+    }
+
+    /// With `certifier`: the mesh CA too, everything over TLS.
+    async fn start_with(
+        folder: &Path,
+        listener: tokio::net::TcpListener,
+        certifier: Option<Arc<Certifier>>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let (tx, rx) = watch::channel(None);
@@ -69,7 +82,18 @@ impl ControlPlane {
             metrics.clone(),
             stopped.clone(),
         ));
-        let server = tokio::spawn(Server::new(rx, metrics.clone()).run(listener, stopped));
+        let mut server = Server::new(rx, metrics.clone());
+        if let Some(c) = certifier {
+            let id = SpiffeId::new(
+                "cluster.local",
+                "outrigger-system",
+                "outrigger-control-plane",
+            )
+            .unwrap();
+            let tls = c.server_tls(id, &[b"h2"], stopped.clone()).unwrap();
+            server = server.with_certifier(c).with_tls(Arc::new(tls));
+        }
+        let server = tokio::spawn(server.run(listener, stopped));
         Self {
             addr,
             stop,
@@ -188,12 +212,18 @@ async fn following_proxy(cp: SocketAddr) -> Proxy {
 
 /// Starts following the control plane at `cp`.
 fn follow(p: &Proxy, cp: SocketAddr) {
+    follow_with(p, cp, None)
+}
+
+/// Starts following the control plane at `cp`, over mTLS with `identity`.
+fn follow_with(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
     let boot = bootstrap();
     outrigger_proxy::control::spawn(
         Follow {
             address: cp.to_string(),
             namespace: "shop".into(),
             pod: "client-1".into(),
+            identity,
         },
         boot,
         p.applier(),
@@ -385,5 +415,117 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = tally(clients).await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage() {
+    // The proxy's log shows with a failure (the test harness captures it).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("outrigger_proxy=info,outrigger_control_plane=info")
+        .with_test_writer()
+        .try_init();
+    let (blue, _) = counted("blue").await;
+    let (green, _) = counted("green").await;
+    let dir = Dir::new("identity");
+    dir.write("mesh.yaml", &services(blue, green));
+    dir.write("web-vs.yaml", &split(100, 0));
+    let tokens = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/client"), "token-client").unwrap();
+    let token_file = tokens.path().join("shop/client");
+    let ca = Arc::new(Ca::generate("cluster.local", std::time::SystemTime::now()).unwrap());
+    // Three-second certificates: renewed every 2.1 s.
+    let certifier = || {
+        Arc::new(Certifier::new(
+            ca.clone(),
+            "cluster.local",
+            Duration::from_secs(3),
+            Arc::new(TokenFiles::new(tokens.path())),
+        ))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
+    let identity = Identity::new(IdentityConfig {
+        id: SpiffeId::new("cluster.local", "shop", "client").unwrap(),
+        token_file,
+        control_plane: SpiffeId::new(
+            "cluster.local",
+            "outrigger-system",
+            "outrigger-control-plane",
+        )
+        .unwrap(),
+        roots: ca.roots().to_vec(),
+    })
+    .unwrap();
+    let p = waiting_proxy().await;
+    follow_with(&p, cp.addr, Some(identity.clone()));
+    assert!(
+        eventually(Duration::from_secs(10), || ready(&p)).await,
+        "never ready"
+    );
+    assert!(identity.is_held());
+    let renewals = |text: &str| {
+        metric(
+            text,
+            "outrigger_identity_renewals_total",
+            &[("result", "ok")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            renewals(&scrape(&p).await) >= 2.0
+        })
+        .await,
+        "no renewal"
+    );
+    let expiry = metric(
+        &scrape(&p).await,
+        "outrigger_identity_cert_expiry_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry <= now + 4.0,
+        "expiry {expiry} vs now {now}"
+    );
+
+    // The control plane goes away for longer than a renewal interval:
+    // traffic keeps flowing on the config in force, renewals fail...
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = p.listener_addr("outbound").unwrap();
+    let clients = keep_requesting(addr, stop.clone());
+    let cp_addr = cp.addr;
+    cp.stop().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &scrape(&p).await,
+                "outrigger_identity_renewals_total",
+                &[("result", "error")],
+            ) >= 1.0
+        })
+        .await,
+        "no failed renewal counted"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // ...and once it is back (same CA, same address) they succeed again.
+    let before = renewals(&scrape(&p).await);
+    let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            renewals(&scrape(&p).await) > before
+        })
+        .await,
+        "never renewed after the control plane came back"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 0);
     cp.stop().await;
 }
