@@ -9,6 +9,7 @@
 //! deserialization would.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod certify;
 mod duration;
 pub mod policy;

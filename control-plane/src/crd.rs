@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResource, CustomResourceExt};
+use outrigger_api::authz::{AuthorizationAction, AuthorizationRule};
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,7 @@ pub struct DestinationRuleSpec {
     pub export_to: Vec<String>,
 }
 
+// The action and rules are the proxy's own wire types (`outrigger_api::authz`).
 /// Istio's `AuthorizationPolicy` (ALLOW and DENY; sources by principal and
 /// namespace, operations by port, method and path).
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -111,73 +113,6 @@ pub struct AuthorizationPolicySpec {
     /// policy matches nothing, a DENY policy matches nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthorizationRule>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum AuthorizationAction {
-    #[default]
-    Allow,
-    Deny,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationRule {
-    /// Sources, ORed; absent: any source.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from: Vec<RuleFrom>,
-    /// Operations, ORed; absent: any operation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<RuleTo>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RuleFrom {
-    pub source: Source,
-}
-
-/// Fields are ANDed; the values of one field are ORed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Source {
-    /// Peer identities as `<trust-domain>/ns/<ns>/sa/<sa>`; `*` and a
-    /// leading or trailing `*` match as in Istio.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub principals: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_principals: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_namespaces: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RuleTo {
-    pub operation: Operation,
-}
-
-/// Fields are ANDed; the values of one field are ORed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Operation {
-    /// Destination ports, as strings (Istio's spelling).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_ports: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_methods: Vec<String>,
-    /// Exact paths, or a prefix ending in `*`, or a suffix starting with `*`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_paths: Vec<String>,
 }
 
 /// Pods of the resource's namespace whose labels include all of these.

@@ -14,6 +14,7 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
+pub mod authz;
 pub mod balance;
 pub mod budget;
 pub mod chance;
