@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Inbound;
+
 use crate::snapshot::{ProxyInfo, Service, Snapshot};
 
 /// The path of the config stream.
@@ -23,6 +25,9 @@ pub struct ConfigUpdate {
     /// that reconnects to a restarted control plane sees the same version.
     pub version: String,
     pub proxy: ProxyInfo,
+    /// What this proxy's inbound side enforces; absent: nothing.
+    #[serde(default, skip_serializing_if = "Inbound::is_empty")]
+    pub inbound: Inbound,
     pub services: Vec<Service>,
 }
 
@@ -36,6 +41,7 @@ impl ConfigUpdate {
             limits: bootstrap.limits.clone(),
             listeners: bootstrap.listeners.clone(),
             services: self.services.clone(),
+            inbound: self.inbound.clone(),
         }
     }
 }

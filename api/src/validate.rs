@@ -64,6 +64,72 @@ const MIN_HEADER_BYTES: u32 = 8 * 1024;
 const MAX_HEADER_BYTES: u32 = 1024 * 1024;
 
 impl Snapshot {
+    /// Authorization policies: ports are numbers, paths are paths or
+    /// patterns, no value is empty.
+    fn validate_inbound(&self, errs: &mut Errors) {
+        for (i, policy) in self.inbound.authorization.iter().enumerate() {
+            let p = format!("inbound.authorization[{i}]");
+            if policy.name.trim().is_empty() {
+                errs.push(format!("{p}.name"), "must not be empty");
+            }
+            for (j, rule) in policy.rules.iter().enumerate() {
+                let r = format!("{p}.rules[{j}]");
+                for (k, f) in rule.from.iter().enumerate() {
+                    let s = &f.source;
+                    for (field, values) in [
+                        ("principals", &s.principals),
+                        ("notPrincipals", &s.not_principals),
+                        ("namespaces", &s.namespaces),
+                        ("notNamespaces", &s.not_namespaces),
+                    ] {
+                        for (l, v) in values.iter().enumerate() {
+                            if v.is_empty() {
+                                errs.push(
+                                    format!("{r}.from[{k}].source.{field}[{l}]"),
+                                    "must not be empty",
+                                );
+                            }
+                        }
+                    }
+                }
+                for (k, t) in rule.to.iter().enumerate() {
+                    let o = &t.operation;
+                    let at = format!("{r}.to[{k}].operation");
+                    for (field, values) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+                        for (l, v) in values.iter().enumerate() {
+                            if !v.parse::<u16>().is_ok_and(|n| n > 0) {
+                                errs.push(
+                                    format!("{at}.{field}[{l}]"),
+                                    format!("{v:?} is not a port number (1-65535)"),
+                                );
+                            }
+                        }
+                    }
+                    for (field, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+                        for (l, v) in values.iter().enumerate() {
+                            if !(v.starts_with('/') || v.starts_with('*')) {
+                                errs.push(
+                                    format!("{at}.{field}[{l}]"),
+                                    format!(
+                                        "{v:?} is not a path: start it with / (or * for a suffix)"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    for (field, values) in [("methods", &o.methods), ("notMethods", &o.not_methods)]
+                    {
+                        for (l, v) in values.iter().enumerate() {
+                            if v.is_empty() {
+                                errs.push(format!("{at}.{field}[{l}]"), "must not be empty");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Checks the whole snapshot and returns every error found, each with its
     /// path. A snapshot that passes can be applied by the proxy as it is.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -110,6 +176,7 @@ impl Snapshot {
         self.validate_services(&mut errs);
         self.validate_policies(&mut errs);
         self.validate_listeners(&mut errs, admin);
+        self.validate_inbound(&mut errs);
 
         if errs.0.is_empty() {
             Ok(())
@@ -674,6 +741,35 @@ services:
     protocol: opaque
     endpoints: [{ address: "10.0.0.9:3306" }]
 "#;
+
+    #[test]
+    fn authorization_values_are_checked_with_their_paths() {
+        let mut s = good();
+        s.inbound = serde_json::from_value(serde_json::json!({
+            "authorization": [{
+                "name": "shop/x",
+                "rules": [{
+                    "from": [{ "source": { "principals": [""] } }],
+                    "to": [{ "operation": { "ports": ["http", "0", "8080"], "paths": ["admin", "/ok", "*.png"], "methods": [""] } }]
+                }]
+            }]
+        }))
+        .unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        for expected in [
+            "inbound.authorization[0].rules[0].from[0].source.principals[0]: must not be empty",
+            "inbound.authorization[0].rules[0].to[0].operation.ports[0]: \"http\" is not a port number",
+            "inbound.authorization[0].rules[0].to[0].operation.ports[1]: \"0\" is not a port number",
+            "inbound.authorization[0].rules[0].to[0].operation.paths[0]: \"admin\" is not a path",
+            "inbound.authorization[0].rules[0].to[0].operation.methods[0]: must not be empty",
+        ] {
+            assert!(e.contains(expected), "{expected} missing from {e}");
+        }
+        assert!(
+            !e.contains("ports[2]") && !e.contains("paths[1]") && !e.contains("paths[2]"),
+            "{e}"
+        );
+    }
 
     fn good() -> Snapshot {
         Snapshot::from_yaml(GOOD).unwrap()

@@ -67,10 +67,10 @@ impl Published {
     fn update_line(&self, id: &ProxyId) -> (String, [Bytes; 3]) {
         let view = self.services_view(&id.namespace);
         let view = view.get().expect("initialised by services_view");
-        let proxy = serde_json::to_vec(&self.mesh.proxy_info(id)).expect("serializes");
-        let version = version_of(&proxy, view.hash);
-        let mut head = format!("{{\"version\":\"{version}\",\"proxy\":").into_bytes();
-        head.extend_from_slice(&proxy);
+        let own = head_json(&self.mesh.proxy_info(id), &self.mesh.inbound_for(id));
+        let version = version_of(&own, view.hash);
+        let mut head = format!("{{\"version\":\"{version}\",").into_bytes();
+        head.extend_from_slice(&own);
         head.extend_from_slice(b",\"services\":");
         (
             version,
@@ -473,18 +473,31 @@ impl Server {
 /// `/debug/config` and tests; the stream shares the services part).
 pub fn update_for(mesh: &Mesh, id: &ProxyId) -> ConfigUpdate {
     let config = mesh.config_for(id);
-    let proxy = serde_json::to_vec(&config.proxy).expect("serializes");
+    let head = head_json(&config.proxy, &config.inbound);
     let services = serde_json::to_vec(&config.services).expect("serializes");
     ConfigUpdate {
-        version: version_of(&proxy, fnv1a(FNV_OFFSET, &services)),
+        version: version_of(&head, fnv1a(FNV_OFFSET, &services)),
         proxy: config.proxy,
+        inbound: config.inbound,
         services: config.services,
     }
 }
 
-/// An update's version: a hash of its content (the proxy's JSON, then the
-/// hash of its services' JSON), so equal content has an equal version
-/// across restarts.
+/// The per-proxy members of an update, as JSON members (no braces):
+/// `"proxy":{...}` and, when there is any, `"inbound":{...}`.
+fn head_json(proxy: &outrigger_api::ProxyInfo, inbound: &outrigger_api::authz::Inbound) -> Vec<u8> {
+    let mut out = b"\"proxy\":".to_vec();
+    out.extend_from_slice(&serde_json::to_vec(proxy).expect("serializes"));
+    if !inbound.is_empty() {
+        out.extend_from_slice(b",\"inbound\":");
+        out.extend_from_slice(&serde_json::to_vec(inbound).expect("serializes"));
+    }
+    out
+}
+
+/// An update's version: a hash of its content (the proxy's own members,
+/// then the hash of its services' JSON), so equal content has an equal
+/// version across restarts.
 fn version_of(proxy_json: &[u8], services_hash: u64) -> String {
     let h = fnv1a(fnv1a(FNV_OFFSET, proxy_json), &services_hash.to_le_bytes());
     format!("{h:016x}")
@@ -570,7 +583,7 @@ mod tests {
     #[test]
     fn the_streamed_line_is_the_update_and_shares_its_namespace_services() {
         let p = published(
-            "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: a, namespace: shop }\nspec: { serviceAccountName: buyer, containers: [{ name: app }] }\n",
+            "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: a, namespace: shop }\nspec: { serviceAccountName: buyer, containers: [{ name: app }] }\n---\napiVersion: outrigger.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: { name: read, namespace: shop }\nspec: { rules: [{ to: [{ operation: { methods: [GET] } }] }] }\n",
         );
         for pod in ["a", "unknown"] {
             let (version, chunks) = p.update_line(&id("shop", pod));
@@ -581,6 +594,7 @@ mod tests {
             assert_eq!(parsed, expected);
             assert_eq!(version, expected.version);
             assert_eq!(parsed.services.len(), 1);
+            assert_eq!(parsed.inbound.authorization[0].name, "shop/read");
         }
         let (va, a) = p.update_line(&id("shop", "a"));
         let (vu, u) = p.update_line(&id("shop", "unknown"));

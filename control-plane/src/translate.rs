@@ -26,8 +26,9 @@ use kube::Resource;
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use outrigger_api::{Endpoint, ProxyInfo, Service, ServiceProtocol, Snapshot};
 
-use crate::crd::{DestinationRule, VirtualService};
+use crate::crd::{AuthorizationPolicy, DestinationRule, VirtualService};
 use crate::store::{Key, Store};
+use outrigger_api::authz::{AuthorizationPolicy as WirePolicy, Inbound};
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -49,6 +50,8 @@ pub struct Options {
     pub cluster_domain: String,
     /// Who sees a Service that has no export annotation.
     pub default_export_to: ExportTo,
+    /// Policies here apply to every namespace (Istio's root namespace).
+    pub root_namespace: String,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
             default_export_to: ExportTo::own(),
+            root_namespace: "outrigger-system".into(),
         }
     }
 }
@@ -187,6 +191,7 @@ pub struct ProxyId {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     pub proxy: ProxyInfo,
+    pub inbound: Inbound,
     pub services: Vec<Service>,
 }
 
@@ -201,6 +206,7 @@ impl ProxyConfig {
             limits: Default::default(),
             listeners: Vec::new(),
             services: self.services.clone(),
+            inbound: self.inbound.clone(),
         }
     }
 }
@@ -242,6 +248,10 @@ pub struct Mesh {
     /// The version of each resource in force (for the next build's fallback).
     in_force_dr: BTreeMap<Key, DestinationRule>,
     in_force_vs: BTreeMap<Key, VirtualService>,
+    in_force_ap: BTreeMap<Key, AuthorizationPolicy>,
+    /// Accepted AuthorizationPolicies: who they select, and the policy as
+    /// proxies hold it.
+    authorization: BTreeMap<Key, (Option<BTreeMap<String, String>>, WirePolicy)>,
 }
 
 /// What a refused resource's message says when its previous version stays.
@@ -268,6 +278,8 @@ impl Mesh {
             verdicts: BTreeMap::new(),
             in_force_dr: BTreeMap::new(),
             in_force_vs: BTreeMap::new(),
+            in_force_ap: BTreeMap::new(),
+            authorization: BTreeMap::new(),
         };
         // Each Service's EndpointSlices, found once rather than by a scan
         // of every slice per Service.
@@ -387,17 +399,38 @@ impl Mesh {
                 verdict,
             );
         }
-        for key in store.authorization_policies.keys() {
+        for (kind, key) in store
+            .invalid
+            .keys()
+            .filter(|(k, _)| *k == "AuthorizationPolicy")
+        {
+            // Unreadable now: the version in force before stays (a broken
+            // edit of a DENY policy must not open the door).
+            if let Some(prev) = previous.and_then(|p| p.in_force_ap.get(key)) {
+                if mesh.apply_authorization(key, prev).is_accepted() {
+                    mesh.in_force_ap.insert(key.clone(), prev.clone());
+                    let id = ResourceId {
+                        kind,
+                        key: key.clone(),
+                    };
+                    if let Some(v) = mesh.verdicts.remove(&id) {
+                        mesh.verdicts.insert(id, v.keeping_previous());
+                    }
+                }
+            }
+        }
+        for (key, ap) in &store.authorization_policies {
+            let prev = previous.and_then(|p| p.in_force_ap.get(key));
+            let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, Mesh::apply_authorization);
+            if let Some(r) = in_force {
+                mesh.in_force_ap.insert(key.clone(), r);
+            }
             mesh.verdicts.insert(
                 ResourceId {
                     kind: "AuthorizationPolicy",
                     key: key.clone(),
                 },
-                Verdict::refused(
-                    "NotEnforced",
-                    "authorization is not enforced yet: it needs mesh identities (mTLS), \
-                     which this version of Outrigger does not issue",
-                ),
+                verdict,
             );
         }
         for key in store.peer_authentications.keys() {
@@ -408,8 +441,8 @@ impl Mesh {
                 },
                 Verdict::refused(
                     "NotEnforced",
-                    "mTLS modes are not enforced yet: this version of Outrigger does not \
-                     issue mesh identities",
+                    "mTLS modes are not enforced yet: this version of Outrigger issues \
+                     identities but proxies do not speak mTLS to each other yet",
                 ),
             );
         }
@@ -501,6 +534,7 @@ impl Mesh {
     pub fn config_for(&self, id: &ProxyId) -> ProxyConfig {
         ProxyConfig {
             proxy: self.proxy_info(id),
+            inbound: self.inbound_for(id),
             services: self.services_for(&id.namespace),
         }
     }
@@ -826,6 +860,68 @@ impl Mesh {
         Verdict::Accepted
     }
 
+    /// Checks an AuthorizationPolicy as the proxy would and, when it
+    /// passes, holds it for the workloads it selects.
+    fn apply_authorization(&mut self, key: &Key, ap: &AuthorizationPolicy) -> Verdict {
+        let policy = WirePolicy {
+            name: key.to_string(),
+            action: ap.spec.action,
+            rules: ap.spec.rules.clone(),
+        };
+        let snap = Snapshot {
+            version: "check".into(),
+            proxy: ProxyInfo {
+                workload: "check".into(),
+                namespace: "check".into(),
+                identity: None,
+            },
+            admin: Default::default(),
+            limits: Default::default(),
+            listeners: Vec::new(),
+            services: Vec::new(),
+            inbound: Inbound {
+                authorization: vec![policy.clone()],
+            },
+        };
+        if let Err(errs) = snap.validate() {
+            if let Some(e) = errs
+                .0
+                .iter()
+                .find_map(|e| Some((e.path.strip_prefix("inbound.authorization[0].")?, e)))
+            {
+                return Verdict::refused("InvalidSpec", format!("spec.{}: {}", e.0, e.1.message));
+            }
+        }
+        let selector = ap.spec.selector.as_ref().map(|s| s.match_labels.clone());
+        self.authorization.insert(key.clone(), (selector, policy));
+        Verdict::Accepted
+    }
+
+    /// What the inbound side of the proxy of `id` enforces: the accepted
+    /// AuthorizationPolicies of its namespace and of the root namespace
+    /// whose selector its pod's labels satisfy (no selector: every pod).
+    pub fn inbound_for(&self, id: &ProxyId) -> Inbound {
+        let labels = self
+            .pods
+            .get(&Key::new(&id.namespace, &id.pod))
+            .map(|p| &p.labels);
+        let authorization = self
+            .authorization
+            .iter()
+            .filter(|(k, _)| {
+                k.namespace == id.namespace || k.namespace == self.options.root_namespace
+            })
+            .filter(|(_, (selector, _))| match selector {
+                None => true,
+                Some(want) => {
+                    labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v)))
+                }
+            })
+            .map(|(_, (_, p))| p.clone())
+            .collect();
+        Inbound { authorization }
+    }
+
     fn apply_virtual_service(&mut self, key: &Key, vs: &VirtualService) -> Verdict {
         let spec = &vs.spec;
         if spec.hosts.is_empty() {
@@ -964,6 +1060,7 @@ fn check_first(
         limits: Default::default(),
         listeners: Vec::new(),
         services: scratch,
+        inbound: Inbound::default(),
     };
     let Err(errs) = snap.validate() else {
         return Ok(());
@@ -1601,13 +1698,8 @@ spec:
     }
 
     #[test]
-    fn authorization_and_peer_authentication_say_they_are_not_enforced_yet() {
+    fn peer_authentication_says_it_is_not_enforced_yet() {
         let yaml = r#"
-apiVersion: outrigger.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: { name: deny-all, namespace: shop }
-spec: { action: DENY, rules: [{}] }
----
 apiVersion: outrigger.dev/v1alpha1
 kind: PeerAuthentication
 metadata: { name: strict, namespace: shop }
@@ -1615,13 +1707,116 @@ spec: { mtls: { mode: STRICT } }
 "#;
         let m = mesh(yaml);
         assert_eq!(
-            refused(verdict(&m, "AuthorizationPolicy", "shop", "deny-all")).0,
-            "NotEnforced"
-        );
-        assert_eq!(
             refused(verdict(&m, "PeerAuthentication", "shop", "strict")).0,
             "NotEnforced"
         );
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { containers: [{ name: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: shop, labels: { app: db } }
+spec: { containers: [{ name: db }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: web-read, namespace: shop }
+spec:
+  selector: { matchLabels: { app: web } }
+  rules: [{ to: [{ operation: { methods: [GET] } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-debug, namespace: shop }
+spec: { action: DENY, rules: [{ to: [{ operation: { ports: ["9090"] } }] }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: mesh-wide, namespace: outrigger-system }
+spec: { action: DENY, rules: [{ from: [{ source: { namespaces: [quarantine] } }] }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: elsewhere, namespace: billing }
+spec: { rules: [{}] }
+"#;
+
+    fn policy_names(m: &Mesh, ns: &str, pod: &str) -> Vec<String> {
+        config(m, ns, pod)
+            .inbound
+            .authorization
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_workload_gets_the_authorization_policies_that_select_it() {
+        let m = mesh(POLICIES);
+        for name in ["web-read", "no-debug", "elsewhere"] {
+            let ns = if name == "elsewhere" {
+                "billing"
+            } else {
+                "shop"
+            };
+            assert_eq!(
+                verdict(&m, "AuthorizationPolicy", ns, name),
+                Verdict::Accepted
+            );
+        }
+        assert_eq!(
+            policy_names(&m, "shop", "web-1"),
+            [
+                "outrigger-system/mesh-wide",
+                "shop/no-debug",
+                "shop/web-read"
+            ]
+        );
+        assert_eq!(
+            policy_names(&m, "shop", "db-1"),
+            ["outrigger-system/mesh-wide", "shop/no-debug"],
+            "the selector picks web only"
+        );
+        assert_eq!(
+            policy_names(&m, "shop", "unknown-pod"),
+            ["outrigger-system/mesh-wide", "shop/no-debug"],
+            "a pod the store does not know gets the policies without a selector"
+        );
+        assert_eq!(
+            policy_names(&m, "billing", "x"),
+            ["billing/elsewhere", "outrigger-system/mesh-wide"]
+        );
+        let web = config(&m, "shop", "web-1");
+        let read = &web.inbound.authorization[2];
+        assert_eq!(
+            read.action,
+            outrigger_api::authz::AuthorizationAction::Allow
+        );
+        assert_eq!(read.rules[0].to[0].operation.methods, ["GET"]);
+    }
+
+    #[test]
+    fn a_bad_authorization_policy_is_refused_by_field_and_its_previous_version_stays() {
+        let good = mesh(POLICIES);
+        let broken = POLICIES.replace("ports: [\"9090\"]", "ports: [\"debug\"]");
+        let next = Mesh::rebuild(&store(&broken), &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "AuthorizationPolicy", "shop", "no-debug"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.starts_with(
+                "spec.rules[0].to[0].operation.ports[0]: \"debug\" is not a port number"
+            ) && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        // The DENY stays in force: a broken edit does not open the port.
+        assert!(policy_names(&next, "shop", "db-1").contains(&"shop/no-debug".to_string()));
+        let fresh = Mesh::build(&store(&broken), &Options::default());
+        assert!(!policy_names(&fresh, "shop", "db-1").contains(&"shop/no-debug".to_string()));
     }
 
     #[test]

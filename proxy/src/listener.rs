@@ -23,6 +23,7 @@ use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{unknown, Direction, DirectionLabel, TcpLabels, TrafficLabels, Workload};
+use crate::policy::authz;
 use crate::policy::balance::{self, Choice};
 use crate::tcp;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
@@ -176,6 +177,25 @@ impl Listener {
                 }
             }
         };
+
+        // Opaque connections to the app answer to its AuthorizationPolicies
+        // here, once: ports and peers (no methods or paths in TCP).
+        if let (Target::App(app), Protocol::Opaque) = (&target, protocol) {
+            let policies = &cfg.snapshot.inbound.authorization;
+            let facts = authz::Facts {
+                port: app.port(),
+                ..authz::Facts::default()
+            };
+            if let authz::Decision::Deny { policy } = authz::evaluate(policies, &facts) {
+                self.shared
+                    .metrics
+                    .tcp_denied
+                    .get_or_create(&DirectionLabel { direction })
+                    .inc();
+                tracing::info!(%peer, port = app.port(), policy = policy.as_deref().unwrap_or("(no ALLOW policy matches)"), "connection denied by authorization; closing");
+                return;
+            }
+        }
 
         // Opaque connections go to one endpoint, known now.
         let opaque_upstream = match (&target, protocol) {

@@ -110,6 +110,8 @@ pub enum ResponseFlag {
     DelayInjected,
     /// A fault-injection abort answered the request (`FI`).
     FaultInjected,
+    /// An AuthorizationPolicy denied the request (`RBAC`, Envoy's flag).
+    Denied,
 }
 
 impl ResponseFlag {
@@ -121,6 +123,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::NoRoute => "NR",
+            ResponseFlag::Denied => "RBAC",
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamRequestTimeout => "UT",
@@ -280,6 +283,8 @@ pub struct Metrics {
     pub tcp_received_bytes: Family<TcpLabels, Counter>,
     pub tcp_sent_bytes: Family<TcpLabels, Counter>,
     pub tcp_rejected: Family<DirectionLabel, Counter>,
+    /// Opaque connections an AuthorizationPolicy refused.
+    pub tcp_denied: Family<DirectionLabel, Counter>,
     pub route_requests: Family<RouteLabels, Counter>,
     pub retries: Family<ServiceLabel, Counter>,
     pub retry_successes: Family<ServiceLabel, Counter>,
@@ -359,6 +364,12 @@ impl Metrics {
             tcp_sent_bytes.clone(),
         );
         let tcp_rejected = Family::<DirectionLabel, Counter>::default();
+        let tcp_denied = Family::<DirectionLabel, Counter>::default();
+        reg.register(
+            "outrigger_tcp_denied",
+            "Opaque TCP connections refused by an AuthorizationPolicy (closed at once)",
+            tcp_denied.clone(),
+        );
         reg.register(
             "outrigger_tcp_connections_rejected",
             "Connections closed at once because the listener was at limits.max_connections",
@@ -458,6 +469,7 @@ impl Metrics {
             tcp_received_bytes,
             tcp_sent_bytes,
             tcp_rejected,
+            tcp_denied,
             route_requests,
             retries,
             retry_successes,

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     ProtocolError,
     /// A request form the proxy does not handle (501 `NR`).
     NotImplemented,
+    /// An AuthorizationPolicy denied it (403 `RBAC`).
+    Denied,
 }
 
 impl ErrorKind {
@@ -50,6 +52,7 @@ impl ErrorKind {
                 ResponseFlag::UpstreamConnectionTermination
             }
             ErrorKind::ProtocolError => ResponseFlag::UpstreamProtocolError,
+            ErrorKind::Denied => ResponseFlag::Denied,
         }
     }
 
@@ -60,6 +63,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyUpstream | ErrorKind::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Denied => StatusCode::FORBIDDEN,
             ErrorKind::ConnectFailure
             | ErrorKind::RefusedStream
             | ErrorKind::Reset
@@ -228,6 +232,7 @@ mod tests {
             (ErrorKind::Reset, 502, "UC"),
             (ErrorKind::ProtocolError, 502, "UPE"),
             (ErrorKind::NotImplemented, 501, "NR"),
+            (ErrorKind::Denied, 403, "RBAC"),
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

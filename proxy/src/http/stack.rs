@@ -21,9 +21,9 @@ use super::Body;
 use crate::config::Config;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
-    balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome, pool::PoolLimit,
-    rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split,
-    timeout::Timeout,
+    authz::Authorize, balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome,
+    pool::PoolLimit, rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router,
+    split::Split, timeout::Timeout,
 };
 
 pub type Req = Request<Body>;
@@ -105,10 +105,12 @@ pub fn outbound(
         .service(forward)
 }
 
-/// The inbound path to the local app: the listener's rate limit for the
-/// app port (429 RL), then the app.
+/// The inbound path to the local app: the workload's AuthorizationPolicies
+/// (403 RBAC), the listener's rate limit for the app port (429 RL), then
+/// the app.
 pub fn inbound(config: Arc<ArcSwap<Config>>, listener: Name, forward: Forward) -> impl HttpService {
     ServiceBuilder::new()
+        .layer_fn(|inner| Authorize::new(inner, config.clone()))
         .layer_fn(|inner| RateLimit::inbound(inner, config.clone(), listener.clone()))
         .service(forward)
 }
