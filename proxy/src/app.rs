@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::drain;
 use crate::http::client::{Client, ClientSettings};
 use crate::http::proxy::Shared;
+use crate::identity::Identity;
 use crate::listener::{Listener, ListenerSpec};
 use crate::metrics::Metrics;
 
@@ -28,6 +29,9 @@ pub struct Options {
     /// succeeds: the bootstrap snapshot only binds the listeners, and the
     /// control plane's first update is the config to serve.
     pub wait_for_config: bool,
+    /// This proxy's identity: with one, hops to meshed endpoints are mutual
+    /// TLS and the inbound side accepts mutual TLS from peer proxies.
+    pub identity: Option<Arc<Identity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +119,11 @@ impl Proxy {
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.idle_timeout,
                 max_header_bytes: limits.max_header_bytes,
+                identity: opts.identity.clone(),
             }),
             metrics: metrics.clone(),
             access_log: opts.access_log,
+            identity: opts.identity.clone(),
         });
         let (signal, watch) = drain::channel();
         let mut listeners = Vec::new();

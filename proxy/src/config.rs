@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outrigger_api::{ServiceProtocol, ServiceRef, Snapshot, ValidationErrors};
+use outrigger_identity::SpiffeId;
 use tokio::time::Instant;
 
 use crate::metrics::{unknown, Name, Workload};
@@ -74,6 +75,8 @@ pub struct ServiceRuntime {
 pub struct EndpointState {
     pub addr: SocketAddr,
     pub meshed: bool,
+    /// The identity a meshed endpoint proves over mutual TLS.
+    pub identity: Option<Arc<SpiffeId>>,
     /// Who serves at this endpoint (metric labels).
     pub peer: Workload,
     pub labels: BTreeMap<String, String>,
@@ -268,6 +271,13 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             Some(EndpointState {
                 addr,
                 meshed: ep.meshed,
+                // Validation checked the form; a meshed endpoint only.
+                identity: ep
+                    .identity
+                    .as_deref()
+                    .filter(|_| ep.meshed)
+                    .and_then(|i| i.parse().ok())
+                    .map(Arc::new),
                 peer: Workload {
                     workload: ep.workload.as_deref().map_or_else(unknown, Arc::from),
                     namespace: namespace.clone(),

@@ -21,9 +21,10 @@ use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use outrigger_api::Snapshot;
 
 use crate::app::Applier;
-use crate::identity::{ControlIo, Identity, IdentityError};
+use crate::identity::{Identity, IdentityError};
 use crate::metrics::Metrics;
 use crate::policy::chance::Chance;
+use crate::transport::tls::Io;
 
 /// Silence on the stream after which the proxy reconnects.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);
@@ -163,7 +164,7 @@ async fn session(
         None => match tokio::net::TcpStream::connect(&follow.address).await {
             Ok(t) => {
                 let _ = t.set_nodelay(true);
-                ControlIo::Plain(t)
+                Io::Plain(t)
             }
             Err(e) => return Ended::Connect(e),
         },

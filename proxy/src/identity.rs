@@ -10,11 +10,10 @@
 //! control plane's own SPIFFE identity, and presents this proxy's
 //! certificate once it has one (the config stream requires it).
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -27,13 +26,13 @@ use outrigger_identity::ca::pem;
 use outrigger_identity::{tls, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::control::Backoff;
 use crate::metrics::Metrics;
 use crate::policy::chance::Chance;
+use crate::transport::tls::Io;
 
 /// Share of a certificate's lifetime after which it is renewed.
 pub const RENEW_AT: f64 = 0.7;
@@ -60,7 +59,45 @@ pub struct Identity {
     trust: ArcSwap<TrustBundle>,
     token_file: PathBuf,
     held: watch::Sender<bool>,
+    /// Mesh-hop configs, built once per peer identity (and protocol) and
+    /// again when the trust roots change.
+    clients: Mutex<HashMap<(SpiffeId, Alpn), Built<rustls::ClientConfig>>>,
+    server: Mutex<Option<Built<rustls::ServerConfig>>>,
 }
+
+/// A TLS config and the trust roots it was built with.
+type Built<C> = (Arc<TrustBundle>, Arc<C>);
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+/// What a mesh connection carries, offered by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    H2,
+    Http1,
+    /// Opaque TCP: no ALPN.
+    Opaque,
+}
+
+impl Alpn {
+    fn protocols(self) -> &'static [&'static [u8]] {
+        match self {
+            Alpn::H2 => &[b"h2"],
+            Alpn::Http1 => &[b"http/1.1"],
+            Alpn::Opaque => &[],
+        }
+    }
+}
+
+/// How long a mesh TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -86,7 +123,86 @@ impl Identity {
             trust: ArcSwap::from_pointee(trust),
             token_file: config.token_file,
             held: watch::channel(false).0,
+            clients: Mutex::default(),
+            server: Mutex::default(),
         }))
+    }
+
+    /// Marks a certificate set directly on [`Identity::cert`] as held
+    /// (tests, and a certificate from elsewhere).
+    pub fn mark_held(&self) {
+        self.held.send_replace(true);
+    }
+
+    fn client_config(
+        &self,
+        peer: &SpiffeId,
+        alpn: Alpn,
+    ) -> Result<Arc<rustls::ClientConfig>, outrigger_identity::Error> {
+        let trust = self.trust();
+        let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, c)) = cache.get(&(peer.clone(), alpn)) {
+            if Arc::ptr_eq(t, &trust) {
+                return Ok(c.clone());
+            }
+        }
+        let config = Arc::new(tls::client_config(
+            self.cert.clone(),
+            &trust,
+            peer.clone(),
+            alpn.protocols(),
+        )?);
+        cache.insert((peer.clone(), alpn), (trust, config.clone()));
+        Ok(config)
+    }
+
+    fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, outrigger_identity::Error> {
+        let trust = self.trust();
+        let mut cache = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, c)) = cache.as_ref() {
+            if Arc::ptr_eq(t, &trust) {
+                return Ok(c.clone());
+            }
+        }
+        let config = Arc::new(tls::server_config(
+            self.cert.clone(),
+            &trust,
+            &[b"h2", b"http/1.1"],
+        )?);
+        *cache = Some((trust, config.clone()));
+        Ok(config)
+    }
+
+    /// Mesh TLS over `tcp` to a peer proxy that must be `peer`.
+    pub async fn connect_peer(
+        &self,
+        tcp: TcpStream,
+        peer: &SpiffeId,
+        alpn: Alpn,
+    ) -> io::Result<Io> {
+        let config = self.client_config(peer, alpn).map_err(io::Error::other)?;
+        let stream = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "mesh TLS handshake timed out"))??;
+        Ok(Io::Client(Box::new(stream)))
+    }
+
+    /// Accepts mesh TLS from a peer proxy on `tcp`: its certificate is
+    /// required and verified; returns the stream and the peer's identity.
+    pub async fn accept_peer(&self, tcp: TcpStream) -> io::Result<(Io, SpiffeId)> {
+        let config = self.server_config().map_err(io::Error::other)?;
+        let stream = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "mesh TLS handshake timed out"))??;
+        let peer = tls::peer_identity(stream.get_ref().1.peer_certificates().unwrap_or_default())
+            .map_err(io::Error::other)?;
+        Ok((Io::Server(Box::new(stream)), peer))
     }
 
     pub fn trust(&self) -> Arc<TrustBundle> {
@@ -106,7 +222,7 @@ impl Identity {
 
     /// A TLS connection to the control plane at `address`, speaking
     /// HTTP/2, presenting this proxy's certificate (for the config stream).
-    pub async fn connect(&self, address: &str) -> Result<ControlIo, IdentityError> {
+    pub async fn connect(&self, address: &str) -> Result<Io, IdentityError> {
         self.connect_with(address, self.cert.clone()).await
     }
 
@@ -114,7 +230,7 @@ impl Identity {
         &self,
         address: &str,
         cert: Arc<CurrentCert>,
-    ) -> Result<ControlIo, IdentityError> {
+    ) -> Result<Io, IdentityError> {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|source| IdentityError::Connect {
@@ -130,7 +246,7 @@ impl Identity {
                 address: address.to_string(),
                 source,
             })?;
-        Ok(ControlIo::Tls(Box::new(stream)))
+        Ok(Io::Client(Box::new(stream)))
     }
 
     /// One certificate request: a new key, a CSR, the token; on success the
@@ -276,53 +392,6 @@ pub async fn keep(identity: Arc<Identity>, address: String, metrics: Arc<Metrics
 
 const OK: crate::metrics::ResultLabel = crate::metrics::ResultLabel { result: "ok" };
 const FAILED: crate::metrics::ResultLabel = crate::metrics::ResultLabel { result: "error" };
-
-/// A connection to the control plane: TLS when the proxy has an identity,
-/// plain TCP otherwise.
-pub enum ControlIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ControlIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ControlIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ControlIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ControlIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ControlIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ControlIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ControlIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ControlIo::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ControlIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ControlIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

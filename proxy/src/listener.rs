@@ -22,10 +22,13 @@ use crate::config::Config;
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
-use crate::metrics::{unknown, Direction, DirectionLabel, TcpLabels, TrafficLabels, Workload};
-use crate::policy::authz;
+use crate::metrics::{
+    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
+};
+use crate::policy::authz::{self, PeerIdentity};
 use crate::policy::balance::{self, Choice};
 use crate::tcp;
+use crate::transport::tls::Io;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
 
 /// Held for as long as anything still uses an accepted connection (its HTTP
@@ -43,6 +46,9 @@ impl Drop for ConnGuard {
         }
     }
 }
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {
@@ -102,6 +108,43 @@ impl Listener {
         tracing::debug!(listener = %self.spec.name, "stopped accepting");
     }
 
+    /// On an inbound listener of a proxy with an identity, a connection
+    /// whose first byte opens a TLS handshake is mesh TLS: accepted with the
+    /// peer's certificate required, and its identity kept. Anything else
+    /// stays plaintext.
+    async fn accept_mesh_tls(
+        &self,
+        stream: TcpStream,
+        cfg: &Config,
+    ) -> std::io::Result<(Io, Option<PeerIdentity>)> {
+        let Some(identity) = self
+            .shared
+            .identity
+            .as_ref()
+            .filter(|_| self.spec.direction == ApiDirection::Inbound)
+        else {
+            return Ok((Io::Plain(stream), None));
+        };
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(cfg.limits.detect_timeout, stream.peek(&mut first)).await;
+        // A client that says nothing first (server-speaks-first protocols)
+        // is plaintext; so is an empty connection.
+        if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE {
+            return Ok((Io::Plain(stream), None));
+        }
+        let (io, id) = identity.accept_peer(stream).await?;
+        let principal = id.to_string();
+        let principal: Arc<str> =
+            Arc::from(principal.strip_prefix("spiffe://").unwrap_or(&principal));
+        Ok((
+            io,
+            Some(PeerIdentity {
+                principal,
+                namespace: Arc::from(id.namespace()),
+            }),
+        ))
+    }
+
     fn resolve(&self, cfg: &Config, orig: Option<SocketAddr>) -> Result<(Target, bool), String> {
         match self.spec.direction {
             ApiDirection::Outbound => {
@@ -146,7 +189,7 @@ impl Listener {
 
     async fn serve(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         drain: drain::Watch,
         mut guard: ConnGuard,
@@ -157,6 +200,15 @@ impl Listener {
             Ok(t) => t,
             Err(reason) => {
                 tracing::warn!(listener = %self.spec.name, %peer, %reason, "closing connection with nowhere to go");
+                return;
+            }
+        };
+        // A peer proxy speaks mutual TLS to the inbound side; anyone else,
+        // plaintext (PERMISSIVE).
+        let (mut stream, peer_identity) = match self.accept_mesh_tls(stream, &cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(listener = %self.spec.name, %peer, error = %e, "mesh TLS handshake failed; closing");
                 return;
             }
         };
@@ -183,8 +235,10 @@ impl Listener {
         if let (Target::App(app), Protocol::Opaque) = (&target, protocol) {
             let policies = &cfg.snapshot.inbound.authorization;
             let facts = authz::Facts {
+                principal: peer_identity.as_ref().map(|p| &*p.principal),
+                namespace: peer_identity.as_ref().map(|p| &*p.namespace),
                 port: app.port(),
-                ..authz::Facts::default()
+                http: None,
             };
             if let authz::Decision::Deny { policy } = authz::evaluate(policies, &facts) {
                 self.shared
@@ -224,8 +278,13 @@ impl Listener {
             Target::Service(r) => cfg.service(r).map_or_else(unknown, |s| s.label.clone()),
             _ => unknown(),
         };
-        let traffic =
+        let mut traffic =
             TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service.clone());
+        if let Some(id) = &peer_identity {
+            traffic.source_principal = id.principal.clone();
+            traffic.source_namespace = id.namespace.clone();
+            traffic.connection_security_policy = SecurityPolicy::MutualTls;
+        }
         let labels = TcpLabels { traffic, protocol };
         let m = &self.shared.metrics;
         m.tcp_opened.get_or_create(&labels).inc();
@@ -249,6 +308,7 @@ impl Listener {
                     service,
                     proxy: cfg.proxy.clone(),
                     peer,
+                    peer_identity,
                     drain: drain.clone(),
                     _guard: guard,
                 });

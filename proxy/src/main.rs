@@ -174,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             let opts = Options {
                 access_log,
                 wait_for_config: follow.is_some(),
+                identity: follow.as_ref().and_then(|f| f.identity.clone()),
             };
             rt.block_on(run(snapshot, &config, opts, follow))
         }

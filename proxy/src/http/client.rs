@@ -23,7 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::Body;
+use crate::identity::{Alpn, Identity};
 use crate::transport;
+use crate::transport::tls::Io;
+use outrigger_identity::SpiffeId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamProto {
@@ -52,6 +55,10 @@ pub enum ClientError {
 
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// A pooled destination: the endpoint's address and, for a meshed endpoint
+/// reached over mutual TLS, the identity it must prove.
+type PeerKey = (SocketAddr, Option<Arc<SpiffeId>>);
 
 /// Idle HTTP/1 connections to one endpoint, with when each went idle.
 type IdleStack = Vec<(http1::SendRequest<Body>, Instant)>;
@@ -82,12 +89,15 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// This proxy's identity: with one, connections to meshed endpoints
+    /// with an identity are mutual TLS, verifying that identity.
+    pub identity: Option<Arc<Identity>>,
 }
 
 struct Inner {
     settings: ClientSettings,
-    h1_idle: Mutex<HashMap<SocketAddr, IdleStack>>,
-    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    h1_idle: Mutex<HashMap<PeerKey, IdleStack>>,
+    h2: Mutex<HashMap<PeerKey, H2Slot>>,
 }
 
 impl Client {
@@ -103,16 +113,26 @@ impl Client {
         Self { inner }
     }
 
+    /// Sends `req` to `addr`; over mutual TLS when `tls` names the
+    /// identity the endpoint must prove and this proxy has one itself.
     pub async fn send(
         &self,
         addr: SocketAddr,
+        tls: Option<&Arc<SpiffeId>>,
         proto: UpstreamProto,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let key = self.key(addr, tls);
         match proto {
-            UpstreamProto::Http1 => self.send_h1(addr, req).await,
-            UpstreamProto::Http2 => self.send_h2(addr, req).await,
+            UpstreamProto::Http1 => self.send_h1(key, req).await,
+            UpstreamProto::Http2 => self.send_h2(key, req).await,
         }
+    }
+
+    /// The pool key: the identity counts only when TLS will be used.
+    fn key(&self, addr: SocketAddr, tls: Option<&Arc<SpiffeId>>) -> PeerKey {
+        let tls = tls.filter(|_| self.inner.settings.identity.is_some());
+        (addr, tls.cloned())
     }
 
     /// Sends an upgrade or CONNECT request on a fresh HTTP/1 connection that
@@ -120,31 +140,43 @@ impl Client {
     pub async fn send_upgrade(
         &self,
         addr: SocketAddr,
+        tls: Option<&Arc<SpiffeId>>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let mut sender = self.connect_h1(addr, true).await?;
+        let key = self.key(addr, tls);
+        let mut sender = self.connect_h1(&key, true).await?;
         sender
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream, ClientError> {
-        transport::connect(addr, self.inner.settings.connect_timeout)
+    /// A connection to the key's endpoint: plain, or mesh TLS offering `alpn`.
+    async fn connect(&self, key: &PeerKey, alpn: Alpn) -> Result<Io, ClientError> {
+        let addr = key.0;
+        let tcp = transport::connect(addr, self.inner.settings.connect_timeout)
             .await
-            .map_err(|source| ClientError::Connect { addr, source })
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        match (&key.1, &self.inner.settings.identity) {
+            (Some(peer), Some(identity)) => identity
+                .connect_peer(tcp, peer, alpn)
+                .await
+                .map_err(|source| ClientError::Connect { addr, source }),
+            _ => Ok(Io::Plain(tcp)),
+        }
     }
 
     async fn send_h1(
         &self,
-        addr: SocketAddr,
+        key: PeerKey,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let addr = key.0;
         let mut req = req;
-        while let Some(mut sender) = self.take_idle_h1(addr) {
+        while let Some(mut sender) = self.take_idle_h1(&key) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.return_when_ready(addr, sender);
+                    self.return_when_ready(key, sender);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -158,12 +190,12 @@ impl Client {
                 },
             }
         }
-        let mut sender = self.connect_h1(addr, false).await?;
+        let mut sender = self.connect_h1(&key, false).await?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })?;
-        self.return_when_ready(addr, sender);
+        self.return_when_ready(key, sender);
         Ok(resp)
     }
 
@@ -171,10 +203,11 @@ impl Client {
     /// after a 101 or a CONNECT's 2xx.
     async fn connect_h1(
         &self,
-        addr: SocketAddr,
+        key: &PeerKey,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, ClientError> {
-        let stream = self.connect(addr).await?;
+        let addr = key.0;
+        let stream = self.connect(key, Alpn::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.inner.settings.max_header_bytes.max(8192))
             .handshake(TokioIo::new(stream))
@@ -193,9 +226,9 @@ impl Client {
         Ok(sender)
     }
 
-    fn take_idle_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn take_idle_h1(&self, key: &PeerKey) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.inner.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-        let stack = idle.get_mut(&addr)?;
+        let stack = idle.get_mut(key)?;
         while let Some((sender, since)) = stack.pop() {
             if sender.is_ready() && since.elapsed() < self.inner.settings.idle_timeout {
                 return Some(sender);
@@ -206,14 +239,14 @@ impl Client {
 
     /// Puts the connection back on the idle stack once its response has been
     /// read to the end (the connection is then ready for another request).
-    fn return_when_ready(&self, addr: SocketAddr, mut sender: http1::SendRequest<Body>) {
+    fn return_when_ready(&self, key: PeerKey, mut sender: http1::SendRequest<Body>) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
             let mut idle = inner.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-            let stack = idle.entry(addr).or_default();
+            let stack = idle.entry(key).or_default();
             if stack.len() < MAX_IDLE_PER_ENDPOINT {
                 stack.push((sender, Instant::now()));
             }
@@ -222,18 +255,19 @@ impl Client {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
+        key: PeerKey,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let addr = key.0;
         let slot = {
             let mut map = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(addr).or_default().clone()
+            map.entry(key.clone()).or_default().clone()
         };
         let mut req = req;
         // The second round only happens when the connection went away before
         // the request was sent (GOAWAY, close): then it gets one fresh connection.
         for _ in 0..2 {
-            let mut sender = self.h2_sender(addr, &slot).await?;
+            let mut sender = self.h2_sender(&key, &slot).await?;
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -253,7 +287,7 @@ impl Client {
                 },
             }
         }
-        let mut sender = self.h2_sender(addr, &slot).await?;
+        let mut sender = self.h2_sender(&key, &slot).await?;
         sender
             .send_request(req)
             .await
@@ -262,9 +296,10 @@ impl Client {
 
     async fn h2_sender(
         &self,
-        addr: SocketAddr,
+        key: &PeerKey,
         slot: &H2Slot,
     ) -> Result<http2::SendRequest<Body>, ClientError> {
+        let addr = key.0;
         let asked = Instant::now();
         let mut state = slot.lock().await;
         match &*state {
@@ -278,7 +313,7 @@ impl Client {
             }
             _ => {}
         }
-        match self.connect_h2(addr).await {
+        match self.connect_h2(key).await {
             Ok(s) => {
                 *state = H2State::Ready(s.clone());
                 Ok(s)
@@ -298,8 +333,9 @@ impl Client {
         }
     }
 
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, ClientError> {
-        let stream = self.connect(addr).await?;
+    async fn connect_h2(&self, key: &PeerKey) -> Result<http2::SendRequest<Body>, ClientError> {
+        let addr = key.0;
+        let stream = self.connect(key, Alpn::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -406,6 +442,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: idle,
             max_header_bytes: 65536,
+            identity: None,
         })
     }
 
@@ -422,7 +459,7 @@ mod tests {
             *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
             *req.version_mut() = http::Version::HTTP_2;
         }
-        let resp = c.send(addr, proto, req).await.unwrap();
+        let resp = c.send(addr, None, proto, req).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 
@@ -488,7 +525,9 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut req = get();
                 *req.version_mut() = http::Version::HTTP_2;
-                c.send(dead, UpstreamProto::Http2, req).await.unwrap_err()
+                c.send(dead, None, UpstreamProto::Http2, req)
+                    .await
+                    .unwrap_err()
             }));
         }
         for t in tasks {

@@ -11,6 +11,7 @@ use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use outrigger_identity::SpiffeId;
 use tower::Service;
 
 use super::client::{Client, UpstreamProto};
@@ -22,6 +23,9 @@ use super::stack::{always_ready, Fut, Req, Rsp};
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// For a meshed endpoint: the identity it must prove over mutual TLS
+    /// (used when this proxy has an identity itself).
+    pub tls: Option<Arc<SpiffeId>>,
     pub proto: UpstreamProto,
     /// Carrying an HTTP/1 request over HTTP/2 to a peer proxy.
     pub mark_http1: bool,
@@ -86,7 +90,12 @@ impl Forward {
         prepare(&mut parts, up);
         let resp = self
             .client
-            .send(up.addr, up.proto, http::Request::from_parts(parts, body))
+            .send(
+                up.addr,
+                up.tls.as_ref(),
+                up.proto,
+                http::Request::from_parts(parts, body),
+            )
             .await?;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -118,7 +127,11 @@ impl Forward {
         }
         let mut resp = self
             .client
-            .send_upgrade(up.addr, http::Request::from_parts(parts, body))
+            .send_upgrade(
+                up.addr,
+                up.tls.as_ref(),
+                http::Request::from_parts(parts, body),
+            )
             .await?;
 
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -26,16 +26,20 @@ use super::headers::ORIG_PROTO;
 use super::stack::{Req, Rsp};
 use crate::access_log::AccessLog;
 use crate::drain;
+use crate::identity::Identity;
 use crate::listener::ConnGuard;
 use crate::metrics::{
-    unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, TrafficLabels,
-    Workload,
+    unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
+    TrafficLabels, Workload,
 };
+use crate::policy::authz::PeerIdentity;
 use crate::policy::chance::Chance;
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {
     pub client: Client,
+    /// This proxy's identity: with one, the inbound side accepts mutual TLS.
+    pub identity: Option<Arc<Identity>>,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
     pub chance: Chance,
@@ -61,6 +65,8 @@ pub struct ConnContext {
     pub service: Name,
     pub proxy: Workload,
     pub peer: SocketAddr,
+    /// The peer proxy's identity, when it connected over mutual TLS.
+    pub peer_identity: Option<PeerIdentity>,
     pub drain: drain::Watch,
     /// Keeps the connection's slot (and its close uncounted) while anything
     /// still serves it, including a tunnel spliced after an upgrade.
@@ -141,6 +147,9 @@ impl HttpProxy {
             .map_err(Into::into)
             .boxed_unsync();
         let mut req = Request::from_parts(parts, body);
+        if let Some(id) = &self.ctx.peer_identity {
+            req.extensions_mut().insert(id.clone());
+        }
         if let Some(up) = self.fixed_upstream(&req) {
             if let Some(a) = record.access.as_mut() {
                 a.upstream = Some(up.addr);
@@ -217,7 +226,20 @@ impl HttpProxy {
     }
 
     fn traffic(&self, peer: &Workload, service: Name) -> TrafficLabels {
-        TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, peer, service)
+        match &self.ctx.peer_identity {
+            None => TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, peer, service),
+            // A peer proxy over mutual TLS: its certificate says who it is.
+            Some(id) => {
+                let peer = Workload {
+                    workload: peer.workload.clone(),
+                    namespace: id.namespace.clone(),
+                    principal: id.principal.clone(),
+                };
+                let mut t = TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, &peer, service);
+                t.connection_security_policy = SecurityPolicy::MutualTls;
+                t
+            }
+        }
     }
 
     /// The upstream of a connection that is not routed: the app (inbound) or
@@ -245,6 +267,7 @@ impl HttpProxy {
         };
         Some(Upstream {
             addr,
+            tls: None,
             proto,
             mark_http1: false,
             keep_absolute,

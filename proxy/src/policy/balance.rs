@@ -333,6 +333,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
         let client_h1 = req.version() != Version::HTTP_2;
         req.extensions_mut().insert(Upstream {
             addr: ep.addr,
+            tls: ep.identity.clone(),
             proto: if ep.meshed || !client_h1 {
                 UpstreamProto::Http2
             } else {

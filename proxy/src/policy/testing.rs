@@ -239,6 +239,7 @@ pub fn request_to_endpoint_with(svc: &Arc<ServiceState>) -> Req {
     let mut req = Req::new(Body::default());
     let ep = &svc.endpoints[0];
     req.extensions_mut().insert(Upstream {
+        tls: None,
         addr: ep.addr,
         proto: UpstreamProto::Http2,
         mark_http1: false,

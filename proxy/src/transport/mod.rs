@@ -4,6 +4,7 @@
 pub mod metered;
 pub mod orig_dst;
 pub mod prefixed;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
