@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Control-plane scale benchmark: simulated proxies against a real control
-# plane in folder mode. One command, loopback only, about two minutes.
+# plane in folder mode. One command, loopback only, about a minute.
 #
 #   bench/control-plane.sh                 # writes the control-plane section of BENCHMARKS.md
 #   PROXIES=100 ROUNDS=3 bench/control-plane.sh   # quick check
@@ -51,7 +51,7 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
   log "building release binaries"
   (cd "$ROOT" && cargo build --release --quiet -p outrigger-control-plane -p outrigger-bench) || die "cargo build failed"
   BUILT_FROM="work tree at git $(git -C "$ROOT" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)"
-  git -C "$ROOT" diff --quiet HEAD -- control-plane api bench/src 2>/dev/null || BUILT_FROM+=" with uncommitted changes"
+  [[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || BUILT_FROM+=" with uncommitted changes"
 else
   BUILT_FROM="SKIP_BUILD=1: binaries already in $TARGET_DIR/release"
 fi

@@ -78,6 +78,7 @@ pub fn publish(
     metrics.translations.inc();
     let mut rejected: BTreeMap<&'static str, i64> = BTreeMap::new();
     for kind in [
+        "Service",
         "VirtualService",
         "DestinationRule",
         "AuthorizationPolicy",

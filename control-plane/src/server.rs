@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::certify::CERTIFY_PATH;
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::certify::{Certifier, MAX_BODY as MAX_CERTIFY_BODY};
 use crate::metrics::{Metrics, ResultLabel};
@@ -36,7 +36,7 @@ pub struct Published {
     pub changed_at: Instant,
     /// Each namespace's services, serialized once for all of its proxies
     /// (filled as streams ask).
-    views: Mutex<HashMap<String, Arc<OnceLock<ServicesView>>>>,
+    views: Mutex<HashMap<String, Arc<OnceCell<Arc<ServicesView>>>>>,
 }
 
 impl Published {
@@ -49,8 +49,10 @@ impl Published {
     }
 
     /// The services of namespace `ns` as JSON, computed by the first
-    /// stream that asks; the others share the bytes.
-    fn services_view(&self, ns: &str) -> Arc<OnceLock<ServicesView>> {
+    /// stream that asks (on the blocking pool, so a large namespace never
+    /// holds a runtime worker); the others wait for it without blocking,
+    /// then share the bytes.
+    async fn services_view(self: &Arc<Self>, ns: &str) -> Arc<ServicesView> {
         let cell = self
             .views
             .lock()
@@ -58,15 +60,23 @@ impl Published {
             .entry(ns.to_string())
             .or_default()
             .clone();
-        cell.get_or_init(|| ServicesView::new(&self.mesh.services_for(ns)));
-        cell
+        cell.get_or_init(|| async {
+            let this = self.clone();
+            let ns = ns.to_string();
+            tokio::task::spawn_blocking(move || {
+                Arc::new(ServicesView::new(&this.mesh.services_for(&ns)))
+            })
+            .await
+            .expect("serializing services does not panic")
+        })
+        .await
+        .clone()
     }
 
     /// One proxy's update as the chunks of one NDJSON line (the services
     /// part shared with the namespace's other proxies), and its version.
-    fn update_line(&self, id: &ProxyId) -> (String, [Bytes; 3]) {
-        let view = self.services_view(&id.namespace);
-        let view = view.get().expect("initialised by services_view");
+    async fn update_line(self: &Arc<Self>, id: &ProxyId) -> (String, [Bytes; 3]) {
+        let view = self.services_view(&id.namespace).await;
         let own = head_json(&self.mesh.proxy_info(id), &self.mesh.inbound_for(id));
         let version = version_of(&own, view.hash);
         let mut head = format!("{{\"version\":\"{version}\",").into_bytes();
@@ -419,7 +429,7 @@ impl Server {
             loop {
                 let published = mesh.borrow_and_update().clone();
                 if let Some(p) = published {
-                    let (version, chunks) = p.update_line(&id);
+                    let (version, chunks) = p.update_line(&id).await;
                     if version != last_version {
                         let size: usize = chunks.iter().map(Bytes::len).sum();
                         let mut sent = true;
@@ -567,10 +577,10 @@ mod tests {
     use crate::store::Store;
     use crate::translate::Options;
 
-    fn published(yaml: &str) -> Published {
+    fn published(yaml: &str) -> Arc<Published> {
         let parsed = manifest::parse("test.yaml", yaml, "default").unwrap();
         let mesh = Mesh::build(&Store::from_objects(parsed.objects), &Options::default());
-        Published::new(Arc::new(mesh), Instant::now())
+        Arc::new(Published::new(Arc::new(mesh), Instant::now()))
     }
 
     fn id(ns: &str, pod: &str) -> ProxyId {
@@ -580,13 +590,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_streamed_line_is_the_update_and_shares_its_namespace_services() {
+    #[tokio::test]
+    async fn the_streamed_line_is_the_update_and_shares_its_namespace_services() {
         let p = published(
             "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: a, namespace: shop }\nspec: { serviceAccountName: buyer, containers: [{ name: app }] }\n---\napiVersion: outrigger.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: { name: read, namespace: shop }\nspec: { rules: [{ to: [{ operation: { methods: [GET] } }] }] }\n",
         );
         for pod in ["a", "unknown"] {
-            let (version, chunks) = p.update_line(&id("shop", pod));
+            let (version, chunks) = p.update_line(&id("shop", pod)).await;
             let line: Vec<u8> = chunks.concat();
             assert_eq!(line.last(), Some(&b'\n'));
             let parsed: ConfigUpdate = serde_json::from_slice(&line).unwrap();
@@ -596,26 +606,27 @@ mod tests {
             assert_eq!(parsed.services.len(), 1);
             assert_eq!(parsed.inbound.authorization[0].name, "shop/read");
         }
-        let (va, a) = p.update_line(&id("shop", "a"));
-        let (vu, u) = p.update_line(&id("shop", "unknown"));
+        let (va, a) = p.update_line(&id("shop", "a")).await;
+        let (vu, u) = p.update_line(&id("shop", "unknown")).await;
         assert_ne!(va, vu, "the proxy part is in the version");
         assert_eq!(
             a[1].as_ptr(),
             u[1].as_ptr(),
             "one copy of the services per namespace"
         );
-        let (_, other) = p.update_line(&id("elsewhere", "a"));
+        let (_, other) = p.update_line(&id("elsewhere", "a")).await;
         assert_eq!(&other[1][..], b"[]");
     }
 
-    #[test]
-    fn the_version_follows_the_content_only() {
+    #[tokio::test]
+    async fn the_version_follows_the_content_only() {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n";
-        let (v1, _) = published(yaml).update_line(&id("default", "p"));
-        let (v2, _) = published(yaml).update_line(&id("default", "p"));
+        let (v1, _) = published(yaml).update_line(&id("default", "p")).await;
+        let (v2, _) = published(yaml).update_line(&id("default", "p")).await;
         assert_eq!(v1, v2, "a restarted control plane sends the same version");
-        let (v3, _) =
-            published(&yaml.replace("10.0.0.1", "10.0.0.2")).update_line(&id("default", "p"));
+        let (v3, _) = published(&yaml.replace("10.0.0.1", "10.0.0.2"))
+            .update_line(&id("default", "p"))
+            .await;
         assert_ne!(v1, v3);
     }
 

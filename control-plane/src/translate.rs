@@ -266,6 +266,94 @@ impl Mesh {
     /// Translates the store; a resource refused now that `previous` had in
     /// force keeps that version in force (if it still applies).
     pub fn rebuild(store: &Store, options: &Options, previous: Option<&Mesh>) -> Self {
+        let first = Self::build_with(store, options, previous, &BTreeMap::new());
+        let Some(prev) = previous else {
+            return first;
+        };
+        // A DestinationRule edit that takes away a subset a route in force
+        // needs is refused (the rule in force stays), and the mesh is built
+        // again with that verdict.
+        let guarded = first.broken_routes(store, prev);
+        if guarded.is_empty() {
+            first
+        } else {
+            Self::build_with(store, options, previous, &guarded)
+        }
+    }
+
+    /// DestinationRules whose edit left a VirtualService that was in force
+    /// with nothing in force, because a subset it routes to is gone: each
+    /// with the refusal that names the route and the subset.
+    fn broken_routes(&self, store: &Store, prev: &Mesh) -> BTreeMap<Key, Verdict> {
+        let mut out = BTreeMap::new();
+        for (vs_key, vs) in &prev.in_force_vs {
+            let still_there = store.virtual_services.contains_key(vs_key)
+                || store
+                    .invalid
+                    .contains_key(&("VirtualService", vs_key.clone()));
+            if self.in_force_vs.contains_key(vs_key) || !still_there {
+                continue;
+            }
+            for rd in vs.spec.http.iter().flat_map(|r| &r.route) {
+                let Some(subset) = rd.destination.subset.as_deref() else {
+                    continue;
+                };
+                let Ok(host) = prev.resolve_host(&rd.destination.host, &vs_key.namespace) else {
+                    continue;
+                };
+                let has = |m: &Mesh| {
+                    m.services
+                        .get(&host)
+                        .and_then(|s| s.rule.as_ref())
+                        .is_some_and(|r| r.value.0.iter().any(|s| s.name == subset))
+                };
+                if has(self) || !has(prev) {
+                    continue;
+                }
+                // The rule in force before for this host, edited since.
+                for (dr_key, before) in &prev.in_force_dr {
+                    let Some(now) = store.destination_rules.get(dr_key) else {
+                        continue;
+                    };
+                    if now == before
+                        || prev.resolve_host(&before.spec.host, &dr_key.namespace).ok()
+                            != Some(host.clone())
+                        || !before.spec.subsets.iter().any(|s| s.name == subset)
+                    {
+                        continue;
+                    }
+                    let field = if self
+                        .resolve_host(&now.spec.host, &dr_key.namespace)
+                        .ok()
+                        .as_ref()
+                        == Some(&host)
+                    {
+                        "spec.subsets"
+                    } else {
+                        "spec.host"
+                    };
+                    out.entry(dr_key.clone()).or_insert_with(|| {
+                        Verdict::refused(
+                            "SubsetInUse",
+                            format!(
+                                "{field}: subset {subset:?} of {}.{} is removed, but VirtualService \
+                                 {vs_key} routes to it; change the VirtualService first",
+                                host.name, host.namespace
+                            ),
+                        )
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn build_with(
+        store: &Store,
+        options: &Options,
+        previous: Option<&Mesh>,
+        guarded: &BTreeMap<Key, Verdict>,
+    ) -> Self {
         let pods: BTreeMap<Key, PodFacts> = store
             .pods
             .iter()
@@ -342,18 +430,16 @@ impl Mesh {
                 },
             );
         }
-        let in_use = mesh.subsets_in_use(store);
         for (key, dr) in by_age(&store.destination_rules) {
             let prev = previous.and_then(|p| p.in_force_dr.get(key));
-            // An edit that drops a subset a VirtualService routes to is
-            // refused, so the routes keep working on the version in force.
-            let dropped = prev.and_then(|p| mesh.dropped_in_use(key, p, dr, &in_use));
-            let (verdict, in_force) = match (dropped, prev) {
+            // An edit that broke a route in force (see `broken_routes`):
+            // refused, and the version in force stays.
+            let (verdict, in_force) = match (guarded.get(key), prev) {
                 (Some(refusal), Some(p)) => {
                     if mesh.apply_destination_rule(key, p).is_accepted() {
-                        (refusal.keeping_previous(), Some(p.clone()))
+                        (refusal.clone().keeping_previous(), Some(p.clone()))
                     } else {
-                        (refusal, None)
+                        (refusal.clone(), None)
                     }
                 }
                 _ => mesh.apply_keeping(key, dr, prev, Mesh::apply_destination_rule),
@@ -469,59 +555,6 @@ impl Mesh {
             }
             _ => (verdict, None),
         }
-    }
-
-    /// The subsets VirtualServices route to, by destination Service: each
-    /// with the first VirtualService (by key) naming it.
-    fn subsets_in_use<'s>(&self, store: &'s Store) -> BTreeMap<Key, BTreeMap<&'s str, &'s Key>> {
-        let mut out: BTreeMap<Key, BTreeMap<&str, &Key>> = BTreeMap::new();
-        for (vs_key, vs) in &store.virtual_services {
-            for rd in vs.spec.http.iter().flat_map(|r| &r.route) {
-                let Some(subset) = rd.destination.subset.as_deref() else {
-                    continue;
-                };
-                if let Ok(host) = self.resolve_host(&rd.destination.host, &vs_key.namespace) {
-                    out.entry(host).or_default().entry(subset).or_insert(vs_key);
-                }
-            }
-        }
-        out
-    }
-
-    /// The refusal of a DestinationRule edit (`previous` to `current`) that
-    /// drops a subset some VirtualService routes to; None when it drops none.
-    fn dropped_in_use(
-        &self,
-        key: &Key,
-        previous: &DestinationRule,
-        current: &DestinationRule,
-        in_use: &BTreeMap<Key, BTreeMap<&str, &Key>>,
-    ) -> Option<Verdict> {
-        let host = self.resolve_host(&current.spec.host, &key.namespace).ok()?;
-        if self
-            .resolve_host(&previous.spec.host, &key.namespace)
-            .ok()?
-            != host
-        {
-            return None;
-        }
-        let used = in_use.get(&host)?;
-        let dropped = previous
-            .spec
-            .subsets
-            .iter()
-            .map(|s| s.name.as_str())
-            .find(|name| {
-                used.contains_key(name) && !current.spec.subsets.iter().any(|s| s.name == *name)
-            })?;
-        Some(Verdict::refused(
-            "SubsetInUse",
-            format!(
-                "spec.subsets: subset {dropped:?} is removed, but VirtualService {} routes to it; \
-                 change the VirtualService first",
-                used[dropped]
-            ),
-        ))
     }
 
     /// Every mesh resource's verdict.
@@ -1946,7 +1979,7 @@ spec:
         let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
         assert_eq!(reason, "SubsetInUse");
         assert!(
-            message.starts_with("spec.subsets: subset \"v2\" is removed, but VirtualService shop/reviews routes to it")
+            message.starts_with("spec.subsets: subset \"v2\" of reviews.shop is removed, but VirtualService shop/reviews routes to it")
                 && message.ends_with(&format!("({PREVIOUS_STAYS})")),
             "{message}"
         );
@@ -1977,6 +2010,93 @@ spec:
         let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
         assert_eq!(reviews.subsets.len(), 1);
         assert_eq!(reviews.http[0].route.len(), 1);
+    }
+
+    #[test]
+    fn a_destination_rule_moved_to_another_host_under_a_route_is_refused() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let moved = dr.replace("host: reviews", "host: ratings");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{moved}---{vs}")),
+            &Options::default(),
+            Some(&good),
+        );
+        let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
+        assert_eq!(reason, "SubsetInUse");
+        assert!(
+            message.starts_with("spec.host: subset \"v1\" of reviews.shop is removed"),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
+    fn the_route_in_force_counts_not_a_refused_edit_of_it() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        // The route's edit drops v2 but is refused for another reason: the
+        // version in force (which sends to v2) stays, so v2 must stay too.
+        let vs_broken = vs
+            .replace("host: reviews, subset: v2", "host: nowhere, subset: v2")
+            .replace("hosts: [reviews]", "hosts: [reviews]");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{dr_v1_only}---{vs_broken}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            refused(verdict(&next, "DestinationRule", "shop", "reviews")).0,
+            "SubsetInUse"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(
+            reviews.http[0].route.len(),
+            2,
+            "the route in force still applies"
+        );
+        assert_eq!(reviews.subsets.len(), 2);
+    }
+
+    #[test]
+    fn a_route_that_applies_nothing_does_not_hold_a_rule_back() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        // A second route for the same host, refused (Conflict: the oldest
+        // wins), that sends to v2: it is not in force, so it does not count.
+        let other = vs
+            .replace(
+                "name: reviews, namespace: shop",
+                "name: reviews-old, namespace: shop",
+            )
+            .replace("subset: v1 }", "subset: v2 }");
+        let before = format!("{REVIEWS}---{dr}---{vs}---{other}");
+        let good = mesh(&before);
+        assert_eq!(
+            refused(verdict(&good, "VirtualService", "shop", "reviews-old")).0,
+            "Conflict"
+        );
+        let vs_v1_only = vs.replace("subset: v2 }", "subset: v1 }");
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!(
+                "{REVIEWS}---{dr_v1_only}---{vs_v1_only}---{other}"
+            )),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            verdict(&next, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
     }
 
     #[test]

@@ -270,19 +270,23 @@ struct ScaleResult {
     update_bytes_median: usize,
     update_bytes_max: usize,
     /// Control-plane resident memory: ready with no proxy, with every proxy
-    /// connected, after the edits; and its peak.
+    /// connected, after the edits; and its peak during the edits.
     rss_idle_kib: u64,
     rss_connected_kib: u64,
     rss_after_kib: u64,
     rss_peak_kib: u64,
     /// Control-plane CPU seconds (user + system) for connecting every proxy,
-    /// and per edit.
+    /// and per edit: everything it did during the edit phase (translation,
+    /// fan-out, folder polls, heartbeats) divided by the edits.
     cpu_connect_s: f64,
     cpu_per_edit_s: f64,
     wall_per_edit_s: f64,
     /// The control plane's own mean push latency over the edits: from its
     /// seeing the change (after the folder poll) to writing each update.
     push_latency_mean_s: f64,
+    /// CPU the simulated proxies (this process, one core) used during the
+    /// edits, as a share of the wall time: near 1, they limit the tail.
+    client_cpu_share: f64,
 }
 
 async fn run_scale(args: &Args, proxies: usize) -> anyhow::Result<ScaleResult> {
@@ -355,6 +359,10 @@ async fn measure(args: &Args, proxies: usize, dir: &Path, pid: u32) -> anyhow::R
     let mut rounds_p99_s = Vec::new();
     let mut rounds_last_s = Vec::new();
     let pushed0 = push_latency(&args.listen).await?;
+    // The peak below is over the edits only: reset the high-water mark.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .context("resetting VmHWM (/proc/PID/clear_refs)")?;
+    let client_cpu0 = cpu_seconds(std::process::id())?;
     let edits_start = Instant::now();
     // Each edit waits a pseudo-random part of the poll interval first (a
     // fixed seed), so the edits sample every phase of the poll cycle rather
@@ -395,6 +403,7 @@ async fn measure(args: &Args, proxies: usize, dir: &Path, pid: u32) -> anyhow::R
         rounds_last_s.push(*l.last().expect("at least one proxy"));
     }
     let wall = edits_start.elapsed().as_secs_f64();
+    let client_cpu_share = (cpu_seconds(std::process::id())? - client_cpu0) / wall;
     let cpu2 = cpu_seconds(pid)?;
     let pushed1 = push_latency(&args.listen).await?;
     let pushes = pushed1.1 - pushed0.1;
@@ -427,6 +436,7 @@ async fn measure(args: &Args, proxies: usize, dir: &Path, pid: u32) -> anyhow::R
         cpu_per_edit_s: (cpu2 - cpu1) / args.rounds as f64,
         wall_per_edit_s: wall / args.rounds as f64,
         push_latency_mean_s: (pushed1.0 - pushed0.0) / pushes,
+        client_cpu_share,
     })
 }
 
