@@ -2041,9 +2041,7 @@ spec:
         let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
         // The route's edit drops v2 but is refused for another reason: the
         // version in force (which sends to v2) stays, so v2 must stay too.
-        let vs_broken = vs
-            .replace("host: reviews, subset: v2", "host: nowhere, subset: v2")
-            .replace("hosts: [reviews]", "hosts: [reviews]");
+        let vs_broken = vs.replace("host: reviews, subset: v2", "host: nowhere, subset: v2");
         let next = Mesh::rebuild(
             &store(&format!("{REVIEWS}---{dr_v1_only}---{vs_broken}")),
             &Options::default(),
