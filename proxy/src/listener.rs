@@ -133,12 +133,12 @@ impl Listener {
             return Ok((Io::Plain(stream), None));
         }
         let (io, id) = identity.accept_peer(stream).await?;
-        let principal = id.to_string();
-        let principal: Arc<str> =
-            Arc::from(principal.strip_prefix("spiffe://").unwrap_or(&principal));
+        let uri = id.to_string();
+        let principal: Arc<str> = Arc::from(uri.strip_prefix("spiffe://").unwrap_or(&uri));
         Ok((
             io,
             Some(PeerIdentity {
+                uri: Arc::from(uri.as_str()),
                 principal,
                 namespace: Arc::from(id.namespace()),
             }),
@@ -281,7 +281,7 @@ impl Listener {
         let mut traffic =
             TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service.clone());
         if let Some(id) = &peer_identity {
-            traffic.source_principal = id.principal.clone();
+            traffic.source_principal = id.uri.clone();
             traffic.source_namespace = id.namespace.clone();
             traffic.connection_security_policy = SecurityPolicy::MutualTls;
         }

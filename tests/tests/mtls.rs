@@ -88,8 +88,25 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
             &[
                 ("direction", "inbound"),
                 ("connection_security_policy", "mutual_tls"),
-                ("source_principal", "cluster.local/ns/shop/sa/client"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/shop/sa/client"
+                ),
                 ("source_namespace", "shop"),
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    let text = scrape(&client).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("connection_security_policy", "mutual_tls"),
+                ("destination_principal", WEB),
             ]
         ),
         1.0,

@@ -129,6 +129,11 @@ impl Client {
         }
     }
 
+    /// Whether a hop to an endpoint with this identity is mutual TLS.
+    pub fn uses_tls(&self, tls: Option<&Arc<SpiffeId>>) -> bool {
+        tls.is_some() && self.inner.settings.identity.is_some()
+    }
+
     /// The pool key: the identity counts only when TLS will be used.
     fn key(&self, addr: SocketAddr, tls: Option<&Arc<SpiffeId>>) -> PeerKey {
         let tls = tls.filter(|_| self.inner.settings.identity.is_some());

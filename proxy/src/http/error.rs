@@ -98,6 +98,8 @@ pub struct Served {
     pub peer: Workload,
     /// The `destination_service` label: the service the endpoint belongs to.
     pub service: Name,
+    /// The hop was mutual TLS (`connection_security_policy`).
+    pub mtls: bool,
 }
 
 /// The route a request took (response and error extension).

@@ -61,7 +61,8 @@ impl Service<Req> for Forward {
                     "no upstream was chosen for this request",
                 ));
             };
-            let served = up.served.clone();
+            let mut served = up.served.clone();
+            served.mtls = this.client.uses_tls(up.tls.as_ref());
             let result = if req.version() != Version::HTTP_2
                 && headers::is_upgrade(req.version(), req.method(), req.headers())
             {

@@ -203,6 +203,9 @@ impl HttpProxy {
         };
         if let Some(s) = served {
             record.labels.traffic = self.traffic(&s.peer, s.service);
+            if s.mtls {
+                record.labels.traffic.connection_security_policy = SecurityPolicy::MutualTls;
+            }
             if let Some(a) = record.access.as_mut() {
                 a.upstream = Some(s.addr);
             }
@@ -233,7 +236,7 @@ impl HttpProxy {
                 let peer = Workload {
                     workload: peer.workload.clone(),
                     namespace: id.namespace.clone(),
-                    principal: id.principal.clone(),
+                    principal: id.uri.clone(),
                 };
                 let mut t = TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, &peer, service);
                 t.connection_security_policy = SecurityPolicy::MutualTls;
@@ -275,6 +278,7 @@ impl HttpProxy {
                 addr,
                 peer: Workload::unknown(),
                 service: unknown(),
+                mtls: false,
             },
         })
     }

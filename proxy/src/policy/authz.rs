@@ -26,7 +26,9 @@ use crate::http::stack::{always_ready, Fut, HttpService, Req};
 /// (a request extension set by the inbound side).
 #[derive(Clone, Debug)]
 pub struct PeerIdentity {
-    /// `<td>/ns/<ns>/sa/<sa>`.
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`: the metric labels' form.
+    pub uri: Arc<str>,
+    /// `<td>/ns/<ns>/sa/<sa>`: the form AuthorizationPolicies use.
     pub principal: Arc<str>,
     pub namespace: Arc<str>,
 }

@@ -345,6 +345,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
                 addr: ep.addr,
                 peer: ep.peer.clone(),
                 service: svc.label.clone(),
+                mtls: false,
             },
         });
         let stats = ep.stats.clone();

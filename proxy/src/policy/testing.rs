@@ -137,6 +137,7 @@ impl Service<Req> for Scripted {
                 addr: served,
                 peer: Workload::unknown(),
                 service: "web.shop".into(),
+                mtls: false,
             };
             let status = match step {
                 Step::Status(s) => s,
@@ -248,6 +249,7 @@ pub fn request_to_endpoint_with(svc: &Arc<ServiceState>) -> Req {
             addr: ep.addr,
             peer: ep.peer.clone(),
             service: svc.label.clone(),
+            mtls: false,
         },
     });
     req.extensions_mut().insert(Chosen {
