@@ -15,6 +15,8 @@ import os
 import statistics
 import sys
 
+from report_section import splice
+
 BEGIN = "<!-- control-plane: begin (bench/control-plane.sh writes this section; bench/run.sh keeps it) -->"
 END = "<!-- control-plane: end -->"
 
@@ -136,12 +138,7 @@ def main():
     if os.path.exists(args.report):
         with open(args.report) as f:
             text = f.read()
-    if BEGIN.split(" (")[0] in text and END in text:
-        start = text.index(BEGIN.split(" (")[0])
-        end = text.index(END) + len(END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    text = splice(text, section, "control-plane")
     with open(args.report, "w") as f:
         f.write(text)
     sys.stdout.write(section + "\n")

@@ -15,6 +15,8 @@ import os
 import statistics
 import sys
 
+from report_section import splice
+
 BEGIN = "<!-- policies: begin (bench/policies.sh writes this section; bench/run.sh keeps it) -->"
 END = "<!-- policies: end -->"
 
@@ -318,15 +320,6 @@ def build(out_dir):
     return "\n".join(md) + "\n", verdicts
 
 
-def splice(existing, section):
-    """Replace the policy section of a report, or append it."""
-    if BEGIN in existing and END in existing:
-        head, _, rest = existing.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        return head + section.rstrip("\n") + tail
-    return existing.rstrip("\n") + "\n\n" + section
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", required=True)
@@ -338,7 +331,7 @@ def main():
         with open(args.report) as f:
             existing = f.read()
     with open(args.report, "w") as f:
-        f.write(splice(existing, section))
+        f.write(splice(existing, section, "policies"))
     sys.stdout.write(section)
     for proto, share, ok in verdicts:
         print(f"report_policies.py: {proto}: all/off = {share:.3f} ({'within' if ok else 'OUTSIDE'} the 10 % target)", file=sys.stderr)
