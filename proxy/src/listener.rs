@@ -280,6 +280,15 @@ impl Listener {
         };
         let mut traffic =
             TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service.clone());
+        // An opaque hop to a meshed endpoint with an identity is mutual TLS.
+        let outbound_mtls = self.shared.identity.is_some()
+            && opaque_upstream
+                .as_ref()
+                .and_then(|(_, ep)| ep.as_ref())
+                .is_some_and(|ep| ep.identity.is_some());
+        if outbound_mtls {
+            traffic.connection_security_policy = SecurityPolicy::MutualTls;
+        }
         if let Some(id) = &peer_identity {
             traffic.source_principal = id.uri.clone();
             traffic.source_namespace = id.namespace.clone();
@@ -295,8 +304,13 @@ impl Listener {
         let io = PrefixedIo::new(prefix, MeteredIo::new(stream, received, sent));
 
         match opaque_upstream {
-            Some((addr, _)) => {
-                if let Err(e) = tcp::forward(io, addr, cfg.limits.connect_timeout).await {
+            Some((addr, ep)) => {
+                let tls = self
+                    .shared
+                    .identity
+                    .as_deref()
+                    .zip(ep.as_ref().and_then(|e| e.identity.as_ref()));
+                if let Err(e) = tcp::forward(io, addr, tls, cfg.limits.connect_timeout).await {
                     tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
                 }
                 drop(guard);

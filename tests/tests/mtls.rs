@@ -221,3 +221,63 @@ async fn principal_rules_match_the_mtls_peer() {
         403
     );
 }
+
+#[tokio::test]
+async fn opaque_tcp_between_two_proxies_rides_mutual_tls() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let app = app("web").await;
+    let server = server(&ca, app, |s| s.listeners[0].opaque_ports = vec![app.port()]).await;
+    let mut snap = client_snapshot(&[(server.listener_addr("inbound").unwrap(), true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
+    let client = Proxy::start(snap, with(identity(&ca, "client")))
+        .await
+        .unwrap();
+    // Raw bytes through the client's outbound listener, spliced end to end.
+    let mut s = tokio::net::TcpStream::connect(client.listener_addr("outbound").unwrap())
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let text = scrape(&client).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_tcp_connections_opened_total",
+            &[
+                ("direction", "outbound"),
+                ("protocol", "opaque"),
+                ("connection_security_policy", "mutual_tls"),
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    let text = scrape(&server).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_tcp_connections_opened_total",
+            &[
+                ("direction", "inbound"),
+                ("protocol", "opaque"),
+                ("connection_security_policy", "mutual_tls"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/shop/sa/client"
+                ),
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+}
