@@ -364,12 +364,7 @@ impl Server {
         {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                self.metrics
-                    .certify_requests
-                    .get_or_create(&ResultLabel {
-                        result: "bad_request",
-                    })
-                    .inc();
+                self.count_certify("bad_request");
                 return text(
                     StatusCode::BAD_REQUEST,
                     format!("request body: {e} (at most {MAX_CERTIFY_BODY} bytes)\n"),
@@ -381,20 +376,12 @@ impl Server {
             .await
         {
             Ok((id, answer)) => {
-                self.metrics
-                    .certify_requests
-                    .get_or_create(&ResultLabel { result: "issued" })
-                    .inc();
+                self.count_certify("issued");
                 tracing::info!(%peer, identity = %id, "certificate issued");
                 json_response(serde_json::to_string(&answer).expect("serializes"))
             }
             Err(refusal) => {
-                self.metrics
-                    .certify_requests
-                    .get_or_create(&ResultLabel {
-                        result: refusal.result,
-                    })
-                    .inc();
+                self.count_certify(refusal.result);
                 tracing::warn!(%peer, status = refusal.status, "certificate refused: {}", refusal.message);
                 let mut r = text(
                     StatusCode::from_u16(refusal.status).expect("a valid status"),
@@ -409,6 +396,13 @@ impl Server {
                 r
             }
         }
+    }
+
+    fn count_certify(&self, result: &'static str) {
+        self.metrics
+            .certify_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// The never-ending response of one proxy's stream.

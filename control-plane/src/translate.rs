@@ -901,21 +901,12 @@ impl Mesh {
             action: ap.spec.action,
             rules: ap.spec.rules.clone(),
         };
-        let snap = Snapshot {
-            version: "check".into(),
-            proxy: ProxyInfo {
-                workload: "check".into(),
-                namespace: "check".into(),
-                identity: None,
-            },
-            admin: Default::default(),
-            limits: Default::default(),
-            listeners: Vec::new(),
-            services: Vec::new(),
-            inbound: Inbound {
+        let snap = scratch_snapshot(
+            Vec::new(),
+            Inbound {
                 authorization: vec![policy.clone()],
             },
-        };
+        );
         if let Err(errs) = snap.validate() {
             if let Some(e) = errs
                 .0
@@ -1072,6 +1063,20 @@ fn host_key(host: &str, namespace: &str) -> Key {
     }
 }
 
+/// A snapshot holding only what is to be checked with the proxy's own
+/// validation (errors elsewhere in it are ignored by path).
+fn scratch_snapshot(services: Vec<Service>, inbound: Inbound) -> Snapshot {
+    Snapshot {
+        version: "check".into(),
+        proxy: ProxyInfo::default(),
+        admin: Default::default(),
+        limits: Default::default(),
+        listeners: Vec::new(),
+        services,
+        inbound,
+    }
+}
+
 /// Validates scratch services as the proxy would; refuses on the first
 /// error, with the path renamed to the resource's field.
 fn check(scratch: Vec<Service>, rename: impl Fn(&str) -> Option<String>) -> Result<(), Verdict> {
@@ -1086,16 +1091,7 @@ fn check_first(
     n: usize,
     rename: impl Fn(&str) -> Option<String>,
 ) -> Result<(), Verdict> {
-    let snap = Snapshot {
-        version: "check".into(),
-        proxy: ProxyInfo::default(),
-        admin: Default::default(),
-        limits: Default::default(),
-        listeners: Vec::new(),
-        services: scratch,
-        inbound: Inbound::default(),
-    };
-    let Err(errs) = snap.validate() else {
+    let Err(errs) = scratch_snapshot(scratch, Inbound::default()).validate() else {
         return Ok(());
     };
     for e in errs.0 {

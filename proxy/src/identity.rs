@@ -181,13 +181,7 @@ impl Identity {
         alpn: Alpn,
     ) -> io::Result<Io> {
         let config = self.client_config(peer, alpn).map_err(io::Error::other)?;
-        let stream = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "mesh TLS handshake timed out"))??;
-        Ok(Io::Client(Box::new(stream)))
+        handshake(config, tcp).await
     }
 
     /// Accepts mesh TLS from a peer proxy on `tcp`: its certificate is
@@ -231,22 +225,18 @@ impl Identity {
         address: &str,
         cert: Arc<CurrentCert>,
     ) -> Result<Io, IdentityError> {
-        let tcp = TcpStream::connect(address)
+        let failed = |source| IdentityError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))
             .await
-            .map_err(|source| IdentityError::Connect {
-                address: address.to_string(),
-                source,
-            })?;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            .and_then(|r| r)
+            .map_err(failed)?;
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(cert, &self.trust(), self.control_plane.clone(), &[b"h2"])?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(tls::server_name(), tcp)
-            .await
-            .map_err(|source| IdentityError::Connect {
-                address: address.to_string(),
-                source,
-            })?;
-        Ok(Io::Client(Box::new(stream)))
+        handshake(Arc::new(config), tcp).await.map_err(failed)
     }
 
     /// One certificate request: a new key, a CSR, the token; on success the
@@ -317,6 +307,17 @@ impl Identity {
         self.held.send_replace(true);
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(answer.expires_unix_secs))
     }
+}
+
+/// A TLS handshake as the client, bounded by [`HANDSHAKE_TIMEOUT`].
+async fn handshake(config: Arc<rustls::ClientConfig>, tcp: TcpStream) -> io::Result<Io> {
+    let stream = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(Io::Client(Box::new(stream)))
 }
 
 fn certificates(

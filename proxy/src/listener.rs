@@ -111,26 +111,29 @@ impl Listener {
     /// On an inbound listener of a proxy with an identity, a connection
     /// whose first byte opens a TLS handshake is mesh TLS: accepted with the
     /// peer's certificate required, and its identity kept. Anything else
-    /// stays plaintext.
+    /// stays plaintext. The last value says the client sent nothing within
+    /// `detect_timeout` (or closed): detection would only wait that long
+    /// again to conclude opaque, so the caller skips it.
     async fn accept_mesh_tls(
         &self,
         stream: TcpStream,
         cfg: &Config,
-    ) -> std::io::Result<(Io, Option<PeerIdentity>)> {
+    ) -> std::io::Result<(Io, Option<PeerIdentity>, bool)> {
         let Some(identity) = self
             .shared
             .identity
             .as_ref()
             .filter(|_| self.spec.direction == ApiDirection::Inbound)
         else {
-            return Ok((Io::Plain(stream), None));
+            return Ok((Io::Plain(stream), None, false));
         };
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(cfg.limits.detect_timeout, stream.peek(&mut first)).await;
         // A client that says nothing first (server-speaks-first protocols)
         // is plaintext; so is an empty connection.
-        if !matches!(peeked, Ok(Ok(1))) || first[0] != TLS_HANDSHAKE {
-            return Ok((Io::Plain(stream), None));
+        let silent = !matches!(peeked, Ok(Ok(1)));
+        if silent || first[0] != TLS_HANDSHAKE {
+            return Ok((Io::Plain(stream), None, silent));
         }
         let (io, id) = identity.accept_peer(stream).await?;
         let uri = id.to_string();
@@ -142,6 +145,7 @@ impl Listener {
                 principal,
                 namespace: Arc::from(id.namespace()),
             }),
+            false,
         ))
     }
 
@@ -205,14 +209,14 @@ impl Listener {
         };
         // A peer proxy speaks mutual TLS to the inbound side; anyone else,
         // plaintext (PERMISSIVE).
-        let (mut stream, peer_identity) = match self.accept_mesh_tls(stream, &cfg).await {
+        let (mut stream, peer_identity, silent) = match self.accept_mesh_tls(stream, &cfg).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(listener = %self.spec.name, %peer, error = %e, "mesh TLS handshake failed; closing");
                 return;
             }
         };
-        let (protocol, prefix) = if opaque {
+        let (protocol, prefix) = if opaque || silent {
             (Protocol::Opaque, Default::default())
         } else {
             match detect::detect(
