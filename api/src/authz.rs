@@ -1,24 +1,9 @@
 //! Authorization on the wire: Istio's `AuthorizationPolicy` action and
-//! rules (field names and spelling kept), and what a proxy's inbound side
-//! enforces. The proxy evaluates them (`proxy/src/policy/authz.rs`): DENY
+//! rules (field names and spelling kept), as a proxy's inbound side holds
+//! them (`inbound.rs`). The proxy evaluates them (`proxy/src/policy/authz.rs`): DENY
 //! policies first, then ALLOW ones (none: allow).
 
 use serde::{Deserialize, Serialize};
-
-/// What one proxy's inbound side enforces.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inbound {
-    /// The AuthorizationPolicies that select this workload.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub authorization: Vec<AuthorizationPolicy>,
-}
-
-impl Inbound {
-    pub fn is_empty(&self) -> bool {
-        self.authorization.is_empty()
-    }
-}
 
 /// One policy as a proxy holds it: its name (for the response and the
 /// metric), its action and its rules.

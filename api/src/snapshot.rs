@@ -26,9 +26,9 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     #[serde(default)]
     pub services: Vec<Service>,
-    /// What the inbound side enforces (authorization).
-    #[serde(default, skip_serializing_if = "crate::authz::Inbound::is_empty")]
-    pub inbound: crate::authz::Inbound,
+    /// What the inbound side enforces (peer authentication, authorization).
+    #[serde(default, skip_serializing_if = "crate::inbound::Inbound::is_empty")]
+    pub inbound: crate::inbound::Inbound,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

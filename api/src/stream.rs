@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::authz::Inbound;
+use crate::inbound::Inbound;
 
 use crate::snapshot::{ProxyInfo, Service, Snapshot};
 

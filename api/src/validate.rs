@@ -64,9 +64,12 @@ const MIN_HEADER_BYTES: u32 = 8 * 1024;
 const MAX_HEADER_BYTES: u32 = 1024 * 1024;
 
 impl Snapshot {
-    /// Authorization policies: ports are numbers, paths are paths or
-    /// patterns, no value is empty.
+    /// Port-level mTLS modes name real ports; authorization policies:
+    /// ports are numbers, paths are paths or patterns, no value is empty.
     fn validate_inbound(&self, errs: &mut Errors) {
+        if self.inbound.mtls.ports.contains_key(&0) {
+            errs.push("inbound.mtls.ports", "0 is not a port number (1-65535)");
+        }
         for (i, policy) in self.inbound.authorization.iter().enumerate() {
             let p = format!("inbound.authorization[{i}]");
             if policy.name.trim().is_empty() {
@@ -741,6 +744,20 @@ services:
     protocol: opaque
     endpoints: [{ address: "10.0.0.9:3306" }]
 "#;
+
+    #[test]
+    fn a_port_level_mtls_mode_needs_a_real_port() {
+        let mut s = good();
+        s.inbound = serde_json::from_value(serde_json::json!({
+            "mtls": { "mode": "STRICT", "ports": { "0": "PERMISSIVE", "8080": "PERMISSIVE" } }
+        }))
+        .unwrap();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("inbound.mtls.ports: 0 is not a port number"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn authorization_values_are_checked_with_their_paths() {

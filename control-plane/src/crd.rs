@@ -147,6 +147,9 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
+    /// App (container) port → its own mode; only with a selector, as in Istio.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<u32, MutualTls>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -164,6 +167,8 @@ pub enum MtlsMode {
     Unset,
     Permissive,
     Strict,
+    /// Istio's plaintext-only mode: not supported (refused by name).
+    Disable,
 }
 
 /// The status every mesh resource carries: one `Accepted` condition.
@@ -233,6 +238,12 @@ pub const RULES: &[Rule] = &[
         message: "fault.abort sets exactly one of httpStatus and grpcStatus",
     },
     Rule {
+        kind: "PeerAuthentication",
+        at: "/properties/spec",
+        rule: "!has(self.portLevelMtls) || has(self.selector)",
+        message: "portLevelMtls applies to the workloads of a selector only",
+    },
+    Rule {
         kind: "DestinationRule",
         at: "/properties/spec/properties/subsets",
         rule: "self.all(s, self.exists_one(t, t.name == s.name))",
@@ -275,6 +286,7 @@ fn finish(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     {
         let schema = &mut version["schema"]["openAPIV3Schema"];
         if let Some(spec) = schema.pointer_mut("/properties/spec") {
+            maps_as_additional_properties(spec);
             keep_unknown_fields(spec);
         }
         for (k, at, max) in MAX_ITEMS {
@@ -300,6 +312,23 @@ fn finish(crd: CustomResourceDefinition) -> CustomResourceDefinition {
         }
     }
     serde_json::from_value(value).expect("the finished CRD is still a CRD")
+}
+
+/// A map with number keys (`portLevelMtls`) comes out of schemars as
+/// `patternProperties`, which a structural schema may not use: the API
+/// server takes the value schema as `additionalProperties` instead.
+fn maps_as_additional_properties(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::Object(patterns)) = map.remove("patternProperties") {
+                let value = patterns.into_iter().next().map(|(_, v)| v);
+                map.insert("additionalProperties".into(), value.unwrap_or(json!({})));
+            }
+            map.values_mut().for_each(maps_as_additional_properties);
+        }
+        Value::Array(items) => items.iter_mut().for_each(maps_as_additional_properties),
+        _ => {}
+    }
 }
 
 /// Marks every object schema under `node` as keeping unknown fields.

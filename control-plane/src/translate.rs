@@ -26,9 +26,12 @@ use kube::Resource;
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use outrigger_api::{Endpoint, ProxyInfo, Service, ServiceProtocol, Snapshot};
 
-use crate::crd::{AuthorizationPolicy, DestinationRule, VirtualService};
+use crate::crd::{
+    AuthorizationPolicy, DestinationRule, MtlsMode as CrdMode, PeerAuthentication, VirtualService,
+};
 use crate::store::{Key, Store};
-use outrigger_api::authz::{AuthorizationPolicy as WirePolicy, Inbound};
+use outrigger_api::authz::AuthorizationPolicy as WirePolicy;
+use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -249,9 +252,30 @@ pub struct Mesh {
     in_force_dr: BTreeMap<Key, DestinationRule>,
     in_force_vs: BTreeMap<Key, VirtualService>,
     in_force_ap: BTreeMap<Key, AuthorizationPolicy>,
+    in_force_pa: BTreeMap<Key, PeerAuthentication>,
     /// Accepted AuthorizationPolicies: who they select, and the policy as
     /// proxies hold it.
     authorization: BTreeMap<Key, (Option<BTreeMap<String, String>>, WirePolicy)>,
+    /// Accepted PeerAuthentications, oldest first (the oldest applies).
+    peer_authentication: Vec<PeerAuthRule>,
+}
+
+/// One accepted PeerAuthentication; `None` modes are UNSET (inherited).
+#[derive(Clone, Debug)]
+struct PeerAuthRule {
+    key: Key,
+    selector: Option<BTreeMap<String, String>>,
+    mode: Option<MtlsMode>,
+    ports: BTreeMap<u16, Option<MtlsMode>>,
+}
+
+/// Whether a pod with `labels` (None: a pod the store does not know) is
+/// among the workloads `selector` picks; no selector picks every pod.
+fn selects(selector: Option<&BTreeMap<String, String>>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    match selector {
+        None => true,
+        Some(want) => labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v))),
+    }
 }
 
 /// What a refused resource's message says when its previous version stays.
@@ -367,7 +391,9 @@ impl Mesh {
             in_force_dr: BTreeMap::new(),
             in_force_vs: BTreeMap::new(),
             in_force_ap: BTreeMap::new(),
+            in_force_pa: BTreeMap::new(),
             authorization: BTreeMap::new(),
+            peer_authentication: Vec::new(),
         };
         // Each Service's EndpointSlices, found once rather than by a scan
         // of every slice per Service.
@@ -455,21 +481,7 @@ impl Mesh {
                 verdict,
             );
         }
-        for (kind, key) in store.invalid.keys().filter(|(k, _)| *k == "VirtualService") {
-            let prev = previous.and_then(|p| p.in_force_vs.get(key));
-            if let Some(prev) =
-                prev.filter(|prev| mesh.apply_virtual_service(key, prev).is_accepted())
-            {
-                mesh.in_force_vs.insert(key.clone(), prev.clone());
-                let id = ResourceId {
-                    kind,
-                    key: key.clone(),
-                };
-                if let Some(v) = mesh.verdicts.remove(&id) {
-                    mesh.verdicts.insert(id, v.keeping_previous());
-                }
-            }
-        }
+        mesh.keep_unreadable(store, "VirtualService", previous.map(|p| &p.in_force_vs), Mesh::apply_virtual_service, |m| &mut m.in_force_vs);
         for (key, vs) in by_age(&store.virtual_services) {
             let prev = previous.and_then(|p| p.in_force_vs.get(key));
             let (verdict, in_force) =
@@ -485,26 +497,8 @@ impl Mesh {
                 verdict,
             );
         }
-        for (kind, key) in store
-            .invalid
-            .keys()
-            .filter(|(k, _)| *k == "AuthorizationPolicy")
-        {
-            // Unreadable now: the version in force before stays (a broken
-            // edit of a DENY policy must not open the door).
-            if let Some(prev) = previous.and_then(|p| p.in_force_ap.get(key)) {
-                if mesh.apply_authorization(key, prev).is_accepted() {
-                    mesh.in_force_ap.insert(key.clone(), prev.clone());
-                    let id = ResourceId {
-                        kind,
-                        key: key.clone(),
-                    };
-                    if let Some(v) = mesh.verdicts.remove(&id) {
-                        mesh.verdicts.insert(id, v.keeping_previous());
-                    }
-                }
-            }
-        }
+        // An unreadable edit of a DENY policy must not open the door.
+        mesh.keep_unreadable(store, "AuthorizationPolicy", previous.map(|p| &p.in_force_ap), Mesh::apply_authorization, |m| &mut m.in_force_ap);
         for (key, ap) in &store.authorization_policies {
             let prev = previous.and_then(|p| p.in_force_ap.get(key));
             let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, Mesh::apply_authorization);
@@ -519,20 +513,53 @@ impl Mesh {
                 verdict,
             );
         }
-        for key in store.peer_authentications.keys() {
+        // An unreadable edit of a STRICT policy must not let plaintext in.
+        mesh.keep_unreadable(store, "PeerAuthentication", previous.map(|p| &p.in_force_pa), Mesh::apply_peer_authentication, |m| &mut m.in_force_pa);
+        for (key, pa) in by_age(&store.peer_authentications) {
+            let prev = previous.and_then(|p| p.in_force_pa.get(key));
+            let (verdict, in_force) =
+                mesh.apply_keeping(key, pa, prev, Mesh::apply_peer_authentication);
+            if let Some(r) = in_force {
+                mesh.in_force_pa.insert(key.clone(), r);
+            }
             mesh.verdicts.insert(
                 ResourceId {
                     kind: "PeerAuthentication",
                     key: key.clone(),
                 },
-                Verdict::refused(
-                    "NotEnforced",
-                    "mTLS modes are not enforced yet: this version of Outrigger issues \
-                     identities but proxies do not speak mTLS to each other yet",
-                ),
+                verdict,
             );
         }
         mesh
+    }
+
+    /// Resources of `kind` that cannot be read now (their verdict, already
+    /// set, says why): the version `previous` had in force stays, if it
+    /// still applies, and the verdict says so.
+    fn keep_unreadable<R: Clone>(
+        &mut self,
+        store: &Store,
+        kind: &'static str,
+        previous: Option<&BTreeMap<Key, R>>,
+        apply: fn(&mut Mesh, &Key, &R) -> Verdict,
+        in_force: fn(&mut Mesh) -> &mut BTreeMap<Key, R>,
+    ) {
+        for (k, key) in store.invalid.keys().filter(|(k, _)| *k == kind) {
+            let Some(prev) = previous.and_then(|p| p.get(key)) else {
+                continue;
+            };
+            if !apply(self, key, prev).is_accepted() {
+                continue;
+            }
+            in_force(self).insert(key.clone(), prev.clone());
+            let id = ResourceId {
+                kind: k,
+                key: key.clone(),
+            };
+            if let Some(v) = self.verdicts.remove(&id) {
+                self.verdicts.insert(id, v.keeping_previous());
+            }
+        }
     }
 
     /// Applies `current`; when it is refused and `previous` (the version in
@@ -905,6 +932,7 @@ impl Mesh {
             Vec::new(),
             Inbound {
                 authorization: vec![policy.clone()],
+                ..Inbound::default()
             },
         );
         if let Err(errs) = snap.validate() {
@@ -925,25 +953,135 @@ impl Mesh {
     /// AuthorizationPolicies of its namespace and of the root namespace
     /// whose selector its pod's labels satisfy (no selector: every pod).
     pub fn inbound_for(&self, id: &ProxyId) -> Inbound {
-        let labels = self
-            .pods
-            .get(&Key::new(&id.namespace, &id.pod))
-            .map(|p| &p.labels);
+        let labels = self.pod_labels(id);
         let authorization = self
             .authorization
             .iter()
             .filter(|(k, _)| {
                 k.namespace == id.namespace || k.namespace == self.options.root_namespace
             })
-            .filter(|(_, (selector, _))| match selector {
-                None => true,
-                Some(want) => {
-                    labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v)))
-                }
-            })
+            .filter(|(_, (selector, _))| selects(selector.as_ref(), labels))
             .map(|(_, (_, p))| p.clone())
             .collect();
-        Inbound { authorization }
+        Inbound {
+            mtls: self.mtls_for(id),
+            authorization,
+        }
+    }
+
+    fn pod_labels(&self, id: &ProxyId) -> Option<&BTreeMap<String, String>> {
+        self.pods
+            .get(&Key::new(&id.namespace, &id.pod))
+            .map(|p| &p.labels)
+    }
+
+    /// The peer-authentication mode of the proxy of `id`, as Istio resolves
+    /// it: the oldest policy that selects the pod, else its namespace's
+    /// (no selector), else the mesh's (the root namespace's, no selector);
+    /// an UNSET mode inherits from the next of these, and PERMISSIVE is
+    /// the default. Port-level modes come from the selecting policy only.
+    pub fn mtls_for(&self, id: &ProxyId) -> Mtls {
+        let labels = self.pod_labels(id);
+        let in_ns = |ns: &str| -> Vec<&PeerAuthRule> {
+            self.peer_authentication
+                .iter()
+                .filter(|r| r.key.namespace == ns)
+                .collect()
+        };
+        let own = in_ns(&id.namespace);
+        let workload = own
+            .iter()
+            .find(|r| r.selector.is_some() && selects(r.selector.as_ref(), labels))
+            .copied();
+        let namespace = own.iter().find(|r| r.selector.is_none()).copied();
+        let mesh = in_ns(&self.options.root_namespace)
+            .into_iter()
+            .find(|r| r.selector.is_none());
+        let mode = [workload, namespace, mesh]
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.mode)
+            .unwrap_or_default();
+        let ports = workload
+            .into_iter()
+            .flat_map(|r| &r.ports)
+            .map(|(port, m)| (*port, m.unwrap_or(mode)))
+            .filter(|(_, m)| *m != mode)
+            .collect();
+        Mtls { mode, ports }
+    }
+
+    /// Checks a PeerAuthentication and, when it passes, holds it for the
+    /// workloads it selects. A second namespace-wide policy (no selector)
+    /// in one namespace is refused: the oldest applies.
+    fn apply_peer_authentication(&mut self, key: &Key, pa: &PeerAuthentication) -> Verdict {
+        fn mode(m: CrdMode, field: &str) -> Result<Option<MtlsMode>, Verdict> {
+            match m {
+                CrdMode::Unset => Ok(None),
+                CrdMode::Permissive => Ok(Some(MtlsMode::Permissive)),
+                CrdMode::Strict => Ok(Some(MtlsMode::Strict)),
+                CrdMode::Disable => Err(Verdict::refused(
+                    "Unsupported",
+                    format!(
+                        "{field}: DISABLE is not supported (a proxy always accepts mutual TLS \
+                         from peer proxies); PERMISSIVE also accepts plaintext"
+                    ),
+                )),
+            }
+        }
+        let spec = &pa.spec;
+        let selector = spec.selector.as_ref().map(|s| s.match_labels.clone());
+        let workload_mode = match mode(
+            spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default(),
+            "spec.mtls.mode",
+        ) {
+            Ok(m) => m,
+            Err(v) => return v,
+        };
+        if !spec.port_level_mtls.is_empty() && selector.is_none() {
+            return Verdict::refused(
+                "InvalidSpec",
+                "spec.portLevelMtls: applies to the workloads of a selector only (add \
+                 spec.selector), as in Istio",
+            );
+        }
+        let mut ports = BTreeMap::new();
+        for (port, m) in &spec.port_level_mtls {
+            let field = format!("spec.portLevelMtls[{port}]");
+            let Some(p) = u16::try_from(*port).ok().filter(|p| *p > 0) else {
+                return Verdict::refused(
+                    "InvalidSpec",
+                    format!("{field}: not a port number (1-65535)"),
+                );
+            };
+            match mode(m.mode, &format!("{field}.mode")) {
+                Ok(m) => ports.insert(p, m),
+                Err(v) => return v,
+            };
+        }
+        if selector.is_none() {
+            if let Some(other) = self
+                .peer_authentication
+                .iter()
+                .find(|r| r.selector.is_none() && r.key.namespace == key.namespace)
+            {
+                return Verdict::refused(
+                    "Conflict",
+                    format!(
+                        "namespace {} already has the namespace-wide PeerAuthentication {} \
+                         (the oldest applies)",
+                        key.namespace, other.key
+                    ),
+                );
+            }
+        }
+        self.peer_authentication.push(PeerAuthRule {
+            key: key.clone(),
+            selector,
+            mode: workload_mode,
+            ports,
+        });
+        Verdict::Accepted
     }
 
     fn apply_virtual_service(&mut self, key: &Key, vs: &VirtualService) -> Verdict {
@@ -1726,19 +1864,167 @@ spec:
         assert_eq!(c.services[1].http.len(), 1);
     }
 
+    const PEER_AUTH: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { containers: [{ name: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: shop, labels: { app: db } }
+spec: { containers: [{ name: db }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: cache-1, namespace: shop, labels: { app: cache } }
+spec: { containers: [{ name: cache }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: default, namespace: outrigger-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: default, namespace: shop }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: db, namespace: shop }
+spec:
+  selector: { matchLabels: { app: db } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { 9102: { mode: PERMISSIVE }, 5432: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: cache, namespace: shop }
+spec:
+  selector: { matchLabels: { app: cache } }
+  portLevelMtls: { 6379: { mode: STRICT } }
+"#;
+
+    fn mtls(m: &Mesh, ns: &str, pod: &str) -> Mtls {
+        config(m, ns, pod).inbound.mtls
+    }
+
     #[test]
-    fn peer_authentication_says_it_is_not_enforced_yet() {
+    fn peer_authentication_resolves_workload_then_namespace_then_mesh() {
+        use MtlsMode::{Permissive, Strict};
+        let m = mesh(PEER_AUTH);
+        for name in ["db", "cache", "default"] {
+            assert_eq!(verdict(&m, "PeerAuthentication", "shop", name), Verdict::Accepted);
+        }
+        // The namespace's PERMISSIVE wins over the mesh's STRICT.
+        assert_eq!(mtls(&m, "shop", "web-1"), Mtls::default());
+        assert_eq!(mtls(&m, "shop", "unknown-pod"), Mtls::default());
+        // The workload's own policy wins; its port exceptions come along
+        // (a port that only repeats the mode is left out).
+        assert_eq!(
+            mtls(&m, "shop", "db-1"),
+            Mtls::strict([(9102, Permissive)])
+        );
+        // UNSET inherits the namespace's mode; its port rule still applies.
+        let cache = mtls(&m, "shop", "cache-1");
+        assert_eq!((cache.mode, cache.mode_for(6379)), (Permissive, Strict));
+        // A namespace without a policy of its own gets the mesh's.
+        assert_eq!(mtls(&m, "billing", "x"), Mtls::strict([]));
+        // No policy anywhere: PERMISSIVE, and nothing on the wire.
+        let none = mesh("");
+        assert!(config(&none, "shop", "web-1").inbound.is_empty());
+    }
+
+    #[test]
+    fn unsupported_peer_authentications_are_refused_by_field() {
+        let cases = [
+            (
+                "spec: { mtls: { mode: DISABLE } }",
+                "Unsupported",
+                "spec.mtls.mode: DISABLE is not supported",
+            ),
+            (
+                "spec: { portLevelMtls: { 8080: { mode: STRICT } } }",
+                "InvalidSpec",
+                "spec.portLevelMtls: applies to the workloads of a selector only",
+            ),
+            (
+                "spec: { selector: { matchLabels: { app: db } }, portLevelMtls: { 70000: { mode: STRICT } } }",
+                "InvalidSpec",
+                "spec.portLevelMtls[70000]: not a port number",
+            ),
+            (
+                "spec: { selector: { matchLabels: { app: db } }, portLevelMtls: { 8080: { mode: DISABLE } } }",
+                "Unsupported",
+                "spec.portLevelMtls[8080].mode: DISABLE is not supported",
+            ),
+        ];
+        for (spec, want_reason, want_message) in cases {
+            let yaml = format!(
+                "apiVersion: outrigger.dev/v1alpha1\nkind: PeerAuthentication\n\
+                 metadata: {{ name: p, namespace: shop }}\n{spec}\n"
+            );
+            let m = mesh(&yaml);
+            let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "p"));
+            assert_eq!(reason, want_reason, "{spec}");
+            assert!(message.starts_with(want_message), "{spec}: {message}");
+            assert_eq!(mtls(&m, "shop", "db-1"), Mtls::default(), "{spec}: applies nothing");
+        }
+    }
+
+    #[test]
+    fn the_oldest_namespace_wide_peer_authentication_applies() {
         let yaml = r#"
 apiVersion: outrigger.dev/v1alpha1
 kind: PeerAuthentication
-metadata: { name: strict, namespace: shop }
+metadata: { name: newer, namespace: shop, creationTimestamp: "2026-02-01T00:00:00Z" }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: older, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z" }
 spec: { mtls: { mode: STRICT } }
 "#;
         let m = mesh(yaml);
-        assert_eq!(
-            refused(verdict(&m, "PeerAuthentication", "shop", "strict")).0,
-            "NotEnforced"
+        assert_eq!(verdict(&m, "PeerAuthentication", "shop", "older"), Verdict::Accepted);
+        let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "newer"));
+        assert_eq!(reason, "Conflict");
+        assert!(message.contains("shop/older"), "{message}");
+        assert_eq!(mtls(&m, "shop", "any"), Mtls::strict([]));
+    }
+
+    #[test]
+    fn a_broken_edit_of_a_strict_policy_keeps_it_strict() {
+        let good = mesh(PEER_AUTH);
+        // Refused edit: the version in force stays.
+        let disabled = PEER_AUTH.replace(
+            "  mtls: { mode: STRICT }\n  portLevelMtls: { 9102",
+            "  mtls: { mode: DISABLE }\n  portLevelMtls: { 9102",
         );
+        assert_ne!(disabled, PEER_AUTH);
+        let next = Mesh::rebuild(&store(&disabled), &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "PeerAuthentication", "shop", "db"));
+        assert_eq!(reason, "Unsupported");
+        assert!(message.ends_with(&format!("({PREVIOUS_STAYS})")), "{message}");
+        assert_eq!(mtls(&next, "shop", "db-1").mode, MtlsMode::Strict);
+        // Unreadable edit: the same.
+        let mut unreadable = store(PEER_AUTH);
+        unreadable
+            .peer_authentications
+            .remove(&Key::new("outrigger-system", "default"));
+        unreadable.invalid.insert(
+            ("PeerAuthentication", Key::new("outrigger-system", "default")),
+            "spec: unknown field `mtl`".into(),
+        );
+        let next = Mesh::rebuild(&unreadable, &Options::default(), Some(&good));
+        assert!(refused(verdict(&next, "PeerAuthentication", "outrigger-system", "default"))
+            .1
+            .ends_with(&format!("({PREVIOUS_STAYS})")));
+        assert_eq!(mtls(&next, "billing", "x"), Mtls::strict([]));
+        // With no history, nothing applies: PERMISSIVE.
+        let fresh = Mesh::build(&unreadable, &Options::default());
+        assert_eq!(mtls(&fresh, "billing", "x"), Mtls::default());
     }
 
     const POLICIES: &str = r#"

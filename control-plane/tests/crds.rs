@@ -74,6 +74,53 @@ fn unknown_fields_reach_the_control_plane() {
     }
 }
 
+/// What the API server refuses in a structural schema (the rules of
+/// `apiextensions.k8s.io/v1`): `patternProperties`, `additionalProperties:
+/// false`, and `additionalProperties` beside `properties`.
+fn structural_faults(node: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            if map.contains_key("patternProperties") {
+                out.push(format!("{at}: patternProperties"));
+            }
+            match map.get("additionalProperties") {
+                Some(serde_json::Value::Bool(false)) => {
+                    out.push(format!("{at}: additionalProperties: false"))
+                }
+                Some(_) if map.contains_key("properties") => {
+                    out.push(format!("{at}: properties and additionalProperties"))
+                }
+                _ => {}
+            }
+            for (k, v) in map {
+                structural_faults(v, &format!("{at}/{k}"), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                structural_faults(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_schema_is_structural() {
+    let mut faults = Vec::new();
+    for c in crd::definitions() {
+        let kind = c.spec.names.kind.clone();
+        structural_faults(&schema_of(&kind), &kind, &mut faults);
+    }
+    assert!(faults.is_empty(), "{faults:#?}");
+    // The map of port-level modes keeps its value schema.
+    let pa = schema_of("PeerAuthentication");
+    let modes = pa
+        .pointer("/properties/spec/properties/portLevelMtls/additionalProperties/properties/mode/enum")
+        .unwrap();
+    assert!(modes.as_array().unwrap().contains(&"STRICT".into()));
+}
+
 #[test]
 fn weights_ports_and_durations_are_checked_by_the_schema() {
     let vs = schema_of("VirtualService");

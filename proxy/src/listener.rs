@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use outrigger_api::inbound::MtlsMode;
 use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
@@ -208,7 +209,7 @@ impl Listener {
             }
         };
         // A peer proxy speaks mutual TLS to the inbound side; anyone else,
-        // plaintext (PERMISSIVE).
+        // plaintext, which only a PERMISSIVE port accepts.
         let (mut stream, peer_identity, silent) = match self.accept_mesh_tls(stream, &cfg).await {
             Ok(s) => s,
             Err(e) => {
@@ -216,6 +217,17 @@ impl Listener {
                 return;
             }
         };
+        if let (Target::App(app), None) = (&target, &peer_identity) {
+            if cfg.snapshot.inbound.mtls.mode_for(app.port()) == MtlsMode::Strict {
+                self.shared
+                    .metrics
+                    .tcp_plaintext_refused
+                    .get_or_create(&DirectionLabel { direction })
+                    .inc();
+                tracing::info!(%peer, port = app.port(), has_identity = self.shared.identity.is_some(), "plaintext connection to a STRICT port; closing");
+                return;
+            }
+        }
         let (protocol, prefix) = if opaque || silent {
             (Protocol::Opaque, Default::default())
         } else {

@@ -285,6 +285,8 @@ pub struct Metrics {
     pub tcp_rejected: Family<DirectionLabel, Counter>,
     /// Opaque connections an AuthorizationPolicy refused.
     pub tcp_denied: Family<DirectionLabel, Counter>,
+    /// Plaintext connections a STRICT PeerAuthentication refused.
+    pub tcp_plaintext_refused: Family<DirectionLabel, Counter>,
     pub route_requests: Family<RouteLabels, Counter>,
     pub retries: Family<ServiceLabel, Counter>,
     pub retry_successes: Family<ServiceLabel, Counter>,
@@ -369,6 +371,12 @@ impl Metrics {
             "outrigger_tcp_denied",
             "Opaque TCP connections refused by an AuthorizationPolicy (closed at once)",
             tcp_denied.clone(),
+        );
+        let tcp_plaintext_refused = Family::<DirectionLabel, Counter>::default();
+        reg.register(
+            "outrigger_tcp_plaintext_refused",
+            "Connections closed at once because they were not mutual TLS and the port is STRICT",
+            tcp_plaintext_refused.clone(),
         );
         reg.register(
             "outrigger_tcp_connections_rejected",
@@ -470,6 +478,7 @@ impl Metrics {
             tcp_sent_bytes,
             tcp_rejected,
             tcp_denied,
+            tcp_plaintext_refused,
             route_requests,
             retries,
             retry_successes,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use http::Request;
 use http_body_util::BodyExt;
-use outrigger_api::authz::Inbound;
+use outrigger_api::inbound::Inbound;
 use outrigger_api::Snapshot;
 use outrigger_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,13 +1,14 @@
 //! Mutual TLS between two real proxies with identities from one mesh CA:
 //! the hop is TLS on the wire, the app sees plain HTTP, the server side
-//! learns the client's identity (metrics, authorization), and a server with
-//! the wrong identity is refused.
+//! learns the client's identity (metrics, authorization), a server with
+//! the wrong identity is refused, and a STRICT inbound side takes mutual
+//! TLS only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use outrigger_api::authz::Inbound;
+use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
 use outrigger_identity::{Ca, SpiffeId, WorkloadKey};
 use outrigger_proxy::identity::{Identity, IdentityConfig};
 use outrigger_proxy::{Options, Proxy};
@@ -280,4 +281,114 @@ async fn opaque_tcp_between_two_proxies_rides_mutual_tls() {
         1.0,
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn plaintext_is_accepted_only_where_the_mode_is_permissive() {
+    use std::sync::atomic::Ordering;
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let (app, hits) = counted_app("web", |_, _| Answer::Status(200)).await;
+    let with_mtls = |mtls: Mtls| {
+        let mut s = server_snapshot(app);
+        s.inbound.mtls = mtls;
+        s
+    };
+    let server = Proxy::start(with_mtls(Mtls::strict([])), with(identity(&ca, "web")))
+        .await
+        .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    let client = client(&ca, inbound, WEB).await;
+    let outbound = client.listener_addr("outbound").unwrap();
+    let refused = |text: &str| {
+        metric(
+            text,
+            "outrigger_tcp_plaintext_refused_total",
+            &[("direction", "inbound")],
+        )
+    };
+
+    // STRICT: the meshed client gets through over mutual TLS...
+    assert_eq!(get(outbound, "/").await.0, 200);
+    // ...and a plaintext client is closed before anything reaches the app.
+    assert!(try_get(inbound, "/").await.is_err(), "plaintext served");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(refused(&scrape(&server).await), 1.0);
+
+    // A port-level PERMISSIVE exception for the app's port lets it in.
+    server
+        .apply(with_mtls(Mtls::strict([(app.port(), MtlsMode::Permissive)])))
+        .unwrap();
+    assert_eq!(get(inbound, "/").await.0, 200);
+    // An exception for another port does not.
+    server
+        .apply(with_mtls(Mtls::strict([(app.port() ^ 1, MtlsMode::Permissive)])))
+        .unwrap();
+    assert!(try_get(inbound, "/").await.is_err(), "plaintext served");
+    // PERMISSIVE: both.
+    server.apply(with_mtls(Mtls::default())).unwrap();
+    assert_eq!(get(inbound, "/").await.0, 200);
+    assert_eq!(get(outbound, "/").await.0, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    assert_eq!(refused(&scrape(&server).await), 2.0);
+}
+
+#[tokio::test]
+async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let app = app("web").await;
+    let strict_opaque = |s: &mut outrigger_api::Snapshot| {
+        s.listeners[0].opaque_ports = vec![app.port()];
+        s.inbound.mtls = Mtls::strict([]);
+    };
+    let server = server(&ca, app, strict_opaque).await;
+    let inbound = server.listener_addr("inbound").unwrap();
+    // Raw plaintext to an opaque STRICT port: closed, nothing comes back.
+    let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(
+                &scrape(&server).await,
+                "outrigger_tcp_plaintext_refused_total",
+                &[],
+            ) == 1.0
+        })
+        .await
+    );
+    // A proxy with no identity cannot satisfy STRICT: its requests fail
+    // (it speaks plaintext to the meshed endpoint).
+    let mut snap = client_snapshot(&[(inbound, true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    let bare = Proxy::start(snap, Options::default()).await.unwrap();
+    let (status, _) = get(bare.listener_addr("outbound").unwrap(), "/").await;
+    assert!(status >= 500, "{status}");
+    // With an identity, the opaque hop is mutual TLS and gets through.
+    let mut snap = client_snapshot(&[(inbound, true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
+    let meshed = Proxy::start(snap, with(identity(&ca, "client")))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(meshed.listener_addr("outbound").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    // Refused: the raw connection, then each connection the bare proxy tried.
+    let refused = metric(
+        &scrape(&server).await,
+        "outrigger_tcp_plaintext_refused_total",
+        &[("direction", "inbound")],
+    );
+    assert!(refused >= 2.0, "{refused}");
 }
