@@ -14,6 +14,7 @@ pub mod certify;
 mod duration;
 pub mod inbound;
 pub mod policy;
+pub mod probe;
 mod snapshot;
 pub mod stream;
 mod validate;

@@ -489,7 +489,10 @@ pub fn update_for(mesh: &Mesh, id: &ProxyId) -> ConfigUpdate {
 
 /// The per-proxy members of an update, as JSON members (no braces):
 /// `"proxy":{...}` and, when there is any, `"inbound":{...}`.
-fn head_json(proxy: &outrigger_api::ProxyInfo, inbound: &outrigger_api::inbound::Inbound) -> Vec<u8> {
+fn head_json(
+    proxy: &outrigger_api::ProxyInfo,
+    inbound: &outrigger_api::inbound::Inbound,
+) -> Vec<u8> {
     let mut out = b"\"proxy\":".to_vec();
     out.extend_from_slice(&serde_json::to_vec(proxy).expect("serializes"));
     if !inbound.is_empty() {

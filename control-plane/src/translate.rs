@@ -271,7 +271,10 @@ struct PeerAuthRule {
 
 /// Whether a pod with `labels` (None: a pod the store does not know) is
 /// among the workloads `selector` picks; no selector picks every pod.
-fn selects(selector: Option<&BTreeMap<String, String>>, labels: Option<&BTreeMap<String, String>>) -> bool {
+fn selects(
+    selector: Option<&BTreeMap<String, String>>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     match selector {
         None => true,
         Some(want) => labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v))),
@@ -481,7 +484,13 @@ impl Mesh {
                 verdict,
             );
         }
-        mesh.keep_unreadable(store, "VirtualService", previous.map(|p| &p.in_force_vs), Mesh::apply_virtual_service, |m| &mut m.in_force_vs);
+        mesh.keep_unreadable(
+            store,
+            "VirtualService",
+            previous.map(|p| &p.in_force_vs),
+            Mesh::apply_virtual_service,
+            |m| &mut m.in_force_vs,
+        );
         for (key, vs) in by_age(&store.virtual_services) {
             let prev = previous.and_then(|p| p.in_force_vs.get(key));
             let (verdict, in_force) =
@@ -498,7 +507,13 @@ impl Mesh {
             );
         }
         // An unreadable edit of a DENY policy must not open the door.
-        mesh.keep_unreadable(store, "AuthorizationPolicy", previous.map(|p| &p.in_force_ap), Mesh::apply_authorization, |m| &mut m.in_force_ap);
+        mesh.keep_unreadable(
+            store,
+            "AuthorizationPolicy",
+            previous.map(|p| &p.in_force_ap),
+            Mesh::apply_authorization,
+            |m| &mut m.in_force_ap,
+        );
         for (key, ap) in &store.authorization_policies {
             let prev = previous.and_then(|p| p.in_force_ap.get(key));
             let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, Mesh::apply_authorization);
@@ -514,7 +529,13 @@ impl Mesh {
             );
         }
         // An unreadable edit of a STRICT policy must not let plaintext in.
-        mesh.keep_unreadable(store, "PeerAuthentication", previous.map(|p| &p.in_force_pa), Mesh::apply_peer_authentication, |m| &mut m.in_force_pa);
+        mesh.keep_unreadable(
+            store,
+            "PeerAuthentication",
+            previous.map(|p| &p.in_force_pa),
+            Mesh::apply_peer_authentication,
+            |m| &mut m.in_force_pa,
+        );
         for (key, pa) in by_age(&store.peer_authentications) {
             let prev = previous.and_then(|p| p.in_force_pa.get(key));
             let (verdict, in_force) =
@@ -1915,17 +1936,17 @@ spec:
         use MtlsMode::{Permissive, Strict};
         let m = mesh(PEER_AUTH);
         for name in ["db", "cache", "default"] {
-            assert_eq!(verdict(&m, "PeerAuthentication", "shop", name), Verdict::Accepted);
+            assert_eq!(
+                verdict(&m, "PeerAuthentication", "shop", name),
+                Verdict::Accepted
+            );
         }
         // The namespace's PERMISSIVE wins over the mesh's STRICT.
         assert_eq!(mtls(&m, "shop", "web-1"), Mtls::default());
         assert_eq!(mtls(&m, "shop", "unknown-pod"), Mtls::default());
         // The workload's own policy wins; its port exceptions come along
         // (a port that only repeats the mode is left out).
-        assert_eq!(
-            mtls(&m, "shop", "db-1"),
-            Mtls::strict([(9102, Permissive)])
-        );
+        assert_eq!(mtls(&m, "shop", "db-1"), Mtls::strict([(9102, Permissive)]));
         // UNSET inherits the namespace's mode; its port rule still applies.
         let cache = mtls(&m, "shop", "cache-1");
         assert_eq!((cache.mode, cache.mode_for(6379)), (Permissive, Strict));
@@ -1969,7 +1990,11 @@ spec:
             let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "p"));
             assert_eq!(reason, want_reason, "{spec}");
             assert!(message.starts_with(want_message), "{spec}: {message}");
-            assert_eq!(mtls(&m, "shop", "db-1"), Mtls::default(), "{spec}: applies nothing");
+            assert_eq!(
+                mtls(&m, "shop", "db-1"),
+                Mtls::default(),
+                "{spec}: applies nothing"
+            );
         }
     }
 
@@ -1987,7 +2012,10 @@ metadata: { name: older, namespace: shop, creationTimestamp: "2026-01-01T00:00:0
 spec: { mtls: { mode: STRICT } }
 "#;
         let m = mesh(yaml);
-        assert_eq!(verdict(&m, "PeerAuthentication", "shop", "older"), Verdict::Accepted);
+        assert_eq!(
+            verdict(&m, "PeerAuthentication", "shop", "older"),
+            Verdict::Accepted
+        );
         let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "newer"));
         assert_eq!(reason, "Conflict");
         assert!(message.contains("shop/older"), "{message}");
@@ -2006,7 +2034,10 @@ spec: { mtls: { mode: STRICT } }
         let next = Mesh::rebuild(&store(&disabled), &Options::default(), Some(&good));
         let (reason, message) = refused(verdict(&next, "PeerAuthentication", "shop", "db"));
         assert_eq!(reason, "Unsupported");
-        assert!(message.ends_with(&format!("({PREVIOUS_STAYS})")), "{message}");
+        assert!(
+            message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
         assert_eq!(mtls(&next, "shop", "db-1").mode, MtlsMode::Strict);
         // Unreadable edit: the same.
         let mut unreadable = store(PEER_AUTH);
@@ -2014,13 +2045,21 @@ spec: { mtls: { mode: STRICT } }
             .peer_authentications
             .remove(&Key::new("outrigger-system", "default"));
         unreadable.invalid.insert(
-            ("PeerAuthentication", Key::new("outrigger-system", "default")),
+            (
+                "PeerAuthentication",
+                Key::new("outrigger-system", "default"),
+            ),
             "spec: unknown field `mtl`".into(),
         );
         let next = Mesh::rebuild(&unreadable, &Options::default(), Some(&good));
-        assert!(refused(verdict(&next, "PeerAuthentication", "outrigger-system", "default"))
-            .1
-            .ends_with(&format!("({PREVIOUS_STAYS})")));
+        assert!(refused(verdict(
+            &next,
+            "PeerAuthentication",
+            "outrigger-system",
+            "default"
+        ))
+        .1
+        .ends_with(&format!("({PREVIOUS_STAYS})")));
         assert_eq!(mtls(&next, "billing", "x"), Mtls::strict([]));
         // With no history, nothing applies: PERMISSIVE.
         let fresh = Mesh::build(&unreadable, &Options::default());

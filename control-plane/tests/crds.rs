@@ -116,7 +116,9 @@ fn every_schema_is_structural() {
     // The map of port-level modes keeps its value schema.
     let pa = schema_of("PeerAuthentication");
     let modes = pa
-        .pointer("/properties/spec/properties/portLevelMtls/additionalProperties/properties/mode/enum")
+        .pointer(
+            "/properties/spec/properties/portLevelMtls/additionalProperties/properties/mode/enum",
+        )
         .unwrap();
     assert!(modes.as_array().unwrap().contains(&"STRICT".into()));
 }

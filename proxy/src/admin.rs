@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, and
-//! `POST /shutdown` (from localhost only).
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`,
+//! `POST /shutdown` (from localhost only), and kubelet's app probes under
+//! `/app-health/` ([`crate::probe`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,12 +17,15 @@ use tokio::sync::{watch, Notify};
 use crate::config::Config;
 use crate::http::{full, Body};
 use crate::metrics::Metrics;
+use crate::probe::Probes;
+use outrigger_api::probe::APP_HEALTH_PREFIX;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ArcSwap<Config>>,
     pub ready: Arc<AtomicBool>,
     pub shutdown: Arc<Notify>,
+    pub probes: Arc<Probes>,
 }
 
 impl Admin {
@@ -43,7 +47,7 @@ impl Admin {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer)) }
+                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -56,8 +60,12 @@ impl Admin {
         }
     }
 
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path();
+        if path.starts_with(APP_HEALTH_PREFIX) {
+            return self.app_probe(req.method(), path).await;
+        }
+        match (req.method(), path) {
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(full(self.metrics.encode()));
                 r.headers_mut().insert(
@@ -108,7 +116,33 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+impl Admin {
+    /// Runs the app probe kubelet asks for and answers with its outcome.
+    async fn app_probe(&self, method: &Method, path: &str) -> Response<Body> {
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        let Some(probe) = self.probes.get(path) else {
+            let known: Vec<&str> = self.probes.paths().collect();
+            let body = format!(
+                "no app probe at {path}; configured: {}\n",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(" ")
+                }
+            );
+            return text(StatusCode::NOT_FOUND, body);
+        };
+        let outcome = probe.run().await;
+        if !outcome.status.is_success() {
+            tracing::debug!(%path, detail = %outcome.detail, "app probe failed");
+        }
+        text(outcome.status, format!("{}\n", outcome.detail))
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -20,6 +20,7 @@ use crate::http::proxy::Shared;
 use crate::identity::Identity;
 use crate::listener::{Listener, ListenerSpec};
 use crate::metrics::Metrics;
+use crate::probe::Probes;
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -32,6 +33,8 @@ pub struct Options {
     /// This proxy's identity: with one, hops to meshed endpoints are mutual
     /// TLS and the inbound side accepts mutual TLS from peer proxies.
     pub identity: Option<Arc<Identity>>,
+    /// Kubelet probes answered on the admin port (`/app-health/...`).
+    pub probes: Arc<Probes>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,7 @@ impl Proxy {
             config: config.clone(),
             ready: ready.clone(),
             shutdown: shutdown.clone(),
+            probes: opts.probes.clone(),
         });
         tokio::spawn(admin.run(admin_listener, admin_stopped));
         if opts.wait_for_config {

@@ -3,7 +3,7 @@
 //! Read [`listener`] first: it is the path of every accepted connection, from
 //! the socket to HTTP ([`http`]) or opaque TCP ([`tcp`]). [`app`] binds and
 //! drains; [`config`] turns a snapshot into lookup tables; [`admin`] serves
-//! the operator's endpoints; [`control`] follows the control plane's stream.
+//! the operator's endpoints (and kubelet's app probes, [`probe`]); [`control`] follows the control plane's stream.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod tcp;
 pub mod transport;
 

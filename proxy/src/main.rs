@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use outrigger_api::Snapshot;
 use outrigger_identity::SpiffeId;
 use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_proxy::probe::Probes;
 use outrigger_proxy::{Drained, Options, Proxy};
 
 #[derive(Parser)]
@@ -67,6 +68,14 @@ enum Command {
             default_value = "spiffe://cluster.local/ns/outrigger-system/sa/outrigger-control-plane"
         )]
         control_plane_identity: String,
+        /// Kubelet probes to answer on the admin port for the app, as JSON:
+        /// `{"/app-health/<container>/livez": {"httpGet": {"path": "/healthz",
+        /// "port": 8080}}, ...}` (the injector writes it; see the README).
+        #[arg(long, env = "OUTRIGGER_APP_PROBES")]
+        app_probes: Option<String>,
+        /// This pod's IP (downward API): where app probes without a host go.
+        #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
+        pod_ip: std::net::IpAddr,
         /// Log one line per request on the `outrigger::access` target.
         #[arg(long)]
         access_log: bool,
@@ -118,6 +127,8 @@ fn main() -> anyhow::Result<()> {
             service_account,
             trust_domain,
             control_plane_identity,
+            app_probes,
+            pod_ip,
             access_log,
             log_level,
             log_format,
@@ -171,7 +182,14 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("outrigger-proxy")
                 .build()
                 .context("starting the runtime")?;
+            let probes = match app_probes.as_deref().map(str::trim) {
+                None | Some("") => Probes::default(),
+                Some(json) => {
+                    Probes::parse(json, pod_ip).context("--app-probes (OUTRIGGER_APP_PROBES)")?
+                }
+            };
             let opts = Options {
+                probes: Arc::new(probes),
                 access_log,
                 wait_for_config: follow.is_some(),
                 identity: follow.as_ref().and_then(|f| f.identity.clone()),

@@ -67,6 +67,29 @@ services:
 }
 
 #[test]
+fn bad_app_probes_stop_the_proxy_naming_the_probe() {
+    let path = format!(
+        "{}/../examples/static/server-proxy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config", &path])
+        .env(
+            "OUTRIGGER_APP_PROBES",
+            r#"{"/app-health/web/livez": {"httpGet": {"port": 0}}}"#,
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--app-probes (OUTRIGGER_APP_PROBES)"), "{err}");
+    assert!(
+        err.contains("app probe \"/app-health/web/livez\": httpGet.port: 0 is not a port number"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_accepts_the_checked_in_examples() {
     for f in ["client-proxy.yaml", "server-proxy.yaml"] {
         let path = format!("{}/../examples/static/{f}", env!("CARGO_MANIFEST_DIR"));

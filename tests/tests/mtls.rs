@@ -316,12 +316,18 @@ async fn plaintext_is_accepted_only_where_the_mode_is_permissive() {
 
     // A port-level PERMISSIVE exception for the app's port lets it in.
     server
-        .apply(with_mtls(Mtls::strict([(app.port(), MtlsMode::Permissive)])))
+        .apply(with_mtls(Mtls::strict([(
+            app.port(),
+            MtlsMode::Permissive,
+        )])))
         .unwrap();
     assert_eq!(get(inbound, "/").await.0, 200);
     // An exception for another port does not.
     server
-        .apply(with_mtls(Mtls::strict([(app.port() ^ 1, MtlsMode::Permissive)])))
+        .apply(with_mtls(Mtls::strict([(
+            app.port() ^ 1,
+            MtlsMode::Permissive,
+        )])))
         .unwrap();
     assert!(try_get(inbound, "/").await.is_err(), "plaintext served");
     // PERMISSIVE: both.
@@ -383,7 +389,11 @@ async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity(
         .unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // Refused: the raw connection, then each connection the bare proxy tried.
     let refused = metric(
         &scrape(&server).await,

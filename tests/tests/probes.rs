@@ -1,0 +1,201 @@
+//! Kubelet's probes under STRICT mutual TLS: a plaintext probe of the app's
+//! port is closed by the inbound side, and the same probes asked of the
+//! admin port (`/app-health/...`, where the injector points them) reach the
+//! app from inside the pod and report its health.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use outrigger_api::inbound::Mtls;
+use outrigger_identity::{Ca, SpiffeId, WorkloadKey};
+use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_proxy::probe::Probes;
+use outrigger_proxy::{Options, Proxy};
+use outrigger_tests::*;
+
+const TD: &str = "cluster.local";
+
+fn identity(ca: &Ca) -> Arc<Identity> {
+    let id = SpiffeId::new(TD, "shop", "web").unwrap();
+    let identity = Identity::new(IdentityConfig {
+        id: id.clone(),
+        token_file: "/nonexistent".into(),
+        control_plane: SpiffeId::new(TD, "outrigger-system", "outrigger-control-plane").unwrap(),
+        roots: ca.roots().to_vec(),
+    })
+    .unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue(
+            &key.csr(&id).unwrap(),
+            &id,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    identity.cert.set(key.certified(issued.chain).unwrap().1);
+    identity.mark_held();
+    identity
+}
+
+/// A STRICT server-side proxy in front of `app` answering `probes`.
+async fn strict_proxy(app: SocketAddr, probes: &str) -> Proxy {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let mut snap = server_snapshot(app);
+    snap.inbound.mtls = Mtls::strict([]);
+    let opts = Options {
+        identity: Some(identity(&ca)),
+        probes: Arc::new(Probes::parse(probes, "127.0.0.1".parse().unwrap()).unwrap()),
+        ..Options::default()
+    };
+    Proxy::start(snap, opts).await.unwrap()
+}
+
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn probes_keep_working_when_the_inbound_side_is_strict() {
+    let (app, hits) = counted_app("web", |_, req| match req.uri().path() {
+        "/healthz" => Answer::Status(200),
+        "/moved" => Answer::Status(302),
+        "/slow" => Answer::Slow(5_000, 200),
+        _ => Answer::Status(500),
+    })
+    .await;
+    let port = app.port();
+    let gone = closed_port().await;
+    let probes = format!(
+        r#"{{
+        "/app-health/web/livez": {{"httpGet": {{"path": "/healthz", "port": {port},
+            "httpHeaders": [{{"name": "x-probe", "value": "kubelet"}}]}}}},
+        "/app-health/web/readyz": {{"httpGet": {{"path": "/sick", "port": {port}}}}},
+        "/app-health/web/startupz": {{"tcpSocket": {{"port": {port}}}}},
+        "/app-health/moved/livez": {{"httpGet": {{"path": "/moved", "port": {port}}}}},
+        "/app-health/slow/livez": {{"httpGet": {{"path": "/slow", "port": {port}}}, "timeoutSeconds": 1}},
+        "/app-health/gone/livez": {{"tcpSocket": {{"port": {gone}}}}}
+    }}"#
+    );
+    let proxy = strict_proxy(app, &probes).await;
+
+    // Kubelet's own plaintext probe of the app's port is closed (STRICT)...
+    let inbound = proxy.listener_addr("inbound").unwrap();
+    assert!(try_get(inbound, "/healthz").await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // ...while the rewritten probes on the admin port reach the app.
+    let admin = proxy.admin_addr;
+    let (status, body) = get(admin, "/app-health/web/livez").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, format!("http://127.0.0.1:{port}/healthz: 200\n"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let (status, body) = get(admin, "/app-health/web/readyz").await;
+    assert_eq!(
+        (status, body.trim_end()),
+        (500, &*format!("http://127.0.0.1:{port}/sick: 500"))
+    );
+    assert_eq!(get(admin, "/app-health/web/startupz").await.0, 200);
+    // A redirect is success, answered 200 (kubelet must not follow it to
+    // the admin port).
+    assert_eq!(get(admin, "/app-health/moved/livez").await.0, 200);
+    let (status, body) = get(admin, "/app-health/gone/livez").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with(&format!("tcp://127.0.0.1:{gone}: ")),
+        "{body}"
+    );
+    let started = tokio::time::Instant::now();
+    let (status, body) = get(admin, "/app-health/slow/livez").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no answer within 1s"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the probe's timeout was not kept"
+    );
+    let (status, body) = get(admin, "/app-health/other/livez").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/app-health/web/livez"), "{body}");
+    // The proxy's own probes are unchanged.
+    assert_eq!(get(admin, "/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_https_probe_reaches_a_tls_app_without_verifying_its_certificate() {
+    use hyper_util::rt::TokioIo;
+    // An HTTPS app with a certificate from a CA nobody here trusts, as an
+    // app's self-signed certificate would be.
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let id = SpiffeId::new(TD, "shop", "app").unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue(
+            &key.csr(&id).unwrap(),
+            &id,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let cert = Arc::new(outrigger_identity::CurrentCert::default());
+    cert.set(key.certified(issued.chain).unwrap().1);
+    let trust = outrigger_identity::TrustBundle::new(TD, ca.roots()).unwrap();
+    let config = outrigger_identity::tls::server_config_with(
+        cert,
+        &trust,
+        &[b"http/1.1"],
+        outrigger_identity::tls::ClientAuth::Optional,
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut r = http::Response::new(full(""));
+                        *r.status_mut() = if req.uri().path() == "/healthz" {
+                            204.try_into().unwrap()
+                        } else {
+                            503.try_into().unwrap()
+                        };
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let app = app("web").await;
+    let probes = format!(
+        r#"{{"/app-health/tls/livez": {{"httpGet": {{"path": "/healthz", "port": {port}, "scheme": "HTTPS"}}}},
+            "/app-health/tls/readyz": {{"httpGet": {{"path": "/down", "port": {port}, "scheme": "HTTPS"}}}},
+            "/app-health/plain/livez": {{"httpGet": {{"path": "/healthz", "port": {port}}}}}}}"#
+    );
+    let proxy = strict_proxy(app, &probes).await;
+    let (status, body) = get(proxy.admin_addr, "/app-health/tls/livez").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.trim_end(),
+        format!("https://127.0.0.1:{port}/healthz: 204")
+    );
+    assert_eq!(get(proxy.admin_addr, "/app-health/tls/readyz").await.0, 503);
+    // Plain HTTP to a TLS port fails as kubelet's would.
+    assert_eq!(
+        get(proxy.admin_addr, "/app-health/plain/livez").await.0,
+        503
+    );
+}
