@@ -4,6 +4,7 @@
 //!
 //! [`Mesh::start`] builds the two-proxy hop the product is about:
 //! `client → outbound proxy → (HTTP/2) → inbound proxy → app`.
+//! [`control_plane::ControlPlane`] runs a real control plane on a folder.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use outrigger_api::Snapshot;
 use outrigger_proxy::{Options, Proxy};
 use tokio::net::TcpListener;
+
+pub mod control_plane;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

@@ -1,0 +1,346 @@
+//! Certificates turning over under load between two real proxies that both
+//! follow a real control plane (the mesh CA) and speak mutual TLS to each
+//! other, with the server side STRICT so that nothing could fall back to
+//! plaintext: renewals every two seconds, then a trust-anchor rotation in
+//! three steps (new root trusted, new root signing, old root dropped), each
+//! a control-plane restart. No request may fail. Requests ride a pooled
+//! HTTP/2 hop and, to make a fresh handshake every time, an opaque TCP hop
+//! (one mesh TLS connection per client connection).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use outrigger_api::Snapshot;
+use outrigger_control_plane::authn::TokenFiles;
+use outrigger_control_plane::certify::Certifier;
+use outrigger_identity::{Ca, SpiffeId};
+use outrigger_proxy::control::Follow;
+use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_proxy::{Options, Proxy};
+use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_tests::*;
+
+const TD: &str = "cluster.local";
+/// Certificates live three seconds: renewed about every 2.1 s.
+const LIFETIME: Duration = Duration::from_secs(3);
+
+fn mesh(inbound: SocketAddr) -> String {
+    let port = inbound.port();
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: shop }}
+spec: {{ clusterIP: 10.96.0.10, ports: [{{ name: http, port: 80 }}] }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: web-tcp, namespace: shop }}
+spec: {{ clusterIP: 10.96.0.11, ports: [{{ name: tcp, port: 81 }}] }}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: web, namespace: shop }}
+subsets:
+  - addresses: [{{ ip: 127.0.0.1, targetRef: {{ kind: Pod, name: web-1 }} }}]
+    ports: [{{ name: http, port: {port} }}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: web-tcp, namespace: shop }}
+subsets:
+  - addresses: [{{ ip: 127.0.0.1, targetRef: {{ kind: Pod, name: web-1 }} }}]
+    ports: [{{ name: tcp, port: {port} }}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}
+spec: {{ serviceAccountName: web, containers: [{{ name: web }}, {{ name: outrigger-proxy }}] }}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: client-1, namespace: shop, labels: {{ app: client }} }}
+spec: {{ serviceAccountName: client, containers: [{{ name: client }}, {{ name: outrigger-proxy }}] }}
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: shop }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+"#
+    )
+}
+
+fn client_bootstrap() -> Snapshot {
+    Snapshot::from_yaml(
+        r#"
+version: "bootstrap"
+proxy: { workload: client, namespace: shop }
+admin: { bind: "127.0.0.1:0" }
+limits: { drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 1s }
+listeners:
+  - { name: http, direction: outbound, bind: "127.0.0.1:0", target: { name: web, namespace: shop, port: 80 } }
+  - { name: tcp, direction: outbound, bind: "127.0.0.1:0", target: { name: web-tcp, namespace: shop, port: 81 } }
+services:
+  - { name: web, namespace: shop, ports: [80] }
+  - { name: web-tcp, namespace: shop, ports: [81], protocol: opaque }
+"#,
+    )
+    .unwrap()
+}
+
+fn server_bootstrap(app: SocketAddr) -> Snapshot {
+    Snapshot::from_yaml(&format!(
+        r#"
+version: "bootstrap"
+proxy: {{ workload: web, namespace: shop }}
+admin: {{ bind: "127.0.0.1:0" }}
+limits: {{ drain_timeout: 5s, detect_timeout: 300ms }}
+listeners:
+  - {{ name: inbound, direction: inbound, bind: "127.0.0.1:0", app: "{app}" }}
+"#
+    ))
+    .unwrap()
+}
+
+/// A proxy of pod `pod` (ServiceAccount `sa`) in shop, following the
+/// control plane at `cp` with an identity that starts from `ca`'s roots,
+/// used for its mesh hops too (as the binary does).
+async fn with_identity(
+    boot: Snapshot,
+    pod: &str,
+    sa: &str,
+    cp: SocketAddr,
+    ca: &Ca,
+    tokens: &Dir,
+) -> Proxy {
+    let identity = Identity::new(IdentityConfig {
+        id: SpiffeId::new(TD, "shop", sa).unwrap(),
+        token_file: tokens.path().join("shop").join(sa),
+        control_plane: SpiffeId::new(TD, "outrigger-system", "outrigger-control-plane").unwrap(),
+        roots: ca.roots().to_vec(),
+    })
+    .unwrap();
+    let p = Proxy::start(
+        boot.clone(),
+        Options {
+            wait_for_config: true,
+            identity: Some(identity.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    outrigger_proxy::control::spawn(
+        Follow {
+            address: cp.to_string(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            identity: Some(identity),
+        },
+        boot,
+        p.applier(),
+        p.metrics.clone(),
+    )
+    .unwrap();
+    p
+}
+
+async fn renewals(p: &Proxy) -> f64 {
+    metric(
+        &scrape(p).await,
+        "outrigger_identity_renewals_total",
+        &[("result", "ok")],
+    )
+}
+
+async fn ready(p: &Proxy) -> bool {
+    get(p.admin_addr, "/ready").await.0 == 200
+}
+
+/// Fresh connections through the opaque hop, one request each, until
+/// `stop`: (answered 200, failed).
+fn keep_connecting(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let mut failed = 0;
+        while !stop.load(Ordering::SeqCst) {
+            match try_get(addr, "/").await {
+                Ok((200, _)) => {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => failed += 1,
+            }
+        }
+        (ok.load(Ordering::SeqCst), failed)
+    })
+}
+
+fn pem_of(ca: &Ca) -> (String, String) {
+    let (c, k) = ca.generated_pem().unwrap();
+    (c.to_string(), k.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("outrigger_proxy=info,outrigger_control_plane=warn")
+        .with_test_writer()
+        .try_init();
+    let app = app("web").await;
+    let tokens = Dir::new("rotation-tokens");
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/web"), "token-web").unwrap();
+    std::fs::write(tokens.path().join("shop/client"), "token-client").unwrap();
+    let old = Ca::generate(TD, SystemTime::now()).unwrap();
+    let new = Ca::generate(TD, SystemTime::now()).unwrap();
+    let (old_cert, old_key) = pem_of(&old);
+    let (new_cert, new_key) = pem_of(&new);
+    let both_roots = format!("{old_cert}{new_cert}");
+    let certifier = |ca: Ca| {
+        Some(Arc::new(Certifier::new(
+            Arc::new(ca),
+            TD,
+            LIFETIME,
+            Arc::new(TokenFiles::new(tokens.path())),
+        )))
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let server = with_identity(
+        server_bootstrap(app),
+        "web-1",
+        "web",
+        cp_addr,
+        &old,
+        &tokens,
+    )
+    .await;
+    let dir = Dir::new("rotation");
+    dir.write("mesh.yaml", &mesh(server.listener_addr("inbound").unwrap()));
+    let mut cp = ControlPlane::start_with(
+        dir.path(),
+        listener,
+        certifier(Ca::from_pem(&old_cert, &old_key, None).unwrap()),
+    )
+    .await;
+    let client = with_identity(
+        client_bootstrap(),
+        "client-1",
+        "client",
+        cp_addr,
+        &old,
+        &tokens,
+    )
+    .await;
+    for p in [&server, &client] {
+        assert!(
+            eventually(Duration::from_secs(15), || ready(p)).await,
+            "never ready"
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let requesters = keep_requesting(client.listener_addr("http").unwrap(), stop.clone());
+    let fresh = Arc::new(AtomicUsize::new(0));
+    let connector = keep_connecting(
+        client.listener_addr("tcp").unwrap(),
+        stop.clone(),
+        fresh.clone(),
+    );
+
+    // Renewals under load: two each.
+    for p in [&server, &client] {
+        let before = renewals(p).await;
+        assert!(
+            eventually(Duration::from_secs(15), || async {
+                renewals(p).await >= before + 2.0
+            })
+            .await,
+            "no renewals"
+        );
+    }
+
+    // The rotation: each step a control-plane restart on the same address,
+    // then a renewal by both proxies from the new control plane.
+    let steps = [
+        (
+            "the new root trusted beside the old",
+            &old_cert,
+            &old_key,
+            Some(both_roots.as_str()),
+        ),
+        (
+            "the new root signing, both trusted",
+            &new_cert,
+            &new_key,
+            Some(both_roots.as_str()),
+        ),
+        ("the old root dropped", &new_cert, &new_key, None),
+    ];
+    for (step, cert, key, roots) in steps {
+        cp.stop().await;
+        let before = [renewals(&server).await, renewals(&client).await];
+        let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
+        cp = ControlPlane::start_with(
+            dir.path(),
+            listener,
+            certifier(Ca::from_pem(cert, key, roots).unwrap()),
+        )
+        .await;
+        for (p, b) in [&server, &client].into_iter().zip(before) {
+            assert!(
+                eventually(Duration::from_secs(15), || async { renewals(p).await > b }).await,
+                "{step}: no renewal"
+            );
+        }
+        // Fresh handshakes happen after both renewed.
+        let now = fresh.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                fresh.load(Ordering::SeqCst) > now + 5
+            })
+            .await,
+            "{step}: no fresh connection got through"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(requesters).await;
+    let (fresh_ok, fresh_failed) = connector.await.unwrap();
+    assert_eq!(failed, 0, "pooled: {failed} failed of {}", ok + failed);
+    assert_eq!(
+        fresh_failed,
+        0,
+        "fresh connections: {fresh_failed} failed of {}",
+        fresh_ok + fresh_failed
+    );
+    assert!(ok > 100 && fresh_ok > 20, "{ok} pooled, {fresh_ok} fresh");
+    // Every hop was mutual TLS: the STRICT side refused nothing and saw the
+    // client's identity.
+    let text = scrape(&server).await;
+    assert_eq!(
+        metric(&text, "outrigger_tcp_plaintext_refused_total", &[]),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "outrigger_tcp_connections_opened_total",
+            &[
+                ("connection_security_policy", "mutual_tls"),
+                (
+                    "source_principal",
+                    "spiffe://cluster.local/ns/shop/sa/client"
+                )
+            ]
+        ) >= fresh_ok as f64,
+        "{text}"
+    );
+    cp.stop().await;
+}
