@@ -5,8 +5,9 @@
 #
 #   log/die/secs_of            messages and "15s" -> 15
 #   start/alive/wait_url/...   processes started here are stopped on exit, by PID
-#   prepare_binaries           installs Envoy, HAProxy, curl, oha when missing and builds
-#                              the release binaries; sets ENVOY HAPROXY OHA PROXY UPSTREAM BUILT_FROM
+#   prepare_binaries           installs Envoy, HAProxy, curl, openssl, oha when missing and builds
+#                              the release binaries; sets ENVOY HAPROXY OHA PROXY CONTROL_PLANE
+#                              UPSTREAM BUILT_FROM
 #   render                     fills @NAME@ placeholders of a config template
 #   run_oha                    one measured load run (bench/measure.py), repeated when disturbed
 #   machine_info               bench/out*/machine.txt
@@ -100,9 +101,9 @@ prepare_binaries() {
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
     fi
-    if ! command -v curl >/dev/null; then
-      [[ -n ${SKIP_INSTALL:-} ]] && die "curl missing"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+    if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+      [[ -n ${SKIP_INSTALL:-} ]] && die "curl or openssl missing"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl >/dev/null
     fi
     if ! command -v oha >/dev/null; then
       [[ -n ${SKIP_INSTALL:-} ]] && die "oha missing (cargo install oha --locked)"
@@ -127,7 +128,7 @@ prepare_binaries() {
     SRC_DIR=$(mktemp -d /tmp/outrigger-bench-src.XXXXXX)
     log "building release binaries from $BUILD_REF (${REV:0:10}) in $SRC_DIR"
     git -C "$ROOT" archive "$REV" | tar -x -C "$SRC_DIR"
-    (cd "$SRC_DIR" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p outrigger-proxy -p outrigger-bench) \
+    (cd "$SRC_DIR" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p outrigger-proxy -p outrigger-control-plane -p outrigger-bench) \
       || die "cargo build of $BUILD_REF failed"
     rm -rf "$SRC_DIR"
     BUILT_FROM="commit ${REV:0:10} exported clean, BUILD_REF=$BUILD_REF"
@@ -135,17 +136,18 @@ prepare_binaries() {
     TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
     if [[ -z ${SKIP_BUILD:-} ]]; then
       log "building release binaries"
-      (cd "$ROOT" && cargo build --release --quiet -p outrigger-proxy -p outrigger-bench) \
+      (cd "$ROOT" && cargo build --release --quiet -p outrigger-proxy -p outrigger-control-plane -p outrigger-bench) \
         || die "cargo build failed; SKIP_BUILD=1 uses the binaries already built, BUILD_REF=HEAD builds the last commit"
       BUILT_FROM="work tree at git $(git -C "$ROOT" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)"
-      git -C "$ROOT" diff --quiet HEAD -- proxy api bench/src 2>/dev/null || BUILT_FROM+=" with uncommitted changes in proxy/, api/ or bench/src/"
+      git -C "$ROOT" diff --quiet HEAD -- proxy api identity control-plane bench/src 2>/dev/null || BUILT_FROM+=" with uncommitted changes in proxy/, api/, identity/, control-plane/ or bench/src/"
     else
       BUILT_FROM="SKIP_BUILD=1: binaries already in $TARGET_DIR/release, source revision not checked"
     fi
   fi
   PROXY=$TARGET_DIR/release/outrigger-proxy
+  CONTROL_PLANE=$TARGET_DIR/release/outrigger-control-plane
   UPSTREAM=$TARGET_DIR/release/outrigger-bench-upstream
-  [[ -x $PROXY && -x $UPSTREAM ]] || die "release binaries missing under $TARGET_DIR/release"
+  [[ -x $PROXY && -x $CONTROL_PLANE && -x $UPSTREAM ]] || die "release binaries missing under $TARGET_DIR/release"
 }
 
 render() { # render TEMPLATE OUT KEY=VALUE...

@@ -286,6 +286,19 @@ def cmd_disturbed(args):
     sys.exit(0 if lost > args.cores else 1)
 
 
+def cmd_mtls_connections(args):
+    """Prints how many inbound connections an Outrigger proxy counted as
+    mutual TLS, from its Prometheus text on stdin."""
+    total = 0.0
+    for line in sys.stdin:
+        if not line.startswith("outrigger_tcp_connections_opened_total{"):
+            continue
+        series, _, value = line.rstrip("\n").rpartition(" ")
+        if 'direction="inbound"' in series and 'connection_security_policy="mutual_tls"' in series:
+            total += float(value)
+    print(int(total))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -316,6 +329,8 @@ def main():
     p.add_argument("--cores", type=float, required=True)
     p.add_argument("file")
     p.set_defaults(func=cmd_disturbed)
+    p = sub.add_parser("mtls-connections")
+    p.set_defaults(func=cmd_mtls_connections)
     args = ap.parse_args()
     args.func(args)
 

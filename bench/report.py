@@ -18,6 +18,10 @@ NAMES = {
     "outrigger1": "Outrigger",
     "haproxy1": "HAProxy",
     "envoy1": "Envoy",
+    "outrigger2tls": "Outrigger × 2, mTLS",
+    "envoy2tls": "Envoy × 2, mTLS",
+    "outrigger2plain": "Outrigger × 2, plaintext",
+    "envoy2plain": "Envoy × 2, plaintext",
 }
 PROCS = {
     "outrigger2": ["or_client", "or_server"],
@@ -25,6 +29,10 @@ PROCS = {
     "outrigger1": ["or_single"],
     "haproxy1": ["haproxy"],
     "envoy1": ["en_single"],
+    "outrigger2tls": ["or_tcp_client", "or_tcp_server"],
+    "envoy2tls": ["en_tcp_client", "en_tcp_server"],
+    "outrigger2plain": ["or_plain_client", "or_plain_server"],
+    "envoy2plain": ["en_plain_client", "en_plain_server"],
 }
 
 
@@ -265,10 +273,18 @@ def build(R):
         "endpoint is the server-side proxy, `meshed: true`, so requests travel as HTTP/2 between "
         "the proxies; the server-side inbound listener forwards HTTP/1.1 to the app. Envoy: the "
         "same shape, client-side listener → cluster with `http2_protocol_options` → server-side "
-        "listener → HTTP/1.1 cluster (`bench/envoy/*.yaml.tmpl`). No TLS between the proxies in "
-        "either (the static snapshot carries no identity). Envoy keeps its defaults except for "
-        "what Outrigger does not do: no access log, stats sinks or tracing are configured, and "
-        "`generate_request_id: false`."
+        "listener → HTTP/1.1 cluster (`bench/envoy/*-mtls.yaml.tmpl`). **Both hop over mutual "
+        "TLS 1.3**, the realistic mesh hop: ECDSA P-256 workload certificates from one CA, ALPN "
+        "`h2`, the client side accepting only the server's SPIFFE identity and the server side "
+        "requiring a client certificate of the trust domain. Outrigger's proxies get their "
+        "certificates and their config from the control plane in folder mode, as in a cluster "
+        "(`--control-plane`, `--trust-roots`, bootstrap tokens; PeerAuthentication STRICT); "
+        "Envoy's are signed by the same CA with openssl and read from files. Each TLS library "
+        "keeps its default session resumption. Envoy keeps its defaults except for what "
+        "Outrigger does not do: no access log, stats sinks or tracing are configured, and "
+        "`generate_request_id: false`. The run checks that mutual TLS was on the wire (the "
+        "Outrigger server side's `connection_security_policy=\"mutual_tls\"` connections, the "
+        "Envoy server side's `ssl.handshake` counter)."
     )
     w("")
     for proto, pname in TWO_HOP:
@@ -311,6 +327,74 @@ def build(R):
         w("")
         w(table(["proxies", "RSS idle MiB", "RSS under load MiB", "CPU s / 10k req at max", f"CPU s / 10k req at {s['fixed_rate']} req/s"], rows))
         w("")
+
+    # ---------------- new connections
+    w("## New connections: one request per connection through two proxies")
+    w("")
+    w(
+        "What a handshake costs. oha opens a new connection for every request "
+        "(`--disable-keepalive`, HTTP/1.1), and both proxies splice TCP (Outrigger: a service "
+        "marked opaque and an inbound opaque port; Envoy: `tcp_proxy` on both sides, "
+        "`bench/envoy/tcp-*.yaml.tmpl`), so every client connection costs a new connection, and "
+        "with mTLS a TLS 1.3 handshake (no ALPN), between the proxies: req/s here is new "
+        "connections per second. mTLS setups as above; the plaintext pairs are the same shape "
+        "without TLS, so the difference between a proxy's two rows is what its handshakes cost. "
+        "CPU per 10k connections is both proxies together."
+    )
+    w("")
+    d = "direct-conn"
+    conn_setups = [
+        (NAMES["direct"], d),
+        (NAMES["outrigger2tls"], "outrigger2tls-conn"),
+        (NAMES["envoy2tls"], "envoy2tls-conn"),
+        (NAMES["outrigger2plain"], "outrigger2plain-conn"),
+        (NAMES["envoy2plain"], "envoy2plain-conn"),
+    ]
+    peer = {
+        "outrigger2tls-conn": ("envoy2tls-conn", "outrigger2plain-conn"),
+        "envoy2tls-conn": (None, "envoy2plain-conn"),
+        "outrigger2plain-conn": ("envoy2plain-conn", None),
+        "envoy2plain-conn": (None, None),
+    }
+    rows = []
+    for label, setup in conn_setups:
+        env, plain = peer.get(setup, (None, None))
+        refs = [(l, x) for l, x in (("E", env), ("P", plain), ("D", d if setup != d else None)) if x]
+        cpu = None if setup == d else R.cpu_per_10k("conn", setup)
+        rows.append(
+            [
+                label,
+                with_ratios(R.load("conn", setup, "ok_per_s"), [(l, R.load("conn", x, "ok_per_s")) for l, x in refs], 0),
+                with_ratios(R.load("conn", setup, "p99_ms"), [(l, R.load("conn", x, "p99_ms")) for l, x in refs]),
+                with_ratios(R.load("connfixed", setup, "p99_ms"), [(l, R.load("connfixed", x, "p99_ms")) for l, x in refs]),
+                "n/a" if setup == d else with_ratios(cpu, [(l, R.cpu_per_10k("conn", x)) for l, x in refs if l != "D"], 3),
+                "n/a" if setup == d else with_ratios(mib(R.rss_load_kb(setup)), [(l, mib(R.rss_load_kb(x))) for l, x in refs if l != "D"], 1),
+                num(sum(R.errors(k, setup) or 0 for k in ("conn", "connfixed")), 0),
+            ]
+        )
+    w(
+        table(
+            [
+                "path",
+                f"new connections/s, -c {s['concurrency']}",
+                f"p99 ms at -c {s['concurrency']}",
+                f"p99 ms at {s['fixed_rate']} conn/s",
+                "CPU s / 10k connections at max",
+                "RSS under load MiB",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    w("")
+    w("`(×r E, ×r P, ×r D)`: divided by Envoy's same setup (E), by the same proxy without TLS (P), by direct (D).")
+    w("")
+    for o, e in (("outrigger2tls-conn", "outrigger2plain-conn"), ("envoy2tls-conn", "envoy2plain-conn")):
+        a, b = R.cpu_per_10k("conn", o), R.cpu_per_10k("conn", e)
+        if a is not None and b is not None:
+            name = NAMES[o.split("-")[0]].split(",")[0]
+            w(f"- {name}: a handshake between the proxies costs about {num((a - b) / 10000 * 1e6, 0)} µs of CPU (both sides together), from the CPU per connection with and without TLS.")
+    w("")
 
     # ---------------- single hop
     w("## Single hop: client → proxy → upstream, HTTP/1.1")
@@ -373,12 +457,14 @@ def build(R):
 
     for proto, pname in TWO_HOP:
         r = ratio(R.load("max", f"outrigger2-{proto}", "ok_per_s"), R.load("max", f"envoy2-{proto}", "ok_per_s"))
-        rows.append([f"two-hop throughput ≥ 2× Envoy's, {pname}", f"×{num(r, 2)}", verdict(None if r is None else r >= 2.0)])
+        rows.append([f"two-hop throughput ≥ 2× Envoy's, mTLS, {pname}", f"×{num(r, 2)}", verdict(None if r is None else r >= 2.0)])
     r = ratio(R.load("max", "outrigger1-h1", "ok_per_s"), R.load("max", "haproxy1-h1", "ok_per_s"))
     rows.append(["single-hop throughput ≥ 0.8× HAProxy's", f"×{num(r, 2)}", verdict(None if r is None else r >= 0.8)])
     for proto, pname in TWO_HOP:
         a, b = R.load("fixed", f"outrigger2-{proto}", "p99_ms"), R.load("fixed", f"envoy2-{proto}", "p99_ms")
-        rows.append([f"p99 at {s['fixed_rate']} req/s ≤ Envoy's, two hops, {pname}", f"{num(a)} vs {num(b)} ms", verdict(None if a is None or b is None else a <= b)])
+        rows.append([f"p99 at {s['fixed_rate']} req/s ≤ Envoy's, two hops, mTLS, {pname}", f"{num(a)} vs {num(b)} ms", verdict(None if a is None or b is None else a <= b)])
+    a, b = R.load("conn", "outrigger2tls-conn", "ok_per_s"), R.load("conn", "envoy2tls-conn", "ok_per_s")
+    rows.append(["new mTLS connections per second (handshake cost), two hops: reported", f"{num(a, 0)} vs Envoy's {num(b, 0)} (×{num(ratio(a, b), 2)})", "reported"])
     a, b = R.load("fixed", "outrigger1-h1", "p99_ms"), R.load("fixed", "envoy1-h1", "p99_ms")
     rows.append([f"p99 at {s['fixed_rate']} req/s ≤ Envoy's, single hop", f"{num(a)} vs {num(b)} ms", verdict(None if a is None or b is None else a <= b)])
     for proto, pname in TWO_HOP:
@@ -414,7 +500,7 @@ def build(R):
     )
     w("")
     rows = []
-    for kind, title in (("probe", "near-saturation probes"), ("max", "max throughput"), ("cap", f"throughput at -c {s['lat_concurrency']}"), ("fixed", f"{s['fixed_rate']} req/s"), ("sat", "near saturation, two hops"), ("sat1", "near saturation, single hop")):
+    for kind, title in (("probe", "near-saturation probes"), ("max", "max throughput"), ("conn", "new connections, max"), ("connfixed", f"new connections, {s['fixed_rate']}/s"), ("cap", f"throughput at -c {s['lat_concurrency']}"), ("fixed", f"{s['fixed_rate']} req/s"), ("sat", "near saturation, two hops"), ("sat1", "near saturation, single hop")):
         runs = [r for k, r in R.runs.items() if (k.startswith(kind + "-") or (kind == "probe" and k.startswith("probe"))) and "system" in r]
         if not runs:
             continue

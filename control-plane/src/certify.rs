@@ -72,6 +72,15 @@ impl Certifier {
         }
     }
 
+    /// Per-address rate limit other than the default (a burst of 5, then
+    /// one request every 2 s).
+    pub fn with_rate_limit(self, burst: f64, per_second: f64) -> Self {
+        Self {
+            limits: Mutex::new(Buckets::new(burst, per_second)),
+            ..self
+        }
+    }
+
     /// The PEM trust roots proxies need.
     pub fn roots_pem(&self) -> String {
         self.ca.roots_pem()

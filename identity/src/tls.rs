@@ -218,10 +218,14 @@ pub fn client_config(
     Ok(config)
 }
 
-/// The name a client puts in its ClientHello: mesh hops are addressed by
-/// identity, not DNS, so this is a fixed placeholder the verifier ignores.
+/// The server name a mesh client puts in its ClientHello. Mesh hops are
+/// addressed by identity, not DNS, so the verifier ignores it; the inbound
+/// side reads it to tell mesh TLS from an app's own TLS.
+pub const MESH_SERVER_NAME: &str = "outrigger.mesh";
+
+/// [`MESH_SERVER_NAME`] as rustls takes it.
 pub fn server_name() -> ServerName<'static> {
-    ServerName::try_from("outrigger.mesh").expect("a valid DNS name")
+    ServerName::try_from(MESH_SERVER_NAME).expect("a valid DNS name")
 }
 
 /// The SPIFFE identity of a peer's certificate chain (leaf first): the

@@ -4,6 +4,10 @@
 //! decision is made, the client stops, or the deadline passes. Server-speaks-first
 //! protocols (MySQL, SMTP) send nothing, so they wait out the deadline and are
 //! treated as opaque TCP; ports marked opaque skip detection entirely.
+//!
+//! [`client_hello`] reads the server name of a TLS ClientHello, so that the
+//! inbound side tells mesh TLS from a peer proxy (which names
+//! `outrigger_identity::tls::MESH_SERVER_NAME`) from an app's own TLS.
 
 use std::time::Duration;
 
@@ -86,6 +90,117 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// What a connection's first bytes say about TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hello<'a> {
+    /// Too few bytes to tell.
+    NeedMore,
+    /// Not a TLS handshake record.
+    NotTls,
+    /// A TLS ClientHello, with the server name it asks for, if any.
+    ClientHello { server_name: Option<&'a str> },
+    /// A TLS handshake record holding no ClientHello this parser can read
+    /// (malformed, or split over several records).
+    Unreadable,
+}
+
+/// Largest TLS record payload (RFC 8446 §5.1, plus what TLS 1.2 allowed).
+const MAX_RECORD: usize = 16384 + 2048;
+
+/// Reads the first TLS record of `buf` as a ClientHello (RFC 8446 §4.1.2,
+/// server_name from RFC 6066 §3). Pure.
+pub fn client_hello(buf: &[u8]) -> Hello<'_> {
+    const HANDSHAKE: u8 = 0x16;
+    match buf.first() {
+        None => return Hello::NeedMore,
+        Some(&b) if b != HANDSHAKE => return Hello::NotTls,
+        Some(_) => {}
+    }
+    let Some(header) = buf.get(..5) else {
+        return Hello::NeedMore;
+    };
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if len > MAX_RECORD {
+        return Hello::Unreadable;
+    }
+    let Some(record) = buf.get(5..5 + len) else {
+        return Hello::NeedMore;
+    };
+    match server_name(record) {
+        Some(name) => Hello::ClientHello { server_name: name },
+        None => Hello::Unreadable,
+    }
+}
+
+/// The server name of the ClientHello in `record` (`Some(None)`: it names
+/// none); `None` when `record` is no whole ClientHello.
+fn server_name(record: &[u8]) -> Option<Option<&str>> {
+    let mut r = Reader(record);
+    if r.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    let len = r.u24()?;
+    let mut body = Reader(r.take(len)?);
+    body.take(2 + 32)?; // legacy_version, random
+    let n = usize::from(body.u8()?);
+    body.take(n)?; // legacy_session_id
+    let n = body.u16()?;
+    body.take(n)?; // cipher_suites
+    let n = usize::from(body.u8()?);
+    body.take(n)?; // legacy_compression_methods
+    if body.0.is_empty() {
+        return Some(None); // no extensions
+    }
+    let n = body.u16()?;
+    let mut extensions = Reader(body.take(n)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let n = extensions.u16()?;
+        let data = extensions.take(n)?;
+        if kind != 0 {
+            continue;
+        }
+        let mut list = Reader(data);
+        let n = list.u16()?;
+        let mut names = Reader(list.take(n)?);
+        while !names.0.is_empty() {
+            let name_type = names.u8()?;
+            let n = names.u16()?;
+            let name = names.take(n)?;
+            if name_type == 0 {
+                return Some(std::str::from_utf8(name).ok());
+            }
+        }
+        return Some(None);
+    }
+    Some(None)
+}
+
+/// Big-endian fields off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    fn u24(&mut self) -> Option<usize> {
+        let b = self.take(3)?;
+        Some((usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]))
+    }
+}
+
 /// Reads until [`classify`] decides, the peer closes or stops sending, or
 /// `timeout` passes (then: opaque). Returns the decision and every byte read,
 /// which the caller replays in front of the stream.
@@ -116,6 +231,67 @@ pub async fn detect<I: AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// The first flight of a real rustls client asking for `name`.
+    fn real_client_hello(name: &str) -> Vec<u8> {
+        let provider = outrigger_identity::tls::provider();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_server_name_of_a_real_client_hello_is_read() {
+        for name in [outrigger_identity::tls::MESH_SERVER_NAME, "app.example.com"] {
+            let hello = real_client_hello(name);
+            assert_eq!(
+                client_hello(&hello),
+                Hello::ClientHello {
+                    server_name: Some(name)
+                }
+            );
+            // Every shorter prefix asks for more; nothing panics.
+            for n in 0..hello.len() {
+                assert_eq!(client_hello(&hello[..n]), Hello::NeedMore, "{n} bytes");
+            }
+        }
+        // A client dialling an IP address sends no server name.
+        assert_eq!(
+            client_hello(&real_client_hello("10.0.0.1")),
+            Hello::ClientHello { server_name: None }
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_readable_client_hello() {
+        assert_eq!(client_hello(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        assert_eq!(client_hello(H2_PREFACE), Hello::NotTls);
+        // A handshake record that is not a ClientHello.
+        assert_eq!(
+            client_hello(&[0x16, 3, 3, 0, 4, 2, 0, 0, 0]),
+            Hello::Unreadable
+        );
+        // A record too long for TLS.
+        assert_eq!(client_hello(&[0x16, 3, 1, 0xff, 0xff]), Hello::Unreadable);
+        // A ClientHello whose lengths run past its record.
+        let mut hello = real_client_hello("app.example.com");
+        hello[8] = 0xff;
+        assert_eq!(client_hello(&hello), Hello::Unreadable);
+        // Every byte of a real one flipped in turn: never a panic.
+        let hello = real_client_hello(outrigger_identity::tls::MESH_SERVER_NAME);
+        for i in 0..hello.len() {
+            let mut h = hello.clone();
+            h[i] ^= 0xff;
+            let _ = client_hello(&h);
+        }
+    }
 
     const MAX: usize = 8192;
 

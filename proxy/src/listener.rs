@@ -14,13 +14,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use outrigger_api::inbound::MtlsMode;
 use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
+use outrigger_identity::tls::MESH_SERVER_NAME;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::detect::{self, Protocol};
+use crate::detect::{self, Hello, Protocol};
 use crate::drain;
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
@@ -47,9 +48,6 @@ impl Drop for ConnGuard {
         }
     }
 }
-
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
 
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {
@@ -110,11 +108,13 @@ impl Listener {
     }
 
     /// On an inbound listener of a proxy with an identity, a connection
-    /// whose first byte opens a TLS handshake is mesh TLS: accepted with the
-    /// peer's certificate required, and its identity kept. Anything else
-    /// stays plaintext. The last value says the client sent nothing within
-    /// `detect_timeout` (or closed): detection would only wait that long
-    /// again to conclude opaque, so the caller skips it.
+    /// that opens with a TLS ClientHello naming the mesh's server name is
+    /// mesh TLS from a peer proxy: accepted with the peer's certificate
+    /// required, and its identity kept. Anything else stays as it is: a
+    /// plaintext client, or an app's own TLS (another server name, or none),
+    /// which goes to the app untouched. The last value says the client sent
+    /// nothing within `detect_timeout` (or closed): detection would only
+    /// wait that long again to conclude opaque, so the caller skips it.
     async fn accept_mesh_tls(
         &self,
         stream: TcpStream,
@@ -128,13 +128,35 @@ impl Listener {
         else {
             return Ok((Io::Plain(stream), None, false));
         };
-        let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(cfg.limits.detect_timeout, stream.peek(&mut first)).await;
-        // A client that says nothing first (server-speaks-first protocols)
-        // is plaintext; so is an empty connection.
-        let silent = !matches!(peeked, Ok(Ok(1)));
-        if silent || first[0] != TLS_HANDSHAKE {
-            return Ok((Io::Plain(stream), None, silent));
+        let deadline = Instant::now() + cfg.limits.detect_timeout;
+        let mut first = [0u8; 2048];
+        let mesh = loop {
+            let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+            // A client that says nothing first (server-speaks-first
+            // protocols) is plaintext; so is an empty connection.
+            let n = match peeked {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return Ok((Io::Plain(stream), None, true)),
+            };
+            match detect::client_hello(&first[..n]) {
+                Hello::NotTls => break false,
+                Hello::ClientHello { server_name } => break server_name == Some(MESH_SERVER_NAME),
+                // Larger than this proxy reads, or not readable: taken for
+                // mesh TLS, which the handshake then settles.
+                Hello::Unreadable => break true,
+                Hello::NeedMore if n == first.len() => break true,
+                // A ClientHello split over segments: peek again shortly
+                // (peeking does not wait for more than is there).
+                Hello::NeedMore => {
+                    if Instant::now() >= deadline {
+                        return Ok((Io::Plain(stream), None, true));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        };
+        if !mesh {
+            return Ok((Io::Plain(stream), None, false));
         }
         let (io, id) = identity.accept_peer(stream).await?;
         let uri = id.to_string();
@@ -208,8 +230,8 @@ impl Listener {
                 return;
             }
         };
-        // A peer proxy speaks mutual TLS to the inbound side; anyone else,
-        // plaintext, which only a PERMISSIVE port accepts.
+        // A peer proxy speaks mutual TLS to the inbound side; anyone else
+        // (plaintext, or an app's own TLS) is taken only on a PERMISSIVE port.
         let (mut stream, peer_identity, silent) = match self.accept_mesh_tls(stream, &cfg).await {
             Ok(s) => s,
             Err(e) => {

@@ -61,6 +61,92 @@ where
     addr
 }
 
+/// Serves `handler` over HTTPS (HTTP/1.1) on a fresh loopback port, with a
+/// self-signed certificate for `app.example`, as an app doing its own TLS
+/// would. Returns the address and the certificate to trust.
+pub async fn serve_https<F, Fut>(
+    handler: F,
+) -> (SocketAddr, rustls::pki_types::CertificateDer<'static>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![APP_TLS_NAME.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = cert.der().clone();
+    let config = rustls::ServerConfig::builder_with_provider(outrigger_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, der)
+}
+
+/// The name [`serve_https`]'s certificate is for.
+pub const APP_TLS_NAME: &str = "app.example";
+
+/// One GET over a fresh TLS connection to `addr` asking for
+/// [`APP_TLS_NAME`] and trusting `cert` only; returns status and body.
+pub async fn https_get(
+    addr: SocketAddr,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Result<(u16, String), BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(outrigger_identity::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(APP_TLS_NAME)?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (mut c, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let resp = c
+        .send_request(
+            Request::get(path)
+                .header("host", APP_TLS_NAME)
+                .body(empty())?,
+        )
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// An upstream that answers like the demo app:
 /// `/echo` streams the request body back (with any request trailers),
 /// `/bytes/N` sends N bytes, `/headers` lists the request headers it saw,

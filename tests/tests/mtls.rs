@@ -402,3 +402,37 @@ async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity(
     );
     assert!(refused >= 2.0, "{refused}");
 }
+
+#[tokio::test]
+async fn an_apps_own_tls_passes_through_a_permissive_inbound_side_untouched() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let (tls_app, cert) = serve_https(|_req: http::Request<hyper::body::Incoming>| async {
+        http::Response::new(full("tls app"))
+    })
+    .await;
+    let server = server(&ca, tls_app, |_| {}).await;
+    let inbound = server.listener_addr("inbound").unwrap();
+    // A client speaking TLS to the app's port (server name app.example):
+    // the proxy hands the bytes to the app, which terminates the TLS.
+    let (status, body) = https_get(inbound, &cert, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "tls app"));
+    let text = scrape(&server).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_tcp_connections_opened_total",
+            &[
+                ("direction", "inbound"),
+                ("protocol", "opaque"),
+                ("connection_security_policy", "none")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    // STRICT: not mutual TLS from a peer proxy, so closed.
+    let mut snap = server_snapshot(tls_app);
+    snap.inbound.mtls = Mtls::strict([]);
+    server.apply(snap).unwrap();
+    assert!(https_get(inbound, &cert, "/").await.is_err());
+}

@@ -125,60 +125,19 @@ async fn probes_keep_working_when_the_inbound_side_is_strict() {
 
 #[tokio::test]
 async fn an_https_probe_reaches_a_tls_app_without_verifying_its_certificate() {
-    use hyper_util::rt::TokioIo;
-    // An HTTPS app with a certificate from a CA nobody here trusts, as an
-    // app's self-signed certificate would be.
-    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
-    let id = SpiffeId::new(TD, "shop", "app").unwrap();
-    let key = WorkloadKey::generate().unwrap();
-    let issued = ca
-        .issue(
-            &key.csr(&id).unwrap(),
-            &id,
-            Duration::from_secs(3600),
-            SystemTime::now(),
-        )
-        .unwrap();
-    let cert = Arc::new(outrigger_identity::CurrentCert::default());
-    cert.set(key.certified(issued.chain).unwrap().1);
-    let trust = outrigger_identity::TrustBundle::new(TD, ca.roots()).unwrap();
-    let config = outrigger_identity::tls::server_config_with(
-        cert,
-        &trust,
-        &[b"http/1.1"],
-        outrigger_identity::tls::ClientAuth::Optional,
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut r = http::Response::new(full(""));
-                        *r.status_mut() = if req.uri().path() == "/healthz" {
-                            204.try_into().unwrap()
-                        } else {
-                            503.try_into().unwrap()
-                        };
-                        Ok::<_, std::convert::Infallible>(r)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    // An HTTPS app with a self-signed certificate, which nobody here trusts.
+    let (tls_app, _cert) = serve_https(|req: http::Request<hyper::body::Incoming>| async move {
+        let status = if req.uri().path() == "/healthz" {
+            204
+        } else {
+            503
+        };
+        let mut r = http::Response::new(full(""));
+        *r.status_mut() = status.try_into().unwrap();
+        r
+    })
+    .await;
+    let port = tls_app.port();
     let app = app("web").await;
     let probes = format!(
         r#"{{"/app-health/tls/livez": {{"httpGet": {{"path": "/healthz", "port": {port}, "scheme": "HTTPS"}}}},

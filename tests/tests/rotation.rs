@@ -201,15 +201,19 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
     let (old_cert, old_key) = pem_of(&old);
     let (new_cert, new_key) = pem_of(&new);
     let both_roots = format!("{old_cert}{new_cert}");
+    // Both proxies call from 127.0.0.1, which the per-address rate limit
+    // would treat as one pod renewing twice as often as it may.
     let certifier = |ca: Ca| {
-        Some(Arc::new(Certifier::new(
-            Arc::new(ca),
-            TD,
-            LIFETIME,
-            Arc::new(TokenFiles::new(tokens.path())),
-        )))
+        Some(Arc::new(
+            Certifier::new(
+                Arc::new(ca),
+                TD,
+                LIFETIME,
+                Arc::new(TokenFiles::new(tokens.path())),
+            )
+            .with_rate_limit(20.0, 10.0),
+        ))
     };
-
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp_addr = listener.local_addr().unwrap();
     let server = with_identity(
