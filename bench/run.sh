@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Outrigger benchmark: one command, loopback only (127.0.0.1).
 #
-#   bench/run.sh                      # full run (about 14 minutes), writes BENCHMARKS.md
+#   bench/run.sh                      # full run (about 18 minutes), writes BENCHMARKS.md
 #   DURATION=3s bench/run.sh          # quick check of the harness
 #
 # Compares, under the same load from oha:
