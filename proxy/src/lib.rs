@@ -15,6 +15,7 @@ pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod identity;
+pub mod init;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use outrigger_api::Snapshot;
 use outrigger_identity::SpiffeId;
 use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_proxy::init;
 use outrigger_proxy::probe::Probes;
 use outrigger_proxy::{Drained, Options, Proxy};
 
@@ -30,8 +31,18 @@ enum Command {
     /// `--control-plane`, with that snapshot as the bootstrap (listeners,
     /// admin, limits) and the services streamed by the control plane.
     Run {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The snapshot (YAML or JSON) to serve, or the bootstrap to start from.
+        #[arg(long, short, required_unless_present = "bootstrap")]
+        config: Option<PathBuf>,
+        /// The bootstrap itself (JSON or YAML) instead of a file: what the
+        /// injector hands an injected proxy.
+        #[arg(
+            long,
+            env = "OUTRIGGER_BOOTSTRAP",
+            conflicts_with = "config",
+            hide_env_values = true
+        )]
+        bootstrap: Option<String>,
         /// `host:port` of the control plane's config server. The proxy stays
         /// unready until its first update, and keeps the last good snapshot
         /// while the control plane is away.
@@ -48,6 +59,16 @@ enum Command {
         /// mTLS); without, it follows over plain HTTP/2.
         #[arg(long, env = "OUTRIGGER_TRUST_ROOTS", requires = "control_plane")]
         trust_roots: Option<PathBuf>,
+        /// The trust roots themselves (PEM) instead of a file, as the
+        /// injector hands them over.
+        #[arg(
+            long,
+            env = "OUTRIGGER_TRUST_ROOTS_PEM",
+            requires = "control_plane",
+            conflicts_with = "trust_roots",
+            hide_env_values = true
+        )]
+        trust_roots_pem: Option<String>,
         /// The token proving this workload's ServiceAccount: the projected
         /// token (audience `outrigger`) or a bootstrap token file.
         #[arg(
@@ -93,6 +114,41 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Install the transparent redirect (iptables NAT rules) in this
+    /// network namespace: the pod's init step. Rerunning it replaces the
+    /// rules.
+    Init {
+        /// The proxy's UID, whose own traffic is never redirected.
+        #[arg(long, default_value_t = 2102)]
+        proxy_uid: u32,
+        #[arg(long, default_value_t = 4143)]
+        inbound_port: u16,
+        #[arg(long, default_value_t = 4140)]
+        outbound_port: u16,
+        /// Inbound ports left alone, e.g. `4191,9000-9010` (the admin port
+        /// belongs here).
+        #[arg(long, default_value = "4191")]
+        skip_inbound_ports: String,
+        /// Outbound destination ports left alone.
+        #[arg(long, default_value = "")]
+        skip_outbound_ports: String,
+        /// Destination subnets left alone, e.g. `169.254.169.254/32`.
+        #[arg(long, default_value = "")]
+        skip_subnets: String,
+        #[arg(long, value_enum, default_value_t = init::Mode::Auto)]
+        iptables_mode: init::Mode,
+        /// Print the rules instead of installing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Wait until the proxy on `--admin` is ready (the postStart hook that
+    /// holds the app when native sidecars are off).
+    WaitReady {
+        #[arg(long, default_value = "127.0.0.1:4191")]
+        admin: String,
+        #[arg(long, default_value = "120s")]
+        timeout: outrigger_api::Duration,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +160,35 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Init {
+            proxy_uid,
+            inbound_port,
+            outbound_port,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            skip_subnets,
+            iptables_mode,
+            dry_run,
+        } => {
+            let plan = init::Plan {
+                proxy_uid,
+                inbound_port,
+                outbound_port,
+                skip_inbound: init::parse_ports(&skip_inbound_ports)
+                    .map_err(anyhow::Error::msg)
+                    .context("--skip-inbound-ports")?,
+                skip_outbound: init::parse_ports(&skip_outbound_ports)
+                    .map_err(anyhow::Error::msg)
+                    .context("--skip-outbound-ports")?,
+                skip_subnets: init::parse_subnets(&skip_subnets)
+                    .map_err(anyhow::Error::msg)
+                    .context("--skip-subnets")?,
+            };
+            let report = init::run(&plan, iptables_mode, dry_run)?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::WaitReady { admin, timeout } => wait_ready(&admin, timeout.0),
         Command::Check { config } => {
             let snapshot = load(&config)?;
             snapshot
@@ -119,10 +204,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             config,
+            bootstrap,
             control_plane,
             pod_name,
             pod_namespace,
             trust_roots,
+            trust_roots_pem,
             token_file,
             service_account,
             trust_domain,
@@ -135,7 +222,15 @@ fn main() -> anyhow::Result<()> {
             threads,
         } => {
             init_logs(&log_level, log_format)?;
-            let snapshot = load(&config)?;
+            let (snapshot, source) = match (&config, &bootstrap) {
+                (Some(path), _) => (load(path)?, path.display().to_string()),
+                (None, Some(text)) => (
+                    Snapshot::from_yaml(text)
+                        .context("parsing --bootstrap (OUTRIGGER_BOOTSTRAP)")?,
+                    "--bootstrap (OUTRIGGER_BOOTSTRAP)".to_string(),
+                ),
+                (None, None) => unreachable!("clap requires one"),
+            };
             let follow = match control_plane {
                 None => None,
                 Some(address) => {
@@ -145,10 +240,23 @@ fn main() -> anyhow::Result<()> {
                         .context(
                             "--pod-namespace (POD_NAMESPACE) is needed with --control-plane",
                         )?;
-                    let identity = match trust_roots {
+                    let roots = match (trust_roots, trust_roots_pem) {
+                        (Some(path), _) => Some((
+                            std::fs::read(&path)
+                                .with_context(|| format!("--trust-roots {}", path.display()))?,
+                            format!("--trust-roots {}", path.display()),
+                        )),
+                        (None, Some(pem)) => Some((
+                            pem.into_bytes(),
+                            "--trust-roots-pem (OUTRIGGER_TRUST_ROOTS_PEM)".to_string(),
+                        )),
+                        (None, None) => None,
+                    };
+                    let identity = match roots {
                         None => None,
-                        Some(roots) => Some(identity(
-                            &roots,
+                        Some((pem, what)) => Some(identity(
+                            &pem,
+                            &what,
                             token_file,
                             &trust_domain,
                             &namespace,
@@ -194,14 +302,15 @@ fn main() -> anyhow::Result<()> {
                 wait_for_config: follow.is_some(),
                 identity: follow.as_ref().and_then(|f| f.identity.clone()),
             };
-            rt.block_on(run(snapshot, &config, opts, follow))
+            rt.block_on(run(snapshot, &source, opts, follow))
         }
     }
 }
 
 /// The proxy's identity from its flags; errors name the flag.
 fn identity(
-    roots: &Path,
+    pem: &[u8],
+    what: &str,
     token_file: PathBuf,
     trust_domain: &str,
     namespace: &str,
@@ -209,10 +318,9 @@ fn identity(
     control_plane: &str,
 ) -> anyhow::Result<Arc<Identity>> {
     use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(roots).with_context(|| format!("--trust-roots {}", roots.display()))?;
-    let roots_der = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+    let roots_der = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("--trust-roots {}: not PEM certificates", roots.display()))?;
+        .with_context(|| format!("{what}: not PEM certificates"))?;
     let service_account = service_account
         .context("--service-account (SERVICE_ACCOUNT) is needed with --trust-roots")?;
     let id = SpiffeId::new(trust_domain, namespace, service_account)?;
@@ -223,18 +331,48 @@ fn identity(
         control_plane,
         roots: roots_der,
     })
-    .with_context(|| format!("--trust-roots {}", roots.display()))
+    .with_context(|| what.to_string())
+}
+
+/// Polls the admin port's `/ready` until it answers 200, at most `timeout`.
+fn wait_ready(admin: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        let attempt = (|| -> std::io::Result<bool> {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let mut s =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+            s.write_all(b"GET /ready HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head)?;
+            Ok(&head[9..12] == b"200")
+        })();
+        match attempt {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "not ready".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("the proxy at {admin} was not ready within {timeout:?} ({last})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 async fn run(
     snapshot: Snapshot,
-    path: &Path,
+    source: &str,
     opts: Options,
     follow: Option<outrigger_proxy::control::Follow>,
 ) -> anyhow::Result<()> {
     let proxy = Proxy::start(snapshot.clone(), opts)
         .await
-        .with_context(|| format!("cannot start with {}", path.display()))?;
+        .with_context(|| format!("cannot start with {source}"))?;
     if let Some(follow) = follow {
         tracing::info!(control_plane = %follow.address, namespace = %follow.namespace, pod = %follow.pod, "following the control plane");
         outrigger_proxy::control::spawn(follow, snapshot, proxy.applier(), proxy.metrics.clone())

@@ -325,3 +325,96 @@ async fn past_the_drain_deadline_the_proxy_exits_anyway_and_says_so() {
     assert!(!status.success());
     assert!(logs.contains("drain deadline passed"), "{logs}");
 }
+
+#[test]
+fn init_prints_its_rules_on_a_dry_run_and_names_a_bad_flag() {
+    let out = run(&[
+        "init",
+        "--dry-run",
+        "--skip-inbound-ports",
+        "4191,9000-9001",
+        "--skip-subnets",
+        "169.254.169.254/32",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "-A OUTRIGGER_INBOUND -p tcp --dport 9000:9001 -j RETURN",
+        "-A OUTRIGGER_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+        "-A OUTRIGGER_OUTPUT -d 169.254.169.254/32 -j RETURN",
+        "-A OUTRIGGER_OUTPUT -p tcp -j REDIRECT --to-ports 4140",
+        "-A PREROUTING -p tcp -j OUTRIGGER_INBOUND",
+    ] {
+        assert!(rules.contains(line), "{line} missing from\n{rules}");
+    }
+    let out = run(&["init", "--dry-run", "--skip-outbound-ports", "ssh"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--skip-outbound-ports") && err.contains("\"ssh\" is not a port number"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_bootstrap_from_the_environment_serves_and_wait_ready_sees_it() {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Nobody listens yet: wait-ready gives up after its timeout, saying why.
+    let out = run(&[
+        "wait-ready",
+        "--admin",
+        &admin.to_string(),
+        "--timeout",
+        "300ms",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the proxy at {admin} was not ready within 300ms")),
+        "{err}"
+    );
+    let bootstrap = format!(
+        r#"{{"version": "bootstrap", "admin": {{"bind": "{admin}"}},
+            "listeners": [{{"name": "inbound", "direction": "inbound", "bind": "127.0.0.1:0", "app": "127.0.0.1:9"}}]}}"#
+    );
+    let child = Command::new(BIN)
+        .arg("run")
+        .env("OUTRIGGER_BOOTSTRAP", bootstrap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running {
+        child,
+        outbound: admin,
+        admin,
+    };
+    let waited = tokio::task::spawn_blocking(move || {
+        run(&[
+            "wait-ready",
+            "--admin",
+            &admin.to_string(),
+            "--timeout",
+            "15s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    // A bootstrap that does not parse stops the proxy, naming where it came from.
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("OUTRIGGER_BOOTSTRAP", "{")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bootstrap (OUTRIGGER_BOOTSTRAP)"));
+}

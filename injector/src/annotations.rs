@@ -1,0 +1,346 @@
+//! What a pod's annotations ask of injection, read and checked. A value
+//! that cannot be used is an error naming the annotation; an unknown
+//! `config.outrigger.dev/` key is one too (a typo must not be ignored).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// `enabled` / `disabled`, on a namespace or a pod (the pod's wins).
+pub const INJECT: &str = "outrigger.dev/inject";
+pub const PREFIX: &str = "config.outrigger.dev/";
+pub const SKIP_INBOUND_PORTS: &str = "config.outrigger.dev/skip-inbound-ports";
+pub const SKIP_OUTBOUND_PORTS: &str = "config.outrigger.dev/skip-outbound-ports";
+pub const SKIP_SUBNETS: &str = "config.outrigger.dev/skip-subnets";
+pub const OPAQUE_PORTS: &str = "config.outrigger.dev/opaque-ports";
+pub const PROXY_CPU_REQUEST: &str = "config.outrigger.dev/proxy-cpu-request";
+pub const PROXY_CPU_LIMIT: &str = "config.outrigger.dev/proxy-cpu-limit";
+pub const PROXY_MEMORY_REQUEST: &str = "config.outrigger.dev/proxy-memory-request";
+pub const PROXY_MEMORY_LIMIT: &str = "config.outrigger.dev/proxy-memory-limit";
+pub const PROXY_LOG_LEVEL: &str = "config.outrigger.dev/proxy-log-level";
+pub const NATIVE_SIDECAR: &str = "config.outrigger.dev/native-sidecar";
+
+const KNOWN: [&str; 10] = [
+    SKIP_INBOUND_PORTS,
+    SKIP_OUTBOUND_PORTS,
+    SKIP_SUBNETS,
+    OPAQUE_PORTS,
+    PROXY_CPU_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_REQUEST,
+    PROXY_MEMORY_LIMIT,
+    PROXY_LOG_LEVEL,
+    NATIVE_SIDECAR,
+];
+
+/// The most ports a range may expand to in an opaque-ports list.
+const MAX_OPAQUE_PORTS: usize = 1024;
+
+/// A port or an inclusive range of ports (`8080`, `9000-9010`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::fmt::Display for PortRange {
+    /// As iptables writes it: `8080` or `9000:9010`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// What a pod asks for; `None`: the mesh config's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub skip_inbound_ports: Vec<PortRange>,
+    pub skip_outbound_ports: Vec<PortRange>,
+    /// CIDRs, as written.
+    pub skip_subnets: Vec<String>,
+    pub opaque_ports: Vec<u16>,
+    /// Resource name (`cpu`, `memory`) → quantity.
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+    pub log_level: Option<String>,
+    pub native_sidecar: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}: {message}")]
+pub struct AnnotationError {
+    pub annotation: String,
+    pub message: String,
+}
+
+fn error(annotation: &str, message: impl Into<String>) -> AnnotationError {
+    AnnotationError {
+        annotation: annotation.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Whether injection was asked for: `Some(true)` for `enabled`,
+/// `Some(false)` for `disabled`, `None` when the annotation is absent.
+pub fn inject(annotations: &BTreeMap<String, String>) -> Result<Option<bool>, AnnotationError> {
+    match annotations.get(INJECT).map(|v| v.trim()) {
+        None => Ok(None),
+        Some("enabled") => Ok(Some(true)),
+        Some("disabled") => Ok(Some(false)),
+        Some(other) => Err(error(
+            INJECT,
+            format!("{other:?} is neither \"enabled\" nor \"disabled\""),
+        )),
+    }
+}
+
+/// Reads every `config.outrigger.dev/` annotation of a pod.
+pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, AnnotationError> {
+    let mut o = Overrides::default();
+    for (key, value) in annotations {
+        if !key.starts_with(PREFIX) {
+            continue;
+        }
+        let v = value.trim();
+        match key.as_str() {
+            SKIP_INBOUND_PORTS => {
+                o.skip_inbound_ports = port_ranges(v).map_err(|m| error(key, m))?
+            }
+            SKIP_OUTBOUND_PORTS => {
+                o.skip_outbound_ports = port_ranges(v).map_err(|m| error(key, m))?
+            }
+            SKIP_SUBNETS => o.skip_subnets = subnets(v).map_err(|m| error(key, m))?,
+            OPAQUE_PORTS => {
+                let ranges = port_ranges(v).map_err(|m| error(key, m))?;
+                let count: usize = ranges
+                    .iter()
+                    .map(|r| usize::from(r.last - r.first) + 1)
+                    .sum();
+                if count > MAX_OPAQUE_PORTS {
+                    return Err(error(
+                        key,
+                        format!("{count} ports; at most {MAX_OPAQUE_PORTS}"),
+                    ));
+                }
+                o.opaque_ports = ranges.iter().flat_map(|r| r.first..=r.last).collect();
+            }
+            PROXY_CPU_REQUEST | PROXY_CPU_LIMIT | PROXY_MEMORY_REQUEST | PROXY_MEMORY_LIMIT => {
+                quantity(v).map_err(|m| error(key, m))?;
+                let resource = if key.contains("-cpu-") {
+                    "cpu"
+                } else {
+                    "memory"
+                };
+                let map = if key.ends_with("-request") {
+                    &mut o.requests
+                } else {
+                    &mut o.limits
+                };
+                map.insert(resource.to_string(), v.to_string());
+            }
+            PROXY_LOG_LEVEL => {
+                tracing_subscriber::EnvFilter::try_new(v)
+                    .map_err(|e| error(key, format!("{v:?} is not a log filter: {e}")))?;
+                o.log_level = Some(v.to_string());
+            }
+            NATIVE_SIDECAR => {
+                o.native_sidecar = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(error(
+                            key,
+                            format!("{other:?} is neither \"true\" nor \"false\""),
+                        ))
+                    }
+                })
+            }
+            _ => {
+                return Err(error(
+                    key,
+                    format!("not an Outrigger setting; known: {}", KNOWN.join(", ")),
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// `8080,9000-9010` (spaces allowed); empty: none.
+pub fn port_ranges(v: &str) -> Result<Vec<PortRange>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let port = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))
+        };
+        let range = match item.split_once('-') {
+            Some((a, b)) => {
+                let (first, last) = (port(a)?, port(b)?);
+                if first > last {
+                    return Err(format!("{item:?}: the range runs backwards"));
+                }
+                PortRange { first, last }
+            }
+            None => {
+                let p = port(item)?;
+                PortRange { first: p, last: p }
+            }
+        };
+        out.push(range);
+    }
+    Ok(out)
+}
+
+/// `10.0.0.0/8,fd00::/8`; empty: none.
+pub fn subnets(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (ip, len) = item
+            .split_once('/')
+            .ok_or_else(|| format!("{item:?} is not a CIDR (address/length)"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{item:?}: {ip:?} is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if !len.parse::<u8>().is_ok_and(|l| l <= max) {
+            return Err(format!("{item:?}: the prefix length must be 0-{max}"));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+/// Checks a Kubernetes quantity (`100m`, `1.5`, `64Mi`, `1e3`).
+pub fn quantity(v: &str) -> Result<(), String> {
+    let bad = || format!("{v:?} is not a Kubernetes quantity (such as 100m or 64Mi)");
+    let digits_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, suffix) = v.split_at(digits_end);
+    let dots = number.matches('.').count();
+    if number.is_empty() || number == "." || dots > 1 {
+        return Err(bad());
+    }
+    const SUFFIXES: [&str; 16] = [
+        "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if SUFFIXES.contains(&suffix) {
+        return Ok(());
+    }
+    // An exponent: e3, E-2.
+    let exp = suffix.strip_prefix(['e', 'E']).ok_or_else(bad)?;
+    let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    if !exp.is_empty() && exp.chars().all(|c| c.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let o = overrides(&map(&[
+            (SKIP_INBOUND_PORTS, "8081, 9000-9002"),
+            (SKIP_OUTBOUND_PORTS, "5432"),
+            (SKIP_SUBNETS, "10.0.0.0/8,fd00::/8"),
+            (OPAQUE_PORTS, "3306,6379-6380"),
+            (PROXY_CPU_REQUEST, "50m"),
+            (PROXY_MEMORY_LIMIT, "256Mi"),
+            (PROXY_LOG_LEVEL, "debug"),
+            (NATIVE_SIDECAR, "false"),
+            ("prometheus.io/scrape", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            o.skip_inbound_ports,
+            [
+                PortRange {
+                    first: 8081,
+                    last: 8081
+                },
+                PortRange {
+                    first: 9000,
+                    last: 9002
+                }
+            ]
+        );
+        assert_eq!(o.skip_inbound_ports[1].to_string(), "9000:9002");
+        assert_eq!(o.skip_outbound_ports[0].to_string(), "5432");
+        assert_eq!(o.skip_subnets, ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(o.opaque_ports, [3306, 6379, 6380]);
+        assert_eq!(o.requests["cpu"], "50m");
+        assert_eq!(o.limits["memory"], "256Mi");
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+        assert_eq!(o.native_sidecar, Some(false));
+        assert_eq!(overrides(&map(&[])).unwrap(), Overrides::default());
+    }
+
+    #[test]
+    fn bad_values_name_their_annotation() {
+        for (key, value, want) in [
+            (SKIP_INBOUND_PORTS, "http", "\"http\" is not a port number"),
+            (SKIP_INBOUND_PORTS, "0", "\"0\" is not a port number"),
+            (SKIP_OUTBOUND_PORTS, "9010-9000", "runs backwards"),
+            (SKIP_SUBNETS, "10.0.0.0", "is not a CIDR"),
+            (SKIP_SUBNETS, "10.0.0.0/33", "prefix length must be 0-32"),
+            (SKIP_SUBNETS, "ten/8", "is not an IP address"),
+            (OPAQUE_PORTS, "1-65535", "at most 1024"),
+            (PROXY_CPU_REQUEST, "lots", "not a Kubernetes quantity"),
+            (PROXY_MEMORY_LIMIT, "64MB", "not a Kubernetes quantity"),
+            (PROXY_LOG_LEVEL, "[[", "is not a log filter"),
+            (NATIVE_SIDECAR, "yes", "neither \"true\" nor \"false\""),
+            (
+                "config.outrigger.dev/skip-inbound-port",
+                "80",
+                "not an Outrigger setting",
+            ),
+        ] {
+            let e = overrides(&map(&[(key, value)])).unwrap_err();
+            assert_eq!(e.annotation, key);
+            assert!(e.to_string().starts_with(&format!("annotation {key}: ")));
+            assert!(e.message.contains(want), "{key}={value}: {e}");
+        }
+        let e = inject(&map(&[(INJECT, "true")])).unwrap_err();
+        assert!(e.to_string().contains("outrigger.dev/inject"), "{e}");
+        assert_eq!(inject(&map(&[(INJECT, "enabled")])), Ok(Some(true)));
+        assert_eq!(inject(&map(&[(INJECT, "disabled")])), Ok(Some(false)));
+        assert_eq!(inject(&map(&[])), Ok(None));
+    }
+
+    #[test]
+    fn quantities_follow_kubernetes() {
+        for ok in [
+            "1",
+            "100m",
+            "0.5",
+            "1.5Gi",
+            "64Mi",
+            "1e3",
+            "2E-2",
+            "128974848",
+            ".5",
+        ] {
+            assert!(quantity(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "m", "1.2.3", "64MB", "1e", "-1", "1 Gi", "e3"] {
+            assert!(quantity(bad).is_err(), "{bad}");
+        }
+    }
+}

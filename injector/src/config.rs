@@ -1,0 +1,234 @@
+//! The mesh-wide settings injection works from: which images, where the
+//! control plane is, which ports and user the proxy has, its default
+//! resources. Read from a YAML file (the chart renders it into a
+//! ConfigMap); every field but the image has a default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The UID the proxy runs as; the init step exempts its traffic from the
+/// redirect (Linkerd uses 2102 too).
+pub const PROXY_UID: i64 = 2102;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// The proxy's image; the init step runs the same image
+    /// (`outrigger-proxy init`).
+    pub proxy_image: String,
+    #[serde(default = "defaults::pull_policy")]
+    pub image_pull_policy: String,
+    /// `host:port` of the control plane's config and certify server.
+    #[serde(default = "defaults::control_plane")]
+    pub control_plane_address: String,
+    /// The control plane's namespace: never injected.
+    #[serde(default = "defaults::control_plane_namespace")]
+    pub control_plane_namespace: String,
+    /// The control plane's ServiceAccount (its SPIFFE identity, which proxies check).
+    #[serde(default = "defaults::control_plane_service_account")]
+    pub control_plane_service_account: String,
+    #[serde(default = "defaults::trust_domain")]
+    pub trust_domain: String,
+    /// The mesh's trust roots (PEM), handed to every proxy; usually filled
+    /// from `--trust-roots` rather than written here.
+    #[serde(default)]
+    pub trust_roots: String,
+    #[serde(default = "defaults::proxy_uid")]
+    pub proxy_uid: i64,
+    #[serde(default)]
+    pub ports: Ports,
+    /// The proxy's resources unless a pod's annotations say otherwise.
+    #[serde(default = "defaults::resources")]
+    pub resources: Resources,
+    /// Native sidecars (an init container with `restartPolicy: Always`,
+    /// Kubernetes 1.29+) unless a pod says otherwise.
+    #[serde(default = "defaults::yes")]
+    pub native_sidecar: bool,
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+    /// Ports the init step never redirects inbound, for every pod.
+    #[serde(default)]
+    pub skip_inbound_ports: Vec<u16>,
+    /// Ports the init step never redirects outbound, for every pod.
+    #[serde(default)]
+    pub skip_outbound_ports: Vec<u16>,
+}
+
+/// The proxy's ports inside the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ports {
+    pub outbound: u16,
+    pub inbound: u16,
+    pub admin: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            outbound: 4140,
+            inbound: 4143,
+            admin: 4191,
+        }
+    }
+}
+
+/// Kubernetes quantities (`100m`, `64Mi`), by resource name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn pull_policy() -> String {
+        "IfNotPresent".into()
+    }
+    pub fn control_plane() -> String {
+        "outrigger-control-plane.outrigger-system.svc:8090".into()
+    }
+    pub fn control_plane_namespace() -> String {
+        "outrigger-system".into()
+    }
+    pub fn control_plane_service_account() -> String {
+        "outrigger-control-plane".into()
+    }
+    pub fn trust_domain() -> String {
+        "cluster.local".into()
+    }
+    pub fn proxy_uid() -> i64 {
+        PROXY_UID
+    }
+    pub fn resources() -> Resources {
+        Resources {
+            requests: [("cpu", "100m"), ("memory", "32Mi")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            limits: [("memory", "128Mi")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        }
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn log_level() -> String {
+        "warn,outrigger_proxy=info".into()
+    }
+}
+
+/// A mesh config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the mesh config: {0}")]
+    Parse(String),
+    #[error("mesh config field {field}: {message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl MeshConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: MeshConfig =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// A config with every default, for `image` (tests and the CLI).
+    pub fn with_image(image: &str) -> Self {
+        Self::from_yaml(&format!("proxyImage: {image:?}")).expect("the defaults are valid")
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let field = |field, message: &str| {
+            Err(ConfigError::Field {
+                field,
+                message: message.to_string(),
+            })
+        };
+        if self.proxy_image.trim().is_empty() {
+            return field("proxyImage", "must name an image");
+        }
+        if !self.control_plane_address.contains(':') {
+            return field("controlPlaneAddress", "must be host:port");
+        }
+        if self.proxy_uid <= 0 {
+            return field("proxyUid", "must be a non-root UID (above 0)");
+        }
+        let p = &self.ports;
+        if p.outbound == 0 || p.inbound == 0 || p.admin == 0 {
+            return field("ports", "every port must be 1-65535");
+        }
+        if p.outbound == p.inbound || p.inbound == p.admin || p.outbound == p.admin {
+            return field("ports", "outbound, inbound and admin must differ");
+        }
+        for (k, v) in self.resources.requests.iter().chain(&self.resources.limits) {
+            if let Err(e) = crate::annotations::quantity(v) {
+                return Err(ConfigError::Field {
+                    field: "resources",
+                    message: format!("{k}: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The control plane's SPIFFE identity.
+    pub fn control_plane_identity(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.control_plane_namespace, self.control_plane_service_account
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_config_takes_every_default() {
+        let c = MeshConfig::from_yaml("proxyImage: ghcr.io/outrigger/proxy:0.1.0").unwrap();
+        assert_eq!(c.ports, Ports::default());
+        assert_eq!(c.proxy_uid, 2102);
+        assert!(c.native_sidecar);
+        assert_eq!(c.resources.requests["cpu"], "100m");
+        assert_eq!(
+            c.control_plane_identity(),
+            "spiffe://cluster.local/ns/outrigger-system/sa/outrigger-control-plane"
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        for (yaml, want) in [
+            ("proxyImage: ''", "proxyImage"),
+            (
+                "proxyImage: x\ncontrolPlaneAddress: cp",
+                "controlPlaneAddress",
+            ),
+            ("proxyImage: x\nproxyUid: 0", "proxyUid"),
+            (
+                "proxyImage: x\nports: { outbound: 4140, inbound: 4140, admin: 4191 }",
+                "ports",
+            ),
+            (
+                "proxyImage: x\nresources: { requests: { cpu: lots } }",
+                "resources",
+            ),
+            ("proxyImage: x\nsidecar: yes", "unknown field"),
+        ] {
+            let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Injection, pure: (pod, namespace, mesh config) → what to do, and the
+//! JSON Patch (RFC 6902) that does it. The webhook and the CLI's offline
+//! `inject` both call [`inject`].
+//!
+//! What a meshed pod gets:
+//! - `outrigger-init` (first init container): `outrigger-proxy init`, the
+//!   iptables redirect; the only piece with NET_ADMIN and NET_RAW;
+//! - `outrigger-proxy`: as a native sidecar (an init container with
+//!   `restartPolicy: Always`, right after the init step, so even the app's
+//!   own init containers are meshed) or, where asked, as the first
+//!   container with a postStart hook that holds the app until it is ready;
+//!   with the downward-API environment, a projected ServiceAccount token
+//!   (audience `outrigger`), its bootstrap, resources and a non-root
+//!   security context; probes on its admin port;
+//! - the app containers' HTTP and TCP probes pointed at the proxy's admin
+//!   port (`/app-health/<container>/livez|readyz|startupz`), the originals
+//!   handed to the proxy, so that they keep working under STRICT mTLS;
+//! - Prometheus scrape annotations (unless the pod has its own).
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use outrigger_api::probe::{
+    AppProbe, AppProbes, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+};
+use outrigger_api::{Admin, Direction, Limits, Listener, ProxyInfo, Snapshot};
+use serde_json::Value;
+
+use crate::annotations::{self, Overrides};
+use crate::config::MeshConfig;
+
+/// The proxy's container name; a pod that has it is meshed.
+pub const PROXY_CONTAINER: &str = "outrigger-proxy";
+/// The init step's container name.
+pub const INIT_CONTAINER: &str = "outrigger-init";
+/// The projected token volume and where the proxy reads it.
+pub const TOKEN_VOLUME: &str = "outrigger-token";
+pub const TOKEN_DIR: &str = "/var/run/secrets/outrigger.dev";
+/// The audience the control plane's TokenReview asks for.
+pub const TOKEN_AUDIENCE: &str = "outrigger";
+const TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+/// The namespace a pod is created in, as the injector's cache holds it.
+#[derive(Clone, Debug, Default)]
+pub struct Namespace {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Why a pod is left as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Neither the pod nor its namespace asks for the proxy.
+    NotEnabled,
+    /// The pod says `outrigger.dev/inject: disabled`.
+    Disabled,
+    HostNetwork,
+    /// It already carries the proxy (a reinvocation, or injected by hand).
+    AlreadyInjected,
+    ControlPlaneNamespace,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotEnabled => "not_enabled",
+            SkipReason::Disabled => "disabled",
+            SkipReason::HostNetwork => "host_network",
+            SkipReason::AlreadyInjected => "already_injected",
+            SkipReason::ControlPlaneNamespace => "control_plane_namespace",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Inject {
+        patch: Patch,
+        /// For the operator (AdmissionResponse warnings).
+        warnings: Vec<String>,
+    },
+    Skip(SkipReason),
+    /// An annotation asks for something impossible: the pod is refused
+    /// with this message, which names the annotation.
+    Refuse(String),
+    /// The pod cannot be read as a Pod: admitted unchanged, with a warning.
+    CannotHandle(String),
+}
+
+/// What to do with `pod` (its JSON as the API server sent it), created in
+/// `namespace`.
+pub fn inject(pod: &Value, namespace: &Namespace, cfg: &MeshConfig) -> Outcome {
+    let typed: Pod = match serde_json::from_value(pod.clone()) {
+        Ok(p) => p,
+        Err(e) => return Outcome::CannotHandle(format!("not a readable Pod: {e}")),
+    };
+    let ns = typed
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| namespace.name.clone());
+    if ns == cfg.control_plane_namespace {
+        return Outcome::Skip(SkipReason::ControlPlaneNamespace);
+    }
+    let pod_annotations = typed.metadata.annotations.clone().unwrap_or_default();
+    let asked = match annotations::inject(&pod_annotations) {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => match annotations::inject(&namespace.annotations) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Refuse(format!("namespace {ns}: {e}")),
+        },
+        Err(e) => return Outcome::Refuse(e.to_string()),
+    };
+    match asked {
+        Some(true) => {}
+        Some(false) if pod_annotations.contains_key(annotations::INJECT) => {
+            return Outcome::Skip(SkipReason::Disabled)
+        }
+        _ => return Outcome::Skip(SkipReason::NotEnabled),
+    }
+    let Some(spec) = typed.spec.as_ref() else {
+        return Outcome::CannotHandle("the pod has no spec".into());
+    };
+    if spec.host_network == Some(true) {
+        return Outcome::Skip(SkipReason::HostNetwork);
+    }
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    if spec
+        .containers
+        .iter()
+        .chain(init_containers)
+        .any(|c| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
+    {
+        return Outcome::Skip(SkipReason::AlreadyInjected);
+    }
+    let overrides = match annotations::overrides(&pod_annotations) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Refuse(e.to_string()),
+    };
+    build(&typed, &ns, &overrides, cfg)
+}
+
+fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
+    let spec = pod.spec.as_ref().expect("checked");
+    let native = o.native_sidecar.unwrap_or(cfg.native_sidecar);
+    let mut warnings = Vec::new();
+    let mut ops = Vec::new();
+
+    // The app's probes, pointed at the admin port (indices are those of the
+    // pod as sent: these run before anything is inserted into the list).
+    let mut app_probes = AppProbes::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (field, kind, probe) in [
+            ("livenessProbe", "livez", &c.liveness_probe),
+            ("readinessProbe", "readyz", &c.readiness_probe),
+            ("startupProbe", "startupz", &c.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            if probe.grpc.is_some() {
+                warnings.push(format!(
+                    "container {}: its gRPC {field} is not rewritten and fails if the pod's inbound side is STRICT",
+                    c.name
+                ));
+                continue;
+            }
+            let original = match original_probe(c, probe) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue, // exec: runs in the container
+                Err(why) => {
+                    warnings.push(format!("container {}: {field} left as is: {why}", c.name));
+                    continue;
+                }
+            };
+            let path = format!("{APP_HEALTH_PREFIX}{}/{kind}", c.name);
+            app_probes.insert(path.clone(), original);
+            let rewritten = Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(path),
+                    port: IntOrString::Int(cfg.ports.admin.into()),
+                    scheme: Some("HTTP".into()),
+                    ..Default::default()
+                }),
+                tcp_socket: None,
+                exec: None,
+                grpc: None,
+                ..probe.clone()
+            };
+            ops.push(replace(
+                &["spec", "containers", &i.to_string(), field],
+                &rewritten,
+            ));
+        }
+    }
+
+    let proxy = proxy_container(ns, o, cfg, native, &app_probes);
+    let init = init_container(o, cfg);
+
+    // Init containers: ours first, then (native) the proxy, then the app's.
+    let mut ours = vec![to_value(&init)];
+    if native {
+        ours.push(to_value(&proxy));
+    } else if !spec
+        .init_containers
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        warnings.push(
+            "native sidecars are off: the app's init containers run before the proxy, and \
+             their traffic is redirected to it all the same (skip their ports, or turn \
+             config.outrigger.dev/native-sidecar on)"
+                .into(),
+        );
+    }
+    if spec.init_containers.is_none() {
+        ops.push(add(&["spec", "initContainers"], Value::Array(ours)));
+    } else {
+        for (i, c) in ours.into_iter().enumerate() {
+            ops.push(add(&["spec", "initContainers", &i.to_string()], c));
+        }
+    }
+    if !native {
+        ops.push(add(&["spec", "containers", "0"], to_value(&proxy)));
+    }
+
+    let volume = to_value(&token_volume());
+    match spec.volumes {
+        None => ops.push(add(&["spec", "volumes"], Value::Array(vec![volume]))),
+        Some(_) => ops.push(add(&["spec", "volumes", "-"], volume)),
+    }
+
+    // Prometheus scrape annotations, unless the pod has its own.
+    let mut wanted = BTreeMap::new();
+    for (k, v) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", cfg.ports.admin.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        wanted.insert(k.to_string(), v);
+    }
+    match &pod.metadata.annotations {
+        None => ops.push(add(
+            &["metadata", "annotations"],
+            serde_json::to_value(&wanted).expect("serializes"),
+        )),
+        Some(have) => {
+            for (k, v) in wanted {
+                if !have.contains_key(&k) {
+                    ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
+                }
+            }
+        }
+    }
+    Outcome::Inject {
+        patch: Patch(ops),
+        warnings,
+    }
+}
+
+/// The probe as the proxy runs it; `Ok(None)` for probes that need no
+/// help (`exec`).
+fn original_probe(c: &Container, p: &Probe) -> Result<Option<AppProbe>, String> {
+    let port = |port: &IntOrString| -> Result<u16, String> {
+        match port {
+            IntOrString::Int(n) => u16::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("port {n} is not a port number")),
+            IntOrString::String(name) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                .and_then(|cp| u16::try_from(cp.container_port).ok())
+                .ok_or_else(|| format!("the container has no port named {name:?}")),
+        }
+    };
+    let timeout_seconds = p.timeout_seconds.and_then(|t| u32::try_from(t).ok());
+    if let Some(h) = &p.http_get {
+        return Ok(Some(AppProbe {
+            http_get: Some(HttpGetProbe {
+                path: h.path.clone(),
+                port: port(&h.port)?,
+                host: h.host.clone(),
+                scheme: h.scheme.clone(),
+                http_headers: h
+                    .http_headers
+                    .iter()
+                    .flatten()
+                    .map(|hd| ProbeHeader {
+                        name: hd.name.clone(),
+                        value: hd.value.clone(),
+                    })
+                    .collect(),
+            }),
+            tcp_socket: None,
+            timeout_seconds,
+        }));
+    }
+    if let Some(t) = &p.tcp_socket {
+        return Ok(Some(AppProbe {
+            http_get: None,
+            tcp_socket: Some(TcpSocketProbe {
+                port: port(&t.port)?,
+                host: t.host.clone(),
+            }),
+            timeout_seconds,
+        }));
+    }
+    Ok(None)
+}
+
+/// The proxy's bootstrap: its listeners and admin port (the services come
+/// from the control plane).
+pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig) -> Snapshot {
+    let listener = |name: &str, direction, bind: String, opaque_ports| Listener {
+        name: name.into(),
+        direction,
+        bind,
+        target: None,
+        app: None,
+        opaque_ports,
+        rate_limits: Vec::new(),
+    };
+    Snapshot {
+        version: "bootstrap".into(),
+        proxy: ProxyInfo {
+            workload: "unknown".into(),
+            namespace: ns.into(),
+            identity: None,
+        },
+        admin: Admin {
+            bind: format!("0.0.0.0:{}", cfg.ports.admin),
+        },
+        limits: Limits::default(),
+        listeners: vec![
+            // The redirect sends the app's own traffic here, on loopback.
+            listener(
+                "outbound",
+                Direction::Outbound,
+                format!("127.0.0.1:{}", cfg.ports.outbound),
+                Vec::new(),
+            ),
+            listener(
+                "inbound",
+                Direction::Inbound,
+                format!("0.0.0.0:{}", cfg.ports.inbound),
+                o.opaque_ports.clone(),
+            ),
+        ],
+        services: Vec::new(),
+        inbound: Default::default(),
+    }
+}
+
+fn proxy_container(
+    ns: &str,
+    o: &Overrides,
+    cfg: &MeshConfig,
+    native: bool,
+    app_probes: &AppProbes,
+) -> Container {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    };
+    let value = |name: &str, v: String| EnvVar {
+        name: name.into(),
+        value: Some(v),
+        value_from: None,
+    };
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field("POD_IP", "status.podIP"),
+        value("OUTRIGGER_CONTROL_PLANE", cfg.control_plane_address.clone()),
+        value(
+            "OUTRIGGER_CONTROL_PLANE_IDENTITY",
+            cfg.control_plane_identity(),
+        ),
+        value("OUTRIGGER_TRUST_DOMAIN", cfg.trust_domain.clone()),
+        value("OUTRIGGER_TRUST_ROOTS_PEM", cfg.trust_roots.clone()),
+        value("OUTRIGGER_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+        value(
+            "OUTRIGGER_LOG",
+            o.log_level.clone().unwrap_or_else(|| cfg.log_level.clone()),
+        ),
+        value(
+            "OUTRIGGER_BOOTSTRAP",
+            serde_json::to_string(&bootstrap(ns, o, cfg)).expect("serializes"),
+        ),
+    ];
+    if !app_probes.is_empty() {
+        env.push(value(
+            "OUTRIGGER_APP_PROBES",
+            serde_json::to_string(app_probes).expect("serializes"),
+        ));
+    }
+    let admin = IntOrString::Int(cfg.ports.admin.into());
+    let get = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: admin.clone(),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let quantities = |defaults: &BTreeMap<String, String>, own: &BTreeMap<String, String>| {
+        let mut m = defaults.clone();
+        m.extend(own.clone());
+        m.into_iter().map(|(k, v)| (k, Quantity(v))).collect()
+    };
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(cfg.proxy_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        args: Some(vec!["run".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("outrigger-admin".into()),
+            container_port: cfg.ports.admin.into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&cfg.resources.requests, &o.requests)),
+            limits: Some(quantities(&cfg.resources.limits, &o.limits)),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(cfg.proxy_uid),
+            run_as_group: Some(cfg.proxy_uid),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        readiness_probe: Some(get("/ready", 5, 3)),
+        liveness_probe: Some(get("/live", 10, 3)),
+        // Up to two minutes to get a certificate and the first config.
+        startup_probe: Some(get("/ready", 1, 120)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        restart_policy: native.then(|| "Always".into()),
+        // Without native sidecars, kubelet starts containers in order and
+        // waits for each postStart hook: the app starts once this returns.
+        lifecycle: (!native).then(|| Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "outrigger-proxy".into(),
+                        "wait-ready".into(),
+                        "--admin".into(),
+                        format!("127.0.0.1:{}", cfg.ports.admin),
+                        "--timeout".into(),
+                        "120s".into(),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn init_container(o: &Overrides, cfg: &MeshConfig) -> Container {
+    let join = |v: Vec<String>| v.join(",");
+    let mut inbound_skips: Vec<String> = vec![cfg.ports.admin.to_string()];
+    inbound_skips.extend(cfg.skip_inbound_ports.iter().map(u16::to_string));
+    inbound_skips.extend(o.skip_inbound_ports.iter().map(|r| r.to_string()));
+    let mut outbound_skips: Vec<String> =
+        cfg.skip_outbound_ports.iter().map(u16::to_string).collect();
+    outbound_skips.extend(o.skip_outbound_ports.iter().map(|r| r.to_string()));
+    let mut args = vec![
+        "init".to_string(),
+        "--proxy-uid".into(),
+        cfg.proxy_uid.to_string(),
+        "--outbound-port".into(),
+        cfg.ports.outbound.to_string(),
+        "--inbound-port".into(),
+        cfg.ports.inbound.to_string(),
+        "--skip-inbound-ports".into(),
+        join(inbound_skips),
+    ];
+    if !outbound_skips.is_empty() {
+        args.extend(["--skip-outbound-ports".into(), join(outbound_skips)]);
+    }
+    if !o.skip_subnets.is_empty() {
+        args.extend(["--skip-subnets".into(), o.skip_subnets.join(",")]);
+    }
+    let q = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect()
+    };
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.proxy_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        args: Some(args),
+        resources: Some(ResourceRequirements {
+            requests: Some(q(&[("cpu", "10m"), ("memory", "10Mi")])),
+            limits: Some(q(&[("memory", "50Mi")])),
+            ..Default::default()
+        }),
+        // iptables needs root with NET_ADMIN and NET_RAW in the pod's
+        // network namespace; nothing else does.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.into()),
+                    expiration_seconds: Some(TOKEN_LIFETIME_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_value<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).expect("Kubernetes types serialize")
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+fn replace<T: serde::Serialize>(tokens: &[&str], value: &T) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation {
+        path: pointer(tokens),
+        value: to_value(value),
+    })
+}

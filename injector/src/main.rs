@@ -1,0 +1,133 @@
+//! The `outrigger-injector` command: the mutating admission webhook.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outrigger_injector::config::MeshConfig;
+use outrigger_injector::metrics::Metrics;
+use outrigger_injector::namespaces::{self, Namespaces};
+use outrigger_injector::server::{self, ReloadingCert};
+use outrigger_injector::webhook::Webhook;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "outrigger-injector",
+    version,
+    about = "The Outrigger injector (mutating admission webhook)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve `POST /mutate` over HTTPS, with the namespaces watched from
+    /// the cluster (in-cluster config or the kubeconfig).
+    Run {
+        /// The mesh config (YAML): images, control plane, ports, defaults.
+        #[arg(long, env = "OUTRIGGER_MESH_CONFIG")]
+        config: PathBuf,
+        /// The mesh's trust roots (PEM), handed to every proxy.
+        #[arg(long, env = "OUTRIGGER_TRUST_ROOTS")]
+        trust_roots: PathBuf,
+        /// The serving certificate (PEM chain) and key; read again when they change.
+        #[arg(long, env = "OUTRIGGER_TLS_CERT")]
+        tls_cert: PathBuf,
+        #[arg(long, env = "OUTRIGGER_TLS_KEY")]
+        tls_key: PathBuf,
+        /// How often the certificate files are checked for changes.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        reload_every: Duration,
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: String,
+        /// Plaintext `/metrics`, `/ready`, `/live`.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        admin: String,
+        #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+        log_level: String,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    s.parse::<outrigger_api::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let Command::Run {
+        config,
+        trust_roots,
+        tls_cert,
+        tls_key,
+        reload_every,
+        listen,
+        admin,
+        log_level,
+    } = Cli::parse().command;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&log_level)
+                .with_context(|| format!("invalid log filter {log_level:?}"))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("--config {}", config.display()))?;
+    let mut mesh =
+        MeshConfig::from_yaml(&text).with_context(|| format!("--config {}", config.display()))?;
+    mesh.trust_roots = std::fs::read_to_string(&trust_roots)
+        .with_context(|| format!("--trust-roots {}", trust_roots.display()))?;
+    if !mesh.trust_roots.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!(
+            "--trust-roots {}: no PEM certificate",
+            trust_roots.display()
+        );
+    }
+    let cert =
+        Arc::new(ReloadingCert::load(&tls_cert, &tls_key).context("the serving certificate")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outrigger-injector")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes client (in-cluster config or kubeconfig)")?;
+        let namespaces = Arc::new(Namespaces::default());
+        tokio::spawn(namespaces::watch(client, namespaces.clone()));
+        tokio::spawn(cert.clone().keep_reloading(reload_every));
+        let webhook = Arc::new(Webhook {
+            config: Arc::new(mesh),
+            namespaces,
+            metrics: Arc::new(Metrics::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let l = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("--listen {listen}"))?;
+        let a = TcpListener::bind(&admin)
+            .await
+            .with_context(|| format!("--admin {admin}"))?;
+        tracing::info!(%listen, %admin, "serving the webhook");
+        let tls = Arc::new(server::tls_config(cert));
+        tokio::spawn(server::serve_admin(a, webhook.clone(), stopped.clone()));
+        let serving = tokio::spawn(server::serve_webhook(l, tls, webhook, stopped));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        let _ = stop.send(true);
+        let _ = serving.await;
+        Ok(())
+    })
+}

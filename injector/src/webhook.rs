@@ -1,0 +1,154 @@
+//! One AdmissionReview in, one out: [`Webhook::review`] reads the request,
+//! looks the namespace up in the cache, runs [`inject`] and writes the
+//! response, whose `uid` is always the request's. A body that is not an
+//! AdmissionReview with a request is a [`BadRequest`] (HTTP 400 with the
+//! reason). No side effects: a dry-run request gets the same answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+
+use crate::config::MeshConfig;
+use crate::inject::{inject, Outcome};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::namespaces::Namespaces;
+
+/// Why a body got a 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+pub struct Webhook {
+    pub config: Arc<MeshConfig>,
+    pub namespaces: Arc<Namespaces>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Webhook {
+    /// The answer to one request body.
+    pub fn review(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadRequest> {
+        let started = Instant::now();
+        self.metrics.requests.inc();
+        let result = self.answer(body);
+        if result.is_err() {
+            self.count_error("bad_request");
+        }
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn answer(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadRequest> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+            .map_err(|e| BadRequest(format!("not an AdmissionReview: {e}")))?;
+        if review.types.api_version != "admission.k8s.io/v1"
+            || review.types.kind != "AdmissionReview"
+        {
+            return Err(BadRequest(format!(
+                "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got {} {}",
+                review.types.api_version, review.types.kind
+            )));
+        }
+        let req: AdmissionRequest<DynamicObject> = review
+            .try_into()
+            .map_err(|_| BadRequest("the AdmissionReview has no request".into()))?;
+        if req.uid.is_empty() {
+            return Err(BadRequest("request.uid is empty".into()));
+        }
+        let response = AdmissionResponse::from(&req);
+        if req.kind.kind != "Pod" || !req.kind.group.is_empty() || req.sub_resource.is_some() {
+            self.count_skip("not_a_pod");
+            return Ok(response.into_review());
+        }
+        if req.operation != Operation::Create {
+            // UPDATE and the rest: a pod's containers cannot change after
+            // creation, so there is nothing to add.
+            self.count_skip("not_create");
+            return Ok(response.into_review());
+        }
+        let Some(object) = &req.object else {
+            return Err(BadRequest("request.object is missing for CREATE".into()));
+        };
+        let pod = serde_json::to_value(object).expect("a parsed object serializes");
+        let ns_name = req
+            .namespace
+            .clone()
+            .or_else(|| object.metadata.namespace.clone())
+            .unwrap_or_default();
+        let (namespace, known) = self.namespaces.get(&ns_name);
+        if !known {
+            tracing::debug!(namespace = %ns_name, "namespace not in the cache; only the pod's own annotation counts");
+        }
+        let name = object
+            .metadata
+            .name
+            .clone()
+            .or_else(|| object.metadata.generate_name.clone())
+            .unwrap_or_default();
+        Ok(match inject(&pod, &namespace, &self.config) {
+            Outcome::Inject { patch, warnings } => {
+                self.metrics.injected.inc();
+                tracing::info!(namespace = %ns_name, pod = %name, dry_run = req.dry_run, "injected");
+                let mut r = response.with_patch(patch).expect("a JSON Patch serializes");
+                if !warnings.is_empty() {
+                    r.warnings = Some(warnings);
+                }
+                r.into_review()
+            }
+            Outcome::Skip(reason) => {
+                self.count_skip(reason.as_str());
+                response.into_review()
+            }
+            Outcome::Refuse(message) => {
+                self.metrics.refused.inc();
+                tracing::info!(namespace = %ns_name, pod = %name, %message, "refused");
+                response.deny(message).into_review()
+            }
+            Outcome::CannotHandle(why) => {
+                self.count_error("cannot_handle");
+                tracing::warn!(namespace = %ns_name, pod = %name, %why, "admitted without the proxy");
+                let mut r = response;
+                r.warnings = Some(vec![format!(
+                    "outrigger: the pod was admitted without the proxy: {why}"
+                )]);
+                r.into_review()
+            }
+        })
+    }
+
+    fn count_skip(&self, reason: &'static str) {
+        self.metrics
+            .skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    fn count_error(&self, reason: &'static str) {
+        self.metrics
+            .errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The response as the API server reads it. `kube`'s AdmissionResponse
+/// serializes its patch as an array of numbers; the API documents a
+/// base64 string (Go's `[]byte`), which is what is sent.
+pub fn encode(review: &AdmissionReview<DynamicObject>) -> Vec<u8> {
+    use base64::Engine;
+    let mut v = serde_json::to_value(review).expect("a review serializes");
+    if let Some(patch) = v.pointer_mut("/response/patch") {
+        if let Some(bytes) = patch.as_array().map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        }) {
+            *patch =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    serde_json::to_vec(&v).expect("serializes")
+}

@@ -1,0 +1,549 @@
+//! Injection over a table of pods: each patch is applied with a real JSON
+//! Patch implementation and the result parsed back into a
+//! `k8s_openapi` Pod, whose containers, ports, env and security context
+//! are checked exactly.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use outrigger_api::probe::AppProbes;
+use outrigger_api::Snapshot;
+use outrigger_injector::config::MeshConfig;
+use outrigger_injector::inject::{inject, Namespace, Outcome, SkipReason};
+use serde_json::Value;
+
+fn cfg() -> MeshConfig {
+    let mut c = MeshConfig::with_image("ghcr.io/outrigger/proxy:0.1.0");
+    c.trust_roots = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into();
+    c
+}
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap()
+}
+
+fn enabled(ns: &str) -> Namespace {
+    Namespace {
+        name: ns.into(),
+        annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),
+    }
+}
+
+fn plain(ns: &str) -> Namespace {
+    Namespace {
+        name: ns.into(),
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// Injects and applies the patch; returns the pod after and the warnings.
+fn injected(pod: &Value, ns: &Namespace, cfg: &MeshConfig) -> (Pod, Value, Vec<String>) {
+    match inject(pod, ns, cfg) {
+        Outcome::Inject { patch, warnings } => {
+            let mut doc = pod.clone();
+            json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{e}: {patch:?}"));
+            let typed: Pod = serde_json::from_value(doc.clone()).unwrap();
+            (typed, doc, warnings)
+        }
+        other => panic!("not injected: {other:?}"),
+    }
+}
+
+fn env(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let v = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(src)) => {
+                    format!("fieldRef:{}", src.field_ref.as_ref().unwrap().field_path)
+                }
+                _ => String::new(),
+            };
+            (e.name.clone(), v)
+        })
+        .collect()
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  generateName: web-7d9f8b6c5d-
+  namespace: shop
+  labels: { app: web }
+spec:
+  serviceAccountName: web
+  containers:
+    - name: web
+      image: web:1
+      ports: [{ name: http, containerPort: 8080 }, { containerPort: 9090 }]
+      livenessProbe:
+        httpGet: { path: /healthz, port: http, httpHeaders: [{ name: X-Probe, value: kubelet }] }
+        periodSeconds: 7
+        timeoutSeconds: 2
+      readinessProbe:
+        tcpSocket: { port: 8080 }
+        failureThreshold: 5
+      startupProbe:
+        exec: { command: [cat, /tmp/ready] }
+"#;
+
+#[test]
+fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
+    let pod = yaml(WEB);
+    let (after, doc, warnings) = injected(&pod, &enabled("shop"), &cfg());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        doc["metadata"]["generateName"], "web-7d9f8b6c5d-",
+        "the name is left to the API server"
+    );
+    let spec = after.spec.unwrap();
+    let inits = spec.init_containers.unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["outrigger-init", "outrigger-proxy"]);
+
+    // The init step: iptables with NET_ADMIN/NET_RAW, nothing more.
+    let init = &inits[0];
+    assert_eq!(init.image.as_deref(), Some("ghcr.io/outrigger/proxy:0.1.0"));
+    assert_eq!(
+        init.args.as_deref().unwrap(),
+        [
+            "init",
+            "--proxy-uid",
+            "2102",
+            "--outbound-port",
+            "4140",
+            "--inbound-port",
+            "4143",
+            "--skip-inbound-ports",
+            "4191"
+        ]
+    );
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+    assert!(init.restart_policy.is_none());
+
+    // The proxy: a native sidecar, non-root, no capabilities.
+    let proxy = &inits[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert!(proxy.lifecycle.is_none());
+    assert_eq!(proxy.args.as_deref().unwrap(), ["run"]);
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(2102));
+    assert_eq!(sc.run_as_group, Some(2102));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref().unwrap(),
+        ["ALL"]
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    let ports = proxy.ports.as_ref().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].container_port, 4191);
+    assert_eq!(ports[0].name.as_deref(), Some("outrigger-admin"));
+    for (probe, path) in [
+        (&proxy.readiness_probe, "/ready"),
+        (&proxy.startup_probe, "/ready"),
+        (&proxy.liveness_probe, "/live"),
+    ] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::Int(4191));
+    }
+    let res = proxy.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "100m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "32Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "128Mi");
+    let mounts = proxy.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts[0].mount_path, "/var/run/secrets/outrigger.dev");
+    assert_eq!(mounts[0].read_only, Some(true));
+
+    let e = env(proxy);
+    let names: Vec<&str> = e.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "OUTRIGGER_APP_PROBES",
+            "OUTRIGGER_BOOTSTRAP",
+            "OUTRIGGER_CONTROL_PLANE",
+            "OUTRIGGER_CONTROL_PLANE_IDENTITY",
+            "OUTRIGGER_LOG",
+            "OUTRIGGER_TOKEN_FILE",
+            "OUTRIGGER_TRUST_DOMAIN",
+            "OUTRIGGER_TRUST_ROOTS_PEM",
+            "POD_IP",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "SERVICE_ACCOUNT"
+        ]
+    );
+    assert_eq!(e["POD_NAME"], "fieldRef:metadata.name");
+    assert_eq!(e["POD_NAMESPACE"], "fieldRef:metadata.namespace");
+    assert_eq!(e["SERVICE_ACCOUNT"], "fieldRef:spec.serviceAccountName");
+    assert_eq!(e["POD_IP"], "fieldRef:status.podIP");
+    assert_eq!(
+        e["OUTRIGGER_CONTROL_PLANE"],
+        "outrigger-control-plane.outrigger-system.svc:8090"
+    );
+    assert_eq!(
+        e["OUTRIGGER_CONTROL_PLANE_IDENTITY"],
+        "spiffe://cluster.local/ns/outrigger-system/sa/outrigger-control-plane"
+    );
+    assert_eq!(
+        e["OUTRIGGER_TOKEN_FILE"],
+        "/var/run/secrets/outrigger.dev/token"
+    );
+    assert!(e["OUTRIGGER_TRUST_ROOTS_PEM"].starts_with("-----BEGIN CERTIFICATE-----"));
+    let boot = Snapshot::from_json(&e["OUTRIGGER_BOOTSTRAP"]).unwrap();
+    boot.validate().unwrap();
+    assert_eq!(boot.admin.bind, "0.0.0.0:4191");
+    assert_eq!(boot.proxy.namespace, "shop");
+    let binds: Vec<(&str, &str)> = boot
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.bind.as_str()))
+        .collect();
+    assert_eq!(
+        binds,
+        [("outbound", "127.0.0.1:4140"), ("inbound", "0.0.0.0:4143")]
+    );
+
+    // The app's probes now ask the proxy, which runs the originals.
+    let web = &spec.containers[0];
+    let live = web.liveness_probe.as_ref().unwrap();
+    let get = live.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/web/livez"));
+    assert_eq!(get.port, IntOrString::Int(4191));
+    assert!(get.http_headers.is_none());
+    assert_eq!(
+        (live.period_seconds, live.timeout_seconds),
+        (Some(7), Some(2))
+    );
+    let ready = web.readiness_probe.as_ref().unwrap();
+    assert!(ready.tcp_socket.is_none());
+    assert_eq!(
+        ready.http_get.as_ref().unwrap().path.as_deref(),
+        Some("/app-health/web/readyz")
+    );
+    assert_eq!(ready.failure_threshold, Some(5));
+    assert!(
+        web.startup_probe.as_ref().unwrap().exec.is_some(),
+        "exec probes stay"
+    );
+    let probes: AppProbes = serde_json::from_str(&e["OUTRIGGER_APP_PROBES"]).unwrap();
+    assert_eq!(
+        serde_json::to_value(&probes).unwrap(),
+        serde_json::json!({
+            "/app-health/web/livez": {"httpGet": {"path": "/healthz", "port": 8080,
+                "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]}, "timeoutSeconds": 2},
+            "/app-health/web/readyz": {"tcpSocket": {"port": 8080}}
+        })
+    );
+
+    // The token, projected for the control plane's audience.
+    let volumes = spec.volumes.unwrap();
+    assert_eq!(volumes.len(), 1);
+    let token = volumes[0]
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("outrigger"));
+    assert_eq!(token.path, "token");
+    assert_eq!(volumes[0].name, "outrigger-token");
+    let ann = after.metadata.annotations.unwrap();
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "4191");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn existing_init_containers_volumes_and_annotations_are_kept() {
+    let pod = yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db-0
+  namespace: shop
+  annotations: { prometheus.io/port: "9187", team: data }
+spec:
+  initContainers: [{ name: migrate, image: migrate:1 }]
+  containers: [{ name: db, image: postgres:16, ports: [{ containerPort: 5432 }] }]
+  volumes: [{ name: data, emptyDir: {} }]
+"#,
+    );
+    let (after, _, _) = injected(&pod, &enabled("shop"), &cfg());
+    let spec = after.spec.unwrap();
+    let names: Vec<&str> = spec
+        .init_containers
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["outrigger-init", "outrigger-proxy", "migrate"],
+        "the app's init containers run meshed, after the proxy"
+    );
+    let volumes: Vec<&str> = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["data", "outrigger-token"]);
+    assert_eq!(spec.containers.len(), 1);
+    let ann = after.metadata.annotations.unwrap();
+    assert_eq!(ann["prometheus.io/port"], "9187", "the pod's own stays");
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["team"], "data");
+}
+
+#[test]
+fn without_native_sidecars_the_proxy_is_the_first_container_and_holds_the_app() {
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] =
+        serde_json::json!({"config.outrigger.dev/native-sidecar": "false"});
+    pod["spec"]["initContainers"] = serde_json::json!([{"name": "setup", "image": "setup:1"}]);
+    let (after, _, warnings) = injected(&pod, &enabled("shop"), &cfg());
+    let spec = after.spec.unwrap();
+    let inits: Vec<&str> = spec
+        .init_containers
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(inits, ["outrigger-init", "setup"]);
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["outrigger-proxy", "web"]);
+    let proxy = &spec.containers[0];
+    assert!(proxy.restart_policy.is_none());
+    let hook = proxy
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        hook.command.as_deref().unwrap(),
+        [
+            "outrigger-proxy",
+            "wait-ready",
+            "--admin",
+            "127.0.0.1:4191",
+            "--timeout",
+            "120s"
+        ]
+    );
+    // The probes of the app (now at index 1) were rewritten all the same.
+    assert_eq!(
+        spec.containers[1]
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/app-health/web/livez")
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("init containers"), "{warnings:?}");
+    // The mesh config can turn native sidecars off for everyone.
+    let mut c = cfg();
+    c.native_sidecar = false;
+    let (after, _, _) = injected(&yaml(WEB), &enabled("shop"), &c);
+    assert_eq!(after.spec.unwrap().containers[0].name, "outrigger-proxy");
+}
+
+#[test]
+fn annotations_tune_the_init_step_the_bootstrap_and_the_resources() {
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] = serde_json::json!({
+        "config.outrigger.dev/skip-inbound-ports": "9090",
+        "config.outrigger.dev/skip-outbound-ports": "5432,6000-6010",
+        "config.outrigger.dev/skip-subnets": "169.254.169.254/32",
+        "config.outrigger.dev/opaque-ports": "3306",
+        "config.outrigger.dev/proxy-cpu-request": "250m",
+        "config.outrigger.dev/proxy-memory-limit": "256Mi",
+        "config.outrigger.dev/proxy-log-level": "debug",
+    });
+    let (after, _, _) = injected(&pod, &enabled("shop"), &cfg());
+    let inits = after.spec.unwrap().init_containers.unwrap();
+    assert_eq!(
+        inits[0].args.as_deref().unwrap(),
+        [
+            "init",
+            "--proxy-uid",
+            "2102",
+            "--outbound-port",
+            "4140",
+            "--inbound-port",
+            "4143",
+            "--skip-inbound-ports",
+            "4191,9090",
+            "--skip-outbound-ports",
+            "5432,6000:6010",
+            "--skip-subnets",
+            "169.254.169.254/32"
+        ]
+    );
+    let proxy = &inits[1];
+    let e = env(proxy);
+    assert_eq!(e["OUTRIGGER_LOG"], "debug");
+    let boot = Snapshot::from_json(&e["OUTRIGGER_BOOTSTRAP"]).unwrap();
+    assert_eq!(boot.listeners[1].opaque_ports, [3306]);
+    let res = proxy.resources.as_ref().unwrap();
+    assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "250m");
+    assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "32Mi");
+    assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "256Mi");
+}
+
+#[test]
+fn who_is_skipped_and_why() {
+    let c = cfg();
+    let skip = |pod: &Value, ns: &Namespace| match inject(pod, ns, &c) {
+        Outcome::Skip(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let web = yaml(WEB);
+    assert_eq!(skip(&web, &plain("shop")), SkipReason::NotEnabled);
+    let mut off = web.clone();
+    off["metadata"]["annotations"] = serde_json::json!({"outrigger.dev/inject": "disabled"});
+    assert_eq!(skip(&off, &enabled("shop")), SkipReason::Disabled);
+    let mut host = web.clone();
+    host["spec"]["hostNetwork"] = Value::Bool(true);
+    assert_eq!(skip(&host, &enabled("shop")), SkipReason::HostNetwork);
+    let mut system = web.clone();
+    system["metadata"]["namespace"] = "outrigger-system".into();
+    system["metadata"]["annotations"] = serde_json::json!({"outrigger.dev/inject": "enabled"});
+    assert_eq!(
+        skip(&system, &enabled("outrigger-system")),
+        SkipReason::ControlPlaneNamespace
+    );
+    // The pod's own "enabled" wins over a namespace that is not.
+    let mut on = web.clone();
+    on["metadata"]["annotations"] = serde_json::json!({"outrigger.dev/inject": "enabled"});
+    let (_, once, _) = injected(&on, &plain("shop"), &c);
+    // Reinvoked on its own output (or on UPDATE): nothing more to do.
+    assert_eq!(skip(&once, &enabled("shop")), SkipReason::AlreadyInjected);
+    // A pod without a namespace in its metadata takes the request's.
+    let mut bare = web.clone();
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    let (_, doc, _) = injected(&bare, &enabled("shop"), &c);
+    let proxy = &doc["spec"]["initContainers"][1];
+    let boot = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OUTRIGGER_BOOTSTRAP")
+        .unwrap();
+    assert!(boot["value"]
+        .as_str()
+        .unwrap()
+        .contains("\"namespace\":\"shop\""));
+}
+
+#[test]
+fn bad_annotations_are_refused_naming_the_annotation() {
+    let c = cfg();
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] =
+        serde_json::json!({"config.outrigger.dev/skip-inbound-ports": "ssh"});
+    match inject(&pod, &enabled("shop"), &c) {
+        Outcome::Refuse(m) => assert!(
+            m.starts_with("annotation config.outrigger.dev/skip-inbound-ports: \"ssh\""),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    pod["metadata"]["annotations"] = serde_json::json!({"outrigger.dev/inject": "yes"});
+    assert!(
+        matches!(inject(&pod, &enabled("shop"), &c), Outcome::Refuse(m) if m.contains("outrigger.dev/inject"))
+    );
+    let mut ns = plain("shop");
+    ns.annotations
+        .insert("outrigger.dev/inject".into(), "on".into());
+    assert!(
+        matches!(inject(&yaml(WEB), &ns, &c), Outcome::Refuse(m) if m.starts_with("namespace shop: annotation outrigger.dev/inject"))
+    );
+    // A disabled pod is not read any further: its other annotations do
+    // not matter.
+    pod["metadata"]["annotations"] = serde_json::json!({
+        "outrigger.dev/inject": "disabled",
+        "config.outrigger.dev/skip-inbound-ports": "ssh",
+    });
+    assert!(matches!(
+        inject(&pod, &enabled("shop"), &c),
+        Outcome::Skip(SkipReason::Disabled)
+    ));
+}
+
+#[test]
+fn what_cannot_be_handled_is_said_and_left_alone() {
+    let c = cfg();
+    let broken = serde_json::json!({"metadata": {"name": "x"}, "spec": {"containers": "web"}});
+    assert!(matches!(
+        inject(&broken, &enabled("shop"), &c),
+        Outcome::CannotHandle(m) if m.starts_with("not a readable Pod")
+    ));
+    // A probe on a port name the container does not have, and a gRPC
+    // probe: left as they are, with a warning each.
+    let pod = yaml(
+        r#"
+metadata: { name: api-1, namespace: shop }
+spec:
+  containers:
+    - name: api
+      livenessProbe: { httpGet: { path: /healthz, port: admin } }
+      readinessProbe: { grpc: { port: 9000 } }
+"#,
+    );
+    let (after, _, warnings) = injected(&pod, &enabled("shop"), &c);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("no port named \"admin\""),
+        "{warnings:?}"
+    );
+    assert!(warnings[1].contains("gRPC readinessProbe"), "{warnings:?}");
+    let api = &after.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        api.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .port,
+        IntOrString::String("admin".into())
+    );
+    let proxy = &after.spec.unwrap().init_containers.unwrap()[1];
+    assert!(!env(proxy).contains_key("OUTRIGGER_APP_PROBES"));
+}

@@ -1,0 +1,409 @@
+//! `outrigger-proxy init`: the transparent redirect, installed with
+//! iptables' NAT table in the pod's network namespace before the app and
+//! the proxy start.
+//!
+//! ```text
+//! PREROUTING ─▶ OUTRIGGER_INBOUND: skipped ports RETURN; TCP ─▶ REDIRECT :4143
+//! OUTPUT     ─▶ OUTRIGGER_OUTPUT:  the proxy's UID RETURN; out of lo RETURN;
+//!                                  skipped ports, skipped subnets RETURN;
+//!                                  TCP ─▶ REDIRECT :4140
+//! ```
+//!
+//! [`Plan::restore_input`] is pure: the `iptables-restore --noflush` input
+//! that (re)writes Outrigger's chains, given what `iptables-save` shows, so
+//! a rerun replaces the chains' rules and adds each jump only once.
+//! [`run`] is the edge: it picks the backend (nft or legacy), reads the
+//! table, writes it, for IPv4 and IPv6.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+pub const INBOUND_CHAIN: &str = "OUTRIGGER_INBOUND";
+pub const OUTPUT_CHAIN: &str = "OUTRIGGER_OUTPUT";
+
+/// A port or an inclusive range (`9000:9010` as iptables writes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// Reads `8080,9000-9010` (or `9000:9010`).
+pub fn parse_ports(v: &str) -> Result<Vec<Ports>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let port = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))
+        };
+        let (first, last) = match item.split_once(['-', ':']) {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(item)?, port(item)?),
+        };
+        if first > last {
+            return Err(format!("{item:?}: the range runs backwards"));
+        }
+        out.push(Ports { first, last });
+    }
+    Ok(out)
+}
+
+/// A CIDR: its address (for the family) and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub ip: IpAddr,
+    pub text: String,
+}
+
+pub fn parse_subnets(v: &str) -> Result<Vec<Subnet>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (ip, len) = item
+            .split_once('/')
+            .ok_or_else(|| format!("{item:?} is not a CIDR (address/length)"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{item:?}: {ip:?} is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if !len.parse::<u8>().is_ok_and(|l| l <= max) {
+            return Err(format!("{item:?}: the prefix length must be 0-{max}"));
+        }
+        out.push(Subnet {
+            ip,
+            text: item.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// What to install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub proxy_uid: u32,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub skip_inbound: Vec<Ports>,
+    pub skip_outbound: Vec<Ports>,
+    pub skip_subnets: Vec<Subnet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Plan {
+    /// The `iptables-restore --noflush` input for `family`. Declaring the
+    /// chains empties them, so their rules are replaced; a jump from
+    /// PREROUTING or OUTPUT is added only when `saved` (the output of
+    /// `iptables-save -t nat`) does not show it already.
+    pub fn restore_input(&self, family: Family, saved: &str) -> String {
+        let mut out = String::from("*nat\n");
+        for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
+            let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        let inbound = format!("-A {INBOUND_CHAIN}");
+        for p in &self.skip_inbound {
+            let _ = writeln!(out, "{inbound} -p tcp --dport {p} -j RETURN");
+        }
+        let _ = writeln!(
+            out,
+            "{inbound} -p tcp -j REDIRECT --to-ports {}",
+            self.inbound_port
+        );
+        let output = format!("-A {OUTPUT_CHAIN}");
+        // The proxy's own connections (to the app, to peers, to the control
+        // plane) go where they were sent.
+        let _ = writeln!(
+            out,
+            "{output} -m owner --uid-owner {} -j RETURN",
+            self.proxy_uid
+        );
+        // Traffic within the pod (localhost, or the pod's own IP) stays.
+        let _ = writeln!(out, "{output} -o lo -j RETURN");
+        for p in &self.skip_outbound {
+            let _ = writeln!(out, "{output} -p tcp --dport {p} -j RETURN");
+        }
+        for s in &self.skip_subnets {
+            if (family == Family::V4) == s.ip.is_ipv4() {
+                let _ = writeln!(out, "{output} -d {} -j RETURN", s.text);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{output} -p tcp -j REDIRECT --to-ports {}",
+            self.outbound_port
+        );
+        for (hook, chain) in [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTPUT_CHAIN)] {
+            let jump = format!("-A {hook} -p tcp -j {chain}");
+            if !saved.lines().any(|l| l.trim() == jump) {
+                let _ = writeln!(out, "{jump}");
+            }
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+}
+
+/// Which iptables the kernel's rules go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// nft if its tools are there and work, else legacy; a backend that
+    /// already holds rules in this namespace wins.
+    Auto,
+    Nft,
+    Legacy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{tool} not found: install iptables (the nft or legacy variant) in the init image")]
+    Missing { tool: String },
+    #[error("{tool} failed ({status}): {stderr}{hint}")]
+    Failed {
+        tool: String,
+        status: String,
+        stderr: String,
+        hint: &'static str,
+    },
+    #[error("cannot run {tool}: {source}")]
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
+}
+
+const CAPABILITY_HINT: &str =
+    " (the init step needs root with NET_ADMIN and NET_RAW in the pod's network namespace)";
+
+/// Runs `tool args`, feeding `input`; returns its stdout.
+fn exec(tool: &str, args: &[&str], input: Option<&str>) -> Result<String, InitError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => InitError::Missing { tool: tool.into() },
+            _ => InitError::Spawn {
+                tool: tool.into(),
+                source,
+            },
+        })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| InitError::Spawn {
+                tool: tool.into(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| InitError::Spawn {
+            tool: tool.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let denied = stderr.contains("Permission denied") || stderr.contains("must be root");
+        return Err(InitError::Failed {
+            tool: tool.into(),
+            status: out.status.to_string(),
+            stderr,
+            hint: if denied { CAPABILITY_HINT } else { "" },
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tools(mode: Mode, family: Family) -> (String, String) {
+    let base = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    match mode {
+        Mode::Nft => (format!("{base}-nft-save"), format!("{base}-nft-restore")),
+        Mode::Legacy => (
+            format!("{base}-legacy-save"),
+            format!("{base}-legacy-restore"),
+        ),
+        Mode::Auto => (format!("{base}-save"), format!("{base}-restore")),
+    }
+}
+
+/// The backend to use: asked for, or (auto) the one that holds rules
+/// already, else nft where it works, else legacy.
+pub fn pick(mode: Mode) -> Mode {
+    if mode != Mode::Auto {
+        return mode;
+    }
+    let rules = |m| {
+        let (save, _) = tools(m, Family::V4);
+        exec(&save, &[], None)
+            .ok()
+            .map(|s| s.lines().filter(|l| l.starts_with("-A ")).count())
+    };
+    match (rules(Mode::Nft), rules(Mode::Legacy)) {
+        (Some(_), Some(legacy)) if legacy > 0 => Mode::Legacy,
+        (Some(_), _) => Mode::Nft,
+        (None, Some(_)) => Mode::Legacy,
+        // Neither variant by name: the plain tools decide.
+        (None, None) => Mode::Auto,
+    }
+}
+
+/// Installs `plan`; with `dry_run`, prints what it would write instead.
+/// IPv6 is best effort: a kernel or image without it is reported, not fatal.
+pub fn run(plan: &Plan, mode: Mode, dry_run: bool) -> Result<String, InitError> {
+    if dry_run {
+        let mut out = String::new();
+        for (family, name) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
+            let _ = writeln!(out, "# {name}-restore --noflush");
+            out.push_str(&plan.restore_input(family, ""));
+        }
+        return Ok(out);
+    }
+    let mode = pick(mode);
+    let mut report = String::new();
+    for family in [Family::V4, Family::V6] {
+        let (save, restore) = tools(mode, family);
+        let result = exec(&save, &["-t", "nat"], None).and_then(|saved| {
+            let input = plan.restore_input(family, &saved);
+            exec(&restore, &["--noflush"], Some(&input)).map(|_| input)
+        });
+        match (result, family) {
+            (Ok(input), _) => {
+                let _ = writeln!(report, "# {restore} --noflush\n{input}");
+            }
+            (Err(e), Family::V6) => {
+                let _ = writeln!(report, "# IPv6 not redirected: {e}");
+            }
+            (Err(e), Family::V4) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            proxy_uid: 2102,
+            inbound_port: 4143,
+            outbound_port: 4140,
+            skip_inbound: parse_ports("4191,9000-9002").unwrap(),
+            skip_outbound: parse_ports("5432").unwrap(),
+            skip_subnets: parse_subnets("169.254.169.254/32,fd00::/8").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_rules_redirect_inbound_and_outbound_with_their_exceptions() {
+        assert_eq!(
+            plan().restore_input(Family::V4, ""),
+            "*nat
+:OUTRIGGER_INBOUND - [0:0]
+:OUTRIGGER_OUTPUT - [0:0]
+-A OUTRIGGER_INBOUND -p tcp --dport 4191 -j RETURN
+-A OUTRIGGER_INBOUND -p tcp --dport 9000:9002 -j RETURN
+-A OUTRIGGER_INBOUND -p tcp -j REDIRECT --to-ports 4143
+-A OUTRIGGER_OUTPUT -m owner --uid-owner 2102 -j RETURN
+-A OUTRIGGER_OUTPUT -o lo -j RETURN
+-A OUTRIGGER_OUTPUT -p tcp --dport 5432 -j RETURN
+-A OUTRIGGER_OUTPUT -d 169.254.169.254/32 -j RETURN
+-A OUTRIGGER_OUTPUT -p tcp -j REDIRECT --to-ports 4140
+-A PREROUTING -p tcp -j OUTRIGGER_INBOUND
+-A OUTPUT -p tcp -j OUTRIGGER_OUTPUT
+COMMIT
+"
+        );
+        let v6 = plan().restore_input(Family::V6, "");
+        assert!(v6.contains("-d fd00::/8 -j RETURN") && !v6.contains("169.254"));
+    }
+
+    #[test]
+    fn a_rerun_adds_no_second_jump() {
+        let saved = "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n\
+                     :OUTRIGGER_INBOUND - [0:0]\n-A PREROUTING -p tcp -j OUTRIGGER_INBOUND\n\
+                     -A OUTPUT -p tcp -j OUTRIGGER_OUTPUT\n-A OUTRIGGER_INBOUND -p tcp -j REDIRECT --to-ports 4143\nCOMMIT\n";
+        let again = plan().restore_input(Family::V4, saved);
+        assert!(!again.contains("-A PREROUTING"), "{again}");
+        assert!(!again.contains("-A OUTPUT "), "{again}");
+        assert!(
+            again.contains(":OUTRIGGER_INBOUND - [0:0]"),
+            "the chains are emptied and written again"
+        );
+    }
+
+    #[test]
+    fn ports_and_subnets_are_checked() {
+        assert_eq!(
+            parse_ports("80, 9000:9010").unwrap(),
+            [
+                Ports {
+                    first: 80,
+                    last: 80
+                },
+                Ports {
+                    first: 9000,
+                    last: 9010
+                }
+            ]
+        );
+        assert!(parse_ports("").unwrap().is_empty());
+        for bad in ["0", "http", "9010-9000", "70000"] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
+        }
+        for bad in ["10.0.0.0", "10.0.0.0/40", "x/8", "fd00::/129"] {
+            assert!(parse_subnets(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_dry_run_prints_both_families_and_touches_nothing() {
+        let out = run(&plan(), Mode::Nft, true).unwrap();
+        assert!(
+            out.starts_with("# iptables-restore --noflush\n*nat\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# ip6tables-restore --noflush\n*nat\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn a_missing_tool_is_named() {
+        let e = exec("outrigger-no-such-iptables", &[], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("outrigger-no-such-iptables not found: install iptables"),
+            "{e}"
+        );
+    }
+}
