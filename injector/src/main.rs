@@ -49,6 +49,11 @@ enum Command {
         /// Plaintext `/metrics`, `/ready`, `/live`.
         #[arg(long, default_value = "0.0.0.0:9443")]
         admin: String,
+        /// Local mode: the namespaces from this file (a YAML list of
+        /// Namespace objects) instead of a watch of the cluster, for trying
+        /// the webhook, and for its benchmark, without an API server.
+        #[arg(long)]
+        namespaces: Option<PathBuf>,
         #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
         log_level: String,
     },
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         reload_every,
         listen,
         admin,
+        namespaces: namespaces_file,
         log_level,
     } = Cli::parse().command;
     tracing_subscriber::fmt()
@@ -98,11 +104,29 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("no Kubernetes client (in-cluster config or kubeconfig)")?;
-        let namespaces = Arc::new(Namespaces::default());
-        tokio::spawn(namespaces::watch(client, namespaces.clone()));
+        let namespaces = match &namespaces_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--namespaces {}", path.display()))?;
+                let list: Vec<k8s_openapi::api::core::v1::Namespace> = serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .with_context(|| format!("--namespaces {}: not a list of Namespaces", path.display()))?;
+                Arc::new(Namespaces::fixed(list.into_iter().filter_map(|n| {
+                    Some(outrigger_injector::inject::Namespace {
+                        name: n.metadata.name?,
+                        annotations: n.metadata.annotations.unwrap_or_default(),
+                    })
+                })))
+            }
+            None => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("no Kubernetes client (in-cluster config or kubeconfig)")?;
+                let namespaces = Arc::new(Namespaces::default());
+                tokio::spawn(namespaces::watch(client, namespaces.clone()));
+                namespaces
+            }
+        };
         tokio::spawn(cert.clone().keep_reloading(reload_every));
         let webhook = Arc::new(Webhook {
             config: Arc::new(mesh),
