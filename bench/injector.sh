@@ -121,6 +121,7 @@ oha_run fixed -z "$DURATION" -q "$RATE" -c 4 --latency-correction
 log "unthrottled for $DURATION"
 oha_run max -z "$DURATION" -c 8
 log "memory over $ADMISSIONS admissions"
+curl -fsS "http://127.0.0.1:$P_ADMIN/metrics" >"$OUT/metrics-before-memory.txt"
 python3 - "${PID[injector]}" "$P_ADMIN" "$OUT/memory.jsonl" <<'PY' &
 import json, sys, time, urllib.request
 pid, admin, out = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -38,18 +38,17 @@ def main():
     rate, admissions = int(settings["RATE"]), int(settings["ADMISSIONS"])
     fixed, peak, mem = load(out, "fixed"), load(out, "max"), load(out, "memory")
     samples = [json.loads(l) for l in open(os.path.join(out, "memory.jsonl")) if l.strip()]
-    metrics = open(os.path.join(out, "metrics.txt")).read()
-
-    def counter(name):
-        for line in metrics.splitlines():
+    def counter(file, name):
+        for line in open(os.path.join(out, file)).read().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[-1])
         return 0.0
 
-    requests, injected = counter("outrigger_injector_requests_total"), counter("outrigger_injector_injected_total")
-    # Samples taken while the memory run went on: its requests start after
-    # the latency runs' ones.
-    first = min(s["requests"] for s in samples)
+    requests = counter("metrics.txt", "outrigger_injector_requests_total")
+    injected = counter("metrics.txt", "outrigger_injector_injected_total")
+    # The memory run's admissions are counted from the injector's count
+    # just before it (the latency runs came first).
+    first = counter("metrics-before-memory.txt", "outrigger_injector_requests_total")
     run = [dict(s, n=s["requests"] - first) for s in samples]
 
     def rss_at(n):
