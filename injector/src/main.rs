@@ -108,9 +108,12 @@ fn main() -> anyhow::Result<()> {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--namespaces {}", path.display()))?;
-                let list: Vec<k8s_openapi::api::core::v1::Namespace> = serde_saphyr::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("--namespaces {}: not a list of Namespaces", path.display()))?;
+                let list: Vec<k8s_openapi::api::core::v1::Namespace> =
+                    serde_saphyr::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .with_context(|| {
+                            format!("--namespaces {}: not a list of Namespaces", path.display())
+                        })?;
                 Arc::new(Namespaces::fixed(list.into_iter().filter_map(|n| {
                     Some(outrigger_injector::inject::Namespace {
                         name: n.metadata.name?,

@@ -48,12 +48,16 @@ async fn serve(
         };
         if watching {
             match watches.get(n) {
-                Some(events) => send.send_response(Response::new(Full::new(Bytes::from(events.clone())))),
+                Some(events) => {
+                    send.send_response(Response::new(Full::new(Bytes::from(events.clone()))))
+                }
                 None => held.push(send),
             }
         } else {
             let body = lists.get(n).or(lists.last()).unwrap();
-            send.send_response(Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap()))));
+            send.send_response(Response::new(Full::new(Bytes::from(
+                serde_json::to_vec(body).unwrap(),
+            ))));
         }
     }
 }
@@ -71,7 +75,12 @@ async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 fn inject_of(n: &Namespaces, name: &str) -> Option<String> {
     let (ns, known) = n.get(name);
-    known.then(|| ns.annotations.get("outrigger.dev/inject").cloned().unwrap_or_default())
+    known.then(|| {
+        ns.annotations
+            .get("outrigger.dev/inject")
+            .cloned()
+            .unwrap_or_default()
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -83,9 +92,21 @@ async fn the_cache_follows_lists_watch_events_and_relists() {
                 "reason": "Expired", "message": "too old resource version: 2 (9)" }),
     );
     let lists = vec![
-        list("1", vec![ns("shop", Some("enabled"), "1"), ns("kube-system", None, "1")]),
+        list(
+            "1",
+            vec![
+                ns("shop", Some("enabled"), "1"),
+                ns("kube-system", None, "1"),
+            ],
+        ),
         // After the expired watch: shop is gone, billing was created.
-        list("9", vec![ns("kube-system", None, "1"), ns("billing", Some("enabled"), "8")]),
+        list(
+            "9",
+            vec![
+                ns("kube-system", None, "1"),
+                ns("billing", Some("enabled"), "8"),
+            ],
+        ),
     ];
     let watches = vec![
         // billing turns up, shop is switched off, then the watch expires.
@@ -97,7 +118,8 @@ async fn the_cache_follows_lists_watch_events_and_relists() {
         ),
     ];
     let served = Arc::new(Mutex::new(HashMap::new()));
-    let (mock, handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+    let (mock, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     tokio::spawn(serve(handle, lists, watches, served.clone()));
     let client = kube::Client::new(mock, "default");
     let cache = Arc::new(Namespaces::default());
@@ -107,7 +129,9 @@ async fn the_cache_follows_lists_watch_events_and_relists() {
     assert!(eventually(Duration::from_secs(5), || cache.is_synced()).await);
     // The watch events, then the re-list after 410 Gone.
     assert!(
-        eventually(Duration::from_secs(30), || inject_of(&cache, "billing").is_some()).await,
+        eventually(Duration::from_secs(30), || inject_of(&cache, "billing")
+            .is_some())
+        .await,
         "never re-listed; served {:?}",
         served.lock().unwrap()
     );
@@ -128,12 +152,22 @@ async fn watch_events_change_the_cache_between_lists() {
         event("ADDED", ns("staging", Some("enabled"), "2")),
         event("DELETED", ns("shop", Some("enabled"), "3"))
     )];
-    let (mock, handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+    let (mock, handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     tokio::spawn(serve(handle, lists, watches, Arc::default()));
     let cache = Arc::new(Namespaces::default());
-    tokio::spawn(namespaces::watch(kube::Client::new(mock, "default"), cache.clone()));
+    tokio::spawn(namespaces::watch(
+        kube::Client::new(mock, "default"),
+        cache.clone(),
+    ));
     assert!(
-        eventually(Duration::from_secs(5), || inject_of(&cache, "staging").is_some()).await
+        eventually(Duration::from_secs(5), || inject_of(&cache, "staging")
+            .is_some())
+        .await
     );
-    assert!(eventually(Duration::from_secs(5), || inject_of(&cache, "shop").is_none()).await);
+    assert!(
+        eventually(Duration::from_secs(5), || inject_of(&cache, "shop")
+            .is_none())
+        .await
+    );
 }

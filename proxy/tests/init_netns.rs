@@ -38,7 +38,7 @@ fn ok(args: &[&str]) {
 /// it, that is a failure.
 fn can_run() -> bool {
     let root = sh(&["id", "-u"]).stdout == b"0\n";
-    let tools = ["ip", "iptables-save", "python3"]
+    let tools = ["ip", "iptables-save", "python3", "setpriv"]
         .iter()
         .all(|t| Command::new(t).arg("--version").output().is_ok());
     if root && tools {
@@ -238,6 +238,25 @@ fn check(tag: &str, mode: &str, save: &str, other: &str, web: u16, db: u16) {
         "--skip-subnets",
         "10.124.0.1/32",
     ];
+    // Without the privilege, it says what it needs.
+    let mut unprivileged = vec![
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        "setpriv",
+        "--reuid=2102",
+        "--regid=2102",
+        "--clear-groups",
+    ];
+    unprivileged.extend_from_slice(&init);
+    let out = sh(&unprivileged);
+    assert!(!out.status.success(), "{mode}: init ran without privilege");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("needs root with NET_ADMIN and NET_RAW"),
+        "{mode}: {err}"
+    );
     ns.exec(&init);
     let first = ns.output(&[save, "-t", "nat"]);
     // Run again (a restarted pod's init step): the same rules, one jump each.
