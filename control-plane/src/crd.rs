@@ -240,8 +240,8 @@ pub const RULES: &[Rule] = &[
     Rule {
         kind: "PeerAuthentication",
         at: "/properties/spec",
-        rule: "!has(self.portLevelMtls) || has(self.selector)",
-        message: "portLevelMtls applies to the workloads of a selector only",
+        rule: "!has(self.portLevelMtls) || (has(self.selector) && has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0)",
+        message: "portLevelMtls applies to the workloads of a selector with matchLabels only",
     },
     Rule {
         kind: "DestinationRule",

@@ -269,6 +269,12 @@ struct PeerAuthRule {
     ports: BTreeMap<u16, Option<MtlsMode>>,
 }
 
+/// A resource's workload selector; an empty one selects the whole
+/// namespace, as no selector does (Istio's reading).
+fn selector_of(s: Option<&crate::crd::WorkloadSelector>) -> Option<BTreeMap<String, String>> {
+    s.map(|s| s.match_labels.clone()).filter(|m| !m.is_empty())
+}
+
 /// Whether a pod with `labels` (None: a pod the store does not know) is
 /// among the workloads `selector` picks; no selector picks every pod.
 fn selects(
@@ -965,7 +971,7 @@ impl Mesh {
                 return Verdict::refused("InvalidSpec", format!("spec.{}: {}", e.0, e.1.message));
             }
         }
-        let selector = ap.spec.selector.as_ref().map(|s| s.match_labels.clone());
+        let selector = selector_of(ap.spec.selector.as_ref());
         self.authorization.insert(key.clone(), (selector, policy));
         Verdict::Accepted
     }
@@ -1051,7 +1057,7 @@ impl Mesh {
             }
         }
         let spec = &pa.spec;
-        let selector = spec.selector.as_ref().map(|s| s.match_labels.clone());
+        let selector = selector_of(spec.selector.as_ref());
         let workload_mode = match mode(
             spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default(),
             "spec.mtls.mode",
@@ -1996,6 +2002,28 @@ spec:
                 "{spec}: applies nothing"
             );
         }
+    }
+
+    #[test]
+    fn an_empty_selector_is_namespace_wide() {
+        let yaml = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: all, namespace: shop }
+spec: { selector: { matchLabels: {} }, mtls: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: ports, namespace: shop }
+spec: { selector: {}, portLevelMtls: { 80: { mode: STRICT } } }
+"#;
+        let m = mesh(yaml);
+        // Namespace-wide: it applies to a pod the store does not know.
+        assert_eq!(mtls(&m, "shop", "unknown"), Mtls::strict([]));
+        // A second namespace-wide one conflicts, and portLevelMtls needs a
+        // real selector.
+        let (reason, _) = refused(verdict(&m, "PeerAuthentication", "shop", "ports"));
+        assert_eq!(reason, "InvalidSpec");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Injection, pure: (pod, namespace, mesh config) → what to do, and the
-//! JSON Patch (RFC 6902) that does it. The webhook and the CLI's offline
-//! `inject` both call [`inject`].
+//! JSON Patch (RFC 6902) that does it. The webhook calls [`inject`], and
+//! so will the CLI's offline `inject`.
 //!
 //! What a meshed pod gets:
 //! - `outrigger-init` (first init container): `outrigger-proxy init`, the
@@ -117,7 +117,9 @@ pub fn inject(pod: &Value, namespace: &Namespace, cfg: &MeshConfig) -> Outcome {
         Ok(Some(v)) => Some(v),
         Ok(None) => match annotations::inject(&namespace.annotations) {
             Ok(v) => v,
-            Err(e) => return Outcome::Refuse(format!("namespace {ns}: {e}")),
+            // The namespace's typo must not refuse every pod created there:
+            // they are admitted as they are, and told why.
+            Err(e) => return Outcome::CannotHandle(format!("namespace {ns}: {e}")),
         },
         Err(e) => return Outcome::Refuse(e.to_string()),
     };

@@ -18,7 +18,7 @@ pub struct Metrics {
     pub injected: Counter,
     /// Pods left alone, by reason (`not_enabled`, `disabled`,
     /// `host_network`, `already_injected`, `control_plane_namespace`,
-    /// `not_create`, `not_a_pod`).
+    /// `not_create`, `not_a_pod`, `namespace_not_cached`).
     pub skipped: Family<ReasonLabel, Counter>,
     /// Pods refused for their annotations.
     pub refused: Counter,

@@ -23,7 +23,7 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// A fixed set (tests, and the CLI's offline inject).
+    /// A fixed set (tests, and the injector's local mode).
     pub fn fixed(items: impl IntoIterator<Item = Namespace>) -> Self {
         let ns = Self::default();
         *ns.known.write().unwrap_or_else(|p| p.into_inner()) =

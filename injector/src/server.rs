@@ -191,9 +191,18 @@ pub async fn serve_webhook(
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(route(&webhook, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that stalls in its request head does not hold a
+            // connection for ever.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30));
+            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
         });
     }
 }

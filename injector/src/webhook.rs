@@ -11,7 +11,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::DynamicObject;
 
 use crate::config::MeshConfig;
-use crate::inject::{inject, Outcome};
+use crate::inject::{inject, Outcome, SkipReason};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::namespaces::Namespaces;
 
@@ -96,6 +96,19 @@ impl Webhook {
                 if !warnings.is_empty() {
                     r.warnings = Some(warnings);
                 }
+                r.into_review()
+            }
+            Outcome::Skip(SkipReason::NotEnabled) if !known => {
+                // The namespace may be newer than the cache: say so rather
+                // than leave the pod unmeshed without a word.
+                self.count_skip("namespace_not_cached");
+                tracing::warn!(namespace = %ns_name, pod = %name, "namespace not in the cache; admitted without the proxy");
+                let mut r = response;
+                r.warnings = Some(vec![format!(
+                    "outrigger: namespace {ns_name} is not in the injector's cache yet, so its \
+                     outrigger.dev/inject annotation was not seen; the pod was admitted without \
+                     the proxy (recreate it to mesh it)"
+                )]);
                 r.into_review()
             }
             Outcome::Skip(reason) => {

@@ -491,8 +491,10 @@ fn bad_annotations_are_refused_naming_the_annotation() {
     let mut ns = plain("shop");
     ns.annotations
         .insert("outrigger.dev/inject".into(), "on".into());
+    // A typo on the namespace does not refuse its pods: admitted as they
+    // are, with the reason.
     assert!(
-        matches!(inject(&yaml(WEB), &ns, &c), Outcome::Refuse(m) if m.starts_with("namespace shop: annotation outrigger.dev/inject"))
+        matches!(inject(&yaml(WEB), &ns, &c), Outcome::CannotHandle(m) if m.starts_with("namespace shop: annotation outrigger.dev/inject"))
     );
     // A disabled pod is not read any further: its other annotations do
     // not matter.

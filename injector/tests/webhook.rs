@@ -253,6 +253,14 @@ async fn a_pod_is_injected_through_the_webhook() {
     let s = response(&skipped);
     assert_eq!(s["uid"], "uid-4");
     assert!(s.get("patch").is_none());
+    // billing is not in the cache at all: the pod is told so.
+    assert!(
+        s["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("namespace billing is not in the injector's cache"),
+        "{s}"
+    );
 
     // A bad annotation: refused, naming it.
     let mut bad = pod();
@@ -309,7 +317,7 @@ async fn a_pod_is_injected_through_the_webhook() {
             "1",
         ),
         (
-            "outrigger_injector_skipped_total{reason=\"not_enabled\"}",
+            "outrigger_injector_skipped_total{reason=\"namespace_not_cached\"}",
             "1",
         ),
         (

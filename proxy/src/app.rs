@@ -76,6 +76,9 @@ pub struct Applier {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
+    /// Set at the first applied config, never cleared (unlike `ready`,
+    /// which a drain clears).
+    configured: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -116,7 +119,9 @@ impl Proxy {
             bound.push((l, tcp));
         }
 
+        let configured = Arc::new(AtomicBool::new(!opts.wait_for_config));
         let shared = Arc::new(Shared {
+            configured: configured.clone(),
             chance: crate::policy::chance::Chance::default(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
@@ -175,6 +180,7 @@ impl Proxy {
             metrics: metrics.clone(),
             ready: ready.clone(),
             draining: draining.clone(),
+            configured,
         };
 
         let trigger = shutdown.clone();
@@ -266,6 +272,7 @@ impl Applier {
         let result = self.swap(snapshot);
         match &result {
             Ok(()) => {
+                self.configured.store(true, Ordering::Release);
                 if !self.draining.load(Ordering::Acquire)
                     && !self.ready.swap(true, Ordering::AcqRel)
                 {

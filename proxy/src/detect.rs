@@ -106,6 +106,8 @@ pub enum Hello<'a> {
 
 /// Largest TLS record payload (RFC 8446 §5.1, plus what TLS 1.2 allowed).
 const MAX_RECORD: usize = 16384 + 2048;
+/// The most bytes a ClientHello in one record can take: its header and payload.
+pub const MAX_HELLO: usize = 5 + MAX_RECORD;
 
 /// Reads the first TLS record of `buf` as a ClientHello (RFC 8446 §4.1.2,
 /// server_name from RFC 6066 §3). Pure.

@@ -13,7 +13,8 @@
 //! that (re)writes Outrigger's chains, given what `iptables-save` shows, so
 //! a rerun replaces the chains' rules and adds each jump only once.
 //! [`run`] is the edge: it picks the backend (nft or legacy), reads the
-//! table, writes it, for IPv4 and IPv6.
+//! table, writes it. IPv4 only: a pod with a global IPv6 address is refused
+//! (its IPv6 traffic would bypass the proxy), see [`global_ipv6`].
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -187,6 +188,31 @@ pub enum InitError {
         tool: String,
         source: std::io::Error,
     },
+    #[error(
+        "this pod has the IPv6 address {address} on {interface}: dual-stack pods are not \
+         supported yet (their IPv6 traffic would bypass the proxy)"
+    )]
+    DualStack { address: String, interface: String },
+}
+
+/// The first global IPv6 address in `/proc/net/if_inet6` (address, scope,
+/// interface), if any. Pure.
+pub fn global_ipv6(if_inet6: &str) -> Option<(String, String)> {
+    for line in if_inet6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // address ifindex prefix-length scope flags name; scope 00: global.
+        let [hex, _, _, scope, _, name] = f.as_slice() else {
+            continue;
+        };
+        if *scope != "00" || hex.len() != 32 {
+            continue;
+        }
+        let Ok(bits) = u128::from_str_radix(hex, 16) else {
+            continue;
+        };
+        return Some((std::net::Ipv6Addr::from(bits).to_string(), name.to_string()));
+    }
+    None
 }
 
 const CAPABILITY_HINT: &str =
@@ -275,35 +301,24 @@ pub fn pick(mode: Mode) -> Mode {
 }
 
 /// Installs `plan`; with `dry_run`, prints what it would write instead.
-/// IPv6 is best effort: a kernel or image without it is reported, not fatal.
 pub fn run(plan: &Plan, mode: Mode, dry_run: bool) -> Result<String, InitError> {
     if dry_run {
-        let mut out = String::new();
-        for (family, name) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
-            let _ = writeln!(out, "# {name}-restore --noflush");
-            out.push_str(&plan.restore_input(family, ""));
-        }
-        return Ok(out);
+        return Ok(format!(
+            "# iptables-restore --noflush\n{}",
+            plan.restore_input(Family::V4, "")
+        ));
+    }
+    if let Some((address, interface)) =
+        global_ipv6(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default())
+    {
+        return Err(InitError::DualStack { address, interface });
     }
     let mode = pick(mode);
-    let mut report = String::new();
-    for family in [Family::V4, Family::V6] {
-        let (save, restore) = tools(mode, family);
-        let result = exec(&save, &["-t", "nat"], None).and_then(|saved| {
-            let input = plan.restore_input(family, &saved);
-            exec(&restore, &["--noflush"], Some(&input)).map(|_| input)
-        });
-        match (result, family) {
-            (Ok(input), _) => {
-                let _ = writeln!(report, "# {restore} --noflush\n{input}");
-            }
-            (Err(e), Family::V6) => {
-                let _ = writeln!(report, "# IPv6 not redirected: {e}");
-            }
-            (Err(e), Family::V4) => return Err(e),
-        }
-    }
-    Ok(report)
+    let (save, restore) = tools(mode, Family::V4);
+    let saved = exec(&save, &["-t", "nat"], None)?;
+    let input = plan.restore_input(Family::V4, &saved);
+    exec(&restore, &["--noflush"], Some(&input))?;
+    Ok(format!("# {restore} --noflush\n{input}"))
 }
 
 #[cfg(test)]
@@ -384,17 +399,35 @@ COMMIT
     }
 
     #[test]
-    fn a_dry_run_prints_both_families_and_touches_nothing() {
+    fn a_dry_run_prints_the_rules_and_touches_nothing() {
         let out = run(&plan(), Mode::Nft, true).unwrap();
         assert!(
             out.starts_with("# iptables-restore --noflush\n*nat\n"),
             "{out}"
         );
-        assert!(
-            out.contains("# ip6tables-restore --noflush\n*nat\n"),
-            "{out}"
+        assert_eq!(out.matches("COMMIT").count(), 1);
+    }
+
+    #[test]
+    fn only_a_global_ipv6_address_makes_a_pod_dual_stack() {
+        let loopback_and_link_local = "00000000000000000000000000000001 01 80 10 80       lo\n\
+             fe800000000000000c5e2ffffe3a4b1c 02 40 20 80     eth0\n";
+        assert_eq!(global_ipv6(loopback_and_link_local), None);
+        let global = format!(
+            "{loopback_and_link_local}fd000000000000000000000000000012 02 40 00 80     eth0\n"
         );
-        assert_eq!(out.matches("COMMIT").count(), 2);
+        assert_eq!(
+            global_ipv6(&global),
+            Some(("fd00::12".to_string(), "eth0".to_string()))
+        );
+        assert_eq!(global_ipv6(""), None);
+        let e = InitError::DualStack {
+            address: "fd00::12".into(),
+            interface: "eth0".into(),
+        };
+        assert!(e
+            .to_string()
+            .contains("dual-stack pods are not supported yet"));
     }
 
     #[test]

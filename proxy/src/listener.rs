@@ -129,7 +129,10 @@ impl Listener {
             return Ok((Io::Plain(stream), None, false));
         };
         let deadline = Instant::now() + cfg.limits.detect_timeout;
-        let mut first = [0u8; 2048];
+        // Most ClientHellos fit the first 2 KiB; a larger one (big key
+        // shares, tickets) gets room for a whole record.
+        let mut first = vec![0u8; 2048];
+        let mut pause = std::time::Duration::from_millis(1);
         let mesh = loop {
             let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
             // A client that says nothing first (server-speaks-first
@@ -141,17 +144,22 @@ impl Listener {
             match detect::client_hello(&first[..n]) {
                 Hello::NotTls => break false,
                 Hello::ClientHello { server_name } => break server_name == Some(MESH_SERVER_NAME),
-                // Larger than this proxy reads, or not readable: taken for
-                // mesh TLS, which the handshake then settles.
+                // Not readable: taken for mesh TLS, which the handshake
+                // then settles.
                 Hello::Unreadable => break true,
+                Hello::NeedMore if n == first.len() && first.len() < detect::MAX_HELLO => {
+                    first.resize(detect::MAX_HELLO, 0);
+                }
                 Hello::NeedMore if n == first.len() => break true,
-                // A ClientHello split over segments: peek again shortly
-                // (peeking does not wait for more than is there).
+                // A ClientHello split over segments: peek again after a
+                // growing pause (peeking does not wait for more than is
+                // there, so this must not spin).
                 Hello::NeedMore => {
                     if Instant::now() >= deadline {
                         return Ok((Io::Plain(stream), None, true));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 }
             }
         };
@@ -221,8 +229,19 @@ impl Listener {
         drain: drain::Watch,
         mut guard: ConnGuard,
     ) {
-        let cfg = self.config.load_full();
         let direction = Direction::from(self.spec.direction);
+        // Until the control plane's first config, the inbound side does
+        // not know the workload's mTLS mode or policies: it fails closed.
+        if self.spec.direction == ApiDirection::Inbound
+            && !self
+                .shared
+                .configured
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::info!(listener = %self.spec.name, %peer, "no config from the control plane yet; closing");
+            return;
+        }
+        let cfg = self.config.load_full();
         let (target, opaque) = match self.resolve(&cfg, original_dst(&stream)) {
             Ok(t) => t,
             Err(reason) => {

@@ -436,3 +436,29 @@ async fn an_apps_own_tls_passes_through_a_permissive_inbound_side_untouched() {
     server.apply(snap).unwrap();
     assert!(https_get(inbound, &cert, "/").await.is_err());
 }
+
+#[tokio::test]
+async fn an_inbound_side_waiting_for_its_first_config_takes_nothing() {
+    // A proxy that restarts while its app runs must not serve the app with
+    // the bootstrap's defaults (PERMISSIVE, no policies) before the control
+    // plane says what applies: it closes connections until then.
+    let (app, hits) = counted_app("web", |_, _| Answer::Status(200)).await;
+    let boot = server_snapshot(app);
+    let server = Proxy::start(
+        boot.clone(),
+        Options {
+            wait_for_config: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    assert!(
+        try_get(inbound, "/").await.is_err(),
+        "served before any config"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    server.apply(boot).unwrap();
+    assert_eq!(get(inbound, "/").await.0, 200);
+}

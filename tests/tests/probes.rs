@@ -61,7 +61,11 @@ async fn closed_port() -> u16 {
 #[tokio::test]
 async fn probes_keep_working_when_the_inbound_side_is_strict() {
     let (app, hits) = counted_app("web", |_, req| match req.uri().path() {
-        "/healthz" => Answer::Status(200),
+        // Healthy only when kubelet's header came through.
+        "/healthz" if req.headers().get("x-probe").is_some_and(|v| v == "kubelet") => {
+            Answer::Status(200)
+        }
+        "/healthz" => Answer::Status(400),
         "/moved" => Answer::Status(302),
         "/slow" => Answer::Slow(5_000, 200),
         _ => Answer::Status(500),

@@ -249,6 +249,9 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
         );
     }
 
+    // The server side is STRICT: nothing could fall back to plaintext.
+    let config = get(server.admin_addr, "/config").await.1;
+    assert!(config.contains("\"STRICT\""), "{config}");
     let stop = Arc::new(AtomicBool::new(false));
     let requesters = keep_requesting(client.listener_addr("http").unwrap(), stop.clone());
     let fresh = Arc::new(AtomicUsize::new(0));

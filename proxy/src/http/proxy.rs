@@ -43,6 +43,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
     pub chance: Chance,
+    /// False until the first config is applied, for a proxy that waits for
+    /// the control plane: its inbound side then takes nothing, as the
+    /// bootstrap knows neither the workload's mTLS mode nor its policies.
+    pub configured: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where a connection's requests go, decided when it was accepted.
