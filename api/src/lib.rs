@@ -15,6 +15,7 @@ mod duration;
 pub mod inbound;
 pub mod policy;
 pub mod probe;
+pub mod redirect;
 mod snapshot;
 pub mod stream;
 mod validate;

@@ -3,7 +3,6 @@
 //! `config.outrigger.dev/` key is one too (a typo must not be ignored).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 /// `enabled` / `disabled`, on a namespace or a pod (the pod's wins).
 pub const INJECT: &str = "outrigger.dev/inject";
@@ -35,31 +34,14 @@ const KNOWN: [&str; 10] = [
 /// The most ports a range may expand to in an opaque-ports list.
 const MAX_OPAQUE_PORTS: usize = 1024;
 
-/// A port or an inclusive range of ports (`8080`, `9000-9010`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl std::fmt::Display for PortRange {
-    /// As iptables writes it: `8080` or `9000:9010`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}:{}", self.first, self.last)
-        }
-    }
-}
+pub use outrigger_api::redirect::{parse_port_ranges, parse_subnets, PortRange, Subnet};
 
 /// What a pod asks for; `None`: the mesh config's default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub skip_inbound_ports: Vec<PortRange>,
     pub skip_outbound_ports: Vec<PortRange>,
-    /// CIDRs, as written.
-    pub skip_subnets: Vec<String>,
+    pub skip_subnets: Vec<Subnet>,
     pub opaque_ports: Vec<u16>,
     /// Resource name (`cpu`, `memory`) → quantity.
     pub requests: BTreeMap<String, String>,
@@ -106,18 +88,15 @@ pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, An
         let v = value.trim();
         match key.as_str() {
             SKIP_INBOUND_PORTS => {
-                o.skip_inbound_ports = port_ranges(v).map_err(|m| error(key, m))?
+                o.skip_inbound_ports = parse_port_ranges(v).map_err(|m| error(key, m))?
             }
             SKIP_OUTBOUND_PORTS => {
-                o.skip_outbound_ports = port_ranges(v).map_err(|m| error(key, m))?
+                o.skip_outbound_ports = parse_port_ranges(v).map_err(|m| error(key, m))?
             }
-            SKIP_SUBNETS => o.skip_subnets = subnets(v).map_err(|m| error(key, m))?,
+            SKIP_SUBNETS => o.skip_subnets = parse_subnets(v).map_err(|m| error(key, m))?,
             OPAQUE_PORTS => {
-                let ranges = port_ranges(v).map_err(|m| error(key, m))?;
-                let count: usize = ranges
-                    .iter()
-                    .map(|r| usize::from(r.last - r.first) + 1)
-                    .sum();
+                let ranges = parse_port_ranges(v).map_err(|m| error(key, m))?;
+                let count: usize = ranges.iter().map(PortRange::len).sum();
                 if count > MAX_OPAQUE_PORTS {
                     return Err(error(
                         key,
@@ -166,54 +145,6 @@ pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, An
         }
     }
     Ok(o)
-}
-
-/// `8080,9000-9010` (spaces allowed); empty: none.
-pub fn port_ranges(v: &str) -> Result<Vec<PortRange>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let port = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))
-        };
-        let range = match item.split_once('-') {
-            Some((a, b)) => {
-                let (first, last) = (port(a)?, port(b)?);
-                if first > last {
-                    return Err(format!("{item:?}: the range runs backwards"));
-                }
-                PortRange { first, last }
-            }
-            None => {
-                let p = port(item)?;
-                PortRange { first: p, last: p }
-            }
-        };
-        out.push(range);
-    }
-    Ok(out)
-}
-
-/// `10.0.0.0/8,fd00::/8`; empty: none.
-pub fn subnets(v: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (ip, len) = item
-            .split_once('/')
-            .ok_or_else(|| format!("{item:?} is not a CIDR (address/length)"))?;
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{item:?}: {ip:?} is not an IP address"))?;
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        if !len.parse::<u8>().is_ok_and(|l| l <= max) {
-            return Err(format!("{item:?}: the prefix length must be 0-{max}"));
-        }
-        out.push(item.to_string());
-    }
-    Ok(out)
 }
 
 /// Checks a Kubernetes quantity (`100m`, `1.5`, `64Mi`, `1e3`).
@@ -283,7 +214,8 @@ mod tests {
         );
         assert_eq!(o.skip_inbound_ports[1].to_string(), "9000:9002");
         assert_eq!(o.skip_outbound_ports[0].to_string(), "5432");
-        assert_eq!(o.skip_subnets, ["10.0.0.0/8", "fd00::/8"]);
+        let subnets: Vec<&str> = o.skip_subnets.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(subnets, ["10.0.0.0/8", "fd00::/8"]);
         assert_eq!(o.opaque_ports, [3306, 6379, 6380]);
         assert_eq!(o.requests["cpu"], "50m");
         assert_eq!(o.limits["memory"], "256Mi");

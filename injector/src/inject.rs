@@ -523,7 +523,8 @@ fn init_container(o: &Overrides, cfg: &MeshConfig) -> Container {
         args.extend(["--skip-outbound-ports".into(), join(outbound_skips)]);
     }
     if !o.skip_subnets.is_empty() {
-        args.extend(["--skip-subnets".into(), o.skip_subnets.join(",")]);
+        let subnets: Vec<&str> = o.skip_subnets.iter().map(|s| s.text.as_str()).collect();
+        args.extend(["--skip-subnets".into(), subnets.join(",")]);
     }
     let q = |pairs: &[(&str, &str)]| {
         pairs

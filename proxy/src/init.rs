@@ -18,79 +18,12 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 pub const INBOUND_CHAIN: &str = "OUTRIGGER_INBOUND";
 pub const OUTPUT_CHAIN: &str = "OUTRIGGER_OUTPUT";
 
-/// A port or an inclusive range (`9000:9010` as iptables writes it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ports {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl std::fmt::Display for Ports {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}:{}", self.first, self.last)
-        }
-    }
-}
-
-/// Reads `8080,9000-9010` (or `9000:9010`).
-pub fn parse_ports(v: &str) -> Result<Vec<Ports>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let port = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{s:?} is not a port number (1-65535)"))
-        };
-        let (first, last) = match item.split_once(['-', ':']) {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(item)?, port(item)?),
-        };
-        if first > last {
-            return Err(format!("{item:?}: the range runs backwards"));
-        }
-        out.push(Ports { first, last });
-    }
-    Ok(out)
-}
-
-/// A CIDR: its address (for the family) and its text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subnet {
-    pub ip: IpAddr,
-    pub text: String,
-}
-
-pub fn parse_subnets(v: &str) -> Result<Vec<Subnet>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (ip, len) = item
-            .split_once('/')
-            .ok_or_else(|| format!("{item:?} is not a CIDR (address/length)"))?;
-        let ip: IpAddr = ip
-            .parse()
-            .map_err(|_| format!("{item:?}: {ip:?} is not an IP address"))?;
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        if !len.parse::<u8>().is_ok_and(|l| l <= max) {
-            return Err(format!("{item:?}: the prefix length must be 0-{max}"));
-        }
-        out.push(Subnet {
-            ip,
-            text: item.to_string(),
-        });
-    }
-    Ok(out)
-}
+pub use outrigger_api::redirect::{parse_port_ranges, parse_subnets, PortRange, Subnet};
 
 /// What to install.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,8 +31,8 @@ pub struct Plan {
     pub proxy_uid: u32,
     pub inbound_port: u16,
     pub outbound_port: u16,
-    pub skip_inbound: Vec<Ports>,
-    pub skip_outbound: Vec<Ports>,
+    pub skip_inbound: Vec<PortRange>,
+    pub skip_outbound: Vec<PortRange>,
     pub skip_subnets: Vec<Subnet>,
 }
 
@@ -330,8 +263,8 @@ mod tests {
             proxy_uid: 2102,
             inbound_port: 4143,
             outbound_port: 4140,
-            skip_inbound: parse_ports("4191,9000-9002").unwrap(),
-            skip_outbound: parse_ports("5432").unwrap(),
+            skip_inbound: parse_port_ranges("4191,9000-9002").unwrap(),
+            skip_outbound: parse_port_ranges("5432").unwrap(),
             skip_subnets: parse_subnets("169.254.169.254/32,fd00::/8").unwrap(),
         }
     }
@@ -372,30 +305,6 @@ COMMIT
             again.contains(":OUTRIGGER_INBOUND - [0:0]"),
             "the chains are emptied and written again"
         );
-    }
-
-    #[test]
-    fn ports_and_subnets_are_checked() {
-        assert_eq!(
-            parse_ports("80, 9000:9010").unwrap(),
-            [
-                Ports {
-                    first: 80,
-                    last: 80
-                },
-                Ports {
-                    first: 9000,
-                    last: 9010
-                }
-            ]
-        );
-        assert!(parse_ports("").unwrap().is_empty());
-        for bad in ["0", "http", "9010-9000", "70000"] {
-            assert!(parse_ports(bad).is_err(), "{bad}");
-        }
-        for bad in ["10.0.0.0", "10.0.0.0/40", "x/8", "fd00::/129"] {
-            assert!(parse_subnets(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -174,10 +174,10 @@ fn main() -> anyhow::Result<()> {
                 proxy_uid,
                 inbound_port,
                 outbound_port,
-                skip_inbound: init::parse_ports(&skip_inbound_ports)
+                skip_inbound: init::parse_port_ranges(&skip_inbound_ports)
                     .map_err(anyhow::Error::msg)
                     .context("--skip-inbound-ports")?,
-                skip_outbound: init::parse_ports(&skip_outbound_ports)
+                skip_outbound: init::parse_port_ranges(&skip_outbound_ports)
                     .map_err(anyhow::Error::msg)
                     .context("--skip-outbound-ports")?,
                 skip_subnets: init::parse_subnets(&skip_subnets)
