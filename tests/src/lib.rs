@@ -373,6 +373,57 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxE
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Raw bytes of one HTTP/1.1 GET on a fresh TCP connection to `addr`, and
+/// whatever came back before the peer closed (empty when it closed at once).
+pub async fn raw_get(addr: SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A peer that closes at once may refuse the write too.
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    out
+}
+
+/// An identity for ServiceAccount `sa` in namespace `ns`, already holding
+/// an hour-long certificate from `ca` (no control plane involved).
+pub fn held_identity(
+    ca: &outrigger_identity::Ca,
+    ns: &str,
+    sa: &str,
+) -> std::sync::Arc<outrigger_proxy::identity::Identity> {
+    use outrigger_identity::{SpiffeId, WorkloadKey};
+    use outrigger_proxy::identity::{Identity, IdentityConfig};
+    let td = "cluster.local";
+    let id = SpiffeId::new(td, ns, sa).unwrap();
+    let identity = Identity::new(IdentityConfig {
+        id: id.clone(),
+        token_file: "/nonexistent".into(),
+        control_plane: SpiffeId::new(td, "outrigger-system", "outrigger-control-plane").unwrap(),
+        roots: ca.roots().to_vec(),
+    })
+    .unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = ca
+        .issue(
+            &key.csr(&id).unwrap(),
+            &id,
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    identity.cert.set(key.certified(issued.chain).unwrap().1);
+    identity.mark_held();
+    identity
+}
+
+/// Whether a proxy's admin port answers `/ready` with 200.
+pub async fn ready(proxy: &Proxy) -> bool {
+    get(proxy.admin_addr, "/ready").await.0 == 200
+}
+
 /// The Prometheus text from a proxy's admin port.
 pub async fn scrape(proxy: &Proxy) -> String {
     get(proxy.admin_addr, "/metrics").await.1

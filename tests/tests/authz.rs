@@ -2,14 +2,11 @@
 //! real app: ALLOW, DENY, default-deny, principals (which plaintext peers
 //! never have), and the port part on opaque TCP connections.
 
-use std::net::SocketAddr;
-
 use http::Request;
 use http_body_util::BodyExt;
 use outrigger_api::inbound::Inbound;
 use outrigger_api::Snapshot;
 use outrigger_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn policies(json: serde_json::Value) -> impl FnOnce(&mut Snapshot) {
     move |s: &mut Snapshot| {
@@ -114,17 +111,6 @@ async fn principal_rules_admit_no_plaintext_peer() {
     assert_eq!(call(&mesh, "GET", "/").await.0, 403);
 }
 
-/// Raw bytes to the inbound listener; what came back before it closed.
-async fn raw(addr: SocketAddr) -> Vec<u8> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
-    out
-}
-
 #[tokio::test]
 async fn opaque_connections_answer_to_the_port_rules() {
     let app = app("web").await;
@@ -139,7 +125,7 @@ async fn opaque_connections_answer_to_the_port_rules() {
         }
     };
     let allowed = Mesh::start_with(app, opaque(app.port()), |_| {}).await;
-    let answer = raw(allowed.inbound()).await;
+    let answer = raw_get(allowed.inbound()).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{:?}",
@@ -148,7 +134,7 @@ async fn opaque_connections_answer_to_the_port_rules() {
 
     let denied = Mesh::start_with(app, opaque(app.port() + 1), |_| {}).await;
     assert!(
-        raw(denied.inbound()).await.is_empty(),
+        raw_get(denied.inbound()).await.is_empty(),
         "closed without an answer"
     );
     let text = scrape(&denied.server).await;

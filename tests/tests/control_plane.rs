@@ -135,11 +135,6 @@ fn follow_with(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
     .unwrap();
 }
 
-async fn ready(p: &Proxy) -> bool {
-    let (status, _) = get(p.admin_addr, "/ready").await;
-    status == 200
-}
-
 fn counted(
     name: &'static str,
 ) -> impl std::future::Future<Output = (SocketAddr, Arc<AtomicUsize>)> {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
-use outrigger_identity::{Ca, SpiffeId, WorkloadKey};
-use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_identity::Ca;
+use outrigger_proxy::identity::Identity;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 use tokio::io::AsyncReadExt;
@@ -20,26 +20,7 @@ const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
 /// An identity for `sa` in shop, holding a certificate from `ca`.
 fn identity(ca: &Ca, sa: &str) -> Arc<Identity> {
-    let id = SpiffeId::new(TD, "shop", sa).unwrap();
-    let identity = Identity::new(IdentityConfig {
-        id: id.clone(),
-        token_file: "/nonexistent".into(),
-        control_plane: SpiffeId::new(TD, "outrigger-system", "outrigger-control-plane").unwrap(),
-        roots: ca.roots().to_vec(),
-    })
-    .unwrap();
-    let key = WorkloadKey::generate().unwrap();
-    let issued = ca
-        .issue(
-            &key.csr(&id).unwrap(),
-            &id,
-            Duration::from_secs(3600),
-            SystemTime::now(),
-        )
-        .unwrap();
-    identity.cert.set(key.certified(issued.chain).unwrap().1);
-    identity.mark_held();
-    identity
+    held_identity(ca, "shop", sa)
 }
 
 fn with(identity: Arc<Identity>) -> Options {
@@ -235,15 +216,7 @@ async fn opaque_tcp_between_two_proxies_rides_mutual_tls() {
         .await
         .unwrap();
     // Raw bytes through the client's outbound listener, spliced end to end.
-    let mut s = tokio::net::TcpStream::connect(client.listener_addr("outbound").unwrap())
-        .await
-        .unwrap();
-    use tokio::io::AsyncWriteExt;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.unwrap();
+    let answer = raw_get(client.listener_addr("outbound").unwrap()).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",
@@ -349,13 +322,7 @@ async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity(
     let server = server(&ca, app, strict_opaque).await;
     let inbound = server.listener_addr("inbound").unwrap();
     // Raw plaintext to an opaque STRICT port: closed, nothing comes back.
-    let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
-    use tokio::io::AsyncWriteExt;
-    let _ = s
-        .write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await;
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer).await;
+    let answer = raw_get(inbound).await;
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -381,14 +348,7 @@ async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity(
     let meshed = Proxy::start(snap, with(identity(&ca, "client")))
         .await
         .unwrap();
-    let mut s = tokio::net::TcpStream::connect(meshed.listener_addr("outbound").unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.unwrap();
+    let answer = raw_get(meshed.listener_addr("outbound").unwrap()).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",

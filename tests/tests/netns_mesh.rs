@@ -35,6 +35,7 @@ use outrigger_identity::Ca;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_tests::eventually;
 use serde_json::Value;
 
 const TD: &str = "cluster.local";
@@ -355,25 +356,6 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    outrigger_tests::metric(text, name, labels)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn meshed_pods_on_network_namespaces() {
     let Some((proxy_bin, upstream_bin)) = can_run() else {
@@ -538,7 +520,7 @@ async fn meshed_pods_on_network_namespaces() {
         .await
         .unwrap();
     assert!(
-        metric_sum(
+        outrigger_tests::metric(
             &text,
             "outrigger_requests_total",
             &[
@@ -573,7 +555,7 @@ async fn meshed_pods_on_network_namespaces() {
     }
     let text = http_get(&client_admin, "/metrics").await.unwrap();
     assert!(
-        metric_sum(&text, "outrigger_retries_total", &[]) >= 1.0,
+        outrigger_tests::metric(&text, "outrigger_retries_total", &[]) >= 1.0,
         "no retry counted: {text}"
     );
 

@@ -9,36 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use outrigger_api::inbound::Mtls;
-use outrigger_identity::{Ca, SpiffeId, WorkloadKey};
-use outrigger_proxy::identity::{Identity, IdentityConfig};
+use outrigger_identity::Ca;
 use outrigger_proxy::probe::Probes;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 
 const TD: &str = "cluster.local";
-
-fn identity(ca: &Ca) -> Arc<Identity> {
-    let id = SpiffeId::new(TD, "shop", "web").unwrap();
-    let identity = Identity::new(IdentityConfig {
-        id: id.clone(),
-        token_file: "/nonexistent".into(),
-        control_plane: SpiffeId::new(TD, "outrigger-system", "outrigger-control-plane").unwrap(),
-        roots: ca.roots().to_vec(),
-    })
-    .unwrap();
-    let key = WorkloadKey::generate().unwrap();
-    let issued = ca
-        .issue(
-            &key.csr(&id).unwrap(),
-            &id,
-            Duration::from_secs(3600),
-            SystemTime::now(),
-        )
-        .unwrap();
-    identity.cert.set(key.certified(issued.chain).unwrap().1);
-    identity.mark_held();
-    identity
-}
 
 /// A STRICT server-side proxy in front of `app` answering `probes`.
 async fn strict_proxy(app: SocketAddr, probes: &str) -> Proxy {
@@ -46,7 +22,7 @@ async fn strict_proxy(app: SocketAddr, probes: &str) -> Proxy {
     let mut snap = server_snapshot(app);
     snap.inbound.mtls = Mtls::strict([]);
     let opts = Options {
-        identity: Some(identity(&ca)),
+        identity: Some(held_identity(&ca, "shop", "web")),
         probes: Arc::new(Probes::parse(probes, "127.0.0.1".parse().unwrap()).unwrap()),
         ..Options::default()
     };

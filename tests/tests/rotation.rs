@@ -155,10 +155,6 @@ async fn renewals(p: &Proxy) -> f64 {
     )
 }
 
-async fn ready(p: &Proxy) -> bool {
-    get(p.admin_addr, "/ready").await.0 == 200
-}
-
 /// Fresh connections through the opaque hop, one request each, until
 /// `stop`: (answered 200, failed).
 fn keep_connecting(
