@@ -2,8 +2,8 @@
 //! pairs on a bridge, each meshed one set up exactly as the injector's
 //! patch says (its init step's arguments, its proxy's environment, the
 //! proxy run as UID 2102), with a control plane in folder mode as their CA
-//! and config source. Unmodified clients and servers (curl, the bench
-//! upstream) run inside.
+//! and config source. Unmodified clients and servers (curl, and a small
+//! Python HTTP server, `netns/hello.py`) run inside.
 //!
 //! It shows: the client calls the Service's virtual IP and gets an answer
 //! without knowing about the mesh; the bytes between the pods are TLS; the
@@ -18,7 +18,7 @@
 //!            bridge 10.126.0.1 (the control plane listens here)
 //!    ┌──────────────┬──────────────┬──────────────┬──────────────┐
 //!  client .10     web-v1 .11     web-v2 .12     plain .20 (no proxy)
-//!  curl, proxy    upstream,proxy upstream,proxy curl
+//!  curl, proxy    hello,proxy    hello,proxy    curl
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,8 +58,10 @@ fn ok(args: &[&str]) {
     );
 }
 
-/// A binary of the workspace, built next to this test (`cargo test
-/// --workspace` builds them all).
+/// A binary of the workspace, next to this test. Cargo builds a package's
+/// binaries when its integration tests are selected, and the proxy package
+/// has some (`proxy/tests/`), so `cargo test --workspace` builds
+/// `outrigger-proxy` before running any test.
 fn bin(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?.parent()?;
@@ -67,19 +69,19 @@ fn bin(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn can_run() -> Option<(PathBuf, PathBuf)> {
+fn can_run() -> Option<PathBuf> {
     let root = sh(&["id", "-u"]).stdout == b"0\n";
     let tools = ["ip", "iptables-save", "setpriv", "curl", "python3"]
         .iter()
         .all(|t| Command::new(t).arg("--version").output().is_ok());
-    let bins = bin("outrigger-proxy").zip(bin("outrigger-bench-upstream"));
-    if root && tools && bins.is_some() {
-        return bins;
+    let proxy = bin("outrigger-proxy");
+    if root && tools && proxy.is_some() {
+        return proxy;
     }
     let why = format!(
-        "needs root, ip, iptables, setpriv, curl, python3 and the workspace's binaries \
-         (cargo build --workspace) (root: {root}, tools: {tools}, binaries: {})",
-        bins.is_some()
+        "needs root, ip, iptables, setpriv, curl, python3 and the outrigger-proxy binary \
+         (cargo test --workspace builds it) (root: {root}, tools: {tools}, binary: {})",
+        proxy.is_some()
     );
     if std::env::var_os("OUTRIGGER_REQUIRE_NETNS").is_some() {
         panic!("{why}, and OUTRIGGER_REQUIRE_NETNS is set");
@@ -358,7 +360,7 @@ async fn http_get(addr: &str, path: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn meshed_pods_on_network_namespaces() {
-    let Some((proxy_bin, upstream_bin)) = can_run() else {
+    let Some(proxy_bin) = can_run() else {
         return;
     };
     let mut cluster = Cluster::create();
@@ -430,10 +432,10 @@ async fn meshed_pods_on_network_namespaces() {
         cluster.spawn(cmd);
         if name.starts_with("web") {
             let cmd = net.command(&[
-                upstream_bin.to_str().unwrap(),
-                "--listen",
-                "0.0.0.0:8080",
-                "--name",
+                "python3",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netns/hello.py"),
+                "0.0.0.0",
+                "8080",
                 name,
             ]);
             apps.insert(*name, cluster.spawn(cmd));
@@ -450,6 +452,16 @@ async fn meshed_pods_on_network_namespaces() {
             .await,
             "the proxy of {name} never became ready"
         );
+        if name.starts_with("web") {
+            // The app, from inside its pod (loopback is not redirected).
+            assert!(
+                eventually(Duration::from_secs(20), || async {
+                    net.curl("http://127.0.0.1:8080/").await.0 == 200
+                })
+                .await,
+                "the app of {name} never answered"
+            );
+        }
     }
 
     // 1. The client calls the Service's virtual IP, knowing nothing of the
