@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quantity;
+
 /// The UID the proxy runs as; the init step exempts its traffic from the
 /// redirect (Linkerd uses 2102 too).
 pub const PROXY_UID: i64 = 2102;
@@ -82,6 +84,45 @@ pub struct Resources {
     pub requests: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: BTreeMap<String, String>,
+}
+
+impl Resources {
+    /// These (the mesh's defaults) with a pod's own requests and limits
+    /// over them. A request above its limit, which the API server would
+    /// refuse with a message about the proxy container, is an error that
+    /// names where each number came from.
+    pub fn with_overrides(
+        &self,
+        requests: &BTreeMap<String, String>,
+        limits: &BTreeMap<String, String>,
+    ) -> Result<Resources, String> {
+        let mut merged = self.clone();
+        merged.requests.extend(requests.clone());
+        merged.limits.extend(limits.clone());
+        let from = |own: &BTreeMap<String, String>, kind: &str, resource: &str| {
+            if own.contains_key(resource) {
+                format!("{}proxy-{resource}-{kind}", crate::annotations::PREFIX)
+            } else {
+                format!("the mesh config's resources.{kind}s.{resource}")
+            }
+        };
+        for (resource, request) in &merged.requests {
+            let Some(limit) = merged.limits.get(resource) else {
+                continue;
+            };
+            let (Ok(r), Ok(l)) = (quantity::parse(request), quantity::parse(limit)) else {
+                continue; // each is checked where it is read
+            };
+            if r > l {
+                return Err(format!(
+                    "{} {request:?} is above {} {limit:?}: a request cannot exceed its limit",
+                    from(requests, "request", resource),
+                    from(limits, "limit", resource),
+                ));
+            }
+        }
+        Ok(merged)
+    }
 }
 
 mod defaults {
@@ -172,12 +213,15 @@ impl MeshConfig {
             return field("ports", "outbound, inbound and admin must differ");
         }
         for (k, v) in self.resources.requests.iter().chain(&self.resources.limits) {
-            if let Err(e) = crate::annotations::quantity(v) {
-                return Err(ConfigError::Field {
-                    field: "resources",
-                    message: format!("{k}: {e}"),
-                });
+            if let Err(e) = quantity::parse(v) {
+                return field("resources", &format!("{k}: {e}"));
             }
+        }
+        if let Err(e) = self
+            .resources
+            .with_overrides(&BTreeMap::new(), &BTreeMap::new())
+        {
+            return field("resources", &e);
         }
         Ok(())
     }
@@ -224,6 +268,10 @@ mod tests {
             (
                 "proxyImage: x\nresources: { requests: { cpu: lots } }",
                 "resources",
+            ),
+            (
+                "proxyImage: x\nresources: { requests: { memory: 1Gi }, limits: { memory: 1G } }",
+                "resources.requests.memory \"1Gi\" is above the mesh config's resources.limits.memory \"1G\"",
             ),
             ("proxyImage: x\nsidecar: yes", "unknown field"),
         ] {

@@ -36,7 +36,7 @@ use outrigger_api::{Admin, Direction, Limits, Listener, ProxyInfo, Snapshot};
 use serde_json::Value;
 
 use crate::annotations::{self, Overrides};
-use crate::config::MeshConfig;
+use crate::config::{MeshConfig, Resources};
 
 /// The proxy's container name; a pod that has it is meshed.
 pub const PROXY_CONTAINER: &str = "outrigger-proxy";
@@ -155,6 +155,10 @@ pub fn inject(pod: &Value, namespace: &Namespace, cfg: &MeshConfig) -> Outcome {
 fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
     let spec = pod.spec.as_ref().expect("checked");
     let native = o.native_sidecar.unwrap_or(cfg.native_sidecar);
+    let resources = match cfg.resources.with_overrides(&o.requests, &o.limits) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Refuse(e),
+    };
     let mut warnings = Vec::new();
     let mut ops = Vec::new();
 
@@ -204,7 +208,7 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
         }
     }
 
-    let proxy = proxy_container(ns, o, cfg, native, &app_probes);
+    let proxy = proxy_container(ns, o, cfg, native, &app_probes, &resources);
     let init = init_container(o, cfg);
 
     // Init containers: ours first, then (native) the proxy, then the app's.
@@ -371,6 +375,7 @@ fn proxy_container(
     cfg: &MeshConfig,
     native: bool,
     app_probes: &AppProbes,
+    resources: &Resources,
 ) -> Container {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
@@ -427,10 +432,10 @@ fn proxy_container(
         failure_threshold: Some(failures),
         ..Default::default()
     };
-    let quantities = |defaults: &BTreeMap<String, String>, own: &BTreeMap<String, String>| {
-        let mut m = defaults.clone();
-        m.extend(own.clone());
-        m.into_iter().map(|(k, v)| (k, Quantity(v))).collect()
+    let quantities = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+            .collect()
     };
     Container {
         name: PROXY_CONTAINER.into(),
@@ -445,8 +450,8 @@ fn proxy_container(
             ..Default::default()
         }]),
         resources: Some(ResourceRequirements {
-            requests: Some(quantities(&cfg.resources.requests, &o.requests)),
-            limits: Some(quantities(&cfg.resources.limits, &o.limits)),
+            requests: Some(quantities(&resources.requests)),
+            limits: Some(quantities(&resources.limits)),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {

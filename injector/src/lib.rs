@@ -14,5 +14,6 @@ pub mod config;
 pub mod inject;
 pub mod metrics;
 pub mod namespaces;
+pub mod quantity;
 pub mod server;
 pub mod webhook;

@@ -472,6 +472,53 @@ fn who_is_skipped_and_why() {
 }
 
 #[test]
+fn a_proxy_request_above_its_limit_is_refused_naming_both_sources() {
+    let c = cfg(); // memory: request 32Mi, limit 128Mi
+    let refused = |annotations: serde_json::Value| {
+        let mut pod = yaml(WEB);
+        pod["metadata"]["annotations"] = annotations;
+        match inject(&pod, &enabled("shop"), &c) {
+            Outcome::Refuse(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        refused(serde_json::json!({"config.outrigger.dev/proxy-memory-request": "256Mi"})),
+        "config.outrigger.dev/proxy-memory-request \"256Mi\" is above the mesh config's \
+         resources.limits.memory \"128Mi\": a request cannot exceed its limit"
+    );
+    assert_eq!(
+        refused(serde_json::json!({"config.outrigger.dev/proxy-memory-limit": "16Mi"})),
+        "the mesh config's resources.requests.memory \"32Mi\" is above \
+         config.outrigger.dev/proxy-memory-limit \"16Mi\": a request cannot exceed its limit"
+    );
+    assert_eq!(
+        refused(serde_json::json!({
+            "config.outrigger.dev/proxy-cpu-request": "1.5",
+            "config.outrigger.dev/proxy-cpu-limit": "1",
+        })),
+        "config.outrigger.dev/proxy-cpu-request \"1.5\" is above \
+         config.outrigger.dev/proxy-cpu-limit \"1\": a request cannot exceed its limit"
+    );
+    // Equal amounts in other units are fine, and so is a request with no
+    // limit (the default has no CPU limit).
+    for ok in [
+        serde_json::json!({
+            "config.outrigger.dev/proxy-memory-request": "0.125Gi",
+            "config.outrigger.dev/proxy-memory-limit": "128Mi",
+        }),
+        serde_json::json!({"config.outrigger.dev/proxy-cpu-request": "4"}),
+    ] {
+        let mut pod = yaml(WEB);
+        pod["metadata"]["annotations"] = ok.clone();
+        assert!(
+            matches!(inject(&pod, &enabled("shop"), &c), Outcome::Inject { .. }),
+            "{ok}"
+        );
+    }
+}
+
+#[test]
 fn bad_annotations_are_refused_naming_the_annotation() {
     let c = cfg();
     let mut pod = yaml(WEB);

@@ -333,14 +333,19 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     std::fs::write(tokens.path().join("shop/client"), "token-client").unwrap();
     let token_file = tokens.path().join("shop/client");
     let ca = Arc::new(Ca::generate("cluster.local", std::time::SystemTime::now()).unwrap());
-    // Three-second certificates: renewed every 2.1 s.
+    // Three-second certificates: renewed every 2.1 s, and more often while
+    // the control plane is away, so the per-address limit (made for
+    // 24-hour certificates) is raised.
     let certifier = || {
-        Arc::new(Certifier::new(
-            ca.clone(),
-            "cluster.local",
-            Duration::from_secs(3),
-            Arc::new(TokenFiles::new(tokens.path())),
-        ))
+        Arc::new(
+            Certifier::new(
+                ca.clone(),
+                "cluster.local",
+                Duration::from_secs(3),
+                Arc::new(TokenFiles::new(tokens.path())),
+            )
+            .with_rate_limit(20.0, 10.0),
+        )
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
