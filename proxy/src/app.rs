@@ -79,6 +79,8 @@ pub struct Applier {
     /// Set at the first applied config, never cleared (unlike `ready`,
     /// which a drain clears).
     configured: Arc<AtomicBool>,
+    /// Told of every applied config (open connections re-check theirs).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl Proxy {
@@ -120,8 +122,10 @@ impl Proxy {
         }
 
         let configured = Arc::new(AtomicBool::new(!opts.wait_for_config));
+        let changes = Arc::new(watch::Sender::new(0u64));
         let shared = Arc::new(Shared {
             configured: configured.clone(),
+            config_changes: changes.clone(),
             chance: crate::policy::chance::Chance::default(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
@@ -181,6 +185,7 @@ impl Proxy {
             ready: ready.clone(),
             draining: draining.clone(),
             configured,
+            changes,
         };
 
         let trigger = shutdown.clone();
@@ -223,8 +228,10 @@ impl Proxy {
     }
 
     /// Applies a new snapshot to the running proxy: the next request (on new
-    /// and open connections alike) is routed by it; requests in flight and
-    /// open connections are not touched. Live endpoint state (load, outlier
+    /// and open connections alike) is routed by it; requests in flight are
+    /// not touched, and an open inbound connection it would now refuse (a
+    /// plaintext one on a port turned STRICT, an opaque one its
+    /// AuthorizationPolicies now deny) is closed, an HTTP one gracefully. Live endpoint state (load, outlier
     /// ejections, retry budgets, pool slots) carries over. An invalid
     /// snapshot is refused and the one in force stays. Listeners and the
     /// admin address are bound at start and cannot change here.
@@ -320,6 +327,7 @@ impl Applier {
         let version = snapshot.version.clone();
         let next = Config::build(snapshot, Some(&current))?;
         self.config.store(Arc::new(next));
+        self.changes.send_modify(|generation| *generation += 1);
         self.metrics.config_applied.inc();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -25,7 +25,8 @@ use crate::detect::{self, Hello, Protocol};
 use crate::drain;
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
-    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
+    unknown, Direction, DirectionLabel, Revocation, RevokedLabels, SecurityPolicy, TcpLabels,
+    TrafficLabels, Workload,
 };
 use crate::policy::authz::{self, PeerIdentity};
 use crate::policy::balance::{self, Choice};
@@ -222,6 +223,10 @@ impl Listener {
         }
     }
 
+    fn refused(&self, r: &Refusal, peer: SocketAddr, port: u16, revoked: bool) {
+        refused(&self.shared, r, peer, port, revoked)
+    }
+
     async fn serve(
         &self,
         stream: TcpStream,
@@ -241,6 +246,8 @@ impl Listener {
             tracing::info!(listener = %self.spec.name, %peer, "no config from the control plane yet; closing");
             return;
         }
+        // Subscribed before the config is read: no update can slip between.
+        let changes = self.shared.config_changes.subscribe();
         let cfg = self.config.load_full();
         let (target, opaque) = match self.resolve(&cfg, original_dst(&stream)) {
             Ok(t) => t,
@@ -258,14 +265,10 @@ impl Listener {
                 return;
             }
         };
-        if let (Target::App(app), None) = (&target, &peer_identity) {
-            if cfg.snapshot.inbound.mtls.mode_for(app.port()) == MtlsMode::Strict {
-                self.shared
-                    .metrics
-                    .tcp_plaintext_refused
-                    .get_or_create(&DirectionLabel { direction })
-                    .inc();
-                tracing::info!(%peer, port = app.port(), has_identity = self.shared.identity.is_some(), "plaintext connection to a STRICT port; closing");
+        // Protocol not known yet: only the mTLS mode can refuse it here.
+        if let Target::App(app) = &target {
+            if let Some(r) = refusal(&cfg, app.port(), peer_identity.as_ref(), false) {
+                self.refused(&r, peer, app.port(), false);
                 return;
             }
         }
@@ -288,25 +291,37 @@ impl Listener {
         };
 
         // Opaque connections to the app answer to its AuthorizationPolicies
-        // here, once: ports and peers (no methods or paths in TCP).
-        if let (Target::App(app), Protocol::Opaque) = (&target, protocol) {
-            let policies = &cfg.snapshot.inbound.authorization;
-            let facts = authz::Facts {
-                principal: peer_identity.as_ref().map(|p| &*p.principal),
-                namespace: peer_identity.as_ref().map(|p| &*p.namespace),
-                port: app.port(),
-                http: None,
-            };
-            if let authz::Decision::Deny { policy } = authz::evaluate(policies, &facts) {
-                self.shared
-                    .metrics
-                    .tcp_denied
-                    .get_or_create(&DirectionLabel { direction })
-                    .inc();
-                tracing::info!(%peer, port = app.port(), policy = policy.as_deref().unwrap_or("(no ALLOW policy matches)"), "connection denied by authorization; closing");
+        // here: ports and peers (no methods or paths in TCP). HTTP requests
+        // answer to them one by one.
+        let opaque_app = protocol == Protocol::Opaque;
+        if let (Target::App(app), true) = (&target, opaque_app) {
+            if let Some(r) = refusal(&cfg, app.port(), peer_identity.as_ref(), true) {
+                self.refused(&r, peer, app.port(), false);
                 return;
             }
         }
+        // And it stays held to them: a later config that would refuse it
+        // closes it (as Envoy drains the connections of a changed chain).
+        // Only a connection to the app without mesh TLS, or an opaque one,
+        // can be refused; the rest do not watch.
+        let watched = match &target {
+            Target::App(app) if peer_identity.is_none() || opaque_app => Some(app.port()),
+            _ => None,
+        };
+        let revoked = {
+            let config = self.config.clone();
+            let peer_identity = peer_identity.clone();
+            async move {
+                let Some(port) = watched else {
+                    return std::future::pending().await;
+                };
+                revoked(changes, || {
+                    refusal(&config.load(), port, peer_identity.as_ref(), opaque_app)
+                        .map(|r| (r, port))
+                })
+                .await
+            }
+        };
 
         // Opaque connections go to one endpoint, known now.
         let opaque_upstream = match (&target, protocol) {
@@ -367,8 +382,13 @@ impl Listener {
                     .identity
                     .as_deref()
                     .zip(ep.as_ref().and_then(|e| e.identity.as_ref()));
-                if let Err(e) = tcp::forward(io, addr, tls, cfg.limits.connect_timeout).await {
-                    tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
+                tokio::select! {
+                    r = tcp::forward(io, addr, tls, cfg.limits.connect_timeout) => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
+                        }
+                    }
+                    (r, port) = revoked => self.refused(&r, peer, port, true),
                 }
                 drop(guard);
             }
@@ -395,8 +415,148 @@ impl Listener {
                     shared: self.shared.clone(),
                     stack,
                 };
-                crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain).await;
+                let shared = self.shared.clone();
+                let revoked = async move {
+                    let (r, port) = revoked.await;
+                    refused(&shared, &r, peer, port, true);
+                };
+                crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain, revoked).await;
             }
         }
+    }
+}
+
+/// Why the config in force refuses an inbound connection to the app on
+/// `port`: a peer without mesh TLS on a STRICT port, or (for opaque TCP,
+/// whose AuthorizationPolicies are applied per connection) a denial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    PlaintextOnStrict,
+    Denied { policy: Option<String> },
+}
+
+pub fn refusal(
+    cfg: &Config,
+    port: u16,
+    peer: Option<&PeerIdentity>,
+    opaque: bool,
+) -> Option<Refusal> {
+    if peer.is_none() && cfg.snapshot.inbound.mtls.mode_for(port) == MtlsMode::Strict {
+        return Some(Refusal::PlaintextOnStrict);
+    }
+    if !opaque {
+        return None;
+    }
+    let facts = authz::Facts {
+        principal: peer.map(|p| &*p.principal),
+        namespace: peer.map(|p| &*p.namespace),
+        port,
+        http: None,
+    };
+    match authz::evaluate(&cfg.snapshot.inbound.authorization, &facts) {
+        authz::Decision::Allow => None,
+        authz::Decision::Deny { policy } => Some(Refusal::Denied { policy }),
+    }
+}
+
+/// Completes once a config applied after `changes` was subscribed makes
+/// `refuses` say why (re-asked at every change); never completes when it
+/// never does. Cheap: one watch receiver per connection, woken per update.
+async fn revoked<T>(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    refuses: impl Fn() -> Option<T>,
+) -> T {
+    loop {
+        if changes.changed().await.is_err() {
+            // The proxy is gone; its drain closes the connection.
+            return std::future::pending().await;
+        }
+        if let Some(why) = refuses() {
+            return why;
+        }
+    }
+}
+
+/// Counts and logs a refused inbound connection: refused as it was
+/// accepted, or `revoked` by a config applied later.
+fn refused(shared: &Shared, r: &Refusal, peer: SocketAddr, port: u16, revoked: bool) {
+    let direction = Direction::Inbound;
+    let m = &shared.metrics;
+    let action = if revoked {
+        "a new config refuses it; closing"
+    } else {
+        "closing"
+    };
+    match r {
+        Refusal::PlaintextOnStrict => {
+            if revoked {
+                m.tcp_revoked
+                    .get_or_create(&RevokedLabels {
+                        direction,
+                        reason: Revocation::PlaintextOnStrict,
+                    })
+                    .inc();
+            } else {
+                m.tcp_plaintext_refused
+                    .get_or_create(&DirectionLabel { direction })
+                    .inc();
+            }
+            tracing::info!(%peer, port, has_identity = shared.identity.is_some(), "plaintext connection to a STRICT port; {action}");
+        }
+        Refusal::Denied { policy } => {
+            if revoked {
+                m.tcp_revoked
+                    .get_or_create(&RevokedLabels {
+                        direction,
+                        reason: Revocation::Denied,
+                    })
+                    .inc();
+            } else {
+                m.tcp_denied
+                    .get_or_create(&DirectionLabel { direction })
+                    .inc();
+            }
+            tracing::info!(%peer, port, policy = policy.as_deref().unwrap_or("(no ALLOW policy matches)"), "connection denied by authorization; {action}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn revoked_completes_only_at_a_change_that_refuses() {
+        let changes = tokio::sync::watch::Sender::new(0u64);
+        // Refusing already, before any change: not revoked until a config
+        // is applied after the subscription.
+        let refuse = Arc::new(AtomicBool::new(true));
+        let r = refuse.clone();
+        let fut = revoked(changes.subscribe(), move || {
+            r.load(Ordering::SeqCst).then_some("refused")
+        });
+        tokio::pin!(fut);
+        let wait = Duration::from_secs(3600);
+        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
+        // A change that still admits it: still open.
+        refuse.store(false, Ordering::SeqCst);
+        changes.send_modify(|g| *g += 1);
+        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
+        // A change that refuses it.
+        refuse.store(true, Ordering::SeqCst);
+        changes.send_modify(|g| *g += 1);
+        assert_eq!(tokio::time::timeout(wait, &mut fut).await, Ok("refused"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoked_never_completes_once_the_proxy_is_gone() {
+        let changes = tokio::sync::watch::Sender::new(0u64);
+        let fut = revoked(changes.subscribe(), || Some(()));
+        drop(changes);
+        assert!(tokio::time::timeout(Duration::from_secs(3600), fut)
+            .await
+            .is_err());
     }
 }

@@ -244,6 +244,33 @@ pub struct DirectionLabel {
     pub direction: Direction,
 }
 
+/// Why a config applied after a connection was accepted closed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Revocation {
+    /// Not mutual TLS, and its port is STRICT now.
+    PlaintextOnStrict,
+    /// Opaque, and an AuthorizationPolicy denies it now.
+    Denied,
+}
+
+impl EncodeLabelValue for Revocation {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            e,
+            match self {
+                Revocation::PlaintextOnStrict => "plaintext_on_strict",
+                Revocation::Denied => "denied",
+            },
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RevokedLabels {
+    pub direction: Direction,
+    pub reason: Revocation,
+}
+
 /// Per-route counts: the routed service and the route's name from the
 /// snapshot (or `route-<index>`), so the label stays bounded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -287,6 +314,8 @@ pub struct Metrics {
     pub tcp_denied: Family<DirectionLabel, Counter>,
     /// Plaintext connections a STRICT PeerAuthentication refused.
     pub tcp_plaintext_refused: Family<DirectionLabel, Counter>,
+    /// Open connections a later config refuses, closed.
+    pub tcp_revoked: Family<RevokedLabels, Counter>,
     pub route_requests: Family<RouteLabels, Counter>,
     pub retries: Family<ServiceLabel, Counter>,
     pub retry_successes: Family<ServiceLabel, Counter>,
@@ -377,6 +406,12 @@ impl Metrics {
             "outrigger_tcp_plaintext_refused",
             "Connections closed at once because they were not mutual TLS and the port is STRICT",
             tcp_plaintext_refused.clone(),
+        );
+        let tcp_revoked = Family::<RevokedLabels, Counter>::default();
+        reg.register(
+            "outrigger_tcp_connections_revoked",
+            "Open connections closed because a config applied after they were accepted refuses them (HTTP ones gracefully)",
+            tcp_revoked.clone(),
         );
         reg.register(
             "outrigger_tcp_connections_rejected",
@@ -479,6 +514,7 @@ impl Metrics {
             tcp_rejected,
             tcp_denied,
             tcp_plaintext_refused,
+            tcp_revoked,
             route_requests,
             retries,
             retry_successes,

@@ -47,6 +47,9 @@ pub struct Shared {
     /// the control plane: its inbound side then takes nothing, as the
     /// bootstrap knows neither the workload's mTLS mode nor its policies.
     pub configured: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by every applied config, so that an open connection can be
+    /// held to the policies in force (see `listener::revoked`).
+    pub config_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Where a connection's requests go, decided when it was accepted.

@@ -1,5 +1,6 @@
 //! Serves one detected HTTP connection with hyper, under the drain watch.
 
+use std::future::Future;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -10,13 +11,27 @@ use crate::config::Limits;
 use crate::detect::Protocol;
 use crate::drain;
 
-/// Serves HTTP/1 or HTTP/2 on `io` until the client is done. On drain,
-/// HTTP/1 closes after the request in flight and HTTP/2 sends GOAWAY and
-/// finishes its open streams.
-pub async fn serve<I>(io: I, proto: Protocol, svc: HttpProxy, limits: &Limits, drain: &drain::Watch)
-where
+/// Serves HTTP/1 or HTTP/2 on `io` until the client is done. On drain, or
+/// once `revoked` completes (a new config refuses the connection), HTTP/1
+/// closes after the request in flight and HTTP/2 sends GOAWAY and finishes
+/// its open streams.
+pub async fn serve<I>(
+    io: I,
+    proto: Protocol,
+    svc: HttpProxy,
+    limits: &Limits,
+    drain: &drain::Watch,
+    revoked: impl Future<Output = ()>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Either ends the connection gracefully: in-flight requests finish.
+    let stop = async {
+        tokio::select! {
+            _ = drain.signaled() => {}
+            _ = revoked => {}
+        }
+    };
     let io = TokioIo::new(io);
     let peer = svc.ctx.peer;
     let result = match proto {
@@ -31,7 +46,7 @@ where
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                _ = drain.signaled() => {
+                _ = stop => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -54,7 +69,7 @@ where
             } else {
                 tokio::select! {
                 r = conn.as_mut() => r,
-                    _ = drain.signaled() => {
+                    _ = stop => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
                     }

@@ -1,0 +1,223 @@
+//! Open connections are held to the policies in force: a config that
+//! would refuse a connection closes it when it is applied (as Envoy drains
+//! the connections of a changed filter chain), and a config that would
+//! still take it leaves it alone.
+//!
+//! - plaintext HTTP on a port turned STRICT: closed gracefully, the
+//!   request in flight still answered;
+//! - plaintext opaque TCP on a port turned STRICT: closed;
+//! - a meshed opaque connection an AuthorizationPolicy now denies: closed.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use outrigger_api::inbound::{Inbound, Mtls};
+use outrigger_api::{ServiceProtocol, Snapshot};
+use outrigger_identity::Ca;
+use outrigger_proxy::{Options, Proxy};
+use outrigger_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TD: &str = "cluster.local";
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+fn with_identity(ca: &Ca, sa: &str) -> Options {
+    Options {
+        identity: Some(held_identity(ca, "shop", sa)),
+        ..Options::default()
+    }
+}
+
+/// The server's snapshot, `edit`ed, as version `version`.
+fn server_config(app: SocketAddr, version: &str, edit: impl FnOnce(&mut Snapshot)) -> Snapshot {
+    let mut s = server_snapshot(app);
+    s.version = version.into();
+    edit(&mut s);
+    s
+}
+
+/// One keep-alive GET / over a held TCP connection, read up to the body.
+async fn exchange(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("hello from web") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Whether the peer closes `s` within `limit` (a read returns end of
+/// stream or an error).
+async fn closes(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Open connections a later config closed, for `reason`.
+fn revoked(text: &str, reason: &str) -> f64 {
+    metric(
+        text,
+        "outrigger_tcp_connections_revoked_total",
+        &[("direction", "inbound"), ("reason", reason)],
+    )
+}
+
+#[tokio::test]
+async fn plaintext_http_closes_gracefully_when_its_port_turns_strict() {
+    use std::sync::atomic::Ordering;
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let (app, hits) = counted_app("web", |_, req| match req.uri().path() {
+        "/slow" => Answer::Slow(300, 200),
+        _ => Answer::Status(200),
+    })
+    .await;
+    let server = Proxy::start(server_config(app, "v1", |_| {}), with_identity(&ca, "web"))
+        .await
+        .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    let mut snap = client_snapshot(&[(inbound, true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    let client = Proxy::start(snap, with_identity(&ca, "client"))
+        .await
+        .unwrap();
+    let outbound = client.listener_addr("outbound").unwrap();
+
+    // Held connections: plaintext straight to the inbound side, and one
+    // through the meshed client (mutual TLS between the proxies).
+    let mut plain = http1(inbound).await;
+    let mut meshed = http1(outbound).await;
+    let send = |c: &mut hyper::client::conn::http1::SendRequest<Body>, path: &str| {
+        let req = http::Request::get(path)
+            .header("host", "web.shop")
+            .body(empty())
+            .unwrap();
+        c.send_request(req)
+    };
+    assert_eq!(send(&mut plain, "/").await.unwrap().status(), 200);
+    assert_eq!(send(&mut meshed, "/").await.unwrap().status(), 200);
+
+    // A config that still takes plaintext leaves the connection open.
+    server
+        .apply(server_config(app, "v2", |s| s.limits.max_connections = 999))
+        .unwrap();
+    assert_eq!(send(&mut plain, "/").await.unwrap().status(), 200);
+
+    // STRICT, applied while a slow request is in flight on the plaintext
+    // connection: that request is still answered, then the connection
+    // closes.
+    plain.ready().await.unwrap();
+    let in_flight = tokio::spawn(send(&mut plain, "/slow"));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let n = hits.load(Ordering::SeqCst);
+            async move { n == 4 }
+        })
+        .await,
+        "the slow request never reached the app"
+    );
+    server
+        .apply(server_config(app, "v3", |s| {
+            s.inbound.mtls = Mtls::strict([])
+        }))
+        .unwrap();
+    let answered = in_flight.await.unwrap().unwrap();
+    assert_eq!(answered.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let closed = plain.is_closed();
+            async move { closed }
+        })
+        .await,
+        "the plaintext connection stayed open under STRICT"
+    );
+    assert!(try_get(inbound, "/").await.is_err(), "new plaintext served");
+    // The meshed connection, and the pooled mTLS hop behind it, stay.
+    assert_eq!(send(&mut meshed, "/").await.unwrap().status(), 200);
+    let text = scrape(&server).await;
+    assert_eq!(revoked(&text, "plaintext_on_strict"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "outrigger_tcp_plaintext_refused_total", &[]),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn opaque_connections_close_when_a_new_config_refuses_them() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let app = app("web").await;
+    let opaque = |s: &mut Snapshot| s.listeners[0].opaque_ports = vec![app.port()];
+    let server = Proxy::start(server_config(app, "v1", opaque), with_identity(&ca, "web"))
+        .await
+        .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    let mut snap = client_snapshot(&[(inbound, true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    snap.services[0].protocol = ServiceProtocol::Opaque;
+    let client = Proxy::start(snap, with_identity(&ca, "client"))
+        .await
+        .unwrap();
+    let outbound = client.listener_addr("outbound").unwrap();
+
+    // Held spliced connections: plaintext to the inbound side, and mutual
+    // TLS through the client proxy.
+    let mut plain = TcpStream::connect(inbound).await.unwrap();
+    let mut meshed = TcpStream::connect(outbound).await.unwrap();
+    exchange(&mut plain).await.unwrap();
+    exchange(&mut meshed).await.unwrap();
+
+    // STRICT closes the plaintext splice, not the meshed one.
+    server
+        .apply(server_config(app, "v2", |s| {
+            opaque(s);
+            s.inbound.mtls = Mtls::strict([]);
+        }))
+        .unwrap();
+    assert!(
+        closes(&mut plain, Duration::from_secs(5)).await,
+        "the plaintext splice stayed open under STRICT"
+    );
+    exchange(&mut meshed).await.unwrap();
+    let text = scrape(&server).await;
+    assert_eq!(revoked(&text, "plaintext_on_strict"), 1.0, "{text}");
+
+    // An AuthorizationPolicy that allows only another principal closes
+    // the meshed splice too.
+    server
+        .apply(server_config(app, "v3", |s| {
+            opaque(s);
+            s.inbound = serde_json::from_value::<Inbound>(serde_json::json!({
+                "mtls": { "mode": "STRICT" },
+                "authorization": [{
+                    "name": "shop/only-admin",
+                    "rules": [{ "from": [{ "source": { "principals": ["cluster.local/ns/shop/sa/admin"] } }] }]
+                }]
+            }))
+            .unwrap();
+        }))
+        .unwrap();
+    assert!(
+        closes(&mut meshed, Duration::from_secs(5)).await,
+        "the denied splice stayed open"
+    );
+    let text = scrape(&server).await;
+    assert_eq!(revoked(&text, "denied"), 1.0, "{text}");
+    // A new meshed connection is denied as well, at accept.
+    let mut again = TcpStream::connect(outbound).await.unwrap();
+    assert!(exchange(&mut again).await.is_err());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&scrape(&server).await, "outrigger_tcp_denied_total", &[]) == 1.0
+        })
+        .await
+    );
+}
