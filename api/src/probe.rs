@@ -1,8 +1,8 @@
 //! Kubelet probes the proxy answers on the app's behalf.
 //!
 //! Under STRICT mutual TLS, kubelet's plaintext probes cannot reach the app
-//! through the inbound side. The injector therefore points each HTTP and
-//! TCP probe of an app container at the proxy's admin port
+//! through the inbound side. The injector therefore points each HTTP, TCP
+//! and gRPC probe of an app container at the proxy's admin port
 //! (`/app-health/<container>/livez`, `readyz`, `startupz`) and hands the
 //! proxy the original probes as JSON (`OUTRIGGER_APP_PROBES`, Istio's
 //! `ISTIO_KUBE_APP_PROBERS` in spirit). The proxy runs the original probe
@@ -19,8 +19,8 @@ pub const APP_HEALTH_PREFIX: &str = "/app-health/";
 pub type AppProbes = BTreeMap<String, AppProbe>;
 
 /// One original probe, with Kubernetes' field names. Exactly one of
-/// `httpGet` and `tcpSocket`; ports are numbers (the injector resolves
-/// named ports).
+/// `httpGet`, `tcpSocket` and `grpc`; ports are numbers (the injector
+/// resolves named ports).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AppProbe {
@@ -28,6 +28,8 @@ pub struct AppProbe {
     pub http_get: Option<HttpGetProbe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_socket: Option<TcpSocketProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcProbe>,
     /// Kubelet's default is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
@@ -56,6 +58,19 @@ pub struct HttpGetProbe {
 pub struct ProbeHeader {
     pub name: String,
     pub value: String,
+}
+
+/// The gRPC Health Checking Protocol (`grpc.health.v1.Health/Check`) over
+/// plaintext HTTP/2 to the pod's IP, as kubelet runs it: healthy when the
+/// answer is `SERVING`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProbe {
+    pub port: u16,
+    /// The service name asked about; empty (the default) asks about the
+    /// server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@
 //!   with the downward-API environment, a projected ServiceAccount token
 //!   (audience `outrigger`), its bootstrap, resources and a non-root
 //!   security context; probes on its admin port;
-//! - the app containers' HTTP and TCP probes pointed at the proxy's admin
+//! - the app containers' HTTP, TCP and gRPC probes pointed at the proxy's admin
 //!   port (`/app-health/<container>/livez|readyz|startupz`), the originals
 //!   handed to the proxy, so that they keep working under STRICT mTLS;
 //! - Prometheus scrape annotations (unless the pod has its own).
@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use outrigger_api::probe::{
-    AppProbe, AppProbes, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+    AppProbe, AppProbes, GrpcProbe, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
 };
 use outrigger_api::{Admin, Direction, Limits, Listener, ProxyInfo, Snapshot};
 use serde_json::Value;
@@ -172,13 +172,6 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
             ("startupProbe", "startupz", &c.startup_probe),
         ] {
             let Some(probe) = probe else { continue };
-            if probe.grpc.is_some() {
-                warnings.push(format!(
-                    "container {}: its gRPC {field} is not rewritten and fails if the pod's inbound side is STRICT",
-                    c.name
-                ));
-                continue;
-            }
             let original = match original_probe(c, probe) {
                 Ok(Some(p)) => p,
                 Ok(None) => continue, // exec: runs in the container
@@ -309,18 +302,29 @@ fn original_probe(c: &Container, p: &Probe) -> Result<Option<AppProbe>, String> 
                     })
                     .collect(),
             }),
-            tcp_socket: None,
             timeout_seconds,
+            ..Default::default()
         }));
     }
     if let Some(t) = &p.tcp_socket {
         return Ok(Some(AppProbe {
-            http_get: None,
             tcp_socket: Some(TcpSocketProbe {
                 port: port(&t.port)?,
                 host: t.host.clone(),
             }),
             timeout_seconds,
+            ..Default::default()
+        }));
+    }
+    if let Some(g) = &p.grpc {
+        // gRPC probes name their port by number only.
+        return Ok(Some(AppProbe {
+            grpc: Some(GrpcProbe {
+                port: port(&IntOrString::Int(g.port))?,
+                service: g.service.clone().filter(|s| !s.is_empty()),
+            }),
+            timeout_seconds,
+            ..Default::default()
         }));
     }
     Ok(None)

@@ -563,8 +563,8 @@ fn what_cannot_be_handled_is_said_and_left_alone() {
         inject(&broken, &enabled("shop"), &c),
         Outcome::CannotHandle(m) if m.starts_with("not a readable Pod")
     ));
-    // A probe on a port name the container does not have, and a gRPC
-    // probe: left as they are, with a warning each.
+    // A probe on a port name the container does not have: left as it is,
+    // with a warning.
     let pod = yaml(
         r#"
 metadata: { name: api-1, namespace: shop }
@@ -572,16 +572,14 @@ spec:
   containers:
     - name: api
       livenessProbe: { httpGet: { path: /healthz, port: admin } }
-      readinessProbe: { grpc: { port: 9000 } }
 "#,
     );
     let (after, _, warnings) = injected(&pod, &enabled("shop"), &c);
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains("no port named \"admin\""),
+        warnings[0].contains("livenessProbe left as is: the container has no port named \"admin\""),
         "{warnings:?}"
     );
-    assert!(warnings[1].contains("gRPC readinessProbe"), "{warnings:?}");
     let api = &after.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         api.liveness_probe
@@ -595,4 +593,41 @@ spec:
     );
     let proxy = &after.spec.unwrap().init_containers.unwrap()[1];
     assert!(!env(proxy).contains_key("OUTRIGGER_APP_PROBES"));
+}
+
+#[test]
+fn grpc_probes_are_rewritten_and_handed_to_the_proxy() {
+    let c = cfg();
+    let pod = yaml(
+        r#"
+metadata: { name: api-1, namespace: shop }
+spec:
+  containers:
+    - name: api
+      ports: [{ name: grpc, containerPort: 9000 }]
+      livenessProbe: { grpc: { port: 9000 }, periodSeconds: 7 }
+      readinessProbe: { grpc: { port: 9000, service: shop.Cart }, timeoutSeconds: 2 }
+      startupProbe: { grpc: { port: 9000, service: "" } }
+"#,
+    );
+    let (after, _, warnings) = injected(&pod, &enabled("shop"), &c);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let api = &after.spec.as_ref().unwrap().containers[0];
+    let live = api.liveness_probe.as_ref().unwrap();
+    assert!(live.grpc.is_none());
+    assert_eq!(live.period_seconds, Some(7));
+    let get = live.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/api/livez"));
+    assert_eq!(get.port, IntOrString::Int(4191));
+    let proxy = &after.spec.unwrap().init_containers.unwrap()[1];
+    let probes: serde_json::Value =
+        serde_json::from_str(&env(proxy)["OUTRIGGER_APP_PROBES"]).unwrap();
+    assert_eq!(
+        probes,
+        serde_json::json!({
+            "/app-health/api/livez": { "grpc": { "port": 9000 } },
+            "/app-health/api/readyz": { "grpc": { "port": 9000, "service": "shop.Cart" }, "timeoutSeconds": 2 },
+            "/app-health/api/startupz": { "grpc": { "port": 9000 } },
+        })
+    );
 }

@@ -9,6 +9,9 @@
 //!   success, and a redirect followed by kubelet would land on the admin
 //!   port), 4xx and 5xx pass through;
 //! - TCP: 200 when the connection opens, 503 otherwise;
+//! - gRPC: the Health Checking Protocol over plaintext HTTP/2, as kubelet
+//!   runs it: 200 when the app answers `SERVING`, 503 with what it said
+//!   otherwise;
 //! - no answer within the probe's timeout, or no connection: 503.
 
 use std::collections::BTreeMap;
@@ -56,6 +59,11 @@ enum Check {
         host: String,
         port: u16,
     },
+    Grpc {
+        host: String,
+        port: u16,
+        service: String,
+    },
 }
 
 /// A probe definition the proxy cannot run.
@@ -96,8 +104,8 @@ impl Probes {
                 return Err(err(format!("the path must start with {APP_HEALTH_PREFIX}")));
             }
             let host = |h: &Option<String>| h.clone().unwrap_or_else(|| pod_ip.to_string());
-            let check = match (&p.http_get, &p.tcp_socket) {
-                (Some(h), None) => {
+            let check = match (&p.http_get, &p.tcp_socket, &p.grpc) {
+                (Some(h), None, None) => {
                     if h.port == 0 {
                         return Err(err("httpGet.port: 0 is not a port number".into()));
                     }
@@ -137,7 +145,7 @@ impl Probes {
                         tls: secure.then(|| tls.get_or_insert_with(any_certificate).clone()),
                     }
                 }
-                (None, Some(t)) => {
+                (None, Some(t), None) => {
                     if t.port == 0 {
                         return Err(err("tcpSocket.port: 0 is not a port number".into()));
                     }
@@ -146,7 +154,17 @@ impl Probes {
                         port: t.port,
                     }
                 }
-                _ => return Err(err("sets exactly one of httpGet and tcpSocket".into())),
+                (None, None, Some(g)) => {
+                    if g.port == 0 {
+                        return Err(err("grpc.port: 0 is not a port number".into()));
+                    }
+                    Check::Grpc {
+                        host: pod_ip.to_string(),
+                        port: g.port,
+                        service: g.service.clone().unwrap_or_default(),
+                    }
+                }
+                _ => return Err(err("sets exactly one of httpGet, tcpSocket and grpc".into())),
             };
             by_path.insert(path.clone(), Probe::new(check, p));
         }
@@ -189,7 +207,8 @@ impl Probe {
         }
     }
 
-    fn target(&self) -> String {
+    /// What it probes, as its answers name it (`http://10.0.0.7:8080/healthz`).
+    pub fn target(&self) -> String {
         match &self.check {
             Check::Http {
                 host,
@@ -202,22 +221,33 @@ impl Probe {
                 format!("{scheme}://{}{path}", authority(host, *port))
             }
             Check::Tcp { host, port } => format!("tcp://{}", authority(host, *port)),
+            Check::Grpc {
+                host,
+                port,
+                service,
+            } => format!("grpc://{}/{service}", authority(host, *port)),
         }
     }
 
     /// The app's status (HTTP), or 200 once connected (TCP).
     async fn attempt(&self) -> Result<StatusCode, String> {
         let (host, port) = match &self.check {
-            Check::Http { host, port, .. } | Check::Tcp { host, port } => (host, *port),
+            Check::Http { host, port, .. }
+            | Check::Tcp { host, port }
+            | Check::Grpc { host, port, .. } => (host, *port),
         };
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| e.to_string())?;
-        let Check::Http {
-            path, headers, tls, ..
-        } = &self.check
-        else {
-            return Ok(StatusCode::OK);
+        let (path, headers, tls) = match &self.check {
+            Check::Tcp { .. } => return Ok(StatusCode::OK),
+            Check::Grpc { service, .. } => {
+                let _ = tcp.set_nodelay(true);
+                return grpc_health::check(tcp, &authority(host, port), service).await;
+            }
+            Check::Http {
+                path, headers, tls, ..
+            } => (path, headers, tls),
         };
         let _ = tcp.set_nodelay(true);
         let mut req = Request::get(path.as_str())
@@ -255,6 +285,234 @@ where
     });
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(resp.status())
+}
+
+/// The gRPC Health Checking Protocol's client side, as kubelet's gRPC
+/// probe runs it: `grpc.health.v1.Health/Check` over plaintext HTTP/2.
+/// The protobuf messages are a string and an enum: written and read here
+/// rather than generated.
+mod grpc_health {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpStream;
+
+    pub const SERVING: u64 = 1;
+
+    /// Asks `service` ("" for the whole server) over `tcp`; 200 when the
+    /// app is SERVING, otherwise what went wrong.
+    pub async fn check(
+        tcp: TcpStream,
+        authority: &str,
+        service: &str,
+    ) -> Result<StatusCode, String> {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("HTTP/2: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "outrigger-proxy/app-probe")
+            .body(Full::new(request(service)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("HTTP status {}", resp.status().as_u16()));
+        }
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        // A trailers-only answer carries grpc-status in its headers.
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| headers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        match field("grpc-status").as_deref() {
+            Some("0") => {}
+            Some(code) => {
+                let message = field("grpc-message").unwrap_or_default();
+                return Err(format!("grpc-status {code} {message}")
+                    .trim_end()
+                    .to_string());
+            }
+            None => return Err("no grpc-status in the answer".into()),
+        }
+        match serving_status(&body.to_bytes())? {
+            SERVING => Ok(StatusCode::OK),
+            other => Err(format!("the app says {}", status_name(other))),
+        }
+    }
+
+    /// A `HealthCheckRequest { service }` in one gRPC message frame.
+    pub fn request(service: &str) -> Bytes {
+        let mut message = BytesMut::new();
+        if !service.is_empty() {
+            message.put_u8(0x0a); // field 1, length-delimited
+            put_varint(&mut message, service.len() as u64);
+            message.put_slice(service.as_bytes());
+        }
+        let mut frame = BytesMut::with_capacity(5 + message.len());
+        frame.put_u8(0); // not compressed
+        frame.put_u32(message.len() as u32);
+        frame.put_slice(&message);
+        frame.freeze()
+    }
+
+    /// The `status` of the `HealthCheckResponse` in `body` (one gRPC
+    /// message frame); absent means UNKNOWN (0), as in proto3.
+    pub fn serving_status(body: &[u8]) -> Result<u64, String> {
+        let bad = |why: &str| format!("not a HealthCheckResponse: {why}");
+        if body.len() < 5 {
+            return Err(bad("no gRPC message"));
+        }
+        if body[0] != 0 {
+            return Err(bad("compressed, though no compression was offered"));
+        }
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let mut m = &body[5..];
+        if m.len() != len {
+            return Err(bad("the message length does not match the body"));
+        }
+        let mut status = 0;
+        while !m.is_empty() {
+            let key = varint(&mut m).ok_or_else(|| bad("truncated field key"))?;
+            match (key >> 3, key & 7) {
+                (1, 0) => status = varint(&mut m).ok_or_else(|| bad("truncated status"))?,
+                (_, 0) => {
+                    varint(&mut m).ok_or_else(|| bad("truncated varint"))?;
+                }
+                (_, 1) => m = m.get(8..).ok_or_else(|| bad("truncated fixed64"))?,
+                (_, 2) => {
+                    let n = varint(&mut m).ok_or_else(|| bad("truncated length"))?;
+                    let n = usize::try_from(n).map_err(|_| bad("length too large"))?;
+                    m = m.get(n..).ok_or_else(|| bad("truncated field"))?;
+                }
+                (_, 5) => m = m.get(4..).ok_or_else(|| bad("truncated fixed32"))?,
+                (_, wire) => return Err(bad(&format!("wire type {wire}"))),
+            }
+        }
+        Ok(status)
+    }
+
+    pub fn status_name(status: u64) -> String {
+        match status {
+            0 => "UNKNOWN".into(),
+            1 => "SERVING".into(),
+            2 => "NOT_SERVING".into(),
+            3 => "SERVICE_UNKNOWN".into(),
+            n => format!("status {n}"),
+        }
+    }
+
+    fn put_varint(b: &mut BytesMut, mut v: u64) {
+        while v >= 0x80 {
+            b.put_u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        b.put_u8(v as u8);
+    }
+
+    fn varint(m: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&byte, rest) = m.split_first()?;
+            *m = rest;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn frame(message: &[u8]) -> Vec<u8> {
+            let mut f = vec![0];
+            f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            f.extend_from_slice(message);
+            f
+        }
+
+        #[test]
+        fn requests_are_health_check_requests() {
+            assert_eq!(&request("")[..], &[0, 0, 0, 0, 0]);
+            assert_eq!(
+                &request("shop.Cart")[..],
+                &[&[0, 0, 0, 0, 11, 0x0a, 9][..], b"shop.Cart"].concat()[..]
+            );
+            // A name longer than 127 bytes takes a two-byte length.
+            let long = "s".repeat(200);
+            assert_eq!(&request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
+            assert_eq!(request(&long).len(), 5 + 3 + 200);
+        }
+
+        #[test]
+        fn responses_are_read_as_proto3() {
+            assert_eq!(serving_status(&frame(&[0x08, 0x01])), Ok(SERVING));
+            assert_eq!(serving_status(&frame(&[0x08, 0x02])), Ok(2));
+            // Empty message: the default, UNKNOWN.
+            assert_eq!(serving_status(&frame(&[])), Ok(0));
+            // Unknown fields of every wire type are skipped; the last
+            // status wins.
+            let mut m = vec![0x08, 0x02];
+            m.extend_from_slice(&[0x10, 0x96, 0x01]); // field 2 varint
+            m.extend_from_slice(&[0x19, 1, 2, 3, 4, 5, 6, 7, 8]); // field 3 fixed64
+            m.extend_from_slice(&[0x22, 2, b'h', b'i']); // field 4 bytes
+            m.extend_from_slice(&[0x2d, 1, 2, 3, 4]); // field 5 fixed32
+            m.extend_from_slice(&[0x08, 0x01]);
+            assert_eq!(serving_status(&frame(&m)), Ok(SERVING));
+        }
+
+        #[test]
+        fn broken_responses_say_why_and_never_panic() {
+            for (body, why) in [
+                (vec![], "no gRPC message"),
+                (vec![1, 0, 0, 0, 2, 0x08, 0x01], "compressed"),
+                (vec![0, 0, 0, 0, 3, 0x08, 0x01], "length does not match"),
+                (frame(&[0x08]), "truncated status"),
+                (frame(&[0x0b]), "wire type 3"),
+                (frame(&[0x22, 5, b'h']), "truncated field"),
+                (frame(&[0x80]), "truncated field key"),
+            ] {
+                let e = serving_status(&body).unwrap_err();
+                assert!(e.contains(why), "{body:?}: {e}");
+            }
+            // Every prefix and every flipped byte of a real answer.
+            let good = frame(&[0x08, 0x01, 0x22, 2, b'h', b'i']);
+            for n in 0..good.len() {
+                let _ = serving_status(&good[..n]);
+            }
+            for i in 0..good.len() {
+                for bit in 0..8 {
+                    let mut b = good.clone();
+                    b[i] ^= 1 << bit;
+                    let _ = serving_status(&b);
+                }
+            }
+        }
+
+        #[test]
+        fn statuses_have_their_names() {
+            assert_eq!(status_name(2), "NOT_SERVING");
+            assert_eq!(status_name(3), "SERVICE_UNKNOWN");
+            assert_eq!(status_name(9), "status 9");
+        }
+    }
 }
 
 /// What kubelet gets for the app's `status` (pure).
@@ -371,6 +629,19 @@ mod tests {
             "https://127.0.0.1:5433/"
         );
         assert_eq!(p.paths().count(), 3);
+        let grpc = build(
+            r#"{"/app-health/a/livez": {"grpc": {"port": 9090}},
+                "/app-health/a/readyz": {"grpc": {"port": 9090, "service": "shop.Cart"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            grpc.get("/app-health/a/livez").unwrap().target(),
+            "grpc://10.0.0.7:9090/"
+        );
+        assert_eq!(
+            grpc.get("/app-health/a/readyz").unwrap().target(),
+            "grpc://10.0.0.7:9090/shop.Cart"
+        );
         assert!(p.get("/app-health/other/livez").is_none());
         let v6 = Probes::parse(
             r#"{"/app-health/a/livez": {"tcpSocket": {"port": 80}}}"#,
@@ -393,7 +664,15 @@ mod tests {
             ),
             (
                 r#"{"/app-health/a": {}}"#,
-                "sets exactly one of httpGet and tcpSocket",
+                "sets exactly one of httpGet, tcpSocket and grpc",
+            ),
+            (
+                r#"{"/app-health/a": {"grpc": {"port": 0}}}"#,
+                "grpc.port: 0 is not a port number",
+            ),
+            (
+                r#"{"/app-health/a": {"grpc": {"port": 1}, "tcpSocket": {"port": 1}}}"#,
+                "sets exactly one",
             ),
             (
                 r#"{"/app-health/a": {"httpGet": {"port": 1}, "tcpSocket": {"port": 1}}}"#,

@@ -138,3 +138,120 @@ async fn an_https_probe_reaches_a_tls_app_without_verifying_its_certificate() {
         503
     );
 }
+
+#[tokio::test]
+async fn a_grpc_probe_asks_the_apps_health_service() {
+    use tonic_health::ServingStatus;
+    // A real gRPC server with the standard health service (tonic-health):
+    // the server as a whole SERVING, shop.Cart NOT_SERVING.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.Cart", ServingStatus::NotServing)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // And an HTTP/1.1-only app, which no gRPC probe can pass.
+    let http_app = app("web").await;
+    let http_port = http_app.port();
+    let probes = format!(
+        r#"{{"/app-health/grpc/livez": {{"grpc": {{"port": {port}}}}},
+            "/app-health/grpc/readyz": {{"grpc": {{"port": {port}, "service": "shop.Cart"}}}},
+            "/app-health/grpc/startupz": {{"grpc": {{"port": {port}, "service": "shop.Nobody"}}}},
+            "/app-health/http/livez": {{"grpc": {{"port": {http_port}}}}}}}"#
+    );
+    let proxy = strict_proxy(http_app, &probes).await;
+    let admin = proxy.admin_addr;
+
+    let (status, body) = get(admin, "/app-health/grpc/livez").await;
+    assert_eq!(
+        (status, body.trim_end()),
+        (200, &*format!("grpc://127.0.0.1:{port}/: 200"))
+    );
+    let (status, body) = get(admin, "/app-health/grpc/readyz").await;
+    assert_eq!(
+        (status, body.trim_end()),
+        (
+            503,
+            &*format!("grpc://127.0.0.1:{port}/shop.Cart: the app says NOT_SERVING")
+        )
+    );
+    // An unknown service: the health service answers NOT_FOUND (5).
+    let (status, body) = get(admin, "/app-health/grpc/startupz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("grpc-status 5"), "{body}");
+    // Not a gRPC server at all.
+    let (status, body) = get(admin, "/app-health/http/livez").await;
+    assert_eq!(status, 503, "{body}");
+
+    // The app turns healthy: the next probe says so.
+    reporter
+        .set_service_status("shop.Cart", ServingStatus::Serving)
+        .await;
+    assert_eq!(get(admin, "/app-health/grpc/readyz").await.0, 200);
+}
+
+/// The probes the injector hands the proxy are ones the proxy can run, for
+/// every kind it rewrites (the two sides share only the JSON).
+#[test]
+fn the_probes_the_injector_writes_are_the_ones_the_proxy_runs() {
+    use outrigger_injector::config::MeshConfig;
+    use outrigger_injector::inject::{inject, Namespace, Outcome};
+    let pod: serde_json::Value = serde_saphyr::from_str(
+        r#"
+metadata: { name: api-1, namespace: shop }
+spec:
+  containers:
+    - name: api
+      ports: [{ name: http, containerPort: 8080 }]
+      livenessProbe: { httpGet: { path: /healthz, port: http, httpHeaders: [{ name: x-probe, value: k }] } }
+      readinessProbe: { tcpSocket: { port: 8080 }, timeoutSeconds: 3 }
+      startupProbe: { grpc: { port: 9000, service: shop.Cart } }
+"#,
+    )
+    .unwrap();
+    let ns = Namespace {
+        name: "shop".into(),
+        annotations: [("outrigger.dev/inject".to_string(), "enabled".to_string())].into(),
+    };
+    let cfg = MeshConfig::from_yaml("proxyImage: outrigger/proxy:test").unwrap();
+    let Outcome::Inject { patch, .. } = inject(&pod, &ns, &cfg) else {
+        panic!("not injected");
+    };
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    let proxy = doc["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outrigger-proxy")
+        .unwrap();
+    let json = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OUTRIGGER_APP_PROBES")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    let probes = Probes::parse(json, "10.0.0.7".parse().unwrap()).unwrap();
+    assert_eq!(
+        probes.paths().collect::<Vec<_>>(),
+        [
+            "/app-health/api/livez",
+            "/app-health/api/readyz",
+            "/app-health/api/startupz"
+        ]
+    );
+    for (path, target) in [
+        ("/app-health/api/livez", "http://10.0.0.7:8080/healthz"),
+        ("/app-health/api/readyz", "tcp://10.0.0.7:8080"),
+        ("/app-health/api/startupz", "grpc://10.0.0.7:9000/shop.Cart"),
+    ] {
+        assert_eq!(probes.get(path).unwrap().target(), target);
+    }
+}
