@@ -11,10 +11,12 @@ pub struct Amount(u128);
 /// Reads a quantity; the message says what is wrong with it.
 pub fn parse(v: &str) -> Result<Amount, String> {
     let bad = || format!("{v:?} is not a Kubernetes quantity (such as 100m or 64Mi)");
-    let digits_end = v
+    // A plus sign is allowed; a minus is not (no resource is negative).
+    let unsigned = v.strip_prefix('+').unwrap_or(v);
+    let digits_end = unsigned
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (number, suffix) = v.split_at(digits_end);
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(digits_end);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
         return Err(bad());
@@ -47,6 +49,8 @@ pub fn parse(v: &str) -> Result<Amount, String> {
         }
     };
     let too_large = || format!("{v:?} is too large a quantity");
+    // Trailing zeros of the fraction change nothing.
+    let fraction = fraction.trim_end_matches('0');
     let mantissa: u128 = format!("{whole}{fraction}")
         .trim_start_matches('0')
         .parse()
@@ -54,6 +58,9 @@ pub fn parse(v: &str) -> Result<Amount, String> {
             std::num::IntErrorKind::Empty => Ok(0),
             _ => Err(too_large()),
         })?;
+    if mantissa == 0 {
+        return Ok(Amount(0));
+    }
     let scaled = mantissa.checked_mul(1u128 << two).ok_or_else(too_large)?;
     let ten = i64::from(ten) + 9 - fraction.len() as i64;
     let amount = if ten >= 0 {
@@ -95,6 +102,7 @@ mod tests {
             ".5",
             "5.",
             "0",
+            "+1",
         ] {
             assert!(parse(ok).is_ok(), "{ok}");
         }
@@ -129,10 +137,15 @@ mod tests {
 
     #[test]
     fn too_large_is_named() {
-        for v in ["1e40", "99999999999999999999999999999999999999999", "16Ei0"] {
-            assert!(parse(v).is_err(), "{v}");
+        for v in ["1e40", "99999999999999999999999999999999999999999", "1e30"] {
+            assert!(parse(v).unwrap_err().contains("too large"), "{v}");
         }
         assert!(parse("16Ei").is_ok());
-        assert!(parse("1e30").unwrap_err().contains("too large"));
+        // Zero, and zeros that only pad a fraction, are never too large.
+        assert_eq!(nano("0e99"), 0);
+        assert_eq!(
+            parse(&format!("1.{}", "0".repeat(60))).unwrap(),
+            parse("1").unwrap()
+        );
     }
 }

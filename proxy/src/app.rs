@@ -79,8 +79,9 @@ pub struct Applier {
     /// Set at the first applied config, never cleared (unlike `ready`,
     /// which a drain clears).
     configured: Arc<AtomicBool>,
-    /// Told of every applied config (open connections re-check theirs).
-    changes: Arc<watch::Sender<u64>>,
+    /// Told of every applied config that changes the inbound policies
+    /// (open connections re-check theirs).
+    inbound_changes: Arc<watch::Sender<u64>>,
 }
 
 impl Proxy {
@@ -122,10 +123,10 @@ impl Proxy {
         }
 
         let configured = Arc::new(AtomicBool::new(!opts.wait_for_config));
-        let changes = Arc::new(watch::Sender::new(0u64));
+        let inbound_changes = Arc::new(watch::Sender::new(0u64));
         let shared = Arc::new(Shared {
             configured: configured.clone(),
-            config_changes: changes.clone(),
+            inbound_changes: inbound_changes.clone(),
             chance: crate::policy::chance::Chance::default(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
@@ -185,7 +186,7 @@ impl Proxy {
             ready: ready.clone(),
             draining: draining.clone(),
             configured,
-            changes,
+            inbound_changes,
         };
 
         let trigger = shutdown.clone();
@@ -326,8 +327,12 @@ impl Applier {
         }
         let version = snapshot.version.clone();
         let next = Config::build(snapshot, Some(&current))?;
+        let inbound_changed = next.snapshot.inbound != current.snapshot.inbound;
         self.config.store(Arc::new(next));
-        self.changes.send_modify(|generation| *generation += 1);
+        if inbound_changed {
+            self.inbound_changes
+                .send_modify(|generation| *generation += 1);
+        }
         self.metrics.config_applied.inc();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

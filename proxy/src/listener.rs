@@ -246,8 +246,6 @@ impl Listener {
             tracing::info!(listener = %self.spec.name, %peer, "no config from the control plane yet; closing");
             return;
         }
-        // Subscribed before the config is read: no update can slip between.
-        let changes = self.shared.config_changes.subscribe();
         let cfg = self.config.load_full();
         let (target, opaque) = match self.resolve(&cfg, original_dst(&stream)) {
             Ok(t) => t,
@@ -303,24 +301,17 @@ impl Listener {
         // And it stays held to them: a later config that would refuse it
         // closes it (as Envoy drains the connections of a changed chain).
         // Only a connection to the app without mesh TLS, or an opaque one,
-        // can be refused; the rest do not watch.
-        let watched = match &target {
-            Target::App(app) if peer_identity.is_none() || opaque_app => Some(app.port()),
+        // can be refused; the rest hold nothing.
+        let hold = match &target {
+            Target::App(app) if peer_identity.is_none() || opaque_app => Some(Arc::new(Hold {
+                shared: self.shared.clone(),
+                config: self.config.clone(),
+                peer,
+                port: app.port(),
+                peer_identity: peer_identity.clone(),
+                opaque: opaque_app,
+            })),
             _ => None,
-        };
-        let revoked = {
-            let config = self.config.clone();
-            let peer_identity = peer_identity.clone();
-            async move {
-                let Some(port) = watched else {
-                    return std::future::pending().await;
-                };
-                revoked(changes, || {
-                    refusal(&config.load(), port, peer_identity.as_ref(), opaque_app)
-                        .map(|r| (r, port))
-                })
-                .await
-            }
         };
 
         // Opaque connections go to one endpoint, known now.
@@ -388,7 +379,7 @@ impl Listener {
                             tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
                         }
                     }
-                    (r, port) = revoked => self.refused(&r, peer, port, true),
+                    () = until_revoked(hold.as_deref()) => {}
                 }
                 drop(guard);
             }
@@ -401,25 +392,24 @@ impl Listener {
                     peer,
                     peer_identity,
                     drain: drain.clone(),
+                    hold,
                     _guard: guard,
                 });
+                let hold = ctx.hold.clone();
                 let stack = stack_for(
                     &ctx.target,
                     Arc::from(self.spec.name.as_str()),
                     self.config.clone(),
                     &self.shared,
                     ctx.clone(),
+                    hold.clone(),
                 );
                 let svc = HttpProxy {
                     ctx,
                     shared: self.shared.clone(),
                     stack,
                 };
-                let shared = self.shared.clone();
-                let revoked = async move {
-                    let (r, port) = revoked.await;
-                    refused(&shared, &r, peer, port, true);
-                };
+                let revoked = async move { until_revoked(hold.as_deref()).await };
                 crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain, revoked).await;
             }
         }
@@ -459,20 +449,59 @@ pub fn refusal(
     }
 }
 
-/// Completes once a config applied after `changes` was subscribed makes
-/// `refuses` say why (re-asked at every change); never completes when it
-/// never does. Cheap: one watch receiver per connection, woken per update.
+/// An open inbound connection to the app that a later config may refuse
+/// (it has no mesh TLS, or it is opaque): what to re-check, against what.
+/// Shared by everything that serves the connection, including a tunnel
+/// spliced after an HTTP upgrade.
+pub struct Hold {
+    shared: Arc<Shared>,
+    config: Arc<ArcSwap<Config>>,
+    peer: SocketAddr,
+    port: u16,
+    peer_identity: Option<PeerIdentity>,
+    opaque: bool,
+}
+
+impl Hold {
+    /// Completes, counted and logged, once the config in force refuses
+    /// the connection: checked at once, then at every change of the
+    /// inbound policies.
+    pub async fn revoked(&self) {
+        let r = revoked(self.shared.inbound_changes.subscribe(), || {
+            refusal(
+                &self.config.load(),
+                self.port,
+                self.peer_identity.as_ref(),
+                self.opaque,
+            )
+        })
+        .await;
+        refused(&self.shared, &r, self.peer, self.port, true);
+    }
+}
+
+/// [`Hold::revoked`]; never, for a connection nothing can refuse.
+pub async fn until_revoked(hold: Option<&Hold>) {
+    match hold {
+        Some(h) => h.revoked().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes once `refuses` says why: asked at once, then whenever
+/// `changes` announces a change; never completes when it never does.
+/// Asking at once covers any change made before the subscription.
 async fn revoked<T>(
     mut changes: tokio::sync::watch::Receiver<u64>,
     refuses: impl Fn() -> Option<T>,
 ) -> T {
     loop {
+        if let Some(why) = refuses() {
+            return why;
+        }
         if changes.changed().await.is_err() {
             // The proxy is gone; its drain closes the connection.
             return std::future::pending().await;
-        }
-        if let Some(why) = refuses() {
-            return why;
         }
     }
 }
@@ -528,11 +557,13 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
-    async fn revoked_completes_only_at_a_change_that_refuses() {
+    async fn revoked_asks_at_once_then_at_every_change() {
         let changes = tokio::sync::watch::Sender::new(0u64);
-        // Refusing already, before any change: not revoked until a config
-        // is applied after the subscription.
-        let refuse = Arc::new(AtomicBool::new(true));
+        // Refusing already (a change made before the subscription): at once.
+        let fut = revoked(changes.subscribe(), || Some("refused"));
+        assert_eq!(fut.await, "refused");
+
+        let refuse = Arc::new(AtomicBool::new(false));
         let r = refuse.clone();
         let fut = revoked(changes.subscribe(), move || {
             r.load(Ordering::SeqCst).then_some("refused")
@@ -541,9 +572,12 @@ mod tests {
         let wait = Duration::from_secs(3600);
         assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
         // A change that still admits it: still open.
-        refuse.store(false, Ordering::SeqCst);
         changes.send_modify(|g| *g += 1);
         assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
+        // Refusing without a change being announced: not seen yet.
+        refuse.store(true, Ordering::SeqCst);
+        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
+        refuse.store(false, Ordering::SeqCst);
         // A change that refuses it.
         refuse.store(true, Ordering::SeqCst);
         changes.send_modify(|g| *g += 1);
@@ -553,7 +587,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn revoked_never_completes_once_the_proxy_is_gone() {
         let changes = tokio::sync::watch::Sender::new(0u64);
-        let fut = revoked(changes.subscribe(), || Some(()));
+        let fut = revoked(changes.subscribe(), || None::<()>);
         drop(changes);
         assert!(tokio::time::timeout(Duration::from_secs(3600), fut)
             .await

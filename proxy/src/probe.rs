@@ -243,7 +243,8 @@ impl Probe {
             Check::Tcp { .. } => return Ok(StatusCode::OK),
             Check::Grpc { service, .. } => {
                 let _ = tcp.set_nodelay(true);
-                return grpc_health::check(tcp, &authority(host, port), service).await;
+                let authority = authority(host, port);
+                return grpc_health::check(tcp, &authority, service, self.timeout).await;
             }
             Check::Http {
                 path, headers, tls, ..
@@ -294,18 +295,23 @@ where
 mod grpc_health {
     use bytes::{BufMut, Bytes, BytesMut};
     use http::{Request, StatusCode};
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::{BodyExt, Full, Limited};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpStream;
 
     pub const SERVING: u64 = 1;
+    /// Far more than a HealthCheckResponse (a few bytes) needs: a port
+    /// that streams more is not a health service.
+    const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-    /// Asks `service` ("" for the whole server) over `tcp`; 200 when the
-    /// app is SERVING, otherwise what went wrong.
+    /// Asks `service` ("" for the whole server) over `tcp`, telling the app
+    /// the probe's `timeout` as kubelet does; 200 when the app is SERVING,
+    /// otherwise what went wrong.
     pub async fn check(
         tcp: TcpStream,
         authority: &str,
         service: &str,
+        timeout: std::time::Duration,
     ) -> Result<StatusCode, String> {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -318,6 +324,7 @@ mod grpc_health {
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .header(http::header::USER_AGENT, "outrigger-proxy/app-probe")
+            .header("grpc-timeout", format!("{}m", timeout.as_millis().max(1)))
             .body(Full::new(request(service)))
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -325,11 +332,10 @@ mod grpc_health {
             return Err(format!("HTTP status {}", resp.status().as_u16()));
         }
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
+        let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("reading the answer: {e}"))?;
         // A trailers-only answer carries grpc-status in its headers.
         let trailers = body.trailers().cloned().unwrap_or_default();
         let field = |name: &str| {

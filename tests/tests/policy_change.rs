@@ -5,19 +5,23 @@
 //!
 //! - plaintext HTTP on a port turned STRICT: closed gracefully, the
 //!   request in flight still answered;
+//! - a plaintext WebSocket (an upgraded, spliced connection) on a port
+//!   turned STRICT: closed;
 //! - plaintext opaque TCP on a port turned STRICT: closed;
 //! - a meshed opaque connection an AuthorizationPolicy now denies: closed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use outrigger_api::inbound::{Inbound, Mtls};
+use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
 use outrigger_api::{ServiceProtocol, Snapshot};
 use outrigger_identity::Ca;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 const TD: &str = "cluster.local";
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -73,13 +77,24 @@ fn revoked(text: &str, reason: &str) -> f64 {
 
 #[tokio::test]
 async fn plaintext_http_closes_gracefully_when_its_port_turns_strict() {
-    use std::sync::atomic::Ordering;
     let ca = Ca::generate(TD, SystemTime::now()).unwrap();
-    let (app, hits) = counted_app("web", |_, req| match req.uri().path() {
-        "/slow" => Answer::Slow(300, 200),
-        _ => Answer::Status(200),
-    })
-    .await;
+    // `/gate` is answered only once the test releases it.
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let app = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        serve_http(move |req: http::Request<hyper::body::Incoming>| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                if req.uri().path() == "/gate" {
+                    arrived.notify_one();
+                    release.notified().await;
+                }
+                http::Response::new(full("hello from web"))
+            }
+        })
+        .await
+    };
     let server = Proxy::start(server_config(app, "v1", |_| {}), with_identity(&ca, "web"))
         .await
         .unwrap();
@@ -105,30 +120,29 @@ async fn plaintext_http_closes_gracefully_when_its_port_turns_strict() {
     assert_eq!(send(&mut plain, "/").await.unwrap().status(), 200);
     assert_eq!(send(&mut meshed, "/").await.unwrap().status(), 200);
 
-    // A config that still takes plaintext leaves the connection open.
+    // A change of the inbound policies that still takes plaintext on the
+    // app's port leaves the connection open.
     server
-        .apply(server_config(app, "v2", |s| s.limits.max_connections = 999))
+        .apply(server_config(app, "v2", |s| {
+            s.inbound.mtls = Mtls::strict([(app.port(), MtlsMode::Permissive)])
+        }))
         .unwrap();
     assert_eq!(send(&mut plain, "/").await.unwrap().status(), 200);
 
-    // STRICT, applied while a slow request is in flight on the plaintext
+    // STRICT, applied while a request is in flight on the plaintext
     // connection: that request is still answered, then the connection
     // closes.
     plain.ready().await.unwrap();
-    let in_flight = tokio::spawn(send(&mut plain, "/slow"));
-    assert!(
-        eventually(Duration::from_secs(5), || {
-            let n = hits.load(Ordering::SeqCst);
-            async move { n == 4 }
-        })
-        .await,
-        "the slow request never reached the app"
-    );
+    let in_flight = tokio::spawn(send(&mut plain, "/gate"));
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("the request never reached the app");
     server
         .apply(server_config(app, "v3", |s| {
             s.inbound.mtls = Mtls::strict([])
         }))
         .unwrap();
+    release.notify_one();
     let answered = in_flight.await.unwrap().unwrap();
     assert_eq!(answered.status(), 200);
     assert!(
@@ -220,4 +234,104 @@ async fn opaque_connections_close_when_a_new_config_refuses_them() {
         })
         .await
     );
+}
+
+#[tokio::test]
+async fn an_upgraded_plaintext_connection_closes_when_its_port_turns_strict() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    // A WebSocket echo app.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                let (tx, rx) = ws.split();
+                let _ = rx
+                    .filter(|m| std::future::ready(m.as_ref().is_ok_and(|m| m.is_text())))
+                    .forward(tx)
+                    .await;
+            });
+        }
+    });
+    let server = Proxy::start(server_config(app, "v1", |_| {}), with_identity(&ca, "web"))
+        .await
+        .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    let tcp = TcpStream::connect(inbound).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{inbound}/chat"), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("one"));
+
+    server
+        .apply(server_config(app, "v2", |s| {
+            s.inbound.mtls = Mtls::strict([])
+        }))
+        .unwrap();
+    // The tunnel is closed: the stream ends (or errors) without an echo.
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the WebSocket stayed open under STRICT");
+    assert!(!matches!(next, Some(Ok(Message::Text(_)))), "{next:?}");
+    let text = scrape(&server).await;
+    assert_eq!(revoked(&text, "plaintext_on_strict"), 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn a_revoked_http2_connection_gets_the_drain_timeout_to_finish_then_closes() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    // `/hang` is never answered.
+    let app = serve_http(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        http::Response::new(full("hello from web"))
+    })
+    .await;
+    // A short drain timeout (connections take the one in force when they
+    // were accepted).
+    let short = |s: &mut Snapshot| {
+        s.limits.drain_timeout = outrigger_api::Duration(Duration::from_millis(300));
+    };
+    let server = Proxy::start(server_config(app, "v1", short), with_identity(&ca, "web"))
+        .await
+        .unwrap();
+    let inbound = server.listener_addr("inbound").unwrap();
+    // Plaintext HTTP/2 (prior knowledge), with a stream held open.
+    let mut h2 = http2(inbound).await;
+    let get = |path: &str| {
+        http::Request::get(format!("http://web.shop{path}"))
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(h2.send_request(get("/")).await.unwrap().status(), 200);
+    let held = tokio::spawn(h2.send_request(get("/hang")));
+
+    // STRICT: the held stream is given the drain timeout after the
+    // GOAWAY, then the connection is closed under it.
+    server
+        .apply(server_config(app, "v2", |s| {
+            short(s);
+            s.inbound.mtls = Mtls::strict([]);
+        }))
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held stream outlived the drain timeout");
+    assert!(ended.unwrap().is_err(), "the hanging request was answered");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let closed = h2.is_closed();
+            async move { closed }
+        })
+        .await
+    );
+    let text = scrape(&server).await;
+    assert_eq!(revoked(&text, "plaintext_on_strict"), 1.0, "{text}");
 }

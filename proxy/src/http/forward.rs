@@ -18,6 +18,7 @@ use super::client::{Client, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::stack::{always_ready, Fut, Req, Rsp};
+use crate::listener::{until_revoked, Hold};
 
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
@@ -41,11 +42,14 @@ pub struct Forward {
     /// Held by spliced tunnels: the accepted connection's slot and drain
     /// watch stay taken until the tunnel closes.
     conn: Arc<dyn Send + Sync>,
+    /// A tunnel is held to the policies in force like the connection it
+    /// came from: closed when a later config refuses it.
+    hold: Option<Arc<Hold>>,
 }
 
 impl Forward {
-    pub fn new(client: Client, conn: Arc<dyn Send + Sync>) -> Self {
-        Self { client, conn }
+    pub fn new(client: Client, conn: Arc<dyn Send + Sync>, hold: Option<Arc<Hold>>) -> Self {
+        Self { client, conn, hold }
     }
 }
 
@@ -140,19 +144,26 @@ impl Forward {
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let conn = self.conn.clone();
+            let hold = self.hold.clone();
             tokio::spawn(async move {
                 let _conn = conn;
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(error = %e, "upgraded connection ended");
+                let tunnel = async {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((client, upstream)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut upstream = TokioIo::new(upstream);
+                            if let Err(e) =
+                                tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                            {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
                         }
+                        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+                };
+                tokio::select! {
+                    () = tunnel => {}
+                    () = until_revoked(hold.as_deref()) => {}
                 }
             });
         }

@@ -27,7 +27,7 @@ use super::stack::{Req, Rsp};
 use crate::access_log::AccessLog;
 use crate::drain;
 use crate::identity::Identity;
-use crate::listener::ConnGuard;
+use crate::listener::{ConnGuard, Hold};
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels, Workload,
@@ -47,9 +47,10 @@ pub struct Shared {
     /// the control plane: its inbound side then takes nothing, as the
     /// bootstrap knows neither the workload's mTLS mode nor its policies.
     pub configured: Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped by every applied config, so that an open connection can be
-    /// held to the policies in force (see `listener::revoked`).
-    pub config_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped by every applied config that changes the inbound policies
+    /// (mTLS mode, AuthorizationPolicies), so that open connections are
+    /// held to them (see `listener::Hold`).
+    pub inbound_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Where a connection's requests go, decided when it was accepted.
@@ -75,6 +76,8 @@ pub struct ConnContext {
     /// The peer proxy's identity, when it connected over mutual TLS.
     pub peer_identity: Option<PeerIdentity>,
     pub drain: drain::Watch,
+    /// What a later config may refuse this connection for (None: nothing).
+    pub hold: Option<Arc<Hold>>,
     /// Keeps the connection's slot (and its close uncounted) while anything
     /// still serves it, including a tunnel spliced after an upgrade.
     pub _guard: ConnGuard,
@@ -298,8 +301,9 @@ pub fn stack_for(
     config: Arc<arc_swap::ArcSwap<crate::config::Config>>,
     shared: &Shared,
     conn: Arc<dyn Send + Sync>,
+    hold: Option<Arc<Hold>>,
 ) -> Stack {
-    let forward = super::forward::Forward::new(shared.client.clone(), conn);
+    let forward = super::forward::Forward::new(shared.client.clone(), conn, hold);
     match target {
         Target::Service(r) => BoxCloneSyncService::new(super::stack::outbound(
             config,

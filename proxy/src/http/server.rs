@@ -14,7 +14,8 @@ use crate::drain;
 /// Serves HTTP/1 or HTTP/2 on `io` until the client is done. On drain, or
 /// once `revoked` completes (a new config refuses the connection), HTTP/1
 /// closes after the request in flight and HTTP/2 sends GOAWAY and finishes
-/// its open streams.
+/// its open streams; once revoked, for at most `limits.drain_timeout`: what
+/// is still open then (a long stream, a slow download) is closed.
 pub async fn serve<I>(
     io: I,
     proto: Protocol,
@@ -25,11 +26,13 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Either ends the connection gracefully: in-flight requests finish.
+    // Either ends the connection gracefully: in-flight requests finish, on
+    // revocation within the drain timeout (a drain has its own deadline,
+    // the process's, which reports what it cut).
     let stop = async {
         tokio::select! {
-            _ = drain.signaled() => {}
-            _ = revoked => {}
+            _ = drain.signaled() => None,
+            _ = revoked => Some(limits.drain_timeout),
         }
     };
     let io = TokioIo::new(io);
@@ -46,9 +49,9 @@ pub async fn serve<I>(
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
-                _ = stop => {
+                deadline = stop => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    finish(conn, deadline, peer).await
                 }
             }
         }
@@ -69,9 +72,9 @@ pub async fn serve<I>(
             } else {
                 tokio::select! {
                 r = conn.as_mut() => r,
-                    _ = stop => {
+                    deadline = stop => {
                         conn.as_mut().graceful_shutdown();
-                        conn.await
+                        finish(conn, deadline, peer).await
                     }
                 }
             }
@@ -79,5 +82,27 @@ pub async fn serve<I>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// A connection told to shut down gracefully, given `deadline` (if any) to
+/// finish; dropped (closed) past it.
+async fn finish<F, E>(
+    conn: F,
+    deadline: Option<Duration>,
+    peer: std::net::SocketAddr,
+) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let Some(deadline) = deadline else {
+        return conn.await;
+    };
+    match tokio::time::timeout(deadline, conn).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::debug!(%peer, ?deadline, "still busy at the shutdown deadline; closing");
+            Ok(())
+        }
     }
 }
