@@ -516,35 +516,22 @@ fn refused(shared: &Shared, r: &Refusal, peer: SocketAddr, port: u16, revoked: b
     } else {
         "closing"
     };
+    let (reason, at_accept) = match r {
+        Refusal::PlaintextOnStrict => (Revocation::PlaintextOnStrict, &m.tcp_plaintext_refused),
+        Refusal::Denied { .. } => (Revocation::Denied, &m.tcp_denied),
+    };
+    if revoked {
+        m.tcp_revoked
+            .get_or_create(&RevokedLabels { direction, reason })
+            .inc();
+    } else {
+        at_accept.get_or_create(&DirectionLabel { direction }).inc();
+    }
     match r {
         Refusal::PlaintextOnStrict => {
-            if revoked {
-                m.tcp_revoked
-                    .get_or_create(&RevokedLabels {
-                        direction,
-                        reason: Revocation::PlaintextOnStrict,
-                    })
-                    .inc();
-            } else {
-                m.tcp_plaintext_refused
-                    .get_or_create(&DirectionLabel { direction })
-                    .inc();
-            }
             tracing::info!(%peer, port, has_identity = shared.identity.is_some(), "plaintext connection to a STRICT port; {action}");
         }
         Refusal::Denied { policy } => {
-            if revoked {
-                m.tcp_revoked
-                    .get_or_create(&RevokedLabels {
-                        direction,
-                        reason: Revocation::Denied,
-                    })
-                    .inc();
-            } else {
-                m.tcp_denied
-                    .get_or_create(&DirectionLabel { direction })
-                    .inc();
-            }
             tracing::info!(%peer, port, policy = policy.as_deref().unwrap_or("(no ALLOW policy matches)"), "connection denied by authorization; {action}");
         }
     }
