@@ -91,17 +91,9 @@ services:
 }
 
 fn server_bootstrap(app: SocketAddr) -> Snapshot {
-    Snapshot::from_yaml(&format!(
-        r#"
-version: "bootstrap"
-proxy: {{ workload: web, namespace: shop }}
-admin: {{ bind: "127.0.0.1:0" }}
-limits: {{ drain_timeout: 5s, detect_timeout: 300ms }}
-listeners:
-  - {{ name: inbound, direction: inbound, bind: "127.0.0.1:0", app: "{app}" }}
-"#
-    ))
-    .unwrap()
+    let mut s = server_snapshot(app);
+    s.version = "bootstrap".into();
+    s
 }
 
 /// A proxy of pod `pod` (ServiceAccount `sa`) in shop, following the
