@@ -88,7 +88,8 @@ enum Command {
         ca_roots: Option<PathBuf>,
         /// Where a generated CA is kept (ca.pem, ca.key, roots.pem), made on
         /// first start and reused after. Default:
-        /// $XDG_STATE_HOME/outrigger/ca (~/.local/state/outrigger/ca).
+        /// $XDG_STATE_HOME/outrigger/ca (~/.local/state/outrigger/ca); with
+        /// --kubernetes there is no default (give a CA, or name a volume).
         #[arg(long)]
         ca_dir: Option<PathBuf>,
         /// Lifetime of workload certificates.
@@ -171,7 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     key,
                     roots: ca_roots,
                 },
-                _ => CaSource::Dir(ca_dir.unwrap_or_else(default_ca_dir)),
+                _ => CaSource::Dir(generated_ca_dir(ca_dir, kubernetes)?),
             };
             let identity = Identity {
                 ca,
@@ -281,6 +282,22 @@ struct Identity {
     bootstrap_tokens: Option<PathBuf>,
     /// The control plane's own identity.
     own: SpiffeId,
+}
+
+/// Where a generated CA is kept. In a cluster the default (the container's
+/// home) would not outlive a restart, and a new root on every restart cuts
+/// every proxy's trust: there the CA is given (a Secret mounted as files),
+/// or the folder is named on purpose (a persistent volume).
+fn generated_ca_dir(given: Option<PathBuf>, kubernetes: bool) -> Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir),
+        None if kubernetes => bail!(
+            "--kubernetes needs the mesh CA: give --ca-cert and --ca-key (a Secret mounted \
+             as files), or --ca-dir on a volume that outlives a restart (a CA generated in \
+             the container would be replaced on every restart)"
+        ),
+        None => Ok(default_ca_dir()),
+    }
 }
 
 fn default_ca_dir() -> PathBuf {

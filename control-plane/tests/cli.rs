@@ -1,0 +1,57 @@
+//! The control plane's binary: start-up refusals that must happen before it
+//! touches a cluster or a socket.
+
+use std::process::Command;
+
+fn control_plane() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outrigger-control-plane"))
+}
+
+/// In a cluster, a CA generated into the container's home would be a new
+/// root after every restart; the binary refuses to start that way and says
+/// what to give instead. It fails before looking for a kubeconfig.
+#[test]
+fn kubernetes_mode_without_a_ca_is_refused_naming_the_flags() {
+    let home = tempfile::tempdir().unwrap();
+    let out = control_plane()
+        .args(["run", "--kubernetes", "--listen", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env_remove("XDG_STATE_HOME")
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--kubernetes needs the mesh CA")
+            && stderr.contains("--ca-cert and --ca-key")
+            && stderr.contains("--ca-dir"),
+        "stderr: {stderr}"
+    );
+    // Nothing was generated where a restart would lose it.
+    assert!(
+        !home.path().join(".local/state/outrigger/ca").exists(),
+        "a CA was generated in the container's home"
+    );
+}
+
+/// Naming the folder on purpose is taken: the refusal is about the default
+/// only. Here the start goes on to look for a cluster, and fails there.
+#[test]
+fn kubernetes_mode_with_a_named_ca_dir_gets_past_the_ca_check() {
+    let home = tempfile::tempdir().unwrap();
+    let out = control_plane()
+        .args(["run", "--kubernetes", "--listen", "127.0.0.1:0", "--ca-dir"])
+        .arg(home.path().join("ca"))
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("needs the mesh CA") && stderr.contains("no Kubernetes configuration"),
+        "stderr: {stderr}"
+    );
+}
