@@ -348,7 +348,9 @@ mod grpc_health {
         match field("grpc-status").as_deref() {
             Some("0") => {}
             Some(code) => {
-                let message = field("grpc-message").unwrap_or_default();
+                let message = field("grpc-message")
+                    .map(|m| decode_message(&m))
+                    .unwrap_or_default();
                 return Err(format!("grpc-status {code} {message}")
                     .trim_end()
                     .to_string());
@@ -359,6 +361,29 @@ mod grpc_health {
             SERVING => Ok(StatusCode::OK),
             other => Err(format!("the app says {}", status_name(other))),
         }
+    }
+
+    /// A `grpc-message` as sent: percent-encoded UTF-8 (gRPC over HTTP/2).
+    /// A `%` not followed by two hex digits is kept as it is, and bytes
+    /// that are not UTF-8 become U+FFFD, as the spec asks of receivers.
+    pub fn decode_message(raw: &str) -> String {
+        let bytes = raw.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    out.push((hex(h).unwrap() * 16 + hex(l).unwrap()) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// A `HealthCheckRequest { service }` in one gRPC message frame.
@@ -465,6 +490,27 @@ mod grpc_health {
             let long = "s".repeat(200);
             assert_eq!(&request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
             assert_eq!(request(&long).len(), 5 + 3 + 200);
+        }
+
+        #[test]
+        fn messages_are_percent_decoded() {
+            for (raw, decoded) in [
+                ("", ""),
+                ("plain text, kept", "plain text, kept"),
+                ("db%20down", "db down"),
+                ("100%25", "100%"),
+                ("caf%C3%A9 %e2%9c%93", "café ✓"),
+                // Not an escape: kept as sent.
+                ("50% off", "50% off"),
+                ("%", "%"),
+                ("%4", "%4"),
+                ("%zz%4g", "%zz%4g"),
+                // Not UTF-8 once decoded: replaced, not dropped.
+                ("bad %FF byte", "bad \u{fffd} byte"),
+                ("cut %C3", "cut \u{fffd}"),
+            ] {
+                assert_eq!(decode_message(raw), decoded, "{raw:?}");
+            }
         }
 
         #[test]

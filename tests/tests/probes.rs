@@ -184,6 +184,8 @@ async fn a_grpc_probe_asks_the_apps_health_service() {
     let (status, body) = get(admin, "/app-health/grpc/startupz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("grpc-status 5"), "{body}");
+    // tonic sends its message percent-encoded; it reads decoded.
+    assert!(body.contains("service not registered"), "{body}");
     // Not a gRPC server at all.
     let (status, body) = get(admin, "/app-health/http/livez").await;
     assert_eq!(status, 503, "{body}");
