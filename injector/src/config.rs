@@ -99,11 +99,16 @@ impl Resources {
         let mut merged = self.clone();
         merged.requests.extend(requests.clone());
         merged.limits.extend(limits.clone());
+        // Where a number came from: the pod's annotation, or the mesh
+        // config. With no annotation in play (the mesh config checked
+        // alone, which its own error names), the field is enough.
         let from = |own: &BTreeMap<String, String>, kind: &str, resource: &str| {
             if own.contains_key(resource) {
                 format!("{}proxy-{resource}-{kind}", crate::annotations::PREFIX)
-            } else {
+            } else if requests.contains_key(resource) || limits.contains_key(resource) {
                 format!("the mesh config's resources.{kind}s.{resource}")
+            } else {
+                format!("resources.{kind}s.{resource}")
             }
         };
         for (resource, request) in &merged.requests {
@@ -271,7 +276,7 @@ mod tests {
             ),
             (
                 "proxyImage: x\nresources: { requests: { memory: 1Gi }, limits: { memory: 1G } }",
-                "resources.requests.memory \"1Gi\" is above the mesh config's resources.limits.memory \"1G\"",
+                "mesh config field resources: resources.requests.memory \"1Gi\" is above resources.limits.memory \"1G\": a request cannot exceed its limit",
             ),
             ("proxyImage: x\nsidecar: yes", "unknown field"),
         ] {
