@@ -350,11 +350,12 @@ fn keep_unknown_fields(node: &mut Value) {
     }
 }
 
-/// The CRDs as one multi-document YAML file (what `manifests/crds/` holds).
+/// The CRDs as one multi-document YAML file (what `manifests/crds/` and the
+/// chart's `crds/` hold).
 pub fn definitions_yaml() -> String {
     let mut out = String::from(
         "# Generated from the Rust types in control-plane/src/crd.rs; do not edit.\n\
-         # Regenerate: cargo run -p outrigger-control-plane -- crds > manifests/crds/outrigger.dev.yaml\n",
+         # Regenerate: OUTRIGGER_BLESS=1 cargo test -p outrigger-control-plane --test crds\n",
     );
     for crd in definitions() {
         out.push_str("---\n");

@@ -3,25 +3,32 @@
 
 use outrigger_control_plane::crd;
 
-const CHECKED_IN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../manifests/crds/outrigger.dev.yaml"
-);
+/// Where the generated CRDs are checked in: the plain manifests, and the
+/// chart's `crds/` (which Helm installs before the templates).
+const CHECKED_IN: [&str; 2] = [
+    "manifests/crds/outrigger.dev.yaml",
+    "charts/outrigger/crds/outrigger.dev.yaml",
+];
 
 #[test]
 fn checked_in_crds_match_the_rust_types() {
     let generated = crd::definitions_yaml();
-    let on_disk = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
-    if on_disk != generated {
+    for file in CHECKED_IN {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        if on_disk == generated {
+            continue;
+        }
         if std::env::var_os("OUTRIGGER_BLESS").is_some() {
-            std::fs::write(CHECKED_IN, &generated).unwrap();
-            return;
+            std::fs::write(&path, &generated).unwrap();
+            continue;
         }
         panic!(
-            "manifests/crds/outrigger.dev.yaml is out of date with control-plane/src/crd.rs; \
-             regenerate it with `cargo run -p outrigger-control-plane -- crds > \
-             manifests/crds/outrigger.dev.yaml` (or OUTRIGGER_BLESS=1 cargo test -p \
-             outrigger-control-plane --test crds)"
+            "{file} is out of date with control-plane/src/crd.rs; regenerate it with \
+             `cargo run -p outrigger-control-plane -- crds > {file}` (or OUTRIGGER_BLESS=1 \
+             cargo test -p outrigger-control-plane --test crds)"
         );
     }
 }

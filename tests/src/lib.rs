@@ -19,6 +19,7 @@ use outrigger_api::Snapshot;
 use outrigger_proxy::{Options, Proxy};
 use tokio::net::TcpListener;
 
+pub mod chart;
 pub mod control_plane;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -500,6 +501,18 @@ pub async fn tally(clients: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (us
         failed += f;
     }
     (ok, failed)
+}
+
+/// A binary of the workspace, in the target directory of the running test.
+/// Cargo builds a package's binaries when its integration tests are
+/// selected, and the proxy, injector and control-plane packages have some
+/// (`*/tests/`), so `cargo test --workspace` builds all three before running
+/// any test. (`cargo test -p outrigger-tests` alone may find a stale one.)
+pub fn workspace_bin(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    let path = dir.join(name);
+    path.exists().then_some(path)
 }
 
 /// Polls `check` every 10 ms until it returns true or `limit` passes.

@@ -58,23 +58,12 @@ fn ok(args: &[&str]) {
     );
 }
 
-/// A binary of the workspace, next to this test. Cargo builds a package's
-/// binaries when its integration tests are selected, and the proxy package
-/// has some (`proxy/tests/`), so `cargo test --workspace` builds
-/// `outrigger-proxy` before running any test.
-fn bin(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?.parent()?;
-    let path = dir.join(name);
-    path.exists().then_some(path)
-}
-
 fn can_run() -> Option<PathBuf> {
     let root = sh(&["id", "-u"]).stdout == b"0\n";
     let tools = ["ip", "iptables-save", "setpriv", "curl", "python3"]
         .iter()
         .all(|t| Command::new(t).arg("--version").output().is_ok());
-    let proxy = bin("outrigger-proxy");
+    let proxy = outrigger_tests::workspace_bin("outrigger-proxy");
     if root && tools && proxy.is_some() {
         return proxy;
     }

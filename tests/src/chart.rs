@@ -1,0 +1,407 @@
+//! The Helm chart as a cluster would run it, without a cluster: rendered by
+//! the real Helm engine ([`render`]), its containers started from the
+//! rendered Deployments with their volumes, environment and arguments as the
+//! kubelet would give them ([`Container::start`]), and a stand-in API server
+//! for the watches they open ([`fake_api_server`]).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::StreamBody;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::{full, Body, BoxError};
+
+/// The chart, in the repository.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/outrigger")
+}
+
+/// The rendered chart: every object, in template order.
+#[derive(Debug)]
+pub struct Rendered {
+    pub objects: Vec<Value>,
+    /// `helm lint --strict`'s findings: `{severity, path, error}`.
+    pub lint: Vec<Value>,
+}
+
+impl Rendered {
+    /// The object of this kind and name; panics naming both if absent.
+    pub fn get(&self, kind: &str, name: &str) -> &Value {
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
+    }
+
+    /// Every object of this kind.
+    pub fn all(&self, kind: &str) -> impl Iterator<Item = &Value> {
+        let kind = kind.to_string();
+        self.objects.iter().filter(move |o| o["kind"] == *kind)
+    }
+}
+
+/// Why the chart could not be rendered here.
+#[derive(Debug)]
+pub enum RenderError {
+    /// The Helm engine (the helm-python-sdk wheel) is not installed.
+    NoHelm(String),
+    /// Helm refused the chart or the values; its message.
+    Helm(String),
+}
+
+/// Renders the chart as `helm install NAME -n NAMESPACE` would, with
+/// `values` over values.yaml, and lints it.
+pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, RenderError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/render.py");
+    let input = json!({
+        "chart": chart_dir(),
+        "values": values,
+        "name": name,
+        "namespace": namespace,
+    });
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| RenderError::NoHelm(format!("python3: {e}")))?;
+    serde_json::to_writer(child.stdin.take().expect("piped"), &input).expect("to python3");
+    let out = child.wait_with_output().expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        if stderr.contains("No module named 'helm_python'") {
+            return Err(RenderError::NoHelm(
+                "the helm-python-sdk wheel is not installed".into(),
+            ));
+        }
+        panic!("render.py failed: {stderr}");
+    }
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("render.py prints JSON");
+    if let Some(e) = answer["error"].as_str() {
+        return Err(RenderError::Helm(e.to_string()));
+    }
+    let mut objects = Vec::new();
+    let rendered = answer["rendered"].as_object().expect("rendered templates");
+    for (template, text) in rendered {
+        if !template.ends_with(".yaml") {
+            continue; // NOTES.txt
+        }
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text.as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{template} is not YAML: {e}\n{text}"));
+        objects.extend(docs.into_iter().filter(|d| !d.is_null()));
+    }
+    let lint = answer["lint"]["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(Rendered { objects, lint })
+}
+
+/// A test mesh CA (ECDSA P-256, self-signed): `(cert PEM, key PEM)`.
+pub fn test_ca() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "outrigger test root");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The content of a ConfigMap's or Secret's key (Secrets' base64 decoded).
+pub fn data_of(object: &Value, key: &str) -> Option<Vec<u8>> {
+    if let Some(s) = object["data"][key].as_str() {
+        return Some(if object["kind"] == "Secret" {
+            base64_decode(s).unwrap_or_else(|| panic!("Secret data {key} is not base64"))
+        } else {
+            s.as_bytes().to_vec()
+        });
+    }
+    object["stringData"][key]
+        .as_str()
+        .map(|s| s.as_bytes().to_vec())
+}
+
+/// Standard base64 (what Kubernetes uses for Secret data and caBundle).
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in text.trim_end_matches('=').as_bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A container of a rendered Deployment, running as its process on this
+/// machine: its volumes written under a temporary root, its `env` resolved
+/// (values and the downward API), its arguments with each mount path
+/// pointing into that root and each `0.0.0.0:<containerPort>` moved to a
+/// free loopback port.
+pub struct Container {
+    child: Child,
+    /// containerPort (and port name) → the loopback address it is served on.
+    pub ports: BTreeMap<String, SocketAddr>,
+    pub root: tempfile::TempDir,
+    pub stderr: PathBuf,
+}
+
+impl Container {
+    /// Starts `binary` as the only container of `deployment`. `env` comes
+    /// on top of the container's own (a kubeconfig, for instance).
+    pub fn start(
+        rendered: &Rendered,
+        deployment: &Value,
+        binary: &Path,
+        env: &[(&str, &str)],
+    ) -> Container {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_array().expect("containers");
+        assert_eq!(containers.len(), 1, "one container per Deployment");
+        let c = &containers[0];
+        let root = tempfile::tempdir().unwrap();
+        let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+
+        // Volumes, as the kubelet projects them.
+        let mut mounts = Vec::new();
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            let name = m["name"].as_str().unwrap();
+            let path = m["mountPath"].as_str().unwrap();
+            let volume = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("volumeMount {name} has no volume"));
+            let (source, items) = if let Some(cm) = volume.get("configMap") {
+                (
+                    rendered.get("ConfigMap", cm["name"].as_str().unwrap()),
+                    &cm["items"],
+                )
+            } else if let Some(s) = volume.get("secret") {
+                (
+                    rendered.get("Secret", s["secretName"].as_str().unwrap()),
+                    &s["items"],
+                )
+            } else {
+                panic!("volume {name}: only configMap and secret volumes are projected here")
+            };
+            let dir = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(&dir).unwrap();
+            let keys: Vec<(String, String)> = match items.as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| {
+                        let key = i["key"].as_str().unwrap().to_string();
+                        (key, i["path"].as_str().unwrap().to_string())
+                    })
+                    .collect(),
+                None => source["data"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| (k.clone(), k.clone()))
+                    .collect(),
+            };
+            for (key, file) in keys {
+                let bytes = data_of(source, &key).unwrap_or_else(|| {
+                    panic!(
+                        "volume {name}: {} has no key {key}",
+                        source["metadata"]["name"]
+                    )
+                });
+                std::fs::write(dir.join(file), bytes).unwrap();
+            }
+            mounts.push((path.to_string(), dir));
+        }
+
+        // Ports: each containerPort gets a free loopback port.
+        let mut ports = BTreeMap::new();
+        let mut moved = Vec::new();
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let port = p["containerPort"].as_u64().unwrap();
+            let free = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            ports.insert(port.to_string(), free);
+            if let Some(name) = p["name"].as_str() {
+                ports.insert(name.to_string(), free);
+            }
+            moved.push((format!("0.0.0.0:{port}"), free.to_string()));
+        }
+
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let mut a = a.as_str().unwrap().to_string();
+                for (path, dir) in &mounts {
+                    a = a.replace(path.as_str(), dir.to_str().unwrap());
+                }
+                for (from, to) in &moved {
+                    a = a.replace(from.as_str(), to);
+                }
+                a
+            })
+            .collect();
+
+        let mut cmd = Command::new(binary);
+        cmd.args(&args).env_clear();
+        for (k, v) in std::env::vars() {
+            if k == "PATH" || k == "HOME" {
+                cmd.env(k, v);
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().unwrap();
+            let value = if let Some(v) = e["value"].as_str() {
+                v.to_string()
+            } else {
+                match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.namespace") => namespace.to_string(),
+                    Some("spec.serviceAccountName") => {
+                        pod["serviceAccountName"].as_str().unwrap().to_string()
+                    }
+                    other => panic!("env {name}: {other:?} is not resolved here"),
+                }
+            };
+            cmd.env(name, value);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let stderr = root.path().join("stderr");
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        Container {
+            child,
+            ports,
+            root,
+            stderr,
+        }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether it is still running (its exit, if not).
+    pub fn running(&mut self) -> Result<(), String> {
+        match self.child.try_wait().unwrap() {
+            None => Ok(()),
+            Some(status) => Err(format!("exited with {status}: {}", self.logs())),
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in for the API server, for clients that list and watch: a list
+/// answers with the objects given for its path (none by default), a watch
+/// is held open with no events, anything else is a 404. Returns its
+/// address and a kubeconfig (in `dir`) pointing at it.
+pub async fn fake_api_server(
+    objects: BTreeMap<String, Vec<Value>>,
+    dir: &Path,
+) -> (SocketAddr, PathBuf) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let objects = std::sync::Arc::new(objects);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let objects = objects.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let objects = objects.clone();
+                    async move { Ok::<_, Infallible>(answer(&objects, &req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: fake, user: {{token: fake-token}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )
+    .unwrap();
+    (addr, kubeconfig)
+}
+
+fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let listable = path.starts_with("/api/") || path.starts_with("/apis/");
+    if req.method() != Method::GET || !listable {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(full("not served by the fake API server"))
+            .unwrap();
+    }
+    if query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1")
+    {
+        // Open, and silent: no change ever comes.
+        let pending = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
+                pending,
+            )))
+            .unwrap();
+    }
+    let items = objects.get(path).cloned().unwrap_or_default();
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": { "resourceVersion": "1" },
+        "items": items,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(list.to_string()))
+        .unwrap()
+}

@@ -1,0 +1,644 @@
+//! The Helm chart (`charts/outrigger`), rendered by the real Helm engine and
+//! run as a cluster would run it, with no cluster: every object parses as its
+//! Kubernetes type; the pieces point at each other (webhook → Service →
+//! container port, the mesh config → the control plane's Service and
+//! identity, RBAC → what the binaries read and write); and the injector and
+//! the control plane start from the rendered Deployments (their args, env
+//! and volumes) against a stand-in API server, and serve: the injector's
+//! certificate verifies against the webhook's caBundle for the Service's
+//! name, and the control plane presents its SPIFFE identity under the CA
+//! the chart was given.
+//!
+//! Needs the Helm engine (`pip install helm-python-sdk`, which `.ci/run`
+//! does); without it these tests say so and pass, unless
+//! `OUTRIGGER_REQUIRE_HELM=1` (CI) makes that a failure. The binaries are
+//! the workspace's, next to this test (see [`workspace_bin`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use outrigger_tests::chart::{
+    base64_decode, data_of, fake_api_server, render, test_ca, Container, RenderError, Rendered,
+};
+use outrigger_tests::{empty, eventually, full, workspace_bin};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+const NAMESPACE: &str = "outrigger-system";
+
+/// The chart with a test CA, or `None` (with the reason printed) where the
+/// Helm engine is missing and not required.
+fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
+    let (cert, key) = test_ca();
+    let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
+    merge(&mut values, extra);
+    match render(values, "outrigger", NAMESPACE) {
+        Ok(r) => Some((r, cert)),
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
+            );
+            eprintln!("skipped: {why} (pip install helm-python-sdk)");
+            None
+        }
+        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn typed<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(o: &Value) -> T {
+    serde_json::from_value(o.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} {}: not a valid {}: {e}",
+            o["kind"],
+            o["metadata"]["name"],
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+#[test]
+fn the_chart_lints_clean_and_renders_the_mesh() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    // helm lint --strict: nothing at warning level or above.
+    let serious: Vec<_> = r
+        .lint
+        .iter()
+        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+        .collect();
+    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+
+    // Every object is a valid object of its kind, in the release's
+    // namespace when it is namespaced.
+    let mut names = Vec::new();
+    for o in &r.objects {
+        let kind = o["kind"].as_str().unwrap();
+        match kind {
+            "Deployment" => drop(typed::<Deployment>(o)),
+            "Service" => drop(typed::<Service>(o)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(o)),
+            "ConfigMap" => drop(typed::<ConfigMap>(o)),
+            "Secret" => drop(typed::<Secret>(o)),
+            "ClusterRole" => drop(typed::<ClusterRole>(o)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(o)),
+            "MutatingWebhookConfiguration" => drop(typed::<MutatingWebhookConfiguration>(o)),
+            other => panic!("unexpected kind {other} in the chart"),
+        }
+        let cluster_scoped = kind.starts_with("Cluster") || kind.starts_with("Mutating");
+        if !cluster_scoped {
+            assert_eq!(o["metadata"]["namespace"], NAMESPACE, "{kind}");
+        }
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "outrigger"
+        );
+        names.push(format!(
+            "{kind}/{}",
+            o["metadata"]["name"].as_str().unwrap()
+        ));
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ClusterRole/outrigger-control-plane",
+            "ClusterRole/outrigger-injector",
+            "ClusterRoleBinding/outrigger-control-plane",
+            "ClusterRoleBinding/outrigger-injector",
+            "ConfigMap/outrigger-mesh-config",
+            "Deployment/outrigger-control-plane",
+            "Deployment/outrigger-injector",
+            "MutatingWebhookConfiguration/outrigger-injector-outrigger-system",
+            "Secret/outrigger-ca",
+            "Secret/outrigger-injector-tls",
+            "Service/outrigger-control-plane",
+            "Service/outrigger-injector",
+            "ServiceAccount/outrigger-control-plane",
+            "ServiceAccount/outrigger-injector",
+        ]
+    );
+    // The CRDs are in crds/ (installed before the templates, never
+    // deleted by an uninstall); control-plane/tests/crds.rs checks that
+    // they are the generated ones.
+    assert!(outrigger_tests::chart::chart_dir()
+        .join("crds/outrigger.dev.yaml")
+        .exists());
+}
+
+#[test]
+fn without_a_ca_the_chart_says_what_to_give() {
+    let values = json!({});
+    match render(values, "outrigger", NAMESPACE) {
+        Err(RenderError::Helm(e)) => {
+            assert!(
+                e.contains("identity.ca")
+                    && e.contains("existingSecret")
+                    && e.contains("--set-file"),
+                "{e}"
+            );
+        }
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "{why}"
+            );
+        }
+        Ok(_) => panic!("the chart rendered without a mesh CA"),
+    }
+}
+
+/// The pieces point at each other.
+#[test]
+fn the_charts_pieces_agree() {
+    let Some((r, cert)) = rendered_with(json!({ "trustDomain": "mesh.example" })) else {
+        return;
+    };
+    // The webhook calls the injector's Service, whose port reaches the
+    // injector's webhook port.
+    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let target = &webhook["clientConfig"]["service"];
+    assert_eq!(target["path"], "/mutate");
+    let service = r.get("Service", target["name"].as_str().unwrap());
+    assert_eq!(service["metadata"]["namespace"], target["namespace"]);
+    let port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == target["port"])
+        .expect("the Service has the webhook's port");
+    let injector = r.get("Deployment", "outrigger-injector");
+    assert_selects(service, injector);
+    let c = &injector["spec"]["template"]["spec"]["containers"][0];
+    let webhook_port = named_port(c, port["targetPort"].as_str().unwrap());
+    assert!(
+        args(c).contains(&format!("--listen=0.0.0.0:{webhook_port}")),
+        "the injector listens on its webhook port: {:?}",
+        args(c)
+    );
+    // Pods only, on CREATE; never the control plane's namespace.
+    assert_eq!(webhook["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(webhook["rules"][0]["operations"], json!(["CREATE"]));
+    assert_eq!(webhook["sideEffects"], "None");
+    let excluded = &webhook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["operator"], "NotIn");
+    assert!(excluded["values"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(NAMESPACE)));
+
+    // The mesh config: a valid one, naming the control plane's Service and
+    // identity, and the proxy image of this chart.
+    let mesh = r.get("ConfigMap", "outrigger-mesh-config");
+    let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
+    let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text)
+        .unwrap_or_else(|e| panic!("the chart's mesh config: {e}\n{text}"));
+    let cp_service = r.get("Service", "outrigger-control-plane");
+    let cp_port = cp_service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        cfg.control_plane_address,
+        format!("outrigger-control-plane.{NAMESPACE}.svc:{cp_port}")
+    );
+    assert_eq!(cfg.control_plane_namespace, NAMESPACE);
+    let cp = r.get("Deployment", "outrigger-control-plane");
+    assert_selects(cp_service, cp);
+    let cp_pod = &cp["spec"]["template"]["spec"];
+    assert_eq!(
+        cp_pod["serviceAccountName"].as_str().unwrap(),
+        cfg.control_plane_service_account
+    );
+    assert_eq!(cfg.trust_domain, "mesh.example");
+    assert_eq!(cfg.proxy_image, "outrigger/proxy:0.1.0");
+    let cp_container = &cp_pod["containers"][0];
+    assert_eq!(cp_container["image"], "outrigger/control-plane:0.1.0");
+    assert!(args(cp_container).contains(&"--trust-domain=mesh.example".to_string()));
+    let target_port = cp_service["spec"]["ports"][0]["targetPort"]
+        .as_str()
+        .unwrap();
+    assert_eq!(named_port(cp_container, target_port), cp_port);
+
+    // The CA Secret holds what the control plane's arguments name, and
+    // its roots are what the injector hands proxies.
+    let ca = r.get("Secret", "outrigger-ca");
+    assert_eq!(data_of(ca, "ca.pem").unwrap(), cert.as_bytes());
+    assert_eq!(data_of(ca, "roots.pem").unwrap(), cert.as_bytes());
+    assert!(data_of(ca, "ca.key")
+        .unwrap()
+        .starts_with(b"-----BEGIN PRIVATE KEY"));
+
+    // Each service account may do what its binary does, and no more
+    // than that: the control plane watches the translator's inputs,
+    // writes the mesh resources' status and creates TokenReviews; the
+    // injector watches namespaces.
+    let cp_rules = granted(&r, "outrigger-control-plane");
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "services"),
+        ("", "pods"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("outrigger.dev", "virtualservices"),
+        ("outrigger.dev", "destinationrules"),
+        ("outrigger.dev", "authorizationpolicies"),
+        ("outrigger.dev", "peerauthentications"),
+    ] {
+        for verb in ["list", "watch"] {
+            assert!(
+                cp_rules.contains(&(group.into(), resource.into(), verb.into())),
+                "control plane: {verb} {group}/{resource}"
+            );
+        }
+        if group == "outrigger.dev" {
+            let status = format!("{resource}/status");
+            assert!(
+                cp_rules.contains(&(group.into(), status, "patch".into())),
+                "{resource}/status"
+            );
+        }
+    }
+    assert!(cp_rules.contains(&(
+        "authentication.k8s.io".into(),
+        "tokenreviews".into(),
+        "create".into()
+    )));
+    assert!(
+        !cp_rules.iter().any(|(_, res, _)| res == "secrets"),
+        "the control plane reads no Secrets through the API"
+    );
+    let inj_rules = granted(&r, "outrigger-injector");
+    for verb in ["list", "watch"] {
+        assert!(inj_rules.contains(&("".into(), "namespaces".into(), verb.into())));
+    }
+    assert!(
+        inj_rules.iter().all(|(_, res, _)| res == "namespaces"),
+        "{inj_rules:?}"
+    );
+
+    // The injector sees the CA's roots only, never its key.
+    let inj_pod = &injector["spec"]["template"]["spec"];
+    let roots_volume = inj_pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "outrigger-ca")
+        .expect("the injector mounts the CA's roots");
+    assert_eq!(
+        roots_volume["secret"]["items"],
+        json!([{ "key": "roots.pem", "path": "roots.pem" }])
+    );
+    // Neither runs as root nor can gain privileges.
+    for d in [injector, cp] {
+        let sc = &d["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    }
+}
+
+/// `failurePolicy` and the webhook certificate are the operator's choice.
+#[test]
+fn the_webhook_takes_a_given_certificate_and_failure_policy() {
+    let Some((r, _)) = rendered_with(json!({
+        "injector": {
+            "failurePolicy": "Fail",
+            "tls": { "existingSecret": "my-webhook-tls", "caBundle": "PEM OF MY CA" },
+        }
+    })) else {
+        return;
+    };
+    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
+    assert_eq!(bundle, b"PEM OF MY CA");
+    assert!(r
+        .all("Secret")
+        .all(|s| s["metadata"]["name"] != "outrigger-injector-tls"));
+    let inj = r.get("Deployment", "outrigger-injector");
+    let tls = inj["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap();
+    assert_eq!(tls["secret"]["secretName"], "my-webhook-tls");
+}
+
+/// The injector, started from the rendered Deployment against a stand-in
+/// API server, is ready once it has the namespaces, and answers an
+/// AdmissionReview over TLS that verifies against the webhook's caBundle
+/// for the Service's DNS name, as the API server checks it; the pod it
+/// returns carries the chart's proxy image, control plane and trust roots.
+#[tokio::test]
+async fn the_charts_injector_answers_the_api_server() {
+    let Some((r, cert)) = rendered_with(json!({})) else {
+        return;
+    };
+    let binary = workspace_bin("outrigger-injector").expect("the outrigger-injector binary");
+    let scratch = tempfile::tempdir().unwrap();
+    let shop = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "shop", "resourceVersion": "1",
+                      "annotations": { "outrigger.dev/inject": "enabled" } }
+    });
+    let (_api, kubeconfig) = fake_api_server(
+        BTreeMap::from([("/api/v1/namespaces".to_string(), vec![shop])]),
+        scratch.path(),
+    )
+    .await;
+    let deployment = r.get("Deployment", "outrigger-injector");
+    let mut injector = Container::start(
+        &r,
+        deployment,
+        &binary,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+
+    // The readiness probe, as the kubelet runs it.
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let probe = &c["readinessProbe"]["httpGet"];
+    let admin = injector.ports[probe["port"].as_str().unwrap()];
+    let path = probe["path"].as_str().unwrap().to_string();
+    let ready = eventually(Duration::from_secs(30), || {
+        let path = path.clone();
+        async move { matches!(outrigger_tests::try_get(admin, &path).await, Ok((200, _))) }
+    })
+    .await;
+    injector.running().unwrap();
+    assert!(
+        ready,
+        "the injector never became ready: {}",
+        injector.logs()
+    );
+
+    // The API server's call: trust the caBundle, ask for the Service's name.
+    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(&bundle) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let service = &webhook["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap(),
+        service["namespace"].as_str().unwrap()
+    );
+    let tls = rustls::ClientConfig::builder_with_provider(outrigger_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(injector.ports["webhook"])
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host.clone()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TLS to the injector as {host}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "generateName": "web-5c9d-", "namespace": "shop" },
+        "spec": { "serviceAccountName": "web",
+                  "containers": [{ "name": "web", "image": "web:1" }] }
+    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "chart-1",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": "shop", "operation": "CREATE",
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod, "dryRun": false
+        }
+    });
+    let resp = sender
+        .send_request(
+            http::Request::post(service["path"].as_str().unwrap())
+                .header("host", &host)
+                .header("content-type", "application/json")
+                .body(full(review.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let answer = &body["response"];
+    assert_eq!(answer["uid"], "chart-1");
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert_eq!(answer["patchType"], "JSONPatch", "{answer}");
+    let patch: json_patch::Patch =
+        serde_json::from_slice(&base64_decode(answer["patch"].as_str().unwrap()).unwrap()).unwrap();
+    let mut injected = pod.clone();
+    json_patch::patch(&mut injected, &patch).unwrap();
+    let injected: Pod = serde_json::from_value(injected).unwrap();
+    let spec = injected.spec.unwrap();
+    let proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "outrigger-proxy")
+        .expect("the proxy, as a native sidecar");
+    assert_eq!(proxy.image.as_deref(), Some("outrigger/proxy:0.1.0"));
+    let env = |name: &str| {
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("the proxy has no {name}"))
+    };
+    assert_eq!(
+        env("OUTRIGGER_CONTROL_PLANE"),
+        format!("outrigger-control-plane.{NAMESPACE}.svc:8090")
+    );
+    assert_eq!(
+        env("OUTRIGGER_CONTROL_PLANE_IDENTITY"),
+        format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/outrigger-control-plane")
+    );
+    assert_eq!(env("OUTRIGGER_TRUST_ROOTS_PEM").trim(), cert.trim());
+    injector.running().unwrap();
+}
+
+/// The control plane, started from the rendered Deployment against a
+/// stand-in API server with an empty cluster: its readiness probe (HTTPS,
+/// as the kubelet runs it, without verifying) passes once every kind is
+/// listed, and it presents the SPIFFE identity proxies expect, under the
+/// chart's CA.
+#[tokio::test]
+async fn the_charts_control_plane_serves_under_the_charts_ca() {
+    let Some((r, cert)) = rendered_with(json!({})) else {
+        return;
+    };
+    let binary =
+        workspace_bin("outrigger-control-plane").expect("the outrigger-control-plane binary");
+    let scratch = tempfile::tempdir().unwrap();
+    let (_api, kubeconfig) = fake_api_server(BTreeMap::new(), scratch.path()).await;
+    let deployment = r.get("Deployment", "outrigger-control-plane");
+    let mut cp = Container::start(
+        &r,
+        deployment,
+        &binary,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let probe = &c["readinessProbe"]["httpGet"];
+    assert_eq!(probe["scheme"], "HTTPS");
+    let addr = cp.ports[probe["port"].as_str().unwrap()];
+    let path = probe["path"].as_str().unwrap().to_string();
+
+    // The proxies' view: trust the chart's roots, expect the control
+    // plane's identity.
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let trust = outrigger_identity::tls::TrustBundle::new("cluster.local", &roots).unwrap();
+    let expected = outrigger_identity::spiffe::SpiffeId::new(
+        "cluster.local",
+        NAMESPACE,
+        "outrigger-control-plane",
+    )
+    .unwrap();
+    let tls = outrigger_identity::tls::client_config(
+        Arc::new(Default::default()),
+        &trust,
+        expected,
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let get = |path: String| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let stream = connector
+                .connect(outrigger_identity::tls::server_name(), tcp)
+                .await
+                .ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            let resp = sender
+                .send_request(
+                    http::Request::get(path)
+                        .header("host", "outrigger-control-plane")
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await
+                .ok()?;
+            Some(resp.status().as_u16())
+        }
+    };
+    let ready = eventually(Duration::from_secs(30), || {
+        let path = path.clone();
+        async move { get(path).await == Some(200) }
+    })
+    .await;
+    cp.running().unwrap();
+    assert!(
+        ready,
+        "the control plane never answered {path} as {NAMESPACE}/outrigger-control-plane: {}",
+        cp.logs()
+    );
+    assert_eq!(get("/live".into()).await, Some(200));
+}
+
+fn args(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn named_port(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no container port named {name}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The Service's selector picks the Deployment's pods.
+fn assert_selects(service: &Value, deployment: &Value) {
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = service["spec"]["selector"].as_object().unwrap();
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(
+            &labels[k], v,
+            "{} selects {k}={v}",
+            service["metadata"]["name"]
+        );
+    }
+    let matching = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    for (k, v) in matching {
+        assert_eq!(&labels[k], v, "the Deployment's selector {k}={v}");
+    }
+}
+
+/// (group, resource, verb) granted to a ServiceAccount by the chart's
+/// ClusterRoleBindings.
+fn granted(r: &Rendered, account: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for binding in r.all("ClusterRoleBinding") {
+        let bound = binding["subjects"].as_array().unwrap().iter().any(|s| {
+            s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NAMESPACE
+        });
+        if !bound {
+            continue;
+        }
+        let role = r.get("ClusterRole", binding["roleRef"]["name"].as_str().unwrap());
+        for rule in role["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for res in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        out.push((
+                            g.as_str().unwrap().into(),
+                            res.as_str().unwrap().into(),
+                            v.as_str().unwrap().into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
