@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# The mesh's three images, one target each:
+#   docker build --target proxy         -t outrigger/proxy:TAG .
+#   docker build --target control-plane -t outrigger/control-plane:TAG .
+#   docker build --target injector      -t outrigger/injector:TAG .
+# tests/e2e/kind.sh builds all three and loads them into a kind cluster.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+      -p outrigger-proxy -p outrigger-control-plane -p outrigger-injector \
+ && mkdir /out \
+ && cp target/release/outrigger-proxy target/release/outrigger-control-plane \
+       target/release/outrigger-injector /out/
+
+# The sidecar, and the init step (`outrigger-proxy init`, which needs
+# iptables: Debian's package has both the nft and the legacy backends). The
+# injector sets each container's user: the proxy runs as 2102, the init step
+# as root with NET_ADMIN and NET_RAW only.
+FROM debian:bookworm-slim AS proxy
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/outrigger-proxy /usr/local/bin/outrigger-proxy
+USER 2102:2102
+ENTRYPOINT ["/usr/local/bin/outrigger-proxy"]
+CMD ["run"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS control-plane
+COPY --from=build /out/outrigger-control-plane /usr/local/bin/outrigger-control-plane
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/outrigger-control-plane"]
+CMD ["run", "--kubernetes"]
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS injector
+COPY --from=build /out/outrigger-injector /usr/local/bin/outrigger-injector
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/outrigger-injector"]
+CMD ["run"]
