@@ -57,25 +57,34 @@ fn kubernetes_mode_with_a_named_ca_dir_gets_past_the_ca_check() {
 }
 
 /// The kind end-to-end test's manifests (`tests/e2e/`) are ones the control
-/// plane accepts: every file parses and every mesh resource is accepted.
+/// plane accepts: the workloads with each route the script applies in turn,
+/// and the STRICT policy; every file parses and every mesh resource is
+/// accepted.
 #[test]
 fn the_kind_tests_manifests_are_accepted() {
-    let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e");
-    let out = control_plane()
-        .args(["check", "--folder", folder])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for resource in [
-        "DestinationRule shop/web: accepted",
-        "VirtualService shop/web: accepted",
-        "PeerAuthentication shop/default: accepted",
-    ] {
-        assert!(stdout.contains(resource), "{stdout}");
+    let e2e = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e");
+    for route in ["to-v2.yaml", "canary.yaml"] {
+        let folder = tempfile::tempdir().unwrap();
+        for file in ["shop.yaml", "strict.yaml", route] {
+            std::fs::copy(e2e.join(file), folder.path().join(file)).unwrap();
+        }
+        let out = control_plane()
+            .args(["check", "--folder"])
+            .arg(folder.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{route}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for resource in [
+            "DestinationRule shop/web: accepted",
+            "VirtualService shop/web: accepted",
+            "PeerAuthentication shop/default: accepted",
+        ] {
+            assert!(stdout.contains(resource), "{route}: {stdout}");
+        }
     }
 }

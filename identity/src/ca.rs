@@ -100,7 +100,7 @@ impl Ca {
         })?;
         let key = KeyPair::from_pem(key).map_err(|e| Error::Pem {
             what: "CA key",
-            reason: e.to_string(),
+            reason: key_format_hint(key).unwrap_or_else(|| e.to_string()),
         })?;
         let issuer = Issuer::from_ca_cert_der(first, key).map_err(|e| Error::Pem {
             what: "CA certificate",
@@ -213,6 +213,21 @@ impl Ca {
     }
 }
 
+/// What to do with a key in a PEM form other than PKCS#8, the one the
+/// signer reads (cert-manager and `openssl genrsa`/`ecparam` write these).
+fn key_format_hint(key: &str) -> Option<String> {
+    let form = if key.contains("-----BEGIN RSA PRIVATE KEY-----") {
+        "a PKCS#1 RSA key (BEGIN RSA PRIVATE KEY)"
+    } else if key.contains("-----BEGIN EC PRIVATE KEY-----") {
+        "a SEC1 EC key (BEGIN EC PRIVATE KEY)"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{form}: give it as PKCS#8 (BEGIN PRIVATE KEY), e.g. `openssl pkcs8 -topk8 -nocrypt -in ca.key`"
+    ))
+}
+
 /// One PEM block.
 pub fn pem(label: &str, der: &[u8]) -> String {
     ::pem::encode_config(
@@ -242,6 +257,26 @@ mod tests {
     use crate::tls::{peer_identity, WorkloadKey};
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn keys_not_in_pkcs8_are_refused_saying_how_to_convert() {
+        let ca = Ca::generate("cluster.local", SystemTime::now()).unwrap();
+        let (cert, _) = ca.generated_pem().unwrap();
+        for (label, form) in [
+            ("RSA PRIVATE KEY", "PKCS#1 RSA key"),
+            ("EC PRIVATE KEY", "SEC1 EC key"),
+        ] {
+            let key = pem(label, b"not really a key");
+            let e = Ca::from_pem(cert, &key, None).unwrap_err().to_string();
+            assert!(
+                e.contains(form) && e.contains("openssl pkcs8 -topk8 -nocrypt"),
+                "{label}: {e}"
+            );
+        }
+        // Other garbage keeps the parser's own reason.
+        let e = Ca::from_pem(cert, "junk", None).unwrap_err().to_string();
+        assert!(!e.contains("openssl"), "{e}");
+    }
 
     fn id(sa: &str) -> SpiffeId {
         SpiffeId::new("cluster.local", "shop", sa).unwrap()

@@ -6,7 +6,8 @@
 #   1. shop's pods were injected (the proxy as a native sidecar, the init step);
 #   2. the client reaches web's Service with no mesh settings of its own;
 #   3. the hop is mutual TLS: web's proxy counts the client's SPIFFE identity;
-#   4. a 50/50 VirtualService splits traffic between v1 and v2;
+#   4. a VirtualService sending everything to v2 applies, then a 50/50 one
+#      splits traffic between v1 and v2;
 #   5. PERMISSIVE lets an unmeshed client in, STRICT keeps it out while the
 #      meshed client still gets through.
 #
@@ -22,7 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CLUSTER=${CLUSTER:-outrigger-e2e}
-TAG=${TAG:-e2e}
+# A new tag per run, so that a kept cluster never runs the images of an
+# earlier run (IfNotPresent would keep them).
+TAG=${TAG:-e2e-$(date +%s)}
 NS=outrigger-system
 WORK=$(mktemp -d)
 
@@ -62,11 +65,27 @@ for target in proxy control-plane injector; do
   kind load docker-image --name "$CLUSTER" "outrigger/$target:$TAG"
 done
 
-step "mesh CA (ECDSA P-256, self-signed, 1 year)"
-openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$WORK/ca.key"
-openssl req -x509 -new -key "$WORK/ca.key" -subj "/CN=outrigger e2e root" -days 365 \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -out "$WORK/ca.pem"
+step "mesh CA"
+if kubectl -n "$NS" get secret outrigger-ca >/dev/null 2>&1; then
+  # A kept cluster keeps its CA: a new root would cut the trust of every
+  # pod that holds the old one.
+  kubectl -n "$NS" get secret outrigger-ca -o jsonpath='{.data.ca\.pem}' | base64 -d >"$WORK/ca.pem"
+  kubectl -n "$NS" get secret outrigger-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$WORK/ca.key"
+  echo "reusing the cluster's CA"
+else
+  # ECDSA P-256, self-signed, a year; the key as PKCS#8, which the control plane reads.
+  openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$WORK/ca.key"
+  openssl req -x509 -new -key "$WORK/ca.key" -subj "/CN=outrigger e2e root" -days 365 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$WORK/ca.pem"
+fi
+
+# The namespaces first: the injector lists them before it turns ready, so
+# that shop's pods, created after the install, are surely injected.
+step "namespaces"
+kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f -
+kubectl annotate namespace shop outrigger.dev/inject=enabled --overwrite
+kubectl create namespace outside --dry-run=client -o yaml | kubectl apply -f -
 
 step "helm install"
 helm upgrade --install outrigger charts/outrigger -n "$NS" --create-namespace \
@@ -75,10 +94,11 @@ helm upgrade --install outrigger charts/outrigger -n "$NS" --create-namespace \
   --wait --timeout 5m
 
 step "workloads"
-kubectl create namespace shop --dry-run=client -o yaml | kubectl apply -f -
-kubectl annotate namespace shop outrigger.dev/inject=enabled --overwrite
-kubectl create namespace outside --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n shop delete virtualservice web --ignore-not-found
+kubectl -n shop delete peerauthentication default --ignore-not-found
 kubectl apply -f tests/e2e/shop.yaml
+# On a kept cluster, pods of an earlier run would keep its proxies.
+kubectl -n shop rollout restart deploy
 for d in shop/web-v1 shop/web-v2 shop/client outside/client; do
   kubectl -n "${d%/*}" rollout status "deploy/${d#*/}" --timeout 180s
 done
@@ -107,8 +127,20 @@ grep -q 'source_principal="spiffe://cluster.local/ns/shop/sa/client"' <<<"$metri
 grep -q 'connection_security_policy="mutual_tls"' <<<"$metrics" \
   || fail "web-v1's proxy saw no mutual TLS"
 
-step "4. a 50/50 canary"
+step "4. routing: all to v2, then a 50/50 canary"
+# Two pods behind one Service split about evenly with no route at all, so
+# the route is first shown to apply by sending everything to v2.
+kubectl apply -f tests/e2e/to-v2.yaml
+kubectl -n shop wait --for=condition=Accepted virtualservice/web --timeout 60s
+streak=0
+for _ in $(seq 120); do
+  if [[ "$(meshed http://web.shop.svc/)" == "web v2" ]]; then streak=$((streak + 1)); else streak=0; fi
+  ((streak < 20)) || break
+  sleep 0.25
+done
+((streak >= 20)) || fail "the all-to-v2 route never took: the last answers were not all v2"
 kubectl apply -f tests/e2e/canary.yaml
+sleep 2 # the update reaches the client's proxy within the control plane's debounce
 v1=0 v2=0
 for _ in $(seq 60); do
   case "$(meshed http://web.shop.svc/)" in
@@ -122,9 +154,14 @@ echo "v1: $v1, v2: $v2"
 step "5. PERMISSIVE, then STRICT"
 unmeshed -o /dev/null http://web.shop.svc/ || fail "PERMISSIVE refused the unmeshed client"
 kubectl apply -f tests/e2e/strict.yaml
+# Refused means the connection was closed on the client (curl: 52, empty
+# reply; 56, reset), not any failure (a timeout or a DNS error is not it).
 refused=
 for _ in $(seq 30); do
-  if ! unmeshed -o /dev/null http://web.shop.svc/ 2>/dev/null; then refused=1; break; fi
+  rc=0
+  unmeshed -o /dev/null http://web.shop.svc/ 2>/dev/null || rc=$?
+  if ((rc == 52 || rc == 56)); then refused=1; break; fi
+  ((rc == 0)) || fail "the unmeshed client failed with curl exit $rc, not a refusal"
   sleep 1
 done
 [[ -n "$refused" ]] || fail "STRICT still lets the unmeshed client in after 30 s"

@@ -1,14 +1,17 @@
 //! The Helm chart as a cluster would run it, without a cluster: rendered by
 //! the real Helm engine ([`render`]), its containers started from the
 //! rendered Deployments with their volumes, environment and arguments as the
-//! kubelet would give them ([`Container::start`]), and a stand-in API server
-//! for the watches they open ([`fake_api_server`]).
+//! kubelet would give them ([`Container::start`]; not their security
+//! context: users, file modes and the read-only root are not modelled, only
+//! the absence of HOME), and a stand-in API server for the watches they open
+//! ([`fake_api_server`]), which records what they ask.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -100,10 +103,20 @@ pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, Re
             .unwrap_or_else(|e| panic!("{template} is not YAML: {e}\n{text}"));
         objects.extend(docs.into_iter().filter(|d| !d.is_null()));
     }
-    let lint = answer["lint"]["messages"]
+    let report = &answer["lint"];
+    let errors = report["errors"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .expect("the lint report's errors");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.as_str().unwrap_or_default().is_empty()),
+        "helm lint errors: {errors:?}"
+    );
+    let lint = report["messages"]
+        .as_array()
+        .expect("the lint report's messages")
+        .clone();
     Ok(Rendered { objects, lint })
 }
 
@@ -270,10 +283,10 @@ impl Container {
 
         let mut cmd = Command::new(binary);
         cmd.args(&args).env_clear();
-        for (k, v) in std::env::vars() {
-            if k == "PATH" || k == "HOME" {
-                cmd.env(k, v);
-            }
+        // No HOME: nothing may depend on a writable home directory (the
+        // containers' root filesystems are read-only).
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
         }
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap();
@@ -330,25 +343,85 @@ impl Drop for Container {
 
 /// A stand-in for the API server, for clients that list and watch: a list
 /// answers with the objects given for its path (none by default), a watch
-/// is held open with no events, anything else is a 404. Returns its
-/// address and a kubeconfig (in `dir`) pointing at it.
-pub async fn fake_api_server(
-    objects: BTreeMap<String, Vec<Value>>,
-    dir: &Path,
-) -> (SocketAddr, PathBuf) {
+/// is held open with no events, anything else is a 404. Every request is
+/// recorded, so a test can hold what a binary asked for against the RBAC
+/// rules the chart grants it.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    /// A kubeconfig pointing at it.
+    pub kubeconfig: PathBuf,
+    seen: Arc<Mutex<Vec<ApiRequest>>>,
+}
+
+/// One request the stand-in API server received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    pub watch: bool,
+}
+
+impl ApiRequest {
+    /// The RBAC (API group, resource, verb) this request needs: list and
+    /// watch of a collection, or a verb named by the method.
+    pub fn rbac(&self) -> (String, String, String) {
+        let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
+        // /api/v1/<resource> or /apis/<group>/<version>/<resource>, with
+        // namespaces/<ns>/ before the resource when namespaced.
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => (String::new(), rest),
+            ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+            _ => panic!("not an API path: {}", self.path),
+        };
+        let resource = match rest {
+            ["namespaces", _ns, resource, ..] => resource.to_string(),
+            [resource, ..] => resource.to_string(),
+            [] => panic!("no resource in {}", self.path),
+        };
+        let verb = match (self.method.as_str(), self.watch) {
+            ("GET", true) => "watch",
+            ("GET", false) => "list",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            (m, _) => panic!("unexpected {m} {}", self.path),
+        };
+        (group, resource, verb.to_string())
+    }
+}
+
+impl FakeApi {
+    /// What it was asked so far.
+    pub fn seen(&self) -> Vec<ApiRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+pub async fn fake_api_server(objects: BTreeMap<String, Vec<Value>>, dir: &Path) -> FakeApi {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let objects = std::sync::Arc::new(objects);
+    let objects = Arc::new(objects);
+    let seen: Arc<Mutex<Vec<ApiRequest>>> = Arc::default();
+    let record = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let objects = objects.clone();
+            let (objects, record) = (objects.clone(), record.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let objects = objects.clone();
-                    async move { Ok::<_, Infallible>(answer(&objects, &req)) }
+                    let (objects, record) = (objects.clone(), record.clone());
+                    async move {
+                        let query = req.uri().query().unwrap_or("");
+                        record.lock().unwrap().push(ApiRequest {
+                            method: req.method().to_string(),
+                            path: req.uri().path().to_string(),
+                            watch: query
+                                .split('&')
+                                .any(|kv| kv == "watch=true" || kv == "watch=1"),
+                        });
+                        Ok::<_, Infallible>(answer(&objects, &req))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -367,7 +440,11 @@ pub async fn fake_api_server(
         ),
     )
     .unwrap();
-    (addr, kubeconfig)
+    FakeApi {
+        addr,
+        kubeconfig,
+        seen,
+    }
 }
 
 fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {

@@ -1,5 +1,5 @@
 //! The Helm chart (`charts/outrigger`), rendered by the real Helm engine and
-//! run as a cluster would run it, with no cluster: every object parses as its
+//! its binaries started as its Deployments say, with no cluster: every object parses as its
 //! Kubernetes type; the pieces point at each other (webhook → Service →
 //! container port, the mesh config → the control plane's Service and
 //! identity, RBAC → what the binaries read and write); and the injector and
@@ -305,6 +305,18 @@ fn the_charts_pieces_agree() {
         roots_volume["secret"]["items"],
         json!([{ "key": "roots.pem", "path": "roots.pem" }])
     );
+    // The injector reads its mesh config at start: any change of it
+    // (here the control plane's port) changes the pod template, so the
+    // injector restarts with it.
+    let checksum = |r: &Rendered| {
+        r.get("Deployment", "outrigger-injector")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/mesh-config"]
+            .clone()
+    };
+    let (moved, _) =
+        rendered_with(json!({ "trustDomain": "mesh.example", "controlPlane": { "port": 9000 } }))
+            .unwrap();
+    assert_ne!(checksum(&r), checksum(&moved));
     // Neither runs as root nor can gain privileges.
     for d in [injector, cp] {
         let sc = &d["spec"]["template"]["spec"]["containers"][0]["securityContext"];
@@ -359,7 +371,7 @@ async fn the_charts_injector_answers_the_api_server() {
         "metadata": { "name": "shop", "resourceVersion": "1",
                       "annotations": { "outrigger.dev/inject": "enabled" } }
     });
-    let (_api, kubeconfig) = fake_api_server(
+    let api = fake_api_server(
         BTreeMap::from([("/api/v1/namespaces".to_string(), vec![shop])]),
         scratch.path(),
     )
@@ -369,7 +381,7 @@ async fn the_charts_injector_answers_the_api_server() {
         &r,
         deployment,
         &binary,
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())],
     );
 
     // The readiness probe, as the kubelet runs it.
@@ -487,6 +499,7 @@ async fn the_charts_injector_answers_the_api_server() {
     );
     assert_eq!(env("OUTRIGGER_TRUST_ROOTS_PEM").trim(), cert.trim());
     injector.running().unwrap();
+    assert_granted(&r, "outrigger-injector", &api.seen());
 }
 
 /// The control plane, started from the rendered Deployment against a
@@ -502,13 +515,13 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
     let binary =
         workspace_bin("outrigger-control-plane").expect("the outrigger-control-plane binary");
     let scratch = tempfile::tempdir().unwrap();
-    let (_api, kubeconfig) = fake_api_server(BTreeMap::new(), scratch.path()).await;
+    let api = fake_api_server(BTreeMap::new(), scratch.path()).await;
     let deployment = r.get("Deployment", "outrigger-control-plane");
     let mut cp = Container::start(
         &r,
         deployment,
         &binary,
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())],
     );
     let c = &deployment["spec"]["template"]["spec"]["containers"][0];
     let probe = &c["readinessProbe"]["httpGet"];
@@ -572,6 +585,25 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
         cp.logs()
     );
     assert_eq!(get("/live".into()).await, Some(200));
+    // Ready means every kind was listed and watched: all of it allowed.
+    assert_granted(&r, "outrigger-control-plane", &api.seen());
+}
+
+/// Every request a binary made of the API server is one the chart's RBAC
+/// allows its ServiceAccount.
+fn assert_granted(r: &Rendered, account: &str, seen: &[outrigger_tests::chart::ApiRequest]) {
+    assert!(!seen.is_empty(), "{account} asked the API server nothing");
+    let rules = granted(r, account);
+    for req in seen {
+        let need = req.rbac();
+        assert!(
+            rules.contains(&need),
+            "{account} made {} {} (watch: {}), which needs {need:?}; the chart grants {rules:?}",
+            req.method,
+            req.path,
+            req.watch
+        );
+    }
 }
 
 fn args(container: &Value) -> Vec<String> {

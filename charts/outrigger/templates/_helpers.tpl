@@ -46,3 +46,20 @@ seccompProfile:
 {{- define "outrigger.webhookSecret" -}}
 {{ .Values.injector.tls.existingSecret | default "outrigger-injector-tls" }}
 {{- end }}
+
+{{/* The mesh config (the injector's --config): what every injected pod gets. */}}
+{{- define "outrigger.meshConfig" -}}
+proxyImage: {{ include "outrigger.image" (dict "root" . "name" "proxy") }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+controlPlaneAddress: {{ include "outrigger.controlPlaneAddress" . }}
+controlPlaneNamespace: {{ .Release.Namespace }}
+controlPlaneServiceAccount: outrigger-control-plane
+trustDomain: {{ .Values.trustDomain }}
+proxyUid: {{ .Values.proxy.uid }}
+nativeSidecar: {{ .Values.proxy.nativeSidecar }}
+logLevel: {{ .Values.proxy.logLevel | quote }}
+resources:
+  {{- toYaml .Values.proxy.resources | nindent 2 }}
+skipInboundPorts: {{ toJson .Values.proxy.skipInboundPorts }}
+skipOutboundPorts: {{ toJson .Values.proxy.skipOutboundPorts }}
+{{- end }}
