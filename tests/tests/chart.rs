@@ -354,6 +354,57 @@ fn the_webhook_takes_a_given_certificate_and_failure_policy() {
     assert_eq!(tls["secret"]["secretName"], "my-webhook-tls");
 }
 
+/// cert-manager can issue the webhook's certificate: the chart renders a
+/// Certificate for the Service's names into the Secret the injector mounts,
+/// and leaves caBundle to cert-manager's CA injector.
+#[test]
+fn the_webhook_certificate_can_come_from_cert_manager() {
+    let issuer = json!({ "kind": "ClusterIssuer", "name": "my-ca" });
+    let Some((r, _)) = rendered_with(json!({
+        "injector": { "tls": { "certManager": { "issuerRef": issuer } } }
+    })) else {
+        return;
+    };
+    let cert = r.get("Certificate", "outrigger-injector");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["spec"]["issuerRef"], issuer);
+    assert!(cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(format!("outrigger-injector.{NAMESPACE}.svc"))));
+    let secret = cert["spec"]["secretName"].as_str().unwrap();
+    let inj = r.get("Deployment", "outrigger-injector");
+    let tls = inj["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap();
+    assert_eq!(tls["secret"]["secretName"], secret);
+    // No certificate of the chart's own, and the bundle is cert-manager's.
+    assert!(r.all("Secret").all(|s| s["metadata"]["name"] != secret));
+    let config = r.all("MutatingWebhookConfiguration").next().unwrap();
+    assert_eq!(
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{NAMESPACE}/outrigger-injector")
+    );
+    assert!(config["webhooks"][0]["clientConfig"]
+        .get("caBundle")
+        .is_none());
+
+    // Both ways at once is refused.
+    let (cert, key) = test_ca();
+    let both = json!({
+        "identity": { "ca": { "cert": cert, "key": key } },
+        "injector": { "tls": { "certManager": { "issuerRef": issuer },
+                               "existingSecret": "x", "caBundle": "y" } }
+    });
+    match render(both, "outrigger", NAMESPACE) {
+        Err(RenderError::Helm(e)) => assert!(e.contains("not both"), "{e}"),
+        other => panic!("both certificate sources were taken: {other:?}"),
+    }
+}
+
 /// The injector, started from the rendered Deployment against a stand-in
 /// API server, is ready once it has the namespaces, and answers an
 /// AdmissionReview over TLS that verifies against the webhook's caBundle
