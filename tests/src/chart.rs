@@ -189,12 +189,50 @@ impl Container {
         binary: &Path,
         env: &[(&str, &str)],
     ) -> Container {
-        let pod = &deployment["spec"]["template"]["spec"];
-        let containers = pod["containers"].as_array().expect("containers");
+        let template = &deployment["spec"]["template"];
+        let containers = template["spec"]["containers"]
+            .as_array()
+            .expect("containers");
         assert_eq!(containers.len(), 1, "one container per Deployment");
-        let c = &containers[0];
+        let mut pod = template.clone();
+        pod["metadata"]["namespace"] = deployment["metadata"]["namespace"].clone();
+        pod["metadata"]["name"] = json!(format!(
+            "{}-0",
+            deployment["metadata"]["name"].as_str().unwrap()
+        ));
+        let name = containers[0]["name"].as_str().unwrap().to_string();
+        Container::start_in_pod(rendered, &pod, &name, binary, env, &[], None)
+    }
+
+    /// Starts `binary` as container `name` of `pod` (a Pod, or a pod
+    /// template with its name and namespace filled in; the container may be
+    /// an init container). Besides the container ports, each port in
+    /// `more_ports` is moved too where `0.0.0.0:` or `127.0.0.1:` names it in
+    /// the arguments or the environment. `token` is what a projected
+    /// ServiceAccount token volume holds.
+    pub fn start_in_pod(
+        rendered: &Rendered,
+        pod: &Value,
+        name: &str,
+        binary: &Path,
+        env: &[(&str, &str)],
+        more_ports: &[u16],
+        token: Option<&str>,
+    ) -> Container {
+        let spec = &pod["spec"];
+        let c = spec["containers"]
+            .as_array()
+            .into_iter()
+            .chain(spec["initContainers"].as_array())
+            .flatten()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("the pod has no container {name}"));
+        let pod_name = pod["metadata"]["name"].as_str().expect("the pod's name");
+        let namespace = pod["metadata"]["namespace"]
+            .as_str()
+            .expect("the pod's namespace");
+        let pod = spec;
         let root = tempfile::tempdir().unwrap();
-        let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
 
         // Volumes, as the kubelet projects them.
         let mut mounts = Vec::new();
@@ -207,6 +245,20 @@ impl Container {
                 .flatten()
                 .find(|v| v["name"] == name)
                 .unwrap_or_else(|| panic!("volumeMount {name} has no volume"));
+            let dir = root.path().join(path.trim_start_matches('/'));
+            if let Some(projected) = volume.get("projected") {
+                std::fs::create_dir_all(&dir).unwrap();
+                for source in projected["sources"].as_array().into_iter().flatten() {
+                    let sa = &source["serviceAccountToken"];
+                    let file = sa["path"].as_str().unwrap_or_else(|| {
+                        panic!("volume {name}: only ServiceAccount tokens are projected here")
+                    });
+                    let token = token.unwrap_or_else(|| panic!("volume {name} needs a token"));
+                    std::fs::write(dir.join(file), token).unwrap();
+                }
+                mounts.push((path.to_string(), dir));
+                continue;
+            }
             let (source, items) = if let Some(cm) = volume.get("configMap") {
                 (
                     rendered.get("ConfigMap", cm["name"].as_str().unwrap()),
@@ -220,7 +272,6 @@ impl Container {
             } else {
                 panic!("volume {name}: only configMap and secret volumes are projected here")
             };
-            let dir = root.path().join(path.trim_start_matches('/'));
             std::fs::create_dir_all(&dir).unwrap();
             let keys: Vec<(String, String)> = match items.as_array() {
                 Some(items) => items
@@ -263,22 +314,33 @@ impl Container {
                 ports.insert(name.to_string(), free);
             }
             moved.push((format!("0.0.0.0:{port}"), free.to_string()));
+            moved.push((format!("127.0.0.1:{port}"), free.to_string()));
         }
+        for &port in more_ports {
+            let free = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            ports.insert(port.to_string(), free);
+            moved.push((format!("0.0.0.0:{port}"), free.to_string()));
+            moved.push((format!("127.0.0.1:{port}"), free.to_string()));
+        }
+        let rewrite = |text: &str| {
+            let mut text = text.to_string();
+            for (path, dir) in &mounts {
+                text = text.replace(path.as_str(), dir.to_str().unwrap());
+            }
+            for (from, to) in &moved {
+                text = text.replace(from.as_str(), to);
+            }
+            text
+        };
 
         let args: Vec<String> = c["args"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|a| {
-                let mut a = a.as_str().unwrap().to_string();
-                for (path, dir) in &mounts {
-                    a = a.replace(path.as_str(), dir.to_str().unwrap());
-                }
-                for (from, to) in &moved {
-                    a = a.replace(from.as_str(), to);
-                }
-                a
-            })
+            .map(|a| rewrite(a.as_str().unwrap()))
             .collect();
 
         let mut cmd = Command::new(binary);
@@ -291,13 +353,16 @@ impl Container {
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap();
             let value = if let Some(v) = e["value"].as_str() {
-                v.to_string()
+                rewrite(v)
             } else {
                 match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.name") => pod_name.to_string(),
                     Some("metadata.namespace") => namespace.to_string(),
                     Some("spec.serviceAccountName") => {
                         pod["serviceAccountName"].as_str().unwrap().to_string()
                     }
+                    // The pod's "IP" on this machine.
+                    Some("status.podIP") => "127.0.0.1".to_string(),
                     other => panic!("env {name}: {other:?} is not resolved here"),
                 }
             };
@@ -343,7 +408,9 @@ impl Drop for Container {
 
 /// A stand-in for the API server, for clients that list and watch: a list
 /// answers with the objects given for its path (none by default), a watch
-/// is held open with no events, anything else is a 404. Every request is
+/// is held open with no events, a create at a path given to
+/// [`fake_api_server_with`] is answered by its function, anything else is a
+/// 404. Every request is
 /// recorded, so a test can hold what a binary asked for against the RBAC
 /// rules the chart grants it.
 pub struct FakeApi {
@@ -396,10 +463,23 @@ impl FakeApi {
     }
 }
 
+/// How the stand-in API server answers a create (POST) at one path: the
+/// object sent in, the object answered.
+pub type Create = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+
 pub async fn fake_api_server(objects: BTreeMap<String, Vec<Value>>, dir: &Path) -> FakeApi {
+    fake_api_server_with(objects, BTreeMap::new(), dir).await
+}
+
+/// [`fake_api_server`], also answering creates at the given paths.
+pub async fn fake_api_server_with(
+    objects: BTreeMap<String, Vec<Value>>,
+    creates: BTreeMap<String, Create>,
+    dir: &Path,
+) -> FakeApi {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let objects = Arc::new(objects);
+    let objects = Arc::new((objects, creates));
     let seen: Arc<Mutex<Vec<ApiRequest>>> = Arc::default();
     let record = seen.clone();
     tokio::spawn(async move {
@@ -420,7 +500,26 @@ pub async fn fake_api_server(objects: BTreeMap<String, Vec<Value>>, dir: &Path) 
                                 .split('&')
                                 .any(|kv| kv == "watch=true" || kv == "watch=1"),
                         });
-                        Ok::<_, Infallible>(answer(&objects, &req))
+                        let (lists, creates) = &*objects;
+                        if req.method() == Method::POST {
+                            if let Some(create) = creates.get(req.uri().path()) {
+                                let create = create.clone();
+                                let sent = http_body_util::BodyExt::collect(req.into_body())
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let sent: Value =
+                                    serde_json::from_slice(&sent).unwrap_or(Value::Null);
+                                return Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(StatusCode::CREATED)
+                                        .header("content-type", "application/json")
+                                        .body(full(create(&sent).to_string()))
+                                        .unwrap(),
+                                );
+                            }
+                        }
+                        Ok::<_, Infallible>(answer(lists, &req))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -25,7 +25,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use outrigger_tests::chart::{
-    base64_decode, data_of, fake_api_server, render, test_ca, Container, RenderError, Rendered,
+    base64_decode, data_of, fake_api_server, fake_api_server_with, render, test_ca, Container,
+    RenderError, Rendered,
 };
 use outrigger_tests::{empty, eventually, full, workspace_bin};
 use rustls::pki_types::pem::PemObject;
@@ -435,93 +436,14 @@ async fn the_charts_injector_answers_the_api_server() {
         &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())],
     );
 
-    // The readiness probe, as the kubelet runs it.
-    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let probe = &c["readinessProbe"]["httpGet"];
-    let admin = injector.ports[probe["port"].as_str().unwrap()];
-    let path = probe["path"].as_str().unwrap().to_string();
-    let ready = eventually(Duration::from_secs(30), || {
-        let path = path.clone();
-        async move { matches!(outrigger_tests::try_get(admin, &path).await, Ok((200, _))) }
-    })
-    .await;
-    injector.running().unwrap();
-    assert!(
-        ready,
-        "the injector never became ready: {}",
-        injector.logs()
-    );
-
-    // The API server's call: trust the caBundle, ask for the Service's name.
-    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
-    let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&bundle) {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let service = &webhook["clientConfig"]["service"];
-    let host = format!(
-        "{}.{}.svc",
-        service["name"].as_str().unwrap(),
-        service["namespace"].as_str().unwrap()
-    );
-    let tls = rustls::ClientConfig::builder_with_provider(outrigger_identity::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(injector.ports["webhook"])
-        .await
-        .unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(
-            rustls::pki_types::ServerName::try_from(host.clone()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("TLS to the injector as {host}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    wait_ready(&mut injector, deployment, "the injector").await;
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "generateName": "web-5c9d-", "namespace": "shop" },
         "spec": { "serviceAccountName": "web",
                   "containers": [{ "name": "web", "image": "web:1" }] }
     });
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "chart-1",
-            "kind": { "group": "", "version": "v1", "kind": "Pod" },
-            "resource": { "group": "", "version": "v1", "resource": "pods" },
-            "namespace": "shop", "operation": "CREATE",
-            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
-            "object": pod, "dryRun": false
-        }
-    });
-    let resp = sender
-        .send_request(
-            http::Request::post(service["path"].as_str().unwrap())
-                .header("host", &host)
-                .header("content-type", "application/json")
-                .body(full(review.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let answer = &body["response"];
-    assert_eq!(answer["uid"], "chart-1");
-    assert_eq!(answer["allowed"], true, "{answer}");
-    assert_eq!(answer["patchType"], "JSONPatch", "{answer}");
-    let patch: json_patch::Patch =
-        serde_json::from_slice(&base64_decode(answer["patch"].as_str().unwrap()).unwrap()).unwrap();
-    let mut injected = pod.clone();
-    json_patch::patch(&mut injected, &patch).unwrap();
+    let injected = admit(&r, &injector, &pod).await;
     let injected: Pod = serde_json::from_value(injected).unwrap();
     let spec = injected.spec.unwrap();
     let proxy = spec
@@ -640,6 +562,122 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
     assert_granted(&r, "outrigger-control-plane", &api.seen());
 }
 
+/// The cluster path end to end, minus the kubelet's network: a pod the
+/// chart's injector injects gets a proxy that, started from the injected
+/// container (its args, its env with the downward API filled in, the
+/// projected token), certifies with the chart's control plane (a
+/// TokenReview for audience `outrigger` at the stand-in API server), checks
+/// the control plane's identity, follows its config stream and turns
+/// ready. Only the control plane's address is changed (its Service's DNS
+/// name does not resolve here), and the init step is not run (it needs the
+/// pod's network namespace; `netns_mesh.rs` runs it).
+#[tokio::test]
+async fn a_pod_the_chart_injects_joins_the_charts_mesh() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    let bin = |name: &str| workspace_bin(name).unwrap_or_else(|| panic!("the {name} binary"));
+    let scratch = tempfile::tempdir().unwrap();
+    let shop = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "shop", "resourceVersion": "1",
+                      "annotations": { "outrigger.dev/inject": "enabled" } }
+    });
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-1", "namespace": "shop", "labels": { "app": "web" },
+                      "resourceVersion": "1" },
+        "spec": { "serviceAccountName": "web",
+                  "containers": [{ "name": "web", "image": "web:1" }] }
+    });
+    let mut listed = pod.clone();
+    listed["status"] = json!({ "phase": "Running", "podIP": "127.0.0.1" });
+    // The API server's TokenReview: this pod's token, for audience outrigger.
+    let review: outrigger_tests::chart::Create = Arc::new(|sent: &Value| {
+        let ok = sent["spec"]["token"] == "token-of-web-1"
+            && sent["spec"]["audiences"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("outrigger")));
+        let mut answer = sent.clone();
+        answer["status"] = if ok {
+            json!({ "authenticated": true, "audiences": ["outrigger"],
+                    "user": { "username": "system:serviceaccount:shop:web" } })
+        } else {
+            json!({ "authenticated": false, "error": "unknown token" })
+        };
+        answer
+    });
+    let api = fake_api_server_with(
+        BTreeMap::from([
+            ("/api/v1/namespaces".to_string(), vec![shop]),
+            ("/api/v1/pods".to_string(), vec![listed]),
+        ]),
+        BTreeMap::from([(
+            "/apis/authentication.k8s.io/v1/tokenreviews".to_string(),
+            review,
+        )]),
+        scratch.path(),
+    )
+    .await;
+    let kubeconfig = [("KUBECONFIG", api.kubeconfig.to_str().unwrap())];
+    let cp_deployment = r.get("Deployment", "outrigger-control-plane");
+    let cp = Container::start(
+        &r,
+        cp_deployment,
+        &bin("outrigger-control-plane"),
+        &kubeconfig,
+    );
+    let inj_deployment = r.get("Deployment", "outrigger-injector");
+    let mut injector =
+        Container::start(&r, inj_deployment, &bin("outrigger-injector"), &kubeconfig);
+    wait_ready(&mut injector, inj_deployment, "the injector").await;
+
+    let injected = admit(&r, &injector, &pod).await;
+    let cp_addr = cp.ports["config"].to_string();
+    let mut proxy = Container::start_in_pod(
+        &r,
+        &injected,
+        "outrigger-proxy",
+        &bin("outrigger-proxy"),
+        &[("OUTRIGGER_CONTROL_PLANE", &cp_addr)],
+        &[4140, 4143],
+        Some("token-of-web-1"),
+    );
+    let container = injected["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "outrigger-proxy")
+        .unwrap()
+        .clone();
+    let as_deployment =
+        json!({ "spec": { "template": { "spec": { "containers": [container] } } } });
+    wait_ready(&mut proxy, &as_deployment, "the injected proxy").await;
+
+    // It holds a certificate for its pod's identity, from the chart's CA.
+    let metrics = outrigger_tests::try_get(proxy.ports["4191"], "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let expiry = outrigger_tests::metric(
+        &metrics,
+        "outrigger_identity_cert_expiry_timestamp_seconds",
+        &[],
+    );
+    assert!(
+        expiry > 0.0,
+        "no certificate expiry in the proxy's metrics:\n{metrics}"
+    );
+    // The control plane asked the API server about the token, as its RBAC allows.
+    let seen = api.seen();
+    assert!(
+        seen.iter()
+            .any(|q| q.method == "POST" && q.path.ends_with("/tokenreviews")),
+        "{seen:?}"
+    );
+    assert_granted(&r, "outrigger-control-plane", &seen);
+}
+
 /// Every request a binary made of the API server is one the chart's RBAC
 /// allows its ServiceAccount.
 fn assert_granted(r: &Rendered, account: &str, seen: &[outrigger_tests::chart::ApiRequest]) {
@@ -655,6 +693,98 @@ fn assert_granted(r: &Rendered, account: &str, seen: &[outrigger_tests::chart::A
             req.watch
         );
     }
+}
+
+/// Polls the readiness probe of `deployment`'s container (HTTP, as the
+/// kubelet runs it) until it answers 200; panics with the logs if it never
+/// does within 30 s or the process exits.
+async fn wait_ready(container: &mut Container, deployment: &Value, what: &str) {
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let probe = &c["readinessProbe"]["httpGet"];
+    let port = match &probe["port"] {
+        Value::String(name) => name.clone(),
+        other => other.to_string(),
+    };
+    let admin = container.ports[&port];
+    let path = probe["path"].as_str().unwrap().to_string();
+    let ready = eventually(Duration::from_secs(30), || {
+        let path = path.clone();
+        async move { matches!(outrigger_tests::try_get(admin, &path).await, Ok((200, _))) }
+    })
+    .await;
+    container.running().unwrap();
+    assert!(ready, "{what} never became ready: {}", container.logs());
+}
+
+/// What the API server does with `pod` at admission: the webhook call as
+/// the webhook configuration says (the Service's DNS name, verified with
+/// the caBundle; the path), and the returned JSON Patch applied. Returns
+/// the pod as it would be created.
+async fn admit(r: &Rendered, injector: &Container, pod: &Value) -> Value {
+    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(&bundle) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let service = &webhook["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().unwrap(),
+        service["namespace"].as_str().unwrap()
+    );
+    let tls = rustls::ClientConfig::builder_with_provider(outrigger_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(injector.ports["webhook"])
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host.clone()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TLS to the injector as {host}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "chart-1",
+            "kind": { "group": "", "version": "v1", "kind": "Pod" },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": pod["metadata"]["namespace"], "operation": "CREATE",
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod, "dryRun": false
+        }
+    });
+    let resp = sender
+        .send_request(
+            http::Request::post(service["path"].as_str().unwrap())
+                .header("host", &host)
+                .header("content-type", "application/json")
+                .body(full(review.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let answer = &body["response"];
+    assert_eq!(answer["uid"], "chart-1");
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert_eq!(answer["patchType"], "JSONPatch", "{answer}");
+    let patch: json_patch::Patch =
+        serde_json::from_slice(&base64_decode(answer["patch"].as_str().unwrap()).unwrap()).unwrap();
+    let mut injected = pod.clone();
+    json_patch::patch(&mut injected, &patch).unwrap();
+    injected
 }
 
 fn args(container: &Value) -> Vec<String> {
