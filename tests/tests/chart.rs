@@ -169,6 +169,46 @@ fn without_a_ca_the_chart_says_what_to_give() {
     }
 }
 
+/// Values are checked by the chart's schema before anything renders, and
+/// the refusal names the value.
+#[test]
+fn bad_values_are_refused_naming_the_value() {
+    let (cert, key) = test_ca();
+    for (extra, why) in [
+        (
+            json!({ "injector": { "failurePolicy": "Ignored" } }),
+            "/injector/failurePolicy",
+        ),
+        (
+            json!({ "proxy": { "skipInboundPorts": [70000] } }),
+            "/proxy/skipInboundPorts/0",
+        ),
+        (
+            json!({ "controlPlan": { "port": 9000 } }),
+            "'controlPlan' not allowed",
+        ),
+        (
+            json!({ "identity": { "certificateLifetime": "1 day" } }),
+            "/identity/certificateLifetime",
+        ),
+        (
+            json!({ "image": { "pullPolicy": "Sometimes" } }),
+            "/image/pullPolicy",
+        ),
+    ] {
+        let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
+        merge(&mut values, extra.clone());
+        match render(values, "outrigger", NAMESPACE) {
+            Err(RenderError::Helm(e)) => assert!(e.contains(why), "{extra}: {e}"),
+            Err(RenderError::NoHelm(w)) => {
+                assert!(std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(), "{w}");
+                return;
+            }
+            Ok(_) => panic!("{extra} was taken"),
+        }
+    }
+}
+
 /// The pieces point at each other.
 #[test]
 fn the_charts_pieces_agree() {
