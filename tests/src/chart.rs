@@ -136,6 +136,40 @@ pub fn test_ca() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// Replaces each `from` of `rules` with its `to` in one pass over `text`:
+/// a match must stand alone (not inside a longer address, number or path
+/// component), the longest rule wins, and replaced text is never matched
+/// again. For moving `0.0.0.0:4191` without touching `0.0.0.0:41910`, and
+/// mount paths without touching what an earlier rule wrote.
+pub fn rewrite_once(text: &str, rules: &[(String, String)]) -> String {
+    let mut rules: Vec<&(String, String)> = rules.iter().collect();
+    rules.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+    let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    'scan: while i < text.len() {
+        let before = text[..i].chars().next_back();
+        for (from, to) in &rules {
+            // A path must start a path; an address may follow `//`.
+            let joined = |c: char| word(c) || (c == '/' && from.starts_with('/'));
+            if before.is_some_and(joined) {
+                continue;
+            }
+            if let Some(rest) = text[i..].strip_prefix(from.as_str()) {
+                if rest.chars().next().is_none_or(|c| !word(c)) {
+                    out.push_str(to);
+                    i += from.len();
+                    continue 'scan;
+                }
+            }
+        }
+        let c = text[i..].chars().next().unwrap();
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
 /// The content of a ConfigMap's or Secret's key (Secrets' base64 decoded).
 pub fn data_of(object: &Value, key: &str) -> Option<Vec<u8>> {
     if let Some(s) = object["data"][key].as_str() {
@@ -173,7 +207,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// pointing into that root and each `0.0.0.0:<containerPort>` moved to a
 /// free loopback port.
 pub struct Container {
-    child: Child,
+    child: Mutex<Child>,
     /// containerPort (and port name) → the loopback address it is served on.
     pub ports: BTreeMap<String, SocketAddr>,
     pub root: tempfile::TempDir,
@@ -254,7 +288,11 @@ impl Container {
                         panic!("volume {name}: only ServiceAccount tokens are projected here")
                     });
                     let token = token.unwrap_or_else(|| panic!("volume {name} needs a token"));
-                    std::fs::write(dir.join(file), token).unwrap();
+                    // The token is minted for the projection's audience:
+                    // `<token>@<audience>`, which a stand-in TokenReview
+                    // can check (see `token_audience`).
+                    let audience = sa["audience"].as_str().unwrap_or("");
+                    std::fs::write(dir.join(file), format!("{token}@{audience}")).unwrap();
                 }
                 mounts.push((path.to_string(), dir));
                 continue;
@@ -300,41 +338,35 @@ impl Container {
             mounts.push((path.to_string(), dir));
         }
 
-        // Ports: each containerPort gets a free loopback port.
+        // Ports: each containerPort (and each of `more_ports`) gets a free
+        // loopback port. The listeners are held until just before the
+        // spawn, so that no two of them get the same port.
         let mut ports = BTreeMap::new();
-        let mut moved = Vec::new();
-        for p in c["ports"].as_array().into_iter().flatten() {
-            let port = p["containerPort"].as_u64().unwrap();
-            let free = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
+        let mut held = Vec::new();
+        let mut rules: Vec<(String, String)> = Vec::new();
+        let declared = c["ports"].as_array().into_iter().flatten().map(|p| {
+            (
+                p["containerPort"].as_u64().unwrap() as u16,
+                p["name"].as_str(),
+            )
+        });
+        let extra = more_ports.iter().map(|&p| (p, None));
+        for (port, name) in declared.chain(extra) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let free = listener.local_addr().unwrap();
+            held.push(listener);
             ports.insert(port.to_string(), free);
-            if let Some(name) = p["name"].as_str() {
+            if let Some(name) = name {
                 ports.insert(name.to_string(), free);
             }
-            moved.push((format!("0.0.0.0:{port}"), free.to_string()));
-            moved.push((format!("127.0.0.1:{port}"), free.to_string()));
-        }
-        for &port in more_ports {
-            let free = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            ports.insert(port.to_string(), free);
-            moved.push((format!("0.0.0.0:{port}"), free.to_string()));
-            moved.push((format!("127.0.0.1:{port}"), free.to_string()));
-        }
-        let rewrite = |text: &str| {
-            let mut text = text.to_string();
-            for (path, dir) in &mounts {
-                text = text.replace(path.as_str(), dir.to_str().unwrap());
+            for host in ["0.0.0.0", "127.0.0.1"] {
+                rules.push((format!("{host}:{port}"), free.to_string()));
             }
-            for (from, to) in &moved {
-                text = text.replace(from.as_str(), to);
-            }
-            text
-        };
+        }
+        for (path, dir) in &mounts {
+            rules.push((path.clone(), dir.to_str().unwrap().to_string()));
+        }
+        let rewrite = |text: &str| rewrite_once(text, &rules);
 
         let args: Vec<String> = c["args"]
             .as_array()
@@ -371,14 +403,21 @@ impl Container {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        for field in ["command", "envFrom"] {
+            assert!(
+                c.get(field).is_none(),
+                "container {name}: {field} is not modelled here"
+            );
+        }
         let stderr = root.path().join("stderr");
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
+        drop(held);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
         Container {
-            child,
+            child: Mutex::new(child),
             ports,
             root,
             stderr,
@@ -391,8 +430,8 @@ impl Container {
     }
 
     /// Whether it is still running (its exit, if not).
-    pub fn running(&mut self) -> Result<(), String> {
-        match self.child.try_wait().unwrap() {
+    pub fn running(&self) -> Result<(), String> {
+        match self.child.lock().unwrap().try_wait().unwrap() {
             None => Ok(()),
             Some(status) => Err(format!("exited with {status}: {}", self.logs())),
         }
@@ -401,16 +440,17 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 /// A stand-in for the API server, for clients that list and watch: a list
 /// answers with the objects given for its path (none by default), a watch
 /// is held open with no events, a create at a path given to
-/// [`fake_api_server_with`] is answered by its function, anything else is a
-/// 404. Every request is
+/// [`fake_api_server_with`] is answered by its function, a patch (a status
+/// write) is taken, anything else is a 404. Every request is
 /// recorded, so a test can hold what a binary asked for against the RBAC
 /// rules the chart grants it.
 pub struct FakeApi {
@@ -429,28 +469,42 @@ pub struct ApiRequest {
 }
 
 impl ApiRequest {
-    /// The RBAC (API group, resource, verb) this request needs: list and
-    /// watch of a collection, or a verb named by the method.
+    /// The RBAC (API group, resource, verb) this request needs, as the API
+    /// server's authorizer reads it: a collection is listed or watched, a
+    /// named object got, patched, updated or deleted, and a subresource is
+    /// `resource/subresource`.
     pub fn rbac(&self) -> (String, String, String) {
         let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
-        // /api/v1/<resource> or /apis/<group>/<version>/<resource>, with
-        // namespaces/<ns>/ before the resource when namespaced.
         let (group, rest) = match parts.as_slice() {
             ["api", _version, rest @ ..] => (String::new(), rest),
             ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
             _ => panic!("not an API path: {}", self.path),
         };
-        let resource = match rest {
-            ["namespaces", _ns, resource, ..] => resource.to_string(),
-            [resource, ..] => resource.to_string(),
-            [] => panic!("no resource in {}", self.path),
+        // namespaces/<ns>/<resource>... is namespaced; namespaces and
+        // namespaces/<name>[/<sub>] are the Namespace objects themselves.
+        let rest = match rest {
+            ["namespaces", _ns, resource, more @ ..] => {
+                let mut r = vec![*resource];
+                r.extend_from_slice(more);
+                r
+            }
+            other => other.to_vec(),
         };
-        let verb = match (self.method.as_str(), self.watch) {
-            ("GET", true) => "watch",
-            ("GET", false) => "list",
-            ("POST", _) => "create",
-            ("PATCH", _) => "patch",
-            (m, _) => panic!("unexpected {m} {}", self.path),
+        let (resource, named) = match rest.as_slice() {
+            [resource] => (resource.to_string(), false),
+            [resource, _name] => (resource.to_string(), true),
+            [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+            _ => panic!("cannot read {}", self.path),
+        };
+        let verb = match (self.method.as_str(), named, self.watch) {
+            ("GET", false, true) => "watch",
+            ("GET", false, false) => "list",
+            ("GET", true, _) => "get",
+            ("POST", false, _) => "create",
+            ("PATCH", true, _) => "patch",
+            ("PUT", true, _) => "update",
+            ("DELETE", true, _) => "delete",
+            (m, _, _) => panic!("unexpected {m} {}", self.path),
         };
         (group, resource, verb.to_string())
     }
@@ -461,6 +515,12 @@ impl FakeApi {
     pub fn seen(&self) -> Vec<ApiRequest> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// A token written by [`Container::start_in_pod`]: the token given, and the
+/// audience it was projected for.
+pub fn token_audience(written: &str) -> Option<(&str, &str)> {
+    written.rsplit_once('@')
 }
 
 /// How the stand-in API server answers a create (POST) at one path: the
@@ -550,6 +610,22 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let listable = path.starts_with("/api/") || path.starts_with("/apis/");
+    if req.method() == Method::PATCH && listable {
+        // A status write: taken, and answered with the object's name.
+        let parts: Vec<&str> = path.split('/').collect();
+        let name = parts.iter().rev().nth(1).copied().unwrap_or_default();
+        let namespace = parts
+            .iter()
+            .position(|p| *p == "namespaces")
+            .and_then(|i| parts.get(i + 1))
+            .copied()
+            .unwrap_or_default();
+        let object = json!({ "metadata": { "name": name, "namespace": namespace } });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(full(object.to_string()))
+            .unwrap();
+    }
     if req.method() != Method::GET || !listable {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -580,4 +656,111 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
         .header("content-type", "application/json")
         .body(full(list.to_string()))
         .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_stand_alone_matches_once() {
+        let rules = [
+            ("0.0.0.0:4191".to_string(), "127.0.0.1:41912".to_string()),
+            ("127.0.0.1:4191".to_string(), "127.0.0.1:41912".to_string()),
+            ("127.0.0.1:41912".to_string(), "127.0.0.1:1".to_string()),
+            (
+                "/var/run/outrigger".to_string(),
+                "/tmp/r/var/run/outrigger".to_string(),
+            ),
+            (
+                "/var/run/outrigger/ca".to_string(),
+                "/tmp/r/var/run/outrigger/ca".to_string(),
+            ),
+        ];
+        for (text, want) in [
+            // A replacement is not matched again (41912 is a rule's `from` too).
+            ("0.0.0.0:4191", "127.0.0.1:41912"),
+            (
+                r#"{"bind":"0.0.0.0:4191"}"#,
+                r#"{"bind":"127.0.0.1:41912"}"#,
+            ),
+            // Inside a longer port or address: untouched.
+            ("0.0.0.0:41910", "0.0.0.0:41910"),
+            ("10.0.0.0:4191", "10.0.0.0:4191"),
+            (
+                "http://127.0.0.1:4191/ready",
+                "http://127.0.0.1:41912/ready",
+            ),
+            // The longest path wins, and a rewritten path is not rewritten again.
+            (
+                "--ca=/var/run/outrigger/ca/ca.pem",
+                "--ca=/tmp/r/var/run/outrigger/ca/ca.pem",
+            ),
+            (
+                "/var/run/outrigger/roots.pem",
+                "/tmp/r/var/run/outrigger/roots.pem",
+            ),
+            ("/var/run/outrigger-x/a", "/var/run/outrigger-x/a"),
+            ("/srv/var/run/outrigger/a", "/srv/var/run/outrigger/a"),
+        ] {
+            assert_eq!(rewrite_once(text, &rules), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn requests_need_what_the_authorizer_reads() {
+        let rbac = |method: &str, path: &str, watch: bool| {
+            ApiRequest {
+                method: method.into(),
+                path: path.into(),
+                watch,
+            }
+            .rbac()
+        };
+        let t = |g: &str, r: &str, v: &str| (g.to_string(), r.to_string(), v.to_string());
+        assert_eq!(
+            rbac("GET", "/api/v1/namespaces", false),
+            t("", "namespaces", "list")
+        );
+        assert_eq!(
+            rbac("GET", "/api/v1/namespaces", true),
+            t("", "namespaces", "watch")
+        );
+        assert_eq!(
+            rbac("GET", "/api/v1/namespaces/shop", false),
+            t("", "namespaces", "get")
+        );
+        assert_eq!(
+            rbac("GET", "/api/v1/namespaces/shop/pods", false),
+            t("", "pods", "list")
+        );
+        assert_eq!(
+            rbac("GET", "/api/v1/namespaces/shop/pods/web-1", false),
+            t("", "pods", "get")
+        );
+        assert_eq!(
+            rbac(
+                "PATCH",
+                "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web/status",
+                false
+            ),
+            t("outrigger.dev", "virtualservices/status", "patch")
+        );
+        assert_eq!(
+            rbac(
+                "PATCH",
+                "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web",
+                false
+            ),
+            t("outrigger.dev", "virtualservices", "patch")
+        );
+        assert_eq!(
+            rbac("POST", "/apis/authentication.k8s.io/v1/tokenreviews", false),
+            t("authentication.k8s.io", "tokenreviews", "create")
+        );
+        assert_eq!(
+            rbac("GET", "/apis/discovery.k8s.io/v1/endpointslices", true),
+            t("discovery.k8s.io", "endpointslices", "watch")
+        );
+    }
 }

@@ -25,8 +25,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use outrigger_tests::chart::{
-    base64_decode, data_of, fake_api_server, fake_api_server_with, render, test_ca, Container,
-    RenderError, Rendered,
+    base64_decode, data_of, fake_api_server, fake_api_server_with, render, test_ca, token_audience,
+    Container, RenderError, Rendered,
 };
 use outrigger_tests::{empty, eventually, full, workspace_bin};
 use rustls::pki_types::pem::PemObject;
@@ -35,8 +35,9 @@ use serde_json::{json, Value};
 
 const NAMESPACE: &str = "outrigger-system";
 
-/// The chart with a test CA, or `None` (with the reason printed) where the
-/// Helm engine is missing and not required.
+/// The chart with a test CA (its certificate PEM returned too), or `None`
+/// (with the reason printed) where the Helm engine is missing and not
+/// required.
 fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
     let (cert, key) = test_ca();
     let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
@@ -469,14 +470,14 @@ async fn the_charts_injector_answers_the_api_server() {
     )
     .await;
     let deployment = r.get("Deployment", "outrigger-injector");
-    let mut injector = Container::start(
+    let injector = Container::start(
         &r,
         deployment,
         &binary,
         &[("KUBECONFIG", api.kubeconfig.to_str().unwrap())],
     );
 
-    wait_ready(&mut injector, deployment, "the injector").await;
+    wait_ready(&injector, deployment, "the injector", &[]).await;
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "generateName": "web-5c9d-", "namespace": "shop" },
@@ -528,9 +529,23 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
     let binary =
         workspace_bin("outrigger-control-plane").expect("the outrigger-control-plane binary");
     let scratch = tempfile::tempdir().unwrap();
-    let api = fake_api_server(BTreeMap::new(), scratch.path()).await;
+    // One mesh resource, so that the control plane writes a status.
+    let vs = json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "1",
+                      "generation": 1, "uid": "vs-1" },
+        "spec": { "hosts": ["web"], "http": [{ "route": [{ "destination": { "host": "web" } }] }] }
+    });
+    let api = fake_api_server(
+        BTreeMap::from([(
+            "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
+            vec![vs],
+        )]),
+        scratch.path(),
+    )
+    .await;
     let deployment = r.get("Deployment", "outrigger-control-plane");
-    let mut cp = Container::start(
+    let cp = Container::start(
         &r,
         deployment,
         &binary,
@@ -598,7 +613,17 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
         cp.logs()
     );
     assert_eq!(get("/live".into()).await, Some(200));
-    // Ready means every kind was listed and watched: all of it allowed.
+    // Ready means every kind was listed and watched; then the
+    // VirtualService's status is written. All of it allowed.
+    let patched = eventually(Duration::from_secs(30), || {
+        let seen = api.seen();
+        async move {
+            seen.iter()
+                .any(|q| q.method == "PATCH" && q.path.ends_with("/virtualservices/web/status"))
+        }
+    })
+    .await;
+    assert!(patched, "no status write: {:?}\n{}", api.seen(), cp.logs());
     assert_granted(&r, "outrigger-control-plane", &api.seen());
 }
 
@@ -632,49 +657,67 @@ async fn a_pod_the_chart_injects_joins_the_charts_mesh() {
     });
     let mut listed = pod.clone();
     listed["status"] = json!({ "phase": "Running", "podIP": "127.0.0.1" });
-    // The API server's TokenReview: this pod's token, for audience outrigger.
+    // The API server's TokenReview, as a real one decides: this pod's
+    // token, minted for an audience the review asks about.
     let review: outrigger_tests::chart::Create = Arc::new(|sent: &Value| {
-        let ok = sent["spec"]["token"] == "token-of-web-1"
-            && sent["spec"]["audiences"]
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("outrigger")));
+        let token = sent["spec"]["token"].as_str().unwrap_or_default();
+        let asked = sent["spec"]["audiences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ok = token_audience(token)
+            .is_some_and(|(t, aud)| t == "token-of-web-1" && asked.contains(&json!(aud)));
         let mut answer = sent.clone();
         answer["status"] = if ok {
-            json!({ "authenticated": true, "audiences": ["outrigger"],
+            json!({ "authenticated": true, "audiences": asked,
                     "user": { "username": "system:serviceaccount:shop:web" } })
         } else {
-            json!({ "authenticated": false, "error": "unknown token" })
+            json!({ "authenticated": false, "error": "token not valid for these audiences" })
         };
         answer
     });
-    let api = fake_api_server_with(
+    // One stand-in API server per binary, so that each one's requests are
+    // held against its own ServiceAccount's rules.
+    let cp_dir = scratch.path().join("cp");
+    let inj_dir = scratch.path().join("injector");
+    std::fs::create_dir_all(&cp_dir).unwrap();
+    std::fs::create_dir_all(&inj_dir).unwrap();
+    let cp_api = fake_api_server_with(
         BTreeMap::from([
-            ("/api/v1/namespaces".to_string(), vec![shop]),
+            ("/api/v1/namespaces".to_string(), vec![shop.clone()]),
             ("/api/v1/pods".to_string(), vec![listed]),
         ]),
         BTreeMap::from([(
             "/apis/authentication.k8s.io/v1/tokenreviews".to_string(),
             review,
         )]),
-        scratch.path(),
+        &cp_dir,
     )
     .await;
-    let kubeconfig = [("KUBECONFIG", api.kubeconfig.to_str().unwrap())];
+    let inj_api = fake_api_server(
+        BTreeMap::from([("/api/v1/namespaces".to_string(), vec![shop])]),
+        &inj_dir,
+    )
+    .await;
     let cp_deployment = r.get("Deployment", "outrigger-control-plane");
     let cp = Container::start(
         &r,
         cp_deployment,
         &bin("outrigger-control-plane"),
-        &kubeconfig,
+        &[("KUBECONFIG", cp_api.kubeconfig.to_str().unwrap())],
     );
     let inj_deployment = r.get("Deployment", "outrigger-injector");
-    let mut injector =
-        Container::start(&r, inj_deployment, &bin("outrigger-injector"), &kubeconfig);
-    wait_ready(&mut injector, inj_deployment, "the injector").await;
+    let injector = Container::start(
+        &r,
+        inj_deployment,
+        &bin("outrigger-injector"),
+        &[("KUBECONFIG", inj_api.kubeconfig.to_str().unwrap())],
+    );
+    wait_ready(&injector, inj_deployment, "the injector", &[&cp]).await;
 
     let injected = admit(&r, &injector, &pod).await;
     let cp_addr = cp.ports["config"].to_string();
-    let mut proxy = Container::start_in_pod(
+    let proxy = Container::start_in_pod(
         &r,
         &injected,
         "outrigger-proxy",
@@ -692,30 +735,29 @@ async fn a_pod_the_chart_injects_joins_the_charts_mesh() {
         .clone();
     let as_deployment =
         json!({ "spec": { "template": { "spec": { "containers": [container] } } } });
-    wait_ready(&mut proxy, &as_deployment, "the injected proxy").await;
+    wait_ready(&proxy, &as_deployment, "the injected proxy", &[&cp]).await;
 
-    // It holds a certificate for its pod's identity, from the chart's CA.
-    let metrics = outrigger_tests::try_get(proxy.ports["4191"], "/metrics")
-        .await
-        .unwrap()
-        .1;
-    let expiry = outrigger_tests::metric(
-        &metrics,
-        "outrigger_identity_cert_expiry_timestamp_seconds",
-        &[],
-    );
+    // Ready means the first update of the stream is applied, and the
+    // control plane serves the stream only to a client certificate of the
+    // pod's namespace and ServiceAccount (server::authorize): the proxy
+    // holds shop/web's identity from the chart's CA. Its log names it.
+    let logs = proxy.logs();
     assert!(
-        expiry > 0.0,
-        "no certificate expiry in the proxy's metrics:\n{metrics}"
+        logs.contains("certificate held")
+            && logs.contains("identity=spiffe://cluster.local/ns/shop/sa/web"),
+        "{logs}"
     );
-    // The control plane asked the API server about the token, as its RBAC allows.
-    let seen = api.seen();
+
+    // The control plane asked the API server about the token, and each
+    // binary asked only what its RBAC allows.
+    let seen = cp_api.seen();
     assert!(
         seen.iter()
             .any(|q| q.method == "POST" && q.path.ends_with("/tokenreviews")),
         "{seen:?}"
     );
     assert_granted(&r, "outrigger-control-plane", &seen);
+    assert_granted(&r, "outrigger-injector", &inj_api.seen());
 }
 
 /// Every request a binary made of the API server is one the chart's RBAC
@@ -736,9 +778,9 @@ fn assert_granted(r: &Rendered, account: &str, seen: &[outrigger_tests::chart::A
 }
 
 /// Polls the readiness probe of `deployment`'s container (HTTP, as the
-/// kubelet runs it) until it answers 200; panics with the logs if it never
-/// does within 30 s or the process exits.
-async fn wait_ready(container: &mut Container, deployment: &Value, what: &str) {
+/// kubelet runs it) until it answers 200; panics with its logs and those
+/// of `others` if it never does within 60 s, or if any of them exits.
+async fn wait_ready(container: &Container, deployment: &Value, what: &str, others: &[&Container]) {
     let c = &deployment["spec"]["template"]["spec"]["containers"][0];
     let probe = &c["readinessProbe"]["httpGet"];
     let port = match &probe["port"] {
@@ -747,13 +789,27 @@ async fn wait_ready(container: &mut Container, deployment: &Value, what: &str) {
     };
     let admin = container.ports[&port];
     let path = probe["path"].as_str().unwrap().to_string();
-    let ready = eventually(Duration::from_secs(30), || {
+    let exited = || {
+        std::iter::once(container)
+            .chain(others.iter().copied())
+            .find_map(|c| c.running().err())
+    };
+    let ready = eventually(Duration::from_secs(60), || {
         let path = path.clone();
-        async move { matches!(outrigger_tests::try_get(admin, &path).await, Ok((200, _))) }
+        let gone = exited().is_some();
+        async move { gone || matches!(outrigger_tests::try_get(admin, &path).await, Ok((200, _))) }
     })
     .await;
-    container.running().unwrap();
-    assert!(ready, "{what} never became ready: {}", container.logs());
+    if let Some(e) = exited() {
+        panic!("while waiting for {what}: a process {e}");
+    }
+    let logs: Vec<String> = others.iter().map(|o| o.logs()).collect();
+    assert!(
+        ready,
+        "{what} never became ready: {}\n--- the others:\n{}",
+        container.logs(),
+        logs.join("\n---\n")
+    );
 }
 
 /// What the API server does with `pod` at admission: the webhook call as
