@@ -120,20 +120,13 @@ pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, Re
     Ok(Rendered { objects, lint })
 }
 
-/// A test mesh CA (ECDSA P-256, self-signed): `(cert PEM, key PEM)`.
+/// A test mesh CA (ECDSA P-256, self-signed, the control plane's own
+/// generator): `(cert PEM, key PEM)`.
 pub fn test_ca() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "outrigger test root");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), key.serialize_pem())
+    let ca = outrigger_identity::Ca::generate("cluster.local", std::time::SystemTime::now())
+        .expect("a generated CA");
+    let (cert, key) = ca.generated_pem().expect("generated");
+    (cert.to_string(), key.to_string())
 }
 
 /// Replaces each `from` of `rules` with its `to` in one pass over `text`:
@@ -186,19 +179,8 @@ pub fn data_of(object: &Value, key: &str) -> Option<Vec<u8>> {
 
 /// Standard base64 (what Kubernetes uses for Secret data and caBundle).
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for &c in text.trim_end_matches('=').as_bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 /// A container of a rendered Deployment, running as its process on this
@@ -717,50 +699,68 @@ mod tests {
             }
             .rbac()
         };
-        let t = |g: &str, r: &str, v: &str| (g.to_string(), r.to_string(), v.to_string());
-        assert_eq!(
-            rbac("GET", "/api/v1/namespaces", false),
-            t("", "namespaces", "list")
-        );
-        assert_eq!(
-            rbac("GET", "/api/v1/namespaces", true),
-            t("", "namespaces", "watch")
-        );
-        assert_eq!(
-            rbac("GET", "/api/v1/namespaces/shop", false),
-            t("", "namespaces", "get")
-        );
-        assert_eq!(
-            rbac("GET", "/api/v1/namespaces/shop/pods", false),
-            t("", "pods", "list")
-        );
-        assert_eq!(
-            rbac("GET", "/api/v1/namespaces/shop/pods/web-1", false),
-            t("", "pods", "get")
-        );
-        assert_eq!(
-            rbac(
+        for (method, path, watch, want) in [
+            (
+                "GET",
+                "/api/v1/namespaces",
+                false,
+                ("", "namespaces", "list"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces",
+                true,
+                ("", "namespaces", "watch"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop",
+                false,
+                ("", "namespaces", "get"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods",
+                false,
+                ("", "pods", "list"),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/shop/pods/web-1",
+                false,
+                ("", "pods", "get"),
+            ),
+            (
                 "PATCH",
                 "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web/status",
-                false
+                false,
+                ("outrigger.dev", "virtualservices/status", "patch"),
             ),
-            t("outrigger.dev", "virtualservices/status", "patch")
-        );
-        assert_eq!(
-            rbac(
+            (
                 "PATCH",
                 "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web",
-                false
+                false,
+                ("outrigger.dev", "virtualservices", "patch"),
             ),
-            t("outrigger.dev", "virtualservices", "patch")
-        );
-        assert_eq!(
-            rbac("POST", "/apis/authentication.k8s.io/v1/tokenreviews", false),
-            t("authentication.k8s.io", "tokenreviews", "create")
-        );
-        assert_eq!(
-            rbac("GET", "/apis/discovery.k8s.io/v1/endpointslices", true),
-            t("discovery.k8s.io", "endpointslices", "watch")
-        );
+            (
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                false,
+                ("authentication.k8s.io", "tokenreviews", "create"),
+            ),
+            (
+                "GET",
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                true,
+                ("discovery.k8s.io", "endpointslices", "watch"),
+            ),
+        ] {
+            let (g, r, v) = want;
+            assert_eq!(
+                rbac(method, path, watch),
+                (g.to_string(), r.to_string(), v.to_string()),
+                "{method} {path} (watch: {watch})"
+            );
+        }
     }
 }

@@ -218,7 +218,7 @@ fn the_charts_pieces_agree() {
     };
     // The webhook calls the injector's Service, whose port reaches the
     // injector's webhook port.
-    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let webhook = &webhook_of(&r)["webhooks"][0];
     let target = &webhook["clientConfig"]["service"];
     assert_eq!(target["path"], "/mutate");
     let service = r.get("Service", target["name"].as_str().unwrap());
@@ -379,20 +379,14 @@ fn the_webhook_takes_a_given_certificate_and_failure_policy() {
     })) else {
         return;
     };
-    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let webhook = &webhook_of(&r)["webhooks"][0];
     assert_eq!(webhook["failurePolicy"], "Fail");
     let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
     assert_eq!(bundle, b"PEM OF MY CA");
     assert!(r
         .all("Secret")
         .all(|s| s["metadata"]["name"] != "outrigger-injector-tls"));
-    let inj = r.get("Deployment", "outrigger-injector");
-    let tls = inj["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "tls")
-        .unwrap();
+    let tls = volume(r.get("Deployment", "outrigger-injector"), "tls");
     assert_eq!(tls["secret"]["secretName"], "my-webhook-tls");
 }
 
@@ -415,17 +409,11 @@ fn the_webhook_certificate_can_come_from_cert_manager() {
         .unwrap()
         .contains(&json!(format!("outrigger-injector.{NAMESPACE}.svc"))));
     let secret = cert["spec"]["secretName"].as_str().unwrap();
-    let inj = r.get("Deployment", "outrigger-injector");
-    let tls = inj["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "tls")
-        .unwrap();
+    let tls = volume(r.get("Deployment", "outrigger-injector"), "tls");
     assert_eq!(tls["secret"]["secretName"], secret);
     // No certificate of the chart's own, and the bundle is cert-manager's.
     assert!(r.all("Secret").all(|s| s["metadata"]["name"] != secret));
-    let config = r.all("MutatingWebhookConfiguration").next().unwrap();
+    let config = webhook_of(&r);
     assert_eq!(
         config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         format!("{NAMESPACE}/outrigger-injector")
@@ -459,11 +447,7 @@ async fn the_charts_injector_answers_the_api_server() {
     };
     let binary = workspace_bin("outrigger-injector").expect("the outrigger-injector binary");
     let scratch = tempfile::tempdir().unwrap();
-    let shop = json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": { "name": "shop", "resourceVersion": "1",
-                      "annotations": { "outrigger.dev/inject": "enabled" } }
-    });
+    let shop = meshed_namespace();
     let api = fake_api_server(
         BTreeMap::from([("/api/v1/namespaces".to_string(), vec![shop])]),
         scratch.path(),
@@ -643,11 +627,7 @@ async fn a_pod_the_chart_injects_joins_the_charts_mesh() {
     };
     let bin = |name: &str| workspace_bin(name).unwrap_or_else(|| panic!("the {name} binary"));
     let scratch = tempfile::tempdir().unwrap();
-    let shop = json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": { "name": "shop", "resourceVersion": "1",
-                      "annotations": { "outrigger.dev/inject": "enabled" } }
-    });
+    let shop = meshed_namespace();
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "web-1", "namespace": "shop", "labels": { "app": "web" },
@@ -817,7 +797,7 @@ async fn wait_ready(container: &Container, deployment: &Value, what: &str, other
 /// the caBundle; the path), and the returned JSON Patch applied. Returns
 /// the pod as it would be created.
 async fn admit(r: &Rendered, injector: &Container, pod: &Value) -> Value {
-    let webhook = &r.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0];
+    let webhook = &webhook_of(r)["webhooks"][0];
     let bundle = base64_decode(webhook["clientConfig"]["caBundle"].as_str().unwrap()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(&bundle) {
@@ -881,6 +861,32 @@ async fn admit(r: &Rendered, injector: &Container, pod: &Value) -> Value {
     let mut injected = pod.clone();
     json_patch::patch(&mut injected, &patch).unwrap();
     injected
+}
+
+/// The chart's MutatingWebhookConfiguration (there is one).
+fn webhook_of(r: &Rendered) -> &Value {
+    r.all("MutatingWebhookConfiguration")
+        .next()
+        .expect("the chart renders a MutatingWebhookConfiguration")
+}
+
+/// The volume `name` of a Deployment's pod template.
+fn volume<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The namespace `shop`, opted in to injection, as the API server lists it.
+fn meshed_namespace() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "shop", "resourceVersion": "1",
+                      "annotations": { "outrigger.dev/inject": "enabled" } }
+    })
 }
 
 fn args(container: &Value) -> Vec<String> {
