@@ -24,7 +24,7 @@ mod validate;
 pub use duration::SCHEMA_PATTERN as DURATION_PATTERN;
 pub use duration::{Duration, DurationError};
 pub use snapshot::{
-    Admin, Direction, Endpoint, Limits, Listener, ParseError, ProxyInfo, Service, ServiceProtocol,
-    ServiceRef, Snapshot,
+    Admin, Direction, Endpoint, HttpSettings, Limits, Listener, ParseError, PathNormalization,
+    ProxyInfo, Service, ServiceProtocol, ServiceRef, Snapshot,
 };
 pub use validate::{compile_full_match, FieldError, ValidationErrors};

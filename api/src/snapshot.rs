@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub admin: Admin,
     #[serde(default)]
     pub limits: Limits,
+    /// What the proxy accepts of an HTTP request before any policy sees it.
+    #[serde(default, skip_serializing_if = "HttpSettings::is_default")]
+    pub http: HttpSettings,
     #[serde(default)]
     pub listeners: Vec<Listener>,
     #[serde(default)]
@@ -88,6 +91,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight work may take before the proxy exits anyway.
     pub drain_timeout: Duration,
+    /// An opaque TCP connection with no byte either way for this long is
+    /// closed (Istio's TCP idle timeout). It also bounds how long a client
+    /// that has sent nothing is held before any upstream connection exists.
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -100,8 +107,75 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(20),
+            tcp_idle_timeout: Duration::from_secs(3600),
         }
     }
+}
+
+/// Mesh-wide HTTP settings (Istio's `meshConfig.pathNormalization`, and
+/// Envoy's `upgrade_configs`). Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// How request paths are normalized before routing and authorization;
+    /// the normalized path is the one forwarded.
+    pub path_normalization: PathNormalization,
+    /// `Upgrade` protocols that may become a tunnel, compared without
+    /// case (`websocket`). `CONNECT` here allows HTTP/1.1 CONNECT. Any other
+    /// upgrade is refused with 403; `h2c` upgrade requests are forwarded
+    /// as plain requests without their upgrade headers.
+    pub upgrades: Vec<String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            path_normalization: PathNormalization::default(),
+            upgrades: vec!["websocket".into()],
+        }
+    }
+}
+
+impl HttpSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The first entry of `upgrades` that is no protocol name (an RFC 9110
+    /// token, `/` allowed for a version), with its index.
+    pub fn bad_upgrade(&self) -> Option<(usize, &str)> {
+        self.upgrades.iter().enumerate().find_map(|(i, u)| {
+            let token = !u.is_empty()
+                && u.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            (!token).then_some((i, u.as_str()))
+        })
+    }
+
+    /// Whether this `Upgrade` protocol (or `CONNECT`) may become a tunnel.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        self.upgrades
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(protocol.trim()))
+    }
+}
+
+/// Istio's path normalization options, with their names. Each includes
+/// the ones above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Paths are forwarded and matched exactly as received.
+    None,
+    /// RFC 3986: percent-encoded unreserved characters decoded, dot
+    /// segments removed; backslashes become slashes; `%00` refused.
+    Base,
+    /// `BASE`, then runs of slashes merged into one. The default: Istio's
+    /// default is `BASE`, which lets `//admin` past a rule on `/admin*`.
+    #[default]
+    MergeSlashes,
+    /// `%2F` and `%5C` decoded first, then `MERGE_SLASHES`.
+    DecodeAndMergeSlashes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

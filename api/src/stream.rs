@@ -17,7 +17,8 @@ use crate::snapshot::{ProxyInfo, Service, Snapshot};
 pub const CONFIG_PATH: &str = "/v1/config";
 
 /// What the control plane sends: the parts of a [`Snapshot`] it owns. The
-/// proxy keeps its own listeners, admin address and limits (its bootstrap).
+/// proxy keeps its own listeners, admin address, limits and HTTP settings
+/// (its bootstrap).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigUpdate {
@@ -39,6 +40,7 @@ impl ConfigUpdate {
             proxy: self.proxy.clone(),
             admin: bootstrap.admin.clone(),
             limits: bootstrap.limits.clone(),
+            http: bootstrap.http.clone(),
             listeners: bootstrap.listeners.clone(),
             services: self.services.clone(),
             inbound: self.inbound.clone(),

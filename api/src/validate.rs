@@ -170,10 +170,18 @@ impl Snapshot {
             ("detect_timeout", l.detect_timeout),
             ("connect_timeout", l.connect_timeout),
             ("idle_timeout", l.idle_timeout),
+            ("tcp_idle_timeout", l.tcp_idle_timeout),
         ] {
             if d.get().is_zero() {
                 errs.push(format!("limits.{name}"), "must be greater than zero");
             }
+        }
+
+        if let Some((i, u)) = self.http.bad_upgrade() {
+            errs.push(
+                format!("http.upgrades[{i}]"),
+                format!("{u:?} is not an Upgrade protocol name (RFC 9110 §7.8)"),
+            );
         }
 
         self.validate_services(&mut errs);

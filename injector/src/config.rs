@@ -55,6 +55,15 @@ pub struct MeshConfig {
     /// Ports the init step never redirects outbound, for every pod.
     #[serde(default)]
     pub skip_outbound_ports: Vec<u16>,
+    /// How every proxy normalizes request paths before routing and
+    /// authorization (Istio's names: `NONE`, `BASE`, `MERGE_SLASHES`,
+    /// `DECODE_AND_MERGE_SLASHES`).
+    #[serde(default)]
+    pub path_normalization: outrigger_api::PathNormalization,
+    /// `Upgrade` protocols that may become tunnels (`CONNECT` for HTTP/1.1
+    /// CONNECT); any other upgrade is refused with 403.
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<String>,
 }
 
 /// The proxy's ports inside the pod.
@@ -132,6 +141,10 @@ impl Resources {
 
 mod defaults {
     use super::*;
+
+    pub fn upgrades() -> Vec<String> {
+        outrigger_api::HttpSettings::default().upgrades
+    }
 
     pub fn pull_policy() -> String {
         "IfNotPresent".into()
@@ -216,6 +229,16 @@ impl MeshConfig {
         }
         if p.outbound == p.inbound || p.inbound == p.admin || p.outbound == p.admin {
             return field("ports", "outbound, inbound and admin must differ");
+        }
+        let http = outrigger_api::HttpSettings {
+            path_normalization: self.path_normalization,
+            upgrades: self.upgrades.clone(),
+        };
+        if let Some((i, u)) = http.bad_upgrade() {
+            return field(
+                "upgrades",
+                &format!("[{i}] {u:?} is not an Upgrade protocol name"),
+            );
         }
         for (k, v) in self.resources.requests.iter().chain(&self.resources.limits) {
             if let Err(e) = quantity::parse(v) {

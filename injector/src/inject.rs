@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use outrigger_api::probe::{
     AppProbe, AppProbes, GrpcProbe, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
 };
-use outrigger_api::{Admin, Direction, Limits, Listener, ProxyInfo, Snapshot};
+use outrigger_api::{Admin, Direction, HttpSettings, Limits, Listener, ProxyInfo, Snapshot};
 use serde_json::Value;
 
 use crate::annotations::{self, Overrides};
@@ -353,6 +353,10 @@ pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig) -> Snapshot {
             bind: format!("0.0.0.0:{}", cfg.ports.admin),
         },
         limits: Limits::default(),
+        http: HttpSettings {
+            path_normalization: cfg.path_normalization,
+            upgrades: cfg.upgrades.clone(),
+        },
         listeners: vec![
             // The redirect sends the app's own traffic here, on loopback.
             listener(

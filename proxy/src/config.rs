@@ -43,6 +43,7 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
 }
 
 /// One service entry of the snapshot, with its endpoints and policies.
@@ -205,6 +206,7 @@ impl Config {
             connect_timeout: l.connect_timeout.get(),
             idle_timeout: l.idle_timeout.get(),
             drain_timeout: l.drain_timeout.get(),
+            tcp_idle_timeout: l.tcp_idle_timeout.get(),
         };
         let proxy = Workload {
             workload: Arc::from(snapshot.proxy.workload.as_str()),

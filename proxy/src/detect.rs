@@ -206,12 +206,34 @@ impl<'a> Reader<'a> {
 /// Reads until [`classify`] decides, the peer closes or stops sending, or
 /// `timeout` passes (then: opaque). Returns the decision and every byte read,
 /// which the caller replays in front of the stream.
+///
+/// The deadline starts at the client's first byte. A client that sends
+/// nothing is waited for up to `first_byte` and then refused (an error),
+/// never taken for opaque: no upstream connection is opened for a client
+/// that has said nothing (a server-speaks-first port must be marked opaque).
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
     max_line: usize,
+    first_byte: Duration,
 ) -> std::io::Result<(Protocol, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
+    match tokio::time::timeout(first_byte, io.read_buf(&mut buf)).await {
+        Err(_elapsed) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client sent nothing for {first_byte:?}"),
+            ))
+        }
+        Ok(Ok(0)) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the client closed without sending anything",
+            ))
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(p) = classify(&buf, max_line) {
@@ -362,17 +384,59 @@ mod tests {
         assert_eq!(classify(&line, 4096), None);
     }
 
+    const FIRST: Duration = Duration::from_secs(3600);
+
     #[tokio::test(start_paused = true)]
-    async fn silent_clients_are_opaque_after_the_deadline() {
+    async fn a_silent_client_is_refused_after_the_first_byte_timeout_never_opaque() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let start = tokio::time::Instant::now();
+        let err = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), FIRST);
+        drop(client);
+        // One that closes without a byte is refused at once.
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        let err = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_runs_from_the_first_byte() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            // Slow to start (a preconnecting HTTP client), then prompt.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            client
+        });
+        let (p, _) = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+            .await
+            .unwrap();
+        assert_eq!(p, Protocol::Http1);
+        drop(writer.await.unwrap());
+        // A dripping client is opaque once the deadline after its first
+        // byte passes.
         let (mut client, mut server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX)
+        let dripper = tokio::spawn(async move {
+            for b in b"GET / HTTP/1.1" {
+                client.write_all(&[*b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
             .await
             .unwrap();
         assert_eq!(p, Protocol::Opaque);
-        assert!(buf.is_empty());
+        assert_eq!(&buf[..], b"GET");
         assert_eq!(start.elapsed(), Duration::from_millis(300));
-        client.write_all(b"x").await.unwrap();
+        drop(dripper.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -387,7 +451,7 @@ mod tests {
                 .unwrap();
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX)
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, FIRST)
             .await
             .unwrap();
         assert_eq!(p, Protocol::Http1);
@@ -400,7 +464,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
         drop(client);
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX)
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, FIRST)
             .await
             .unwrap();
         assert_eq!(p, Protocol::Opaque);

@@ -113,34 +113,51 @@ impl Listener {
     /// mesh TLS from a peer proxy: accepted with the peer's certificate
     /// required, and its identity kept. Anything else stays as it is: a
     /// plaintext client, or an app's own TLS (another server name, or none),
-    /// which goes to the app untouched. The last value says the client sent
-    /// nothing within `detect_timeout` (or closed): detection would only
-    /// wait that long again to conclude opaque, so the caller skips it.
+    /// which goes to the app untouched. A client that sends nothing within
+    /// `tcp_idle_timeout`, or closes first, is an error (the caller closes
+    /// it): nothing is opened for a client that has said nothing.
     async fn accept_mesh_tls(
         &self,
         stream: TcpStream,
         cfg: &Config,
-    ) -> std::io::Result<(Io, Option<PeerIdentity>, bool)> {
+    ) -> std::io::Result<(Io, Option<PeerIdentity>)> {
         let Some(identity) = self
             .shared
             .identity
             .as_ref()
             .filter(|_| self.spec.direction == ApiDirection::Inbound)
         else {
-            return Ok((Io::Plain(stream), None, false));
+            return Ok((Io::Plain(stream), None));
         };
-        let deadline = Instant::now() + cfg.limits.detect_timeout;
         // Most ClientHellos fit the first 2 KiB; a larger one (big key
         // shares, tickets) gets room for a whole record.
         let mut first = vec![0u8; 2048];
+        match tokio::time::timeout(cfg.limits.tcp_idle_timeout, stream.peek(&mut first[..1])).await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed without sending anything",
+                ))
+            }
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "sent nothing within the TCP idle timeout",
+                ))
+            }
+        }
+        let deadline = Instant::now() + cfg.limits.detect_timeout;
         let mut pause = std::time::Duration::from_millis(1);
         let mesh = loop {
             let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
-            // A client that says nothing first (server-speaks-first
-            // protocols) is plaintext; so is an empty connection.
+            // A client that stopped after its first bytes is plaintext
+            // (detection then decides what it speaks).
             let n = match peeked {
                 Ok(Ok(n)) if n > 0 => n,
-                _ => return Ok((Io::Plain(stream), None, true)),
+                _ => return Ok((Io::Plain(stream), None)),
             };
             match detect::client_hello(&first[..n]) {
                 Hello::NotTls => break false,
@@ -157,7 +174,7 @@ impl Listener {
                 // there, so this must not spin).
                 Hello::NeedMore => {
                     if Instant::now() >= deadline {
-                        return Ok((Io::Plain(stream), None, true));
+                        return Ok((Io::Plain(stream), None));
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(50));
@@ -165,7 +182,7 @@ impl Listener {
             }
         };
         if !mesh {
-            return Ok((Io::Plain(stream), None, false));
+            return Ok((Io::Plain(stream), None));
         }
         let (io, id) = identity.accept_peer(stream).await?;
         let uri = id.to_string();
@@ -177,7 +194,6 @@ impl Listener {
                 principal,
                 namespace: Arc::from(id.namespace()),
             }),
-            false,
         ))
     }
 
@@ -256,10 +272,10 @@ impl Listener {
         };
         // A peer proxy speaks mutual TLS to the inbound side; anyone else
         // (plaintext, or an app's own TLS) is taken only on a PERMISSIVE port.
-        let (mut stream, peer_identity, silent) = match self.accept_mesh_tls(stream, &cfg).await {
+        let (mut stream, peer_identity) = match self.accept_mesh_tls(stream, &cfg).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::info!(listener = %self.spec.name, %peer, error = %e, "mesh TLS handshake failed; closing");
+                tracing::info!(listener = %self.spec.name, %peer, error = %e, "no mesh TLS handshake; closing");
                 return;
             }
         };
@@ -270,19 +286,23 @@ impl Listener {
                 return;
             }
         }
-        let (protocol, prefix) = if opaque || silent {
+        // A client that has sent nothing (yet) gets no upstream connection:
+        // detection waits for its first byte, up to the TCP idle timeout.
+        // Only a port marked opaque (server speaks first) connects at once.
+        let (protocol, prefix) = if opaque {
             (Protocol::Opaque, Default::default())
         } else {
             match detect::detect(
                 &mut stream,
                 cfg.limits.detect_timeout,
                 cfg.limits.max_header_bytes,
+                cfg.limits.tcp_idle_timeout,
             )
             .await
             {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection failed during protocol detection");
+                    tracing::debug!(%peer, error = %e, "connection closed during protocol detection");
                     return;
                 }
             }
@@ -373,10 +393,13 @@ impl Listener {
                     .identity
                     .as_deref()
                     .zip(ep.as_ref().and_then(|e| e.identity.as_ref()));
+                let idle = cfg.limits.tcp_idle_timeout;
                 tokio::select! {
-                    r = tcp::forward(io, addr, tls, cfg.limits.connect_timeout) => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended");
+                    r = tcp::forward(io, addr, tls, cfg.limits.connect_timeout, idle) => {
+                        match r {
+                            Ok(tcp::Ended::Idle) => tracing::debug!(%peer, upstream = %addr, ?idle, "opaque connection idle; closed"),
+                            Ok(tcp::Ended::Closed(..)) => {}
+                            Err(e) => tracing::debug!(%peer, upstream = %addr, error = %e, "opaque connection ended"),
                         }
                     }
                     () = until_revoked(hold.as_deref()) => {}

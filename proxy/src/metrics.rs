@@ -112,6 +112,9 @@ pub enum ResponseFlag {
     FaultInjected,
     /// An AuthorizationPolicy denied the request (`RBAC`, Envoy's flag).
     Denied,
+    /// The client's request broke HTTP or a rule the proxy holds requests
+    /// to (a bad path, a malformed head): answered 400 (`DPE`).
+    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -124,6 +127,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::NoRoute => "NR",
             ResponseFlag::Denied => "RBAC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::DownstreamConnectionTermination => "DC",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamRequestTimeout => "UT",

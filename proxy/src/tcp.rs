@@ -1,6 +1,7 @@
 //! Opaque TCP: bytes spliced between the client and one upstream, over
 //! mutual TLS when the upstream is a meshed endpoint with an identity and
-//! this proxy has one.
+//! this proxy has one. A splice with no byte either way for `idle` is
+//! closed (Istio's TCP idle timeout).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +12,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::identity::{Alpn, Identity};
 use crate::transport;
+use crate::transport::idle::{Activity, Watched};
 use crate::transport::tls::Io;
 
+/// How an opaque splice ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Both sides closed: bytes sent up, and down.
+    Closed(u64, u64),
+    /// Nothing passed for the idle timeout.
+    Idle,
+}
+
 pub async fn forward<I>(
-    mut client: I,
+    client: I,
     upstream: SocketAddr,
     tls: Option<(&Identity, &Arc<SpiffeId>)>,
     connect_timeout: Duration,
-) -> std::io::Result<(u64, u64)>
+    idle: Duration,
+) -> std::io::Result<Ended>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -27,5 +39,59 @@ where
         Some((identity, peer)) => identity.connect_peer(tcp, peer, Alpn::Opaque).await?,
         None => Io::Plain(tcp),
     };
-    tokio::io::copy_bidirectional(&mut client, &mut server).await
+    // Every byte either way passes through the client's side.
+    let activity = Activity::new();
+    let mut client = Watched::new(client, activity.clone());
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+            r.map(|(up, down)| Ended::Closed(up, down))
+        }
+        () = activity.idle_for(idle) => Ok(Ended::Idle),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Real sockets, so a real clock (a paused one would jump to the idle
+    /// deadline while a byte is on the wire): the gaps between bytes are a
+    /// tenth of the timeout, and the splice then ends idle.
+    #[tokio::test]
+    async fn an_idle_splice_is_closed_and_a_busy_one_is_not() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            let mut buf = [0u8; 16];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut client, proxy_side) = tokio::io::duplex(64);
+        let idle = Duration::from_secs(1);
+        let start = tokio::time::Instant::now();
+        let splice = tokio::spawn(async move {
+            forward(proxy_side, addr, None, Duration::from_secs(1), idle).await
+        });
+        // Busy for twice the timeout: still open.
+        while start.elapsed() < 2 * idle {
+            tokio::time::sleep(idle / 10).await;
+            client.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            client.read_exact(&mut b).await.unwrap();
+        }
+        assert!(!splice.is_finished(), "closed while busy");
+        // Then silent: closed once the timeout passes.
+        let ended = tokio::time::timeout(10 * idle, splice)
+            .await
+            .expect("an idle splice is closed")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ended, Ended::Idle), "{ended:?}");
+        assert!(start.elapsed() >= 3 * idle);
+    }
 }

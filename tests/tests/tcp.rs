@@ -1,5 +1,5 @@
-//! Opaque TCP through two real proxies: detection, server-speaks-first
-//! protocols, ports marked opaque, and byte accounting.
+//! Opaque TCP through two real proxies: detection, silent clients (held
+//! by the proxy alone), ports marked opaque, and byte accounting.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -96,24 +96,68 @@ async fn client_first_binary_protocols_are_echoed_byte_for_byte() {
     );
 }
 
+/// A raw TCP echo server with a banner that counts the connections it
+/// accepted.
+async fn counting_banner_server(
+    banner: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = s.write_all(banner).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 #[tokio::test]
-async fn server_speaks_first_protocols_work_after_the_detection_deadline() {
-    // detect_timeout is 300 ms on both proxies in the harness.
-    let mesh = Mesh::start(echo_server(Some(b"220 smtp.example ESMTP ready\r\n")).await).await;
+async fn a_silent_client_gets_no_upstream_connection_on_a_port_not_marked_opaque() {
+    // A client that says nothing is held by the proxy alone, never spliced
+    // to the app (10,000 of them once held 20,000 descriptors in the
+    // server proxy and 10,000 at the app), and closed after the TCP idle
+    // timeout (1 s here, 1 h by default). Server-speaks-first protocols
+    // need their port marked opaque (the next test).
+    let (app, accepted) = counting_banner_server(b"220 smtp.example ESMTP ready\r\n").await;
+    let idle =
+        |s: &mut outrigger_api::Snapshot| s.limits.tcp_idle_timeout = ApiDuration::from_secs(1);
+    let mesh = Mesh::start_with(app, idle, idle).await;
+    let mut silent = Vec::new();
+    for addr in [mesh.outbound(), mesh.inbound()] {
+        for _ in 0..5 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    for mut s in silent {
+        let mut got = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut got))
+            .await
+            .expect("closed after the idle timeout")
+            .unwrap();
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A client that speaks does get through, its bytes spliced.
     let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
-    let mut banner = [0u8; 30];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut banner))
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    let mut back = [0u8; 38];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&banner, b"220 smtp.example ESMTP ready\r\n");
-    s.write_all(b"EHLO me\r\n").await.unwrap();
-    let mut reply = [0u8; 9];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&reply, b"EHLO me\r\n");
+    assert_eq!(&back, b"220 smtp.example ESMTP ready\r\n\x00\x01binary");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -37,6 +37,11 @@ pub enum ErrorKind {
     NotImplemented,
     /// An AuthorizationPolicy denied it (403 `RBAC`).
     Denied,
+    /// The request itself is malformed or not acceptable as sent (400 `DPE`).
+    BadRequest,
+    /// An `Upgrade` (or `CONNECT`) the settings do not allow (403, no flag,
+    /// as Envoy answers an upgrade it has no config for).
+    UpgradeRefused,
 }
 
 impl ErrorKind {
@@ -53,6 +58,8 @@ impl ErrorKind {
             }
             ErrorKind::ProtocolError => ResponseFlag::UpstreamProtocolError,
             ErrorKind::Denied => ResponseFlag::Denied,
+            ErrorKind::BadRequest => ResponseFlag::DownstreamProtocolError,
+            ErrorKind::UpgradeRefused => ResponseFlag::None,
         }
     }
 
@@ -63,7 +70,8 @@ impl ErrorKind {
             ErrorKind::NoHealthyUpstream | ErrorKind::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::Denied | ErrorKind::UpgradeRefused => StatusCode::FORBIDDEN,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::ConnectFailure
             | ErrorKind::RefusedStream
             | ErrorKind::Reset
@@ -235,6 +243,8 @@ mod tests {
             (ErrorKind::ProtocolError, 502, "UPE"),
             (ErrorKind::NotImplemented, 501, "NR"),
             (ErrorKind::Denied, 403, "RBAC"),
+            (ErrorKind::BadRequest, 400, "DPE"),
+            (ErrorKind::UpgradeRefused, 403, "-"),
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

@@ -1,6 +1,7 @@
 //! HTTP proxying: serving detected connections, header rules, the upstream
 //! pool, metered bodies and the request handler itself.
 
+pub mod admit;
 pub mod body;
 pub mod client;
 pub mod error;

@@ -315,6 +315,8 @@ pub fn stack_for(
         Target::App(_) => {
             BoxCloneSyncService::new(super::stack::inbound(config, listener, forward))
         }
-        Target::Passthrough(_) => BoxCloneSyncService::new(super::stack::passthrough(forward)),
+        Target::Passthrough(_) => {
+            BoxCloneSyncService::new(super::stack::passthrough(config, forward))
+        }
     }
 }

@@ -15,6 +15,7 @@ use http::{Request, Response};
 use outrigger_api::ServiceRef;
 use tower::{Service, ServiceBuilder};
 
+use super::admit::Admit;
 use super::error::ProxyError;
 use super::forward::Forward;
 use super::Body;
@@ -69,6 +70,7 @@ pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
 /// The outbound path to a service, top to bottom:
 ///
 /// ```text
+/// admit        path normalized (400 DPE), only allowed upgrades (403)
 /// route        first matching route of the service (404 NR when none)
 /// rate limit   the route's token bucket (429 RL)
 /// fault        injected delay (DI) and abort (FI)
@@ -91,6 +93,7 @@ pub fn outbound(
     forward: Forward,
 ) -> impl HttpService {
     ServiceBuilder::new()
+        .layer_fn(|inner| Admit::new(inner, config.clone()))
         .layer_fn(|inner| Router::new(inner, config.clone(), target.clone()))
         .layer_fn(RateLimit::route)
         .layer_fn(|inner| Fault::new(inner, chance.clone()))
@@ -105,17 +108,22 @@ pub fn outbound(
         .service(forward)
 }
 
-/// The inbound path to the local app: the workload's AuthorizationPolicies
-/// (403 RBAC), the listener's rate limit for the app port (429 RL), then
-/// the app.
+/// The inbound path to the local app: admitted as outbound is (the path
+/// normalized before the policies see it), the workload's
+/// AuthorizationPolicies (403 RBAC), the listener's rate limit for the app
+/// port (429 RL), then the app.
 pub fn inbound(config: Arc<ArcSwap<Config>>, listener: Name, forward: Forward) -> impl HttpService {
     ServiceBuilder::new()
+        .layer_fn(|inner| Admit::new(inner, config.clone()))
         .layer_fn(|inner| Authorize::new(inner, config.clone()))
         .layer_fn(|inner| RateLimit::inbound(inner, config.clone(), listener.clone()))
         .service(forward)
 }
 
-/// Outbound to an address the config does not know: straight through.
-pub fn passthrough(forward: Forward) -> impl HttpService {
-    forward
+/// Outbound to an address the config does not know: admitted, then
+/// straight through.
+pub fn passthrough(config: Arc<ArcSwap<Config>>, forward: Forward) -> impl HttpService {
+    ServiceBuilder::new()
+        .layer_fn(|inner| Admit::new(inner, config.clone()))
+        .service(forward)
 }

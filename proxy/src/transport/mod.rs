@@ -1,6 +1,7 @@
-//! Sockets: the replaying and byte-counting IO wrappers, original-destination
+//! Sockets: the replaying, byte-counting and idle-watching IO wrappers, original-destination
 //! lookup, and upstream connects.
 
+pub mod idle;
 pub mod metered;
 pub mod orig_dst;
 pub mod prefixed;

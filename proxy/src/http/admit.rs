@@ -1,0 +1,446 @@
+//! What the proxy accepts of a request before any policy sees it: the path
+//! normalized (Istio's `pathNormalization`), so that routing, authorization
+//! and the app all see one form of it, and only the allowed `Upgrade`s
+//! (Envoy's `upgrade_configs`), so that no tunnel opens that the settings
+//! did not ask for.
+//!
+//! [`normalize_path`] and [`upgrade`] are the pure decisions; [`Admit`] is
+//! the layer at the top of every stack that applies them.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{CONNECTION, UPGRADE};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, Method, Version};
+use outrigger_api::{HttpSettings, PathNormalization};
+use tower::Service;
+
+use super::error::{ErrorKind, ProxyError};
+use super::headers;
+use super::stack::{always_ready, call, Fut, HttpService, Req};
+use crate::config::Config;
+
+/// Why a path is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `%00` decodes to NUL, which Istio always refuses.
+    #[error("the request path holds %00 (an encoded NUL byte)")]
+    Nul,
+}
+
+/// The normalized form of an origin-form `path` (no query), or `None` when
+/// it is already normal. Steps, in Istio's order:
+/// 1. `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` decoded;
+/// 2. `BASE`: percent-encoded unreserved characters (RFC 3986 §2.3)
+///    decoded once, other escapes' hex digits in upper case, `\` becomes
+///    `/`, dot segments removed (RFC 3986 §5.2.4); `%00` refused;
+/// 3. `MERGE_SLASHES`: runs of `/` merged.
+///
+/// A path that starts with neither `/` nor `\` (`*`, authority form) is
+/// left alone.
+pub fn normalize_path(path: &str, mode: PathNormalization) -> Result<Option<String>, PathError> {
+    if mode == PathNormalization::None || !(path.starts_with('/') || path.starts_with('\\')) {
+        return Ok(None);
+    }
+    let bytes = path.as_bytes();
+    let needs_work = bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'%' | b'\\' => true,
+        b'.' => i > 0 && bytes[i - 1] == b'/',
+        b'/' => mode >= PathNormalization::MergeSlashes && bytes.get(i + 1) == Some(&b'/'),
+        _ => false,
+    });
+    if !needs_work {
+        return Ok(None);
+    }
+
+    // Steps 1 and 2's decoding, in one pass (decoding happens once: a `%`
+    // that a decode produced is never decoded again).
+    let decode_slashes = mode == PathNormalization::DecodeAndMergeSlashes;
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let escape = (b == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escape {
+            Some((hi, lo)) => {
+                let v = hi << 4 | lo;
+                if v == 0 {
+                    return Err(PathError::Nul);
+                }
+                if is_unreserved(v) || (decode_slashes && (v == b'/' || v == b'\\')) {
+                    decoded.push(v);
+                } else {
+                    decoded.push(b'%');
+                    decoded.push(bytes[i + 1].to_ascii_uppercase());
+                    decoded.push(bytes[i + 2].to_ascii_uppercase());
+                }
+                i += 3;
+            }
+            None => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    for b in &mut decoded {
+        if *b == b'\\' {
+            *b = b'/';
+        }
+    }
+    // Only ASCII went in and only ASCII was decoded (unreserved, `/`, `\`).
+    let decoded = String::from_utf8(decoded).expect("a URI path is ASCII");
+
+    let mut segments: Vec<&str> = Vec::new();
+    let mut parts = decoded[1..].split('/').peekable();
+    while let Some(seg) = parts.next() {
+        let last = parts.peek().is_none();
+        match seg {
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => {
+                segments.push(s);
+                continue;
+            }
+        }
+        // A path ending in a dot segment keeps its trailing slash.
+        if last {
+            segments.push("");
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if mode >= PathNormalization::MergeSlashes {
+        let mut merged = String::with_capacity(out.len());
+        for c in out.chars() {
+            if !(c == '/' && merged.ends_with('/')) {
+                merged.push(c);
+            }
+        }
+        out = merged;
+    }
+    Ok((out != path).then_some(out))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 3986 §2.3: ALPHA / DIGIT / "-" / "." / "_" / "~".
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// What becomes of a request that asks to switch protocols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeVerdict {
+    /// Not an upgrade, or an allowed one: as it is.
+    Pass,
+    /// An `h2c` upgrade: served as a plain request, its upgrade headers
+    /// removed (as Envoy does; the proxy speaks HTTP/2 to peers itself).
+    StripH2c,
+    /// Not allowed: refused, naming the protocol.
+    Refuse(String),
+}
+
+/// Decides an HTTP/1.1 request's `Upgrade` (or `CONNECT`) against the
+/// allowed list. Pure.
+pub fn upgrade(
+    settings: &HttpSettings,
+    version: Version,
+    method: &Method,
+    headers: &HeaderMap,
+) -> UpgradeVerdict {
+    if !headers::is_upgrade(version, method, headers) {
+        return UpgradeVerdict::Pass;
+    }
+    if method == Method::CONNECT {
+        return if settings.allows_upgrade("CONNECT") {
+            UpgradeVerdict::Pass
+        } else {
+            UpgradeVerdict::Refuse("CONNECT".into())
+        };
+    }
+    let protocol = headers
+        .get_all(UPGRADE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if protocol.eq_ignore_ascii_case("h2c") {
+        UpgradeVerdict::StripH2c
+    } else if settings.allows_upgrade(&protocol) {
+        UpgradeVerdict::Pass
+    } else {
+        UpgradeVerdict::Refuse(protocol)
+    }
+}
+
+/// Removes an `h2c` upgrade's headers: `Upgrade`, `HTTP2-Settings` and
+/// their `Connection` tokens.
+fn strip_h2c(headers: &mut HeaderMap) {
+    headers.remove(UPGRADE);
+    headers.remove("http2-settings");
+    let kept: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(CONNECTION);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(CONNECTION, v);
+        }
+    }
+}
+
+/// The layer: refuses a request whose path cannot be normalized (400
+/// `DPE`) or whose upgrade is not allowed (403), rewrites the path to its
+/// normal form, and strips `h2c` upgrades.
+#[derive(Clone)]
+pub struct Admit<S> {
+    inner: S,
+    config: Arc<ArcSwap<Config>>,
+}
+
+impl<S> Admit<S> {
+    pub fn new(inner: S, config: Arc<ArcSwap<Config>>) -> Self {
+        Self { inner, config }
+    }
+}
+
+impl<S: HttpService> Service<Req> for Admit<S> {
+    always_ready!();
+
+    fn call(&mut self, mut req: Req) -> Fut {
+        let cfg = self.config.load();
+        let settings = &cfg.snapshot.http;
+        match upgrade(settings, req.version(), req.method(), req.headers()) {
+            UpgradeVerdict::Pass => {}
+            UpgradeVerdict::StripH2c => strip_h2c(req.headers_mut()),
+            UpgradeVerdict::Refuse(protocol) => {
+                let why = format!(
+                    "upgrade to {protocol:?} is not allowed (allowed: {})",
+                    settings.upgrades.join(", ")
+                );
+                return Box::pin(
+                    async move { Err(ProxyError::new(ErrorKind::UpgradeRefused, why)) },
+                );
+            }
+        }
+        if req.method() != Method::CONNECT {
+            match normalize_path(req.uri().path(), settings.path_normalization) {
+                Ok(None) => {}
+                Ok(Some(path)) => {
+                    if let Err(e) = set_path(req.uri_mut(), &path) {
+                        return Box::pin(async move { Err(e) });
+                    }
+                }
+                Err(e) => {
+                    let e = ProxyError::new(ErrorKind::BadRequest, e.to_string());
+                    return Box::pin(async move { Err(e) });
+                }
+            }
+        }
+        drop(cfg);
+        call(self.inner.clone(), req)
+    }
+}
+
+/// Replaces the path of `uri`, keeping its scheme, authority and query.
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), ProxyError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let bad = |e: String| ProxyError::new(ErrorKind::BadRequest, format!("request path: {e}"));
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|e| bad(e.to_string()))?);
+    *uri = Uri::from_parts(parts).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PathNormalization::*;
+
+    fn norm(path: &str, mode: PathNormalization) -> String {
+        normalize_path(path, mode)
+            .unwrap()
+            .unwrap_or_else(|| path.to_string())
+    }
+
+    #[test]
+    fn every_bypass_form_normalizes_to_the_plain_path() {
+        // The forms that slipped past a DENY on `/admin*`.
+        for form in [
+            "//admin/x",
+            "/%61dmin/x",
+            "/%61%64%6D%69%6e/x",
+            "/./admin/x",
+            "/x/../admin/x",
+            "/%2e/admin/x",
+            "/x/%2E%2E/admin/x",
+            "\\admin\\x",
+            "/admin\\x",
+            "/x/..\\admin/x",
+            "///admin//x",
+        ] {
+            assert_eq!(
+                norm(form, MergeSlashes),
+                "/admin/x",
+                "{form} under MERGE_SLASHES"
+            );
+        }
+    }
+
+    #[test]
+    fn base_does_not_merge_slashes_and_only_decode_decodes_slashes() {
+        assert_eq!(norm("//admin/x", Base), "//admin/x");
+        assert_eq!(norm("/a/../b", Base), "/b");
+        assert_eq!(norm("\\da", Base), "/da");
+        // Encoded slashes stay encoded (hex in upper case) unless asked.
+        assert_eq!(norm("/a%2fb", MergeSlashes), "/a%2Fb");
+        assert_eq!(norm("/a%5cb", MergeSlashes), "/a%5Cb");
+        assert_eq!(norm("/a%2fb", DecodeAndMergeSlashes), "/a/b");
+        assert_eq!(norm("/%2F%2fadmin%5Cx", DecodeAndMergeSlashes), "/admin/x");
+        assert_eq!(norm("/x%2F..%2Fadmin", DecodeAndMergeSlashes), "/admin");
+        // Decoding happens once: %252e is `%2e` literally, not a dot.
+        assert_eq!(
+            norm("/%252e%252e/admin", DecodeAndMergeSlashes),
+            "/%252e%252e/admin"
+        );
+        // Reserved characters other than slashes keep their escapes.
+        assert_eq!(norm("/a%3fb", DecodeAndMergeSlashes), "/a%3Fb");
+        // NONE changes nothing, not even %00.
+        assert_eq!(normalize_path("//a/%00/../b", None), Ok(Option::None));
+    }
+
+    #[test]
+    fn dot_segments_follow_rfc_3986() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/./b", "/a/b"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/b/../../../c", "/c"),
+            ("/a/..b/.c", "/a/..b/.c"),
+            ("/a//b/../c", "/a//c"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(norm(path, Base), want, "{path}");
+        }
+        assert_eq!(norm("/a//b/../c", MergeSlashes), "/a/c");
+    }
+
+    #[test]
+    fn a_normal_path_is_left_alone_and_nul_is_refused() {
+        for p in ["/", "/api/v1/items", "/a.b/c.d", "/a-b_c~d", "*"] {
+            assert_eq!(
+                normalize_path(p, DecodeAndMergeSlashes),
+                Ok(Option::None),
+                "{p}"
+            );
+        }
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            assert_eq!(normalize_path("/a/%00/b", mode), Err(PathError::Nul));
+        }
+        // A `%` not followed by two hex digits is kept as it is.
+        assert_eq!(norm("/100%/x%zz", MergeSlashes), "/100%/x%zz");
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_allowed_upgrades_pass() {
+        let s = HttpSettings::default();
+        let up = |proto: &str| {
+            upgrade(
+                &s,
+                Version::HTTP_11,
+                &Method::GET,
+                &headers(&[("connection", "Upgrade"), ("upgrade", proto)]),
+            )
+        };
+        assert_eq!(up("websocket"), UpgradeVerdict::Pass);
+        assert_eq!(up("WebSocket"), UpgradeVerdict::Pass);
+        assert_eq!(up("h2c"), UpgradeVerdict::StripH2c);
+        assert_eq!(
+            up("anything-goes"),
+            UpgradeVerdict::Refuse("anything-goes".into())
+        );
+        // CONNECT only when listed.
+        let connect =
+            |s: &HttpSettings| upgrade(s, Version::HTTP_11, &Method::CONNECT, &HeaderMap::new());
+        assert_eq!(connect(&s), UpgradeVerdict::Refuse("CONNECT".into()));
+        let with_connect = HttpSettings {
+            upgrades: vec!["websocket".into(), "connect".into()],
+            ..Default::default()
+        };
+        assert_eq!(connect(&with_connect), UpgradeVerdict::Pass);
+        // An Upgrade header without `Connection: upgrade` is no upgrade.
+        assert_eq!(
+            upgrade(
+                &s,
+                Version::HTTP_11,
+                &Method::GET,
+                &headers(&[("upgrade", "anything-goes")])
+            ),
+            UpgradeVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn an_h2c_upgrade_loses_its_upgrade_headers_only() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings, x-keep"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("x-keep", "1"),
+        ]);
+        strip_h2c(&mut h);
+        assert!(h.get("upgrade").is_none());
+        assert!(h.get("http2-settings").is_none());
+        assert_eq!(h["connection"], "x-keep");
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    #[test]
+    fn the_query_survives_a_path_rewrite() {
+        let mut uri: Uri = "http://svc.ns:80//a/../b?x=%2e%2e&y=1".parse().unwrap();
+        let p = normalize_path(uri.path(), MergeSlashes).unwrap().unwrap();
+        set_path(&mut uri, &p).unwrap();
+        assert_eq!(uri.to_string(), "http://svc.ns:80/b?x=%2e%2e&y=1");
+    }
+}
