@@ -494,6 +494,8 @@ async fn a_connect_tunnel_holds_its_connection_slot_until_it_closes() {
     let upstream = connect_echo_server().await;
     let mut snap = client_snapshot(&[(upstream, false)]);
     snap.limits.max_connections = 1;
+    // CONNECT becomes a tunnel only where the settings allow it.
+    snap.http.upgrades.push("CONNECT".into());
     let proxy = outrigger_proxy::Proxy::start(snap, Default::default())
         .await
         .unwrap();
