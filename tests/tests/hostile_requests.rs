@@ -136,7 +136,11 @@ async fn raw_get_path(addr: SocketAddr, target: &str) -> (u16, String) {
 }
 
 fn paths_seen(seen: &Seen) -> Vec<String> {
-    seen.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect()
 }
 
 const BYPASS_FORMS: [&str; 9] = [
@@ -191,7 +195,9 @@ async fn an_allow_rule_is_matched_on_the_normalized_path_which_the_app_gets() {
         assert_eq!(raw_get_path(mesh.inbound(), form).await.0, 403, "{form}");
     }
     assert_eq!(
-        raw_get_path(mesh.inbound(), "/public//a/./b?q=/../x").await.0,
+        raw_get_path(mesh.inbound(), "/public//a/./b?q=/../x")
+            .await
+            .0,
         200
     );
     assert_eq!(

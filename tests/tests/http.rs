@@ -627,3 +627,51 @@ async fn connect_over_http2_is_refused_plainly() {
     assert_eq!(resp.status(), 501);
     assert_eq!(resp.headers()["outrigger-response-flags"], "NR");
 }
+
+#[tokio::test]
+async fn long_requests_to_a_peer_proxy_never_block_the_others() {
+    // 250 requests the app holds open (long polls, slow uploads, streams)
+    // ride HTTP/2 to the peer proxy, which allows 200 streams on one
+    // connection: the client proxy opens more connections, and a short
+    // request is answered beside them.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let app = serve_http(move |req: Request<hyper::body::Incoming>| {
+        let held = held.clone();
+        async move {
+            if req.uri().path() == "/slow" {
+                let _ = held.acquire().await;
+            }
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let mesh = Mesh::start(app).await;
+    let outbound = mesh.outbound();
+    let mut slow = Vec::new();
+    for _ in 0..250 {
+        slow.push(tokio::spawn(
+            async move { try_get(outbound, "/slow").await },
+        ));
+    }
+    // All 250 reached the app (each holds an inbound connection to it).
+    assert!(
+        eventually(LIMIT, || async {
+            metric(
+                &scrape(&mesh.server).await,
+                "outrigger_tcp_connections_opened_total",
+                &[("direction", "inbound")],
+            ) >= 3.0
+        })
+        .await,
+        "the client proxy opened more than one connection to its peer"
+    );
+    let (status, body) = tokio::time::timeout(LIMIT, get(outbound, "/fast"))
+        .await
+        .expect("a short request is not queued behind long ones");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    gate.add_permits(250);
+    for t in slow {
+        assert_eq!(t.await.unwrap().unwrap().0, 200);
+    }
+}

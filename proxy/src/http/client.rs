@@ -1,11 +1,16 @@
 //! Connections to upstreams, pooled per endpoint address.
 //!
-//! HTTP/2 (every meshed endpoint, and HTTP/2 apps): one multiplexed connection
-//! per endpoint, reopened when it closes. HTTP/1: a stack of idle keep-alive
+//! HTTP/2 (every meshed endpoint, and HTTP/2 apps): multiplexed connections
+//! per endpoint, each carrying at most [`H2_STREAMS_PER_CONNECTION`] requests
+//! at a time; a request that finds them all full opens another (up to
+//! [`MAX_H2_CONNECTIONS_PER_ENDPOINT`]), so long-lived streams (uploads,
+//! long polls, SSE, gRPC streams) never hold up other requests. A request
+//! holds its stream until its response body ends. HTTP/1: a stack of idle keep-alive
 //! connections per endpoint; a connection goes back on the stack once its
 //! response has been read to the end. Upgrades (WebSocket, CONNECT) get a
 //! dedicated HTTP/1 connection that is never pooled. A sweeper drops idle
-//! HTTP/1 connections past `idle_timeout` and forgets closed HTTP/2 ones.
+//! HTTP/1 connections past `idle_timeout`, forgets closed HTTP/2 ones, and
+//! closes extra HTTP/2 connections left unused for two sweeps.
 //!
 //! A request is sent again on a new connection only when hyper hands it back
 //! unsent (a pooled connection that had just closed, an HTTP/2 connection
@@ -13,9 +18,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -63,21 +70,109 @@ type PeerKey = (SocketAddr, Option<Arc<SpiffeId>>);
 /// Idle HTTP/1 connections to one endpoint, with when each went idle.
 type IdleStack = Vec<(http1::SendRequest<Body>, Instant)>;
 
-/// The one HTTP/2 connection to an endpoint. The async lock makes concurrent
-/// first requests share a single connect, and a failed connect fail every
-/// request that was already waiting for it instead of retrying in turn.
-type H2Slot = Arc<tokio::sync::Mutex<H2State>>;
+/// Requests one HTTP/2 connection carries at a time before another is
+/// opened: below what servers commonly allow (hyper and the proxy's own
+/// inbound side 200, nginx 128, Go 250), so the peer's limit is not what
+/// holds a request back.
+pub const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// HTTP/2 connections kept per endpoint; past them, requests share the
+/// least busy one (the pool limits of a DestinationRule bound them first).
+pub const MAX_H2_CONNECTIONS_PER_ENDPOINT: usize = 64;
+
+/// The HTTP/2 connections to an endpoint. The async lock makes concurrent
+/// requests that need a new connection share a single connect, and a failed
+/// connect fail every request that was already waiting for it instead of
+/// retrying in turn.
+type H2Slot = Arc<tokio::sync::Mutex<H2Pool>>;
 
 #[derive(Default)]
-enum H2State {
-    #[default]
-    Empty,
-    Ready(http2::SendRequest<Body>),
-    Failed {
-        at: Instant,
-        kind: std::io::ErrorKind,
-        message: String,
-    },
+struct H2Pool {
+    conns: Vec<H2Conn>,
+    failed: Option<Failed>,
+}
+
+struct Failed {
+    at: Instant,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    /// Requests in flight on it (each holds a [`Stream`]).
+    streams: Arc<AtomicUsize>,
+    /// Sweeps in a row that found it unused.
+    idle_sweeps: u8,
+}
+
+impl H2Pool {
+    /// A connection with a free stream: the first open one that has room
+    /// (filling connections in order keeps the spare ones idle, so that
+    /// the sweeper can close them), or, when all are full and no more may
+    /// be opened, the least busy.
+    fn pick(&mut self) -> Option<(http2::SendRequest<Body>, Stream)> {
+        self.conns.retain(|c| !c.sender.is_closed());
+        let room = self
+            .conns
+            .iter()
+            .position(|c| c.streams.load(Ordering::Relaxed) < H2_STREAMS_PER_CONNECTION);
+        let i = match room {
+            Some(i) => i,
+            None if self.conns.len() < MAX_H2_CONNECTIONS_PER_ENDPOINT => return None,
+            None => (0..self.conns.len())
+                .min_by_key(|&i| self.conns[i].streams.load(Ordering::Relaxed))?,
+        };
+        let c = &self.conns[i];
+        Some((c.sender.clone(), Stream::new(c.streams.clone())))
+    }
+
+    fn add(&mut self, sender: http2::SendRequest<Body>) -> (http2::SendRequest<Body>, Stream) {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let stream = Stream::new(streams.clone());
+        self.conns.push(H2Conn {
+            sender: sender.clone(),
+            streams,
+            idle_sweeps: 0,
+        });
+        (sender, stream)
+    }
+
+    /// Forgets closed connections, and closes all but the first once they
+    /// have been unused for two sweeps. Whether anything is left.
+    fn sweep(&mut self) -> bool {
+        self.conns.retain(|c| !c.sender.is_closed());
+        for c in &mut self.conns {
+            if c.streams.load(Ordering::Relaxed) == 0 {
+                c.idle_sweeps = c.idle_sweeps.saturating_add(1);
+            } else {
+                c.idle_sweeps = 0;
+            }
+        }
+        let mut first = true;
+        self.conns.retain(|c| {
+            let keep = first || c.idle_sweeps < 2;
+            first = false;
+            keep
+        });
+        !self.conns.is_empty()
+    }
+}
+
+/// One request's stream on an HTTP/2 connection, counted until dropped.
+struct Stream(Arc<AtomicUsize>);
+
+impl Stream {
+    fn new(streams: Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone)]
@@ -121,11 +216,25 @@ impl Client {
         tls: Option<&Arc<SpiffeId>>,
         proto: UpstreamProto,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<Body>, ClientError> {
         let key = self.key(addr, tls);
         match proto {
-            UpstreamProto::Http1 => self.send_h1(key, req).await,
-            UpstreamProto::Http2 => self.send_h2(key, req).await,
+            UpstreamProto::Http1 => Ok(self
+                .send_h1(key, req)
+                .await?
+                .map(|b| b.map_err(Into::into).boxed_unsync())),
+            UpstreamProto::Http2 => {
+                let (resp, stream) = self.send_h2(key, req).await?;
+                // The stream stays counted until the response body is
+                // done with (read to its end, or dropped).
+                Ok(resp.map(|b| {
+                    b.map_err(move |e| {
+                        let _held = &stream;
+                        e.into()
+                    })
+                    .boxed_unsync()
+                }))
+            }
         }
     }
 
@@ -262,7 +371,7 @@ impl Client {
         &self,
         key: PeerKey,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<(Response<Incoming>, Stream), ClientError> {
         let addr = key.0;
         let slot = {
             let mut map = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
@@ -272,17 +381,11 @@ impl Client {
         // The second round only happens when the connection went away before
         // the request was sent (GOAWAY, close): then it gets one fresh connection.
         for _ in 0..2 {
-            let mut sender = self.h2_sender(&key, &slot).await?;
+            let (mut sender, stream) = self.h2_sender(&key, &slot).await?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, stream)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) => {
-                        req = unsent;
-                        let mut state = slot.lock().await;
-                        if matches!(&*state, H2State::Ready(s) if s.is_closed()) {
-                            *state = H2State::Empty;
-                        }
-                    }
+                    Some(unsent) => req = unsent,
                     None => {
                         return Err(ClientError::Http {
                             addr,
@@ -292,47 +395,48 @@ impl Client {
                 },
             }
         }
-        let mut sender = self.h2_sender(&key, &slot).await?;
-        sender
+        let (mut sender, stream) = self.h2_sender(&key, &slot).await?;
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| ClientError::Http { addr, source })
+            .map_err(|source| ClientError::Http { addr, source })?;
+        Ok((resp, stream))
     }
 
+    /// A connection with room for one more stream: an open one, or a new one.
     async fn h2_sender(
         &self,
         key: &PeerKey,
         slot: &H2Slot,
-    ) -> Result<http2::SendRequest<Body>, ClientError> {
+    ) -> Result<(http2::SendRequest<Body>, Stream), ClientError> {
         let addr = key.0;
         let asked = Instant::now();
-        let mut state = slot.lock().await;
-        match &*state {
-            H2State::Ready(s) if !s.is_closed() => return Ok(s.clone()),
-            // A connect that failed while we waited for the lock fails us too.
-            H2State::Failed { at, kind, message } if *at >= asked => {
-                return Err(ClientError::Connect {
-                    addr,
-                    source: std::io::Error::new(*kind, message.clone()),
-                })
-            }
-            _ => {}
+        let mut pool = slot.lock().await;
+        if let Some(picked) = pool.pick() {
+            return Ok(picked);
+        }
+        // A connect that failed while we waited for the lock fails us too.
+        if let Some(f) = pool.failed.as_ref().filter(|f| f.at >= asked) {
+            return Err(ClientError::Connect {
+                addr,
+                source: std::io::Error::new(f.kind, f.message.clone()),
+            });
         }
         match self.connect_h2(key).await {
             Ok(s) => {
-                *state = H2State::Ready(s.clone());
-                Ok(s)
+                pool.failed = None;
+                Ok(pool.add(s))
             }
             Err(e) => {
                 let kind = match &e {
                     ClientError::Connect { source, .. } => source.kind(),
                     _ => std::io::ErrorKind::Other,
                 };
-                *state = H2State::Failed {
+                pool.failed = Some(Failed {
                     at: Instant::now(),
                     kind,
                     message: e.to_string(),
-                };
+                });
                 Err(e)
             }
         }
@@ -384,7 +488,7 @@ async fn sweep(inner: Weak<Inner>) {
         }
         let mut h2 = inner.h2.lock().unwrap_or_else(|p| p.into_inner());
         h2.retain(|_, slot| match slot.try_lock() {
-            Ok(state) => matches!(&*state, H2State::Ready(s) if !s.is_closed()),
+            Ok(mut pool) => pool.sweep(),
             Err(_) => true, // in use right now
         });
     }
@@ -515,6 +619,91 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn long_streams_never_hold_up_other_requests_on_http2() {
+        // A peer that allows 200 streams per connection, as hyper (and the
+        // proxy's own inbound side) does, with 250 long requests open.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (counted, held) = (conns.clone(), gate.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let held = held.clone();
+                        async move {
+                            if req.uri().path() == "/slow" {
+                                let _ = held.acquire().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(super::super::full(
+                                "ok",
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(200)
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        // Sweeps every 100 ms.
+        let c = client(Duration::from_millis(200));
+        let request = |path: &str| {
+            let mut req = get();
+            *req.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
+            *req.version_mut() = http::Version::HTTP_2;
+            req
+        };
+        let mut slow = Vec::new();
+        for _ in 0..250 {
+            let (c, req) = (c.clone(), request("/slow"));
+            slow.push(tokio::spawn(async move {
+                c.send(addr, None, UpstreamProto::Http2, req).await
+            }));
+        }
+        // Each long request holds its stream: three connections of 100.
+        until(|| {
+            let slot = c.inner.h2.lock().unwrap().values().next().cloned();
+            slot.and_then(|s| {
+                s.try_lock().ok().map(|p| {
+                    p.conns
+                        .iter()
+                        .map(|c| c.streams.load(Ordering::SeqCst))
+                        .sum::<usize>()
+                })
+            }) == Some(250)
+        })
+        .await;
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+        // A short request is answered at once, beside them.
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.send(addr, None, UpstreamProto::Http2, request("/fast")),
+        )
+        .await
+        .expect("not queued behind the long streams")
+        .unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        gate.add_permits(250);
+        for t in slow {
+            let resp = t.await.unwrap().unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        }
+        // Their streams are returned; the spare connections are closed by
+        // the sweeper once unused, the first is kept.
+        until(|| {
+            let slot = c.inner.h2.lock().unwrap().values().next().cloned().unwrap();
+            let n = slot.try_lock().map(|p| p.conns.len()).unwrap_or(0);
+            n == 1
+        })
+        .await;
     }
 
     #[tokio::test]

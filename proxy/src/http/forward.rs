@@ -105,10 +105,7 @@ impl Forward {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.version = response_version(client_version);
-        Ok(Rsp::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        Ok(Rsp::from_parts(parts, body))
     }
 
     /// WebSocket and other upgrades, and CONNECT: forwarded on a dedicated
