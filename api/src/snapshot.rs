@@ -269,11 +269,18 @@ pub struct Service {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceProtocol {
-    /// Detect HTTP/1, HTTP/2 or opaque TCP from the client's first bytes.
+    /// Detect HTTP/1, HTTP/2 or opaque TCP from the client's first bytes;
+    /// HTTP goes to the app in the protocol the client spoke.
     #[default]
     Detect,
     /// Skip detection: forward bytes as they come.
     Opaque,
+    /// Detected as `detect` is, and HTTP goes to the app as HTTP/1.1
+    /// whatever the client spoke (Istio: a port named `http`).
+    Http,
+    /// Detected as `detect` is, and HTTP goes to the app as HTTP/2 (Istio:
+    /// `http2`, `grpc`, `h2c`).
+    Http2,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1292,17 +1292,20 @@ fn rename_path(path: &str, renames: &[(&str, &str)]) -> Option<String> {
 }
 
 /// Istio's protocol selection: `appProtocol`, else the port name's prefix
-/// (`tcp-db`, `mysql`). Protocols we cannot parse as HTTP skip detection.
+/// (`tcp-db`, `mysql`, `http-web`, `grpc-api`). Protocols we cannot parse
+/// as HTTP skip detection; a declared HTTP protocol also says what the app
+/// speaks (HTTP/1.1 for `http`, HTTP/2 for `http2`, `grpc`, `h2c`).
 fn protocol_of(name: Option<&str>, app_protocol: Option<&str>) -> ServiceProtocol {
     const OPAQUE: [&str; 6] = ["tcp", "mysql", "mongo", "redis", "postgres", "postgresql"];
     let proto = app_protocol
         .or_else(|| name.map(|n| n.split('-').next().unwrap_or(n)))
         .unwrap_or("")
         .to_ascii_lowercase();
-    if OPAQUE.contains(&proto.as_str()) {
-        ServiceProtocol::Opaque
-    } else {
-        ServiceProtocol::Detect
+    match proto.as_str() {
+        p if OPAQUE.contains(&p) => ServiceProtocol::Opaque,
+        "http" | "grpc-web" => ServiceProtocol::Http,
+        "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" => ServiceProtocol::Http2,
+        _ => ServiceProtocol::Detect,
     }
 }
 
@@ -2230,7 +2233,15 @@ spec:
             protocol_of(Some("http"), Some("redis")),
             ServiceProtocol::Opaque
         );
-        assert_eq!(protocol_of(Some("grpc-api"), None), ServiceProtocol::Detect);
+        assert_eq!(protocol_of(Some("grpc-api"), None), ServiceProtocol::Http2);
+        assert_eq!(protocol_of(Some("http"), None), ServiceProtocol::Http);
+        assert_eq!(protocol_of(Some("http-web"), None), ServiceProtocol::Http);
+        assert_eq!(protocol_of(Some("http2-web"), None), ServiceProtocol::Http2);
+        assert_eq!(
+            protocol_of(Some("web"), Some("kubernetes.io/h2c")),
+            ServiceProtocol::Http2
+        );
+        assert_eq!(protocol_of(Some("web"), None), ServiceProtocol::Detect);
         assert_eq!(protocol_of(None, None), ServiceProtocol::Detect);
     }
 

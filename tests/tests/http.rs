@@ -675,3 +675,58 @@ async fn long_requests_to_a_peer_proxy_never_block_the_others() {
         assert_eq!(t.await.unwrap().unwrap().0, 200);
     }
 }
+
+/// An app that speaks HTTP/1.1 only (an HTTP/2 preface is a parse error to
+/// it), answering with the version it was spoken to in.
+async fn http1_only_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full(format!(
+                            "{:?}",
+                            req.version()
+                        ))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http2_client_reaches_an_http1_app_on_a_port_declared_http() {
+    let app = http1_only_app().await;
+    let declared_http = |c: &mut outrigger_api::Snapshot| {
+        c.services[0].protocol = outrigger_api::ServiceProtocol::Http;
+    };
+    // Through a peer proxy (HTTP/2 between the proxies), and straight to
+    // an endpoint that is not meshed.
+    let mesh = Mesh::start_with(app, |_| {}, declared_http).await;
+    let mut direct = client_snapshot(&[(app, false)]);
+    declared_http(&mut direct);
+    let direct = outrigger_proxy::Proxy::start(direct, Default::default())
+        .await
+        .unwrap();
+    for outbound in [mesh.outbound(), direct.listener_addr("outbound").unwrap()] {
+        let mut c = http2(outbound).await;
+        let resp = c
+            .send_request(Request::get("http://web.shop/").body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.version(),
+            http::Version::HTTP_2,
+            "the client keeps its protocol"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "HTTP/1.1", "the app is spoken to in its own protocol");
+    }
+}

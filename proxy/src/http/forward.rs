@@ -28,7 +28,8 @@ pub struct Upstream {
     /// (used when this proxy has an identity itself).
     pub tls: Option<Arc<SpiffeId>>,
     pub proto: UpstreamProto,
-    /// Carrying an HTTP/1 request over HTTP/2 to a peer proxy.
+    /// Carrying a request over HTTP/2 to a peer proxy whose app gets HTTP/1.1
+    /// (the client spoke HTTP/1, or the service port says `http`).
     pub mark_http1: bool,
     /// Keep an absolute-form request target (a client talking to a forward
     /// proxy that we pass through to).
@@ -191,7 +192,7 @@ fn prepare(parts: &mut http::request::Parts, up: &Upstream) {
         }
         UpstreamProto::Http2 => {
             headers::to_http2(parts, authority);
-            if up.mark_http1 && client_h1 {
+            if up.mark_http1 {
                 parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
             }
         }

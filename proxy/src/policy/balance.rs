@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::Version;
 use outrigger_api::policy::{LoadBalancer, SimpleLb};
+use outrigger_api::ServiceProtocol;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -330,16 +331,23 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             }
         };
         let ep = &svc.endpoints[index];
-        let client_h1 = req.version() != Version::HTTP_2;
+        // What the app speaks: declared by the service port, else what
+        // the client spoke. A peer proxy is always reached over HTTP/2,
+        // told when its app is to get HTTP/1.1.
+        let app_h1 = match svc.protocol {
+            ServiceProtocol::Http => true,
+            ServiceProtocol::Http2 => false,
+            ServiceProtocol::Detect | ServiceProtocol::Opaque => req.version() != Version::HTTP_2,
+        };
         req.extensions_mut().insert(Upstream {
             addr: ep.addr,
             tls: ep.identity.clone(),
-            proto: if ep.meshed || !client_h1 {
+            proto: if ep.meshed || !app_h1 {
                 UpstreamProto::Http2
             } else {
                 UpstreamProto::Http1
             },
-            mark_http1: ep.meshed && client_h1,
+            mark_http1: ep.meshed && app_h1,
             keep_absolute: false,
             served: Served {
                 addr: ep.addr,
