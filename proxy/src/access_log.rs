@@ -13,8 +13,10 @@ use crate::metrics::RequestLabels;
 const MAX_PATH: usize = 512;
 
 pub struct AccessLog {
+    /// `-` for a request the proxy could not read.
     pub method: Method,
-    pub uri: Uri,
+    /// None for a request the proxy could not read (path `-`).
+    pub uri: Option<Uri>,
     pub version: Version,
     pub peer: SocketAddr,
     pub upstream: Option<SocketAddr>,
@@ -25,7 +27,10 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn emit(&self, labels: &RequestLabels, elapsed: Duration) {
-        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = match &self.uri {
+            Some(uri) => uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            None => "-",
+        };
         let path = if path.len() > MAX_PATH {
             let mut end = MAX_PATH;
             while !path.is_char_boundary(end) {

@@ -137,6 +137,10 @@ impl Proxy {
             metrics: metrics.clone(),
             access_log: opts.access_log,
             identity: opts.identity.clone(),
+            principal: opts
+                .identity
+                .as_ref()
+                .map(|i| std::sync::Arc::from(i.id.to_string().as_str())),
         });
         let (signal, watch) = drain::channel();
         let mut listeners = Vec::new();

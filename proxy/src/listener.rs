@@ -353,6 +353,7 @@ impl Listener {
             _ => None,
         };
 
+        let local = self.shared.local_workload(&cfg);
         let upstream_workload = match opaque_upstream.as_ref().and_then(|(_, ep)| ep.as_ref()) {
             Some(ep) => ep.peer.clone(),
             None => Workload::unknown(),
@@ -362,7 +363,7 @@ impl Listener {
             _ => unknown(),
         };
         let mut traffic =
-            TrafficLabels::new(direction, &cfg.proxy, &upstream_workload, service.clone());
+            TrafficLabels::new(direction, &local, &upstream_workload, service.clone());
         // An opaque hop to a meshed endpoint with an identity is mutual TLS.
         let outbound_mtls = self.shared.identity.is_some()
             && opaque_upstream
@@ -377,7 +378,10 @@ impl Listener {
             traffic.source_namespace = id.namespace.clone();
             traffic.connection_security_policy = SecurityPolicy::MutualTls;
         }
-        let labels = TcpLabels { traffic, protocol };
+        let labels = TcpLabels {
+            traffic: traffic.proven(),
+            protocol,
+        };
         let m = &self.shared.metrics;
         m.tcp_opened.get_or_create(&labels).inc();
         guard.closed = Some(m.tcp_closed.get_or_create(&labels).clone());
@@ -411,7 +415,7 @@ impl Listener {
                     direction,
                     target,
                     service,
-                    proxy: cfg.proxy.clone(),
+                    proxy: local,
                     peer,
                     peer_identity,
                     drain: drain.clone(),

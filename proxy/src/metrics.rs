@@ -225,6 +225,17 @@ impl TrafficLabels {
             connection_security_policy: SecurityPolicy::None,
         }
     }
+
+    /// Principals are what mutual TLS proved: on a hop without it, neither
+    /// side's identity was shown to anyone, so both are `unknown` (a proxy
+    /// without a certificate yet must not claim its configured identity).
+    pub fn proven(mut self) -> Self {
+        if self.connection_security_policy != SecurityPolicy::MutualTls {
+            self.source_principal = unknown();
+            self.destination_principal = unknown();
+        }
+        self
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]

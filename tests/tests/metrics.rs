@@ -262,3 +262,59 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+#[tokio::test]
+async fn requests_the_proxy_cannot_read_are_counted_and_flagged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start_with(
+        app("web").await,
+        |_| {},
+        |c| c.limits.max_header_bytes = 128 * 1024,
+    )
+    .await;
+    let long_uri = format!("/{}", "a".repeat(70_000));
+    let huge_header = "x".repeat(200_000);
+    let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases = [
+        (
+            format!("GET / HTTP/1.1\r\nHost: web\r\nBad Header: x\r\n\r\n"),
+            400,
+        ),
+        (format!("GET {long_uri} HTTP/1.1\r\nHost: web\r\n\r\n"), 414),
+        (
+            format!("GET / HTTP/1.1\r\nHost: web\r\nx-big: {huge_header}\r\n\r\n"),
+            431,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: web\r\n{many_headers}\r\n"),
+            431,
+        ),
+    ];
+    for (request, status) in &cases {
+        let mut s = tokio::net::TcpStream::connect(mesh.outbound())
+            .await
+            .unwrap();
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut answer)).await;
+        let want = format!("HTTP/1.1 {status} ");
+        assert!(
+            answer.starts_with(want.as_bytes()),
+            "{status}: {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(80)])
+        );
+    }
+    let text = scrape(&mesh.client).await;
+    for (code, n) in [("400", 1.0), ("414", 1.0), ("431", 2.0)] {
+        let labels = [
+            ("direction", "outbound"),
+            ("response_code", code),
+            ("response_flags", "DPE"),
+        ];
+        assert_eq!(
+            metric(&text, "outrigger_requests_total", &labels),
+            n,
+            "{code}: {text}"
+        );
+    }
+}

@@ -422,3 +422,79 @@ async fn an_inbound_side_waiting_for_its_first_config_takes_nothing() {
     server.apply(boot).unwrap();
     assert_eq!(get(inbound, "/").await.0, 200);
 }
+
+#[tokio::test]
+async fn an_abandoned_request_is_labelled_with_where_it_went() {
+    // A client gives up (a gRPC deadline, `curl --max-time`) while the app
+    // is still working: the client proxy counts it `DC`, and the labels
+    // still say where it went, over mutual TLS.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(1);
+    let app = serve_http(move |_req| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let _ = arrived_tx.send(()).await;
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            http::Response::new(empty())
+        }
+    })
+    .await;
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let server = server(&ca, app, |_| {}).await;
+    let client = client(&ca, server.listener_addr("inbound").unwrap(), WEB).await;
+    let mut raw = tokio::net::TcpStream::connect(client.listener_addr("outbound").unwrap())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /slow HTTP/1.1\r\nHost: web.shop\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .unwrap();
+    drop(raw);
+    let dc = [
+        ("direction", "outbound"),
+        ("response_flags", "DC"),
+        ("destination_workload", "web-0"),
+        ("destination_principal", WEB),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/shop/sa/client",
+        ),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&scrape(&client).await, "outrigger_requests_total", &dc) == 1.0
+        })
+        .await,
+        "{}",
+        scrape(&client).await
+    );
+}
+
+#[tokio::test]
+async fn no_principal_is_claimed_on_a_hop_without_mutual_tls() {
+    // The client proxy has an identity in its config but no certificate:
+    // nothing proves it, so its traffic names no principal, either side.
+    let mesh = Mesh::start_with(
+        app("web").await,
+        |s| s.proxy.identity = Some(WEB.into()),
+        |c| c.proxy.identity = Some("spiffe://cluster.local/ns/shop/sa/client".into()),
+    )
+    .await;
+    assert_eq!(get(mesh.outbound(), "/").await.0, 200);
+    for (proxy, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
+        let text = scrape(proxy).await;
+        let labels = [
+            ("direction", direction),
+            ("source_principal", "unknown"),
+            ("destination_principal", "unknown"),
+            ("connection_security_policy", "none"),
+        ];
+        assert_eq!(
+            metric(&text, "outrigger_requests_total", &labels),
+            1.0,
+            "{text}"
+        );
+    }
+}

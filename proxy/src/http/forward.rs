@@ -17,6 +17,7 @@ use tower::Service;
 use super::client::{Client, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
+use super::proxy::SentTo;
 use super::stack::{always_ready, Fut, Req, Rsp};
 use crate::listener::{until_revoked, Hold};
 
@@ -68,6 +69,9 @@ impl Service<Req> for Forward {
             };
             let mut served = up.served.clone();
             served.mtls = this.client.uses_tls(up.tls.as_ref());
+            if let Some(sent) = req.extensions().get::<SentTo>() {
+                sent.set(&served);
+            }
             let result = if req.version() != Version::HTTP_2
                 && headers::is_upgrade(req.version(), req.method(), req.headers())
             {

@@ -47,10 +47,26 @@ pub struct Shared {
     /// the control plane: its inbound side then takes nothing, as the
     /// bootstrap knows neither the workload's mTLS mode nor its policies.
     pub configured: Arc<std::sync::atomic::AtomicBool>,
+    /// This proxy's SPIFFE ID as its certificate proves it (the
+    /// `source_principal` of its outbound mutual TLS hops and the
+    /// `destination_principal` of its inbound ones).
+    pub principal: Option<Name>,
     /// Bumped by every applied config that changes the inbound policies
     /// (mTLS mode, AuthorizationPolicies), so that open connections are
     /// held to them (see `listener::Hold`).
     pub inbound_changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Shared {
+    /// This proxy's workload for the labels: from the config, with the
+    /// principal its certificate proves.
+    pub fn local_workload(&self, cfg: &crate::config::Config) -> Workload {
+        let mut w = cfg.proxy.clone();
+        if let Some(p) = &self.principal {
+            w.principal = p.clone();
+        }
+        w
+    }
 }
 
 /// Where a connection's requests go, decided when it was accepted.
@@ -92,15 +108,71 @@ pub struct HttpProxy {
     pub stack: Stack,
 }
 
-/// A request waiting for its response head; records itself if dropped.
-struct InFlight(Option<Record>);
+/// Where a request was last sent, set by the bottom of the stack as it
+/// sends (request extension): a request the client abandons before the
+/// response head is still labelled with where it went.
+#[derive(Clone, Default)]
+pub struct SentTo(Arc<std::sync::Mutex<Option<Served>>>);
+
+impl SentTo {
+    pub fn set(&self, served: &Served) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(served.clone());
+    }
+
+    fn take(&self) -> Option<Served> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A request waiting for its response head; records itself if dropped
+/// (the client went away: `DC`), labelled with where it was sent.
+struct InFlight {
+    record: Option<Record>,
+    ctx: Arc<ConnContext>,
+    sent: SentTo,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(r) = self.0.take() {
+        if let Some(mut r) = self.record.take() {
+            if let Some(s) = self.sent.take() {
+                label_served(&self.ctx, &mut r, s);
+            }
             r.finish(false);
         }
     }
+}
+
+/// Labels a request (metrics, access log) with the endpoint it was served by.
+fn label_served(ctx: &ConnContext, record: &mut Record, s: Served) {
+    record.labels.traffic = traffic(ctx, &s.peer, s.service);
+    if s.mtls {
+        record.labels.traffic.connection_security_policy = SecurityPolicy::MutualTls;
+    }
+    record.labels.traffic = record.labels.traffic.clone().proven();
+    if let Some(a) = record.access.as_mut() {
+        a.upstream = Some(s.addr);
+    }
+}
+
+/// The labels of a hop between this proxy's workload and `peer`, before
+/// [`TrafficLabels::proven`] (the hop's own TLS may still add mutual TLS).
+fn traffic(ctx: &ConnContext, peer: &Workload, service: Name) -> TrafficLabels {
+    let t = match &ctx.peer_identity {
+        None => TrafficLabels::new(ctx.direction, &ctx.proxy, peer, service),
+        // A peer proxy over mutual TLS: its certificate says who it is.
+        Some(id) => {
+            let peer = Workload {
+                workload: peer.workload.clone(),
+                namespace: id.namespace.clone(),
+                principal: id.uri.clone(),
+            };
+            let mut t = TrafficLabels::new(ctx.direction, &ctx.proxy, &peer, service);
+            t.connection_security_policy = SecurityPolicy::MutualTls;
+            t
+        }
+    };
+    t
 }
 
 impl hyper::service::Service<Request<Incoming>> for HttpProxy {
@@ -121,7 +193,7 @@ impl HttpProxy {
         let access = self.shared.access_log.then(|| {
             Box::new(AccessLog {
                 method: req.method().clone(),
-                uri: req.uri().clone(),
+                uri: Some(req.uri().clone()),
                 version: client_version,
                 peer: self.ctx.peer,
                 upstream: None,
@@ -133,7 +205,8 @@ impl HttpProxy {
         let mut record = Record {
             metrics: self.shared.metrics.clone(),
             labels: RequestLabels {
-                traffic: self.traffic(&Workload::unknown(), self.ctx.service.clone()),
+                traffic: traffic(&self.ctx, &Workload::unknown(), self.ctx.service.clone())
+                    .proven(),
                 response_code: 0,
                 grpc_response_status: GrpcStatus(None),
                 response_flags: ResponseFlag::None,
@@ -168,11 +241,17 @@ impl HttpProxy {
         }
         // Recorded as `DC` with code 0 if the client gives up before the
         // response head arrives (this future is dropped).
-        let in_flight = InFlight(Some(record));
+        let sent = SentTo::default();
+        req.extensions_mut().insert(sent.clone());
+        let in_flight = InFlight {
+            record: Some(record),
+            ctx: self.ctx.clone(),
+            sent,
+        };
         // Every layer is always ready (see `stack`), so no `poll_ready`.
         let result = tower::Service::call(&mut self.stack.clone(), req).await;
         let mut in_flight = in_flight;
-        let record = in_flight.0.take().expect("taken once");
+        let record = in_flight.record.take().expect("taken once");
         self.respond(result, record, client_version)
     }
 
@@ -212,13 +291,7 @@ impl HttpProxy {
             }
         };
         if let Some(s) = served {
-            record.labels.traffic = self.traffic(&s.peer, s.service);
-            if s.mtls {
-                record.labels.traffic.connection_security_policy = SecurityPolicy::MutualTls;
-            }
-            if let Some(a) = record.access.as_mut() {
-                a.upstream = Some(s.addr);
-            }
+            label_served(&self.ctx, &mut record, s);
         }
         if let Some(a) = record.access.as_mut() {
             a.route = route.as_ref().map(|r| r.route.clone());
@@ -238,21 +311,36 @@ impl HttpProxy {
         resp.map(|b| ResponseBody::new(b, bytes, record))
     }
 
-    fn traffic(&self, peer: &Workload, service: Name) -> TrafficLabels {
-        match &self.ctx.peer_identity {
-            None => TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, peer, service),
-            // A peer proxy over mutual TLS: its certificate says who it is.
-            Some(id) => {
-                let peer = Workload {
-                    workload: peer.workload.clone(),
-                    namespace: id.namespace.clone(),
-                    principal: id.uri.clone(),
-                };
-                let mut t = TrafficLabels::new(self.ctx.direction, &self.ctx.proxy, &peer, service);
-                t.connection_security_policy = SecurityPolicy::MutualTls;
-                t
-            }
+    /// Records a request hyper refused while reading it, having answered it
+    /// itself (400 malformed, 414 URI too long, 431 head too large): counted
+    /// and logged like every other local reply, flagged `DPE`.
+    pub fn record_unreadable(&self, status: http::StatusCode) {
+        let access = self.shared.access_log.then(|| {
+            Box::new(AccessLog {
+                method: Method::from_bytes(b"-").expect("a token"),
+                uri: None,
+                version: Version::HTTP_11,
+                peer: self.ctx.peer,
+                upstream: None,
+                route: None,
+                attempts: None,
+            })
+        });
+        Record {
+            metrics: self.shared.metrics.clone(),
+            labels: RequestLabels {
+                traffic: traffic(&self.ctx, &Workload::unknown(), self.ctx.service.clone())
+                    .proven(),
+                response_code: status.as_u16(),
+                grpc_response_status: GrpcStatus(None),
+                response_flags: ResponseFlag::DownstreamProtocolError,
+            },
+            start: Instant::now(),
+            access,
+            route: None,
+            request_bytes: Counter::default(),
         }
+        .finish(true);
     }
 
     /// The upstream of a connection that is not routed: the app (inbound) or

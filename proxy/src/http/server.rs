@@ -37,6 +37,7 @@ pub async fn serve<I>(
     };
     let io = TokioIo::new(io);
     let peer = svc.ctx.peer;
+    let recorder = svc.clone();
     let result = match proto {
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -81,8 +82,27 @@ pub async fn serve<I>(
         }
     };
     if let Err(e) = result {
+        if let Some(status) = answered_by_hyper(proto, &e) {
+            recorder.record_unreadable(status);
+        }
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
+}
+
+/// The status hyper answered an HTTP/1 request it could not read with
+/// (its own reply, written before the connection ended with `e`).
+fn answered_by_hyper(proto: Protocol, e: &hyper::Error) -> Option<http::StatusCode> {
+    use http::StatusCode;
+    if proto == Protocol::Http2 || !e.is_parse() || e.is_parse_status() {
+        return None;
+    }
+    Some(if !e.is_parse_too_large() {
+        StatusCode::BAD_REQUEST
+    } else if e.to_string().contains("URI too long") {
+        StatusCode::URI_TOO_LONG
+    } else {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    })
 }
 
 /// A connection told to shut down gracefully, given `deadline` (if any) to
