@@ -302,9 +302,29 @@ mod tests {
                 "mesh config field resources: resources.requests.memory \"1Gi\" is above resources.limits.memory \"1G\": a request cannot exceed its limit",
             ),
             ("proxyImage: x\nsidecar: yes", "unknown field"),
+            ("proxyImage: x\nupgrades: ['web socket']", "upgrades"),
+            ("proxyImage: x\npathNormalization: STRICT", "unknown variant"),
         ] {
             let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn the_http_settings_reach_every_proxys_bootstrap() {
+        let c = MeshConfig::from_yaml(
+            "proxyImage: x\npathNormalization: DECODE_AND_MERGE_SLASHES\nupgrades: [websocket, CONNECT]",
+        )
+        .unwrap();
+        let b = crate::inject::bootstrap("shop", &Default::default(), &c);
+        assert_eq!(
+            b.http.path_normalization,
+            outrigger_api::PathNormalization::DecodeAndMergeSlashes
+        );
+        assert!(b.http.allows_upgrade("connect"));
+        b.validate().unwrap();
+        // The defaults: MERGE_SLASHES and WebSocket only.
+        let d = crate::inject::bootstrap("shop", &Default::default(), &MeshConfig::with_image("x"));
+        assert_eq!(d.http, outrigger_api::HttpSettings::default());
     }
 }

@@ -62,4 +62,6 @@ resources:
   {{- toYaml .Values.proxy.resources | nindent 2 }}
 skipInboundPorts: {{ toJson .Values.proxy.skipInboundPorts }}
 skipOutboundPorts: {{ toJson .Values.proxy.skipOutboundPorts }}
+pathNormalization: {{ .Values.proxy.pathNormalization }}
+upgrades: {{ toJson .Values.proxy.upgrades }}
 {{- end }}

@@ -158,7 +158,7 @@ fn label_served(ctx: &ConnContext, record: &mut Record, s: Served) {
 /// The labels of a hop between this proxy's workload and `peer`, before
 /// [`TrafficLabels::proven`] (the hop's own TLS may still add mutual TLS).
 fn traffic(ctx: &ConnContext, peer: &Workload, service: Name) -> TrafficLabels {
-    let t = match &ctx.peer_identity {
+    match &ctx.peer_identity {
         None => TrafficLabels::new(ctx.direction, &ctx.proxy, peer, service),
         // A peer proxy over mutual TLS: its certificate says who it is.
         Some(id) => {
@@ -171,8 +171,7 @@ fn traffic(ctx: &ConnContext, peer: &Workload, service: Name) -> TrafficLabels {
             t.connection_security_policy = SecurityPolicy::MutualTls;
             t
         }
-    };
-    t
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for HttpProxy {
