@@ -170,19 +170,12 @@ pub fn choose(
         return Choice::Empty;
     }
     let eps = &svc.endpoints;
-    let any_ejected = members
-        .iter()
-        .any(|i| eps[*i].stats.ejected.load(Ordering::Relaxed));
+    let any_ejected = members.iter().any(|i| eps[*i].stats.outlier.is_ejected());
     let mut candidates: Vec<usize> = if any_ejected {
         members
             .iter()
             .copied()
-            .filter(|i| {
-                let s = &eps[*i].stats;
-                !s.ejected.load(Ordering::Relaxed)
-                    || s.outlier.lock().expect("outlier lock").availability(now)
-                        == Availability::TrialDue
-            })
+            .filter(|i| eps[*i].stats.outlier.availability(now) != Availability::Ejected)
             .collect()
     } else {
         members.to_vec()
@@ -201,13 +194,13 @@ pub fn choose(
         let pos = pick(svc, &candidates, now, chance);
         let index = candidates[pos];
         let stats = &eps[index].stats;
-        if !stats.ejected.load(Ordering::Relaxed) {
+        if !stats.outlier.is_ejected() {
             return Choice::Endpoint {
                 index,
                 trial: false,
             };
         }
-        if stats.outlier.lock().expect("outlier lock").begin_trial(now) {
+        if stats.outlier.begin_trial(now) {
             return Choice::Endpoint { index, trial: true };
         }
         // Another request took the trial meanwhile.
@@ -393,6 +386,7 @@ mod tests {
     use crate::config::Config;
     use crate::policy::outlier::{Outcome, OutlierPolicy, Transition};
     use crate::policy::testing::{config, service_ref};
+    use prometheus_client::metrics::gauge::Gauge;
 
     const RR: &str = "trafficPolicy:\n  loadBalancer: { simple: ROUND_ROBIN }";
     const RANDOM: &str = "trafficPolicy:\n  loadBalancer: { simple: RANDOM }";
@@ -444,30 +438,30 @@ mod tests {
         }
     }
 
-    /// Ejects endpoint `i` for 30 s, as the outlier layer does.
+    /// Ejects endpoint `i` for 30 s, as the outlier layer does (under
+    /// `outlier_policy()`, whatever the service's own).
     fn eject(svc: &ServiceState, i: usize) {
-        let stats = &svc.endpoints[i].stats;
-        let t = stats.outlier.lock().unwrap().observe(
+        let d = &svc.endpoints[i].stats.outlier;
+        d.carry(Some(&outlier_policy()), Instant::now());
+        let t = d.observe(
             Outcome::Status(503),
-            &outlier_policy(),
             Instant::now(),
-            || true,
+            |_| true,
+            Gauge::default,
         );
         assert!(matches!(t, Transition::Ejected { .. }), "{t:?}");
-        stats.ejected.store(true, Ordering::Relaxed);
     }
 
     /// A successful trial brings endpoint `i` back, as the outlier layer does.
     fn recover(svc: &ServiceState, i: usize) {
-        let stats = &svc.endpoints[i].stats;
-        let t = stats.outlier.lock().unwrap().observe(
+        let d = &svc.endpoints[i].stats.outlier;
+        let t = d.observe(
             Outcome::Success,
-            &outlier_policy(),
             Instant::now(),
-            || unreachable!(),
+            |_| unreachable!(),
+            Gauge::default,
         );
         assert_eq!(t, Transition::Recovered);
-        stats.ejected.store(false, Ordering::Relaxed);
     }
 
     fn assert_close(actual: f64, expected: f64) {
@@ -582,8 +576,7 @@ mod tests {
             choose(&svc, &svc.all, &[], Instant::now(), &chance),
             Choice::AllEjected(1)
         );
-        let stats = &svc.endpoints[0].stats;
-        stats.outlier.lock().unwrap().abandon_trial(Instant::now());
+        svc.endpoints[0].stats.outlier.abandon_trial(Instant::now());
         assert_eq!(choose(&svc, &svc.all, &[], Instant::now(), &chance), trial);
     }
 
@@ -875,7 +868,7 @@ mod tests {
     #[test]
     fn the_warm_factor_ramps_from_the_floor() {
         let t0 = Instant::now();
-        let joined = EndpointStats::new(Some(t0));
+        let joined = EndpointStats::new(None, Some(t0));
         let w = Some(Duration::from_secs(10));
         assert_eq!(warm_factor(&joined, w, t0), WARMUP_FLOOR);
         assert_eq!(
@@ -887,7 +880,7 @@ mod tests {
         assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(99)), 1.0);
         assert_eq!(warm_factor(&joined, None, t0), 1.0);
         assert_eq!(warm_factor(&joined, Some(Duration::ZERO), t0), 1.0);
-        let original = EndpointStats::new(None);
+        let original = EndpointStats::new(None, None);
         assert_eq!(warm_factor(&original, w, t0), 1.0);
     }
 
