@@ -392,6 +392,7 @@ fn build_routes(
                         weight,
                         Backend {
                             service: target,
+                            subset: d.subset.as_deref().map(Arc::from),
                             endpoints,
                             headers: rd.headers.as_ref().map(|h| Arc::new(h.into())),
                         },

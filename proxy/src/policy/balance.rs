@@ -307,7 +307,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             Choice::Empty => {
                 let e = ProxyError::new(
                     ErrorKind::NoHealthyUpstream,
-                    format!("service {} has no endpoints to send to", svc.label),
+                    format!("{} has no endpoints to send to", backend.describe()),
                 );
                 return Box::pin(async move { Err(e) });
             }
@@ -315,8 +315,8 @@ impl<S: HttpService> Service<Req> for Balance<S> {
                 let e = ProxyError::new(
                     ErrorKind::NoHealthyUpstream,
                     format!(
-                        "all {n} endpoints of service {} are ejected by outlier detection",
-                        svc.label
+                        "all {n} endpoints of {} are ejected by outlier detection",
+                        backend.describe()
                     ),
                 );
                 return Box::pin(async move { Err(e) });
@@ -385,7 +385,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::outlier::{Outcome, OutlierPolicy, Transition};
-    use crate::policy::testing::{config, service_ref};
+    use crate::policy::testing::{config, service_ref, Scripted};
     use prometheus_client::metrics::gauge::Gauge;
 
     const RR: &str = "trafficPolicy:\n  loadBalancer: { simple: ROUND_ROBIN }";
@@ -559,6 +559,48 @@ mod tests {
             }
         }
         assert_eq!(trials, 1);
+    }
+
+    /// The error the balancer answers for route 0's first destination.
+    async fn refusal(cfg: &Config) -> String {
+        let route = cfg.routes(&service_ref("web")).unwrap()[0].clone();
+        let mut req = crate::policy::testing::request_on_route(&route);
+        req.extensions_mut().insert(route.backends[0].1.clone());
+        let mut balance = Balance::new(Scripted::ok(), Chance::seeded(1));
+        balance.call(req).await.unwrap_err().message
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_healthy_upstream_names_the_subset() {
+        let routed = |subset: &str| {
+            format!(
+                "subsets: [{{ name: v1, labels: {{ version: v1 }} }}, {{ name: v2, labels: {{ version: v2 }} }}, {{ name: v3, labels: {{ version: v3 }} }}]
+http:
+  - route: [{{ destination: {{ host: web, subset: {subset} }} }}]"
+            )
+        };
+        // Endpoints 1 and 3 are v2.
+        let cfg = config(&[("web", 4, &routed("v2"))]);
+        let svc = cfg.service(&service_ref("web")).unwrap().clone();
+        eject(&svc, 1);
+        eject(&svc, 3);
+        assert_eq!(
+            refusal(&cfg).await,
+            "all 2 endpoints of subset v2 of service web.shop are ejected by outlier detection"
+        );
+        let cfg = config(&[("web", 4, &routed("v3"))]);
+        assert_eq!(
+            refusal(&cfg).await,
+            "subset v3 of service web.shop has no endpoints to send to"
+        );
+        // Without a subset, the service.
+        let cfg = config(&[("web", 1, "")]);
+        let svc = cfg.service(&service_ref("web")).unwrap().clone();
+        eject(&svc, 0);
+        assert_eq!(
+            refusal(&cfg).await,
+            "all 1 endpoints of service web.shop are ejected by outlier detection"
+        );
     }
 
     #[tokio::test(start_paused = true)]
