@@ -100,7 +100,7 @@ impl EndpointStats {
     pub fn new(outlier: Option<OutlierPolicy>, joined: Option<Instant>) -> Self {
         let now = Instant::now();
         Self {
-            load: Load::new(now),
+            load: Load::new(),
             outlier: Detector::new(outlier, now),
             joined,
         }

@@ -6,9 +6,16 @@
 //!
 //! Ejected endpoints are skipped (one trial request is let through when an
 //! ejection ends), as are endpoints an earlier try of the same request went
-//! to, where another is left. New endpoints warm up: an unobserved endpoint
-//! starts at a pessimistic 30 ms estimate, and with `warmupDurationSecs` an
-//! endpoint that joins a running service ramps from 10 % of its share.
+//! to, where another is left.
+//!
+//! New endpoints: an endpoint nothing has been measured on costs nothing
+//! while no request is in flight to it, and more than any measured one
+//! while one is (Finagle's peak EWMA): it is probed by the first pair it
+//! is drawn into, one request at a time, and competes on its own latency
+//! from the first answer. With `warmupDurationSecs`, an endpoint that joins
+//! a running service ramps from 10 % of its share to all of it over the
+//! window (Envoy's slow start with aggression 1): every algorithm passes
+//! over a warming pick with the probability it is not yet warm.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,8 +37,10 @@ use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
 use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
-/// The estimate of an endpoint nothing has been measured on yet.
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The cost of each request in flight to an endpoint nothing has been
+/// measured on yet: above any measured endpoint's, so that an unmeasured
+/// endpoint gets one probe at a time.
+const PROBING: Duration = Duration::from_secs(3600);
 /// The EWMA's time constant.
 pub const DECAY: Duration = Duration::from_secs(10);
 /// What a failed try counts as, so that a failing endpoint does not look fast.
@@ -73,11 +82,12 @@ impl From<Option<&LoadBalancer>> for LbPolicy {
     }
 }
 
-/// An endpoint's load: requests in flight and the peak-EWMA latency.
+/// An endpoint's load: requests in flight and the peak-EWMA latency
+/// (`None` until the first answer).
 #[derive(Debug)]
 pub struct Load {
     in_flight: AtomicU32,
-    ewma: Mutex<Ewma>,
+    ewma: Mutex<Option<Ewma>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -111,13 +121,10 @@ impl Ewma {
 }
 
 impl Load {
-    pub fn new(now: Instant) -> Self {
+    pub fn new() -> Self {
         Self {
             in_flight: AtomicU32::new(0),
-            ewma: Mutex::new(Ewma {
-                rtt_ns: DEFAULT_RTT.as_nanos() as f64,
-                at: now,
-            }),
+            ewma: Mutex::new(None),
         }
     }
 
@@ -125,13 +132,45 @@ impl Load {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Latency estimate in nanoseconds at `now`.
-    pub fn estimate(&self, now: Instant) -> f64 {
-        self.ewma.lock().expect("ewma lock").at(now)
+    /// Latency estimate in nanoseconds at `now`; `None` until measured.
+    pub fn estimate(&self, now: Instant) -> Option<f64> {
+        self.ewma
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|e| e.at(now))
     }
 
     pub fn observe(&self, rtt: Duration, now: Instant) {
-        self.ewma.lock().expect("ewma lock").observe(rtt, now);
+        let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *ewma {
+            Some(e) => e.observe(rtt, now),
+            // The first answer is the estimate.
+            None => {
+                *ewma = Some(Ewma {
+                    rtt_ns: rtt.as_nanos() as f64,
+                    at: now,
+                })
+            }
+        }
+    }
+
+    /// Peak-EWMA cost: the latency estimate times the requests in flight
+    /// (with this one). Unmeasured: nothing while idle, so it is probed;
+    /// [`PROBING`] per request while its probe is out, so it waits for the
+    /// answer.
+    fn cost(&self, now: Instant) -> f64 {
+        let in_flight = self.in_flight();
+        match self.estimate(now) {
+            Some(rtt) => rtt * f64::from(in_flight + 1),
+            None if in_flight == 0 => 0.0,
+            None => PROBING.as_nanos() as f64 * f64::from(in_flight),
+        }
+    }
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -221,18 +260,20 @@ fn pick(svc: &ServiceState, candidates: &[usize], now: Instant, chance: &Chance)
         Algorithm::PeakEwma | Algorithm::LeastRequest => {
             let cost = |pos: usize| {
                 let load = &eps[candidates[pos]].stats.load;
-                let pending = f64::from(load.in_flight() + 1);
-                let base = match svc.lb.algorithm {
-                    Algorithm::PeakEwma => load.estimate(now) * pending,
-                    _ => pending,
-                };
-                base / warm(pos)
+                match svc.lb.algorithm {
+                    Algorithm::PeakEwma => load.cost(now),
+                    _ => f64::from(load.in_flight() + 1),
+                }
             };
             let (a, b) = chance.two_below(n);
-            if cost(b) < cost(a) {
-                b
+            let (win, other) = if cost(b) < cost(a) { (b, a) } else { (a, b) };
+            // Slow start: a warming winner keeps the pick with the
+            // probability it is warm, so its share ramps with the window.
+            let f = warm(win);
+            if f >= 1.0 || chance.unit() < f {
+                win
             } else {
-                a
+                other
             }
         }
         Algorithm::RoundRobin | Algorithm::Random => {
@@ -669,7 +710,7 @@ http:
         let chance = Chance::seeded(7);
         let (slow, fast) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
         slow.load.observe(ms(300), Instant::now());
-        // fast: the unmeasured 30 ms.
+        fast.load.observe(ms(30), Instant::now());
 
         // 30 ms × 9 < 300 ms × 1: still the fast one.
         let mut guards: Vec<_> = (0..8).map(|_| InFlightGuard::start(fast)).collect();
@@ -715,30 +756,30 @@ http:
     #[tokio::test(start_paused = true)]
     async fn a_higher_sample_replaces_the_estimate_at_once() {
         let t0 = Instant::now();
-        let load = Load::new(t0);
-        assert_close(load.estimate(t0), DEFAULT_RTT.as_nanos() as f64);
+        let load = Load::new();
+        assert_eq!(load.estimate(t0), None);
         load.observe(ms(100), t0);
-        assert_close(load.estimate(t0), 100e6);
+        assert_close(load.estimate(t0).unwrap(), 100e6);
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = Instant::now();
         load.observe(ms(120), now);
-        assert_close(load.estimate(now), 120e6);
+        assert_close(load.estimate(now).unwrap(), 120e6);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lower_sample_pulls_the_estimate_down_gradually() {
-        let load = Load::new(Instant::now());
+        let load = Load::new();
         load.observe(ms(100), Instant::now());
         // At the same instant a lower sample has no weight.
         load.observe(ms(10), Instant::now());
-        assert_close(load.estimate(Instant::now()), 100e6);
+        assert_close(load.estimate(Instant::now()).unwrap(), 100e6);
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
-        let decayed = load.estimate(now);
+        let decayed = load.estimate(now).unwrap();
         assert_close(decayed, 100e6 * (-0.1f64).exp());
         load.observe(ms(10), now);
-        let pulled = load.estimate(now);
+        let pulled = load.estimate(now).unwrap();
         assert!(pulled < decayed && pulled > 50e6, "{pulled}");
 
         // More samples keep pulling it down, never below the sample.
@@ -746,7 +787,7 @@ http:
         for _ in 0..100 {
             tokio::time::advance(Duration::from_secs(1)).await;
             load.observe(ms(10), Instant::now());
-            let e = load.estimate(Instant::now());
+            let e = load.estimate(Instant::now()).unwrap();
             assert!(e <= last && e >= 10e6, "{e} after {last}");
             last = e;
         }
@@ -756,15 +797,19 @@ http:
     #[tokio::test(start_paused = true)]
     async fn an_idle_estimate_decays_toward_zero() {
         let t0 = Instant::now();
-        let load = Load::new(t0);
-        let initial = DEFAULT_RTT.as_nanos() as f64;
+        let load = Load::new();
+        load.observe(ms(30), t0);
+        let initial = 30e6;
         tokio::time::advance(DECAY).await;
-        assert_close(load.estimate(Instant::now()), initial * (-1f64).exp());
+        assert_close(
+            load.estimate(Instant::now()).unwrap(),
+            initial * (-1f64).exp(),
+        );
         tokio::time::advance(DECAY * 9).await;
-        let e = load.estimate(Instant::now());
+        let e = load.estimate(Instant::now()).unwrap();
         assert!(e < initial * 1e-4, "{e}");
         // Reading the estimate changes nothing.
-        assert_close(load.estimate(t0 + DECAY), initial * (-1f64).exp());
+        assert_close(load.estimate(t0 + DECAY).unwrap(), initial * (-1f64).exp());
     }
 
     #[tokio::test(start_paused = true)]
@@ -837,7 +882,7 @@ http:
 
     #[tokio::test(start_paused = true)]
     async fn a_joining_endpoint_warms_up() {
-        for lb in ["ROUND_ROBIN", "RANDOM"] {
+        for lb in ["ROUND_ROBIN", "RANDOM", "UNSPECIFIED", "LEAST_REQUEST"] {
             let policy = format!(
                 "trafficPolicy:\n  loadBalancer: {{ simple: {lb}, warmupDurationSecs: 10s }}"
             );
@@ -868,6 +913,68 @@ http:
                 assert!((900..1100).contains(n), "{lb} at 10 s: {c:?}");
             }
         }
+    }
+
+    /// One request at a time, as a light-load client sends them: the
+    /// balancer's choice, answered in 1 ms.
+    async fn serve_one(svc: &ServiceState, chance: &Chance) -> usize {
+        let i = index(choose(svc, &svc.all, &[], Instant::now(), chance));
+        let stats = &svc.endpoints[i].stats;
+        let in_flight = InFlightGuard::start(stats);
+        tokio::time::advance(ms(1)).await;
+        stats.load.observe(ms(1), Instant::now());
+        drop(in_flight);
+        i
+    }
+
+    /// The first request (0-based) each endpoint got, and how many each got,
+    /// over `n` sequential requests.
+    async fn sequential(svc: &ServiceState, n: usize, chance: &Chance) -> (Vec<usize>, Vec<usize>) {
+        let mut first = vec![usize::MAX; svc.endpoints.len()];
+        let mut counts = vec![0; svc.endpoints.len()];
+        for k in 0..n {
+            let i = serve_one(svc, chance).await;
+            first[i] = first[i].min(k);
+            counts[i] += 1;
+        }
+        (first, counts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_probes_an_unmeasured_endpoint_at_once() {
+        for seed in 0..20 {
+            let chance = Chance::seeded(seed);
+            // Three endpoints from the start, requests one at a time.
+            let svc = service(3, "");
+            let (first, counts) = sequential(&svc, 900, &chance).await;
+            assert!(first.iter().all(|k| *k < 10), "seed {seed}: {first:?}");
+            assert!(counts.iter().all(|n| *n > 200), "seed {seed}: {counts:?}");
+
+            // A third joins two that answer in 1 ms.
+            let (before, svc) = joined_one(2, "");
+            sequential(&before, 100, &chance).await;
+            let (first, counts) = sequential(&svc, 900, &chance).await;
+            assert!(first[2] < 10, "seed {seed}: {first:?}");
+            assert!(counts[2] > 200, "seed {seed}: {counts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unmeasured_endpoint_is_probed_one_request_at_a_time() {
+        let svc = service(2, "");
+        let chance = Chance::seeded(16);
+        let (known, new) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
+        known.load.observe(ms(5), Instant::now());
+        // Idle and unmeasured: it wins every pair.
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
+        // Its probe is out: nothing more until the answer, however busy the
+        // measured one is.
+        let _probe = InFlightGuard::start(new);
+        let _busy: Vec<_> = (0..50).map(|_| InFlightGuard::start(known)).collect();
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![20, 0]);
+        // Answered in 1 ms: it competes on its latency from then on.
+        new.load.observe(ms(1), Instant::now());
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
     }
 
     #[tokio::test(start_paused = true)]
