@@ -97,6 +97,8 @@ pub enum ResponseFlag {
     NoRoute,
     /// The client went away before the response ended (`DC`).
     DownstreamConnectionTermination,
+    /// The client's request broke HTTP (`DPE`, Envoy's flag).
+    DownstreamProtocolError,
     /// The service's connection-pool limits were full (`UO`).
     UpstreamOverflow,
     /// The route timeout or the per-try timeout passed (`UT`).
@@ -125,6 +127,7 @@ impl ResponseFlag {
             ResponseFlag::NoRoute => "NR",
             ResponseFlag::Denied => "RBAC",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamRetryLimitExceeded => "URX",

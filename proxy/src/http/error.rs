@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, Version};
 
+use super::body::{BodyFault, ClientFault};
 use super::client::ClientError;
 use super::headers::PROXY_ERROR;
 use super::{full, Body};
@@ -37,6 +38,11 @@ pub enum ErrorKind {
     NotImplemented,
     /// An AuthorizationPolicy denied it (403 `RBAC`).
     Denied,
+    /// The client went away before its request body ended (400 `DC`): the
+    /// client's doing, not the upstream's.
+    ClientAborted,
+    /// The client's request body broke HTTP framing (400 `DPE`).
+    MalformedRequest,
 }
 
 impl ErrorKind {
@@ -53,6 +59,8 @@ impl ErrorKind {
             }
             ErrorKind::ProtocolError => ResponseFlag::UpstreamProtocolError,
             ErrorKind::Denied => ResponseFlag::Denied,
+            ErrorKind::ClientAborted => ResponseFlag::DownstreamConnectionTermination,
+            ErrorKind::MalformedRequest => ResponseFlag::DownstreamProtocolError,
         }
     }
 
@@ -64,6 +72,7 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::ClientAborted | ErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
             ErrorKind::ConnectFailure
             | ErrorKind::RefusedStream
             | ErrorKind::Reset
@@ -82,6 +91,12 @@ impl ErrorKind {
                 | ErrorKind::ProtocolError
                 | ErrorKind::Timeout
         )
+    }
+
+    /// The client's fault: it says nothing about the endpoint (no outlier
+    /// outcome, no latency sample, no retry).
+    pub fn is_client_fault(self) -> bool {
+        matches!(self, ErrorKind::ClientAborted | ErrorKind::MalformedRequest)
     }
 
     /// The request provably never reached the upstream application, so even
@@ -149,6 +164,22 @@ impl ProxyError {
             served: None,
             route: None,
             attempts: None,
+        }
+    }
+
+    /// Puts an upstream error down to the client whose request body failed
+    /// first (see [`BodyFault`]): whatever the upstream connection did
+    /// next followed from it.
+    pub fn blame_client(&mut self, fault: &BodyFault) {
+        if let Some((f, why)) = fault.get() {
+            self.kind = match f {
+                ClientFault::Aborted => ErrorKind::ClientAborted,
+                ClientFault::Malformed => ErrorKind::MalformedRequest,
+            };
+            self.message = match f {
+                ClientFault::Aborted => format!("the client's request body ended early: {why}"),
+                ClientFault::Malformed => format!("malformed request body: {why}"),
+            };
         }
     }
 
@@ -235,6 +266,8 @@ mod tests {
             (ErrorKind::ProtocolError, 502, "UPE"),
             (ErrorKind::NotImplemented, 501, "NR"),
             (ErrorKind::Denied, 403, "RBAC"),
+            (ErrorKind::ClientAborted, 400, "DC"),
+            (ErrorKind::MalformedRequest, 400, "DPE"),
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use outrigger_identity::SpiffeId;
 use tower::Service;
 
+use super::body::BodyFault;
 use super::client::{Client, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
@@ -67,6 +68,7 @@ impl Service<Req> for Forward {
             };
             let mut served = up.served.clone();
             served.mtls = this.client.uses_tls(up.tls.as_ref());
+            let body_fault = req.extensions().get::<BodyFault>().cloned();
             let result = if req.version() != Version::HTTP_2
                 && headers::is_upgrade(req.version(), req.method(), req.headers())
             {
@@ -80,6 +82,9 @@ impl Service<Req> for Forward {
                     Ok(resp)
                 }
                 Err(mut e) => {
+                    if let Some(f) = &body_fault {
+                        e.blame_client(f);
+                    }
                     e.served = Some(Box::new(served));
                     Err(e)
                 }

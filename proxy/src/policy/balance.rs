@@ -396,10 +396,16 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             let _in_flight = in_flight;
             let result = fut.await;
             let rtt = match &result {
-                Err(e) if e.kind.is_endpoint_failure() => start.elapsed().max(FAILURE_PENALTY),
-                _ => start.elapsed(),
+                // The client's doing says nothing about the endpoint.
+                Err(e) if e.kind.is_client_fault() => None,
+                Err(e) if e.kind.is_endpoint_failure() => {
+                    Some(start.elapsed().max(FAILURE_PENALTY))
+                }
+                _ => Some(start.elapsed()),
             };
-            stats.load.observe(rtt, Instant::now());
+            if let Some(rtt) = rtt {
+                stats.load.observe(rtt, Instant::now());
+            }
             result
         })
     }
