@@ -2,10 +2,10 @@
 //! tables the data path uses. Built with `TryFrom`, which refuses a snapshot
 //! that does not validate, so an applied `Config` is always a good one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outrigger_api::{ServiceProtocol, ServiceRef, Snapshot, ValidationErrors};
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::metrics::{unknown, Name, Workload};
 use crate::policy::balance::{LbPolicy, Load};
 use crate::policy::budget::RetryBudget;
-use crate::policy::outlier::{Outlier, OutlierPolicy};
+use crate::policy::outlier::{Detector, OutlierPolicy};
 use crate::policy::pool::{Pool, PoolLimits};
 use crate::policy::rate_limit::{PortLimits, TokenBucket};
 use crate::policy::route::{Backend, Route};
@@ -85,25 +85,24 @@ pub struct EndpointState {
 }
 
 /// An endpoint's live state: its load for the balancer and its outlier
-/// detector. Kept across snapshots while the endpoint stays.
+/// detector. Kept across snapshots while the endpoint stays (the detector
+/// is reset when its service's outlier policy changes, and retired when
+/// the endpoint leaves).
 #[derive(Debug)]
 pub struct EndpointStats {
     pub load: Load,
-    pub outlier: Mutex<Outlier>,
-    /// Set while ejected, so that the balancer's common path takes no lock.
-    pub ejected: std::sync::atomic::AtomicBool,
+    pub outlier: Detector,
     /// When the endpoint joined a service that already existed (slow
     /// start); `None` for endpoints present from the service's first snapshot.
     pub joined: Option<Instant>,
 }
 
 impl EndpointStats {
-    pub fn new(joined: Option<Instant>) -> Self {
+    pub fn new(outlier: Option<OutlierPolicy>, joined: Option<Instant>) -> Self {
         let now = Instant::now();
         Self {
-            load: Load::new(now),
-            outlier: Mutex::new(Outlier::new(now)),
-            ejected: Default::default(),
+            load: Load::new(),
+            outlier: Detector::new(outlier, now),
             joined,
         }
     }
@@ -135,7 +134,11 @@ fn entry_key(svc: &outrigger_api::Service) -> (String, String, u16) {
 
 impl Config {
     /// Validates `snapshot` and builds the tables, reusing the live state of
-    /// services and endpoints that `previous` already had.
+    /// services and endpoints that `previous` already had. Build only the
+    /// config that is then put in force: an endpoint whose outlier policy
+    /// changed has its detector reset here, and one that left `previous`
+    /// has its detector retired (its ejection, if any, ends and is no
+    /// longer counted).
     pub fn build(snapshot: Snapshot, previous: Option<&Config>) -> Result<Self, ValidationErrors> {
         snapshot.validate()?;
         let prev_services: HashMap<(String, String, u16), &Arc<ServiceState>> = previous
@@ -166,6 +169,10 @@ impl Config {
                 }
                 by_ref.insert(r, i);
             }
+        }
+
+        if let Some(previous) = previous {
+            retire_departed(previous, &services);
         }
 
         let mut routes = HashMap::new();
@@ -253,23 +260,45 @@ impl Config {
     }
 }
 
+/// Retires the outlier detectors of `previous` that no service of the new
+/// config carried over: their endpoints (or services) left.
+fn retire_departed(previous: &Config, services: &[Arc<ServiceState>]) {
+    let kept: HashSet<*const EndpointStats> = services
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(|e| Arc::as_ptr(&e.stats)))
+        .collect();
+    let now = Instant::now();
+    for e in previous.services.iter().flat_map(|s| s.endpoints.iter()) {
+        if !kept.contains(&Arc::as_ptr(&e.stats)) {
+            e.stats.outlier.retire(now);
+        }
+    }
+}
+
 fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>) -> ServiceState {
     let namespace: Name = Arc::from(svc.namespace.as_str());
+    let tp = svc.traffic_policy.clone().unwrap_or_default();
+    let outlier = tp.outlier_detection.as_ref().map(OutlierPolicy::from);
     let prev_stats: HashMap<SocketAddr, &Arc<EndpointStats>> = prev
         .map(|p| p.endpoints.iter().map(|e| (e.addr, &e.stats)).collect())
         .unwrap_or_default();
     // Endpoints that join a service already in force warm up; those of a
     // brand-new service (proxy start) do not.
-    let joined = prev.map(|_| Instant::now());
+    let now = Instant::now();
+    let joined = prev.map(|_| now);
     let endpoints: Vec<EndpointState> = svc
         .endpoints
         .iter()
         .filter_map(|ep| {
             let addr = ep.socket_addr().ok()?;
-            let stats = prev_stats
-                .get(&addr)
-                .map(|s| (*s).clone())
-                .unwrap_or_else(|| Arc::new(EndpointStats::new(joined)));
+            let stats = match prev_stats.get(&addr) {
+                Some(s) => {
+                    // A changed outlier policy starts the endpoint afresh.
+                    s.outlier.carry(outlier.as_ref(), now);
+                    (*s).clone()
+                }
+                None => Arc::new(EndpointStats::new(outlier.clone(), joined)),
+            };
             Some(EndpointState {
                 addr,
                 meshed: ep.meshed,
@@ -304,9 +333,7 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             (sub.name.clone(), members)
         })
         .collect();
-    let tp = svc.traffic_policy.clone().unwrap_or_default();
     let lb = LbPolicy::from(tp.load_balancer.as_ref());
-    let outlier = tp.outlier_detection.as_ref().map(OutlierPolicy::from);
     let pool_limits = PoolLimits::from(tp.connection_pool.as_ref());
     let pool = match prev {
         Some(p) if p.pool.limits == pool_limits => p.pool.clone(),
@@ -367,6 +394,7 @@ fn build_routes(
                         weight,
                         Backend {
                             service: target,
+                            subset: d.subset.as_deref().map(Arc::from),
                             endpoints,
                             headers: rd.headers.as_ref().map(|h| Arc::new(h.into())),
                         },

@@ -97,6 +97,10 @@ pub enum ResponseFlag {
     NoRoute,
     /// The client went away before the response ended (`DC`).
     DownstreamConnectionTermination,
+    /// The client's request broke HTTP or a rule the proxy holds requests
+    /// to (a malformed head or body, a path that cannot be normalized):
+    /// answered 400, 414 or 431 (`DPE`, Envoy's flag).
+    DownstreamProtocolError,
     /// The service's connection-pool limits were full (`UO`).
     UpstreamOverflow,
     /// The route timeout or the per-try timeout passed (`UT`).
@@ -112,9 +116,6 @@ pub enum ResponseFlag {
     FaultInjected,
     /// An AuthorizationPolicy denied the request (`RBAC`, Envoy's flag).
     Denied,
-    /// The client's request broke HTTP or a rule the proxy holds requests
-    /// to (a bad path, a malformed head): answered 400 (`DPE`).
-    DownstreamProtocolError,
 }
 
 impl ResponseFlag {
@@ -127,8 +128,8 @@ impl ResponseFlag {
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::NoRoute => "NR",
             ResponseFlag::Denied => "RBAC",
-            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamOverflow => "UO",
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamRetryLimitExceeded => "URX",

@@ -173,6 +173,51 @@ async fn a_retry_saves_a_flaky_get() {
 }
 
 #[tokio::test]
+async fn retries_stay_in_the_destination_the_split_chose() {
+    // Two subsets of two endpoints each, every endpoint failing: each
+    // request takes three tries, all in the subset its split chose, each
+    // retry on another endpoint of that subset while one is left. (Were the
+    // split made per try, three tries would stay in one subset a quarter
+    // of the time.)
+    let fail = |_: usize, _: &Request<hyper::body::Incoming>| Answer::Status(503);
+    let (v1a, v1a_hits) = counted_app("v1a", fail).await;
+    let (v1b, v1b_hits) = counted_app("v1b", fail).await;
+    let (v2a, v2a_hits) = counted_app("v2a", fail).await;
+    let (v2b, v2b_hits) = counted_app("v2b", fail).await;
+    let p = proxy(&format!(
+        "endpoints:\n{}{}{}{}subsets: [{{ name: v1, labels: {{ version: v1 }} }}, {{ name: v2, labels: {{ version: v2 }} }}]
+http:
+  - route:
+      - {{ destination: {{ host: web, subset: v1 }}, weight: 50 }}
+      - {{ destination: {{ host: web, subset: v2 }}, weight: 50 }}
+    retries: {{ attempts: 2, retryOn: 5xx }}
+",
+        ep(v1a, "v1"),
+        ep(v1b, "v1"),
+        ep(v2a, "v2"),
+        ep(v2b, "v2")
+    ))
+    .await;
+    let counts = || [&v1a_hits, &v1b_hits, &v2a_hits, &v2b_hits].map(|h| h.load(Ordering::SeqCst));
+    // Ten requests with two retries each stay within the retry budget's
+    // floor of 3 retries a second over 10 s.
+    for i in 0..10 {
+        let before = counts();
+        let (status, _, headers) = send(&p, get("/")).await;
+        let after = counts();
+        let d: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        assert_eq!(status, 503, "request {i}");
+        assert_eq!(headers["outrigger-attempt-count"], "3", "request {i}");
+        assert_eq!(d.iter().sum::<usize>(), 3, "request {i}: {d:?}");
+        let (v1, v2) = (d[0] + d[1], d[2] + d[3]);
+        assert!(v1 == 0 || v2 == 0, "request {i} crossed subsets: {d:?}");
+        // Both endpoints of the chosen subset were tried.
+        let chosen = if v1 > 0 { &d[0..2] } else { &d[2..4] };
+        assert!(chosen.iter().all(|n| *n > 0), "request {i}: {d:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_post_the_upstream_saw_is_not_replayed() {
     let (a, hits) = counted_app("a", |_, _| Answer::Status(503)).await;
     let p = proxy(&format!(

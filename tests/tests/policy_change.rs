@@ -9,6 +9,12 @@
 //!   turned STRICT: closed;
 //! - plaintext opaque TCP on a port turned STRICT: closed;
 //! - a meshed opaque connection an AuthorizationPolicy now denies: closed.
+//!
+//! And the outbound traffic policy follows config changes under load:
+//!
+//! - an ejected endpoint is back once its outlierDetection is deleted, or
+//!   once it leaves and comes back, and the gauge follows;
+//! - an endpoint that joins gets its share within moments.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -334,4 +340,195 @@ async fn a_revoked_http2_connection_gets_the_drain_timeout_to_finish_then_closes
     );
     let text = scrape(&server).await;
     assert_eq!(revoked(&text, "plaintext_on_strict"), 1.0, "{text}");
+}
+
+/// The client side's snapshot: `web.shop:80` on `endpoints`, with
+/// `service_yaml` (trafficPolicy, http: YAML indented under the service).
+fn outbound_config(version: &str, endpoints: &[SocketAddr], service_yaml: &str) -> Snapshot {
+    let eps: String = endpoints
+        .iter()
+        .map(|a| format!("      - {{ address: \"{a}\" }}\n"))
+        .collect();
+    let indented: String = service_yaml.lines().map(|l| format!("    {l}\n")).collect();
+    Snapshot::from_yaml(&format!(
+        r#"
+version: "{version}"
+proxy: {{ workload: client, namespace: shop }}
+admin: {{ bind: "127.0.0.1:0" }}
+limits: {{ drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }}
+listeners:
+  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+    endpoints:
+{eps}{indented}"#
+    ))
+    .unwrap()
+}
+
+fn hits(h: &std::sync::atomic::AtomicUsize) -> usize {
+    h.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn an_ejection_ends_when_its_rule_or_its_endpoint_goes_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // `flaky` answers 500 while `failing` is set. One 500 ejects it for an
+    // hour; retries hide the 500s from the clients.
+    let failing = Arc::new(AtomicBool::new(true));
+    let cue = failing.clone();
+    let (flaky, flaky_hits) = counted_app("flaky", move |_, _| {
+        Answer::Status(if cue.load(Ordering::SeqCst) { 500 } else { 200 })
+    })
+    .await;
+    let (steady, _) = counted_app("steady", |_, _| Answer::Status(200)).await;
+    const RULE: &str = "trafficPolicy:
+  outlierDetection: { consecutive5xxErrors: 1, baseEjectionTime: 1h, maxEjectionPercent: 50 }
+";
+    const RETRIES: &str = "http:
+  - retries: { attempts: 2, retryOn: 5xx }
+";
+    let both = [flaky, steady];
+    let with_rule = format!("{RULE}{RETRIES}");
+    let p = Proxy::start(outbound_config("1", &both, &with_rule), Options::default())
+        .await
+        .unwrap();
+    let ejected = || async {
+        metric(
+            &scrape(&p).await,
+            "outrigger_outlier_ejected_endpoints",
+            &[("destination_service", "web.shop")],
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(p.listener_addr("outbound").unwrap(), stop.clone());
+    let limit = Duration::from_secs(5);
+
+    assert!(eventually(limit, || async { ejected().await == 1.0 }).await);
+    failing.store(false, Ordering::SeqCst);
+    let at_ejection = hits(&flaky_hits);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hits(&flaky_hits), at_ejection, "ejected: no traffic");
+
+    // The rule is deleted during the ejection: the endpoint is back.
+    p.apply(outbound_config("2", &both, RETRIES)).unwrap();
+    assert!(
+        eventually(limit, || async { hits(&flaky_hits) > at_ejection + 20 }).await,
+        "the ejected endpoint got no traffic after its rule was deleted"
+    );
+    assert_eq!(ejected().await, 0.0);
+
+    // The rule comes back: the endpoint stays in, and ejects again.
+    p.apply(outbound_config("3", &both, &with_rule)).unwrap();
+    let now = hits(&flaky_hits);
+    assert!(eventually(limit, || async { hits(&flaky_hits) > now + 20 }).await);
+    assert_eq!(ejected().await, 0.0);
+    failing.store(true, Ordering::SeqCst);
+    assert!(eventually(limit, || async { ejected().await == 1.0 }).await);
+    failing.store(false, Ordering::SeqCst);
+
+    // The ejected endpoint leaves: it is no longer counted; it comes
+    // back healthy.
+    p.apply(outbound_config("4", &[steady], &with_rule))
+        .unwrap();
+    assert_eq!(ejected().await, 0.0);
+    p.apply(outbound_config("5", &both, &with_rule)).unwrap();
+    let now = hits(&flaky_hits);
+    assert!(eventually(limit, || async { hits(&flaky_hits) > now + 20 }).await);
+    assert_eq!(ejected().await, 0.0);
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{ok} answered");
+    let text = scrape(&p).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_requests_total",
+            &[("response_flags", "UH")]
+        ),
+        0.0,
+        "{text}"
+    );
+}
+
+/// A light-load client: one request at a time on one HTTP/1.1 connection
+/// until `stop`; (answered 200, failed).
+fn one_at_a_time(
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        let mut c = http1(addr).await;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let req = http::Request::get("/")
+                .header("host", "web.shop")
+                .body(empty())
+                .unwrap();
+            match c.send_request(req).await {
+                Ok(r) if r.status() == 200 => {
+                    http_body_util::BodyExt::collect(r.into_body())
+                        .await
+                        .unwrap();
+                    ok += 1;
+                }
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test]
+async fn a_joining_endpoint_gets_traffic_at_once_under_light_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, a_hits) = counted_app("a", |_, _| Answer::Status(200)).await;
+    let (b, _) = counted_app("b", |_, _| Answer::Status(200)).await;
+    let (c, c_hits) = counted_app("c", |_, _| Answer::Status(200)).await;
+    let (d, d_hits) = counted_app("d", |_, _| Answer::Status(200)).await;
+    let p = Proxy::start(outbound_config("1", &[a, b], ""), Options::default())
+        .await
+        .unwrap();
+    let addr = p.listener_addr("outbound").unwrap();
+    // Requests one at a time: the light load under which a pessimistic
+    // start starves a new endpoint.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = vec![one_at_a_time(addr, stop.clone())];
+    // Both measured (fast) before `c` joins.
+    assert!(eventually(Duration::from_secs(5), || async { hits(&a_hits) > 100 }).await);
+
+    // Scaled up: `c` gets traffic within a second, and its share.
+    p.apply(outbound_config("2", &[a, b, c], "")).unwrap();
+    let joined = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || async { hits(&c_hits) > 0 }).await,
+        "the new endpoint got nothing"
+    );
+    let first = joined.elapsed();
+    let (a0, c0) = (hits(&a_hits), hits(&c_hits));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (da, dc) = (hits(&a_hits) - a0, hits(&c_hits) - c0);
+    assert!(dc * 4 > da, "{dc} to the new endpoint, {da} to an old one");
+
+    // Under more load, `d` joins as `a` leaves: `d` gets traffic at once,
+    // `a` none once the requests in flight are done, nothing fails.
+    clients.extend(keep_requesting(addr, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.apply(outbound_config("3", &[b, c, d], "")).unwrap();
+    let after = hits(&a_hits);
+    assert!(
+        eventually(Duration::from_secs(1), || async { hits(&d_hits) > 20 }).await,
+        "the new endpoint got nothing under load"
+    );
+    assert!(
+        hits(&a_hits) <= after + 5,
+        "the departed endpoint kept getting traffic"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{ok} answered");
+    eprintln!("the new endpoint's first request came {first:?} after it joined");
 }

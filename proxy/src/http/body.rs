@@ -3,13 +3,20 @@
 //! [`CountedBody`] adds data bytes to a counter as frames pass. [`ResponseBody`]
 //! also watches for the `grpc-status` trailer and, when the response ends (or
 //! is dropped early), records the request: count, duration, access log line.
+//! [`RequestBody`] is the client's request body: counted, and its failures
+//! (the client went away, or sent a malformed body) typed and recorded in
+//! the request's [`BodyFault`], so that what they cause upstream is put
+//! down to the client, never to the endpoint.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -52,6 +59,140 @@ where
             }
         }
         res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a client's request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The client went away (or reset its stream) before the body ended.
+    Aborted,
+    /// The body broke HTTP framing (a bad chunk size, an HTTP/2 protocol
+    /// error, a length that does not add up).
+    Malformed,
+}
+
+impl ClientFault {
+    /// What an error reading the client's body says about the client.
+    pub fn of(e: &hyper::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                // hyper's HTTP/1 body decoder: framing errors are invalid
+                // data or input; a body cut short is an unexpected end.
+                return match io.kind() {
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                        ClientFault::Malformed
+                    }
+                    _ => ClientFault::Aborted,
+                };
+            }
+            if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                return match h2.reason() {
+                    Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR)
+                        if !h2.is_remote() =>
+                    {
+                        ClientFault::Malformed
+                    }
+                    _ => ClientFault::Aborted,
+                };
+            }
+            source = err.source();
+        }
+        if e.is_parse() {
+            ClientFault::Malformed
+        } else {
+            ClientFault::Aborted
+        }
+    }
+}
+
+/// An error reading the client's request body: the client's doing.
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client: {source}")]
+pub struct ClientBodyError {
+    pub fault: ClientFault,
+    source: hyper::Error,
+}
+
+/// Whether the client's request body failed, and how (request extension,
+/// shared by every try). Set before the failure reaches the upstream
+/// connection, so an upstream error that follows it can be recognised as
+/// the client's: over HTTP/2 hyper resets the stream and the error it
+/// returns does not carry the body's.
+#[derive(Clone, Debug, Default)]
+pub struct BodyFault(Arc<OnceLock<(ClientFault, String)>>);
+
+impl BodyFault {
+    /// How the body failed, and why, if it did.
+    pub fn get(&self) -> Option<&(ClientFault, String)> {
+        self.0.get()
+    }
+
+    fn set(&self, e: &ClientBodyError) {
+        let _ = self.0.set((e.fault, e.source.to_string()));
+    }
+}
+
+pin_project! {
+    /// The client's request body, counted into the request's byte counter;
+    /// its errors are [`ClientBodyError`]s, recorded in its [`BodyFault`].
+    pub struct RequestBody {
+        #[pin]
+        inner: CountedBody<Incoming>,
+        fault: Option<BodyFault>,
+    }
+}
+
+impl RequestBody {
+    /// The client's request with its body wrapped. A request with a body
+    /// (only such a body can fail) carries the body's [`BodyFault`].
+    pub fn wrap(req: Request<Incoming>, bytes: Counter) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        let fault = (!body.is_end_stream()).then(BodyFault::default);
+        if let Some(f) = &fault {
+            parts.extensions.insert(f.clone());
+        }
+        let body = RequestBody {
+            inner: CountedBody::new(body, bytes),
+            fault,
+        };
+        Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Err(source))) => {
+                let e = ClientBodyError {
+                    fault: ClientFault::of(&source),
+                    source,
+                };
+                if let Some(f) = this.fault.as_ref() {
+                    f.set(&e);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, Version};
 
+use super::body::{BodyFault, ClientFault};
 use super::client::ClientError;
 use super::headers::PROXY_ERROR;
 use super::{full, Body};
@@ -37,11 +38,16 @@ pub enum ErrorKind {
     NotImplemented,
     /// An AuthorizationPolicy denied it (403 `RBAC`).
     Denied,
-    /// The request itself is malformed or not acceptable as sent (400 `DPE`).
+    /// The request itself is malformed or not acceptable as sent: a path
+    /// that cannot be normalized, a request body that broke HTTP framing
+    /// (400 `DPE`).
     BadRequest,
     /// An `Upgrade` (or `CONNECT`) the settings do not allow (403, no flag,
     /// as Envoy answers an upgrade it has no config for).
     UpgradeRefused,
+    /// The client went away before its request body ended (400 `DC`): the
+    /// client's doing, not the upstream's.
+    ClientAborted,
 }
 
 impl ErrorKind {
@@ -60,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Denied => ResponseFlag::Denied,
             ErrorKind::BadRequest => ResponseFlag::DownstreamProtocolError,
             ErrorKind::UpgradeRefused => ResponseFlag::None,
+            ErrorKind::ClientAborted => ResponseFlag::DownstreamConnectionTermination,
         }
     }
 
@@ -71,7 +78,7 @@ impl ErrorKind {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Denied | ErrorKind::UpgradeRefused => StatusCode::FORBIDDEN,
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest | ErrorKind::ClientAborted => StatusCode::BAD_REQUEST,
             ErrorKind::ConnectFailure
             | ErrorKind::RefusedStream
             | ErrorKind::Reset
@@ -90,6 +97,12 @@ impl ErrorKind {
                 | ErrorKind::ProtocolError
                 | ErrorKind::Timeout
         )
+    }
+
+    /// The client's fault: it says nothing about the endpoint (no outlier
+    /// outcome, no latency sample, no retry).
+    pub fn is_client_fault(self) -> bool {
+        matches!(self, ErrorKind::ClientAborted | ErrorKind::BadRequest)
     }
 
     /// The request provably never reached the upstream application, so even
@@ -157,6 +170,22 @@ impl ProxyError {
             served: None,
             route: None,
             attempts: None,
+        }
+    }
+
+    /// Puts an upstream error down to the client whose request body failed
+    /// first (see [`BodyFault`]): whatever the upstream connection did
+    /// next followed from it.
+    pub fn blame_client(&mut self, fault: &BodyFault) {
+        if let Some((f, why)) = fault.get() {
+            self.kind = match f {
+                ClientFault::Aborted => ErrorKind::ClientAborted,
+                ClientFault::Malformed => ErrorKind::BadRequest,
+            };
+            self.message = match f {
+                ClientFault::Aborted => format!("the client's request body ended early: {why}"),
+                ClientFault::Malformed => format!("malformed request body: {why}"),
+            };
         }
     }
 
@@ -243,8 +272,16 @@ mod tests {
             (ErrorKind::ProtocolError, 502, "UPE"),
             (ErrorKind::NotImplemented, 501, "NR"),
             (ErrorKind::Denied, 403, "RBAC"),
-            (ErrorKind::BadRequest, 400, "DPE"),
-            (ErrorKind::UpgradeRefused, 403, "-"),
+            /// The request itself is malformed or not acceptable as sent: a path
+            /// that cannot be normalized, a request body that broke HTTP framing
+            /// (400 `DPE`).
+            BadRequest,
+            /// An `Upgrade` (or `CONNECT`) the settings do not allow (403, no flag,
+            /// as Envoy answers an upgrade it has no config for).
+            UpgradeRefused,
+            /// The client went away before its request body ended (400 `DC`): the
+            /// client's doing, not the upstream's.
+            ClientAborted,
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");

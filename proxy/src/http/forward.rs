@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use outrigger_identity::SpiffeId;
 use tower::Service;
 
+use super::body::BodyFault;
 use super::client::{Client, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
@@ -72,6 +73,7 @@ impl Service<Req> for Forward {
             if let Some(sent) = req.extensions().get::<SentTo>() {
                 sent.set(&served);
             }
+            let body_fault = req.extensions().get::<BodyFault>().cloned();
             let result = if req.version() != Version::HTTP_2
                 && headers::is_upgrade(req.version(), req.method(), req.headers())
             {
@@ -85,6 +87,9 @@ impl Service<Req> for Forward {
                     Ok(resp)
                 }
                 Err(mut e) => {
+                    if let Some(f) = &body_fault {
+                        e.blame_client(f);
+                    }
                     e.served = Some(Box::new(served));
                     Err(e)
                 }

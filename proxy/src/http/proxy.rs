@@ -11,14 +11,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use outrigger_api::ServiceRef;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 
-use super::body::{CountedBody, Record, ResponseBody};
+use super::body::{Record, RequestBody, ResponseBody};
 use super::client::{Client, UpstreamProto};
 use super::error::{ErrorKind, Flagged, ProxyError, RouteName, Served};
 use super::forward::Upstream;
@@ -224,11 +223,7 @@ impl HttpProxy {
             return self.respond(Err(err), record, client_version);
         }
 
-        let (parts, body) = req.into_parts();
-        let body = CountedBody::new(body, request_bytes)
-            .map_err(Into::into)
-            .boxed_unsync();
-        let mut req = Request::from_parts(parts, body);
+        let mut req = RequestBody::wrap(req, request_bytes);
         if let Some(id) = &self.ctx.peer_identity {
             req.extensions_mut().insert(id.clone());
         }

@@ -76,9 +76,10 @@ pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
 /// fault        injected delay (DI) and abort (FI)
 /// rewrite      request/response header operations, URI and authority rewrite
 /// timeout      the route timeout, over every try and back-off (504 UT)
+/// split        weighted choice of destination service and subset, once per
+///              request: every try goes to the same destination
 /// retry        budgeted retries with back-off, body replay, attempt count
 /// timeout      the per-try timeout (504 UT, retryable)
-/// split        weighted choice of destination service and subset
 /// balance      endpoint choice: P2C peak-EWMA (or RR, random, least-request),
 ///              skipping ejected endpoints and the ones already tried (503 UH)
 /// pool         the service's connection-pool limits (503 UO)
@@ -99,9 +100,9 @@ pub fn outbound(
         .layer_fn(|inner| Fault::new(inner, chance.clone()))
         .layer_fn(Rewrite::new)
         .layer_fn(Timeout::route)
+        .layer_fn(|inner| Split::new(inner, chance.clone()))
         .layer_fn(|inner| Retry::new(inner, metrics.clone(), chance.clone()))
         .layer_fn(Timeout::per_try)
-        .layer_fn(|inner| Split::new(inner, chance.clone()))
         .layer_fn(|inner| Balance::new(inner, chance.clone()))
         .layer_fn(|inner| PoolLimit::new(inner, metrics.clone()))
         .layer_fn(|inner| RecordOutcome::new(inner, metrics.clone()))

@@ -6,9 +6,16 @@
 //!
 //! Ejected endpoints are skipped (one trial request is let through when an
 //! ejection ends), as are endpoints an earlier try of the same request went
-//! to, where another is left. New endpoints warm up: an unobserved endpoint
-//! starts at a pessimistic 30 ms estimate, and with `warmupDurationSecs` an
-//! endpoint that joins a running service ramps from 10 % of its share.
+//! to, where another is left.
+//!
+//! New endpoints: an endpoint nothing has been measured on costs nothing
+//! while no request is in flight to it, and more than any measured one
+//! while one is (Finagle's peak EWMA): it is probed by the first pair it
+//! is drawn into, one request at a time, and competes on its own latency
+//! from the first answer. With `warmupDurationSecs`, an endpoint that joins
+//! a running service ramps from 10 % of its share to all of it over the
+//! window (Envoy's slow start with aggression 1): every algorithm passes
+//! over a warming pick with the probability it is not yet warm.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,8 +38,10 @@ use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
 use crate::http::stack::{always_ready, Fut, HttpService, Req};
 
-/// The estimate of an endpoint nothing has been measured on yet.
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The cost of each request in flight to an endpoint nothing has been
+/// measured on yet: above any measured endpoint's, so that an unmeasured
+/// endpoint gets one probe at a time.
+const PROBING: Duration = Duration::from_secs(3600);
 /// The EWMA's time constant.
 pub const DECAY: Duration = Duration::from_secs(10);
 /// What a failed try counts as, so that a failing endpoint does not look fast.
@@ -74,11 +83,12 @@ impl From<Option<&LoadBalancer>> for LbPolicy {
     }
 }
 
-/// An endpoint's load: requests in flight and the peak-EWMA latency.
+/// An endpoint's load: requests in flight and the peak-EWMA latency
+/// (`None` until the first answer).
 #[derive(Debug)]
 pub struct Load {
     in_flight: AtomicU32,
-    ewma: Mutex<Ewma>,
+    ewma: Mutex<Option<Ewma>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -112,13 +122,10 @@ impl Ewma {
 }
 
 impl Load {
-    pub fn new(now: Instant) -> Self {
+    pub fn new() -> Self {
         Self {
             in_flight: AtomicU32::new(0),
-            ewma: Mutex::new(Ewma {
-                rtt_ns: DEFAULT_RTT.as_nanos() as f64,
-                at: now,
-            }),
+            ewma: Mutex::new(None),
         }
     }
 
@@ -126,13 +133,45 @@ impl Load {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Latency estimate in nanoseconds at `now`.
-    pub fn estimate(&self, now: Instant) -> f64 {
-        self.ewma.lock().expect("ewma lock").at(now)
+    /// Latency estimate in nanoseconds at `now`; `None` until measured.
+    pub fn estimate(&self, now: Instant) -> Option<f64> {
+        self.ewma
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|e| e.at(now))
     }
 
     pub fn observe(&self, rtt: Duration, now: Instant) {
-        self.ewma.lock().expect("ewma lock").observe(rtt, now);
+        let mut ewma = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *ewma {
+            Some(e) => e.observe(rtt, now),
+            // The first answer is the estimate.
+            None => {
+                *ewma = Some(Ewma {
+                    rtt_ns: rtt.as_nanos() as f64,
+                    at: now,
+                })
+            }
+        }
+    }
+
+    /// Peak-EWMA cost: the latency estimate times the requests in flight
+    /// (with this one). Unmeasured: nothing while idle, so it is probed;
+    /// [`PROBING`] per request while its probe is out, so it waits for the
+    /// answer.
+    fn cost(&self, now: Instant) -> f64 {
+        let in_flight = self.in_flight();
+        match self.estimate(now) {
+            Some(rtt) => rtt * f64::from(in_flight + 1),
+            None if in_flight == 0 => 0.0,
+            None => PROBING.as_nanos() as f64 * f64::from(in_flight),
+        }
+    }
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -171,19 +210,12 @@ pub fn choose(
         return Choice::Empty;
     }
     let eps = &svc.endpoints;
-    let any_ejected = members
-        .iter()
-        .any(|i| eps[*i].stats.ejected.load(Ordering::Relaxed));
+    let any_ejected = members.iter().any(|i| eps[*i].stats.outlier.is_ejected());
     let mut candidates: Vec<usize> = if any_ejected {
         members
             .iter()
             .copied()
-            .filter(|i| {
-                let s = &eps[*i].stats;
-                !s.ejected.load(Ordering::Relaxed)
-                    || s.outlier.lock().expect("outlier lock").availability(now)
-                        == Availability::TrialDue
-            })
+            .filter(|i| eps[*i].stats.outlier.availability(now) != Availability::Ejected)
             .collect()
     } else {
         members.to_vec()
@@ -202,13 +234,13 @@ pub fn choose(
         let pos = pick(svc, &candidates, now, chance);
         let index = candidates[pos];
         let stats = &eps[index].stats;
-        if !stats.ejected.load(Ordering::Relaxed) {
+        if !stats.outlier.is_ejected() {
             return Choice::Endpoint {
                 index,
                 trial: false,
             };
         }
-        if stats.outlier.lock().expect("outlier lock").begin_trial(now) {
+        if stats.outlier.begin_trial(now) {
             return Choice::Endpoint { index, trial: true };
         }
         // Another request took the trial meanwhile.
@@ -229,18 +261,20 @@ fn pick(svc: &ServiceState, candidates: &[usize], now: Instant, chance: &Chance)
         Algorithm::PeakEwma | Algorithm::LeastRequest => {
             let cost = |pos: usize| {
                 let load = &eps[candidates[pos]].stats.load;
-                let pending = f64::from(load.in_flight() + 1);
-                let base = match svc.lb.algorithm {
-                    Algorithm::PeakEwma => load.estimate(now) * pending,
-                    _ => pending,
-                };
-                base / warm(pos)
+                match svc.lb.algorithm {
+                    Algorithm::PeakEwma => load.cost(now),
+                    _ => f64::from(load.in_flight() + 1),
+                }
             };
             let (a, b) = chance.two_below(n);
-            if cost(b) < cost(a) {
-                b
+            let (win, other) = if cost(b) < cost(a) { (b, a) } else { (a, b) };
+            // Slow start: a warming winner keeps the pick with the
+            // probability it is warm, so its share ramps with the window.
+            let f = warm(win);
+            if f >= 1.0 || chance.unit() < f {
+                win
             } else {
-                a
+                other
             }
         }
         Algorithm::RoundRobin | Algorithm::Random => {
@@ -315,7 +349,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             Choice::Empty => {
                 let e = ProxyError::new(
                     ErrorKind::NoHealthyUpstream,
-                    format!("service {} has no endpoints to send to", svc.label),
+                    format!("{} has no endpoints to send to", backend.describe()),
                 );
                 return Box::pin(async move { Err(e) });
             }
@@ -323,8 +357,8 @@ impl<S: HttpService> Service<Req> for Balance<S> {
                 let e = ProxyError::new(
                     ErrorKind::NoHealthyUpstream,
                     format!(
-                        "all {n} endpoints of service {} are ejected by outlier detection",
-                        svc.label
+                        "all {n} endpoints of {} are ejected by outlier detection",
+                        backend.describe()
                     ),
                 );
                 return Box::pin(async move { Err(e) });
@@ -370,10 +404,16 @@ impl<S: HttpService> Service<Req> for Balance<S> {
             let _in_flight = in_flight;
             let result = fut.await;
             let rtt = match &result {
-                Err(e) if e.kind.is_endpoint_failure() => start.elapsed().max(FAILURE_PENALTY),
-                _ => start.elapsed(),
+                // The client's doing says nothing about the endpoint.
+                Err(e) if e.kind.is_client_fault() => None,
+                Err(e) if e.kind.is_endpoint_failure() => {
+                    Some(start.elapsed().max(FAILURE_PENALTY))
+                }
+                _ => Some(start.elapsed()),
             };
-            stats.load.observe(rtt, Instant::now());
+            if let Some(rtt) = rtt {
+                stats.load.observe(rtt, Instant::now());
+            }
             result
         })
     }
@@ -400,7 +440,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::outlier::{Outcome, OutlierPolicy, Transition};
-    use crate::policy::testing::{config, service_ref};
+    use crate::policy::testing::{config, service_ref, Scripted};
+    use prometheus_client::metrics::gauge::Gauge;
 
     const RR: &str = "trafficPolicy:\n  loadBalancer: { simple: ROUND_ROBIN }";
     const RANDOM: &str = "trafficPolicy:\n  loadBalancer: { simple: RANDOM }";
@@ -452,30 +493,30 @@ mod tests {
         }
     }
 
-    /// Ejects endpoint `i` for 30 s, as the outlier layer does.
+    /// Ejects endpoint `i` for 30 s, as the outlier layer does (under
+    /// `outlier_policy()`, whatever the service's own).
     fn eject(svc: &ServiceState, i: usize) {
-        let stats = &svc.endpoints[i].stats;
-        let t = stats.outlier.lock().unwrap().observe(
+        let d = &svc.endpoints[i].stats.outlier;
+        d.carry(Some(&outlier_policy()), Instant::now());
+        let t = d.observe(
             Outcome::Status(503),
-            &outlier_policy(),
             Instant::now(),
-            || true,
+            |_| true,
+            Gauge::default,
         );
         assert!(matches!(t, Transition::Ejected { .. }), "{t:?}");
-        stats.ejected.store(true, Ordering::Relaxed);
     }
 
     /// A successful trial brings endpoint `i` back, as the outlier layer does.
     fn recover(svc: &ServiceState, i: usize) {
-        let stats = &svc.endpoints[i].stats;
-        let t = stats.outlier.lock().unwrap().observe(
+        let d = &svc.endpoints[i].stats.outlier;
+        let t = d.observe(
             Outcome::Success,
-            &outlier_policy(),
             Instant::now(),
-            || unreachable!(),
+            |_| unreachable!(),
+            Gauge::default,
         );
         assert_eq!(t, Transition::Recovered);
-        stats.ejected.store(false, Ordering::Relaxed);
     }
 
     fn assert_close(actual: f64, expected: f64) {
@@ -575,6 +616,48 @@ mod tests {
         assert_eq!(trials, 1);
     }
 
+    /// The error the balancer answers for route 0's first destination.
+    async fn refusal(cfg: &Config) -> String {
+        let route = cfg.routes(&service_ref("web")).unwrap()[0].clone();
+        let mut req = crate::policy::testing::request_on_route(&route);
+        req.extensions_mut().insert(route.backends[0].1.clone());
+        let mut balance = Balance::new(Scripted::ok(), Chance::seeded(1));
+        balance.call(req).await.unwrap_err().message
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_healthy_upstream_names_the_subset() {
+        let routed = |subset: &str| {
+            format!(
+                "subsets: [{{ name: v1, labels: {{ version: v1 }} }}, {{ name: v2, labels: {{ version: v2 }} }}, {{ name: v3, labels: {{ version: v3 }} }}]
+http:
+  - route: [{{ destination: {{ host: web, subset: {subset} }} }}]"
+            )
+        };
+        // Endpoints 1 and 3 are v2.
+        let cfg = config(&[("web", 4, &routed("v2"))]);
+        let svc = cfg.service(&service_ref("web")).unwrap().clone();
+        eject(&svc, 1);
+        eject(&svc, 3);
+        assert_eq!(
+            refusal(&cfg).await,
+            "all 2 endpoints of subset v2 of service web.shop are ejected by outlier detection"
+        );
+        let cfg = config(&[("web", 4, &routed("v3"))]);
+        assert_eq!(
+            refusal(&cfg).await,
+            "subset v3 of service web.shop has no endpoints to send to"
+        );
+        // Without a subset, the service.
+        let cfg = config(&[("web", 1, "")]);
+        let svc = cfg.service(&service_ref("web")).unwrap().clone();
+        eject(&svc, 0);
+        assert_eq!(
+            refusal(&cfg).await,
+            "all 1 endpoints of service web.shop are ejected by outlier detection"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_trial_is_offered_again() {
         let svc = service(1, "");
@@ -590,8 +673,7 @@ mod tests {
             choose(&svc, &svc.all, &[], Instant::now(), &chance),
             Choice::AllEjected(1)
         );
-        let stats = &svc.endpoints[0].stats;
-        stats.outlier.lock().unwrap().abandon_trial(Instant::now());
+        svc.endpoints[0].stats.outlier.abandon_trial(Instant::now());
         assert_eq!(choose(&svc, &svc.all, &[], Instant::now(), &chance), trial);
     }
 
@@ -642,7 +724,7 @@ mod tests {
         let chance = Chance::seeded(7);
         let (slow, fast) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
         slow.load.observe(ms(300), Instant::now());
-        // fast: the unmeasured 30 ms.
+        fast.load.observe(ms(30), Instant::now());
 
         // 30 ms × 9 < 300 ms × 1: still the fast one.
         let mut guards: Vec<_> = (0..8).map(|_| InFlightGuard::start(fast)).collect();
@@ -688,30 +770,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_higher_sample_replaces_the_estimate_at_once() {
         let t0 = Instant::now();
-        let load = Load::new(t0);
-        assert_close(load.estimate(t0), DEFAULT_RTT.as_nanos() as f64);
+        let load = Load::new();
+        assert_eq!(load.estimate(t0), None);
         load.observe(ms(100), t0);
-        assert_close(load.estimate(t0), 100e6);
+        assert_close(load.estimate(t0).unwrap(), 100e6);
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = Instant::now();
         load.observe(ms(120), now);
-        assert_close(load.estimate(now), 120e6);
+        assert_close(load.estimate(now).unwrap(), 120e6);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lower_sample_pulls_the_estimate_down_gradually() {
-        let load = Load::new(Instant::now());
+        let load = Load::new();
         load.observe(ms(100), Instant::now());
         // At the same instant a lower sample has no weight.
         load.observe(ms(10), Instant::now());
-        assert_close(load.estimate(Instant::now()), 100e6);
+        assert_close(load.estimate(Instant::now()).unwrap(), 100e6);
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let now = Instant::now();
-        let decayed = load.estimate(now);
+        let decayed = load.estimate(now).unwrap();
         assert_close(decayed, 100e6 * (-0.1f64).exp());
         load.observe(ms(10), now);
-        let pulled = load.estimate(now);
+        let pulled = load.estimate(now).unwrap();
         assert!(pulled < decayed && pulled > 50e6, "{pulled}");
 
         // More samples keep pulling it down, never below the sample.
@@ -719,7 +801,7 @@ mod tests {
         for _ in 0..100 {
             tokio::time::advance(Duration::from_secs(1)).await;
             load.observe(ms(10), Instant::now());
-            let e = load.estimate(Instant::now());
+            let e = load.estimate(Instant::now()).unwrap();
             assert!(e <= last && e >= 10e6, "{e} after {last}");
             last = e;
         }
@@ -729,15 +811,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_estimate_decays_toward_zero() {
         let t0 = Instant::now();
-        let load = Load::new(t0);
-        let initial = DEFAULT_RTT.as_nanos() as f64;
+        let load = Load::new();
+        load.observe(ms(30), t0);
+        let initial = 30e6;
         tokio::time::advance(DECAY).await;
-        assert_close(load.estimate(Instant::now()), initial * (-1f64).exp());
+        assert_close(
+            load.estimate(Instant::now()).unwrap(),
+            initial * (-1f64).exp(),
+        );
         tokio::time::advance(DECAY * 9).await;
-        let e = load.estimate(Instant::now());
+        let e = load.estimate(Instant::now()).unwrap();
         assert!(e < initial * 1e-4, "{e}");
         // Reading the estimate changes nothing.
-        assert_close(load.estimate(t0 + DECAY), initial * (-1f64).exp());
+        assert_close(load.estimate(t0 + DECAY).unwrap(), initial * (-1f64).exp());
     }
 
     #[tokio::test(start_paused = true)]
@@ -810,7 +896,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_joining_endpoint_warms_up() {
-        for lb in ["ROUND_ROBIN", "RANDOM"] {
+        for lb in ["ROUND_ROBIN", "RANDOM", "UNSPECIFIED", "LEAST_REQUEST"] {
             let policy = format!(
                 "trafficPolicy:\n  loadBalancer: {{ simple: {lb}, warmupDurationSecs: 10s }}"
             );
@@ -841,6 +927,68 @@ mod tests {
                 assert!((900..1100).contains(n), "{lb} at 10 s: {c:?}");
             }
         }
+    }
+
+    /// One request at a time, as a light-load client sends them: the
+    /// balancer's choice, answered in 1 ms.
+    async fn serve_one(svc: &ServiceState, chance: &Chance) -> usize {
+        let i = index(choose(svc, &svc.all, &[], Instant::now(), chance));
+        let stats = &svc.endpoints[i].stats;
+        let in_flight = InFlightGuard::start(stats);
+        tokio::time::advance(ms(1)).await;
+        stats.load.observe(ms(1), Instant::now());
+        drop(in_flight);
+        i
+    }
+
+    /// The first request (0-based) each endpoint got, and how many each got,
+    /// over `n` sequential requests.
+    async fn sequential(svc: &ServiceState, n: usize, chance: &Chance) -> (Vec<usize>, Vec<usize>) {
+        let mut first = vec![usize::MAX; svc.endpoints.len()];
+        let mut counts = vec![0; svc.endpoints.len()];
+        for k in 0..n {
+            let i = serve_one(svc, chance).await;
+            first[i] = first[i].min(k);
+            counts[i] += 1;
+        }
+        (first, counts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_probes_an_unmeasured_endpoint_at_once() {
+        for seed in 0..20 {
+            let chance = Chance::seeded(seed);
+            // Three endpoints from the start, requests one at a time.
+            let svc = service(3, "");
+            let (first, counts) = sequential(&svc, 900, &chance).await;
+            assert!(first.iter().all(|k| *k < 10), "seed {seed}: {first:?}");
+            assert!(counts.iter().all(|n| *n > 200), "seed {seed}: {counts:?}");
+
+            // A third joins two that answer in 1 ms.
+            let (before, svc) = joined_one(2, "");
+            sequential(&before, 100, &chance).await;
+            let (first, counts) = sequential(&svc, 900, &chance).await;
+            assert!(first[2] < 10, "seed {seed}: {first:?}");
+            assert!(counts[2] > 200, "seed {seed}: {counts:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unmeasured_endpoint_is_probed_one_request_at_a_time() {
+        let svc = service(2, "");
+        let chance = Chance::seeded(16);
+        let (known, new) = (&svc.endpoints[0].stats, &svc.endpoints[1].stats);
+        known.load.observe(ms(5), Instant::now());
+        // Idle and unmeasured: it wins every pair.
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
+        // Its probe is out: nothing more until the answer, however busy the
+        // measured one is.
+        let _probe = InFlightGuard::start(new);
+        let _busy: Vec<_> = (0..50).map(|_| InFlightGuard::start(known)).collect();
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![20, 0]);
+        // Answered in 1 ms: it competes on its latency from then on.
+        new.load.observe(ms(1), Instant::now());
+        assert_eq!(counts(&svc, &svc.all, &[], 20, &chance), vec![0, 20]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -883,7 +1031,7 @@ mod tests {
     #[test]
     fn the_warm_factor_ramps_from_the_floor() {
         let t0 = Instant::now();
-        let joined = EndpointStats::new(Some(t0));
+        let joined = EndpointStats::new(None, Some(t0));
         let w = Some(Duration::from_secs(10));
         assert_eq!(warm_factor(&joined, w, t0), WARMUP_FLOOR);
         assert_eq!(
@@ -895,7 +1043,7 @@ mod tests {
         assert_eq!(warm_factor(&joined, w, t0 + Duration::from_secs(99)), 1.0);
         assert_eq!(warm_factor(&joined, None, t0), 1.0);
         assert_eq!(warm_factor(&joined, Some(Duration::ZERO), t0), 1.0);
-        let original = EndpointStats::new(None);
+        let original = EndpointStats::new(None, None);
         assert_eq!(warm_factor(&original, w, t0), 1.0);
     }
 

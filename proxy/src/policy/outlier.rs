@@ -12,12 +12,20 @@
 //! ```
 //!
 //! `times` (the ejection multiplier) decays by one per `interval` the
-//! endpoint stays healthy.
+//! endpoint stays healthy. A trial that has not answered within one base
+//! ejection time lets the next request be a trial too: an ejection always
+//! ends when its time is up, whatever happens to the trial.
+//!
+//! An endpoint's [`Detector`] holds the policy it is judged by with the
+//! state machine: a new snapshot keeps both while the endpoint stays and
+//! the policy does not change, and resets them otherwise (see
+//! `Config::build`), so an ejection never outlives the rule that made it.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -119,8 +127,10 @@ enum State {
     Ejected {
         until: Instant,
     },
-    /// The trial request is in flight.
-    Trial,
+    /// The trial request is in flight; past `until` another may be tried.
+    Trial {
+        until: Instant,
+    },
 }
 
 impl Outlier {
@@ -141,15 +151,21 @@ impl Outlier {
     pub fn availability(&self, now: Instant) -> Availability {
         match self.state {
             State::Healthy => Availability::Available,
-            State::Ejected { until } if now >= until => Availability::TrialDue,
-            State::Ejected { .. } | State::Trial => Availability::Ejected,
+            State::Ejected { until } | State::Trial { until } if now >= until => {
+                Availability::TrialDue
+            }
+            State::Ejected { .. } | State::Trial { .. } => Availability::Ejected,
         }
     }
 
-    /// Claims the one trial request; false if it is not due or already taken.
-    pub fn begin_trial(&mut self, now: Instant) -> bool {
+    /// Claims the one trial request; false if it is not due or already
+    /// taken. A trial unanswered for `policy.base_ejection` gives way to
+    /// another.
+    pub fn begin_trial(&mut self, policy: &OutlierPolicy, now: Instant) -> bool {
         if self.availability(now) == Availability::TrialDue {
-            self.state = State::Trial;
+            self.state = State::Trial {
+                until: now + policy.base_ejection,
+            };
             true
         } else {
             false
@@ -159,7 +175,7 @@ impl Outlier {
     /// The trial request ended without an outcome (the client went away):
     /// the next request may try again.
     pub fn abandon_trial(&mut self, now: Instant) {
-        if self.state == State::Trial {
+        if matches!(self.state, State::Trial { .. }) {
             self.state = State::Ejected { until: now };
         }
     }
@@ -174,7 +190,7 @@ impl Outlier {
         may_eject: impl FnOnce() -> bool,
     ) -> Transition {
         match self.state {
-            State::Trial => {
+            State::Trial { .. } => {
                 if outcome == Outcome::Success {
                     self.state = State::Healthy;
                     self.consecutive_5xx = 0;
@@ -236,6 +252,139 @@ impl Outlier {
     }
 }
 
+/// One endpoint's outlier detection under the config in force: the policy
+/// it is judged by, its state machine, and the gauge its ejection is
+/// counted in while it lasts (`outrigger_outlier_ejected_endpoints`).
+#[derive(Debug)]
+pub struct Detector {
+    judged: Mutex<Judged>,
+    /// Set while ejected, so that the balancer's common path takes no lock.
+    ejected: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Judged {
+    /// `None`: no outlier detection; outcomes change nothing.
+    policy: Option<OutlierPolicy>,
+    outlier: Outlier,
+    /// Where this endpoint's ejection is counted, while it is ejected.
+    counted: Option<Gauge>,
+}
+
+impl Judged {
+    /// Back to healthy under `policy`, the ejection (if any) uncounted.
+    fn reset(&mut self, policy: Option<OutlierPolicy>, ejected: &AtomicBool, now: Instant) {
+        if let Some(g) = self.counted.take() {
+            g.dec();
+        }
+        ejected.store(false, Ordering::Relaxed);
+        self.policy = policy;
+        self.outlier = Outlier::new(now);
+    }
+}
+
+impl Detector {
+    pub fn new(policy: Option<OutlierPolicy>, now: Instant) -> Self {
+        Self {
+            judged: Mutex::new(Judged {
+                policy,
+                outlier: Outlier::new(now),
+                counted: None,
+            }),
+            ejected: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Judged> {
+        self.judged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ejected right now (the trial, if one is in flight, included).
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    pub fn availability(&self, now: Instant) -> Availability {
+        if !self.is_ejected() {
+            return Availability::Available;
+        }
+        self.lock().outlier.availability(now)
+    }
+
+    /// See [`Outlier::begin_trial`].
+    pub fn begin_trial(&self, now: Instant) -> bool {
+        let mut j = self.lock();
+        let Judged {
+            policy, outlier, ..
+        } = &mut *j;
+        match policy {
+            Some(p) => outlier.begin_trial(p, now),
+            None => false,
+        }
+    }
+
+    /// See [`Outlier::abandon_trial`].
+    pub fn abandon_trial(&self, now: Instant) {
+        self.lock().outlier.abandon_trial(now);
+    }
+
+    /// The policy of a new config for this endpoint: kept as it is under
+    /// the same policy; under another (or none), back to healthy with its
+    /// ejection, if any, uncounted. Returns whether it was reset.
+    pub fn carry(&self, policy: Option<&OutlierPolicy>, now: Instant) -> bool {
+        let mut j = self.lock();
+        if j.policy.as_ref() == policy {
+            return false;
+        }
+        j.reset(policy.cloned(), &self.ejected, now);
+        true
+    }
+
+    /// The endpoint left the config: nothing judges it any more, and its
+    /// ejection, if any, is no longer counted.
+    pub fn retire(&self, now: Instant) {
+        self.lock().reset(None, &self.ejected, now);
+    }
+
+    /// Feeds one outcome to the state machine under this endpoint's policy
+    /// (nothing happens without one). `may_eject` is the service-wide cap;
+    /// `gauge` is where an ejection is counted.
+    pub fn observe(
+        &self,
+        outcome: Outcome,
+        now: Instant,
+        may_eject: impl FnOnce(&OutlierPolicy) -> bool,
+        gauge: impl FnOnce() -> Gauge,
+    ) -> Transition {
+        let mut j = self.lock();
+        let Judged {
+            policy,
+            outlier,
+            counted,
+        } = &mut *j;
+        let Some(policy) = policy.as_ref() else {
+            return Transition::None;
+        };
+        let transition = outlier.observe(outcome, policy, now, || may_eject(policy));
+        match transition {
+            Transition::Ejected { .. } => {
+                self.ejected.store(true, Ordering::Relaxed);
+                let g = gauge();
+                g.inc();
+                *counted = Some(g);
+            }
+            Transition::Recovered => {
+                self.ejected.store(false, Ordering::Relaxed);
+                if let Some(g) = counted.take() {
+                    g.dec();
+                }
+            }
+            Transition::Reejected { .. } | Transition::None => {}
+        }
+        transition
+    }
+}
+
 /// The outlier layer: feeds every try's outcome to its endpoint's detector
 /// and keeps the ejection metrics.
 #[derive(Clone)]
@@ -257,9 +406,7 @@ struct TrialGuard(Option<Chosen>);
 impl Drop for TrialGuard {
     fn drop(&mut self) {
         if let Some(c) = self.0.take() {
-            if let Ok(mut o) = c.stats().outlier.lock() {
-                o.abandon_trial(Instant::now());
-            }
+            c.stats().outlier.abandon_trial(Instant::now());
         }
     }
 }
@@ -268,8 +415,11 @@ impl<S: HttpService> Service<Req> for RecordOutcome<S> {
     always_ready!();
 
     fn call(&mut self, req: Req) -> Fut {
-        let chosen = req.extensions().get::<Chosen>().cloned();
-        let Some((chosen, policy)) = chosen.and_then(|c| c.service.outlier.clone().map(|p| (c, p)))
+        let Some(chosen) = req
+            .extensions()
+            .get::<Chosen>()
+            .filter(|c| c.trial || c.service.outlier.is_some())
+            .cloned()
         else {
             return self.inner.call(req);
         };
@@ -287,40 +437,37 @@ impl<S: HttpService> Service<Req> for RecordOutcome<S> {
             };
             if let Some(outcome) = outcome {
                 guard.0 = None;
-                observe(&chosen, &policy, outcome, &metrics);
+                observe(&chosen, outcome, &metrics);
             }
             result
         })
     }
 }
 
-fn observe(chosen: &Chosen, policy: &OutlierPolicy, outcome: Outcome, metrics: &Metrics) {
+fn observe(chosen: &Chosen, outcome: Outcome, metrics: &Metrics) {
     let svc = &chosen.service;
-    let stats = chosen.stats();
     let now = Instant::now();
-    let may_eject = || {
+    let may_eject = |policy: &OutlierPolicy| {
         let ejected = svc
             .endpoints
             .iter()
-            .filter(|e| e.stats.ejected.load(Ordering::Relaxed))
+            .filter(|e| e.stats.outlier.is_ejected())
             .count();
         ejected < policy.max_ejected(svc.endpoints.len())
     };
-    let transition = stats
-        .outlier
-        .lock()
-        .expect("outlier lock")
-        .observe(outcome, policy, now, may_eject);
     let label = || ServiceLabel {
         destination_service: svc.label.clone(),
     };
+    let gauge = || metrics.ejected.get_or_create(&label()).clone();
+    let transition = chosen
+        .stats()
+        .outlier
+        .observe(outcome, now, may_eject, gauge);
     let addr = svc.endpoints[chosen.index].addr;
     match transition {
         Transition::None => {}
         Transition::Ejected { until } => {
-            stats.ejected.store(true, Ordering::Relaxed);
             metrics.ejections.get_or_create(&label()).inc();
-            metrics.ejected.get_or_create(&label()).inc();
             tracing::info!(service = %svc.label, endpoint = %addr, for_ms = until.saturating_duration_since(now).as_millis() as u64, "endpoint ejected by outlier detection");
         }
         Transition::Reejected { until } => {
@@ -328,8 +475,6 @@ fn observe(chosen: &Chosen, policy: &OutlierPolicy, outcome: Outcome, metrics: &
             tracing::info!(service = %svc.label, endpoint = %addr, for_ms = until.saturating_duration_since(now).as_millis() as u64, "trial request failed; endpoint ejected again");
         }
         Transition::Recovered => {
-            stats.ejected.store(false, Ordering::Relaxed);
-            metrics.ejected.get_or_create(&label()).dec();
             tracing::info!(service = %svc.label, endpoint = %addr, "trial request succeeded; endpoint back in rotation");
         }
     }
@@ -338,6 +483,9 @@ fn observe(chosen: &Chosen, policy: &OutlierPolicy, outcome: Outcome, metrics: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::balance::{choose, Choice};
+    use crate::policy::chance::Chance;
+    use crate::policy::testing::{config, request_to_endpoint_with, service_ref, Scripted, Step};
 
     fn policy() -> OutlierPolicy {
         OutlierPolicy {
@@ -390,8 +538,8 @@ mod tests {
         fail(&mut o, 3);
         tokio::time::advance(Duration::from_secs(30)).await;
         let now = Instant::now();
-        assert!(o.begin_trial(now));
-        assert!(!o.begin_trial(now), "only one trial at a time");
+        assert!(o.begin_trial(&policy(), now));
+        assert!(!o.begin_trial(&policy(), now), "only one trial at a time");
         assert_eq!(o.availability(now), Availability::Ejected);
         assert_eq!(
             o.observe(Outcome::Success, &policy(), now, || unreachable!()),
@@ -405,7 +553,7 @@ mod tests {
         let mut o = Outlier::new(Instant::now());
         fail(&mut o, 3);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
         let now = Instant::now();
         assert_eq!(
             o.observe(Outcome::LocalFailure, &policy(), now, || unreachable!()),
@@ -414,7 +562,7 @@ mod tests {
             }
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
         let now = Instant::now();
         assert_eq!(
             o.observe(Outcome::Status(503), &policy(), now, || true),
@@ -429,10 +577,10 @@ mod tests {
         let mut o = Outlier::new(Instant::now());
         fail(&mut o, 3);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
         o.observe(Outcome::Status(500), &policy(), Instant::now(), || true); // times = 2
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
         o.observe(Outcome::Success, &policy(), Instant::now(), || true);
         // Healthy for 10 s: the multiplier drops from 2 to 1.
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -484,9 +632,229 @@ mod tests {
         let mut o = Outlier::new(Instant::now());
         fail(&mut o, 3);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
         o.abandon_trial(Instant::now());
-        assert!(o.begin_trial(Instant::now()));
+        assert!(o.begin_trial(&policy(), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_that_never_answers_gives_way_after_the_base_time() {
+        let mut o = Outlier::new(Instant::now());
+        fail(&mut o, 3);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(o.begin_trial(&policy(), Instant::now()));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(o.availability(Instant::now()), Availability::Ejected);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(o.availability(Instant::now()), Availability::TrialDue);
+        assert!(o.begin_trial(&policy(), Instant::now()));
+        assert_eq!(
+            o.observe(Outcome::Success, &policy(), Instant::now(), || true),
+            Transition::Recovered
+        );
+    }
+
+    /// A detector under `policy()`, ejected, counted in `gauge`.
+    fn ejected_detector(gauge: &Gauge) -> Detector {
+        let d = Detector::new(Some(policy()), Instant::now());
+        for _ in 0..3 {
+            d.observe(
+                Outcome::Status(500),
+                Instant::now(),
+                |_| true,
+                || gauge.clone(),
+            );
+        }
+        assert!(d.is_ejected());
+        assert_eq!(gauge.get(), 1);
+        d
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gauge_counts_an_ejection_until_the_trial_succeeds() {
+        let gauge = Gauge::default();
+        let d = ejected_detector(&gauge);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(d.begin_trial(Instant::now()));
+        assert!(d.is_ejected(), "ejected while the trial is in flight");
+        let t = d.observe(Outcome::Success, Instant::now(), |_| true, Gauge::default);
+        assert_eq!(t, Transition::Recovered);
+        assert!(!d.is_ejected());
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_or_removed_policy_ends_the_ejection() {
+        let other = OutlierPolicy {
+            base_ejection: Duration::from_secs(5),
+            ..policy()
+        };
+        for new in [None, Some(&other)] {
+            let gauge = Gauge::default();
+            let d = ejected_detector(&gauge);
+            // The same policy keeps the ejection.
+            assert!(!d.carry(Some(&policy()), Instant::now()));
+            assert!(d.is_ejected());
+            assert!(d.carry(new, Instant::now()));
+            assert!(!d.is_ejected(), "{new:?}");
+            assert_eq!(d.availability(Instant::now()), Availability::Available);
+            assert_eq!(gauge.get(), 0, "{new:?}");
+            // Outcomes are judged by the new policy only.
+            for _ in 0..3 {
+                d.observe(
+                    Outcome::Status(500),
+                    Instant::now(),
+                    |_| true,
+                    || gauge.clone(),
+                );
+            }
+            assert_eq!(d.is_ejected(), new.is_some(), "{new:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_claimed_before_a_reset_cannot_eject_or_uncount_again() {
+        let gauge = Gauge::default();
+        let d = ejected_detector(&gauge);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(d.begin_trial(Instant::now()));
+        d.carry(None, Instant::now());
+        assert_eq!(gauge.get(), 0);
+        // The trial's answer comes back after the rule was deleted.
+        let t = d.observe(
+            Outcome::Status(503),
+            Instant::now(),
+            |_| true,
+            || gauge.clone(),
+        );
+        assert_eq!(t, Transition::None);
+        assert_eq!((d.is_ejected(), gauge.get()), (false, 0));
+        assert!(!d.begin_trial(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_endpoint_is_uncounted_once() {
+        let gauge = Gauge::default();
+        let d = ejected_detector(&gauge);
+        d.retire(Instant::now());
+        d.retire(Instant::now());
+        assert_eq!((d.is_ejected(), gauge.get()), (false, 0));
+    }
+
+    /// `web.shop` with `n` endpoints and outlier detection (one 5xx ejects
+    /// for 30 s, any share of the endpoints).
+    const EJECT_ON_ONE: &str = "trafficPolicy:\n  outlierDetection: { consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100 }";
+
+    fn web(cfg: &crate::config::Config) -> Arc<crate::config::ServiceState> {
+        cfg.service(&service_ref("web")).unwrap().clone()
+    }
+
+    /// The next config: `cfg`'s snapshot changed by `edit`.
+    fn next(
+        cfg: &crate::config::Config,
+        edit: impl FnOnce(&mut outrigger_api::Service),
+    ) -> crate::config::Config {
+        let mut snapshot = (*cfg.snapshot).clone();
+        edit(&mut snapshot.services[0]);
+        crate::config::Config::build(snapshot, Some(cfg)).unwrap()
+    }
+
+    fn ejected_gauge(metrics: &Metrics) -> i64 {
+        metrics
+            .ejected
+            .get_or_create(&ServiceLabel {
+                destination_service: "web.shop".into(),
+            })
+            .get()
+    }
+
+    /// Ejects endpoint 0 of `svc` through the outlier layer (a 503).
+    async fn eject_through_the_layer(
+        svc: &Arc<crate::config::ServiceState>,
+        metrics: &Arc<Metrics>,
+    ) {
+        let mut layer = RecordOutcome::new(Scripted::always(Step::Status(503)), metrics.clone());
+        layer.call(request_to_endpoint_with(svc)).await.unwrap();
+        assert!(svc.endpoints[0].stats.outlier.is_ejected());
+    }
+
+    fn picks(svc: &crate::config::ServiceState) -> Choice {
+        choose(svc, &svc.all, &[], Instant::now(), &Chance::seeded(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleting_the_rule_during_an_ejection_ends_it_and_the_rule_can_come_back() {
+        let metrics = Arc::new(Metrics::new());
+        let first = config(&[("web", 1, EJECT_ON_ONE)]);
+        eject_through_the_layer(&web(&first), &metrics).await;
+        assert_eq!(ejected_gauge(&metrics), 1);
+        assert_eq!(picks(&web(&first)), Choice::AllEjected(1));
+
+        // The same rule in the next config: the ejection stays (Envoy keeps
+        // the state of endpoints that stay).
+        let same = next(&first, |_| {});
+        assert_eq!(picks(&web(&same)), Choice::AllEjected(1));
+
+        let deleted = next(&same, |s| s.traffic_policy = None);
+        let endpoint = Choice::Endpoint {
+            index: 0,
+            trial: false,
+        };
+        assert_eq!(picks(&web(&deleted)), endpoint);
+        assert_eq!(ejected_gauge(&metrics), 0);
+        // Long past the ejection time, nothing is stuck either.
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert_eq!(picks(&web(&deleted)), endpoint);
+
+        // The rule comes back: the endpoint starts healthy under it, and
+        // it still ejects.
+        let back = next(&deleted, |s| {
+            s.traffic_policy = first.snapshot.services[0].traffic_policy.clone()
+        });
+        assert_eq!(picks(&web(&back)), endpoint);
+        eject_through_the_layer(&web(&back), &metrics).await;
+        assert_eq!(ejected_gauge(&metrics), 1);
+
+        // A changed rule resets it as well.
+        let changed = next(&back, |s| {
+            let tp = s.traffic_policy.as_mut().unwrap();
+            tp.outlier_detection
+                .as_mut()
+                .unwrap()
+                .consecutive_5xx_errors = 2;
+        });
+        assert_eq!(picks(&web(&changed)), endpoint);
+        assert_eq!(ejected_gauge(&metrics), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_that_leaves_is_no_longer_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let first = config(&[("web", 2, EJECT_ON_ONE)]);
+        let old = web(&first);
+        eject_through_the_layer(&old, &metrics).await;
+        assert_eq!(ejected_gauge(&metrics), 1);
+        let gone = next(&first, |s| {
+            s.endpoints.remove(0);
+        });
+        assert_eq!(web(&gone).endpoints.len(), 1);
+        assert_eq!(ejected_gauge(&metrics), 0);
+        // A request still on the old config that answers late changes
+        // nothing.
+        let mut layer = RecordOutcome::new(Scripted::always(Step::Status(503)), metrics.clone());
+        layer.call(request_to_endpoint_with(&old)).await.unwrap();
+        assert_eq!(ejected_gauge(&metrics), 0);
+        // The endpoint comes back: healthy, with fresh state.
+        let back = next(&gone, |s| *s = first.snapshot.services[0].clone());
+        let svc = web(&back);
+        assert!(svc.endpoints.iter().all(|e| !e.stats.outlier.is_ejected()));
+        // A service that leaves takes its ejections with it.
+        eject_through_the_layer(&svc, &metrics).await;
+        assert_eq!(ejected_gauge(&metrics), 1);
+        let mut empty = (*back.snapshot).clone();
+        empty.services.clear();
+        crate::config::Config::build(empty, Some(&back)).unwrap();
+        assert_eq!(ejected_gauge(&metrics), 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ use crate::metrics::Name;
 #[derive(Clone)]
 pub struct Backend {
     pub service: Arc<ServiceState>,
+    /// The subset the endpoints are, if the destination names one.
+    pub subset: Option<Name>,
     pub endpoints: Arc<[usize]>,
     /// Header operations of this destination.
     pub headers: Option<Arc<HeaderRules>>,
@@ -37,8 +39,18 @@ impl Backend {
     pub fn whole(service: &Arc<ServiceState>) -> Self {
         Self {
             service: service.clone(),
+            subset: None,
             endpoints: service.all.clone(),
             headers: None,
+        }
+    }
+
+    /// What the endpoints are, for messages: `subset v1 of service
+    /// web.shop`, or `service web.shop`.
+    pub fn describe(&self) -> String {
+        match &self.subset {
+            Some(s) => format!("subset {s} of service {}", self.service.label),
+            None => format!("service {}", self.service.label),
         }
     }
 }

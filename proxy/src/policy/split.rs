@@ -1,7 +1,10 @@
-//! The weighted split: each try of a request picks one of its route's
-//! destinations (service and subset) in proportion to their weights, as a
-//! canary or blue/green rollout sets them. A new snapshot changes the
-//! weights for the next pick; nothing in flight is touched.
+//! The weighted split: each request picks one of its route's destinations
+//! (service and subset) in proportion to their weights, as a canary or
+//! blue/green rollout sets them. The layer sits above retry, so the pick is
+//! made once per request and every retry goes to the same destination (to
+//! another of its endpoints), as Envoy's weighted clusters do. A new
+//! snapshot changes the weights for the next pick; nothing in flight is
+//! touched.
 
 use std::sync::Arc;
 
