@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::http::{full, Body};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
+use outrigger_api::exposition::Format;
 use outrigger_api::probe::APP_HEALTH_PREFIX;
 
 pub struct Admin {
@@ -67,14 +68,23 @@ impl Admin {
         }
         match (req.method(), path) {
             (&Method::GET, "/metrics") => {
-                let mut r = Response::new(full(self.metrics.encode()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                let format = Format::negotiate(
+                    req.headers()
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
                 );
-                r
+                match format.render(self.metrics.encode()) {
+                    Ok(body) => {
+                        let mut r = Response::new(full(body));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(format.content_type()),
+                        );
+                        r
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
