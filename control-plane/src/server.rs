@@ -19,6 +19,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::certify::CERTIFY_PATH;
+use outrigger_api::exposition::Format;
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OnceCell};
@@ -333,14 +334,23 @@ impl Server {
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET, "/metrics") => {
-                let mut r = Response::new(full(self.metrics.encode()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                let format = Format::negotiate(
+                    req.headers()
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
                 );
-                r
+                match format.render(self.metrics.encode()) {
+                    Ok(body) => {
+                        let mut r = Response::new(full(body));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            header::HeaderValue::from_static(format.content_type()),
+                        );
+                        r
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             }
             _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
         }

@@ -1336,31 +1336,70 @@ fn pod_facts(pod: &Pod) -> PodFacts {
     }
 }
 
-/// The workload a pod belongs to: a ReplicaSet's Deployment (the
-/// ReplicaSet name without its pod-template hash), another controller's
-/// name, or the pod's own name.
+/// The workload a pod belongs to, as Istio names it (its
+/// `GetDeployMetaFromPod`): the pod's controller (else its first owner),
+/// where
+/// - a ReplicaSet stands for its Deployment: its name without the pod's
+///   `pod-template-hash` label (Argo Rollouts: `rollouts-pod-template-hash`);
+///   without the label, without a trailing `-<hash>` of the shape the
+///   Deployment controller generates ([`is_pod_template_hash`]);
+/// - a Job whose name ends in `-<8 to 10 digits>` (the scheduled time a
+///   CronJob's Jobs are named by) stands for its CronJob;
+/// - a ReplicationController with a `deploymentconfig` label (OpenShift)
+///   for that DeploymentConfig;
+///
+/// and the pod's own name when it has no owner. Unlike Istio, an owner
+/// counts without the pod having a `generateName`, so a StatefulSet's
+/// pods are its workload, not one workload each.
 fn workload_of(pod: &Pod) -> String {
     let meta = &pod.metadata;
+    let label = |k: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .filter(|v| !v.is_empty())
+    };
     let owner = meta
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
         .or_else(|| meta.owner_references.iter().flatten().next());
-    match owner {
-        Some(o) if o.kind == "ReplicaSet" => {
-            let hash = meta
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("pod-template-hash"));
-            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
-                Some(deployment) => deployment.to_string(),
-                None => o.name.clone(),
-            }
-        }
-        Some(o) => o.name.clone(),
-        None => meta.name.clone().unwrap_or_default(),
-    }
+    let Some(o) = owner.filter(|o| !o.name.is_empty()) else {
+        return meta.name.clone().unwrap_or_default();
+    };
+    let name = o.name.as_str();
+    let strip = |hash: &str| name.strip_suffix(hash)?.strip_suffix('-');
+    let top = match o.kind.as_str() {
+        "ReplicaSet" => match (
+            label("pod-template-hash"),
+            label("rollouts-pod-template-hash"),
+        ) {
+            (Some(h), _) => strip(h),
+            (None, Some(h)) => strip(h),
+            (None, None) => name
+                .rsplit_once('-')
+                .filter(|(d, h)| !d.is_empty() && is_pod_template_hash(h))
+                .map(|(d, _)| d),
+        },
+        "Job" => name.rsplit_once('-').and_then(|(cron, minutes)| {
+            let digits =
+                (8..=10).contains(&minutes.len()) && minutes.bytes().all(|b| b.is_ascii_digit());
+            (!cron.is_empty() && digits).then_some(cron)
+        }),
+        "ReplicationController" => label("deploymentconfig").map(String::as_str),
+        _ => None,
+    };
+    top.unwrap_or(name).to_string()
+}
+
+/// Whether `s` has the shape of a pod-template hash as the Deployment
+/// controller writes it: the decimal digits of a 32-bit hash, each
+/// written as one of `bcdf456789` (`rand.SafeEncodeString`); at least 6
+/// of them (a shorter hash is one in a thousand, and a short word of
+/// these letters is likelier a name).
+fn is_pod_template_hash(s: &str) -> bool {
+    (6..=10).contains(&s.len()) && s.bytes().all(|b| b"bcdf456789".contains(&b))
 }
 
 /// Objects oldest first (by creation time, then key): the oldest of two
@@ -1538,6 +1577,105 @@ spec: { serviceAccountName: productpage, containers: [{ name: app, image: app }]
         // Hand-written Endpoints, no pod: plain endpoint.
         assert_eq!(c.services[0].endpoints[0].address, "10.244.0.21:9080");
         assert!(!c.services[0].endpoints[0].meshed);
+    }
+
+    #[test]
+    fn the_workload_is_the_top_controller_as_istio_names_it() {
+        let pod = |labels: serde_json::Value, owners: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p-1", "labels": labels, "ownerReferences": owners }
+            }))
+            .unwrap()
+        };
+        let owner = |kind: &str, name: &str| {
+            serde_json::json!([{ "apiVersion": "v1", "kind": kind, "name": name, "uid": "u",
+                                 "controller": true }])
+        };
+        let none = serde_json::json!({});
+        for (labels, owners, want) in [
+            // A Deployment's ReplicaSet, by the pod's hash label.
+            (
+                serde_json::json!({"pod-template-hash": "5d8f9c7b6"}),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1",
+            ),
+            // The label missing: the hash the Deployment controller writes.
+            (
+                none.clone(),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1",
+            ),
+            (none.clone(), owner("ReplicaSet", "web-7d9f8b6c5d"), "web"),
+            // Not that shape: a ReplicaSet of its own.
+            (
+                none.clone(),
+                owner("ReplicaSet", "reviews-v1"),
+                "reviews-v1",
+            ),
+            (none.clone(), owner("ReplicaSet", "cache-b4d"), "cache-b4d"),
+            (
+                none.clone(),
+                owner("ReplicaSet", "api-5d8f9c7b6a"),
+                "api-5d8f9c7b6a",
+            ),
+            (
+                none.clone(),
+                owner("ReplicaSet", "-5d8f9c7b6"),
+                "-5d8f9c7b6",
+            ),
+            // A label that does not end the name: the ReplicaSet (Istio).
+            (
+                serde_json::json!({"pod-template-hash": "6d7f"}),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1-5d8f9c7b6",
+            ),
+            (
+                serde_json::json!({"rollouts-pod-template-hash": "6d7f"}),
+                owner("ReplicaSet", "canary-6d7f"),
+                "canary",
+            ),
+            // A CronJob's Job, named by its scheduled minute.
+            (none.clone(), owner("Job", "backup-28391520"), "backup"),
+            (
+                none.clone(),
+                owner("Job", "nightly-report-2839152000"),
+                "nightly-report",
+            ),
+            // Other Jobs are their own workload.
+            (
+                none.clone(),
+                owner("Job", "migrate-1234567"),
+                "migrate-1234567",
+            ),
+            (none.clone(), owner("Job", "migrate-v2"), "migrate-v2"),
+            (
+                serde_json::json!({"deploymentconfig": "frontend"}),
+                owner("ReplicationController", "frontend-3"),
+                "frontend",
+            ),
+            (
+                none.clone(),
+                owner("ReplicationController", "frontend-3"),
+                "frontend-3",
+            ),
+            (none.clone(), owner("StatefulSet", "db"), "db"),
+            (none.clone(), owner("DaemonSet", "agent"), "agent"),
+            // No owner: the pod.
+            (none.clone(), serde_json::json!([]), "p-1"),
+        ] {
+            let p = pod(labels.clone(), owners.clone());
+            assert_eq!(workload_of(&p), want, "{labels} {owners}");
+        }
+        // The controller wins over other owners.
+        let p = pod(
+            none,
+            serde_json::json!([
+                { "apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "a" },
+                { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d",
+                  "uid": "b", "controller": true }
+            ]),
+        );
+        assert_eq!(workload_of(&p), "web");
     }
 
     /// Istio's canary by weight, ported: `apiVersion` changed, nothing else.

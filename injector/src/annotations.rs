@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 
 /// `enabled` / `disabled`, on a namespace or a pod (the pod's wins).
 pub const INJECT: &str = "outrigger.dev/inject";
+/// Set by injection: the version of the proxy image injected (its tag,
+/// digest, or both). A pod that carries it is injected already (as
+/// Linkerd's `linkerd.io/proxy-version`).
+pub const PROXY_VERSION: &str = "outrigger.dev/proxy-version";
 pub const PREFIX: &str = "config.outrigger.dev/";
 pub const SKIP_INBOUND_PORTS: &str = "config.outrigger.dev/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "config.outrigger.dev/skip-outbound-ports";

@@ -15,7 +15,13 @@
 //! - the app containers' HTTP, TCP and gRPC probes pointed at the proxy's admin
 //!   port (`/app-health/<container>/livez|readyz|startupz`), the originals
 //!   handed to the proxy, so that they keep working under STRICT mTLS;
-//! - Prometheus scrape annotations (unless the pod has its own).
+//! - `outrigger.dev/proxy-version` (the proxy image's version), which
+//!   marks the pod as injected;
+//! - Prometheus scrape annotations, unless the pod has any `prometheus.io/`
+//!   annotation of its own (then its set is kept whole).
+//!
+//! A pod that already has a container or volume of one of these names is
+//! refused, naming it: the API server would refuse a pod with two.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +44,8 @@ use serde_json::Value;
 use crate::annotations::{self, Overrides};
 use crate::config::{MeshConfig, Resources};
 
-/// The proxy's container name; a pod that has it is meshed.
+/// The proxy's container name; a pod that has it is meshed (with or
+/// without the [`annotations::PROXY_VERSION`] marker).
 pub const PROXY_CONTAINER: &str = "outrigger-proxy";
 /// The init step's container name.
 pub const INIT_CONTAINER: &str = "outrigger-init";
@@ -64,7 +71,8 @@ pub enum SkipReason {
     /// The pod says `outrigger.dev/inject: disabled`.
     Disabled,
     HostNetwork,
-    /// It already carries the proxy (a reinvocation, or injected by hand).
+    /// It carries the injection marker or the proxy container (a
+    /// reinvocation, or injected by hand).
     AlreadyInjected,
     ControlPlaneNamespace,
 }
@@ -136,14 +144,44 @@ pub fn inject(pod: &Value, namespace: &Namespace, cfg: &MeshConfig) -> Outcome {
     if spec.host_network == Some(true) {
         return Outcome::Skip(SkipReason::HostNetwork);
     }
-    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
-    if spec
-        .containers
-        .iter()
-        .chain(init_containers)
-        .any(|c| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
+    let container_names = || {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .map(|c| c.name.as_str())
+            .chain(
+                spec.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| c.name.as_str()),
+            )
+    };
+    if pod_annotations.contains_key(annotations::PROXY_VERSION)
+        || container_names().any(|n| n == PROXY_CONTAINER)
     {
         return Outcome::Skip(SkipReason::AlreadyInjected);
+    }
+    // What injection adds must not be there already: the API server
+    // refuses a pod with two containers, or two volumes, of one name.
+    let mut clashes: Vec<String> = container_names()
+        .filter(|n| *n == INIT_CONTAINER)
+        .map(|n| format!("a container named {n:?}"))
+        .collect();
+    clashes.extend(
+        spec.volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.name == TOKEN_VOLUME)
+            .map(|v| format!("a volume named {:?}", v.name)),
+    );
+    if !clashes.is_empty() {
+        return Outcome::Refuse(format!(
+            "the pod already has {}, which injection adds; rename {}, or set {}: disabled \
+             on the pod",
+            clashes.join(" and "),
+            if clashes.len() == 1 { "it" } else { "them" },
+            annotations::INJECT,
+        ));
     }
     let overrides = match annotations::overrides(&pod_annotations) {
         Ok(o) => o,
@@ -238,31 +276,67 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
         Some(_) => ops.push(add(&["spec", "volumes", "-"], volume)),
     }
 
-    // Prometheus scrape annotations, unless the pod has its own.
-    let mut wanted = BTreeMap::new();
-    for (k, v) in [
-        ("prometheus.io/scrape", "true".to_string()),
-        ("prometheus.io/port", cfg.ports.admin.to_string()),
-        ("prometheus.io/path", "/metrics".to_string()),
-    ] {
-        wanted.insert(k.to_string(), v);
+    // The marker, and Prometheus scrape annotations unless the pod has any
+    // of its own: those are kept whole (a pod that scrapes its app, or
+    // says `scrape: "false"`, is not half rewritten to scrape the proxy).
+    let mut wanted = BTreeMap::from([(
+        annotations::PROXY_VERSION.to_string(),
+        proxy_version(&cfg.proxy_image),
+    )]);
+    let has_own_prometheus = pod
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .any(|(k, _)| k.starts_with(PROMETHEUS_PREFIX));
+    if !has_own_prometheus {
+        for (k, v) in [
+            ("prometheus.io/scrape", "true".to_string()),
+            ("prometheus.io/port", cfg.ports.admin.to_string()),
+            ("prometheus.io/path", "/metrics".to_string()),
+        ] {
+            wanted.insert(k.to_string(), v);
+        }
     }
     match &pod.metadata.annotations {
         None => ops.push(add(
             &["metadata", "annotations"],
             serde_json::to_value(&wanted).expect("serializes"),
         )),
-        Some(have) => {
+        Some(_) => {
+            // None of these is there: a pod with the marker was skipped,
+            // one with any prometheus.io/ key gets none.
             for (k, v) in wanted {
-                if !have.contains_key(&k) {
-                    ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
-                }
+                ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
             }
         }
     }
     Outcome::Inject {
         patch: Patch(ops),
         warnings,
+    }
+}
+
+/// The annotations Prometheus' Kubernetes discovery reads.
+const PROMETHEUS_PREFIX: &str = "prometheus.io/";
+
+/// The version of a proxy image reference, for the marker annotation:
+/// what follows the repository (`0.1.0`, `sha256:…`, `0.1.0@sha256:…`),
+/// or `latest`, which an image without a tag or digest means.
+pub fn proxy_version(image: &str) -> String {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    // A tag follows the last `:` of the last path component (an earlier
+    // `:` is a registry's port).
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let tag = last.split_once(':').map(|(_, t)| t);
+    match (tag, digest) {
+        (Some(t), Some(d)) => format!("{t}@{d}"),
+        (Some(t), None) => t.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => "latest".to_string(),
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::webhook::Webhook;
+use outrigger_api::exposition::Format;
 
 /// The path the API server posts AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -235,13 +236,13 @@ pub async fn route(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<B
             }
         }
         (_, MUTATE_PATH) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into()),
-        (&Method::GET, path) => health(webhook, path),
+        (&Method::GET, _) => health(webhook, &req),
         _ => text(StatusCode::NOT_FOUND, "not found; POST /mutate\n".into()),
     }
 }
 
-fn health(webhook: &Webhook, path: &str) -> Response<Full<Bytes>> {
-    match path {
+fn health<B>(webhook: &Webhook, req: &Request<B>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" if webhook.namespaces.is_synced() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(
@@ -249,14 +250,23 @@ fn health(webhook: &Webhook, path: &str) -> Response<Full<Bytes>> {
             "not ready: namespaces not listed yet\n".into(),
         ),
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(webhook.metrics.encode())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+            let format = Format::negotiate(
+                req.headers()
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
             );
-            r
+            match format.render(webhook.metrics.encode()) {
+                Ok(body) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(format.content_type()),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -288,7 +298,7 @@ pub async fn serve_admin(
                 let webhook = webhook.clone();
                 async move {
                     Ok::<_, Infallible>(if req.method() == Method::GET {
-                        health(&webhook, req.uri().path())
+                        health(&webhook, &req)
                     } else {
                         text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into())
                     })

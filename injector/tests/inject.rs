@@ -38,12 +38,33 @@ fn plain(ns: &str) -> Namespace {
 }
 
 /// Injects and applies the patch; returns the pod after and the warnings.
+/// The pod after has what the API server checks of names: no two
+/// containers (init or not), and no two volumes, share one.
 fn injected(pod: &Value, ns: &Namespace, cfg: &MeshConfig) -> (Pod, Value, Vec<String>) {
     match inject(pod, ns, cfg) {
         Outcome::Inject { patch, warnings } => {
             let mut doc = pod.clone();
             json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{e}: {patch:?}"));
             let typed: Pod = serde_json::from_value(doc.clone()).unwrap();
+            let spec = typed.spec.as_ref().unwrap();
+            let mut containers: Vec<&str> = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .map(|c| c.name.as_str())
+                .collect();
+            let mut volumes: Vec<&str> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.as_str())
+                .collect();
+            for names in [&mut containers, &mut volumes] {
+                let n = names.len();
+                names.sort();
+                names.dedup();
+                assert_eq!(names.len(), n, "a name twice: {doc}");
+            }
             (typed, doc, warnings)
         }
         other => panic!("not injected: {other:?}"),
@@ -270,6 +291,8 @@ fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
     assert_eq!(ann["prometheus.io/scrape"], "true");
     assert_eq!(ann["prometheus.io/port"], "4191");
     assert_eq!(ann["prometheus.io/path"], "/metrics");
+    assert_eq!(ann["outrigger.dev/proxy-version"], "0.1.0");
+    assert_eq!(ann.len(), 4, "{ann:?}");
 }
 
 #[test]
@@ -312,9 +335,147 @@ spec:
     assert_eq!(volumes, ["data", "outrigger-token"]);
     assert_eq!(spec.containers.len(), 1);
     let ann = after.metadata.annotations.unwrap();
-    assert_eq!(ann["prometheus.io/port"], "9187", "the pod's own stays");
+    assert_eq!(
+        ann,
+        BTreeMap::from([
+            ("prometheus.io/port".to_string(), "9187".to_string()),
+            ("team".to_string(), "data".to_string()),
+            (
+                "outrigger.dev/proxy-version".to_string(),
+                "0.1.0".to_string()
+            ),
+        ]),
+        "the pod's own Prometheus set stays whole"
+    );
+}
+
+#[test]
+fn a_pod_with_any_prometheus_annotation_keeps_its_set_whole() {
+    let c = cfg();
+    let prometheus = |ann: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        ann.iter()
+            .filter(|(k, _)| k.starts_with("prometheus.io/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    for own in [
+        // The app's path: the proxy's port must not be added to it.
+        serde_json::json!({"prometheus.io/scrape": "true", "prometheus.io/path": "/app/metrics"}),
+        // Not scraped: nothing may turn it on.
+        serde_json::json!({"prometheus.io/scrape": "false"}),
+        serde_json::json!({"prometheus.io/port": "9187"}),
+        serde_json::json!({"prometheus.io/scheme": "https"}),
+    ] {
+        let mut pod = yaml(WEB);
+        pod["metadata"]["annotations"] = own.clone();
+        let (after, _, _) = injected(&pod, &enabled("shop"), &c);
+        let ann = after.metadata.annotations.unwrap();
+        let want: BTreeMap<String, String> = serde_json::from_value(own.clone()).unwrap();
+        assert_eq!(prometheus(&ann), want, "{own}");
+        assert_eq!(ann["outrigger.dev/proxy-version"], "0.1.0");
+    }
+    // Other annotations, or a look-alike prefix, are not the pod's own set.
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] = serde_json::json!({"example.prometheus.io/x": "1"});
+    let (after, _, _) = injected(&pod, &enabled("shop"), &c);
+    let ann = after.metadata.annotations.unwrap();
     assert_eq!(ann["prometheus.io/scrape"], "true");
-    assert_eq!(ann["team"], "data");
+    assert_eq!(ann["prometheus.io/port"], "4191");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn a_name_injection_adds_that_the_pod_has_is_refused_naming_it() {
+    let c = cfg();
+    let refused = |edit: &dyn Fn(&mut Value)| {
+        let mut pod = yaml(WEB);
+        edit(&mut pod);
+        match inject(&pod, &enabled("shop"), &c) {
+            Outcome::Refuse(m) => m,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        refused(&|p| p["spec"]["volumes"] =
+            serde_json::json!([{"name": "outrigger-token", "emptyDir": {}}])),
+        "the pod already has a volume named \"outrigger-token\", which injection adds; \
+         rename it, or set outrigger.dev/inject: disabled on the pod"
+    );
+    assert_eq!(
+        refused(&|p| p["spec"]["initContainers"] =
+            serde_json::json!([{"name": "outrigger-init", "image": "mine:1"}])),
+        "the pod already has a container named \"outrigger-init\", which injection adds; \
+         rename it, or set outrigger.dev/inject: disabled on the pod"
+    );
+    assert_eq!(
+        refused(&|p| {
+            p["spec"]["containers"][0]["name"] = "outrigger-init".into();
+            p["spec"]["volumes"] = serde_json::json!([
+                {"name": "data", "emptyDir": {}},
+                {"name": "outrigger-token", "emptyDir": {}}
+            ]);
+        }),
+        "the pod already has a container named \"outrigger-init\" and a volume named \
+         \"outrigger-token\", which injection adds; rename them, or set \
+         outrigger.dev/inject: disabled on the pod"
+    );
+    // Without native sidecars the proxy is a container: the same names count.
+    let mut c2 = cfg();
+    c2.native_sidecar = false;
+    let mut pod = yaml(WEB);
+    pod["spec"]["volumes"] = serde_json::json!([{"name": "outrigger-token", "emptyDir": {}}]);
+    assert!(
+        matches!(inject(&pod, &enabled("shop"), &c2), Outcome::Refuse(m) if m.contains("\"outrigger-token\"")),
+    );
+}
+
+#[test]
+fn the_proxy_version_is_marked_and_the_marker_means_injected() {
+    use outrigger_injector::inject::proxy_version;
+    for (image, want) in [
+        ("ghcr.io/outrigger/proxy:0.1.0", "0.1.0"),
+        ("registry:5000/outrigger/proxy:v2", "v2"),
+        ("registry:5000/outrigger/proxy", "latest"),
+        ("proxy", "latest"),
+        ("ghcr.io/outrigger/proxy@sha256:abc", "sha256:abc"),
+        (
+            "ghcr.io/outrigger/proxy:0.1.0@sha256:abc",
+            "0.1.0@sha256:abc",
+        ),
+    ] {
+        assert_eq!(proxy_version(image), want, "{image}");
+    }
+    let mut c = cfg();
+    c.proxy_image = "registry:5000/outrigger/proxy:v2".into();
+    let (after, once, _) = injected(&yaml(WEB), &enabled("shop"), &c);
+    assert_eq!(
+        after.metadata.annotations.unwrap()["outrigger.dev/proxy-version"],
+        "v2"
+    );
+    // The marker alone (its containers renamed or not yet seen) is enough
+    // to leave the pod as it is: injection stays idempotent.
+    let mut marked = yaml(WEB);
+    marked["metadata"]["annotations"] = serde_json::json!({"outrigger.dev/proxy-version": "v1"});
+    assert!(matches!(
+        inject(&marked, &enabled("shop"), &c),
+        Outcome::Skip(SkipReason::AlreadyInjected)
+    ));
+    // Reinvoked on its own output: skipped, by the marker and the proxy.
+    assert!(matches!(
+        inject(&once, &enabled("shop"), &c),
+        Outcome::Skip(SkipReason::AlreadyInjected)
+    ));
+    // The proxy container without the marker (injected by hand, or by an
+    // injector before the marker): meshed already.
+    let mut by_hand = once.clone();
+    by_hand["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("outrigger.dev/proxy-version");
+    assert!(matches!(
+        inject(&by_hand, &enabled("shop"), &c),
+        Outcome::Skip(SkipReason::AlreadyInjected)
+    ));
 }
 
 #[test]

@@ -286,6 +286,31 @@ async fn a_pod_is_injected_through_the_webhook() {
         "{f}"
     );
 
+    // A pod that has a volume of the name injection adds: refused, naming
+    // it, rather than patched into a pod the API server would refuse.
+    let mut clash = pod();
+    clash["spec"]["volumes"] = json!([{"name": "outrigger-token", "emptyDir": {}}]);
+    let (_, refused, _) = call(
+        inj.addr,
+        &der,
+        Method::POST,
+        review("uid-7", "CREATE", false, clash),
+    )
+    .await
+    .unwrap();
+    let c = response(&refused);
+    assert_eq!(
+        (c["uid"].as_str(), c["allowed"].as_bool()),
+        (Some("uid-7"), Some(false))
+    );
+    assert!(c.get("patch").is_none());
+    assert_eq!(
+        c["status"]["message"],
+        "the pod already has a volume named \"outrigger-token\", which injection adds; \
+         rename it, or set outrigger.dev/inject: disabled on the pod",
+        "{c}"
+    );
+
     // A pod it cannot read: admitted as it is, with a warning.
     let broken = json!({"metadata": {"namespace": "shop"}, "spec": {"containers": 7}});
     let (_, odd, _) = call(
@@ -309,9 +334,9 @@ async fn a_pod_is_injected_through_the_webhook() {
 
     let text = inj.webhook.metrics.encode();
     for (line, want) in [
-        ("outrigger_injector_requests_total", "6"),
+        ("outrigger_injector_requests_total", "7"),
         ("outrigger_injector_injected_total", "2"),
-        ("outrigger_injector_refused_total", "1"),
+        ("outrigger_injector_refused_total", "2"),
         (
             "outrigger_injector_skipped_total{reason=\"not_create\"}",
             "1",
@@ -324,7 +349,7 @@ async fn a_pod_is_injected_through_the_webhook() {
             "outrigger_injector_errors_total{reason=\"cannot_handle\"}",
             "1",
         ),
-        ("outrigger_injector_admission_duration_seconds_count", "6"),
+        ("outrigger_injector_admission_duration_seconds_count", "7"),
     ] {
         assert!(
             text.contains(&format!("{line} {want}")),

@@ -1,9 +1,17 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config`,
-//! `POST /shutdown` (from localhost only), and kubelet's app probes under
-//! `/app-health/` ([`crate::probe`]).
+//! `POST /shutdown`, and kubelet's app probes under `/app-health/`
+//! ([`crate::probe`]).
+//!
+//! The admin port listens on the pod's IP (kubelet probes it there, and
+//! Prometheus scrapes it), so what it tells and does is split as Linkerd
+//! splits it: `/config` (the whole snapshot: endpoints, identities,
+//! authorization rules) and `/shutdown` answer loopback peers only, which
+//! `kubectl port-forward` is (it connects inside the pod's network
+//! namespace); anyone who reaches the pod gets `/metrics`, `/ready`,
+//! `/live` and the app probes ([`loopback_only`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +26,7 @@ use crate::config::Config;
 use crate::http::{full, Body};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
+use outrigger_api::exposition::Format;
 use outrigger_api::probe::APP_HEALTH_PREFIX;
 
 pub struct Admin {
@@ -62,19 +71,32 @@ impl Admin {
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
+        if let Err(why) = loopback_only(path, peer.ip()) {
+            tracing::debug!(%peer, %path, "admin request refused: loopback only");
+            return text(StatusCode::FORBIDDEN, why);
+        }
         if path.starts_with(APP_HEALTH_PREFIX) {
             return self.app_probe(req.method(), path).await;
         }
         match (req.method(), path) {
             (&Method::GET, "/metrics") => {
-                let mut r = Response::new(full(self.metrics.encode()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                let format = Format::negotiate(
+                    req.headers()
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
                 );
-                r
+                match format.render(self.metrics.encode()) {
+                    Ok(body) => {
+                        let mut r = Response::new(full(body));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(format.content_type()),
+                        );
+                        r
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
@@ -93,16 +115,9 @@ impl Admin {
                 r
             }
             (&Method::POST, "/shutdown") => {
-                if peer.ip().is_loopback() {
-                    tracing::info!(%peer, "shutdown requested on the admin port");
-                    self.shutdown.notify_one();
-                    text(StatusCode::OK, "draining\n")
-                } else {
-                    text(
-                        StatusCode::FORBIDDEN,
-                        "shutdown is only accepted from localhost\n",
-                    )
-                }
+                tracing::info!(%peer, "shutdown requested on the admin port");
+                self.shutdown.notify_one();
+                text(StatusCode::OK, "draining\n")
             }
             (_, "/metrics" | "/live" | "/ready" | "/config") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
@@ -142,6 +157,22 @@ impl Admin {
     }
 }
 
+/// The admin paths only a peer inside the pod may use.
+const LOOPBACK_ONLY: [&str; 2] = ["/config", "/shutdown"];
+
+/// Whether `peer` may ask for `path`: `Err` with the 403's body when
+/// `path` answers loopback peers only and `peer` is not one. An IPv4 peer
+/// of a dual-stack listener (`::ffff:127.0.0.1`) counts as what it is.
+fn loopback_only(path: &str, peer: IpAddr) -> Result<(), String> {
+    if !LOOPBACK_ONLY.contains(&path) || peer.to_canonical().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "{path} answers loopback peers only (from inside the pod, or through \
+         kubectl port-forward); not {peer}\n"
+    ))
+}
+
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -150,4 +181,43 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_and_shutdown_answer_loopback_peers_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for peer in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            for path in ["/config", "/shutdown", "/metrics", "/ready"] {
+                assert_eq!(loopback_only(path, ip(peer)), Ok(()), "{peer} {path}");
+            }
+        }
+        for peer in ["10.0.0.5", "192.0.2.2", "::ffff:10.0.0.5", "fd00::2", "::"] {
+            for path in ["/config", "/shutdown"] {
+                let why = loopback_only(path, ip(peer)).unwrap_err();
+                assert_eq!(
+                    why,
+                    format!(
+                        "{path} answers loopback peers only (from inside the pod, or \
+                         through kubectl port-forward); not {peer}\n"
+                    )
+                );
+            }
+            // What kubelet and Prometheus use stays open to the pod's IP;
+            // other spellings of a path are not these paths (they are 404).
+            for path in [
+                "/metrics",
+                "/ready",
+                "/live",
+                "/app-health/web/livez",
+                "/config/",
+                "/nope",
+            ] {
+                assert_eq!(loopback_only(path, ip(peer)), Ok(()), "{peer} {path}");
+            }
+        }
+    }
 }

@@ -318,3 +318,129 @@ async fn requests_the_proxy_cannot_read_are_counted_and_flagged() {
         );
     }
 }
+
+/// GET `/metrics` from `addr` with `accept` (none: no Accept header);
+/// returns the content type and the body.
+async fn scrape_accepting(addr: std::net::SocketAddr, accept: Option<&str>) -> (String, String) {
+    use http_body_util::BodyExt;
+    let mut c = http1(addr).await;
+    let mut req = http::Request::get("/metrics").header("host", "metrics");
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = c.send_request(req.body(empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (content_type, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// `promtool check metrics` on `text`: `Err` with its findings when it
+/// does not pass.
+fn promtool_check(promtool: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Each binary's `/metrics` answers the classic text format unless
+/// OpenMetrics is asked for (as Prometheus does), and the classic answer
+/// passes a real `promtool check metrics` (which refuses the OpenMetrics
+/// text: a raw scrape used to fail it). CI sets
+/// OUTRIGGER_REQUIRE_PROMETHEUS=1, so there promtool is never missing.
+#[tokio::test]
+async fn metrics_are_negotiated_and_the_classic_text_passes_promtool() {
+    let Ok(promtool) = which("promtool") else {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
+            "promtool is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
+        );
+        eprintln!("promtool not found; skipping (install Debian's prometheus package to run it)");
+        return;
+    };
+    // The proxy, after traffic (counters, histograms, gauges with samples).
+    let mesh = Mesh::start(app("web").await).await;
+    for path in ["/", "/status/503"] {
+        get(mesh.outbound(), path).await;
+    }
+    assert!(
+        eventually(LIMIT, || async {
+            metric(&scrape(&mesh.client).await, "outrigger_requests_total", &[]) == 2.0
+        })
+        .await
+    );
+    // The control plane, on an empty folder.
+    let dir = outrigger_tests::control_plane::Dir::new("metrics");
+    let cp = outrigger_tests::control_plane::ControlPlane::bind_and_start(dir.path()).await;
+    // The injector's admin port.
+    let webhook = std::sync::Arc::new(outrigger_injector::webhook::Webhook {
+        config: std::sync::Arc::new(outrigger_injector::config::MeshConfig::with_image(
+            "ghcr.io/outrigger/proxy:0.1.0",
+        )),
+        namespaces: std::sync::Arc::new(outrigger_injector::namespaces::Namespaces::fixed([])),
+        metrics: std::sync::Arc::new(outrigger_injector::metrics::Metrics::new()),
+    });
+    webhook.review(b"not a review").unwrap_err(); // one error counted
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let injector = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(outrigger_injector::server::serve_admin(
+        listener, webhook, stopped,
+    ));
+
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for (who, addr, family) in [
+        ("proxy", mesh.client.admin_addr, "outrigger_requests_total"),
+        ("control plane", cp.addr, "outrigger_cp_pushes_total"),
+        ("injector", injector, "outrigger_injector_errors_total"),
+    ] {
+        for accept in [None, Some("text/plain"), Some("*/*")] {
+            let (ct, text) = scrape_accepting(addr, accept).await;
+            assert_eq!(
+                ct, "text/plain; version=0.0.4; charset=utf-8",
+                "{who}, Accept {accept:?}"
+            );
+            assert!(!text.contains("# EOF"), "{who}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{who}: counters are named with _total:\n{text}"
+            );
+            promtool_check(&promtool, &text)
+                .unwrap_or_else(|e| panic!("{who}, Accept {accept:?}: {e}\n{text}"));
+        }
+        let (ct, text) = scrape_accepting(addr, Some(prometheus)).await;
+        assert_eq!(
+            ct, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{who}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{who}:\n{text}");
+        // What a raw scrape used to get: promtool refuses it.
+        assert!(
+            promtool_check(&promtool, &text).is_err(),
+            "{who}: promtool passed OpenMetrics text; this test would prove nothing"
+        );
+    }
+    cp.stop().await;
+}

@@ -540,15 +540,20 @@ async fn meshed_pods_on_network_namespaces() {
     //    5xx; v2's app goes away, and every request still succeeds.
     folder.write("web-vs.yaml", RETRYING);
     let client_admin = format!("{}:4191", client.ip);
+    // `/config` answers loopback peers only (kubectl port-forward), so it
+    // is read from inside the pod; from outside it is refused.
+    let in_pod_config = "http://127.0.0.1:4191/config";
     assert!(
         eventually(Duration::from_secs(10), || async {
-            http_get(&client_admin, "/config")
-                .await
-                .is_some_and(|c| c.contains("connect-failure") && !c.contains("\"subset\":\"v2\""))
+            let (status, c) = client.curl(in_pod_config).await;
+            status == 200 && c.contains("connect-failure") && !c.contains("\"subset\":\"v2\"")
         })
         .await,
         "the retrying route never reached the client's proxy"
     );
+    assert!(http_get(&client_admin, "/config")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 403")));
     cluster.kill(apps["web-v2"]);
     for _ in 0..20 {
         let (status, body) = client.curl(&url).await;
@@ -572,9 +577,8 @@ async fn meshed_pods_on_network_namespaces() {
     let v1_admin = format!("{}:4191", v1.ip);
     assert!(
         eventually(Duration::from_secs(10), || async {
-            http_get(&v1_admin, "/config")
-                .await
-                .is_some_and(|c| c.contains("STRICT"))
+            let (status, c) = v1.curl(in_pod_config).await;
+            status == 200 && c.contains("STRICT")
         })
         .await,
         "STRICT never reached web-v1's proxy"

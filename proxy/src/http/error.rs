@@ -272,16 +272,9 @@ mod tests {
             (ErrorKind::ProtocolError, 502, "UPE"),
             (ErrorKind::NotImplemented, 501, "NR"),
             (ErrorKind::Denied, 403, "RBAC"),
-            /// The request itself is malformed or not acceptable as sent: a path
-            /// that cannot be normalized, a request body that broke HTTP framing
-            /// (400 `DPE`).
-            BadRequest,
-            /// An `Upgrade` (or `CONNECT`) the settings do not allow (403, no flag,
-            /// as Envoy answers an upgrade it has no config for).
-            UpgradeRefused,
-            /// The client went away before its request body ended (400 `DC`): the
-            /// client's doing, not the upstream's.
-            ClientAborted,
+            (ErrorKind::BadRequest, 400, "DPE"),
+            (ErrorKind::UpgradeRefused, 403, "-"),
+            (ErrorKind::ClientAborted, 400, "DC"),
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
