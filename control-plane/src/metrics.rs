@@ -29,7 +29,7 @@ pub struct Metrics {
     pub update_bytes: Histogram,
     /// Mesh resources currently not accepted, by kind.
     pub rejected_resources: Family<KindLabel, Gauge>,
-    /// Manifest files whose last read failed (folder source).
+    /// Manifest files and documents whose last read failed (folder source).
     pub manifest_errors: Gauge,
     /// Mesh-wide translations run.
     pub translations: Counter,
@@ -82,7 +82,7 @@ impl Metrics {
         let manifest_errors = Gauge::default();
         reg.register(
             "outrigger_cp_manifest_errors",
-            "Manifest files whose last read failed (their last good content stays in force)",
+            "Manifest files and documents whose last read failed (what they name keeps its last good version)",
             manifest_errors.clone(),
         );
         let translations = Counter::default();

@@ -177,11 +177,7 @@ impl Verdict {
 }
 
 /// A mesh resource, for [`Mesh::verdicts`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ResourceId {
-    pub kind: &'static str,
-    pub key: Key,
-}
+pub use crate::store::ResourceId;
 
 /// Who a proxy says it is: its pod, from the downward API.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
