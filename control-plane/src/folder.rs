@@ -2,8 +2,10 @@
 //! read into one store. Every document stands alone, as `kubectl apply -f`
 //! treats them: a file's good documents apply, and a bad one keeps the last
 //! good version of the object it names (by kind, namespace and name), so a
-//! bad edit never replaces a good config. A file that cannot be read at all
-//! (or is over the size limit) keeps all of its last good objects.
+//! bad edit never replaces a good config. While a file has a bad document,
+//! the objects no document of it names any more stay too (a half-written
+//! file deletes nothing). A file that cannot be read at all (or is over the
+//! size limit) keeps all of its last good objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -209,10 +211,10 @@ fn read_limited(path: &Path, limit: u64) -> std::io::Result<Result<String, u64>>
 
 /// The objects a file puts in force after a read, from the objects it had
 /// in force before: every good document, and for each bad one the previous
-/// version of the object it names. A bad document whose name cannot be
-/// read might be any of the file's objects that no document names now:
-/// those keep their previous version too (a deletion is taken once the
-/// file reads well).
+/// version of the object it names. A file with a bad document is not a
+/// reliable account of what was deleted (half written, or cut short, or
+/// that document too broken to say what it names): the objects it had
+/// that no document names now stay too, until the file reads well.
 fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<ReadError>) {
     let mut objects = parsed.objects;
     let good: BTreeSet<ResourceId> = objects.iter().filter_map(Object::id).collect();
@@ -221,20 +223,20 @@ fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<Read
         .chain(parsed.bad.iter().filter_map(|b| b.id.as_ref()))
         .collect();
     let last = |id: &ResourceId| previous.iter().rev().find(|o| o.id().as_ref() == Some(id));
-    // Kept for documents whose name cannot be read.
-    let unnamed: Vec<&Object> = if parsed.bad.iter().any(|b| b.id.is_none()) {
-        previous
-            .iter()
-            .filter(|o| o.id().is_some_and(|id| !named.contains(&id)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let unnamed_ids: Vec<ResourceId> = unnamed.iter().filter_map(|o| o.id()).collect();
-    objects.extend(unnamed.into_iter().cloned());
+    let mut unnamed: Vec<ResourceId> = Vec::new();
+    if !parsed.bad.is_empty() {
+        for o in previous {
+            if let Some(id) = o.id().filter(|id| !named.contains(id)) {
+                objects.push(o.clone());
+                unnamed.push(id);
+            }
+        }
+    }
+    // Those go with the documents that name nothing, or else the first.
+    let orphans_to = parsed.bad.iter().position(|b| b.id.is_none()).unwrap_or(0);
     let mut errors = Vec::new();
-    for bad in parsed.bad {
-        let kept = match &bad.id {
+    for (i, bad) in parsed.bad.into_iter().enumerate() {
+        let mut kept = match &bad.id {
             // Another document of the file reads well under this name: it applies.
             Some(id) if good.contains(id) => Vec::new(),
             Some(id) => match last(id) {
@@ -244,8 +246,11 @@ fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<Read
                 }
                 None => Vec::new(),
             },
-            None => unnamed_ids.clone(),
+            None => Vec::new(),
         };
+        if bad.id.is_none() || i == orphans_to {
+            kept.extend(unnamed.iter().cloned());
+        }
         errors.push(ReadError {
             error: bad.error,
             kept,
@@ -455,7 +460,7 @@ spec:
     }
 
     #[test]
-    fn a_document_whose_name_cannot_be_read_keeps_what_no_document_names() {
+    fn a_half_written_file_deletes_nothing() {
         let dir = TempDir::new("unnamed");
         dir.write("all.yaml", &format!("{SVC}---\n{ROUTES}"));
         let mut f = Folder::new(dir.path(), "default");
@@ -491,6 +496,36 @@ spec:
                 kind: "VirtualService",
                 key: crate::store::Key::new("shop", "web")
             }]
+        );
+        // Cut short inside its first mesh document, which names itself:
+        // the route's document is not there at all, and still stays.
+        let cut = &whole[..whole.find("  host: web").unwrap()];
+        dir.write("all.yaml", cut);
+        let scan = f.rescan().unwrap();
+        let store = f.store();
+        assert_eq!(store.virtual_services.len(), 1, "the route stays");
+        assert_eq!(
+            store
+                .destination_rules
+                .values()
+                .next()
+                .unwrap()
+                .spec
+                .subsets[0]
+                .name,
+            "v9",
+            "the rule keeps its last good version"
+        );
+        let kept: Vec<String> = scan.errors[0]
+            .kept
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            kept,
+            ["DestinationRule shop/web", "VirtualService shop/web"],
+            "{}",
+            scan.errors[0]
         );
         // Once the file reads well, a document that is gone is deleted.
         dir.write("all.yaml", SVC);

@@ -101,9 +101,41 @@ pub fn publish(
             .get_or_create(&KindLabel { kind: kind.into() })
             .set(n);
     }
+    report_kept_deleted(&mesh, previous.as_deref(), metrics);
     let mesh = Arc::new(mesh);
     *previous = Some(mesh.clone());
     tx.send_replace(Some(Arc::new(Published::new(mesh, changed_at.into_std()))));
+}
+
+/// Logs the deleted resources `mesh` keeps in force for routes that use
+/// them, and those it no longer keeps; sets their gauge.
+fn report_kept_deleted(mesh: &Mesh, before: Option<&Mesh>, metrics: &Metrics) {
+    let empty = BTreeMap::new();
+    let before = before.map_or(&empty, Mesh::kept_deleted);
+    let now = mesh.kept_deleted();
+    for (id, users) in now {
+        if before.get(id) != Some(users) {
+            let users: Vec<String> = users
+                .iter()
+                .map(|k| format!("VirtualService {k}"))
+                .collect();
+            tracing::warn!(
+                kind = id.kind,
+                resource = %id.key,
+                "deleted, but its last accepted version stays in force while routes in force use it: {}",
+                users.join(", ")
+            );
+        }
+    }
+    for id in before.keys().filter(|id| !now.contains_key(id)) {
+        tracing::info!(kind = id.kind, resource = %id.key, "deleted, and no route in force uses it any more: gone");
+    }
+    for kind in ["DestinationRule", "Service"] {
+        metrics
+            .deleted_in_force
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .set(now.keys().filter(|id| id.kind == kind).count() as i64);
+    }
 }
 
 /// The folder source's loop: rescans every `poll`, translates debounced
