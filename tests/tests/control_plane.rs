@@ -733,3 +733,74 @@ subsets: [{{ addresses: [{{ ip: 127.0.0.1 }}], ports: [{{ name: http, port: {} }
     assert_eq!(blue_hits.load(Ordering::SeqCst), 0);
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("per-document");
+    let (mesh, rule) = services_and_rule(blue, green);
+    dir.write("mesh.yaml", &mesh);
+    dir.write("routes.yaml", &format!("{rule}---\n{}", split(100, 0)));
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    assert_eq!(green_hits.load(Ordering::SeqCst), 0);
+
+    // One edit: the route moves to green (good), the rule gains a field
+    // Outrigger does not support (bad: its last good version, which has
+    // the green subset, stays).
+    let bad_rule = rule.replace("  host: web\n", "  host: web\n  notAField: true\n");
+    assert_ne!(bad_rule, rule);
+    dir.write("routes.yaml", &format!("{bad_rule}---\n{}", split(0, 100)));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green_hits.load(Ordering::SeqCst) > 20
+        })
+        .await,
+        "the file's good document never applied"
+    );
+    assert_eq!(
+        metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]),
+        1.0
+    );
+    let blue_after = blue_hits.load(Ordering::SeqCst);
+    let green_then = green_hits.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green_hits.load(Ordering::SeqCst) > green_then + 100
+        })
+        .await
+    );
+    // Requests already on their way to blue when the switch landed may finish there.
+    assert!(
+        blue_hits.load(Ordering::SeqCst) <= blue_after + 4,
+        "blue kept getting requests after the route left it"
+    );
+
+    // Fixed, then routed back: the file reads whole again and the rule's
+    // subsets follow.
+    dir.write("routes.yaml", &format!("{rule}---\n{}", split(100, 0)));
+    let blue_then = blue_hits.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > blue_then + 20
+                && metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]) == 0.0
+        })
+        .await,
+        "never recovered"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    cp.stop().await;
+}
