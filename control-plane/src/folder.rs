@@ -7,7 +7,7 @@
 //! file deletes nothing). A file that cannot be read at all (or is over the
 //! size limit) keeps all of its last good objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ struct FileState {
 
 /// A file or document that could not be read, and what stays in force in
 /// its place.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReadError {
     pub error: ManifestError,
     /// The objects whose last good version stays in force for it; none
@@ -149,8 +149,9 @@ impl Folder {
             state.text = text;
             let (objects, errors) = keep_last_good(&state.objects, parsed);
             scan.changed |= objects != state.objects;
+            let known: HashSet<&ReadError> = state.errors.iter().collect();
             scan.errors
-                .extend(errors.iter().filter(|e| !state.errors.contains(e)).cloned());
+                .extend(errors.iter().filter(|e| !known.contains(e)).cloned());
             state.objects = objects;
             state.errors = errors;
         }
@@ -222,7 +223,9 @@ fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<Read
         .iter()
         .chain(parsed.bad.iter().filter_map(|b| b.id.as_ref()))
         .collect();
-    let last = |id: &ResourceId| previous.iter().rev().find(|o| o.id().as_ref() == Some(id));
+    // The last of each name wins, as in the store.
+    let last: BTreeMap<ResourceId, &Object> =
+        previous.iter().filter_map(|o| Some((o.id()?, o))).collect();
     let mut unnamed: Vec<ResourceId> = Vec::new();
     if !parsed.bad.is_empty() {
         for o in previous {
@@ -232,24 +235,24 @@ fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<Read
             }
         }
     }
-    // Those go with the documents that name nothing, or else the first.
+    // Those go with the first document that names nothing, or else the first.
     let orphans_to = parsed.bad.iter().position(|b| b.id.is_none()).unwrap_or(0);
     let mut errors = Vec::new();
     for (i, bad) in parsed.bad.into_iter().enumerate() {
         let mut kept = match &bad.id {
             // Another document of the file reads well under this name: it applies.
             Some(id) if good.contains(id) => Vec::new(),
-            Some(id) => match last(id) {
+            Some(id) => match last.get(id) {
                 Some(o) => {
-                    objects.push(o.clone());
+                    objects.push((*o).clone());
                     vec![id.clone()]
                 }
                 None => Vec::new(),
             },
             None => Vec::new(),
         };
-        if bad.id.is_none() || i == orphans_to {
-            kept.extend(unnamed.iter().cloned());
+        if i == orphans_to {
+            kept.append(&mut unnamed);
         }
         errors.push(ReadError {
             error: bad.error,

@@ -14,7 +14,7 @@ use crate::crd::{GROUP, VERSION};
 use crate::store::{Key, Object, ResourceId};
 
 /// A manifest document that could not be read; names the file and the line.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
 pub struct ManifestError {
     pub file: String,

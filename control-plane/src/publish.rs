@@ -175,7 +175,8 @@ pub async fn run_folder(
                 }
                 first_scan = false;
                 let errors = folder.errors();
-                for e in errors.iter().filter(|e| !reported.contains(e)) {
+                let known: std::collections::HashSet<&ReadError> = reported.iter().collect();
+                for e in errors.iter().filter(|e| !known.contains(e)) {
                     tracing::warn!("{e}");
                 }
                 metrics.manifest_errors.set(errors.len() as i64);
