@@ -2,7 +2,7 @@
 //! of edits is translated once) with a bound on staleness (a steady stream
 //! of edits still publishes at least every `max_wait`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,7 +175,7 @@ pub async fn run_folder(
                 }
                 first_scan = false;
                 let errors = folder.errors();
-                let known: std::collections::HashSet<&ReadError> = reported.iter().collect();
+                let known: HashSet<&ReadError> = reported.iter().collect();
                 for e in errors.iter().filter(|e| !known.contains(e)) {
                     tracing::warn!("{e}");
                 }

@@ -500,18 +500,19 @@ impl Mesh {
             }
         }
         for (vs_key, uses) in amended {
-            let mut notes: Vec<String> = Vec::new();
-            for (id, note) in uses {
-                let users = self.kept_deleted.entry(id).or_default();
-                if users.insert(vs_key.clone()) {
-                    notes.push(note);
-                }
-            }
-            let reason = if notes.iter().any(|n| n.contains(".subset: ")) {
+            let reason = if uses.iter().any(|(id, _)| id.kind == "DestinationRule") {
                 "UnknownSubset"
             } else {
                 "UnknownHost"
             };
+            let mut notes: Vec<String> = Vec::new();
+            for (id, note) in uses {
+                self.kept_deleted
+                    .entry(id)
+                    .or_default()
+                    .insert(vs_key.clone());
+                notes.push(note);
+            }
             let id = ResourceId {
                 kind: "VirtualService",
                 key: vs_key,
