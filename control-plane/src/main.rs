@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
 use outrigger_control_plane::certify::{CaSource, Certifier};
 use outrigger_control_plane::crd;
-use outrigger_control_plane::folder::Folder;
+use outrigger_control_plane::folder::{Folder, DEFAULT_MAX_FILE_BYTES};
 use outrigger_control_plane::kubernetes;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
@@ -40,6 +40,9 @@ enum Command {
         /// Namespace of objects that name none.
         #[arg(long, default_value = "default")]
         namespace: String,
+        /// Largest manifest file read, in bytes; a larger one is refused by name.
+        #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
+        max_manifest_bytes: u64,
     },
     /// Serve the config stream from a folder of manifests (local mode,
     /// following edits live) or from the cluster (`--kubernetes`).
@@ -57,6 +60,10 @@ enum Command {
         kubernetes: bool,
         #[arg(long, default_value = "default")]
         namespace: String,
+        /// Largest manifest file read, in bytes (default 8 MiB). A larger
+        /// file is refused by name and its last good objects stay in force.
+        #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
+        max_manifest_bytes: u64,
         /// Address of the config server (`/v1/config`, `/metrics`, `/ready`).
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
@@ -120,6 +127,9 @@ enum Command {
         folder: PathBuf,
         #[arg(long, default_value = "default")]
         namespace: String,
+        /// Largest manifest file read, in bytes; a larger one is refused by name.
+        #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
+        max_manifest_bytes: u64,
         /// The proxy's pod, as namespace/name.
         #[arg(long)]
         pod: String,
@@ -142,6 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             folder,
             kubernetes,
             namespace,
+            max_manifest_bytes,
             listen,
             poll,
             debounce,
@@ -200,6 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(folder) => Source::Folder {
                     folder,
                     namespace,
+                    max_file_bytes: max_manifest_bytes,
                     poll: poll.get(),
                 },
                 None if kubernetes => Source::Kubernetes,
@@ -212,8 +224,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", crd::definitions_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { folder, namespace } => {
-            let mut f = Folder::new(&folder, namespace);
+        Command::Check {
+            folder,
+            namespace,
+            max_manifest_bytes,
+        } => {
+            let mut f = Folder::new(&folder, namespace).with_max_file_bytes(max_manifest_bytes);
             f.rescan()
                 .with_context(|| format!("cannot read folder {}", folder.display()))?;
             let mesh = Mesh::build(&f.store(), &Options::default());
@@ -240,16 +256,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config {
             folder,
             namespace,
+            max_manifest_bytes,
             pod,
         } => {
             let Some((ns, name)) = pod.split_once('/') else {
                 bail!("--pod {pod:?}: write it as namespace/name");
             };
-            let mut f = Folder::new(&folder, namespace);
+            let mut f = Folder::new(&folder, namespace).with_max_file_bytes(max_manifest_bytes);
             f.rescan()
                 .with_context(|| format!("cannot read folder {}", folder.display()))?;
+            // Each error says what stays in force for it (here, where the
+            // folder is read once, nothing: there is no earlier good version).
             for e in f.errors() {
-                eprintln!("warning: {e} (its last good content is used)");
+                eprintln!("warning: {e}");
             }
             let mesh = Mesh::build(&f.store(), &Options::default());
             let config = mesh.config_for(&ProxyId {
@@ -270,6 +289,7 @@ enum Source {
     Folder {
         folder: PathBuf,
         namespace: String,
+        max_file_bytes: u64,
         poll: std::time::Duration,
     },
     Kubernetes,
@@ -360,13 +380,14 @@ async fn serve(
         Source::Folder {
             folder,
             namespace,
+            max_file_bytes,
             poll,
         } => {
             std::fs::read_dir(&folder).with_context(|| format!("--folder {}", folder.display()))?;
             certify = certifier(&identity, &trust_domain, None)?;
             tracing::info!(folder = %folder.display(), listen = %bound, "control plane serving a folder of manifests");
             tokio::spawn(run_folder(
-                Folder::new(folder, namespace),
+                Folder::new(folder, namespace).with_max_file_bytes(max_file_bytes),
                 options,
                 poll,
                 debounce,

@@ -29,7 +29,10 @@ pub struct Metrics {
     pub update_bytes: Histogram,
     /// Mesh resources currently not accepted, by kind.
     pub rejected_resources: Family<KindLabel, Gauge>,
-    /// Manifest files whose last read failed (folder source).
+    /// Deleted DestinationRules and Services kept in force because routes
+    /// in force use them, by kind.
+    pub deleted_in_force: Family<KindLabel, Gauge>,
+    /// Manifest files and documents whose last read failed (folder source).
     pub manifest_errors: Gauge,
     /// Mesh-wide translations run.
     pub translations: Counter,
@@ -79,10 +82,16 @@ impl Metrics {
             "Mesh resources currently not accepted, by kind",
             rejected_resources.clone(),
         );
+        let deleted_in_force = Family::<KindLabel, Gauge>::default();
+        reg.register(
+            "outrigger_cp_deleted_in_force",
+            "Deleted resources kept in force, as last accepted, because routes in force use them, by kind",
+            deleted_in_force.clone(),
+        );
         let manifest_errors = Gauge::default();
         reg.register(
             "outrigger_cp_manifest_errors",
-            "Manifest files whose last read failed (their last good content stays in force)",
+            "Manifest files and documents whose last read failed (what they name keeps its last good version)",
             manifest_errors.clone(),
         );
         let translations = Counter::default();
@@ -121,6 +130,7 @@ impl Metrics {
             push_latency,
             update_bytes,
             rejected_resources,
+            deleted_in_force,
             manifest_errors,
             translations,
             watch_errors,

@@ -46,6 +46,20 @@ impl fmt::Display for Key {
     }
 }
 
+/// One object by kind and key: a mesh resource's verdict, or the document
+/// of a manifest file it came from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    pub kind: &'static str,
+    pub key: Key,
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.key)
+    }
+}
+
 /// Every kind the translator reads, by key.
 #[derive(Clone, Debug, Default)]
 pub struct Store {
@@ -69,7 +83,7 @@ pub struct Store {
 /// One object of a kind the store holds. Objects live here only between a
 /// source and the store, which keeps them unboxed, so their sizes differing
 /// does not matter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Object {
     Namespace(Namespace),
@@ -110,6 +124,14 @@ impl Object {
             Object::AuthorizationPolicy(o) => Key::of(o),
             Object::PeerAuthentication(o) => Key::of(o),
         }
+    }
+
+    /// Its kind and key; objects without a name have none.
+    pub fn id(&self) -> Option<ResourceId> {
+        Some(ResourceId {
+            kind: self.kind(),
+            key: self.key()?,
+        })
     }
 
     /// Sets the namespace of a namespaced object that names none (as

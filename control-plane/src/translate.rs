@@ -177,11 +177,7 @@ impl Verdict {
 }
 
 /// A mesh resource, for [`Mesh::verdicts`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ResourceId {
-    pub kind: &'static str,
-    pub key: Key,
-}
+pub use crate::store::ResourceId;
 
 /// Who a proxy says it is: its pod, from the downward API.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -259,6 +255,64 @@ pub struct Mesh {
     authorization: BTreeMap<Key, (Option<BTreeMap<String, String>>, WirePolicy)>,
     /// Accepted PeerAuthentications, oldest first (the oldest applies).
     peer_authentication: Vec<PeerAuthRule>,
+    /// Deleted DestinationRules and Services kept in force because routes
+    /// in force use them, with those routes' VirtualServices.
+    kept_deleted: BTreeMap<ResourceId, BTreeSet<Key>>,
+}
+
+/// What a rebuild holds back from the store because routes in force depend
+/// on it: a route is applied as last accepted, or not at all, but never
+/// left half-resolved so that its traffic spreads where no route sent it.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    /// DestinationRule edits that take away a subset a route in force uses:
+    /// refused (`SubsetInUse`), and the version in force stays.
+    edits: BTreeMap<Key, Verdict>,
+    /// Deleted DestinationRules whose subsets a route in force uses: their
+    /// version in force stays.
+    rules: BTreeMap<Key, DestinationRule>,
+    /// Deleted Services a route in force names: they stay, with no address
+    /// and no endpoints, so that what is routed to them answers 503 instead
+    /// of going elsewhere.
+    services: BTreeMap<Key, MeshService>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.edits.is_empty() && self.rules.is_empty() && self.services.is_empty()
+    }
+
+    fn deleted(&self) -> BTreeSet<ResourceId> {
+        let rules = self.rules.keys().map(|k| ResourceId {
+            kind: "DestinationRule",
+            key: k.clone(),
+        });
+        let services = self.services.keys().map(|k| ResourceId {
+            kind: "Service",
+            key: k.clone(),
+        });
+        rules.chain(services).collect()
+    }
+}
+
+/// A Service that is gone, as a route in force still sees it: its ports,
+/// no address (nothing can dial it) and no endpoints (what is routed to it
+/// answers 503).
+fn tombstone(ms: &MeshService) -> MeshService {
+    MeshService {
+        export: ms.export.clone(),
+        entries: ms
+            .entries
+            .iter()
+            .map(|e| Service {
+                addresses: Vec::new(),
+                endpoints: Vec::new(),
+                ..e.clone()
+            })
+            .collect(),
+        routes: None,
+        rule: None,
+    }
 }
 
 /// One accepted PeerAuthentication; `None` modes are UNSET (inherited).
@@ -300,26 +354,48 @@ impl Mesh {
     /// Translates the store; a resource refused now that `previous` had in
     /// force keeps that version in force (if it still applies).
     pub fn rebuild(store: &Store, options: &Options, previous: Option<&Mesh>) -> Self {
-        let first = Self::build_with(store, options, previous, &BTreeMap::new());
+        let first = Self::build_with(store, options, previous, &Held::default());
         let Some(prev) = previous else {
             return first;
         };
-        // A DestinationRule edit that takes away a subset a route in force
-        // needs is refused (the rule in force stays), and the mesh is built
-        // again with that verdict.
-        let guarded = first.broken_routes(store, prev);
-        if guarded.is_empty() {
-            first
-        } else {
-            Self::build_with(store, options, previous, &guarded)
+        // What routes in force depend on and the store took away: a
+        // DestinationRule edit that drops a subset in use is refused, and a
+        // deleted rule or Service they use stays; the mesh is built again
+        // with those.
+        let mut held = first.held_for_routes(store, prev);
+        if held.is_empty() {
+            return first;
+        }
+        loop {
+            let mesh = Self::build_with(store, options, previous, &held);
+            // A deleted resource stays only while a route in force uses
+            // it (a route may have been edited off it in the same change).
+            let used: BTreeSet<ResourceId> = mesh.kept_deleted.keys().cloned().collect();
+            if used == held.deleted() {
+                return mesh;
+            }
+            held.rules.retain(|k, _| {
+                used.contains(&ResourceId {
+                    kind: "DestinationRule",
+                    key: k.clone(),
+                })
+            });
+            held.services.retain(|k, _| {
+                used.contains(&ResourceId {
+                    kind: "Service",
+                    key: k.clone(),
+                })
+            });
         }
     }
 
-    /// DestinationRules whose edit left a VirtualService that was in force
-    /// with nothing in force, because a subset it routes to is gone: each
-    /// with the refusal that names the route and the subset.
-    fn broken_routes(&self, store: &Store, prev: &Mesh) -> BTreeMap<Key, Verdict> {
-        let mut out = BTreeMap::new();
+    /// What the VirtualServices `prev` had in force, and that this mesh
+    /// (built without history's help) leaves with nothing in force, lost
+    /// from under them: a subset taken away by a DestinationRule edit (the
+    /// edit is refused, naming the route and the subset), a deleted
+    /// DestinationRule whose subsets they use, a deleted Service they name.
+    fn held_for_routes(&self, store: &Store, prev: &Mesh) -> Held {
+        let mut held = Held::default();
         for (vs_key, vs) in &prev.in_force_vs {
             let still_there = store.virtual_services.contains_key(vs_key)
                 || store
@@ -328,11 +404,29 @@ impl Mesh {
             if self.in_force_vs.contains_key(vs_key) || !still_there {
                 continue;
             }
-            for rd in vs.spec.http.iter().flat_map(|r| &r.route) {
-                let Some(subset) = rd.destination.subset.as_deref() else {
-                    continue;
-                };
-                let Ok(host) = prev.resolve_host(&rd.destination.host, &vs_key.namespace) else {
+            let hosts: Vec<Key> = vs
+                .spec
+                .hosts
+                .iter()
+                .filter_map(|h| prev.resolve_host(h, &vs_key.namespace).ok())
+                .collect();
+            // With every host it routes gone, so are its routes.
+            if hosts.iter().all(|h| !self.services.contains_key(h)) {
+                continue;
+            }
+            let dests = vs.spec.http.iter().flat_map(|r| &r.route).filter_map(|rd| {
+                let host = prev
+                    .resolve_host(&rd.destination.host, &vs_key.namespace)
+                    .ok()?;
+                Some((host, rd.destination.subset.as_deref()))
+            });
+            for (host, subset) in hosts.iter().map(|h| (h.clone(), None)).chain(dests) {
+                if !self.services.contains_key(&host) {
+                    held.services
+                        .entry(host.clone())
+                        .or_insert_with(|| tombstone(&prev.services[&host]));
+                }
+                let Some(subset) = subset else {
                     continue;
                 };
                 let has = |m: &Mesh| {
@@ -341,53 +435,180 @@ impl Mesh {
                         .and_then(|s| s.rule.as_ref())
                         .is_some_and(|r| r.value.0.iter().any(|s| s.name == subset))
                 };
-                if has(self) || !has(prev) {
+                if has(self) {
                     continue;
                 }
-                // The rule in force before for this host, edited since.
-                for (dr_key, before) in &prev.in_force_dr {
-                    let Some(now) = store.destination_rules.get(dr_key) else {
-                        continue;
-                    };
-                    if now == before
-                        || prev.resolve_host(&before.spec.host, &dr_key.namespace).ok()
-                            != Some(host.clone())
-                        || !before.spec.subsets.iter().any(|s| s.name == subset)
-                    {
-                        continue;
+                // The rule in force before for this host, that had the subset.
+                let Some(rule) = prev.services[&host].rule.as_ref().filter(|_| has(prev)) else {
+                    continue;
+                };
+                let dr_key = &rule.from;
+                let Some(before) = prev.in_force_dr.get(dr_key) else {
+                    continue;
+                };
+                match store.destination_rules.get(dr_key) {
+                    Some(now) if now != before => {
+                        let field = if self
+                            .resolve_host(&now.spec.host, &dr_key.namespace)
+                            .ok()
+                            .as_ref()
+                            == Some(&host)
+                        {
+                            "spec.subsets"
+                        } else {
+                            "spec.host"
+                        };
+                        held.edits.entry(dr_key.clone()).or_insert_with(|| {
+                            Verdict::refused(
+                                "SubsetInUse",
+                                format!(
+                                    "{field}: subset {subset:?} of {}.{} is removed, but VirtualService \
+                                     {vs_key} routes to it; change the VirtualService first",
+                                    host.name, host.namespace
+                                ),
+                            )
+                        });
                     }
-                    let field = if self
-                        .resolve_host(&now.spec.host, &dr_key.namespace)
-                        .ok()
-                        .as_ref()
-                        == Some(&host)
-                    {
-                        "spec.subsets"
-                    } else {
-                        "spec.host"
-                    };
-                    out.entry(dr_key.clone()).or_insert_with(|| {
-                        Verdict::refused(
-                            "SubsetInUse",
-                            format!(
-                                "{field}: subset {subset:?} of {}.{} is removed, but VirtualService \
-                                 {vs_key} routes to it; change the VirtualService first",
-                                host.name, host.namespace
-                            ),
-                        )
-                    });
+                    // Unchanged: its host is gone (kept above) or it lost
+                    // to another rule.
+                    Some(_) => {}
+                    // Unreadable now: its version in force stays anyway.
+                    None if store
+                        .invalid
+                        .contains_key(&("DestinationRule", dr_key.clone())) => {}
+                    None => {
+                        held.rules.insert(dr_key.clone(), before.clone());
+                    }
                 }
             }
         }
-        out
+        held
     }
 
-    fn build_with(
-        store: &Store,
-        options: &Options,
-        previous: Option<&Mesh>,
-        guarded: &BTreeMap<Key, Verdict>,
-    ) -> Self {
+    /// The deleted resources `held` kept that the VirtualServices in force
+    /// use, and their verdicts amended to say so: the VirtualService as
+    /// written names what no longer exists, and what it names stays in
+    /// force, as last accepted, while it does.
+    fn explain_held(&mut self, held: &Held) {
+        if held.rules.is_empty() && held.services.is_empty() {
+            return;
+        }
+        let mut amended = Vec::new();
+        for (vs_key, vs) in &self.in_force_vs {
+            let uses = self.held_uses(held, vs_key, vs);
+            if !uses.is_empty() {
+                amended.push((vs_key.clone(), uses));
+            }
+        }
+        for (vs_key, uses) in amended {
+            let reason = if uses.iter().any(|(id, _)| id.kind == "DestinationRule") {
+                "UnknownSubset"
+            } else {
+                "UnknownHost"
+            };
+            let mut notes: Vec<String> = Vec::new();
+            for (id, note) in uses {
+                self.kept_deleted
+                    .entry(id)
+                    .or_default()
+                    .insert(vs_key.clone());
+                notes.push(note);
+            }
+            let id = ResourceId {
+                kind: "VirtualService",
+                key: vs_key,
+            };
+            let verdict = match self.verdicts.remove(&id) {
+                Some(Verdict::Refused { reason, message }) => Verdict::Refused {
+                    reason,
+                    message: format!("{message}; {}", notes.join("; ")),
+                },
+                _ => Verdict::refused(reason, notes.join("; ")),
+            };
+            self.verdicts.insert(id, verdict);
+        }
+    }
+
+    /// The held deleted resources the VirtualService `vs` (in force) uses,
+    /// each once, with a note naming the first field that uses it.
+    fn held_uses(
+        &self,
+        held: &Held,
+        vs_key: &Key,
+        vs: &VirtualService,
+    ) -> Vec<(ResourceId, String)> {
+        let mut uses: Vec<(ResourceId, String)> = Vec::new();
+        let mut add = |id: ResourceId, note: String| {
+            if !uses.iter().any(|(u, _)| *u == id) {
+                uses.push((id, note));
+            }
+        };
+        let service = |field: &str, key: &Key, then: &str| {
+            held.services.contains_key(key).then(|| {
+                (
+                    ResourceId {
+                        kind: "Service",
+                        key: key.clone(),
+                    },
+                    format!(
+                        "{field}: Service {key} is deleted (or has no virtual address and TCP \
+                         port any more); {then}"
+                    ),
+                )
+            })
+        };
+        for (i, route) in vs.spec.http.iter().enumerate() {
+            for (j, rd) in route.route.iter().enumerate() {
+                let field = format!("spec.http[{i}].route[{j}].destination");
+                let Ok(dest) = self.resolve_host(&rd.destination.host, &vs_key.namespace) else {
+                    continue;
+                };
+                let then = "it stays in the routes with no endpoints, so requests routed to \
+                            it get 503, while routes in force use it";
+                if let Some((id, note)) = service(&format!("{field}.host"), &dest, then) {
+                    add(id, note);
+                }
+                let Some(subset) = &rd.destination.subset else {
+                    continue;
+                };
+                let Some(rule) = self.services[&dest].rule.as_ref() else {
+                    continue;
+                };
+                if held.rules.contains_key(&rule.from) {
+                    add(
+                        ResourceId {
+                            kind: "DestinationRule",
+                            key: rule.from.clone(),
+                        },
+                        format!(
+                            "{field}.subset: subset {subset:?} of {}.{} is defined by \
+                             DestinationRule {}, which is deleted; its last accepted version \
+                             stays in force while routes in force use it",
+                            dest.name, dest.namespace, rule.from
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, h) in vs.spec.hosts.iter().enumerate() {
+            if let Ok(key) = self.resolve_host(h, &vs_key.namespace) {
+                let then = "nothing can dial it, and this VirtualService stays in force for its \
+                            other hosts";
+                if let Some((id, note)) = service(&format!("spec.hosts[{i}]"), &key, then) {
+                    add(id, note);
+                }
+            }
+        }
+        uses
+    }
+
+    /// Deleted DestinationRules and Services kept in force because routes
+    /// in force use them, each with the VirtualServices whose routes do.
+    pub fn kept_deleted(&self) -> &BTreeMap<ResourceId, BTreeSet<Key>> {
+        &self.kept_deleted
+    }
+
+    fn build_with(store: &Store, options: &Options, previous: Option<&Mesh>, held: &Held) -> Self {
         let pods: BTreeMap<Key, PodFacts> = store
             .pods
             .iter()
@@ -404,6 +625,7 @@ impl Mesh {
             in_force_pa: BTreeMap::new(),
             authorization: BTreeMap::new(),
             peer_authentication: Vec::new(),
+            kept_deleted: BTreeMap::new(),
         };
         // Each Service's EndpointSlices, found once rather than by a scan
         // of every slice per Service.
@@ -442,6 +664,11 @@ impl Mesh {
                 mesh.services.insert(key.clone(), ms);
             }
         }
+        for (key, gone) in &held.services {
+            mesh.services
+                .entry(key.clone())
+                .or_insert_with(|| gone.clone());
+        }
         // Resources that could not be read: refused with the reason, and
         // their version in force before stays.
         for (&(kind, ref key), why) in &store.invalid {
@@ -466,11 +693,18 @@ impl Mesh {
                 },
             );
         }
+        // Deleted rules that routes in force use: first, as the oldest
+        // (each was the one in force for its host).
+        for (key, dr) in &held.rules {
+            if mesh.apply_destination_rule(key, dr).is_accepted() {
+                mesh.in_force_dr.insert(key.clone(), dr.clone());
+            }
+        }
         for (key, dr) in by_age(&store.destination_rules) {
             let prev = previous.and_then(|p| p.in_force_dr.get(key));
-            // An edit that broke a route in force (see `broken_routes`):
+            // An edit that broke a route in force (see `held_for_routes`):
             // refused, and the version in force stays.
-            let (verdict, in_force) = match (guarded.get(key), prev) {
+            let (verdict, in_force) = match (held.edits.get(key), prev) {
                 (Some(refusal), Some(p)) => {
                     if mesh.apply_destination_rule(key, p).is_accepted() {
                         (refusal.clone().keeping_previous(), Some(p.clone()))
@@ -513,6 +747,7 @@ impl Mesh {
                 verdict,
             );
         }
+        mesh.explain_held(held);
         // An unreadable edit of a DENY policy must not open the door.
         mesh.keep_unreadable(
             store,
@@ -2682,5 +2917,329 @@ spec:
             .services
             .iter()
             .all(|s| s.http.is_empty()));
+    }
+
+    /// The deleted resources kept in force, as `kind key <- users`.
+    fn kept(m: &Mesh) -> Vec<String> {
+        m.kept_deleted()
+            .iter()
+            .map(|(id, users)| {
+                let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+                format!("{id} <- {}", users.join(","))
+            })
+            .collect()
+    }
+
+    fn reviews_of(m: &Mesh) -> Service {
+        config(m, "shop", "productpage-1")
+            .services
+            .into_iter()
+            .find(|s| s.name == "reviews")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_deleted_destination_rule_stays_in_force_while_a_route_uses_it() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let without_rule = store(&format!("{REVIEWS}---{vs}"));
+        let next = Mesh::rebuild(&without_rule, &Options::default(), Some(&good));
+        // The route stays as it was, with the subsets it sends to: nothing
+        // spreads over every version.
+        let reviews = reviews_of(&next);
+        assert_eq!(reviews.http, reviews_of(&good).http);
+        assert_eq!(reviews.subsets, reviews_of(&good).subsets);
+        assert_eq!(reviews.traffic_policy, reviews_of(&good).traffic_policy);
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert_eq!(
+            message,
+            "spec.http[0].route[0].destination.subset: subset \"v1\" of reviews.shop is defined \
+             by DestinationRule shop/reviews, which is deleted; its last accepted version stays \
+             in force while routes in force use it"
+        );
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+        assert!(
+            !next
+                .verdicts()
+                .keys()
+                .any(|id| id.kind == "DestinationRule"),
+            "a deleted resource has no verdict"
+        );
+        // It stays from one change to the next.
+        let again = Mesh::rebuild(&without_rule, &Options::default(), Some(&next));
+        assert_eq!(reviews_of(&again).http, reviews.http);
+        assert_eq!(kept(&again), kept(&next));
+        // Put back: it applies as written, and nothing is kept.
+        let back = Mesh::rebuild(
+            &store(&format!(
+                "{REVIEWS}---{}---{vs}",
+                dr.replace("consecutive5xxErrors: 3", "consecutive5xxErrors: 5")
+            )),
+            &Options::default(),
+            Some(&again),
+        );
+        assert_eq!(
+            verdict(&back, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&back, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert!(kept(&back).is_empty());
+        assert_eq!(
+            reviews_of(&back)
+                .traffic_policy
+                .unwrap()
+                .outlier_detection
+                .unwrap()
+                .consecutive_5xx_errors,
+            5
+        );
+        // Once no route in force uses it, the deletion is taken.
+        let plain = vs
+            .replace(", subset: v1 }", " }")
+            .replace(
+                "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+                "",
+            )
+            .replace("          weight: 75\n", "");
+        let released = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{plain}")),
+            &Options::default(),
+            Some(&again),
+        );
+        assert_eq!(
+            verdict(&released, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert!(kept(&released).is_empty());
+        let reviews = reviews_of(&released);
+        assert!(reviews.subsets.is_empty() && reviews.traffic_policy.is_none());
+        assert_eq!(reviews.http[0].route[0].destination.subset, None);
+    }
+
+    #[test]
+    fn a_route_edited_onto_fewer_subsets_as_its_rule_is_deleted_keeps_the_rule() {
+        let (_, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let v1_only = vs
+            .replace(
+                "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+                "",
+            )
+            .replace("          weight: 75\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{v1_only}")),
+            &Options::default(),
+            Some(&good),
+        );
+        // The edited route applies, on the rule it still needs.
+        let reviews = reviews_of(&next);
+        assert_eq!(reviews.http[0].route.len(), 1);
+        assert_eq!(reviews.subsets.len(), 2);
+        assert_eq!(
+            refused(verdict(&next, "VirtualService", "shop", "reviews")).0,
+            "UnknownSubset"
+        );
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+    }
+
+    /// `ratings` routed to the `reviews` Service (a dark launch), with
+    /// reviews' rule; and a route on `reviews` itself to `ratings` half the time.
+    fn routes_across(yaml: &str) -> String {
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        format!(
+            "{yaml}---{dr}---{}",
+            r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: ratings, namespace: shop }
+spec:
+  hosts: [ratings]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#
+        )
+    }
+
+    #[test]
+    fn a_service_deleted_under_a_route_answers_503_and_never_spreads_elsewhere() {
+        let good = mesh(&routes_across(REVIEWS));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "ratings"),
+            Verdict::Accepted
+        );
+        // The reviews Service and its EndpointSlice are deleted.
+        let gone: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: reviews,") && !d.contains("name: reviews-abc"))
+            .collect::<Vec<_>>()
+            .join("---");
+        assert!(!gone.contains("kind: EndpointSlice") && gone.contains("name: ratings"));
+        let next = Mesh::rebuild(
+            &store(&routes_across(&gone)),
+            &Options::default(),
+            Some(&good),
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let ratings = c.services.iter().find(|s| s.name == "ratings").unwrap();
+        assert_eq!(
+            ratings.http,
+            good.config_for(&ProxyId {
+                namespace: "shop".into(),
+                pod: "productpage-1".into()
+            })
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .http,
+            "ratings keeps its route: its own endpoints get nothing it did not get before"
+        );
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert!(
+            reviews.endpoints.is_empty() && reviews.addresses.is_empty(),
+            "what is routed to a deleted Service answers 503; nothing can dial it"
+        );
+        assert_eq!(reviews.subsets.len(), 2, "its rule still applies to it");
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "ratings"));
+        assert_eq!(reason, "UnknownHost");
+        assert!(
+            message.starts_with(
+                "spec.http[0].route[0].destination.host: Service shop/reviews is deleted"
+            ),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(kept(&next), ["Service shop/reviews <- shop/ratings"]);
+        // The route that made ratings send there goes: so does the Service.
+        let without_route = store(&format!("{gone}---{}", CANARY.split_once("---").unwrap().0));
+        let after = Mesh::rebuild(&without_route, &Options::default(), Some(&next));
+        assert!(kept(&after).is_empty());
+        assert!(config(&after, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.name != "reviews"));
+    }
+
+    #[test]
+    fn a_deleted_service_no_route_in_force_uses_any_more_is_not_kept() {
+        let both = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - route:
+        - { destination: { host: reviews, subset: v1 }, weight: 50 }
+        - { destination: { host: ratings }, weight: 50 }
+"#;
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{dr}---{both}"));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        // In one change: the rule and the ratings Service are deleted, and
+        // the route sends everything to v1.
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let v1 = both
+            .replace(", weight: 50 }", " }")
+            .replace("        - { destination: { host: ratings } }\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!("{no_ratings}---{v1}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(reviews_of(&next).http[0].route.len(), 1);
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+        assert!(config(&next, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.name != "ratings"));
+    }
+
+    #[test]
+    fn a_route_whose_every_host_is_deleted_keeps_nothing() {
+        let good = mesh(&routes_across(REVIEWS));
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let next = Mesh::rebuild(
+            &store(&routes_across(&no_ratings)),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            refused(verdict(&next, "VirtualService", "shop", "ratings")).0,
+            "UnknownHost"
+        );
+        assert!(kept(&next).is_empty());
+    }
+
+    #[test]
+    fn a_route_keeps_its_other_hosts_when_one_of_them_is_deleted() {
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        let two_hosts = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: both, namespace: shop }
+spec:
+  hosts: [reviews, ratings]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#;
+        let good = mesh(&format!("{REVIEWS}---{dr}---{two_hosts}"));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "both"),
+            Verdict::Accepted
+        );
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let next = Mesh::rebuild(
+            &store(&format!("{no_ratings}---{dr}---{two_hosts}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            reviews_of(&next).http,
+            reviews_of(&good).http,
+            "reviews keeps its route"
+        );
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "both"));
+        assert_eq!(reason, "UnknownHost");
+        assert!(
+            message.starts_with("spec.hosts[1]: Service shop/ratings is deleted")
+                && message.ends_with("nothing can dial it, and this VirtualService stays in force for its other hosts"),
+            "{message}"
+        );
+        let ratings = config(&next, "shop", "productpage-1")
+            .services
+            .into_iter()
+            .find(|s| s.name == "ratings")
+            .unwrap();
+        assert!(ratings.addresses.is_empty() && ratings.endpoints.is_empty());
     }
 }

@@ -88,3 +88,88 @@ fn the_kind_tests_manifests_are_accepted() {
         }
     }
 }
+
+/// A file with a good DestinationRule and a VirtualService that uses a
+/// field Outrigger does not support: the rule applies, the route is
+/// reported by file, line and field, and neither command claims a last
+/// good version that a one-shot read cannot have.
+#[test]
+fn check_and_config_apply_a_files_good_documents_and_report_the_bad_one() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("routes.yaml"),
+        "apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: web, namespace: shop }
+spec: { host: web, subsets: [{ name: v1, labels: { version: v1 } }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web]
+  http:
+    - mirror: { host: web }
+      route: [{ destination: { host: web, subset: v1 } }]
+",
+    )
+    .unwrap();
+    let file = folder.path().join("routes.yaml").display().to_string();
+    let reported =
+        format!("{file}:17: VirtualService shop/web: unknown field `mirror`, expected one of ");
+    let out = control_plane()
+        .args(["check", "--folder"])
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&reported), "{stdout}");
+    assert!(
+        stdout.contains("(not applied: no earlier good version of it is in force)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DestinationRule shop/web: accepted"),
+        "{stdout}"
+    );
+
+    let out = control_plane()
+        .args(["config", "--pod", "shop/client", "--folder"])
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: {reported}"))
+            && stderr.contains("(not applied: no earlier good version of it is in force)")
+            && !stderr.contains("last good content"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("name: v1"), "the rule's subset: {stdout}");
+
+    // Over the size limit: refused by name.
+    let out = control_plane()
+        .args(["check", "--max-manifest-bytes", "100", "--folder"])
+        .arg(folder.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{file}:0: "))
+            && stdout.contains(
+                "over the limit of 100 bytes for one manifest file (--max-manifest-bytes)"
+            ),
+        "{stdout}"
+    );
+}

@@ -1,7 +1,9 @@
 //! A real control plane (folder mode, in-process) streaming to a real proxy
 //! that routes real traffic: a VirtualService edit moves a split live with no
 //! failed request; a bad manifest is refused while the previous config keeps
-//! serving; the proxy rides out a control-plane restart and reconnects.
+//! serving; the proxy rides out a control-plane restart and reconnects; a
+//! DestinationRule or Service deleted under a route, or a file rewritten in
+//! two halves, never sends a request where no route sends it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -430,5 +432,375 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     let (ok, failed) = tally(clients).await;
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     assert!(ok > 0);
+    cp.stop().await;
+}
+
+/// [`services`] without its DestinationRule, and the rule alone.
+fn services_and_rule(blue: SocketAddr, green: SocketAddr) -> (String, String) {
+    let all = services(blue, green);
+    let at = all
+        .find("apiVersion: outrigger.dev/v1alpha1\nkind: DestinationRule")
+        .unwrap();
+    (
+        all[..at].trim_end_matches("---\n").to_string(),
+        all[at..].to_string(),
+    )
+}
+
+/// A control-plane gauge.
+fn cp_gauge(cp: &ControlPlane, name: &str, kind: &str) -> f64 {
+    metric(&cp.metrics.encode(), name, &[("kind", kind)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_destination_rule_a_route_uses_keeps_it_and_no_request_spreads() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("dr-deleted");
+    let (mesh, rule) = services_and_rule(blue, green);
+    dir.write("mesh.yaml", &mesh);
+    dir.write("web-dr.yaml", &rule);
+    dir.write("web-vs.yaml", &split(100, 0));
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+
+    // The rule the route's subsets come from is deleted under load: it
+    // stays in force, as last accepted, and the VirtualService says why.
+    std::fs::remove_file(dir.path().join("web-dr.yaml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp_gauge(&cp, "outrigger_cp_rejected_resources", "VirtualService") == 1.0
+        })
+        .await,
+        "the deletion was never published (the VirtualService names a rule that is gone)"
+    );
+    let blue_then = blue_hits.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > blue_then + 100
+        })
+        .await,
+        "traffic stopped"
+    );
+    assert_eq!(
+        green_hits.load(Ordering::SeqCst),
+        0,
+        "a request reached the subset no route sends to"
+    );
+    assert_eq!(
+        cp_gauge(&cp, "outrigger_cp_deleted_in_force", "DestinationRule"),
+        1.0
+    );
+
+    // Put back: accepted again, nothing kept, and the route follows edits.
+    dir.write("web-dr.yaml", &rule);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp_gauge(&cp, "outrigger_cp_deleted_in_force", "DestinationRule") == 0.0
+                && cp_gauge(&cp, "outrigger_cp_rejected_resources", "VirtualService") == 0.0
+        })
+        .await,
+        "never recovered"
+    );
+    assert_eq!(green_hits.load(Ordering::SeqCst), 0);
+    dir.write("web-vs.yaml", &split(0, 100));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green_hits.load(Ordering::SeqCst) > 20
+        })
+        .await,
+        "the restored rule's subsets do not route"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_two_halves_never_spreads_traffic() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("halves");
+    let (mesh, rule) = services_and_rule(blue, green);
+    let route = split(100, 0);
+    let vs_first = format!("{route}---\n{rule}");
+    let dr_first = format!("{rule}---\n{route}");
+    dir.write("mesh.yaml", &mesh);
+    dir.write("routes.yaml", &vs_first);
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    let errors =
+        |cp: &ControlPlane| metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]);
+    // Each rewrite, written non-atomically as far as the control plane can
+    // tell: the first part of the new text, then 0.8 s later all of it. Cut
+    // at the end of the route's document, the file has no rule for that
+    // time (the rule stays: the route uses it); cut inside a document, that
+    // document is broken and the one after it missing (both stay: a file
+    // with a bad document deletes nothing).
+    let cuts: [(&str, String, &str); 4] = [
+        (
+            "the route alone",
+            vs_first[..route.len()].to_string(),
+            "rule gone",
+        ),
+        (
+            "cut inside the route",
+            dr_first[..dr_first.find("  hosts: [web]").unwrap()].to_string(),
+            "bad document",
+        ),
+        (
+            "cut inside the rule's spec",
+            dr_first[..dr_first.find("  host: web").unwrap()].to_string(),
+            "bad document",
+        ),
+        (
+            "cut inside the rule's metadata",
+            dr_first[..dr_first.find("{ name: web, namespace").unwrap() + 8].to_string(),
+            "bad document",
+        ),
+    ];
+    for (what, half, shows) in cuts {
+        let whole = if half.starts_with(&route) {
+            &vs_first
+        } else {
+            &dr_first
+        };
+        dir.write("routes.yaml", &half);
+        let seen = eventually(Duration::from_secs(5), || async {
+            match shows {
+                "rule gone" => {
+                    cp_gauge(&cp, "outrigger_cp_rejected_resources", "VirtualService") == 1.0
+                }
+                _ => errors(&cp) == 1.0,
+            }
+        })
+        .await;
+        assert!(seen, "{what}: never read");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        dir.write("routes.yaml", whole);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                errors(&cp) == 0.0
+                    && cp_gauge(&cp, "outrigger_cp_rejected_resources", "VirtualService") == 0.0
+            })
+            .await,
+            "{what}: the whole file never read"
+        );
+        assert_eq!(
+            green_hits.load(Ordering::SeqCst),
+            0,
+            "{what}: a request reached the subset no route sends to"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert_eq!(green_hits.load(Ordering::SeqCst), 0);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_deleted_under_a_route_answers_503_and_nothing_goes_elsewhere() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("svc-deleted");
+    // web's own endpoint is blue; its route sends everything to the
+    // web-green Service.
+    let web = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: shop }}
+spec: {{ clusterIP: 10.96.0.10, ports: [{{ name: http, port: 80 }}] }}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: web, namespace: shop }}
+subsets: [{{ addresses: [{{ ip: 127.0.0.1 }}], ports: [{{ name: http, port: {} }}] }}]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: web, namespace: shop }}
+spec:
+  hosts: [web]
+  http: [{{ route: [{{ destination: {{ host: web-green, port: {{ number: 80 }} }} }}] }}]
+"#,
+        blue.port()
+    );
+    let web_green = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web-green, namespace: shop }}
+spec: {{ clusterIP: 10.96.0.11, ports: [{{ name: http, port: 80 }}] }}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{ name: web-green, namespace: shop }}
+subsets: [{{ addresses: [{{ ip: 127.0.0.1 }}], ports: [{{ name: http, port: {} }}] }}]
+"#,
+        green.port()
+    );
+    dir.write("web.yaml", &web);
+    dir.write("web-green.yaml", &web_green);
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(addr, "/").await.0 == 200
+        })
+        .await
+    );
+    assert!(green_hits.load(Ordering::SeqCst) >= 1);
+
+    std::fs::remove_file(dir.path().join("web-green.yaml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp_gauge(&cp, "outrigger_cp_rejected_resources", "VirtualService") == 1.0
+        })
+        .await,
+        "the deletion was never published (the VirtualService names a Service that is gone)"
+    );
+    // Traffic keeps coming while the proxy takes the update.
+    for _ in 0..20 {
+        let _ = get(addr, "/").await;
+    }
+    assert_eq!(
+        blue_hits.load(Ordering::SeqCst),
+        0,
+        "traffic went where no route sends it"
+    );
+    assert_eq!(
+        cp_gauge(&cp, "outrigger_cp_deleted_in_force", "Service"),
+        1.0
+    );
+    // What the route sends to is gone: 503, and web's own endpoint (where
+    // no route sends) gets nothing.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(addr, "/").await.0 == 503
+        })
+        .await,
+        "the proxy never saw the deletion"
+    );
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").await.0, 503);
+    }
+    assert_eq!(
+        blue_hits.load(Ordering::SeqCst),
+        0,
+        "traffic went where no route sends it"
+    );
+
+    // Back: routed to it again.
+    let green_then = green_hits.load(Ordering::SeqCst);
+    dir.write("web-green.yaml", &web_green);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(addr, "/").await.0 == 200
+        })
+        .await,
+        "never recovered"
+    );
+    assert!(green_hits.load(Ordering::SeqCst) > green_then);
+    assert_eq!(
+        cp_gauge(&cp, "outrigger_cp_deleted_in_force", "Service"),
+        0.0
+    );
+    assert_eq!(blue_hits.load(Ordering::SeqCst), 0);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version() {
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("per-document");
+    let (mesh, rule) = services_and_rule(blue, green);
+    dir.write("mesh.yaml", &mesh);
+    dir.write("routes.yaml", &format!("{rule}---\n{}", split(100, 0)));
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let p = following_proxy(cp.addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    assert_eq!(green_hits.load(Ordering::SeqCst), 0);
+
+    // One edit: the route moves to green (good), the rule gains a field
+    // Outrigger does not support (bad: its last good version, which has
+    // the green subset, stays).
+    let bad_rule = rule.replace("  host: web\n", "  host: web\n  notAField: true\n");
+    assert_ne!(bad_rule, rule);
+    dir.write("routes.yaml", &format!("{bad_rule}---\n{}", split(0, 100)));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green_hits.load(Ordering::SeqCst) > 20
+        })
+        .await,
+        "the file's good document never applied"
+    );
+    assert_eq!(
+        metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]),
+        1.0
+    );
+    let blue_after = blue_hits.load(Ordering::SeqCst);
+    let green_then = green_hits.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green_hits.load(Ordering::SeqCst) > green_then + 100
+        })
+        .await
+    );
+    // Requests already on their way to blue when the switch landed may finish there.
+    assert!(
+        blue_hits.load(Ordering::SeqCst) <= blue_after + 4,
+        "blue kept getting requests after the route left it"
+    );
+
+    // Fixed, then routed back: the file reads whole again and the rule's
+    // subsets follow.
+    dir.write("routes.yaml", &format!("{rule}---\n{}", split(100, 0)));
+    let blue_then = blue_hits.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > blue_then + 20
+                && metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]) == 0.0
+        })
+        .await,
+        "never recovered"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     cp.stop().await;
 }
