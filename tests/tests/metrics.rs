@@ -277,7 +277,7 @@ async fn requests_the_proxy_cannot_read_are_counted_and_flagged() {
     let many_headers: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
     let cases = [
         (
-            format!("GET / HTTP/1.1\r\nHost: web\r\nBad Header: x\r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: web\r\nBad Header: x\r\n\r\n".to_string(),
             400,
         ),
         (format!("GET {long_uri} HTTP/1.1\r\nHost: web\r\n\r\n"), 414),
