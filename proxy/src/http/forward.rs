@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use outrigger_identity::SpiffeId;
 use tower::Service;
 
-use super::client::{Client, UpstreamProto};
+use super::client::{Client, ConnSettings, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::stack::{always_ready, Fut, Req, Rsp};
@@ -88,9 +88,15 @@ impl Service<Req> for Forward {
     }
 }
 
+/// The connection settings of the service the request was sent to.
+fn conn_settings(_req: &Req) -> ConnSettings {
+    ConnSettings::default()
+}
+
 impl Forward {
     async fn send(&self, req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
         let client_version = req.version();
+        let conn = conn_settings(&req);
         let (mut parts, body) = req.into_parts();
         prepare(&mut parts, up);
         let resp = self
@@ -98,6 +104,7 @@ impl Forward {
             .send(
                 up.addr,
                 up.tls.as_ref(),
+                conn,
                 up.proto,
                 http::Request::from_parts(parts, body),
             )
@@ -115,6 +122,7 @@ impl Forward {
     /// HTTP/1 connection; on success both sides are spliced byte for byte.
     async fn upgrade(&self, mut req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
         let client_version = req.version();
+        let conn = conn_settings(&req);
         let is_connect = req.method() == Method::CONNECT;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
@@ -135,6 +143,7 @@ impl Forward {
             .send_upgrade(
                 up.addr,
                 up.tls.as_ref(),
+                conn,
                 http::Request::from_parts(parts, body),
             )
             .await?;
