@@ -259,6 +259,9 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
     // Endpoints that join a service already in force warm up; those of a
     // brand-new service (proxy start) do not.
     let joined = prev.map(|_| Instant::now());
+    let tp = svc.traffic_policy.clone().unwrap_or_default();
+    // `tls.mode: DISABLE`: plaintext to every endpoint, meshed ones too.
+    let plaintext = tp.tls_disabled();
     let endpoints: Vec<EndpointState> = svc
         .endpoints
         .iter()
@@ -271,11 +274,12 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             Some(EndpointState {
                 addr,
                 meshed: ep.meshed,
-                // Validation checked the form; a meshed endpoint only.
+                // Validation checked the form; a meshed endpoint only, and
+                // not when the service's DestinationRule disables TLS.
                 identity: ep
                     .identity
                     .as_deref()
-                    .filter(|_| ep.meshed)
+                    .filter(|_| ep.meshed && !plaintext)
                     .and_then(|i| i.parse().ok())
                     .map(Arc::new),
                 peer: Workload {
@@ -302,7 +306,6 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             (sub.name.clone(), members)
         })
         .collect();
-    let tp = svc.traffic_policy.clone().unwrap_or_default();
     let lb = LbPolicy::from(tp.load_balancer.as_ref());
     let outlier = tp.outlier_detection.as_ref().map(OutlierPolicy::from);
     let pool_limits = PoolLimits::from(tp.connection_pool.as_ref());
@@ -423,6 +426,32 @@ services:
         assert_eq!((&*eps[0].peer.workload, eps[0].meshed), ("web-v1", true));
         assert_eq!((&*eps[1].peer.workload, eps[1].meshed), ("unknown", false));
         assert_eq!(&*eps[1].peer.namespace, "shop");
+    }
+
+    #[test]
+    fn tls_disable_drops_the_identity_meshed_endpoints_prove() {
+        let identity = |mode: Option<&str>| {
+            let mut s = snapshot();
+            s.services[0].endpoints[0].identity = Some("spiffe://td/ns/shop/sa/web".into());
+            if let Some(mode) = mode {
+                s.services[0].traffic_policy = Some(
+                    serde_json::from_str(&format!(r#"{{ "tls": {{ "mode": "{mode}" }} }}"#))
+                        .unwrap(),
+                );
+            }
+            let cfg = Config::try_from(s).unwrap();
+            let r = cfg.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
+            let ep = &cfg.service(r).unwrap().endpoints[0];
+            (ep.meshed, ep.identity.as_ref().map(|i| i.to_string()))
+        };
+        let mtls = (true, Some("spiffe://td/ns/shop/sa/web".to_string()));
+        assert_eq!(identity(None), mtls);
+        assert_eq!(identity(Some("ISTIO_MUTUAL")), mtls);
+        assert_eq!(
+            identity(Some("DISABLE")),
+            (true, None),
+            "plaintext to the peer proxy"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::stack::{always_ready, Fut, Req, Rsp};
 use crate::listener::{until_revoked, Hold};
+use crate::policy::balance::Chosen;
 
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
@@ -88,9 +89,13 @@ impl Service<Req> for Forward {
     }
 }
 
-/// The connection settings of the service the request was sent to.
-fn conn_settings(_req: &Req) -> ConnSettings {
-    ConnSettings::default()
+/// The connection settings of the service the request was sent to (its
+/// DestinationRule's `connectionPool`); defaults outside a service.
+fn conn_settings(req: &Req) -> ConnSettings {
+    req.extensions()
+        .get::<Chosen>()
+        .map(|c| c.service.pool.limits.conn)
+        .unwrap_or_default()
 }
 
 impl Forward {

@@ -4,6 +4,12 @@
 //! its own upstream connection), and up to `http1MaxPendingRequests` more
 //! wait for one. Past the limits a request is answered 503 at once (`UO`).
 //! A request holds its slots until its response body ends.
+//!
+//! `http.maxRetries` bounds the retries outstanding to the service
+//! ([`Pool::retry_slot`], taken by the retry layer), and the connection
+//! settings (`tcp.connectTimeout`, `http.idleTimeout`,
+//! `http.maxRequestsPerConnection`) travel to the upstream client as
+//! [`ConnSettings`].
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use super::balance::Chosen;
-use crate::http::client::UpstreamProto;
+use crate::http::client::{ConnSettings, UpstreamProto};
 use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
 use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
@@ -30,6 +36,9 @@ pub struct PoolLimits {
     pub max_connections: Option<u32>,
     pub max_pending: Option<u32>,
     pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+    /// How connections to the service's endpoints are opened and kept.
+    pub conn: ConnSettings,
 }
 
 impl From<Option<&ConnectionPool>> for PoolLimits {
@@ -37,10 +46,20 @@ impl From<Option<&ConnectionPool>> for PoolLimits {
         let Some(cp) = cp else {
             return Self::default();
         };
+        let tcp = cp.tcp.as_ref();
+        let http = cp.http.as_ref();
         Self {
-            max_connections: cp.tcp.as_ref().and_then(|t| t.max_connections),
-            max_pending: cp.http.as_ref().and_then(|h| h.http1_max_pending_requests),
-            max_requests: cp.http.as_ref().and_then(|h| h.http2_max_requests),
+            max_connections: tcp.and_then(|t| t.max_connections),
+            max_pending: http.and_then(|h| h.http1_max_pending_requests),
+            max_requests: http.and_then(|h| h.http2_max_requests),
+            max_retries: http.and_then(|h| h.max_retries),
+            conn: ConnSettings {
+                connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
+                idle_timeout: http.and_then(|h| h.idle_timeout).map(|d| d.get()),
+                max_requests_per_connection: http
+                    .and_then(|h| h.max_requests_per_connection)
+                    .unwrap_or(0),
+            },
         }
     }
 }
@@ -51,6 +70,7 @@ pub struct Pool {
     requests: Option<Arc<Semaphore>>,
     connections: Option<Arc<Semaphore>>,
     pending: AtomicU32,
+    retries: Option<Arc<Semaphore>>,
 }
 
 /// Slots a request holds until its response ends.
@@ -75,11 +95,28 @@ impl Pool {
             requests: sem(limits.max_requests),
             connections: sem(limits.max_connections),
             pending: AtomicU32::new(0),
+            retries: sem(limits.max_retries),
         }
     }
 
+    /// Whether requests are admitted without a check.
     pub fn is_unlimited(&self) -> bool {
-        self.limits == PoolLimits::default()
+        self.requests.is_none() && self.connections.is_none()
+    }
+
+    /// A slot for one retry to the service (`maxRetries`), held until that
+    /// retry's answer is known (Envoy counts a retry outstanding from its
+    /// decision until then); `Err(max)` when all are taken, `Ok(None)`
+    /// without a limit.
+    pub fn retry_slot(&self) -> Result<Option<OwnedSemaphorePermit>, u32> {
+        match &self.retries {
+            None => Ok(None),
+            Some(sem) => sem
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| self.limits.max_retries.unwrap_or(0)),
+        }
     }
 
     /// Takes the slots for one request, waiting for an HTTP/1 connection if
@@ -232,7 +269,49 @@ mod tests {
             max_connections: conns,
             max_pending: pending,
             max_requests: requests,
+            ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_destination_rule_pool_becomes_limits_and_connection_settings() {
+        let cp: ConnectionPool = serde_json::from_str(
+            r#"{ "tcp": { "maxConnections": 1, "connectTimeout": "250ms" },
+                 "http": { "http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1,
+                           "maxRetries": 2, "idleTimeout": "30s" } }"#,
+        )
+        .unwrap();
+        let limits = PoolLimits::from(Some(&cp));
+        assert_eq!(limits.max_retries, Some(2));
+        assert_eq!(
+            limits.conn,
+            ConnSettings {
+                connect_timeout: Some(Duration::from_millis(250)),
+                idle_timeout: Some(Duration::from_secs(30)),
+                max_requests_per_connection: 1,
+            }
+        );
+        // Retries and connection settings alone admit every request at once.
+        let only = PoolLimits {
+            max_retries: Some(1),
+            conn: limits.conn,
+            ..Default::default()
+        };
+        assert!(Pool::new(only).is_unlimited());
+    }
+
+    #[test]
+    fn retry_slots_are_bounded_by_max_retries() {
+        let p = Pool::new(PoolLimits {
+            max_retries: Some(2),
+            ..Default::default()
+        });
+        let a = p.retry_slot().unwrap().unwrap();
+        let _b = p.retry_slot().unwrap().unwrap();
+        assert_eq!(p.retry_slot().unwrap_err(), 2);
+        drop(a);
+        assert!(p.retry_slot().unwrap().is_some());
+        assert!(pool(None, None, None).retry_slot().unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]
