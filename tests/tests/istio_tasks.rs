@@ -126,12 +126,13 @@ struct Pod {
     sa: Option<&'static str>,
 }
 
-/// The port each service is dialed on (Bookinfo's 9080, httpbin's 8000).
-fn service_port(service: &str) -> u16 {
-    if service == "httpbin" {
-        8000
-    } else {
-        9080
+/// The port each service is dialed on (Bookinfo's 9080, httpbin's 8000),
+/// and its name (`tcp` makes a service opaque).
+fn service_port(service: &str) -> (u16, &'static str) {
+    match service {
+        "httpbin" => (8000, "http"),
+        "mysqldb" => (3306, "tcp"),
+        _ => (9080, "http"),
     }
 }
 
@@ -147,17 +148,17 @@ fn platform(pods: &[Pod]) -> String {
     }
     let mut out = String::new();
     for (i, svc) in services.iter().enumerate() {
-        let port = service_port(svc);
+        let (port, name) = service_port(svc);
         out.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{ name: {svc}, namespace: {NS} }}\n\
-             spec: {{ clusterIP: 10.96.0.{}, ports: [{{ name: http, port: {port} }}] }}\n\
+             spec: {{ clusterIP: 10.96.0.{}, ports: [{{ name: {name}, port: {port} }}] }}\n\
              ---\napiVersion: v1\nkind: Endpoints\nmetadata: {{ name: {svc}, namespace: {NS} }}\nsubsets:\n",
             10 + i
         ));
         for (j, p) in pods.iter().enumerate().filter(|(_, p)| p.service == *svc) {
             out.push_str(&format!(
                 "  - addresses: [{{ ip: {}, targetRef: {{ kind: Pod, name: {svc}-{}-{j} }} }}]\n    \
-                 ports: [{{ name: http, port: {} }}]\n",
+                 ports: [{{ name: {name}, port: {} }}]\n",
                 p.addr.ip(),
                 p.version,
                 p.addr.port()
@@ -195,14 +196,14 @@ fn bootstrap(services: &[&str]) -> Snapshot {
         yaml.push_str(&format!(
             "  - {{ name: to-{s}, direction: outbound, bind: \"127.0.0.1:0\", \
              target: {{ name: {s}, namespace: {NS}, port: {} }} }}\n",
-            service_port(s)
+            service_port(s).0
         ));
     }
     yaml.push_str("services:\n");
     for s in services {
         yaml.push_str(&format!(
             "  - {{ name: {s}, namespace: {NS}, ports: [{}] }}\n",
-            service_port(s)
+            service_port(s).0
         ));
     }
     Snapshot::from_yaml(&yaml).unwrap()
@@ -948,5 +949,116 @@ async fn destination_rule_all_mtls_rides_mutual_tls_and_disable_sends_plaintext(
     );
     assert_eq!(requests(&details, "inbound", "mutual_tls").await, 1.0);
     assert_eq!(requests(&b.bed.proxy, "outbound", "none").await, 1.0);
+    b.bed.cp.stop().await;
+}
+
+/// A listener whose accept queue is full: connections to it hang.
+fn unanswering() -> (tokio::net::TcpListener, std::net::TcpStream) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    // Linux queues backlog + 1 connections: this one fills the queue.
+    let queued = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (listener, queued)
+}
+
+/// The other fields of the section, end to end through the control
+/// plane: `gateways: [mesh]` (also in a match), `ignoreUriCase`, and
+/// `tcp.connectTimeout` for HTTP and for opaque TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_ignore_uri_case_and_connect_timeout_work_end_to_end() {
+    let (hangs, _queued) = unanswering();
+    let at = hangs.local_addr().unwrap();
+    let b = Bookinfo::start(Setup {
+        extra: vec![
+            Pod {
+                service: "reviews",
+                version: "v9",
+                addr: at,
+                sa: None,
+            },
+            Pod {
+                service: "mysqldb",
+                version: "v1",
+                addr: at,
+                sa: None,
+            },
+        ],
+        ..Setup::default()
+    })
+    .await;
+    b.bed
+        .apply_text(
+            r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews }
+spec:
+  host: reviews
+  trafficPolicy: { connectionPool: { tcp: { connectTimeout: 200ms } } }
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+  - { name: v9, labels: { version: v9 } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: mysqldb }
+spec:
+  host: mysqldb
+  trafficPolicy: { connectionPool: { tcp: { connectTimeout: 200ms } } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  gateways: [mesh]
+  http:
+  - match: [{ uri: { prefix: /REVIEWS/ }, ignoreUriCase: true, gateways: [mesh] }]
+    route: [{ destination: { host: reviews, subset: v2 } }]
+  - match: [{ uri: { prefix: /stuck } }]
+    route: [{ destination: { host: reviews, subset: v9 } }]
+    retries: { attempts: 0 }
+  - route: [{ destination: { host: reviews, subset: v1 } }]
+"#,
+        )
+        .await;
+    let reviews = b.bed.to("reviews");
+    for path in ["/reviews/0", "/Reviews/0", "/REVIEWS/0"] {
+        let a = call(reviews, path, None).await;
+        assert!(a.body.starts_with("reviews-v2"), "{path}: {}", a.body);
+    }
+    assert_eq!(call(reviews, "/other", None).await.body, "reviews-v1");
+
+    // The endpoint never answers the connect: given up after the rule's
+    // 200 ms, not the proxy's 1 s.
+    let start = Instant::now();
+    let a = call(reviews, "/stuck", None).await;
+    let took = start.elapsed();
+    assert_eq!((a.status, a.flags.as_str()), (502, "UF"), "{}", a.body);
+    assert!(
+        (Duration::from_millis(200)..Duration::from_millis(900)).contains(&took),
+        "{took:?}"
+    );
+    // Opaque TCP too: the client's connection is closed once the connect
+    // to the endpoint is given up.
+    let start = Instant::now();
+    let mut db = tokio::net::TcpStream::connect(b.bed.to("mysqldb"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut db, &mut buf),
+    )
+    .await
+    .expect("the proxy kept the connection past 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let took = start.elapsed();
+    assert!(
+        (Duration::from_millis(200)..Duration::from_millis(900)).contains(&took),
+        "{took:?}"
+    );
     b.bed.cp.stop().await;
 }
