@@ -28,4 +28,4 @@ pub use snapshot::{
     Admin, Direction, Endpoint, HttpSettings, Limits, Listener, ParseError, PathNormalization,
     ProxyInfo, Service, ServiceProtocol, ServiceRef, Snapshot,
 };
-pub use validate::{compile_full_match, FieldError, ValidationErrors};
+pub use validate::{check_gateway, compile_full_match, FieldError, ValidationErrors, MESH_GATEWAY};

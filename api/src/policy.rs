@@ -63,6 +63,14 @@ pub struct HttpMatch {
     /// the header to be present, as in Istio.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
+    /// Istio's `ignoreUriCase`: `uri.exact` and `uri.prefix` match whatever
+    /// the ASCII case (a `uri.regex` is unaffected, as in Envoy).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_uri_case: bool,
+    /// Istio's `gateways` of a match block: only `mesh` (every sidecar, the
+    /// one gateway this mesh has) is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
 }
 
 /// Istio's `StringMatch`: one of `exact`, `prefix`, `regex` (RE2 syntax,
@@ -245,9 +253,25 @@ pub struct Fault {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
     pub fixed_delay: Duration,
-    /// Share of requests delayed; absent: all of them.
+    /// Share of requests delayed. Absent: `percent`, else none (Istio's rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
+    /// Istio's deprecated integer form of `percentage` (0..=100), used only
+    /// when `percentage` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+}
+
+impl FaultDelay {
+    /// The share of requests delayed, in percent: `percentage`, else the
+    /// integer `percent`, else none (Istio injects nothing without either).
+    pub fn share(&self) -> f64 {
+        match (self.percentage, self.percent) {
+            (Some(p), _) => p.value,
+            (None, Some(p)) => f64::from(p),
+            (None, None) => 0.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,8 +284,17 @@ pub struct FaultAbort {
     /// A gRPC code name (`UNAVAILABLE`) answered as a trailers-only response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<String>,
+    /// Share of requests aborted; absent: none (Istio's rule). Istio removed
+    /// the integer `percent` of an abort (1.5), so it is refused here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
+}
+
+impl FaultAbort {
+    /// The share of requests aborted, in percent (absent: none).
+    pub fn share(&self) -> f64 {
+        self.percentage.map_or(0.0, |p| p.value)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -352,6 +385,46 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the service's endpoints (Istio's `ClientTLSSettings`, `mode`
+    /// only): `ISTIO_MUTUAL` is the mesh's own mutual TLS, which meshed
+    /// endpoints get anyway; `DISABLE` sends plaintext even to meshed
+    /// endpoints (their proxies then need PERMISSIVE). `SIMPLE` and `MUTUAL`
+    /// (origination with your own certificates) are not supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+}
+
+impl TrafficPolicy {
+    /// Whether `tls.mode` is `DISABLE`: plaintext to every endpoint.
+    pub fn tls_disabled(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode == TlsMode::Disable)
+    }
+}
+
+/// Istio's `ClientTLSSettings`: the mode alone. The certificate fields of
+/// `SIMPLE` and `MUTUAL` are refused by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    /// Plaintext to every endpoint, meshed ones included.
+    Disable,
+    /// TLS origination with the CA's certificates: not supported.
+    Simple,
+    /// Mutual TLS with your own client certificate: not supported.
+    Mutual,
+    /// The mesh's mutual TLS with the proxies' SPIFFE certificates (what
+    /// meshed endpoints get without any `tls`).
+    IstioMutual,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +472,10 @@ pub struct TcpPool {
     /// endpoint and is bounded by `http2MaxRequests` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Deadline for connecting to an endpoint (HTTP and opaque TCP);
+    /// absent: the proxy's `limits.connect_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +489,20 @@ pub struct HttpPool {
     /// Requests in flight to the service at once (any protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_max_requests: Option<u32>,
+    /// Requests sent on one upstream connection before it is retired (HTTP/1
+    /// and HTTP/2); `1` turns keep-alive off; `0` or absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries outstanding to the service's endpoints at once, over all
+    /// requests (Envoy's `max_retries` circuit breaker): a retry past it is
+    /// not made. Applies on top of the retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// A pooled upstream connection with no new request for this long is
+    /// closed (HTTP/1 and HTTP/2); `0s`: never. Absent: the proxy's
+    /// `limits.idle_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Istio's `OutlierDetection`, per endpoint.
@@ -558,6 +649,80 @@ headers:
         let err = serde_saphyr::from_str::<TrafficPolicy>("loadBalancer: { simple: PASSTHROUGH }")
             .unwrap_err();
         assert!(err.to_string().contains("PASSTHROUGH"), "{err}");
+    }
+
+    #[test]
+    fn the_fields_of_istios_task_manifests_read_as_is() {
+        let tp: TrafficPolicy = serde_saphyr::from_str(
+            r#"
+connectionPool:
+  tcp: { maxConnections: 1, connectTimeout: 250ms }
+  http: { http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s }
+tls: { mode: ISTIO_MUTUAL }
+"#,
+        )
+        .unwrap();
+        let cp = tp.connection_pool.as_ref().unwrap();
+        let tcp = cp.tcp.as_ref().unwrap();
+        assert_eq!(tcp.connect_timeout, Some(Duration::from_millis(250)));
+        let http = cp.http.as_ref().unwrap();
+        assert_eq!(http.max_requests_per_connection, Some(1));
+        assert_eq!(http.max_retries, Some(3));
+        assert_eq!(http.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(tp.tls.as_ref().unwrap().mode, TlsMode::IstioMutual);
+        assert!(!tp.tls_disabled());
+        let tp: TrafficPolicy = serde_saphyr::from_str("tls: { mode: DISABLE }").unwrap();
+        assert!(tp.tls_disabled());
+
+        let m: HttpMatch = serde_saphyr::from_str(
+            "{ uri: { prefix: /Reviews }, ignoreUriCase: true, gateways: [mesh] }",
+        )
+        .unwrap();
+        assert!(m.ignore_uri_case);
+        assert_eq!(m.gateways, vec!["mesh".to_string()]);
+    }
+
+    #[test]
+    fn fault_shares_follow_istio_percentage_then_percent_then_none() {
+        let delay = |yaml: &str| serde_saphyr::from_str::<FaultDelay>(yaml).unwrap().share();
+        assert_eq!(delay("{ fixedDelay: 7s, percent: 100 }"), 100.0);
+        assert_eq!(
+            delay("{ fixedDelay: 7s, percent: 100, percentage: { value: 0.5 } }"),
+            0.5,
+            "percentage wins over the deprecated percent"
+        );
+        assert_eq!(
+            delay("{ fixedDelay: 7s }"),
+            0.0,
+            "neither: no request delayed"
+        );
+        let abort = |yaml: &str| serde_saphyr::from_str::<FaultAbort>(yaml).unwrap().share();
+        assert_eq!(
+            abort("{ httpStatus: 500, percentage: { value: 100.0 } }"),
+            100.0
+        );
+        assert_eq!(
+            abort("{ httpStatus: 500 }"),
+            0.0,
+            "absent: no request aborted"
+        );
+        // Istio removed `percent` from aborts: refused by name.
+        let err =
+            serde_saphyr::from_str::<FaultAbort>("{ httpStatus: 500, percent: 100 }").unwrap_err();
+        assert!(err.to_string().contains("percent"), "{err}");
+    }
+
+    #[test]
+    fn tls_origination_fields_are_refused_by_name() {
+        let err = serde_saphyr::from_str::<TrafficPolicy>(
+            "tls: { mode: SIMPLE, credentialName: my-secret }",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("credentialName"), "{err}");
+        // Istio's unset mode is DISABLE: a mode is required here, so that
+        // `tls: {}` never turns the mesh's TLS off by accident.
+        let err = serde_saphyr::from_str::<TrafficPolicy>("tls: {}").unwrap_err();
+        assert!(err.to_string().contains("mode"), "{err}");
     }
 
     #[test]

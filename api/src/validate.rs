@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::policy::{
-    HeaderOperations, Headers, HttpMatch, HttpRoute, Percent, RetryOn, StringMatch, TokenBucket,
-    TrafficPolicy, GRPC_CODE_NAMES,
+    HeaderOperations, Headers, HttpMatch, HttpRoute, Percent, RetryOn, StringMatch, TlsMode,
+    TokenBucket, TrafficPolicy, GRPC_CODE_NAMES,
 };
 use crate::snapshot::{parse_ip, parse_socket_addr};
 use crate::{Direction, Service, Snapshot};
@@ -476,6 +476,12 @@ impl Snapshot {
         if let Some(f) = &route.fault {
             if let Some(d) = &f.delay {
                 check_percent(errs, &format!("{p}.fault.delay.percentage"), d.percentage);
+                if let Some(pct) = d.percent.filter(|pct| *pct > 100) {
+                    errs.push(
+                        format!("{p}.fault.delay.percent"),
+                        format!("{pct} is not a percentage in 0..=100"),
+                    );
+                }
             }
             if let Some(a) = &f.abort {
                 let ap = format!("{p}.fault.abort");
@@ -563,6 +569,27 @@ fn check_match(errs: &mut Errors, p: &str, m: &HttpMatch) {
             errs.push(hp.clone(), e);
         }
         check_string_match(errs, &hp, sm);
+    }
+    for (k, g) in m.gateways.iter().enumerate() {
+        if let Err(e) = check_gateway(g) {
+            errs.push(format!("{p}.gateways[{k}]"), e);
+        }
+    }
+}
+
+/// The one gateway name this mesh knows: Istio's reserved `mesh` (every
+/// sidecar). There are no gateways.
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// Checks a `gateways` entry (a VirtualService's or a match block's).
+pub fn check_gateway(name: &str) -> Result<(), String> {
+    if name == MESH_GATEWAY {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: gateways are not supported; the only gateway is \"{MESH_GATEWAY}\" \
+             (every sidecar, also what an absent list means)"
+        ))
     }
 }
 
@@ -674,6 +701,15 @@ fn check_traffic_policy(errs: &mut Errors, p: &str, tp: &TrafficPolicy) {
             }
         }
     }
+    if let Some(tls) = &tp.tls {
+        if let TlsMode::Simple | TlsMode::Mutual = tls.mode {
+            errs.push(
+                format!("{p}.tls.mode"),
+                "SIMPLE and MUTUAL (TLS origination with your own certificates) are not \
+                 supported; ISTIO_MUTUAL (the mesh's own mutual TLS) and DISABLE are",
+            );
+        }
+    }
     if let Some(cp) = &tp.connection_pool {
         let limits = [
             (
@@ -688,12 +724,24 @@ fn check_traffic_policy(errs: &mut Errors, p: &str, tp: &TrafficPolicy) {
                 "http.http2MaxRequests",
                 cp.http.as_ref().and_then(|h| h.http2_max_requests),
             ),
+            (
+                "http.maxRetries",
+                cp.http.as_ref().and_then(|h| h.max_retries),
+            ),
         ];
         for (field, v) in limits {
             if v == Some(0) {
                 errs.push(
                     format!("{p}.connectionPool.{field}"),
                     "must be at least 1 (omit it for no limit)",
+                );
+            }
+        }
+        if let Some(t) = cp.tcp.as_ref().and_then(|t| t.connect_timeout) {
+            if t.get().is_zero() {
+                errs.push(
+                    format!("{p}.connectionPool.tcp.connectTimeout"),
+                    "must be greater than zero",
                 );
             }
         }
@@ -1060,6 +1108,67 @@ services:
             "unknown retry condition \"sometimes\"",
             "port 8080 has another rate limit",
             "101 is more than 100",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn istio_task_fields_are_checked_with_their_paths() {
+        let mut s = Snapshot::from_yaml(ROUTED).unwrap();
+        let svc = &mut s.services[0];
+        let tp = svc.traffic_policy.as_mut().unwrap();
+        tp.tls = Some(crate::policy::ClientTls {
+            mode: TlsMode::IstioMutual,
+        });
+        let cp = tp.connection_pool.as_mut().unwrap();
+        let http = cp.http.as_mut().unwrap();
+        http.max_requests_per_connection = Some(0);
+        http.max_retries = Some(2);
+        http.idle_timeout = Some(crate::Duration::from_secs(0));
+        cp.tcp.as_mut().unwrap().connect_timeout = Some(crate::Duration::from_millis(250));
+        svc.http[0].matches[0].gateways = vec!["mesh".into()];
+        svc.http[0].matches[0].ignore_uri_case = true;
+        svc.http[0].fault.as_mut().unwrap().delay = Some(crate::policy::FaultDelay {
+            fixed_delay: crate::Duration::from_secs(7),
+            percentage: None,
+            percent: Some(100),
+        });
+        // maxRequestsPerConnection 0 and idleTimeout 0s mean "no limit".
+        s.validate().unwrap();
+
+        let svc = &mut s.services[0];
+        let tp = svc.traffic_policy.as_mut().unwrap();
+        tp.tls.as_mut().unwrap().mode = TlsMode::Simple;
+        let cp = tp.connection_pool.as_mut().unwrap();
+        cp.http.as_mut().unwrap().max_retries = Some(0);
+        cp.tcp.as_mut().unwrap().connect_timeout = Some(crate::Duration::from_secs(0));
+        svc.http[0].matches[0].gateways = vec!["mesh".into(), "bookinfo-gateway".into()];
+        svc.http[0]
+            .fault
+            .as_mut()
+            .unwrap()
+            .delay
+            .as_mut()
+            .unwrap()
+            .percent = Some(101);
+        let errs = s.validate().unwrap_err();
+        assert_eq!(
+            errs.paths(),
+            vec![
+                "services[0].trafficPolicy.tls.mode",
+                "services[0].trafficPolicy.connectionPool.http.maxRetries",
+                "services[0].trafficPolicy.connectionPool.tcp.connectTimeout",
+                "services[0].http[0].match[0].gateways[1]",
+                "services[0].http[0].fault.delay.percent",
+            ],
+            "{errs}"
+        );
+        let text = errs.to_string();
+        for needle in [
+            "SIMPLE and MUTUAL (TLS origination with your own certificates) are not supported",
+            "\"bookinfo-gateway\": gateways are not supported",
+            "101 is not a percentage",
         ] {
             assert!(text.contains(needle), "{needle:?} not in {text}");
         }

@@ -48,6 +48,10 @@ pub struct VirtualServiceSpec {
     /// resource's namespace), `name.namespace`, or
     /// `name.namespace.svc.cluster.local`.
     pub hosts: Vec<String>,
+    /// Istio's gateways: only `mesh` (every sidecar, the one gateway this
+    /// mesh has, and what an empty list means) is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
     /// Ordered HTTP routes; the first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRoute>,

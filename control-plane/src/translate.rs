@@ -1356,6 +1356,11 @@ impl Mesh {
             Ok(e) => e,
             Err(e) => return Verdict::refused("InvalidSpec", format!("spec.exportTo: {e}")),
         };
+        for (i, g) in spec.gateways.iter().enumerate() {
+            if let Err(e) = outrigger_api::check_gateway(g) {
+                return Verdict::refused("InvalidSpec", format!("spec.gateways[{i}]: {e}"));
+            }
+        }
         let mut hosts = Vec::new();
         for (i, h) in spec.hosts.iter().enumerate() {
             let host = match self.resolve_host(h, &key.namespace) {
@@ -2595,6 +2600,133 @@ spec:
         assert!(
             msg.starts_with("spec.subsets[1].name: subset \"v1\" is defined twice"),
             "{msg}"
+        );
+    }
+
+    /// The fields of Istio's own task manifests (circuit breaking,
+    /// `destination-rule-all-mtls.yaml`, request timeouts' `percent`) that
+    /// used to be refused: accepted and handed to the proxy as written.
+    #[test]
+    fn istio_task_fields_reach_the_proxy_as_written() {
+        let rules = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: { mode: ISTIO_MUTUAL }
+    connectionPool:
+      tcp: { maxConnections: 1, connectTimeout: 250ms }
+      http: { http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s }
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  gateways: [mesh]
+  http:
+    - match: [{ uri: { prefix: /Reviews }, ignoreUriCase: true, gateways: [mesh] }]
+      fault: { delay: { percent: 100, fixedDelay: 2s } }
+      route: [{ destination: { host: reviews, subset: v2 } }]
+    - route: [{ destination: { host: reviews, subset: v1 } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{rules}"));
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let tp = reviews.traffic_policy.as_ref().unwrap();
+        assert_eq!(
+            tp.tls.as_ref().map(|t| t.mode),
+            Some(outrigger_api::policy::TlsMode::IstioMutual)
+        );
+        let cp = tp.connection_pool.as_ref().unwrap();
+        let http = cp.http.as_ref().unwrap();
+        assert_eq!(http.max_requests_per_connection, Some(1));
+        assert_eq!(http.max_retries, Some(3));
+        assert_eq!(
+            http.idle_timeout,
+            Some(outrigger_api::Duration::from_secs(30))
+        );
+        assert_eq!(
+            cp.tcp.as_ref().unwrap().connect_timeout,
+            Some(outrigger_api::Duration::from_millis(250))
+        );
+        let route = &reviews.http[0];
+        assert!(route.matches[0].ignore_uri_case);
+        assert_eq!(route.matches[0].gateways, vec!["mesh".to_string()]);
+        let delay = route.fault.as_ref().unwrap().delay.as_ref().unwrap();
+        assert_eq!((delay.percent, delay.share()), (Some(100), 100.0));
+    }
+
+    #[test]
+    fn gateways_and_tls_origination_are_refused_by_field() {
+        let vs = |gateways: &str, match_gateways: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  gateways: {gateways}
+  http:
+    - match: [{{ uri: {{ prefix: / }}, gateways: {match_gateways} }}]
+      route: [{{ destination: {{ host: reviews }} }}]
+"#
+            )
+        };
+        let m = mesh(&format!("{REVIEWS}---{}", vs("[bookinfo-gateway]", "[]")));
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(r, "InvalidSpec");
+        assert!(
+            msg.starts_with("spec.gateways[0]: \"bookinfo-gateway\": gateways are not supported"),
+            "{msg}"
+        );
+        let m = mesh(&format!(
+            "{REVIEWS}---{}",
+            vs("[mesh]", "[mesh, istio-system/ingress]")
+        ));
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert!(
+            msg.starts_with("spec.http[0].match[0].gateways[1]: \"istio-system/ingress\""),
+            "{msg}"
+        );
+
+        let dr = |mode: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  host: reviews
+  trafficPolicy: {{ tls: {{ mode: {mode} }} }}
+"#
+            )
+        };
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let m = mesh(&format!("{REVIEWS}---{}", dr(mode)));
+            let (r, msg) = refused(verdict(&m, "DestinationRule", "shop", "reviews"));
+            assert_eq!(r, "InvalidSpec");
+            assert!(
+                msg.starts_with("spec.trafficPolicy.tls.mode: SIMPLE and MUTUAL"),
+                "{msg}"
+            );
+        }
+        let m = mesh(&format!("{REVIEWS}---{}", dr("DISABLE")));
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
         );
     }
 

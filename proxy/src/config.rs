@@ -286,6 +286,9 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
     // brand-new service (proxy start) do not.
     let now = Instant::now();
     let joined = prev.map(|_| now);
+    let tp = svc.traffic_policy.clone().unwrap_or_default();
+    // `tls.mode: DISABLE`: plaintext to every endpoint, meshed ones too.
+    let plaintext = tp.tls_disabled();
     let endpoints: Vec<EndpointState> = svc
         .endpoints
         .iter()
@@ -302,11 +305,12 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             Some(EndpointState {
                 addr,
                 meshed: ep.meshed,
-                // Validation checked the form; a meshed endpoint only.
+                // Validation checked the form; a meshed endpoint only, and
+                // not when the service's DestinationRule disables TLS.
                 identity: ep
                     .identity
                     .as_deref()
-                    .filter(|_| ep.meshed)
+                    .filter(|_| ep.meshed && !plaintext)
                     .and_then(|i| i.parse().ok())
                     .map(Arc::new),
                 peer: Workload {
@@ -453,6 +457,32 @@ services:
         assert_eq!((&*eps[0].peer.workload, eps[0].meshed), ("web-v1", true));
         assert_eq!((&*eps[1].peer.workload, eps[1].meshed), ("unknown", false));
         assert_eq!(&*eps[1].peer.namespace, "shop");
+    }
+
+    #[test]
+    fn tls_disable_drops_the_identity_meshed_endpoints_prove() {
+        let identity = |mode: Option<&str>| {
+            let mut s = snapshot();
+            s.services[0].endpoints[0].identity = Some("spiffe://td/ns/shop/sa/web".into());
+            if let Some(mode) = mode {
+                s.services[0].traffic_policy = Some(
+                    serde_json::from_str(&format!(r#"{{ "tls": {{ "mode": "{mode}" }} }}"#))
+                        .unwrap(),
+                );
+            }
+            let cfg = Config::try_from(s).unwrap();
+            let r = cfg.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
+            let ep = &cfg.service(r).unwrap().endpoints[0];
+            (ep.meshed, ep.identity.as_ref().map(|i| i.to_string()))
+        };
+        let mtls = (true, Some("spiffe://td/ns/shop/sa/web".to_string()));
+        assert_eq!(identity(None), mtls);
+        assert_eq!(identity(Some("ISTIO_MUTUAL")), mtls);
+        assert_eq!(
+            identity(Some("DISABLE")),
+            (true, None),
+            "plaintext to the peer proxy"
+        );
     }
 
     #[test]

@@ -397,9 +397,17 @@ impl Listener {
                     .identity
                     .as_deref()
                     .zip(ep.as_ref().and_then(|e| e.identity.as_ref()));
+                // The service's DestinationRule `tcp.connectTimeout`, else the proxy's.
+                let connect_timeout = match &target {
+                    Target::Service(r) => cfg
+                        .service(r)
+                        .and_then(|s| s.pool.limits.conn.connect_timeout),
+                    _ => None,
+                }
+                .unwrap_or(cfg.limits.connect_timeout);
                 let idle = cfg.limits.tcp_idle_timeout;
                 tokio::select! {
-                    r = tcp::forward(io, addr, tls, cfg.limits.connect_timeout, idle) => {
+                    r = tcp::forward(io, addr, tls, connect_timeout, idle) => {
                         match r {
                             Ok(tcp::Ended::Idle) => tracing::debug!(%peer, upstream = %addr, ?idle, "opaque connection idle; closed"),
                             Ok(tcp::Ended::Closed(..)) => {}

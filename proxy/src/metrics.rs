@@ -336,6 +336,8 @@ pub struct Metrics {
     pub retries: Family<ServiceLabel, Counter>,
     pub retry_successes: Family<ServiceLabel, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabel, Counter>,
+    /// Retries not made: the destination's `maxRetries` were outstanding.
+    pub retry_overflow: Family<ServiceLabel, Counter>,
     pub ejections: Family<ServiceLabel, Counter>,
     pub ejected: Family<ServiceLabel, Gauge>,
     pub pool_overflow: Family<ServiceLabel, Counter>,
@@ -458,6 +460,12 @@ impl Metrics {
             "Retries refused because the service's retry budget was spent",
             retry_budget_exhausted.clone(),
         );
+        let retry_overflow = Family::<ServiceLabel, Counter>::default();
+        reg.register(
+            "outrigger_retry_overflow",
+            "Retries not made because the destination's maxRetries retries were outstanding",
+            retry_overflow.clone(),
+        );
         let ejections = Family::<ServiceLabel, Counter>::default();
         reg.register(
             "outrigger_outlier_ejections",
@@ -535,6 +543,7 @@ impl Metrics {
             retries,
             retry_successes,
             retry_budget_exhausted,
+            retry_overflow,
             ejections,
             ejected,
             pool_overflow,

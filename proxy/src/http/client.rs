@@ -9,12 +9,16 @@
 //! connections per endpoint; a connection goes back on the stack once its
 //! response has been read to the end. Upgrades (WebSocket, CONNECT) get a
 //! dedicated HTTP/1 connection that is never pooled. A sweeper drops idle
-//! HTTP/1 connections past `idle_timeout`, forgets closed HTTP/2 ones, and
-//! closes extra HTTP/2 connections left unused for two sweeps.
+//! HTTP/1 connections past `idle_timeout` and forgets closed HTTP/2 ones.
 //!
 //! A request is sent again on a new connection only when hyper hands it back
 //! unsent (a pooled connection that had just closed, an HTTP/2 connection
 //! going away); a request that was written, even partly, is never replayed.
+//!
+//! Each request carries its destination's [`ConnSettings`] (DestinationRule
+//! `connectionPool`): connect timeout, idle timeout and requests per
+//! connection. Connections are pooled per endpoint and settings, so an edit
+//! of the rule starts fresh connections and the old ones idle out.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,12 +67,35 @@ pub enum ClientError {
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// A pooled destination: the endpoint's address and, for a meshed endpoint
-/// reached over mutual TLS, the identity it must prove.
-type PeerKey = (SocketAddr, Option<Arc<SpiffeId>>);
+/// Connection settings of one destination (DestinationRule
+/// `connectionPool`); unset fields fall back to the client's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnSettings {
+    /// Instead of the client's connect timeout (`tcp.connectTimeout`).
+    pub connect_timeout: Option<Duration>,
+    /// Instead of the client's idle timeout (`http.idleTimeout`); zero:
+    /// never closed for idleness.
+    pub idle_timeout: Option<Duration>,
+    /// Requests one connection carries before it is retired
+    /// (`http.maxRequestsPerConnection`); 0: no limit.
+    pub max_requests_per_connection: u32,
+}
 
-/// Idle HTTP/1 connections to one endpoint, with when each went idle.
-type IdleStack = Vec<(http1::SendRequest<Body>, Instant)>;
+impl ConnSettings {
+    /// Whether a connection that has carried `sent` requests takes another.
+    fn reusable(&self, sent: u32) -> bool {
+        self.max_requests_per_connection == 0 || sent < self.max_requests_per_connection
+    }
+}
+
+/// A pooled destination: the endpoint's address, for a meshed endpoint
+/// reached over mutual TLS the identity it must prove, and the settings
+/// its connections were opened with.
+type PeerKey = (SocketAddr, Option<Arc<SpiffeId>>, ConnSettings);
+
+/// Idle HTTP/1 connections to one endpoint, with when each went idle and
+/// how many requests it has carried.
+type IdleStack = Vec<(http1::SendRequest<Body>, Instant, u32)>;
 
 /// Requests one HTTP/2 connection carries at a time before another is
 /// opened: below what servers commonly allow (hyper and the proxy's own
@@ -104,15 +131,25 @@ struct H2Conn {
     streams: Arc<AtomicUsize>,
     /// Sweeps in a row that found it unused.
     idle_sweeps: u8,
+    /// Requests it has carried (`maxRequestsPerConnection`).
+    sent: u32,
+    /// When it was last given a request (its idleness, for the idle timeout).
+    last: Instant,
 }
 
 impl H2Pool {
     /// A connection with a free stream: the first open one that has room
     /// (filling connections in order keeps the spare ones idle, so that
     /// the sweeper can close them), or, when all are full and no more may
-    /// be opened, the least busy.
-    fn pick(&mut self) -> Option<(http2::SendRequest<Body>, Stream)> {
-        self.conns.retain(|c| !c.sender.is_closed());
+    /// be opened, the least busy. A connection idle past `idle` is dropped
+    /// first (the requests it still carries finish on it).
+    fn pick(
+        &mut self,
+        key: &PeerKey,
+        idle: Option<Duration>,
+    ) -> Option<(http2::SendRequest<Body>, Stream)> {
+        self.conns
+            .retain(|c| !c.sender.is_closed() && !idled_out(c.last, idle));
         let room = self
             .conns
             .iter()
@@ -123,25 +160,44 @@ impl H2Pool {
             None => (0..self.conns.len())
                 .min_by_key(|&i| self.conns[i].streams.load(Ordering::Relaxed))?,
         };
-        let c = &self.conns[i];
-        Some((c.sender.clone(), Stream::new(c.streams.clone())))
+        Some(self.take(i, key))
     }
 
-    fn add(&mut self, sender: http2::SendRequest<Body>) -> (http2::SendRequest<Body>, Stream) {
-        let streams = Arc::new(AtomicUsize::new(0));
-        let stream = Stream::new(streams.clone());
+    fn add(
+        &mut self,
+        key: &PeerKey,
+        sender: http2::SendRequest<Body>,
+    ) -> (http2::SendRequest<Body>, Stream) {
         self.conns.push(H2Conn {
-            sender: sender.clone(),
-            streams,
+            sender,
+            streams: Arc::new(AtomicUsize::new(0)),
             idle_sweeps: 0,
+            sent: 0,
+            last: Instant::now(),
         });
-        (sender, stream)
+        self.take(self.conns.len() - 1, key)
     }
 
-    /// Forgets closed connections, and closes all but the first once they
-    /// have been unused for two sweeps. Whether anything is left.
-    fn sweep(&mut self) -> bool {
-        self.conns.retain(|c| !c.sender.is_closed());
+    /// One more request on connection `i`. A connection given its last
+    /// request (`maxRequestsPerConnection`) leaves the pool: it closes once
+    /// its streams finish, and the next request opens another.
+    fn take(&mut self, i: usize, key: &PeerKey) -> (http2::SendRequest<Body>, Stream) {
+        let c = &mut self.conns[i];
+        c.sent += 1;
+        c.last = Instant::now();
+        let picked = (c.sender.clone(), Stream::new(c.streams.clone()));
+        if !key.2.reusable(c.sent) {
+            self.conns.remove(i);
+        }
+        picked
+    }
+
+    /// Forgets closed connections and ones idle past `idle`, and closes all
+    /// but the first once they have been unused for two sweeps. Whether
+    /// anything is left.
+    fn sweep(&mut self, idle: Option<Duration>) -> bool {
+        self.conns
+            .retain(|c| !c.sender.is_closed() && !idled_out(c.last, idle));
         for c in &mut self.conns {
             if c.streams.load(Ordering::Relaxed) == 0 {
                 c.idle_sweeps = c.idle_sweeps.saturating_add(1);
@@ -214,10 +270,11 @@ impl Client {
         &self,
         addr: SocketAddr,
         tls: Option<&Arc<SpiffeId>>,
+        conn: ConnSettings,
         proto: UpstreamProto,
         req: Request<Body>,
     ) -> Result<Response<Body>, ClientError> {
-        let key = self.key(addr, tls);
+        let key = self.key(addr, tls, conn);
         match proto {
             UpstreamProto::Http1 => Ok(self
                 .send_h1(key, req)
@@ -244,9 +301,9 @@ impl Client {
     }
 
     /// The pool key: the identity counts only when TLS will be used.
-    fn key(&self, addr: SocketAddr, tls: Option<&Arc<SpiffeId>>) -> PeerKey {
+    fn key(&self, addr: SocketAddr, tls: Option<&Arc<SpiffeId>>, conn: ConnSettings) -> PeerKey {
         let tls = tls.filter(|_| self.inner.settings.identity.is_some());
-        (addr, tls.cloned())
+        (addr, tls.cloned(), conn)
     }
 
     /// Sends an upgrade or CONNECT request on a fresh HTTP/1 connection that
@@ -255,9 +312,10 @@ impl Client {
         &self,
         addr: SocketAddr,
         tls: Option<&Arc<SpiffeId>>,
+        conn: ConnSettings,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let key = self.key(addr, tls);
+        let key = self.key(addr, tls, conn);
         let mut sender = self.connect_h1(&key, true).await?;
         sender
             .send_request(req)
@@ -268,7 +326,11 @@ impl Client {
     /// A connection to the key's endpoint: plain, or mesh TLS offering `alpn`.
     async fn connect(&self, key: &PeerKey, alpn: Alpn) -> Result<Io, ClientError> {
         let addr = key.0;
-        let tcp = transport::connect(addr, self.inner.settings.connect_timeout)
+        let timeout = key
+            .2
+            .connect_timeout
+            .unwrap_or(self.inner.settings.connect_timeout);
+        let tcp = transport::connect(addr, timeout)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
         match (&key.1, &self.inner.settings.identity) {
@@ -287,10 +349,10 @@ impl Client {
     ) -> Result<Response<Incoming>, ClientError> {
         let addr = key.0;
         let mut req = req;
-        while let Some(mut sender) = self.take_idle_h1(&key) {
+        while let Some((mut sender, sent)) = self.take_idle_h1(&key) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    self.return_when_ready(key, sender);
+                    self.return_when_ready(key, sender, sent + 1);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -309,7 +371,7 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })?;
-        self.return_when_ready(key, sender);
+        self.return_when_ready(key, sender, 1);
         Ok(resp)
     }
 
@@ -340,29 +402,33 @@ impl Client {
         Ok(sender)
     }
 
-    fn take_idle_h1(&self, key: &PeerKey) -> Option<http1::SendRequest<Body>> {
+    /// An idle connection and the requests it has carried.
+    fn take_idle_h1(&self, key: &PeerKey) -> Option<(http1::SendRequest<Body>, u32)> {
+        let timeout = self.inner.idle_timeout(key);
         let mut idle = self.inner.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
         let stack = idle.get_mut(key)?;
-        while let Some((sender, since)) = stack.pop() {
-            if sender.is_ready() && since.elapsed() < self.inner.settings.idle_timeout {
-                return Some(sender);
+        while let Some((sender, since, sent)) = stack.pop() {
+            if sender.is_ready() && !idled_out(since, timeout) {
+                return Some((sender, sent));
             }
         }
         None
     }
 
     /// Puts the connection back on the idle stack once its response has been
-    /// read to the end (the connection is then ready for another request).
-    fn return_when_ready(&self, key: PeerKey, mut sender: http1::SendRequest<Body>) {
+    /// read to the end (the connection is then ready for another request),
+    /// unless it has carried its last request (`maxRequestsPerConnection`):
+    /// then it is dropped, which closes it.
+    fn return_when_ready(&self, key: PeerKey, mut sender: http1::SendRequest<Body>, sent: u32) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if sender.ready().await.is_err() {
+            if sender.ready().await.is_err() || !key.2.reusable(sent) {
                 return;
             }
             let mut idle = inner.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
             let stack = idle.entry(key).or_default();
             if stack.len() < MAX_IDLE_PER_ENDPOINT {
-                stack.push((sender, Instant::now()));
+                stack.push((sender, Instant::now(), sent));
             }
         });
     }
@@ -411,8 +477,9 @@ impl Client {
     ) -> Result<(http2::SendRequest<Body>, Stream), ClientError> {
         let addr = key.0;
         let asked = Instant::now();
+        let idle = self.inner.idle_timeout(key);
         let mut pool = slot.lock().await;
-        if let Some(picked) = pool.pick() {
+        if let Some(picked) = pool.pick(key, idle) {
             return Ok(picked);
         }
         // A connect that failed while we waited for the lock fails us too.
@@ -425,7 +492,7 @@ impl Client {
         match self.connect_h2(key).await {
             Ok(s) => {
                 pool.failed = None;
-                Ok(pool.add(s))
+                Ok(pool.add(key, s))
             }
             Err(e) => {
                 let kind = match &e {
@@ -463,9 +530,24 @@ impl Client {
     }
 }
 
+impl Inner {
+    /// How long a connection of `key` may idle: its destination's idle
+    /// timeout, else the client's; `None`: for ever.
+    fn idle_timeout(&self, key: &PeerKey) -> Option<Duration> {
+        Some(key.2.idle_timeout.unwrap_or(self.settings.idle_timeout)).filter(|t| !t.is_zero())
+    }
+}
+
+/// Whether a connection idle since `since` is past `timeout`.
+fn idled_out(since: Instant, timeout: Option<Duration>) -> bool {
+    timeout.is_some_and(|t| since.elapsed() >= t)
+}
+
 /// Every half idle-timeout (at most every 5 s): closes idle HTTP/1
-/// connections past the timeout, and forgets endpoints with nothing pooled,
-/// so the maps do not grow with every address ever dialed.
+/// connections past their timeout, drops HTTP/2 connections that carried
+/// no request for as long (their streams in flight finish first), and
+/// forgets endpoints with nothing pooled, so the maps do not grow with
+/// every address ever dialed.
 async fn sweep(inner: Weak<Inner>) {
     let period = match inner.upgrade() {
         Some(i) => {
@@ -478,17 +560,17 @@ async fn sweep(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let timeout = inner.settings.idle_timeout;
         {
             let mut idle = inner.h1_idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|_, stack| {
-                stack.retain(|(s, since)| s.is_ready() && since.elapsed() < timeout);
+            idle.retain(|key, stack| {
+                let timeout = inner.idle_timeout(key);
+                stack.retain(|(s, since, _)| s.is_ready() && !idled_out(*since, timeout));
                 !stack.is_empty()
             });
         }
         let mut h2 = inner.h2.lock().unwrap_or_else(|p| p.into_inner());
-        h2.retain(|_, slot| match slot.try_lock() {
-            Ok(mut pool) => pool.sweep(),
+        h2.retain(|key, slot| match slot.try_lock() {
+            Ok(mut pool) => pool.sweep(inner.idle_timeout(key)),
             Err(_) => true, // in use right now
         });
     }
@@ -516,18 +598,30 @@ mod tests {
     use crate::metrics::ResponseFlag;
     use http_body_util::BodyExt;
 
-    async fn server(h2: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    type Count = Arc<std::sync::atomic::AtomicUsize>;
+
+    async fn server(h2: bool) -> (SocketAddr, Count) {
+        let (addr, accepted, _) = server_counting(h2).await;
+        (addr, accepted)
+    }
+
+    /// A server answering "ok", with the connections it accepted and the
+    /// ones that have closed since.
+    async fn server_counting(h2: bool) -> (SocketAddr, Count, Count) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = conns.clone();
+        let conns = Count::default();
+        let closed = Count::default();
+        let (counted, ended) = (conns.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ended = ended.clone();
                 tokio::spawn(async move {
+                    let _closed = Closed(ended);
                     let svc = hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
                     });
@@ -543,7 +637,16 @@ mod tests {
                 });
             }
         });
-        (addr, conns)
+        (addr, conns, closed)
+    }
+
+    /// Counts a served connection as closed when dropped.
+    struct Closed(Count);
+
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn client(idle: Duration) -> Client {
@@ -563,12 +666,21 @@ mod tests {
     }
 
     async fn roundtrip(c: &Client, addr: SocketAddr, proto: UpstreamProto) {
+        roundtrip_with(c, addr, proto, ConnSettings::default()).await
+    }
+
+    async fn roundtrip_with(
+        c: &Client,
+        addr: SocketAddr,
+        proto: UpstreamProto,
+        conn: ConnSettings,
+    ) {
         let mut req = get();
         if proto == UpstreamProto::Http2 {
             *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
             *req.version_mut() = http::Version::HTTP_2;
         }
-        let resp = c.send(addr, None, proto, req).await.unwrap();
+        let resp = c.send(addr, None, conn, proto, req).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 
@@ -665,7 +777,14 @@ mod tests {
         for _ in 0..250 {
             let (c, req) = (c.clone(), request("/slow"));
             slow.push(tokio::spawn(async move {
-                c.send(addr, None, UpstreamProto::Http2, req).await
+                c.send(
+                    addr,
+                    None,
+                    ConnSettings::default(),
+                    UpstreamProto::Http2,
+                    req,
+                )
+                .await
             }));
         }
         // Each long request holds its stream: three connections of 100.
@@ -685,7 +804,13 @@ mod tests {
         // A short request is answered at once, beside them.
         let resp = tokio::time::timeout(
             Duration::from_secs(5),
-            c.send(addr, None, UpstreamProto::Http2, request("/fast")),
+            c.send(
+                addr,
+                None,
+                ConnSettings::default(),
+                UpstreamProto::Http2,
+                request("/fast"),
+            ),
         )
         .await
         .expect("not queued behind the long streams")
@@ -719,9 +844,15 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut req = get();
                 *req.version_mut() = http::Version::HTTP_2;
-                c.send(dead, None, UpstreamProto::Http2, req)
-                    .await
-                    .unwrap_err()
+                c.send(
+                    dead,
+                    None,
+                    ConnSettings::default(),
+                    UpstreamProto::Http2,
+                    req,
+                )
+                .await
+                .unwrap_err()
             }));
         }
         for t in tasks {
@@ -730,5 +861,120 @@ mod tests {
         }
         // The failed slot is forgotten by the sweeper.
         until(|| c.pooled().1 == 0).await;
+    }
+
+    fn accepted(conns: &std::sync::atomic::AtomicUsize) -> usize {
+        conns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_retires_connections() {
+        for proto in [UpstreamProto::Http1, UpstreamProto::Http2] {
+            for max in [1u32, 2] {
+                let (addr, conns, closed) = server_counting(proto == UpstreamProto::Http2).await;
+                let c = client(Duration::from_secs(10));
+                let conn = ConnSettings {
+                    max_requests_per_connection: max,
+                    ..Default::default()
+                };
+                for sent in 1..=5u32 {
+                    roundtrip_with(&c, addr, proto, conn).await;
+                    // A connection that carried its last request closes;
+                    // one with requests left is pooled for the next.
+                    until(|| accepted(&closed) == (sent / max) as usize).await;
+                    if proto == UpstreamProto::Http1 && sent % max != 0 {
+                        until(|| c.pooled().0 == 1).await;
+                    }
+                }
+                assert_eq!(
+                    accepted(&conns),
+                    5usize.div_ceil(max as usize),
+                    "{proto:?}, {max} per connection"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_destination_idle_timeout_replaces_the_clients() {
+        for proto in [UpstreamProto::Http1, UpstreamProto::Http2] {
+            let h2 = proto == UpstreamProto::Http2;
+            // The client keeps idle connections for 10 s; this destination's
+            // for 100 ms.
+            let (addr, conns) = server(h2).await;
+            let c = client(Duration::from_secs(10));
+            let short = ConnSettings {
+                idle_timeout: Some(Duration::from_millis(100)),
+                ..Default::default()
+            };
+            roundtrip_with(&c, addr, proto, short).await;
+            until(|| c.pooled() != (0, 0)).await;
+            roundtrip_with(&c, addr, proto, short).await;
+            assert_eq!(accepted(&conns), 1, "{proto:?}: reused while fresh");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            roundtrip_with(&c, addr, proto, short).await;
+            assert_eq!(accepted(&conns), 2, "{proto:?}: a new one once idle");
+
+            // `0s`: never closed for idleness, whatever the client's timeout.
+            let (addr, conns) = server(h2).await;
+            let c = client(Duration::from_millis(100));
+            let never = ConnSettings {
+                idle_timeout: Some(Duration::ZERO),
+                ..Default::default()
+            };
+            roundtrip_with(&c, addr, proto, never).await;
+            until(|| c.pooled() != (0, 0)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            roundtrip_with(&c, addr, proto, never).await;
+            assert_eq!(accepted(&conns), 1, "{proto:?}: kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_connections_idle_past_the_clients_timeout_are_dropped() {
+        let (addr, conns) = server(true).await;
+        let c = client(Duration::from_millis(100));
+        roundtrip(&c, addr, UpstreamProto::Http2).await;
+        assert_eq!(c.pooled().1, 1);
+        until(|| c.pooled().1 == 0).await;
+        roundtrip(&c, addr, UpstreamProto::Http2).await;
+        assert_eq!(accepted(&conns), 2);
+    }
+
+    /// A listener whose accept queue is full: a connect to it hangs.
+    fn unanswering() -> (SocketAddr, tokio::net::TcpListener, std::net::TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Linux queues backlog + 1 connections; this one fills the queue.
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        (addr, listener, queued)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destination_connect_timeout_replaces_the_clients() {
+        let (addr, _listener, _queued) = unanswering();
+        let c = Client::new(ClientSettings {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
+            identity: None,
+        });
+        let conn = ConnSettings {
+            connect_timeout: Some(Duration::from_millis(250)),
+            ..Default::default()
+        };
+        for proto in [UpstreamProto::Http1, UpstreamProto::Http2] {
+            let start = Instant::now();
+            let mut req = get();
+            if proto == UpstreamProto::Http2 {
+                *req.version_mut() = http::Version::HTTP_2;
+            }
+            let err = c.send(addr, None, conn, proto, req).await.unwrap_err();
+            assert_eq!(start.elapsed(), Duration::from_millis(250), "{proto:?}");
+            let err = crate::http::error::ProxyError::from(err);
+            assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
+        }
     }
 }

@@ -15,12 +15,13 @@ use outrigger_identity::SpiffeId;
 use tower::Service;
 
 use super::body::BodyFault;
-use super::client::{Client, UpstreamProto};
+use super::client::{Client, ConnSettings, UpstreamProto};
 use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::proxy::SentTo;
 use super::stack::{always_ready, Fut, Req, Rsp};
 use crate::listener::{until_revoked, Hold};
+use crate::policy::balance::Chosen;
 
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
@@ -98,9 +99,19 @@ impl Service<Req> for Forward {
     }
 }
 
+/// The connection settings of the service the request was sent to (its
+/// DestinationRule's `connectionPool`); defaults outside a service.
+fn conn_settings(req: &Req) -> ConnSettings {
+    req.extensions()
+        .get::<Chosen>()
+        .map(|c| c.service.pool.limits.conn)
+        .unwrap_or_default()
+}
+
 impl Forward {
     async fn send(&self, req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
         let client_version = req.version();
+        let conn = conn_settings(&req);
         let (mut parts, body) = req.into_parts();
         prepare(&mut parts, up);
         let resp = self
@@ -108,6 +119,7 @@ impl Forward {
             .send(
                 up.addr,
                 up.tls.as_ref(),
+                conn,
                 up.proto,
                 http::Request::from_parts(parts, body),
             )
@@ -122,6 +134,7 @@ impl Forward {
     /// HTTP/1 connection; on success both sides are spliced byte for byte.
     async fn upgrade(&self, mut req: Req, up: &Upstream) -> Result<Rsp, ProxyError> {
         let client_version = req.version();
+        let conn = conn_settings(&req);
         let is_connect = req.method() == Method::CONNECT;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
@@ -142,6 +155,7 @@ impl Forward {
             .send_upgrade(
                 up.addr,
                 up.tls.as_ref(),
+                conn,
                 http::Request::from_parts(parts, body),
             )
             .await?;

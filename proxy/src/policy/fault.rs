@@ -30,12 +30,8 @@ pub enum Abort {
 
 impl From<&outrigger_api::policy::Fault> for FaultPolicy {
     fn from(f: &outrigger_api::policy::Fault) -> Self {
-        let pct = |p: Option<outrigger_api::policy::Percent>| p.map_or(100.0, |p| p.value);
         Self {
-            delay: f
-                .delay
-                .as_ref()
-                .map(|d| (d.fixed_delay.get(), pct(d.percentage))),
+            delay: f.delay.as_ref().map(|d| (d.fixed_delay.get(), d.share())),
             abort: f.abort.as_ref().map(|a| {
                 let abort = match (&a.http_status, &a.grpc_status) {
                     (Some(code), _) => Abort::Http(*code),
@@ -47,7 +43,7 @@ impl From<&outrigger_api::policy::Fault> for FaultPolicy {
                     ),
                     (None, None) => unreachable!("validated: one of httpStatus, grpcStatus"),
                 };
-                (abort, pct(a.percentage))
+                (abort, a.share())
             }),
         }
     }
@@ -209,6 +205,32 @@ mod tests {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["grpc-status"], "14");
         assert_eq!(resp.headers()["content-type"], "application/grpc");
+    }
+
+    fn from_json(json: &str) -> FaultPolicy {
+        FaultPolicy::from(&serde_json::from_str::<outrigger_api::policy::Fault>(json).unwrap())
+    }
+
+    #[test]
+    fn shares_follow_istio_percentage_then_percent_then_none() {
+        // Istio's request-timeouts task writes the deprecated integer form.
+        let p = from_json(r#"{ "delay": { "percent": 100, "fixedDelay": "2s" } }"#);
+        assert_eq!(p.delay, Some((Duration::from_secs(2), 100.0)));
+        let p = from_json(
+            r#"{ "delay": { "percent": 100, "percentage": { "value": 10 }, "fixedDelay": "2s" } }"#,
+        );
+        assert_eq!(p.delay, Some((Duration::from_secs(2), 10.0)));
+        // Without a share Istio injects nothing, and neither does the proxy.
+        let p = from_json(r#"{ "delay": { "fixedDelay": "2s" }, "abort": { "httpStatus": 503 } }"#);
+        assert_eq!(
+            (p.delay, p.abort),
+            (
+                Some((Duration::from_secs(2), 0.0)),
+                Some((Abort::Http(503), 0.0))
+            )
+        );
+        let c = Chance::seeded(3);
+        assert!((0..1000).all(|_| p.decide(&c) == Decision::default()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,9 @@
 //! Retries: which failures are worth another try (the pure [`RetryPolicy`]),
 //! how long to wait ([`backoff`]), and the retry layer, which replays the
 //! request (body included, up to 64 KiB) to a different endpoint where one
-//! exists, within the service's retry budget.
+//! exists, within the routed service's retry budget and the destination's
+//! `maxRetries` (retries outstanding at once, Envoy's circuit breaker: one
+//! past it is not made, and the answer is flagged `UO` as Envoy does).
 //!
 //! A non-idempotent request (POST, PATCH, ...) is sent again only when it
 //! provably never reached the upstream (connect failure, `REFUSED_STREAM`),
@@ -14,6 +16,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method};
 use http_body::Body as _;
 use outrigger_api::policy::{RetryOn, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_ON};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use super::chance::Chance;
@@ -23,7 +26,7 @@ use crate::http::error::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEM
 use crate::http::headers;
 use crate::http::stack::{always_ready, Fut, HttpService, Req, Rsp};
 use crate::http::Body;
-use crate::metrics::{Metrics, ResponseFlag, ServiceLabel};
+use crate::metrics::{Metrics, Name, ResponseFlag, ServiceLabel};
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
 pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
@@ -225,6 +228,8 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                 destination_service: route.service.clone(),
             };
             let mut tried: Vec<SocketAddr> = Vec::new();
+            // The `maxRetries` slots of the retry in flight.
+            let mut outstanding: Vec<OwnedSemaphorePermit> = Vec::new();
             let mut n: u32 = 0;
             loop {
                 n += 1;
@@ -236,6 +241,9 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                     },
                 };
                 let result = inner.call(template.build(body, &tried)).await;
+                // This try's answer is known: it no longer counts as an
+                // outstanding retry.
+                outstanding.clear();
                 if let Some(addr) = served(&result).map(|s| s.addr) {
                     tried.push(addr);
                 }
@@ -275,6 +283,19 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                         return done(result, None);
                     }
                 }
+                let destination = served(&result).map(|s| s.service.clone());
+                outstanding = match retry_slots(&route, destination.as_ref()) {
+                    Ok(slots) => slots,
+                    Err(full) => {
+                        metrics
+                            .retry_overflow
+                            .get_or_create(&ServiceLabel {
+                                destination_service: full,
+                            })
+                            .inc();
+                        return done(result, Some(ResponseFlag::UpstreamOverflow));
+                    }
+                };
                 if !budget.withdraw() {
                     metrics.retry_budget_exhausted.get_or_create(&label()).inc();
                     return done(result, exhausted);
@@ -285,6 +306,36 @@ impl<S: HttpService> Service<Req> for Retry<S> {
             }
         })
     }
+}
+
+/// The `maxRetries` slots a retry after a try to `destination` takes: that
+/// service's, or, when the try reached no endpoint (a per-try timeout), those
+/// of every destination of the route, since the retry may go to any. `Err`
+/// names a service whose slots are all taken.
+fn retry_slots(
+    route: &Route,
+    destination: Option<&Name>,
+) -> Result<Vec<OwnedSemaphorePermit>, Name> {
+    let services = route.backends.iter().map(|(_, b)| &b.service);
+    let mut targets: Vec<_> = services
+        .clone()
+        .filter(|s| destination.is_some_and(|d| *d == s.label))
+        .collect();
+    if targets.is_empty() {
+        targets = services.collect();
+    }
+    let mut slots = Vec::new();
+    for (i, svc) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|t| Arc::ptr_eq(&t.pool, &svc.pool)) {
+            continue;
+        }
+        match svc.pool.retry_slot() {
+            Ok(Some(slot)) => slots.push(slot),
+            Ok(None) => {}
+            Err(_) => return Err(svc.label.clone()),
+        }
+    }
+    Ok(slots)
 }
 
 /// The attempt-count header value; small counts are static (no allocation
@@ -591,6 +642,55 @@ mod tests {
             retries
         );
         assert!(metrics.retry_budget_exhausted.get_or_create(&label).get() > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_bounds_the_retries_outstanding_to_the_destination() {
+        use crate::policy::testing::{config, service_ref};
+        let cfg = config(&[(
+            "web",
+            1,
+            "trafficPolicy: { connectionPool: { http: { maxRetries: 1 } } }",
+        )]);
+        let mut route = (*cfg.routes(&service_ref("web")).unwrap()[0]).clone();
+        route.retry = policy("5xx", 2);
+        let route = Arc::new(route);
+        // A: fails, then its retry takes 100 ms. B fails while A's retry is
+        // out: no retry for B. C fails after A is done: retried.
+        let upstream = Scripted::new([
+            Step::Status(503),
+            Step::Delay(Duration::from_millis(100), 200),
+            Step::Status(503),
+            Step::Status(503),
+            Step::Status(200),
+        ]);
+        let metrics = Arc::new(Metrics::new());
+        let svc = Retry::new(upstream.clone(), metrics.clone(), Chance::seeded(1));
+        let a = {
+            let (mut svc, route) = (svc.clone(), route.clone());
+            tokio::spawn(async move { svc.call(request_on_route(&route)).await })
+        };
+        // Past A's back-off (at most 25 ms): its retry is in flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(upstream.calls(), 2);
+        let b = svc.clone().call(request_on_route(&route)).await.unwrap();
+        assert_eq!(b.status(), 503);
+        assert_eq!(upstream.calls(), 3, "B was not retried");
+        assert_eq!(
+            b.extensions().get::<Flagged>().map(|f| f.0),
+            Some(ResponseFlag::UpstreamOverflow)
+        );
+        let a = a.await.unwrap().unwrap();
+        assert_eq!(a.status(), 200);
+        assert_eq!(a.headers()[ATTEMPT_COUNT], "2");
+        let c = svc.clone().call(request_on_route(&route)).await.unwrap();
+        assert_eq!(c.status(), 200);
+        assert_eq!(c.headers()[ATTEMPT_COUNT], "2");
+        let label = ServiceLabel {
+            destination_service: "web.shop".into(),
+        };
+        assert_eq!(metrics.retry_overflow.get_or_create(&label).get(), 1);
+        assert_eq!(metrics.retries.get_or_create(&label).get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -172,6 +172,9 @@ pub fn select<'r>(
 #[derive(Clone)]
 struct Match {
     uri: Option<StrMatch>,
+    /// Istio's `ignoreUriCase`: an exact or prefix `uri` matches in any
+    /// ASCII case (Envoy's `case_sensitive: false`; regexes unaffected).
+    ignore_uri_case: bool,
     method: Option<StrMatch>,
     authority: Option<StrMatch>,
     /// `None`: the header need only be present.
@@ -216,6 +219,7 @@ impl From<&HttpMatch> for Match {
     fn from(m: &HttpMatch) -> Self {
         Self {
             uri: m.uri.as_ref().and_then(StrMatch::compile),
+            ignore_uri_case: m.ignore_uri_case,
             method: m.method.as_ref().and_then(StrMatch::compile),
             authority: m.authority.as_ref().and_then(StrMatch::compile),
             headers: m
@@ -258,13 +262,17 @@ impl Match {
             None => Some(None),
             Some(m) => {
                 let path = req.uri.path();
-                if !m.matches(path) {
-                    return None;
+                match (m, self.ignore_uri_case) {
+                    (StrMatch::Exact(e), true) => path.eq_ignore_ascii_case(e).then_some(None),
+                    // The matched prefix as the request wrote it, so that a
+                    // prefix rewrite replaces exactly what matched.
+                    (StrMatch::Prefix(p), true) => path
+                        .get(..p.len())
+                        .filter(|head| head.eq_ignore_ascii_case(p))
+                        .map(|head| Some(head.to_string())),
+                    (StrMatch::Prefix(p), false) => m.matches(path).then(|| Some(p.clone())),
+                    _ => m.matches(path).then_some(None),
                 }
-                Some(match m {
-                    StrMatch::Prefix(p) => Some(p.clone()),
-                    _ => None,
-                })
             }
         }
     }
@@ -491,6 +499,51 @@ mod tests {
             Some("h")
         );
         assert_eq!(pick(&r, "GET", "/", &[("x-user", "a")]), None);
+    }
+
+    #[test]
+    fn ignore_uri_case_applies_to_exact_and_prefix_not_regex() {
+        let r = routes(
+            r#"
+      - name: exact
+        match: [{ uri: { exact: /Reviews/1 }, ignoreUriCase: true }]
+      - name: prefix
+        match: [{ uri: { prefix: /API/ }, ignoreUriCase: true }]
+      - name: regex
+        match: [{ uri: { regex: "/items/[a-z]+" }, ignoreUriCase: true }]
+      - name: strict
+        match: [{ uri: { prefix: /Strict } }]
+"#,
+        );
+        assert_eq!(pick(&r, "GET", "/reviews/1", &[]).as_deref(), Some("exact"));
+        assert_eq!(pick(&r, "GET", "/REVIEWS/1", &[]).as_deref(), Some("exact"));
+        assert_eq!(pick(&r, "GET", "/reviews/12", &[]), None);
+        assert_eq!(pick(&r, "GET", "/api/v1", &[]).as_deref(), Some("prefix"));
+        assert_eq!(pick(&r, "GET", "/Api/", &[]).as_deref(), Some("prefix"));
+        assert_eq!(pick(&r, "GET", "/ap", &[]), None);
+        assert_eq!(pick(&r, "GET", "/items/abc", &[]).as_deref(), Some("regex"));
+        assert_eq!(
+            pick(&r, "GET", "/items/ABC", &[]),
+            None,
+            "a regex keeps its case (Envoy ignores case_sensitive for regexes)"
+        );
+        assert_eq!(
+            pick(&r, "GET", "/strict", &[]),
+            None,
+            "case counts by default"
+        );
+        assert_eq!(pick(&r, "GET", "/Strict/x", &[]).as_deref(), Some("strict"));
+
+        // The matched prefix is the request's own, so a rewrite can cut it.
+        let view_uri: Uri = "/aPi/v1/x".parse().unwrap();
+        let view = RequestView {
+            method: &Method::GET,
+            uri: &view_uri,
+            headers: &HeaderMap::new(),
+        };
+        let (route, prefix) = select(&r, &view).unwrap();
+        assert_eq!(&*route.label, "prefix");
+        assert_eq!(prefix.as_deref(), Some("/aPi/"));
     }
 
     #[test]
