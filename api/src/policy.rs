@@ -476,6 +476,12 @@ pub struct TcpPool {
     /// absent: the proxy's `limits.connect_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// An opaque TCP connection with no byte either way for this long is
+    /// closed; also the idle timeout of HTTP connections when
+    /// `http.idleTimeout` is absent (Istio). `0s`: never. Absent: the
+    /// proxy's `limits.tcp_idle_timeout` (1 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -405,7 +405,16 @@ impl Listener {
                     _ => None,
                 }
                 .unwrap_or(cfg.limits.connect_timeout);
-                let idle = cfg.limits.tcp_idle_timeout;
+                // The DestinationRule's `tcp.idleTimeout` (`0s`: never),
+                // else the proxy's.
+                let idle = match &target {
+                    Target::Service(r) => {
+                        cfg.service(r).and_then(|s| s.pool.limits.tcp_idle_timeout)
+                    }
+                    _ => None,
+                }
+                .unwrap_or(cfg.limits.tcp_idle_timeout);
+                let idle = Some(idle).filter(|d| !d.is_zero());
                 tokio::select! {
                     r = tcp::forward(io, addr, tls, connect_timeout, idle) => {
                         match r {

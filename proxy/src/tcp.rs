@@ -1,7 +1,7 @@
 //! Opaque TCP: bytes spliced between the client and one upstream, over
 //! mutual TLS when the upstream is a meshed endpoint with an identity and
 //! this proxy has one. A splice with no byte either way for `idle` is
-//! closed (Istio's TCP idle timeout).
+//! closed (Istio's TCP idle timeout; `None`: never).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub async fn forward<I>(
     upstream: SocketAddr,
     tls: Option<(&Identity, &Arc<SpiffeId>)>,
     connect_timeout: Duration,
-    idle: Duration,
+    idle: Option<Duration>,
 ) -> std::io::Result<Ended>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -46,7 +46,14 @@ where
         r = tokio::io::copy_bidirectional(&mut client, &mut server) => {
             r.map(|(up, down)| Ended::Closed(up, down))
         }
-        () = activity.idle_for(idle) => Ok(Ended::Idle),
+        () = idle_for(&activity, idle) => Ok(Ended::Idle),
+    }
+}
+
+async fn idle_for(activity: &Activity, idle: Option<Duration>) {
+    match idle {
+        Some(idle) => activity.idle_for(idle).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -75,7 +82,7 @@ mod tests {
         let idle = Duration::from_secs(1);
         let start = tokio::time::Instant::now();
         let splice = tokio::spawn(async move {
-            forward(proxy_side, addr, None, Duration::from_secs(1), idle).await
+            forward(proxy_side, addr, None, Duration::from_secs(1), Some(idle)).await
         });
         // Busy for twice the timeout: still open.
         while start.elapsed() < 2 * idle {

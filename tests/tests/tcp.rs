@@ -213,3 +213,40 @@ async fn ports_marked_opaque_skip_detection() {
         "{c}"
     );
 }
+
+#[tokio::test]
+async fn a_destination_rules_tcp_idle_timeout_closes_an_idle_opaque_connection() {
+    // The proxy's own TCP idle timeout is an hour; the service's
+    // `connectionPool.tcp.idleTimeout` (1 s) closes the idle splice.
+    let mesh = Mesh::start_with(
+        echo_server(None).await,
+        |_| {},
+        |c| {
+            c.services[0].protocol = ServiceProtocol::Opaque;
+            c.services[0].traffic_policy = Some(
+                serde_json::from_value(serde_json::json!({
+                    "connectionPool": { "tcp": { "idleTimeout": "1s" } }
+                }))
+                .unwrap(),
+            );
+            c.validate().unwrap();
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(mesh.outbound()).await.unwrap();
+    s.write_all(b"\x00ping").await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"\x00ping");
+    let quiet = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the service's idle timeout, not the proxy's hour")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(quiet.elapsed() >= Duration::from_millis(900));
+}

@@ -39,6 +39,9 @@ pub struct PoolLimits {
     pub max_retries: Option<u32>,
     /// How connections to the service's endpoints are opened and kept.
     pub conn: ConnSettings,
+    /// Opaque TCP connections to the service close after this long with no
+    /// byte either way (`tcp.idleTimeout`); zero: never; None: the proxy's.
+    pub tcp_idle_timeout: Option<std::time::Duration>,
 }
 
 impl From<Option<&ConnectionPool>> for PoolLimits {
@@ -53,9 +56,14 @@ impl From<Option<&ConnectionPool>> for PoolLimits {
             max_pending: http.and_then(|h| h.http1_max_pending_requests),
             max_requests: http.and_then(|h| h.http2_max_requests),
             max_retries: http.and_then(|h| h.max_retries),
+            tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout).map(|d| d.get()),
             conn: ConnSettings {
                 connect_timeout: tcp.and_then(|t| t.connect_timeout).map(|d| d.get()),
-                idle_timeout: http.and_then(|h| h.idle_timeout).map(|d| d.get()),
+                // Istio: HTTP connections fall back to the TCP idle timeout.
+                idle_timeout: http
+                    .and_then(|h| h.idle_timeout)
+                    .or_else(|| tcp.and_then(|t| t.idle_timeout))
+                    .map(|d| d.get()),
                 max_requests_per_connection: http
                     .and_then(|h| h.max_requests_per_connection)
                     .unwrap_or(0),
@@ -341,6 +349,23 @@ mod tests {
             ..Default::default()
         };
         assert!(Pool::new(only).is_unlimited());
+    }
+
+    #[test]
+    fn the_tcp_idle_timeout_bounds_opaque_connections_and_stands_in_for_http() {
+        let cp: ConnectionPool =
+            serde_json::from_str(r#"{ "tcp": { "idleTimeout": "5m" } }"#).unwrap();
+        let limits = PoolLimits::from(Some(&cp));
+        assert_eq!(limits.tcp_idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(limits.conn.idle_timeout, Some(Duration::from_secs(300)));
+        // An HTTP idle timeout of its own wins for HTTP connections.
+        let cp: ConnectionPool = serde_json::from_str(
+            r#"{ "tcp": { "idleTimeout": "5m" }, "http": { "idleTimeout": "30s" } }"#,
+        )
+        .unwrap();
+        let limits = PoolLimits::from(Some(&cp));
+        assert_eq!(limits.tcp_idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(limits.conn.idle_timeout, Some(Duration::from_secs(30)));
     }
 
     #[test]
