@@ -45,6 +45,30 @@ pub struct HttpRoute {
     /// A token bucket shared by every request this route matches (on this proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<TokenBucket>,
+    /// The proxy answers the request itself (Istio's `directResponse`);
+    /// such a route has no destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+/// Istio's `HTTPDirectResponse`: a fixed answer instead of forwarding.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DirectResponse {
+    /// The status answered (200-599).
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<DirectBody>,
+}
+
+/// The body of a direct response: text (`string`; Istio's `bytes` form is
+/// not supported).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DirectBody {
+    pub string: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

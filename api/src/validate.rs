@@ -460,6 +460,20 @@ impl Snapshot {
         if !route.route.is_empty() && total == 0 {
             errs.push(format!("{p}.route"), "the weights add up to 0");
         }
+        if let Some(d) = &route.direct_response {
+            if !route.route.is_empty() {
+                errs.push(
+                    format!("{p}.directResponse"),
+                    "a route answers directly or sends to destinations, not both",
+                );
+            }
+            if !(200..=599).contains(&d.status) {
+                errs.push(
+                    format!("{p}.directResponse.status"),
+                    format!("{} is not an HTTP status from 200 to 599", d.status),
+                );
+            }
+        }
         if let Some(r) = &route.retries {
             if let Some(t) = r.per_try_timeout {
                 if t.get().is_zero() {

@@ -736,9 +736,13 @@ impl Mesh {
             let prev = previous.and_then(|p| p.in_force_vs.get(key));
             let (verdict, in_force) =
                 mesh.apply_keeping(key, vs, prev, Mesh::apply_virtual_service);
-            if let Some(r) = in_force {
-                mesh.in_force_vs.insert(key.clone(), r);
-            }
+            let verdict = match in_force {
+                Some(r) => {
+                    mesh.in_force_vs.insert(key.clone(), r);
+                    verdict
+                }
+                None => mesh.fail_closed(key, vs, verdict),
+            };
             mesh.verdicts.insert(
                 ResourceId {
                     kind: "VirtualService",
@@ -1347,6 +1351,67 @@ impl Mesh {
         Verdict::Accepted
     }
 
+    /// A VirtualService refused for a destination that is not there (a
+    /// subset no DestinationRule defines, a Service that does not exist)
+    /// with no version of it in force (a new one, or history lost to a
+    /// restart): its hosts answer 503, naming it, rather than falling back
+    /// to their endpoints, where no route sent that traffic (Istio sends
+    /// such routes to a missing cluster: 503). Other refusals (a spec
+    /// that does not parse, a conflict) leave their hosts as they were.
+    fn fail_closed(&mut self, key: &Key, vs: &VirtualService, verdict: Verdict) -> Verdict {
+        let Verdict::Refused { reason, message } = &verdict else {
+            return verdict;
+        };
+        let dangling =
+            matches!(*reason, "UnknownSubset" | "UnknownHost") && message.starts_with("spec.http[");
+        let Ok(export) = ExportTo::parse(&vs.spec.export_to, &key.namespace) else {
+            return verdict;
+        };
+        if !dangling {
+            return verdict;
+        }
+        let answer = HttpRoute {
+            name: Some("refused".into()),
+            direct_response: Some(outrigger_api::policy::DirectResponse {
+                status: 503,
+                body: Some(outrigger_api::policy::DirectBody {
+                    string: format!(
+                        "VirtualService {key} is refused ({message}); its hosts answer 503 until it is fixed\n"
+                    ),
+                }),
+            }),
+            ..HttpRoute::default()
+        };
+        let mut closed = Vec::new();
+        for h in &vs.spec.hosts {
+            let Ok(host) = self.resolve_host(h, &key.namespace) else {
+                continue;
+            };
+            let Some(ms) = self.services.get_mut(&host) else {
+                continue;
+            };
+            if ms.routes.is_none() {
+                ms.routes = Some(Overlay {
+                    from: key.clone(),
+                    export: export.clone(),
+                    value: vec![answer.clone()],
+                });
+                closed.push(format!("{}.{}", host.name, host.namespace));
+            }
+        }
+        if closed.is_empty() {
+            return verdict;
+        }
+        Verdict::refused(
+            reason,
+            format!(
+                "{message}; no version of it is in force, so {} answer 503 until it is \
+                 fixed (traffic never goes where no route sent it)",
+                closed.join(", ")
+            ),
+        )
+    }
+
     fn apply_virtual_service(&mut self, key: &Key, vs: &VirtualService) -> Verdict {
         let spec = &vs.spec;
         if spec.hosts.is_empty() {
@@ -1383,7 +1448,7 @@ impl Mesh {
         // (Istio's rule); the wire model reads `name.namespace` exactly.
         let mut routes = spec.http.clone();
         for (i, route) in routes.iter_mut().enumerate() {
-            if route.route.is_empty() {
+            if route.route.is_empty() && route.direct_response.is_none() {
                 return Verdict::refused(
                     "InvalidSpec",
                     format!("spec.http[{i}].route: a route has at least one destination"),
@@ -2023,7 +2088,7 @@ spec:
     }
 
     #[test]
-    fn a_missing_subset_is_refused_naming_the_field_and_routes_stay_default() {
+    fn a_missing_subset_is_refused_naming_the_field_and_its_hosts_answer_503() {
         let vs = r#"
 apiVersion: outrigger.dev/v1alpha1
 kind: VirtualService
@@ -2043,11 +2108,33 @@ spec:
             message.starts_with("spec.http[0].route[0].destination.subset: no subset \"v3\""),
             "{message}"
         );
-        let c = config(&m, "shop", "productpage-1");
-        assert!(
-            c.services.iter().all(|s| s.http.is_empty()),
-            "a refused VS applies nothing"
-        );
+        // Nothing of it was ever in force: its host answers 503 rather than
+        // spreading over every version, where no route sent the traffic.
+        assert!(message.contains("reviews.shop answer 503"), "{message}");
+        assert_fails_closed(&config(&m, "shop", "productpage-1"), "shop/reviews");
+    }
+
+    /// `reviews` answers 503 naming the refused VirtualService `vs`, and
+    /// every other service keeps its default route.
+    fn assert_fails_closed(c: &ProxyConfig, vs: &str) {
+        for svc in &c.services {
+            if svc.name != "reviews" {
+                assert!(svc.http.is_empty(), "{}", svc.name);
+                continue;
+            }
+            let [route] = svc.http.as_slice() else {
+                panic!("one route: {:?}", svc.http);
+            };
+            let answer = route.direct_response.as_ref().expect("a direct answer");
+            assert_eq!(answer.status, 503);
+            let body = &answer.body.as_ref().unwrap().string;
+            assert!(
+                body.contains(&format!("VirtualService {vs} is refused")),
+                "{body}"
+            );
+            assert!(route.route.is_empty());
+        }
+        c.to_snapshot("check").validate().unwrap();
     }
 
     #[test]
@@ -2816,12 +2903,10 @@ spec:
                 .len(),
             1
         );
-        // Without history (a restarted control plane), the bad version applies nothing.
+        // Without history (a restarted control plane), the bad version is
+        // not applied, and its host answers 503 instead of spreading.
         let fresh = Mesh::build(&bad_store, &Options::default());
-        assert!(config(&fresh, "shop", "productpage-1")
-            .services
-            .iter()
-            .all(|s| s.http.is_empty()));
+        assert_fails_closed(&config(&fresh, "shop", "productpage-1"), "shop/reviews");
         // Deleting the resource is always taken.
         let gone = Mesh::rebuild(
             &store(&format!("{REVIEWS}---{dr}")),

@@ -372,6 +372,9 @@ fn build_routes(
         .iter()
         .enumerate()
         .map(|(i, r)| {
+            if r.direct_response.is_some() {
+                return Arc::new(Route::build(i, r, Vec::new(), this));
+            }
             if r.route.is_empty() {
                 return Arc::new(Route::build(i, r, vec![(1, Backend::whole(this))], this));
             }

@@ -804,3 +804,82 @@ async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version()
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_route_whose_rule_is_gone_answers_503_and_never_spreads() {
+    // A DestinationRule a route uses is deleted, and the control plane then
+    // restarts: its history of what was in force is gone, so the route
+    // cannot be kept as last accepted. It must not fall back to the
+    // service's every endpoint either: its host answers 503 until the rule
+    // is back.
+    let (blue, blue_hits) = counted("blue").await;
+    let (green, green_hits) = counted("green").await;
+    let dir = Dir::new("restart-rule-gone");
+    let (mesh, rule) = services_and_rule(blue, green);
+    dir.write("mesh.yaml", &mesh);
+    dir.write("web-dr.yaml", &rule);
+    dir.write("web-vs.yaml", &split(100, 0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let cp = ControlPlane::start(dir.path(), listener).await;
+    let p = following_proxy(cp_addr).await;
+    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    std::fs::remove_file(dir.path().join("web-dr.yaml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cp_gauge(&cp, "outrigger_cp_deleted_in_force", "DestinationRule") == 1.0
+        })
+        .await
+    );
+    cp.stop().await;
+    let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
+    let cp = ControlPlane::start(dir.path(), listener).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let (status, body) = get(addr, "/").await;
+            status == 503 && body.contains("VirtualService shop/web is refused")
+        })
+        .await,
+        "the route's host does not answer 503 after the restart"
+    );
+    // Watched for a while: nothing reaches an endpoint now (but a request
+    // each of the four clients had already sent under the old config).
+    let blue_then = blue_hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        blue_hits.load(Ordering::SeqCst) <= blue_then + 4,
+        "traffic still flowed"
+    );
+    assert_eq!(
+        green_hits.load(Ordering::SeqCst),
+        0,
+        "traffic spread to green"
+    );
+
+    // The rule is back: the route applies again.
+    dir.write("web-dr.yaml", &rule);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue_hits.load(Ordering::SeqCst) > blue_then + 20
+        })
+        .await,
+        "the route did not come back with its rule"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let _ = tally(clients).await;
+    assert_eq!(
+        green_hits.load(Ordering::SeqCst),
+        0,
+        "traffic spread to green"
+    );
+    cp.stop().await;
+}

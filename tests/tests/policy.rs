@@ -557,3 +557,50 @@ http:
     assert!(err.to_string().contains("no subset \"purple\""), "{err}");
     assert_eq!(send(&p, get("/")).await.1, "green 200");
 }
+
+#[tokio::test]
+async fn a_direct_response_route_is_answered_by_the_proxy() {
+    // Istio's `directResponse`: the matching route is answered by the
+    // proxy; the others still reach the endpoints.
+    let (upstream, hits) = counted_app("web", ok).await;
+    let p = proxy(&format!(
+        r#"endpoints: [{{ address: "{upstream}" }}]
+http:
+  - name: maintenance
+    match: [{{ uri: {{ prefix: /admin }} }}]
+    directResponse: {{ status: 503, body: {{ string: "down for maintenance" }} }}
+  - route: [{{ destination: {{ host: web.shop }} }}]"#
+    ))
+    .await;
+    let (status, body, _) = send(&p, get("/admin/x")).await;
+    assert_eq!((status, body.as_str()), (503, "down for maintenance"));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(send(&p, get("/shop")).await.0, 200);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let text = scrape(&p).await;
+    assert_eq!(
+        metric(
+            &text,
+            "outrigger_route_requests_total",
+            &[("route", "maintenance"), ("response_code", "503")]
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_direct_response_route_is_checked() {
+    let bad = |yaml: &str| snapshot("1", yaml).validate().unwrap_err().to_string();
+    let e = bad(
+        "http:\n  - directResponse: { status: 99 }\n    route: [{ destination: { host: web.shop } }]",
+    );
+    assert!(
+        e.contains("directResponse: a route answers directly or sends"),
+        "{e}"
+    );
+    assert!(
+        e.contains("directResponse.status: 99 is not an HTTP status"),
+        "{e}"
+    );
+}

@@ -19,7 +19,7 @@ use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, UriRewrite};
 use crate::config::{Config, ServiceState};
 use crate::http::error::{ErrorKind, ProxyError, RouteName};
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::http::stack::{always_ready, Fut, HttpService, Req, Rsp};
 use crate::metrics::Name;
 
 /// Where a route sends a share of its requests: a service and the endpoints
@@ -69,6 +69,8 @@ pub struct Route {
     pub rewrite: Option<UriRewrite>,
     pub headers: Option<HeaderRules>,
     pub rate_limit: Option<Arc<TokenBucket>>,
+    /// Answered by the proxy itself (`directResponse`): status and body.
+    pub direct: Option<(http::StatusCode, bytes::Bytes)>,
     /// The routed service's retry budget, shared by all its routes.
     pub routed: Arc<ServiceState>,
 }
@@ -88,6 +90,7 @@ impl Route {
             rewrite: None,
             headers: None,
             rate_limit: None,
+            direct: None,
             routed: routed.clone(),
         }
     }
@@ -122,6 +125,16 @@ impl Route {
                 .local_rate_limit
                 .as_ref()
                 .map(|b| Arc::new(TokenBucket::from(b))),
+            // Validated: a status from 200 to 599.
+            direct: r.direct_response.as_ref().and_then(|d| {
+                let status = http::StatusCode::from_u16(d.status).ok()?;
+                let body = d
+                    .body
+                    .as_ref()
+                    .map(|b| b.string.clone())
+                    .unwrap_or_default();
+                Some((status, bytes::Bytes::from(body)))
+            }),
             routed: routed.clone(),
         }
     }
@@ -336,6 +349,16 @@ impl<S: HttpService> Service<Req> for Router<S> {
             service: route.service.clone(),
             route: route.label.clone(),
         };
+        if let Some((status, body)) = &route.direct {
+            let mut resp = Rsp::new(crate::http::full(body.clone()));
+            *resp.status_mut() = *status;
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp.extensions_mut().insert(name);
+            return Box::pin(async move { Ok(resp) });
+        }
         req.extensions_mut().insert(route.clone());
         if let Some(p) = prefix {
             req.extensions_mut().insert(MatchedPrefix(p));
