@@ -207,32 +207,21 @@ impl<'a> Reader<'a> {
 /// `timeout` passes (then: opaque). Returns the decision and every byte read,
 /// which the caller replays in front of the stream.
 ///
-/// The deadline starts at the client's first byte. A client that sends
-/// nothing is waited for up to `first_byte` and then refused (an error),
-/// never taken for opaque: no upstream connection is opened for a client
-/// that has said nothing (a server-speaks-first port must be marked opaque).
+/// With `first_byte`, the deadline starts at the client's first byte, and a
+/// client that sends nothing is waited for up to `first_byte` and then
+/// refused (an error), never taken for opaque: no upstream connection is
+/// opened for a client that has said nothing (a server-speaks-first port
+/// must be marked opaque). Without it (a destination that cannot be
+/// marked), the deadline starts at once and silence is opaque.
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
     max_line: usize,
-    first_byte: Duration,
+    first_byte: Option<Duration>,
 ) -> std::io::Result<(Protocol, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
-    match tokio::time::timeout(first_byte, io.read_buf(&mut buf)).await {
-        Err(_elapsed) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client sent nothing for {first_byte:?}"),
-            ))
-        }
-        Ok(Ok(0)) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the client closed without sending anything",
-            ))
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e),
+    if let Some(first_byte) = first_byte {
+        wait_first_byte(io, &mut buf, first_byte).await?;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -248,6 +237,29 @@ pub async fn detect<I: AsyncRead + Unpin>(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
+    }
+}
+
+async fn wait_first_byte<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    first_byte: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(first_byte, io.read_buf(buf)).await {
+        Err(_elapsed) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client sent nothing for {first_byte:?}"),
+            ))
+        }
+        Ok(Ok(0)) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the client closed without sending anything",
+            ))
+        }
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
     }
 }
 
@@ -390,7 +402,7 @@ mod tests {
     async fn a_silent_client_is_refused_after_the_first_byte_timeout_never_opaque() {
         let (client, mut server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let err = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+        let err = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
@@ -399,7 +411,7 @@ mod tests {
         // One that closes without a byte is refused at once.
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let err = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+        let err = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
@@ -414,7 +426,7 @@ mod tests {
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             client
         });
-        let (p, _) = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+        let (p, _) = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
             .await
             .unwrap();
         assert_eq!(p, Protocol::Http1);
@@ -430,7 +442,7 @@ mod tests {
             }
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX, FIRST)
+        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
             .await
             .unwrap();
         assert_eq!(p, Protocol::Opaque);
@@ -451,7 +463,7 @@ mod tests {
                 .unwrap();
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, FIRST)
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, Some(FIRST))
             .await
             .unwrap();
         assert_eq!(p, Protocol::Http1);
@@ -464,7 +476,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
         drop(client);
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, FIRST)
+        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, Some(FIRST))
             .await
             .unwrap();
         assert_eq!(p, Protocol::Opaque);

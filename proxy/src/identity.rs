@@ -186,7 +186,10 @@ impl Identity {
 
     /// Accepts mesh TLS from a peer proxy on `tcp`: its certificate is
     /// required and verified; returns the stream and the peer's identity.
-    pub async fn accept_peer(&self, tcp: TcpStream) -> io::Result<(Io, SpiffeId)> {
+    /// Accepts a peer proxy's mesh TLS: the connection, the peer's
+    /// identity, and whether the peer offered no ALPN (it splices opaque
+    /// TCP: an HTTP hop always offers `h2` or `http/1.1`).
+    pub async fn accept_peer(&self, tcp: TcpStream) -> io::Result<(Io, SpiffeId, bool)> {
         let config = self.server_config().map_err(io::Error::other)?;
         let stream = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
@@ -196,7 +199,8 @@ impl Identity {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "mesh TLS handshake timed out"))??;
         let peer = tls::peer_identity(stream.get_ref().1.peer_certificates().unwrap_or_default())
             .map_err(io::Error::other)?;
-        Ok((Io::Server(Box::new(stream)), peer))
+        let opaque = stream.get_ref().1.alpn_protocol().is_none();
+        Ok((Io::Server(Box::new(stream)), peer, opaque))
     }
 
     pub fn trust(&self) -> Arc<TrustBundle> {

@@ -115,25 +115,36 @@ impl Listener {
     /// plaintext client, or an app's own TLS (another server name, or none),
     /// which goes to the app untouched. A client that sends nothing within
     /// `tcp_idle_timeout`, or closes first, is an error (the caller closes
-    /// it): nothing is opened for a client that has said nothing.
+    /// it): nothing is opened for a client that has said nothing. On an
+    /// `opaque_port` (server speaks first) a client silent for
+    /// `detect_timeout` is plaintext instead, for the app to greet.
+    ///
+    /// The last value says the peer proxy splices opaque TCP (it offered
+    /// no ALPN), so detection is skipped: a server-speaks-first protocol
+    /// from a meshed client works whatever this side knows of the port.
     async fn accept_mesh_tls(
         &self,
         stream: TcpStream,
         cfg: &Config,
-    ) -> std::io::Result<(Io, Option<PeerIdentity>)> {
+        opaque_port: bool,
+    ) -> std::io::Result<(Io, Option<PeerIdentity>, bool)> {
         let Some(identity) = self
             .shared
             .identity
             .as_ref()
             .filter(|_| self.spec.direction == ApiDirection::Inbound)
         else {
-            return Ok((Io::Plain(stream), None));
+            return Ok((Io::Plain(stream), None, false));
         };
         // Most ClientHellos fit the first 2 KiB; a larger one (big key
         // shares, tickets) gets room for a whole record.
         let mut first = vec![0u8; 2048];
-        match tokio::time::timeout(cfg.limits.tcp_idle_timeout, stream.peek(&mut first[..1])).await
-        {
+        let wait = if opaque_port {
+            cfg.limits.detect_timeout
+        } else {
+            cfg.limits.tcp_idle_timeout
+        };
+        match tokio::time::timeout(wait, stream.peek(&mut first[..1])).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) => {
@@ -142,6 +153,7 @@ impl Listener {
                     "closed without sending anything",
                 ))
             }
+            Err(_) if opaque_port => return Ok((Io::Plain(stream), None, false)),
             Err(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -157,7 +169,7 @@ impl Listener {
             // (detection then decides what it speaks).
             let n = match peeked {
                 Ok(Ok(n)) if n > 0 => n,
-                _ => return Ok((Io::Plain(stream), None)),
+                _ => return Ok((Io::Plain(stream), None, false)),
             };
             match detect::client_hello(&first[..n]) {
                 Hello::NotTls => break false,
@@ -174,7 +186,7 @@ impl Listener {
                 // there, so this must not spin).
                 Hello::NeedMore => {
                     if Instant::now() >= deadline {
-                        return Ok((Io::Plain(stream), None));
+                        return Ok((Io::Plain(stream), None, false));
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_millis(50));
@@ -182,9 +194,9 @@ impl Listener {
             }
         };
         if !mesh {
-            return Ok((Io::Plain(stream), None));
+            return Ok((Io::Plain(stream), None, false));
         }
-        let (io, id) = identity.accept_peer(stream).await?;
+        let (io, id, opaque) = identity.accept_peer(stream).await?;
         let uri = id.to_string();
         let principal: Arc<str> = Arc::from(uri.strip_prefix("spiffe://").unwrap_or(&uri));
         Ok((
@@ -194,6 +206,7 @@ impl Listener {
                 principal,
                 namespace: Arc::from(id.namespace()),
             }),
+            opaque,
         ))
     }
 
@@ -272,13 +285,18 @@ impl Listener {
         };
         // A peer proxy speaks mutual TLS to the inbound side; anyone else
         // (plaintext, or an app's own TLS) is taken only on a PERMISSIVE port.
-        let (mut stream, peer_identity) = match self.accept_mesh_tls(stream, &cfg).await {
+        let accepted = tokio::select! {
+            a = self.accept_mesh_tls(stream, &cfg, opaque) => a,
+            _ = drain.signaled() => return,
+        };
+        let (mut stream, peer_identity, peer_opaque) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::info!(listener = %self.spec.name, %peer, error = %e, "no mesh TLS handshake; closing");
                 return;
             }
         };
+        let opaque = opaque || peer_opaque;
         // Protocol not known yet: only the mTLS mode can refuse it here.
         if let Target::App(app) = &target {
             if let Some(r) = refusal(&cfg, app.port(), peer_identity.as_ref(), false) {
@@ -288,18 +306,27 @@ impl Listener {
         }
         // A client that has sent nothing (yet) gets no upstream connection:
         // detection waits for its first byte, up to the TCP idle timeout.
-        // Only a port marked opaque (server speaks first) connects at once.
+        // A port marked opaque (server speaks first), or a peer proxy that
+        // splices opaque TCP, connects at once. A passthrough destination
+        // cannot be marked, so there silence is opaque after the deadline.
+        let first_byte = match &target {
+            Target::Passthrough(_) => None,
+            _ => Some(cfg.limits.tcp_idle_timeout),
+        };
         let (protocol, prefix) = if opaque {
             (Protocol::Opaque, Default::default())
         } else {
-            match detect::detect(
-                &mut stream,
-                cfg.limits.detect_timeout,
-                cfg.limits.max_header_bytes,
-                cfg.limits.tcp_idle_timeout,
-            )
-            .await
-            {
+            let detected = tokio::select! {
+                d = detect::detect(
+                    &mut stream,
+                    cfg.limits.detect_timeout,
+                    cfg.limits.max_header_bytes,
+                    first_byte,
+                ) => d,
+                // A client still silent when draining begins holds nothing up.
+                _ = drain.signaled() => return,
+            };
+            match detected {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "connection closed during protocol detection");

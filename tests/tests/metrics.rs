@@ -444,3 +444,46 @@ async fn metrics_are_negotiated_and_the_classic_text_passes_promtool() {
     }
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_hyper_drops_without_a_reply_counts_no_request() {
+    // An HTTP/2 preface after an HTTP/1 request on the same connection:
+    // hyper closes without answering, so nothing is counted as answered.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start(app("web").await).await;
+    let mut s = tokio::net::TcpStream::connect(mesh.outbound())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut rest)).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 400"),
+        "{rest:?}"
+    );
+    // One more request after the drop, counted: what the dropped
+    // connection left to record has been recorded by then.
+    assert_eq!(get(mesh.outbound(), "/").await.0, 200);
+    assert!(
+        eventually(LIMIT, || async {
+            metric(
+                &scrape(&mesh.client).await,
+                "outrigger_requests_total",
+                &[("response_flags", "-")],
+            ) == 2.0
+        })
+        .await
+    );
+    let text = scrape(&mesh.client).await;
+    assert_eq!(
+        metric(&text, "outrigger_requests_total", &[]),
+        2.0,
+        "only the two requests answered: {text}"
+    );
+}

@@ -498,3 +498,65 @@ async fn no_principal_is_claimed_on_a_hop_without_mutual_tls() {
         );
     }
 }
+
+/// A server-speaks-first app (a MySQL-style greeting), then an echo.
+async fn greeting_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"* greeting\n").await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn read_greeting(addr: SocketAddr) -> Result<[u8; 11], String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut got = [0u8; 11];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await {
+        Ok(Ok(_)) => Ok(got),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no greeting within 5 s".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_server_first_protocol_crosses_the_mesh_when_only_the_client_side_knows() {
+    // The Service port is declared opaque (named `mysql`, `tcp-…`): the
+    // client proxy splices at once, over mutual TLS with no ALPN, and the
+    // server proxy, which knows nothing of the port, takes that as opaque
+    // instead of waiting for a first byte the client will never send.
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let app = greeting_app().await;
+    let unmarked = server(&ca, app, |_| {}).await;
+    let mut snap = client_snapshot(&[(unmarked.listener_addr("inbound").unwrap(), true)]);
+    snap.services[0].endpoints[0].identity = Some(WEB.into());
+    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
+    let client = Proxy::start(snap, with(identity(&ca, "client")))
+        .await
+        .unwrap();
+    assert_eq!(
+        &read_greeting(client.listener_addr("outbound").unwrap())
+            .await
+            .unwrap(),
+        b"* greeting\n"
+    );
+    // A plaintext client straight to a port the pod marks opaque (its
+    // annotation) is greeted too, after at most the detection timeout.
+    let marked = server(&ca, app, |s: &mut outrigger_api::Snapshot| {
+        s.listeners[0].opaque_ports = vec![app.port()]
+    })
+    .await;
+    assert_eq!(
+        &read_greeting(marked.listener_addr("inbound").unwrap())
+            .await
+            .unwrap(),
+        b"* greeting\n"
+    );
+}

@@ -219,11 +219,29 @@ fn strip_h2c(headers: &mut HeaderMap) {
 pub struct Admit<S> {
     inner: S,
     config: Arc<ArcSwap<Config>>,
+    normalize: bool,
 }
 
 impl<S> Admit<S> {
+    /// Upgrades and paths, for traffic the mesh routes or authorizes.
     pub fn new(inner: S, config: Arc<ArcSwap<Config>>) -> Self {
-        Self { inner, config }
+        Self {
+            inner,
+            config,
+            normalize: true,
+        }
+    }
+
+    /// Upgrades only, for passthrough to a destination the mesh does not
+    /// know: no rule matches its paths, and rewriting them could break
+    /// what only that server understands (object keys with `//`, signed
+    /// URLs).
+    pub fn upgrades_only(inner: S, config: Arc<ArcSwap<Config>>) -> Self {
+        Self {
+            inner,
+            config,
+            normalize: false,
+        }
     }
 }
 
@@ -246,7 +264,7 @@ impl<S: HttpService> Service<Req> for Admit<S> {
                 );
             }
         }
-        if req.method() != Method::CONNECT {
+        if self.normalize && req.method() != Method::CONNECT {
             match normalize_path(req.uri().path(), settings.path_normalization) {
                 Ok(None) => {}
                 Ok(Some(path)) => {
@@ -434,6 +452,42 @@ mod tests {
         assert!(h.get("http2-settings").is_none());
         assert_eq!(h["connection"], "x-keep");
         assert_eq!(h["x-keep"], "1");
+    }
+
+    /// The innermost service of a test stack: notes the URI it was given.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Option<Uri>>>);
+
+    impl Service<Req> for Capture {
+        always_ready!();
+
+        fn call(&mut self, req: Req) -> Fut {
+            *self.0.lock().unwrap() = Some(req.uri().clone());
+            Box::pin(async { Ok(crate::http::stack::Rsp::new(crate::http::full(""))) })
+        }
+    }
+
+    #[tokio::test]
+    async fn passthrough_keeps_its_paths_and_routed_traffic_is_normalized() {
+        let cfg =
+            Config::try_from(outrigger_api::Snapshot::from_yaml("version: '1'").unwrap()).unwrap();
+        let config = Arc::new(ArcSwap::from_pointee(cfg));
+        let request = || {
+            http::Request::get("http://bucket.example//a/./b%7e")
+                .body(crate::http::full(""))
+                .unwrap()
+        };
+        let seen = Capture::default();
+        let mut routed = Admit::new(seen.clone(), config.clone());
+        routed.call(request()).await.unwrap();
+        assert_eq!(seen.0.lock().unwrap().as_ref().unwrap().path(), "/a/b~");
+        let mut passthrough = Admit::upgrades_only(seen.clone(), config);
+        passthrough.call(request()).await.unwrap();
+        assert_eq!(
+            seen.0.lock().unwrap().as_ref().unwrap().path(),
+            "//a/./b%7e",
+            "a destination the mesh does not know gets its path as sent"
+        );
     }
 
     #[test]

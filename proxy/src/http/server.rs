@@ -90,19 +90,26 @@ pub async fn serve<I>(
 }
 
 /// The status hyper answered an HTTP/1 request it could not read with
-/// (its own reply, written before the connection ended with `e`).
+/// (its own reply, written before the connection ended with `e`): the
+/// parse errors hyper's server answers (a bad method, header, URI or
+/// version: 400; a head too large: 431; a URI too long: 414), and no
+/// other (an HTTP/2 preface mid-connection, an internal error: no reply).
 fn answered_by_hyper(proto: Protocol, e: &hyper::Error) -> Option<http::StatusCode> {
     use http::StatusCode;
-    if proto == Protocol::Http2 || !e.is_parse() || e.is_parse_status() {
+    if proto == Protocol::Http2 || !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
         return None;
     }
-    Some(if !e.is_parse_too_large() {
-        StatusCode::BAD_REQUEST
-    } else if e.to_string().contains("URI too long") {
-        StatusCode::URI_TOO_LONG
-    } else {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-    })
+    let text = e.to_string();
+    if e.is_parse_too_large() {
+        return Some(if text.contains("URI too long") {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    // The rest (method, header, URI, version) hyper answers 400, but for
+    // its internal error, which has no predicate of its own.
+    (!text.contains("internal error")).then_some(StatusCode::BAD_REQUEST)
 }
 
 /// A connection told to shut down gracefully, given `deadline` (if any) to

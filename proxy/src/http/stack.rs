@@ -121,10 +121,11 @@ pub fn inbound(config: Arc<ArcSwap<Config>>, listener: Name, forward: Forward) -
         .service(forward)
 }
 
-/// Outbound to an address the config does not know: admitted, then
+/// Outbound to an address the config does not know: only allowed
+/// upgrades (no path normalization: no rule sees these paths), then
 /// straight through.
 pub fn passthrough(config: Arc<ArcSwap<Config>>, forward: Forward) -> impl HttpService {
     ServiceBuilder::new()
-        .layer_fn(|inner| Admit::new(inner, config.clone()))
+        .layer_fn(|inner| Admit::upgrades_only(inner, config.clone()))
         .service(forward)
 }
