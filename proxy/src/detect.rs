@@ -246,18 +246,14 @@ async fn wait_first_byte<I: AsyncRead + Unpin>(
     first_byte: Duration,
 ) -> std::io::Result<()> {
     match tokio::time::timeout(first_byte, io.read_buf(buf)).await {
-        Err(_elapsed) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client sent nothing for {first_byte:?}"),
-            ))
-        }
-        Ok(Ok(0)) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the client closed without sending anything",
-            ))
-        }
+        Err(_elapsed) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client sent nothing for {first_byte:?}"),
+        )),
+        Ok(Ok(0)) => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the client closed without sending anything",
+        )),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e),
     }
