@@ -339,3 +339,26 @@ async fn a_websocket_tunnel_opens_only_after_the_app_switches() {
     assert_eq!(&back, b"\x81\x02hi");
     assert_eq!(paths_seen(&seen), ["/ws-decline", "/ws-accept"]);
 }
+
+#[tokio::test]
+async fn an_idle_websocket_tunnel_is_closed_after_the_tcp_idle_timeout() {
+    let (app, _) = recording_app().await;
+    let idle = |s: &mut Snapshot| s.limits.tcp_idle_timeout = outrigger_api::Duration::from_secs(1);
+    let mesh = Mesh::start_with(app, idle, idle).await;
+    let (mut s, status, head) = upgrade_request(mesh.outbound(), "/ws-accept", "websocket").await;
+    assert_eq!(status, 101, "{head}");
+    s.write_all(b"\x81\x02hi").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    let quiet = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed once idle")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(quiet.elapsed() >= Duration::from_millis(900));
+}

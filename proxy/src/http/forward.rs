@@ -22,6 +22,7 @@ use super::proxy::SentTo;
 use super::stack::{always_ready, Fut, Req, Rsp};
 use crate::listener::{until_revoked, Hold};
 use crate::policy::balance::Chosen;
+use crate::transport::idle::{Activity, Watched};
 
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
@@ -49,11 +50,24 @@ pub struct Forward {
     /// A tunnel is held to the policies in force like the connection it
     /// came from: closed when a later config refuses it.
     hold: Option<Arc<Hold>>,
+    /// A tunnel with no byte either way for this long is closed, as an
+    /// opaque splice is (`limits.tcp_idle_timeout`).
+    tunnel_idle: std::time::Duration,
 }
 
 impl Forward {
-    pub fn new(client: Client, conn: Arc<dyn Send + Sync>, hold: Option<Arc<Hold>>) -> Self {
-        Self { client, conn, hold }
+    pub fn new(
+        client: Client,
+        conn: Arc<dyn Send + Sync>,
+        hold: Option<Arc<Hold>>,
+        tunnel_idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            client,
+            conn,
+            hold,
+            tunnel_idle,
+        }
     }
 }
 
@@ -166,12 +180,14 @@ impl Forward {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let conn = self.conn.clone();
             let hold = self.hold.clone();
+            let idle = self.tunnel_idle;
             tokio::spawn(async move {
                 let _conn = conn;
+                let activity = Activity::new();
                 let tunnel = async {
                     match tokio::try_join!(client_upgrade, upstream_upgrade) {
                         Ok((client, upstream)) => {
-                            let mut client = TokioIo::new(client);
+                            let mut client = Watched::new(TokioIo::new(client), activity.clone());
                             let mut upstream = TokioIo::new(upstream);
                             if let Err(e) =
                                 tokio::io::copy_bidirectional(&mut client, &mut upstream).await
@@ -185,6 +201,9 @@ impl Forward {
                 tokio::select! {
                     () = tunnel => {}
                     () = until_revoked(hold.as_deref()) => {}
+                    () = activity.idle_for(idle) => {
+                        tracing::debug!(?idle, "upgraded connection idle; closed");
+                    }
                 }
             });
         }

@@ -385,7 +385,8 @@ pub fn stack_for(
     conn: Arc<dyn Send + Sync>,
     hold: Option<Arc<Hold>>,
 ) -> Stack {
-    let forward = super::forward::Forward::new(shared.client.clone(), conn, hold);
+    let tunnel_idle = config.load().limits.tcp_idle_timeout;
+    let forward = super::forward::Forward::new(shared.client.clone(), conn, hold, tunnel_idle);
     match target {
         Target::Service(r) => BoxCloneSyncService::new(super::stack::outbound(
             config,
