@@ -415,7 +415,7 @@ impl Listener {
         let received = m.tcp_received_bytes.get_or_create(&labels).clone();
         received.inc_by(prefix.len() as u64);
         let sent = m.tcp_sent_bytes.get_or_create(&labels).clone();
-        let io = PrefixedIo::new(prefix, MeteredIo::new(stream, received, sent));
+        let io = PrefixedIo::new(prefix, MeteredIo::metered(stream, received, sent));
 
         match opaque_upstream {
             Some((addr, ep)) => {

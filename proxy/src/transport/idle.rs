@@ -2,15 +2,13 @@
 //! (opaque TCP): an IO wrapper that notes when a byte last passed either
 //! way, and a watch that completes once none has for the timeout.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use super::metered::{Observed, Observer};
 
 /// When a byte last passed.
 #[derive(Debug)]
@@ -50,67 +48,15 @@ impl Activity {
 }
 
 /// An IO that touches its [`Activity`] whenever bytes pass.
-pub struct Watched<I> {
-    io: I,
-    activity: Arc<Activity>,
-}
+pub type Watched<I> = Observed<I, Arc<Activity>>;
 
-impl<I> Watched<I> {
-    pub fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        res
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
+impl Observer for Arc<Activity> {
+    fn read(&self, _: usize) {
+        self.touch();
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn written(&self, _: usize) {
+        self.touch();
     }
 }
 
