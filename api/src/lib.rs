@@ -18,6 +18,7 @@ pub mod policy;
 pub mod probe;
 pub mod redirect;
 mod snapshot;
+pub mod spiffe;
 pub mod stream;
 mod validate;
 

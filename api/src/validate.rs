@@ -780,13 +780,12 @@ fn check_traffic_policy(errs: &mut Errors, p: &str, tp: &TrafficPolicy) {
     }
 }
 
+/// The one SPIFFE parser ([`crate::spiffe::SpiffeId`]): what validates here
+/// is what the proxy holds a peer to.
 fn check_spiffe(id: &str) -> Result<(), String> {
-    match id.strip_prefix("spiffe://") {
-        Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(()),
-        _ => Err(format!(
-            "{id:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)"
-        )),
-    }
+    id.parse::<crate::spiffe::SpiffeId>()
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1017,6 +1016,11 @@ services:
         assert!(check_spiffe("spiffe://cluster.local").is_err());
         assert!(check_spiffe("spiffe:///ns/a").is_err());
         assert!(check_spiffe("https://x/y").is_err());
+        // What the proxy could not hold a peer to never validates: the
+        // old check took any path, and the proxy then dropped the ID,
+        // which read as a plaintext hop to a meshed endpoint.
+        let e = check_spiffe("spiffe://td/x/y").unwrap_err();
+        assert!(e.contains("/ns/<namespace>/sa/<service-account>"), "{e}");
     }
 
     const ROUTED: &str = r#"

@@ -248,7 +248,7 @@ pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
         })
         .collect();
     match uris[..] {
-        [one] => one.parse(),
+        [one] => Ok(one.parse::<SpiffeId>()?),
         [] => Err(Error::Certificate(
             "the certificate has no spiffe:// URI SAN".into(),
         )),

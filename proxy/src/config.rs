@@ -305,8 +305,10 @@ fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>)
             Some(EndpointState {
                 addr,
                 meshed: ep.meshed,
-                // Validation checked the form; a meshed endpoint only, and
-                // not when the service's DestinationRule disables TLS.
+                // Validation parsed it with this same parser (one SPIFFE
+                // type, `outrigger_api::spiffe`), so none is dropped here;
+                // a meshed endpoint only, and not when the service's
+                // DestinationRule disables TLS.
                 identity: ep
                     .identity
                     .as_deref()
@@ -501,5 +503,23 @@ services:
                 "services[0].endpoints[0].address"
             ]
         );
+    }
+
+    #[test]
+    fn an_identity_the_proxy_could_not_hold_a_peer_to_is_refused_whole() {
+        // Before one SPIFFE parser served both, `spiffe://td/x/y` passed
+        // validation, the proxy could not parse it and dropped it: a
+        // meshed endpoint reached in plaintext.
+        let mut snap = snapshot();
+        let svc = snap
+            .services
+            .iter_mut()
+            .find(|s| !s.endpoints.is_empty())
+            .unwrap();
+        svc.endpoints[0].meshed = true;
+        svc.endpoints[0].identity = Some("spiffe://td/x/y".into());
+        let e = Config::try_from(snap).err().expect("refused").to_string();
+        assert!(e.contains(".endpoints[0].identity"), "{e}");
+        assert!(e.contains("/ns/<namespace>/sa/<service-account>"), "{e}");
     }
 }
