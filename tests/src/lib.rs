@@ -240,6 +240,23 @@ where
     (addr, hits)
 }
 
+/// An app that never answers: each request it receives is announced on
+/// the returned channel, then held for ten minutes (a client that gives up
+/// first leaves it pending).
+pub async fn stalling_app() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::channel::<()>(1);
+    let addr = serve_http(move |_req| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let _ = arrived_tx.send(()).await;
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Response::new(empty())
+        }
+    })
+    .await;
+    (addr, arrived)
+}
+
 /// The server-side proxy's snapshot: inbound on a free port, forwarding to `app`.
 pub fn server_snapshot(app: SocketAddr) -> Snapshot {
     Snapshot::from_yaml(&format!(
@@ -281,6 +298,28 @@ services:
 {}
 "#,
         eps.join("\n")
+    ))
+    .unwrap()
+}
+
+/// A client proxy whose outbound listener targets `web.shop:80`, with the
+/// service `web` described by `web_yaml` (endpoints, subsets, routes,
+/// trafficPolicy: YAML indented under the service).
+pub fn web_snapshot(version: &str, web_yaml: &str) -> Snapshot {
+    let indented: String = web_yaml.lines().map(|l| format!("    {l}\n")).collect();
+    Snapshot::from_yaml(&format!(
+        r#"
+version: "{version}"
+proxy: {{ workload: client, namespace: shop }}
+admin: {{ bind: "127.0.0.1:0" }}
+limits: {{ drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }}
+listeners:
+  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+{indented}"#
     ))
     .unwrap()
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outrigger_api::Snapshot;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,28 +19,17 @@ use tokio::net::TcpStream;
 /// A client proxy for `web.shop:80` on `endpoints` (address, meshed),
 /// ejecting an endpoint for an hour on its first 5xx or gateway error.
 async fn client_proxy(endpoints: &[(SocketAddr, bool)]) -> Proxy {
-    let eps: String = endpoints
-        .iter()
-        .map(|(a, meshed)| format!("      - {{ address: \"{a}\", meshed: {meshed} }}\n"))
-        .collect();
-    let snapshot = Snapshot::from_yaml(&format!(
-        r#"
-version: "1"
-proxy: {{ workload: client, namespace: shop }}
-admin: {{ bind: "127.0.0.1:0" }}
-limits: {{ drain_timeout: 5s, detect_timeout: 300ms }}
-listeners:
-  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
-services:
-  - name: web
-    namespace: shop
-    ports: [80]
-    endpoints:
-{eps}    trafficPolicy:
-      outlierDetection: {{ consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, baseEjectionTime: 1h, maxEjectionPercent: 100 }}
-"#
-    ))
-    .unwrap();
+    let mut snapshot = client_snapshot(endpoints);
+    snapshot.services[0].traffic_policy = Some(
+        serde_json::from_value(serde_json::json!({
+            "outlierDetection": {
+                "consecutive5xxErrors": 1, "consecutiveGatewayErrors": 1,
+                "baseEjectionTime": "1h", "maxEjectionPercent": 100
+            }
+        }))
+        .unwrap(),
+    );
+    snapshot.validate().unwrap();
     Proxy::start(snapshot, Options::default()).await.unwrap()
 }
 

@@ -137,6 +137,30 @@ fn follow_with(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
     .unwrap();
 }
 
+/// Once `p` is ready, four clients request through its outbound listener
+/// until `stop`; returns when `hits` shows their traffic arriving:
+/// (the listener's address, the stop flag, the clients).
+async fn load_through(
+    p: &Proxy,
+    hits: &AtomicUsize,
+) -> (
+    SocketAddr,
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<(usize, usize)>>,
+) {
+    assert!(eventually(Duration::from_secs(10), || ready(p)).await);
+    let addr = p.listener_addr("outbound").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = keep_requesting(addr, stop.clone());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            hits.load(Ordering::SeqCst) > 50
+        })
+        .await
+    );
+    (addr, stop, clients)
+}
+
 fn counted(
     name: &'static str,
 ) -> impl std::future::Future<Output = (SocketAddr, Arc<AtomicUsize>)> {
@@ -463,16 +487,7 @@ async fn deleting_a_destination_rule_a_route_uses_keeps_it_and_no_request_spread
     dir.write("web-vs.yaml", &split(100, 0));
     let cp = ControlPlane::bind_and_start(dir.path()).await;
     let p = following_proxy(cp.addr).await;
-    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
-    let addr = p.listener_addr("outbound").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    let (_, stop, clients) = load_through(&p, &blue_hits).await;
 
     // The rule the route's subsets come from is deleted under load: it
     // stays in force, as last accepted, and the VirtualService says why.
@@ -540,16 +555,7 @@ async fn a_file_rewritten_in_two_halves_never_spreads_traffic() {
     dir.write("routes.yaml", &vs_first);
     let cp = ControlPlane::bind_and_start(dir.path()).await;
     let p = following_proxy(cp.addr).await;
-    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
-    let addr = p.listener_addr("outbound").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    let (_, stop, clients) = load_through(&p, &blue_hits).await;
     let errors =
         |cp: &ControlPlane| metric(&cp.metrics.encode(), "outrigger_cp_manifest_errors", &[]);
     // Each rewrite, written non-atomically as far as the control plane can
@@ -744,16 +750,7 @@ async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version()
     dir.write("routes.yaml", &format!("{rule}---\n{}", split(100, 0)));
     let cp = ControlPlane::bind_and_start(dir.path()).await;
     let p = following_proxy(cp.addr).await;
-    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
-    let addr = p.listener_addr("outbound").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    let (_, stop, clients) = load_through(&p, &blue_hits).await;
     assert_eq!(green_hits.load(Ordering::SeqCst), 0);
 
     // One edit: the route moves to green (good), the rule gains a field
@@ -823,16 +820,7 @@ async fn after_a_restart_a_route_whose_rule_is_gone_answers_503_and_never_spread
     let cp_addr = listener.local_addr().unwrap();
     let cp = ControlPlane::start(dir.path(), listener).await;
     let p = following_proxy(cp_addr).await;
-    assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
-    let addr = p.listener_addr("outbound").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    let (addr, stop, clients) = load_through(&p, &blue_hits).await;
     std::fs::remove_file(dir.path().join("web-dr.yaml")).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {

@@ -569,16 +569,7 @@ async fn open_tunnel(proxy: std::net::SocketAddr) -> Option<TcpStream> {
 
 #[tokio::test]
 async fn a_client_giving_up_before_the_response_is_counted_as_dc() {
-    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(1);
-    let upstream = serve_http(move |_req| {
-        let arrived_tx = arrived_tx.clone();
-        async move {
-            let _ = arrived_tx.send(()).await;
-            tokio::time::sleep(Duration::from_secs(600)).await;
-            http::Response::new(empty())
-        }
-    })
-    .await;
+    let (upstream, mut arrived) = stalling_app().await;
     let proxy =
         outrigger_proxy::Proxy::start(client_snapshot(&[(upstream, false)]), Default::default())
             .await

@@ -428,16 +428,7 @@ async fn an_abandoned_request_is_labelled_with_where_it_went() {
     // A client gives up (a gRPC deadline, `curl --max-time`) while the app
     // is still working: the client proxy counts it `DC`, and the labels
     // still say where it went, over mutual TLS.
-    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(1);
-    let app = serve_http(move |_req| {
-        let arrived_tx = arrived_tx.clone();
-        async move {
-            let _ = arrived_tx.send(()).await;
-            tokio::time::sleep(Duration::from_secs(600)).await;
-            http::Response::new(empty())
-        }
-    })
-    .await;
+    let (app, mut arrived) = stalling_app().await;
     let ca = Ca::generate(TD, SystemTime::now()).unwrap();
     let server = server(&ca, app, |_| {}).await;
     let client = client(&ca, server.listener_addr("inbound").unwrap(), WEB).await;

@@ -9,34 +9,11 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use http_body_util::BodyExt;
-use outrigger_api::Snapshot;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
 
-/// A client proxy whose outbound listener targets `web.shop:80`, with the
-/// service `web` described by `web_yaml` (endpoints, subsets, routes,
-/// trafficPolicy: YAML indented under the service).
-fn snapshot(version: &str, web_yaml: &str) -> Snapshot {
-    let indented: String = web_yaml.lines().map(|l| format!("    {l}\n")).collect();
-    Snapshot::from_yaml(&format!(
-        r#"
-version: "{version}"
-proxy: {{ workload: client, namespace: shop }}
-admin: {{ bind: "127.0.0.1:0" }}
-limits: {{ drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }}
-listeners:
-  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
-services:
-  - name: web
-    namespace: shop
-    ports: [80]
-{indented}"#
-    ))
-    .unwrap()
-}
-
 async fn proxy(web_yaml: &str) -> Proxy {
-    Proxy::start(snapshot("1", web_yaml), Options::default())
+    Proxy::start(web_snapshot("1", web_yaml), Options::default())
         .await
         .unwrap()
 }
@@ -524,7 +501,7 @@ http:
         )
     };
     let p = std::sync::Arc::new(
-        Proxy::start(snapshot("blue", &web(100, 0)), Options::default())
+        Proxy::start(web_snapshot("blue", &web(100, 0)), Options::default())
             .await
             .unwrap(),
     );
@@ -533,9 +510,9 @@ http:
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = keep_requesting(addr, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    p.apply(snapshot("half", &web(50, 50))).unwrap();
+    p.apply(web_snapshot("half", &web(50, 50))).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    p.apply(snapshot("green", &web(0, 100))).unwrap();
+    p.apply(web_snapshot("green", &web(0, 100))).unwrap();
     let green_at_switch = green_hits.load(Ordering::SeqCst);
     let blue_at_switch = blue_hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -551,7 +528,7 @@ http:
     // At most the requests in flight at the switch reach blue afterwards.
     assert!(blue_hits.load(Ordering::SeqCst) <= blue_at_switch + 4);
     // A bad snapshot is refused and the good one stays in force.
-    let mut bad = snapshot("bad", &web(0, 100));
+    let mut bad = web_snapshot("bad", &web(0, 100));
     bad.services[0].http[0].route[0].destination.subset = Some("purple".into());
     let err = p.apply(bad).unwrap_err();
     assert!(err.to_string().contains("no subset \"purple\""), "{err}");
@@ -591,7 +568,7 @@ http:
 
 #[test]
 fn a_direct_response_route_is_checked() {
-    let bad = |yaml: &str| snapshot("1", yaml).validate().unwrap_err().to_string();
+    let bad = |yaml: &str| web_snapshot("1", yaml).validate().unwrap_err().to_string();
     let e = bad(
         "http:\n  - directResponse: { status: 99 }\n    route: [{ destination: { host: web.shop } }]",
     );

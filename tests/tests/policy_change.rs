@@ -347,25 +347,9 @@ async fn a_revoked_http2_connection_gets_the_drain_timeout_to_finish_then_closes
 fn outbound_config(version: &str, endpoints: &[SocketAddr], service_yaml: &str) -> Snapshot {
     let eps: String = endpoints
         .iter()
-        .map(|a| format!("      - {{ address: \"{a}\" }}\n"))
+        .map(|a| format!("  - {{ address: \"{a}\" }}\n"))
         .collect();
-    let indented: String = service_yaml.lines().map(|l| format!("    {l}\n")).collect();
-    Snapshot::from_yaml(&format!(
-        r#"
-version: "{version}"
-proxy: {{ workload: client, namespace: shop }}
-admin: {{ bind: "127.0.0.1:0" }}
-limits: {{ drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }}
-listeners:
-  - {{ name: outbound, direction: outbound, bind: "127.0.0.1:0", target: {{ name: web, namespace: shop, port: 80 }} }}
-services:
-  - name: web
-    namespace: shop
-    ports: [80]
-    endpoints:
-{eps}{indented}"#
-    ))
-    .unwrap()
+    web_snapshot(version, &format!("endpoints:\n{eps}{service_yaml}"))
 }
 
 fn hits(h: &std::sync::atomic::AtomicUsize) -> usize {
