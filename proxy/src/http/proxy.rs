@@ -186,34 +186,13 @@ impl hyper::service::Service<Request<Incoming>> for HttpProxy {
 
 impl HttpProxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let start = Instant::now();
         let client_version = req.version();
-        let access = self.shared.access_log.then(|| {
-            Box::new(AccessLog {
-                method: req.method().clone(),
-                uri: Some(req.uri().clone()),
-                version: client_version,
-                peer: self.ctx.peer,
-                upstream: None,
-                route: None,
-                attempts: None,
-            })
-        });
         let request_bytes = Counter::default();
-        let mut record = Record {
-            metrics: self.shared.metrics.clone(),
-            labels: RequestLabels {
-                traffic: traffic(&self.ctx, &Workload::unknown(), self.ctx.service.clone())
-                    .proven(),
-                response_code: 0,
-                grpc_response_status: GrpcStatus(None),
-                response_flags: ResponseFlag::None,
-            },
-            start,
-            access,
-            route: None,
-            request_bytes: request_bytes.clone(),
-        };
+        let mut record = self.record(
+            || (req.method().clone(), Some(req.uri().clone())),
+            client_version,
+            request_bytes.clone(),
+        );
 
         if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
             let err = ProxyError::new(
@@ -309,11 +288,29 @@ impl HttpProxy {
     /// itself (400 malformed, 414 URI too long, 431 head too large): counted
     /// and logged like every other local reply, flagged `DPE`.
     pub fn record_unreadable(&self, status: http::StatusCode) {
+        let unread = || (Method::from_bytes(b"-").expect("a token"), None);
+        let mut record = self.record(unread, Version::HTTP_11, Counter::default());
+        record.labels.response_code = status.as_u16();
+        record.labels.response_flags = ResponseFlag::DownstreamProtocolError;
+        record.finish(true);
+    }
+
+    /// What is recorded of a request that starts now on this connection,
+    /// before its way down says more: where it came from, not yet where it
+    /// went. `what` (method, URI; no URI for a request that could not be
+    /// read) is asked only when the access log is on.
+    fn record(
+        &self,
+        what: impl FnOnce() -> (Method, Option<http::Uri>),
+        version: Version,
+        request_bytes: Counter,
+    ) -> Record {
         let access = self.shared.access_log.then(|| {
+            let (method, uri) = what();
             Box::new(AccessLog {
-                method: Method::from_bytes(b"-").expect("a token"),
-                uri: None,
-                version: Version::HTTP_11,
+                method,
+                uri,
+                version,
                 peer: self.ctx.peer,
                 upstream: None,
                 route: None,
@@ -325,16 +322,15 @@ impl HttpProxy {
             labels: RequestLabels {
                 traffic: traffic(&self.ctx, &Workload::unknown(), self.ctx.service.clone())
                     .proven(),
-                response_code: status.as_u16(),
+                response_code: 0,
                 grpc_response_status: GrpcStatus(None),
-                response_flags: ResponseFlag::DownstreamProtocolError,
+                response_flags: ResponseFlag::None,
             },
             start: Instant::now(),
             access,
             route: None,
-            request_bytes: Counter::default(),
+            request_bytes,
         }
-        .finish(true);
     }
 
     /// The upstream of a connection that is not routed: the app (inbound) or
