@@ -136,15 +136,13 @@ impl Listener {
         else {
             return Ok((Io::Plain(stream), None, false));
         };
-        // Most ClientHellos fit the first 2 KiB; a larger one (big key
-        // shares, tickets) gets room for a whole record.
-        let mut first = vec![0u8; 2048];
         let wait = if opaque_port {
             cfg.limits.detect_timeout
         } else {
             cfg.limits.tcp_idle_timeout
         };
-        match tokio::time::timeout(wait, stream.peek(&mut first[..1])).await {
+        // A silent client holds no buffer while it is waited for.
+        match tokio::time::timeout(wait, stream.peek(&mut [0u8; 1])).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(Err(e)) => return Err(e),
             Ok(Ok(_)) => {
@@ -162,6 +160,9 @@ impl Listener {
             }
         }
         let deadline = Instant::now() + cfg.limits.detect_timeout;
+        // Most ClientHellos fit the first 2 KiB; a larger one (big key
+        // shares, tickets) gets room for a whole record.
+        let mut first = vec![0u8; 2048];
         let mut pause = std::time::Duration::from_millis(1);
         let mesh = loop {
             let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
