@@ -22,7 +22,7 @@ pub struct AccessLog {
     pub upstream: Option<SocketAddr>,
     /// The route taken (outbound), by its metric label.
     pub route: Option<crate::metrics::Name>,
-    pub attempts: Option<crate::http::error::Attempts>,
+    pub attempts: Option<crate::svc::Attempts>,
 }
 
 impl AccessLog {

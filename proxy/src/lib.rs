@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod probe;
+pub mod svc;
 pub mod tcp;
 pub mod transport;
 

@@ -12,43 +12,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use outrigger_api::inbound::MtlsMode;
 use outrigger_api::{Direction as ApiDirection, ServiceProtocol, ServiceRef};
 use outrigger_identity::tls::MESH_SERVER_NAME;
-use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::detect::{self, Hello, Protocol};
 use crate::drain;
+use crate::http::hold::{refusal, refused, until_revoked, ConnGuard, Hold, Refusal};
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
-    unknown, Direction, DirectionLabel, Revocation, RevokedLabels, SecurityPolicy, TcpLabels,
-    TrafficLabels, Workload,
+    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
 };
-use crate::policy::authz::{self, PeerIdentity};
+use crate::policy::authz::PeerIdentity;
 use crate::policy::balance::{self, Choice};
 use crate::tcp;
 use crate::transport::tls::Io;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
-
-/// Held for as long as anything still uses an accepted connection (its HTTP
-/// server, an upgraded tunnel spliced from it): releases its slot under
-/// `limits.max_connections` and counts the close when the last holder is done.
-pub struct ConnGuard {
-    _permit: OwnedSemaphorePermit,
-    closed: Option<Counter>,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if let Some(c) = &self.closed {
-            c.inc();
-        }
-    }
-}
 
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {
@@ -100,7 +82,7 @@ impl Listener {
             let this = self.clone();
             let drain = drain.clone();
             let guard = ConnGuard {
-                _permit: permit,
+                permit,
                 closed: None,
             };
             tokio::spawn(async move { this.serve(stream, peer, drain, guard).await });
@@ -485,171 +467,5 @@ impl Listener {
                 crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain, revoked).await;
             }
         }
-    }
-}
-
-/// Why the config in force refuses an inbound connection to the app on
-/// `port`: a peer without mesh TLS on a STRICT port, or (for opaque TCP,
-/// whose AuthorizationPolicies are applied per connection) a denial.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    PlaintextOnStrict,
-    Denied { policy: Option<String> },
-}
-
-pub fn refusal(
-    cfg: &Config,
-    port: u16,
-    peer: Option<&PeerIdentity>,
-    opaque: bool,
-) -> Option<Refusal> {
-    if peer.is_none() && cfg.snapshot.inbound.mtls.mode_for(port) == MtlsMode::Strict {
-        return Some(Refusal::PlaintextOnStrict);
-    }
-    if !opaque {
-        return None;
-    }
-    let facts = authz::Facts {
-        principal: peer.map(|p| &*p.principal),
-        namespace: peer.map(|p| &*p.namespace),
-        port,
-        http: None,
-    };
-    match authz::evaluate(&cfg.snapshot.inbound.authorization, &facts) {
-        authz::Decision::Allow => None,
-        authz::Decision::Deny { policy } => Some(Refusal::Denied { policy }),
-    }
-}
-
-/// An open inbound connection to the app that a later config may refuse
-/// (it has no mesh TLS, or it is opaque): what to re-check, against what.
-/// Shared by everything that serves the connection, including a tunnel
-/// spliced after an HTTP upgrade.
-pub struct Hold {
-    shared: Arc<Shared>,
-    config: Arc<ArcSwap<Config>>,
-    peer: SocketAddr,
-    port: u16,
-    peer_identity: Option<PeerIdentity>,
-    opaque: bool,
-}
-
-impl Hold {
-    /// Completes, counted and logged, once the config in force refuses
-    /// the connection: checked at once, then at every change of the
-    /// inbound policies.
-    pub async fn revoked(&self) {
-        let r = revoked(self.shared.inbound_changes.subscribe(), || {
-            refusal(
-                &self.config.load(),
-                self.port,
-                self.peer_identity.as_ref(),
-                self.opaque,
-            )
-        })
-        .await;
-        refused(&self.shared, &r, self.peer, self.port, true);
-    }
-}
-
-/// [`Hold::revoked`]; never, for a connection nothing can refuse.
-pub async fn until_revoked(hold: Option<&Hold>) {
-    match hold {
-        Some(h) => h.revoked().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Completes once `refuses` says why: asked at once, then whenever
-/// `changes` announces a change; never completes when it never does.
-/// Asking at once covers any change made before the subscription.
-async fn revoked<T>(
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    refuses: impl Fn() -> Option<T>,
-) -> T {
-    loop {
-        if let Some(why) = refuses() {
-            return why;
-        }
-        if changes.changed().await.is_err() {
-            // The proxy is gone; its drain closes the connection.
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// Counts and logs a refused inbound connection: refused as it was
-/// accepted, or `revoked` by a config applied later.
-fn refused(shared: &Shared, r: &Refusal, peer: SocketAddr, port: u16, revoked: bool) {
-    let direction = Direction::Inbound;
-    let m = &shared.metrics;
-    let action = if revoked {
-        "a new config refuses it; closing"
-    } else {
-        "closing"
-    };
-    let (reason, at_accept) = match r {
-        Refusal::PlaintextOnStrict => (Revocation::PlaintextOnStrict, &m.tcp_plaintext_refused),
-        Refusal::Denied { .. } => (Revocation::Denied, &m.tcp_denied),
-    };
-    if revoked {
-        m.tcp_revoked
-            .get_or_create(&RevokedLabels { direction, reason })
-            .inc();
-    } else {
-        at_accept.get_or_create(&DirectionLabel { direction }).inc();
-    }
-    match r {
-        Refusal::PlaintextOnStrict => {
-            tracing::info!(%peer, port, has_identity = shared.identity.is_some(), "plaintext connection to a STRICT port; {action}");
-        }
-        Refusal::Denied { policy } => {
-            tracing::info!(%peer, port, policy = policy.as_deref().unwrap_or("(no ALLOW policy matches)"), "connection denied by authorization; {action}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn revoked_asks_at_once_then_at_every_change() {
-        let changes = tokio::sync::watch::Sender::new(0u64);
-        // Refusing already (a change made before the subscription): at once.
-        let fut = revoked(changes.subscribe(), || Some("refused"));
-        assert_eq!(fut.await, "refused");
-
-        let refuse = Arc::new(AtomicBool::new(false));
-        let r = refuse.clone();
-        let fut = revoked(changes.subscribe(), move || {
-            r.load(Ordering::SeqCst).then_some("refused")
-        });
-        tokio::pin!(fut);
-        let wait = Duration::from_secs(3600);
-        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
-        // A change that still admits it: still open.
-        changes.send_modify(|g| *g += 1);
-        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
-        // Refusing without a change being announced: not seen yet.
-        refuse.store(true, Ordering::SeqCst);
-        assert!(tokio::time::timeout(wait, &mut fut).await.is_err());
-        refuse.store(false, Ordering::SeqCst);
-        // A change that refuses it.
-        refuse.store(true, Ordering::SeqCst);
-        changes.send_modify(|g| *g += 1);
-        assert_eq!(tokio::time::timeout(wait, &mut fut).await, Ok("refused"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn revoked_never_completes_once_the_proxy_is_gone() {
-        let changes = tokio::sync::watch::Sender::new(0u64);
-        let fut = revoked(changes.subscribe(), || None::<()>);
-        drop(changes);
-        assert!(tokio::time::timeout(Duration::from_secs(3600), fut)
-            .await
-            .is_err());
     }
 }

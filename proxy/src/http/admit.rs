@@ -16,10 +16,10 @@ use http::{HeaderMap, Method, Version};
 use outrigger_api::{HttpSettings, PathNormalization};
 use tower::Service;
 
-use super::error::{ErrorKind, ProxyError};
 use super::headers;
-use super::stack::{always_ready, call, Fut, HttpService, Req};
 use crate::config::Config;
+use crate::svc::{always_ready, call, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError};
 
 /// Why a path is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -463,7 +463,7 @@ mod tests {
 
         fn call(&mut self, req: Req) -> Fut {
             *self.0.lock().unwrap() = Some(req.uri().clone());
-            Box::pin(async { Ok(crate::http::stack::Rsp::new(crate::http::full(""))) })
+            Box::pin(async { Ok(crate::svc::Rsp::new(crate::svc::full(""))) })
         }
     }
 
@@ -474,7 +474,7 @@ mod tests {
         let config = Arc::new(ArcSwap::from_pointee(cfg));
         let request = || {
             http::Request::get("http://bucket.example//a/./b%7e")
-                .body(crate::http::full(""))
+                .body(crate::svc::full(""))
                 .unwrap()
         };
         let seen = Capture::default();

@@ -9,7 +9,7 @@
 //! down to the client, never to the endpoint.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -21,10 +21,9 @@ use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::error::RouteName;
-use super::{Body, BoxError};
 use crate::access_log::AccessLog;
 use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
+use crate::svc::{Body, BodyFault, BoxError, ClientFault, RouteName};
 
 pin_project! {
     pub struct CountedBody<B> {
@@ -70,16 +69,6 @@ where
     }
 }
 
-/// How a client's request body failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientFault {
-    /// The client went away (or reset its stream) before the body ended.
-    Aborted,
-    /// The body broke HTTP framing (a bad chunk size, an HTTP/2 protocol
-    /// error, a length that does not add up).
-    Malformed,
-}
-
 impl ClientFault {
     /// What an error reading the client's body says about the client.
     pub fn of(e: &hyper::Error) -> Self {
@@ -121,25 +110,6 @@ impl ClientFault {
 pub struct ClientBodyError {
     pub fault: ClientFault,
     source: hyper::Error,
-}
-
-/// Whether the client's request body failed, and how (request extension,
-/// shared by every try). Set before the failure reaches the upstream
-/// connection, so an upstream error that follows it can be recognised as
-/// the client's: over HTTP/2 hyper resets the stream and the error it
-/// returns does not carry the body's.
-#[derive(Clone, Debug, Default)]
-pub struct BodyFault(Arc<OnceLock<(ClientFault, String)>>);
-
-impl BodyFault {
-    /// How the body failed, and why, if it did.
-    pub fn get(&self) -> Option<&(ClientFault, String)> {
-        self.0.get()
-    }
-
-    fn set(&self, e: &ClientBodyError) {
-        let _ = self.0.set((e.fault, e.source.to_string()));
-    }
 }
 
 pin_project! {
@@ -185,7 +155,7 @@ impl HttpBody for RequestBody {
                     source,
                 };
                 if let Some(f) = this.fault.as_ref() {
-                    f.set(&e);
+                    f.set(e.fault, e.source.to_string());
                 }
                 Poll::Ready(Some(Err(e)))
             }

@@ -33,8 +33,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::Body;
 use crate::identity::{Alpn, Identity};
+use crate::svc::{Body, ErrorKind, ProxyError};
 use crate::transport;
 use crate::transport::tls::Io;
 use outrigger_identity::SpiffeId;
@@ -588,6 +588,34 @@ async fn sweep(inner: Weak<Inner>) {
     }
 }
 
+impl From<ClientError> for ProxyError {
+    fn from(e: ClientError) -> Self {
+        let kind = match &e {
+            ClientError::Connect { .. } | ClientError::Handshake { .. } => {
+                ErrorKind::ConnectFailure
+            }
+            ClientError::Http { source, .. } if source.is_parse() => ErrorKind::ProtocolError,
+            ClientError::Http { source, .. } if is_refused_stream(source) => {
+                ErrorKind::RefusedStream
+            }
+            ClientError::Http { .. } => ErrorKind::Reset,
+        };
+        ProxyError::new(kind, e.to_string())
+    }
+}
+
+/// Whether an HTTP/2 stream was refused (`REFUSED_STREAM`) by the server.
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
 #[cfg(test)]
 impl Client {
     fn pooled(&self) -> (usize, usize) {
@@ -635,7 +663,7 @@ mod tests {
                 tokio::spawn(async move {
                     let _closed = Closed(ended);
                     let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::svc::full("ok")))
                     });
                     if h2 {
                         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -673,7 +701,7 @@ mod tests {
     fn get() -> Request<Body> {
         Request::get("/")
             .header("host", "x")
-            .body(super::super::full(""))
+            .body(crate::svc::full(""))
             .unwrap()
     }
 
@@ -765,9 +793,7 @@ mod tests {
                             if req.uri().path() == "/slow" {
                                 let _ = held.acquire().await;
                             }
-                            Ok::<_, std::convert::Infallible>(Response::new(super::super::full(
-                                "ok",
-                            )))
+                            Ok::<_, std::convert::Infallible>(Response::new(crate::svc::full("ok")))
                         }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -868,7 +894,7 @@ mod tests {
             }));
         }
         for t in tasks {
-            let err = crate::http::error::ProxyError::from(t.await.unwrap());
+            let err = crate::svc::ProxyError::from(t.await.unwrap());
             assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
         }
         // The failed slot is forgotten by the sweeper.
@@ -985,7 +1011,7 @@ mod tests {
             }
             let err = c.send(addr, None, conn, proto, req).await.unwrap_err();
             assert_eq!(start.elapsed(), Duration::from_millis(250), "{proto:?}");
-            let err = crate::http::error::ProxyError::from(err);
+            let err = crate::svc::ProxyError::from(err);
             assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
         }
     }

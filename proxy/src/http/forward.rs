@@ -14,14 +14,13 @@ use hyper_util::rt::TokioIo;
 use outrigger_identity::SpiffeId;
 use tower::Service;
 
-use super::body::BodyFault;
 use super::client::{Client, ConnSettings, UpstreamProto};
-use super::error::{ProxyError, Served};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
+use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
-use super::stack::{always_ready, Fut, Req, Rsp};
-use crate::listener::{until_revoked, Hold};
 use crate::policy::balance::Chosen;
+use crate::svc::{always_ready, Fut, Req, Rsp};
+use crate::svc::{BodyFault, ProxyError, Served};
 use crate::transport::idle::{Activity, Watched};
 
 /// Where and how one try of a request is sent (request extension).
@@ -79,7 +78,7 @@ impl Service<Req> for Forward {
         Box::pin(async move {
             let Some(up) = req.extensions().get::<Upstream>().cloned() else {
                 return Err(ProxyError::new(
-                    super::error::ErrorKind::NoHealthyUpstream,
+                    crate::svc::ErrorKind::NoHealthyUpstream,
                     "no upstream was chosen for this request",
                 ));
             };

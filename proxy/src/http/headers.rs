@@ -12,9 +12,6 @@ use http::{Method, Version};
 pub static ORIG_PROTO: HeaderName = HeaderName::from_static("outrigger-orig-proto");
 pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
-/// On answers the proxy makes itself: why.
-pub static PROXY_ERROR: HeaderName = HeaderName::from_static("outrigger-proxy-error");
-
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1,
 /// plus the legacy `proxy-connection` and `keep-alive`).
 const HOP_BY_HOP: [HeaderName; 6] = [

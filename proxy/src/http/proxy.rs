@@ -19,20 +19,20 @@ use tower::util::BoxCloneSyncService;
 
 use super::body::{Record, RequestBody, ResponseBody};
 use super::client::{Client, UpstreamProto};
-use super::error::{ErrorKind, Flagged, ProxyError, RouteName, Served};
 use super::forward::Upstream;
 use super::headers::ORIG_PROTO;
-use super::stack::{Req, Rsp};
+use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
 use crate::drain;
 use crate::identity::Identity;
-use crate::listener::{ConnGuard, Hold};
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels, Workload,
 };
 use crate::policy::authz::PeerIdentity;
 use crate::policy::chance::Chance;
+use crate::svc::{ErrorKind, Flagged, ProxyError, RouteName, Served};
+use crate::svc::{Req, Rsp};
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {

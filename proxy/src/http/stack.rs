@@ -1,24 +1,16 @@
 //! The request path as a stack of tower layers, composed in one place and
 //! read top to bottom in the order a request meets them.
-//!
-//! Every layer is a `tower::Service<Request<Body>>` that answers
-//! `Response<Body>` or a [`ProxyError`]; none applies back-pressure through
-//! `poll_ready` (a full pool answers 503 at once, as Envoy does), so each
-//! layer is always ready and its future is boxed.
+//! The layers' shared shape (always ready, boxed future, the proxy's own
+//! error) is in [`crate::svc`].
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
 use outrigger_api::ServiceRef;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 
 use super::admit::Admit;
-use super::error::ProxyError;
 use super::forward::Forward;
-use super::Body;
 use crate::config::Config;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
@@ -26,46 +18,7 @@ use crate::policy::{
     pool::PoolLimit, rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router,
     split::Split, timeout::Timeout,
 };
-
-pub type Req = Request<Body>;
-pub type Rsp = Response<Body>;
-pub type Fut = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send + 'static>>;
-
-/// A layer's inner service: what every layer wraps.
-pub trait HttpService:
-    Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
-{
-}
-
-impl<T> HttpService for T where
-    T: Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
-{
-}
-
-/// The associated types and `poll_ready` every layer shares: always ready,
-/// answering `Response<Body>` or a [`ProxyError`] through a boxed future.
-macro_rules! always_ready {
-    () => {
-        type Response = $crate::http::stack::Rsp;
-        type Error = $crate::http::error::ProxyError;
-        type Future = $crate::http::stack::Fut;
-
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), $crate::http::error::ProxyError>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    };
-}
-pub(crate) use always_ready;
-
-/// Calls an inner service. Every service of the stack is always ready (see
-/// above), so `poll_ready` is not awaited; the concrete future type keeps
-/// the layers' async blocks simple for the compiler.
-pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
-    inner.call(req)
-}
+use crate::svc::HttpService;
 
 /// The outbound path to a service, top to bottom:
 ///

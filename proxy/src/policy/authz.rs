@@ -18,9 +18,9 @@ use outrigger_api::authz::{
 use tower::Service;
 
 use crate::config::Config;
-use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::svc::{always_ready, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError};
 
 /// The peer identity of a request's connection, when mutual TLS gave one
 /// (a request extension set by the inbound side).

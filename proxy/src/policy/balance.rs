@@ -34,9 +34,9 @@ use super::retry::TriedEndpoints;
 use super::route::Backend;
 use crate::config::{EndpointStats, ServiceState};
 use crate::http::client::UpstreamProto;
-use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::svc::{always_ready, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError, Served};
 
 /// The cost of each request in flight to an endpoint nothing has been
 /// measured on yet: above any measured endpoint's, so that an unmeasured

@@ -10,10 +10,10 @@ use tower::Service;
 
 use super::chance::Chance;
 use super::route::Route;
-use crate::http::error::{Flagged, RESPONSE_FLAGS};
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req, Rsp};
-use crate::http::{full, Body};
 use crate::metrics::ResponseFlag;
+use crate::svc::{always_ready, call, Fut, HttpService, Req, Rsp};
+use crate::svc::{full, Body};
+use crate::svc::{Flagged, RESPONSE_FLAGS};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultPolicy {

@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::balance::Chosen;
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
 use crate::metrics::{Metrics, ServiceLabel};
+use crate::svc::{always_ready, Fut, HttpService, Req};
 
 /// The policy, from `trafficPolicy.outlierDetection`.
 #[derive(Clone, Debug, PartialEq, Eq)]

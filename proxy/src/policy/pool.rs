@@ -25,11 +25,11 @@ use tower::Service;
 
 use super::balance::Chosen;
 use crate::http::client::{ConnSettings, UpstreamProto};
-use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, call, Fut, HttpService, Req};
-use crate::http::{Body, BoxError};
 use crate::metrics::{Metrics, ServiceLabel};
+use crate::svc::{always_ready, call, Fut, HttpService, Req};
+use crate::svc::{Body, BoxError};
+use crate::svc::{ErrorKind, ProxyError};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolLimits {

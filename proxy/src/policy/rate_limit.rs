@@ -11,10 +11,10 @@ use tower::Service;
 
 use super::route::Route;
 use crate::config::Config;
-use crate::http::error::{ErrorKind, ProxyError};
 use crate::http::forward::Upstream;
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
 use crate::metrics::Name;
+use crate::svc::{always_ready, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError};
 
 /// Envoy's token bucket: starts full, gains `per_fill` tokens (up to `max`)
 /// at every whole `interval`.

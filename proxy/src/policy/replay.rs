@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::http::{Body, BoxError};
+use crate::svc::{Body, BoxError};
 
 /// Bodies up to this size are kept for replay (DESIGN: 64 KiB).
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;

@@ -22,11 +22,11 @@ use tower::Service;
 use super::chance::Chance;
 use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use super::route::Route;
-use crate::http::error::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEMPT_COUNT};
 use crate::http::headers;
-use crate::http::stack::{always_ready, Fut, HttpService, Req, Rsp};
-use crate::http::Body;
 use crate::metrics::{Metrics, Name, ResponseFlag, ServiceLabel};
+use crate::svc::Body;
+use crate::svc::{always_ready, Fut, HttpService, Req, Rsp};
+use crate::svc::{Attempts, ErrorKind, Flagged, ProxyError, Served, ATTEMPT_COUNT};
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
 pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
@@ -567,7 +567,7 @@ mod tests {
         );
         let mut req = request_on_route(&route("connect-failure", 2));
         *req.method_mut() = Method::POST;
-        *req.body_mut() = crate::http::full("payment #1");
+        *req.body_mut() = crate::svc::full("payment #1");
         let resp = svc.call(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let seen = upstream.seen();
@@ -585,12 +585,12 @@ mod tests {
         );
         let mut req = request_on_route(&route("5xx", 2));
         *req.method_mut() = Method::PUT;
-        *req.body_mut() = crate::http::full(vec![b'x'; MAX_REPLAY_BYTES + 1]);
+        *req.body_mut() = crate::svc::full(vec![b'x'; MAX_REPLAY_BYTES + 1]);
         let resp = svc.call(req).await.unwrap();
         assert_eq!((resp.status().as_u16(), upstream.calls()), (503, 1));
         let mut req = request_on_route(&route("5xx", 2));
         *req.method_mut() = Method::PUT;
-        *req.body_mut() = crate::http::full(vec![b'x'; MAX_REPLAY_BYTES]);
+        *req.body_mut() = crate::svc::full(vec![b'x'; MAX_REPLAY_BYTES]);
         let upstream2 = Scripted::new([Step::Status(503), Step::Status(200)]);
         let mut svc = Retry::new(
             upstream2.clone(),
@@ -703,7 +703,7 @@ mod tests {
         );
         let mut req = request_on_route(&route("5xx", 2));
         let frames = vec![
-            Ok::<_, crate::http::BoxError>(http_body::Frame::data(Bytes::from_static(b"ab"))),
+            Ok::<_, crate::svc::BoxError>(http_body::Frame::data(Bytes::from_static(b"ab"))),
             Ok(http_body::Frame::data(Bytes::from_static(b"cd"))),
         ];
         *req.body_mut() =

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use tower::Service;
 
 use super::route::{MatchedPrefix, Route};
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::svc::{always_ready, Fut, HttpService, Req};
 
 /// Set, add, remove: one side's header operations.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -18,9 +18,9 @@ use super::rate_limit::TokenBucket;
 use super::retry::RetryPolicy;
 use super::rewrite::{HeaderRules, UriRewrite};
 use crate::config::{Config, ServiceState};
-use crate::http::error::{ErrorKind, ProxyError, RouteName};
-use crate::http::stack::{always_ready, Fut, HttpService, Req, Rsp};
 use crate::metrics::Name;
+use crate::svc::{always_ready, Fut, HttpService, Req, Rsp};
+use crate::svc::{ErrorKind, ProxyError, RouteName};
 
 /// Where a route sends a share of its requests: a service and the endpoints
 /// of one subset (or all of them).
@@ -350,7 +350,7 @@ impl<S: HttpService> Service<Req> for Router<S> {
             route: route.label.clone(),
         };
         if let Some((status, body)) = &route.direct {
-            let mut resp = Rsp::new(crate::http::full(body.clone()));
+            let mut resp = Rsp::new(crate::svc::full(body.clone()));
             *resp.status_mut() = *status;
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -12,8 +12,8 @@ use tower::Service;
 
 use super::chance::Chance;
 use super::route::{Backend, Route};
-use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::svc::{always_ready, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError};
 
 /// Picks a backend in proportion to the weights, given a uniform `u` in
 /// `[0, 1)`; zero-weight backends are never picked.

@@ -18,11 +18,11 @@ use super::retry::TriedEndpoints;
 use super::route::{Backend, Route};
 use crate::config::{Config, ServiceState};
 use crate::http::client::UpstreamProto;
-use crate::http::error::{ErrorKind, ProxyError, Served};
 use crate::http::forward::Upstream;
-use crate::http::stack::{Fut, Req, Rsp};
-use crate::http::{full, Body};
 use crate::metrics::Workload;
+use crate::svc::{full, Body};
+use crate::svc::{ErrorKind, ProxyError, Served};
+use crate::svc::{Fut, Req, Rsp};
 
 /// What the scripted upstream does with one request.
 #[derive(Clone, Copy, Debug)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tower::Service;
 
 use super::route::Route;
-use crate::http::error::{ErrorKind, ProxyError};
-use crate::http::stack::{always_ready, Fut, HttpService, Req};
+use crate::svc::{always_ready, Fut, HttpService, Req};
+use crate::svc::{ErrorKind, ProxyError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {

@@ -1,17 +1,82 @@
-//! What the request path returns when it answers a request itself, and what
-//! a request learned on its way down (which route, which endpoint) for the
-//! metrics and the access log.
+//! What every layer of the request path shares, at the bottom of the
+//! proxy's HTTP side: the request, response and body types, the service
+//! shape each layer has (always ready, boxed future), the proxy's own
+//! error with its kinds (status and response flag of each), and the
+//! request and response extensions that carry what a request learned on its
+//! way down (its route, the endpoint that served it, its tries, whether the
+//! client's body failed) back up to the metrics and the access log.
+//!
+//! Every layer is a `tower::Service<Request<Body>>` that answers
+//! `Response<Body>` or a [`ProxyError`]; none applies back-pressure through
+//! `poll_ready` (a full pool answers 503 at once, as Envoy does), so each
+//! layer is always ready and its future is boxed.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode, Version};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use tower::Service;
 
-use super::body::{BodyFault, ClientFault};
-use super::client::ClientError;
-use super::headers::PROXY_ERROR;
-use super::{full, Body};
 use crate::metrics::{Name, ResponseFlag, Workload};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type on the proxy's inside: upstream bodies and local answers alike.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub type Req = Request<Body>;
+pub type Rsp = Response<Body>;
+pub type Fut = Pin<Box<dyn Future<Output = Result<Rsp, ProxyError>> + Send + 'static>>;
+
+/// A layer's inner service: what every layer wraps.
+pub trait HttpService:
+    Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: Service<Req, Response = Rsp, Error = ProxyError, Future = Fut> + Clone + Send + 'static
+{
+}
+
+/// The associated types and `poll_ready` every layer shares: always ready,
+/// answering `Response<Body>` or a [`ProxyError`] through a boxed future.
+macro_rules! always_ready {
+    () => {
+        type Response = $crate::svc::Rsp;
+        type Error = $crate::svc::ProxyError;
+        type Future = $crate::svc::Fut;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), $crate::svc::ProxyError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    };
+}
+pub(crate) use always_ready;
+
+/// Calls an inner service. Every service of the stack is always ready (see
+/// above), so `poll_ready` is not awaited; the concrete future type keeps
+/// the layers' async blocks simple for the compiler.
+pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
+    inner.call(req)
+}
+
+/// On answers the proxy makes itself: why.
+pub static PROXY_ERROR: HeaderName = HeaderName::from_static("outrigger-proxy-error");
 
 /// Why the proxy could not get an answer from an upstream, or refused to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,32 +285,34 @@ impl ProxyError {
     }
 }
 
-impl From<ClientError> for ProxyError {
-    fn from(e: ClientError) -> Self {
-        let kind = match &e {
-            ClientError::Connect { .. } | ClientError::Handshake { .. } => {
-                ErrorKind::ConnectFailure
-            }
-            ClientError::Http { source, .. } if source.is_parse() => ErrorKind::ProtocolError,
-            ClientError::Http { source, .. } if is_refused_stream(source) => {
-                ErrorKind::RefusedStream
-            }
-            ClientError::Http { .. } => ErrorKind::Reset,
-        };
-        ProxyError::new(kind, e.to_string())
-    }
+/// How a client's request body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The client went away (or reset its stream) before the body ended.
+    Aborted,
+    /// The body broke HTTP framing (a bad chunk size, an HTTP/2 protocol
+    /// error, a length that does not add up).
+    Malformed,
 }
 
-/// Whether an HTTP/2 stream was refused (`REFUSED_STREAM`) by the server.
-fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = err.source();
+/// Whether the client's request body failed, and how (request extension,
+/// shared by every try). Set before the failure reaches the upstream
+/// connection, so an upstream error that follows it can be recognised as
+/// the client's: over HTTP/2 hyper resets the stream and the error it
+/// returns does not carry the body's.
+#[derive(Clone, Debug, Default)]
+pub struct BodyFault(Arc<OnceLock<(ClientFault, String)>>);
+
+impl BodyFault {
+    /// How the body failed, and why, if it did.
+    pub fn get(&self) -> Option<&(ClientFault, String)> {
+        self.0.get()
     }
-    false
+
+    /// Records the body's first failure; later ones change nothing.
+    pub fn set(&self, fault: ClientFault, why: String) {
+        let _ = self.0.set((fault, why));
+    }
 }
 
 #[cfg(test)]
