@@ -14,10 +14,10 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
+pub use outrigger_proxy_policy::{budget, chance};
+
 pub mod authz;
 pub mod balance;
-pub mod budget;
-pub mod chance;
 pub mod fault;
 pub mod outlier;
 pub mod pool;
