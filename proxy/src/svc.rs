@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
+use outrigger_identity::SpiffeId;
 use tower::Service;
 
 use crate::metrics::{Name, ResponseFlag, Workload};
@@ -73,6 +74,30 @@ pub(crate) use always_ready;
 /// the layers' async blocks simple for the compiler.
 pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
     inner.call(req)
+}
+
+/// Where and how one try of a request is sent (request extension).
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// For a meshed endpoint: the identity it must prove over mutual TLS
+    /// (used when this proxy has an identity itself).
+    pub tls: Option<Arc<SpiffeId>>,
+    pub proto: UpstreamProto,
+    /// Carrying a request over HTTP/2 to a peer proxy whose app gets HTTP/1.1
+    /// (the client spoke HTTP/1, or the service port says `http`).
+    pub mark_http1: bool,
+    /// Keep an absolute-form request target (a client talking to a forward
+    /// proxy that we pass through to).
+    pub keep_absolute: bool,
+    pub served: Served,
+}
+
+/// The HTTP version a try is sent upstream in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamProto {
+    Http1,
+    Http2,
 }
 
 /// On answers the proxy makes itself: why.

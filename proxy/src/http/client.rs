@@ -34,16 +34,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::identity::{Alpn, Identity};
-use crate::svc::{Body, ErrorKind, ProxyError};
+use crate::svc::{Body, ErrorKind, ProxyError, UpstreamProto};
 use crate::transport;
 use crate::transport::tls::Io;
 use outrigger_identity::SpiffeId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UpstreamProto {
-    Http1,
-    Http2,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -3,7 +3,6 @@
 //! upgrades and CONNECT, over a dedicated HTTP/1 connection that is spliced
 //! to the client once the upstream agrees.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{CONNECTION, UPGRADE};
@@ -11,34 +10,16 @@ use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use outrigger_identity::SpiffeId;
 use tower::Service;
 
-use super::client::{Client, ConnSettings, UpstreamProto};
+use super::client::{Client, ConnSettings};
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
 use crate::policy::balance::Chosen;
 use crate::svc::{always_ready, Fut, Req, Rsp};
-use crate::svc::{BodyFault, ProxyError, Served};
+use crate::svc::{BodyFault, ProxyError, Upstream, UpstreamProto};
 use crate::transport::idle::{Activity, Watched};
-
-/// Where and how one try of a request is sent (request extension).
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    /// For a meshed endpoint: the identity it must prove over mutual TLS
-    /// (used when this proxy has an identity itself).
-    pub tls: Option<Arc<SpiffeId>>,
-    pub proto: UpstreamProto,
-    /// Carrying a request over HTTP/2 to a peer proxy whose app gets HTTP/1.1
-    /// (the client spoke HTTP/1, or the service port says `http`).
-    pub mark_http1: bool,
-    /// Keep an absolute-form request target (a client talking to a forward
-    /// proxy that we pass through to).
-    pub keep_absolute: bool,
-    pub served: Served,
-}
 
 #[derive(Clone)]
 pub struct Forward {

@@ -18,8 +18,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 
 use super::body::{Record, RequestBody, ResponseBody};
-use super::client::{Client, UpstreamProto};
-use super::forward::Upstream;
+use super::client::Client;
 use super::headers::ORIG_PROTO;
 use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
@@ -33,6 +32,7 @@ use crate::policy::authz::PeerIdentity;
 use crate::policy::chance::Chance;
 use crate::svc::{ErrorKind, Flagged, ProxyError, RouteName, Served};
 use crate::svc::{Req, Rsp};
+use crate::svc::{Upstream, UpstreamProto};
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {

@@ -18,7 +18,7 @@ use outrigger_api::authz::{
 use tower::Service;
 
 use crate::config::Config;
-use crate::http::forward::Upstream;
+use crate::svc::Upstream;
 use crate::svc::{always_ready, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
 

@@ -33,10 +33,9 @@ use super::outlier::Availability;
 use super::retry::TriedEndpoints;
 use super::route::Backend;
 use crate::config::{EndpointStats, ServiceState};
-use crate::http::client::UpstreamProto;
-use crate::http::forward::Upstream;
 use crate::svc::{always_ready, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError, Served};
+use crate::svc::{Upstream, UpstreamProto};
 
 /// The cost of each request in flight to an endpoint nothing has been
 /// measured on yet: above any measured endpoint's, so that an unmeasured

@@ -24,12 +24,12 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use super::balance::Chosen;
-use crate::http::client::{ConnSettings, UpstreamProto};
-use crate::http::forward::Upstream;
+use crate::http::client::ConnSettings;
 use crate::metrics::{Metrics, ServiceLabel};
 use crate::svc::{always_ready, call, Fut, HttpService, Req};
 use crate::svc::{Body, BoxError};
 use crate::svc::{ErrorKind, ProxyError};
+use crate::svc::{Upstream, UpstreamProto};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolLimits {

@@ -11,8 +11,8 @@ use tower::Service;
 
 use super::route::Route;
 use crate::config::Config;
-use crate::http::forward::Upstream;
 use crate::metrics::Name;
+use crate::svc::Upstream;
 use crate::svc::{always_ready, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
 

@@ -17,12 +17,11 @@ use super::pool::PoolLimits;
 use super::retry::TriedEndpoints;
 use super::route::{Backend, Route};
 use crate::config::{Config, ServiceState};
-use crate::http::client::UpstreamProto;
-use crate::http::forward::Upstream;
 use crate::metrics::Workload;
 use crate::svc::{full, Body};
 use crate::svc::{ErrorKind, ProxyError, Served};
 use crate::svc::{Fut, Req, Rsp};
+use crate::svc::{Upstream, UpstreamProto};
 
 /// What the scripted upstream does with one request.
 #[derive(Clone, Copy, Debug)]
