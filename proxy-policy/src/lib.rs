@@ -12,6 +12,8 @@
 //! |---|---|
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
+//! | [`rate_limit`] | token buckets, per route and per inbound port |
 
 pub mod budget;
 pub mod chance;
+pub mod rate_limit;

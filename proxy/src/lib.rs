@@ -16,6 +16,7 @@ pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod init;
+pub mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod policy;

@@ -12,11 +12,11 @@ use tower::ServiceBuilder;
 use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
+use crate::layers::rate_limit::RateLimit;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
     authz::Authorize, balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome,
-    pool::PoolLimit, rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router,
-    split::Split, timeout::Timeout,
+    pool::PoolLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split, timeout::Timeout,
 };
 use crate::svc::HttpService;
 

@@ -14,14 +14,13 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
-pub use outrigger_proxy_policy::{budget, chance};
+pub use outrigger_proxy_policy::{budget, chance, rate_limit};
 
 pub mod authz;
 pub mod balance;
 pub mod fault;
 pub mod outlier;
 pub mod pool;
-pub mod rate_limit;
 pub mod replay;
 pub mod retry;
 pub mod rewrite;

@@ -1,0 +1,10 @@
+//! The tower layers of the request path (composed in
+//! [`crate::http::stack`]), each a thin wrapper that reads what it needs
+//! from the request, asks its pure decision in [`crate::policy`] and
+//! answers, passes on or records.
+//!
+//! | layer | decision (pure, tested alone) |
+//! |---|---|
+//! | [`rate_limit::RateLimit`] | [`crate::policy::rate_limit::TokenBucket`] |
+
+pub mod rate_limit;
