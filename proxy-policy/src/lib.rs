@@ -13,7 +13,9 @@
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
 //! | [`rate_limit`] | token buckets, per route and per inbound port |
+//! | [`rewrite`] | header operations, URI and authority rewrite |
 
 pub mod budget;
 pub mod chance;
 pub mod rate_limit;
+pub mod rewrite;

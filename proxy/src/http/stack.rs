@@ -13,10 +13,11 @@ use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
 use crate::layers::rate_limit::RateLimit;
+use crate::layers::rewrite::Rewrite;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
     authz::Authorize, balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome,
-    pool::PoolLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split, timeout::Timeout,
+    pool::PoolLimit, retry::Retry, route::Router, split::Split, timeout::Timeout,
 };
 use crate::svc::HttpService;
 

@@ -6,5 +6,7 @@
 //! | layer | decision (pure, tested alone) |
 //! |---|---|
 //! | [`rate_limit::RateLimit`] | [`crate::policy::rate_limit::TokenBucket`] |
+//! | [`rewrite::Rewrite`] | [`crate::policy::rewrite::HeaderOps`], [`crate::policy::rewrite::UriRewrite`] |
 
 pub mod rate_limit;
+pub mod rewrite;

@@ -14,7 +14,7 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
-pub use outrigger_proxy_policy::{budget, chance, rate_limit};
+pub use outrigger_proxy_policy::{budget, chance, rate_limit, rewrite};
 
 pub mod authz;
 pub mod balance;
@@ -23,7 +23,6 @@ pub mod outlier;
 pub mod pool;
 pub mod replay;
 pub mod retry;
-pub mod rewrite;
 pub mod route;
 pub mod split;
 pub mod timeout;

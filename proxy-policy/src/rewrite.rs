@@ -2,15 +2,9 @@
 //! and authority rewrite (Istio `rewrite`), applied by the rewrite layer
 //! (route-wide) and by the split layer (per destination).
 
-use std::sync::Arc;
-
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use tower::Service;
-
-use super::route::{MatchedPrefix, Route};
-use crate::svc::{always_ready, Fut, HttpService, Req};
 
 /// Set, add, remove: one side's header operations.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -134,54 +128,9 @@ impl UriRewrite {
     }
 }
 
-/// Applies the route's rewrite and header operations to the request, and
-/// its response header operations to the response.
-#[derive(Clone)]
-pub struct Rewrite<S> {
-    inner: S,
-}
-
-impl<S> Rewrite<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S: HttpService> Service<Req> for Rewrite<S> {
-    always_ready!();
-
-    fn call(&mut self, mut req: Req) -> Fut {
-        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return self.inner.call(req);
-        };
-        if route.rewrite.is_none() && route.headers.is_none() {
-            return self.inner.call(req);
-        }
-        if let Some(rw) = &route.rewrite {
-            let prefix = req.extensions().get::<MatchedPrefix>().map(|p| p.0.clone());
-            let (parts, body) = req.into_parts();
-            let mut parts = parts;
-            rw.apply(&mut parts.uri, &mut parts.headers, prefix.as_deref());
-            req = Req::from_parts(parts, body);
-        }
-        if let Some(h) = &route.headers {
-            h.request.apply(req.headers_mut());
-        }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            if let Some(h) = &route.headers {
-                h.response.apply(resp.headers_mut());
-            }
-            Ok(resp)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{request_on_route, route_with, Scripted};
 
     fn rewrite(uri: Option<&str>, authority: Option<&str>) -> UriRewrite {
         UriRewrite::from(&outrigger_api::policy::Rewrite {
@@ -244,29 +193,5 @@ mod tests {
         assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), ["1"]);
         assert_eq!(h.get_all("x-b").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert!(!h.contains_key("x-c"));
-    }
-
-    #[tokio::test]
-    async fn the_layer_changes_the_request_and_the_response() {
-        let upstream = Scripted::ok();
-        let mut svc = Rewrite::new(upstream.clone());
-        let route = route_with(|r| {
-            r.rewrite = Some(rewrite(Some("/new"), None));
-            r.headers = Some(HeaderRules::from(&outrigger_api::policy::Headers {
-                request: Some(outrigger_api::policy::HeaderOperations {
-                    set: [("x-req".to_string(), "yes".to_string())].into(),
-                    ..Default::default()
-                }),
-                response: Some(outrigger_api::policy::HeaderOperations {
-                    set: [("x-resp".to_string(), "yes".to_string())].into(),
-                    ..Default::default()
-                }),
-            }));
-        });
-        let resp = svc.call(request_on_route(&route)).await.unwrap();
-        assert_eq!(resp.headers()["x-resp"], "yes");
-        let seen = upstream.seen();
-        assert_eq!(seen[0].uri.path(), "/new");
-        assert_eq!(seen[0].headers["x-req"], "yes");
     }
 }
