@@ -12,10 +12,12 @@
 //! |---|---|
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
+//! | [`fault`] | fault injection: the delay and abort drawn for a request |
 //! | [`rate_limit`] | token buckets, per route and per inbound port |
 //! | [`rewrite`] | header operations, URI and authority rewrite |
 
 pub mod budget;
 pub mod chance;
+pub mod fault;
 pub mod rate_limit;
 pub mod rewrite;

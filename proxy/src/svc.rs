@@ -76,6 +76,16 @@ pub fn call<S: HttpService>(mut inner: S, req: Req) -> Fut {
     inner.call(req)
 }
 
+/// The HTTP version of a response to a client that spoke `client`: HTTP/2
+/// to HTTP/2, HTTP/1.1 to any HTTP/1.
+pub fn response_version(client: Version) -> Version {
+    if client == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    }
+}
+
 /// Where and how one try of a request is sent (request extension).
 #[derive(Clone, Debug)]
 pub struct Upstream {

@@ -18,7 +18,7 @@ use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
 use crate::policy::balance::Chosen;
 use crate::svc::{always_ready, Fut, Req, Rsp};
-use crate::svc::{BodyFault, ProxyError, Upstream, UpstreamProto};
+use crate::svc::{response_version, BodyFault, ProxyError, Upstream, UpstreamProto};
 use crate::transport::idle::{Activity, Watched};
 
 #[derive(Clone)]
@@ -218,13 +218,5 @@ fn prepare(parts: &mut http::request::Parts, up: &Upstream) {
                 parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
             }
         }
-    }
-}
-
-pub fn response_version(client: Version) -> Version {
-    if client == Version::HTTP_2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
     }
 }

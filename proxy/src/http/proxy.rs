@@ -254,7 +254,7 @@ impl HttpProxy {
                 if let (Some(a), Some(n)) = (record.access.as_mut(), e.attempts) {
                     a.attempts = Some(n);
                 }
-                let resp = e.to_response(super::forward::response_version(client_version));
+                let resp = e.to_response(crate::svc::response_version(client_version));
                 (
                     resp,
                     e.kind.flag(),

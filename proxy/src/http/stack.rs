@@ -12,12 +12,13 @@ use tower::ServiceBuilder;
 use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
+use crate::layers::fault::Fault;
 use crate::layers::rate_limit::RateLimit;
 use crate::layers::rewrite::Rewrite;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
-    authz::Authorize, balance::Balance, chance::Chance, fault::Fault, outlier::RecordOutcome,
-    pool::PoolLimit, retry::Retry, route::Router, split::Split, timeout::Timeout,
+    authz::Authorize, balance::Balance, chance::Chance, outlier::RecordOutcome, pool::PoolLimit,
+    retry::Retry, route::Router, split::Split, timeout::Timeout,
 };
 use crate::svc::HttpService;
 

@@ -5,8 +5,10 @@
 //!
 //! | layer | decision (pure, tested alone) |
 //! |---|---|
+//! | [`fault::Fault`] | [`crate::policy::fault::FaultPolicy::decide`] |
 //! | [`rate_limit::RateLimit`] | [`crate::policy::rate_limit::TokenBucket`] |
 //! | [`rewrite::Rewrite`] | [`crate::policy::rewrite::HeaderOps`], [`crate::policy::rewrite::UriRewrite`] |
 
+pub mod fault;
 pub mod rate_limit;
 pub mod rewrite;

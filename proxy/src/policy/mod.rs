@@ -14,11 +14,10 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
-pub use outrigger_proxy_policy::{budget, chance, rate_limit, rewrite};
+pub use outrigger_proxy_policy::{budget, chance, fault, rate_limit, rewrite};
 
 pub mod authz;
 pub mod balance;
-pub mod fault;
 pub mod outlier;
 pub mod pool;
 pub mod replay;
