@@ -10,12 +10,14 @@
 //!
 //! | module | decision |
 //! |---|---|
+//! | [`authz`] | authorization: Istio's AuthorizationPolicy evaluated on what is known of a request |
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
 //! | [`fault`] | fault injection: the delay and abort drawn for a request |
 //! | [`rate_limit`] | token buckets, per route and per inbound port |
 //! | [`rewrite`] | header operations, URI and authority rewrite |
 
+pub mod authz;
 pub mod budget;
 pub mod chance;
 pub mod fault;

@@ -26,8 +26,8 @@ use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
     unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
 };
-use crate::policy::authz::PeerIdentity;
 use crate::policy::balance::{self, Choice};
+use crate::svc::PeerIdentity;
 use crate::tcp;
 use crate::transport::tls::Io;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};

@@ -110,6 +110,17 @@ pub enum UpstreamProto {
     Http2,
 }
 
+/// The peer identity of a request's connection, when mutual TLS gave one
+/// (a request extension set by the inbound side).
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`: the metric labels' form.
+    pub uri: Arc<str>,
+    /// `<td>/ns/<ns>/sa/<sa>`: the form AuthorizationPolicies use.
+    pub principal: Arc<str>,
+    pub namespace: Arc<str>,
+}
+
 /// On answers the proxy makes itself: why.
 pub static PROXY_ERROR: HeaderName = HeaderName::from_static("outrigger-proxy-error");
 

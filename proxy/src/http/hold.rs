@@ -16,7 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::proxy::Shared;
 use crate::config::Config;
 use crate::metrics::{Direction, DirectionLabel, Revocation, RevokedLabels};
-use crate::policy::authz::{self, PeerIdentity};
+use crate::policy::authz;
+use crate::svc::PeerIdentity;
 
 /// Held for as long as anything still uses an accepted connection (its HTTP
 /// server, an upgraded tunnel spliced from it): releases its slot under

@@ -28,8 +28,8 @@ use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels, Workload,
 };
-use crate::policy::authz::PeerIdentity;
 use crate::policy::chance::Chance;
+use crate::svc::PeerIdentity;
 use crate::svc::{ErrorKind, Flagged, ProxyError, RouteName, Served};
 use crate::svc::{Req, Rsp};
 use crate::svc::{Upstream, UpstreamProto};

@@ -12,13 +12,14 @@ use tower::ServiceBuilder;
 use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
+use crate::layers::authz::Authorize;
 use crate::layers::fault::Fault;
 use crate::layers::rate_limit::RateLimit;
 use crate::layers::rewrite::Rewrite;
 use crate::metrics::{Metrics, Name};
 use crate::policy::{
-    authz::Authorize, balance::Balance, chance::Chance, outlier::RecordOutcome, pool::PoolLimit,
-    retry::Retry, route::Router, split::Split, timeout::Timeout,
+    balance::Balance, chance::Chance, outlier::RecordOutcome, pool::PoolLimit, retry::Retry,
+    route::Router, split::Split, timeout::Timeout,
 };
 use crate::svc::HttpService;
 

@@ -14,9 +14,8 @@
 //! | [`pool::PoolLimit`] | [`pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`outlier::Outlier`]: the ejection state machine |
 
-pub use outrigger_proxy_policy::{budget, chance, fault, rate_limit, rewrite};
+pub use outrigger_proxy_policy::{authz, budget, chance, fault, rate_limit, rewrite};
 
-pub mod authz;
 pub mod balance;
 pub mod outlier;
 pub mod pool;

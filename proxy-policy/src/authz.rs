@@ -9,75 +9,9 @@
 //! never matches in an ALLOW policy, and ignores them in a DENY policy (so
 //! a DENY errs on the side of denying), as Istio does.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use outrigger_api::authz::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationRule, Operation, Source,
 };
-use tower::Service;
-
-use crate::config::Config;
-use crate::svc::Upstream;
-use crate::svc::{always_ready, Fut, HttpService, Req};
-use crate::svc::{ErrorKind, ProxyError};
-
-/// The peer identity of a request's connection, when mutual TLS gave one
-/// (a request extension set by the inbound side).
-#[derive(Clone, Debug)]
-pub struct PeerIdentity {
-    /// `spiffe://<td>/ns/<ns>/sa/<sa>`: the metric labels' form.
-    pub uri: Arc<str>,
-    /// `<td>/ns/<ns>/sa/<sa>`: the form AuthorizationPolicies use.
-    pub principal: Arc<str>,
-    pub namespace: Arc<str>,
-}
-
-/// The inbound layer: evaluates the workload's AuthorizationPolicies on
-/// each request (403 `RBAC` when denied).
-#[derive(Clone)]
-pub struct Authorize<S> {
-    inner: S,
-    config: Arc<ArcSwap<Config>>,
-}
-
-impl<S> Authorize<S> {
-    pub fn new(inner: S, config: Arc<ArcSwap<Config>>) -> Self {
-        Self { inner, config }
-    }
-}
-
-impl<S: HttpService> Service<Req> for Authorize<S> {
-    always_ready!();
-
-    fn call(&mut self, req: Req) -> Fut {
-        let cfg = self.config.load();
-        let policies = &cfg.snapshot.inbound.authorization;
-        if policies.is_empty() {
-            return self.inner.call(req);
-        }
-        let peer = req.extensions().get::<PeerIdentity>();
-        let facts = Facts {
-            principal: peer.map(|p| &*p.principal),
-            namespace: peer.map(|p| &*p.namespace),
-            port: req
-                .extensions()
-                .get::<Upstream>()
-                .map_or(0, |u| u.addr.port()),
-            http: Some((req.method().as_str(), req.uri().path())),
-        };
-        match evaluate(policies, &facts) {
-            Decision::Allow => self.inner.call(req),
-            Decision::Deny { policy } => {
-                let why = match policy {
-                    Some(p) => format!("denied by AuthorizationPolicy {p}"),
-                    None => "no ALLOW AuthorizationPolicy matches".to_string(),
-                };
-                Box::pin(async move { Err(ProxyError::new(ErrorKind::Denied, why)) })
-            }
-        }
-    }
-}
 
 /// What is known of a request or connection when it is authorized.
 #[derive(Clone, Copy, Debug, Default)]
