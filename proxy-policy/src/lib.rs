@@ -13,6 +13,7 @@
 //! | [`authz`] | authorization: Istio's AuthorizationPolicy evaluated on what is known of a request |
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
+//! | [`error`] | the kinds of the proxy's own answers, and their statuses |
 //! | [`fault`] | fault injection: the delay and abort drawn for a request |
 //! | [`rate_limit`] | token buckets, per route and per inbound port |
 //! | [`rewrite`] | header operations, URI and authority rewrite |
@@ -20,6 +21,7 @@
 pub mod authz;
 pub mod budget;
 pub mod chance;
+pub mod error;
 pub mod fault;
 pub mod rate_limit;
 pub mod rewrite;

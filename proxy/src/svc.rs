@@ -15,10 +15,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
 use outrigger_identity::SpiffeId;
 use tower::Service;
@@ -124,46 +123,12 @@ pub struct PeerIdentity {
 /// On answers the proxy makes itself: why.
 pub static PROXY_ERROR: HeaderName = HeaderName::from_static("outrigger-proxy-error");
 
-/// Why the proxy could not get an answer from an upstream, or refused to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// No route matches, or the target is gone from the config (404 `NR`).
-    NoRoute,
-    /// Nothing to send to: no endpoints, or all ejected (503 `UH`).
-    NoHealthyUpstream,
-    /// Connection-pool limits full (503 `UO`).
-    Overflow,
-    /// The route or per-try timeout passed (504 `UT`).
-    Timeout,
-    /// A local rate limit refused it (429 `RL`); retry after this long.
-    RateLimited { retry_after: Duration },
-    /// Connecting to the endpoint failed (502 `UF`): the request never left.
-    ConnectFailure,
-    /// HTTP/2 `REFUSED_STREAM` (502 `UC`): the upstream did not process it.
-    RefusedStream,
-    /// Connection or stream closed before a response head (502 `UC`).
-    Reset,
-    /// The upstream broke the protocol (502 `UPE`).
-    ProtocolError,
-    /// A request form the proxy does not handle (501 `NR`).
-    NotImplemented,
-    /// An AuthorizationPolicy denied it (403 `RBAC`).
-    Denied,
-    /// The request itself is malformed or not acceptable as sent: a path
-    /// that cannot be normalized, a request body that broke HTTP framing
-    /// (400 `DPE`).
-    BadRequest,
-    /// An `Upgrade` (or `CONNECT`) the settings do not allow (403, no flag,
-    /// as Envoy answers an upgrade it has no config for).
-    UpgradeRefused,
-    /// The client went away before its request body ended (400 `DC`): the
-    /// client's doing, not the upstream's.
-    ClientAborted,
-}
+pub use outrigger_proxy_policy::error::ErrorKind;
 
-impl ErrorKind {
-    pub fn flag(self) -> ResponseFlag {
-        match self {
+/// The response flag of an error kind (`UH`, `UF`, …).
+impl From<ErrorKind> for ResponseFlag {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
             ErrorKind::NoRoute | ErrorKind::NotImplemented => ResponseFlag::NoRoute,
             ErrorKind::NoHealthyUpstream => ResponseFlag::NoHealthyUpstream,
             ErrorKind::Overflow => ResponseFlag::UpstreamOverflow,
@@ -179,47 +144,6 @@ impl ErrorKind {
             ErrorKind::UpgradeRefused => ResponseFlag::None,
             ErrorKind::ClientAborted => ResponseFlag::DownstreamConnectionTermination,
         }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
-            ErrorKind::NoHealthyUpstream | ErrorKind::Overflow => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Denied | ErrorKind::UpgradeRefused => StatusCode::FORBIDDEN,
-            ErrorKind::BadRequest | ErrorKind::ClientAborted => StatusCode::BAD_REQUEST,
-            ErrorKind::ConnectFailure
-            | ErrorKind::RefusedStream
-            | ErrorKind::Reset
-            | ErrorKind::ProtocolError => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    /// A failure of the endpoint itself (what outlier detection and the
-    /// balancer hold against it), as opposed to a refusal by the proxy.
-    pub fn is_endpoint_failure(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::ConnectFailure
-                | ErrorKind::RefusedStream
-                | ErrorKind::Reset
-                | ErrorKind::ProtocolError
-                | ErrorKind::Timeout
-        )
-    }
-
-    /// The client's fault: it says nothing about the endpoint (no outlier
-    /// outcome, no latency sample, no retry).
-    pub fn is_client_fault(self) -> bool {
-        matches!(self, ErrorKind::ClientAborted | ErrorKind::BadRequest)
-    }
-
-    /// The request provably never reached the upstream application, so even
-    /// a non-idempotent request may be sent again.
-    pub fn never_sent(self) -> bool {
-        matches!(self, ErrorKind::ConnectFailure | ErrorKind::RefusedStream)
     }
 }
 
@@ -267,7 +191,12 @@ pub struct ProxyError {
 
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind.flag().as_str())
+        write!(
+            f,
+            "{} ({})",
+            self.message,
+            ResponseFlag::from(self.kind).as_str()
+        )
     }
 }
 
@@ -317,7 +246,7 @@ impl ProxyError {
         }
         h.insert(
             RESPONSE_FLAGS,
-            HeaderValue::from_static(self.kind.flag().as_str()),
+            HeaderValue::from_static(ResponseFlag::from(self.kind).as_str()),
         );
         if let ErrorKind::RateLimited { retry_after } = self.kind {
             // Whole seconds, rounded up: never invite a retry too early.
@@ -364,6 +293,7 @@ impl BodyFault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_kind_has_its_status_and_flag() {
@@ -391,7 +321,7 @@ mod tests {
         ];
         for (kind, status, flag) in cases {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
-            assert_eq!(kind.flag().as_str(), flag, "{kind:?}");
+            assert_eq!(ResponseFlag::from(kind).as_str(), flag, "{kind:?}");
         }
     }
 

@@ -889,7 +889,10 @@ mod tests {
         }
         for t in tasks {
             let err = crate::svc::ProxyError::from(t.await.unwrap());
-            assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
+            assert_eq!(
+                ResponseFlag::from(err.kind),
+                ResponseFlag::UpstreamConnectFailure
+            );
         }
         // The failed slot is forgotten by the sweeper.
         until(|| c.pooled().1 == 0).await;
@@ -1006,7 +1009,10 @@ mod tests {
             let err = c.send(addr, None, conn, proto, req).await.unwrap_err();
             assert_eq!(start.elapsed(), Duration::from_millis(250), "{proto:?}");
             let err = crate::svc::ProxyError::from(err);
-            assert_eq!(err.kind.flag(), ResponseFlag::UpstreamConnectFailure);
+            assert_eq!(
+                ResponseFlag::from(err.kind),
+                ResponseFlag::UpstreamConnectFailure
+            );
         }
     }
 }

@@ -257,7 +257,7 @@ impl HttpProxy {
                 let resp = e.to_response(crate::svc::response_version(client_version));
                 (
                     resp,
-                    e.kind.flag(),
+                    ResponseFlag::from(e.kind),
                     e.served.map(|s| *s),
                     e.route.map(|r| *r),
                 )
