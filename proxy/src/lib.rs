@@ -9,7 +9,6 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
-pub mod config;
 pub mod control;
 pub mod detect;
 pub mod drain;
@@ -19,10 +18,15 @@ pub mod init;
 pub mod layers;
 pub mod listener;
 pub mod metrics;
-pub mod policy;
 pub mod probe;
 pub mod svc;
 pub mod tcp;
 pub mod transport;
+
+/// The proxy's decisions and the config tables they read, in their own
+/// crate: no I/O, tested alone.
+pub use outrigger_proxy_policy as policy;
+/// The config in force (see [`policy::config`]).
+pub use outrigger_proxy_policy::config;
 
 pub use app::{Applier, Drained, Options, Proxy, StartError};

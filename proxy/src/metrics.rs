@@ -12,16 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::detect::Protocol;
-
-/// A shared label value, cheap to clone (names from the snapshot).
-pub type Name = Arc<str>;
-
-static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Arc::from("unknown"));
-
-/// The label value for what the proxy cannot know (shared, not allocated).
-pub fn unknown() -> Name {
-    UNKNOWN.clone()
-}
+pub use crate::policy::workload::{unknown, Name, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -184,25 +175,6 @@ pub struct TrafficLabels {
     pub destination_principal: Name,
     pub destination_service: Name,
     pub connection_security_policy: SecurityPolicy,
-}
-
-/// One end of a hop, as the metrics name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Workload {
-    pub workload: Name,
-    pub namespace: Name,
-    pub principal: Name,
-}
-
-impl Workload {
-    /// A peer the proxy cannot identify (yet: without mTLS, every inbound client).
-    pub fn unknown() -> Self {
-        Self {
-            workload: unknown(),
-            namespace: unknown(),
-            principal: unknown(),
-        }
-    }
 }
 
 impl TrafficLabels {

@@ -34,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::identity::{Alpn, Identity};
+use crate::policy::pool::ConnSettings;
 use crate::svc::{Body, ErrorKind, ProxyError, UpstreamProto};
 use crate::transport;
 use crate::transport::tls::Io;
@@ -60,27 +61,6 @@ pub enum ClientError {
 
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
-
-/// Connection settings of one destination (DestinationRule
-/// `connectionPool`); unset fields fall back to the client's own.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnSettings {
-    /// Instead of the client's connect timeout (`tcp.connectTimeout`).
-    pub connect_timeout: Option<Duration>,
-    /// Instead of the client's idle timeout (`http.idleTimeout`); zero:
-    /// never closed for idleness.
-    pub idle_timeout: Option<Duration>,
-    /// Requests one connection carries before it is retired
-    /// (`http.maxRequestsPerConnection`); 0: no limit.
-    pub max_requests_per_connection: u32,
-}
-
-impl ConnSettings {
-    /// Whether a connection that has carried `sent` requests takes another.
-    fn reusable(&self, sent: u32) -> bool {
-        self.max_requests_per_connection == 0 || sent < self.max_requests_per_connection
-    }
-}
 
 /// A pooled destination: the endpoint's address, for a meshed endpoint
 /// reached over mutual TLS the identity it must prove, and the settings

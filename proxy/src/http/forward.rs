@@ -12,11 +12,12 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
-use super::client::{Client, ConnSettings};
+use super::client::Client;
 use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
 use crate::policy::balance::Chosen;
+use crate::policy::pool::ConnSettings;
 use crate::svc::{always_ready, Fut, Req, Rsp};
 use crate::svc::{response_version, BodyFault, ProxyError, Upstream, UpstreamProto};
 use crate::transport::idle::{Activity, Watched};

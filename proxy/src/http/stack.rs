@@ -12,15 +12,13 @@ use tower::ServiceBuilder;
 use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
-use crate::layers::authz::Authorize;
-use crate::layers::fault::Fault;
-use crate::layers::rate_limit::RateLimit;
-use crate::layers::rewrite::Rewrite;
-use crate::metrics::{Metrics, Name};
-use crate::policy::{
-    balance::Balance, chance::Chance, outlier::RecordOutcome, pool::PoolLimit, retry::Retry,
-    route::Router, split::Split, timeout::Timeout,
+use crate::layers::{
+    authz::Authorize, balance::Balance, fault::Fault, outlier::RecordOutcome, pool::PoolLimit,
+    rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split,
+    timeout::Timeout,
 };
+use crate::metrics::{Metrics, Name};
+use crate::policy::chance::Chance;
 use crate::svc::HttpService;
 
 /// The outbound path to a service, top to bottom:

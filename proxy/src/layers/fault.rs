@@ -95,8 +95,8 @@ impl<S: HttpService> Service<Req> for Fault<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::{request_on_route, route_with, Scripted};
     use crate::policy::fault::FaultPolicy;
-    use crate::policy::testing::{request_on_route, route_with, Scripted};
     use std::time::Duration;
 
     fn policy(delay: Option<(u64, f64)>, abort: Option<(Abort, f64)>) -> FaultPolicy {

@@ -56,8 +56,8 @@ impl<S: HttpService> Service<Req> for Rewrite<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::{request_on_route, route_with, Scripted};
     use crate::policy::rewrite::{HeaderRules, UriRewrite};
-    use crate::policy::testing::{request_on_route, route_with, Scripted};
 
     fn rewrite(uri: Option<&str>, authority: Option<&str>) -> UriRewrite {
         UriRewrite::from(&outrigger_api::policy::Rewrite {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower::Service;
 
-use super::route::Route;
+use crate::policy::route::Route;
 use crate::svc::{always_ready, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
 
@@ -72,7 +72,7 @@ impl<S: HttpService> Service<Req> for Timeout<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{request_on_route, route_with, Scripted, Step};
+    use crate::layers::testing::{request_on_route, route_with, Scripted, Step};
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_answer_times_out_at_exactly_the_limit() {

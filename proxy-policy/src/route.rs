@@ -1,26 +1,21 @@
 //! Routes (Istio `VirtualService.http[]`): matching a request to the first
-//! route of its service whose match blocks accept it, and the route layer
-//! that does so for every request against the config in force.
+//! route of its service whose match blocks accept it ([`select`]), and
+//! where each route sends its requests ([`Backend`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, Method, Uri};
 use outrigger_api::policy::{HttpMatch, HttpRoute, StringMatch};
-use outrigger_api::ServiceRef;
 use regex::Regex;
-use tower::Service;
 
-use super::fault::FaultPolicy;
-use super::rate_limit::TokenBucket;
-use super::retry::RetryPolicy;
-use super::rewrite::{HeaderRules, UriRewrite};
-use crate::config::{Config, ServiceState};
-use crate::metrics::Name;
-use crate::svc::{always_ready, Fut, HttpService, Req, Rsp};
-use crate::svc::{ErrorKind, ProxyError, RouteName};
+use crate::config::ServiceState;
+use crate::fault::FaultPolicy;
+use crate::rate_limit::TokenBucket;
+use crate::retry::RetryPolicy;
+use crate::rewrite::{HeaderRules, UriRewrite};
+use crate::workload::Name;
 
 /// Where a route sends a share of its requests: a service and the endpoints
 /// of one subset (or all of them).
@@ -291,97 +286,11 @@ impl Match {
     }
 }
 
-/// The route layer: finds the request's route in the config in force now
-/// (so a new snapshot applies to the next request, even on an open
-/// connection) and hands the request on with the route attached.
-#[derive(Clone)]
-pub struct Router<S> {
-    inner: S,
-    config: Arc<ArcSwap<Config>>,
-    target: Arc<ServiceRef>,
-}
-
-impl<S> Router<S> {
-    pub fn new(inner: S, config: Arc<ArcSwap<Config>>, target: ServiceRef) -> Self {
-        Self {
-            inner,
-            config,
-            target: Arc::new(target),
-        }
-    }
-}
-
-impl<S: HttpService> Service<Req> for Router<S> {
-    always_ready!();
-
-    fn call(&mut self, mut req: Req) -> Fut {
-        let cfg = self.config.load();
-        let t = &self.target;
-        let Some(routes) = cfg.routes(t) else {
-            let e = ProxyError::new(
-                ErrorKind::NoRoute,
-                format!(
-                    "service {}.{}:{} is no longer in the configuration",
-                    t.name, t.namespace, t.port
-                ),
-            );
-            return Box::pin(async move { Err(e) });
-        };
-        let view = RequestView {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-        };
-        let Some((route, prefix)) = select(routes, &view) else {
-            let e = ProxyError::new(
-                ErrorKind::NoRoute,
-                format!(
-                    "no route of {}.{} matches {} {}",
-                    t.name,
-                    t.namespace,
-                    req.method(),
-                    req.uri().path()
-                ),
-            );
-            return Box::pin(async move { Err(e) });
-        };
-        let name = RouteName {
-            service: route.service.clone(),
-            route: route.label.clone(),
-        };
-        if let Some((status, body)) = &route.direct {
-            let mut resp = Rsp::new(crate::svc::full(body.clone()));
-            *resp.status_mut() = *status;
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            resp.extensions_mut().insert(name);
-            return Box::pin(async move { Ok(resp) });
-        }
-        req.extensions_mut().insert(route.clone());
-        if let Some(p) = prefix {
-            req.extensions_mut().insert(MatchedPrefix(p));
-        }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(mut resp) => {
-                    resp.extensions_mut().insert(name);
-                    Ok(resp)
-                }
-                Err(mut e) => {
-                    e.route = Some(Box::new(name));
-                    Err(e)
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use outrigger_api::ServiceRef;
 
     fn routes(yaml: &str) -> Vec<Arc<Route>> {
         let snap = outrigger_api::Snapshot::from_yaml(&format!(

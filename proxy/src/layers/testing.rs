@@ -1,5 +1,6 @@
 //! Test doubles for the layers: a scripted inner service that records what
-//! reached it, and routes and backends built from small snapshots.
+//! reached it, and requests already routed or sent to an endpoint; the
+//! tables they run on come from the policy crate's `testing`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,19 +10,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
-use outrigger_api::{ServiceRef, Snapshot};
 use tower::Service;
 
-use super::balance::Chosen;
-use super::pool::PoolLimits;
-use super::retry::TriedEndpoints;
-use super::route::{Backend, Route};
-use crate::config::{Config, ServiceState};
+use crate::config::ServiceState;
 use crate::metrics::Workload;
-use crate::svc::{full, Body};
-use crate::svc::{ErrorKind, ProxyError, Served};
-use crate::svc::{Fut, Req, Rsp};
-use crate::svc::{Upstream, UpstreamProto};
+use crate::policy::balance::Chosen;
+use crate::policy::pool::PoolLimits;
+use crate::policy::retry::TriedEndpoints;
+use crate::policy::route::{Backend, Route};
+pub use crate::policy::testing::{backend_named, config, eject, route_with, service_ref};
+use crate::svc::{
+    full, Body, ErrorKind, Fut, ProxyError, Req, Rsp, Served, Upstream, UpstreamProto,
+};
 
 /// What the scripted upstream does with one request.
 #[derive(Clone, Copy, Debug)]
@@ -157,50 +157,6 @@ impl Service<Req> for Scripted {
             Ok(resp)
         })
     }
-}
-
-/// A config with service `name.shop:80` and `endpoints` endpoints at
-/// 10.0.<k>.<i+1>:80, with `policy` YAML appended to the service.
-pub fn config(services: &[(&str, usize, &str)]) -> Config {
-    let mut yaml = String::from("version: '1'\nservices:\n");
-    for (k, (name, n, policy)) in services.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  - name: {name}\n    namespace: shop\n    ports: [80]\n    endpoints:\n"
-        ));
-        for i in 0..*n {
-            yaml.push_str(&format!(
-                "      - {{ address: \"10.0.{k}.{}:80\", labels: {{ version: v{} }} }}\n",
-                i + 1,
-                i % 2 + 1
-            ));
-        }
-        for line in policy.lines() {
-            yaml.push_str(&format!("    {line}\n"));
-        }
-    }
-    Config::try_from(Snapshot::from_yaml(&yaml).expect("test yaml")).expect("test snapshot")
-}
-
-pub fn service_ref(name: &str) -> ServiceRef {
-    ServiceRef {
-        name: name.into(),
-        namespace: "shop".into(),
-        port: 80,
-    }
-}
-
-/// The default route of a one-endpoint `web.shop`, changed by `edit`.
-pub fn route_with(edit: impl FnOnce(&mut Route)) -> Arc<Route> {
-    let cfg = config(&[("web", 1, "")]);
-    let mut route = (*cfg.routes(&service_ref("web")).unwrap()[0]).clone();
-    edit(&mut route);
-    Arc::new(route)
-}
-
-/// A backend for all endpoints of a one-endpoint service `name.shop`.
-pub fn backend_named(name: &str) -> Backend {
-    let cfg = config(&[(name, 1, "")]);
-    Backend::whole(cfg.service(&service_ref(name)).unwrap())
 }
 
 /// `GET /` on `route`.

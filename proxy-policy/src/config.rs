@@ -8,17 +8,17 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrigger_api::spiffe::SpiffeId;
 use outrigger_api::{ServiceProtocol, ServiceRef, Snapshot, ValidationErrors};
-use outrigger_identity::SpiffeId;
 use tokio::time::Instant;
 
-use crate::metrics::{unknown, Name, Workload};
-use crate::policy::balance::{LbPolicy, Load};
-use crate::policy::budget::RetryBudget;
-use crate::policy::outlier::{Detector, OutlierPolicy};
-use crate::policy::pool::{Pool, PoolLimits};
-use crate::policy::rate_limit::{PortLimits, TokenBucket};
-use crate::policy::route::{Backend, Route};
+use crate::balance::{LbPolicy, Load};
+use crate::budget::RetryBudget;
+use crate::outlier::{Detector, OutlierPolicy};
+use crate::pool::{Pool, PoolLimits};
+use crate::rate_limit::{PortLimits, TokenBucket};
+use crate::route::{Backend, Route};
+use crate::workload::{unknown, Name, Workload};
 
 pub struct Config {
     pub snapshot: Arc<Snapshot>,
