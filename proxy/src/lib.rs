@@ -12,6 +12,7 @@ pub mod app;
 pub mod control;
 pub mod detect;
 pub mod drain;
+pub mod headers;
 pub mod http;
 pub mod identity;
 pub mod init;

@@ -13,9 +13,9 @@ use hyper_util::rt::TokioIo;
 use tower::Service;
 
 use super::client::Client;
-use super::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
+use crate::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::policy::balance::Chosen;
 use crate::policy::pool::ConnSettings;
 use crate::svc::{always_ready, Fut, Req, Rsp};

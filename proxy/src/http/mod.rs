@@ -1,11 +1,10 @@
-//! HTTP proxying: serving detected connections, header rules, the upstream
-//! pool, metered bodies and the request handler itself.
+//! HTTP proxying: serving detected connections, the request handler and
+//! the stack it calls, forwarding to the upstream pool, metered bodies, and
+//! the hold an accepted connection keeps on the proxy.
 
-pub mod admit;
 pub mod body;
 pub mod client;
 pub mod forward;
-pub mod headers;
 pub mod hold;
 pub mod proxy;
 pub mod server;

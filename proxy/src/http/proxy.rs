@@ -19,10 +19,10 @@ use tower::util::BoxCloneSyncService;
 
 use super::body::{Record, RequestBody, ResponseBody};
 use super::client::Client;
-use super::headers::ORIG_PROTO;
 use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
 use crate::drain;
+use crate::headers::ORIG_PROTO;
 use crate::identity::Identity;
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,

@@ -9,9 +9,9 @@ use arc_swap::ArcSwap;
 use outrigger_api::ServiceRef;
 use tower::ServiceBuilder;
 
-use super::admit::Admit;
 use super::forward::Forward;
 use crate::config::Config;
+use crate::layers::admit::Admit;
 use crate::layers::{
     authz::Authorize, balance::Balance, fault::Fault, outlier::RecordOutcome, pool::PoolLimit,
     rate_limit::RateLimit, retry::Retry, rewrite::Rewrite, route::Router, split::Split,

@@ -18,6 +18,7 @@
 //! | [`pool::PoolLimit`] | [`crate::policy::pool::Pool::admit`] |
 //! | [`outlier::RecordOutcome`] | [`crate::policy::outlier::Outlier`]: the ejection state machine |
 
+pub mod admit;
 pub mod authz;
 pub mod balance;
 pub mod fault;

@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tower::Service;
 
 use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
-use crate::http::headers;
+use crate::headers;
 use crate::metrics::{Metrics, Name, ResponseFlag, ServiceLabel};
 use crate::policy::chance::Chance;
 #[cfg(doc)]

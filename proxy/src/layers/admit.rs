@@ -16,8 +16,8 @@ use http::{HeaderMap, Method, Version};
 use outrigger_api::{HttpSettings, PathNormalization};
 use tower::Service;
 
-use super::headers;
 use crate::config::Config;
+use crate::headers;
 use crate::svc::{always_ready, call, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
 
