@@ -3,7 +3,19 @@
 //! Read [`listener`] first: it is the path of every accepted connection, from
 //! the socket to HTTP ([`http`]) or opaque TCP ([`tcp`]). [`app`] binds and
 //! drains; [`config`] turns a snapshot into lookup tables; [`admin`] serves
-//! the operator's endpoints (and kubelet's app probes, [`probe`]); [`control`] follows the control plane's stream.
+//! the operator's endpoints (and kubelet's app probes, [`probe`]);
+//! [`control`] follows the control plane's stream.
+//!
+//! The modules form layers, and a module names only its own layer or those
+//! below it (`.ci/deps` checks this):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | edges | [`app`], [`listener`], [`admin`], [`control`], [`probe`], [`init`] |
+//! | HTTP and TCP | [`http`] (server, request handler, the stack of layers in [`http::stack`], upstream client, forwarding), [`tcp`], [`identity`] |
+//! | layers | [`layers`]: the tower layers, each a thin wrapper over one decision |
+//! | shared | [`svc`] (request, response, body and error types, request extensions), [`metrics`], [`access_log`], [`headers`], [`detect`], [`drain`], [`transport`] |
+//! | decisions | [`policy`] (the `outrigger-proxy-policy` crate) and [`config`], its tables |
 #![forbid(unsafe_code)]
 
 pub mod access_log;
