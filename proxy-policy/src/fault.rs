@@ -66,13 +66,7 @@ impl FaultPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(delay: Option<(u64, f64)>, abort: Option<(Abort, f64)>) -> FaultPolicy {
-        FaultPolicy {
-            delay: delay.map(|(ms, p)| (Duration::from_millis(ms), p)),
-            abort,
-        }
-    }
+    use crate::testing::fault_policy as policy;
 
     #[test]
     fn percentages_are_drawn_independently() {

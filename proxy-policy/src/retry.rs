@@ -123,15 +123,7 @@ pub struct TriedEndpoints(pub Vec<SocketAddr>);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(on: &str, attempts: u32) -> RetryPolicy {
-        RetryPolicy::from(&outrigger_api::policy::Retries {
-            attempts,
-            per_try_timeout: None,
-            retry_on: Some(on.into()),
-            retry_non_idempotent: false,
-        })
-    }
+    use crate::testing::retry_policy as policy;
 
     fn resp(status: u16) -> TryOutcome {
         TryOutcome::Response { status, grpc: None }

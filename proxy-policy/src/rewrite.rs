@@ -131,13 +131,7 @@ impl UriRewrite {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rewrite(uri: Option<&str>, authority: Option<&str>) -> UriRewrite {
-        UriRewrite::from(&outrigger_api::policy::Rewrite {
-            uri: uri.map(Into::into),
-            authority: authority.map(Into::into),
-        })
-    }
+    use crate::testing::uri_rewrite as rewrite;
 
     fn rewritten(rw: &UriRewrite, uri: &str, prefix: Option<&str>) -> (String, Option<String>) {
         let mut u: Uri = uri.parse().unwrap();

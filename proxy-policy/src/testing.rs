@@ -9,7 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use crate::config::{Config, ServiceState};
+use crate::fault::{Abort, FaultPolicy};
 use crate::outlier::{Outcome, OutlierPolicy, Transition};
+use crate::retry::RetryPolicy;
+use crate::rewrite::UriRewrite;
 use crate::route::{Backend, Route};
 
 /// A config with service `name.shop:80` and `endpoints` endpoints at
@@ -77,4 +80,30 @@ pub fn eject(svc: &ServiceState, i: usize) {
         Gauge::default,
     );
     assert!(matches!(t, Transition::Ejected { .. }), "{t:?}");
+}
+
+/// A retry policy: `attempts` retries on `on` (Istio `retryOn`).
+pub fn retry_policy(on: &str, attempts: u32) -> RetryPolicy {
+    RetryPolicy::from(&outrigger_api::policy::Retries {
+        attempts,
+        per_try_timeout: None,
+        retry_on: Some(on.into()),
+        retry_non_idempotent: false,
+    })
+}
+
+/// A fault policy: a delay of `ms` for a share, an abort for a share.
+pub fn fault_policy(delay: Option<(u64, f64)>, abort: Option<(Abort, f64)>) -> FaultPolicy {
+    FaultPolicy {
+        delay: delay.map(|(ms, p)| (Duration::from_millis(ms), p)),
+        abort,
+    }
+}
+
+/// A URI and authority rewrite.
+pub fn uri_rewrite(uri: Option<&str>, authority: Option<&str>) -> UriRewrite {
+    UriRewrite::from(&outrigger_api::policy::Rewrite {
+        uri: uri.map(Into::into),
+        authority: authority.map(Into::into),
+    })
 }

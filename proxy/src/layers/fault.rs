@@ -95,16 +95,9 @@ impl<S: HttpService> Service<Req> for Fault<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::fault_policy as policy;
     use crate::layers::testing::{request_on_route, route_with, Scripted};
-    use crate::policy::fault::FaultPolicy;
     use std::time::Duration;
-
-    fn policy(delay: Option<(u64, f64)>, abort: Option<(Abort, f64)>) -> FaultPolicy {
-        FaultPolicy {
-            delay: delay.map(|(ms, p)| (Duration::from_millis(ms), p)),
-            abort,
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_delay_holds_the_request_then_flags_the_response() {

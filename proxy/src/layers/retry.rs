@@ -255,21 +255,13 @@ fn try_outcome(result: &Result<Rsp, ProxyError>) -> TryOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::retry_policy as policy;
     use crate::layers::testing::{request_on_route, route_with, Scripted, Step};
-    use crate::policy::retry::{RetryPolicy, BACKOFF_BASE};
+    use crate::policy::retry::BACKOFF_BASE;
     use crate::svc::ErrorKind;
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use std::time::Duration;
-
-    fn policy(on: &str, attempts: u32) -> RetryPolicy {
-        RetryPolicy::from(&outrigger_api::policy::Retries {
-            attempts,
-            per_try_timeout: None,
-            retry_on: Some(on.into()),
-            retry_non_idempotent: false,
-        })
-    }
 
     fn route(on: &str, attempts: u32) -> Arc<Route> {
         route_with(|r| r.retry = policy(on, attempts))

@@ -56,15 +56,9 @@ impl<S: HttpService> Service<Req> for Rewrite<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::uri_rewrite as rewrite;
     use crate::layers::testing::{request_on_route, route_with, Scripted};
-    use crate::policy::rewrite::{HeaderRules, UriRewrite};
-
-    fn rewrite(uri: Option<&str>, authority: Option<&str>) -> UriRewrite {
-        UriRewrite::from(&outrigger_api::policy::Rewrite {
-            uri: uri.map(Into::into),
-            authority: authority.map(Into::into),
-        })
-    }
+    use crate::policy::rewrite::HeaderRules;
 
     #[tokio::test]
     async fn the_layer_changes_the_request_and_the_response() {

@@ -18,7 +18,9 @@ use crate::policy::balance::Chosen;
 use crate::policy::pool::PoolLimits;
 use crate::policy::retry::TriedEndpoints;
 use crate::policy::route::{Backend, Route};
-pub use crate::policy::testing::{backend_named, config, eject, route_with, service_ref};
+pub use crate::policy::testing::{
+    backend_named, config, eject, fault_policy, retry_policy, route_with, service_ref, uri_rewrite,
+};
 use crate::svc::{
     full, Body, ErrorKind, Fut, ProxyError, Req, Rsp, Served, Upstream, UpstreamProto,
 };
