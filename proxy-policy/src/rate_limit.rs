@@ -1,6 +1,6 @@
 //! Local rate limiting: a token bucket per route (outbound) or per inbound
-//! app port. A request takes one token; without one it waits for the next
-//! fill, and the bucket says how long that is (the `Retry-After` of the
+//! app port. A request takes one token; without one it is refused, and the
+//! bucket says how long until the next fill (the `Retry-After` of the
 //! proxy's 429).
 
 use std::sync::{Arc, Mutex};
