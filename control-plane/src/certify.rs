@@ -18,6 +18,7 @@ use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::sign::CertifiedKey;
 
 use crate::authn::{Authenticate, AuthnError};
+use outrigger_runtime::drain;
 
 /// Workload certificate lifetime unless configured.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -187,7 +188,7 @@ impl Certifier {
         self: &Arc<Self>,
         own: SpiffeId,
         alpn: &[&[u8]],
-        stop: tokio::sync::watch::Receiver<bool>,
+        stop: drain::Watch,
     ) -> Result<rustls::ServerConfig, outrigger_identity::Error> {
         let cert = Arc::new(CurrentCert::default());
         cert.set(self.own_certificate(&own)?.0);
@@ -207,7 +208,7 @@ impl Certifier {
         self: Arc<Self>,
         id: SpiffeId,
         cert: Arc<CurrentCert>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: drain::Watch,
     ) {
         loop {
             let wait = match self.own_certificate(&id) {
@@ -225,7 +226,7 @@ impl Certifier {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                _ = stop.signaled() => return,
             }
         }
     }

@@ -17,6 +17,7 @@ use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
 use outrigger_identity::SpiffeId;
+use outrigger_runtime::{drain, log, signal};
 
 #[derive(Parser)]
 #[command(name = "outrigger-control-plane", version, about)]
@@ -169,12 +170,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             identity_service_account,
             log_level,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&log_level)
-                        .with_context(|| format!("--log-level {log_level:?}"))?,
-                )
-                .init();
+            log::init(
+                &log_level,
+                log::Format::Plain,
+                log::Output::Stdout,
+                log::Color::UnlessNoColor,
+            )
+            .with_context(|| format!("--log-level {log_level:?}"))?;
             let default_export_to = ExportTo::parse(std::slice::from_ref(&default_export_to), ".")
                 .map_err(|e| anyhow::anyhow!("--default-export-to {default_export_to:?}: {e}"))?;
             let ca = match (ca_cert, ca_key) {
@@ -373,7 +375,7 @@ async fn serve(
     let bound = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (stop_signal, stop) = drain::channel();
     let trust_domain = options.trust_domain.clone();
     let certify;
     let source = match source {
@@ -426,19 +428,12 @@ async fn serve(
         server = server.with_certifier(c).with_tls(Arc::new(tls));
     }
     let server = tokio::spawn(server.run(listener, stop));
-    shutdown_signal().await;
+    signal::shutdown()
+        .await
+        .context("installing the SIGTERM handler")?;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    stop_signal.stop();
     let _ = source.await;
     let _ = server.await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -12,7 +12,6 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod detect;
-pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod init;
@@ -22,5 +21,7 @@ pub mod policy;
 pub mod probe;
 pub mod tcp;
 pub mod transport;
+
+pub use outrigger_runtime::drain;
 
 pub use app::{Applier, Drained, Options, Proxy, StartError};
