@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use outrigger_api::certify::CERTIFY_PATH;
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use outrigger_runtime::{drain, metrics, serve};
@@ -229,16 +229,7 @@ impl Server {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(10)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let builder = serve::http1_or_2(Duration::from_secs(10));
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {

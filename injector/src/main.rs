@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::metrics::Metrics;
 use outrigger_injector::namespaces::{self, Namespaces};
@@ -20,12 +20,6 @@ use tokio::net::TcpListener;
     version,
     about = "The Outrigger injector (mutating admission webhook)"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Serve `POST /mutate` over HTTPS, with the namespaces watched from
     /// the cluster (in-cluster config or the kubeconfig).
@@ -76,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         admin,
         namespaces: namespaces_file,
         log_level,
-    } = Cli::parse().command;
+    } = Command::parse();
     log::init(
         &log_level,
         log::Format::Plain,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use outrigger_runtime::{drain, metrics, serve};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -173,18 +173,9 @@ pub async fn serve_webhook(
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(route(&webhook, req).await) }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A client that stalls in its request head does not hold a
-            // connection for ever.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+            let _ = serve::http1_or_2(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
     })
     .await
@@ -254,9 +245,7 @@ pub async fn serve_admin(listener: TcpListener, webhook: Arc<Webhook>, stop: dra
                     })
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+            let _ = serve::http1()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         }

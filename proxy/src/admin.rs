@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -47,10 +47,7 @@ impl Admin {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = serve::http1().serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "admin connection ended");
                 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 use outrigger_api::Snapshot;
 use outrigger_identity::SpiffeId;
 use outrigger_proxy::identity::{Identity, IdentityConfig};
@@ -13,20 +13,14 @@ use outrigger_proxy::probe::Probes;
 use outrigger_proxy::{Drained, Options, Proxy};
 use outrigger_runtime::{log, signal};
 
+// Parsed once at start-up: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Parser)]
 #[command(
     name = "outrigger-proxy",
     version,
     about = "The Outrigger sidecar proxy"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-// Parsed once at start-up: the size of the `run` variant does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Subcommand)]
 enum Command {
     /// Serve traffic: from a static snapshot (YAML or JSON), or, with
     /// `--control-plane`, with that snapshot as the bootstrap (listeners,
@@ -159,8 +153,7 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    match Command::parse() {
         Command::Init {
             proxy_uid,
             inbound_port,

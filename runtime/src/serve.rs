@@ -1,14 +1,16 @@
-//! The accept loop of a server, and the TLS handshake of each connection:
-//! what the control plane's config server, the injector's webhook and
-//! every admin port share. Each accepted connection runs on a task of its
-//! own; what is served on it (hyper, its routes and timeouts) stays with
-//! the caller.
+//! The accept loop of a server, the TLS handshake of each connection, and
+//! the HTTP connection settings: what the control plane's config server,
+//! the injector's webhook and every admin port share. Each accepted
+//! connection runs on a task of its own; what is served on it (the
+//! routes) stays with the caller. (The proxy's data path has its own
+//! listener, with limits from its config.)
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
@@ -16,6 +18,11 @@ use crate::drain::Watch;
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head, so that one that
+/// stalls in it does not hold a connection for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 peer may take to answer a keep-alive ping.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The pause after a failed accept (out of file descriptors, say) before
 /// the next one.
 pub const ACCEPT_RETRY: Duration = Duration::from_millis(50);
@@ -43,6 +50,34 @@ where
         };
         tokio::spawn(serve(stream, peer));
     }
+}
+
+/// HTTP/1.1 connections (the admin ports): a request head within
+/// [`HEADER_READ_TIMEOUT`].
+pub fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
+/// HTTP/1.1 or HTTP/2 connections (prior knowledge, or ALPN over TLS): an
+/// HTTP/1 request head within [`HEADER_READ_TIMEOUT`]; an HTTP/2 peer
+/// pinged every `keep_alive` and dropped when it does not answer within
+/// [`KEEP_ALIVE_TIMEOUT`].
+pub fn http1_or_2(keep_alive: Duration) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keep_alive)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    builder
 }
 
 /// The server side of a TLS handshake on `tcp`, at most
