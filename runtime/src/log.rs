@@ -81,3 +81,21 @@ fn finish<W>(
         Format::Json => builder.json().flatten_event(true).init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_filter_is_refused_by_name_before_anything_is_installed() {
+        let e = init(
+            "outrigger=[[",
+            Format::Json,
+            Output::Stderr,
+            Color::OnTerminal,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "invalid log filter \"outrigger=[[\"");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}
