@@ -13,12 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
 use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
+use outrigger_runtime::drain;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::sign::CertifiedKey;
 
 use crate::authn::{Authenticate, AuthnError};
-use outrigger_runtime::drain;
 
 /// Workload certificate lifetime unless configured.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);

@@ -23,6 +23,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
+use outrigger_runtime::drain;
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -36,7 +37,6 @@ use crate::server::Published;
 use crate::status::needs_write;
 use crate::store::{Key, Store};
 use crate::translate::{Mesh, Options, Verdict};
-use outrigger_runtime::drain;
 
 /// The field manager of the control plane's status writes.
 pub const FIELD_MANAGER: &str = "outrigger-control-plane";

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrigger_runtime::drain;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -14,7 +15,6 @@ use crate::metrics::{KindLabel, Metrics};
 use crate::server::Published;
 use crate::store::Store;
 use crate::translate::{Mesh, Options, ResourceId, Verdict};
-use outrigger_runtime::drain;
 
 /// When to translate after changes: once `quiet` has passed without a new
 /// change, and never later than `max_wait` after the first unpublished one.
