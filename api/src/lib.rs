@@ -12,7 +12,6 @@
 pub mod authz;
 pub mod certify;
 mod duration;
-pub mod exposition;
 pub mod inbound;
 pub mod policy;
 pub mod probe;

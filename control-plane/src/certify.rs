@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
 use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
+use outrigger_runtime::drain;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::sign::CertifiedKey;
@@ -187,7 +188,7 @@ impl Certifier {
         self: &Arc<Self>,
         own: SpiffeId,
         alpn: &[&[u8]],
-        stop: tokio::sync::watch::Receiver<bool>,
+        stop: drain::Watch,
     ) -> Result<rustls::ServerConfig, outrigger_identity::Error> {
         let cert = Arc::new(CurrentCert::default());
         cert.set(self.own_certificate(&own)?.0);
@@ -207,7 +208,7 @@ impl Certifier {
         self: Arc<Self>,
         id: SpiffeId,
         cert: Arc<CurrentCert>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: drain::Watch,
     ) {
         loop {
             let wait = match self.own_certificate(&id) {
@@ -225,7 +226,7 @@ impl Certifier {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                _ = stop.signaled() => return,
             }
         }
     }

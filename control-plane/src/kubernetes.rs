@@ -23,6 +23,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
+use outrigger_runtime::drain;
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -274,7 +275,7 @@ pub async fn run(
     mut debounce: Debounce,
     tx: watch::Sender<Option<Arc<Published>>>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: drain::Watch,
 ) {
     let mut in_force: Option<Arc<Mesh>> = None;
     let (statuses, latest) = watch::channel(None);
@@ -288,7 +289,7 @@ pub async fn run(
         tokio::select! {
             _ = shared.changed.notified() => debounce.changed(Instant::now()),
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = stop.signaled() => return,
         }
         if !shared.all_listed() {
             continue;
@@ -320,12 +321,12 @@ async fn status_writer(
     client: Client,
     mut latest: watch::Receiver<ToWrite>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: drain::Watch,
 ) {
     loop {
         tokio::select! {
             r = latest.changed() => if r.is_err() { return },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = stop.signaled() => return,
         }
         loop {
             let Some((state, mesh)) = latest.borrow_and_update().clone() else {
@@ -337,7 +338,7 @@ async fn status_writer(
             tokio::select! {
                 _ = tokio::time::sleep(STATUS_RETRY) => {}
                 r = latest.changed() => if r.is_err() { return },
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                _ = stop.signaled() => return,
             }
         }
     }

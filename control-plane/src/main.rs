@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
 use outrigger_control_plane::certify::{CaSource, Certifier};
 use outrigger_control_plane::crd;
@@ -17,32 +17,20 @@ use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
 use outrigger_identity::SpiffeId;
-
-#[derive(Parser)]
-#[command(name = "outrigger-control-plane", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+use outrigger_runtime::{drain, log, signal};
 
 // Parsed once at start-up: the size of the `run` variant does not matter.
 #[allow(clippy::large_enum_variant)]
-#[derive(Subcommand)]
+#[derive(Parser)]
+#[command(name = "outrigger-control-plane", version, about)]
 enum Command {
     /// Print the mesh's CustomResourceDefinitions (YAML, for `kubectl apply`).
     Crds,
     /// Read a folder of manifests and report every file that does not parse
     /// and every mesh resource that is not accepted, with the reason.
     Check {
-        /// The folder (read recursively; *.yaml and *.yml).
-        #[arg(long)]
-        folder: PathBuf,
-        /// Namespace of objects that name none.
-        #[arg(long, default_value = "default")]
-        namespace: String,
-        /// Largest manifest file read, in bytes; a larger one is refused by name.
-        #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
-        max_manifest_bytes: u64,
+        #[command(flatten)]
+        manifests: Manifests,
     },
     /// Serve the config stream from a folder of manifests (local mode,
     /// following edits live) or from the cluster (`--kubernetes`).
@@ -123,21 +111,40 @@ enum Command {
     },
     /// Print what the proxy of one pod would receive from a folder of manifests.
     Config {
-        #[arg(long)]
-        folder: PathBuf,
-        #[arg(long, default_value = "default")]
-        namespace: String,
-        /// Largest manifest file read, in bytes; a larger one is refused by name.
-        #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
-        max_manifest_bytes: u64,
+        #[command(flatten)]
+        manifests: Manifests,
         /// The proxy's pod, as namespace/name.
         #[arg(long)]
         pod: String,
     },
 }
 
+/// A folder of manifests, read once (`check`, `config`).
+#[derive(clap::Args)]
+struct Manifests {
+    /// The folder (read recursively; *.yaml and *.yml).
+    #[arg(long)]
+    folder: PathBuf,
+    /// Namespace of objects that name none.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Largest manifest file read, in bytes; a larger one is refused by name.
+    #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    max_manifest_bytes: u64,
+}
+
+impl Manifests {
+    fn read(self) -> Result<Folder> {
+        let mut f =
+            Folder::new(&self.folder, self.namespace).with_max_file_bytes(self.max_manifest_bytes);
+        f.rescan()
+            .with_context(|| format!("cannot read folder {}", self.folder.display()))?;
+        Ok(f)
+    }
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(Command::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -146,8 +153,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Run {
             folder,
             kubernetes,
@@ -169,12 +176,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             identity_service_account,
             log_level,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&log_level)
-                        .with_context(|| format!("--log-level {log_level:?}"))?,
-                )
-                .init();
+            log::init(
+                &log_level,
+                log::Format::Plain,
+                log::Output::Stdout,
+                log::Color::UnlessNoColor,
+            )
+            .with_context(|| format!("--log-level {log_level:?}"))?;
             let default_export_to = ExportTo::parse(std::slice::from_ref(&default_export_to), ".")
                 .map_err(|e| anyhow::anyhow!("--default-export-to {default_export_to:?}: {e}"))?;
             let ca = match (ca_cert, ca_key) {
@@ -224,14 +232,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", crd::definitions_yaml());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check {
-            folder,
-            namespace,
-            max_manifest_bytes,
-        } => {
-            let mut f = Folder::new(&folder, namespace).with_max_file_bytes(max_manifest_bytes);
-            f.rescan()
-                .with_context(|| format!("cannot read folder {}", folder.display()))?;
+        Command::Check { manifests } => {
+            let f = manifests.read()?;
             let mesh = Mesh::build(&f.store(), &Options::default());
             let mut bad = 0;
             for e in f.errors() {
@@ -253,18 +255,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Config {
-            folder,
-            namespace,
-            max_manifest_bytes,
-            pod,
-        } => {
+        Command::Config { manifests, pod } => {
             let Some((ns, name)) = pod.split_once('/') else {
                 bail!("--pod {pod:?}: write it as namespace/name");
             };
-            let mut f = Folder::new(&folder, namespace).with_max_file_bytes(max_manifest_bytes);
-            f.rescan()
-                .with_context(|| format!("cannot read folder {}", folder.display()))?;
+            let f = manifests.read()?;
             // Each error says what stays in force for it (here, where the
             // folder is read once, nothing: there is no earlier good version).
             for e in f.errors() {
@@ -373,7 +368,7 @@ async fn serve(
     let bound = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (stop_signal, stop) = drain::channel();
     let trust_domain = options.trust_domain.clone();
     let certify;
     let source = match source {
@@ -426,19 +421,12 @@ async fn serve(
         server = server.with_certifier(c).with_tls(Arc::new(tls));
     }
     let server = tokio::spawn(server.run(listener, stop));
-    shutdown_signal().await;
+    signal::shutdown()
+        .await
+        .context("installing the SIGTERM handler")?;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    stop_signal.stop();
     let _ = source.await;
     let _ = server.await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

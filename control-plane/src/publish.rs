@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrigger_runtime::drain;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -150,7 +151,7 @@ pub async fn run_folder(
     mut debounce: Debounce,
     tx: watch::Sender<Option<Arc<Published>>>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: drain::Watch,
 ) {
     let options = Arc::new(options);
     let tx = Arc::new(tx);
@@ -158,7 +159,7 @@ pub async fn run_folder(
     let mut first_scan = true;
     let mut reported: Vec<ReadError> = Vec::new();
     loop {
-        let scanned = off_runtime(&mut stop, move || {
+        let scanned = off_runtime(&stop, move || {
             let scan = folder.rescan();
             (folder, scan)
         });
@@ -188,7 +189,7 @@ pub async fn run_folder(
         }
         if let Some(first) = debounce.take_due(Instant::now()) {
             let (options, tx, metrics) = (options.clone(), tx.clone(), metrics.clone());
-            let published = off_runtime(&mut stop, move || {
+            let published = off_runtime(&stop, move || {
                 publish(
                     &folder.store(),
                     &options,
@@ -208,7 +209,7 @@ pub async fn run_folder(
         let wake = debounce.deadline().map_or(next_poll, |d| d.min(next_poll));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = stop.signaled() => return,
         }
     }
 }
@@ -216,7 +217,7 @@ pub async fn run_folder(
 /// Runs `work` on the blocking pool; None when `stop` is asked for first
 /// (the work then finishes on its own, its result dropped).
 async fn off_runtime<T: Send + 'static>(
-    stop: &mut watch::Receiver<bool>,
+    stop: &drain::Watch,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
     let task = tokio::task::spawn_blocking(work);
@@ -226,7 +227,7 @@ async fn off_runtime<T: Send + 'static>(
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => panic!("the folder source's blocking work was cancelled: {e}"),
         },
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => None,
+        _ = stop.signaled() => None,
     }
 }
 
@@ -279,7 +280,7 @@ mod tests {
         let svc = "apiVersion: v1\nkind: Service\nmetadata: { name: web }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n";
         std::fs::write(dir.join("a.yaml"), svc).unwrap();
         let (tx, mut rx) = watch::channel(None);
-        let (_stop_tx, stop) = watch::channel(false);
+        let (_stop_tx, stop) = drain::channel();
         let metrics = Arc::new(Metrics::new());
         let t0 = Instant::now();
         tokio::spawn(run_folder(
@@ -347,7 +348,7 @@ mod tests {
         std::fs::write(dir.join("a.yaml"), svc).unwrap();
         let (tx, rx) = watch::channel(None);
         let mut published = rx.clone();
-        let (_stop_tx, stop) = watch::channel(false);
+        let (_stop_tx, stop) = drain::channel();
         let metrics = Arc::new(Metrics::new());
         tokio::spawn(run_folder(
             Folder::new(&dir, "default"),

@@ -17,10 +17,10 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use outrigger_api::certify::CERTIFY_PATH;
-use outrigger_api::exposition::Format;
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_runtime::{drain, metrics, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OnceCell};
 
@@ -131,9 +131,6 @@ struct Peer {
     identity: Option<SpiffeId>,
 }
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Whether a client with certificate identity `peer` may have the config
 /// of `proxy`, whose pod runs as `account` (when the pod is known): its
 /// identity must name the proxy's namespace and the pod's ServiceAccount.
@@ -184,23 +181,13 @@ impl Server {
     }
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS)
-    /// until `stop` turns true.
-    pub async fn run(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let (stream, addr) = tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "config server accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+    /// until `stop` fires.
+    pub async fn run(self, listener: TcpListener, stop: drain::Watch) {
+        let connections = stop.clone();
+        serve::accept(listener, stop, "config server", move |stream, addr| {
             let this = self.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
+            let stop = connections.clone();
+            async move {
                 let Some(tls) = this.tls.clone() else {
                     let peer = Peer {
                         addr,
@@ -211,21 +198,8 @@ impl Server {
                         .serve_connection(TokioIo::new(stream), peer, stop)
                         .await;
                 };
-                let accepted = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-                )
-                .await;
-                let stream = match accepted {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %addr, "TLS handshake timed out");
-                        return;
-                    }
+                let Some(stream) = serve::handshake(tls, stream, addr).await else {
+                    return;
                 };
                 let identity = stream
                     .get_ref()
@@ -239,11 +213,12 @@ impl Server {
                 };
                 this.serve_connection(TokioIo::new(stream), peer, stop)
                     .await;
-            });
-        }
+            }
+        })
+        .await
     }
 
-    async fn serve_connection<I>(self, io: I, peer: Peer, mut stop: watch::Receiver<bool>)
+    async fn serve_connection<I>(self, io: I, peer: Peer, stop: drain::Watch)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -254,16 +229,7 @@ impl Server {
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(10)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let builder = serve::http1_or_2(Duration::from_secs(10));
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -272,7 +238,7 @@ impl Server {
                     tracing::debug!(peer = %addr, error = %e, "config connection ended");
                 }
             }
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
+            _ = stop.signaled() => {}
         }
     }
 
@@ -333,25 +299,8 @@ impl Server {
                 }
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n".into()),
-            (&Method::GET, "/metrics") => {
-                let format = Format::negotiate(
-                    req.headers()
-                        .get_all(header::ACCEPT)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                match format.render(self.metrics.encode()) {
-                    Ok(body) => {
-                        let mut r = Response::new(full(body));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            header::HeaderValue::from_static(format.content_type()),
-                        );
-                        r
-                    }
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-                }
-            }
+            (&Method::GET, "/metrics") => metrics::answer(req.headers(), self.metrics.encode())
+                .map(|body| BodyExt::boxed(Full::new(body))),
             _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
         }
     }

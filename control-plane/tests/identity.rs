@@ -20,6 +20,7 @@ use outrigger_control_plane::translate::{Mesh, Options};
 use outrigger_identity::ca::pem;
 use outrigger_identity::tls::{self, ClientAuth};
 use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
+use outrigger_runtime::drain;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
@@ -31,7 +32,7 @@ struct Plane {
     trust: TrustBundle,
     own: SpiffeId,
     _tokens: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    _stop: drain::Signal,
     _mesh: watch::Sender<Option<Arc<Published>>>,
 }
 
@@ -62,7 +63,7 @@ async fn start() -> Plane {
         Arc::new(mesh),
         std::time::Instant::now(),
     ))));
-    let (stop_tx, stop) = watch::channel(false);
+    let (stop_tx, stop) = drain::channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::new(rx, Arc::new(Metrics::new()))

@@ -15,6 +15,7 @@ use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::Debounce;
 use outrigger_control_plane::server::Published;
 use outrigger_control_plane::translate::{Options, ProxyId};
+use outrigger_runtime::drain;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -204,7 +205,7 @@ type Mesh = watch::Receiver<Option<Arc<Published>>>;
 
 /// The Kubernetes source against the mock: its published meshes, its
 /// metrics, and the sender that stops it.
-fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, watch::Sender<bool>) {
+fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, drain::Signal) {
     let (mock, handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     tokio::spawn(serve(handle, script));
@@ -212,7 +213,7 @@ fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, watch::Sender<bool>
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::default());
     let (tx, rx) = watch::channel(None);
-    let (stop_tx, stop) = watch::channel(false);
+    let (stop_tx, stop) = drain::channel();
     kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
     tokio::spawn(kubernetes::run(
         client,

@@ -1,6 +1,8 @@
 //! Mesh identities: SPIFFE IDs (`spiffe.rs`), the mesh CA that signs
-//! workload certificates (`ca.rs`), and the rustls configurations of a
-//! mesh hop, whose verifiers check the peer's SPIFFE identity (`tls.rs`).
+//! workload certificates (`ca.rs`), the rustls configurations of a mesh
+//! hop (`tls.rs`), and every certificate verifier, those that check the
+//! peer's SPIFFE identity and the one kubelet-style probes use
+//! (`verify.rs`).
 //! Pure of I/O: the control plane serves the CA, the proxy holds the key
 //! and the connections.
 #![forbid(unsafe_code)]
@@ -8,6 +10,7 @@
 pub mod ca;
 pub mod spiffe;
 pub mod tls;
+mod verify;
 
 pub use ca::{Ca, Issued};
 pub use spiffe::SpiffeId;

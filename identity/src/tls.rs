@@ -1,25 +1,23 @@
 //! rustls configurations for mesh hops: TLS 1.3 only, both sides present a
-//! workload certificate, and each side checks the other's SPIFFE identity.
-//! rustls verifies chains but knows nothing of URI SANs, so the verifiers
-//! here add that: the client side accepts only the identity it expects for
-//! the endpoint; the server side accepts any identity of its trust domain
-//! (authorization decides what that identity may do).
+//! workload certificate, and each side checks the other's SPIFFE identity
+//! (the verifiers are in `verify.rs`): the client side accepts only
+//! the identity it expects for the endpoint; the server side accepts any
+//! identity of its trust domain (authorization decides what that identity
+//! may do). Also the workload's key and the certificate it presents, and
+//! the one client that checks no certificate (for kubelet's HTTPS probes).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, ResolvesClientCert};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 
+pub use crate::verify::peer_identity;
+use crate::verify::{MeshClientVerifier, ServerVerifier};
 use crate::{Error, SpiffeId};
 
 /// The crypto provider every mesh config uses (ring).
@@ -182,10 +180,11 @@ pub fn server_config_with(
     let inner = builder
         .build()
         .map_err(|e| Error::Certificate(e.to_string()))?;
-    let verifier = Arc::new(MeshClientVerifier {
+    let verifier = Arc::new(MeshClientVerifier::new(
         inner,
-        trust_domain: trust.trust_domain.clone(),
-    });
+        trust.trust_domain.clone(),
+        provider.signature_verification_algorithms,
+    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Certificate(e.to_string()))?
@@ -203,11 +202,11 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, Error> {
     let provider = provider();
-    let verifier = Arc::new(ExpectedServerVerifier {
-        roots: trust.roots.clone(),
+    let verifier = Arc::new(ServerVerifier::expecting(
+        trust.roots.clone(),
         expected,
-        algorithms: provider.signature_verification_algorithms,
-    });
+        provider.signature_verification_algorithms,
+    ));
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Certificate(e.to_string()))?
@@ -218,6 +217,22 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A TLS client that accepts any server certificate (handshake signatures
+/// still checked) and sends none: what kubelet's HTTPS probes do, and so
+/// what the proxy does when it runs them for kubelet. Never for mesh hops.
+pub fn any_server_client_config() -> ClientConfig {
+    let provider = provider();
+    let verifier = Arc::new(ServerVerifier::any(
+        provider.signature_verification_algorithms,
+    ));
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
 /// The server name a mesh client puts in its ClientHello. Mesh hops are
 /// addressed by identity, not DNS, so the verifier ignores it; the inbound
 /// side reads it to tell mesh TLS from an app's own TLS.
@@ -226,160 +241,4 @@ pub const MESH_SERVER_NAME: &str = "outrigger.mesh";
 /// [`MESH_SERVER_NAME`] as rustls takes it.
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from(MESH_SERVER_NAME).expect("a valid DNS name")
-}
-
-/// The SPIFFE identity of a peer's certificate chain (leaf first): the
-/// leaf must carry exactly one `spiffe://` URI SAN.
-pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
-    let leaf = chain
-        .first()
-        .ok_or_else(|| Error::Certificate("no certificate".into()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| Error::Certificate(format!("unreadable certificate: {e}")))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| Error::Certificate(format!("unreadable subjectAltName: {e}")))?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
-            _ => None,
-        })
-        .collect();
-    match uris[..] {
-        [one] => Ok(one.parse::<SpiffeId>()?),
-        [] => Err(Error::Certificate(
-            "the certificate has no spiffe:// URI SAN".into(),
-        )),
-        _ => Err(Error::Certificate(format!(
-            "the certificate has {} spiffe:// URI SANs, expected one",
-            uris.len()
-        ))),
-    }
-}
-
-fn refuse(reason: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-        Error::Certificate(reason),
-    ))))
-}
-
-/// Checks the server's chain against the roots, then that its identity is
-/// the expected one.
-#[derive(Debug)]
-struct ExpectedServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ExpectedServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let id =
-            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
-        if id != self.expected {
-            return Err(refuse(format!(
-                "the server is {id}, expected {}",
-                self.expected
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// rustls' own client-certificate verifier (chain, validity, clientAuth),
-/// then: the identity must be of this trust domain.
-#[derive(Debug)]
-struct MeshClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
-}
-
-impl ClientCertVerifier for MeshClientVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id =
-            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
-        if id.trust_domain() != self.trust_domain {
-            return Err(refuse(format!(
-                "the client is {id}, not of trust domain {}",
-                self.trust_domain
-            )));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }

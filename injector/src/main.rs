@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::metrics::Metrics;
 use outrigger_injector::namespaces::{self, Namespaces};
 use outrigger_injector::server::{self, ReloadingCert};
 use outrigger_injector::webhook::Webhook;
+use outrigger_runtime::{drain, log, signal};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -20,12 +20,6 @@ use tokio::sync::watch;
     version,
     about = "The Outrigger injector (mutating admission webhook)"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Serve `POST /mutate` over HTTPS, with the namespaces watched from
     /// the cluster (in-cluster config or the kubeconfig).
@@ -76,14 +70,13 @@ fn main() -> anyhow::Result<()> {
         admin,
         namespaces: namespaces_file,
         log_level,
-    } = Cli::parse().command;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&log_level)
-                .with_context(|| format!("invalid log filter {log_level:?}"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    } = Command::parse();
+    log::init(
+        &log_level,
+        log::Format::Plain,
+        log::Output::Stderr,
+        log::Color::UnlessNoColor,
+    )?;
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("--config {}", config.display()))?;
     let mut mesh =
@@ -136,7 +129,7 @@ fn main() -> anyhow::Result<()> {
             namespaces,
             metrics: Arc::new(Metrics::new()),
         });
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = drain::channel();
         let l = TcpListener::bind(&listen)
             .await
             .with_context(|| format!("--listen {listen}"))?;
@@ -147,13 +140,10 @@ fn main() -> anyhow::Result<()> {
         let tls = Arc::new(server::tls_config(cert));
         tokio::spawn(server::serve_admin(a, webhook.clone(), stopped.clone()));
         let serving = tokio::spawn(server::serve_webhook(l, tls, webhook, stopped));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        signal::shutdown()
+            .await
             .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        }
-        let _ = stop.send(true);
+        stop.stop();
         let _ = serving.await;
         Ok(())
     })

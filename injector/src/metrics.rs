@@ -89,9 +89,6 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(4 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        outrigger_runtime::metrics::encode(&self.registry)
     }
 }

@@ -14,22 +14,20 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use outrigger_runtime::{drain, metrics, serve};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::webhook::Webhook;
-use outrigger_api::exposition::Format;
 
 /// The path the API server posts AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate";
 /// Larger bodies are refused (the API server's own limit is 3 MiB).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -162,50 +160,25 @@ pub async fn serve_webhook(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     webhook: Arc<Webhook>,
-    mut stop: watch::Receiver<bool>,
+    stop: drain::Watch,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+    serve::accept(listener, stop, "webhook", move |tcp, peer| {
+        let (tls, webhook) = (tls.clone(), webhook.clone());
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = serve::handshake(tls, tcp, peer).await else {
+                return;
             };
             let svc = hyper::service::service_fn(move |req| {
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(route(&webhook, req).await) }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A client that stalls in its request head does not hold a
-            // connection for ever.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
-        });
-    }
+            let _ = serve::http1_or_2(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        }
+    })
+    .await
 }
 
 /// The webhook's routes.
@@ -249,25 +222,7 @@ fn health<B>(webhook: &Webhook, req: &Request<B>) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: namespaces not listed yet\n".into(),
         ),
-        "/metrics" => {
-            let format = Format::negotiate(
-                req.headers()
-                    .get_all(header::ACCEPT)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
-            match format.render(webhook.metrics.encode()) {
-                Ok(body) => {
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(format.content_type()),
-                    );
-                    r
-                }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-            }
-        }
+        "/metrics" => metrics::answer(req.headers(), webhook.metrics.encode()).map(Full::new),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics /ready /live\n".into(),
@@ -276,24 +231,10 @@ fn health<B>(webhook: &Webhook, req: &Request<B>) -> Response<Full<Bytes>> {
 }
 
 /// The plaintext admin port: `/metrics`, `/ready`, `/live`.
-pub async fn serve_admin(
-    listener: TcpListener,
-    webhook: Arc<Webhook>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+pub async fn serve_admin(listener: TcpListener, webhook: Arc<Webhook>, stop: drain::Watch) {
+    serve::accept(listener, stop, "admin", move |tcp, _| {
         let webhook = webhook.clone();
-        tokio::spawn(async move {
+        async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let webhook = webhook.clone();
                 async move {
@@ -304,13 +245,12 @@ pub async fn serve_admin(
                     })
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+            let _ = serve::http1()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -21,9 +21,9 @@ use outrigger_injector::metrics::Metrics;
 use outrigger_injector::namespaces::Namespaces;
 use outrigger_injector::server::{self, ReloadingCert};
 use outrigger_injector::webhook::Webhook;
+use outrigger_runtime::drain;
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 const NAME: &str = "outrigger-injector.outrigger-system.svc";
 
@@ -49,7 +49,7 @@ struct Injector {
     webhook: Arc<Webhook>,
     cert: Arc<ReloadingCert>,
     dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    _stop: drain::Signal,
 }
 
 async fn start() -> (Injector, CertificateDer<'static>) {
@@ -68,7 +68,7 @@ async fn start() -> (Injector, CertificateDer<'static>) {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = drain::channel();
     tokio::spawn(server::serve_webhook(
         listener,
         Arc::new(server::tls_config(cert.clone())),

@@ -18,16 +18,16 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::http::{full, Body};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
-use outrigger_api::exposition::Format;
 use outrigger_api::probe::APP_HEALTH_PREFIX;
+use outrigger_runtime::{drain, metrics, serve};
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -38,35 +38,22 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves until `stop` turns true.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+    /// Serves until `stop` fires.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: drain::Watch) {
+        serve::accept(listener, stop, "admin", move |stream, peer| {
             let this = self.clone();
-            tokio::spawn(async move {
+            async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = serve::http1().serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "admin connection ended");
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -80,23 +67,7 @@ impl Admin {
         }
         match (req.method(), path) {
             (&Method::GET, "/metrics") => {
-                let format = Format::negotiate(
-                    req.headers()
-                        .get_all(header::ACCEPT)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                match format.render(self.metrics.encode()) {
-                    Ok(body) => {
-                        let mut r = Response::new(full(body));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static(format.content_type()),
-                        );
-                        r
-                    }
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-                }
+                metrics::answer(req.headers(), self.metrics.encode()).map(full)
             }
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {

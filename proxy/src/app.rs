@@ -170,7 +170,7 @@ impl Proxy {
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound socket has an address");
-        let (stop_admin, admin_stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = drain::channel();
         let admin = Arc::new(Admin {
             metrics: metrics.clone(),
             config: config.clone(),
@@ -213,7 +213,7 @@ impl Proxy {
                     tracing::warn!("drain deadline passed with work in flight; stopping anyway")
                 }
             }
-            let _ = stop_admin.send(true);
+            stop_admin.stop();
             outcome
         });
 

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use outrigger_api::Snapshot;
+use outrigger_runtime::backoff::Backoff;
 
 use crate::app::Applier;
 use crate::identity::{Identity, IdentityError};
@@ -42,40 +43,6 @@ pub struct Follow {
     /// plane's CA (`identity::keep`) and follows the stream over mTLS once
     /// it has one; without, over plain HTTP/2.
     pub identity: Option<Arc<Identity>>,
-}
-
-/// Reconnect pauses: uniformly random in `[0, min(cap, base × 2^n))` after
-/// the n-th failure in a row (full jitter); back to the start once an update
-/// has arrived.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            failures: 0,
-        }
-    }
-
-    /// The pause before the next attempt, counting one more failure.
-    pub fn next_pause(&mut self, chance: &Chance) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32.checked_shl(self.failures).unwrap_or(u32::MAX))
-            .min(self.cap);
-        self.failures = self.failures.saturating_add(1);
-        ceiling.mul_f64(chance.unit())
-    }
-
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
 }
 
 /// Starts following on a thread of its own; it ends with the process.
@@ -110,7 +77,7 @@ pub async fn run(follow: Follow, bootstrap: Snapshot, applier: Applier, metrics:
     loop {
         let outcome = session(&follow, &bootstrap, &applier, &metrics, &mut backoff).await;
         metrics.control_plane_connected.set(0);
-        let pause = backoff.next_pause(&chance);
+        let pause = backoff.next_pause(chance.unit());
         tracing::warn!(
             control_plane = %follow.address,
             reason = %outcome,
@@ -305,21 +272,5 @@ mod tests {
         assert_eq!(l.next_line(), None);
         l.push(&Bytes::from_static(b":2}\n")).unwrap();
         assert_eq!(l.next_line().as_deref(), Some(&b"{\"b\":2}"[..]));
-    }
-
-    #[test]
-    fn backoff_is_fully_jittered_under_a_growing_ceiling() {
-        let chance = Chance::seeded(7);
-        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-        let ceilings = [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000];
-        for c in ceilings {
-            let p = b.next_pause(&chance);
-            assert!(p < Duration::from_millis(c), "{p:?} not under {c} ms");
-        }
-        b.reset();
-        for _ in 0..20 {
-            let mut fresh = b.clone();
-            assert!(fresh.next_pause(&chance) < Duration::from_millis(250));
-        }
     }
 }

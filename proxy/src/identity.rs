@@ -24,12 +24,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::certify::{CertifyRequest, CertifyResponse, CERTIFY_PATH};
 use outrigger_identity::ca::pem;
 use outrigger_identity::{tls, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
+use outrigger_runtime::backoff::Backoff;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::control::Backoff;
 use crate::metrics::Metrics;
 use crate::policy::chance::Chance;
 use crate::transport::tls::Io;
@@ -353,7 +353,7 @@ pub fn retry_pause(
     now: SystemTime,
     expiry: Option<SystemTime>,
 ) -> Duration {
-    let pause = backoff.next_pause(chance);
+    let pause = backoff.next_pause(chance.unit());
     match expiry.and_then(|e| e.duration_since(now).ok()) {
         // Leave at least a tenth of the time left for further tries, but
         // never retry more than once a second.

@@ -23,7 +23,6 @@ pub mod admin;
 pub mod app;
 pub mod control;
 pub mod detect;
-pub mod drain;
 pub mod headers;
 pub mod http;
 pub mod identity;
@@ -41,5 +40,6 @@ pub mod transport;
 pub use outrigger_proxy_policy as policy;
 /// The config in force (see [`policy::config`]).
 pub use outrigger_proxy_policy::config;
+pub use outrigger_runtime::drain;
 
 pub use app::{Applier, Drained, Options, Proxy, StartError};

@@ -4,28 +4,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 use outrigger_api::Snapshot;
 use outrigger_identity::SpiffeId;
 use outrigger_proxy::identity::{Identity, IdentityConfig};
 use outrigger_proxy::init;
 use outrigger_proxy::probe::Probes;
 use outrigger_proxy::{Drained, Options, Proxy};
+use outrigger_runtime::{log, signal};
 
+// Parsed once at start-up: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Parser)]
 #[command(
     name = "outrigger-proxy",
     version,
     about = "The Outrigger sidecar proxy"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-// Parsed once at start-up: the size of the `run` variant does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Subcommand)]
 enum Command {
     /// Serve traffic: from a static snapshot (YAML or JSON), or, with
     /// `--control-plane`, with that snapshot as the bootstrap (listeners,
@@ -158,8 +153,7 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    match Command::parse() {
         Command::Init {
             proxy_uid,
             inbound_port,
@@ -221,7 +215,16 @@ fn main() -> anyhow::Result<()> {
             log_format,
             threads,
         } => {
-            init_logs(&log_level, log_format)?;
+            let format = match log_format {
+                LogFormat::Plain => log::Format::Plain,
+                LogFormat::Json => log::Format::Json,
+            };
+            log::init(
+                &log_level,
+                format,
+                log::Output::Stderr,
+                log::Color::OnTerminal,
+            )?;
             let (snapshot, source) = match (&config, &bootstrap) {
                 (Some(path), _) => (load(path)?, path.display().to_string()),
                 (None, Some(text)) => (
@@ -398,12 +401,9 @@ async fn run(
 fn signal_or_admin(proxy: &Proxy) -> impl std::future::Future<Output = ()> + use<> {
     let trigger = proxy.shutdown_handle();
     async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        signal::shutdown()
+            .await
             .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        }
         trigger.notify_one();
     }
 }
@@ -417,19 +417,4 @@ fn load(path: &Path) -> anyhow::Result<Snapshot> {
         Snapshot::from_yaml(&text)
     };
     parsed.with_context(|| format!("parsing {}", path.display()))
-}
-
-fn init_logs(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?;
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
 }

@@ -24,10 +24,7 @@ use http::{HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use outrigger_api::probe::{AppProbe, AppProbes, APP_HEALTH_PREFIX};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 /// Kubelet's default probe timeout.
@@ -568,6 +565,12 @@ mod grpc_health {
 }
 
 /// What kubelet gets for the app's `status` (pure).
+/// A TLS client that accepts any server certificate, as kubelet's HTTPS
+/// probes do.
+fn any_certificate() -> Arc<rustls::ClientConfig> {
+    Arc::new(outrigger_identity::tls::any_server_client_config())
+}
+
 fn outcome(status: StatusCode, target: &str) -> Outcome {
     let detail = format!("{target}: {}", status.as_u16());
     if status.is_success() || status.is_redirection() {
@@ -585,68 +588,6 @@ fn authority(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    }
-}
-
-/// A TLS client that accepts any server certificate (signatures still
-/// checked), for HTTPS probes: kubelet does not verify the app's
-/// certificate either.
-fn any_certificate() -> Arc<rustls::ClientConfig> {
-    let provider = outrigger_identity::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -13,6 +13,7 @@ use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::Options as TranslateOptions;
 use outrigger_identity::SpiffeId;
+use outrigger_runtime::drain;
 use tokio::sync::watch;
 
 /// A folder under the system temp dir, removed on drop.
@@ -44,7 +45,7 @@ impl Dir {
 /// An in-process control plane on `listener`, reading `folder`.
 pub struct ControlPlane {
     pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: drain::Signal,
     pub metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -63,7 +64,7 @@ impl ControlPlane {
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let (tx, rx) = watch::channel(None);
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = drain::channel();
         let source = tokio::spawn(run_folder(
             Folder::new(folder, "default"),
             TranslateOptions::default(),
@@ -99,7 +100,7 @@ impl ControlPlane {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -405,7 +405,7 @@ async fn metrics_are_negotiated_and_the_classic_text_passes_promtool() {
     webhook.review(b"not a review").unwrap_err(); // one error counted
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let injector = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let (_stop, stopped) = outrigger_runtime::drain::channel();
     tokio::spawn(outrigger_injector::server::serve_admin(
         listener, webhook, stopped,
     ));

@@ -1,23 +1,30 @@
-//! Graceful drain as one reusable piece.
+//! Stopping tasks, and waiting until they have finished: graceful drain.
 //!
 //! [`channel`] returns a [`Signal`] (held by whoever decides to shut down) and
-//! a [`Watch`] that every listener and connection clones. Listeners stop
-//! accepting when the watch fires, connections finish their in-flight work and
-//! then drop their clone; [`Signal::drain`] completes when the last clone is gone.
+//! a [`Watch`] that every listener, connection and background task clones.
+//! Listeners stop accepting when the watch fires, connections finish their
+//! in-flight work and then drop their clone; [`Signal::drain`] completes when
+//! the last clone is gone. [`Signal::stop`] fires the watches without
+//! waiting for anyone (a server that stops its accept loop and awaits its
+//! own tasks).
 
 use tokio::sync::{mpsc, watch};
 
+/// A new signal and the first of its watches.
 pub fn channel() -> (Signal, Watch) {
     let (tx, rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);
     (Signal { tx, done_rx }, Watch { rx, _done: done_tx })
 }
 
+/// Held by whoever decides to stop.
 pub struct Signal {
     tx: watch::Sender<bool>,
     done_rx: mpsc::Receiver<std::convert::Infallible>,
 }
 
+/// Held (cloned) by everything that must stop: its clones still alive are
+/// what [`Signal::drain`] waits for.
 #[derive(Clone)]
 pub struct Watch {
     rx: watch::Receiver<bool>,
@@ -25,6 +32,11 @@ pub struct Watch {
 }
 
 impl Signal {
+    /// Tells every watcher to stop, without waiting for them.
+    pub fn stop(self) {
+        let _ = self.tx.send(true);
+    }
+
     /// Tells every watcher to drain and waits until all of them are dropped.
     pub async fn drain(mut self) {
         let _ = self.tx.send(true);
@@ -41,6 +53,7 @@ impl Watch {
         let _ = rx.wait_for(|draining| *draining).await;
     }
 
+    /// Whether draining has begun.
     pub fn is_draining(&self) -> bool {
         *self.rx.borrow()
     }
@@ -81,6 +94,17 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(1), signal.drain())
             .await
             .expect("no watcher left: drain completes at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_releases_watchers_without_waiting_for_them() {
+        let (signal, watch) = channel();
+        let held = watch.clone();
+        signal.stop();
+        tokio::time::timeout(Duration::from_millis(1), watch.signaled())
+            .await
+            .expect("stopped");
+        assert!(held.is_draining());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,14 +1,11 @@
-//! The `/metrics` answer of all three binaries (proxy, control plane,
-//! injector): which text format a scraper asked for, and the classic
-//! Prometheus text format (0.0.4) made from OpenMetrics text.
+//! Which text format a scraper asked for, and the classic Prometheus text
+//! format (0.0.4) made from OpenMetrics text.
 //!
 //! `prometheus-client` encodes OpenMetrics text only. Prometheus asks for
 //! OpenMetrics and gets it unchanged; every other scraper (`curl`,
 //! `promtool check metrics`, older agents) gets the classic format, as the
 //! Prometheus client libraries answer ([`Format::negotiate`]). The
-//! conversion works on text, so it needs no metrics library: it lives in
-//! the one crate all three binaries depend on, and each binary's metrics
-//! stay with its own `prometheus-client` registry.
+//! conversion works on text, so it needs no metrics library.
 //!
 //! From OpenMetrics to classic, as the Python client library does it:
 //! a counter family `x` becomes `x_total` (its samples are already named

@@ -1,0 +1,220 @@
+//! Every certificate verifier of the mesh, in one place. rustls verifies
+//! chains but knows nothing of URI SANs, so these add the SPIFFE check:
+//! - a mesh client accepts only the server identity it expects
+//!   ([`ServerVerifier::expecting`]);
+//! - a mesh server accepts a client of its trust domain
+//!   ([`MeshClientVerifier`]);
+//! - a probe client accepts any server certificate, as kubelet does
+//!   ([`ServerVerifier::any`]).
+//!
+//! All of them check the handshake signatures with the provider's
+//! algorithms, as rustls' own verifiers do.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
+
+use crate::{Error, SpiffeId};
+
+/// The SPIFFE identity of a peer's certificate chain (leaf first): the
+/// leaf must carry exactly one `spiffe://` URI SAN.
+pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Error::Certificate("no certificate".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| Error::Certificate(format!("unreadable certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| Error::Certificate(format!("unreadable subjectAltName: {e}")))?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris[..] {
+        [one] => Ok(one.parse::<SpiffeId>()?),
+        [] => Err(Error::Certificate(
+            "the certificate has no spiffe:// URI SAN".into(),
+        )),
+        _ => Err(Error::Certificate(format!(
+            "the certificate has {} spiffe:// URI SANs, expected one",
+            uris.len()
+        ))),
+    }
+}
+
+fn refuse(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+        Error::Certificate(reason),
+    ))))
+}
+
+/// The handshake-signature checks every verifier here makes, with the
+/// provider's algorithms in `self.algorithms` (rustls' own verifiers do
+/// the same).
+macro_rules! signatures_checked_with_algorithms {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
+/// What a client accepts of a server's certificate.
+#[derive(Debug)]
+enum ServerCheck {
+    /// A chain to the roots, and exactly this identity.
+    Expected {
+        roots: Arc<RootCertStore>,
+        expected: SpiffeId,
+    },
+    /// Anything (handshake signatures are still checked).
+    Any,
+}
+
+/// A client's verifier of the server's certificate.
+#[derive(Debug)]
+pub(crate) struct ServerVerifier {
+    check: ServerCheck,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerVerifier {
+    /// Checks the server's chain against `roots`, then that its identity
+    /// is `expected`.
+    pub(crate) fn expecting(
+        roots: Arc<RootCertStore>,
+        expected: SpiffeId,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            check: ServerCheck::Expected { roots, expected },
+            algorithms,
+        }
+    }
+
+    /// Accepts any certificate: kubelet does not verify an app's HTTPS
+    /// probe either.
+    pub(crate) fn any(algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self {
+            check: ServerCheck::Any,
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ServerCheck::Expected { roots, expected } = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let id =
+            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
+        if id != *expected {
+            return Err(refuse(format!("the server is {id}, expected {expected}")));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    signatures_checked_with_algorithms!();
+}
+
+/// rustls' own client-certificate verifier (chain, validity, clientAuth),
+/// then: the identity must be of this trust domain.
+#[derive(Debug)]
+pub(crate) struct MeshClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl MeshClientVerifier {
+    pub(crate) fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        trust_domain: String,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            inner,
+            trust_domain,
+            algorithms,
+        }
+    }
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id =
+            peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(refuse(format!(
+                "the client is {id}, not of trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    signatures_checked_with_algorithms!();
+}
