@@ -13,7 +13,8 @@
 //! | [`config`] | the config in force: a validated snapshot as lookup tables (services, endpoints and their live state, routes), carried over from the previous config |
 //! | [`route`] | route matching ([`route::select`]): the first route whose match blocks accept the request |
 //! | [`split`] | the weighted split ([`split::pick`]) of a route's destinations |
-//! | [`retry`] | which failures are retried ([`retry::RetryPolicy`]), the back-off |
+//! | [`retry`] | which failures are retried ([`retry::RetryPolicy`]), the pause between tries |
+//! | [`backoff`] | jittered exponential back-off: between retries, and before reconnecting to the control plane or the CA |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
 //! | [`balance`] | endpoint choice ([`balance::choose`]: P2C peak-EWMA, round robin, random, least request, slow start) and each endpoint's load |
 //! | [`outlier`] | outlier detection: the ejection state machine and an endpoint's detector |
@@ -27,6 +28,7 @@
 //! | [`workload`] | who is at either end of a hop, as metrics name them |
 
 pub mod authz;
+pub mod backoff;
 pub mod balance;
 pub mod budget;
 pub mod chance;

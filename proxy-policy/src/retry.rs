@@ -109,10 +109,7 @@ impl RetryPolicy {
 /// Fully jittered exponential back-off before retry `n` (1-based): uniform
 /// in `[0, min(cap, base × 2^(n-1))]`.
 pub fn backoff(n: u32, chance: &Chance) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(chance.unit())
+    crate::backoff::ceiling(BACKOFF_BASE, BACKOFF_CAP, n.saturating_sub(1)).mul_f64(chance.unit())
 }
 
 /// The endpoints earlier tries of this request went to (request extension,

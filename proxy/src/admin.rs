@@ -22,11 +22,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::config::Config;
-use crate::http::{full, Body};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
+use crate::svc::{full, Body};
 use outrigger_api::probe::APP_HEALTH_PREFIX;
+use outrigger_proxy_policy::config::Config;
 use outrigger_runtime::{drain, metrics, serve};
 
 pub struct Admin {

@@ -13,14 +13,14 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::drain;
 use crate::http::client::{Client, ClientSettings};
 use crate::http::proxy::Shared;
 use crate::identity::Identity;
 use crate::listener::{Listener, ListenerSpec};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
+use outrigger_proxy_policy::config::Config;
+use outrigger_runtime::drain;
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -127,7 +127,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             configured: configured.clone(),
             inbound_changes: inbound_changes.clone(),
-            chance: crate::policy::chance::Chance::default(),
+            chance: outrigger_proxy_policy::chance::Chance::default(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.idle_timeout,

@@ -19,13 +19,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
 use outrigger_api::Snapshot;
-use outrigger_runtime::backoff::Backoff;
+use outrigger_proxy_policy::backoff::Backoff;
 
 use crate::app::Applier;
 use crate::identity::{Identity, IdentityError};
 use crate::metrics::Metrics;
-use crate::policy::chance::Chance;
 use crate::transport::tls::Io;
+use outrigger_proxy_policy::chance::Chance;
 
 /// Silence on the stream after which the proxy reconnects.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(45);

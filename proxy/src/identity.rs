@@ -24,15 +24,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::certify::{CertifyRequest, CertifyResponse, CERTIFY_PATH};
 use outrigger_identity::ca::pem;
 use outrigger_identity::{tls, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
-use outrigger_runtime::backoff::Backoff;
+use outrigger_proxy_policy::backoff::Backoff;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::policy::chance::Chance;
 use crate::transport::tls::Io;
+use outrigger_proxy_policy::chance::Chance;
 
 /// Share of a certificate's lifetime after which it is renewed.
 pub const RENEW_AT: f64 = 0.7;

@@ -2,7 +2,7 @@
 //!
 //! Read [`listener`] first: it is the path of every accepted connection, from
 //! the socket to HTTP ([`http`]) or opaque TCP ([`tcp`]). [`app`] binds and
-//! drains; [`config`] turns a snapshot into lookup tables; [`admin`] serves
+//! drains; [`outrigger_proxy_policy::config`] turns a snapshot into lookup tables; [`admin`] serves
 //! the operator's endpoints (and kubelet's app probes, [`probe`]);
 //! [`control`] follows the control plane's stream.
 //!
@@ -14,8 +14,8 @@
 //! | edges | [`app`], [`listener`], [`admin`], [`control`], [`probe`], [`init`] |
 //! | HTTP and TCP | [`http`] (server, request handler, the stack of layers in [`http::stack`], upstream client, forwarding), [`tcp`], [`identity`] |
 //! | layers | [`layers`]: the tower layers, each a thin wrapper over one decision |
-//! | shared | [`svc`] (request, response, body and error types, request extensions), [`metrics`], [`access_log`], [`headers`], [`detect`], [`drain`], [`transport`] |
-//! | decisions | [`policy`] (the `outrigger-proxy-policy` crate) and [`config`], its tables |
+//! | shared | [`svc`] (request, response, body and error types, request extensions), [`metrics`], [`access_log`], [`headers`], [`detect`], [`transport`]; the drain is [`outrigger_runtime::drain`] |
+//! | decisions | the [`outrigger_proxy_policy`] crate: every decision and [`outrigger_proxy_policy::config`], its tables |
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -34,12 +34,5 @@ pub mod probe;
 pub mod svc;
 pub mod tcp;
 pub mod transport;
-
-/// The proxy's decisions and the config tables they read, in their own
-/// crate: no I/O, tested alone.
-pub use outrigger_proxy_policy as policy;
-/// The config in force (see [`policy::config`]).
-pub use outrigger_proxy_policy::config;
-pub use outrigger_runtime::drain;
 
 pub use app::{Applier, Drained, Options, Proxy, StartError};

@@ -18,19 +18,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::detect::{self, Hello, Protocol};
-use crate::drain;
 use crate::http::hold::{refusal, refused, until_revoked, ConnGuard, Hold, Refusal};
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
     unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
 };
-use crate::policy::balance::{self, Choice};
 use crate::svc::PeerIdentity;
 use crate::tcp;
 use crate::transport::tls::Io;
 use crate::transport::{self, metered::MeteredIo, orig_dst::original_dst, prefixed::PrefixedIo};
+use outrigger_proxy_policy::balance::{self, Choice};
+use outrigger_proxy_policy::config::Config;
+use outrigger_runtime::drain;
 
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {

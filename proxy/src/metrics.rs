@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::detect::Protocol;
-pub use crate::policy::workload::{unknown, Name, Workload};
+pub use outrigger_proxy_policy::workload::{unknown, Name, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {

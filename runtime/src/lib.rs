@@ -4,13 +4,11 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`drain`] | telling tasks to stop, and waiting until they have finished |
-//! | [`backoff`] | the pause before trying again after a failure (jittered, growing) |
 //! | [`signal`] | waiting for SIGTERM or SIGINT |
 //! | [`serve`] | the accept loop of a server, with its TLS handshake |
 //! | [`metrics`] | the `/metrics` answer: format negotiation and encoding |
 //! | [`log`] | log set-up from the `--log-level` and `--log-format` flags |
 
-pub mod backoff;
 pub mod drain;
 pub mod log;
 pub mod metrics;

@@ -34,11 +34,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::identity::{Alpn, Identity};
-use crate::policy::pool::ConnSettings;
 use crate::svc::{Body, ErrorKind, ProxyError, UpstreamProto};
 use crate::transport;
 use crate::transport::tls::Io;
 use outrigger_identity::SpiffeId;
+use outrigger_proxy_policy::pool::ConnSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

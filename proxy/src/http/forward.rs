@@ -16,11 +16,11 @@ use super::client::Client;
 use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
 use crate::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
-use crate::policy::balance::Chosen;
-use crate::policy::pool::ConnSettings;
 use crate::svc::{always_ready, Fut, Req, Rsp};
 use crate::svc::{response_version, BodyFault, ProxyError, Upstream, UpstreamProto};
 use crate::transport::idle::{Activity, Watched};
+use outrigger_proxy_policy::balance::Chosen;
+use outrigger_proxy_policy::pool::ConnSettings;
 
 #[derive(Clone)]
 pub struct Forward {

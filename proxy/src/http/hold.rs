@@ -14,10 +14,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::proxy::Shared;
-use crate::config::Config;
 use crate::metrics::{Direction, DirectionLabel, Revocation, RevokedLabels};
-use crate::policy::authz;
 use crate::svc::PeerIdentity;
+use outrigger_proxy_policy::authz;
+use outrigger_proxy_policy::config::Config;
 
 /// Held for as long as anything still uses an accepted connection (its HTTP
 /// server, an upgraded tunnel spliced from it): releases its slot under

@@ -11,4 +11,3 @@ pub mod server;
 pub mod stack;
 
 // The admin endpoints answer with the proxy's body type.
-pub use crate::svc::{full, Body, BoxError};

@@ -21,18 +21,18 @@ use super::body::{Record, RequestBody, ResponseBody};
 use super::client::Client;
 use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
-use crate::drain;
 use crate::headers::ORIG_PROTO;
 use crate::identity::Identity;
 use crate::metrics::{
     unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels, Workload,
 };
-use crate::policy::chance::Chance;
 use crate::svc::PeerIdentity;
 use crate::svc::{ErrorKind, Flagged, ProxyError, RouteName, Served};
 use crate::svc::{Req, Rsp};
 use crate::svc::{Upstream, UpstreamProto};
+use outrigger_proxy_policy::chance::Chance;
+use outrigger_runtime::drain;
 
 /// Process-wide pieces every request handler shares.
 pub struct Shared {
@@ -59,7 +59,7 @@ pub struct Shared {
 impl Shared {
     /// This proxy's workload for the labels: from the config, with the
     /// principal its certificate proves.
-    pub fn local_workload(&self, cfg: &crate::config::Config) -> Workload {
+    pub fn local_workload(&self, cfg: &outrigger_proxy_policy::config::Config) -> Workload {
         let mut w = cfg.proxy.clone();
         if let Some(p) = &self.principal {
             w.principal = p.clone();
@@ -376,7 +376,7 @@ impl HttpProxy {
 pub fn stack_for(
     target: &Target,
     listener: Name,
-    config: Arc<arc_swap::ArcSwap<crate::config::Config>>,
+    config: Arc<arc_swap::ArcSwap<outrigger_proxy_policy::config::Config>>,
     shared: &Shared,
     conn: Arc<dyn Send + Sync>,
     hold: Option<Arc<Hold>>,

@@ -7,9 +7,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::proxy::HttpProxy;
-use crate::config::Limits;
 use crate::detect::Protocol;
-use crate::drain;
+use outrigger_proxy_policy::config::Limits;
+use outrigger_runtime::drain;
 
 /// Serves HTTP/1 or HTTP/2 on `io` until the client is done. On drain, or
 /// once `revoked` completes (a new config refuses the connection), HTTP/1

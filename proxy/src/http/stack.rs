@@ -10,7 +10,6 @@ use outrigger_api::ServiceRef;
 use tower::ServiceBuilder;
 
 use super::forward::Forward;
-use crate::config::Config;
 use crate::layers::admit::Admit;
 use crate::layers::{
     authz::Authorize, balance::Balance, fault::Fault, outlier::RecordOutcome, pool::PoolLimit,
@@ -18,8 +17,9 @@ use crate::layers::{
     timeout::Timeout,
 };
 use crate::metrics::{Metrics, Name};
-use crate::policy::chance::Chance;
 use crate::svc::HttpService;
+use outrigger_proxy_policy::chance::Chance;
+use outrigger_proxy_policy::config::Config;
 
 /// The outbound path to a service, top to bottom:
 ///

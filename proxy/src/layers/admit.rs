@@ -16,10 +16,10 @@ use http::{HeaderMap, Method, Version};
 use outrigger_api::{HttpSettings, PathNormalization};
 use tower::Service;
 
-use crate::config::Config;
 use crate::headers;
 use crate::svc::{always_ready, call, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
+use outrigger_proxy_policy::config::Config;
 
 /// Why a path is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

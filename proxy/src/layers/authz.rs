@@ -7,11 +7,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Service;
 
-use crate::config::Config;
-use crate::policy::authz::{evaluate, Decision, Facts};
 use crate::svc::{
     always_ready, ErrorKind, Fut, HttpService, PeerIdentity, ProxyError, Req, Upstream,
 };
+use outrigger_proxy_policy::authz::{evaluate, Decision, Facts};
+use outrigger_proxy_policy::config::Config;
 
 /// The inbound layer: evaluates the workload's AuthorizationPolicies on
 /// each request (403 `RBAC` when denied).

@@ -1,5 +1,5 @@
 //! The balancer layer: chooses the endpoint of the request's backend
-//! ([`crate::policy::balance::choose`]: P2C peak-EWMA and friends, skipping
+//! ([`outrigger_proxy_policy::balance::choose`]: P2C peak-EWMA and friends, skipping
 //! ejected endpoints and those already tried), says where and how the try
 //! is sent ([`Upstream`]), and feeds the try's latency back to the
 //! endpoint's load (503 `UH` when nothing can be chosen).
@@ -9,13 +9,13 @@ use outrigger_api::ServiceProtocol;
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::policy::balance::{choose, Choice, Chosen, InFlightGuard, FAILURE_PENALTY};
-use crate::policy::chance::Chance;
-use crate::policy::retry::TriedEndpoints;
-use crate::policy::route::Backend;
 use crate::svc::{
     always_ready, ErrorKind, Fut, HttpService, ProxyError, Req, Served, Upstream, UpstreamProto,
 };
+use outrigger_proxy_policy::balance::{choose, Choice, Chosen, InFlightGuard, FAILURE_PENALTY};
+use outrigger_proxy_policy::chance::Chance;
+use outrigger_proxy_policy::retry::TriedEndpoints;
+use outrigger_proxy_policy::route::Backend;
 
 #[derive(Clone)]
 pub struct Balance<S> {
@@ -121,8 +121,8 @@ impl<S: HttpService> Service<Req> for Balance<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::layers::testing::{config, eject, service_ref, Scripted};
+    use outrigger_proxy_policy::config::Config;
 
     /// The error the balancer answers for route 0's first destination.
     async fn refusal(cfg: &Config) -> String {

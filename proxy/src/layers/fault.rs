@@ -8,12 +8,12 @@ use http::{HeaderValue, StatusCode};
 use tower::Service;
 
 use crate::metrics::ResponseFlag;
-use crate::policy::chance::Chance;
-use crate::policy::fault::{Abort, Decision};
-use crate::policy::route::Route;
 use crate::svc::{
     always_ready, call, full, Body, Flagged, Fut, HttpService, Req, Rsp, RESPONSE_FLAGS,
 };
+use outrigger_proxy_policy::chance::Chance;
+use outrigger_proxy_policy::fault::{Abort, Decision};
+use outrigger_proxy_policy::route::Route;
 
 fn abort_response(abort: Abort, version: http::Version) -> Rsp {
     let mut resp = match abort {

@@ -1,22 +1,22 @@
 //! The tower layers of the request path (composed in
 //! [`crate::http::stack`]), each a thin wrapper that reads what it needs
-//! from the request, asks its pure decision in [`crate::policy`] (the
+//! from the request, asks its pure decision in [`outrigger_proxy_policy`] (the
 //! `outrigger-proxy-policy` crate) and answers, passes on or records.
 //!
 //! | layer | decision (pure, tested alone) |
 //! |---|---|
 //! | [`admit::Admit`] | [`admit::normalize_path`], [`admit::upgrade`]: path normalization, the upgrade allow-list |
-//! | [`route::Router`] | [`crate::policy::route::select`]: first matching route |
-//! | [`authz::Authorize`] (inbound) | [`crate::policy::authz::evaluate`]: Istio's AuthorizationPolicy |
-//! | [`rate_limit::RateLimit`] | [`crate::policy::rate_limit::TokenBucket`] |
-//! | [`fault::Fault`] | [`crate::policy::fault::FaultPolicy::decide`] |
-//! | [`rewrite::Rewrite`] | [`crate::policy::rewrite::HeaderOps`], [`crate::policy::rewrite::UriRewrite`] |
+//! | [`route::Router`] | [`outrigger_proxy_policy::route::select`]: first matching route |
+//! | [`authz::Authorize`] (inbound) | [`outrigger_proxy_policy::authz::evaluate`]: Istio's AuthorizationPolicy |
+//! | [`rate_limit::RateLimit`] | [`outrigger_proxy_policy::rate_limit::TokenBucket`] |
+//! | [`fault::Fault`] | [`outrigger_proxy_policy::fault::FaultPolicy::decide`] |
+//! | [`rewrite::Rewrite`] | [`outrigger_proxy_policy::rewrite::HeaderOps`], [`outrigger_proxy_policy::rewrite::UriRewrite`] |
 //! | [`timeout::Timeout`] | route and per-try deadlines |
-//! | [`split::Split`] | [`crate::policy::split::pick`]: weighted destinations |
-//! | [`retry::Retry`] | [`crate::policy::retry::RetryPolicy`], [`crate::policy::retry::backoff`], [`crate::policy::budget::RetryBudget`], [`replay::ReplayBody`] |
-//! | [`balance::Balance`] | [`crate::policy::balance::choose`]: P2C peak-EWMA and friends |
-//! | [`pool::PoolLimit`] | [`crate::policy::pool::Pool::admit`] |
-//! | [`outlier::RecordOutcome`] | [`crate::policy::outlier::Outlier`]: the ejection state machine |
+//! | [`split::Split`] | [`outrigger_proxy_policy::split::pick`]: weighted destinations |
+//! | [`retry::Retry`] | [`outrigger_proxy_policy::retry::RetryPolicy`], [`outrigger_proxy_policy::retry::backoff`], [`outrigger_proxy_policy::budget::RetryBudget`], [`replay::ReplayBody`] |
+//! | [`balance::Balance`] | [`outrigger_proxy_policy::balance::choose`]: P2C peak-EWMA and friends |
+//! | [`pool::PoolLimit`] | [`outrigger_proxy_policy::pool::Pool::admit`] |
+//! | [`outlier::RecordOutcome`] | [`outrigger_proxy_policy::outlier::Outlier`]: the ejection state machine |
 
 pub mod admit;
 pub mod authz;

@@ -1,5 +1,5 @@
 //! The outlier layer: feeds every try's outcome to its endpoint's
-//! [`Detector`](crate::policy::outlier::Detector) (the ejection state
+//! [`Detector`](outrigger_proxy_policy::outlier::Detector) (the ejection state
 //! machine) and keeps the ejection metrics; a trial request that is
 //! dropped unanswered is handed back for the next request.
 
@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::metrics::{Metrics, ServiceLabel};
-use crate::policy::balance::Chosen;
-use crate::policy::outlier::{Outcome, OutlierPolicy, Transition};
 use crate::svc::{always_ready, Fut, HttpService, Req};
+use outrigger_proxy_policy::balance::Chosen;
+use outrigger_proxy_policy::outlier::{Outcome, OutlierPolicy, Transition};
 
 #[derive(Clone)]
 pub struct RecordOutcome<S> {
@@ -110,26 +110,28 @@ fn observe(chosen: &Chosen, outcome: Outcome, metrics: &Metrics) {
 mod tests {
     use super::*;
     use crate::layers::testing::{config, request_to_endpoint_with, service_ref, Scripted, Step};
-    use crate::policy::balance::{choose, Choice};
-    use crate::policy::chance::Chance;
+    use outrigger_proxy_policy::balance::{choose, Choice};
+    use outrigger_proxy_policy::chance::Chance;
     use std::time::Duration;
 
     /// `web.shop` with `n` endpoints and outlier detection (one 5xx ejects
     /// for 30 s, any share of the endpoints).
     const EJECT_ON_ONE: &str = "trafficPolicy:\n  outlierDetection: { consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100 }";
 
-    fn web(cfg: &crate::config::Config) -> Arc<crate::config::ServiceState> {
+    fn web(
+        cfg: &outrigger_proxy_policy::config::Config,
+    ) -> Arc<outrigger_proxy_policy::config::ServiceState> {
         cfg.service(&service_ref("web")).unwrap().clone()
     }
 
     /// The next config: `cfg`'s snapshot changed by `edit`.
     fn next(
-        cfg: &crate::config::Config,
+        cfg: &outrigger_proxy_policy::config::Config,
         edit: impl FnOnce(&mut outrigger_api::Service),
-    ) -> crate::config::Config {
+    ) -> outrigger_proxy_policy::config::Config {
         let mut snapshot = (*cfg.snapshot).clone();
         edit(&mut snapshot.services[0]);
-        crate::config::Config::build(snapshot, Some(cfg)).unwrap()
+        outrigger_proxy_policy::config::Config::build(snapshot, Some(cfg)).unwrap()
     }
 
     fn ejected_gauge(metrics: &Metrics) -> i64 {
@@ -143,7 +145,7 @@ mod tests {
 
     /// Ejects endpoint 0 of `svc` through the outlier layer (a 503).
     async fn eject_through_the_layer(
-        svc: &Arc<crate::config::ServiceState>,
+        svc: &Arc<outrigger_proxy_policy::config::ServiceState>,
         metrics: &Arc<Metrics>,
     ) {
         let mut layer = RecordOutcome::new(Scripted::always(Step::Status(503)), metrics.clone());
@@ -151,7 +153,7 @@ mod tests {
         assert!(svc.endpoints[0].stats.outlier.is_ejected());
     }
 
-    fn picks(svc: &crate::config::ServiceState) -> Choice {
+    fn picks(svc: &outrigger_proxy_policy::config::ServiceState) -> Choice {
         choose(svc, &svc.all, &[], Instant::now(), &Chance::seeded(1))
     }
 
@@ -226,7 +228,7 @@ mod tests {
         assert_eq!(ejected_gauge(&metrics), 1);
         let mut empty = (*back.snapshot).clone();
         empty.services.clear();
-        crate::config::Config::build(empty, Some(&back)).unwrap();
+        outrigger_proxy_policy::config::Config::build(empty, Some(&back)).unwrap();
         assert_eq!(ejected_gauge(&metrics), 0);
     }
 }

@@ -1,5 +1,5 @@
 //! The pool layer: admits a request under its service's connection-pool
-//! limits ([`Pool::admit`](crate::policy::pool::Pool::admit); 503 `UO` at
+//! limits ([`Pool::admit`](outrigger_proxy_policy::pool::Pool::admit); 503 `UO` at
 //! once past them) and holds its slots until the response body ends.
 
 use std::pin::Pin;
@@ -12,12 +12,12 @@ use http_body_util::BodyExt;
 use tower::Service;
 
 use crate::metrics::{Metrics, ServiceLabel};
-use crate::policy::balance::Chosen;
-use crate::policy::pool::{Overflow, Slots};
 use crate::svc::{
     always_ready, call, Body, BoxError, ErrorKind, Fut, HttpService, ProxyError, Req, Upstream,
     UpstreamProto,
 };
+use outrigger_proxy_policy::balance::Chosen;
+use outrigger_proxy_policy::pool::{Overflow, Slots};
 
 pin_project_lite::pin_project! {
     /// A response body that keeps the request's pool slots until it ends.
@@ -124,7 +124,7 @@ impl<S: HttpService> Service<Req> for PoolLimit<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::pool::PoolLimits;
+    use outrigger_proxy_policy::pool::PoolLimits;
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_held_until_the_response_body_ends() {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower::Service;
 
-use crate::config::Config;
 use crate::metrics::Name;
-use crate::policy::route::Route;
 use crate::svc::{always_ready, ErrorKind, Fut, HttpService, ProxyError, Req, Upstream};
+use outrigger_proxy_policy::config::Config;
+use outrigger_proxy_policy::route::Route;
 
 #[derive(Clone)]
 enum Scope {

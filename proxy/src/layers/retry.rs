@@ -20,15 +20,15 @@ use tower::Service;
 use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::headers;
 use crate::metrics::{Metrics, Name, ResponseFlag, ServiceLabel};
-use crate::policy::chance::Chance;
-#[cfg(doc)]
-use crate::policy::retry::RetryPolicy;
-use crate::policy::retry::{backoff, TriedEndpoints, TryOutcome};
-use crate::policy::route::Route;
 use crate::svc::{
     always_ready, Attempts, Body, Flagged, Fut, HttpService, ProxyError, Req, Rsp, Served,
     ATTEMPT_COUNT,
 };
+use outrigger_proxy_policy::chance::Chance;
+#[cfg(doc)]
+use outrigger_proxy_policy::retry::RetryPolicy;
+use outrigger_proxy_policy::retry::{backoff, TriedEndpoints, TryOutcome};
+use outrigger_proxy_policy::route::Route;
 
 #[derive(Clone)]
 pub struct Retry<S> {
@@ -257,10 +257,10 @@ mod tests {
     use super::*;
     use crate::layers::testing::retry_policy as policy;
     use crate::layers::testing::{request_on_route, route_with, Scripted, Step};
-    use crate::policy::retry::BACKOFF_BASE;
     use crate::svc::ErrorKind;
     use bytes::Bytes;
     use http_body_util::BodyExt;
+    use outrigger_proxy_policy::retry::BACKOFF_BASE;
     use std::time::Duration;
 
     fn route(on: &str, attempts: u32) -> Arc<Route> {

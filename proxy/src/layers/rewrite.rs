@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tower::Service;
 
-use crate::policy::route::{MatchedPrefix, Route};
 use crate::svc::{always_ready, Fut, HttpService, Req};
+use outrigger_proxy_policy::route::{MatchedPrefix, Route};
 
 /// Applies the route's rewrite and header operations to the request, and
 /// its response header operations to the response.
@@ -58,7 +58,7 @@ mod tests {
     use super::*;
     use crate::layers::testing::uri_rewrite as rewrite;
     use crate::layers::testing::{request_on_route, route_with, Scripted};
-    use crate::policy::rewrite::HeaderRules;
+    use outrigger_proxy_policy::rewrite::HeaderRules;
 
     #[tokio::test]
     async fn the_layer_changes_the_request_and_the_response() {

@@ -9,9 +9,9 @@ use arc_swap::ArcSwap;
 use outrigger_api::ServiceRef;
 use tower::Service;
 
-use crate::config::Config;
-use crate::policy::route::{select, MatchedPrefix, RequestView};
 use crate::svc::{always_ready, ErrorKind, Fut, HttpService, ProxyError, Req, RouteName, Rsp};
+use outrigger_proxy_policy::config::Config;
+use outrigger_proxy_policy::route::{select, MatchedPrefix, RequestView};
 
 #[derive(Clone)]
 pub struct Router<S> {

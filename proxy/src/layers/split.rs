@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tower::Service;
 
-use crate::policy::chance::Chance;
-use crate::policy::route::Route;
-use crate::policy::split::pick;
 use crate::svc::{always_ready, ErrorKind, Fut, HttpService, ProxyError, Req};
+use outrigger_proxy_policy::chance::Chance;
+use outrigger_proxy_policy::route::Route;
+use outrigger_proxy_policy::split::pick;
 
 #[derive(Clone)]
 pub struct Split<S> {

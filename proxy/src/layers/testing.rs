@@ -12,17 +12,17 @@ use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
 use tower::Service;
 
-use crate::config::ServiceState;
 use crate::metrics::Workload;
-use crate::policy::balance::Chosen;
-use crate::policy::pool::PoolLimits;
-use crate::policy::retry::TriedEndpoints;
-use crate::policy::route::{Backend, Route};
-pub use crate::policy::testing::{
-    backend_named, config, eject, fault_policy, retry_policy, route_with, service_ref, uri_rewrite,
-};
 use crate::svc::{
     full, Body, ErrorKind, Fut, ProxyError, Req, Rsp, Served, Upstream, UpstreamProto,
+};
+use outrigger_proxy_policy::balance::Chosen;
+use outrigger_proxy_policy::config::ServiceState;
+use outrigger_proxy_policy::pool::PoolLimits;
+use outrigger_proxy_policy::retry::TriedEndpoints;
+use outrigger_proxy_policy::route::{Backend, Route};
+pub use outrigger_proxy_policy::testing::{
+    backend_named, config, eject, fault_policy, retry_policy, route_with, service_ref, uri_rewrite,
 };
 
 /// What the scripted upstream does with one request.

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tower::Service;
 
-use crate::policy::route::Route;
 use crate::svc::{always_ready, Fut, HttpService, Req};
 use crate::svc::{ErrorKind, ProxyError};
+use outrigger_proxy_policy::route::Route;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
