@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -46,6 +46,7 @@ use outrigger_proxy::identity::Identity;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::control_plane::{ControlPlane, Dir};
 use outrigger_tests::*;
+use tokio::time::Instant;
 
 /// Bookinfo's manifests name no namespace: the folder's default.
 const NS: &str = "default";
