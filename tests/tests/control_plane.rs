@@ -80,19 +80,7 @@ spec:
 /// The client proxy's bootstrap: an outbound listener bound to `web.shop:80`
 /// (a placeholder entry with no endpoints until the control plane speaks).
 fn bootstrap() -> Snapshot {
-    Snapshot::from_yaml(
-        r#"
-version: "bootstrap"
-proxy: { workload: client, namespace: shop }
-admin: { bind: "127.0.0.1:0" }
-limits: { drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }
-listeners:
-  - { name: outbound, direction: outbound, bind: "127.0.0.1:0", target: { name: web, namespace: shop, port: 80 } }
-services:
-  - { name: web, namespace: shop, ports: [80] }
-"#,
-    )
-    .unwrap()
+    web_snapshot("bootstrap", "")
 }
 
 /// A client-side proxy waiting for its first config.
