@@ -9,13 +9,13 @@
 //! | module | gives |
 //! |---|---|
 //! | [`body`] | [`Body`], [`BoxError`], [`full`], [`empty`]: the body type of every server and client here |
-//! | [`servers`] | upstream apps: [`serve_http`], [`serve_https`] ([`APP_TLS_NAME`]), [`app`], [`counted_app`] ([`Answer`]), [`stalling_app`] |
+//! | [`servers`] | upstream apps: [`serve_tcp`], [`serve_http`], [`serve_https`] ([`APP_TLS_NAME`]), [`app`], [`counted_app`] ([`Answer`]), [`stalling_app`] |
 //! | [`clients`] | [`http1`], [`http2`], [`get`], [`try_get`], [`raw_get`], [`https_get`]; load: [`keep_requesting`], [`tally`] |
 //! | [`snapshots`] | proxy snapshots: [`server_snapshot`], [`client_snapshot`], [`web_snapshot`] |
 //! | [`mesh`] | [`Mesh`]: the client proxy and the server proxy in front of one app |
 //! | [`identity`] | [`held_identity`]: a workload identity already holding a certificate |
 //! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`] |
-//! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`] |
+//! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`free_port`] |
 //! | [`control_plane`] | an in-process control plane on a folder, and the folder |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
 //!
@@ -38,6 +38,8 @@ pub use clients::{get, http1, http2, https_get, keep_requesting, raw_get, tally,
 pub use identity::held_identity;
 pub use mesh::Mesh;
 pub use metrics::{metric, scrape};
-pub use processes::{eventually, ready, workspace_bin};
-pub use servers::{app, counted_app, serve_http, serve_https, stalling_app, Answer, APP_TLS_NAME};
+pub use processes::{eventually, free_port, ready, workspace_bin};
+pub use servers::{
+    app, counted_app, serve_http, serve_https, serve_tcp, stalling_app, Answer, APP_TLS_NAME,
+};
 pub use snapshots::{client_snapshot, server_snapshot, web_snapshot};

@@ -1,6 +1,7 @@
 //! Waiting for things to be so: a condition polled until a limit
-//! ([`eventually`]), a proxy's readiness ([`ready`]), and the workspace's
-//! own binaries for tests that run them ([`workspace_bin`]).
+//! ([`eventually`]), a proxy's readiness ([`ready`]); and for tests that run
+//! processes, the workspace's own binaries ([`workspace_bin`]) and a port
+//! to give them ([`free_port`]).
 
 use std::time::Duration;
 
@@ -41,4 +42,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A loopback port that was free a moment ago (bound, then let go): for a
+/// process to bind, or for a connection that must be refused.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,5 +1,6 @@
 //! Upstream servers on fresh loopback ports, standing in for the app
-//! behind a proxy: any handler over HTTP/1.1 and HTTP/2 ([`serve_http`]) or
+//! behind a proxy: any connection handler ([`serve_tcp`]), any request
+//! handler over HTTP/1.1 and HTTP/2 ([`serve_http`]) or
 //! over its own TLS ([`serve_https`]), the demo-like [`app`], an app that
 //! answers by script and counts its requests ([`counted_app`]), and one that
 //! never answers ([`stalling_app`]).
@@ -12,16 +13,18 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{empty, full, Body};
 
-/// Serves `handler` on a fresh loopback port with HTTP/1.1 and HTTP/2
-/// (prior knowledge) and upgrades; returns the address. Runs until the test ends.
-pub async fn serve_http<F, Fut>(handler: F) -> SocketAddr
+/// Accepts TCP connections on a fresh loopback port and runs `handle` on
+/// each, in a task of its own; returns the address. Runs until the test
+/// ends. `handle` itself runs as each connection is accepted, before the
+/// next accept.
+pub async fn serve_tcp<F, Fut>(handle: F) -> SocketAddr
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -30,19 +33,32 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(handle(stream));
         }
     });
     addr
+}
+
+/// Serves `handler` on a fresh loopback port with HTTP/1.1 and HTTP/2
+/// (prior knowledge) and upgrades; returns the address. Runs until the test ends.
+pub async fn serve_http<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_tcp(move |stream| {
+        let handler = handler.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await
 }
 
 /// Serves `handler` over HTTPS (HTTP/1.1) on a fresh loopback port, with a
@@ -71,28 +87,22 @@ where
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+    let addr = serve_tcp(move |tcp| {
+        let (acceptor, handler) = (acceptor.clone(), handler.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let (acceptor, handler) = (acceptor.clone(), handler.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+            let svc = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, der)
 }
 
