@@ -13,10 +13,10 @@
 //! | [`clients`] | [`http1`], [`http2`], [`get`], [`try_get`], [`raw_get`], [`https_get`]; load: [`keep_requesting`], [`tally`] |
 //! | [`snapshots`] | proxy snapshots: [`server_snapshot`], [`client_snapshot`], [`web_snapshot`] |
 //! | [`mesh`] | [`Mesh`]: the client proxy and the server proxy in front of one app |
-//! | [`identity`] | [`held_identity`]: a workload identity already holding a certificate |
+//! | [`identity`] | [`workload_identity`] (certified by the control plane), [`held_identity`] (already holding a certificate) |
 //! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`] |
 //! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`free_port`] |
-//! | [`control_plane`] | an in-process control plane on a folder, and the folder |
+//! | [`control_plane`] | an in-process control plane on a folder, the folder, its certifier; proxies that wait for it and follow it |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
 //!
 //! Everything but `chart` and `control_plane` is re-exported here, so a test
@@ -35,7 +35,7 @@ pub mod snapshots;
 
 pub use body::{empty, full, Body, BoxError};
 pub use clients::{get, http1, http2, https_get, keep_requesting, raw_get, tally, try_get};
-pub use identity::held_identity;
+pub use identity::{held_identity, workload_identity};
 pub use mesh::Mesh;
 pub use metrics::{metric, scrape};
 pub use processes::{eventually, free_port, ready, workspace_bin};

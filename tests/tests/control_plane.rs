@@ -11,13 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrigger_api::Snapshot;
-use outrigger_control_plane::authn::TokenFiles;
-use outrigger_control_plane::certify::Certifier;
-use outrigger_identity::{Ca, SpiffeId};
-use outrigger_proxy::control::Follow;
-use outrigger_proxy::identity::{Identity, IdentityConfig};
-use outrigger_proxy::{Options, Proxy};
-use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_identity::Ca;
+use outrigger_proxy::identity::Identity;
+use outrigger_proxy::Proxy;
+use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::*;
 
 /// The mesh the folder describes: Service `web` in `shop` with a blue and a
@@ -84,45 +81,21 @@ fn bootstrap() -> Snapshot {
 }
 
 /// A client-side proxy waiting for its first config.
-async fn waiting_proxy() -> Proxy {
-    Proxy::start(
-        bootstrap(),
-        Options {
-            wait_for_config: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap()
+async fn waiting_client() -> Proxy {
+    waiting_proxy(bootstrap(), None).await
 }
 
 /// A client-side proxy following the control plane at `cp`.
 async fn following_proxy(cp: SocketAddr) -> Proxy {
-    let p = waiting_proxy().await;
-    follow(&p, cp);
+    let p = waiting_client().await;
+    follow_client(&p, cp, None);
     p
 }
 
-/// Starts following the control plane at `cp`.
-fn follow(p: &Proxy, cp: SocketAddr) {
-    follow_with(p, cp, None)
-}
-
-/// Starts following the control plane at `cp`, over mTLS with `identity`.
-fn follow_with(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
-    let boot = bootstrap();
-    outrigger_proxy::control::spawn(
-        Follow {
-            address: cp.to_string(),
-            namespace: "shop".into(),
-            pod: "client-1".into(),
-            identity,
-        },
-        boot,
-        p.applier(),
-        p.metrics.clone(),
-    )
-    .unwrap();
+/// Starts following the control plane at `cp` as the client's pod; with
+/// `identity`, over mutual TLS.
+fn follow_client(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
+    follow(p, cp, bootstrap(), "shop", "client-1", identity);
 }
 
 /// Once `p` is ready, four clients request through its outbound listener
@@ -163,9 +136,9 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
     let cp = ControlPlane::bind_and_start(dir.path()).await;
-    let p = waiting_proxy().await;
+    let p = waiting_client().await;
     assert!(!ready(&p).await, "not ready before the first update");
-    follow(&p, cp.addr);
+    follow_client(&p, cp.addr, None);
     assert!(
         eventually(Duration::from_secs(10), || ready(&p)).await,
         "never ready"
@@ -350,33 +323,12 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     // Three-second certificates: renewed every 2.1 s, and more often while
     // the control plane is away, so the per-address limit (made for
     // 24-hour certificates) is raised.
-    let certifier = || {
-        Arc::new(
-            Certifier::new(
-                ca.clone(),
-                "cluster.local",
-                Duration::from_secs(3),
-                Arc::new(TokenFiles::new(tokens.path())),
-            )
-            .with_rate_limit(20.0, 10.0),
-        )
-    };
+    let mesh_ca = || certifier(ca.clone(), Duration::from_secs(3), tokens.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
-    let identity = Identity::new(IdentityConfig {
-        id: SpiffeId::new("cluster.local", "shop", "client").unwrap(),
-        token_file,
-        control_plane: SpiffeId::new(
-            "cluster.local",
-            "outrigger-system",
-            "outrigger-control-plane",
-        )
-        .unwrap(),
-        roots: ca.roots().to_vec(),
-    })
-    .unwrap();
-    let p = waiting_proxy().await;
-    follow_with(&p, cp.addr, Some(identity.clone()));
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(mesh_ca())).await;
+    let identity = workload_identity("shop", "client", token_file, ca.roots());
+    let p = waiting_client().await;
+    follow_client(&p, cp.addr, Some(identity.clone()));
     assert!(
         eventually(Duration::from_secs(10), || ready(&p)).await,
         "never ready"
@@ -432,7 +384,7 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     // ...and once it is back (same CA, same address) they succeed again.
     let before = renewals(&scrape(&p).await);
     let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
-    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(mesh_ca())).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             renewals(&scrape(&p).await) > before
