@@ -109,7 +109,10 @@ async fn load_through(
     Arc<AtomicBool>,
     Vec<tokio::task::JoinHandle<(usize, usize)>>,
 ) {
-    assert!(eventually(Duration::from_secs(10), || ready(p)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || ready(p)).await,
+        "never ready"
+    );
     let addr = p.listener_addr("outbound").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = keep_requesting(addr, stop.clone());
@@ -120,6 +123,18 @@ async fn load_through(
         .await
     );
     (addr, stop, clients)
+}
+
+/// Stops the clients and asserts that none of their requests failed;
+/// returns how many were answered.
+async fn stop_with_none_failed(
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<(usize, usize)>>,
+) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    ok
 }
 
 fn counted(
@@ -139,20 +154,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     let p = waiting_client().await;
     assert!(!ready(&p).await, "not ready before the first update");
     follow_client(&p, cp.addr, None);
-    assert!(
-        eventually(Duration::from_secs(10), || ready(&p)).await,
-        "never ready"
-    );
-    let addr = p.listener_addr("outbound").unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    let (_, stop, clients) = load_through(&p, &blue_hits).await;
     assert_eq!(
         green_hits.load(Ordering::SeqCst),
         0,
@@ -170,9 +172,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     );
     let blue_after = blue_hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     // Requests already on their way to blue when the switch landed may finish there.
     assert!(
         blue_hits.load(Ordering::SeqCst) <= blue_after + 4,
@@ -256,9 +256,8 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
     let dir = Dir::new("restart");
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp_addr = listener.local_addr().unwrap();
-    let cp = ControlPlane::start(dir.path(), listener).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let cp_addr = cp.addr;
     let p = following_proxy(cp_addr).await;
     assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
     let addr = p.listener_addr("outbound").unwrap();
@@ -297,9 +296,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
         eventually(Duration::from_secs(15), || connected(&p)).await,
         "the proxy did not reconnect"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -392,9 +389,7 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
         .await,
         "never renewed after the control plane came back"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    let ok = stop_with_none_failed(&stop, clients).await;
     assert!(ok > 0);
     cp.stop().await;
 }
@@ -476,9 +471,7 @@ async fn deleting_a_destination_rule_a_route_uses_keeps_it_and_no_request_spread
         .await,
         "the restored rule's subsets do not route"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -559,9 +552,7 @@ async fn a_file_rewritten_in_two_halves_never_spreads_traffic() {
             "{what}: a request reached the subset no route sends to"
         );
     }
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     assert_eq!(green_hits.load(Ordering::SeqCst), 0);
     cp.stop().await;
 }
@@ -736,9 +727,7 @@ async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version()
         .await,
         "never recovered"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -756,9 +745,8 @@ async fn after_a_restart_a_route_whose_rule_is_gone_answers_503_and_never_spread
     dir.write("mesh.yaml", &mesh);
     dir.write("web-dr.yaml", &rule);
     dir.write("web-vs.yaml", &split(100, 0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp_addr = listener.local_addr().unwrap();
-    let cp = ControlPlane::start(dir.path(), listener).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let cp_addr = cp.addr;
     let p = following_proxy(cp_addr).await;
     let (addr, stop, clients) = load_through(&p, &blue_hits).await;
     std::fs::remove_file(dir.path().join("web-dr.yaml")).unwrap();
