@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
@@ -17,6 +17,7 @@ use outrigger_runtime::drain;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateSigningRequestDer;
 use rustls::sign::CertifiedKey;
+use tokio::time::Instant;
 
 use crate::authn::{Authenticate, AuthnError};
 

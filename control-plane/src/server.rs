@@ -536,7 +536,10 @@ mod tests {
     fn published(yaml: &str) -> Arc<Published> {
         let parsed = manifest::parse("test.yaml", yaml, "default").unwrap();
         let mesh = Mesh::build(&Store::from_objects(parsed.objects), &Options::default());
-        Arc::new(Published::new(Arc::new(mesh), Instant::now()))
+        Arc::new(Published::new(
+            Arc::new(mesh),
+            tokio::time::Instant::now().into_std(),
+        ))
     }
 
     fn id(ns: &str, pod: &str) -> ProxyId {

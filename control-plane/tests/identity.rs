@@ -61,7 +61,7 @@ async fn start() -> Plane {
     let mesh = Mesh::build(&Store::from_objects(parsed.objects), &Options::default());
     let (mesh_tx, rx) = watch::channel(Some(Arc::new(Published::new(
         Arc::new(mesh),
-        std::time::Instant::now(),
+        tokio::time::Instant::now().into_std(),
     ))));
     let (stop_tx, stop) = drain::channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

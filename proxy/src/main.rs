@@ -338,6 +338,10 @@ fn identity(
 }
 
 /// Polls the admin port's `/ready` until it answers 200, at most `timeout`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a process-level wait on the wall clock, outside any runtime"
+)]
 fn wait_ready(admin: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let deadline = std::time::Instant::now() + timeout;

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::{full, Body, BoxError};
+use crate::body::{full, Body, BoxError};
 
 /// The chart, in the repository.
 pub fn chart_dir() -> PathBuf {

@@ -1,20 +1,28 @@
-//! An in-process control plane (folder mode) for tests, and the folder it
-//! reads.
+//! An in-process control plane (folder mode) for tests, the folder it
+//! reads, its certifier for short-lived test certificates, and proxies
+//! that follow it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outrigger_api::Snapshot;
+use outrigger_control_plane::authn::TokenFiles;
 use outrigger_control_plane::certify::Certifier;
 use outrigger_control_plane::folder::Folder;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
 use outrigger_control_plane::translate::Options as TranslateOptions;
-use outrigger_identity::SpiffeId;
+use outrigger_identity::Ca;
+use outrigger_proxy::control::Follow;
+use outrigger_proxy::identity::Identity;
+use outrigger_proxy::{Options, Proxy};
 use outrigger_runtime::drain;
 use tokio::sync::watch;
+
+use crate::identity::{control_plane_id, TRUST_DOMAIN};
 
 /// A folder under the system temp dir, removed on drop.
 pub struct Dir(tempfile::TempDir);
@@ -76,13 +84,9 @@ impl ControlPlane {
         ));
         let mut server = Server::new(rx, metrics.clone());
         if let Some(c) = certifier {
-            let id = SpiffeId::new(
-                "cluster.local",
-                "outrigger-system",
-                "outrigger-control-plane",
-            )
-            .unwrap();
-            let tls = c.server_tls(id, &[b"h2"], stopped.clone()).unwrap();
+            let tls = c
+                .server_tls(control_plane_id(), &[b"h2"], stopped.clone())
+                .unwrap();
             server = server.with_certifier(c).with_tls(Arc::new(tls));
         }
         let server = tokio::spawn(server.run(listener, stopped));
@@ -105,4 +109,62 @@ impl ControlPlane {
             let _ = t.await;
         }
     }
+}
+
+/// The mesh CA behind a control plane, for certificates that live
+/// `lifetime`: callers prove who they are with the token files under
+/// `tokens` (`<namespace>/<service account>`). The per-address rate limit,
+/// made for day-long certificates, is raised: every test proxy calls from
+/// 127.0.0.1 and renews every few seconds.
+pub fn certifier(ca: Arc<Ca>, lifetime: Duration, tokens: &Path) -> Arc<Certifier> {
+    Arc::new(
+        Certifier::new(
+            ca,
+            TRUST_DOMAIN,
+            lifetime,
+            Arc::new(TokenFiles::new(tokens)),
+        )
+        .with_rate_limit(20.0, 10.0),
+    )
+}
+
+/// A proxy started from `boot` that is not ready until its first config
+/// arrives; `identity`, if any, is its own on mesh hops.
+pub async fn waiting_proxy(boot: Snapshot, identity: Option<Arc<Identity>>) -> Proxy {
+    Proxy::start(
+        boot,
+        Options {
+            wait_for_config: true,
+            identity,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Has `proxy` follow the control plane at `cp` as pod `pod` of
+/// `namespace`, each update merged into `boot` (the snapshot it started
+/// from); with `identity`, certified by the control plane and over mutual
+/// TLS.
+pub fn follow(
+    proxy: &Proxy,
+    cp: SocketAddr,
+    boot: Snapshot,
+    namespace: &str,
+    pod: &str,
+    identity: Option<Arc<Identity>>,
+) {
+    outrigger_proxy::control::spawn(
+        Follow {
+            address: cp.to_string(),
+            namespace: namespace.into(),
+            pod: pod.into(),
+            identity,
+        },
+        boot,
+        proxy.applier(),
+        proxy.metrics.clone(),
+    )
+    .unwrap();
 }

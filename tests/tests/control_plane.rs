@@ -11,13 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outrigger_api::Snapshot;
-use outrigger_control_plane::authn::TokenFiles;
-use outrigger_control_plane::certify::Certifier;
-use outrigger_identity::{Ca, SpiffeId};
-use outrigger_proxy::control::Follow;
-use outrigger_proxy::identity::{Identity, IdentityConfig};
-use outrigger_proxy::{Options, Proxy};
-use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_identity::Ca;
+use outrigger_proxy::identity::Identity;
+use outrigger_proxy::Proxy;
+use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::*;
 
 /// The mesh the folder describes: Service `web` in `shop` with a blue and a
@@ -80,61 +77,25 @@ spec:
 /// The client proxy's bootstrap: an outbound listener bound to `web.shop:80`
 /// (a placeholder entry with no endpoints until the control plane speaks).
 fn bootstrap() -> Snapshot {
-    Snapshot::from_yaml(
-        r#"
-version: "bootstrap"
-proxy: { workload: client, namespace: shop }
-admin: { bind: "127.0.0.1:0" }
-limits: { drain_timeout: 5s, detect_timeout: 300ms, connect_timeout: 500ms }
-listeners:
-  - { name: outbound, direction: outbound, bind: "127.0.0.1:0", target: { name: web, namespace: shop, port: 80 } }
-services:
-  - { name: web, namespace: shop, ports: [80] }
-"#,
-    )
-    .unwrap()
+    web_snapshot("bootstrap", "")
 }
 
 /// A client-side proxy waiting for its first config.
-async fn waiting_proxy() -> Proxy {
-    Proxy::start(
-        bootstrap(),
-        Options {
-            wait_for_config: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap()
+async fn waiting_client() -> Proxy {
+    waiting_proxy(bootstrap(), None).await
 }
 
 /// A client-side proxy following the control plane at `cp`.
 async fn following_proxy(cp: SocketAddr) -> Proxy {
-    let p = waiting_proxy().await;
-    follow(&p, cp);
+    let p = waiting_client().await;
+    follow_client(&p, cp, None);
     p
 }
 
-/// Starts following the control plane at `cp`.
-fn follow(p: &Proxy, cp: SocketAddr) {
-    follow_with(p, cp, None)
-}
-
-/// Starts following the control plane at `cp`, over mTLS with `identity`.
-fn follow_with(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
-    let boot = bootstrap();
-    outrigger_proxy::control::spawn(
-        Follow {
-            address: cp.to_string(),
-            namespace: "shop".into(),
-            pod: "client-1".into(),
-            identity,
-        },
-        boot,
-        p.applier(),
-        p.metrics.clone(),
-    )
-    .unwrap();
+/// Starts following the control plane at `cp` as the client's pod; with
+/// `identity`, over mutual TLS.
+fn follow_client(p: &Proxy, cp: SocketAddr, identity: Option<Arc<Identity>>) {
+    follow(p, cp, bootstrap(), "shop", "client-1", identity);
 }
 
 /// Once `p` is ready, four clients request through its outbound listener
@@ -148,7 +109,10 @@ async fn load_through(
     Arc<AtomicBool>,
     Vec<tokio::task::JoinHandle<(usize, usize)>>,
 ) {
-    assert!(eventually(Duration::from_secs(10), || ready(p)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || ready(p)).await,
+        "never ready"
+    );
     let addr = p.listener_addr("outbound").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let clients = keep_requesting(addr, stop.clone());
@@ -159,6 +123,18 @@ async fn load_through(
         .await
     );
     (addr, stop, clients)
+}
+
+/// Stops the clients and asserts that none of their requests failed;
+/// returns how many were answered.
+async fn stop_with_none_failed(
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<(usize, usize)>>,
+) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(clients).await;
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    ok
 }
 
 fn counted(
@@ -175,23 +151,10 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
     let cp = ControlPlane::bind_and_start(dir.path()).await;
-    let p = waiting_proxy().await;
+    let p = waiting_client().await;
     assert!(!ready(&p).await, "not ready before the first update");
-    follow(&p, cp.addr);
-    assert!(
-        eventually(Duration::from_secs(10), || ready(&p)).await,
-        "never ready"
-    );
-    let addr = p.listener_addr("outbound").unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = keep_requesting(addr, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            blue_hits.load(Ordering::SeqCst) > 50
-        })
-        .await
-    );
+    follow_client(&p, cp.addr, None);
+    let (_, stop, clients) = load_through(&p, &blue_hits).await;
     assert_eq!(
         green_hits.load(Ordering::SeqCst),
         0,
@@ -209,9 +172,7 @@ async fn a_virtual_service_edit_moves_the_split_live_with_no_failed_request() {
     );
     let blue_after = blue_hits.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     // Requests already on their way to blue when the switch landed may finish there.
     assert!(
         blue_hits.load(Ordering::SeqCst) <= blue_after + 4,
@@ -295,9 +256,8 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
     let dir = Dir::new("restart");
     dir.write("mesh.yaml", &services(blue, green));
     dir.write("web-vs.yaml", &split(100, 0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp_addr = listener.local_addr().unwrap();
-    let cp = ControlPlane::start(dir.path(), listener).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let cp_addr = cp.addr;
     let p = following_proxy(cp_addr).await;
     assert!(eventually(Duration::from_secs(10), || ready(&p)).await);
     let addr = p.listener_addr("outbound").unwrap();
@@ -336,9 +296,7 @@ async fn traffic_flows_through_a_control_plane_restart_and_the_proxy_reconnects(
         eventually(Duration::from_secs(15), || connected(&p)).await,
         "the proxy did not reconnect"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -362,33 +320,12 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     // Three-second certificates: renewed every 2.1 s, and more often while
     // the control plane is away, so the per-address limit (made for
     // 24-hour certificates) is raised.
-    let certifier = || {
-        Arc::new(
-            Certifier::new(
-                ca.clone(),
-                "cluster.local",
-                Duration::from_secs(3),
-                Arc::new(TokenFiles::new(tokens.path())),
-            )
-            .with_rate_limit(20.0, 10.0),
-        )
-    };
+    let mesh_ca = || certifier(ca.clone(), Duration::from_secs(3), tokens.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
-    let identity = Identity::new(IdentityConfig {
-        id: SpiffeId::new("cluster.local", "shop", "client").unwrap(),
-        token_file,
-        control_plane: SpiffeId::new(
-            "cluster.local",
-            "outrigger-system",
-            "outrigger-control-plane",
-        )
-        .unwrap(),
-        roots: ca.roots().to_vec(),
-    })
-    .unwrap();
-    let p = waiting_proxy().await;
-    follow_with(&p, cp.addr, Some(identity.clone()));
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(mesh_ca())).await;
+    let identity = workload_identity("shop", "client", token_file, ca.roots());
+    let p = waiting_client().await;
+    follow_client(&p, cp.addr, Some(identity.clone()));
     assert!(
         eventually(Duration::from_secs(10), || ready(&p)).await,
         "never ready"
@@ -444,7 +381,7 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
     // ...and once it is back (same CA, same address) they succeed again.
     let before = renewals(&scrape(&p).await);
     let listener = tokio::net::TcpListener::bind(cp_addr).await.unwrap();
-    let cp = ControlPlane::start_with(dir.path(), listener, Some(certifier())).await;
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(mesh_ca())).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             renewals(&scrape(&p).await) > before
@@ -452,9 +389,7 @@ async fn a_proxy_with_an_identity_follows_over_mtls_and_renews_across_an_outage(
         .await,
         "never renewed after the control plane came back"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    let ok = stop_with_none_failed(&stop, clients).await;
     assert!(ok > 0);
     cp.stop().await;
 }
@@ -536,9 +471,7 @@ async fn deleting_a_destination_rule_a_route_uses_keeps_it_and_no_request_spread
         .await,
         "the restored rule's subsets do not route"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -619,9 +552,7 @@ async fn a_file_rewritten_in_two_halves_never_spreads_traffic() {
             "{what}: a request reached the subset no route sends to"
         );
     }
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     assert_eq!(green_hits.load(Ordering::SeqCst), 0);
     cp.stop().await;
 }
@@ -796,9 +727,7 @@ async fn a_files_good_documents_apply_while_its_bad_one_keeps_its_last_version()
         .await,
         "never recovered"
     );
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(clients).await;
-    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    stop_with_none_failed(&stop, clients).await;
     cp.stop().await;
 }
 
@@ -816,9 +745,8 @@ async fn after_a_restart_a_route_whose_rule_is_gone_answers_503_and_never_spread
     dir.write("mesh.yaml", &mesh);
     dir.write("web-dr.yaml", &rule);
     dir.write("web-vs.yaml", &split(100, 0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp_addr = listener.local_addr().unwrap();
-    let cp = ControlPlane::start(dir.path(), listener).await;
+    let cp = ControlPlane::bind_and_start(dir.path()).await;
+    let cp_addr = cp.addr;
     let p = following_proxy(cp_addr).await;
     let (addr, stop, clients) = load_through(&p, &blue_hits).await;
     std::fs::remove_file(dir.path().join("web-dr.yaml")).unwrap();

@@ -255,6 +255,21 @@ async fn an_encoded_nul_is_refused_and_counted() {
     );
 }
 
+/// A WebSocket upgrade through `addr` to the app's `/ws-accept`, which
+/// switches (101), then one frame sent; returns the stream and the four
+/// bytes that came back.
+async fn switched_and_echoed(addr: SocketAddr) -> (TcpStream, [u8; 4]) {
+    let (mut s, status, head) = upgrade_request(addr, "/ws-accept", "websocket").await;
+    assert_eq!(status, 101, "{head}");
+    s.write_all(b"\x81\x02hi").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, back)
+}
+
 async fn upgrade_request(addr: SocketAddr, path: &str, protocol: &str) -> (TcpStream, u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -328,14 +343,7 @@ async fn a_websocket_tunnel_opens_only_after_the_app_switches() {
     assert_eq!(status, 403);
 
     // The app switches: bytes pass both ways.
-    let (mut s, status, head) = upgrade_request(mesh.outbound(), "/ws-accept", "websocket").await;
-    assert_eq!(status, 101, "{head}");
-    s.write_all(b"\x81\x02hi").await.unwrap();
-    let mut back = [0u8; 4];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, back) = switched_and_echoed(mesh.outbound()).await;
     assert_eq!(&back, b"\x81\x02hi");
     assert_eq!(paths_seen(&seen), ["/ws-decline", "/ws-accept"]);
 }
@@ -345,14 +353,7 @@ async fn an_idle_websocket_tunnel_is_closed_after_the_tcp_idle_timeout() {
     let (app, _) = recording_app().await;
     let idle = |s: &mut Snapshot| s.limits.tcp_idle_timeout = outrigger_api::Duration::from_secs(1);
     let mesh = Mesh::start_with(app, idle, idle).await;
-    let (mut s, status, head) = upgrade_request(mesh.outbound(), "/ws-accept", "websocket").await;
-    assert_eq!(status, 101, "{head}");
-    s.write_all(b"\x81\x02hi").await.unwrap();
-    let mut back = [0u8; 4];
-    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut s, _) = switched_and_echoed(mesh.outbound()).await;
     let quiet = tokio::time::Instant::now();
     let mut rest = Vec::new();
     tokio::time::timeout(LIMIT, s.read_to_end(&mut rest))

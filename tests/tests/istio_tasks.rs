@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::Request;
 use http_body_util::BodyExt;
@@ -41,11 +41,11 @@ use hyper_util::rt::TokioIo;
 use outrigger_api::policy::{HttpRoute, Subset, TrafficPolicy};
 use outrigger_api::Snapshot;
 use outrigger_identity::Ca;
-use outrigger_proxy::control::Follow;
 use outrigger_proxy::identity::Identity;
 use outrigger_proxy::{Options, Proxy};
-use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_tests::control_plane::{follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::*;
+use tokio::time::Instant;
 
 /// Bookinfo's manifests name no namespace: the folder's default.
 const NS: &str = "default";
@@ -291,28 +291,8 @@ impl Bed {
             }
         }
         let boot = bootstrap(&services);
-        let proxy = Proxy::start(
-            boot.clone(),
-            Options {
-                wait_for_config: true,
-                identity,
-                ..Options::default()
-            },
-        )
-        .await
-        .unwrap();
-        outrigger_proxy::control::spawn(
-            Follow {
-                address: cp.addr.to_string(),
-                namespace: NS.into(),
-                pod: "productpage-v1-0".into(),
-                identity: None,
-            },
-            boot,
-            proxy.applier(),
-            proxy.metrics.clone(),
-        )
-        .unwrap();
+        let proxy = waiting_proxy(boot.clone(), identity).await;
+        follow(&proxy, cp.addr, boot, NS, "productpage-v1-0", None);
         assert!(
             eventually(Duration::from_secs(10), || ready(&proxy)).await,
             "the proxy never got its first config"

@@ -30,11 +30,26 @@ fn with(identity: Arc<Identity>) -> Options {
     }
 }
 
+/// The client side's snapshot whose one `web` endpoint is `endpoint`,
+/// meshed, expected to be `expected`.
+fn to_meshed(endpoint: SocketAddr, expected: &str) -> outrigger_api::Snapshot {
+    let mut snap = client_snapshot(&[(endpoint, true)]);
+    snap.services[0].endpoints[0].identity = Some(expected.into());
+    snap
+}
+
 /// A client proxy whose one `web` endpoint is `endpoint`, meshed, expected
 /// to be `expected`.
 async fn client(ca: &Ca, endpoint: SocketAddr, expected: &str) -> Proxy {
-    let mut snap = client_snapshot(&[(endpoint, true)]);
-    snap.services[0].endpoints[0].identity = Some(expected.into());
+    Proxy::start(to_meshed(endpoint, expected), with(identity(ca, "client")))
+        .await
+        .unwrap()
+}
+
+/// [`client`] to [`WEB`] at `endpoint`, with `web` an opaque (TCP) service.
+async fn opaque_client(ca: &Ca, endpoint: SocketAddr) -> Proxy {
+    let mut snap = to_meshed(endpoint, WEB);
+    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
     Proxy::start(snap, with(identity(ca, "client")))
         .await
         .unwrap()
@@ -209,12 +224,7 @@ async fn opaque_tcp_between_two_proxies_rides_mutual_tls() {
     let ca = Ca::generate(TD, SystemTime::now()).unwrap();
     let app = app("web").await;
     let server = server(&ca, app, |s| s.listeners[0].opaque_ports = vec![app.port()]).await;
-    let mut snap = client_snapshot(&[(server.listener_addr("inbound").unwrap(), true)]);
-    snap.services[0].endpoints[0].identity = Some(WEB.into());
-    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
-    let client = Proxy::start(snap, with(identity(&ca, "client")))
-        .await
-        .unwrap();
+    let client = opaque_client(&ca, server.listener_addr("inbound").unwrap()).await;
     // Raw bytes through the client's outbound listener, spliced end to end.
     let answer = raw_get(client.listener_addr("outbound").unwrap()).await;
     assert!(
@@ -336,18 +346,13 @@ async fn a_strict_port_closes_plaintext_opaque_tcp_and_a_proxy_without_identity(
     );
     // A proxy with no identity cannot satisfy STRICT: its requests fail
     // (it speaks plaintext to the meshed endpoint).
-    let mut snap = client_snapshot(&[(inbound, true)]);
-    snap.services[0].endpoints[0].identity = Some(WEB.into());
-    let bare = Proxy::start(snap, Options::default()).await.unwrap();
+    let bare = Proxy::start(to_meshed(inbound, WEB), Options::default())
+        .await
+        .unwrap();
     let (status, _) = get(bare.listener_addr("outbound").unwrap(), "/").await;
     assert!(status >= 500, "{status}");
     // With an identity, the opaque hop is mutual TLS and gets through.
-    let mut snap = client_snapshot(&[(inbound, true)]);
-    snap.services[0].endpoints[0].identity = Some(WEB.into());
-    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
-    let meshed = Proxy::start(snap, with(identity(&ca, "client")))
-        .await
-        .unwrap();
+    let meshed = opaque_client(&ca, inbound).await;
     let answer = raw_get(meshed.listener_addr("outbound").unwrap()).await;
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
@@ -526,12 +531,7 @@ async fn a_server_first_protocol_crosses_the_mesh_when_only_the_client_side_know
     let ca = Ca::generate(TD, SystemTime::now()).unwrap();
     let app = greeting_app().await;
     let unmarked = server(&ca, app, |_| {}).await;
-    let mut snap = client_snapshot(&[(unmarked.listener_addr("inbound").unwrap(), true)]);
-    snap.services[0].endpoints[0].identity = Some(WEB.into());
-    snap.services[0].protocol = outrigger_api::ServiceProtocol::Opaque;
-    let client = Proxy::start(snap, with(identity(&ca, "client")))
-        .await
-        .unwrap();
+    let client = opaque_client(&ca, unmarked.listener_addr("inbound").unwrap()).await;
     assert_eq!(
         &read_greeting(client.listener_addr("outbound").unwrap())
             .await

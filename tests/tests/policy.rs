@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
 use outrigger_proxy::{Options, Proxy};
 use outrigger_tests::*;
+use tokio::time::Instant;
 
 async fn proxy(web_yaml: &str) -> Proxy {
     Proxy::start(web_snapshot("1", web_yaml), Options::default())

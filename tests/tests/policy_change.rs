@@ -486,7 +486,7 @@ async fn a_joining_endpoint_gets_traffic_at_once_under_light_load() {
 
     // Scaled up: `c` gets traffic within a second, and its share.
     p.apply(outbound_config("2", &[a, b, c], "")).unwrap();
-    let joined = std::time::Instant::now();
+    let joined = tokio::time::Instant::now();
     assert!(
         eventually(Duration::from_secs(1), || async { hits(&c_hits) > 0 }).await,
         "the new endpoint got nothing"

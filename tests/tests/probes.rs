@@ -29,11 +29,6 @@ async fn strict_proxy(app: SocketAddr, probes: &str) -> Proxy {
     Proxy::start(snap, opts).await.unwrap()
 }
 
-async fn closed_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn probes_keep_working_when_the_inbound_side_is_strict() {
     let (app, hits) = counted_app("web", |_, req| match req.uri().path() {
@@ -48,7 +43,7 @@ async fn probes_keep_working_when_the_inbound_side_is_strict() {
     })
     .await;
     let port = app.port();
-    let gone = closed_port().await;
+    let gone = free_port();
     let probes = format!(
         r#"{{
         "/app-health/web/livez": {{"httpGet": {{"path": "/healthz", "port": {port},

@@ -13,13 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use outrigger_api::Snapshot;
-use outrigger_control_plane::authn::TokenFiles;
-use outrigger_control_plane::certify::Certifier;
-use outrigger_identity::{Ca, SpiffeId};
-use outrigger_proxy::control::Follow;
-use outrigger_proxy::identity::{Identity, IdentityConfig};
-use outrigger_proxy::{Options, Proxy};
-use outrigger_tests::control_plane::{ControlPlane, Dir};
+use outrigger_identity::Ca;
+use outrigger_proxy::Proxy;
+use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::*;
 
 const TD: &str = "cluster.local";
@@ -107,35 +103,9 @@ async fn with_identity(
     ca: &Ca,
     tokens: &Dir,
 ) -> Proxy {
-    let identity = Identity::new(IdentityConfig {
-        id: SpiffeId::new(TD, "shop", sa).unwrap(),
-        token_file: tokens.path().join("shop").join(sa),
-        control_plane: SpiffeId::new(TD, "outrigger-system", "outrigger-control-plane").unwrap(),
-        roots: ca.roots().to_vec(),
-    })
-    .unwrap();
-    let p = Proxy::start(
-        boot.clone(),
-        Options {
-            wait_for_config: true,
-            identity: Some(identity.clone()),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    outrigger_proxy::control::spawn(
-        Follow {
-            address: cp.to_string(),
-            namespace: "shop".into(),
-            pod: pod.into(),
-            identity: Some(identity),
-        },
-        boot,
-        p.applier(),
-        p.metrics.clone(),
-    )
-    .unwrap();
+    let identity = workload_identity("shop", sa, tokens.path().join("shop").join(sa), ca.roots());
+    let p = waiting_proxy(boot.clone(), Some(identity.clone())).await;
+    follow(&p, cp, boot, "shop", pod, Some(identity));
     p
 }
 
@@ -190,18 +160,9 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
     let (new_cert, new_key) = pem_of(&new);
     let both_roots = format!("{old_cert}{new_cert}");
     // Both proxies call from 127.0.0.1, which the per-address rate limit
-    // would treat as one pod renewing twice as often as it may.
-    let certifier = |ca: Ca| {
-        Some(Arc::new(
-            Certifier::new(
-                Arc::new(ca),
-                TD,
-                LIFETIME,
-                Arc::new(TokenFiles::new(tokens.path())),
-            )
-            .with_rate_limit(20.0, 10.0),
-        ))
-    };
+    // would treat as one pod renewing twice as often as it may: the
+    // harness's certifier raises it.
+    let mesh_ca = |ca: Ca| Some(certifier(Arc::new(ca), LIFETIME, tokens.path()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp_addr = listener.local_addr().unwrap();
     let server = with_identity(
@@ -218,7 +179,7 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
     let mut cp = ControlPlane::start_with(
         dir.path(),
         listener,
-        certifier(Ca::from_pem(&old_cert, &old_key, None).unwrap()),
+        mesh_ca(Ca::from_pem(&old_cert, &old_key, None).unwrap()),
     )
     .await;
     let client = with_identity(
@@ -285,7 +246,7 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
         cp = ControlPlane::start_with(
             dir.path(),
             listener,
-            certifier(Ca::from_pem(cert, key, roots).unwrap()),
+            mesh_ca(Ca::from_pem(cert, key, roots).unwrap()),
         )
         .await;
         for (p, b) in [&server, &client].into_iter().zip(before) {

@@ -7,29 +7,20 @@ use std::time::Duration;
 use outrigger_api::{Duration as ApiDuration, ServiceProtocol};
 use outrigger_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// A raw TCP echo server; with `banner`, it speaks first.
 async fn echo_server(banner: Option<&'static [u8]>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                if let Some(b) = banner {
-                    s.write_all(b).await.unwrap();
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+    serve_tcp(move |mut s| async move {
+        if let Some(b) = banner {
+            s.write_all(b).await.unwrap();
         }
-    });
-    addr
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -101,23 +92,17 @@ async fn client_first_binary_protocols_are_echoed_byte_for_byte() {
 async fn counting_banner_server(
     banner: &'static [u8],
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let _ = s.write_all(banner).await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+    let addr = serve_tcp(move |mut s| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let _ = s.write_all(banner).await;
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-    });
+    })
+    .await;
     (addr, accepted)
 }
 

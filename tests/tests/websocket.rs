@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use outrigger_tests::{eventually, metric, scrape, Mesh};
-use tokio::net::{TcpListener, TcpStream};
+use outrigger_tests::{eventually, metric, scrape, serve_tcp, Mesh};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -31,52 +31,46 @@ enum Seen {
 /// An echo server: text and binary messages come back unchanged; pings are
 /// answered by tungstenite itself; a close is answered and reported.
 async fn echo_server() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    let addr = serve_tcp(move |stream| {
+        let tx = tx.clone();
+        async move {
+            let seen = tx.clone();
+            #[allow(clippy::result_large_err)] // the signature is tungstenite's
+            let callback = move |req: &Request, resp: Response| {
+                let host = req
+                    .headers()
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = seen.send(Seen::Handshake {
+                    target: req.uri().to_string(),
+                    host,
+                });
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
                 return;
             };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let seen = tx.clone();
-                #[allow(clippy::result_large_err)] // the signature is tungstenite's
-                let callback = move |req: &Request, resp: Response| {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = seen.send(Seen::Handshake {
-                        target: req.uri().to_string(),
-                        host,
-                    });
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                while let Some(msg) = ws.next().await {
-                    match msg {
-                        Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                            if ws.send(m).await.is_err() {
-                                return;
-                            }
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                        if ws.send(m).await.is_err() {
+                            return;
                         }
-                        // Reading on flushes tungstenite's close reply, then ends.
-                        Ok(Message::Close(frame)) => {
-                            let _ = tx.send(Seen::Close(frame));
-                        }
-                        Ok(_) => {}
-                        Err(_) => return,
                     }
+                    // Reading on flushes tungstenite's close reply, then ends.
+                    Ok(Message::Close(frame)) => {
+                        let _ = tx.send(Seen::Close(frame));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

@@ -17,6 +17,11 @@
 //! Results go to stdout as one JSON object per proxy count;
 //! `bench/control-plane.sh` runs it and writes the BENCHMARKS.md section.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark: it times real latencies on the wall clock"
+)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

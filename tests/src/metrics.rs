@@ -1,0 +1,55 @@
+//! Reading Prometheus text: a proxy's `/metrics` ([`scrape`]) and one
+//! summed sample out of any exposition ([`metric`]).
+
+use outrigger_proxy::Proxy;
+
+use crate::clients::get;
+
+/// The Prometheus text from a proxy's admin port.
+pub async fn scrape(proxy: &Proxy) -> String {
+    get(proxy.admin_addr, "/metrics").await.1
+}
+
+/// The value of the sample `name{...}` whose labels include every pair in
+/// `labels`, summed over all such samples; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let rest = rest.strip_suffix('}')?;
+            // Whole `key="value"` pairs only: `,` before each key, so that
+            // `workload` never matches inside `source_workload`.
+            let rest = format!(",{rest}");
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!(",{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn metric_sums_matching_samples() {
+        let text = "# HELP x y\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\ny_total{a=\"1\"} 9\n";
+        assert_eq!(metric(text, "x_total", &[("a", "1")]), 7.0);
+        assert_eq!(metric(text, "x_total", &[("b", "3")]), 4.0);
+        assert_eq!(metric(text, "x_total", &[("b", "9")]), 0.0);
+        assert_eq!(metric(text, "z_total", &[]), 0.0);
+        let text = "w_total{source_workload=\"a\",destination_workload=\"b\"} 1\n";
+        assert_eq!(metric(text, "w_total", &[("workload", "a")]), 0.0);
+        assert_eq!(
+            metric(text, "w_total", &[("destination_workload", "b")]),
+            1.0
+        );
+    }
+}
