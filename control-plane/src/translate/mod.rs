@@ -33,11 +33,15 @@ use crate::store::{Key, Store};
 use outrigger_api::authz::AuthorizationPolicy as WirePolicy;
 use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
 
+mod export;
+mod verdict;
+
+use self::export::{export_of, Overlay};
+pub use self::export::{ExportTo, EXPORT_TO_ANNOTATION};
+pub use self::verdict::{Verdict, PREVIOUS_STAYS};
+
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// A Service annotation: the namespaces whose proxies may see the Service
-/// (comma-separated names, `.` for its own, `*` for all).
-pub const EXPORT_TO_ANNOTATION: &str = "outrigger.dev/export-to";
 /// The name of the injected proxy container; a pod that has it is meshed.
 pub const PROXY_CONTAINER: &str = "outrigger-proxy";
 /// A pod annotation that marks a pod as meshed where no container shows it
@@ -64,114 +68,6 @@ impl Default for Options {
             cluster_domain: "cluster.local".into(),
             default_export_to: ExportTo::own(),
             root_namespace: "outrigger-system".into(),
-        }
-    }
-}
-
-/// The namespaces an object is visible to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ExportTo {
-    All,
-    /// Only these namespaces (the object's own is written as its name).
-    Namespaces(BTreeSet<String>),
-}
-
-impl ExportTo {
-    /// Only the object's own namespace (`.`), resolved when the object is known.
-    pub fn own() -> Self {
-        ExportTo::Namespaces(BTreeSet::from([".".to_string()]))
-    }
-
-    /// Parses Istio's `exportTo` list relative to the object's namespace;
-    /// an empty list is `*`.
-    pub fn parse(values: &[String], own_namespace: &str) -> Result<Self, String> {
-        if values.is_empty() {
-            return Ok(ExportTo::All);
-        }
-        let mut out = BTreeSet::new();
-        for v in values {
-            match v.trim() {
-                "*" => return Ok(ExportTo::All),
-                "." => {
-                    out.insert(own_namespace.to_string());
-                }
-                "~" => {
-                    return Err("\"~\" (export to no namespace) is not supported".into());
-                }
-                ns if is_dns_label(ns) => {
-                    out.insert(ns.to_string());
-                }
-                other => return Err(format!("{other:?} is not a namespace name, \".\" or \"*\"")),
-            }
-        }
-        Ok(ExportTo::Namespaces(out))
-    }
-
-    fn resolve(&self, own_namespace: &str) -> Self {
-        match self {
-            ExportTo::All => ExportTo::All,
-            ExportTo::Namespaces(set) => ExportTo::Namespaces(
-                set.iter()
-                    .map(|n| {
-                        if n == "." {
-                            own_namespace.to_string()
-                        } else {
-                            n.clone()
-                        }
-                    })
-                    .collect(),
-            ),
-        }
-    }
-
-    pub fn includes(&self, namespace: &str) -> bool {
-        match self {
-            ExportTo::All => true,
-            ExportTo::Namespaces(set) => set.contains(namespace),
-        }
-    }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// Whether the control plane applies a mesh resource, and if not, why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Accepted,
-    Refused {
-        /// CamelCase, for the condition's `reason`.
-        reason: &'static str,
-        /// Names the field (`spec.http[0].route[1].destination.subset: ...`).
-        message: String,
-    },
-}
-
-impl Verdict {
-    fn refused(reason: &'static str, message: impl Into<String>) -> Self {
-        Verdict::Refused {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    pub fn is_accepted(&self) -> bool {
-        matches!(self, Verdict::Accepted)
-    }
-
-    fn keeping_previous(self) -> Self {
-        match self {
-            Verdict::Refused { reason, message } => Verdict::Refused {
-                reason,
-                message: format!("{message} ({PREVIOUS_STAYS})"),
-            },
-            accepted => accepted,
         }
     }
 }
@@ -209,14 +105,6 @@ impl ProxyConfig {
             inbound: self.inbound.clone(),
         }
     }
-}
-
-/// The routes or the policy of one host, with who may see them.
-#[derive(Clone, Debug)]
-struct Overlay<T> {
-    from: Key,
-    export: ExportTo,
-    value: T,
 }
 
 /// One Kubernetes Service, resolved.
@@ -341,9 +229,6 @@ fn selects(
         Some(want) => labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v))),
     }
 }
-
-/// What a refused resource's message says when its previous version stays.
-pub const PREVIOUS_STAYS: &str = "the last accepted version stays in force";
 
 impl Mesh {
     /// Translates the store with no history: a refused resource applies nothing.
@@ -647,7 +532,7 @@ impl Mesh {
             let svc_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
             // A malformed export annotation is reported, and the Service
             // stays visible in its own namespace only.
-            let export = mesh.export_of(key, svc).unwrap_or_else(|why| {
+            let export = export_of(key, svc, &options.default_export_to).unwrap_or_else(|why| {
                 mesh.verdicts.insert(
                     ResourceId {
                         kind: "Service",
@@ -954,24 +839,6 @@ impl Mesh {
             "spiffe://{}/ns/{namespace}/sa/{service_account}",
             self.options.trust_domain
         )
-    }
-
-    /// Who sees a Service: its `outrigger.dev/export-to` annotation (Istio's
-    /// `networking.istio.io/exportTo` values, comma-separated), or the default.
-    fn export_of(&self, key: &Key, svc: &KubeService) -> Result<ExportTo, String> {
-        let export = match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
-        {
-            Some(v) => {
-                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-                ExportTo::parse(&list, &key.namespace)?
-            }
-            None => self.options.default_export_to.clone(),
-        };
-        Ok(export.resolve(&key.namespace))
     }
 
     /// A Service with its endpoints, one entry per port. Headless and
