@@ -33,9 +33,11 @@ use crate::store::{Key, Store};
 use outrigger_api::authz::AuthorizationPolicy as WirePolicy;
 use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
 
+mod check;
 mod export;
 mod verdict;
 
+use self::check::{check, check_first, rename_path, scratch_snapshot};
 use self::export::{export_of, Overlay};
 pub use self::export::{ExportTo, EXPORT_TO_ANNOTATION};
 pub use self::verdict::{Verdict, PREVIOUS_STAYS};
@@ -1399,68 +1401,6 @@ fn host_key(host: &str, namespace: &str) -> Key {
         Some((name, ns)) => Key::new(ns, name),
         None => Key::new(namespace, host),
     }
-}
-
-/// A snapshot holding only what is to be checked with the proxy's own
-/// validation (errors elsewhere in it are ignored by path).
-fn scratch_snapshot(services: Vec<Service>, inbound: Inbound) -> Snapshot {
-    Snapshot {
-        version: "check".into(),
-        proxy: ProxyInfo::default(),
-        admin: Default::default(),
-        limits: Default::default(),
-        http: Default::default(),
-        listeners: Vec::new(),
-        services,
-        inbound,
-    }
-}
-
-/// Validates scratch services as the proxy would; refuses on the first
-/// error, with the path renamed to the resource's field.
-fn check(scratch: Vec<Service>, rename: impl Fn(&str) -> Option<String>) -> Result<(), Verdict> {
-    let n = scratch.len();
-    check_first(scratch, n, rename)
-}
-
-/// As [`check`], counting only errors in the first `n` services (the others
-/// are context: destinations the routes refer to).
-fn check_first(
-    scratch: Vec<Service>,
-    n: usize,
-    rename: impl Fn(&str) -> Option<String>,
-) -> Result<(), Verdict> {
-    let Err(errs) = scratch_snapshot(scratch, Inbound::default()).validate() else {
-        return Ok(());
-    };
-    for e in errs.0 {
-        // services[i].rest
-        let Some(rest) = e.path.strip_prefix("services[") else {
-            continue;
-        };
-        let Some((idx, field)) = rest.split_once("].") else {
-            continue;
-        };
-        if idx.parse::<usize>().is_ok_and(|i| i < n) {
-            if let Some(path) = rename(field) {
-                return Err(Verdict::refused(
-                    "InvalidSpec",
-                    format!("{path}: {}", e.message),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `http[0].route[1].weight` with `("http", "spec.http")` → `spec.http[0].route[1].weight`;
-/// paths outside the renamed fields → None.
-fn rename_path(path: &str, renames: &[(&str, &str)]) -> Option<String> {
-    renames.iter().find_map(|(from, to)| {
-        let rest = path.strip_prefix(from)?;
-        (rest.is_empty() || rest.starts_with('[') || rest.starts_with('.'))
-            .then(|| format!("{to}{rest}"))
-    })
 }
 
 /// Istio's protocol selection: `appProtocol`, else the port name's prefix
