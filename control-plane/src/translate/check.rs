@@ -4,6 +4,7 @@
 //! to the resource's fields (`http[0]...` becomes `spec.http[0]...`). So the
 //! control plane refuses exactly what a proxy would refuse, naming the field.
 
+use outrigger_api::authz::AuthorizationPolicy;
 use outrigger_api::inbound::Inbound;
 use outrigger_api::{ProxyInfo, Service, Snapshot};
 
@@ -11,7 +12,7 @@ use super::verdict::Verdict;
 
 /// A snapshot holding only what is to be checked with the proxy's own
 /// validation (errors elsewhere in it are ignored by path).
-pub(super) fn scratch_snapshot(services: Vec<Service>, inbound: Inbound) -> Snapshot {
+fn scratch_snapshot(services: Vec<Service>, inbound: Inbound) -> Snapshot {
     Snapshot {
         version: "check".into(),
         proxy: ProxyInfo::default(),
@@ -72,4 +73,29 @@ pub(super) fn rename_path(path: &str, renames: &[(&str, &str)]) -> Option<String
         (rest.is_empty() || rest.starts_with('[') || rest.starts_with('.'))
             .then(|| format!("{to}{rest}"))
     })
+}
+
+/// Validates an AuthorizationPolicy as the proxy would hold it; refuses on
+/// the first error, with the path renamed to the resource's field.
+pub(super) fn check_authorization(policy: &AuthorizationPolicy) -> Result<(), Verdict> {
+    let snap = scratch_snapshot(
+        Vec::new(),
+        Inbound {
+            authorization: vec![policy.clone()],
+            ..Inbound::default()
+        },
+    );
+    if let Err(errs) = snap.validate() {
+        if let Some(e) = errs
+            .0
+            .iter()
+            .find_map(|e| Some((e.path.strip_prefix("inbound.authorization[0].")?, e)))
+        {
+            return Err(Verdict::refused(
+                "InvalidSpec",
+                format!("spec.{}: {}", e.0, e.1.message),
+            ));
+        }
+    }
+    Ok(())
 }

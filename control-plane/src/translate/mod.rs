@@ -24,21 +24,20 @@ use kube::Resource;
 use outrigger_api::policy::HttpRoute;
 use outrigger_api::{ProxyInfo, Service, Snapshot};
 
-use crate::crd::{
-    AuthorizationPolicy, DestinationRule, MtlsMode as CrdMode, PeerAuthentication, VirtualService,
-};
+use crate::crd::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
 use crate::store::{Key, Store};
-use outrigger_api::authz::AuthorizationPolicy as WirePolicy;
-use outrigger_api::inbound::{Inbound, Mtls, MtlsMode};
+use outrigger_api::inbound::{Inbound, Mtls};
 
 mod check;
 mod export;
+mod security;
 mod services;
 mod verdict;
 
-use self::check::{check, check_first, rename_path, scratch_snapshot};
+use self::check::{check, check_first, rename_path};
 use self::export::{export_of, Overlay};
 pub use self::export::{ExportTo, EXPORT_TO_ANNOTATION};
+use self::security::Security;
 use self::services::{identity, pod_facts, slices_by_service, MeshService, PodFacts, Workloads};
 pub use self::services::{MESHED_ANNOTATION, PROXY_CONTAINER, SERVICE_NAME_LABEL};
 pub use self::verdict::{Verdict, PREVIOUS_STAYS};
@@ -114,11 +113,8 @@ pub struct Mesh {
     in_force_vs: BTreeMap<Key, VirtualService>,
     in_force_ap: BTreeMap<Key, AuthorizationPolicy>,
     in_force_pa: BTreeMap<Key, PeerAuthentication>,
-    /// Accepted AuthorizationPolicies: who they select, and the policy as
-    /// proxies hold it.
-    authorization: BTreeMap<Key, (Option<BTreeMap<String, String>>, WirePolicy)>,
-    /// Accepted PeerAuthentications, oldest first (the oldest applies).
-    peer_authentication: Vec<PeerAuthRule>,
+    /// Accepted PeerAuthentications and AuthorizationPolicies.
+    security: Security,
     /// Deleted DestinationRules and Services kept in force because routes
     /// in force use them, with those routes' VirtualServices.
     kept_deleted: BTreeMap<ResourceId, BTreeSet<Key>>,
@@ -176,33 +172,6 @@ fn tombstone(ms: &MeshService) -> MeshService {
             .collect(),
         routes: None,
         rule: None,
-    }
-}
-
-/// One accepted PeerAuthentication; `None` modes are UNSET (inherited).
-#[derive(Clone, Debug)]
-struct PeerAuthRule {
-    key: Key,
-    selector: Option<BTreeMap<String, String>>,
-    mode: Option<MtlsMode>,
-    ports: BTreeMap<u16, Option<MtlsMode>>,
-}
-
-/// A resource's workload selector; an empty one selects the whole
-/// namespace, as no selector does (Istio's reading).
-fn selector_of(s: Option<&crate::crd::WorkloadSelector>) -> Option<BTreeMap<String, String>> {
-    s.map(|s| s.match_labels.clone()).filter(|m| !m.is_empty())
-}
-
-/// Whether a pod with `labels` (None: a pod the store does not know) is
-/// among the workloads `selector` picks; no selector picks every pod.
-fn selects(
-    selector: Option<&BTreeMap<String, String>>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    match selector {
-        None => true,
-        Some(want) => labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v))),
     }
 }
 
@@ -484,8 +453,7 @@ impl Mesh {
             in_force_vs: BTreeMap::new(),
             in_force_ap: BTreeMap::new(),
             in_force_pa: BTreeMap::new(),
-            authorization: BTreeMap::new(),
-            peer_authentication: Vec::new(),
+            security: Security::new(&options.root_namespace),
             kept_deleted: BTreeMap::new(),
         };
         let slices = slices_by_service(store);
@@ -607,12 +575,14 @@ impl Mesh {
             store,
             "AuthorizationPolicy",
             previous.map(|p| &p.in_force_ap),
-            Mesh::apply_authorization,
+            |m: &mut Mesh, k: &Key, r: &AuthorizationPolicy| m.security.apply_authorization(k, r),
             |m| &mut m.in_force_ap,
         );
         for (key, ap) in &store.authorization_policies {
             let prev = previous.and_then(|p| p.in_force_ap.get(key));
-            let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, Mesh::apply_authorization);
+            let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, |m, k, r| {
+                m.security.apply_authorization(k, r)
+            });
             if let Some(r) = in_force {
                 mesh.in_force_ap.insert(key.clone(), r);
             }
@@ -629,13 +599,16 @@ impl Mesh {
             store,
             "PeerAuthentication",
             previous.map(|p| &p.in_force_pa),
-            Mesh::apply_peer_authentication,
+            |m: &mut Mesh, k: &Key, r: &PeerAuthentication| {
+                m.security.apply_peer_authentication(k, r)
+            },
             |m| &mut m.in_force_pa,
         );
         for (key, pa) in by_age(&store.peer_authentications) {
             let prev = previous.and_then(|p| p.in_force_pa.get(key));
-            let (verdict, in_force) =
-                mesh.apply_keeping(key, pa, prev, Mesh::apply_peer_authentication);
+            let (verdict, in_force) = mesh.apply_keeping(key, pa, prev, |m, k, r| {
+                m.security.apply_peer_authentication(k, r)
+            });
             if let Some(r) = in_force {
                 mesh.in_force_pa.insert(key.clone(), r);
             }
@@ -877,168 +850,27 @@ impl Mesh {
         Verdict::Accepted
     }
 
-    /// Checks an AuthorizationPolicy as the proxy would and, when it
-    /// passes, holds it for the workloads it selects.
-    fn apply_authorization(&mut self, key: &Key, ap: &AuthorizationPolicy) -> Verdict {
-        let policy = WirePolicy {
-            name: key.to_string(),
-            action: ap.spec.action,
-            rules: ap.spec.rules.clone(),
-        };
-        let snap = scratch_snapshot(
-            Vec::new(),
-            Inbound {
-                authorization: vec![policy.clone()],
-                ..Inbound::default()
-            },
-        );
-        if let Err(errs) = snap.validate() {
-            if let Some(e) = errs
-                .0
-                .iter()
-                .find_map(|e| Some((e.path.strip_prefix("inbound.authorization[0].")?, e)))
-            {
-                return Verdict::refused("InvalidSpec", format!("spec.{}: {}", e.0, e.1.message));
-            }
-        }
-        let selector = selector_of(ap.spec.selector.as_ref());
-        self.authorization.insert(key.clone(), (selector, policy));
-        Verdict::Accepted
-    }
-
-    /// What the inbound side of the proxy of `id` enforces: the accepted
-    /// AuthorizationPolicies of its namespace and of the root namespace
-    /// whose selector its pod's labels satisfy (no selector: every pod).
+    /// What the inbound side of the proxy of `id` enforces: its
+    /// peer-authentication mode and the AuthorizationPolicies that select it.
     pub fn inbound_for(&self, id: &ProxyId) -> Inbound {
-        let labels = self.pod_labels(id);
-        let authorization = self
-            .authorization
-            .iter()
-            .filter(|(k, _)| {
-                k.namespace == id.namespace || k.namespace == self.options.root_namespace
-            })
-            .filter(|(_, (selector, _))| selects(selector.as_ref(), labels))
-            .map(|(_, (_, p))| p.clone())
-            .collect();
         Inbound {
             mtls: self.mtls_for(id),
-            authorization,
+            authorization: self
+                .security
+                .authorization_for(&id.namespace, self.pod_labels(id)),
         }
+    }
+
+    /// The peer-authentication mode of the proxy of `id` (see
+    /// [`Security::mtls_for`]).
+    pub fn mtls_for(&self, id: &ProxyId) -> Mtls {
+        self.security.mtls_for(&id.namespace, self.pod_labels(id))
     }
 
     fn pod_labels(&self, id: &ProxyId) -> Option<&BTreeMap<String, String>> {
         self.pods
             .get(&Key::new(&id.namespace, &id.pod))
             .map(|p| &p.labels)
-    }
-
-    /// The peer-authentication mode of the proxy of `id`, as Istio resolves
-    /// it: the oldest policy that selects the pod, else its namespace's
-    /// (no selector), else the mesh's (the root namespace's, no selector);
-    /// an UNSET mode inherits from the next of these, and PERMISSIVE is
-    /// the default. Port-level modes come from the selecting policy only.
-    pub fn mtls_for(&self, id: &ProxyId) -> Mtls {
-        let labels = self.pod_labels(id);
-        let in_ns = |ns: &str| -> Vec<&PeerAuthRule> {
-            self.peer_authentication
-                .iter()
-                .filter(|r| r.key.namespace == ns)
-                .collect()
-        };
-        let own = in_ns(&id.namespace);
-        let workload = own
-            .iter()
-            .find(|r| r.selector.is_some() && selects(r.selector.as_ref(), labels))
-            .copied();
-        let namespace = own.iter().find(|r| r.selector.is_none()).copied();
-        let mesh = in_ns(&self.options.root_namespace)
-            .into_iter()
-            .find(|r| r.selector.is_none());
-        let mode = [workload, namespace, mesh]
-            .into_iter()
-            .flatten()
-            .find_map(|r| r.mode)
-            .unwrap_or_default();
-        let ports = workload
-            .into_iter()
-            .flat_map(|r| &r.ports)
-            .map(|(port, m)| (*port, m.unwrap_or(mode)))
-            .filter(|(_, m)| *m != mode)
-            .collect();
-        Mtls { mode, ports }
-    }
-
-    /// Checks a PeerAuthentication and, when it passes, holds it for the
-    /// workloads it selects. A second namespace-wide policy (no selector)
-    /// in one namespace is refused: the oldest applies.
-    fn apply_peer_authentication(&mut self, key: &Key, pa: &PeerAuthentication) -> Verdict {
-        fn mode(m: CrdMode, field: &str) -> Result<Option<MtlsMode>, Verdict> {
-            match m {
-                CrdMode::Unset => Ok(None),
-                CrdMode::Permissive => Ok(Some(MtlsMode::Permissive)),
-                CrdMode::Strict => Ok(Some(MtlsMode::Strict)),
-                CrdMode::Disable => Err(Verdict::refused(
-                    "Unsupported",
-                    format!(
-                        "{field}: DISABLE is not supported (a proxy always accepts mutual TLS \
-                         from peer proxies); PERMISSIVE also accepts plaintext"
-                    ),
-                )),
-            }
-        }
-        let spec = &pa.spec;
-        let selector = selector_of(spec.selector.as_ref());
-        let workload_mode = match mode(
-            spec.mtls.as_ref().map(|m| m.mode).unwrap_or_default(),
-            "spec.mtls.mode",
-        ) {
-            Ok(m) => m,
-            Err(v) => return v,
-        };
-        if !spec.port_level_mtls.is_empty() && selector.is_none() {
-            return Verdict::refused(
-                "InvalidSpec",
-                "spec.portLevelMtls: applies to the workloads of a selector only (add \
-                 spec.selector), as in Istio",
-            );
-        }
-        let mut ports = BTreeMap::new();
-        for (port, m) in &spec.port_level_mtls {
-            let field = format!("spec.portLevelMtls[{port}]");
-            let Some(p) = u16::try_from(*port).ok().filter(|p| *p > 0) else {
-                return Verdict::refused(
-                    "InvalidSpec",
-                    format!("{field}: not a port number (1-65535)"),
-                );
-            };
-            match mode(m.mode, &format!("{field}.mode")) {
-                Ok(m) => ports.insert(p, m),
-                Err(v) => return v,
-            };
-        }
-        if selector.is_none() {
-            if let Some(other) = self
-                .peer_authentication
-                .iter()
-                .find(|r| r.selector.is_none() && r.key.namespace == key.namespace)
-            {
-                return Verdict::refused(
-                    "Conflict",
-                    format!(
-                        "namespace {} already has the namespace-wide PeerAuthentication {} \
-                         (the oldest applies)",
-                        key.namespace, other.key
-                    ),
-                );
-            }
-        }
-        self.peer_authentication.push(PeerAuthRule {
-            key: key.clone(),
-            selector,
-            mode: workload_mode,
-            ports,
-        });
-        Verdict::Accepted
     }
 
     /// A VirtualService refused for a destination that is not there (a
@@ -1248,6 +1080,7 @@ mod tests {
     use super::*;
     use crate::manifest;
     use k8s_openapi::api::core::v1::Pod;
+    use outrigger_api::inbound::MtlsMode;
     use outrigger_api::ServiceProtocol;
 
     /// A store from manifests (namespace `default` where none is named).
