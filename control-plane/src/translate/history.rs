@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use outrigger_api::Service;
 
+use super::mesh::Mesh;
 use super::services::MeshService;
 use super::verdict::Verdict;
-use super::Mesh;
 use crate::crd::{DestinationRule, VirtualService};
 use crate::store::{Key, ResourceId, Store};
 

@@ -12,8 +12,8 @@ use outrigger_api::Service;
 
 use super::check::{check, check_first, rename_path};
 use super::export::{ExportTo, Overlay};
+use super::mesh::{host_key, Mesh};
 use super::verdict::Verdict;
-use super::{host_key, Mesh};
 use crate::crd::{DestinationRule, VirtualService};
 use crate::store::Key;
 

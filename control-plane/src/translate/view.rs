@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use outrigger_api::inbound::{Inbound, Mtls};
 use outrigger_api::{ProxyInfo, Service, Snapshot};
 
+use super::mesh::{host_key, Mesh};
 use super::services::identity;
-use super::{host_key, Mesh};
 use crate::store::Key;
 
 /// Who a proxy says it is: its pod, from the downward API.
