@@ -7,8 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::Resource;
-
 use super::export::{export_of, ExportTo, EXPORT_TO_ANNOTATION};
 use super::history::Held;
 use super::security::Security;
@@ -153,191 +151,13 @@ impl Mesh {
                 .entry(key.clone())
                 .or_insert_with(|| gone.clone());
         }
-        // Resources that could not be read: refused with the reason, and
-        // their version in force before stays.
-        for (&(kind, ref key), why) in &store.invalid {
-            let verdict = Verdict::refused("InvalidSpec", why.clone());
-            let kept = match kind {
-                "DestinationRule" => previous
-                    .and_then(|p| p.in_force_dr.get(key))
-                    .filter(|prev| mesh.apply_destination_rule(key, prev).is_accepted())
-                    .map(|prev| mesh.in_force_dr.insert(key.clone(), prev.clone()))
-                    .is_some(),
-                _ => false,
-            };
-            mesh.verdicts.insert(
-                ResourceId {
-                    kind,
-                    key: key.clone(),
-                },
-                if kept {
-                    verdict.keeping_previous()
-                } else {
-                    verdict
-                },
-            );
-        }
-        // Deleted rules that routes in force use: first, as the oldest
-        // (each was the one in force for its host).
-        for (key, dr) in &held.rules {
-            if mesh.apply_destination_rule(key, dr).is_accepted() {
-                mesh.in_force_dr.insert(key.clone(), dr.clone());
-            }
-        }
-        for (key, dr) in by_age(&store.destination_rules) {
-            let prev = previous.and_then(|p| p.in_force_dr.get(key));
-            // An edit that broke a route in force (see `held_for_routes`):
-            // refused, and the version in force stays.
-            let (verdict, in_force) = match (held.edits.get(key), prev) {
-                (Some(refusal), Some(p)) => {
-                    if mesh.apply_destination_rule(key, p).is_accepted() {
-                        (refusal.clone().keeping_previous(), Some(p.clone()))
-                    } else {
-                        (refusal.clone(), None)
-                    }
-                }
-                _ => mesh.apply_keeping(key, dr, prev, Mesh::apply_destination_rule),
-            };
-            if let Some(r) = in_force {
-                mesh.in_force_dr.insert(key.clone(), r);
-            }
-            mesh.verdicts.insert(
-                ResourceId {
-                    kind: "DestinationRule",
-                    key: key.clone(),
-                },
-                verdict,
-            );
-        }
-        mesh.keep_unreadable(
-            store,
-            "VirtualService",
-            previous.map(|p| &p.in_force_vs),
-            Mesh::apply_virtual_service,
-            |m| &mut m.in_force_vs,
-        );
-        for (key, vs) in by_age(&store.virtual_services) {
-            let prev = previous.and_then(|p| p.in_force_vs.get(key));
-            let (verdict, in_force) =
-                mesh.apply_keeping(key, vs, prev, Mesh::apply_virtual_service);
-            let verdict = match in_force {
-                Some(r) => {
-                    mesh.in_force_vs.insert(key.clone(), r);
-                    verdict
-                }
-                None => mesh.fail_closed(key, vs, verdict),
-            };
-            mesh.verdicts.insert(
-                ResourceId {
-                    kind: "VirtualService",
-                    key: key.clone(),
-                },
-                verdict,
-            );
-        }
+        mesh.refuse_unreadable(store);
+        mesh.admit::<DestinationRule>(store, previous, held);
+        mesh.admit::<VirtualService>(store, previous, held);
         mesh.explain_held(held);
-        // An unreadable edit of a DENY policy must not open the door.
-        mesh.keep_unreadable(
-            store,
-            "AuthorizationPolicy",
-            previous.map(|p| &p.in_force_ap),
-            |m: &mut Mesh, k: &Key, r: &AuthorizationPolicy| m.security.apply_authorization(k, r),
-            |m| &mut m.in_force_ap,
-        );
-        for (key, ap) in &store.authorization_policies {
-            let prev = previous.and_then(|p| p.in_force_ap.get(key));
-            let (verdict, in_force) = mesh.apply_keeping(key, ap, prev, |m, k, r| {
-                m.security.apply_authorization(k, r)
-            });
-            if let Some(r) = in_force {
-                mesh.in_force_ap.insert(key.clone(), r);
-            }
-            mesh.verdicts.insert(
-                ResourceId {
-                    kind: "AuthorizationPolicy",
-                    key: key.clone(),
-                },
-                verdict,
-            );
-        }
-        // An unreadable edit of a STRICT policy must not let plaintext in.
-        mesh.keep_unreadable(
-            store,
-            "PeerAuthentication",
-            previous.map(|p| &p.in_force_pa),
-            |m: &mut Mesh, k: &Key, r: &PeerAuthentication| {
-                m.security.apply_peer_authentication(k, r)
-            },
-            |m| &mut m.in_force_pa,
-        );
-        for (key, pa) in by_age(&store.peer_authentications) {
-            let prev = previous.and_then(|p| p.in_force_pa.get(key));
-            let (verdict, in_force) = mesh.apply_keeping(key, pa, prev, |m, k, r| {
-                m.security.apply_peer_authentication(k, r)
-            });
-            if let Some(r) = in_force {
-                mesh.in_force_pa.insert(key.clone(), r);
-            }
-            mesh.verdicts.insert(
-                ResourceId {
-                    kind: "PeerAuthentication",
-                    key: key.clone(),
-                },
-                verdict,
-            );
-        }
+        mesh.admit::<AuthorizationPolicy>(store, previous, held);
+        mesh.admit::<PeerAuthentication>(store, previous, held);
         mesh
-    }
-
-    /// Resources of `kind` that cannot be read now (their verdict, already
-    /// set, says why): the version `previous` had in force stays, if it
-    /// still applies, and the verdict says so.
-    fn keep_unreadable<R: Clone>(
-        &mut self,
-        store: &Store,
-        kind: &'static str,
-        previous: Option<&BTreeMap<Key, R>>,
-        apply: fn(&mut Mesh, &Key, &R) -> Verdict,
-        in_force: fn(&mut Mesh) -> &mut BTreeMap<Key, R>,
-    ) {
-        for (k, key) in store.invalid.keys().filter(|(k, _)| *k == kind) {
-            let Some(prev) = previous.and_then(|p| p.get(key)) else {
-                continue;
-            };
-            if !apply(self, key, prev).is_accepted() {
-                continue;
-            }
-            in_force(self).insert(key.clone(), prev.clone());
-            let id = ResourceId {
-                kind: k,
-                key: key.clone(),
-            };
-            if let Some(v) = self.verdicts.remove(&id) {
-                self.verdicts.insert(id, v.keeping_previous());
-            }
-        }
-    }
-
-    /// Applies `current`; when it is refused and `previous` (the version in
-    /// force before) differs and still applies, that one stays in force.
-    /// Returns the verdict on `current` and the version now in force.
-    fn apply_keeping<R: Clone + PartialEq>(
-        &mut self,
-        key: &Key,
-        current: &R,
-        previous: Option<&R>,
-        apply: fn(&mut Mesh, &Key, &R) -> Verdict,
-    ) -> (Verdict, Option<R>) {
-        let verdict = apply(self, key, current);
-        if verdict.is_accepted() {
-            return (verdict, Some(current.clone()));
-        }
-        match previous.filter(|p| *p != current) {
-            Some(p) if apply(self, key, p).is_accepted() => {
-                (verdict.keeping_previous(), Some(p.clone()))
-            }
-            _ => (verdict, None),
-        }
     }
 
     /// Every mesh resource's verdict.
@@ -381,22 +201,4 @@ pub(super) fn host_key(host: &str, namespace: &str) -> Key {
         Some((name, ns)) => Key::new(ns, name),
         None => Key::new(namespace, host),
     }
-}
-
-/// Objects oldest first (by creation time, then key): the oldest of two
-/// conflicting resources applies, as in Istio.
-fn by_age<K: Resource>(map: &BTreeMap<Key, K>) -> Vec<(&Key, &K)> {
-    let mut v: Vec<(&Key, &K)> = map.iter().collect();
-    v.sort_by(|(ka, a), (kb, b)| {
-        let ta = a.meta().creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.meta().creation_timestamp.as_ref().map(|t| t.0);
-        // Objects without a time (hand-written) sort after those with one.
-        match (ta, tb) {
-            (Some(x), Some(y)) => x.cmp(&y).then_with(|| ka.cmp(kb)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => ka.cmp(kb),
-        }
-    });
-    v
 }

@@ -18,6 +18,7 @@
 //! accepted before is refused now, its last accepted version stays in force
 //! (given the previous mesh), and its verdict says so.
 
+mod admission;
 mod check;
 mod export;
 mod history;

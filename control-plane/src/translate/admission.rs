@@ -1,0 +1,278 @@
+//! Admission: the one way every kind of mesh resource (DestinationRule,
+//! VirtualService, AuthorizationPolicy, PeerAuthentication) is checked,
+//! attached and given its verdict. Resources are admitted oldest first
+//! (the oldest of two conflicting ones applies, as in Istio). A resource
+//! refused now, or unreadable now, whose previous version was in force
+//! keeps that version in force if it still applies, and its verdict says
+//! so. What differs between the kinds is in [`MeshResource`].
+
+use std::collections::BTreeMap;
+
+use kube::Resource;
+
+use super::history::Held;
+use super::mesh::Mesh;
+use super::verdict::Verdict;
+use crate::crd::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+use crate::store::{Key, ResourceId, Store};
+
+/// What admission needs of one kind of mesh resource.
+pub(super) trait MeshResource: Resource + Clone + PartialEq {
+    /// The kind, as verdicts and the store's unreadable resources name it.
+    const KIND: &'static str;
+
+    /// This kind's resources in the store.
+    fn stored(store: &Store) -> &BTreeMap<Key, Self>;
+
+    /// The version of each resource of this kind a mesh has in force.
+    fn in_force(mesh: &Mesh) -> &BTreeMap<Key, Self>;
+
+    fn in_force_mut(mesh: &mut Mesh) -> &mut BTreeMap<Key, Self>;
+
+    /// Checks the resource against the mesh built so far (and through the
+    /// proxy's own validation) and, when it passes, attaches it.
+    fn attach(&self, mesh: &mut Mesh, key: &Key) -> Verdict;
+
+    /// Attaches what the rebuild holds in force of this kind although the
+    /// store no longer has it, before the store's resources.
+    fn attach_held(_mesh: &mut Mesh, _held: &Held) {}
+
+    /// A refusal the rebuild decided before the resource is checked.
+    fn held_refusal<'h>(_held: &'h Held, _key: &Key) -> Option<&'h Verdict> {
+        None
+    }
+
+    /// The verdict on a refused resource of which no version is in force.
+    fn with_nothing_in_force(&self, _mesh: &mut Mesh, _key: &Key, verdict: Verdict) -> Verdict {
+        verdict
+    }
+}
+
+impl MeshResource for DestinationRule {
+    const KIND: &'static str = "DestinationRule";
+
+    fn stored(store: &Store) -> &BTreeMap<Key, Self> {
+        &store.destination_rules
+    }
+
+    fn in_force(mesh: &Mesh) -> &BTreeMap<Key, Self> {
+        &mesh.in_force_dr
+    }
+
+    fn in_force_mut(mesh: &mut Mesh) -> &mut BTreeMap<Key, Self> {
+        &mut mesh.in_force_dr
+    }
+
+    fn attach(&self, mesh: &mut Mesh, key: &Key) -> Verdict {
+        mesh.apply_destination_rule(key, self)
+    }
+
+    /// Deleted rules that routes in force use: first, as the oldest (each
+    /// was the one in force for its host).
+    fn attach_held(mesh: &mut Mesh, held: &Held) {
+        for (key, dr) in &held.rules {
+            if dr.attach(mesh, key).is_accepted() {
+                mesh.in_force_dr.insert(key.clone(), dr.clone());
+            }
+        }
+    }
+
+    /// An edit that broke a route in force (see `Mesh::held_for_routes`):
+    /// refused, and the version in force stays.
+    fn held_refusal<'h>(held: &'h Held, key: &Key) -> Option<&'h Verdict> {
+        held.edits.get(key)
+    }
+}
+
+impl MeshResource for VirtualService {
+    const KIND: &'static str = "VirtualService";
+
+    fn stored(store: &Store) -> &BTreeMap<Key, Self> {
+        &store.virtual_services
+    }
+
+    fn in_force(mesh: &Mesh) -> &BTreeMap<Key, Self> {
+        &mesh.in_force_vs
+    }
+
+    fn in_force_mut(mesh: &mut Mesh) -> &mut BTreeMap<Key, Self> {
+        &mut mesh.in_force_vs
+    }
+
+    fn attach(&self, mesh: &mut Mesh, key: &Key) -> Verdict {
+        mesh.apply_virtual_service(key, self)
+    }
+
+    /// A dangling route with nothing in force fails closed (503).
+    fn with_nothing_in_force(&self, mesh: &mut Mesh, key: &Key, verdict: Verdict) -> Verdict {
+        mesh.fail_closed(key, self, verdict)
+    }
+}
+
+/// An unreadable edit of a DENY policy must not open the door.
+impl MeshResource for AuthorizationPolicy {
+    const KIND: &'static str = "AuthorizationPolicy";
+
+    fn stored(store: &Store) -> &BTreeMap<Key, Self> {
+        &store.authorization_policies
+    }
+
+    fn in_force(mesh: &Mesh) -> &BTreeMap<Key, Self> {
+        &mesh.in_force_ap
+    }
+
+    fn in_force_mut(mesh: &mut Mesh) -> &mut BTreeMap<Key, Self> {
+        &mut mesh.in_force_ap
+    }
+
+    fn attach(&self, mesh: &mut Mesh, key: &Key) -> Verdict {
+        mesh.security.apply_authorization(key, self)
+    }
+}
+
+/// An unreadable edit of a STRICT policy must not let plaintext in.
+impl MeshResource for PeerAuthentication {
+    const KIND: &'static str = "PeerAuthentication";
+
+    fn stored(store: &Store) -> &BTreeMap<Key, Self> {
+        &store.peer_authentications
+    }
+
+    fn in_force(mesh: &Mesh) -> &BTreeMap<Key, Self> {
+        &mesh.in_force_pa
+    }
+
+    fn in_force_mut(mesh: &mut Mesh) -> &mut BTreeMap<Key, Self> {
+        &mut mesh.in_force_pa
+    }
+
+    fn attach(&self, mesh: &mut Mesh, key: &Key) -> Verdict {
+        mesh.security.apply_peer_authentication(key, self)
+    }
+}
+
+impl Mesh {
+    /// Resources that could not be read, of every kind: refused with the
+    /// reason (their version in force may stay: see [`Mesh::admit`]).
+    pub(super) fn refuse_unreadable(&mut self, store: &Store) {
+        for (&(kind, ref key), why) in &store.invalid {
+            self.verdicts.insert(
+                ResourceId {
+                    kind,
+                    key: key.clone(),
+                },
+                Verdict::refused("InvalidSpec", why.clone()),
+            );
+        }
+    }
+
+    /// Admits the resources of kind `R`: the unreadable ones' versions in
+    /// force before, what `held` keeps, then the store's, oldest first.
+    pub(super) fn admit<R: MeshResource>(
+        &mut self,
+        store: &Store,
+        previous: Option<&Mesh>,
+        held: &Held,
+    ) {
+        let previous = previous.map(R::in_force);
+        self.keep_unreadable(store, previous);
+        R::attach_held(self, held);
+        for (key, current) in by_age(R::stored(store)) {
+            let prev = previous.and_then(|p| p.get(key));
+            let (verdict, in_force) = match (R::held_refusal(held, key), prev) {
+                (Some(refusal), Some(p)) => self.fall_back(key, refusal.clone(), Some(p)),
+                _ => self.apply_keeping(key, current, prev),
+            };
+            let verdict = match in_force {
+                Some(r) => {
+                    R::in_force_mut(self).insert(key.clone(), r);
+                    verdict
+                }
+                None => current.with_nothing_in_force(self, key, verdict),
+            };
+            self.verdicts.insert(
+                ResourceId {
+                    kind: R::KIND,
+                    key: key.clone(),
+                },
+                verdict,
+            );
+        }
+    }
+
+    /// Resources of kind `R` that cannot be read now (their verdict, already
+    /// set, says why): the version `previous` had in force stays, if it
+    /// still applies, and the verdict says so.
+    fn keep_unreadable<R: MeshResource>(
+        &mut self,
+        store: &Store,
+        previous: Option<&BTreeMap<Key, R>>,
+    ) {
+        for (_, key) in store.invalid.keys().filter(|(k, _)| *k == R::KIND) {
+            let Some(prev) = previous.and_then(|p| p.get(key)) else {
+                continue;
+            };
+            if !prev.attach(self, key).is_accepted() {
+                continue;
+            }
+            R::in_force_mut(self).insert(key.clone(), prev.clone());
+            let id = ResourceId {
+                kind: R::KIND,
+                key: key.clone(),
+            };
+            if let Some(v) = self.verdicts.remove(&id) {
+                self.verdicts.insert(id, v.keeping_previous());
+            }
+        }
+    }
+
+    /// Applies `current`; when it is refused and `previous` (the version in
+    /// force before) differs and still applies, that one stays in force.
+    /// Returns the verdict on `current` and the version now in force.
+    fn apply_keeping<R: MeshResource>(
+        &mut self,
+        key: &Key,
+        current: &R,
+        previous: Option<&R>,
+    ) -> (Verdict, Option<R>) {
+        let verdict = current.attach(self, key);
+        if verdict.is_accepted() {
+            return (verdict, Some(current.clone()));
+        }
+        self.fall_back(key, verdict, previous.filter(|p| *p != current))
+    }
+
+    /// A refusal: `previous`, when there is one and it still applies, stays
+    /// in force, and the verdict says so.
+    fn fall_back<R: MeshResource>(
+        &mut self,
+        key: &Key,
+        refusal: Verdict,
+        previous: Option<&R>,
+    ) -> (Verdict, Option<R>) {
+        match previous {
+            Some(p) if p.attach(self, key).is_accepted() => {
+                (refusal.keeping_previous(), Some(p.clone()))
+            }
+            _ => (refusal, None),
+        }
+    }
+}
+
+/// Objects oldest first (by creation time, then key): the oldest of two
+/// conflicting resources applies, as in Istio.
+fn by_age<K: Resource>(map: &BTreeMap<Key, K>) -> Vec<(&Key, &K)> {
+    let mut v: Vec<(&Key, &K)> = map.iter().collect();
+    v.sort_by(|(ka, a), (kb, b)| {
+        let ta = a.meta().creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.meta().creation_timestamp.as_ref().map(|t| t.0);
+        // Objects without a time (hand-written) sort after those with one.
+        match (ta, tb) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| ka.cmp(kb)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => ka.cmp(kb),
+        }
+    });
+    v
+}
