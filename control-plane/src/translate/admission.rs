@@ -276,3 +276,151 @@ fn by_age<K: Resource>(map: &BTreeMap<Key, K>) -> Vec<(&Key, &K)> {
     });
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Key;
+    use crate::translate::fixtures::*;
+    use crate::translate::{Mesh, Options, Verdict, PREVIOUS_STAYS};
+
+    #[test]
+    fn the_oldest_of_two_virtual_services_for_one_host_applies() {
+        let vs = |name: &str, time: &str, weight: u32| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: {name}, namespace: shop, creationTimestamp: "{time}" }}
+spec:
+  hosts: [reviews]
+  http: [{{ route: [{{ destination: {{ host: reviews }}, weight: {weight} }}] }}]
+"#
+            )
+        };
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{}",
+            vs("a-newer", "2026-02-01T00:00:00Z", 7),
+            vs("z-older", "2026-01-01T00:00:00Z", 9)
+        ));
+        assert!(verdict(&m, "VirtualService", "shop", "z-older").is_accepted());
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "a-newer"));
+        assert_eq!(r, "Conflict");
+        assert!(
+            msg.contains("already routed by VirtualService shop/z-older"),
+            "{msg}"
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http[0].route[0].weight, Some(9));
+    }
+
+    #[test]
+    fn a_refused_edit_keeps_the_last_accepted_version_in_force() {
+        let dr = CANARY.split("---").next().unwrap();
+        let vs = |subset: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  http: [{{ route: [{{ destination: {{ host: reviews, subset: {subset} }} }}] }}]
+"#
+            )
+        };
+        let good = Mesh::build(
+            &store(&format!("{REVIEWS}---{dr}---{}", vs("v1"))),
+            &Options::default(),
+        );
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let bad_store = store(&format!("{REVIEWS}---{dr}---{}", vs("v9")));
+        let next = Mesh::rebuild(&bad_store, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert!(
+            message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(
+            reviews.http[0].route[0].destination.subset.as_deref(),
+            Some("v1"),
+            "v1 stays"
+        );
+        // And again from that mesh: the good version is still the one in force.
+        let again = Mesh::rebuild(&bad_store, &Options::default(), Some(&next));
+        let c = config(&again, "shop", "productpage-1");
+        assert_eq!(
+            c.services
+                .iter()
+                .find(|s| s.name == "reviews")
+                .unwrap()
+                .http
+                .len(),
+            1
+        );
+        // Without history (a restarted control plane), the bad version is
+        // not applied, and its host answers 503 instead of spreading.
+        let fresh = Mesh::build(&bad_store, &Options::default());
+        assert_fails_closed(&config(&fresh, "shop", "productpage-1"), "shop/reviews");
+        // Deleting the resource is always taken.
+        let gone = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{dr}")),
+            &Options::default(),
+            Some(&next),
+        );
+        assert!(config(&gone, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.http.is_empty()));
+    }
+
+    #[test]
+    fn an_unreadable_resource_is_refused_by_name_and_its_last_accepted_version_stays() {
+        let good = Mesh::build(
+            &store(&format!("{REVIEWS}---{CANARY}")),
+            &Options::default(),
+        );
+        let mut bad = store(REVIEWS);
+        let dr = store(CANARY).destination_rules;
+        bad.destination_rules = dr;
+        bad.invalid.insert(
+            ("VirtualService", Key::new("shop", "reviews")),
+            "spec: unknown field `mirror`".into(),
+        );
+        let next = Mesh::rebuild(&bad, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.contains("mirror") && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        assert_eq!(
+            c.services
+                .iter()
+                .find(|s| s.name == "reviews")
+                .unwrap()
+                .http[0]
+                .route
+                .len(),
+            2
+        );
+        // With no history it applies nothing.
+        let fresh = Mesh::build(&bad, &Options::default());
+        assert!(
+            refused(verdict(&fresh, "VirtualService", "shop", "reviews"))
+                .1
+                .ends_with("`mirror`")
+        );
+        assert!(config(&fresh, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.http.is_empty()));
+    }
+}

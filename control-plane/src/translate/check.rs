@@ -99,3 +99,48 @@ pub(super) fn check_authorization(policy: &AuthorizationPolicy) -> Result<(), Ve
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::translate::fixtures::*;
+
+    #[test]
+    fn wire_model_validation_errors_are_reported_at_the_resource_field() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - match: [{ uri: { regex: "(" } }]
+      route: [{ destination: { host: reviews } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{vs}"));
+        let (reason, message) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.starts_with("spec.http[0].match[0].uri"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn destination_rule_errors_name_the_field() {
+        let dr = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v1, labels: { version: v2 } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{dr}"));
+        let (r, msg) = refused(verdict(&m, "DestinationRule", "shop", "reviews"));
+        assert_eq!(r, "InvalidSpec");
+        assert!(
+            msg.starts_with("spec.subsets[1].name: subset \"v1\" is defined twice"),
+            "{msg}"
+        );
+    }
+}

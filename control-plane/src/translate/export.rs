@@ -113,3 +113,51 @@ pub(super) fn export_of(
     };
     Ok(export.resolve(&key.namespace))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::translate::fixtures::*;
+    use crate::translate::ExportTo;
+
+    #[test]
+    fn a_malformed_export_annotation_is_reported_and_keeps_the_service_home() {
+        let m = mesh(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: { name: ledger, namespace: billing, annotations: { outrigger.dev/export-to: "shop, Not_A_Namespace" } }
+spec: { clusterIP: 10.96.1.1, ports: [{ port: 80 }] }
+"#,
+        );
+        let (reason, message) = refused(verdict(&m, "Service", "billing", "ledger"));
+        assert_eq!(reason, "InvalidAnnotation");
+        assert!(
+            message.contains("metadata.annotations[outrigger.dev/export-to]")
+                && message.contains("Not_A_Namespace"),
+            "{message}"
+        );
+        assert_eq!(config(&m, "billing", "p").services.len(), 1);
+        assert!(
+            config(&m, "shop", "p").services.is_empty(),
+            "not exported by half"
+        );
+    }
+
+    #[test]
+    fn export_to_parses_istio_values() {
+        assert_eq!(ExportTo::parse(&[], "a"), Ok(ExportTo::All));
+        assert_eq!(
+            ExportTo::parse(&[".".into(), "b".into()], "a"),
+            Ok(ExportTo::Namespaces(BTreeSet::from([
+                "a".into(),
+                "b".into()
+            ])))
+        );
+        assert!(ExportTo::parse(&["~".into()], "a")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(ExportTo::parse(&["Bad_NS".into()], "a").is_err());
+    }
+}

@@ -291,3 +291,465 @@ impl Mesh {
         &self.kept_deleted
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outrigger_api::Service;
+
+    use crate::translate::fixtures::*;
+    use crate::translate::{Mesh, Options, ProxyId, Verdict, PREVIOUS_STAYS};
+
+    #[test]
+    fn a_destination_rule_edit_that_drops_a_subset_in_use_is_refused() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        assert_ne!(dr_v1_only, dr);
+        // The rule loses v2 while the route still sends 25 % there.
+        let edited = store(&format!("{REVIEWS}---{dr_v1_only}---{vs}"));
+        let next = Mesh::rebuild(&edited, &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
+        assert_eq!(reason, "SubsetInUse");
+        assert!(
+            message.starts_with("spec.subsets: subset \"v2\" of reviews.shop is removed, but VirtualService shop/reviews routes to it")
+                && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted,
+            "the route keeps working"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 2, "both subsets stay");
+        // Route first, then rule (or both at once): taken.
+        let vs_v1_only = vs.replace("          weight: 75\n", "").replace(
+            "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+            "",
+        );
+        let both = store(&format!("{REVIEWS}---{dr_v1_only}---{vs_v1_only}"));
+        let after = Mesh::rebuild(&both, &Options::default(), Some(&next));
+        assert_eq!(
+            verdict(&after, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&after, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&after, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 1);
+        assert_eq!(reviews.http[0].route.len(), 1);
+    }
+
+    #[test]
+    fn a_destination_rule_moved_to_another_host_under_a_route_is_refused() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let moved = dr.replace("host: reviews", "host: ratings");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{moved}---{vs}")),
+            &Options::default(),
+            Some(&good),
+        );
+        let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
+        assert_eq!(reason, "SubsetInUse");
+        assert!(
+            message.starts_with("spec.host: subset \"v1\" of reviews.shop is removed"),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+    }
+
+    #[test]
+    fn the_route_in_force_counts_not_a_refused_edit_of_it() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        // The route's edit drops v2 but is refused for another reason: the
+        // version in force (which sends to v2) stays, so v2 must stay too.
+        let vs_broken = vs.replace("host: reviews, subset: v2", "host: nowhere, subset: v2");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{dr_v1_only}---{vs_broken}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            refused(verdict(&next, "DestinationRule", "shop", "reviews")).0,
+            "SubsetInUse"
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(
+            reviews.http[0].route.len(),
+            2,
+            "the route in force still applies"
+        );
+        assert_eq!(reviews.subsets.len(), 2);
+    }
+
+    #[test]
+    fn a_route_that_applies_nothing_does_not_hold_a_rule_back() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        // A second route for the same host, refused (Conflict: the oldest
+        // wins), that sends to v2: it is not in force, so it does not count.
+        let other = vs
+            .replace(
+                "name: reviews, namespace: shop",
+                "name: reviews-old, namespace: shop",
+            )
+            .replace("subset: v1 }", "subset: v2 }");
+        let before = format!("{REVIEWS}---{dr}---{vs}---{other}");
+        let good = mesh(&before);
+        assert_eq!(
+            refused(verdict(&good, "VirtualService", "shop", "reviews-old")).0,
+            "Conflict"
+        );
+        let vs_v1_only = vs.replace("subset: v2 }", "subset: v1 }");
+        let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!(
+                "{REVIEWS}---{dr_v1_only}---{vs_v1_only}---{other}"
+            )),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            verdict(&next, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&next, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+    }
+
+    /// The deleted resources kept in force, as `kind key <- users`.
+    fn kept(m: &Mesh) -> Vec<String> {
+        m.kept_deleted()
+            .iter()
+            .map(|(id, users)| {
+                let users: Vec<String> = users.iter().map(ToString::to_string).collect();
+                format!("{id} <- {}", users.join(","))
+            })
+            .collect()
+    }
+
+    fn reviews_of(m: &Mesh) -> Service {
+        config(m, "shop", "productpage-1")
+            .services
+            .into_iter()
+            .find(|s| s.name == "reviews")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_deleted_destination_rule_stays_in_force_while_a_route_uses_it() {
+        let (dr, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let without_rule = store(&format!("{REVIEWS}---{vs}"));
+        let next = Mesh::rebuild(&without_rule, &Options::default(), Some(&good));
+        // The route stays as it was, with the subsets it sends to: nothing
+        // spreads over every version.
+        let reviews = reviews_of(&next);
+        assert_eq!(reviews.http, reviews_of(&good).http);
+        assert_eq!(reviews.subsets, reviews_of(&good).subsets);
+        assert_eq!(reviews.traffic_policy, reviews_of(&good).traffic_policy);
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert_eq!(
+            message,
+            "spec.http[0].route[0].destination.subset: subset \"v1\" of reviews.shop is defined \
+             by DestinationRule shop/reviews, which is deleted; its last accepted version stays \
+             in force while routes in force use it"
+        );
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+        assert!(
+            !next
+                .verdicts()
+                .keys()
+                .any(|id| id.kind == "DestinationRule"),
+            "a deleted resource has no verdict"
+        );
+        // It stays from one change to the next.
+        let again = Mesh::rebuild(&without_rule, &Options::default(), Some(&next));
+        assert_eq!(reviews_of(&again).http, reviews.http);
+        assert_eq!(kept(&again), kept(&next));
+        // Put back: it applies as written, and nothing is kept.
+        let back = Mesh::rebuild(
+            &store(&format!(
+                "{REVIEWS}---{}---{vs}",
+                dr.replace("consecutive5xxErrors: 3", "consecutive5xxErrors: 5")
+            )),
+            &Options::default(),
+            Some(&again),
+        );
+        assert_eq!(
+            verdict(&back, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&back, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert!(kept(&back).is_empty());
+        assert_eq!(
+            reviews_of(&back)
+                .traffic_policy
+                .unwrap()
+                .outlier_detection
+                .unwrap()
+                .consecutive_5xx_errors,
+            5
+        );
+        // Once no route in force uses it, the deletion is taken.
+        let plain = vs
+            .replace(", subset: v1 }", " }")
+            .replace(
+                "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+                "",
+            )
+            .replace("          weight: 75\n", "");
+        let released = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{plain}")),
+            &Options::default(),
+            Some(&again),
+        );
+        assert_eq!(
+            verdict(&released, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert!(kept(&released).is_empty());
+        let reviews = reviews_of(&released);
+        assert!(reviews.subsets.is_empty() && reviews.traffic_policy.is_none());
+        assert_eq!(reviews.http[0].route[0].destination.subset, None);
+    }
+
+    #[test]
+    fn a_route_edited_onto_fewer_subsets_as_its_rule_is_deleted_keeps_the_rule() {
+        let (_, vs) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{CANARY}"));
+        let v1_only = vs
+            .replace(
+                "        - destination: { host: reviews, subset: v2 }\n          weight: 25\n",
+                "",
+            )
+            .replace("          weight: 75\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!("{REVIEWS}---{v1_only}")),
+            &Options::default(),
+            Some(&good),
+        );
+        // The edited route applies, on the rule it still needs.
+        let reviews = reviews_of(&next);
+        assert_eq!(reviews.http[0].route.len(), 1);
+        assert_eq!(reviews.subsets.len(), 2);
+        assert_eq!(
+            refused(verdict(&next, "VirtualService", "shop", "reviews")).0,
+            "UnknownSubset"
+        );
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+    }
+
+    /// `ratings` routed to the `reviews` Service (a dark launch), with
+    /// reviews' rule; and a route on `reviews` itself to `ratings` half the time.
+    fn routes_across(yaml: &str) -> String {
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        format!(
+            "{yaml}---{dr}---{}",
+            r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: ratings, namespace: shop }
+spec:
+  hosts: [ratings]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#
+        )
+    }
+
+    #[test]
+    fn a_service_deleted_under_a_route_answers_503_and_never_spreads_elsewhere() {
+        let good = mesh(&routes_across(REVIEWS));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "ratings"),
+            Verdict::Accepted
+        );
+        // The reviews Service and its EndpointSlice are deleted.
+        let gone: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: reviews,") && !d.contains("name: reviews-abc"))
+            .collect::<Vec<_>>()
+            .join("---");
+        assert!(!gone.contains("kind: EndpointSlice") && gone.contains("name: ratings"));
+        let next = Mesh::rebuild(
+            &store(&routes_across(&gone)),
+            &Options::default(),
+            Some(&good),
+        );
+        let c = config(&next, "shop", "productpage-1");
+        let ratings = c.services.iter().find(|s| s.name == "ratings").unwrap();
+        assert_eq!(
+            ratings.http,
+            good.config_for(&ProxyId {
+                namespace: "shop".into(),
+                pod: "productpage-1".into()
+            })
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .http,
+            "ratings keeps its route: its own endpoints get nothing it did not get before"
+        );
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert!(
+            reviews.endpoints.is_empty() && reviews.addresses.is_empty(),
+            "what is routed to a deleted Service answers 503; nothing can dial it"
+        );
+        assert_eq!(reviews.subsets.len(), 2, "its rule still applies to it");
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "ratings"));
+        assert_eq!(reason, "UnknownHost");
+        assert!(
+            message.starts_with(
+                "spec.http[0].route[0].destination.host: Service shop/reviews is deleted"
+            ),
+            "{message}"
+        );
+        assert_eq!(
+            verdict(&next, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(kept(&next), ["Service shop/reviews <- shop/ratings"]);
+        // The route that made ratings send there goes: so does the Service.
+        let without_route = store(&format!("{gone}---{}", CANARY.split_once("---").unwrap().0));
+        let after = Mesh::rebuild(&without_route, &Options::default(), Some(&next));
+        assert!(kept(&after).is_empty());
+        assert!(config(&after, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.name != "reviews"));
+    }
+
+    #[test]
+    fn a_deleted_service_no_route_in_force_uses_any_more_is_not_kept() {
+        let both = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - route:
+        - { destination: { host: reviews, subset: v1 }, weight: 50 }
+        - { destination: { host: ratings }, weight: 50 }
+"#;
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        let good = mesh(&format!("{REVIEWS}---{dr}---{both}"));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        // In one change: the rule and the ratings Service are deleted, and
+        // the route sends everything to v1.
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let v1 = both
+            .replace(", weight: 50 }", " }")
+            .replace("        - { destination: { host: ratings } }\n", "");
+        let next = Mesh::rebuild(
+            &store(&format!("{no_ratings}---{v1}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(reviews_of(&next).http[0].route.len(), 1);
+        assert_eq!(
+            kept(&next),
+            ["DestinationRule shop/reviews <- shop/reviews"]
+        );
+        assert!(config(&next, "shop", "productpage-1")
+            .services
+            .iter()
+            .all(|s| s.name != "ratings"));
+    }
+
+    #[test]
+    fn a_route_whose_every_host_is_deleted_keeps_nothing() {
+        let good = mesh(&routes_across(REVIEWS));
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let next = Mesh::rebuild(
+            &store(&routes_across(&no_ratings)),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            refused(verdict(&next, "VirtualService", "shop", "ratings")).0,
+            "UnknownHost"
+        );
+        assert!(kept(&next).is_empty());
+    }
+
+    #[test]
+    fn a_route_keeps_its_other_hosts_when_one_of_them_is_deleted() {
+        let (dr, _) = CANARY.split_once("---").unwrap();
+        let two_hosts = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: both, namespace: shop }
+spec:
+  hosts: [reviews, ratings]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#;
+        let good = mesh(&format!("{REVIEWS}---{dr}---{two_hosts}"));
+        assert_eq!(
+            verdict(&good, "VirtualService", "shop", "both"),
+            Verdict::Accepted
+        );
+        let no_ratings: String = REVIEWS
+            .split("---")
+            .filter(|d| !d.contains("name: ratings"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let next = Mesh::rebuild(
+            &store(&format!("{no_ratings}---{dr}---{two_hosts}")),
+            &Options::default(),
+            Some(&good),
+        );
+        assert_eq!(
+            reviews_of(&next).http,
+            reviews_of(&good).http,
+            "reviews keeps its route"
+        );
+        let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "both"));
+        assert_eq!(reason, "UnknownHost");
+        assert!(
+            message.starts_with("spec.hosts[1]: Service shop/ratings is deleted")
+                && message.ends_with("nothing can dial it, and this VirtualService stays in force for its other hosts"),
+            "{message}"
+        );
+        let ratings = config(&next, "shop", "productpage-1")
+            .services
+            .into_iter()
+            .find(|s| s.name == "ratings")
+            .unwrap();
+        assert!(ratings.addresses.is_empty() && ratings.endpoints.is_empty());
+    }
+}

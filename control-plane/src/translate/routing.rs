@@ -240,3 +240,281 @@ impl Mesh {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::translate::fixtures::*;
+    use crate::translate::Verdict;
+
+    #[test]
+    fn istio_canary_by_weight_routes_with_subsets() {
+        let m = mesh(&format!("{REVIEWS}---{CANARY}"));
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.subsets.len(), 2);
+        assert_eq!(
+            reviews
+                .traffic_policy
+                .as_ref()
+                .unwrap()
+                .outlier_detection
+                .as_ref()
+                .unwrap()
+                .consecutive_5xx_errors,
+            3
+        );
+        let route = &reviews.http[0];
+        assert_eq!(
+            route.route[0].destination.host, "reviews.shop",
+            "written relative to the VS"
+        );
+        assert_eq!(route.route[0].weight, Some(75));
+        assert_eq!(route.route[1].destination.subset.as_deref(), Some("v2"));
+        // The ratings service has no routes of its own.
+        assert!(c
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .http
+            .is_empty());
+    }
+
+    #[test]
+    fn istio_routing_by_header_keeps_match_order() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  http:
+    - match: [{ headers: { end-user: { exact: jason } } }]
+      route: [{ destination: { host: reviews, subset: v2 } }]
+    - route: [{ destination: { host: reviews, subset: v1 } }]
+"#;
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{vs}",
+            CANARY.split("---").next().unwrap()
+        ));
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http.len(), 2);
+        assert_eq!(
+            reviews.http[0].matches[0].headers["end-user"]
+                .exact
+                .as_deref(),
+            Some("jason")
+        );
+        assert_eq!(
+            reviews.http[1].route[0].destination.subset.as_deref(),
+            Some("v1")
+        );
+    }
+
+    #[test]
+    fn a_missing_subset_is_refused_naming_the_field_and_its_hosts_answer_503() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http:
+    - route: [{ destination: { host: reviews, subset: v3 } }]
+"#;
+        let m = mesh(&format!(
+            "{REVIEWS}---{}---{vs}",
+            CANARY.split("---").next().unwrap()
+        ));
+        let (reason, message) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(reason, "UnknownSubset");
+        assert!(
+            message.starts_with("spec.http[0].route[0].destination.subset: no subset \"v3\""),
+            "{message}"
+        );
+        // Nothing of it was ever in force: its host answers 503 rather than
+        // spreading over every version, where no route sent the traffic.
+        assert!(message.contains("reviews.shop answer 503"), "{message}");
+        assert_fails_closed(&config(&m, "shop", "productpage-1"), "shop/reviews");
+    }
+
+    #[test]
+    fn unknown_hosts_and_destinations_are_refused() {
+        let vs = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: a, namespace: shop }
+spec:
+  hosts: [details]
+  http: [{ route: [{ destination: { host: reviews } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: b, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews.other } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: c, namespace: shop }
+spec:
+  hosts: ["*.shop"]
+  http: [{ route: [{ destination: { host: reviews } }] }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{vs}"));
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "a"));
+        assert_eq!(r, "UnknownHost");
+        assert!(
+            msg.starts_with("spec.hosts[0]: \"details\": no Service details in namespace shop"),
+            "{msg}"
+        );
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "b"));
+        assert!(
+            msg.starts_with("spec.http[0].route[0].destination.host: \"reviews.other\""),
+            "{msg}"
+        );
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "c"));
+        assert!(msg.contains("wildcard hosts are not supported"), "{msg}");
+    }
+
+    /// The fields of Istio's own task manifests (circuit breaking,
+    /// `destination-rule-all-mtls.yaml`, request timeouts' `percent`) that
+    /// used to be refused: accepted and handed to the proxy as written.
+    #[test]
+    fn istio_task_fields_reach_the_proxy_as_written() {
+        let rules = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: { mode: ISTIO_MUTUAL }
+    connectionPool:
+      tcp: { maxConnections: 1, connectTimeout: 250ms }
+      http: { http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s }
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  gateways: [mesh]
+  http:
+    - match: [{ uri: { prefix: /Reviews }, ignoreUriCase: true, gateways: [mesh] }]
+      fault: { delay: { percent: 100, fixedDelay: 2s } }
+      route: [{ destination: { host: reviews, subset: v2 } }]
+    - route: [{ destination: { host: reviews, subset: v1 } }]
+"#;
+        let m = mesh(&format!("{REVIEWS}---{rules}"));
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            verdict(&m, "VirtualService", "shop", "reviews"),
+            Verdict::Accepted
+        );
+        let c = config(&m, "shop", "productpage-1");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let tp = reviews.traffic_policy.as_ref().unwrap();
+        assert_eq!(
+            tp.tls.as_ref().map(|t| t.mode),
+            Some(outrigger_api::policy::TlsMode::IstioMutual)
+        );
+        let cp = tp.connection_pool.as_ref().unwrap();
+        let http = cp.http.as_ref().unwrap();
+        assert_eq!(http.max_requests_per_connection, Some(1));
+        assert_eq!(http.max_retries, Some(3));
+        assert_eq!(
+            http.idle_timeout,
+            Some(outrigger_api::Duration::from_secs(30))
+        );
+        assert_eq!(
+            cp.tcp.as_ref().unwrap().connect_timeout,
+            Some(outrigger_api::Duration::from_millis(250))
+        );
+        let route = &reviews.http[0];
+        assert!(route.matches[0].ignore_uri_case);
+        assert_eq!(route.matches[0].gateways, vec!["mesh".to_string()]);
+        let delay = route.fault.as_ref().unwrap().delay.as_ref().unwrap();
+        assert_eq!((delay.percent, delay.share()), (Some(100), 100.0));
+    }
+
+    #[test]
+    fn gateways_and_tls_origination_are_refused_by_field() {
+        let vs = |gateways: &str, match_gateways: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  gateways: {gateways}
+  http:
+    - match: [{{ uri: {{ prefix: / }}, gateways: {match_gateways} }}]
+      route: [{{ destination: {{ host: reviews }} }}]
+"#
+            )
+        };
+        let m = mesh(&format!("{REVIEWS}---{}", vs("[bookinfo-gateway]", "[]")));
+        let (r, msg) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert_eq!(r, "InvalidSpec");
+        assert!(
+            msg.starts_with("spec.gateways[0]: \"bookinfo-gateway\": gateways are not supported"),
+            "{msg}"
+        );
+        let m = mesh(&format!(
+            "{REVIEWS}---{}",
+            vs("[mesh]", "[mesh, istio-system/ingress]")
+        ));
+        let (_, msg) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
+        assert!(
+            msg.starts_with("spec.http[0].match[0].gateways[1]: \"istio-system/ingress\""),
+            "{msg}"
+        );
+
+        let dr = |mode: &str| {
+            format!(
+                r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  host: reviews
+  trafficPolicy: {{ tls: {{ mode: {mode} }} }}
+"#
+            )
+        };
+        for mode in ["SIMPLE", "MUTUAL"] {
+            let m = mesh(&format!("{REVIEWS}---{}", dr(mode)));
+            let (r, msg) = refused(verdict(&m, "DestinationRule", "shop", "reviews"));
+            assert_eq!(r, "InvalidSpec");
+            assert!(
+                msg.starts_with("spec.trafficPolicy.tls.mode: SIMPLE and MUTUAL"),
+                "{msg}"
+            );
+        }
+        let m = mesh(&format!("{REVIEWS}---{}", dr("DISABLE")));
+        assert_eq!(
+            verdict(&m, "DestinationRule", "shop", "reviews"),
+            Verdict::Accepted
+        );
+    }
+}

@@ -211,3 +211,322 @@ fn selects(
         Some(want) => labels.is_some_and(|have| want.iter().all(|(k, v)| have.get(k) == Some(v))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outrigger_api::inbound::{Mtls, MtlsMode};
+
+    use crate::store::Key;
+    use crate::translate::fixtures::*;
+    use crate::translate::{Mesh, Options, Verdict, PREVIOUS_STAYS};
+
+    const PEER_AUTH: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { containers: [{ name: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: shop, labels: { app: db } }
+spec: { containers: [{ name: db }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: cache-1, namespace: shop, labels: { app: cache } }
+spec: { containers: [{ name: cache }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: default, namespace: outrigger-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: default, namespace: shop }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: db, namespace: shop }
+spec:
+  selector: { matchLabels: { app: db } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { 9102: { mode: PERMISSIVE }, 5432: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: cache, namespace: shop }
+spec:
+  selector: { matchLabels: { app: cache } }
+  portLevelMtls: { 6379: { mode: STRICT } }
+"#;
+
+    fn mtls(m: &Mesh, ns: &str, pod: &str) -> Mtls {
+        config(m, ns, pod).inbound.mtls
+    }
+
+    #[test]
+    fn peer_authentication_resolves_workload_then_namespace_then_mesh() {
+        use MtlsMode::{Permissive, Strict};
+        let m = mesh(PEER_AUTH);
+        for name in ["db", "cache", "default"] {
+            assert_eq!(
+                verdict(&m, "PeerAuthentication", "shop", name),
+                Verdict::Accepted
+            );
+        }
+        // The namespace's PERMISSIVE wins over the mesh's STRICT.
+        assert_eq!(mtls(&m, "shop", "web-1"), Mtls::default());
+        assert_eq!(mtls(&m, "shop", "unknown-pod"), Mtls::default());
+        // The workload's own policy wins; its port exceptions come along
+        // (a port that only repeats the mode is left out).
+        assert_eq!(mtls(&m, "shop", "db-1"), Mtls::strict([(9102, Permissive)]));
+        // UNSET inherits the namespace's mode; its port rule still applies.
+        let cache = mtls(&m, "shop", "cache-1");
+        assert_eq!((cache.mode, cache.mode_for(6379)), (Permissive, Strict));
+        // A namespace without a policy of its own gets the mesh's.
+        assert_eq!(mtls(&m, "billing", "x"), Mtls::strict([]));
+        // No policy anywhere: PERMISSIVE, and nothing on the wire.
+        let none = mesh("");
+        assert!(config(&none, "shop", "web-1").inbound.is_empty());
+    }
+
+    #[test]
+    fn unsupported_peer_authentications_are_refused_by_field() {
+        let cases = [
+            (
+                "spec: { mtls: { mode: DISABLE } }",
+                "Unsupported",
+                "spec.mtls.mode: DISABLE is not supported",
+            ),
+            (
+                "spec: { portLevelMtls: { 8080: { mode: STRICT } } }",
+                "InvalidSpec",
+                "spec.portLevelMtls: applies to the workloads of a selector only",
+            ),
+            (
+                "spec: { selector: { matchLabels: { app: db } }, portLevelMtls: { 70000: { mode: STRICT } } }",
+                "InvalidSpec",
+                "spec.portLevelMtls[70000]: not a port number",
+            ),
+            (
+                "spec: { selector: { matchLabels: { app: db } }, portLevelMtls: { 8080: { mode: DISABLE } } }",
+                "Unsupported",
+                "spec.portLevelMtls[8080].mode: DISABLE is not supported",
+            ),
+        ];
+        for (spec, want_reason, want_message) in cases {
+            let yaml = format!(
+                "apiVersion: outrigger.dev/v1alpha1\nkind: PeerAuthentication\n\
+                 metadata: {{ name: p, namespace: shop }}\n{spec}\n"
+            );
+            let m = mesh(&yaml);
+            let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "p"));
+            assert_eq!(reason, want_reason, "{spec}");
+            assert!(message.starts_with(want_message), "{spec}: {message}");
+            assert_eq!(
+                mtls(&m, "shop", "db-1"),
+                Mtls::default(),
+                "{spec}: applies nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_selector_is_namespace_wide() {
+        let yaml = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: all, namespace: shop }
+spec: { selector: { matchLabels: {} }, mtls: { mode: STRICT } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: ports, namespace: shop }
+spec: { selector: {}, portLevelMtls: { 80: { mode: STRICT } } }
+"#;
+        let m = mesh(yaml);
+        // Namespace-wide: it applies to a pod the store does not know.
+        assert_eq!(mtls(&m, "shop", "unknown"), Mtls::strict([]));
+        // A second namespace-wide one conflicts, and portLevelMtls needs a
+        // real selector.
+        let (reason, _) = refused(verdict(&m, "PeerAuthentication", "shop", "ports"));
+        assert_eq!(reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn the_oldest_namespace_wide_peer_authentication_applies() {
+        let yaml = r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: newer, namespace: shop, creationTimestamp: "2026-02-01T00:00:00Z" }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: PeerAuthentication
+metadata: { name: older, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z" }
+spec: { mtls: { mode: STRICT } }
+"#;
+        let m = mesh(yaml);
+        assert_eq!(
+            verdict(&m, "PeerAuthentication", "shop", "older"),
+            Verdict::Accepted
+        );
+        let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "newer"));
+        assert_eq!(reason, "Conflict");
+        assert!(message.contains("shop/older"), "{message}");
+        assert_eq!(mtls(&m, "shop", "any"), Mtls::strict([]));
+    }
+
+    #[test]
+    fn a_broken_edit_of_a_strict_policy_keeps_it_strict() {
+        let good = mesh(PEER_AUTH);
+        // Refused edit: the version in force stays.
+        let disabled = PEER_AUTH.replace(
+            "  mtls: { mode: STRICT }\n  portLevelMtls: { 9102",
+            "  mtls: { mode: DISABLE }\n  portLevelMtls: { 9102",
+        );
+        assert_ne!(disabled, PEER_AUTH);
+        let next = Mesh::rebuild(&store(&disabled), &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "PeerAuthentication", "shop", "db"));
+        assert_eq!(reason, "Unsupported");
+        assert!(
+            message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        assert_eq!(mtls(&next, "shop", "db-1").mode, MtlsMode::Strict);
+        // Unreadable edit: the same.
+        let mut unreadable = store(PEER_AUTH);
+        unreadable
+            .peer_authentications
+            .remove(&Key::new("outrigger-system", "default"));
+        unreadable.invalid.insert(
+            (
+                "PeerAuthentication",
+                Key::new("outrigger-system", "default"),
+            ),
+            "spec: unknown field `mtl`".into(),
+        );
+        let next = Mesh::rebuild(&unreadable, &Options::default(), Some(&good));
+        assert!(refused(verdict(
+            &next,
+            "PeerAuthentication",
+            "outrigger-system",
+            "default"
+        ))
+        .1
+        .ends_with(&format!("({PREVIOUS_STAYS})")));
+        assert_eq!(mtls(&next, "billing", "x"), Mtls::strict([]));
+        // With no history, nothing applies: PERMISSIVE.
+        let fresh = Mesh::build(&unreadable, &Options::default());
+        assert_eq!(mtls(&fresh, "billing", "x"), Mtls::default());
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: web-1, namespace: shop, labels: { app: web } }
+spec: { containers: [{ name: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: db-1, namespace: shop, labels: { app: db } }
+spec: { containers: [{ name: db }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: web-read, namespace: shop }
+spec:
+  selector: { matchLabels: { app: web } }
+  rules: [{ to: [{ operation: { methods: [GET] } }] }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-debug, namespace: shop }
+spec: { action: DENY, rules: [{ to: [{ operation: { ports: ["9090"] } }] }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: mesh-wide, namespace: outrigger-system }
+spec: { action: DENY, rules: [{ from: [{ source: { namespaces: [quarantine] } }] }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: elsewhere, namespace: billing }
+spec: { rules: [{}] }
+"#;
+
+    fn policy_names(m: &Mesh, ns: &str, pod: &str) -> Vec<String> {
+        config(m, ns, pod)
+            .inbound
+            .authorization
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_workload_gets_the_authorization_policies_that_select_it() {
+        let m = mesh(POLICIES);
+        for name in ["web-read", "no-debug", "elsewhere"] {
+            let ns = if name == "elsewhere" {
+                "billing"
+            } else {
+                "shop"
+            };
+            assert_eq!(
+                verdict(&m, "AuthorizationPolicy", ns, name),
+                Verdict::Accepted
+            );
+        }
+        assert_eq!(
+            policy_names(&m, "shop", "web-1"),
+            [
+                "outrigger-system/mesh-wide",
+                "shop/no-debug",
+                "shop/web-read"
+            ]
+        );
+        assert_eq!(
+            policy_names(&m, "shop", "db-1"),
+            ["outrigger-system/mesh-wide", "shop/no-debug"],
+            "the selector picks web only"
+        );
+        assert_eq!(
+            policy_names(&m, "shop", "unknown-pod"),
+            ["outrigger-system/mesh-wide", "shop/no-debug"],
+            "a pod the store does not know gets the policies without a selector"
+        );
+        assert_eq!(
+            policy_names(&m, "billing", "x"),
+            ["billing/elsewhere", "outrigger-system/mesh-wide"]
+        );
+        let web = config(&m, "shop", "web-1");
+        let read = &web.inbound.authorization[2];
+        assert_eq!(
+            read.action,
+            outrigger_api::authz::AuthorizationAction::Allow
+        );
+        assert_eq!(read.rules[0].to[0].operation.methods, ["GET"]);
+    }
+
+    #[test]
+    fn a_bad_authorization_policy_is_refused_by_field_and_its_previous_version_stays() {
+        let good = mesh(POLICIES);
+        let broken = POLICIES.replace("ports: [\"9090\"]", "ports: [\"debug\"]");
+        let next = Mesh::rebuild(&store(&broken), &Options::default(), Some(&good));
+        let (reason, message) = refused(verdict(&next, "AuthorizationPolicy", "shop", "no-debug"));
+        assert_eq!(reason, "InvalidSpec");
+        assert!(
+            message.starts_with(
+                "spec.rules[0].to[0].operation.ports[0]: \"debug\" is not a port number"
+            ) && message.ends_with(&format!("({PREVIOUS_STAYS})")),
+            "{message}"
+        );
+        // The DENY stays in force: a broken edit does not open the port.
+        assert!(policy_names(&next, "shop", "db-1").contains(&"shop/no-debug".to_string()));
+        let fresh = Mesh::build(&store(&broken), &Options::default());
+        assert!(!policy_names(&fresh, "shop", "db-1").contains(&"shop/no-debug".to_string()));
+    }
+}

@@ -326,3 +326,177 @@ pub(super) fn workload_of(pod: &Pod) -> String {
 fn is_pod_template_hash(s: &str) -> bool {
     (6..=10).contains(&s.len()) && s.bytes().all(|b| b"bcdf456789".contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+    use outrigger_api::ServiceProtocol;
+
+    use super::*;
+    use crate::translate::fixtures::*;
+
+    #[test]
+    fn a_service_becomes_one_entry_per_port_with_its_ready_endpoints() {
+        let m = mesh(REVIEWS);
+        let c = config(&m, "shop", "productpage-1");
+        assert_eq!(c.proxy.workload, "productpage-1");
+        assert_eq!(
+            c.proxy.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/productpage")
+        );
+        let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ratings", "reviews"]);
+        let reviews = &c.services[1];
+        assert_eq!(reviews.addresses, ["10.96.0.20"]);
+        assert_eq!(reviews.ports, [9080]);
+        let addrs: Vec<_> = reviews
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.244.0.11:9080", "10.244.0.12:9080"],
+            "not-ready v3 left out"
+        );
+        let v1 = &reviews.endpoints[0];
+        assert!(v1.meshed);
+        assert_eq!(
+            v1.workload.as_deref(),
+            Some("reviews-v1"),
+            "Deployment name from the ReplicaSet"
+        );
+        assert_eq!(
+            v1.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/bookinfo-reviews")
+        );
+        assert_eq!(v1.labels["version"], "v1");
+        let v2 = &reviews.endpoints[1];
+        assert!(!v2.meshed, "no proxy container");
+        assert_eq!(v2.identity, None);
+        assert_eq!(v2.workload.as_deref(), Some("reviews-v2"));
+        assert_eq!(v2.labels["app"], "reviews");
+        // Hand-written Endpoints, no pod: plain endpoint.
+        assert_eq!(c.services[0].endpoints[0].address, "10.244.0.21:9080");
+        assert!(!c.services[0].endpoints[0].meshed);
+    }
+
+    #[test]
+    fn the_workload_is_the_top_controller_as_istio_names_it() {
+        let pod = |labels: serde_json::Value, owners: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "p-1", "labels": labels, "ownerReferences": owners }
+            }))
+            .unwrap()
+        };
+        let owner = |kind: &str, name: &str| {
+            serde_json::json!([{ "apiVersion": "v1", "kind": kind, "name": name, "uid": "u",
+                                 "controller": true }])
+        };
+        let none = serde_json::json!({});
+        for (labels, owners, want) in [
+            // A Deployment's ReplicaSet, by the pod's hash label.
+            (
+                serde_json::json!({"pod-template-hash": "5d8f9c7b6"}),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1",
+            ),
+            // The label missing: the hash the Deployment controller writes.
+            (
+                none.clone(),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1",
+            ),
+            (none.clone(), owner("ReplicaSet", "web-7d9f8b6c5d"), "web"),
+            // Not that shape: a ReplicaSet of its own.
+            (
+                none.clone(),
+                owner("ReplicaSet", "reviews-v1"),
+                "reviews-v1",
+            ),
+            (none.clone(), owner("ReplicaSet", "cache-b4d"), "cache-b4d"),
+            (
+                none.clone(),
+                owner("ReplicaSet", "api-5d8f9c7b6a"),
+                "api-5d8f9c7b6a",
+            ),
+            (
+                none.clone(),
+                owner("ReplicaSet", "-5d8f9c7b6"),
+                "-5d8f9c7b6",
+            ),
+            // A label that does not end the name: the ReplicaSet (Istio).
+            (
+                serde_json::json!({"pod-template-hash": "6d7f"}),
+                owner("ReplicaSet", "reviews-v1-5d8f9c7b6"),
+                "reviews-v1-5d8f9c7b6",
+            ),
+            (
+                serde_json::json!({"rollouts-pod-template-hash": "6d7f"}),
+                owner("ReplicaSet", "canary-6d7f"),
+                "canary",
+            ),
+            // A CronJob's Job, named by its scheduled minute.
+            (none.clone(), owner("Job", "backup-28391520"), "backup"),
+            (
+                none.clone(),
+                owner("Job", "nightly-report-2839152000"),
+                "nightly-report",
+            ),
+            // Other Jobs are their own workload.
+            (
+                none.clone(),
+                owner("Job", "migrate-1234567"),
+                "migrate-1234567",
+            ),
+            (none.clone(), owner("Job", "migrate-v2"), "migrate-v2"),
+            (
+                serde_json::json!({"deploymentconfig": "frontend"}),
+                owner("ReplicationController", "frontend-3"),
+                "frontend",
+            ),
+            (
+                none.clone(),
+                owner("ReplicationController", "frontend-3"),
+                "frontend-3",
+            ),
+            (none.clone(), owner("StatefulSet", "db"), "db"),
+            (none.clone(), owner("DaemonSet", "agent"), "agent"),
+            // No owner: the pod.
+            (none.clone(), serde_json::json!([]), "p-1"),
+        ] {
+            let p = pod(labels.clone(), owners.clone());
+            assert_eq!(workload_of(&p), want, "{labels} {owners}");
+        }
+        // The controller wins over other owners.
+        let p = pod(
+            none,
+            serde_json::json!([
+                { "apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "a" },
+                { "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8b6c5d",
+                  "uid": "b", "controller": true }
+            ]),
+        );
+        assert_eq!(workload_of(&p), "web");
+    }
+
+    #[test]
+    fn port_names_and_app_protocols_pick_opaque_services() {
+        assert_eq!(protocol_of(Some("tcp-db"), None), ServiceProtocol::Opaque);
+        assert_eq!(protocol_of(Some("mysql"), None), ServiceProtocol::Opaque);
+        assert_eq!(
+            protocol_of(Some("http"), Some("redis")),
+            ServiceProtocol::Opaque
+        );
+        assert_eq!(protocol_of(Some("grpc-api"), None), ServiceProtocol::Http2);
+        assert_eq!(protocol_of(Some("http"), None), ServiceProtocol::Http);
+        assert_eq!(protocol_of(Some("http-web"), None), ServiceProtocol::Http);
+        assert_eq!(protocol_of(Some("http2-web"), None), ServiceProtocol::Http2);
+        assert_eq!(
+            protocol_of(Some("web"), Some("kubernetes.io/h2c")),
+            ServiceProtocol::Http2
+        );
+        assert_eq!(protocol_of(Some("web"), None), ServiceProtocol::Detect);
+        assert_eq!(protocol_of(None, None), ServiceProtocol::Detect);
+    }
+}

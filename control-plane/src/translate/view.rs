@@ -167,3 +167,160 @@ impl Mesh {
             .map(|p| &p.labels)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::translate::fixtures::*;
+    use crate::translate::{ExportTo, Mesh, Options, ProxyId};
+
+    #[test]
+    fn a_proxy_sees_its_namespace_and_what_is_exported_to_it() {
+        let other = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: private, namespace: billing }
+spec: { clusterIP: 10.96.1.1, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: public, namespace: billing, annotations: { outrigger.dev/export-to: "*" } }
+spec: { clusterIP: 10.96.1.2, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: partners, namespace: billing, annotations: { outrigger.dev/export-to: "., shop" } }
+spec: { clusterIP: 10.96.1.3, ports: [{ port: 80 }] }
+"#;
+        let m = mesh(&format!("{REVIEWS}---{other}"));
+        let names = |ns: &str| -> Vec<String> {
+            config(&m, ns, "someone")
+                .services
+                .iter()
+                .map(|s| format!("{}.{}", s.name, s.namespace))
+                .collect()
+        };
+        assert_eq!(
+            names("shop"),
+            [
+                "partners.billing",
+                "public.billing",
+                "ratings.shop",
+                "reviews.shop"
+            ]
+        );
+        assert_eq!(
+            names("billing"),
+            ["partners.billing", "private.billing", "public.billing"]
+        );
+        assert_eq!(names("elsewhere"), ["public.billing"]);
+        // Everything exported: the Istio default, as a flag.
+        let all = Mesh::build(
+            &store(&format!("{REVIEWS}---{other}")),
+            &Options {
+                default_export_to: ExportTo::All,
+                ..Options::default()
+            },
+        );
+        // All but `partners`, whose annotation still limits it.
+        assert_eq!(
+            all.config_for(&ProxyId {
+                namespace: "x".into(),
+                pod: "p".into()
+            })
+            .services
+            .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn routes_bring_their_destinations_along_and_respect_export_to() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: front, namespace: web, annotations: { outrigger.dev/export-to: "*" } }
+spec: { clusterIP: 10.96.2.1, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: front-canary, namespace: web }
+spec: { clusterIP: 10.96.2.2, ports: [{ port: 80 }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: front, namespace: web }
+spec:
+  hosts: [front]
+  exportTo: ["*"]
+  http:
+    - route:
+        - { destination: { host: front }, weight: 90 }
+        - { destination: { host: front-canary }, weight: 10 }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: canary-only-here, namespace: web }
+spec:
+  hosts: [front-canary]
+  exportTo: ["."]
+  http: [{ route: [{ destination: { host: front-canary } }], timeout: 2s }]
+"#;
+        let m = mesh(yaml);
+        let c = config(&m, "shop", "p");
+        let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["front", "front-canary"],
+            "the canary comes with the route"
+        );
+        assert!(
+            c.services[1].http.is_empty(),
+            "its own routes are not exported to shop"
+        );
+        let c = config(&m, "web", "p");
+        assert_eq!(c.services[1].http.len(), 1);
+    }
+
+    #[test]
+    fn a_route_exported_wider_than_its_destination_rule_brings_the_subsets_along() {
+        let yaml = format!(
+            "{REVIEWS}---{}",
+            r#"
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews, namespace: shop }
+spec:
+  host: reviews
+  exportTo: ["."]
+  subsets: [{ name: v1, labels: { version: v1 } }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews, namespace: shop }
+spec:
+  hosts: [reviews]
+  http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
+"#
+        );
+        let all = Mesh::build(
+            &store(&yaml),
+            &Options {
+                default_export_to: ExportTo::All,
+                ..Options::default()
+            },
+        );
+        // `config` validates the snapshot as the proxy would.
+        let c = config(&all, "elsewhere", "p");
+        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        assert_eq!(reviews.http.len(), 1);
+        assert_eq!(reviews.subsets.len(), 1, "the subset the route names");
+        // A proxy whose routes name no subset of it does not get the rule.
+        assert!(c
+            .services
+            .iter()
+            .find(|s| s.name == "ratings")
+            .unwrap()
+            .subsets
+            .is_empty());
+    }
+}
