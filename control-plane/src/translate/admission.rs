@@ -281,7 +281,7 @@ fn by_age<K: Resource>(map: &BTreeMap<Key, K>) -> Vec<(&Key, &K)> {
 mod tests {
     use crate::store::Key;
     use crate::translate::fixtures::*;
-    use crate::translate::{Mesh, Options, Verdict, PREVIOUS_STAYS};
+    use crate::translate::{Mesh, Options, PREVIOUS_STAYS};
 
     #[test]
     fn the_oldest_of_two_virtual_services_for_one_host_applies() {
@@ -310,7 +310,7 @@ spec:
             "{msg}"
         );
         let c = config(&m, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.http[0].route[0].weight, Some(9));
     }
 
@@ -333,10 +333,7 @@ spec:
             &store(&format!("{REVIEWS}---{dr}---{}", vs("v1"))),
             &Options::default(),
         );
-        assert_eq!(
-            verdict(&good, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&good, "VirtualService", "shop", "reviews");
         let bad_store = store(&format!("{REVIEWS}---{dr}---{}", vs("v9")));
         let next = Mesh::rebuild(&bad_store, &Options::default(), Some(&good));
         let (reason, message) = refused(verdict(&next, "VirtualService", "shop", "reviews"));
@@ -346,7 +343,7 @@ spec:
             "{message}"
         );
         let c = config(&next, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(
             reviews.http[0].route[0].destination.subset.as_deref(),
             Some("v1"),
@@ -355,25 +352,13 @@ spec:
         // And again from that mesh: the good version is still the one in force.
         let again = Mesh::rebuild(&bad_store, &Options::default(), Some(&next));
         let c = config(&again, "shop", "productpage-1");
-        assert_eq!(
-            c.services
-                .iter()
-                .find(|s| s.name == "reviews")
-                .unwrap()
-                .http
-                .len(),
-            1
-        );
+        assert_eq!(service(&c, "reviews").http.len(), 1);
         // Without history (a restarted control plane), the bad version is
         // not applied, and its host answers 503 instead of spreading.
         let fresh = Mesh::build(&bad_store, &Options::default());
         assert_fails_closed(&config(&fresh, "shop", "productpage-1"), "shop/reviews");
         // Deleting the resource is always taken.
-        let gone = Mesh::rebuild(
-            &store(&format!("{REVIEWS}---{dr}")),
-            &Options::default(),
-            Some(&next),
-        );
+        let gone = rebuild(&format!("{REVIEWS}---{dr}"), &next);
         assert!(config(&gone, "shop", "productpage-1")
             .services
             .iter()
@@ -401,16 +386,7 @@ spec:
             "{message}"
         );
         let c = config(&next, "shop", "productpage-1");
-        assert_eq!(
-            c.services
-                .iter()
-                .find(|s| s.name == "reviews")
-                .unwrap()
-                .http[0]
-                .route
-                .len(),
-            2
-        );
+        assert_eq!(service(&c, "reviews").http[0].route.len(), 2);
         // With no history it applies nothing.
         let fresh = Mesh::build(&bad, &Options::default());
         assert!(

@@ -2,6 +2,8 @@
 //! manifests, per-proxy configs checked with the proxy's own validation,
 //! verdicts, and Istio's bookinfo `reviews` with its canary rules.
 
+use outrigger_api::Service;
+
 use super::{Mesh, Options, ProxyConfig, ProxyId, ResourceId, Verdict};
 use crate::manifest;
 use crate::store::{Key, Store};
@@ -14,6 +16,11 @@ pub(super) fn store(yaml: &str) -> Store {
 
 pub(super) fn mesh(yaml: &str) -> Mesh {
     Mesh::build(&store(yaml), &Options::default())
+}
+
+/// The store of `yaml` translated with `previous` as history.
+pub(super) fn rebuild(yaml: &str, previous: &Mesh) -> Mesh {
+    Mesh::rebuild(&store(yaml), &Options::default(), Some(previous))
 }
 
 pub(super) fn config(mesh: &Mesh, ns: &str, pod: &str) -> ProxyConfig {
@@ -34,6 +41,23 @@ pub(super) fn verdict(mesh: &Mesh, kind: &'static str, ns: &str, name: &str) -> 
         key: Key::new(ns, name),
     }]
         .clone()
+}
+
+pub(super) fn assert_accepted(mesh: &Mesh, kind: &'static str, ns: &str, name: &str) {
+    assert_eq!(verdict(mesh, kind, ns, name), Verdict::Accepted);
+}
+
+/// The Service `name` of a proxy's config.
+pub(super) fn service<'c>(c: &'c ProxyConfig, name: &str) -> &'c Service {
+    c.services.iter().find(|s| s.name == name).unwrap()
+}
+
+/// The documents of `yaml` but those that contain one of `names`.
+pub(super) fn without(yaml: &str, names: &[&str]) -> String {
+    yaml.split("---")
+        .filter(|d| !names.iter().any(|n| d.contains(n)))
+        .collect::<Vec<_>>()
+        .join("---")
 }
 
 pub(super) fn refused(v: Verdict) -> (&'static str, String) {

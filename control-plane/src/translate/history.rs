@@ -321,7 +321,7 @@ mod tests {
             "the route keeps working"
         );
         let c = config(&next, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.subsets.len(), 2, "both subsets stay");
         // Route first, then rule (or both at once): taken.
         let vs_v1_only = vs.replace("          weight: 75\n", "").replace(
@@ -330,16 +330,10 @@ mod tests {
         );
         let both = store(&format!("{REVIEWS}---{dr_v1_only}---{vs_v1_only}"));
         let after = Mesh::rebuild(&both, &Options::default(), Some(&next));
-        assert_eq!(
-            verdict(&after, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
-        assert_eq!(
-            verdict(&after, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&after, "DestinationRule", "shop", "reviews");
+        assert_accepted(&after, "VirtualService", "shop", "reviews");
         let c = config(&after, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.subsets.len(), 1);
         assert_eq!(reviews.http[0].route.len(), 1);
     }
@@ -349,21 +343,14 @@ mod tests {
         let (dr, vs) = CANARY.split_once("---").unwrap();
         let good = mesh(&format!("{REVIEWS}---{CANARY}"));
         let moved = dr.replace("host: reviews", "host: ratings");
-        let next = Mesh::rebuild(
-            &store(&format!("{REVIEWS}---{moved}---{vs}")),
-            &Options::default(),
-            Some(&good),
-        );
+        let next = rebuild(&format!("{REVIEWS}---{moved}---{vs}"), &good);
         let (reason, message) = refused(verdict(&next, "DestinationRule", "shop", "reviews"));
         assert_eq!(reason, "SubsetInUse");
         assert!(
             message.starts_with("spec.host: subset \"v1\" of reviews.shop is removed"),
             "{message}"
         );
-        assert_eq!(
-            verdict(&next, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&next, "VirtualService", "shop", "reviews");
     }
 
     #[test]
@@ -374,17 +361,13 @@ mod tests {
         // The route's edit drops v2 but is refused for another reason: the
         // version in force (which sends to v2) stays, so v2 must stay too.
         let vs_broken = vs.replace("host: reviews, subset: v2", "host: nowhere, subset: v2");
-        let next = Mesh::rebuild(
-            &store(&format!("{REVIEWS}---{dr_v1_only}---{vs_broken}")),
-            &Options::default(),
-            Some(&good),
-        );
+        let next = rebuild(&format!("{REVIEWS}---{dr_v1_only}---{vs_broken}"), &good);
         assert_eq!(
             refused(verdict(&next, "DestinationRule", "shop", "reviews")).0,
             "SubsetInUse"
         );
         let c = config(&next, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(
             reviews.http[0].route.len(),
             2,
@@ -412,21 +395,12 @@ mod tests {
         );
         let vs_v1_only = vs.replace("subset: v2 }", "subset: v1 }");
         let dr_v1_only = dr.replace("    - { name: v2, labels: { version: v2 } }\n", "");
-        let next = Mesh::rebuild(
-            &store(&format!(
-                "{REVIEWS}---{dr_v1_only}---{vs_v1_only}---{other}"
-            )),
-            &Options::default(),
-            Some(&good),
+        let next = rebuild(
+            &format!("{REVIEWS}---{dr_v1_only}---{vs_v1_only}---{other}"),
+            &good,
         );
-        assert_eq!(
-            verdict(&next, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
-        assert_eq!(
-            verdict(&next, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&next, "DestinationRule", "shop", "reviews");
+        assert_accepted(&next, "VirtualService", "shop", "reviews");
     }
 
     /// The deleted resources kept in force, as `kind key <- users`.
@@ -484,22 +458,15 @@ mod tests {
         assert_eq!(reviews_of(&again).http, reviews.http);
         assert_eq!(kept(&again), kept(&next));
         // Put back: it applies as written, and nothing is kept.
-        let back = Mesh::rebuild(
-            &store(&format!(
+        let back = rebuild(
+            &format!(
                 "{REVIEWS}---{}---{vs}",
                 dr.replace("consecutive5xxErrors: 3", "consecutive5xxErrors: 5")
-            )),
-            &Options::default(),
-            Some(&again),
+            ),
+            &again,
         );
-        assert_eq!(
-            verdict(&back, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
-        assert_eq!(
-            verdict(&back, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&back, "VirtualService", "shop", "reviews");
+        assert_accepted(&back, "DestinationRule", "shop", "reviews");
         assert!(kept(&back).is_empty());
         assert_eq!(
             reviews_of(&back)
@@ -518,15 +485,8 @@ mod tests {
                 "",
             )
             .replace("          weight: 75\n", "");
-        let released = Mesh::rebuild(
-            &store(&format!("{REVIEWS}---{plain}")),
-            &Options::default(),
-            Some(&again),
-        );
-        assert_eq!(
-            verdict(&released, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        let released = rebuild(&format!("{REVIEWS}---{plain}"), &again);
+        assert_accepted(&released, "VirtualService", "shop", "reviews");
         assert!(kept(&released).is_empty());
         let reviews = reviews_of(&released);
         assert!(reviews.subsets.is_empty() && reviews.traffic_policy.is_none());
@@ -543,11 +503,7 @@ mod tests {
                 "",
             )
             .replace("          weight: 75\n", "");
-        let next = Mesh::rebuild(
-            &store(&format!("{REVIEWS}---{v1_only}")),
-            &Options::default(),
-            Some(&good),
-        );
+        let next = rebuild(&format!("{REVIEWS}---{v1_only}"), &good);
         // The edited route applies, on the rule it still needs.
         let reviews = reviews_of(&next);
         assert_eq!(reviews.http[0].route.len(), 1);
@@ -582,24 +538,13 @@ spec:
     #[test]
     fn a_service_deleted_under_a_route_answers_503_and_never_spreads_elsewhere() {
         let good = mesh(&routes_across(REVIEWS));
-        assert_eq!(
-            verdict(&good, "VirtualService", "shop", "ratings"),
-            Verdict::Accepted
-        );
+        assert_accepted(&good, "VirtualService", "shop", "ratings");
         // The reviews Service and its EndpointSlice are deleted.
-        let gone: String = REVIEWS
-            .split("---")
-            .filter(|d| !d.contains("name: reviews,") && !d.contains("name: reviews-abc"))
-            .collect::<Vec<_>>()
-            .join("---");
+        let gone: String = without(REVIEWS, &["name: reviews,", "name: reviews-abc"]);
         assert!(!gone.contains("kind: EndpointSlice") && gone.contains("name: ratings"));
-        let next = Mesh::rebuild(
-            &store(&routes_across(&gone)),
-            &Options::default(),
-            Some(&good),
-        );
+        let next = rebuild(&routes_across(&gone), &good);
         let c = config(&next, "shop", "productpage-1");
-        let ratings = c.services.iter().find(|s| s.name == "ratings").unwrap();
+        let ratings = service(&c, "ratings");
         assert_eq!(
             ratings.http,
             good.config_for(&ProxyId {
@@ -613,7 +558,7 @@ spec:
             .http,
             "ratings keeps its route: its own endpoints get nothing it did not get before"
         );
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert!(
             reviews.endpoints.is_empty() && reviews.addresses.is_empty(),
             "what is routed to a deleted Service answers 503; nothing can dial it"
@@ -627,10 +572,7 @@ spec:
             ),
             "{message}"
         );
-        assert_eq!(
-            verdict(&next, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&next, "DestinationRule", "shop", "reviews");
         assert_eq!(kept(&next), ["Service shop/reviews <- shop/ratings"]);
         // The route that made ratings send there goes: so does the Service.
         let without_route = store(&format!("{gone}---{}", CANARY.split_once("---").unwrap().0));
@@ -657,25 +599,14 @@ spec:
 "#;
         let (dr, _) = CANARY.split_once("---").unwrap();
         let good = mesh(&format!("{REVIEWS}---{dr}---{both}"));
-        assert_eq!(
-            verdict(&good, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&good, "VirtualService", "shop", "reviews");
         // In one change: the rule and the ratings Service are deleted, and
         // the route sends everything to v1.
-        let no_ratings: String = REVIEWS
-            .split("---")
-            .filter(|d| !d.contains("name: ratings"))
-            .collect::<Vec<_>>()
-            .join("---");
+        let no_ratings: String = without(REVIEWS, &["name: ratings"]);
         let v1 = both
             .replace(", weight: 50 }", " }")
             .replace("        - { destination: { host: ratings } }\n", "");
-        let next = Mesh::rebuild(
-            &store(&format!("{no_ratings}---{v1}")),
-            &Options::default(),
-            Some(&good),
-        );
+        let next = rebuild(&format!("{no_ratings}---{v1}"), &good);
         assert_eq!(reviews_of(&next).http[0].route.len(), 1);
         assert_eq!(
             kept(&next),
@@ -690,16 +621,8 @@ spec:
     #[test]
     fn a_route_whose_every_host_is_deleted_keeps_nothing() {
         let good = mesh(&routes_across(REVIEWS));
-        let no_ratings: String = REVIEWS
-            .split("---")
-            .filter(|d| !d.contains("name: ratings"))
-            .collect::<Vec<_>>()
-            .join("---");
-        let next = Mesh::rebuild(
-            &store(&routes_across(&no_ratings)),
-            &Options::default(),
-            Some(&good),
-        );
+        let no_ratings: String = without(REVIEWS, &["name: ratings"]);
+        let next = rebuild(&routes_across(&no_ratings), &good);
         assert_eq!(
             refused(verdict(&next, "VirtualService", "shop", "ratings")).0,
             "UnknownHost"
@@ -719,20 +642,9 @@ spec:
   http: [{ route: [{ destination: { host: reviews, subset: v1 } }] }]
 "#;
         let good = mesh(&format!("{REVIEWS}---{dr}---{two_hosts}"));
-        assert_eq!(
-            verdict(&good, "VirtualService", "shop", "both"),
-            Verdict::Accepted
-        );
-        let no_ratings: String = REVIEWS
-            .split("---")
-            .filter(|d| !d.contains("name: ratings"))
-            .collect::<Vec<_>>()
-            .join("---");
-        let next = Mesh::rebuild(
-            &store(&format!("{no_ratings}---{dr}---{two_hosts}")),
-            &Options::default(),
-            Some(&good),
-        );
+        assert_accepted(&good, "VirtualService", "shop", "both");
+        let no_ratings: String = without(REVIEWS, &["name: ratings"]);
+        let next = rebuild(&format!("{no_ratings}---{dr}---{two_hosts}"), &good);
         assert_eq!(
             reviews_of(&next).http,
             reviews_of(&good).http,

@@ -244,21 +244,14 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use crate::translate::fixtures::*;
-    use crate::translate::Verdict;
 
     #[test]
     fn istio_canary_by_weight_routes_with_subsets() {
         let m = mesh(&format!("{REVIEWS}---{CANARY}"));
-        assert_eq!(
-            verdict(&m, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
-        assert_eq!(
-            verdict(&m, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&m, "VirtualService", "shop", "reviews");
+        assert_accepted(&m, "DestinationRule", "shop", "reviews");
         let c = config(&m, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.subsets.len(), 2);
         assert_eq!(
             reviews
@@ -279,13 +272,7 @@ mod tests {
         assert_eq!(route.route[0].weight, Some(75));
         assert_eq!(route.route[1].destination.subset.as_deref(), Some("v2"));
         // The ratings service has no routes of its own.
-        assert!(c
-            .services
-            .iter()
-            .find(|s| s.name == "ratings")
-            .unwrap()
-            .http
-            .is_empty());
+        assert!(service(&c, "ratings").http.is_empty());
     }
 
     #[test]
@@ -305,12 +292,9 @@ spec:
             "{REVIEWS}---{}---{vs}",
             CANARY.split("---").next().unwrap()
         ));
-        assert_eq!(
-            verdict(&m, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&m, "VirtualService", "shop", "reviews");
         let c = config(&m, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.http.len(), 2);
         assert_eq!(
             reviews.http[0].matches[0].headers["end-user"]
@@ -422,16 +406,10 @@ spec:
     - route: [{ destination: { host: reviews, subset: v1 } }]
 "#;
         let m = mesh(&format!("{REVIEWS}---{rules}"));
-        assert_eq!(
-            verdict(&m, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
-        assert_eq!(
-            verdict(&m, "VirtualService", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&m, "DestinationRule", "shop", "reviews");
+        assert_accepted(&m, "VirtualService", "shop", "reviews");
         let c = config(&m, "shop", "productpage-1");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         let tp = reviews.traffic_policy.as_ref().unwrap();
         assert_eq!(
             tp.tls.as_ref().map(|t| t.mode),
@@ -512,9 +490,6 @@ spec:
             );
         }
         let m = mesh(&format!("{REVIEWS}---{}", dr("DISABLE")));
-        assert_eq!(
-            verdict(&m, "DestinationRule", "shop", "reviews"),
-            Verdict::Accepted
-        );
+        assert_accepted(&m, "DestinationRule", "shop", "reviews");
     }
 }

@@ -220,7 +220,10 @@ mod tests {
     use crate::translate::fixtures::*;
     use crate::translate::{Mesh, Options, Verdict, PREVIOUS_STAYS};
 
-    const PEER_AUTH: &str = r#"
+    /// Two pods of `shop`, `web-1` and `db-1`, labelled `app: web` and `app: db`.
+    macro_rules! web_and_db_pods {
+        () => {
+            r#"
 apiVersion: v1
 kind: Pod
 metadata: { name: web-1, namespace: shop, labels: { app: web } }
@@ -231,7 +234,13 @@ kind: Pod
 metadata: { name: db-1, namespace: shop, labels: { app: db } }
 spec: { containers: [{ name: db }] }
 ---
-apiVersion: v1
+"#
+        };
+    }
+
+    const PEER_AUTH: &str = concat!(
+        web_and_db_pods!(),
+        r#"apiVersion: v1
 kind: Pod
 metadata: { name: cache-1, namespace: shop, labels: { app: cache } }
 spec: { containers: [{ name: cache }] }
@@ -260,7 +269,8 @@ metadata: { name: cache, namespace: shop }
 spec:
   selector: { matchLabels: { app: cache } }
   portLevelMtls: { 6379: { mode: STRICT } }
-"#;
+"#
+    );
 
     fn mtls(m: &Mesh, ns: &str, pod: &str) -> Mtls {
         config(m, ns, pod).inbound.mtls
@@ -369,10 +379,7 @@ metadata: { name: older, namespace: shop, creationTimestamp: "2026-01-01T00:00:0
 spec: { mtls: { mode: STRICT } }
 "#;
         let m = mesh(yaml);
-        assert_eq!(
-            verdict(&m, "PeerAuthentication", "shop", "older"),
-            Verdict::Accepted
-        );
+        assert_accepted(&m, "PeerAuthentication", "shop", "older");
         let (reason, message) = refused(verdict(&m, "PeerAuthentication", "shop", "newer"));
         assert_eq!(reason, "Conflict");
         assert!(message.contains("shop/older"), "{message}");
@@ -388,7 +395,7 @@ spec: { mtls: { mode: STRICT } }
             "  mtls: { mode: DISABLE }\n  portLevelMtls: { 9102",
         );
         assert_ne!(disabled, PEER_AUTH);
-        let next = Mesh::rebuild(&store(&disabled), &Options::default(), Some(&good));
+        let next = rebuild(&disabled, &good);
         let (reason, message) = refused(verdict(&next, "PeerAuthentication", "shop", "db"));
         assert_eq!(reason, "Unsupported");
         assert!(
@@ -423,18 +430,9 @@ spec: { mtls: { mode: STRICT } }
         assert_eq!(mtls(&fresh, "billing", "x"), Mtls::default());
     }
 
-    const POLICIES: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: { name: web-1, namespace: shop, labels: { app: web } }
-spec: { containers: [{ name: web }] }
----
-apiVersion: v1
-kind: Pod
-metadata: { name: db-1, namespace: shop, labels: { app: db } }
-spec: { containers: [{ name: db }] }
----
-apiVersion: outrigger.dev/v1alpha1
+    const POLICIES: &str = concat!(
+        web_and_db_pods!(),
+        r#"apiVersion: outrigger.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: { name: web-read, namespace: shop }
 spec:
@@ -455,7 +453,8 @@ apiVersion: outrigger.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: { name: elsewhere, namespace: billing }
 spec: { rules: [{}] }
-"#;
+"#
+    );
 
     fn policy_names(m: &Mesh, ns: &str, pod: &str) -> Vec<String> {
         config(m, ns, pod)
@@ -515,7 +514,7 @@ spec: { rules: [{}] }
     fn a_bad_authorization_policy_is_refused_by_field_and_its_previous_version_stays() {
         let good = mesh(POLICIES);
         let broken = POLICIES.replace("ports: [\"9090\"]", "ports: [\"debug\"]");
-        let next = Mesh::rebuild(&store(&broken), &Options::default(), Some(&good));
+        let next = rebuild(&broken, &good);
         let (reason, message) = refused(verdict(&next, "AuthorizationPolicy", "shop", "no-debug"));
         assert_eq!(reason, "InvalidSpec");
         assert!(

@@ -311,16 +311,10 @@ spec:
         );
         // `config` validates the snapshot as the proxy would.
         let c = config(&all, "elsewhere", "p");
-        let reviews = c.services.iter().find(|s| s.name == "reviews").unwrap();
+        let reviews = service(&c, "reviews");
         assert_eq!(reviews.http.len(), 1);
         assert_eq!(reviews.subsets.len(), 1, "the subset the route names");
         // A proxy whose routes name no subset of it does not get the rule.
-        assert!(c
-            .services
-            .iter()
-            .find(|s| s.name == "ratings")
-            .unwrap()
-            .subsets
-            .is_empty());
+        assert!(service(&c, "ratings").subsets.is_empty());
     }
 }
