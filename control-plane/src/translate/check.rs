@@ -106,16 +106,11 @@ mod tests {
 
     #[test]
     fn wire_model_validation_errors_are_reported_at_the_resource_field() {
-        let vs = r#"
-apiVersion: outrigger.dev/v1alpha1
-kind: VirtualService
-metadata: { name: reviews, namespace: shop }
-spec:
-  hosts: [reviews]
-  http:
-    - match: [{ uri: { regex: "(" } }]
+        let vs = reviews_routes(
+            r#"    - match: [{ uri: { regex: "(" } }]
       route: [{ destination: { host: reviews } }]
-"#;
+"#,
+        );
         let m = mesh(&format!("{REVIEWS}---{vs}"));
         let (reason, message) = refused(verdict(&m, "VirtualService", "shop", "reviews"));
         assert_eq!(reason, "InvalidSpec");

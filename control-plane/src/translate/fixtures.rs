@@ -163,6 +163,21 @@ spec:
           weight: 25
 "#;
 
+/// The VirtualService `shop/reviews` for the host `reviews`, with these
+/// routes (YAML lines indented under its `http:`).
+pub(super) fn reviews_routes(http: &str) -> String {
+    format!(
+        "
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  http:
+{http}"
+    )
+}
+
 /// `reviews` answers 503 naming the refused VirtualService `vs`, and
 /// every other service keeps its default route.
 pub(super) fn assert_fails_closed(c: &ProxyConfig, vs: &str) {

@@ -586,17 +586,12 @@ spec:
 
     #[test]
     fn a_deleted_service_no_route_in_force_uses_any_more_is_not_kept() {
-        let both = r#"
-apiVersion: outrigger.dev/v1alpha1
-kind: VirtualService
-metadata: { name: reviews, namespace: shop }
-spec:
-  hosts: [reviews]
-  http:
-    - route:
+        let both = reviews_routes(
+            r#"    - route:
         - { destination: { host: reviews, subset: v1 }, weight: 50 }
         - { destination: { host: ratings }, weight: 50 }
-"#;
+"#,
+        );
         let (dr, _) = CANARY.split_once("---").unwrap();
         let good = mesh(&format!("{REVIEWS}---{dr}---{both}"));
         assert_accepted(&good, "VirtualService", "shop", "reviews");

@@ -310,15 +310,10 @@ spec:
 
     #[test]
     fn a_missing_subset_is_refused_naming_the_field_and_its_hosts_answer_503() {
-        let vs = r#"
-apiVersion: outrigger.dev/v1alpha1
-kind: VirtualService
-metadata: { name: reviews, namespace: shop }
-spec:
-  hosts: [reviews]
-  http:
-    - route: [{ destination: { host: reviews, subset: v3 } }]
-"#;
+        let vs = reviews_routes(
+            r#"    - route: [{ destination: { host: reviews, subset: v3 } }]
+"#,
+        );
         let m = mesh(&format!(
             "{REVIEWS}---{}---{vs}",
             CANARY.split("---").next().unwrap()
