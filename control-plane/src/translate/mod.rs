@@ -21,8 +21,7 @@
 //! accepted before is refused now, its last accepted version stays in force
 //! (given the previous mesh), and its verdict says so.
 //!
-//! Where each part lives, from the bottom up (a file uses only those above
-//! it in this list, and `mesh`, which the concept files extend):
+//! Where each part lives. The first five know nothing of the [`Mesh`]:
 //!
 //! - `verdict`: [`Verdict`], accepted or refused with a reason.
 //! - `export`: [`ExportTo`], who may see a Service, a route, a rule.
@@ -30,9 +29,12 @@
 //!   renamed to the resource's fields.
 //! - `services`: Services, EndpointSlices/Endpoints and Pods → wire-model
 //!   Services with endpoints; workloads, identities, port protocols.
-//! - `security`: PeerAuthentication and AuthorizationPolicy, held apart
-//!   from the rest of the mesh.
-//! - `mesh`: [`Mesh`], its [`Options`], and the order of one rebuild.
+//! - `security`: PeerAuthentication and AuthorizationPolicy, accepted and
+//!   resolved for one pod.
+//!
+//! `mesh` holds the [`Mesh`], its [`Options`] and the order of one rebuild;
+//! the others each add their part of the Mesh's methods:
+//!
 //! - `routing`: DestinationRules and VirtualServices resolved and attached;
 //!   dangling routes fail closed (503).
 //! - `history`: what routes in force hold back from the store (refused

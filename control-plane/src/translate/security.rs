@@ -144,12 +144,12 @@ impl Security {
             .collect()
     }
 
-    /// The peer-authentication mode of a pod of `namespace` with `labels`,
-    /// as Istio resolves
-    /// it: the oldest policy that selects the pod, else its namespace's
-    /// (no selector), else the mesh's (the root namespace's, no selector);
-    /// an UNSET mode inherits from the next of these, and PERMISSIVE is
-    /// the default. Port-level modes come from the selecting policy only.
+    /// The peer-authentication mode of a pod of `namespace` with `labels`
+    /// (None: a pod the store does not know), as Istio resolves it: the
+    /// oldest policy that selects the pod, else its namespace's (no
+    /// selector), else the mesh's (the root namespace's, no selector); an
+    /// UNSET mode inherits from the next of these, and PERMISSIVE is the
+    /// default. Port-level modes come from the selecting policy only.
     pub(super) fn mtls_for(
         &self,
         namespace: &str,
@@ -166,11 +166,11 @@ impl Security {
             .iter()
             .find(|r| r.selector.is_some() && selects(r.selector.as_ref(), labels))
             .copied();
-        let namespace = own.iter().find(|r| r.selector.is_none()).copied();
+        let namespace_wide = own.iter().find(|r| r.selector.is_none()).copied();
         let mesh = in_ns(&self.root_namespace)
             .into_iter()
             .find(|r| r.selector.is_none());
-        let mode = [workload, namespace, mesh]
+        let mode = [workload, namespace_wide, mesh]
             .into_iter()
             .flatten()
             .find_map(|r| r.mode)

@@ -155,8 +155,11 @@ impl Mesh {
         }
     }
 
-    /// The peer-authentication mode of the proxy of `id` (see
-    /// [`Security::mtls_for`]).
+    /// The peer-authentication mode of the proxy of `id`, as Istio resolves
+    /// it: the oldest policy that selects the pod, else its namespace's
+    /// (no selector), else the mesh's (the root namespace's, no selector);
+    /// an UNSET mode inherits from the next of these, and PERMISSIVE is
+    /// the default. Port-level modes come from the selecting policy only.
     pub fn mtls_for(&self, id: &ProxyId) -> Mtls {
         self.security.mtls_for(&id.namespace, self.pod_labels(id))
     }
