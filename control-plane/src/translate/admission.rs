@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 
 use kube::Resource;
 
-use super::history::Held;
-use super::mesh::Mesh;
+use super::mesh::{Held, Mesh};
 use super::verdict::Verdict;
 use crate::crd::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
 use crate::store::{Key, ResourceId, Store};

@@ -1,55 +1,21 @@
-//! Last-accepted history: a bad edit never replaces a good config. A
-//! resource refused now that was in force before keeps its last accepted
-//! version in force (given the previous mesh). And what routes in force
-//! depend on is held back from the store: a DestinationRule edit that takes
-//! away a subset in use is refused, a deleted DestinationRule whose subsets
-//! are in use stays, a deleted Service a route names stays as a tombstone
-//! (no address, no endpoints: what is routed there answers 503).
+//! Last-accepted history across resources: a route in force is applied as
+//! last accepted or not at all, never left half-resolved. So what routes
+//! in force depend on is held back from the store: a DestinationRule edit
+//! that takes away a subset in use is refused, a deleted DestinationRule
+//! whose subsets are in use stays, a deleted Service a route names stays
+//! as a tombstone (no address, no endpoints: what is routed there answers
+//! 503); the verdicts of those routes say so. (One refused resource falling
+//! back on its own last accepted version is the admission's work.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use outrigger_api::Service;
 
-use super::mesh::Mesh;
+use super::mesh::{Held, Mesh};
 use super::services::MeshService;
 use super::verdict::Verdict;
-use crate::crd::{DestinationRule, VirtualService};
+use crate::crd::VirtualService;
 use crate::store::{Key, ResourceId, Store};
-
-/// What a rebuild holds back from the store because routes in force depend
-/// on it: a route is applied as last accepted, or not at all, but never
-/// left half-resolved so that its traffic spreads where no route sent it.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Held {
-    /// DestinationRule edits that take away a subset a route in force uses:
-    /// refused (`SubsetInUse`), and the version in force stays.
-    pub(super) edits: BTreeMap<Key, Verdict>,
-    /// Deleted DestinationRules whose subsets a route in force uses: their
-    /// version in force stays.
-    pub(super) rules: BTreeMap<Key, DestinationRule>,
-    /// Deleted Services a route in force names: they stay, with no address
-    /// and no endpoints, so that what is routed to them answers 503 instead
-    /// of going elsewhere.
-    pub(super) services: BTreeMap<Key, MeshService>,
-}
-
-impl Held {
-    pub(super) fn is_empty(&self) -> bool {
-        self.edits.is_empty() && self.rules.is_empty() && self.services.is_empty()
-    }
-
-    pub(super) fn deleted(&self) -> BTreeSet<ResourceId> {
-        let rules = self.rules.keys().map(|k| ResourceId {
-            kind: "DestinationRule",
-            key: k.clone(),
-        });
-        let services = self.services.keys().map(|k| ResourceId {
-            kind: "Service",
-            key: k.clone(),
-        });
-        rules.chain(services).collect()
-    }
-}
 
 /// A Service that is gone, as a route in force still sees it: its ports,
 /// no address (nothing can dial it) and no endpoints (what is routed to it

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::export::{export_of, ExportTo, EXPORT_TO_ANNOTATION};
-use super::history::Held;
 use super::security::Security;
 use super::services::{pod_facts, slices_by_service, MeshService, PodFacts, Workloads};
 use super::verdict::Verdict;
@@ -56,6 +55,41 @@ pub struct Mesh {
     /// Deleted DestinationRules and Services kept in force because routes
     /// in force use them, with those routes' VirtualServices.
     pub(super) kept_deleted: BTreeMap<ResourceId, BTreeSet<Key>>,
+}
+
+/// What a rebuild holds back from the store because routes in force depend
+/// on it: a route is applied as last accepted, or not at all, but never
+/// left half-resolved so that its traffic spreads where no route sent it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Held {
+    /// DestinationRule edits that take away a subset a route in force uses:
+    /// refused (`SubsetInUse`), and the version in force stays.
+    pub(super) edits: BTreeMap<Key, Verdict>,
+    /// Deleted DestinationRules whose subsets a route in force uses: their
+    /// version in force stays.
+    pub(super) rules: BTreeMap<Key, DestinationRule>,
+    /// Deleted Services a route in force names: they stay, with no address
+    /// and no endpoints, so that what is routed to them answers 503 instead
+    /// of going elsewhere.
+    pub(super) services: BTreeMap<Key, MeshService>,
+}
+
+impl Held {
+    pub(super) fn is_empty(&self) -> bool {
+        self.edits.is_empty() && self.rules.is_empty() && self.services.is_empty()
+    }
+
+    pub(super) fn deleted(&self) -> BTreeSet<ResourceId> {
+        let rules = self.rules.keys().map(|k| ResourceId {
+            kind: "DestinationRule",
+            key: k.clone(),
+        });
+        let services = self.services.keys().map(|k| ResourceId {
+            kind: "Service",
+            key: k.clone(),
+        });
+        rules.chain(services).collect()
+    }
 }
 
 impl Mesh {

@@ -32,8 +32,9 @@
 //! - `security`: PeerAuthentication and AuthorizationPolicy, accepted and
 //!   resolved for one pod.
 //!
-//! `mesh` holds the [`Mesh`], its [`Options`] and the order of one rebuild;
-//! the others each add their part of the Mesh's methods:
+//! `mesh` holds the [`Mesh`], its [`Options`] and the order of one rebuild
+//! (with what it holds back from the store); the others each add their
+//! part of the Mesh's methods and import only `mesh` and the five above:
 //!
 //! - `routing`: DestinationRules and VirtualServices resolved and attached;
 //!   dangling routes fail closed (503).
