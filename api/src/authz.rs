@@ -1,6 +1,6 @@
 //! Authorization on the wire: Istio's `AuthorizationPolicy` action and
 //! rules (field names and spelling kept), as a proxy's inbound side holds
-//! them (`inbound.rs`). The proxy evaluates them (`proxy/src/policy/authz.rs`): DENY
+//! them (`inbound.rs`). The proxy evaluates them (`proxy-policy/src/authz.rs`): DENY
 //! policies first, then ALLOW ones (none: allow).
 
 use serde::{Deserialize, Serialize};

@@ -237,7 +237,7 @@ impl Proxy {
     /// not touched, and an open inbound connection it would now refuse (a
     /// plaintext one on a port turned STRICT, an opaque one its
     /// AuthorizationPolicies now deny) is closed, an HTTP one gracefully
-    /// (see `listener::Hold`). Live endpoint state (load, outlier
+    /// (see `http::hold::Hold`). Live endpoint state (load, outlier
     /// ejections, retry budgets, pool slots) carries over. An invalid
     /// snapshot is refused and the one in force stays. Listeners and the
     /// admin address are bound at start and cannot change here.

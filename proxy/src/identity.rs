@@ -184,9 +184,8 @@ impl Identity {
         handshake(config, tcp).await
     }
 
-    /// Accepts mesh TLS from a peer proxy on `tcp`: its certificate is
-    /// required and verified; returns the stream and the peer's identity.
-    /// Accepts a peer proxy's mesh TLS: the connection, the peer's
+    /// Accepts a peer proxy's mesh TLS on `tcp`, its certificate required
+    /// and verified. Returns the connection, the peer's
     /// identity, and whether the peer offered no ALPN (it splices opaque
     /// TCP: an HTTP hop always offers `h2` or `http/1.1`).
     pub async fn accept_peer(&self, tcp: TcpStream) -> io::Result<(Io, SpiffeId, bool)> {

@@ -52,7 +52,7 @@ pub struct Shared {
     pub principal: Option<Name>,
     /// Bumped by every applied config that changes the inbound policies
     /// (mTLS mode, AuthorizationPolicies), so that open connections are
-    /// held to them (see `listener::Hold`).
+    /// held to them (see `http::hold::Hold`).
     pub inbound_changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 

@@ -22,7 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::svc::{Body, BoxError};
 
-/// Bodies up to this size are kept for replay (DESIGN: 64 KiB).
+/// Bodies up to this size are kept for replay: 64 KiB.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
 
 pub struct ReplayBody {
