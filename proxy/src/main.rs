@@ -86,7 +86,8 @@ enum Command {
         control_plane_identity: String,
         /// Kubelet probes to answer on the admin port for the app, as JSON:
         /// `{"/app-health/<container>/livez": {"httpGet": {"path": "/healthz",
-        /// "port": 8080}}, ...}` (the injector writes it; see docs/security.md, "Probes under STRICT").
+        /// "port": 8080}}, ...}` (the injector writes it; see docs/security.md,
+        /// "Probes under STRICT").
         #[arg(long, env = "OUTRIGGER_APP_PROBES")]
         app_probes: Option<String>,
         /// This pod's IP (downward API): where app probes without a host go.
