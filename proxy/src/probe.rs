@@ -564,13 +564,13 @@ mod grpc_health {
     }
 }
 
-/// What kubelet gets for the app's `status` (pure).
 /// A TLS client that accepts any server certificate, as kubelet's HTTPS
 /// probes do.
 fn any_certificate() -> Arc<rustls::ClientConfig> {
     Arc::new(outrigger_identity::tls::any_server_client_config())
 }
 
+/// What kubelet gets for the app's `status` (pure).
 fn outcome(status: StatusCode, target: &str) -> Outcome {
     let detail = format!("{target}: {}", status.as_u16());
     if status.is_success() || status.is_redirection() {

@@ -9,5 +9,3 @@ pub mod hold;
 pub mod proxy;
 pub mod server;
 pub mod stack;
-
-// The admin endpoints answer with the proxy's body type.
