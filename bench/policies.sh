@@ -56,7 +56,8 @@
 #     VARIANTS="off all"               the client-side setups counted (any of the ten above)
 #     PROTOS="h1 h2"                   the protocols from the client, each with every variant
 #     CG_RUNS=1                        how many times each setup is counted (fresh processes
-#                                      each time), to see that the count is stable
+#                                      each time); more than one prints the median and spread
+#     CG_CONCURRENCY=4                 oha -c of the callgrind runs (the full run's is 4)
 #   BASE_PORT=18100       ports used: BASE_PORT .. BASE_PORT+61 on 127.0.0.1
 #   SKIP_INSTALL=1  SKIP_BUILD=1  BUILD_REF=HEAD   as in bench/run.sh
 #   REPORT=path           the file whose policy section is (re)written (default: BENCHMARKS.md)
@@ -98,7 +99,7 @@ if ((CG_ONLY)); then
   [[ ${CG:-1} == 1 ]] || die "CG_ONLY=1 counts instructions: it cannot be combined with CG=0"
   read -ra VARIANTS <<<"${VARIANTS:-off all}"
   read -ra PROTOS <<<"${PROTOS:-h1 h2}"
-  CG_RUNS=${CG_RUNS:-1}
+  CG_RUNS=${CG_RUNS:-1} CG_CONCURRENCY=${CG_CONCURRENCY:-4}
   ((${#VARIANTS[@]})) || die "VARIANTS names no setup"
   ((${#PROTOS[@]})) || die "PROTOS names no protocol"
   for v in "${VARIANTS[@]}"; do
@@ -108,11 +109,12 @@ if ((CG_ONLY)); then
     [[ $proto == h1 || $proto == h2 ]] || die "PROTOS: unknown protocol '$proto' (h1 or h2)"
   done
   [[ $CG_RUNS =~ ^[1-9][0-9]*$ ]] || die "CG_RUNS must be a positive integer"
+  [[ $CG_CONCURRENCY =~ ^[1-9][0-9]*$ ]] || die "CG_CONCURRENCY must be a positive integer"
 else
-  for name in VARIANTS PROTOS CG_RUNS; do
-    [[ -z ${!name:-} ]] || die "$name chooses what CG_ONLY=1 counts; the full run measures every setup"
+  for name in VARIANTS PROTOS CG_RUNS CG_CONCURRENCY; do
+    [[ -z ${!name:-} ]] || die "$name is a setting of CG_ONLY=1; the full run measures every setup as BENCHMARKS.md describes"
   done
-  VARIANTS=("${ALL_VARIANTS[@]}")
+  VARIANTS=("${ALL_VARIANTS[@]}") CG_CONCURRENCY=4
 fi
 
 # ---------------------------------------------------------------------------
@@ -256,7 +258,7 @@ cg_prepare() {
     log "installing valgrind (apt-get)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
   fi
-  log "instructions per request under callgrind ($CG_N1 and $CG_N2 requests, oha -c 4)"
+  log "instructions per request under callgrind ($CG_N1 and $CG_N2 requests, oha -c $CG_CONCURRENCY)"
 }
 
 # count_instructions SETUP [RUN]: SETUP is or_VARIANT-PROTO. Writes
@@ -281,7 +283,7 @@ count_instructions() {
       ((SECONDS < deadline)) || die "the callgrind proxy for $s was not ready after 120 s"
       sleep 0.2
     done
-    timeout 300 "$OHA" -n "$n" -c 4 --no-tui --output-format json "${oha_proto[@]}" "http://127.0.0.1:$P_CG/" >"$RES/cg-$s$tag-$n.oha.json" \
+    timeout 300 "$OHA" -n "$n" -c "$CG_CONCURRENCY" --no-tui --output-format json "${oha_proto[@]}" "http://127.0.0.1:$P_CG/" >"$RES/cg-$s$tag-$n.oha.json" \
       || die "oha against the callgrind proxy for $s failed"
     # Every request must have been answered 200, or the count is not per request.
     python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d.get("statusCodeDistribution") != {"200": int(sys.argv[2])})' \
@@ -318,16 +320,20 @@ if ((CG_ONLY)); then
         count_instructions "$s" "$run"
         per_run+=("$CG_PER_REQUEST")
       done
-      line=$(printf '%-14s %s' "$s" "${per_run[*]}")
-      if ((CG_RUNS > 1)); then
-        line+=$(printf '%s\n' "${per_run[@]}" | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "   (spread %d, %.2f %%)", hi - lo, 100 * (hi - lo) / lo }')
-      fi
-      summary+=("$line")
+      # setup, median over the runs, every run, and the spread (max - min) against the median
+      summary+=("$(printf '%s\n' "${per_run[@]}" | sort -n | awk -v s="$s" -v runs="${per_run[*]}" '
+        { x[NR] = $1 }
+        END {
+          m = NR % 2 ? x[(NR + 1) / 2] : int((x[NR / 2] + x[NR / 2 + 1]) / 2)
+          printf "%-14s %8d   runs: %s", s, m, runs
+          if (NR > 1) printf "   spread %d (%.2f %%)", x[NR] - x[1], 100 * (x[NR] - x[1]) / m
+        }')")
     done
   done
   machine_info "$OUT/machine.txt" "$LOADAVG_BEFORE"
   {
-    echo "# client-side instructions per request under callgrind: (I($CG_N2 requests) - I($CG_N1 requests)) / $((CG_N2 - CG_N1)), oha -c 4"
+    echo "# client-side instructions per request under callgrind: (I($CG_N2 requests) - I($CG_N1 requests)) / $((CG_N2 - CG_N1)), oha -c $CG_CONCURRENCY"
+    echo "# setup, median over $CG_RUNS run(s), each run, spread"
     echo "# outrigger: $BUILT_FROM"
     printf '%s\n' "${summary[@]}"
   } >"$RES/instructions.txt"
