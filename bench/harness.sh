@@ -133,7 +133,11 @@ prepare_binaries() {
     TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench-ref}
     SRC_DIR=$(mktemp -d /tmp/outrigger-bench-src.XXXXXX)
     log "building release binaries from $BUILD_REF (${REV:0:10}) in $SRC_DIR"
-    git -C "$ROOT" archive "$REV" | tar -x -C "$SRC_DIR"
+    # -m: the files get the time of extraction, not the commit's. Cargo decides
+    # whether a workspace crate is fresh by comparing file times with its last
+    # build, wherever the sources lie, so with the commit's time an older
+    # BUILD_REF would silently reuse the binaries last built in TARGET_DIR.
+    git -C "$ROOT" archive "$REV" | tar -x -m -C "$SRC_DIR"
     (cd "$SRC_DIR" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p outrigger-proxy -p outrigger-control-plane -p outrigger-bench) \
       || die "cargo build of $BUILD_REF failed"
     rm -rf "$SRC_DIR"
