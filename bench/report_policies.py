@@ -158,8 +158,10 @@ def build(out_dir):
         "costs, since throughput here is shared between oha, both proxies and the upstream on 2 cores. "
         "Client-side instructions per request: the Outrigger client side run alone under callgrind "
         "(valgrind), once with a few requests and once with more (oha `-n`, `-c 4`), and the "
-        "difference of the two counts divided by the difference in requests: exact, and untouched by "
-        "the machine's noise (Envoy is not run under callgrind)."
+        "difference of the two counts divided by the difference in requests: far less noisy than time "
+        "on a shared machine, though fresh processes still differ by up to about 1.7 % (timers and "
+        "wake-ups); `CG_ONLY=1 CG_RUNS=5 bench/policies.sh` gives the median of five "
+        "(Envoy is not run under callgrind)."
     )
     w("")
     w(
