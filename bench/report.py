@@ -442,10 +442,10 @@ def build(R):
     w("")
 
     # ---------------- targets
-    w("## Targets from the issue")
+    w("## Targets")
     w("")
     w(
-        "Verdicts from this one run. Between runs on this machine the throughput ratios moved by "
+        "Verdicts from this one run. Between runs on the measuring machine the throughput ratios moved by "
         "roughly ±15 % and single p99 figures by several times (one short stall of the VM lands "
         "in the p99 of a 15 s run), so a ratio near its threshold can flip on a rerun."
     )
