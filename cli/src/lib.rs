@@ -1,0 +1,14 @@
+//! `outrigger`, the operator's command line: what an operator runs after
+//! `helm install` to see whether the mesh is healthy, why traffic goes
+//! where it goes, and what it looks like.
+//!
+//! Each command is a module with a pure part (what to print, tested alone)
+//! and a thin edge (the cluster, a file, a proxy's admin port).
+//!
+//! | module | what it gives |
+//! |---|---|
+//! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
+//! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
+
+pub mod cluster;
+pub mod output;
