@@ -9,6 +9,14 @@
 //! |---|---|
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
+//! | [`prom`] | reading the Prometheus text a proxy's `/metrics` answers |
+//! | [`proxy_admin`] | one proxy's admin port: at an address (`--local`), or a pod's through the API server's pod proxy |
+//! | [`proxy_config`] | `outrigger proxy-config`: the configuration in force in one proxy |
+//! | [`stat`] | `outrigger stat`: golden metrics per workload from two scrapes a window apart |
 
 pub mod cluster;
 pub mod output;
+pub mod prom;
+pub mod proxy_admin;
+pub mod proxy_config;
+pub mod stat;

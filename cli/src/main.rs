@@ -2,9 +2,12 @@
 
 use std::io::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use outrigger_cli::cluster::ClusterArgs;
+use outrigger_cli::output::{self, Format};
+use outrigger_cli::proxy_admin::Admin;
+use outrigger_cli::{proxy_config, stat};
 
 /// The Outrigger service mesh, from the operator's side: its health, its
 /// config and its traffic.
@@ -30,18 +33,134 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Show the configuration in force in one proxy: its routes, endpoints,
+    /// identity and inbound policies, read from its admin port.
+    ///
+    /// Reads the proxy's admin /config (answered to loopback peers only)
+    /// and /metrics at --local ADDR: the demo's proxies, or a pod's after
+    /// `kubectl port-forward pod/NAME 4191`.
+    ///
+    /// Examples:
+    ///   outrigger proxy-config --local 127.0.0.1:4191
+    ///   outrigger proxy-config --local 127.0.0.1:4191 routes
+    ///   kubectl -n shop port-forward pod/web-5d9c7 4191 &
+    ///   outrigger proxy-config --local 127.0.0.1:4191 endpoints -o yaml
+    #[command(verbatim_doc_comment)]
+    ProxyConfig {
+        /// Which part to show.
+        #[arg(value_enum, default_value_t)]
+        view: proxy_config::View,
+        /// The proxy's admin address (e.g. 127.0.0.1:4191).
+        #[arg(long, required = true)]
+        local: std::net::SocketAddr,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show golden metrics per workload, inbound and outbound: requests per
+    /// second, success rate, p50/p95/p99 latency, share of mutual TLS.
+    ///
+    /// Scrapes each selected pod's proxy /metrics twice, --window apart,
+    /// through the API server's pod proxy (no Prometheus needed), or the
+    /// proxies at --local ADDR... (the demo).
+    ///
+    /// Examples:
+    ///   outrigger stat deploy -n shop
+    ///   outrigger stat deploy/reviews -n shop --window 10s
+    ///   outrigger stat pod/reviews-v1-5d9c7-x2x -n shop -o json
+    ///   outrigger stat ns/shop
+    ///   outrigger stat deploy --local 127.0.0.1:4191 --local 127.0.0.1:4192
+    #[command(verbatim_doc_comment)]
+    Stat {
+        /// What to show: deploy, ns or pod, and maybe /NAME.
+        target: stat::Selector,
+        /// How long to count for.
+        #[arg(long, default_value = "30s", value_parser = stat::parse_window)]
+        window: std::time::Duration,
+        /// Scrape these proxy admin addresses instead of the cluster's pods
+        /// (rows are named by the proxies' own workload labels).
+        #[arg(long, num_args = 1..)]
+        local: Vec<std::net::SocketAddr>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let _ = &cli.cluster;
     match cli.command {
         Command::Completion { shell } => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(shell, &mut Cli::command(), "outrigger", &mut out);
             out.flush()?;
         }
+        Command::ProxyConfig {
+            view,
+            local,
+            output,
+        } => run_proxy_config(view, Admin::Local(local), output).await?,
+        Command::Stat {
+            target,
+            window,
+            local,
+            output,
+        } => run_stat(&cli.cluster, target, window, local, output).await?,
     }
+    Ok(())
+}
+
+async fn run_proxy_config(view: proxy_config::View, admin: Admin, format: Format) -> Result<()> {
+    let (snapshot, live) = proxy_config::fetch(&admin).await.with_context(|| {
+        format!(
+            "cannot read the configuration of the proxy at {}",
+            admin.describe()
+        )
+    })?;
+    let text = match output::structured(format, &proxy_config::view_value(view, &snapshot, &live))?
+    {
+        Some(text) => text,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            proxy_config::render(view, &snapshot, &live, now)
+        }
+    };
+    print(&text)
+}
+
+async fn run_stat(
+    cluster: &ClusterArgs,
+    target: stat::Selector,
+    window: std::time::Duration,
+    local: Vec<std::net::SocketAddr>,
+    format: Format,
+) -> Result<()> {
+    let targets = if local.is_empty() {
+        let config = cluster.config().await?;
+        let namespace = config.default_namespace.clone();
+        let client = kube::Client::try_from(config).context("cannot build a cluster client")?;
+        stat::edge::pods(&client, &target, &namespace).await?
+    } else {
+        local
+            .into_iter()
+            .map(|a| (String::new(), Admin::Local(a)))
+            .collect()
+    };
+    let (scrapes, elapsed) = stat::edge::scrape_twice(&targets, window)
+        .await
+        .context("cannot scrape the proxies' metrics")?;
+    let rows = stat::rows(&scrapes, elapsed);
+    let text = match output::structured(format, &rows)? {
+        Some(text) => text,
+        None => stat::render(&rows),
+    };
+    print(&text)
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }

@@ -519,6 +519,72 @@ pub async fn fake_api_server_with(
     creates: BTreeMap<String, Create>,
     dir: &Path,
 ) -> FakeApi {
+    serve_fake_api(objects, creates, BTreeMap::new(), dir).await
+}
+
+/// [`fake_api_server`], also serving the pod proxy subresource
+/// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`) for the pods
+/// given (`"NS/NAME"` → the address their port is reached at): the GET is
+/// forwarded there and its answer returned. Unlike a real API server, it
+/// connects from loopback.
+pub async fn fake_api_server_with_pods(
+    objects: BTreeMap<String, Vec<Value>>,
+    pods: BTreeMap<String, SocketAddr>,
+    dir: &Path,
+) -> FakeApi {
+    serve_fake_api(objects, BTreeMap::new(), pods, dir).await
+}
+
+/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`, `/PATH`).
+fn pod_proxy(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once("/pods/")?;
+    let (name_port, rest) = rest.split_once("/proxy")?;
+    let (name, _port) = name_port.split_once(':')?;
+    let rest = if rest.is_empty() { "/" } else { rest };
+    Some((format!("{ns}/{name}"), rest.to_string()))
+}
+
+async fn forward_get(addr: SocketAddr, path: &str) -> Response<Body> {
+    let bad_gateway = |why: String| {
+        Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(full(why))
+            .unwrap()
+    };
+    let tcp = match tokio::net::TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        Err(e) => return bad_gateway(format!("cannot reach {addr}: {e}")),
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
+    else {
+        return bad_gateway(format!("no HTTP/1 from {addr}"));
+    };
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", addr.to_string())
+        .body(crate::empty())
+        .unwrap();
+    match sender.send_request(req).await {
+        Ok(res) => {
+            let (parts, body) = res.into_parts();
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Response::from_parts(parts, full(body))
+        }
+        Err(e) => bad_gateway(format!("GET {path} from {addr}: {e}")),
+    }
+}
+
+async fn serve_fake_api(
+    objects: BTreeMap<String, Vec<Value>>,
+    creates: BTreeMap<String, Create>,
+    pods: BTreeMap<String, SocketAddr>,
+    dir: &Path,
+) -> FakeApi {
+    let pods = Arc::new(pods);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let objects = Arc::new((objects, creates));
@@ -529,10 +595,10 @@ pub async fn fake_api_server_with(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (objects, record) = (objects.clone(), record.clone());
+            let (objects, record, pods) = (objects.clone(), record.clone(), pods.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (objects, record) = (objects.clone(), record.clone());
+                    let (objects, record, pods) = (objects.clone(), record.clone(), pods.clone());
                     async move {
                         let query = req.uri().query().unwrap_or("");
                         record.lock().unwrap().push(ApiRequest {
@@ -543,6 +609,13 @@ pub async fn fake_api_server_with(
                                 .any(|kv| kv == "watch=true" || kv == "watch=1"),
                         });
                         let (lists, creates) = &*objects;
+                        if req.method() == Method::GET {
+                            if let Some((pod, path)) = pod_proxy(req.uri().path()) {
+                                if let Some(addr) = pods.get(&pod) {
+                                    return Ok::<_, Infallible>(forward_get(*addr, &path).await);
+                                }
+                            }
+                        }
                         if req.method() == Method::POST {
                             if let Some(create) = creates.get(req.uri().path()) {
                                 let create = create.clone();

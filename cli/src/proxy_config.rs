@@ -1,0 +1,557 @@
+//! `outrigger proxy-config`: the configuration in force in one proxy, read
+//! from its admin `/config` (the snapshot in force, as the proxy holds it)
+//! and `/metrics` (what is live: the certificate's expiry, the endpoints
+//! outlier detection has ejected right now), shown as tables per view or
+//! whole as JSON/YAML.
+//!
+//! [`render`] and [`view_value`] are pure; [`fetch`] is the edge.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use outrigger_api::authz::{AuthorizationAction, AuthorizationPolicy};
+use outrigger_api::policy::{HttpMatch, HttpRoute, StringMatch};
+use outrigger_api::Snapshot;
+use serde::Serialize;
+
+use crate::output::table;
+use crate::prom;
+use crate::proxy_admin::{Admin, AdminError};
+
+/// Which part of the configuration to show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// Each service's HTTP routes: match, destinations and weights, timeout, retries.
+    Routes,
+    /// Each service's endpoints: address, labels and subsets, meshed, ejections.
+    Endpoints,
+    /// The proxy's SPIFFE identity and its certificate's expiry.
+    Identity,
+    /// The inbound side: mutual TLS mode and authorization policies.
+    Policies,
+    /// All of the above.
+    #[default]
+    All,
+}
+
+/// What a proxy tells beyond its snapshot, read from its `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Live {
+    /// When the certificate in use expires (Unix seconds); `None` before the
+    /// first, or without one.
+    pub cert_expiry_unix: Option<i64>,
+    /// Service (`name.namespace`) → endpoints ejected right now.
+    pub ejected: BTreeMap<String, u64>,
+}
+
+impl Live {
+    /// From a proxy's `/metrics` text.
+    pub fn from_metrics(text: &str) -> Live {
+        let mut live = Live::default();
+        for s in prom::parse(text) {
+            match s.name.as_str() {
+                "outrigger_identity_cert_expiry_timestamp_seconds" if s.value > 0.0 => {
+                    live.cert_expiry_unix = Some(s.value as i64);
+                }
+                "outrigger_outlier_ejected_endpoints" => {
+                    live.ejected.insert(
+                        s.label("destination_service").to_string(),
+                        s.value.max(0.0) as u64,
+                    );
+                }
+                _ => {}
+            }
+        }
+        live
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("{at} answered /config with something that is not a proxy snapshot: {source}")]
+    Snapshot {
+        at: String,
+        source: outrigger_api::ParseError,
+    },
+}
+
+/// Reads the snapshot in force and the live state from one proxy.
+pub async fn fetch(admin: &Admin) -> Result<(Snapshot, Live), ProxyConfigError> {
+    let config = admin.get("/config").await?;
+    let snapshot = Snapshot::from_json(&config).map_err(|source| ProxyConfigError::Snapshot {
+        at: admin.describe(),
+        source,
+    })?;
+    let metrics = admin.get("/metrics").await?;
+    Ok((snapshot, Live::from_metrics(&metrics)))
+}
+
+/// The tables for `view`; `now` (Unix seconds) says how far off expiry is.
+pub fn render(view: View, snapshot: &Snapshot, live: &Live, now: i64) -> String {
+    let mut out = String::new();
+    let sections: &[View] = match view {
+        View::All => &[
+            View::Identity,
+            View::Policies,
+            View::Routes,
+            View::Endpoints,
+        ],
+        one => std::slice::from_ref(match one {
+            View::Routes => &View::Routes,
+            View::Endpoints => &View::Endpoints,
+            View::Identity => &View::Identity,
+            _ => &View::Policies,
+        }),
+    };
+    for (i, section) in sections.iter().enumerate() {
+        if view == View::All {
+            if i > 0 {
+                out.push('\n');
+            }
+            let title = match section {
+                View::Routes => "ROUTES",
+                View::Endpoints => "ENDPOINTS",
+                View::Identity => "IDENTITY",
+                _ => "POLICIES",
+            };
+            let _ = writeln!(out, "# {title}");
+        }
+        out.push_str(&match section {
+            View::Routes => routes(snapshot),
+            View::Endpoints => endpoints(snapshot, live),
+            View::Identity => identity(snapshot, live, now),
+            _ => policies(snapshot),
+        });
+    }
+    out
+}
+
+fn routes(snapshot: &Snapshot) -> String {
+    let mut rows = Vec::new();
+    for service in &snapshot.services {
+        let name = format!("{}.{}", service.name, service.namespace);
+        if service.http.is_empty() {
+            rows.push(vec![
+                name,
+                "*".into(),
+                format!("{} (its endpoints)", service.name),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        }
+        for route in &service.http {
+            rows.push(vec![
+                name.clone(),
+                route_match(&route.matches),
+                destinations(route),
+                route.timeout.map_or("-".into(), |t| t.to_string()),
+                route.retries.as_ref().map_or("-".into(), |r| {
+                    let mut s = format!("{} attempts", r.attempts);
+                    if let Some(t) = r.per_try_timeout {
+                        let _ = write!(s, ", {t} each");
+                    }
+                    if let Some(on) = &r.retry_on {
+                        let _ = write!(s, ", on {on}");
+                    }
+                    s
+                }),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return "no services\n".into();
+    }
+    table(
+        &["SERVICE", "MATCH", "DESTINATIONS", "TIMEOUT", "RETRIES"],
+        &rows,
+    )
+}
+
+fn string_match(m: &StringMatch) -> String {
+    if let Some(v) = &m.exact {
+        v.clone()
+    } else if let Some(v) = &m.prefix {
+        format!("{v}*")
+    } else if let Some(v) = &m.regex {
+        format!("~{v}")
+    } else {
+        "*".into()
+    }
+}
+
+/// One match as `METHOD authority/path header=value`, alternatives by ` | `.
+fn route_match(matches: &[HttpMatch]) -> String {
+    if matches.is_empty() {
+        return "*".into();
+    }
+    let one = |m: &HttpMatch| {
+        let mut parts = Vec::new();
+        if let Some(method) = &m.method {
+            parts.push(string_match(method));
+        }
+        let mut target = String::new();
+        if let Some(a) = &m.authority {
+            target.push_str(&string_match(a));
+        }
+        if let Some(uri) = &m.uri {
+            target.push_str(&string_match(uri));
+        }
+        if !target.is_empty() {
+            parts.push(target);
+        }
+        for (name, value) in &m.headers {
+            parts.push(format!("{name}={}", string_match(value)));
+        }
+        if parts.is_empty() {
+            "*".to_string()
+        } else {
+            parts.join(" ")
+        }
+    };
+    matches.iter().map(one).collect::<Vec<_>>().join(" | ")
+}
+
+fn destinations(route: &HttpRoute) -> String {
+    if let Some(direct) = &route.direct_response {
+        return format!("answer {}", direct.status);
+    }
+    let alone = route.route.len() == 1;
+    route
+        .route
+        .iter()
+        .map(|d| {
+            let mut s = d.destination.host.clone();
+            if let Some(subset) = &d.destination.subset {
+                let _ = write!(s, "/{subset}");
+            }
+            if let Some(port) = &d.destination.port {
+                let _ = write!(s, ":{}", port.number);
+            }
+            match d.weight {
+                Some(w) if !alone => {
+                    let _ = write!(s, " {w}%");
+                }
+                None if !alone => s.push_str(" 0%"),
+                _ => {}
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn endpoints(snapshot: &Snapshot, live: &Live) -> String {
+    let mut rows = Vec::new();
+    for service in &snapshot.services {
+        let name = format!("{}.{}", service.name, service.namespace);
+        for ep in &service.endpoints {
+            let subsets: Vec<&str> = service
+                .subsets
+                .iter()
+                .filter(|s| s.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+                .map(|s| s.name.as_str())
+                .collect();
+            let labels: Vec<String> = ep.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            rows.push(vec![
+                name.clone(),
+                ep.address.clone(),
+                ep.workload.clone().unwrap_or_else(|| "-".into()),
+                or_dash(labels.join(",")),
+                or_dash(subsets.join(",")),
+                if ep.meshed { "yes" } else { "no" }.into(),
+            ]);
+        }
+    }
+    let mut out = if rows.is_empty() {
+        "no endpoints\n".to_string()
+    } else {
+        table(
+            &[
+                "SERVICE", "ADDRESS", "WORKLOAD", "LABELS", "SUBSETS", "MESHED",
+            ],
+            &rows,
+        )
+    };
+    for (service, n) in live.ejected.iter().filter(|(_, n)| **n > 0) {
+        let _ = writeln!(
+            out,
+            "{service}: {n} endpoint(s) ejected by outlier detection right now"
+        );
+    }
+    out
+}
+
+fn identity(snapshot: &Snapshot, live: &Live, now: i64) -> String {
+    let proxy = &snapshot.proxy;
+    let expiry = match live.cert_expiry_unix {
+        Some(at) => format!("{} ({})", rfc3339(at), until(at - now)),
+        None => "-".into(),
+    };
+    table(
+        &["SPIFFE ID", "WORKLOAD", "NAMESPACE", "CERT EXPIRES"],
+        &[vec![
+            proxy
+                .identity
+                .clone()
+                .unwrap_or_else(|| "none (plaintext)".into()),
+            proxy.workload.clone(),
+            proxy.namespace.clone(),
+            expiry,
+        ]],
+    )
+}
+
+fn policies(snapshot: &Snapshot) -> String {
+    let inbound = &snapshot.inbound;
+    let mut out = format!("inbound mTLS: {}", inbound.mtls.mode.as_str());
+    if !inbound.mtls.ports.is_empty() {
+        let ports: Vec<String> = inbound
+            .mtls
+            .ports
+            .iter()
+            .map(|(p, m)| format!("{p} {}", m.as_str()))
+            .collect();
+        let _ = write!(out, " (ports: {})", ports.join(", "));
+    }
+    out.push('\n');
+    if inbound.authorization.is_empty() {
+        out.push_str("authorization: none (all callers allowed)\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = inbound
+        .authorization
+        .iter()
+        .map(|p| vec![p.name.clone(), action(p), rules(p)])
+        .collect();
+    out.push_str(&table(&["AUTHORIZATION POLICY", "ACTION", "RULES"], &rows));
+    out
+}
+
+fn action(p: &AuthorizationPolicy) -> String {
+    match p.action {
+        AuthorizationAction::Allow => "ALLOW",
+        AuthorizationAction::Deny => "DENY",
+    }
+    .into()
+}
+
+fn rules(p: &AuthorizationPolicy) -> String {
+    if p.rules.is_empty() {
+        return match p.action {
+            AuthorizationAction::Allow => "(none: matches nothing)".into(),
+            AuthorizationAction::Deny => "(none: matches nothing)".into(),
+        };
+    }
+    let list =
+        |what: &str, v: &[String]| (!v.is_empty()).then(|| format!("{what}={}", v.join(",")));
+    p.rules
+        .iter()
+        .map(|r| {
+            let mut parts = Vec::new();
+            for f in &r.from {
+                let s = &f.source;
+                parts.extend(list("principals", &s.principals));
+                parts.extend(list("notPrincipals", &s.not_principals));
+                parts.extend(list("namespaces", &s.namespaces));
+                parts.extend(list("notNamespaces", &s.not_namespaces));
+            }
+            for t in &r.to {
+                let o = &t.operation;
+                parts.extend(list("ports", &o.ports));
+                parts.extend(list("notPorts", &o.not_ports));
+                parts.extend(list("methods", &o.methods));
+                parts.extend(list("notMethods", &o.not_methods));
+                parts.extend(list("paths", &o.paths));
+                parts.extend(list("notPaths", &o.not_paths));
+            }
+            if parts.is_empty() {
+                "any".to_string()
+            } else {
+                parts.join(" ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The JSON/YAML of `view`: the parts of the snapshot it shows, and what is
+/// live.
+pub fn view_value(view: View, snapshot: &Snapshot, live: &Live) -> serde_json::Value {
+    use serde_json::json;
+    let services = |f: &dyn Fn(&outrigger_api::Service) -> serde_json::Value| {
+        snapshot.services.iter().map(f).collect::<Vec<_>>()
+    };
+    match view {
+        View::Routes => json!({ "services": services(&|s| json!({
+            "name": s.name, "namespace": s.namespace, "http": s.http,
+        })) }),
+        View::Endpoints => json!({ "services": services(&|s| json!({
+            "name": s.name, "namespace": s.namespace, "endpoints": s.endpoints,
+            "subsets": s.subsets,
+            "ejected": live.ejected.get(&format!("{}.{}", s.name, s.namespace)).copied().unwrap_or(0),
+        })) }),
+        View::Identity => json!({
+            "identity": snapshot.proxy.identity,
+            "workload": snapshot.proxy.workload,
+            "namespace": snapshot.proxy.namespace,
+            "certExpiryUnix": live.cert_expiry_unix,
+        }),
+        View::Policies => json!({ "inbound": snapshot.inbound }),
+        View::All => json!({
+            "snapshot": serde_json::from_str::<serde_json::Value>(&snapshot.to_json())
+                .unwrap_or_default(),
+            "live": live,
+        }),
+    }
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
+/// `in 29d 23h`, `in 5m`, or `EXPIRED 2h ago`.
+fn until(seconds: i64) -> String {
+    let span = |s: i64| {
+        let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+        if d > 0 {
+            format!("{d}d {h}h")
+        } else if h > 0 {
+            format!("{h}h {m}m")
+        } else {
+            format!("{m}m")
+        }
+    };
+    if seconds >= 0 {
+        format!("in {}", span(seconds))
+    } else {
+        format!("EXPIRED {} ago", span(-seconds))
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC; the civil-from-days
+/// algorithm of Howard Hinnant).
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot::from_yaml(
+            r#"
+version: "7"
+proxy: { workload: client, namespace: shop, identity: "spiffe://cluster.local/ns/shop/sa/client" }
+listeners:
+  - { name: outbound, direction: outbound, bind: "127.0.0.1:0", target: { name: reviews, namespace: shop, port: 80 } }
+services:
+  - name: reviews
+    namespace: shop
+    ports: [80]
+    endpoints:
+      - { address: "10.0.0.1:9080", labels: { version: v1 }, workload: reviews-v1, meshed: true }
+      - { address: "10.0.0.2:9080", labels: { version: v2 }, workload: reviews-v2, meshed: false }
+    subsets:
+      - { name: v1, labels: { version: v1 } }
+      - { name: v2, labels: { version: v2 } }
+    http:
+      - name: jason
+        match: [{ headers: { end-user: { exact: jason } } }]
+        route: [{ destination: { host: reviews, subset: v2 } }]
+      - match: [{ uri: { prefix: /api }, method: { exact: GET } }]
+        route:
+          - { destination: { host: reviews, subset: v1 }, weight: 90 }
+          - { destination: { host: reviews, subset: v2 }, weight: 10 }
+        timeout: 2s
+        retries: { attempts: 3, perTryTimeout: 500ms, retryOn: 5xx }
+  - name: ratings
+    namespace: shop
+    ports: [9080]
+inbound:
+  mtls: { mode: STRICT, ports: { 8081: PERMISSIVE } }
+  authorization:
+    - name: only-frontend
+      action: ALLOW
+      rules:
+        - from: [{ source: { principals: ["cluster.local/ns/shop/sa/frontend"] } }]
+          to: [{ operation: { methods: [GET] } }]
+"#,
+        )
+        .expect("a valid snapshot")
+    }
+
+    #[test]
+    fn each_view_renders_its_table() {
+        let live = Live {
+            cert_expiry_unix: Some(1_800_000_000),
+            ejected: [("reviews.shop".to_string(), 1)].into(),
+        };
+        let now = 1_800_000_000 - 86_400 - 3600 * 2;
+        let s = snapshot();
+        assert_eq!(
+            render(View::Routes, &s, &live, now),
+            "SERVICE       MATCH           DESTINATIONS                    TIMEOUT  RETRIES\n\
+             reviews.shop  end-user=jason  reviews/v2                      -        -\n\
+             reviews.shop  GET /api*       reviews/v1 90%, reviews/v2 10%  2s       3 attempts, 500ms each, on 5xx\n\
+             ratings.shop  *               ratings (its endpoints)         -        -\n"
+        );
+        let all = render(View::All, &s, &live, now);
+        for line in [
+            "# IDENTITY\nSPIFFE ID                                 WORKLOAD  NAMESPACE  CERT EXPIRES\n",
+            "spiffe://cluster.local/ns/shop/sa/client  client    shop       2027-01-15T08:00:00Z (in 1d 2h)\n",
+            "inbound mTLS: STRICT (ports: 8081 PERMISSIVE)\n",
+            "only-frontend         ALLOW   principals=cluster.local/ns/shop/sa/frontend methods=GET\n",
+            "reviews.shop  10.0.0.2:9080  reviews-v2  version=v2  v2       no\n",
+            "reviews.shop: 1 endpoint(s) ejected by outlier detection right now\n",
+        ] {
+            assert!(all.contains(line), "{line:?} not in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn dates_are_utc_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(until(86_400 + 7200), "in 1d 2h");
+        assert_eq!(until(-300), "EXPIRED 5m ago");
+    }
+
+    #[test]
+    fn live_state_comes_from_the_metrics() {
+        let text = "outrigger_identity_cert_expiry_timestamp_seconds 1800000000\n\
+            outrigger_outlier_ejected_endpoints{destination_service=\"reviews.shop\"} 2\n";
+        let live = Live::from_metrics(text);
+        assert_eq!(live.cert_expiry_unix, Some(1_800_000_000));
+        assert_eq!(live.ejected["reviews.shop"], 2);
+        assert_eq!(
+            Live::from_metrics("outrigger_identity_cert_expiry_timestamp_seconds 0\n")
+                .cert_expiry_unix,
+            None
+        );
+    }
+}

@@ -1,0 +1,565 @@
+//! `outrigger stat`: golden metrics per workload, inbound and outbound:
+//! requests per second, success rate, p50/p95/p99 latency and the share of
+//! mutual TLS, as `linkerd viz stat` prints them, from two scrapes of the
+//! proxies' `/metrics` a window apart.
+//!
+//! [`rows`] (counter and histogram deltas → rows), [`quantile`] and
+//! [`render`] are pure; the edge in the binary does the scraping.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::output::table;
+use crate::prom::{self, Sample};
+
+const REQUESTS: &str = "outrigger_requests_total";
+const BUCKETS: &str = "outrigger_request_duration_seconds_bucket";
+
+/// What `stat` was asked about: `deploy`, `ns` or `pod`, and maybe a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector {
+    pub kind: Kind,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deploy,
+    Ns,
+    Pod,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot read {0:?}: say deploy, ns or pod, and maybe a name (deploy/web, ns/shop, pod/web-0)"
+)]
+pub struct SelectorError(String);
+
+impl std::str::FromStr for Selector {
+    type Err = SelectorError;
+    fn from_str(s: &str) -> Result<Self, SelectorError> {
+        let (kind, name) = match s.split_once('/') {
+            Some((k, n)) if !n.is_empty() && !n.contains('/') => (k, Some(n.to_string())),
+            Some(_) => return Err(SelectorError(s.into())),
+            None => (s, None),
+        };
+        let kind = match kind {
+            "deploy" | "deployment" | "deployments" | "deploy.apps" => Kind::Deploy,
+            "ns" | "namespace" | "namespaces" => Kind::Ns,
+            "pod" | "pods" | "po" => Kind::Pod,
+            _ => return Err(SelectorError(s.into())),
+        };
+        Ok(Selector { kind, name })
+    }
+}
+
+/// One proxy scraped twice: the name its traffic is counted under (its
+/// workload, pod or namespace; empty: the workload its samples name), the
+/// first and the second exposition.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    pub name: String,
+    pub before: String,
+    pub after: String,
+}
+
+/// One line of the result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub direction: String,
+    pub requests: f64,
+    pub rps: f64,
+    /// Share of requests answered without a 5xx (or a gRPC error, or no
+    /// answer at all); `None` without requests.
+    pub success: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Share of requests over mutual TLS.
+    pub mtls: Option<f64>,
+}
+
+/// The labels that name one series apart from its name.
+fn key(s: &Sample) -> Vec<(String, String)> {
+    s.labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `after - before` per series of `name`; a series that went down (the
+/// proxy restarted) counts from zero.
+fn deltas(name: &str, before: &[Sample], after: &[Sample]) -> Vec<Sample> {
+    let old: BTreeMap<Vec<(String, String)>, f64> = before
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| (key(s), s.value))
+        .collect();
+    after
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| {
+            let was = old.get(&key(s)).copied().unwrap_or(0.0);
+            let value = if s.value >= was {
+                s.value - was
+            } else {
+                s.value
+            };
+            Sample { value, ..s.clone() }
+        })
+        .collect()
+}
+
+/// The (name, direction) a sample counts under: the scrape's name, or
+/// without one the proxy's own workload as the sample names it.
+fn name_of(name: &str, s: &Sample) -> (String, String) {
+    let direction = s.label("direction").to_string();
+    if !name.is_empty() {
+        return (name.to_string(), direction);
+    }
+    let own = if direction == "inbound" {
+        s.label("destination_workload")
+    } else {
+        s.label("source_workload")
+    };
+    (own.to_string(), direction)
+}
+
+fn successful(s: &Sample) -> bool {
+    let code: u16 = s.label("response_code").parse().unwrap_or(0);
+    let grpc = s.label("grpc_response_status");
+    code != 0 && code < 500 && (grpc.is_empty() || grpc == "0")
+}
+
+/// The rows for these scrapes, `window` seconds apart: one per name and
+/// direction that had traffic in either scrape, sorted.
+pub fn rows(scrapes: &[Scrape], window: f64) -> Vec<Row> {
+    #[derive(Default)]
+    struct Acc {
+        requests: f64,
+        ok: f64,
+        mtls: f64,
+        buckets: BTreeMap<String, f64>,
+    }
+    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    for scrape in scrapes {
+        let (before, after) = (prom::parse(&scrape.before), prom::parse(&scrape.after));
+        for s in deltas(REQUESTS, &before, &after) {
+            let a = acc.entry(name_of(&scrape.name, &s)).or_default();
+            a.requests += s.value;
+            if successful(&s) {
+                a.ok += s.value;
+            }
+            if s.label("connection_security_policy") == "mutual_tls" {
+                a.mtls += s.value;
+            }
+        }
+        for s in deltas(BUCKETS, &before, &after) {
+            let a = acc.entry(name_of(&scrape.name, &s)).or_default();
+            *a.buckets.entry(s.label("le").to_string()).or_default() += s.value;
+        }
+    }
+    acc.into_iter()
+        .map(|((name, direction), a)| {
+            let buckets: Vec<(f64, f64)> = a
+                .buckets
+                .iter()
+                .filter_map(|(le, n)| Some((parse_le(le)?, *n)))
+                .collect();
+            let share = |n: f64| (a.requests > 0.0).then(|| n / a.requests);
+            let q = |p: f64| quantile(p, &buckets).map(|s| s * 1000.0);
+            Row {
+                name,
+                direction,
+                requests: a.requests,
+                rps: if window > 0.0 {
+                    a.requests / window
+                } else {
+                    0.0
+                },
+                success: share(a.ok),
+                p50_ms: q(0.5),
+                p95_ms: q(0.95),
+                p99_ms: q(0.99),
+                mtls: share(a.mtls),
+            }
+        })
+        .collect()
+}
+
+fn parse_le(le: &str) -> Option<f64> {
+    match le {
+        "+Inf" => Some(f64::INFINITY),
+        v => v.parse().ok(),
+    }
+}
+
+/// The `q` quantile of a cumulative histogram (`(upper bound, count)`
+/// pairs, in any order), as Prometheus's `histogram_quantile` computes it:
+/// linear within the bucket it falls in, the lowest bucket starting at 0,
+/// and the highest finite bound when it falls in `+Inf`. `None` when the
+/// histogram is empty.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let mut b: Vec<(f64, f64)> = buckets.to_vec();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in &b {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let within = count - prev.1;
+            if within <= 0.0 {
+                return Some(le);
+            }
+            return Some(prev.0 + (le - prev.0) * (rank - prev.1) / within);
+        }
+        prev = (le, count);
+    }
+    Some(prev.0)
+}
+
+/// The table: one line per name and direction.
+pub fn render(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "no traffic in the window\n".into();
+    }
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{}ms", round(v)));
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.direction.clone(),
+                pct(r.success),
+                format!("{:.1}rps", r.rps),
+                ms(r.p50_ms),
+                ms(r.p95_ms),
+                ms(r.p99_ms),
+                pct(r.mtls),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "DIRECTION",
+            "SUCCESS",
+            "RPS",
+            "LATENCY_P50",
+            "LATENCY_P95",
+            "LATENCY_P99",
+            "MTLS",
+        ],
+        &lines,
+    )
+}
+
+/// Milliseconds as people read them: whole above 10, else two digits.
+fn round(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{ms:.0}")
+    } else {
+        let s = format!("{ms:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// A window such as `30s`, `1m`, `500ms`, in seconds.
+pub fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let d: outrigger_api::Duration = s
+        .parse()
+        .map_err(|e| format!("cannot read the window {s:?}: {e} (e.g. 30s, 1m)"))?;
+    let d = d.get();
+    if d.is_zero() {
+        return Err("the window must be longer than 0s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(ok: u64, failed: u64, plain: u64, buckets: &[(&str, u64)]) -> String {
+        let t = "direction=\"inbound\",destination_workload=\"web\"";
+        let mut s = format!(
+            "# TYPE outrigger_requests_total counter\n\
+             outrigger_requests_total{{{t},connection_security_policy=\"mutual_tls\",response_code=\"200\",grpc_response_status=\"\"}} {ok}\n\
+             outrigger_requests_total{{{t},connection_security_policy=\"mutual_tls\",response_code=\"503\",grpc_response_status=\"\"}} {failed}\n\
+             outrigger_requests_total{{{t},connection_security_policy=\"none\",response_code=\"200\",grpc_response_status=\"\"}} {plain}\n"
+        );
+        for (le, n) in buckets {
+            s.push_str(&format!(
+                "outrigger_request_duration_seconds_bucket{{{t},response_code=\"200\",le=\"{le}\"}} {n}\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn rows_come_from_the_deltas_of_two_scrapes() {
+        let before = exposition(
+            100,
+            10,
+            0,
+            &[("0.001", 50), ("0.005", 100), ("0.01", 110), ("+Inf", 110)],
+        );
+        // 80 more: 60 ok over mTLS, 10 failed, 10 plaintext ok; latency:
+        // 20 under 1ms, 40 in (1ms, 5ms], 20 in (5ms, 10ms].
+        let after = exposition(
+            160,
+            20,
+            10,
+            &[("0.001", 70), ("0.005", 160), ("0.01", 190), ("+Inf", 190)],
+        );
+        let rows = rows(
+            &[Scrape {
+                name: "web".into(),
+                before,
+                after,
+            }],
+            2.0,
+        );
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.name.as_str(), r.direction.as_str()), ("web", "inbound"));
+        assert_eq!(r.requests, 80.0);
+        assert_eq!(r.rps, 40.0);
+        assert_eq!(r.success, Some(70.0 / 80.0));
+        assert_eq!(r.mtls, Some(70.0 / 80.0));
+        // p50: rank 40 falls in (1ms, 5ms] after 20: 1 + 4 * 20/40 = 3ms.
+        assert!((r.p50_ms.unwrap() - 3.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(
+            render(&rows),
+            "NAME  DIRECTION  SUCCESS  RPS      LATENCY_P50  LATENCY_P95  LATENCY_P99  MTLS\n\
+             web   inbound    87.50%   40.0rps  3ms          9ms          9.8ms        87.50%\n"
+        );
+    }
+
+    #[test]
+    fn a_restarted_proxy_counts_from_zero_and_no_traffic_is_dashes() {
+        let before = exposition(100, 0, 0, &[("+Inf", 100)]);
+        let after = exposition(5, 0, 0, &[("+Inf", 5)]);
+        let r = &rows(
+            &[Scrape {
+                name: "web".into(),
+                before: before.clone(),
+                after,
+            }],
+            1.0,
+        )[0];
+        assert_eq!(r.requests, 5.0);
+        let idle = rows(
+            &[Scrape {
+                name: "web".into(),
+                before: before.clone(),
+                after: before,
+            }],
+            1.0,
+        );
+        assert_eq!(idle[0].success, None);
+        assert_eq!(
+            render(&idle),
+            "NAME  DIRECTION  SUCCESS  RPS     LATENCY_P50  LATENCY_P95  LATENCY_P99  MTLS\n\
+             web   inbound    -        0.0rps  -            -            -            -\n"
+        );
+    }
+
+    #[test]
+    fn quantiles_follow_histogram_quantile() {
+        let b = [(0.1, 10.0), (0.2, 20.0), (f64::INFINITY, 20.0)];
+        assert_eq!(quantile(0.5, &b), Some(0.1));
+        let near = |v: Option<f64>, want: f64| (v.unwrap() - want).abs() < 1e-12;
+        assert!(near(quantile(0.75, &b), 0.15));
+        assert!(near(quantile(0.25, &b), 0.05));
+        // In +Inf: the highest finite bound.
+        let b = [(0.1, 1.0), (f64::INFINITY, 10.0)];
+        assert_eq!(quantile(0.99, &b), Some(0.1));
+        assert_eq!(quantile(0.5, &[(f64::INFINITY, 0.0)]), None);
+        assert_eq!(quantile(0.5, &[]), None);
+    }
+
+    #[test]
+    fn selectors_read_like_kubectl() {
+        let s = |t: &str| t.parse::<Selector>();
+        assert_eq!(
+            s("deploy/web"),
+            Ok(Selector {
+                kind: Kind::Deploy,
+                name: Some("web".into())
+            })
+        );
+        assert_eq!(s("ns").unwrap().kind, Kind::Ns);
+        assert_eq!(s("pod/web-0").unwrap().name.as_deref(), Some("web-0"));
+        assert!(s("svc/web").is_err());
+        assert!(s("deploy/").is_err());
+        assert!(s("deploy/a/b").is_err());
+        assert_eq!(parse_window("1s"), Ok(std::time::Duration::from_secs(1)));
+        assert!(parse_window("0s").is_err());
+    }
+}
+
+/// The edge: which proxies to scrape, and the scraping.
+pub mod edge {
+    use std::time::{Duration, Instant};
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+
+    use super::{Kind, Scrape, Selector};
+    use crate::proxy_admin::{Admin, AdminError};
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum StatError {
+        #[error(transparent)]
+        Admin(#[from] AdminError),
+        #[error("cannot list the pods of namespace {namespace}: {source}")]
+        List {
+            namespace: String,
+            source: kube::Error,
+        },
+        #[error(
+            "no meshed, running pod matches {what} in namespace {namespace} \
+             (is the namespace annotated, and were its pods restarted since?)"
+        )]
+        NoPods { what: String, namespace: String },
+    }
+
+    /// The meshed, running pods `selector` names in `namespace` (`ns/NAME`
+    /// names the namespace itself), each with the name its traffic is
+    /// counted under.
+    pub async fn pods(
+        client: &kube::Client,
+        selector: &Selector,
+        namespace: &str,
+    ) -> Result<Vec<(String, Admin)>, StatError> {
+        let namespace = match (selector.kind, &selector.name) {
+            (Kind::Ns, Some(ns)) => ns.clone(),
+            _ => namespace.to_string(),
+        };
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| StatError::List {
+                namespace: namespace.clone(),
+                source,
+            })?;
+        let mut out = Vec::new();
+        for pod in list.items {
+            if !meshed_and_running(&pod) {
+                continue;
+            }
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let counted_as = match selector.kind {
+                Kind::Pod => name.clone(),
+                Kind::Deploy => workload(&pod),
+                Kind::Ns => namespace.clone(),
+            };
+            let wanted = match (selector.kind, &selector.name) {
+                (Kind::Ns, _) | (_, None) => true,
+                (_, Some(want)) => *want == counted_as,
+            };
+            if wanted {
+                out.push((
+                    counted_as,
+                    Admin::Pod {
+                        client: client.clone(),
+                        namespace: namespace.clone(),
+                        name,
+                    },
+                ));
+            }
+        }
+        if out.is_empty() {
+            let what = match (&selector.name, selector.kind) {
+                (Some(n), Kind::Deploy) => format!("deploy/{n}"),
+                (Some(n), Kind::Pod) => format!("pod/{n}"),
+                _ => "any workload".into(),
+            };
+            return Err(StatError::NoPods { what, namespace });
+        }
+        Ok(out)
+    }
+
+    fn meshed_and_running(pod: &Pod) -> bool {
+        let Some(spec) = &pod.spec else { return false };
+        let proxy = outrigger_injector_proxy_name();
+        let meshed = spec.containers.iter().any(|c| c.name == proxy)
+            || spec
+                .init_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == proxy);
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Running");
+        meshed && running
+    }
+
+    /// The proxy container's name, as the injector sets it.
+    fn outrigger_injector_proxy_name() -> &'static str {
+        "outrigger-proxy"
+    }
+
+    /// The pod's top controller as the metrics name it (docs/metrics.md):
+    /// a ReplicaSet's Deployment (its name without the pod-template hash),
+    /// else the owner's name, else the pod's.
+    pub fn workload(pod: &Pod) -> String {
+        let meta = &pod.metadata;
+        let owner = meta.owner_references.iter().flatten().next();
+        match owner {
+            Some(o) if o.kind == "ReplicaSet" => {
+                let hash = meta
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("pod-template-hash"));
+                match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                    Some(deploy) => deploy.to_string(),
+                    None => o
+                        .name
+                        .rsplit_once('-')
+                        .map_or(o.name.clone(), |(d, _)| d.to_string()),
+                }
+            }
+            Some(o) => o.name.clone(),
+            None => meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Each target's `/metrics`, twice, `window` apart; the seconds that
+    /// really passed between the two rounds.
+    pub async fn scrape_twice(
+        targets: &[(String, Admin)],
+        window: Duration,
+    ) -> Result<(Vec<Scrape>, f64), StatError> {
+        let started = Instant::now();
+        let mut before = Vec::new();
+        for (_, admin) in targets {
+            before.push(admin.get("/metrics").await?);
+        }
+        tokio::time::sleep_until((started + window).into()).await;
+        let second = Instant::now();
+        let mut scrapes = Vec::new();
+        for ((name, admin), before) in targets.iter().zip(before) {
+            scrapes.push(Scrape {
+                name: name.clone(),
+                before,
+                after: admin.get("/metrics").await?,
+            });
+        }
+        Ok((scrapes, (second - started).as_secs_f64()))
+    }
+}
