@@ -1,0 +1,132 @@
+//! `outrigger stat`, the real binary against real proxies carrying traffic:
+//! at their admin ports (`--local`), and as meshed pods through the
+//! stand-in API server's pod proxy. Build the binary first:
+//! `cargo build -p outrigger-cli`.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use outrigger_tests::chart::fake_api_server_with_pods;
+use outrigger_tests::*;
+use serde_json::{json, Value};
+
+async fn outrigger(args: &[&str]) -> Output {
+    let bin = workspace_bin("outrigger").expect("the outrigger binary (cargo build -p outrigger-cli)");
+    tokio::process::Command::new(bin)
+        .args(args)
+        .output()
+        .await
+        .expect("outrigger runs")
+}
+
+fn rows(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "outrigger failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn row<'a>(rows: &'a [Value], name: &str, direction: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["name"] == name && r["direction"] == direction)
+        .unwrap_or_else(|| panic!("no {name} {direction} row in {rows:?}"))
+}
+
+/// A meshed pod as the API server lists it: its proxy container, running,
+/// owned by a Deployment's ReplicaSet.
+fn pod(name: &str, deploy: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "shop",
+            "labels": { "pod-template-hash": "5d9c7" },
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": format!("{deploy}-5d9c7"), "uid": "u", "controller": true }],
+        },
+        "spec": { "containers": [{ "name": "app" }],
+                  "initContainers": [{ "name": "outrigger-proxy", "restartPolicy": "Always" }] },
+        "status": { "phase": "Running" },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_the_traffic_of_a_window_on_both_sides() {
+    let mesh = Mesh::start(app("web").await).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_requesting(mesh.outbound(), stop.clone());
+    let client = mesh.client.admin_addr.to_string();
+    let server = mesh.server.admin_addr.to_string();
+
+    // --local: rows named by the proxies' own workloads.
+    let args = [
+        "stat", "deploy", "--window", "1s", "--local", &client, &server, "-o", "json",
+    ];
+    let found = rows(&outrigger(&args).await);
+    let table = outrigger(&args[..args.len() - 2]).await;
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+    for (name, direction) in [("client", "outbound"), ("web", "inbound")] {
+        let r = row(&found, name, direction);
+        assert!(r["rps"].as_f64().unwrap() > 10.0, "{r}");
+        assert_eq!(r["success"], 1.0, "{r}");
+        assert!(r["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+        // The test hop is plaintext.
+        assert_eq!(r["mtls"], 0.0, "{r}");
+    }
+
+    // The cluster: pods listed by the API server, scraped through its pod
+    // proxy, counted under their Deployment.
+    let dir = tempfile::tempdir().unwrap();
+    let objects = BTreeMap::from([(
+        "/api/v1/namespaces/shop/pods".to_string(),
+        vec![pod("client-5d9c7-aaaaa", "client"), pod("web-5d9c7-bbbbb", "web")],
+    )]);
+    let pods = BTreeMap::from([
+        ("shop/client-5d9c7-aaaaa".to_string(), mesh.client.admin_addr),
+        ("shop/web-5d9c7-bbbbb".to_string(), mesh.server.admin_addr),
+    ]);
+    let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
+    let kubeconfig = api.kubeconfig.to_str().unwrap();
+    let base = ["--kubeconfig", kubeconfig, "-n", "shop", "stat", "--window", "1s"];
+    let cmd = |more: &[&'static str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(more);
+        v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        outrigger(&args).await
+    };
+
+    let table = run(cmd(&["deploy"])).await;
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+    let found = rows(&run(cmd(&["deploy/web", "-o", "json"])).await);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(row(&found, "web", "inbound")["rps"].as_f64().unwrap() > 10.0);
+    let found = rows(&run(cmd(&["pod/client-5d9c7-aaaaa", "-o", "json"])).await);
+    assert!(row(&found, "client-5d9c7-aaaaa", "outbound")["rps"].as_f64().unwrap() > 10.0);
+    let found = rows(&run(cmd(&["ns", "-o", "json"])).await);
+    assert!(row(&found, "shop", "inbound")["rps"].as_f64().unwrap() > 10.0);
+    assert!(row(&found, "shop", "outbound")["rps"].as_f64().unwrap() > 10.0);
+    assert!(api
+        .seen()
+        .iter()
+        .any(|r| r.path == "/api/v1/namespaces/shop/pods/web-5d9c7-bbbbb:4191/proxy/metrics"));
+
+    // A name nothing matches names it and what to check.
+    let out = run(cmd(&["deploy/nope"])).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no meshed, running pod matches deploy/nope in namespace shop"),
+        "{err}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(load).await;
+    assert!(ok > 0 && failed == 0, "{ok} {failed}");
+}
