@@ -36,23 +36,24 @@ enum Command {
     /// Show the configuration in force in one proxy: its routes, endpoints,
     /// identity and inbound policies, read from its admin port.
     ///
-    /// Reads the proxy's admin /config (answered to loopback peers only)
-    /// and /metrics at --local ADDR: the demo's proxies, or a pod's after
-    /// `kubectl port-forward pod/NAME 4191`.
+    /// Reads the proxy's admin /config (which it answers to loopback peers
+    /// only) and /metrics through a port-forward to the pod's port 4191, as
+    /// kubectl port-forward opens it; or at --local ADDR (the demo).
     ///
     /// Examples:
-    ///   outrigger proxy-config --local 127.0.0.1:4191
-    ///   outrigger proxy-config --local 127.0.0.1:4191 routes
-    ///   kubectl -n shop port-forward pod/web-5d9c7 4191 &
-    ///   outrigger proxy-config --local 127.0.0.1:4191 endpoints -o yaml
+    ///   outrigger proxy-config web-5d9c7-x2x -n shop
+    ///   outrigger proxy-config pod/web-5d9c7-x2x routes -n shop
+    ///   outrigger proxy-config web-5d9c7-x2x endpoints -n shop -o yaml
+    ///   outrigger proxy-config --local 127.0.0.1:4191 identity
     #[command(verbatim_doc_comment)]
     ProxyConfig {
-        /// Which part to show.
-        #[arg(value_enum, default_value_t)]
-        view: proxy_config::View,
-        /// The proxy's admin address (e.g. 127.0.0.1:4191).
-        #[arg(long, required = true)]
-        local: std::net::SocketAddr,
+        /// POD (NAME or pod/NAME), then VIEW: routes, endpoints, identity,
+        /// policies or all (the default). With --local, VIEW only.
+        #[arg(value_name = "POD] [VIEW", num_args = 0..=2)]
+        args: Vec<String>,
+        /// Read the proxy at this admin address instead (e.g. 127.0.0.1:4191).
+        #[arg(long)]
+        local: Option<std::net::SocketAddr>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -95,10 +96,27 @@ async fn main() -> Result<()> {
             out.flush()?;
         }
         Command::ProxyConfig {
-            view,
+            args,
             local,
             output,
-        } => run_proxy_config(view, Admin::Local(local), output).await?,
+        } => {
+            let (pod, view) = proxy_config::arguments(&args, local.is_some())?;
+            let admin = match (local, pod) {
+                (Some(addr), _) => Admin::Local(addr),
+                (None, pod) => {
+                    let config = cli.cluster.config().await?;
+                    let namespace = config.default_namespace.clone();
+                    let client =
+                        kube::Client::try_from(config).context("cannot build a cluster client")?;
+                    Admin::PortForward {
+                        client,
+                        namespace,
+                        name: pod.unwrap_or_default(),
+                    }
+                }
+            };
+            run_proxy_config(view, admin, output).await?
+        }
         Command::Stat {
             target,
             window,

@@ -1,14 +1,20 @@
-//! Reaching one proxy's admin port: directly at an address (`--local`, the
-//! demo's proxies on this machine, or a pod's through
-//! `kubectl port-forward`), or in the cluster through the API server's pod
-//! proxy subresource (`/api/v1/namespaces/NS/pods/NAME:4191/proxy/PATH`):
-//! one HTTP request through the API server, with the user's credentials and
-//! RBAC (`pods/proxy`), no tunnel to hold open, and a stand-in API server
-//! can serve it in tests.
+//! Reaching one proxy's admin port, three ways:
 //!
-//! The pod proxy reaches the pod on its IP, so it gets what the admin port
-//! answers anyone who reaches the pod: `/metrics`, `/ready`, `/live`. Not
-//! `/config`, which answers loopback peers only.
+//! - [`Admin::Local`]: an address this machine reaches (`--local`: the
+//!   demo's proxies, or a pod's through `kubectl port-forward`).
+//! - [`Admin::Pod`]: the API server's pod proxy subresource
+//!   (`/api/v1/namespaces/NS/pods/NAME:4191/proxy/PATH`): one HTTP request
+//!   through the API server, with the user's credentials and RBAC
+//!   (`pods/proxy`), no tunnel to hold open, and a stand-in API server can
+//!   serve it in tests. The API server reaches the pod on its IP, so this
+//!   gets what the admin port answers anyone who reaches the pod
+//!   (`/metrics`, `/ready`, `/live`): `stat` uses it.
+//! - [`Admin::PortForward`]: a port-forward to the pod's admin port, as
+//!   `kubectl port-forward` opens it (RBAC: `pods/portforward`). It arrives
+//!   inside the pod's network namespace, from loopback, which `/config`
+//!   requires (it holds every endpoint, identity and authorization rule,
+//!   so the proxy answers it to loopback peers only): `proxy-config` uses
+//!   it.
 
 use std::net::SocketAddr;
 
@@ -24,8 +30,14 @@ pub const ADMIN_PORT: u16 = 4191;
 pub enum Admin {
     /// An address this machine reaches directly.
     Local(SocketAddr),
-    /// A meshed pod, through the API server.
+    /// A meshed pod, through the API server's pod proxy.
     Pod {
+        client: kube::Client,
+        namespace: String,
+        name: String,
+    },
+    /// A meshed pod, through a port-forward to its admin port.
+    PortForward {
         client: kube::Client,
         namespace: String,
         name: String,
@@ -53,6 +65,23 @@ pub enum AdminError {
         body: String,
     },
     #[error(
+        "cannot port-forward to pod {namespace}/{name}:{port}: {source} (is the pod running, \
+         and may you create pods/portforward there?)"
+    )]
+    PortForward {
+        namespace: String,
+        name: String,
+        port: u16,
+        source: kube::Error,
+    },
+    #[error("GET {path} from pod {namespace}/{name} through a port-forward failed: {source}")]
+    Forwarded {
+        namespace: String,
+        name: String,
+        path: String,
+        source: Box<AdminError>,
+    },
+    #[error(
         "GET {path} from pod {namespace}/{name} through the API server failed: {source} \
          (is the pod running and meshed, and may you get pods/proxy there?)"
     )]
@@ -71,32 +100,82 @@ impl Admin {
             Admin::Local(addr) => addr.to_string(),
             Admin::Pod {
                 namespace, name, ..
+            }
+            | Admin::PortForward {
+                namespace, name, ..
             } => format!("pod {namespace}/{name}"),
         }
     }
 
     /// The body of a GET of `path` (which starts with `/`).
     pub async fn get(&self, path: &str) -> Result<String, AdminError> {
+        Ok(self.get_all(&[path]).await?.remove(0))
+    }
+
+    /// The bodies of GETs of `paths`, in order, over one connection (one
+    /// port-forward) where there is one.
+    pub async fn get_all(&self, paths: &[&str]) -> Result<Vec<String>, AdminError> {
         match self {
-            Admin::Local(addr) => get_local(*addr, path).await,
+            Admin::Local(addr) => {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| AdminError::Connect {
+                        addr: *addr,
+                        source,
+                    })?;
+                get_over(tcp, *addr, paths).await
+            }
+            Admin::PortForward {
+                client,
+                namespace,
+                name,
+            } => {
+                let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                    kube::Api::namespaced(client.clone(), namespace);
+                let mut forward = api
+                    .portforward(name, &[ADMIN_PORT])
+                    .await
+                    .map_err(|source| AdminError::PortForward {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        port: ADMIN_PORT,
+                        source,
+                    })?;
+                let stream = forward
+                    .take_stream(ADMIN_PORT)
+                    .expect("the stream of the port asked for");
+                // Named as the proxy sees it: its own loopback admin port.
+                let at = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+                let bodies = get_over(stream, at, paths).await;
+                forward.abort();
+                bodies.map_err(|e| AdminError::Forwarded {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: paths.join(" "),
+                    source: Box::new(e),
+                })
+            }
             Admin::Pod {
                 client,
                 namespace,
                 name,
             } => {
-                let uri = pod_proxy_path(namespace, name, path);
-                let req = http::Request::get(uri)
-                    .body(Vec::new())
-                    .expect("a valid request");
-                client
-                    .request_text(req)
-                    .await
-                    .map_err(|source| AdminError::Pod {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        path: path.to_string(),
-                        source,
-                    })
+                let mut bodies = Vec::new();
+                for path in paths {
+                    let uri = pod_proxy_path(namespace, name, path);
+                    let req = http::Request::get(uri)
+                        .body(Vec::new())
+                        .expect("a valid request");
+                    bodies.push(client.request_text(req).await.map_err(|source| {
+                        AdminError::Pod {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            path: path.to_string(),
+                            source,
+                        }
+                    })?);
+                }
+                Ok(bodies)
             }
         }
     }
@@ -107,36 +186,47 @@ pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy{path}")
 }
 
-async fn get_local(addr: SocketAddr, path: &str) -> Result<String, AdminError> {
-    let http = |source| AdminError::Http {
+/// GETs of `paths` over one HTTP/1.1 connection on `io`; `addr` names the
+/// admin port in errors.
+async fn get_over<I>(io: I, addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |path: &str, source| AdminError::Http {
         addr,
         path: path.to_string(),
         source,
     };
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|source| AdminError::Connect { addr, source })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(http)?;
+        .map_err(|e| http(paths.first().copied().unwrap_or("/"), e))?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .expect("a valid request");
-    let res = sender.send_request(req).await.map_err(http)?;
-    let status = res.status();
-    let body = res.into_body().collect().await.map_err(http)?.to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    if !status.is_success() {
-        return Err(AdminError::Status {
-            addr,
-            path: path.to_string(),
-            status,
-            body: body.trim_end().to_string(),
-        });
+    let mut bodies = Vec::new();
+    for path in paths {
+        let req = http::Request::get(*path)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
+        let res = sender.send_request(req).await.map_err(|e| http(path, e))?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(path, e))?
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if !status.is_success() {
+            return Err(AdminError::Status {
+                addr,
+                path: path.to_string(),
+                status,
+                body: body.trim_end().to_string(),
+            });
+        }
+        bodies.push(body);
     }
-    Ok(body)
+    Ok(bodies)
 }
 
 #[cfg(test)]

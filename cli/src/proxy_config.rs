@@ -34,6 +34,38 @@ pub enum View {
     All,
 }
 
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgumentsError {
+    #[error("name the pod: outrigger proxy-config POD [VIEW] (or --local ADDR [VIEW])")]
+    NoPod,
+    #[error("{0:?} is not a view: say routes, endpoints, identity, policies or all")]
+    View(String),
+    #[error("with --local, give the view only (got {0:?})")]
+    LocalTakesAView(Vec<String>),
+}
+
+/// `POD [VIEW]`, or with `--local` just `[VIEW]`: the pod (without a
+/// `pod/` prefix) and the view.
+pub fn arguments(args: &[String], local: bool) -> Result<(Option<String>, View), ArgumentsError> {
+    let view = |s: Option<&String>| match s {
+        None => Ok(View::All),
+        Some(s) => <View as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| ArgumentsError::View(s.clone())),
+    };
+    if local {
+        if args.len() > 1 {
+            return Err(ArgumentsError::LocalTakesAView(args.to_vec()));
+        }
+        return Ok((None, view(args.first())?));
+    }
+    let pod = args.first().ok_or(ArgumentsError::NoPod)?;
+    let pod = pod
+        .strip_prefix("pod/")
+        .or(pod.strip_prefix("pods/"))
+        .unwrap_or(pod);
+    Ok((Some(pod.to_string()), view(args.get(1))?))
+}
+
 /// What a proxy tells beyond its snapshot, read from its `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Live {
@@ -79,12 +111,13 @@ pub enum ProxyConfigError {
 
 /// Reads the snapshot in force and the live state from one proxy.
 pub async fn fetch(admin: &Admin) -> Result<(Snapshot, Live), ProxyConfigError> {
-    let config = admin.get("/config").await?;
+    let mut bodies = admin.get_all(&["/config", "/metrics"]).await?;
+    let metrics = bodies.pop().unwrap_or_default();
+    let config = bodies.pop().unwrap_or_default();
     let snapshot = Snapshot::from_json(&config).map_err(|source| ProxyConfigError::Snapshot {
         at: admin.describe(),
         source,
     })?;
-    let metrics = admin.get("/metrics").await?;
     Ok((snapshot, Live::from_metrics(&metrics)))
 }
 
@@ -530,6 +563,30 @@ inbound:
         ] {
             assert!(all.contains(line), "{line:?} not in:\n{all}");
         }
+    }
+
+    #[test]
+    fn arguments_are_a_pod_then_a_view_or_with_local_a_view() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            arguments(&args(&["pod/web-0", "routes"]), false),
+            Ok((Some("web-0".into()), View::Routes))
+        );
+        assert_eq!(
+            arguments(&args(&["web-0"]), false),
+            Ok((Some("web-0".into()), View::All))
+        );
+        assert_eq!(arguments(&args(&[]), false), Err(ArgumentsError::NoPod));
+        assert_eq!(
+            arguments(&args(&["web-0", "nope"]), false),
+            Err(ArgumentsError::View("nope".into()))
+        );
+        assert_eq!(
+            arguments(&args(&["identity"]), true),
+            Ok((None, View::Identity))
+        );
+        assert_eq!(arguments(&args(&[]), true), Ok((None, View::All)));
+        assert!(arguments(&args(&["web-0", "routes"]), true).is_err());
     }
 
     #[test]

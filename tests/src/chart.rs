@@ -522,11 +522,13 @@ pub async fn fake_api_server_with(
     serve_fake_api(objects, creates, BTreeMap::new(), dir).await
 }
 
-/// [`fake_api_server`], also serving the pod proxy subresource
-/// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`) for the pods
-/// given (`"NS/NAME"` → the address their port is reached at): the GET is
-/// forwarded there and its answer returned. Unlike a real API server, it
-/// connects from loopback.
+/// [`fake_api_server`], also serving, for the pods given (`"NS/NAME"` →
+/// the address their port is reached at), the pod proxy subresource
+/// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the GET is
+/// forwarded there and its answer returned; unlike a real API server, it
+/// connects from loopback) and port-forward
+/// (`/api/v1/namespaces/NS/pods/NAME/portforward?ports=PORT`, a WebSocket
+/// speaking `v4.channel.k8s.io`, one port, as kubelet does).
 pub async fn fake_api_server_with_pods(
     objects: BTreeMap<String, Vec<Value>>,
     pods: BTreeMap<String, SocketAddr>,
@@ -543,6 +545,104 @@ fn pod_proxy(path: &str) -> Option<(String, String)> {
     let (name, _port) = name_port.split_once(':')?;
     let rest = if rest.is_empty() { "/" } else { rest };
     Some((format!("{ns}/{name}"), rest.to_string()))
+}
+
+/// `/api/v1/namespaces/NS/pods/NAME/portforward` → `NS/NAME`.
+fn pod_port_forward(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once("/pods/")?;
+    let name = rest.strip_suffix("/portforward")?;
+    Some(format!("{ns}/{name}"))
+}
+
+/// Answers a port-forward's WebSocket upgrade and relays its first port's
+/// data channel to `addr`.
+fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(full("port-forward needs a WebSocket upgrade"))
+            .unwrap();
+    };
+    let port: u16 = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ports="))
+        .and_then(|p| p.split([',', '%']).next()?.parse().ok())
+        .unwrap_or(0);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let (mut sink, mut stream) = ws.split();
+        let [lo, hi] = port.to_le_bytes();
+        for channel in [0u8, 1] {
+            if sink
+                .send(Message::binary(vec![channel, lo, hi]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+            let _ = sink
+                .send(Message::binary(
+                    [&[1u8][..], format!("cannot reach {addr}").as_bytes()].concat(),
+                ))
+                .await;
+            return;
+        };
+        let (mut from_pod, mut to_pod) = tcp.into_split();
+        let up = async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                match msg {
+                    Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
+                        if to_pod.write_all(&b[1..]).await.is_err() {
+                            break;
+                        }
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        let down = async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match from_pod.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let frame = [&[0u8][..], &buf[..n]].concat();
+                        if sink.send(Message::binary(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        };
+        tokio::select! { _ = up => {}, _ = down => {} }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .header("sec-websocket-protocol", "v4.channel.k8s.io")
+        .body(crate::empty())
+        .unwrap()
 }
 
 async fn forward_get(addr: SocketAddr, path: &str) -> Response<Body> {
@@ -609,6 +709,11 @@ async fn serve_fake_api(
                                 .any(|kv| kv == "watch=true" || kv == "watch=1"),
                         });
                         let (lists, creates) = &*objects;
+                        if let Some(pod) = pod_port_forward(req.uri().path()) {
+                            if let Some(addr) = pods.get(&pod) {
+                                return Ok::<_, Infallible>(port_forward(req, *addr));
+                            }
+                        }
                         if req.method() == Method::GET {
                             if let Some((pod, path)) = pod_proxy(req.uri().path()) {
                                 if let Some(addr) = pods.get(&pod) {
@@ -639,6 +744,7 @@ async fn serve_fake_api(
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
                     .await;
             });
         }

@@ -107,3 +107,48 @@ async fn a_wrong_address_names_it_and_the_next_step() {
         "{err}"
     );
 }
+
+/// In the cluster: a port-forward through the API server to the pod's
+/// admin port (the stand-in relays it to the real proxy).
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_a_pod_through_a_port_forward() {
+    let mesh = Mesh::start(app("web").await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pods = std::collections::BTreeMap::from([(
+        "shop/client-5d9c7-aaaaa".to_string(),
+        mesh.client.admin_addr,
+    )]);
+    let api =
+        outrigger_tests::chart::fake_api_server_with_pods(Default::default(), pods, dir.path())
+            .await;
+    let kubeconfig = api.kubeconfig.to_str().unwrap();
+    let args = |more: &[&'static str]| {
+        let mut v = vec!["--kubeconfig", kubeconfig, "-n", "shop", "proxy-config"];
+        v.extend_from_slice(more);
+        v
+    };
+    let all = stdout(&outrigger(&args(&["pod/client-5d9c7-aaaaa"])).await);
+    println!("{all}");
+    assert!(all.contains("none (plaintext)  client    shop"), "{all}");
+    assert!(
+        all.contains("web.shop  *      web (its endpoints)"),
+        "{all}"
+    );
+    let json = stdout(&outrigger(&args(&["client-5d9c7-aaaaa", "routes", "-o", "json"])).await);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["services"][0]["name"], "web");
+    assert!(api
+        .seen()
+        .iter()
+        .any(|r| r.path == "/api/v1/namespaces/shop/pods/client-5d9c7-aaaaa/portforward"));
+
+    // A pod the API server cannot forward to: named, with the next step.
+    let out = outrigger(&args(&["gone-0"])).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot port-forward to pod shop/gone-0:4191")
+            && err.contains("may you create pods/portforward there?"),
+        "{err}"
+    );
+}

@@ -13,7 +13,8 @@ use outrigger_tests::*;
 use serde_json::{json, Value};
 
 async fn outrigger(args: &[&str]) -> Output {
-    let bin = workspace_bin("outrigger").expect("the outrigger binary (cargo build -p outrigger-cli)");
+    let bin =
+        workspace_bin("outrigger").expect("the outrigger binary (cargo build -p outrigger-cli)");
     tokio::process::Command::new(bin)
         .args(args)
         .output()
@@ -83,15 +84,29 @@ async fn counts_the_traffic_of_a_window_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let objects = BTreeMap::from([(
         "/api/v1/namespaces/shop/pods".to_string(),
-        vec![pod("client-5d9c7-aaaaa", "client"), pod("web-5d9c7-bbbbb", "web")],
+        vec![
+            pod("client-5d9c7-aaaaa", "client"),
+            pod("web-5d9c7-bbbbb", "web"),
+        ],
     )]);
     let pods = BTreeMap::from([
-        ("shop/client-5d9c7-aaaaa".to_string(), mesh.client.admin_addr),
+        (
+            "shop/client-5d9c7-aaaaa".to_string(),
+            mesh.client.admin_addr,
+        ),
         ("shop/web-5d9c7-bbbbb".to_string(), mesh.server.admin_addr),
     ]);
     let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
     let kubeconfig = api.kubeconfig.to_str().unwrap();
-    let base = ["--kubeconfig", kubeconfig, "-n", "shop", "stat", "--window", "1s"];
+    let base = [
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        "shop",
+        "stat",
+        "--window",
+        "1s",
+    ];
     let cmd = |more: &[&'static str]| {
         let mut v: Vec<&str> = base.to_vec();
         v.extend_from_slice(more);
@@ -108,7 +123,12 @@ async fn counts_the_traffic_of_a_window_on_both_sides() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(row(&found, "web", "inbound")["rps"].as_f64().unwrap() > 10.0);
     let found = rows(&run(cmd(&["pod/client-5d9c7-aaaaa", "-o", "json"])).await);
-    assert!(row(&found, "client-5d9c7-aaaaa", "outbound")["rps"].as_f64().unwrap() > 10.0);
+    assert!(
+        row(&found, "client-5d9c7-aaaaa", "outbound")["rps"]
+            .as_f64()
+            .unwrap()
+            > 10.0
+    );
     let found = rows(&run(cmd(&["ns", "-o", "json"])).await);
     assert!(row(&found, "shop", "inbound")["rps"].as_f64().unwrap() > 10.0);
     assert!(row(&found, "shop", "outbound")["rps"].as_f64().unwrap() > 10.0);
