@@ -62,14 +62,16 @@ enum Command {
     ///
     /// Scrapes each selected pod's proxy /metrics twice, --window apart,
     /// through the API server's pod proxy (no Prometheus needed), or the
-    /// proxies at --local ADDR... (the demo).
+    /// proxies at --local ADDR... (the demo); or asks Prometheus (--from)
+    /// for the same numbers over the last --window.
     ///
     /// Examples:
     ///   outrigger stat deploy -n shop
     ///   outrigger stat deploy/reviews -n shop --window 10s
     ///   outrigger stat pod/reviews-v1-5d9c7-x2x -n shop -o json
     ///   outrigger stat ns/shop
-    ///   outrigger stat deploy --local 127.0.0.1:4191 --local 127.0.0.1:4192
+    ///   outrigger stat deploy -n shop --from http://localhost:9090 --window 1m
+    ///   outrigger stat deploy --local 127.0.0.1:4191 127.0.0.1:4192
     #[command(verbatim_doc_comment)]
     Stat {
         /// What to show: deploy, ns or pod, and maybe /NAME.
@@ -79,8 +81,11 @@ enum Command {
         window: std::time::Duration,
         /// Scrape these proxy admin addresses instead of the cluster's pods
         /// (rows are named by the proxies' own workload labels).
-        #[arg(long, num_args = 1..)]
+        #[arg(long, num_args = 1.., conflicts_with = "from")]
         local: Vec<std::net::SocketAddr>,
+        /// Ask this Prometheus (http://HOST:PORT) instead of the proxies.
+        #[arg(long, value_name = "PROMETHEUS_URL")]
+        from: Option<String>,
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
@@ -121,8 +126,9 @@ async fn main() -> Result<()> {
             target,
             window,
             local,
+            from,
             output,
-        } => run_stat(&cli.cluster, target, window, local, output).await?,
+        } => run_stat(&cli.cluster, target, window, local, from, output).await?,
     }
     Ok(())
 }
@@ -152,8 +158,21 @@ async fn run_stat(
     target: stat::Selector,
     window: std::time::Duration,
     local: Vec<std::net::SocketAddr>,
+    from: Option<String>,
     format: Format,
 ) -> Result<()> {
+    if let Some(url) = from {
+        let namespace = match cluster.namespace.clone() {
+            Some(ns) => ns,
+            // Without -n, the kubeconfig's namespace when there is one.
+            None => cluster
+                .config()
+                .await
+                .map_or_else(|_| "default".to_string(), |c| c.default_namespace),
+        };
+        let rows = stat::edge::from_prometheus(&url, &target, &namespace, window).await?;
+        return print_rows(&rows, format);
+    }
     let targets = if local.is_empty() {
         let config = cluster.config().await?;
         let namespace = config.default_namespace.clone();
@@ -168,10 +187,13 @@ async fn run_stat(
     let (scrapes, elapsed) = stat::edge::scrape_twice(&targets, window)
         .await
         .context("cannot scrape the proxies' metrics")?;
-    let rows = stat::rows(&scrapes, elapsed);
+    print_rows(&stat::rows(&scrapes, elapsed), format)
+}
+
+fn print_rows(rows: &[stat::Row], format: Format) -> Result<()> {
     let text = match output::structured(format, &rows)? {
         Some(text) => text,
-        None => stat::render(&rows),
+        None => stat::render(rows),
     };
     print(&text)
 }

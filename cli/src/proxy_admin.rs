@@ -46,7 +46,9 @@ pub enum Admin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot connect to the admin port {addr}: {source} (is the proxy running there?)")]
+    #[error(
+        "cannot connect to {addr}: {source} (is the proxy, or the server named, running there?)"
+    )]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
@@ -116,15 +118,7 @@ impl Admin {
     /// port-forward) where there is one.
     pub async fn get_all(&self, paths: &[&str]) -> Result<Vec<String>, AdminError> {
         match self {
-            Admin::Local(addr) => {
-                let tcp = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| AdminError::Connect {
-                        addr: *addr,
-                        source,
-                    })?;
-                get_over(tcp, *addr, paths).await
-            }
+            Admin::Local(addr) => get_from(*addr, paths).await,
             Admin::PortForward {
                 client,
                 namespace,
@@ -184,6 +178,14 @@ impl Admin {
 /// The API server path that proxies `path` to a pod's admin port.
 pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy{path}")
+}
+
+/// GETs of `paths` over one plain HTTP/1.1 connection to `addr`.
+pub(crate) async fn get_from(addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|source| AdminError::Connect { addr, source })?;
+    get_over(tcp, addr, paths).await
 }
 
 /// GETs of `paths` over one HTTP/1.1 connection on `io`; `addr` names the

@@ -411,7 +411,9 @@ mod tests {
 
 /// The edge: which proxies to scrape, and the scraping.
 pub mod edge {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
 
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, ListParams};
@@ -427,6 +429,14 @@ pub mod edge {
         List {
             namespace: String,
             source: kube::Error,
+        },
+        #[error("cannot use {url} as Prometheus: {why} (say http://HOST:PORT, e.g. http://localhost:9090)")]
+        Url { url: String, why: String },
+        #[error("Prometheus at {url} did not answer {query}: {why}")]
+        Prometheus {
+            url: String,
+            query: String,
+            why: String,
         },
         #[error(
             "no meshed, running pod matches {what} in namespace {namespace} \
@@ -539,6 +549,60 @@ pub mod edge {
         }
     }
 
+    /// The rows from Prometheus at `url` (plain HTTP) over `window`.
+    pub async fn from_prometheus(
+        url: &str,
+        selector: &Selector,
+        namespace: &str,
+        window: Duration,
+    ) -> Result<Vec<super::Row>, StatError> {
+        use super::promql;
+        let bad = |why: &str| StatError::Url {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("only http:// is supported"));
+        }
+        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| bad(&e.to_string()))?
+            .next()
+            .ok_or_else(|| bad("the host has no address"))?;
+        let prefix = uri.path().trim_end_matches('/');
+        let window_text = format!("{}ms", window.as_millis());
+        let queries = promql::queries(selector, namespace, &window_text);
+        // Prometheus's own now, so that every query is evaluated at it.
+        let now = format!("{prefix}{}", promql::query_path("time()", None));
+        let now = crate::proxy_admin::get_from(addr, &[now.as_str()]).await?;
+        let now: serde_json::Value = serde_json::from_str(&now[0]).unwrap_or_default();
+        let now = now["data"]["result"][0].as_f64();
+        let paths: Vec<String> = queries
+            .iter()
+            .map(|q| format!("{prefix}{}", promql::query_path(&q.promql, now)))
+            .collect();
+        let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let bodies = crate::proxy_admin::get_from(addr, &path_refs).await?;
+        let mut answers = Vec::new();
+        for (query, body) in queries.into_iter().zip(bodies) {
+            let failed = |why: String| StatError::Prometheus {
+                url: url.to_string(),
+                query: query.promql.clone(),
+                why,
+            };
+            let answer: promql::Answer =
+                serde_json::from_str(&body).map_err(|e| failed(e.to_string()))?;
+            if answer.status != "success" {
+                return Err(failed(answer.error.unwrap_or(answer.status)));
+            }
+            answers.push((query, answer));
+        }
+        Ok(promql::rows(&answers, window.as_secs_f64()))
+    }
+
     /// Each target's `/metrics`, twice, `window` apart; the seconds that
     /// really passed between the two rounds.
     pub async fn scrape_twice(
@@ -550,7 +614,7 @@ pub mod edge {
         for (_, admin) in targets {
             before.push(admin.get("/metrics").await?);
         }
-        tokio::time::sleep_until((started + window).into()).await;
+        tokio::time::sleep_until(started + window).await;
         let second = Instant::now();
         let mut scrapes = Vec::new();
         for ((name, admin), before) in targets.iter().zip(before) {
@@ -561,5 +625,260 @@ pub mod edge {
             });
         }
         Ok((scrapes, (second - started).as_secs_f64()))
+    }
+}
+
+/// `--from PROMETHEUS_URL`: the same rows from Prometheus, by PromQL over
+/// the proxies' series (`rate` and `histogram_quantile` over the window).
+pub mod promql {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{Kind, Row, Selector};
+
+    /// What one query gives for each name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Measure {
+        Rps,
+        SuccessRps,
+        MtlsRps,
+        P50,
+        P95,
+        P99,
+    }
+
+    /// One query: what it measures, for which direction, by which label.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Query {
+        pub measure: Measure,
+        pub direction: &'static str,
+        pub by: &'static str,
+        pub promql: String,
+    }
+
+    /// The label rows are named by: the proxy's own side of the traffic.
+    fn by(kind: Kind, direction: &str) -> &'static str {
+        match (kind, direction) {
+            (Kind::Pod, _) => "pod",
+            (Kind::Deploy, "inbound") => "destination_workload",
+            (Kind::Deploy, _) => "source_workload",
+            (Kind::Ns, "inbound") => "destination_namespace",
+            (Kind::Ns, _) => "source_namespace",
+        }
+    }
+
+    /// PromQL string literal.
+    fn quote(s: &str) -> String {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+
+    /// The queries for `selector` in `namespace` over a `window` such as
+    /// `30s`.
+    pub fn queries(selector: &Selector, namespace: &str, window: &str) -> Vec<Query> {
+        let mut out = Vec::new();
+        for direction in ["inbound", "outbound"] {
+            let by = by(selector.kind, direction);
+            let own_ns = if direction == "inbound" {
+                "destination_namespace"
+            } else {
+                "source_namespace"
+            };
+            let namespace = match (selector.kind, &selector.name) {
+                (Kind::Ns, Some(ns)) => ns.as_str(),
+                _ => namespace,
+            };
+            let mut filter = format!("direction=\"{direction}\",{own_ns}={}", quote(namespace));
+            if let (Some(name), false) = (&selector.name, selector.kind == Kind::Ns) {
+                filter.push_str(&format!(",{by}={}", quote(name)));
+            }
+            let rate = |family: &str, more: &str, extra_by: &str| {
+                format!("sum by ({by}{extra_by}) (rate({family}{{{filter}{more}}}[{window}]))")
+            };
+            let requests = "outrigger_requests_total";
+            let mut push = |measure, promql| {
+                out.push(Query {
+                    measure,
+                    direction,
+                    by,
+                    promql,
+                })
+            };
+            push(Measure::Rps, rate(requests, "", ""));
+            push(
+                Measure::SuccessRps,
+                rate(
+                    requests,
+                    ",response_code!~\"5..|0\",grpc_response_status=~\"|0\"",
+                    "",
+                ),
+            );
+            push(
+                Measure::MtlsRps,
+                rate(requests, ",connection_security_policy=\"mutual_tls\"", ""),
+            );
+            let buckets = rate("outrigger_request_duration_seconds_bucket", "", ", le");
+            for (measure, q) in [
+                (Measure::P50, 0.5),
+                (Measure::P95, 0.95),
+                (Measure::P99, 0.99),
+            ] {
+                push(measure, format!("histogram_quantile({q}, {buckets})"));
+            }
+        }
+        out
+    }
+
+    /// Prometheus's answer to an instant query.
+    #[derive(Debug, Deserialize)]
+    pub struct Answer {
+        pub status: String,
+        #[serde(default)]
+        pub error: Option<String>,
+        #[serde(default)]
+        pub data: Option<Data>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Data {
+        pub result: Vec<Series>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    pub struct Series {
+        pub metric: BTreeMap<String, String>,
+        /// `[timestamp, "value"]`.
+        pub value: (f64, String),
+    }
+
+    /// The rows from each query's answer; `window` in seconds.
+    pub fn rows(answers: &[(Query, Answer)], window: f64) -> Vec<Row> {
+        let mut values: BTreeMap<(String, String), BTreeMap<Measure, f64>> = BTreeMap::new();
+        for (query, answer) in answers {
+            for s in answer.data.iter().flat_map(|d| &d.result) {
+                let name = s.metric.get(query.by).cloned().unwrap_or_default();
+                let Ok(v) = s.value.1.parse::<f64>() else {
+                    continue;
+                };
+                if v.is_nan() {
+                    continue;
+                }
+                values
+                    .entry((name, query.direction.to_string()))
+                    .or_default()
+                    .insert(query.measure, v);
+            }
+        }
+        values
+            .into_iter()
+            .filter_map(|((name, direction), m)| {
+                let rps = *m.get(&Measure::Rps)?;
+                let share = |k| (rps > 0.0).then(|| m.get(&k).copied().unwrap_or(0.0) / rps);
+                let ms = |k| m.get(&k).map(|s| s * 1000.0);
+                Some(Row {
+                    name,
+                    direction,
+                    requests: rps * window,
+                    rps,
+                    success: share(Measure::SuccessRps),
+                    p50_ms: ms(Measure::P50),
+                    p95_ms: ms(Measure::P95),
+                    p99_ms: ms(Measure::P99),
+                    mtls: share(Measure::MtlsRps),
+                })
+            })
+            .collect()
+    }
+
+    /// `/api/v1/query?query=…`, percent-encoded, evaluated at `time` (Unix
+    /// seconds) when given: every query of one `stat` is evaluated at the
+    /// same instant, so that shares of the request rate stay within 0..=1.
+    pub fn query_path(promql: &str, time: Option<f64>) -> String {
+        let mut out = String::from("/api/v1/query");
+        if let Some(t) = time {
+            out.push_str(&format!("?time={t:.3}&query="));
+        } else {
+            out.push_str("?query=");
+        }
+        for b in promql.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn queries_name_the_direction_namespace_and_workload() {
+            let s: Selector = "deploy/web".parse().unwrap();
+            let q = queries(&s, "shop", "30s");
+            assert_eq!(q.len(), 12);
+            assert_eq!(
+                q[0].promql,
+                "sum by (destination_workload) (rate(outrigger_requests_total{direction=\"inbound\",\
+                 destination_namespace=\"shop\",destination_workload=\"web\"}[30s]))"
+            );
+            assert_eq!(
+                q[1].promql,
+                "sum by (destination_workload) (rate(outrigger_requests_total{direction=\"inbound\",\
+                 destination_namespace=\"shop\",destination_workload=\"web\",\
+                 response_code!~\"5..|0\",grpc_response_status=~\"|0\"}[30s]))"
+            );
+            assert_eq!(
+                q[9].promql,
+                "histogram_quantile(0.5, sum by (source_workload, le) \
+                 (rate(outrigger_request_duration_seconds_bucket{direction=\"outbound\",\
+                 source_namespace=\"shop\",source_workload=\"web\"}[30s])))"
+            );
+            let ns = queries(&"ns/prod".parse().unwrap(), "shop", "1m");
+            assert_eq!(
+                ns[6].promql,
+                "sum by (source_namespace) (rate(outrigger_requests_total{direction=\"outbound\",\
+                 source_namespace=\"prod\"}[1m]))"
+            );
+            assert_eq!(
+                query_path("up{a=\"b c\"}", None),
+                "/api/v1/query?query=up%7Ba%3D%22b%20c%22%7D"
+            );
+            assert_eq!(
+                query_path("time()", Some(1_800_000_000.25)),
+                "/api/v1/query?time=1800000000.250&query=time%28%29"
+            );
+        }
+
+        #[test]
+        fn rows_come_from_the_answers() {
+            let s: Selector = "deploy".parse().unwrap();
+            let q = queries(&s, "shop", "10s");
+            let answer = |v: &str| Answer {
+                status: "success".into(),
+                error: None,
+                data: Some(Data {
+                    result: vec![Series {
+                        metric: [("destination_workload".to_string(), "web".to_string())].into(),
+                        value: (1.0, v.into()),
+                    }],
+                }),
+            };
+            let values = ["20", "19", "10", "0.003", "0.009", "NaN"];
+            let answers: Vec<(Query, Answer)> = q[..6]
+                .iter()
+                .cloned()
+                .zip(values.iter().map(|v| answer(v)))
+                .collect();
+            let rows = rows(&answers, 10.0);
+            assert_eq!(rows.len(), 1);
+            let r = &rows[0];
+            assert_eq!((r.name.as_str(), r.direction.as_str()), ("web", "inbound"));
+            assert_eq!((r.rps, r.requests), (20.0, 200.0));
+            assert_eq!((r.success, r.mtls), (Some(0.95), Some(0.5)));
+            assert_eq!((r.p50_ms, r.p95_ms, r.p99_ms), (Some(3.0), Some(9.0), None));
+        }
     }
 }

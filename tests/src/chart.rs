@@ -607,11 +607,13 @@ fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> 
         let (mut from_pod, mut to_pod) = tcp.into_split();
         let up = async move {
             while let Some(Ok(msg)) = stream.next().await {
+                // Data for the port is written in the guard; a failed write
+                // ends the relay.
                 match msg {
-                    Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                        if to_pod.write_all(&b[1..]).await.is_err() {
-                            break;
-                        }
+                    Message::Binary(b)
+                        if b.len() > 1 && b[0] == 0 && to_pod.write_all(&b[1..]).await.is_err() =>
+                    {
+                        break
                     }
                     Message::Close(_) => break,
                     _ => {}

@@ -150,3 +150,121 @@ async fn counts_the_traffic_of_a_window_on_both_sides() {
     let (ok, failed) = tally(load).await;
     assert!(ok > 0 && failed == 0, "{ok} {failed}");
 }
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}
+
+/// `--from`: the same rows from a real Prometheus scraping both proxies.
+/// CI sets OUTRIGGER_REQUIRE_PROMETHEUS=1, so there it is never skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_rows_from_prometheus() {
+    let Some(prometheus) = which("prometheus") else {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
+            "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
+        );
+        eprintln!("prometheus not found; skipping (install Debian's prometheus package to run it)");
+        return;
+    };
+    let mesh = Mesh::start(app("web").await).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_requesting(mesh.outbound(), stop.clone());
+
+    let tmp = tempfile::Builder::new()
+        .prefix("outrigger-prom-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: ['{}', '{}'] }}]\n",
+            mesh.client.admin_addr, mesh.server.admin_addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _server = KillOnDrop(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let args = [
+        "-n", "shop", "stat", "deploy", "--from", &url, "--window", "5s", "-o", "json",
+    ];
+    let last = std::sync::Mutex::new(Vec::<Value>::new());
+    let found = eventually(std::time::Duration::from_secs(60), || {
+        let last = &last;
+        async move {
+            let out = outrigger(&args).await;
+            let Ok(rows) = serde_json::from_slice::<Vec<Value>>(&out.stdout) else {
+                return false;
+            };
+            *last.lock().unwrap() = rows.clone();
+            rows.iter()
+                .filter(|r| r["rps"].as_f64() > Some(1.0))
+                .count()
+                == 2
+        }
+    })
+    .await;
+    let both = last.into_inner().unwrap();
+    assert!(found, "Prometheus never gave both rows: {both:?}");
+    for (name, direction) in [("client", "outbound"), ("web", "inbound")] {
+        let r = row(&both, name, direction);
+        assert_eq!(r["success"], 1.0, "{r}");
+        assert_eq!(r["mtls"], 0.0, "{r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    let table = outrigger(&args[..args.len() - 2]).await;
+    println!("{}", String::from_utf8_lossy(&table.stdout));
+
+    // One workload.
+    let one = rows(
+        &outrigger(&[
+            "-n",
+            "shop",
+            "stat",
+            "deploy/web",
+            "--from",
+            &url,
+            "--window",
+            "5s",
+            "-o",
+            "json",
+        ])
+        .await,
+    );
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["name"], "web");
+
+    stop.store(true, Ordering::SeqCst);
+    tally(load).await;
+}
