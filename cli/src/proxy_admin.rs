@@ -46,10 +46,9 @@ pub enum Admin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error(
-        "cannot connect to {addr}: {source} (is the proxy, or the server named, running there?)"
-    )]
+    #[error("cannot connect to {what} at {addr}: {source} (is it running there?)")]
     Connect {
+        what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -118,7 +117,7 @@ impl Admin {
     /// port-forward) where there is one.
     pub async fn get_all(&self, paths: &[&str]) -> Result<Vec<String>, AdminError> {
         match self {
-            Admin::Local(addr) => get_from(*addr, paths).await,
+            Admin::Local(addr) => get_from(*addr, "the proxy's admin port", paths).await,
             Admin::PortForward {
                 client,
                 namespace,
@@ -181,10 +180,15 @@ pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
 }
 
 /// GETs of `paths` over one plain HTTP/1.1 connection to `addr`.
-pub(crate) async fn get_from(addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError> {
+/// `what` names the server in errors.
+pub(crate) async fn get_from(
+    addr: SocketAddr,
+    what: &'static str,
+    paths: &[&str],
+) -> Result<Vec<String>, AdminError> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|source| AdminError::Connect { addr, source })?;
+        .map_err(|source| AdminError::Connect { what, addr, source })?;
     get_over(tcp, addr, paths).await
 }
 

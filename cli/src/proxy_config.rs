@@ -168,6 +168,7 @@ fn routes(snapshot: &Snapshot) -> String {
         if service.http.is_empty() {
             rows.push(vec![
                 name,
+                "-".into(),
                 "*".into(),
                 format!("{} (its endpoints)", service.name),
                 "-".into(),
@@ -175,9 +176,11 @@ fn routes(snapshot: &Snapshot) -> String {
             ]);
             continue;
         }
-        for route in &service.http {
+        for (i, route) in service.http.iter().enumerate() {
             rows.push(vec![
                 name.clone(),
+                // As the route metric label names it.
+                route.name.clone().unwrap_or_else(|| format!("route-{i}")),
                 route_match(&route.matches),
                 destinations(route),
                 route.timeout.map_or("-".into(), |t| t.to_string()),
@@ -198,7 +201,14 @@ fn routes(snapshot: &Snapshot) -> String {
         return "no services\n".into();
     }
     table(
-        &["SERVICE", "MATCH", "DESTINATIONS", "TIMEOUT", "RETRIES"],
+        &[
+            "SERVICE",
+            "ROUTE",
+            "MATCH",
+            "DESTINATIONS",
+            "TIMEOUT",
+            "RETRIES",
+        ],
         &rows,
     )
 }
@@ -547,10 +557,10 @@ inbound:
         let s = snapshot();
         assert_eq!(
             render(View::Routes, &s, &live, now),
-            "SERVICE       MATCH           DESTINATIONS                    TIMEOUT  RETRIES\n\
-             reviews.shop  end-user=jason  reviews/v2                      -        -\n\
-             reviews.shop  GET /api*       reviews/v1 90%, reviews/v2 10%  2s       3 attempts, 500ms each, on 5xx\n\
-             ratings.shop  *               ratings (its endpoints)         -        -\n"
+            "SERVICE       ROUTE    MATCH           DESTINATIONS                    TIMEOUT  RETRIES\n\
+             reviews.shop  jason    end-user=jason  reviews/v2                      -        -\n\
+             reviews.shop  route-1  GET /api*       reviews/v1 90%, reviews/v2 10%  2s       3 attempts, 500ms each, on 5xx\n\
+             ratings.shop  -        *               ratings (its endpoints)         -        -\n"
         );
         let all = render(View::All, &s, &live, now);
         for line in [

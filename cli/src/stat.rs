@@ -577,7 +577,7 @@ pub mod edge {
         let queries = promql::queries(selector, namespace, &window_text);
         // Prometheus's own now, so that every query is evaluated at it.
         let now = format!("{prefix}{}", promql::query_path("time()", None));
-        let now = crate::proxy_admin::get_from(addr, &[now.as_str()]).await?;
+        let now = crate::proxy_admin::get_from(addr, "Prometheus", &[now.as_str()]).await?;
         let now: serde_json::Value = serde_json::from_str(&now[0]).unwrap_or_default();
         let now = now["data"]["result"][0].as_f64();
         let paths: Vec<String> = queries
@@ -585,7 +585,7 @@ pub mod edge {
             .map(|q| format!("{prefix}{}", promql::query_path(&q.promql, now)))
             .collect();
         let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let bodies = crate::proxy_admin::get_from(addr, &path_refs).await?;
+        let bodies = crate::proxy_admin::get_from(addr, "Prometheus", &path_refs).await?;
         let mut answers = Vec::new();
         for (query, body) in queries.into_iter().zip(bodies) {
             let failed = |why: String| StatError::Prometheus {

@@ -49,8 +49,8 @@ async fn shows_the_routes_endpoints_identity_and_policies_in_force() {
     println!("{routes}");
     assert_eq!(
         routes,
-        "SERVICE   MATCH  DESTINATIONS         TIMEOUT  RETRIES\n\
-         web.shop  *      web (its endpoints)  -        -\n"
+        "SERVICE   ROUTE  MATCH  DESTINATIONS         TIMEOUT  RETRIES\n\
+         web.shop  -      *      web (its endpoints)  -        -\n"
     );
 
     let endpoints = stdout(&outrigger(&["proxy-config", "--local", &client, "endpoints"]).await);
@@ -103,7 +103,10 @@ async fn a_wrong_address_names_it_and_the_next_step() {
     assert!(
         err.contains(&format!(
             "cannot read the configuration of the proxy at {addr}"
-        )) && err.contains("is the proxy running there?"),
+        )) && err.contains(&format!(
+            "cannot connect to the proxy's admin port at {addr}: Connection refused \
+             (os error 111) (is it running there?)"
+        )),
         "{err}"
     );
 }
@@ -131,7 +134,7 @@ async fn reads_a_pod_through_a_port_forward() {
     println!("{all}");
     assert!(all.contains("none (plaintext)  client    shop"), "{all}");
     assert!(
-        all.contains("web.shop  *      web (its endpoints)"),
+        all.contains("web.shop  -      *      web (its endpoints)"),
         "{all}"
     );
     let json = stdout(&outrigger(&args(&["client-5d9c7-aaaaa", "routes", "-o", "json"])).await);
@@ -151,4 +154,129 @@ async fn reads_a_pod_through_a_port_forward() {
             && err.contains("may you create pods/portforward there?"),
         "{err}"
     );
+}
+
+/// A proxy following a real control plane (folder mode, with the mesh CA):
+/// the routes of a VirtualService, the subsets of a DestinationRule, the
+/// identity of the pod's ServiceAccount and its certificate's expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn shows_what_a_control_plane_configured() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
+
+    let dir = Dir::new("cli-proxy-config");
+    dir.write(
+        "mesh.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }
+---
+apiVersion: v1
+kind: Endpoints
+metadata: { name: web, namespace: shop }
+subsets:
+  - addresses: [{ ip: 10.0.0.7, targetRef: { kind: Pod, name: web-blue } }]
+    ports: [{ name: http, port: 8080 }]
+  - addresses: [{ ip: 10.0.0.8, targetRef: { kind: Pod, name: web-green } }]
+    ports: [{ name: http, port: 8080 }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-blue, namespace: shop, labels: { app: web, version: blue } }
+spec: { containers: [{ name: web, image: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-green, namespace: shop, labels: { app: web, version: green } }
+spec: { containers: [{ name: web, image: web }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: client-1, namespace: shop, labels: { app: client } }
+spec: { serviceAccountName: client, containers: [{ name: client, image: client }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: web, namespace: shop }
+spec:
+  host: web
+  subsets: [{ name: blue, labels: { version: blue } }, { name: green, labels: { version: green } }]
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web]
+  http:
+    - name: canary-header
+      match: [{ headers: { x-canary: { exact: "1" } } }]
+      route: [{ destination: { host: web, subset: green } }]
+    - route:
+        - { destination: { host: web, subset: blue }, weight: 90 }
+        - { destination: { host: web, subset: green }, weight: 10 }
+      timeout: 3s
+      retries: { attempts: 2, perTryTimeout: 1s, retryOn: 5xx }
+"#,
+    );
+    let tokens = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/client"), "token-client").unwrap();
+    let ca = Arc::new(
+        outrigger_identity::Ca::generate("cluster.local", std::time::SystemTime::now()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp = ControlPlane::start_with(
+        dir.path(),
+        listener,
+        Some(certifier(
+            ca.clone(),
+            Duration::from_secs(3600),
+            tokens.path(),
+        )),
+    )
+    .await;
+    let identity = workload_identity(
+        "shop",
+        "client",
+        tokens.path().join("shop/client"),
+        ca.roots(),
+    );
+    let boot = web_snapshot("bootstrap", "");
+    let proxy = waiting_proxy(boot.clone(), Some(identity.clone())).await;
+    follow(&proxy, cp.addr, boot, "shop", "client-1", Some(identity));
+    assert!(
+        eventually(Duration::from_secs(10), || ready(&proxy)).await,
+        "never ready"
+    );
+    let admin = proxy.admin_addr.to_string();
+    let expiry_set = || async {
+        metric(
+            &scrape(&proxy).await,
+            "outrigger_identity_cert_expiry_timestamp_seconds",
+            &[],
+        ) > 0.0
+    };
+    assert!(eventually(Duration::from_secs(10), expiry_set).await);
+
+    let all = stdout(&outrigger(&["proxy-config", "--local", &admin]).await);
+    println!("{all}");
+    for line in [
+        "spiffe://cluster.local/ns/shop/sa/client  client-1  shop       20",
+        "inbound mTLS: PERMISSIVE\n",
+        "web.shop  canary-header  x-canary=1  web.shop/green                         -        -\n",
+        "web.shop  route-1        *           web.shop/blue 90%, web.shop/green 10%  3s       2 attempts, 1s each, on 5xx\n",
+        "web.shop  10.0.0.7:8080  web-blue   app=web,version=blue   blue     no\n",
+    ] {
+        assert!(all.contains(line), "{line:?} not in\n{all}");
+    }
+    // An hour-long certificate: expires in 59 minutes and some seconds.
+    assert!(
+        all.contains("Z (in 59m)") || all.contains("Z (in 1h 0m)"),
+        "{all}"
+    );
+    cp.stop().await;
 }
