@@ -555,6 +555,21 @@ fn pod_port_forward(path: &str) -> Option<String> {
     Some(format!("{ns}/{name}"))
 }
 
+/// The API server's 404 for a pod it does not have (`NS/NAME`).
+fn not_found_pod(pod: &str) -> Response<Body> {
+    let name = pod.split_once('/').map_or(pod, |(_, n)| n);
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!("pods \"{name}\" not found"),
+        "reason": "NotFound", "code": 404,
+    });
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .header("content-type", "application/json")
+        .body(full(status.to_string()))
+        .unwrap()
+}
+
 /// Answers a port-forward's WebSocket upgrade and relays its first port's
 /// data channel to `addr`.
 fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
@@ -712,9 +727,10 @@ async fn serve_fake_api(
                         });
                         let (lists, creates) = &*objects;
                         if let Some(pod) = pod_port_forward(req.uri().path()) {
-                            if let Some(addr) = pods.get(&pod) {
-                                return Ok::<_, Infallible>(port_forward(req, *addr));
-                            }
+                            return Ok::<_, Infallible>(match pods.get(&pod) {
+                                Some(addr) => port_forward(req, *addr),
+                                None => not_found_pod(&pod),
+                            });
                         }
                         if req.method() == Method::GET {
                             if let Some((pod, path)) = pod_proxy(req.uri().path()) {

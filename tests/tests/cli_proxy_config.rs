@@ -149,6 +149,7 @@ async fn reads_a_pod_through_a_port_forward() {
     let out = outrigger(&args(&["gone-0"])).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
     assert!(
         err.contains("cannot port-forward to pod shop/gone-0:4191")
             && err.contains("may you create pods/portforward there?"),
