@@ -842,6 +842,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pod_proxy_and_port_forward_paths_name_the_pod() {
+        assert_eq!(
+            pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics"),
+            Some(("shop/web-0".into(), "/metrics".into()))
+        );
+        assert_eq!(
+            pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy"),
+            Some(("shop/web-0".into(), "/".into()))
+        );
+        assert_eq!(pod_proxy("/api/v1/namespaces/shop/pods"), None);
+        assert_eq!(
+            pod_port_forward("/api/v1/namespaces/shop/pods/web-0/portforward"),
+            Some("shop/web-0".into())
+        );
+        assert_eq!(pod_port_forward("/api/v1/namespaces/shop/pods/web-0"), None);
+    }
+
+    #[test]
     fn rewrites_stand_alone_matches_once() {
         let rules = [
             ("0.0.0.0:4191".to_string(), "127.0.0.1:41912".to_string()),
