@@ -8,7 +8,9 @@
 //! | module | what it gives |
 //! |---|---|
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
+//! | [`demo`] | `outrigger demo`: the control plane, three apps and their proxies over mTLS on one machine |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
 
 pub mod cluster;
+pub mod demo;
 pub mod output;

@@ -30,6 +30,20 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Run the whole mesh on this machine, with no cluster: the control
+    /// plane (folder mode, the mesh CA), a client and two versions of web
+    /// with their proxies over mutual TLS, a steady trickle of requests,
+    /// and a VirtualService file to edit while a tally shows the split.
+    /// Needs outrigger-proxy and outrigger-control-plane next to this
+    /// binary: `cargo build -p outrigger-cli -p outrigger-proxy
+    /// -p outrigger-control-plane` builds all three.
+    ///
+    /// Examples:
+    ///   outrigger demo                      # until Ctrl-C
+    ///   outrigger demo --base-port 14300    # move all 34 ports
+    ///   outrigger demo --smoke              # check it works, exit 0 or 1
+    #[command(verbatim_doc_comment)]
+    Demo(outrigger_cli::demo::DemoArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -42,6 +56,7 @@ async fn main() -> Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "outrigger", &mut out);
             out.flush()?;
         }
+        Command::Demo(args) => outrigger_cli::demo::run(args).await?,
     }
     Ok(())
 }
