@@ -408,7 +408,7 @@ async fn live(ports: &Ports, layout: &Layout, children: &mut Children) -> Result
         let window = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
         println!(
             "[{:>4}s] {}",
-            started.elapsed().as_secs(),
+            (started.elapsed().as_millis() + 500) / 1000,
             window.line(&VERSIONS)
         );
     };

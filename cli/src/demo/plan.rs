@@ -342,6 +342,32 @@ pub fn banner(ports: &Ports, layout: &Layout) -> String {
     let table = crate::output::table(&["WORKLOAD", "ADMIN", "OUTBOUND", "INBOUND", "APP"], &rows);
     let client = ports.of(&CLIENT);
     let v1 = ports.of(&WORKLOADS[1]);
+    let tries = [
+        (
+            format!("curl -s http://127.0.0.1:{}/", client.outbound),
+            "through the client's proxy, to web",
+        ),
+        (
+            format!("curl -s http://127.0.0.1:{}/", v1.inbound),
+            "plaintext to web-v1's inbound port: refused (STRICT)",
+        ),
+        (
+            format!(
+                "curl -s http://127.0.0.1:{}/metrics | grep ^outrigger_requests_total",
+                v1.admin
+            ),
+            "web-v1's proxy: who called, over mutual_tls",
+        ),
+        (
+            format!("curl -s http://127.0.0.1:{}/config", client.admin),
+            "the client proxy's configuration in force",
+        ),
+    ];
+    let width = tries.iter().map(|t| t.0.len()).max().unwrap_or(0);
+    let try_lines: String = tries
+        .iter()
+        .map(|(cmd, what)| format!("  {cmd:<width$}  # {what}\n"))
+        .collect();
     format!(
         "\
 The mesh is up: a control plane (CA and config source), three apps, their proxies
@@ -354,20 +380,12 @@ follows every 2 s):
 Files: {root} (logs in {logs})
 
 Try:
-  curl -s http://127.0.0.1:{out}/                  # through the client's proxy, to web
-  curl -s http://127.0.0.1:{v1in}/                 # plaintext to web-v1's inbound: refused (STRICT)
-  curl -s http://127.0.0.1:{v1adm}/metrics | grep ^outrigger_requests_total
-  curl -s http://127.0.0.1:{cadm}/config           # the client proxy's configuration in force
-
+{try_lines}
 Ctrl-C stops everything.
 ",
         vs = layout.virtual_service().display(),
         root = layout.root.display(),
         logs = layout.logs().display(),
-        out = client.outbound,
-        v1in = v1.inbound,
-        v1adm = v1.admin,
-        cadm = client.admin,
     )
 }
 
