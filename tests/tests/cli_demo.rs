@@ -44,8 +44,8 @@ fn the_smoke_run_passes_every_check_over_mutual_tls() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for line in [
         "✔ requests through the client's proxy reach both versions (50/50)",
-        "✔ web-v1's proxy: ",
-        "✔ web-v2's proxy: ",
+        "✔ web-v1's proxy took them over mutual TLS: ",
+        "✔ web-v2's proxy took them over mutual TLS: ",
         "requests from spiffe://cluster.local/ns/demo/sa/client over mutual_tls",
         "✔ a VirtualService edit sending 100% to v2 is followed: 30 answers in a row from web-v2",
         "✔ a bad VirtualService edit (subset v3) is refused: VirtualService demo/web: not accepted (UnknownSubset)",
@@ -71,12 +71,29 @@ fn a_control_plane_that_dies_stops_the_demo_naming_it_and_its_log() {
     let cp = dir.path().join("outrigger-control-plane");
     std::fs::write(&cp, "#!/bin/sh\necho 'cannot bind: simulated'\nexit 3\n").unwrap();
     std::fs::set_permissions(&cp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = demo(24400, &["--bin-dir", dir.path().to_str().unwrap()]);
+    let files = tempfile::tempdir().unwrap();
+    let out = demo(
+        24400,
+        &[
+            "--bin-dir",
+            dir.path().to_str().unwrap(),
+            "--dir",
+            files.path().to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("control-plane exited"), "{stderr}");
     assert!(stderr.contains("exit status: 3"), "{stderr}");
     assert!(stderr.contains("cannot bind: simulated"), "{stderr}");
+    let log = files.path().join("logs/control-plane.log");
+    assert!(
+        stderr.contains(&log.display().to_string()),
+        "names its log: {stderr}"
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("cannot bind: simulated"));
     // The proxies it had started are stopped with it.
     for port in [24412, 24422, 24432] {
         assert!(
@@ -84,4 +101,30 @@ fn a_control_plane_that_dies_stops_the_demo_naming_it_and_its_log() {
             "port {port} still taken"
         );
     }
+}
+
+#[test]
+fn the_smoke_run_as_json_lists_every_check_passed() {
+    let proxy = bin("outrigger-proxy");
+    let out = demo(
+        24500,
+        &[
+            "--bin-dir",
+            proxy.parent().unwrap().to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["admin"]["web-v1"], "127.0.0.1:24522");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 6, "{report}");
+    assert!(checks.iter().all(|c| c["passed"] == true), "{report}");
 }

@@ -17,6 +17,7 @@ pub mod net;
 pub mod plan;
 pub mod tally;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ use outrigger_control_plane::certify::CaSource;
 use outrigger_control_plane::folder::Folder;
 use outrigger_control_plane::translate::{Mesh, Options, Verdict};
 use outrigger_identity::SpiffeId;
+
+use crate::output::Format;
 
 use self::plan::{Layout, Ports, Workload, CLIENT, NAMESPACE, TRUST_DOMAIN, WORKLOADS};
 use self::tally::{Answer, Tally};
@@ -51,6 +54,10 @@ pub struct DemoArgs {
     /// removed on exit).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// With --smoke: the checks as a table of lines (as they pass), or as
+    /// one JSON or YAML document at the end.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 /// Why the demo stopped.
@@ -91,6 +98,10 @@ pub enum DemoError {
         detail: String,
         logs: PathBuf,
     },
+    #[error("-o {0} goes with --smoke (the live demo prints a running tally)")]
+    OutputWithoutSmoke(&'static str),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -102,6 +113,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
 /// done). Every process it started is stopped before it returns.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let ports = Ports::new(args.base_port)?;
+    if !args.smoke && args.output != Format::Table {
+        let name = match args.output {
+            Format::Json => "json",
+            _ => "yaml",
+        };
+        return Err(DemoError::OutputWithoutSmoke(name));
+    }
     let bin_dir = match args.bin_dir.clone() {
         Some(d) => d,
         None => std::env::current_exe()
@@ -127,7 +145,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
     }
 
-    let (layout, _temp) = match &args.dir {
+    let (layout, temp) = match &args.dir {
         Some(d) => (Layout { root: d.clone() }, None),
         None => {
             let t = tempfile::Builder::new()
@@ -144,15 +162,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
     write_files(&ports, &layout)?;
 
-    let mut app_tasks = Vec::new();
+    let mut _apps = Vec::new();
     for (name, listener) in apps {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(io("the app's listener"))?;
-        app_tasks.push(tokio::spawn(net::serve_app(listener, name)));
+        _apps.push(AbortOnDrop(tokio::spawn(net::serve_app(listener, name))));
     }
 
     let mut children = Children::default();
-    let outcome = async {
+    let shutdown = async {
+        if outrigger_runtime::signal::shutdown().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let work = async {
         children.spawn(
             "control-plane",
             &cp_bin,
@@ -169,15 +192,26 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
         wait_ready(&ports, &layout, &mut children).await?;
         if args.smoke {
-            smoke(&ports, &layout, &mut children).await
+            smoke(&ports, &layout, &mut children, args.output).await
         } else {
             live(&ports, &layout, &mut children).await
         }
-    }
-    .await;
+    };
+    // Ctrl-C (or SIGTERM) at any point, starting included, stops it all.
+    let outcome = tokio::select! {
+        biased;
+        _ = shutdown => {
+            println!("stopping the demo");
+            Ok(())
+        }
+        outcome = work => outcome,
+    };
     children.stop().await;
-    for t in app_tasks {
-        t.abort();
+    if outcome.is_err() {
+        // The logs the error points at stay.
+        if let Some(t) = temp {
+            let _ = t.keep();
+        }
     }
     outcome
 }
@@ -273,6 +307,9 @@ impl Children {
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err)
+            // Its own process group: a Ctrl-C in the terminal reaches the
+            // demo alone, which stops them in order.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(io(format!("starting {}", bin.display())))?;
@@ -366,40 +403,33 @@ async fn ask(ports: &Ports) -> Answer {
 
 const VERSIONS: [&str; 2] = ["web-v1", "web-v2"];
 
-/// Until Ctrl-C: a request every 100 ms, a tally line every 2 s, and a
+/// Until a process exits (Ctrl-C is handled by [`run`]): a request every 100 ms, a tally line every 2 s, and a
 /// line for each save of the VirtualService with the control plane's
 /// verdict on it.
 async fn live(ports: &Ports, layout: &Layout, children: &mut Children) -> Result<(), DemoError> {
     print!("{}", plan::banner(ports, layout));
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let trickle = {
+    let _trickle = {
         let tally = tally.clone();
         let ports = *ports;
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             loop {
                 every.tick().await;
                 let a = ask(&ports).await;
                 tally.lock().unwrap_or_else(|e| e.into_inner()).add(&a);
             }
-        })
+        }))
     };
-    let shutdown = outrigger_runtime::signal::shutdown();
-    tokio::pin!(shutdown);
     let mut every = tokio::time::interval(Duration::from_secs(2));
     every.tick().await;
     let mut seen = std::fs::read_to_string(layout.virtual_service()).unwrap_or_default();
     let mut verdicts = Verdicts::new(layout);
     verdicts.update();
     let started = tokio::time::Instant::now();
-    let outcome = loop {
-        tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            _ = every.tick() => {}
-        }
-        if let Err(e) = children.check() {
-            break Err(e);
-        }
+    loop {
+        every.tick().await;
+        children.check()?;
         let now = std::fs::read_to_string(layout.virtual_service()).unwrap_or_default();
         if now != seen {
             seen = now;
@@ -411,10 +441,17 @@ async fn live(ports: &Ports, layout: &Layout, children: &mut Children) -> Result
             (started.elapsed().as_millis() + 500) / 1000,
             window.line(&VERSIONS)
         );
-    };
-    trickle.abort();
-    println!("stopping the demo");
-    outcome
+    }
+}
+
+/// A task that ends with its owner (the demo's future may be dropped at
+/// any await, on Ctrl-C).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The control plane's verdicts on the folder, as the running control
@@ -466,8 +503,92 @@ impl Verdicts {
     }
 }
 
-/// The smoke test's checks, one line each.
-async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Result<(), DemoError> {
+/// What `--smoke` found: each check passed, or the one that failed.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    passed: bool,
+    control_plane: String,
+    admin: BTreeMap<&'static str, String>,
+    folder: String,
+    checks: Vec<Check>,
+    #[serde(skip)]
+    format: Format,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    check: String,
+    passed: bool,
+    detail: String,
+}
+
+impl Report {
+    fn record(&mut self, check: &str, passed: bool, detail: String) {
+        if self.format == Format::Table {
+            println!("{} {check}: {detail}", if passed { "✔" } else { "×" });
+        }
+        self.checks.push(Check {
+            check: check.to_string(),
+            passed,
+            detail,
+        });
+    }
+
+    fn pass(&mut self, check: &str, detail: String) {
+        self.record(check, true, detail);
+    }
+}
+
+/// The smoke test: its checks, printed as they pass (`-o table`) or as
+/// one document at the end; the first failure stops it.
+async fn smoke(
+    ports: &Ports,
+    layout: &Layout,
+    children: &mut Children,
+    format: Format,
+) -> Result<(), DemoError> {
+    let mut report = Report {
+        passed: false,
+        control_plane: format!("127.0.0.1:{}", ports.control_plane()),
+        admin: WORKLOADS
+            .iter()
+            .map(|w| (w.pod, format!("127.0.0.1:{}", ports.of(w).admin)))
+            .collect(),
+        folder: layout.root.display().to_string(),
+        checks: Vec::new(),
+        format,
+    };
+    if format == Format::Table {
+        println!(
+            "mesh up: control plane {}, proxies' admin ports {}",
+            report.control_plane,
+            WORKLOADS
+                .iter()
+                .map(|w| format!("{} {}", w.pod, ports.of(w).admin))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let outcome = smoke_checks(ports, layout, children, &mut report).await;
+    match &outcome {
+        Ok(()) => report.passed = true,
+        Err(DemoError::Smoke { check, detail, .. }) => report.record(check, false, detail.clone()),
+        Err(e) => report.record("the demo keeps running", false, e.to_string()),
+    }
+    match crate::output::structured(format, &report)? {
+        Some(text) => print!("{text}"),
+        None if report.passed => println!("smoke test passed"),
+        None => {}
+    }
+    outcome
+}
+
+async fn smoke_checks(
+    ports: &Ports,
+    layout: &Layout,
+    children: &mut Children,
+    report: &mut Report,
+) -> Result<(), DemoError> {
     let fail = |check: &'static str, detail: String| DemoError::Smoke {
         check,
         detail,
@@ -477,16 +598,6 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
         "spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}",
         CLIENT.service_account
     );
-    println!(
-        "mesh up: control plane 127.0.0.1:{}, proxies' admin ports {}",
-        ports.control_plane(),
-        WORKLOADS
-            .iter()
-            .map(|w| format!("{} {}", w.pod, ports.of(w).admin))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
     // 1. Traffic reaches both versions (50/50) with no error.
     const SPLIT: &str = "requests through the client's proxy reach both versions (50/50)";
     let mut t = Tally::default();
@@ -503,7 +614,7 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
     if t.count("web-v1") < 5 || t.count("web-v2") < 5 {
         return Err(fail(SPLIT, t.line(&VERSIONS)));
     }
-    println!("✔ {SPLIT}: {}", t.line(&VERSIONS));
+    report.pass(SPLIT, t.line(&VERSIONS));
     children.check()?;
 
     // 2. Each version's proxy took them over mutual TLS from the client.
@@ -523,9 +634,9 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
                 ),
             ));
         }
-        println!(
-            "✔ {}'s proxy: {n} requests from {client_id} over mutual_tls",
-            w.pod
+        report.pass(
+            &format!("{}'s proxy took them over mutual TLS", w.pod),
+            format!("{n} requests from {client_id} over mutual_tls"),
         );
     }
 
@@ -551,7 +662,7 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("✔ {EDIT}: 30 answers in a row from web-v2");
+    report.pass(EDIT, "30 answers in a row from web-v2".into());
     children.check()?;
 
     // 4. A bad edit (a subset no DestinationRule defines) is refused by
@@ -593,7 +704,7 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("✔ {BAD}: {}", verdicts.update());
+    report.pass(BAD, verdicts.update());
 
     // 5. ...and the split in force (all to v2) stays.
     const KEPT: &str = "the previous split stays in force";
@@ -605,8 +716,7 @@ async fn smoke(ports: &Ports, layout: &Layout, children: &mut Children) -> Resul
             return Err(fail(KEPT, format!("{a:?} after {} answers", t.total())));
         }
     }
-    println!("✔ {KEPT}: {}", t.line(&VERSIONS));
+    report.pass(KEPT, t.line(&VERSIONS));
     children.check()?;
-    println!("smoke test passed");
     Ok(())
 }
