@@ -459,4 +459,24 @@ mod tests {
         assert!(cp.contains("--folder /d/manifests"), "{cp}");
         assert!(cp.contains("--bootstrap-tokens /d/tokens"), "{cp}");
     }
+
+    #[test]
+    fn the_banner_names_every_admin_port_the_file_to_edit_and_what_to_try() {
+        let ports = Ports::new(4300).unwrap();
+        let layout = Layout {
+            root: PathBuf::from("/d"),
+        };
+        let text = banner(&ports, &layout);
+        assert!(
+            text.contains("web-v2         127.0.0.1:4332        127.0.0.1:4330  127.0.0.1:4331  127.0.0.1:4333\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  /d/manifests/web-virtualservice.yaml\n"),
+            "{text}"
+        );
+        assert!(text.contains("curl -s http://127.0.0.1:4310/ "), "{text}");
+        assert!(text.contains("refused (STRICT)"), "{text}");
+        assert!(text.ends_with("Ctrl-C stops everything.\n"), "{text}");
+    }
 }
