@@ -67,6 +67,14 @@ pub enum DemoError {
     Ports(#[from] plan::BasePortTooHigh),
     #[error("port {port} ({what}) is already in use on 127.0.0.1: stop what holds it, or move the demo with --base-port")]
     PortInUse { port: u16, what: String },
+    #[error(
+        "cannot bind port {port} ({what}) on 127.0.0.1: {source}; move the demo with --base-port"
+    )]
+    Bind {
+        port: u16,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{name} is not in {dir}: build it next to outrigger with `cargo build -p outrigger-cli -p outrigger-proxy -p outrigger-control-plane` (add --release for release builds), or pass --bin-dir")]
     MissingBinary { name: &'static str, dir: PathBuf },
     #[error("{what}: {source}")]
@@ -135,8 +143,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     // so that a clash is named before anything starts.
     let mut apps = Vec::new();
     for (port, what) in ports.all() {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .map_err(|_| DemoError::PortInUse { port, what })?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                DemoError::PortInUse { port, what }
+            } else {
+                DemoError::Bind { port, what, source }
+            }
+        })?;
         if let Some(w) = WORKLOADS.iter().find(|w| ports.of(w).app == port) {
             listener
                 .set_nonblocking(true)
@@ -414,6 +427,8 @@ async fn live(ports: &Ports, layout: &Layout, children: &mut Children) -> Result
         let ports = *ports;
         AbortOnDrop(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
+            // A stalled answer delays the next request; no burst after it.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 let a = ask(&ports).await;
