@@ -128,3 +128,55 @@ fn the_smoke_run_as_json_lists_every_check_passed() {
     assert_eq!(checks.len(), 6, "{report}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{report}");
 }
+
+/// A control plane that never reads the folder again (its poll stretched
+/// to an hour): the mesh comes up, the edit is never followed, and the
+/// smoke run fails naming that check, with the traffic it saw.
+#[test]
+fn a_smoke_check_that_fails_is_named_and_the_run_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(bin("outrigger-proxy"), dir.path().join("outrigger-proxy")).unwrap();
+    let cp = dir.path().join("outrigger-control-plane");
+    std::fs::write(
+        &cp,
+        format!(
+            "#!/usr/bin/env bash\nargs=(\"$@\")\nfor i in \"${{!args[@]}}\"; do [[ ${{args[$i]}} == 200ms ]] && args[$i]=1h; done\nexec {} \"${{args[@]}}\"\n",
+            bin("outrigger-control-plane").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let out = demo(
+        24600,
+        &[
+            "--bin-dir",
+            dir.path().to_str().unwrap(),
+            "--dir",
+            files.path().to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("✔ web-v2's proxy took them over mutual TLS"),
+        "the checks before it passed: {stdout}"
+    );
+    assert!(
+        stdout
+            .contains("× a VirtualService edit sending 100% to v2 is followed: after 20 s: web-v1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("smoke test passed"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "smoke check failed: a VirtualService edit sending 100% to v2 is followed: after 20 s"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&files.path().join("logs").display().to_string()),
+        "{stderr}"
+    );
+}
