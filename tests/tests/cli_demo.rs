@@ -1,7 +1,7 @@
 //! `outrigger demo --smoke` with the real binaries (`outrigger`,
 //! `outrigger-proxy`, `outrigger-control-plane`, next to this test; see
 //! [`workspace_bin`]): the control plane in folder mode as the CA, three
-//! proxies over mutual TLS, a VirtualService edit followed, a bad one
+//! proxies over mutual TLS (plaintext refused), a VirtualService edit followed, a bad one
 //! refused with the split kept; and a demo whose control plane dies is
 //! stopped, naming it, with nothing left running.
 //!
@@ -47,6 +47,7 @@ fn the_smoke_run_passes_every_check_over_mutual_tls() {
         "✔ web-v1's proxy took them over mutual TLS: ",
         "✔ web-v2's proxy took them over mutual TLS: ",
         "requests from spiffe://cluster.local/ns/demo/sa/client over mutual_tls",
+        "✔ plaintext to web-v1's inbound port is refused (STRICT): closed unanswered; outrigger_tcp_plaintext_refused_total 1",
         "✔ a VirtualService edit sending 100% to v2 is followed: 30 answers in a row from web-v2",
         "✔ a bad VirtualService edit (subset v3) is refused: VirtualService demo/web: not accepted (UnknownSubset)",
         "(the last accepted version stays in force)",
@@ -125,7 +126,7 @@ fn the_smoke_run_as_json_lists_every_check_passed() {
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["admin"]["web-v1"], "127.0.0.1:24522");
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 6, "{report}");
+    assert_eq!(checks.len(), 7, "{report}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{report}");
 }
 

@@ -36,7 +36,7 @@ use self::tally::{Answer, Tally};
 /// The flags of `outrigger demo`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Check that the mesh works (traffic over mutual TLS, a VirtualService
+    /// Check that the mesh works (traffic over mutual TLS, plaintext refused, a VirtualService
     /// edit followed, a bad edit refused with the split kept), then exit:
     /// 0 when every check passed, 1 naming the one that failed.
     #[arg(long)]
@@ -655,7 +655,30 @@ async fn smoke_checks(
         );
     }
 
-    // 3. An edit sending everything to v2 is followed.
+    // 3. STRICT: plaintext straight to a version's inbound port is closed
+    //    unanswered, and counted.
+    const STRICT: &str = "plaintext to web-v1's inbound port is refused (STRICT)";
+    let v1 = &WORKLOADS[1];
+    let inbound = SocketAddr::from(([127, 0, 0, 1], ports.of(v1).inbound));
+    if let Ok((status, body)) = net::get(inbound, "/").await {
+        return Err(fail(STRICT, format!("answered {status}: {}", body.trim())));
+    }
+    let refused = match net::get(admin(ports, v1), "/metrics").await {
+        Ok((200, text)) => tally::metric_sum(&text, "outrigger_tcp_plaintext_refused_total", &[]),
+        other => return Err(fail(STRICT, format!("web-v1's /metrics: {other:?}"))),
+    };
+    if refused < 1.0 {
+        return Err(fail(
+            STRICT,
+            "closed, but web-v1's proxy counts no outrigger_tcp_plaintext_refused_total".into(),
+        ));
+    }
+    report.pass(
+        STRICT,
+        format!("closed unanswered; outrigger_tcp_plaintext_refused_total {refused}"),
+    );
+
+    // 4. An edit sending everything to v2 is followed.
     const EDIT: &str = "a VirtualService edit sending 100% to v2 is followed";
     let mut verdicts = Verdicts::new(layout);
     verdicts.update();
@@ -680,7 +703,7 @@ async fn smoke_checks(
     report.pass(EDIT, "30 answers in a row from web-v2".into());
     children.check()?;
 
-    // 4. A bad edit (a subset no DestinationRule defines) is refused by
+    // 5. A bad edit (a subset no DestinationRule defines) is refused by
     //    the running control plane...
     const BAD: &str = "a bad VirtualService edit (subset v3) is refused";
     write_atomically(
@@ -721,7 +744,7 @@ async fn smoke_checks(
     }
     report.pass(BAD, verdicts.update());
 
-    // 5. ...and the split in force (all to v2) stays.
+    // 6. ...and the split in force (all to v2) stays.
     const KEPT: &str = "the previous split stays in force";
     let mut t = Tally::default();
     for _ in 0..50 {
