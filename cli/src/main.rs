@@ -40,7 +40,7 @@ enum Command {
     ///
     /// Examples:
     ///   outrigger demo                      # until Ctrl-C
-    ///   outrigger demo --base-port 14300    # move all 34 ports
+    ///   outrigger demo --base-port 14300    # move all its ports
     ///   outrigger demo --smoke              # check it works, exit 0 or 1
     ///   outrigger demo --smoke -o json      # the same checks as one document
     ///   outrigger demo --dir ./demo         # keep the manifests, CA and logs

@@ -36,13 +36,15 @@ use self::tally::{Answer, Tally};
 /// The flags of `outrigger demo`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Check that the mesh works (traffic over mutual TLS, plaintext refused, a VirtualService
-    /// edit followed, a bad edit refused with the split kept), then exit:
-    /// 0 when every check passed, 1 naming the one that failed.
+    /// Check that the mesh works (traffic over mutual TLS, plaintext
+    /// refused, a VirtualService edit followed, a bad edit refused with the
+    /// split kept), then exit: 0 when every check passed, 1 naming the one
+    /// that failed.
     #[arg(long)]
     pub smoke: bool,
-    /// The first of the 34 consecutive ports the demo uses (the control
-    /// plane on it, then ten per workload).
+    /// The demo's first port: the control plane on N, then the client,
+    /// web-v1 and web-v2 on N+10..N+13, N+20..N+23 and N+30..N+33
+    /// (outbound, inbound, admin, app).
     #[arg(long, default_value_t = plan::DEFAULT_BASE_PORT)]
     pub base_port: u16,
     /// Where `outrigger-proxy` and `outrigger-control-plane` are (default:
