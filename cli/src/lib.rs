@@ -8,6 +8,7 @@
 //! | module | what it gives |
 //! |---|---|
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
+//! | [`demo`] | `outrigger demo`: the control plane, three apps and their proxies over mTLS on one machine |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
 //! | [`prom`] | reading the Prometheus text a proxy's `/metrics` answers |
 //! | [`proxy_admin`] | one proxy's admin port: at an address (`--local`), or a pod's through the API server's pod proxy |
@@ -15,6 +16,7 @@
 //! | [`stat`] | `outrigger stat`: golden metrics per workload from two scrapes a window apart |
 
 pub mod cluster;
+pub mod demo;
 pub mod output;
 pub mod prom;
 pub mod proxy_admin;

@@ -89,6 +89,22 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Run the whole mesh on this machine, with no cluster: the control
+    /// plane (folder mode, the mesh CA), a client and two versions of web
+    /// with their proxies over mutual TLS, a steady trickle of requests,
+    /// and a VirtualService file to edit while a tally shows the split.
+    /// Needs outrigger-proxy and outrigger-control-plane next to this
+    /// binary: `cargo build -p outrigger-cli -p outrigger-proxy
+    /// -p outrigger-control-plane` builds all three.
+    ///
+    /// Examples:
+    ///   outrigger demo                      # until Ctrl-C
+    ///   outrigger demo --base-port 14300    # move all its ports
+    ///   outrigger demo --smoke              # check it works, exit 0 or 1
+    ///   outrigger demo --smoke -o json      # the same checks as one document
+    ///   outrigger demo --dir ./demo         # keep the manifests, CA and logs
+    #[command(verbatim_doc_comment)]
+    Demo(outrigger_cli::demo::DemoArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -129,6 +145,7 @@ async fn main() -> Result<()> {
             from,
             output,
         } => run_stat(&cli.cluster, target, window, local, from, output).await?,
+        Command::Demo(args) => outrigger_cli::demo::run(args).await?,
     }
     Ok(())
 }
