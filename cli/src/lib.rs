@@ -8,7 +8,9 @@
 //! | module | what it gives |
 //! |---|---|
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
+//! | [`inject`] | `outrigger inject`: the webhook's injection applied to manifests, offline |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
 
 pub mod cluster;
+pub mod inject;
 pub mod output;
