@@ -7,10 +7,12 @@
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`analyze`] | `outrigger analyze`: the control plane's verdicts over files or the cluster |
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
 //! | [`inject`] | `outrigger inject`: the webhook's injection applied to manifests, offline |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
 
+pub mod analyze;
 pub mod cluster;
 pub mod inject;
 pub mod output;

@@ -47,6 +47,39 @@ enum Command {
     ///   outrigger inject -f app.yaml --mesh-config mesh.yaml --trust-roots roots.pem
     #[command(verbatim_doc_comment)]
     Inject(InjectArgs),
+    /// Report what the control plane would refuse, before it is applied:
+    /// unsupported fields, unknown subsets, conflicts, export scope, subsets
+    /// in use... (the control plane's own verdicts), over manifest files and
+    /// folders, or over what the cluster holds (--cluster). One line per
+    /// finding; exit status 1 when anything would be refused, 0 otherwise.
+    ///
+    /// Examples:
+    ///   outrigger analyze routes/ reviews-vs.yaml
+    ///   outrigger analyze --cluster
+    ///   outrigger analyze routes/ -o json | jq '.findings[].field'
+    #[command(verbatim_doc_comment)]
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AnalyzeArgs {
+    /// Manifest files, or folders read recursively for *.yaml and *.yml.
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
+    paths: Vec<std::path::PathBuf>,
+    /// Analyze the mesh resources, Services, EndpointSlices, Pods and
+    /// Namespaces the cluster holds, with the control plane's options
+    /// (read from its Deployment in --mesh-namespace).
+    #[arg(long)]
+    cluster: bool,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
+    mesh_namespace: String,
+    /// For files: who sees a Service without an outrigger.dev/export-to
+    /// annotation, as the control plane's flag ("." or "*").
+    #[arg(long, default_value = ".", conflicts_with = "cluster")]
+    default_export_to: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: outrigger_cli::output::Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +110,7 @@ async fn main() -> Result<()> {
             out.flush()?;
         }
         Command::Inject(args) => run_inject(&cli.cluster, args).await?,
+        Command::Analyze(args) => run_analyze(&cli.cluster, args).await?,
     }
     Ok(())
 }
@@ -144,5 +178,53 @@ async fn run_inject(cluster: &ClusterArgs, args: InjectArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(injected.text.as_bytes())?;
     out.flush()?;
+    Ok(())
+}
+
+async fn run_analyze(cluster: &ClusterArgs, args: AnalyzeArgs) -> Result<()> {
+    use anyhow::Context as _;
+    use outrigger_cli::analyze::{self, Report};
+    use outrigger_control_plane::analyze as cp;
+    let analysis = if args.cluster {
+        let client = cluster.client().await?;
+        let options = analyze::options_from_cluster(client.clone(), &args.mesh_namespace)
+            .await?
+            .unwrap_or_else(|| {
+                eprintln!(
+                    "warning: no deployment/{} in namespace {}: analyzing with the control \
+                     plane's default options (pass --mesh-namespace)",
+                    analyze::CONTROL_PLANE_DEPLOYMENT,
+                    args.mesh_namespace
+                );
+                Default::default()
+            });
+        let store = cp::from_cluster(client)
+            .await
+            .context("reading the mesh from the cluster")?;
+        cp::Analysis::of(&store, Vec::new(), &options)
+    } else {
+        let options = analyze::options_from_args(&[format!(
+            "--default-export-to={}",
+            args.default_export_to
+        )])
+        .map_err(anyhow::Error::msg)?;
+        let namespace = cluster
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let (store, errors) = cp::read_paths(
+            &args.paths,
+            &namespace,
+            outrigger_control_plane::folder::DEFAULT_MAX_FILE_BYTES,
+        )?;
+        cp::Analysis::of(&store, errors, &options)
+    };
+    let report = Report::of(&analysis);
+    let mut out = std::io::stdout().lock();
+    out.write_all(analyze::render(&report, args.output)?.as_bytes())?;
+    out.flush()?;
+    if !report.ok {
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -54,14 +54,15 @@ pub fn read_paths(
             source,
         };
         if path.is_dir() {
-            let mut folder = Folder::new(path, default_namespace).with_max_file_bytes(max_file_bytes);
+            let mut folder =
+                Folder::new(path, default_namespace).with_max_file_bytes(max_file_bytes);
             folder.rescan().map_err(read_err)?;
             let store = folder.store();
             objects.extend(store_objects(store));
             errors.extend(folder.errors());
         } else {
-            let (file_objects, file_errors) = read_file(path, default_namespace, max_file_bytes)
-                .map_err(read_err)?;
+            let (file_objects, file_errors) =
+                read_file(path, default_namespace, max_file_bytes).map_err(read_err)?;
             objects.extend(file_objects);
             errors.extend(file_errors);
         }
@@ -273,7 +274,11 @@ impl Analysis {
         let mut out = Vec::new();
         for e in &self.read_errors {
             let (kind, namespace, name) = match &e.id {
-                Some(id) => (id.kind.to_string(), id.key.namespace.clone(), id.key.name.clone()),
+                Some(id) => (
+                    id.kind.to_string(),
+                    id.key.namespace.clone(),
+                    id.key.name.clone(),
+                ),
                 None => Default::default(),
             };
             let message = match &e.id {
@@ -289,7 +294,7 @@ impl Analysis {
                 kind,
                 namespace,
                 name,
-                field: unknown_field(&message).unwrap_or_default(),
+                field: unknown_field(&message).unwrap_or_default().to_string(),
                 reason: "Unreadable".into(),
                 message,
                 source: Some(format!("{}:{}", e.error.file, e.error.line)),
@@ -304,7 +309,7 @@ impl Analysis {
                 kind: id.kind.to_string(),
                 namespace: id.key.namespace.clone(),
                 name: id.key.name.clone(),
-                field: field.to_string(),
+                field: unknown_field(rest).unwrap_or(field).to_string(),
                 reason: reason.to_string(),
                 message: rest.to_string(),
                 source: None,
@@ -328,20 +333,13 @@ fn split_field(message: &str) -> (&str, &str) {
     }
 }
 
-/// The field a parser's "unknown field `x`" message names; a path before
-/// it (`spec.http[0]: unknown field`) is kept too.
-fn unknown_field(message: &str) -> Option<String> {
-    let (field, rest) = split_field(message);
-    let name = rest
+/// The field a parser's "unknown field `x`" message names (its name only:
+/// serde does not say where it is; the file's line does).
+fn unknown_field(message: &str) -> Option<&str> {
+    message
         .split_once("unknown field `")
         .and_then(|(_, r)| r.split_once('`'))
-        .map(|(name, _)| name);
-    match (field, name) {
-        ("", Some(n)) => Some(n.to_string()),
-        (f, Some(n)) => Some(format!("{f}.{n}")),
-        ("", None) => None,
-        (f, None) => Some(f.to_string()),
-    }
+        .map(|(name, _)| name)
 }
 
 #[cfg(test)]
@@ -436,7 +434,10 @@ spec:
         assert_eq!(got.reason, "Unreadable");
         assert!(got.message.starts_with("unknown field `mirror`"), "{got:?}");
         assert!(
-            got.source.as_deref().unwrap().starts_with(&f.display().to_string()),
+            got.source
+                .as_deref()
+                .unwrap()
+                .starts_with(&f.display().to_string()),
             "{got:?}"
         );
     }
@@ -453,7 +454,7 @@ spec:
         assert_eq!(split_field("no such thing: x"), ("", "no such thing: x"));
         assert_eq!(
             unknown_field("unknown field `mirror`, expected one of `route`"),
-            Some("mirror".into())
+            Some("mirror")
         );
     }
 }

@@ -16,7 +16,7 @@ use outrigger_control_plane::kubernetes;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
-use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
+use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId};
 use outrigger_identity::SpiffeId;
 use outrigger_runtime::{drain, log, signal};
 
