@@ -110,7 +110,13 @@ async fn main() -> Result<()> {
             out.flush()?;
         }
         Command::Inject(args) => run_inject(&cli.cluster, args).await?,
-        Command::Analyze(args) => run_analyze(&cli.cluster, args).await?,
+        Command::Analyze(args) => {
+            // 1 means "would be refused": a failure to read is 2, as a usage error.
+            if let Err(e) = run_analyze(&cli.cluster, args).await {
+                eprintln!("Error: {e:#}");
+                std::process::exit(2);
+            }
+        }
     }
     Ok(())
 }

@@ -20,11 +20,23 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn inject_help_has_examples() {
-    let (status, out, _) = run(&["inject", "--help"]);
-    assert_eq!(status, 0);
-    assert!(out.contains("Examples:"), "{out}");
-    assert!(out.contains("outrigger inject -f deploy.yaml | kubectl apply -f -"));
+fn every_command_has_help_with_examples() {
+    for (command, example) in [
+        ("inject", "outrigger inject -f deploy.yaml | kubectl apply -f -"),
+        ("analyze", "outrigger analyze --cluster"),
+    ] {
+        let (status, out, _) = run(&[command, "--help"]);
+        assert_eq!(status, 0);
+        assert!(out.contains("Examples:"), "{out}");
+        assert!(out.contains(example), "{out}");
+    }
+}
+
+#[test]
+fn analyze_needs_paths_or_the_cluster() {
+    let (status, _, err) = run(&["analyze"]);
+    assert_eq!(status, 2);
+    assert!(err.contains("<PATHS>"), "{err}");
 }
 
 #[test]

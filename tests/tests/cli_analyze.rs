@@ -83,6 +83,11 @@ async fn a_good_set_of_files_exits_0() {
     assert_eq!(status, 0, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], true);
+    // A path that cannot be read is not a finding: exit 2, naming it.
+    let missing = dir.path().join("missing.yaml").display().to_string();
+    let (status, _, err) = run("outrigger", &["analyze", &missing]).await;
+    assert_eq!(status, 2);
+    assert!(err.contains(&format!("cannot read {missing}")), "{err}");
     assert_eq!(
         v["accepted"],
         json!([
