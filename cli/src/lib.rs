@@ -11,8 +11,10 @@
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
 //! | [`inject`] | `outrigger inject`: the webhook's injection applied to manifests, offline |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
+//! | [`version`] | `outrigger version`: client, control plane, injector and proxies' versions |
 
 pub mod analyze;
 pub mod cluster;
 pub mod inject;
 pub mod output;
+pub mod version;

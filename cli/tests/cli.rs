@@ -22,7 +22,10 @@ fn run(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn every_command_has_help_with_examples() {
     for (command, example) in [
-        ("inject", "outrigger inject -f deploy.yaml | kubectl apply -f -"),
+        (
+            "inject",
+            "outrigger inject -f deploy.yaml | kubectl apply -f -",
+        ),
         ("analyze", "outrigger analyze --cluster"),
     ] {
         let (status, out, _) = run(&[command, "--help"]);
