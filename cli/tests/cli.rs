@@ -27,6 +27,7 @@ fn every_command_has_help_with_examples() {
             "outrigger inject -f deploy.yaml | kubectl apply -f -",
         ),
         ("analyze", "outrigger analyze --cluster"),
+        ("version", "outrigger version --proxies"),
     ] {
         let (status, out, _) = run(&[command, "--help"]);
         assert_eq!(status, 0);

@@ -422,7 +422,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let text = route("v1").replace("- route:", "- mirror: { host: web }\n      route:");
         let f = write(dir.path(), "route.yaml", &format!("{SERVICE}---\n{text}"));
-        let (store, errors) = read_paths(&[f.clone()], "default", 1 << 20).unwrap();
+        let (store, errors) = read_paths(std::slice::from_ref(&f), "default", 1 << 20).unwrap();
         let a = Analysis::of(&store, errors, &Options::default());
         assert!(a.refused());
         let findings = a.findings();
