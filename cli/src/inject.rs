@@ -77,10 +77,23 @@ pub fn inject_manifests(
     default_namespace: &str,
 ) -> Result<Injected, InjectError> {
     let mut notes = Vec::new();
-    let text = if input.trim_start().starts_with('{') {
-        inject_json(input, cfg, default_namespace, &mut notes)?
+    // JSON when it reads as JSON; a YAML flow mapping (`{kind: Pod, ...}`)
+    // starts with `{` too.
+    let json = if input.trim_start().starts_with('{') {
+        match inject_json(input, cfg, default_namespace, &mut notes) {
+            Ok(text) => Some(text),
+            Err(InjectError::Parse { .. }) => None,
+            Err(e) => return Err(e),
+        }
     } else {
-        inject_yaml(input, cfg, default_namespace, &mut notes)?
+        None
+    };
+    let text = match json {
+        Some(text) => text,
+        None => {
+            notes.clear();
+            inject_yaml(input, cfg, default_namespace, &mut notes)?
+        }
     };
     Ok(Injected { text, notes })
 }
@@ -529,6 +542,14 @@ spec:
         let pod = &first["items"][0]["spec"]["jobTemplate"]["spec"]["template"];
         assert_eq!(pod["spec"]["initContainers"][1]["name"], "outrigger-proxy");
         assert!(out.text.ends_with(&format!("\n{svc}\n")), "{}", out.text);
+    }
+
+    #[test]
+    fn a_yaml_flow_mapping_is_yaml_not_broken_json() {
+        let input = "{apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: c, image: c}]}}\n";
+        let out = inject_manifests(input, &cfg(), "default").unwrap();
+        let v: Value = serde_saphyr::from_str(&out.text).unwrap();
+        assert_eq!(v["spec"]["initContainers"][1]["name"], "outrigger-proxy");
     }
 
     #[test]
