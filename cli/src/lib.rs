@@ -7,18 +7,24 @@
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`analyze`] | `outrigger analyze`: the control plane's verdicts over files or the cluster |
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
 //! | [`demo`] | `outrigger demo`: the control plane, three apps and their proxies over mTLS on one machine |
+//! | [`inject`] | `outrigger inject`: the webhook's injection applied to manifests, offline |
 //! | [`output`] | `-o table|json|yaml`, and tables with aligned columns |
 //! | [`prom`] | reading the Prometheus text a proxy's `/metrics` answers |
-//! | [`proxy_admin`] | one proxy's admin port: at an address (`--local`), or a pod's through the API server's pod proxy |
+//! | [`proxy_admin`] | one proxy's admin port: at an address (`--local`), or a pod's through a port-forward or the API server's pod proxy |
 //! | [`proxy_config`] | `outrigger proxy-config`: the configuration in force in one proxy |
 //! | [`stat`] | `outrigger stat`: golden metrics per workload from two scrapes a window apart |
+//! | [`version`] | `outrigger version`: client, control plane, injector and proxies' versions |
 
+pub mod analyze;
 pub mod cluster;
 pub mod demo;
+pub mod inject;
 pub mod output;
 pub mod prom;
 pub mod proxy_admin;
 pub mod proxy_config;
 pub mod stat;
+pub mod version;

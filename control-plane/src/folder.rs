@@ -50,6 +50,8 @@ pub struct ReadError {
     /// The objects whose last good version stays in force for it; none
     /// when no good version of it was read before.
     pub kept: Vec<ResourceId>,
+    /// The object the document names, when that much could be read.
+    pub id: Option<ResourceId>,
 }
 
 impl fmt::Display for ReadError {
@@ -184,6 +186,7 @@ impl FileState {
                 message,
             },
             kept: self.objects.iter().filter_map(Object::id).collect(),
+            id: None,
         };
         if !self.errors.contains(&err) {
             scan.errors.push(err.clone());
@@ -257,6 +260,7 @@ fn keep_last_good(previous: &[Object], parsed: Parsed) -> (Vec<Object>, Vec<Read
         errors.push(ReadError {
             error: bad.error,
             kept,
+            id: bad.id,
         });
     }
     (objects, errors)

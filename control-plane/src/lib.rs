@@ -9,6 +9,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod analyze;
 pub mod authn;
 pub mod certify;
 pub mod crd;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use outrigger_control_plane::analyze;
 use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
 use outrigger_control_plane::certify::{CaSource, Certifier};
 use outrigger_control_plane::crd;
@@ -15,7 +16,7 @@ use outrigger_control_plane::kubernetes;
 use outrigger_control_plane::metrics::Metrics;
 use outrigger_control_plane::publish::{run_folder, Debounce};
 use outrigger_control_plane::server::Server;
-use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId, Verdict};
+use outrigger_control_plane::translate::{ExportTo, Mesh, Options, ProxyId};
 use outrigger_identity::SpiffeId;
 use outrigger_runtime::{drain, log, signal};
 
@@ -233,26 +234,18 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { manifests } => {
-            let f = manifests.read()?;
-            let mesh = Mesh::build(&f.store(), &Options::default());
-            let mut bad = 0;
-            for e in f.errors() {
-                println!("{e}");
-                bad += 1;
-            }
-            for (id, v) in mesh.verdicts() {
-                match v {
-                    Verdict::Accepted => println!("{} {}: accepted", id.kind, id.key),
-                    Verdict::Refused { reason, message } => {
-                        bad += 1;
-                        println!("{} {}: not accepted ({reason}): {message}", id.kind, id.key)
-                    }
-                }
-            }
-            Ok(if bad == 0 {
-                ExitCode::SUCCESS
-            } else {
+            let (store, errors) = analyze::read_paths(
+                std::slice::from_ref(&manifests.folder),
+                &manifests.namespace,
+                manifests.max_manifest_bytes,
+            )
+            .with_context(|| format!("cannot read folder {}", manifests.folder.display()))?;
+            let analysis = analyze::Analysis::of(&store, errors, &Options::default());
+            print!("{}", analysis.check_lines());
+            Ok(if analysis.refused() {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Command::Config { manifests, pod } => {
