@@ -530,6 +530,9 @@ pub mod edge {
         outrigger_control_plane::translate::workload_of(pod)
     }
 
+    /// How long Prometheus may take to answer all of `stat`'s queries.
+    const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(30);
+
     /// The rows from Prometheus at `url` (plain HTTP) over `window`.
     pub async fn from_prometheus(
         url: &str,
@@ -558,7 +561,9 @@ pub mod edge {
         let queries = promql::queries(selector, namespace, &window_text);
         // Prometheus's own now, so that every query is evaluated at it.
         let now = format!("{prefix}{}", promql::query_path("time()", None));
-        let now = crate::proxy_admin::get_from(addr, "Prometheus", &[now.as_str()]).await?;
+        let now =
+            crate::proxy_admin::get_from(addr, "Prometheus", &[now.as_str()], PROMETHEUS_TIMEOUT)
+                .await?;
         let now: serde_json::Value = serde_json::from_str(&now[0]).unwrap_or_default();
         let now = now["data"]["result"][0].as_f64();
         let paths: Vec<String> = queries
@@ -566,7 +571,9 @@ pub mod edge {
             .map(|q| format!("{prefix}{}", promql::query_path(&q.promql, now)))
             .collect();
         let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let bodies = crate::proxy_admin::get_from(addr, "Prometheus", &path_refs).await?;
+        let bodies =
+            crate::proxy_admin::get_from(addr, "Prometheus", &path_refs, PROMETHEUS_TIMEOUT)
+                .await?;
         let mut answers = Vec::new();
         for (query, body) in queries.into_iter().zip(bodies) {
             let failed = |why: String| StatError::Prometheus {
