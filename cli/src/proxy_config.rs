@@ -296,7 +296,7 @@ fn share(w: u64, total: u64) -> String {
     if total == 0 {
         return "0%".into();
     }
-    if (w * 100) % total == 0 {
+    if (w * 100).is_multiple_of(total) {
         return format!("{}%", w * 100 / total);
     }
     format!("{:.1}%", w as f64 * 100.0 / total as f64)
