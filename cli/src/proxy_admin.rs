@@ -64,7 +64,7 @@ pub enum AdminError {
         path: String,
         source: hyper::Error,
     },
-    #[error("GET {path} from {addr}: no answer within {} s (is it a proxy's admin port, and is the proxy stuck?)", .timeout.as_secs())]
+    #[error("GET {path} from {addr}: no answer within {} s (is it a proxy's admin port, and is the proxy stuck?)", .timeout.as_secs_f64())]
     Timeout {
         addr: SocketAddr,
         path: String,
@@ -210,7 +210,16 @@ pub(crate) async fn get_from(
             timeout,
         })?
         .map_err(|source| AdminError::Connect { what, addr, source })?;
-    get_over(tcp, addr, paths, deadline - tokio::time::Instant::now()).await
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    get_over(tcp, addr, paths, left).await.map_err(|e| match e {
+        // Named with the whole time it had, connecting included.
+        AdminError::Timeout { addr, path, .. } => AdminError::Timeout {
+            addr,
+            path,
+            timeout,
+        },
+        e => e,
+    })
 }
 
 /// GETs of `paths` over one HTTP/1.1 connection on `io`, all within
@@ -301,9 +310,12 @@ mod tests {
         .await
         .expect("get_from gave up by itself");
         let err = got.unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("GET /config from {addr}: no answer within")),
-            "{err}"
+        assert_eq!(
+            err,
+            format!(
+                "GET /config from {addr}: no answer within 0.2 s (is it a proxy's admin port, \
+                 and is the proxy stuck?)"
+            )
         );
     }
 
