@@ -150,7 +150,12 @@ fn inject_yaml(
     for line in input.split_inclusive('\n') {
         if is_separator(line) {
             flush(&mut doc, &mut out, &mut index)?;
-            out.push_str(line);
+            if separator_content(line) {
+                // `--- {kind: Pod, ...}`: the document starts on this line.
+                doc.push_str(line);
+            } else {
+                out.push_str(line);
+            }
         } else {
             doc.push_str(line);
         }
@@ -162,6 +167,13 @@ fn inject_yaml(
 fn is_separator(line: &str) -> bool {
     let line = line.trim_end_matches(['\n', '\r']);
     line == "---" || line.starts_with("--- ") || line.starts_with("---\t")
+}
+
+/// Whether a separator line carries the start of its document
+/// (`--- {kind: Pod}`, `--- !!map`) rather than nothing or a comment.
+fn separator_content(line: &str) -> bool {
+    let rest = line.trim_end_matches(['\n', '\r'])[3..].trim();
+    !rest.is_empty() && !rest.starts_with('#')
 }
 
 fn inject_yaml_doc(
@@ -185,9 +197,15 @@ fn inject_yaml_doc(
     if !inject_object(&mut value, cfg, default_ns, notes)? {
         return Ok(text.to_string());
     }
-    serde_saphyr::to_string(&value).map_err(|e| InjectError::Write {
+    let written = serde_saphyr::to_string(&value).map_err(|e| InjectError::Write {
         object: describe(&value, default_ns),
         message: e.to_string(),
+    })?;
+    // A document that started on its separator line keeps a separator.
+    Ok(if is_separator(text.lines().next().unwrap_or("")) {
+        format!("---\n{written}")
+    } else {
+        written
     })
 }
 
@@ -550,6 +568,26 @@ spec:
         let out = inject_manifests(input, &cfg(), "default").unwrap();
         let v: Value = serde_saphyr::from_str(&out.text).unwrap();
         assert_eq!(v["spec"]["initContainers"][1]["name"], "outrigger-proxy");
+    }
+
+    #[test]
+    fn a_document_on_its_separator_line_is_injected_not_passed_over() {
+        let pod = "{apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: c, image: c}]}}\n";
+        let input = format!("{DEPLOY}--- {pod}");
+        let out = inject_manifests(&input, &cfg(), "default").unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&out.text).unwrap();
+        assert_eq!(docs.len(), 2, "{}", out.text);
+        assert_eq!(
+            docs[1]["spec"]["initContainers"][1]["name"],
+            "outrigger-proxy"
+        );
+        // Unchanged, it stays byte for byte; a second run changes nothing.
+        let service = "--- {apiVersion: v1, kind: Service, metadata: {name: s}}\n";
+        let again = format!("{}{service}", out.text);
+        assert_eq!(
+            inject_manifests(&again, &cfg(), "default").unwrap().text,
+            again
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -24,6 +25,11 @@ use hyper_util::rt::TokioIo;
 
 /// The proxy's admin port, as the injector sets it.
 pub const ADMIN_PORT: u16 = 4191;
+
+/// How long one proxy's admin port may take to answer all that is asked
+/// of it (it answers from memory: a proxy silent this long is stuck, or
+/// not a proxy).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where one proxy's admin port is.
 #[derive(Clone)]
@@ -57,6 +63,12 @@ pub enum AdminError {
         addr: SocketAddr,
         path: String,
         source: hyper::Error,
+    },
+    #[error("GET {path} from {addr}: no answer within {} s (is it a proxy's admin port, and is the proxy stuck?)", .timeout.as_secs_f64())]
+    Timeout {
+        addr: SocketAddr,
+        path: String,
+        timeout: Duration,
     },
     #[error("GET {path} from {addr} answered {status}: {body}")]
     Status {
@@ -117,7 +129,9 @@ impl Admin {
     /// port-forward) where there is one.
     pub async fn get_all(&self, paths: &[&str]) -> Result<Vec<String>, AdminError> {
         match self {
-            Admin::Local(addr) => get_from(*addr, "the proxy's admin port", paths).await,
+            Admin::Local(addr) => {
+                get_from(*addr, "the proxy's admin port", paths, ADMIN_TIMEOUT).await
+            }
             Admin::PortForward {
                 client,
                 namespace,
@@ -139,7 +153,7 @@ impl Admin {
                     .expect("the stream of the port asked for");
                 // Named as the proxy sees it: its own loopback admin port.
                 let at = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-                let bodies = get_over(stream, at, paths).await;
+                let bodies = get_over(stream, at, paths, ADMIN_TIMEOUT).await;
                 forward.abort();
                 bodies.map_err(|e| AdminError::Forwarded {
                     namespace: namespace.clone(),
@@ -179,22 +193,56 @@ pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy{path}")
 }
 
-/// GETs of `paths` over one plain HTTP/1.1 connection to `addr`.
-/// `what` names the server in errors.
+/// GETs of `paths` over one plain HTTP/1.1 connection to `addr`, all
+/// within `timeout`. `what` names the server in errors.
 pub(crate) async fn get_from(
     addr: SocketAddr,
     what: &'static str,
     paths: &[&str],
+    timeout: Duration,
 ) -> Result<Vec<String>, AdminError> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
         .await
+        .map_err(|_| AdminError::Timeout {
+            addr,
+            path: paths.join(" "),
+            timeout,
+        })?
         .map_err(|source| AdminError::Connect { what, addr, source })?;
-    get_over(tcp, addr, paths).await
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    get_over(tcp, addr, paths, left).await.map_err(|e| match e {
+        // Named with the whole time it had, connecting included.
+        AdminError::Timeout { addr, path, .. } => AdminError::Timeout {
+            addr,
+            path,
+            timeout,
+        },
+        e => e,
+    })
 }
 
-/// GETs of `paths` over one HTTP/1.1 connection on `io`; `addr` names the
-/// admin port in errors.
-async fn get_over<I>(io: I, addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError>
+/// GETs of `paths` over one HTTP/1.1 connection on `io`, all within
+/// `timeout`; `addr` names the admin port in errors.
+async fn get_over<I>(
+    io: I,
+    addr: SocketAddr,
+    paths: &[&str],
+    timeout: Duration,
+) -> Result<Vec<String>, AdminError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::time::timeout(timeout, exchange(io, addr, paths))
+        .await
+        .map_err(|_| AdminError::Timeout {
+            addr,
+            path: paths.join(" "),
+            timeout,
+        })?
+}
+
+async fn exchange<I>(io: I, addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -238,6 +286,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_that_never_answers_is_an_error_not_a_hang() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        // Accepts, reads nothing, answers nothing.
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            loop {
+                conns.push(silent.accept().await.unwrap());
+            }
+        });
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            get_from(
+                addr,
+                "the proxy's admin port",
+                &["/config"],
+                Duration::from_millis(200),
+            ),
+        )
+        .await
+        .expect("get_from gave up by itself");
+        let err = got.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "GET /config from {addr}: no answer within 0.2 s (is it a proxy's admin port, \
+                 and is the proxy stuck?)"
+            )
+        );
+    }
 
     #[test]
     fn the_pod_proxy_path_names_the_admin_port() {

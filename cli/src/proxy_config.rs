@@ -262,6 +262,14 @@ fn destinations(route: &HttpRoute) -> String {
         return format!("answer {}", direct.status);
     }
     let alone = route.route.len() == 1;
+    // Weights are relative (an absent one is 100 alone, and validation
+    // requires them when there are several): show the share of requests
+    // each destination gets, as the proxy splits them.
+    let total: u64 = route
+        .route
+        .iter()
+        .map(|d| u64::from(d.weight.unwrap_or(0)))
+        .sum();
     route
         .route
         .iter()
@@ -273,17 +281,25 @@ fn destinations(route: &HttpRoute) -> String {
             if let Some(port) = &d.destination.port {
                 let _ = write!(s, ":{}", port.number);
             }
-            match d.weight {
-                Some(w) if !alone => {
-                    let _ = write!(s, " {w}%");
-                }
-                None if !alone => s.push_str(" 0%"),
-                _ => {}
+            if !alone {
+                let w = u64::from(d.weight.unwrap_or(0));
+                let _ = write!(s, " {}", share(w, total));
             }
             s
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `w` of `total` as a percentage: whole when it is, else one decimal.
+fn share(w: u64, total: u64) -> String {
+    if total == 0 {
+        return "0%".into();
+    }
+    if (w * 100).is_multiple_of(total) {
+        return format!("{}%", w * 100 / total);
+    }
+    format!("{:.1}%", w as f64 * 100.0 / total as f64)
 }
 
 fn endpoints(snapshot: &Snapshot, live: &Live) -> String {
@@ -573,6 +589,27 @@ inbound:
         ] {
             assert!(all.contains(line), "{line:?} not in:\n{all}");
         }
+    }
+
+    #[test]
+    fn weights_are_shown_as_the_shares_the_proxy_splits_by() {
+        // Weights are relative (api/src/policy.rs): 1 and 3 split 25/75.
+        let split = |a: u32, b: u32| {
+            let mut s = snapshot();
+            let route = &mut s.services[0].http[1];
+            route.route[0].weight = Some(a);
+            route.route[1].weight = Some(b);
+            render(View::Routes, &s, &Live::default(), 0)
+        };
+        let table = split(1, 3);
+        assert!(table.contains("reviews/v1 25%, reviews/v2 75%"), "{table}");
+        let table = split(0, 3);
+        assert!(table.contains("reviews/v1 0%, reviews/v2 100%"), "{table}");
+        let table = split(1, 2);
+        assert!(
+            table.contains("reviews/v1 33.3%, reviews/v2 66.7%"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -521,33 +521,17 @@ pub mod edge {
 
     /// The proxy container's name, as the injector sets it.
     fn outrigger_injector_proxy_name() -> &'static str {
-        "outrigger-proxy"
+        outrigger_injector::inject::PROXY_CONTAINER
     }
 
     /// The pod's top controller as the metrics name it (docs/metrics.md):
-    /// a ReplicaSet's Deployment (its name without the pod-template hash),
-    /// else the owner's name, else the pod's.
+    /// the control plane's own rule, which labels the proxies' traffic.
     pub fn workload(pod: &Pod) -> String {
-        let meta = &pod.metadata;
-        let owner = meta.owner_references.iter().flatten().next();
-        match owner {
-            Some(o) if o.kind == "ReplicaSet" => {
-                let hash = meta
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("pod-template-hash"));
-                match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
-                    Some(deploy) => deploy.to_string(),
-                    None => o
-                        .name
-                        .rsplit_once('-')
-                        .map_or(o.name.clone(), |(d, _)| d.to_string()),
-                }
-            }
-            Some(o) => o.name.clone(),
-            None => meta.name.clone().unwrap_or_default(),
-        }
+        outrigger_control_plane::translate::workload_of(pod)
     }
+
+    /// How long Prometheus may take to answer all of `stat`'s queries.
+    const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The rows from Prometheus at `url` (plain HTTP) over `window`.
     pub async fn from_prometheus(
@@ -577,7 +561,9 @@ pub mod edge {
         let queries = promql::queries(selector, namespace, &window_text);
         // Prometheus's own now, so that every query is evaluated at it.
         let now = format!("{prefix}{}", promql::query_path("time()", None));
-        let now = crate::proxy_admin::get_from(addr, "Prometheus", &[now.as_str()]).await?;
+        let now =
+            crate::proxy_admin::get_from(addr, "Prometheus", &[now.as_str()], PROMETHEUS_TIMEOUT)
+                .await?;
         let now: serde_json::Value = serde_json::from_str(&now[0]).unwrap_or_default();
         let now = now["data"]["result"][0].as_f64();
         let paths: Vec<String> = queries
@@ -585,7 +571,9 @@ pub mod edge {
             .map(|q| format!("{prefix}{}", promql::query_path(&q.promql, now)))
             .collect();
         let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let bodies = crate::proxy_admin::get_from(addr, "Prometheus", &path_refs).await?;
+        let bodies =
+            crate::proxy_admin::get_from(addr, "Prometheus", &path_refs, PROMETHEUS_TIMEOUT)
+                .await?;
         let mut answers = Vec::new();
         for (query, body) in queries.into_iter().zip(bodies) {
             let failed = |why: String| StatError::Prometheus {
@@ -625,6 +613,39 @@ pub mod edge {
             });
         }
         Ok((scrapes, (second - started).as_secs_f64()))
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(owner_kind: &str, owner: &str, labels: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-1", "labels": labels, "ownerReferences": [
+                {"apiVersion": "v1", "kind": owner_kind, "name": owner, "uid": "u",
+                 "controller": true}]}
+        }))
+        .unwrap()
+    }
+
+    /// The names the proxies' `*_workload` labels carry (docs/metrics.md),
+    /// or `stat deploy/NAME` finds no pod its metrics count under.
+    #[test]
+    fn pods_are_counted_under_the_workload_their_metrics_name() {
+        let w = super::edge::workload;
+        let none = serde_json::json!({});
+        assert_eq!(w(&pod("Job", "nightly-28901234", none.clone())), "nightly");
+        assert_eq!(
+            w(&pod(
+                "ReplicaSet",
+                "web-6d7f",
+                serde_json::json!({"rollouts-pod-template-hash": "6d7f"})
+            )),
+            "web"
+        );
+        assert_eq!(w(&pod("ReplicaSet", "web-5d8f9c7b6", none.clone())), "web");
+        assert_eq!(w(&pod("StatefulSet", "db", none)), "db");
     }
 }
 

@@ -181,3 +181,41 @@ fn a_smoke_check_that_fails_is_named_and_the_run_exits_1() {
         "{stderr}"
     );
 }
+
+/// A closed terminal (SIGHUP) stops the demo and everything it started:
+/// its children are in their own process group, so the hang-up reaches
+/// the demo alone, which must stop them as it does on Ctrl-C.
+#[test]
+fn a_hang_up_stops_the_demo_and_its_children() {
+    use std::io::BufRead as _;
+    let proxy = bin("outrigger-proxy");
+    let mut child = Command::new(bin("outrigger"))
+        .args(["demo", "--base-port", "24700", "--bin-dir"])
+        .arg(proxy.parent().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first tally line: the mesh is up and answering.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with('['));
+    assert!(up, "the demo printed no tally line");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let status = child.wait().unwrap();
+    drop(lines);
+    let taken: Vec<u16> = [24700, 24712, 24722, 24732]
+        .into_iter()
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_err())
+        .collect();
+    assert!(
+        taken.is_empty(),
+        "after SIGHUP ({status}) ports {taken:?} are still taken"
+    );
+}

@@ -185,9 +185,25 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
 
     let mut children = Children::default();
+    // Ctrl-C, SIGTERM, or SIGHUP (the terminal closed): the children are
+    // in their own process group, so no signal but ours stops them.
     let shutdown = async {
-        if outrigger_runtime::signal::shutdown().await.is_err() {
-            std::future::pending::<()>().await;
+        let hangup = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    hup.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let stop = async {
+            if outrigger_runtime::signal::shutdown().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = hangup => {}
+            _ = stop => {}
         }
     };
     let work = async {
@@ -212,7 +228,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             live(&ports, &layout, &mut children).await
         }
     };
-    // Ctrl-C (or SIGTERM) at any point, starting included, stops it all.
+    // Ctrl-C (or SIGTERM, SIGHUP) at any point, starting included, stops it all.
     let outcome = tokio::select! {
         biased;
         _ = shutdown => {

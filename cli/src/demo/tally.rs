@@ -102,22 +102,10 @@ impl Tally {
 /// The sum of a metric's samples whose labels include every one of
 /// `labels`, in Prometheus text (`name{a="b",...} value`).
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (set, value) = match rest.strip_prefix('{') {
-                Some(r) => {
-                    let end = r.rfind('}')?;
-                    (&r[..end], r[end + 1..].trim())
-                }
-                None if rest.starts_with(' ') => ("", rest.trim()),
-                None => return None,
-            };
-            let all = labels
-                .iter()
-                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            all.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
-        })
+    crate::prom::parse(text)
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
+        .map(|s| s.value)
         .sum()
 }
 

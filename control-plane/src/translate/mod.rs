@@ -57,7 +57,7 @@ mod view;
 
 pub use self::export::{ExportTo, EXPORT_TO_ANNOTATION};
 pub use self::mesh::{Mesh, Options};
-pub use self::services::{MESHED_ANNOTATION, PROXY_CONTAINER, SERVICE_NAME_LABEL};
+pub use self::services::{workload_of, MESHED_ANNOTATION, PROXY_CONTAINER, SERVICE_NAME_LABEL};
 pub use self::verdict::{Verdict, PREVIOUS_STAYS};
 pub use self::view::{ProxyConfig, ProxyId};
 /// A mesh resource, for [`Mesh::verdicts`].

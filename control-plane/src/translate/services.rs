@@ -276,7 +276,7 @@ pub(super) fn pod_facts(pod: &Pod) -> PodFacts {
 /// and the pod's own name when it has no owner. Unlike Istio, an owner
 /// counts without the pod having a `generateName`, so a StatefulSet's
 /// pods are its workload, not one workload each.
-pub(super) fn workload_of(pod: &Pod) -> String {
+pub fn workload_of(pod: &Pod) -> String {
     let meta = &pod.metadata;
     let label = |k: &str| {
         meta.labels
