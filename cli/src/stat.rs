@@ -200,13 +200,14 @@ fn parse_le(le: &str) -> Option<f64> {
 /// The `q` quantile of a cumulative histogram (`(upper bound, count)`
 /// pairs, in any order), as Prometheus's `histogram_quantile` computes it:
 /// linear within the bucket it falls in, the lowest bucket starting at 0,
-/// and the highest finite bound when it falls in `+Inf`. `None` when the
-/// histogram is empty.
+/// and the highest finite bound when it falls in `+Inf`. `None` where
+/// Prometheus answers NaN: an empty histogram, no `+Inf` bucket, or no
+/// finite bucket below it.
 pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     let mut b: Vec<(f64, f64)> = buckets.to_vec();
     b.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let total = b.last()?.1;
-    if total <= 0.0 {
+    let &(top, total) = b.last()?;
+    if total <= 0.0 || !top.is_infinite() || b.len() < 2 {
         return None;
     }
     let rank = q * total;
@@ -387,6 +388,9 @@ mod tests {
         assert_eq!(quantile(0.99, &b), Some(0.1));
         assert_eq!(quantile(0.5, &[(f64::INFINITY, 0.0)]), None);
         assert_eq!(quantile(0.5, &[]), None);
+        // Where Prometheus answers NaN: no +Inf bucket, or only +Inf.
+        assert_eq!(quantile(0.5, &[(0.1, 4.0), (0.2, 8.0)]), None);
+        assert_eq!(quantile(0.5, &[(f64::INFINITY, 8.0)]), None);
     }
 
     #[test]
