@@ -146,6 +146,34 @@ enum Command {
     ///   outrigger version --client
     #[command(verbatim_doc_comment)]
     Version(VersionArgs),
+    /// Check that the installed mesh is healthy, one line per check (✔
+    /// passed, ⚠ worth a look, × failed, with what to do): the CRDs
+    /// installed with this CLI's schema, the control plane and injector
+    /// Deployments available and ready, the webhook registered with a
+    /// caBundle that accepts the injector's serving certificate for
+    /// <service>.<namespace>.svc and not expiring within 30 days, the mesh
+    /// resources the control plane refused (Accepted=False) and the
+    /// annotated namespaces. Exit status 0 only when nothing failed.
+    ///
+    /// Examples:
+    ///   outrigger check
+    ///   outrigger check --wait 5m      # retry until everything passes
+    ///   outrigger check -o json | jq '.checks[] | select(.level == "fail")'
+    #[command(verbatim_doc_comment)]
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Retry until nothing fails or this much time has passed (e.g. 30s,
+    /// 5m), printing a progress line on stderr between tries.
+    #[arg(long, value_parser = outrigger_cli::stat::parse_window)]
+    wait: Option<std::time::Duration>,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
+    mesh_namespace: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: outrigger_cli::output::Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,6 +271,7 @@ async fn main() -> Result<()> {
         Command::Demo(args) => outrigger_cli::demo::run(args).await?,
         Command::Inject(args) => run_inject(&cli.cluster, args).await?,
         Command::Version(args) => run_version(&cli.cluster, args).await?,
+        Command::Check(args) => run_check(&cli.cluster, args).await?,
         Command::Analyze(args) => {
             // 1 means "would be refused": a failure to read is 2, as a usage error.
             if let Err(e) = run_analyze(&cli.cluster, args).await {
@@ -403,6 +432,31 @@ async fn run_version(cluster: &ClusterArgs, args: VersionArgs) -> Result<()> {
     }
     print(&versions)?;
     if !versions.complete() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_check(cluster: &ClusterArgs, args: CheckArgs) -> Result<()> {
+    use outrigger_cli::check::{self, Report};
+    let client = cluster.client().await?;
+    let deadline = args.wait.map(|w| std::time::Instant::now() + w);
+    let report = loop {
+        let report = match check::fetch(client.clone(), &args.mesh_namespace).await {
+            Ok(objects) => Report::of(check::post_install(&objects, std::time::SystemTime::now())),
+            Err(e) => Report::of(vec![check::unreachable(&e)]),
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        match left {
+            Some(left) if !report.ok && !left.is_zero() => {
+                eprintln!("{}", check::progress(&report, left));
+                tokio::time::sleep(check::RETRY.min(left)).await;
+            }
+            _ => break report,
+        }
+    };
+    print(&check::render(&report, args.output)?)?;
+    if !report.ok {
         std::process::exit(1);
     }
     Ok(())

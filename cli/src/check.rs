@@ -1,0 +1,788 @@
+//! `outrigger check`: whether the mesh the chart installed is healthy, one
+//! line per check (✔ passed, ⚠ worth a look, × failed, with what to do).
+//!
+//! [`post_install`] turns the objects the cluster holds ([`Objects`]) into
+//! [`Check`]s, pure; [`render`] is what to print; [`fetch`] is the edge.
+//! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
+//! (what the chart's `crds/` is generated from), the webhook's serving
+//! certificate against its `caBundle` as the API server would check it
+//! ([`outrigger_identity::inspect`]), and the `Accepted` conditions are the
+//! ones the control plane writes ([`outrigger_control_plane::status`]).
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::Api;
+use outrigger_control_plane::crd::{definitions, VERSION};
+use outrigger_control_plane::status::ACCEPTED;
+use outrigger_identity::inspect;
+use outrigger_injector::annotations::INJECT;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::output::{self, Format, OutputError};
+use crate::version::{CONTROL_PLANE, INJECTOR};
+
+/// The webhook the chart registers (its name in the configuration).
+pub const WEBHOOK: &str = "injector.outrigger.dev";
+/// A certificate expiring sooner than this is a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    pub fn mark(self) -> &'static str {
+        match self {
+            Level::Ok => "✔",
+            Level::Warn => "⚠",
+            Level::Fail => "×",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The heading it is printed under.
+    pub group: &'static str,
+    pub level: Level,
+    pub message: String,
+    /// What to do, when it did not pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn ok(group: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Ok,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn warn(group: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Warn,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+    fn fail(group: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Fail,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// The whole answer, for `-o json|yaml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Nothing failed (the exit status).
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn of(checks: Vec<Check>) -> Self {
+        Self {
+            ok: checks.iter().all(|c| c.level != Level::Fail),
+            checks,
+        }
+    }
+}
+
+/// What the checks after install read from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    /// Where the chart is installed.
+    pub mesh_namespace: String,
+    pub crds: Vec<CustomResourceDefinition>,
+    /// The Deployments in the mesh namespace.
+    pub deployments: Vec<Deployment>,
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
+    /// The Secrets in the mesh namespace (the webhook's serving certificate).
+    pub secrets: Vec<Secret>,
+    /// The mesh's custom resources: (kind, object).
+    pub resources: Vec<(String, Value)>,
+    pub namespaces: Vec<Namespace>,
+}
+
+const CRDS: &str = "outrigger CRDs";
+const DEPLOYMENTS: &str = "outrigger control plane";
+const WEBHOOKS: &str = "outrigger injector webhook";
+const RESOURCES: &str = "outrigger resources";
+const NAMESPACES: &str = "meshed namespaces";
+
+/// The checks after install, in the order printed.
+pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let mut out = crds(&o.crds);
+    out.extend(deployments(&o.deployments, &o.mesh_namespace));
+    out.extend(webhook(o, now));
+    out.extend(resources(&o.resources));
+    out.push(namespaces(&o.namespaces));
+    out
+}
+
+/// Each CRD this CLI knows: installed, and its schema the same as this
+/// CLI's (the served version's `openAPIV3Schema`).
+pub fn crds(installed: &[CustomResourceDefinition]) -> Vec<Check> {
+    let apply = "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml of this \
+                 release (helm installs crds/ on first install only), or run the outrigger \
+                 CLI of the release installed";
+    definitions()
+        .into_iter()
+        .map(|want| {
+            let name = want.metadata.name.clone().unwrap_or_default();
+            let Some(have) = installed
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+            else {
+                return Check::fail(
+                    CRDS,
+                    format!("customresourcedefinition {name} is missing"),
+                    apply,
+                );
+            };
+            let schema = |crd: &CustomResourceDefinition| {
+                crd.spec
+                    .versions
+                    .iter()
+                    .find(|v| v.name == VERSION)
+                    .and_then(|v| serde_json::to_value(&v.schema).ok())
+            };
+            match (schema(&want), schema(have)) {
+                (Some(w), Some(h)) if w == h => Check::ok(
+                    CRDS,
+                    format!("customresourcedefinition {name} installed, same schema as this CLI"),
+                ),
+                (_, None) => Check::fail(
+                    CRDS,
+                    format!("customresourcedefinition {name} does not serve {VERSION}"),
+                    apply,
+                ),
+                (w, Some(h)) => Check::fail(
+                    CRDS,
+                    format!(
+                        "customresourcedefinition {name} has another schema than this CLI's \
+                         (first difference at {})",
+                        first_difference(&w.unwrap_or(Value::Null), &h, "")
+                    ),
+                    apply,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The JSON pointer of the first place `a` and `b` differ.
+fn first_difference(a: &Value, b: &Value, at: &str) -> String {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                if x.get(k) != y.get(k) {
+                    let here = format!("{at}/{k}");
+                    return match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) => first_difference(p, q, &here),
+                        _ => here,
+                    };
+                }
+            }
+            at.to_string()
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                if p != q {
+                    return first_difference(p, q, &format!("{at}/{i}"));
+                }
+            }
+            at.to_string()
+        }
+        _ if at.is_empty() => "/".into(),
+        _ => at.to_string(),
+    }
+}
+
+/// The control plane's and the injector's Deployments: available, and
+/// every replica ready.
+pub fn deployments(list: &[Deployment], namespace: &str) -> Vec<Check> {
+    [CONTROL_PLANE.0, INJECTOR.0]
+        .into_iter()
+        .map(|name| {
+            let Some(d) = list
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name))
+            else {
+                return Check::fail(
+                    DEPLOYMENTS,
+                    format!("deployment/{name} is missing in namespace {namespace}"),
+                    format!(
+                        "install the chart (helm install outrigger charts/outrigger -n \
+                         {namespace}), or pass --mesh-namespace where it is installed"
+                    ),
+                );
+            };
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let status = d.status.clone().unwrap_or_default();
+            let ready = status.ready_replicas.unwrap_or(0);
+            let available = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            if available && ready >= want && want > 0 {
+                Check::ok(
+                    DEPLOYMENTS,
+                    format!("deployment/{name} available, {ready}/{want} ready"),
+                )
+            } else {
+                Check::fail(
+                    DEPLOYMENTS,
+                    format!(
+                        "deployment/{name} {}, {ready}/{want} ready",
+                        if available {
+                            "available"
+                        } else {
+                            "not available"
+                        }
+                    ),
+                    format!(
+                        "kubectl -n {namespace} describe deployment/{name}; \
+                         kubectl -n {namespace} logs deployment/{name}"
+                    ),
+                )
+            }
+        })
+        .collect()
+}
+
+/// The chart's webhook: registered, and the injector's serving certificate
+/// valid under its `caBundle` for `<service>.<namespace>.svc` (what the API
+/// server checks), neither expiring within [`EXPIRY_WARNING`].
+pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let ns = &o.mesh_namespace;
+    let found = o.webhooks.iter().find_map(|c| {
+        c.webhooks.iter().flatten().find_map(|w| {
+            let svc = w.client_config.service.as_ref()?;
+            (w.name == WEBHOOK && svc.namespace == *ns).then(|| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    svc.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                )
+            })
+        })
+    });
+    let Some((config, service, bundle)) = found else {
+        return vec![Check::fail(
+            WEBHOOKS,
+            format!("no mutatingwebhookconfiguration has the webhook {WEBHOOK} for namespace {ns}"),
+            "install the chart (helm install outrigger charts/outrigger), or pass \
+             --mesh-namespace where it is installed",
+        )];
+    };
+    let mut out = vec![Check::ok(
+        WEBHOOKS,
+        format!("mutatingwebhookconfiguration {config} registered"),
+    )];
+    let dns = format!("{service}.{ns}.svc");
+    let reinstall = format!(
+        "helm upgrade outrigger charts/outrigger -n {ns} makes a new serving certificate and \
+         caBundle (or renew the Secret injector.tls.existingSecret names, and its caBundle)"
+    );
+    let bundle = String::from_utf8_lossy(bundle.as_deref().unwrap_or_default()).into_owned();
+    let roots = match inspect::certificates(&bundle, "caBundle") {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Check::fail(
+                WEBHOOKS,
+                format!("mutatingwebhookconfiguration {config}: {e}"),
+                reinstall,
+            ));
+            return out;
+        }
+    };
+    let serving = serving_secret(o).and_then(|(name, data)| {
+        let pem = String::from_utf8_lossy(&data).into_owned();
+        Some((name, inspect::certificates(&pem, "tls.crt").ok()?))
+    });
+    let Some((secret, chain)) = serving else {
+        out.push(Check::fail(
+            WEBHOOKS,
+            format!(
+                "no serving certificate (a Secret with tls.crt the injector mounts) in \
+                 namespace {ns}"
+            ),
+            reinstall,
+        ));
+        return out;
+    };
+    match inspect::verify_server(&roots, &chain, &dns, now) {
+        Ok(()) => out.push(Check::ok(
+            WEBHOOKS,
+            format!("caBundle valid for {dns} (secret/{secret})"),
+        )),
+        Err(e) => {
+            out.push(Check::fail(
+                WEBHOOKS,
+                format!("caBundle of {config} does not accept secret/{secret} for {dns}: {e}"),
+                reinstall,
+            ));
+            return out;
+        }
+    }
+    let soonest = roots
+        .iter()
+        .chain(&chain)
+        .filter_map(|c| inspect::not_after(c).ok())
+        .min();
+    if let Some(at) = soonest {
+        let left = at.duration_since(now).unwrap_or_default();
+        let days = left.as_secs() / 86_400;
+        if left < EXPIRY_WARNING {
+            out.push(Check::warn(
+                WEBHOOKS,
+                format!("webhook certificates expire in {days} days (within 30)"),
+                reinstall,
+            ));
+        } else {
+            out.push(Check::ok(
+                WEBHOOKS,
+                format!("webhook certificates valid for {days} more days"),
+            ));
+        }
+    }
+    out
+}
+
+/// The Secret the injector Deployment mounts that has a `tls.crt`: (name,
+/// the PEM).
+fn serving_secret(o: &Objects) -> Option<(String, Vec<u8>)> {
+    let injector = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(INJECTOR.0))?;
+    let mounted: Vec<String> = injector
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    o.secrets.iter().find_map(|s| {
+        let name = s.metadata.name.clone()?;
+        if !mounted.contains(&name) {
+            return None;
+        }
+        let crt = s.data.as_ref()?.get("tls.crt")?;
+        Some((name, crt.0.clone()))
+    })
+}
+
+/// The mesh's custom resources the control plane refused (`Accepted=False`,
+/// with its reason), or has not judged yet.
+pub fn resources(list: &[(String, Value)]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut accepted = 0;
+    for (kind, o) in list {
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let condition = o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == ACCEPTED);
+        match condition {
+            Some(c) if c["status"] == "True" => accepted += 1,
+            Some(c) => out.push(Check::fail(
+                RESOURCES,
+                format!(
+                    "{kind} {ns}/{name} refused: {}: {}",
+                    c["reason"].as_str().unwrap_or("?"),
+                    c["message"].as_str().unwrap_or_default()
+                ),
+                format!(
+                    "fix it (kubectl -n {ns} edit {} {name}); outrigger analyze --cluster \
+                     lists every refusal",
+                    kind.to_lowercase()
+                ),
+            )),
+            None => out.push(Check::warn(
+                RESOURCES,
+                format!("{kind} {ns}/{name} has no Accepted condition yet"),
+                "the control plane writes it when it reads the resource: check that it runs \
+                 (and its logs)",
+            )),
+        }
+    }
+    if out.is_empty() {
+        out.push(Check::ok(
+            RESOURCES,
+            format!("every mesh resource accepted ({accepted})"),
+        ));
+    }
+    out
+}
+
+/// The namespaces annotated `outrigger.dev/inject: enabled`.
+pub fn namespaces(list: &[Namespace]) -> Check {
+    let mut names: Vec<&str> = list
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECT))
+                .is_some_and(|v| v == "enabled")
+        })
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        Check::warn(
+            NAMESPACES,
+            format!("no namespace is annotated {INJECT}: enabled"),
+            format!("kubectl annotate namespace NAME {INJECT}=enabled, then restart its pods"),
+        )
+    } else {
+        Check::ok(
+            NAMESPACES,
+            format!("annotated {INJECT}: enabled: {}", names.join(", ")),
+        )
+    }
+}
+
+/// What `outrigger check` prints: the checks under their headings, each
+/// failure's hint under it, then the verdict.
+pub fn render(report: &Report, format: Format) -> Result<String, OutputError> {
+    if let Some(text) = output::structured(format, report)? {
+        return Ok(text);
+    }
+    let mut out = String::new();
+    let mut group = "";
+    for c in &report.checks {
+        if c.group != group {
+            if !group.is_empty() {
+                out.push('\n');
+            }
+            group = c.group;
+            out.push_str(&format!("{group}\n{}\n", "-".repeat(group.chars().count())));
+        }
+        out.push_str(&format!("{} {}\n", c.level.mark(), c.message));
+        if let Some(hint) = &c.hint {
+            out.push_str(&format!("    → {hint}\n"));
+        }
+    }
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .count();
+    out.push('\n');
+    if failed == 0 {
+        out.push_str("Status check results are ✔\n");
+    } else {
+        out.push_str(&format!("Status check results are ×: {failed} failed\n"));
+    }
+    Ok(out)
+}
+
+/// The progress line `--wait` prints between tries.
+pub fn progress(report: &Report, left: Duration) -> String {
+    let failing: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .map(|c| c.message.as_str())
+        .collect();
+    format!(
+        "waiting: {} failing ({}), {}s left",
+        failing.len(),
+        failing.first().copied().unwrap_or_default(),
+        left.as_secs()
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {what} from the cluster: {source} (check --kubeconfig and --context)")]
+pub struct FetchError {
+    pub what: String,
+    pub source: kube::Error,
+}
+
+/// How long `--wait` waits between tries.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// The line for a cluster that could not be read.
+pub fn unreachable(e: &FetchError) -> Check {
+    Check::fail(
+        "kubernetes API",
+        e.to_string(),
+        "check that kubectl reaches this cluster with the same --kubeconfig and --context",
+    )
+}
+
+/// Reads what [`post_install`] checks. A kind whose CRD the API server
+/// does not serve has no resources (the CRD check says it is missing).
+pub async fn fetch(client: kube::Client, mesh_namespace: &str) -> Result<Objects, FetchError> {
+    async fn list<K>(api: Api<K>, what: &str) -> Result<Vec<K>, FetchError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|source| FetchError {
+                what: what.to_string(),
+                source,
+            })
+    }
+    let ns = mesh_namespace;
+    let mut objects = Objects {
+        mesh_namespace: ns.to_string(),
+        crds: list(Api::all(client.clone()), "the customresourcedefinitions").await?,
+        deployments: list(
+            Api::namespaced(client.clone(), ns),
+            &format!("the deployments in namespace {ns}"),
+        )
+        .await?,
+        webhooks: list(
+            Api::all(client.clone()),
+            "the mutatingwebhookconfigurations",
+        )
+        .await?,
+        secrets: list(
+            Api::namespaced(client.clone(), ns),
+            &format!("the secrets in namespace {ns}"),
+        )
+        .await?,
+        resources: Vec::new(),
+        namespaces: list(Api::all(client.clone()), "the namespaces").await?,
+    };
+    for crd in definitions() {
+        let names = &crd.spec.names;
+        let resource = ApiResource {
+            group: crd.spec.group.clone(),
+            version: VERSION.into(),
+            api_version: format!("{}/{VERSION}", crd.spec.group),
+            kind: names.kind.clone(),
+            plural: names.plural.clone(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list(&ListParams::default()).await {
+            Ok(l) => objects.resources.extend(l.items.into_iter().map(|o| {
+                (
+                    names.kind.clone(),
+                    serde_json::to_value(o).unwrap_or_default(),
+                )
+            })),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(FetchError {
+                    what: format!("the {}", names.plural),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn crd_named(name: &str) -> CustomResourceDefinition {
+        definitions()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn crds_missing_or_of_another_schema_fail() {
+        let mut other = crd_named("virtualservices.outrigger.dev");
+        let v = other.spec.versions.iter_mut().next().unwrap();
+        let mut schema = serde_json::to_value(&v.schema).unwrap();
+        schema["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("http");
+        v.schema = serde_json::from_value(schema).unwrap();
+        let got = crds(&[other, crd_named("destinationrules.outrigger.dev")]);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    Level::Fail,
+                    "customresourcedefinition virtualservices.outrigger.dev has another schema \
+                     than this CLI's (first difference at /openAPIV3Schema/properties/spec/\
+                     properties/http)"
+                ),
+                (
+                    Level::Ok,
+                    "customresourcedefinition destinationrules.outrigger.dev installed, same \
+                     schema as this CLI"
+                ),
+                (
+                    Level::Fail,
+                    "customresourcedefinition authorizationpolicies.outrigger.dev is missing"
+                ),
+                (
+                    Level::Fail,
+                    "customresourcedefinition peerauthentications.outrigger.dev is missing"
+                ),
+            ]
+        );
+        assert!(got[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("crds/outrigger.dev.yaml"));
+    }
+
+    fn deployment(name: &str, ready: i32, available: &str) -> Deployment {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"readyReplicas": ready,
+                "conditions": [{"type": "Available", "status": available}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn deployments_must_be_available_and_ready() {
+        let got = deployments(&[deployment("outrigger-control-plane", 0, "False")], "mesh");
+        assert_eq!(got[0].level, Level::Fail);
+        assert_eq!(
+            got[0].message,
+            "deployment/outrigger-control-plane not available, 0/1 ready"
+        );
+        assert_eq!(
+            got[0].hint.as_deref(),
+            Some(
+                "kubectl -n mesh describe deployment/outrigger-control-plane; kubectl -n mesh \
+                 logs deployment/outrigger-control-plane"
+            )
+        );
+        assert_eq!(
+            got[1].message,
+            "deployment/outrigger-injector is missing in namespace mesh"
+        );
+        let got = deployments(&[deployment("outrigger-injector", 1, "True")], "mesh");
+        assert_eq!(got[1].level, Level::Ok);
+        assert_eq!(
+            got[1].message,
+            "deployment/outrigger-injector available, 1/1 ready"
+        );
+    }
+
+    #[test]
+    fn refused_resources_are_listed_with_their_reason() {
+        let vs = |name: &str, status: Value| {
+            (
+                "VirtualService".to_string(),
+                json!({"metadata": {"name": name, "namespace": "shop"}, "status": status}),
+            )
+        };
+        let got = resources(&[
+            vs(
+                "reviews",
+                json!({"conditions": [{"type": "Accepted", "status": "False",
+                    "reason": "UnknownSubset", "message": "subset v9 is not defined"}]}),
+            ),
+            vs(
+                "web",
+                json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted"}]}),
+            ),
+            vs("new", json!({})),
+        ]);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    Level::Fail,
+                    "VirtualService shop/reviews refused: UnknownSubset: subset v9 is not defined"
+                ),
+                (
+                    Level::Warn,
+                    "VirtualService shop/new has no Accepted condition yet"
+                ),
+            ]
+        );
+        assert_eq!(
+            resources(&[vs(
+                "web",
+                json!({"conditions": [{"type": "Accepted", "status": "True"}]})
+            )])[0]
+                .message,
+            "every mesh resource accepted (1)"
+        );
+    }
+
+    #[test]
+    fn annotated_namespaces_are_listed() {
+        let ns = |name: &str, a: Value| -> Namespace {
+            serde_json::from_value(json!({"metadata": {"name": name, "annotations": a}})).unwrap()
+        };
+        let got = namespaces(&[
+            ns("shop", json!({"outrigger.dev/inject": "enabled"})),
+            ns("bank", json!({"outrigger.dev/inject": "enabled"})),
+            ns("kube-system", json!({})),
+            ns("off", json!({"outrigger.dev/inject": "disabled"})),
+        ]);
+        assert_eq!(
+            got.message,
+            "annotated outrigger.dev/inject: enabled: bank, shop"
+        );
+        assert_eq!(namespaces(&[]).level, Level::Warn);
+    }
+
+    #[test]
+    fn the_report_prints_marks_hints_and_the_verdict() {
+        let report = Report::of(vec![
+            Check::ok(CRDS, "a"),
+            Check::fail(CRDS, "b", "do c"),
+            Check::warn(NAMESPACES, "d", "do e"),
+        ]);
+        assert!(!report.ok);
+        assert_eq!(
+            render(&report, Format::Table).unwrap(),
+            "outrigger CRDs\n--------------\n✔ a\n× b\n    → do c\n\n\
+             meshed namespaces\n-----------------\n⚠ d\n    → do e\n\n\
+             Status check results are ×: 1 failed\n"
+        );
+        let j: Value = serde_json::from_str(&render(&report, Format::Json).unwrap()).unwrap();
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["checks"][1]["level"], "fail");
+        assert_eq!(j["checks"][0].get("hint"), None);
+        assert_eq!(
+            progress(&report, Duration::from_secs(9)),
+            "waiting: 1 failing (b), 9s left"
+        );
+    }
+}

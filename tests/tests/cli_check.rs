@@ -1,0 +1,364 @@
+//! `outrigger check`, the real binary, against the stand-in API server
+//! holding what `helm install` leaves: the chart rendered by the real Helm
+//! engine (its Deployments, made ready here, its webhook configuration and
+//! serving certificate Secret) and the chart's crds/, plus namespaces and
+//! mesh resources. Each fault this can create fails the check naming the
+//! cause; the healthy mesh exits 0.
+
+use std::collections::BTreeMap;
+
+use outrigger_tests::chart::{chart_dir, fake_api_server, render, test_ca, RenderError, Rendered};
+use outrigger_tests::workspace_bin;
+use serde_json::{json, Value};
+
+const NS: &str = "outrigger-system";
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/outrigger-system/deployments";
+const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+const SECRETS: &str = "/api/v1/namespaces/outrigger-system/secrets";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const VIRTUAL_SERVICES: &str = "/apis/outrigger.dev/v1alpha1/virtualservices";
+
+async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let api = fake_api_server(objects, dir.path()).await;
+    let bin =
+        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
+    let out = tokio::process::Command::new(bin)
+        .arg("check")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The chart rendered into `namespace` with `values`, or None (skipped)
+/// without the Helm engine.
+fn chart(values: Value, namespace: &str) -> Option<Rendered> {
+    let (cert, key) = test_ca();
+    let mut all = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
+    merge(&mut all, values);
+    match render(all, "outrigger", namespace) {
+        Ok(r) => Some(r),
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// A Deployment as the API server shows it once its pods are ready.
+fn ready(mut deploy: Value) -> Value {
+    deploy["status"] = json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+        "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}]});
+    deploy
+}
+
+fn accepted(name: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "outrigger.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "shop", "generation": 1},
+        "spec": {"hosts": [name]},
+        "status": {"conditions": [{"type": "Accepted", "status": status, "reason": reason,
+            "message": message, "observedGeneration": 1}]}})
+}
+
+/// What a healthy install holds.
+fn healthy(rendered: &Rendered) -> BTreeMap<String, Vec<Value>> {
+    let crds: Vec<Value> = serde_saphyr::from_multiple(
+        &std::fs::read_to_string(chart_dir().join("crds/outrigger.dev.yaml")).unwrap(),
+    )
+    .unwrap();
+    BTreeMap::from([
+        (CRDS.to_string(), crds),
+        (
+            DEPLOYMENTS.to_string(),
+            rendered.all("Deployment").cloned().map(ready).collect(),
+        ),
+        (
+            WEBHOOKS.to_string(),
+            rendered
+                .all("MutatingWebhookConfiguration")
+                .cloned()
+                .collect(),
+        ),
+        (
+            SECRETS.to_string(),
+            rendered.all("Secret").cloned().collect(),
+        ),
+        (
+            NAMESPACES.to_string(),
+            vec![
+                json!({"metadata": {"name": "shop",
+                    "annotations": {"outrigger.dev/inject": "enabled"}}}),
+                json!({"metadata": {"name": "kube-system"}}),
+            ],
+        ),
+        (
+            VIRTUAL_SERVICES.to_string(),
+            vec![accepted("web", "True", "Accepted", "")],
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn a_healthy_mesh_passes_and_exits_0() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let (status, out, err) = run(healthy(&rendered), &[]).await;
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "outrigger CRDs\n\
+         --------------\n\
+         ✔ customresourcedefinition virtualservices.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition destinationrules.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition authorizationpolicies.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition peerauthentications.outrigger.dev installed, same schema as this CLI\n\
+         \n\
+         outrigger control plane\n\
+         -----------------------\n\
+         ✔ deployment/outrigger-control-plane available, 1/1 ready\n\
+         ✔ deployment/outrigger-injector available, 1/1 ready\n\
+         \n\
+         outrigger injector webhook\n\
+         --------------------------\n\
+         ✔ mutatingwebhookconfiguration outrigger-injector-outrigger-system registered\n\
+         ✔ caBundle valid for outrigger-injector.outrigger-system.svc (secret/outrigger-injector-tls)\n\
+         ✔ webhook certificates valid for 3649 more days\n\
+         \n\
+         outrigger resources\n\
+         -------------------\n\
+         ✔ every mesh resource accepted (1)\n\
+         \n\
+         meshed namespaces\n\
+         -----------------\n\
+         ✔ annotated outrigger.dev/inject: enabled: shop\n\
+         \n\
+         Status check results are ✔\n"
+    );
+    // -o json: the same checks as data.
+    let (status, out, _) = run(healthy(&rendered), &["-o", "json"]).await;
+    assert_eq!(status, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(v["checks"][0]["level"], "ok");
+}
+
+/// Runs the check over the healthy install changed by `fault`: exit 1, and
+/// `line` with its hint among the output.
+async fn fails_with(fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>), line: &str, hint: &str) {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    fault(&mut objects);
+    let (status, out, err) = run(objects, &[]).await;
+    assert_eq!(status, 1, "{out}{err}");
+    let at = out
+        .find(&format!("× {line}\n    → "))
+        .unwrap_or_else(|| panic!("no line {line:?} in\n{out}"));
+    let next = out[at..].lines().nth(1).unwrap();
+    assert!(next.contains(hint), "{next}");
+    assert!(
+        out.ends_with("Status check results are ×: 1 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_crd_fails() {
+    fails_with(
+        |o| {
+            o.get_mut(CRDS)
+                .unwrap()
+                .retain(|c| c["spec"]["names"]["kind"] != "PeerAuthentication")
+        },
+        "customresourcedefinition peerauthentications.outrigger.dev is missing",
+        "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_crd_of_another_schema_fails() {
+    fails_with(
+        |o| {
+            let crd = o
+                .get_mut(CRDS)
+                .unwrap()
+                .iter_mut()
+                .find(|c| c["spec"]["names"]["kind"] == "DestinationRule")
+                .unwrap();
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                ["properties"]["subsets"]["maxItems"] = json!(8);
+        },
+        "customresourcedefinition destinationrules.outrigger.dev has another schema than this \
+         CLI's (first difference at /openAPIV3Schema/properties/spec/properties/subsets/maxItems)",
+        "or run the outrigger CLI of the release installed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_not_ready_fails_and_wait_retries_until_the_deadline() {
+    let not_ready = |o: &mut BTreeMap<String, Vec<Value>>| {
+        let d = o
+            .get_mut(DEPLOYMENTS)
+            .unwrap()
+            .iter_mut()
+            .find(|d| d["metadata"]["name"] == "outrigger-injector")
+            .unwrap();
+        d["status"] = json!({"replicas": 1, "readyReplicas": 0, "unavailableReplicas": 1,
+            "conditions": [{"type": "Available", "status": "False"}]});
+    };
+    fails_with(
+        not_ready,
+        "deployment/outrigger-injector not available, 0/1 ready",
+        "kubectl -n outrigger-system describe deployment/outrigger-injector; \
+         kubectl -n outrigger-system logs deployment/outrigger-injector",
+    )
+    .await;
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    not_ready(&mut objects);
+    let (status, out, err) = run(objects, &["--wait", "1s"]).await;
+    assert_eq!(status, 1);
+    assert!(
+        err.starts_with(
+            "waiting: 1 failing (deployment/outrigger-injector not available, 0/1 ready), "
+        ),
+        "{err}"
+    );
+    assert!(
+        out.ends_with("Status check results are ×: 1 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_ca_bundle_for_another_name_fails() {
+    // The caBundle and serving certificate of an install in another
+    // namespace: valid, but for outrigger-injector.elsewhere.svc.
+    let Some(other) = chart(json!({}), "elsewhere") else {
+        return;
+    };
+    let bundle = other.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0]
+        ["clientConfig"]["caBundle"]
+        .clone();
+    let secret = other.get("Secret", "outrigger-injector-tls")["data"].clone();
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle;
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-injector-tls" {
+                    s["data"] = secret.clone();
+                }
+            }
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: certificate not valid for name \"outrigger-injector.outrigger-system.svc\"; \
+         certificate is only valid for DnsName(\"outrigger-injector.elsewhere.svc\"), \
+         DnsName(\"outrigger-injector.elsewhere\") or DnsName(\"outrigger-injector\")",
+        "helm upgrade outrigger charts/outrigger -n outrigger-system makes a new serving",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_ca_bundle_from_another_ca_fails() {
+    // The serving certificate of this install, the caBundle of another
+    // (the same issuer name, another key).
+    let Some(other) = chart(json!({}), NS) else {
+        return;
+    };
+    let bundle = other.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0]
+        ["clientConfig"]["caBundle"]
+        .clone();
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: BadSignature",
+        "helm upgrade",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_certificates_expiring_within_30_days_warn() {
+    let Some(rendered) = chart(json!({"injector": {"tls": {"validityDays": 10}}}), NS) else {
+        return;
+    };
+    let (status, out, err) = run(healthy(&rendered), &[]).await;
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ webhook certificates expire in 9 days (within 30)\n    → helm upgrade outrigger \
+             charts/outrigger -n outrigger-system makes a new serving certificate and caBundle"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_resource_fails_with_its_reason() {
+    fails_with(
+        |o| {
+            o.get_mut(VIRTUAL_SERVICES).unwrap().push(accepted(
+                "reviews",
+                "False",
+                "UnknownSubset",
+                "spec.http[0].route[0].destination.subset: v9 is not defined",
+            ))
+        },
+        "VirtualService shop/reviews refused: UnknownSubset: \
+         spec.http[0].route[0].destination.subset: v9 is not defined",
+        "kubectl -n shop edit virtualservice reviews",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_webhook_fails() {
+    fails_with(
+        |o| {
+            o.remove(WEBHOOKS);
+        },
+        "no mutatingwebhookconfiguration has the webhook injector.outrigger.dev for namespace \
+         outrigger-system",
+        "install the chart",
+    )
+    .await;
+}
