@@ -440,13 +440,13 @@ async fn run_version(cluster: &ClusterArgs, args: VersionArgs) -> Result<()> {
 async fn run_check(cluster: &ClusterArgs, args: CheckArgs) -> Result<()> {
     use outrigger_cli::check::{self, Report};
     let client = cluster.client().await?;
-    let deadline = args.wait.map(|w| std::time::Instant::now() + w);
+    let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
     let report = loop {
         let report = match check::fetch(client.clone(), &args.mesh_namespace).await {
             Ok(objects) => Report::of(check::post_install(&objects, std::time::SystemTime::now())),
             Err(e) => Report::of(vec![check::unreachable(&e)]),
         };
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         match left {
             Some(left) if !report.ok && !left.is_zero() => {
                 eprintln!("{}", check::progress(&report, left));

@@ -99,11 +99,17 @@ mod tests {
         let (ca, leaf) = ca_and_leaf("outrigger-injector.mesh.svc", 10 * DAY);
         let now = SystemTime::now();
         let chain = [leaf.clone()];
-        verify_server(&[ca.clone()], &chain, "outrigger-injector.mesh.svc", now).unwrap();
-        let e = verify_server(&[ca.clone()], &chain, "other.mesh.svc", now).unwrap_err();
+        let roots = [ca];
+        verify_server(&roots, &chain, "outrigger-injector.mesh.svc", now).unwrap();
+        let e = verify_server(&roots, &chain, "other.mesh.svc", now).unwrap_err();
         assert!(e.to_string().contains("not valid for name"), "{e}");
-        let e = verify_server(&[ca], &chain, "outrigger-injector.mesh.svc", now + 11 * DAY)
-            .unwrap_err();
+        let e = verify_server(
+            &roots,
+            &chain,
+            "outrigger-injector.mesh.svc",
+            now + 11 * DAY,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
         let left = not_after(&leaf).unwrap().duration_since(now).unwrap();
         assert!(left > 9 * DAY && left <= 10 * DAY, "{left:?}");
