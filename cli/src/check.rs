@@ -13,19 +13,20 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::Api;
 use outrigger_control_plane::crd::{definitions, VERSION};
 use outrigger_control_plane::status::ACCEPTED;
 use outrigger_identity::inspect;
-use outrigger_injector::annotations::INJECT;
+use outrigger_injector::annotations::{INJECT, PROXY_VERSION};
+use outrigger_injector::inject::PROXY_CONTAINER;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::output::{self, Format, OutputError};
-use crate::version::{CONTROL_PLANE, INJECTOR};
+use crate::version::{self, CONTROL_PLANE, INJECTOR};
 
 /// The webhook the chart registers (its name in the configuration).
 pub const WEBHOOK: &str = "injector.outrigger.dev";
@@ -33,7 +34,7 @@ pub const WEBHOOK: &str = "injector.outrigger.dev";
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How a check came out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -121,6 +122,8 @@ pub struct Objects {
     /// The mesh's custom resources: (kind, object).
     pub resources: Vec<(String, Value)>,
     pub namespaces: Vec<Namespace>,
+    /// The pods (of -n's namespace, else of all), meshed or not.
+    pub pods: Vec<Pod>,
 }
 
 const CRDS: &str = "outrigger CRDs";
@@ -128,6 +131,7 @@ const DEPLOYMENTS: &str = "outrigger control plane";
 const WEBHOOKS: &str = "outrigger injector webhook";
 const RESOURCES: &str = "outrigger resources";
 const NAMESPACES: &str = "meshed namespaces";
+const PROXIES: &str = "outrigger proxies";
 
 /// The checks after install, in the order printed.
 pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
@@ -136,7 +140,114 @@ pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
     out.extend(webhook(o, now));
     out.extend(resources(&o.resources));
     out.push(namespaces(&o.namespaces));
+    let control_plane = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(CONTROL_PLANE.0))
+        .and_then(|d| version::component(d, CONTROL_PLANE.1));
+    out.extend(proxies(
+        &o.pods,
+        control_plane.as_ref().map(|c| c.version.as_str()),
+    ));
     out
+}
+
+/// How a proxy's version stands to the control plane's: equal is ✔; the
+/// same major version and at most one minor apart (patches aside) is ⚠,
+/// the supported skew; anything else, or a version that is not
+/// MAJOR.MINOR.PATCH, is ×... except that an unreadable version (a
+/// digest) is ⚠, as it cannot be compared.
+pub fn skew(proxy: &str, control_plane: &str) -> Level {
+    fn parse(v: &str) -> Option<(u64, u64)> {
+        let v = v.strip_prefix('v').unwrap_or(v);
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+    if proxy == control_plane {
+        return Level::Ok;
+    }
+    match (parse(proxy), parse(control_plane)) {
+        (Some((pa, pi)), Some((ca, ci))) if pa == ca && pi.abs_diff(ci) <= 1 => Level::Warn,
+        (Some(_), Some(_)) => Level::Fail,
+        _ => Level::Warn,
+    }
+}
+
+/// Each meshed pod (an `outrigger-proxy` container, native sidecar or
+/// not): its proxy ready, and its version (the `outrigger.dev/proxy-version`
+/// annotation the injector set, else its image's tag) against the control
+/// plane's by [`skew`]. One line per pod, at its worst level.
+pub fn proxies(pods: &[Pod], control_plane: Option<&str>) -> Vec<Check> {
+    let listed = version::proxies(pods);
+    if listed.is_empty() {
+        return vec![Check::ok(PROXIES, "no meshed pods")];
+    }
+    listed
+        .iter()
+        .map(|p| {
+            let pod = pods
+                .iter()
+                .find(|x| {
+                    x.metadata.name.as_deref() == Some(p.pod.as_str())
+                        && x.metadata.namespace.as_deref().unwrap_or_default() == p.namespace
+                })
+                .expect("listed from these pods");
+            let (ns, name) = (&p.namespace, &p.pod);
+            let proxy_version = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROXY_VERSION))
+                .cloned()
+                .unwrap_or_else(|| p.version.clone());
+            let ready = pod.status.as_ref().is_some_and(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+                    .any(|c| c.name == PROXY_CONTAINER && c.ready)
+            });
+            let mut level = Level::Ok;
+            let mut said = Vec::new();
+            let mut hints = Vec::new();
+            if ready {
+                said.push("proxy ready".to_string());
+            } else {
+                level = Level::Fail;
+                said.push("proxy not ready".to_string());
+                hints.push(format!(
+                    "kubectl -n {ns} describe pod {name}; kubectl -n {ns} logs {name} -c {PROXY_CONTAINER}"
+                ));
+            }
+            match control_plane {
+                Some(cp) => {
+                    let l = skew(&proxy_version, cp);
+                    level = level.max(l);
+                    said.push(match l {
+                        Level::Ok => format!("version {proxy_version}"),
+                        _ => format!("version {proxy_version}, the control plane's is {cp}"),
+                    });
+                    if l != Level::Ok {
+                        hints.push(
+                            "restart its workload (kubectl rollout restart) so the injector \
+                             gives it the control plane's proxy: one minor version apart is \
+                             supported, further is not"
+                                .to_string(),
+                        );
+                    }
+                }
+                None => said.push(format!(
+                    "version {proxy_version} (no control plane to compare with)"
+                )),
+            }
+            Check {
+                group: PROXIES,
+                level,
+                message: format!("pod {ns}/{name}: {}", said.join(", ")),
+                hint: (!hints.is_empty()).then(|| hints.join("; ")),
+            }
+        })
+        .collect()
 }
 
 /// Each CRD this CLI knows: installed, and its schema the same as this
@@ -546,7 +657,11 @@ pub fn unreachable(e: &FetchError) -> Check {
 
 /// Reads what [`post_install`] checks. A kind whose CRD the API server
 /// does not serve has no resources (the CRD check says it is missing).
-pub async fn fetch(client: kube::Client, mesh_namespace: &str) -> Result<Objects, FetchError> {
+pub async fn fetch(
+    client: kube::Client,
+    mesh_namespace: &str,
+    pods_in: Option<&str>,
+) -> Result<Objects, FetchError> {
     async fn list<K>(api: Api<K>, what: &str) -> Result<Vec<K>, FetchError>
     where
         K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -580,6 +695,16 @@ pub async fn fetch(client: kube::Client, mesh_namespace: &str) -> Result<Objects
         .await?,
         resources: Vec::new(),
         namespaces: list(Api::all(client.clone()), "the namespaces").await?,
+        pods: match pods_in {
+            Some(ns) => {
+                list(
+                    Api::namespaced(client.clone(), ns),
+                    &format!("the pods in namespace {ns}"),
+                )
+                .await?
+            }
+            None => list(Api::all(client.clone()), "the pods").await?,
+        },
     };
     for crd in definitions() {
         let names = &crd.spec.names;
@@ -742,6 +867,60 @@ mod tests {
                 .message,
             "every mesh resource accepted (1)"
         );
+    }
+
+    #[test]
+    fn proxy_versions_within_one_minor_warn_further_fail() {
+        assert_eq!(skew("0.4.2", "0.4.2"), Level::Ok);
+        assert_eq!(skew("0.4.1", "0.4.2"), Level::Warn);
+        assert_eq!(skew("v0.3.9", "0.4.2"), Level::Warn);
+        assert_eq!(skew("0.2.0", "0.4.2"), Level::Fail);
+        assert_eq!(skew("1.4.2", "0.4.2"), Level::Fail);
+        assert_eq!(skew("sha256:ab", "0.4.2"), Level::Warn);
+    }
+
+    #[test]
+    fn each_meshed_pod_is_one_line_at_its_worst() {
+        let pod = |name: &str, image: &str, ready: bool| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop"},
+                "spec": {"containers": [{"name": "app"},
+                    {"name": "outrigger-proxy", "image": image}]},
+                "status": {"containerStatuses": [
+                    {"name": "outrigger-proxy", "ready": ready, "restartCount": 0,
+                     "image": image, "imageID": ""}]}}))
+            .unwrap()
+        };
+        let got = proxies(
+            &[
+                pod("a", "r/proxy:0.4.2", true),
+                pod("b", "r/proxy:0.2.0", false),
+                pod("c", "r/proxy:0.4.1", true),
+            ],
+            Some("0.4.2"),
+        );
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Level::Ok, "pod shop/a: proxy ready, version 0.4.2"),
+                (
+                    Level::Fail,
+                    "pod shop/b: proxy not ready, version 0.2.0, the control plane's is 0.4.2"
+                ),
+                (
+                    Level::Warn,
+                    "pod shop/c: proxy ready, version 0.4.1, the control plane's is 0.4.2"
+                ),
+            ]
+        );
+        let hint = got[1].hint.as_deref().unwrap();
+        assert!(
+            hint.starts_with(
+                "kubectl -n shop describe pod b; kubectl -n shop logs b -c outrigger-proxy; "
+            ),
+            "{hint}"
+        );
+        assert_eq!(proxies(&[], Some("0.4.2"))[0].message, "no meshed pods");
     }
 
     #[test]

@@ -442,7 +442,13 @@ async fn run_check(cluster: &ClusterArgs, args: CheckArgs) -> Result<()> {
     let client = cluster.client().await?;
     let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
     let report = loop {
-        let report = match check::fetch(client.clone(), &args.mesh_namespace).await {
+        let report = match check::fetch(
+            client.clone(),
+            &args.mesh_namespace,
+            cluster.namespace.as_deref(),
+        )
+        .await
+        {
             Ok(objects) => Report::of(check::post_install(&objects, std::time::SystemTime::now())),
             Err(e) => Report::of(vec![check::unreachable(&e)]),
         };

@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use outrigger_injector::config::MeshConfig;
+use outrigger_injector::inject::{inject, Namespace, Outcome};
+
 use outrigger_tests::chart::{chart_dir, fake_api_server, render, test_ca, RenderError, Rendered};
 use outrigger_tests::workspace_bin;
 use serde_json::{json, Value};
@@ -18,6 +21,9 @@ const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookcon
 const SECRETS: &str = "/api/v1/namespaces/outrigger-system/secrets";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const VIRTUAL_SERVICES: &str = "/apis/outrigger.dev/v1alpha1/virtualservices";
+const PODS: &str = "/api/v1/pods";
+/// The image tag the chart is installed with.
+const TAG: &str = "0.4.2";
 
 async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +50,8 @@ async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, Stri
 /// without the Helm engine.
 fn chart(values: Value, namespace: &str) -> Option<Rendered> {
     let (cert, key) = test_ca();
-    let mut all = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
+    let mut all = json!({ "identity": { "ca": { "cert": cert, "key": key } },
+                          "image": { "repository": "ghcr.io/outrigger", "tag": TAG } });
     merge(&mut all, values);
     match render(all, "outrigger", namespace) {
         Ok(r) => Some(r),
@@ -87,6 +94,33 @@ fn accepted(name: &str, status: &str, reason: &str, message: &str) -> Value {
             "message": message, "observedGeneration": 1}]}})
 }
 
+/// A pod of `shop` meshed by the injector's own function with the proxy
+/// of `version`, its proxy ready.
+fn meshed(name: &str, version: &str) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+    let Outcome::Inject { patch, .. } = inject(
+        &pod,
+        &Namespace {
+            name: "shop".into(),
+            annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),
+        },
+        &MeshConfig::with_image(&format!("ghcr.io/outrigger/proxy:{version}")),
+    ) else {
+        panic!("not injected")
+    };
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let status = |name: &str| {
+        json!({"name": name, "ready": true, "restartCount": 0,
+        "image": "", "imageID": ""})
+    };
+    pod["status"] = json!({"phase": "Running",
+        "initContainerStatuses": [status("outrigger-proxy")],
+        "containerStatuses": [status("app")]});
+    pod
+}
+
 /// What a healthy install holds.
 fn healthy(rendered: &Rendered) -> BTreeMap<String, Vec<Value>> {
     let crds: Vec<Value> = serde_saphyr::from_multiple(
@@ -122,6 +156,7 @@ fn healthy(rendered: &Rendered) -> BTreeMap<String, Vec<Value>> {
             VIRTUAL_SERVICES.to_string(),
             vec![accepted("web", "True", "Accepted", "")],
         ),
+        (PODS.to_string(), vec![meshed("web-1", TAG)]),
     ])
 }
 
@@ -160,6 +195,10 @@ async fn a_healthy_mesh_passes_and_exits_0() {
          -----------------\n\
          ✔ annotated outrigger.dev/inject: enabled: shop\n\
          \n\
+         outrigger proxies\n\
+         -----------------\n\
+         ✔ pod shop/web-1: proxy ready, version 0.4.2\n\
+         \n\
          Status check results are ✔\n"
     );
     // -o json: the same checks as data.
@@ -167,7 +206,7 @@ async fn a_healthy_mesh_passes_and_exits_0() {
     assert_eq!(status, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["checks"].as_array().unwrap().len(), 11);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 12);
     assert_eq!(v["checks"][0]["level"], "ok");
 }
 
@@ -359,6 +398,47 @@ async fn no_webhook_fails() {
         "no mutatingwebhookconfiguration has the webhook injector.outrigger.dev for namespace \
          outrigger-system",
         "install the chart",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_proxy_of_another_version_fails_within_one_minor_warns() {
+    fails_with(
+        |o| o.get_mut(PODS).unwrap().push(meshed("old-1", "0.2.0")),
+        "pod shop/old-1: proxy ready, version 0.2.0, the control plane's is 0.4.2",
+        "restart its workload (kubectl rollout restart) so the injector gives it the control \
+         plane's proxy: one minor version apart is supported, further is not",
+    )
+    .await;
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    objects
+        .get_mut(PODS)
+        .unwrap()
+        .push(meshed("older-1", "0.3.7"));
+    let (status, out, err) = run(objects, &[]).await;
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ pod shop/older-1: proxy ready, version 0.3.7, the control plane's is 0.4.2\n"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_not_ready_fails() {
+    fails_with(
+        |o| {
+            let mut pod = meshed("web-2", TAG);
+            pod["status"]["initContainerStatuses"][0]["ready"] = json!(false);
+            o.get_mut(PODS).unwrap().push(pod);
+        },
+        "pod shop/web-2: proxy not ready, version 0.4.2",
+        "kubectl -n shop describe pod web-2; kubectl -n shop logs web-2 -c outrigger-proxy",
     )
     .await;
 }
