@@ -166,6 +166,7 @@ async fn a_healthy_mesh_passes_and_exits_0() {
         return;
     };
     let (status, out, err) = run(healthy(&rendered), &[]).await;
+    println!("{out}");
     assert_eq!(status, 0, "{out}{err}");
     assert_eq!(
         out,
@@ -211,7 +212,7 @@ async fn a_healthy_mesh_passes_and_exits_0() {
 }
 
 /// Runs the check over the healthy install changed by `fault`: exit 1, and
-/// `line` with its hint among the output.
+/// a line starting with `line`, with its hint under it, among the output.
 async fn fails_with(fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>), line: &str, hint: &str) {
     let Some(rendered) = chart(json!({}), NS) else {
         return;
@@ -219,12 +220,13 @@ async fn fails_with(fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>), line:
     let mut objects = healthy(&rendered);
     fault(&mut objects);
     let (status, out, err) = run(objects, &[]).await;
+    println!("{out}");
     assert_eq!(status, 1, "{out}{err}");
     let at = out
-        .find(&format!("× {line}\n    → "))
+        .find(&format!("× {line}"))
         .unwrap_or_else(|| panic!("no line {line:?} in\n{out}"));
     let next = out[at..].lines().nth(1).unwrap();
-    assert!(next.contains(hint), "{next}");
+    assert!(next.starts_with("    → ") && next.contains(hint), "{next}");
     assert!(
         out.ends_with("Status check results are ×: 1 failed\n"),
         "{out}"
@@ -439,6 +441,48 @@ async fn a_proxy_not_ready_fails() {
         },
         "pod shop/web-2: proxy not ready, version 0.4.2",
         "kubectl -n shop describe pod web-2; kubectl -n shop logs web-2 -c outrigger-proxy",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_ca_bundle_fails() {
+    use base64::Engine as _;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::time::{Duration, SystemTime};
+    // A CA and a serving certificate for the right name, both expired a
+    // day ago.
+    const DAY: Duration = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.not_before = (now - 30 * DAY).into();
+    params.not_after = (now - DAY).into();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["outrigger-injector.outrigger-system.svc".to_string()])
+            .unwrap();
+    leaf.not_before = (now - 30 * DAY).into();
+    leaf.not_after = (now - DAY).into();
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    let b64 = |pem: String| json!(base64::engine::general_purpose::STANDARD.encode(pem));
+    let (bundle, crt) = (b64(ca.pem()), b64(leaf.pem()));
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle;
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-injector-tls" {
+                    s["data"]["tls.crt"] = crt.clone();
+                }
+            }
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: certificate expired: verification time ",
+        "helm upgrade outrigger charts/outrigger -n outrigger-system makes a new serving",
     )
     .await;
 }
