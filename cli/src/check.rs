@@ -632,7 +632,7 @@ pub fn progress(report: &Report, left: Duration) -> String {
         "waiting: {} failing ({}), {}s left",
         failing.len(),
         failing.first().copied().unwrap_or_default(),
-        left.as_secs()
+        left.as_millis().div_ceil(1000)
     )
 }
 

@@ -292,6 +292,7 @@ async fn a_deployment_not_ready_fails_and_wait_retries_until_the_deadline() {
     let mut objects = healthy(&rendered);
     not_ready(&mut objects);
     let (status, out, err) = run(objects, &["--wait", "1s"]).await;
+    eprint!("{err}");
     assert_eq!(status, 1);
     assert!(
         err.starts_with(
