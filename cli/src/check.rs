@@ -735,8 +735,271 @@ pub async fn fetch(
     Ok(objects)
 }
 
+/// One kind of object the chart creates: (API group, resource, namespaced).
+pub type Resource = (&'static str, &'static str, bool);
+
+/// What `helm install` of the chart creates (charts/outrigger/templates and
+/// crds/), for the permission check.
+pub const CHART_CREATES: &[Resource] = &[
+    ("apiextensions.k8s.io", "customresourcedefinitions", false),
+    ("rbac.authorization.k8s.io", "clusterroles", false),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", false),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        false,
+    ),
+    ("apps", "deployments", true),
+    ("", "services", true),
+    ("", "serviceaccounts", true),
+    ("", "secrets", true),
+    ("", "configmaps", true),
+];
+
+/// Other meshes' injection webhooks (their configurations' names start so).
+pub const OTHER_INJECTORS: &[&str] = &[
+    "istio-sidecar-injector",
+    "istio-revision-tag",
+    "linkerd-proxy-injector",
+];
+
+/// What the checks before install read: the API server's version (or why
+/// it could not be read), whether the user may create each thing the
+/// chart creates (allowed, the authorizer's reason), and the mutating
+/// webhook configurations already registered.
+#[derive(Clone, Debug)]
+pub struct PreObjects {
+    pub mesh_namespace: String,
+    pub version: Result<k8s_openapi::apimachinery::pkg::version::Info, String>,
+    pub access: Vec<(Resource, bool, String)>,
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
+}
+
+const API: &str = "kubernetes API";
+const PERMISSIONS: &str = "permissions";
+const OTHER_MESHES: &str = "other meshes";
+
+/// The checks before install, in the order printed.
+pub fn pre_install(o: &PreObjects) -> Vec<Check> {
+    let mut out = Vec::new();
+    match &o.version {
+        Err(e) => {
+            out.push(Check::fail(
+                API,
+                format!("cannot reach the API server: {e}"),
+                "check that kubectl reaches this cluster with the same --kubeconfig and --context",
+            ));
+            return out;
+        }
+        Ok(v) => {
+            out.push(Check::ok(
+                API,
+                format!("API server reachable ({})", v.git_version),
+            ));
+            let minor: Option<u64> = v.minor.trim_end_matches('+').parse().ok();
+            let major: Option<u64> = v.major.parse().ok();
+            let native = matches!((major, minor), (Some(1), Some(m)) if m >= 29)
+                || major.is_some_and(|m| m > 1);
+            if native {
+                out.push(Check::ok(
+                    API,
+                    format!(
+                        "Kubernetes {}.{} runs native sidecars (the SidecarContainers feature, \
+                         on by default from 1.29)",
+                        v.major, v.minor
+                    ),
+                ));
+            } else {
+                out.push(Check::fail(
+                    API,
+                    format!(
+                        "Kubernetes {}.{} is older than 1.29: native sidecars (the proxy as an \
+                         init container with restartPolicy: Always) need the SidecarContainers \
+                         feature, on by default from 1.29",
+                        v.major, v.minor
+                    ),
+                    "upgrade the cluster to 1.29 or later, or install with \
+                     --set proxy.nativeSidecar=false (the proxy then runs as the pod's first \
+                     container)",
+                ));
+            }
+        }
+    }
+    let denied: Vec<&(Resource, bool, String)> = o.access.iter().filter(|a| !a.1).collect();
+    if denied.is_empty() {
+        out.push(Check::ok(
+            PERMISSIONS,
+            format!(
+                "may create everything the chart creates ({} kinds)",
+                o.access.len()
+            ),
+        ));
+    }
+    for ((group, resource, namespaced), _, reason) in denied {
+        let what = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let scope = if *namespaced {
+            format!("in namespace {}", o.mesh_namespace)
+        } else {
+            "(cluster-wide)".to_string()
+        };
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        out.push(Check::fail(
+            PERMISSIONS,
+            format!("may not create {what} {scope}{why}"),
+            "install as a cluster admin, or ask one for these permissions (kubectl auth \
+             can-i create ... shows what you may do)",
+        ));
+    }
+    let others: Vec<&str> = o
+        .webhooks
+        .iter()
+        .filter_map(|w| w.metadata.name.as_deref())
+        .filter(|n| OTHER_INJECTORS.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if others.is_empty() {
+        out.push(Check::ok(OTHER_MESHES, "no other mesh's injection webhook"));
+    }
+    for name in others {
+        out.push(Check::fail(
+            OTHER_MESHES,
+            format!(
+                "mutatingwebhookconfiguration {name} would also inject the pods of annotated \
+                 namespaces"
+            ),
+            "uninstall that mesh, or keep its injection off in the namespaces you annotate \
+             outrigger.dev/inject: enabled (its own label or annotation)",
+        ));
+    }
+    out
+}
+
+/// Reads what [`pre_install`] checks; an unreachable API server is a
+/// check that failed, not an error.
+pub async fn fetch_pre(
+    client: kube::Client,
+    mesh_namespace: &str,
+) -> Result<PreObjects, FetchError> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let mut o = PreObjects {
+        mesh_namespace: mesh_namespace.to_string(),
+        version: client.apiserver_version().await.map_err(|e| e.to_string()),
+        access: Vec::new(),
+        webhooks: Vec::new(),
+    };
+    if o.version.is_err() {
+        return Ok(o);
+    }
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for r @ (group, resource, namespaced) in CHART_CREATES {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    verb: Some("create".into()),
+                    namespace: namespaced.then(|| mesh_namespace.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews
+            .create(&Default::default(), &review)
+            .await
+            .map_err(|source| FetchError {
+                what: format!("whether you may create {resource} (a SelfSubjectAccessReview)"),
+                source,
+            })?;
+        let status = answer.status.unwrap_or_default();
+        o.access
+            .push((*r, status.allowed, status.reason.unwrap_or_default()));
+    }
+    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| FetchError {
+            what: "the mutatingwebhookconfigurations".into(),
+            source,
+        })?;
+    Ok(o)
+}
+
 #[cfg(test)]
 mod tests {
+    fn info(major: &str, minor: &str) -> k8s_openapi::apimachinery::pkg::version::Info {
+        serde_json::from_value(json!({"major": major, "minor": minor,
+            "gitVersion": format!("v{major}.{minor}.0"), "gitCommit": "", "gitTreeState": "",
+            "buildDate": "", "goVersion": "", "compiler": "", "platform": ""}))
+        .unwrap()
+    }
+
+    #[test]
+    fn before_install_version_permissions_and_other_meshes() {
+        let webhook = |name: &str| -> MutatingWebhookConfiguration {
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+        };
+        let o = PreObjects {
+            mesh_namespace: "outrigger-system".into(),
+            version: Ok(info("1", "28+")),
+            access: vec![
+                (CHART_CREATES[0], true, String::new()),
+                (CHART_CREATES[4], false, "no RBAC policy matched".into()),
+            ],
+            webhooks: vec![
+                webhook("istio-sidecar-injector-1-22"),
+                webhook("cert-manager"),
+            ],
+        };
+        let got = pre_install(&o);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Level::Ok, "API server reachable (v1.28+.0)"),
+                (
+                    Level::Fail,
+                    "Kubernetes 1.28+ is older than 1.29: native sidecars (the proxy as an init \
+                     container with restartPolicy: Always) need the SidecarContainers feature, \
+                     on by default from 1.29"
+                ),
+                (
+                    Level::Fail,
+                    "may not create deployments.apps in namespace outrigger-system: no RBAC \
+                     policy matched"
+                ),
+                (
+                    Level::Fail,
+                    "mutatingwebhookconfiguration istio-sidecar-injector-1-22 would also inject \
+                     the pods of annotated namespaces"
+                ),
+            ]
+        );
+        let good = PreObjects {
+            version: Ok(info("1", "31")),
+            access: vec![(CHART_CREATES[0], true, String::new())],
+            webhooks: vec![],
+            ..o
+        };
+        assert!(Report::of(pre_install(&good)).ok);
+        let gone = PreObjects {
+            version: Err("connection refused".into()),
+            ..good
+        };
+        assert_eq!(pre_install(&gone).len(), 1);
+    }
+
     use super::*;
     use serde_json::json;
 

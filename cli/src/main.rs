@@ -153,9 +153,14 @@ enum Command {
     /// caBundle that accepts the injector's serving certificate for
     /// <service>.<namespace>.svc and not expiring within 30 days, the mesh
     /// resources the control plane refused (Accepted=False) and the
-    /// annotated namespaces. Exit status 0 only when nothing failed.
+    /// annotated namespaces, and each meshed pod's proxy: ready, and of the
+    /// control plane's version. With --pre, before install: the API server
+    /// reachable and new enough for native sidecars, permission to create
+    /// what the chart creates, no other mesh's injection webhook. Exit
+    /// status 0 only when nothing failed.
     ///
     /// Examples:
+    ///   outrigger check --pre         # before helm install
     ///   outrigger check
     ///   outrigger check --wait 5m      # retry until everything passes
     ///   outrigger check -o json | jq '.checks[] | select(.level == "fail")'
@@ -165,6 +170,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct CheckArgs {
+    /// The checks before install instead.
+    #[arg(long)]
+    pre: bool,
     /// Retry until nothing fails or this much time has passed (e.g. 30s,
     /// 5m), printing a progress line on stderr between tries.
     #[arg(long, value_parser = outrigger_cli::stat::parse_window)]
@@ -442,15 +450,24 @@ async fn run_check(cluster: &ClusterArgs, args: CheckArgs) -> Result<()> {
     let client = cluster.client().await?;
     let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
     let report = loop {
-        let report = match check::fetch(
-            client.clone(),
-            &args.mesh_namespace,
-            cluster.namespace.as_deref(),
-        )
-        .await
-        {
-            Ok(objects) => Report::of(check::post_install(&objects, std::time::SystemTime::now())),
-            Err(e) => Report::of(vec![check::unreachable(&e)]),
+        let report = if args.pre {
+            match check::fetch_pre(client.clone(), &args.mesh_namespace).await {
+                Ok(objects) => Report::of(check::pre_install(&objects)),
+                Err(e) => Report::of(vec![check::unreachable(&e)]),
+            }
+        } else {
+            match check::fetch(
+                client.clone(),
+                &args.mesh_namespace,
+                cluster.namespace.as_deref(),
+            )
+            .await
+            {
+                Ok(objects) => {
+                    Report::of(check::post_install(&objects, std::time::SystemTime::now()))
+                }
+                Err(e) => Report::of(vec![check::unreachable(&e)]),
+            }
         };
         let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         match left {

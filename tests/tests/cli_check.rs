@@ -487,3 +487,109 @@ async fn an_expired_ca_bundle_fails() {
     )
     .await;
 }
+
+/// `check --pre` against a cluster of Kubernetes `minor`, where the user
+/// may create everything but `refused` (a resource), with `webhooks`.
+async fn pre(minor: &str, refused: &'static str, webhooks: Vec<Value>) -> (i32, String, String) {
+    use outrigger_tests::chart::{fake_api_server_with, Create};
+    let dir = tempfile::tempdir().unwrap();
+    let objects = BTreeMap::from([
+        (
+            "/version".to_string(),
+            vec![
+                json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.3"),
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+                "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}),
+            ],
+        ),
+        (WEBHOOKS.to_string(), webhooks),
+    ]);
+    let review: Create = std::sync::Arc::new(move |sent: &Value| {
+        let mut answer = sent.clone();
+        let resource = &sent["spec"]["resourceAttributes"]["resource"];
+        let allowed = resource != refused;
+        answer["status"] = if allowed {
+            json!({"allowed": true, "reason": "RBAC: allowed by ClusterRoleBinding \"admin\""})
+        } else {
+            json!({"allowed": false, "reason": ""})
+        };
+        answer
+    });
+    let creates = BTreeMap::from([(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".to_string(),
+        review,
+    )]);
+    let api = fake_api_server_with(objects, creates, dir.path()).await;
+    let bin =
+        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
+    let out = tokio::process::Command::new(bin)
+        .args(["check", "--pre", "--kubeconfig"])
+        .arg(&api.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    // Each kind the chart creates was asked about, and nothing else read.
+    let reviews = api
+        .seen()
+        .iter()
+        .filter(|r| r.path.ends_with("/selfsubjectaccessreviews"))
+        .count();
+    assert_eq!(reviews, 9);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn before_install_a_ready_cluster_passes() {
+    let (status, out, err) = pre("30", "", vec![]).await;
+    println!("{out}");
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "kubernetes API\n\
+         --------------\n\
+         ✔ API server reachable (v1.30.3)\n\
+         ✔ Kubernetes 1.30 runs native sidecars (the SidecarContainers feature, on by default from 1.29)\n\
+         \n\
+         permissions\n\
+         -----------\n\
+         ✔ may create everything the chart creates (9 kinds)\n\
+         \n\
+         other meshes\n\
+         ------------\n\
+         ✔ no other mesh's injection webhook\n\
+         \n\
+         Status check results are ✔\n"
+    );
+}
+
+#[tokio::test]
+async fn before_install_an_old_cluster_a_refused_permission_and_istio_fail() {
+    let (status, out, err) = pre(
+        "28",
+        "clusterrolebindings",
+        vec![json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": []})],
+    )
+    .await;
+    println!("{out}");
+    assert_eq!(status, 1, "{out}{err}");
+    for line in [
+        "× Kubernetes 1.28 is older than 1.29: native sidecars (the proxy as an init container \
+         with restartPolicy: Always) need the SidecarContainers feature, on by default from 1.29\n    \
+         → upgrade the cluster to 1.29 or later, or install with --set proxy.nativeSidecar=false",
+        "× may not create clusterrolebindings.rbac.authorization.k8s.io (cluster-wide)\n    \
+         → install as a cluster admin",
+        "× mutatingwebhookconfiguration istio-sidecar-injector would also inject the pods of \
+         annotated namespaces\n    → uninstall that mesh",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    assert!(
+        out.ends_with("Status check results are ×: 3 failed\n"),
+        "{out}"
+    );
+}
