@@ -9,7 +9,8 @@
 //! ([`outrigger_identity::inspect`]), and the `Accepted` conditions are the
 //! ones the control plane writes ([`outrigger_control_plane::status`]).
 
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -124,6 +125,8 @@ pub struct Objects {
     pub namespaces: Vec<Namespace>,
     /// The pods (of -n's namespace, else of all), meshed or not.
     pub pods: Vec<Pod>,
+    /// What the ready proxies' `/metrics` answered (`NS/NAME`), or why not.
+    pub metrics: BTreeMap<String, Result<String, String>>,
 }
 
 const CRDS: &str = "outrigger CRDs";
@@ -148,8 +151,87 @@ pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
     out.extend(proxies(
         &o.pods,
         control_plane.as_ref().map(|c| c.version.as_str()),
+        &o.metrics,
+        now,
     ));
     out
+}
+
+/// A workload certificate with less left than this is a warning: a proxy
+/// renews its certificate well before (at most of its life: the control
+/// plane's default lifetime is 24h), so one this close to its end is not
+/// being renewed.
+pub const CERT_WARNING: Duration = Duration::from_secs(3600);
+
+/// What one proxy's `/metrics` says of its certificate
+/// (`outrigger_identity_cert_expiry_timestamp_seconds`) and its config
+/// stream (`outrigger_control_plane_connected`): (level, words, hint).
+pub fn proxy_metrics(
+    text: &Result<String, String>,
+    ns: &str,
+    name: &str,
+    now: SystemTime,
+) -> (Level, Vec<String>, Option<String>) {
+    let logs = format!("kubectl -n {ns} logs {name} -c {PROXY_CONTAINER}");
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                Level::Warn,
+                vec![format!("cannot read its /metrics ({e})")],
+                Some(format!(
+                    "kubectl get --raw {} (needs pods/proxy)",
+                    crate::proxy_admin::pod_proxy_path(ns, name, "/metrics")
+                )),
+            )
+        }
+    };
+    let samples = crate::prom::parse(text);
+    let value = |metric: &str| samples.iter().find(|s| s.name == metric).map(|s| s.value);
+    let mut level = Level::Ok;
+    let mut words = Vec::new();
+    let mut hint = None;
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    match value("outrigger_identity_cert_expiry_timestamp_seconds") {
+        None | Some(0.0) => {
+            level = Level::Fail;
+            words.push("no certificate yet".to_string());
+            hint = Some(format!(
+                "{logs}: it has not been certified by the control plane"
+            ));
+        }
+        Some(at) if at <= now_secs => {
+            level = Level::Fail;
+            words.push("certificate expired".to_string());
+            hint = Some(format!("{logs}: it cannot renew its certificate"));
+        }
+        Some(at) => {
+            let left = Duration::from_secs_f64(at - now_secs);
+            let shown = if left.as_secs() >= 3600 {
+                format!("{}h", left.as_secs() / 3600)
+            } else {
+                format!("{}m", left.as_secs() / 60)
+            };
+            if left < CERT_WARNING {
+                level = Level::Warn;
+                words.push(format!("certificate expires in {shown}"));
+                hint = Some(format!("{logs}: it should have renewed its certificate"));
+            } else {
+                words.push(format!("certificate valid for {shown}"));
+            }
+        }
+    }
+    if value("outrigger_control_plane_connected") == Some(1.0) {
+        words.push("connected to the control plane".to_string());
+    } else {
+        level = Level::Fail;
+        words.push("not connected to the control plane".to_string());
+        hint.get_or_insert(format!("{logs}; and the control plane's logs"));
+    }
+    (level, words, hint)
 }
 
 /// How a proxy's version stands to the control plane's: equal is ✔; the
@@ -177,7 +259,12 @@ pub fn skew(proxy: &str, control_plane: &str) -> Level {
 /// not): its proxy ready, and its version (the `outrigger.dev/proxy-version`
 /// annotation the injector set, else its image's tag) against the control
 /// plane's by [`skew`]. One line per pod, at its worst level.
-pub fn proxies(pods: &[Pod], control_plane: Option<&str>) -> Vec<Check> {
+pub fn proxies(
+    pods: &[Pod],
+    control_plane: Option<&str>,
+    metrics: &BTreeMap<String, Result<String, String>>,
+    now: SystemTime,
+) -> Vec<Check> {
     let listed = version::proxies(pods);
     if listed.is_empty() {
         return vec![Check::ok(PROXIES, "no meshed pods")];
@@ -239,6 +326,12 @@ pub fn proxies(pods: &[Pod], control_plane: Option<&str>) -> Vec<Check> {
                 None => said.push(format!(
                     "version {proxy_version} (no control plane to compare with)"
                 )),
+            }
+            if let Some(text) = metrics.get(&format!("{ns}/{name}")) {
+                let (l, words, hint) = proxy_metrics(text, ns, name, now);
+                level = level.max(l);
+                said.extend(words);
+                hints.extend(hint);
             }
             Check {
                 group: PROXIES,
@@ -705,7 +798,33 @@ pub async fn fetch(
             }
             None => list(Api::all(client.clone()), "the pods").await?,
         },
+        metrics: BTreeMap::new(),
     };
+    for p in version::proxies(&objects.pods) {
+        let pod = objects.pods.iter().find(|x| {
+            x.metadata.name.as_deref() == Some(p.pod.as_str())
+                && x.metadata.namespace.as_deref().unwrap_or_default() == p.namespace
+        });
+        let ready = pod.and_then(|x| x.status.as_ref()).is_some_and(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+                .any(|c| c.name == PROXY_CONTAINER && c.ready)
+        });
+        if !ready {
+            continue;
+        }
+        let admin = crate::proxy_admin::Admin::Pod {
+            client: client.clone(),
+            namespace: p.namespace.clone(),
+            name: p.pod.clone(),
+        };
+        let text = admin.get("/metrics").await.map_err(|e| e.to_string());
+        objects
+            .metrics
+            .insert(format!("{}/{}", p.namespace, p.pod), text);
+    }
     for crd in definitions() {
         let names = &crd.spec.names;
         let resource = ApiResource {
@@ -1160,6 +1279,8 @@ mod tests {
                 pod("c", "r/proxy:0.4.1", true),
             ],
             Some("0.4.2"),
+            &BTreeMap::new(),
+            SystemTime::now(),
         );
         let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
         assert_eq!(
@@ -1183,7 +1304,49 @@ mod tests {
             ),
             "{hint}"
         );
-        assert_eq!(proxies(&[], Some("0.4.2"))[0].message, "no meshed pods");
+        assert_eq!(
+            proxies(&[], Some("0.4.2"), &BTreeMap::new(), SystemTime::now())[0].message,
+            "no meshed pods"
+        );
+    }
+
+    #[test]
+    fn a_proxy_certificate_near_expiry_warns_expired_or_absent_fails() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let text = |expiry: u64, connected: u8| -> Result<String, String> {
+            Ok(format!(
+                "# TYPE outrigger_identity_cert_expiry_timestamp_seconds gauge\n\
+                 outrigger_identity_cert_expiry_timestamp_seconds {expiry}\n\
+                 outrigger_control_plane_connected {connected}\n"
+            ))
+        };
+        let said = |t: Result<String, String>| {
+            let (level, words, _) = proxy_metrics(&t, "shop", "web-1", now);
+            (level, words.join(", "))
+        };
+        assert_eq!(
+            said(text(1_000_000 + 20 * 3600, 1)),
+            (
+                Level::Ok,
+                "certificate valid for 20h, connected to the control plane".into()
+            )
+        );
+        assert_eq!(
+            said(text(1_000_000 + 1800, 1)),
+            (
+                Level::Warn,
+                "certificate expires in 30m, connected to the control plane".into()
+            )
+        );
+        assert_eq!(said(text(999_999, 1)).0, Level::Fail,);
+        assert_eq!(
+            said(text(0, 0)),
+            (
+                Level::Fail,
+                "no certificate yet, not connected to the control plane".into()
+            )
+        );
+        assert_eq!(said(Err("503".into())).0, Level::Warn);
     }
 
     #[test]

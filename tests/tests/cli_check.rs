@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 
-use outrigger_tests::chart::{chart_dir, fake_api_server, render, test_ca, RenderError, Rendered};
-use outrigger_tests::workspace_bin;
+use outrigger_tests::chart::{
+    chart_dir, fake_api_server_with_pods, render, test_ca, RenderError, Rendered,
+};
+use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
+use outrigger_tests::{eventually, metric, scrape, server_snapshot, workspace_bin};
 use serde_json::{json, Value};
 
 const NS: &str = "outrigger-system";
@@ -25,9 +28,91 @@ const PODS: &str = "/api/v1/pods";
 /// The image tag the chart is installed with.
 const TAG: &str = "0.4.2";
 
+/// A real proxy (pod shop/web-1, ServiceAccount web) following a real
+/// control plane that is the mesh CA, certified by it for `lifetime`: what
+/// every meshed pod's admin port answers here.
+struct Certified {
+    proxy: outrigger_proxy::Proxy,
+    _cp: ControlPlane,
+    _dirs: (Dir, Dir),
+}
+
+async fn certified(lifetime: std::time::Duration) -> Certified {
+    use outrigger_identity::Ca;
+    use std::sync::Arc;
+    let tokens = Dir::new("check-tokens");
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/web"), "token-web").unwrap();
+    let ca = Ca::generate("cluster.local", std::time::SystemTime::now()).unwrap();
+    let (cert, key) = ca.generated_pem().unwrap();
+    let signer = Ca::from_pem(cert, key, None).unwrap();
+    let mesh = Dir::new("check-mesh");
+    mesh.write(
+        "mesh.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: web-1, namespace: shop, labels: { app: web } }\n\
+         spec: { serviceAccountName: web, containers: [{ name: web }, { name: outrigger-proxy }] }\n",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let cp = ControlPlane::start_with(
+        mesh.path(),
+        listener,
+        Some(certifier(Arc::new(signer), lifetime, tokens.path())),
+    )
+    .await;
+    let identity = outrigger_tests::workload_identity(
+        "shop",
+        "web",
+        tokens.path().join("shop/web"),
+        ca.roots(),
+    );
+    let boot = server_snapshot("127.0.0.1:9".parse().unwrap());
+    let proxy = waiting_proxy(boot.clone(), Some(identity.clone())).await;
+    follow(&proxy, cp_addr, boot, "shop", "web-1", Some(identity));
+    let certified = || async {
+        outrigger_tests::ready(&proxy).await
+            && metric(
+                &scrape(&proxy).await,
+                "outrigger_identity_cert_expiry_timestamp_seconds",
+                &[],
+            ) > 0.0
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(15), certified).await,
+        "the proxy was never certified"
+    );
+    Certified {
+        proxy,
+        _cp: cp,
+        _dirs: (tokens, mesh),
+    }
+}
+
 async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, String, String) {
+    run_with(objects, args, std::time::Duration::from_secs(24 * 3600)).await
+}
+
+/// [`run`], each meshed pod's admin port a real proxy certified for
+/// `lifetime`.
+async fn run_with(
+    objects: BTreeMap<String, Vec<Value>>,
+    args: &[&str],
+    lifetime: std::time::Duration,
+) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let api = fake_api_server(objects, dir.path()).await;
+    let proxy = certified(lifetime).await;
+    let pods = objects
+        .get(PODS)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                format!("shop/{}", p["metadata"]["name"].as_str().unwrap()),
+                proxy.proxy.admin_addr,
+            )
+        })
+        .collect();
+    let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
     let bin =
         workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
     let out = tokio::process::Command::new(bin)
@@ -198,7 +283,7 @@ async fn a_healthy_mesh_passes_and_exits_0() {
          \n\
          outrigger proxies\n\
          -----------------\n\
-         ✔ pod shop/web-1: proxy ready, version 0.4.2\n\
+         ✔ pod shop/web-1: proxy ready, version 0.4.2, certificate valid for 23h, connected to the control plane\n\
          \n\
          Status check results are ✔\n"
     );
@@ -426,7 +511,8 @@ async fn a_proxy_of_another_version_fails_within_one_minor_warns() {
     assert_eq!(status, 0, "a warning does not fail: {out}{err}");
     assert!(
         out.contains(
-            "⚠ pod shop/older-1: proxy ready, version 0.3.7, the control plane's is 0.4.2\n"
+            "⚠ pod shop/older-1: proxy ready, version 0.3.7, the control plane's is 0.4.2, \
+             certificate valid for 23h, connected to the control plane\n"
         ),
         "{out}"
     );
@@ -590,6 +676,30 @@ async fn before_install_an_old_cluster_a_refused_permission_and_istio_fail() {
     }
     assert!(
         out.ends_with("Status check results are ×: 3 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_certificate_near_expiry_warns() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    // Certificates of 40 minutes: less than an hour left, always.
+    let (status, out, err) = run_with(
+        healthy(&rendered),
+        &[],
+        std::time::Duration::from_secs(40 * 60),
+    )
+    .await;
+    println!("{out}");
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ pod shop/web-1: proxy ready, version 0.4.2, certificate expires in 39m, connected \
+             to the control plane\n    → kubectl -n shop logs web-1 -c outrigger-proxy: it should \
+             have renewed its certificate\n"
+        ),
         "{out}"
     );
 }
