@@ -2,7 +2,10 @@
 //! line per check (✔ passed, ⚠ worth a look, × failed, with what to do).
 //!
 //! [`post_install`] turns the objects the cluster holds ([`Objects`]) into
-//! [`Check`]s, pure; [`render`] is what to print; [`fetch`] is the edge.
+//! [`Check`]s, and [`pre_install`] what `--pre` reads ([`PreObjects`]),
+//! pure; [`render`] is what to print; [`fetch`] and [`fetch_pre`] are the
+//! edges. The proxies' certificates and config streams are read from their
+//! `/metrics` through the pod proxy ([`crate::proxy_admin`], [`crate::prom`]).
 //! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
 //! (what the chart's `crds/` is generated from), the webhook's serving
 //! certificate against its `caBundle` as the API server would check it

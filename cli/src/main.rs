@@ -153,8 +153,9 @@ enum Command {
     /// caBundle that accepts the injector's serving certificate for
     /// <service>.<namespace>.svc and not expiring within 30 days, the mesh
     /// resources the control plane refused (Accepted=False) and the
-    /// annotated namespaces, and each meshed pod's proxy: ready, and of the
-    /// control plane's version. With --pre, before install: the API server
+    /// annotated namespaces, and each meshed pod's proxy: ready, of the
+    /// control plane's version, its certificate not near expiry and its
+    /// config stream connected (its /metrics, through the pod proxy). With --pre, before install: the API server
     /// reachable and new enough for native sidecars, permission to create
     /// what the chart creates, no other mesh's injection webhook. Exit
     /// status 0 only when nothing failed.
