@@ -136,6 +136,7 @@ const CRDS: &str = "outrigger CRDs";
 const DEPLOYMENTS: &str = "outrigger control plane";
 const WEBHOOKS: &str = "outrigger injector webhook";
 const RESOURCES: &str = "outrigger resources";
+const MESH_CA: &str = "outrigger mesh CA";
 const NAMESPACES: &str = "meshed namespaces";
 const PROXIES: &str = "outrigger proxies";
 
@@ -144,6 +145,7 @@ pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
     let mut out = crds(&o.crds);
     out.extend(deployments(&o.deployments, &o.mesh_namespace));
     out.extend(webhook(o, now));
+    out.extend(mesh_ca(o, now));
     out.extend(resources(&o.resources));
     out.push(namespaces(&o.namespaces));
     let control_plane = o
@@ -578,6 +580,131 @@ pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
         }
     }
     out
+}
+
+/// The mesh CA the control plane signs with (the `ca.pem` and `roots.pem`
+/// of the Secret its Deployment mounts): each certificate not expired (×)
+/// nor expiring within [`EXPIRY_WARNING`] (⚠), and the CA under the roots
+/// the proxies trust: its last certificate one of them or, when that is not
+/// self-signed, issued by one's name.
+pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let ns = &o.mesh_namespace;
+    let rotate = "rotate the mesh CA as docs/security.md says (new root trusted, new root \
+                  signing, old root dropped)";
+    let Some((secret, data)) = mounted_secret(o, CONTROL_PLANE.0, "ca.pem") else {
+        return vec![Check::fail(
+            MESH_CA,
+            format!("no mesh CA (a Secret with ca.pem the control plane mounts) in namespace {ns}"),
+            "install the chart with identity.ca.cert and identity.ca.key (or \
+             identity.ca.existingSecret)",
+        )];
+    };
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let (chain, roots) = match (
+        inspect::certificates(&text("ca.pem"), "ca.pem"),
+        inspect::certificates(&text("roots.pem"), "roots.pem"),
+    ) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(e), _) | (_, Err(e)) => {
+            return vec![Check::fail(
+                MESH_CA,
+                format!("secret/{secret}: {e}"),
+                rotate,
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    let top = chain.last().expect("not empty");
+    // A self-signed top must be one of the roots; an intermediate's issuer
+    // must be a root's subject (its signature is not checked here).
+    let trusted = roots.contains(top)
+        || inspect::names(top).is_ok_and(|(subject, issuer)| {
+            subject != issuer
+                && roots
+                    .iter()
+                    .any(|r| inspect::names(r).is_ok_and(|(s, _)| s == issuer))
+        });
+    if trusted {
+        out.push(Check::ok(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA is under the trust roots ({} root{})",
+                roots.len(),
+                if roots.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    } else {
+        out.push(Check::fail(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA (ca.pem) is not under the trust roots (roots.pem): \
+                 proxies would refuse the certificates it signs"
+            ),
+            "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+        ));
+    }
+    let soonest = chain
+        .iter()
+        .chain(&roots)
+        .filter_map(|c| inspect::not_after(c).ok())
+        .min();
+    if let Some(at) = soonest {
+        match at.duration_since(now) {
+            Err(_) => out.push(Check::fail(
+                MESH_CA,
+                format!("secret/{secret}: a CA or root certificate has expired"),
+                rotate,
+            )),
+            Ok(left) if left < EXPIRY_WARNING => out.push(Check::warn(
+                MESH_CA,
+                format!(
+                    "secret/{secret}: the CA expires in {} days (within 30)",
+                    left.as_secs() / 86_400
+                ),
+                rotate,
+            )),
+            Ok(left) => out.push(Check::ok(
+                MESH_CA,
+                format!(
+                    "secret/{secret}: the CA valid for {} more days",
+                    left.as_secs() / 86_400
+                ),
+            )),
+        }
+    }
+    out
+}
+
+/// The Secret `deployment` mounts that has `key`: (name, its data).
+fn mounted_secret(
+    o: &Objects,
+    deployment: &str,
+    key: &str,
+) -> Option<(String, BTreeMap<String, k8s_openapi::ByteString>)> {
+    let d = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(deployment))?;
+    let mounted: Vec<String> = d
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    o.secrets.iter().find_map(|s| {
+        let name = s.metadata.name.clone()?;
+        let data = s.data.clone()?;
+        (mounted.contains(&name) && data.contains_key(key)).then_some((name, data))
+    })
 }
 
 /// The Secret the injector Deployment mounts that has a `tls.crt`: (name,

@@ -152,6 +152,7 @@ enum Command {
     /// Deployments available and ready, the webhook registered with a
     /// caBundle that accepts the injector's serving certificate for
     /// <service>.<namespace>.svc and not expiring within 30 days, the mesh
+    /// CA under the trust roots and not expiring within 30 days, the mesh
     /// resources the control plane refused (Accepted=False) and the
     /// annotated namespaces, and each meshed pod's proxy: ready, of the
     /// control plane's version, its certificate not near expiry and its

@@ -37,6 +37,13 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, Error> {
     Ok(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
+/// The (subject, issuer) distinguished names of `cert`, as text.
+pub fn names(cert: &CertificateDer<'_>) -> Result<(String, String), Error> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("cannot parse the certificate: {e}")))?;
+    Ok((parsed.subject().to_string(), parsed.issuer().to_string()))
+}
+
 /// Whether `chain` (leaf first) is valid at `now` for `dns_name` under
 /// `roots`, as a TLS client checks a server: the error says why not
 /// (another name, expired, unknown issuer).

@@ -273,6 +273,11 @@ async fn a_healthy_mesh_passes_and_exits_0() {
          ✔ caBundle valid for outrigger-injector.outrigger-system.svc (secret/outrigger-injector-tls)\n\
          ✔ webhook certificates valid for 3649 more days\n\
          \n\
+         outrigger mesh CA\n\
+         -----------------\n\
+         ✔ secret/outrigger-ca: the CA is under the trust roots (1 root)\n\
+         ✔ secret/outrigger-ca: the CA valid for 3649 more days\n\
+         \n\
          outrigger resources\n\
          -------------------\n\
          ✔ every mesh resource accepted (1)\n\
@@ -292,7 +297,7 @@ async fn a_healthy_mesh_passes_and_exits_0() {
     assert_eq!(status, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["checks"].as_array().unwrap().len(), 12);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 14);
     assert_eq!(v["checks"][0]["level"], "ok");
 }
 
@@ -702,4 +707,24 @@ async fn a_proxy_certificate_near_expiry_warns() {
         ),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn a_mesh_ca_not_under_the_trust_roots_fails() {
+    use base64::Engine as _;
+    let (other_root, _) = test_ca();
+    let roots = json!(base64::engine::general_purpose::STANDARD.encode(other_root));
+    fails_with(
+        move |o| {
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-ca" {
+                    s["data"]["roots.pem"] = roots.clone();
+                }
+            }
+        },
+        "secret/outrigger-ca: the CA (ca.pem) is not under the trust roots (roots.pem): proxies \
+         would refuse the certificates it signs",
+        "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+    )
+    .await;
 }
