@@ -1480,6 +1480,65 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_ca_must_be_under_its_roots() {
+        use outrigger_identity::Ca;
+        let now = SystemTime::now();
+        let pem = |ca: &Ca| ca.generated_pem().unwrap().0.to_string();
+        let (ca, other) = (
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+        );
+        let objects = |roots: &str| -> Objects {
+            let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
+            let mut secret = Secret::default();
+            secret.metadata.name = Some("outrigger-ca".into());
+            secret.data = Some(BTreeMap::from([
+                ("ca.pem".to_string(), b64(&ca)),
+                ("roots.pem".to_string(), b64(roots)),
+            ]));
+            Objects {
+                mesh_namespace: "mesh".into(),
+                deployments: vec![serde_json::from_value(json!({
+                    "metadata": {"name": "outrigger-control-plane"},
+                    "spec": {"selector": {}, "template": {"spec": {"containers": [],
+                        "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
+                }))
+                .unwrap()],
+                secrets: vec![secret],
+                ..Default::default()
+            }
+        };
+        let said = |o: &Objects| -> Vec<(Level, String)> {
+            mesh_ca(o, now)
+                .into_iter()
+                .map(|c| (c.level, c.message))
+                .collect()
+        };
+        assert_eq!(
+            said(&objects(&ca)),
+            [
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA is under the trust roots (1 root)".into()
+                ),
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA valid for 3649 more days".into()
+                ),
+            ]
+        );
+        assert_eq!(said(&objects(&other))[0].0, Level::Fail);
+        assert_eq!(
+            said(&objects(&format!("{other}{ca}")))[0].1,
+            "secret/outrigger-ca: the CA is under the trust roots (2 roots)"
+        );
+        assert_eq!(
+            said(&Objects::default())[0].1,
+            "no mesh CA (a Secret with ca.pem the control plane mounts) in namespace "
+        );
+    }
+
+    #[test]
     fn annotated_namespaces_are_listed() {
         let ns = |name: &str, a: Value| -> Namespace {
             serde_json::from_value(json!({"metadata": {"name": name, "annotations": a}})).unwrap()
