@@ -146,23 +146,26 @@ enum Command {
     ///   outrigger version --client
     #[command(verbatim_doc_comment)]
     Version(VersionArgs),
-    /// Check that the installed mesh is healthy, one line per check (✔
-    /// passed, ⚠ worth a look, × failed, with what to do): the CRDs
-    /// installed with this CLI's schema, the control plane and injector
-    /// Deployments available and ready, the webhook registered with a
-    /// caBundle that accepts the injector's serving certificate for
-    /// <service>.<namespace>.svc and not expiring within 30 days, the mesh
-    /// CA under the trust roots and not expiring within 30 days, the mesh
-    /// resources the control plane refused (Accepted=False) and the
-    /// annotated namespaces, and each meshed pod's proxy: ready, of the
+    /// Check that the mesh is healthy, one line per check: ✔ passed, ⚠
+    /// worth a look, × failed (with what to do). Exit status 0 only when
+    /// nothing failed.
+    ///
+    /// After install: the CRDs installed with this CLI's schema; the
+    /// control plane and injector Deployments available and ready; the
+    /// webhook registered, its caBundle accepting the injector's serving
+    /// certificate for <service>.<namespace>.svc, not expiring within 30
+    /// days; the mesh CA under the trust roots, not expiring within 30
+    /// days; the mesh resources the control plane refused (Accepted=False);
+    /// the annotated namespaces; each meshed pod's proxy ready, of the
     /// control plane's version, its certificate not near expiry and its
-    /// config stream connected (its /metrics, through the pod proxy). With --pre, before install: the API server
-    /// reachable and new enough for native sidecars, permission to create
-    /// what the chart creates, no other mesh's injection webhook. Exit
-    /// status 0 only when nothing failed.
+    /// config stream connected (its /metrics, through the pod proxy).
+    ///
+    /// With --pre, before install: the API server reachable and new enough
+    /// for native sidecars, permission to create what the chart creates,
+    /// no other mesh's injection webhook.
     ///
     /// Examples:
-    ///   outrigger check --pre         # before helm install
+    ///   outrigger check --pre          # before helm install
     ///   outrigger check
     ///   outrigger check --wait 5m      # retry until everything passes
     ///   outrigger check -o json | jq '.checks[] | select(.level == "fail")'
