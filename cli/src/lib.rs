@@ -8,6 +8,7 @@
 //! | module | what it gives |
 //! |---|---|
 //! | [`analyze`] | `outrigger analyze`: the control plane's verdicts over files or the cluster |
+//! | [`check`] | `outrigger check`: whether the installed mesh is healthy, one line per check |
 //! | [`cluster`] | a kube client from the user's kubeconfig (`--kubeconfig`, `--context`) |
 //! | [`demo`] | `outrigger demo`: the control plane, three apps and their proxies over mTLS on one machine |
 //! | [`inject`] | `outrigger inject`: the webhook's injection applied to manifests, offline |
@@ -19,6 +20,7 @@
 //! | [`version`] | `outrigger version`: client, control plane, injector and proxies' versions |
 
 pub mod analyze;
+pub mod check;
 pub mod cluster;
 pub mod demo;
 pub mod inject;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod inspect;
 pub mod spiffe;
 pub mod tls;
 mod verify;

@@ -430,7 +430,8 @@ impl Drop for Container {
 
 /// A stand-in for the API server, for clients that list and watch: a list
 /// answers with the objects given for its path (none by default), a watch
-/// is held open with no events, a create at a path given to
+/// is held open with no events, `GET /version` answers the object given
+/// for "/version" (if any), a create at a path given to
 /// [`fake_api_server_with`] is answered by its function, a patch (a status
 /// write) is taken, anything else is a 404. Every request is
 /// recorded, so a test can hold what a binary asked for against the RBAC
@@ -804,6 +805,15 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
             .header("content-type", "application/json")
             .body(full(object.to_string()))
             .unwrap();
+    }
+    if req.method() == Method::GET && path == "/version" {
+        // The server's version, when given as the one object at "/version".
+        if let Some(info) = objects.get(path).and_then(|v| v.first()) {
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(full(info.to_string()))
+                .unwrap();
+        }
     }
     if req.method() != Method::GET || !listable {
         return Response::builder()

@@ -1,0 +1,1582 @@
+//! `outrigger check`: whether the mesh the chart installed is healthy, one
+//! line per check (✔ passed, ⚠ worth a look, × failed, with what to do).
+//!
+//! [`post_install`] turns the objects the cluster holds ([`Objects`]) into
+//! [`Check`]s, and [`pre_install`] what `--pre` reads ([`PreObjects`]),
+//! pure; [`render`] is what to print; [`fetch`] and [`fetch_pre`] are the
+//! edges. The proxies' certificates and config streams are read from their
+//! `/metrics` through the pod proxy ([`crate::proxy_admin`], [`crate::prom`]).
+//! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
+//! (what the chart's `crds/` is generated from), the webhook's serving
+//! certificate against its `caBundle` as the API server would check it
+//! ([`outrigger_identity::inspect`]), and the `Accepted` conditions are the
+//! ones the control plane writes ([`outrigger_control_plane::status`]).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::Api;
+use outrigger_control_plane::crd::{definitions, VERSION};
+use outrigger_control_plane::status::ACCEPTED;
+use outrigger_identity::inspect;
+use outrigger_injector::annotations::{INJECT, PROXY_VERSION};
+use outrigger_injector::inject::PROXY_CONTAINER;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::output::{self, Format, OutputError};
+use crate::version::{self, CONTROL_PLANE, INJECTOR};
+
+/// The webhook the chart registers (its name in the configuration).
+pub const WEBHOOK: &str = "injector.outrigger.dev";
+/// A certificate expiring sooner than this is a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    pub fn mark(self) -> &'static str {
+        match self {
+            Level::Ok => "✔",
+            Level::Warn => "⚠",
+            Level::Fail => "×",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The heading it is printed under.
+    pub group: &'static str,
+    pub level: Level,
+    pub message: String,
+    /// What to do, when it did not pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn ok(group: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Ok,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    fn warn(group: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Warn,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+    fn fail(group: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            group,
+            level: Level::Fail,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// The whole answer, for `-o json|yaml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Nothing failed (the exit status).
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn of(checks: Vec<Check>) -> Self {
+        Self {
+            ok: checks.iter().all(|c| c.level != Level::Fail),
+            checks,
+        }
+    }
+}
+
+/// What the checks after install read from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Objects {
+    /// Where the chart is installed.
+    pub mesh_namespace: String,
+    pub crds: Vec<CustomResourceDefinition>,
+    /// The Deployments in the mesh namespace.
+    pub deployments: Vec<Deployment>,
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
+    /// The Secrets in the mesh namespace (the webhook's serving certificate).
+    pub secrets: Vec<Secret>,
+    /// The mesh's custom resources: (kind, object).
+    pub resources: Vec<(String, Value)>,
+    pub namespaces: Vec<Namespace>,
+    /// The pods (of -n's namespace, else of all), meshed or not.
+    pub pods: Vec<Pod>,
+    /// What the ready proxies' `/metrics` answered (`NS/NAME`), or why not.
+    pub metrics: BTreeMap<String, Result<String, String>>,
+}
+
+const CRDS: &str = "outrigger CRDs";
+const DEPLOYMENTS: &str = "outrigger control plane";
+const WEBHOOKS: &str = "outrigger injector webhook";
+const RESOURCES: &str = "outrigger resources";
+const MESH_CA: &str = "outrigger mesh CA";
+const NAMESPACES: &str = "meshed namespaces";
+const PROXIES: &str = "outrigger proxies";
+
+/// The checks after install, in the order printed.
+pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let mut out = crds(&o.crds);
+    out.extend(deployments(&o.deployments, &o.mesh_namespace));
+    out.extend(webhook(o, now));
+    out.extend(mesh_ca(o, now));
+    out.extend(resources(&o.resources));
+    out.push(namespaces(&o.namespaces));
+    let control_plane = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(CONTROL_PLANE.0))
+        .and_then(|d| version::component(d, CONTROL_PLANE.1));
+    out.extend(proxies(
+        &o.pods,
+        control_plane.as_ref().map(|c| c.version.as_str()),
+        &o.metrics,
+        now,
+    ));
+    out
+}
+
+/// A workload certificate with less left than this is a warning: a proxy
+/// renews its certificate well before (at most of its life: the control
+/// plane's default lifetime is 24h), so one this close to its end is not
+/// being renewed.
+pub const CERT_WARNING: Duration = Duration::from_secs(3600);
+
+/// What one proxy's `/metrics` says of its certificate
+/// (`outrigger_identity_cert_expiry_timestamp_seconds`) and its config
+/// stream (`outrigger_control_plane_connected`): (level, words, hint).
+pub fn proxy_metrics(
+    text: &Result<String, String>,
+    ns: &str,
+    name: &str,
+    now: SystemTime,
+) -> (Level, Vec<String>, Option<String>) {
+    let logs = format!("kubectl -n {ns} logs {name} -c {PROXY_CONTAINER}");
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                Level::Warn,
+                vec![format!("cannot read its /metrics ({e})")],
+                Some(format!(
+                    "kubectl get --raw {} (needs pods/proxy)",
+                    crate::proxy_admin::pod_proxy_path(ns, name, "/metrics")
+                )),
+            )
+        }
+    };
+    let samples = crate::prom::parse(text);
+    let value = |metric: &str| samples.iter().find(|s| s.name == metric).map(|s| s.value);
+    let mut level = Level::Ok;
+    let mut words = Vec::new();
+    let mut hint = None;
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    match value("outrigger_identity_cert_expiry_timestamp_seconds") {
+        None | Some(0.0) => {
+            level = Level::Fail;
+            words.push("no certificate yet".to_string());
+            hint = Some(format!(
+                "{logs}: it has not been certified by the control plane"
+            ));
+        }
+        Some(at) if at <= now_secs => {
+            level = Level::Fail;
+            words.push("certificate expired".to_string());
+            hint = Some(format!("{logs}: it cannot renew its certificate"));
+        }
+        Some(at) => {
+            let left = Duration::from_secs_f64(at - now_secs);
+            let shown = if left.as_secs() >= 3600 {
+                format!("{}h", left.as_secs() / 3600)
+            } else {
+                format!("{}m", left.as_secs() / 60)
+            };
+            if left < CERT_WARNING {
+                level = Level::Warn;
+                words.push(format!("certificate expires in {shown}"));
+                hint = Some(format!("{logs}: it should have renewed its certificate"));
+            } else {
+                words.push(format!("certificate valid for {shown}"));
+            }
+        }
+    }
+    if value("outrigger_control_plane_connected") == Some(1.0) {
+        words.push("connected to the control plane".to_string());
+    } else {
+        level = Level::Fail;
+        words.push("not connected to the control plane".to_string());
+        hint.get_or_insert(format!("{logs}; and the control plane's logs"));
+    }
+    (level, words, hint)
+}
+
+/// How a proxy's version stands to the control plane's: equal is ✔; the
+/// same major version and at most one minor apart (patches aside) is ⚠,
+/// the supported skew; anything else, or a version that is not
+/// MAJOR.MINOR.PATCH, is ×... except that an unreadable version (a
+/// digest) is ⚠, as it cannot be compared.
+pub fn skew(proxy: &str, control_plane: &str) -> Level {
+    fn parse(v: &str) -> Option<(u64, u64)> {
+        let v = v.strip_prefix('v').unwrap_or(v);
+        let mut parts = v.split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+    if proxy == control_plane {
+        return Level::Ok;
+    }
+    match (parse(proxy), parse(control_plane)) {
+        (Some((pa, pi)), Some((ca, ci))) if pa == ca && pi.abs_diff(ci) <= 1 => Level::Warn,
+        (Some(_), Some(_)) => Level::Fail,
+        _ => Level::Warn,
+    }
+}
+
+/// Each meshed pod (an `outrigger-proxy` container, native sidecar or
+/// not): its proxy ready, and its version (the `outrigger.dev/proxy-version`
+/// annotation the injector set, else its image's tag) against the control
+/// plane's by [`skew`]. One line per pod, at its worst level.
+pub fn proxies(
+    pods: &[Pod],
+    control_plane: Option<&str>,
+    metrics: &BTreeMap<String, Result<String, String>>,
+    now: SystemTime,
+) -> Vec<Check> {
+    let listed = version::proxies(pods);
+    if listed.is_empty() {
+        return vec![Check::ok(PROXIES, "no meshed pods")];
+    }
+    listed
+        .iter()
+        .map(|p| {
+            let pod = pods
+                .iter()
+                .find(|x| {
+                    x.metadata.name.as_deref() == Some(p.pod.as_str())
+                        && x.metadata.namespace.as_deref().unwrap_or_default() == p.namespace
+                })
+                .expect("listed from these pods");
+            let (ns, name) = (&p.namespace, &p.pod);
+            let proxy_version = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROXY_VERSION))
+                .cloned()
+                .unwrap_or_else(|| p.version.clone());
+            let ready = pod.status.as_ref().is_some_and(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+                    .any(|c| c.name == PROXY_CONTAINER && c.ready)
+            });
+            let mut level = Level::Ok;
+            let mut said = Vec::new();
+            let mut hints = Vec::new();
+            if ready {
+                said.push("proxy ready".to_string());
+            } else {
+                level = Level::Fail;
+                said.push("proxy not ready".to_string());
+                hints.push(format!(
+                    "kubectl -n {ns} describe pod {name}; kubectl -n {ns} logs {name} -c {PROXY_CONTAINER}"
+                ));
+            }
+            match control_plane {
+                Some(cp) => {
+                    let l = skew(&proxy_version, cp);
+                    level = level.max(l);
+                    said.push(match l {
+                        Level::Ok => format!("version {proxy_version}"),
+                        _ => format!("version {proxy_version}, the control plane's is {cp}"),
+                    });
+                    if l != Level::Ok {
+                        hints.push(
+                            "restart its workload (kubectl rollout restart) so the injector \
+                             gives it the control plane's proxy: one minor version apart is \
+                             supported, further is not"
+                                .to_string(),
+                        );
+                    }
+                }
+                None => said.push(format!(
+                    "version {proxy_version} (no control plane to compare with)"
+                )),
+            }
+            if let Some(text) = metrics.get(&format!("{ns}/{name}")) {
+                let (l, words, hint) = proxy_metrics(text, ns, name, now);
+                level = level.max(l);
+                said.extend(words);
+                hints.extend(hint);
+            }
+            Check {
+                group: PROXIES,
+                level,
+                message: format!("pod {ns}/{name}: {}", said.join(", ")),
+                hint: (!hints.is_empty()).then(|| hints.join("; ")),
+            }
+        })
+        .collect()
+}
+
+/// Each CRD this CLI knows: installed, and its schema the same as this
+/// CLI's (the served version's `openAPIV3Schema`).
+pub fn crds(installed: &[CustomResourceDefinition]) -> Vec<Check> {
+    let apply = "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml of this \
+                 release (helm installs crds/ on first install only), or run the outrigger \
+                 CLI of the release installed";
+    definitions()
+        .into_iter()
+        .map(|want| {
+            let name = want.metadata.name.clone().unwrap_or_default();
+            let Some(have) = installed
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+            else {
+                return Check::fail(
+                    CRDS,
+                    format!("customresourcedefinition {name} is missing"),
+                    apply,
+                );
+            };
+            let schema = |crd: &CustomResourceDefinition| {
+                crd.spec
+                    .versions
+                    .iter()
+                    .find(|v| v.name == VERSION)
+                    .and_then(|v| serde_json::to_value(&v.schema).ok())
+            };
+            match (schema(&want), schema(have)) {
+                (Some(w), Some(h)) if w == h => Check::ok(
+                    CRDS,
+                    format!("customresourcedefinition {name} installed, same schema as this CLI"),
+                ),
+                (_, None) => Check::fail(
+                    CRDS,
+                    format!("customresourcedefinition {name} does not serve {VERSION}"),
+                    apply,
+                ),
+                (w, Some(h)) => Check::fail(
+                    CRDS,
+                    format!(
+                        "customresourcedefinition {name} has another schema than this CLI's \
+                         (first difference at {})",
+                        first_difference(&w.unwrap_or(Value::Null), &h, "")
+                    ),
+                    apply,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The JSON pointer of the first place `a` and `b` differ.
+fn first_difference(a: &Value, b: &Value, at: &str) -> String {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                if x.get(k) != y.get(k) {
+                    let here = format!("{at}/{k}");
+                    return match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) => first_difference(p, q, &here),
+                        _ => here,
+                    };
+                }
+            }
+            at.to_string()
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                if p != q {
+                    return first_difference(p, q, &format!("{at}/{i}"));
+                }
+            }
+            at.to_string()
+        }
+        _ if at.is_empty() => "/".into(),
+        _ => at.to_string(),
+    }
+}
+
+/// The control plane's and the injector's Deployments: available, and
+/// every replica ready.
+pub fn deployments(list: &[Deployment], namespace: &str) -> Vec<Check> {
+    [CONTROL_PLANE.0, INJECTOR.0]
+        .into_iter()
+        .map(|name| {
+            let Some(d) = list
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name))
+            else {
+                return Check::fail(
+                    DEPLOYMENTS,
+                    format!("deployment/{name} is missing in namespace {namespace}"),
+                    format!(
+                        "install the chart (helm install outrigger charts/outrigger -n \
+                         {namespace}), or pass --mesh-namespace where it is installed"
+                    ),
+                );
+            };
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let status = d.status.clone().unwrap_or_default();
+            let ready = status.ready_replicas.unwrap_or(0);
+            let available = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            if available && ready >= want && want > 0 {
+                Check::ok(
+                    DEPLOYMENTS,
+                    format!("deployment/{name} available, {ready}/{want} ready"),
+                )
+            } else {
+                Check::fail(
+                    DEPLOYMENTS,
+                    format!(
+                        "deployment/{name} {}, {ready}/{want} ready",
+                        if available {
+                            "available"
+                        } else {
+                            "not available"
+                        }
+                    ),
+                    format!(
+                        "kubectl -n {namespace} describe deployment/{name}; \
+                         kubectl -n {namespace} logs deployment/{name}"
+                    ),
+                )
+            }
+        })
+        .collect()
+}
+
+/// The chart's webhook: registered, and the injector's serving certificate
+/// valid under its `caBundle` for `<service>.<namespace>.svc` (what the API
+/// server checks), neither expiring within [`EXPIRY_WARNING`].
+pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let ns = &o.mesh_namespace;
+    let found = o.webhooks.iter().find_map(|c| {
+        c.webhooks.iter().flatten().find_map(|w| {
+            let svc = w.client_config.service.as_ref()?;
+            (w.name == WEBHOOK && svc.namespace == *ns).then(|| {
+                (
+                    c.metadata.name.clone().unwrap_or_default(),
+                    svc.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                )
+            })
+        })
+    });
+    let Some((config, service, bundle)) = found else {
+        return vec![Check::fail(
+            WEBHOOKS,
+            format!("no mutatingwebhookconfiguration has the webhook {WEBHOOK} for namespace {ns}"),
+            "install the chart (helm install outrigger charts/outrigger), or pass \
+             --mesh-namespace where it is installed",
+        )];
+    };
+    let mut out = vec![Check::ok(
+        WEBHOOKS,
+        format!("mutatingwebhookconfiguration {config} registered"),
+    )];
+    let dns = format!("{service}.{ns}.svc");
+    let reinstall = format!(
+        "helm upgrade outrigger charts/outrigger -n {ns} makes a new serving certificate and \
+         caBundle (or renew the Secret injector.tls.existingSecret names, and its caBundle)"
+    );
+    let bundle = String::from_utf8_lossy(bundle.as_deref().unwrap_or_default()).into_owned();
+    let roots = match inspect::certificates(&bundle, "caBundle") {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Check::fail(
+                WEBHOOKS,
+                format!("mutatingwebhookconfiguration {config}: {e}"),
+                reinstall,
+            ));
+            return out;
+        }
+    };
+    let serving = serving_secret(o).and_then(|(name, data)| {
+        let pem = String::from_utf8_lossy(&data).into_owned();
+        Some((name, inspect::certificates(&pem, "tls.crt").ok()?))
+    });
+    let Some((secret, chain)) = serving else {
+        out.push(Check::fail(
+            WEBHOOKS,
+            format!(
+                "no serving certificate (a Secret with tls.crt the injector mounts) in \
+                 namespace {ns}"
+            ),
+            reinstall,
+        ));
+        return out;
+    };
+    match inspect::verify_server(&roots, &chain, &dns, now) {
+        Ok(()) => out.push(Check::ok(
+            WEBHOOKS,
+            format!("caBundle valid for {dns} (secret/{secret})"),
+        )),
+        Err(e) => {
+            out.push(Check::fail(
+                WEBHOOKS,
+                format!("caBundle of {config} does not accept secret/{secret} for {dns}: {e}"),
+                reinstall,
+            ));
+            return out;
+        }
+    }
+    let soonest = roots
+        .iter()
+        .chain(&chain)
+        .filter_map(|c| inspect::not_after(c).ok())
+        .min();
+    if let Some(at) = soonest {
+        let left = at.duration_since(now).unwrap_or_default();
+        let days = left.as_secs() / 86_400;
+        if left < EXPIRY_WARNING {
+            out.push(Check::warn(
+                WEBHOOKS,
+                format!("webhook certificates expire in {days} days (within 30)"),
+                reinstall,
+            ));
+        } else {
+            out.push(Check::ok(
+                WEBHOOKS,
+                format!("webhook certificates valid for {days} more days"),
+            ));
+        }
+    }
+    out
+}
+
+/// The mesh CA the control plane signs with (the `ca.pem` and `roots.pem`
+/// of the Secret its Deployment mounts): each certificate not expired (×)
+/// nor expiring within [`EXPIRY_WARNING`] (⚠), and the CA under the roots
+/// the proxies trust: its last certificate one of them or, when that is not
+/// self-signed, issued by one's name.
+pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
+    let ns = &o.mesh_namespace;
+    let rotate = "rotate the mesh CA as docs/security.md says (new root trusted, new root \
+                  signing, old root dropped)";
+    let Some((secret, data)) = mounted_secret(o, CONTROL_PLANE.0, "ca.pem") else {
+        return vec![Check::fail(
+            MESH_CA,
+            format!("no mesh CA (a Secret with ca.pem the control plane mounts) in namespace {ns}"),
+            "install the chart with identity.ca.cert and identity.ca.key (or \
+             identity.ca.existingSecret)",
+        )];
+    };
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let (chain, roots) = match (
+        inspect::certificates(&text("ca.pem"), "ca.pem"),
+        inspect::certificates(&text("roots.pem"), "roots.pem"),
+    ) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(e), _) | (_, Err(e)) => {
+            return vec![Check::fail(
+                MESH_CA,
+                format!("secret/{secret}: {e}"),
+                rotate,
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    let top = chain.last().expect("not empty");
+    // A self-signed top must be one of the roots; an intermediate's issuer
+    // must be a root's subject (its signature is not checked here).
+    let trusted = roots.contains(top)
+        || inspect::names(top).is_ok_and(|(subject, issuer)| {
+            subject != issuer
+                && roots
+                    .iter()
+                    .any(|r| inspect::names(r).is_ok_and(|(s, _)| s == issuer))
+        });
+    if trusted {
+        out.push(Check::ok(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA is under the trust roots ({} root{})",
+                roots.len(),
+                if roots.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    } else {
+        out.push(Check::fail(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA (ca.pem) is not under the trust roots (roots.pem): \
+                 proxies would refuse the certificates it signs"
+            ),
+            "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+        ));
+    }
+    let soonest = chain
+        .iter()
+        .chain(&roots)
+        .filter_map(|c| inspect::not_after(c).ok())
+        .min();
+    if let Some(at) = soonest {
+        match at.duration_since(now) {
+            Err(_) => out.push(Check::fail(
+                MESH_CA,
+                format!("secret/{secret}: a CA or root certificate has expired"),
+                rotate,
+            )),
+            Ok(left) if left < EXPIRY_WARNING => out.push(Check::warn(
+                MESH_CA,
+                format!(
+                    "secret/{secret}: the CA expires in {} days (within 30)",
+                    left.as_secs() / 86_400
+                ),
+                rotate,
+            )),
+            Ok(left) => out.push(Check::ok(
+                MESH_CA,
+                format!(
+                    "secret/{secret}: the CA valid for {} more days",
+                    left.as_secs() / 86_400
+                ),
+            )),
+        }
+    }
+    out
+}
+
+/// The Secret `deployment` mounts that has `key`: (name, its data).
+fn mounted_secret(
+    o: &Objects,
+    deployment: &str,
+    key: &str,
+) -> Option<(String, BTreeMap<String, k8s_openapi::ByteString>)> {
+    let d = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(deployment))?;
+    let mounted: Vec<String> = d
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    o.secrets.iter().find_map(|s| {
+        let name = s.metadata.name.clone()?;
+        let data = s.data.clone()?;
+        (mounted.contains(&name) && data.contains_key(key)).then_some((name, data))
+    })
+}
+
+/// The Secret the injector Deployment mounts that has a `tls.crt`: (name,
+/// the PEM).
+fn serving_secret(o: &Objects) -> Option<(String, Vec<u8>)> {
+    let injector = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(INJECTOR.0))?;
+    let mounted: Vec<String> = injector
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    o.secrets.iter().find_map(|s| {
+        let name = s.metadata.name.clone()?;
+        if !mounted.contains(&name) {
+            return None;
+        }
+        let crt = s.data.as_ref()?.get("tls.crt")?;
+        Some((name, crt.0.clone()))
+    })
+}
+
+/// The mesh's custom resources the control plane refused (`Accepted=False`,
+/// with its reason), or has not judged yet.
+pub fn resources(list: &[(String, Value)]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut accepted = 0;
+    for (kind, o) in list {
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let condition = o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == ACCEPTED);
+        match condition {
+            Some(c) if c["status"] == "True" => accepted += 1,
+            Some(c) => out.push(Check::fail(
+                RESOURCES,
+                format!(
+                    "{kind} {ns}/{name} refused: {}: {}",
+                    c["reason"].as_str().unwrap_or("?"),
+                    c["message"].as_str().unwrap_or_default()
+                ),
+                format!(
+                    "fix it (kubectl -n {ns} edit {} {name}); outrigger analyze --cluster \
+                     lists every refusal",
+                    kind.to_lowercase()
+                ),
+            )),
+            None => out.push(Check::warn(
+                RESOURCES,
+                format!("{kind} {ns}/{name} has no Accepted condition yet"),
+                "the control plane writes it when it reads the resource: check that it runs \
+                 (and its logs)",
+            )),
+        }
+    }
+    if out.is_empty() {
+        out.push(Check::ok(
+            RESOURCES,
+            format!("every mesh resource accepted ({accepted})"),
+        ));
+    }
+    out
+}
+
+/// The namespaces annotated `outrigger.dev/inject: enabled`.
+pub fn namespaces(list: &[Namespace]) -> Check {
+    let mut names: Vec<&str> = list
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECT))
+                .is_some_and(|v| v == "enabled")
+        })
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        Check::warn(
+            NAMESPACES,
+            format!("no namespace is annotated {INJECT}: enabled"),
+            format!("kubectl annotate namespace NAME {INJECT}=enabled, then restart its pods"),
+        )
+    } else {
+        Check::ok(
+            NAMESPACES,
+            format!("annotated {INJECT}: enabled: {}", names.join(", ")),
+        )
+    }
+}
+
+/// What `outrigger check` prints: the checks under their headings, each
+/// failure's hint under it, then the verdict.
+pub fn render(report: &Report, format: Format) -> Result<String, OutputError> {
+    if let Some(text) = output::structured(format, report)? {
+        return Ok(text);
+    }
+    let mut out = String::new();
+    let mut group = "";
+    for c in &report.checks {
+        if c.group != group {
+            if !group.is_empty() {
+                out.push('\n');
+            }
+            group = c.group;
+            out.push_str(&format!("{group}\n{}\n", "-".repeat(group.chars().count())));
+        }
+        out.push_str(&format!("{} {}\n", c.level.mark(), c.message));
+        if let Some(hint) = &c.hint {
+            out.push_str(&format!("    → {hint}\n"));
+        }
+    }
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .count();
+    out.push('\n');
+    if failed == 0 {
+        out.push_str("Status check results are ✔\n");
+    } else {
+        out.push_str(&format!("Status check results are ×: {failed} failed\n"));
+    }
+    Ok(out)
+}
+
+/// The progress line `--wait` prints between tries.
+pub fn progress(report: &Report, left: Duration) -> String {
+    let failing: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .map(|c| c.message.as_str())
+        .collect();
+    format!(
+        "waiting: {} failing ({}), {}s left",
+        failing.len(),
+        failing.first().copied().unwrap_or_default(),
+        left.as_millis().div_ceil(1000)
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {what} from the cluster: {source} (check --kubeconfig and --context)")]
+pub struct FetchError {
+    pub what: String,
+    pub source: kube::Error,
+}
+
+/// How long `--wait` waits between tries.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// The line for a cluster that could not be read.
+pub fn unreachable(e: &FetchError) -> Check {
+    Check::fail(
+        "kubernetes API",
+        e.to_string(),
+        "check that kubectl reaches this cluster with the same --kubeconfig and --context",
+    )
+}
+
+/// Reads what [`post_install`] checks. A kind whose CRD the API server
+/// does not serve has no resources (the CRD check says it is missing).
+pub async fn fetch(
+    client: kube::Client,
+    mesh_namespace: &str,
+    pods_in: Option<&str>,
+) -> Result<Objects, FetchError> {
+    async fn list<K>(api: Api<K>, what: &str) -> Result<Vec<K>, FetchError>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|source| FetchError {
+                what: what.to_string(),
+                source,
+            })
+    }
+    let ns = mesh_namespace;
+    let mut objects = Objects {
+        mesh_namespace: ns.to_string(),
+        crds: list(Api::all(client.clone()), "the customresourcedefinitions").await?,
+        deployments: list(
+            Api::namespaced(client.clone(), ns),
+            &format!("the deployments in namespace {ns}"),
+        )
+        .await?,
+        webhooks: list(
+            Api::all(client.clone()),
+            "the mutatingwebhookconfigurations",
+        )
+        .await?,
+        secrets: list(
+            Api::namespaced(client.clone(), ns),
+            &format!("the secrets in namespace {ns}"),
+        )
+        .await?,
+        resources: Vec::new(),
+        namespaces: list(Api::all(client.clone()), "the namespaces").await?,
+        pods: match pods_in {
+            Some(ns) => {
+                list(
+                    Api::namespaced(client.clone(), ns),
+                    &format!("the pods in namespace {ns}"),
+                )
+                .await?
+            }
+            None => list(Api::all(client.clone()), "the pods").await?,
+        },
+        metrics: BTreeMap::new(),
+    };
+    for p in version::proxies(&objects.pods) {
+        let pod = objects.pods.iter().find(|x| {
+            x.metadata.name.as_deref() == Some(p.pod.as_str())
+                && x.metadata.namespace.as_deref().unwrap_or_default() == p.namespace
+        });
+        let ready = pod.and_then(|x| x.status.as_ref()).is_some_and(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+                .any(|c| c.name == PROXY_CONTAINER && c.ready)
+        });
+        if !ready {
+            continue;
+        }
+        let admin = crate::proxy_admin::Admin::Pod {
+            client: client.clone(),
+            namespace: p.namespace.clone(),
+            name: p.pod.clone(),
+        };
+        let text = admin.get("/metrics").await.map_err(|e| e.to_string());
+        objects
+            .metrics
+            .insert(format!("{}/{}", p.namespace, p.pod), text);
+    }
+    for crd in definitions() {
+        let names = &crd.spec.names;
+        let resource = ApiResource {
+            group: crd.spec.group.clone(),
+            version: VERSION.into(),
+            api_version: format!("{}/{VERSION}", crd.spec.group),
+            kind: names.kind.clone(),
+            plural: names.plural.clone(),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list(&ListParams::default()).await {
+            Ok(l) => objects.resources.extend(l.items.into_iter().map(|o| {
+                (
+                    names.kind.clone(),
+                    serde_json::to_value(o).unwrap_or_default(),
+                )
+            })),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(FetchError {
+                    what: format!("the {}", names.plural),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// One kind of object the chart creates: (API group, resource, namespaced).
+pub type Resource = (&'static str, &'static str, bool);
+
+/// What `helm install` of the chart creates (charts/outrigger/templates and
+/// crds/), for the permission check.
+pub const CHART_CREATES: &[Resource] = &[
+    ("apiextensions.k8s.io", "customresourcedefinitions", false),
+    ("rbac.authorization.k8s.io", "clusterroles", false),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", false),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        false,
+    ),
+    ("apps", "deployments", true),
+    ("", "services", true),
+    ("", "serviceaccounts", true),
+    ("", "secrets", true),
+    ("", "configmaps", true),
+];
+
+/// Other meshes' injection webhooks (their configurations' names start so).
+pub const OTHER_INJECTORS: &[&str] = &[
+    "istio-sidecar-injector",
+    "istio-revision-tag",
+    "linkerd-proxy-injector",
+];
+
+/// What the checks before install read: the API server's version (or why
+/// it could not be read), whether the user may create each thing the
+/// chart creates (allowed, the authorizer's reason), and the mutating
+/// webhook configurations already registered.
+#[derive(Clone, Debug)]
+pub struct PreObjects {
+    pub mesh_namespace: String,
+    pub version: Result<k8s_openapi::apimachinery::pkg::version::Info, String>,
+    pub access: Vec<(Resource, bool, String)>,
+    pub webhooks: Vec<MutatingWebhookConfiguration>,
+}
+
+const API: &str = "kubernetes API";
+const PERMISSIONS: &str = "permissions";
+const OTHER_MESHES: &str = "other meshes";
+
+/// The checks before install, in the order printed.
+pub fn pre_install(o: &PreObjects) -> Vec<Check> {
+    let mut out = Vec::new();
+    match &o.version {
+        Err(e) => {
+            out.push(Check::fail(
+                API,
+                format!("cannot reach the API server: {e}"),
+                "check that kubectl reaches this cluster with the same --kubeconfig and --context",
+            ));
+            return out;
+        }
+        Ok(v) => {
+            out.push(Check::ok(
+                API,
+                format!("API server reachable ({})", v.git_version),
+            ));
+            let minor: Option<u64> = v.minor.trim_end_matches('+').parse().ok();
+            let major: Option<u64> = v.major.parse().ok();
+            let native = matches!((major, minor), (Some(1), Some(m)) if m >= 29)
+                || major.is_some_and(|m| m > 1);
+            if native {
+                out.push(Check::ok(
+                    API,
+                    format!(
+                        "Kubernetes {}.{} runs native sidecars (the SidecarContainers feature, \
+                         on by default from 1.29)",
+                        v.major, v.minor
+                    ),
+                ));
+            } else {
+                out.push(Check::fail(
+                    API,
+                    format!(
+                        "Kubernetes {}.{} is older than 1.29: native sidecars (the proxy as an \
+                         init container with restartPolicy: Always) need the SidecarContainers \
+                         feature, on by default from 1.29",
+                        v.major, v.minor
+                    ),
+                    "upgrade the cluster to 1.29 or later, or install with \
+                     --set proxy.nativeSidecar=false (the proxy then runs as the pod's first \
+                     container)",
+                ));
+            }
+        }
+    }
+    let denied: Vec<&(Resource, bool, String)> = o.access.iter().filter(|a| !a.1).collect();
+    if denied.is_empty() {
+        out.push(Check::ok(
+            PERMISSIONS,
+            format!(
+                "may create everything the chart creates ({} kinds)",
+                o.access.len()
+            ),
+        ));
+    }
+    for ((group, resource, namespaced), _, reason) in denied {
+        let what = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let scope = if *namespaced {
+            format!("in namespace {}", o.mesh_namespace)
+        } else {
+            "(cluster-wide)".to_string()
+        };
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        out.push(Check::fail(
+            PERMISSIONS,
+            format!("may not create {what} {scope}{why}"),
+            "install as a cluster admin, or ask one for these permissions (kubectl auth \
+             can-i create ... shows what you may do)",
+        ));
+    }
+    let others: Vec<&str> = o
+        .webhooks
+        .iter()
+        .filter_map(|w| w.metadata.name.as_deref())
+        .filter(|n| OTHER_INJECTORS.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if others.is_empty() {
+        out.push(Check::ok(OTHER_MESHES, "no other mesh's injection webhook"));
+    }
+    for name in others {
+        out.push(Check::fail(
+            OTHER_MESHES,
+            format!(
+                "mutatingwebhookconfiguration {name} would also inject the pods of annotated \
+                 namespaces"
+            ),
+            "uninstall that mesh, or keep its injection off in the namespaces you annotate \
+             outrigger.dev/inject: enabled (its own label or annotation)",
+        ));
+    }
+    out
+}
+
+/// Reads what [`pre_install`] checks; an unreachable API server is a
+/// check that failed, not an error.
+pub async fn fetch_pre(
+    client: kube::Client,
+    mesh_namespace: &str,
+) -> Result<PreObjects, FetchError> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let mut o = PreObjects {
+        mesh_namespace: mesh_namespace.to_string(),
+        version: client.apiserver_version().await.map_err(|e| e.to_string()),
+        access: Vec::new(),
+        webhooks: Vec::new(),
+    };
+    if o.version.is_err() {
+        return Ok(o);
+    }
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for r @ (group, resource, namespaced) in CHART_CREATES {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    verb: Some("create".into()),
+                    namespace: namespaced.then(|| mesh_namespace.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews
+            .create(&Default::default(), &review)
+            .await
+            .map_err(|source| FetchError {
+                what: format!("whether you may create {resource} (a SelfSubjectAccessReview)"),
+                source,
+            })?;
+        let status = answer.status.unwrap_or_default();
+        o.access
+            .push((*r, status.allowed, status.reason.unwrap_or_default()));
+    }
+    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| FetchError {
+            what: "the mutatingwebhookconfigurations".into(),
+            source,
+        })?;
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    fn info(major: &str, minor: &str) -> k8s_openapi::apimachinery::pkg::version::Info {
+        serde_json::from_value(json!({"major": major, "minor": minor,
+            "gitVersion": format!("v{major}.{minor}.0"), "gitCommit": "", "gitTreeState": "",
+            "buildDate": "", "goVersion": "", "compiler": "", "platform": ""}))
+        .unwrap()
+    }
+
+    #[test]
+    fn before_install_version_permissions_and_other_meshes() {
+        let webhook = |name: &str| -> MutatingWebhookConfiguration {
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+        };
+        let o = PreObjects {
+            mesh_namespace: "outrigger-system".into(),
+            version: Ok(info("1", "28+")),
+            access: vec![
+                (CHART_CREATES[0], true, String::new()),
+                (CHART_CREATES[4], false, "no RBAC policy matched".into()),
+            ],
+            webhooks: vec![
+                webhook("istio-sidecar-injector-1-22"),
+                webhook("cert-manager"),
+            ],
+        };
+        let got = pre_install(&o);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Level::Ok, "API server reachable (v1.28+.0)"),
+                (
+                    Level::Fail,
+                    "Kubernetes 1.28+ is older than 1.29: native sidecars (the proxy as an init \
+                     container with restartPolicy: Always) need the SidecarContainers feature, \
+                     on by default from 1.29"
+                ),
+                (
+                    Level::Fail,
+                    "may not create deployments.apps in namespace outrigger-system: no RBAC \
+                     policy matched"
+                ),
+                (
+                    Level::Fail,
+                    "mutatingwebhookconfiguration istio-sidecar-injector-1-22 would also inject \
+                     the pods of annotated namespaces"
+                ),
+            ]
+        );
+        let good = PreObjects {
+            version: Ok(info("1", "31")),
+            access: vec![(CHART_CREATES[0], true, String::new())],
+            webhooks: vec![],
+            ..o
+        };
+        assert!(Report::of(pre_install(&good)).ok);
+        let gone = PreObjects {
+            version: Err("connection refused".into()),
+            ..good
+        };
+        assert_eq!(pre_install(&gone).len(), 1);
+    }
+
+    use super::*;
+    use serde_json::json;
+
+    fn crd_named(name: &str) -> CustomResourceDefinition {
+        definitions()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn crds_missing_or_of_another_schema_fail() {
+        let mut other = crd_named("virtualservices.outrigger.dev");
+        let v = other.spec.versions.iter_mut().next().unwrap();
+        let mut schema = serde_json::to_value(&v.schema).unwrap();
+        schema["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("http");
+        v.schema = serde_json::from_value(schema).unwrap();
+        let got = crds(&[other, crd_named("destinationrules.outrigger.dev")]);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    Level::Fail,
+                    "customresourcedefinition virtualservices.outrigger.dev has another schema \
+                     than this CLI's (first difference at /openAPIV3Schema/properties/spec/\
+                     properties/http)"
+                ),
+                (
+                    Level::Ok,
+                    "customresourcedefinition destinationrules.outrigger.dev installed, same \
+                     schema as this CLI"
+                ),
+                (
+                    Level::Fail,
+                    "customresourcedefinition authorizationpolicies.outrigger.dev is missing"
+                ),
+                (
+                    Level::Fail,
+                    "customresourcedefinition peerauthentications.outrigger.dev is missing"
+                ),
+            ]
+        );
+        assert!(got[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("crds/outrigger.dev.yaml"));
+    }
+
+    fn deployment(name: &str, ready: i32, available: &str) -> Deployment {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"readyReplicas": ready,
+                "conditions": [{"type": "Available", "status": available}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn deployments_must_be_available_and_ready() {
+        let got = deployments(&[deployment("outrigger-control-plane", 0, "False")], "mesh");
+        assert_eq!(got[0].level, Level::Fail);
+        assert_eq!(
+            got[0].message,
+            "deployment/outrigger-control-plane not available, 0/1 ready"
+        );
+        assert_eq!(
+            got[0].hint.as_deref(),
+            Some(
+                "kubectl -n mesh describe deployment/outrigger-control-plane; kubectl -n mesh \
+                 logs deployment/outrigger-control-plane"
+            )
+        );
+        assert_eq!(
+            got[1].message,
+            "deployment/outrigger-injector is missing in namespace mesh"
+        );
+        let got = deployments(&[deployment("outrigger-injector", 1, "True")], "mesh");
+        assert_eq!(got[1].level, Level::Ok);
+        assert_eq!(
+            got[1].message,
+            "deployment/outrigger-injector available, 1/1 ready"
+        );
+    }
+
+    #[test]
+    fn refused_resources_are_listed_with_their_reason() {
+        let vs = |name: &str, status: Value| {
+            (
+                "VirtualService".to_string(),
+                json!({"metadata": {"name": name, "namespace": "shop"}, "status": status}),
+            )
+        };
+        let got = resources(&[
+            vs(
+                "reviews",
+                json!({"conditions": [{"type": "Accepted", "status": "False",
+                    "reason": "UnknownSubset", "message": "subset v9 is not defined"}]}),
+            ),
+            vs(
+                "web",
+                json!({"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted"}]}),
+            ),
+            vs("new", json!({})),
+        ]);
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    Level::Fail,
+                    "VirtualService shop/reviews refused: UnknownSubset: subset v9 is not defined"
+                ),
+                (
+                    Level::Warn,
+                    "VirtualService shop/new has no Accepted condition yet"
+                ),
+            ]
+        );
+        assert_eq!(
+            resources(&[vs(
+                "web",
+                json!({"conditions": [{"type": "Accepted", "status": "True"}]})
+            )])[0]
+                .message,
+            "every mesh resource accepted (1)"
+        );
+    }
+
+    #[test]
+    fn proxy_versions_within_one_minor_warn_further_fail() {
+        assert_eq!(skew("0.4.2", "0.4.2"), Level::Ok);
+        assert_eq!(skew("0.4.1", "0.4.2"), Level::Warn);
+        assert_eq!(skew("v0.3.9", "0.4.2"), Level::Warn);
+        assert_eq!(skew("0.2.0", "0.4.2"), Level::Fail);
+        assert_eq!(skew("1.4.2", "0.4.2"), Level::Fail);
+        assert_eq!(skew("sha256:ab", "0.4.2"), Level::Warn);
+    }
+
+    #[test]
+    fn each_meshed_pod_is_one_line_at_its_worst() {
+        let pod = |name: &str, image: &str, ready: bool| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop"},
+                "spec": {"containers": [{"name": "app"},
+                    {"name": "outrigger-proxy", "image": image}]},
+                "status": {"containerStatuses": [
+                    {"name": "outrigger-proxy", "ready": ready, "restartCount": 0,
+                     "image": image, "imageID": ""}]}}))
+            .unwrap()
+        };
+        let got = proxies(
+            &[
+                pod("a", "r/proxy:0.4.2", true),
+                pod("b", "r/proxy:0.2.0", false),
+                pod("c", "r/proxy:0.4.1", true),
+            ],
+            Some("0.4.2"),
+            &BTreeMap::new(),
+            SystemTime::now(),
+        );
+        let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
+        assert_eq!(
+            lines,
+            [
+                (Level::Ok, "pod shop/a: proxy ready, version 0.4.2"),
+                (
+                    Level::Fail,
+                    "pod shop/b: proxy not ready, version 0.2.0, the control plane's is 0.4.2"
+                ),
+                (
+                    Level::Warn,
+                    "pod shop/c: proxy ready, version 0.4.1, the control plane's is 0.4.2"
+                ),
+            ]
+        );
+        let hint = got[1].hint.as_deref().unwrap();
+        assert!(
+            hint.starts_with(
+                "kubectl -n shop describe pod b; kubectl -n shop logs b -c outrigger-proxy; "
+            ),
+            "{hint}"
+        );
+        assert_eq!(
+            proxies(&[], Some("0.4.2"), &BTreeMap::new(), SystemTime::now())[0].message,
+            "no meshed pods"
+        );
+    }
+
+    #[test]
+    fn a_proxy_certificate_near_expiry_warns_expired_or_absent_fails() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let text = |expiry: u64, connected: u8| -> Result<String, String> {
+            Ok(format!(
+                "# TYPE outrigger_identity_cert_expiry_timestamp_seconds gauge\n\
+                 outrigger_identity_cert_expiry_timestamp_seconds {expiry}\n\
+                 outrigger_control_plane_connected {connected}\n"
+            ))
+        };
+        let said = |t: Result<String, String>| {
+            let (level, words, _) = proxy_metrics(&t, "shop", "web-1", now);
+            (level, words.join(", "))
+        };
+        assert_eq!(
+            said(text(1_000_000 + 20 * 3600, 1)),
+            (
+                Level::Ok,
+                "certificate valid for 20h, connected to the control plane".into()
+            )
+        );
+        assert_eq!(
+            said(text(1_000_000 + 1800, 1)),
+            (
+                Level::Warn,
+                "certificate expires in 30m, connected to the control plane".into()
+            )
+        );
+        assert_eq!(said(text(999_999, 1)).0, Level::Fail,);
+        assert_eq!(
+            said(text(0, 0)),
+            (
+                Level::Fail,
+                "no certificate yet, not connected to the control plane".into()
+            )
+        );
+        assert_eq!(said(Err("503".into())).0, Level::Warn);
+    }
+
+    #[test]
+    fn the_mesh_ca_must_be_under_its_roots() {
+        use outrigger_identity::Ca;
+        let now = SystemTime::now();
+        let pem = |ca: &Ca| ca.generated_pem().unwrap().0.to_string();
+        let (ca, other) = (
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+        );
+        let objects = |roots: &str| -> Objects {
+            let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
+            let mut secret = Secret::default();
+            secret.metadata.name = Some("outrigger-ca".into());
+            secret.data = Some(BTreeMap::from([
+                ("ca.pem".to_string(), b64(&ca)),
+                ("roots.pem".to_string(), b64(roots)),
+            ]));
+            Objects {
+                mesh_namespace: "mesh".into(),
+                deployments: vec![serde_json::from_value(json!({
+                    "metadata": {"name": "outrigger-control-plane"},
+                    "spec": {"selector": {}, "template": {"spec": {"containers": [],
+                        "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
+                }))
+                .unwrap()],
+                secrets: vec![secret],
+                ..Default::default()
+            }
+        };
+        let said = |o: &Objects| -> Vec<(Level, String)> {
+            mesh_ca(o, now)
+                .into_iter()
+                .map(|c| (c.level, c.message))
+                .collect()
+        };
+        assert_eq!(
+            said(&objects(&ca)),
+            [
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA is under the trust roots (1 root)".into()
+                ),
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA valid for 3649 more days".into()
+                ),
+            ]
+        );
+        assert_eq!(said(&objects(&other))[0].0, Level::Fail);
+        assert_eq!(
+            said(&objects(&format!("{other}{ca}")))[0].1,
+            "secret/outrigger-ca: the CA is under the trust roots (2 roots)"
+        );
+        assert_eq!(
+            said(&Objects::default())[0].1,
+            "no mesh CA (a Secret with ca.pem the control plane mounts) in namespace "
+        );
+    }
+
+    #[test]
+    fn annotated_namespaces_are_listed() {
+        let ns = |name: &str, a: Value| -> Namespace {
+            serde_json::from_value(json!({"metadata": {"name": name, "annotations": a}})).unwrap()
+        };
+        let got = namespaces(&[
+            ns("shop", json!({"outrigger.dev/inject": "enabled"})),
+            ns("bank", json!({"outrigger.dev/inject": "enabled"})),
+            ns("kube-system", json!({})),
+            ns("off", json!({"outrigger.dev/inject": "disabled"})),
+        ]);
+        assert_eq!(
+            got.message,
+            "annotated outrigger.dev/inject: enabled: bank, shop"
+        );
+        assert_eq!(namespaces(&[]).level, Level::Warn);
+    }
+
+    #[test]
+    fn the_report_prints_marks_hints_and_the_verdict() {
+        let report = Report::of(vec![
+            Check::ok(CRDS, "a"),
+            Check::fail(CRDS, "b", "do c"),
+            Check::warn(NAMESPACES, "d", "do e"),
+        ]);
+        assert!(!report.ok);
+        assert_eq!(
+            render(&report, Format::Table).unwrap(),
+            "outrigger CRDs\n--------------\n✔ a\n× b\n    → do c\n\n\
+             meshed namespaces\n-----------------\n⚠ d\n    → do e\n\n\
+             Status check results are ×: 1 failed\n"
+        );
+        let j: Value = serde_json::from_str(&render(&report, Format::Json).unwrap()).unwrap();
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["checks"][1]["level"], "fail");
+        assert_eq!(j["checks"][0].get("hint"), None);
+        assert_eq!(
+            progress(&report, Duration::from_secs(9)),
+            "waiting: 1 failing (b), 9s left"
+        );
+    }
+}

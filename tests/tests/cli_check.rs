@@ -1,0 +1,730 @@
+//! `outrigger check`, the real binary, against the stand-in API server
+//! holding what `helm install` leaves: the chart rendered by the real Helm
+//! engine (its Deployments, made ready here, its webhook configuration and
+//! serving certificate Secret) and the chart's crds/, plus namespaces and
+//! mesh resources. Each fault this can create fails the check naming the
+//! cause; the healthy mesh exits 0.
+
+use std::collections::BTreeMap;
+
+use outrigger_injector::config::MeshConfig;
+use outrigger_injector::inject::{inject, Namespace, Outcome};
+
+use outrigger_tests::chart::{
+    chart_dir, fake_api_server_with_pods, render, test_ca, RenderError, Rendered,
+};
+use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
+use outrigger_tests::{eventually, metric, scrape, server_snapshot, workspace_bin};
+use serde_json::{json, Value};
+
+const NS: &str = "outrigger-system";
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/outrigger-system/deployments";
+const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+const SECRETS: &str = "/api/v1/namespaces/outrigger-system/secrets";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const VIRTUAL_SERVICES: &str = "/apis/outrigger.dev/v1alpha1/virtualservices";
+const PODS: &str = "/api/v1/pods";
+/// The image tag the chart is installed with.
+const TAG: &str = "0.4.2";
+
+/// A real proxy (pod shop/web-1, ServiceAccount web) following a real
+/// control plane that is the mesh CA, certified by it for `lifetime`: what
+/// every meshed pod's admin port answers here.
+struct Certified {
+    proxy: outrigger_proxy::Proxy,
+    _cp: ControlPlane,
+    _dirs: (Dir, Dir),
+}
+
+async fn certified(lifetime: std::time::Duration) -> Certified {
+    use outrigger_identity::Ca;
+    use std::sync::Arc;
+    let tokens = Dir::new("check-tokens");
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/web"), "token-web").unwrap();
+    let ca = Ca::generate("cluster.local", std::time::SystemTime::now()).unwrap();
+    let (cert, key) = ca.generated_pem().unwrap();
+    let signer = Ca::from_pem(cert, key, None).unwrap();
+    let mesh = Dir::new("check-mesh");
+    mesh.write(
+        "mesh.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: web-1, namespace: shop, labels: { app: web } }\n\
+         spec: { serviceAccountName: web, containers: [{ name: web }, { name: outrigger-proxy }] }\n",
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let cp = ControlPlane::start_with(
+        mesh.path(),
+        listener,
+        Some(certifier(Arc::new(signer), lifetime, tokens.path())),
+    )
+    .await;
+    let identity = outrigger_tests::workload_identity(
+        "shop",
+        "web",
+        tokens.path().join("shop/web"),
+        ca.roots(),
+    );
+    let boot = server_snapshot("127.0.0.1:9".parse().unwrap());
+    let proxy = waiting_proxy(boot.clone(), Some(identity.clone())).await;
+    follow(&proxy, cp_addr, boot, "shop", "web-1", Some(identity));
+    let certified = || async {
+        outrigger_tests::ready(&proxy).await
+            && metric(
+                &scrape(&proxy).await,
+                "outrigger_identity_cert_expiry_timestamp_seconds",
+                &[],
+            ) > 0.0
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(15), certified).await,
+        "the proxy was never certified"
+    );
+    Certified {
+        proxy,
+        _cp: cp,
+        _dirs: (tokens, mesh),
+    }
+}
+
+async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, String, String) {
+    run_with(objects, args, std::time::Duration::from_secs(24 * 3600)).await
+}
+
+/// [`run`], each meshed pod's admin port a real proxy certified for
+/// `lifetime`.
+async fn run_with(
+    objects: BTreeMap<String, Vec<Value>>,
+    args: &[&str],
+    lifetime: std::time::Duration,
+) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = certified(lifetime).await;
+    let pods = objects
+        .get(PODS)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                format!("shop/{}", p["metadata"]["name"].as_str().unwrap()),
+                proxy.proxy.admin_addr,
+            )
+        })
+        .collect();
+    let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
+    let bin =
+        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
+    let out = tokio::process::Command::new(bin)
+        .arg("check")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The chart rendered into `namespace` with `values`, or None (skipped)
+/// without the Helm engine.
+fn chart(values: Value, namespace: &str) -> Option<Rendered> {
+    let (cert, key) = test_ca();
+    let mut all = json!({ "identity": { "ca": { "cert": cert, "key": key } },
+                          "image": { "repository": "ghcr.io/outrigger", "tag": TAG } });
+    merge(&mut all, values);
+    match render(all, "outrigger", namespace) {
+        Ok(r) => Some(r),
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// A Deployment as the API server shows it once its pods are ready.
+fn ready(mut deploy: Value) -> Value {
+    deploy["status"] = json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+        "updatedReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}]});
+    deploy
+}
+
+fn accepted(name: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "outrigger.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "shop", "generation": 1},
+        "spec": {"hosts": [name]},
+        "status": {"conditions": [{"type": "Accepted", "status": status, "reason": reason,
+            "message": message, "observedGeneration": 1}]}})
+}
+
+/// A pod of `shop` meshed by the injector's own function with the proxy
+/// of `version`, its proxy ready.
+fn meshed(name: &str, version: &str) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+    let Outcome::Inject { patch, .. } = inject(
+        &pod,
+        &Namespace {
+            name: "shop".into(),
+            annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),
+        },
+        &MeshConfig::with_image(&format!("ghcr.io/outrigger/proxy:{version}")),
+    ) else {
+        panic!("not injected")
+    };
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let status = |name: &str| {
+        json!({"name": name, "ready": true, "restartCount": 0,
+        "image": "", "imageID": ""})
+    };
+    pod["status"] = json!({"phase": "Running",
+        "initContainerStatuses": [status("outrigger-proxy")],
+        "containerStatuses": [status("app")]});
+    pod
+}
+
+/// What a healthy install holds.
+fn healthy(rendered: &Rendered) -> BTreeMap<String, Vec<Value>> {
+    let crds: Vec<Value> = serde_saphyr::from_multiple(
+        &std::fs::read_to_string(chart_dir().join("crds/outrigger.dev.yaml")).unwrap(),
+    )
+    .unwrap();
+    BTreeMap::from([
+        (CRDS.to_string(), crds),
+        (
+            DEPLOYMENTS.to_string(),
+            rendered.all("Deployment").cloned().map(ready).collect(),
+        ),
+        (
+            WEBHOOKS.to_string(),
+            rendered
+                .all("MutatingWebhookConfiguration")
+                .cloned()
+                .collect(),
+        ),
+        (
+            SECRETS.to_string(),
+            rendered.all("Secret").cloned().collect(),
+        ),
+        (
+            NAMESPACES.to_string(),
+            vec![
+                json!({"metadata": {"name": "shop",
+                    "annotations": {"outrigger.dev/inject": "enabled"}}}),
+                json!({"metadata": {"name": "kube-system"}}),
+            ],
+        ),
+        (
+            VIRTUAL_SERVICES.to_string(),
+            vec![accepted("web", "True", "Accepted", "")],
+        ),
+        (PODS.to_string(), vec![meshed("web-1", TAG)]),
+    ])
+}
+
+#[tokio::test]
+async fn a_healthy_mesh_passes_and_exits_0() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let (status, out, err) = run(healthy(&rendered), &[]).await;
+    println!("{out}");
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "outrigger CRDs\n\
+         --------------\n\
+         ✔ customresourcedefinition virtualservices.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition destinationrules.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition authorizationpolicies.outrigger.dev installed, same schema as this CLI\n\
+         ✔ customresourcedefinition peerauthentications.outrigger.dev installed, same schema as this CLI\n\
+         \n\
+         outrigger control plane\n\
+         -----------------------\n\
+         ✔ deployment/outrigger-control-plane available, 1/1 ready\n\
+         ✔ deployment/outrigger-injector available, 1/1 ready\n\
+         \n\
+         outrigger injector webhook\n\
+         --------------------------\n\
+         ✔ mutatingwebhookconfiguration outrigger-injector-outrigger-system registered\n\
+         ✔ caBundle valid for outrigger-injector.outrigger-system.svc (secret/outrigger-injector-tls)\n\
+         ✔ webhook certificates valid for 3649 more days\n\
+         \n\
+         outrigger mesh CA\n\
+         -----------------\n\
+         ✔ secret/outrigger-ca: the CA is under the trust roots (1 root)\n\
+         ✔ secret/outrigger-ca: the CA valid for 3649 more days\n\
+         \n\
+         outrigger resources\n\
+         -------------------\n\
+         ✔ every mesh resource accepted (1)\n\
+         \n\
+         meshed namespaces\n\
+         -----------------\n\
+         ✔ annotated outrigger.dev/inject: enabled: shop\n\
+         \n\
+         outrigger proxies\n\
+         -----------------\n\
+         ✔ pod shop/web-1: proxy ready, version 0.4.2, certificate valid for 23h, connected to the control plane\n\
+         \n\
+         Status check results are ✔\n"
+    );
+    // -o json: the same checks as data.
+    let (status, out, _) = run(healthy(&rendered), &["-o", "json"]).await;
+    assert_eq!(status, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(v["checks"][0]["level"], "ok");
+}
+
+/// Runs the check over the healthy install changed by `fault`: exit 1, and
+/// a line starting with `line`, with its hint under it, among the output.
+async fn fails_with(fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>), line: &str, hint: &str) {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    fault(&mut objects);
+    let (status, out, err) = run(objects, &[]).await;
+    println!("{out}");
+    assert_eq!(status, 1, "{out}{err}");
+    let at = out
+        .find(&format!("× {line}"))
+        .unwrap_or_else(|| panic!("no line {line:?} in\n{out}"));
+    let next = out[at..].lines().nth(1).unwrap();
+    assert!(next.starts_with("    → ") && next.contains(hint), "{next}");
+    assert!(
+        out.ends_with("Status check results are ×: 1 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_crd_fails() {
+    fails_with(
+        |o| {
+            o.get_mut(CRDS)
+                .unwrap()
+                .retain(|c| c["spec"]["names"]["kind"] != "PeerAuthentication")
+        },
+        "customresourcedefinition peerauthentications.outrigger.dev is missing",
+        "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_crd_of_another_schema_fails() {
+    fails_with(
+        |o| {
+            let crd = o
+                .get_mut(CRDS)
+                .unwrap()
+                .iter_mut()
+                .find(|c| c["spec"]["names"]["kind"] == "DestinationRule")
+                .unwrap();
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                ["properties"]["subsets"]["maxItems"] = json!(8);
+        },
+        "customresourcedefinition destinationrules.outrigger.dev has another schema than this \
+         CLI's (first difference at /openAPIV3Schema/properties/spec/properties/subsets/maxItems)",
+        "or run the outrigger CLI of the release installed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deployment_not_ready_fails_and_wait_retries_until_the_deadline() {
+    let not_ready = |o: &mut BTreeMap<String, Vec<Value>>| {
+        let d = o
+            .get_mut(DEPLOYMENTS)
+            .unwrap()
+            .iter_mut()
+            .find(|d| d["metadata"]["name"] == "outrigger-injector")
+            .unwrap();
+        d["status"] = json!({"replicas": 1, "readyReplicas": 0, "unavailableReplicas": 1,
+            "conditions": [{"type": "Available", "status": "False"}]});
+    };
+    fails_with(
+        not_ready,
+        "deployment/outrigger-injector not available, 0/1 ready",
+        "kubectl -n outrigger-system describe deployment/outrigger-injector; \
+         kubectl -n outrigger-system logs deployment/outrigger-injector",
+    )
+    .await;
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    not_ready(&mut objects);
+    let (status, out, err) = run(objects, &["--wait", "1s"]).await;
+    eprint!("{err}");
+    assert_eq!(status, 1);
+    assert!(
+        err.starts_with(
+            "waiting: 1 failing (deployment/outrigger-injector not available, 0/1 ready), "
+        ),
+        "{err}"
+    );
+    assert!(
+        out.ends_with("Status check results are ×: 1 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_ca_bundle_for_another_name_fails() {
+    // The caBundle and serving certificate of an install in another
+    // namespace: valid, but for outrigger-injector.elsewhere.svc.
+    let Some(other) = chart(json!({}), "elsewhere") else {
+        return;
+    };
+    let bundle = other.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0]
+        ["clientConfig"]["caBundle"]
+        .clone();
+    let secret = other.get("Secret", "outrigger-injector-tls")["data"].clone();
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle;
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-injector-tls" {
+                    s["data"] = secret.clone();
+                }
+            }
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: certificate not valid for name \"outrigger-injector.outrigger-system.svc\"; \
+         certificate is only valid for DnsName(\"outrigger-injector.elsewhere.svc\"), \
+         DnsName(\"outrigger-injector.elsewhere\") or DnsName(\"outrigger-injector\")",
+        "helm upgrade outrigger charts/outrigger -n outrigger-system makes a new serving",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_ca_bundle_from_another_ca_fails() {
+    // The serving certificate of this install, the caBundle of another
+    // (the same issuer name, another key).
+    let Some(other) = chart(json!({}), NS) else {
+        return;
+    };
+    let bundle = other.all("MutatingWebhookConfiguration").next().unwrap()["webhooks"][0]
+        ["clientConfig"]["caBundle"]
+        .clone();
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: BadSignature",
+        "helm upgrade",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_certificates_expiring_within_30_days_warn() {
+    let Some(rendered) = chart(json!({"injector": {"tls": {"validityDays": 10}}}), NS) else {
+        return;
+    };
+    let (status, out, err) = run(healthy(&rendered), &[]).await;
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ webhook certificates expire in 9 days (within 30)\n    → helm upgrade outrigger \
+             charts/outrigger -n outrigger-system makes a new serving certificate and caBundle"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_resource_fails_with_its_reason() {
+    fails_with(
+        |o| {
+            o.get_mut(VIRTUAL_SERVICES).unwrap().push(accepted(
+                "reviews",
+                "False",
+                "UnknownSubset",
+                "spec.http[0].route[0].destination.subset: v9 is not defined",
+            ))
+        },
+        "VirtualService shop/reviews refused: UnknownSubset: \
+         spec.http[0].route[0].destination.subset: v9 is not defined",
+        "kubectl -n shop edit virtualservice reviews",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_webhook_fails() {
+    fails_with(
+        |o| {
+            o.remove(WEBHOOKS);
+        },
+        "no mutatingwebhookconfiguration has the webhook injector.outrigger.dev for namespace \
+         outrigger-system",
+        "install the chart",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_proxy_of_another_version_fails_within_one_minor_warns() {
+    fails_with(
+        |o| o.get_mut(PODS).unwrap().push(meshed("old-1", "0.2.0")),
+        "pod shop/old-1: proxy ready, version 0.2.0, the control plane's is 0.4.2",
+        "restart its workload (kubectl rollout restart) so the injector gives it the control \
+         plane's proxy: one minor version apart is supported, further is not",
+    )
+    .await;
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let mut objects = healthy(&rendered);
+    objects
+        .get_mut(PODS)
+        .unwrap()
+        .push(meshed("older-1", "0.3.7"));
+    let (status, out, err) = run(objects, &[]).await;
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ pod shop/older-1: proxy ready, version 0.3.7, the control plane's is 0.4.2, \
+             certificate valid for 23h, connected to the control plane\n"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_not_ready_fails() {
+    fails_with(
+        |o| {
+            let mut pod = meshed("web-2", TAG);
+            pod["status"]["initContainerStatuses"][0]["ready"] = json!(false);
+            o.get_mut(PODS).unwrap().push(pod);
+        },
+        "pod shop/web-2: proxy not ready, version 0.4.2",
+        "kubectl -n shop describe pod web-2; kubectl -n shop logs web-2 -c outrigger-proxy",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_ca_bundle_fails() {
+    use base64::Engine as _;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::time::{Duration, SystemTime};
+    // A CA and a serving certificate for the right name, both expired a
+    // day ago.
+    const DAY: Duration = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.not_before = (now - 30 * DAY).into();
+    params.not_after = (now - DAY).into();
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["outrigger-injector.outrigger-system.svc".to_string()])
+            .unwrap();
+    leaf.not_before = (now - 30 * DAY).into();
+    leaf.not_after = (now - DAY).into();
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    let b64 = |pem: String| json!(base64::engine::general_purpose::STANDARD.encode(pem));
+    let (bundle, crt) = (b64(ca.pem()), b64(leaf.pem()));
+    fails_with(
+        move |o| {
+            o.get_mut(WEBHOOKS).unwrap()[0]["webhooks"][0]["clientConfig"]["caBundle"] = bundle;
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-injector-tls" {
+                    s["data"]["tls.crt"] = crt.clone();
+                }
+            }
+        },
+        "caBundle of outrigger-injector-outrigger-system does not accept \
+         secret/outrigger-injector-tls for outrigger-injector.outrigger-system.svc: invalid \
+         peer certificate: certificate expired: verification time ",
+        "helm upgrade outrigger charts/outrigger -n outrigger-system makes a new serving",
+    )
+    .await;
+}
+
+/// `check --pre` against a cluster of Kubernetes `minor`, where the user
+/// may create everything but `refused` (a resource), with `webhooks`.
+async fn pre(minor: &str, refused: &'static str, webhooks: Vec<Value>) -> (i32, String, String) {
+    use outrigger_tests::chart::{fake_api_server_with, Create};
+    let dir = tempfile::tempdir().unwrap();
+    let objects = BTreeMap::from([
+        (
+            "/version".to_string(),
+            vec![
+                json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.3"),
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+                "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}),
+            ],
+        ),
+        (WEBHOOKS.to_string(), webhooks),
+    ]);
+    let review: Create = std::sync::Arc::new(move |sent: &Value| {
+        let mut answer = sent.clone();
+        let resource = &sent["spec"]["resourceAttributes"]["resource"];
+        let allowed = resource != refused;
+        answer["status"] = if allowed {
+            json!({"allowed": true, "reason": "RBAC: allowed by ClusterRoleBinding \"admin\""})
+        } else {
+            json!({"allowed": false, "reason": ""})
+        };
+        answer
+    });
+    let creates = BTreeMap::from([(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".to_string(),
+        review,
+    )]);
+    let api = fake_api_server_with(objects, creates, dir.path()).await;
+    let bin =
+        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
+    let out = tokio::process::Command::new(bin)
+        .args(["check", "--pre", "--kubeconfig"])
+        .arg(&api.kubeconfig)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .unwrap();
+    // Each kind the chart creates was asked about, and nothing else read.
+    let reviews = api
+        .seen()
+        .iter()
+        .filter(|r| r.path.ends_with("/selfsubjectaccessreviews"))
+        .count();
+    assert_eq!(reviews, 9);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn before_install_a_ready_cluster_passes() {
+    let (status, out, err) = pre("30", "", vec![]).await;
+    println!("{out}");
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "kubernetes API\n\
+         --------------\n\
+         ✔ API server reachable (v1.30.3)\n\
+         ✔ Kubernetes 1.30 runs native sidecars (the SidecarContainers feature, on by default from 1.29)\n\
+         \n\
+         permissions\n\
+         -----------\n\
+         ✔ may create everything the chart creates (9 kinds)\n\
+         \n\
+         other meshes\n\
+         ------------\n\
+         ✔ no other mesh's injection webhook\n\
+         \n\
+         Status check results are ✔\n"
+    );
+}
+
+#[tokio::test]
+async fn before_install_an_old_cluster_a_refused_permission_and_istio_fail() {
+    let (status, out, err) = pre(
+        "28",
+        "clusterrolebindings",
+        vec![json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": []})],
+    )
+    .await;
+    println!("{out}");
+    assert_eq!(status, 1, "{out}{err}");
+    for line in [
+        "× Kubernetes 1.28 is older than 1.29: native sidecars (the proxy as an init container \
+         with restartPolicy: Always) need the SidecarContainers feature, on by default from 1.29\n    \
+         → upgrade the cluster to 1.29 or later, or install with --set proxy.nativeSidecar=false",
+        "× may not create clusterrolebindings.rbac.authorization.k8s.io (cluster-wide)\n    \
+         → install as a cluster admin",
+        "× mutatingwebhookconfiguration istio-sidecar-injector would also inject the pods of \
+         annotated namespaces\n    → uninstall that mesh",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    assert!(
+        out.ends_with("Status check results are ×: 3 failed\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_certificate_near_expiry_warns() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    // Certificates of 40 minutes: less than an hour left, always.
+    let (status, out, err) = run_with(
+        healthy(&rendered),
+        &[],
+        std::time::Duration::from_secs(40 * 60),
+    )
+    .await;
+    println!("{out}");
+    assert_eq!(status, 0, "a warning does not fail: {out}{err}");
+    assert!(
+        out.contains(
+            "⚠ pod shop/web-1: proxy ready, version 0.4.2, certificate expires in 39m, connected \
+             to the control plane\n    → kubectl -n shop logs web-1 -c outrigger-proxy: it should \
+             have renewed its certificate\n"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_mesh_ca_not_under_the_trust_roots_fails() {
+    use base64::Engine as _;
+    let (other_root, _) = test_ca();
+    let roots = json!(base64::engine::general_purpose::STANDARD.encode(other_root));
+    fails_with(
+        move |o| {
+            for s in o.get_mut(SECRETS).unwrap() {
+                if s["metadata"]["name"] == "outrigger-ca" {
+                    s["data"]["roots.pem"] = roots.clone();
+                }
+            }
+        },
+        "secret/outrigger-ca: the CA (ca.pem) is not under the trust roots (roots.pem): proxies \
+         would refuse the certificates it signs",
+        "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+    )
+    .await;
+}
