@@ -243,8 +243,39 @@ struct InjectArgs {
     mesh_namespace: String,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, as `{:#}` prints them, without a
+/// cause whose text the message before it already carries (many library
+/// errors quote their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Completion { shell } => {
@@ -288,7 +319,7 @@ async fn main() -> Result<()> {
         Command::Analyze(args) => {
             // 1 means "would be refused": a failure to read is 2, as a usage error.
             if let Err(e) = run_analyze(&cli.cluster, args).await {
-                eprintln!("Error: {e:#}");
+                eprintln!("Error: {}", describe(&e));
                 std::process::exit(2);
             }
         }
