@@ -710,29 +710,8 @@ fn mounted_secret(
 /// The Secret the injector Deployment mounts that has a `tls.crt`: (name,
 /// the PEM).
 fn serving_secret(o: &Objects) -> Option<(String, Vec<u8>)> {
-    let injector = o
-        .deployments
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some(INJECTOR.0))?;
-    let mounted: Vec<String> = injector
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
-        .collect();
-    o.secrets.iter().find_map(|s| {
-        let name = s.metadata.name.clone()?;
-        if !mounted.contains(&name) {
-            return None;
-        }
-        let crt = s.data.as_ref()?.get("tls.crt")?;
-        Some((name, crt.0.clone()))
-    })
+    let (name, data) = mounted_secret(o, INJECTOR.0, "tls.crt")?;
+    Some((name, data.get("tls.crt")?.0.clone()))
 }
 
 /// The mesh's custom resources the control plane refused (`Accepted=False`,

@@ -61,6 +61,38 @@ pub enum RenderError {
     Helm(String),
 }
 
+/// [`render`] for a test that needs the chart: `None` (the test skips,
+/// saying why) where the Helm engine is not installed, unless
+/// `OUTRIGGER_REQUIRE_HELM` is set; a panic with Helm's message when it
+/// refuses the chart or the values.
+pub fn render_or_skip(values: Value, name: &str, namespace: &str) -> Option<Rendered> {
+    match render(values, name, namespace) {
+        Ok(r) => Some(r),
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
+            );
+            eprintln!("skipped: {why} (pip install helm-python-sdk)");
+            None
+        }
+        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    }
+}
+
+/// `from` over `into`, as Helm layers values: objects merge key by key,
+/// anything else is replaced.
+pub fn merge_values(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge_values(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
 /// Renders the chart as `helm install NAME -n NAMESPACE` would, with
 /// `values` over values.yaml, and lints it.
 pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, RenderError> {

@@ -25,8 +25,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use outrigger_tests::chart::{
-    base64_decode, data_of, fake_api_server, fake_api_server_with, render, test_ca, token_audience,
-    Container, RenderError, Rendered,
+    base64_decode, data_of, fake_api_server, fake_api_server_with, merge_values, render,
+    render_or_skip, test_ca, token_audience, Container, RenderError, Rendered,
 };
 use outrigger_tests::{empty, eventually, full, workspace_bin};
 use rustls::pki_types::pem::PemObject;
@@ -41,30 +41,8 @@ const NAMESPACE: &str = "outrigger-system";
 fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
     let (cert, key) = test_ca();
     let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
-    merge(&mut values, extra);
-    match render(values, "outrigger", NAMESPACE) {
-        Ok(r) => Some((r, cert)),
-        Err(RenderError::NoHelm(why)) => {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
-                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
-            );
-            eprintln!("skipped: {why} (pip install helm-python-sdk)");
-            None
-        }
-        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
-    }
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
+    merge_values(&mut values, extra);
+    render_or_skip(values, "outrigger", NAMESPACE).map(|r| (r, cert))
 }
 
 fn typed<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(o: &Value) -> T {
@@ -198,7 +176,7 @@ fn bad_values_are_refused_naming_the_value() {
         ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
-        merge(&mut values, extra.clone());
+        merge_values(&mut values, extra.clone());
         match render(values, "outrigger", NAMESPACE) {
             Err(RenderError::Helm(e)) => assert!(e.contains(why), "{extra}: {e}"),
             Err(RenderError::NoHelm(w)) => {

@@ -11,7 +11,7 @@ use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 
 use outrigger_tests::chart::{
-    chart_dir, fake_api_server_with_pods, render, test_ca, RenderError, Rendered,
+    chart_dir, fake_api_server_with_pods, merge_values, render_or_skip, test_ca, Rendered,
 };
 use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::{eventually, metric, scrape, server_snapshot, workspace_bin};
@@ -137,30 +137,8 @@ fn chart(values: Value, namespace: &str) -> Option<Rendered> {
     let (cert, key) = test_ca();
     let mut all = json!({ "identity": { "ca": { "cert": cert, "key": key } },
                           "image": { "repository": "ghcr.io/outrigger", "tag": TAG } });
-    merge(&mut all, values);
-    match render(all, "outrigger", namespace) {
-        Ok(r) => Some(r),
-        Err(RenderError::NoHelm(why)) => {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
-                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
-            );
-            eprintln!("skipped: {why}");
-            None
-        }
-        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
-    }
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b,
-    }
+    merge_values(&mut all, values);
+    render_or_skip(all, "outrigger", namespace)
 }
 
 /// A Deployment as the API server shows it once its pods are ready.

@@ -19,7 +19,7 @@ use outrigger_injector::inject::Namespace;
 use outrigger_injector::metrics::Metrics;
 use outrigger_injector::namespaces::Namespaces;
 use outrigger_injector::webhook::{encode, Webhook};
-use outrigger_tests::chart::{data_of, fake_api_server, render, test_ca, RenderError};
+use outrigger_tests::chart::{data_of, fake_api_server, render_or_skip, test_ca};
 use outrigger_tests::workspace_bin;
 use serde_json::{json, Value};
 
@@ -335,17 +335,8 @@ async fn without_mesh_config_the_chart_installed_one_is_read_from_the_cluster() 
     let (cert, key) = test_ca();
     let values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
     let ns = "outrigger-system";
-    let rendered = match render(values, "outrigger", ns) {
-        Ok(r) => r,
-        Err(RenderError::NoHelm(why)) => {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
-                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
-            );
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    let Some(rendered) = render_or_skip(values, "outrigger", ns) else {
+        return;
     };
     let cm = rendered.get("ConfigMap", "outrigger-mesh-config").clone();
     let deploy = rendered.get("Deployment", "outrigger-injector").clone();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
-use outrigger_tests::chart::{fake_api_server, render, test_ca, RenderError};
+use outrigger_tests::chart::{fake_api_server, render_or_skip, test_ca};
 use outrigger_tests::{free_port, workspace_bin};
 use serde_json::{json, Value};
 
@@ -56,17 +56,8 @@ async fn versions_of_the_control_plane_injector_and_proxies() {
     let (cert, key) = test_ca();
     let values = json!({ "identity": { "ca": { "cert": cert, "key": key } },
                          "image": { "repository": "ghcr.io/outrigger", "tag": "0.4.2" } });
-    let rendered = match render(values, "outrigger", "outrigger-system") {
-        Ok(r) => r,
-        Err(RenderError::NoHelm(why)) => {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
-                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
-            );
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
+    let Some(rendered) = render_or_skip(values, "outrigger", "outrigger-system") else {
+        return;
     };
     let deployments: Vec<Value> = rendered.all("Deployment").cloned().collect();
     assert_eq!(deployments.len(), 2);
