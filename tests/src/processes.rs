@@ -1,7 +1,7 @@
 //! Waiting for things to be so: a condition polled until a limit
 //! ([`eventually`]), a proxy's readiness ([`ready`]); and for tests that run
 //! processes, the workspace's own binaries ([`workspace_bin`]) and a port
-//! to give them ([`free_port`]).
+//! to give them ([`free_port`]), and a real Prometheus ([`PrometheusBin`]).
 
 use std::time::Duration;
 
@@ -52,4 +52,93 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The file `name` in a folder of PATH, as the shell would find it.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}
+
+/// The `prometheus` binary on PATH, for the tests that run a real one.
+pub struct PrometheusBin(std::path::PathBuf);
+
+/// A Prometheus server scraping the given targets every second, with its
+/// own data folder; killed when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    /// Where its HTTP API answers.
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusBin {
+    /// The binary, or `None` (the test skips, saying so) when it is not on
+    /// PATH; CI sets `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one
+    /// fails the test.
+    pub fn find() -> Option<Self> {
+        let found = on_path("prometheus");
+        if found.is_none() {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
+                "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
+            );
+            eprintln!(
+                "prometheus not found; skipping (install Debian's prometheus package to run it)"
+            );
+        }
+        found.map(Self)
+    }
+
+    /// Starts it, scraping each of `targets`' `/metrics` every second.
+    pub fn start(self, targets: &[std::net::SocketAddr]) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("outrigger-prom-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: [{}] }}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(self.0)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+}
+
+impl Prometheus {
+    /// Whether the server has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

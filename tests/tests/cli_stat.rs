@@ -151,68 +151,19 @@ async fn counts_the_traffic_of_a_window_on_both_sides() {
     assert!(ok > 0 && failed == 0, "{ok} {failed}");
 }
 
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
-}
-
 /// `--from`: the same rows from a real Prometheus scraping both proxies.
 /// CI sets OUTRIGGER_REQUIRE_PROMETHEUS=1, so there it is never skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_rows_from_prometheus() {
-    let Some(prometheus) = which("prometheus") else {
-        assert!(
-            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
-            "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
-        );
-        eprintln!("prometheus not found; skipping (install Debian's prometheus package to run it)");
+    let Some(prometheus) = PrometheusBin::find() else {
         return;
     };
     let mesh = Mesh::start(app("web").await).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = keep_requesting(mesh.outbound(), stop.clone());
 
-    let tmp = tempfile::Builder::new()
-        .prefix("outrigger-prom-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: ['{}', '{}'] }}]\n",
-            mesh.client.admin_addr, mesh.server.admin_addr
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let _server = KillOnDrop(
-        std::process::Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
+    let server = prometheus.start(&[mesh.client.admin_addr, mesh.server.admin_addr]);
+    let url = format!("http://{}", server.addr);
     let args = [
         "-n", "shop", "stat", "deploy", "--from", &url, "--window", "5s", "-o", "json",
     ];

@@ -159,12 +159,7 @@ async fn label_values_stay_bounded_whatever_the_paths() {
 /// test can never be skipped.
 #[tokio::test]
 async fn prometheus_scrapes_the_admin_port() {
-    let Ok(prometheus) = which("prometheus") else {
-        assert!(
-            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
-            "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
-        );
-        eprintln!("prometheus not found; skipping (install Debian's prometheus package to run it)");
+    let Some(prometheus) = PrometheusBin::find() else {
         return;
     };
     let mesh = Mesh::start(app("web").await).await;
@@ -178,35 +173,8 @@ async fn prometheus_scrapes_the_admin_port() {
         .await
     );
 
-    let tmp = tempfile::Builder::new()
-        .prefix("outrigger-prom-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: ['{}'] }}]\n",
-            mesh.client.admin_addr
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut server = KillOnDrop(
-        std::process::Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = prometheus.start(&[mesh.client.admin_addr]);
+    let api = server.addr;
     let query = "/api/v1/query?query=outrigger_requests_total%7Bdirection%3D%22outbound%22%2Cresponse_code%3D%22200%22%7D";
     let last = std::sync::Mutex::new(String::new());
     let found = eventually(Duration::from_secs(60), || {
@@ -223,10 +191,7 @@ async fn prometheus_scrapes_the_admin_port() {
         }
     })
     .await;
-    assert!(
-        server.0.try_wait().unwrap().is_none(),
-        "prometheus exited early"
-    );
+    assert!(!server.exited(), "prometheus exited early");
     let last = last.into_inner().unwrap();
     assert!(found, "Prometheus never returned the series: {last}");
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
@@ -234,25 +199,6 @@ async fn prometheus_scrapes_the_admin_port() {
     assert_eq!(m["destination_service"], "web.shop");
     assert_eq!(m["source_workload"], "client");
     assert_eq!(m["response_flags"], "-");
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|f| f.is_file())
-        })
-        .ok_or(())
 }
 
 #[tokio::test]
@@ -364,7 +310,7 @@ fn promtool_check(promtool: &std::path::Path, text: &str) -> Result<(), String> 
 /// OUTRIGGER_REQUIRE_PROMETHEUS=1, so there promtool is never missing.
 #[tokio::test]
 async fn metrics_are_negotiated_and_the_classic_text_passes_promtool() {
-    let Ok(promtool) = which("promtool") else {
+    let Some(promtool) = on_path("promtool") else {
         assert!(
             std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
             "promtool is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
