@@ -142,3 +142,29 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the workspace binary `name` with `args` and `stdin`, without the
+/// caller's `KUBECONFIG` (so only a `--kubeconfig` argument names a
+/// cluster): (exit status, stdout, stderr).
+pub async fn run_bin(name: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let bin =
+        workspace_bin(name).unwrap_or_else(|| panic!("the {name} binary: cargo build --workspace"));
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}

@@ -5,28 +5,14 @@
 //! server holds, with the control plane's options from its Deployment.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use outrigger_tests::chart::fake_api_server;
-use outrigger_tests::workspace_bin;
+use outrigger_tests::run_bin;
 use serde_json::{json, Value};
 
-fn bin(name: &str) -> PathBuf {
-    workspace_bin(name).unwrap_or_else(|| panic!("the {name} binary: cargo build --workspace"))
-}
-
 async fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(bin(bin_name))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    run_bin(bin_name, args, "").await
 }
 
 const SHOP: &str = "\

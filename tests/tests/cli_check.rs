@@ -14,7 +14,7 @@ use outrigger_tests::chart::{
     chart_dir, fake_api_server_with_pods, merge_values, render_or_skip, test_ca, Rendered,
 };
 use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
-use outrigger_tests::{eventually, metric, scrape, server_snapshot, workspace_bin};
+use outrigger_tests::{eventually, metric, run_bin, scrape, server_snapshot};
 use serde_json::{json, Value};
 
 const NS: &str = "outrigger-system";
@@ -113,22 +113,11 @@ async fn run_with(
         })
         .collect();
     let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
-    let bin =
-        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
-    let out = tokio::process::Command::new(bin)
-        .arg("check")
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    all.extend(["--kubeconfig", &kubeconfig]);
+    run_bin("outrigger", &all, "").await
 }
 
 /// The chart rendered into `namespace` with `values`, or None (skipped)
@@ -589,15 +578,13 @@ async fn pre(minor: &str, refused: &'static str, webhooks: Vec<Value>) -> (i32, 
         review,
     )]);
     let api = fake_api_server_with(objects, creates, dir.path()).await;
-    let bin =
-        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
-    let out = tokio::process::Command::new(bin)
-        .args(["check", "--pre", "--kubeconfig"])
-        .arg(&api.kubeconfig)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .unwrap();
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let out = run_bin(
+        "outrigger",
+        &["check", "--pre", "--kubeconfig", &kubeconfig],
+        "",
+    )
+    .await;
     // Each kind the chart creates was asked about, and nothing else read.
     let reviews = api
         .seen()
@@ -605,11 +592,7 @@ async fn pre(minor: &str, refused: &'static str, webhooks: Vec<Value>) -> (i32, 
         .filter(|r| r.path.ends_with("/selfsubjectaccessreviews"))
         .count();
     assert_eq!(reviews, 9);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    out
 }
 
 #[tokio::test]

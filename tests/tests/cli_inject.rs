@@ -10,7 +10,7 @@
 //! `cargo test --workspace` does through `cli/tests/`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -20,7 +20,7 @@ use outrigger_injector::metrics::Metrics;
 use outrigger_injector::namespaces::Namespaces;
 use outrigger_injector::webhook::{encode, Webhook};
 use outrigger_tests::chart::{data_of, fake_api_server, render_or_skip, test_ca};
-use outrigger_tests::workspace_bin;
+use outrigger_tests::run_bin;
 use serde_json::{json, Value};
 
 const MESH: &str = "\
@@ -28,30 +28,9 @@ proxyImage: ghcr.io/outrigger/proxy:0.3.1
 controlPlaneAddress: outrigger-control-plane.outrigger-system.svc:8090
 ";
 
-fn outrigger() -> PathBuf {
-    workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli")
-}
-
 /// Runs the binary with `input` on stdin: (status, stdout, stderr).
 async fn run(args: &[&str], input: &str) -> (i32, String, String) {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(outrigger())
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    run_bin("outrigger", args, input).await
 }
 
 /// The mesh config and roots as files, and the config as the webhook holds it.

@@ -10,25 +10,13 @@ use std::collections::BTreeMap;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 use outrigger_tests::chart::{fake_api_server, render_or_skip, test_ca};
-use outrigger_tests::{free_port, workspace_bin};
+use outrigger_tests::{free_port, run_bin};
 use serde_json::{json, Value};
 
 const CLIENT: &str = env!("CARGO_PKG_VERSION");
 
 async fn run(args: &[&str]) -> (i32, String, String) {
-    let bin =
-        workspace_bin("outrigger").expect("the outrigger binary: cargo build -p outrigger-cli");
-    let out = tokio::process::Command::new(bin)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    run_bin("outrigger", args, "").await
 }
 
 /// A pod in `ns`, meshed by the injector's function with proxy `image`.
