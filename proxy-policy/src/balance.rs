@@ -8,6 +8,9 @@
 //! ejection ends), as are endpoints an earlier try of the same request went
 //! to, where another is left.
 //!
+//! The latency observed is the proxy layer's to measure: from choice to
+//! response headers, less the wait for a new connection.
+//!
 //! New endpoints: an endpoint nothing has been measured on costs nothing
 //! while no request is in flight to it, and more than any measured one
 //! while one is (Finagle's peak EWMA): it is probed by the first pair it

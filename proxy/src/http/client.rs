@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::identity::{Alpn, Identity};
-use crate::svc::{Body, ErrorKind, ProxyError, UpstreamProto};
+use crate::svc::{Body, ConnectWait, ErrorKind, ProxyError, UpstreamProto};
 use crate::transport;
 use crate::transport::tls::Io;
 use outrigger_identity::SpiffeId;
@@ -109,7 +109,12 @@ struct H2Conn {
     sent: u32,
     /// When it was last given a request (its idleness, for the idle timeout).
     last: Instant,
+    /// When it was opened.
+    opened: Instant,
 }
+
+/// A stream on an HTTP/2 connection, and when that connection was opened.
+type Picked = (http2::SendRequest<Body>, Stream, Instant);
 
 impl H2Pool {
     /// A connection with a free stream: the first open one that has room
@@ -117,11 +122,7 @@ impl H2Pool {
     /// the sweeper can close them), or, when all are full and no more may
     /// be opened, the least busy. A connection idle past `idle` is dropped
     /// first (the requests it still carries finish on it).
-    fn pick(
-        &mut self,
-        key: &PeerKey,
-        idle: Option<Duration>,
-    ) -> Option<(http2::SendRequest<Body>, Stream)> {
+    fn pick(&mut self, key: &PeerKey, idle: Option<Duration>) -> Option<Picked> {
         self.conns
             .retain(|c| !c.sender.is_closed() && !idled_out(c.last, idle));
         let room = self
@@ -137,17 +138,15 @@ impl H2Pool {
         Some(self.take(i, key))
     }
 
-    fn add(
-        &mut self,
-        key: &PeerKey,
-        sender: http2::SendRequest<Body>,
-    ) -> (http2::SendRequest<Body>, Stream) {
+    fn add(&mut self, key: &PeerKey, sender: http2::SendRequest<Body>) -> Picked {
+        let now = Instant::now();
         self.conns.push(H2Conn {
             sender,
             streams: Arc::new(AtomicUsize::new(0)),
             idle_sweeps: 0,
             sent: 0,
-            last: Instant::now(),
+            last: now,
+            opened: now,
         });
         self.take(self.conns.len() - 1, key)
     }
@@ -155,11 +154,11 @@ impl H2Pool {
     /// One more request on connection `i`. A connection given its last
     /// request (`maxRequestsPerConnection`) leaves the pool: it closes once
     /// its streams finish, and the next request opens another.
-    fn take(&mut self, i: usize, key: &PeerKey) -> (http2::SendRequest<Body>, Stream) {
+    fn take(&mut self, i: usize, key: &PeerKey) -> Picked {
         let c = &mut self.conns[i];
         c.sent += 1;
         c.last = Instant::now();
-        let picked = (c.sender.clone(), Stream::new(c.streams.clone()));
+        let picked = (c.sender.clone(), Stream::new(c.streams.clone()), c.opened);
         if !key.2.reusable(c.sent) {
             self.conns.remove(i);
         }
@@ -250,24 +249,29 @@ impl Client {
         req: Request<Body>,
     ) -> Result<Response<Body>, ClientError> {
         let key = self.key(addr, tls, conn);
-        match proto {
-            UpstreamProto::Http1 => Ok(self
-                .send_h1(key, req)
-                .await?
-                .map(|b| b.map_err(Into::into).boxed_unsync())),
+        let (mut resp, waited) = match proto {
+            UpstreamProto::Http1 => {
+                let (resp, waited) = self.send_h1(key, req).await?;
+                (resp.map(|b| b.map_err(Into::into).boxed_unsync()), waited)
+            }
             UpstreamProto::Http2 => {
-                let (resp, stream) = self.send_h2(key, req).await?;
+                let (resp, stream, waited) = self.send_h2(key, req).await?;
                 // The stream stays counted until the response body is
                 // done with (read to its end, or dropped).
-                Ok(resp.map(|b| {
+                let resp = resp.map(|b| {
                     b.map_err(move |e| {
                         let _held = &stream;
                         e.into()
                     })
                     .boxed_unsync()
-                }))
+                });
+                (resp, waited)
             }
+        };
+        if let Some(waited) = waited {
+            resp.extensions_mut().insert(ConnectWait(waited));
         }
+        Ok(resp)
     }
 
     /// Whether a hop to an endpoint with this identity is mutual TLS.
@@ -317,18 +321,20 @@ impl Client {
         }
     }
 
+    /// The response, and how long the request waited for a new connection
+    /// when it needed one.
     async fn send_h1(
         &self,
         key: PeerKey,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<(Response<Incoming>, Option<Duration>), ClientError> {
         let addr = key.0;
         let mut req = req;
         while let Some((mut sender, sent)) = self.take_idle_h1(&key) {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     self.return_when_ready(key, sender, sent + 1);
-                    return Ok(resp);
+                    return Ok((resp, None));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
@@ -341,13 +347,15 @@ impl Client {
                 },
             }
         }
+        let asked = Instant::now();
         let mut sender = self.connect_h1(&key, false).await?;
+        let waited = asked.elapsed();
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })?;
         self.return_when_ready(key, sender, 1);
-        Ok(resp)
+        Ok((resp, Some(waited)))
     }
 
     /// A new HTTP/1 connection; with `upgrades`, one that can be taken over
@@ -408,11 +416,13 @@ impl Client {
         });
     }
 
+    /// The response, its stream, and how long the request waited for a new
+    /// connection when it needed one.
     async fn send_h2(
         &self,
         key: PeerKey,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Stream), ClientError> {
+    ) -> Result<(Response<Incoming>, Stream, Option<Duration>), ClientError> {
         let addr = key.0;
         let slot = {
             let mut map = self.inner.h2.lock().unwrap_or_else(|p| p.into_inner());
@@ -422,9 +432,9 @@ impl Client {
         // The second round only happens when the connection went away before
         // the request was sent (GOAWAY, close): then it gets one fresh connection.
         for _ in 0..2 {
-            let (mut sender, stream) = self.h2_sender(&key, &slot).await?;
+            let (mut sender, stream, waited) = self.h2_sender(&key, &slot).await?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, stream)),
+                Ok(resp) => return Ok((resp, stream, waited)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => {
@@ -436,22 +446,35 @@ impl Client {
                 },
             }
         }
-        let (mut sender, stream) = self.h2_sender(&key, &slot).await?;
+        let (mut sender, stream, waited) = self.h2_sender(&key, &slot).await?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| ClientError::Http { addr, source })?;
-        Ok((resp, stream))
+        Ok((resp, stream, waited))
     }
 
-    /// A connection with room for one more stream: an open one, or a new one.
+    /// A connection with room for one more stream: an open one, or a new
+    /// one; and, when it was opened while this request waited (by this
+    /// request or by another holding the lock), how long the request waited.
     async fn h2_sender(
         &self,
         key: &PeerKey,
         slot: &H2Slot,
-    ) -> Result<(http2::SendRequest<Body>, Stream), ClientError> {
-        let addr = key.0;
+    ) -> Result<(http2::SendRequest<Body>, Stream, Option<Duration>), ClientError> {
         let asked = Instant::now();
+        let (sender, stream, opened) = self.h2_connection(key, slot, asked).await?;
+        let waited = (opened >= asked).then(|| asked.elapsed());
+        Ok((sender, stream, waited))
+    }
+
+    async fn h2_connection(
+        &self,
+        key: &PeerKey,
+        slot: &H2Slot,
+        asked: Instant,
+    ) -> Result<Picked, ClientError> {
+        let addr = key.0;
         let idle = self.inner.idle_timeout(key);
         let mut pool = slot.lock().await;
         if let Some(picked) = pool.pick(key, idle) {
@@ -679,7 +702,8 @@ mod tests {
             .unwrap()
     }
 
-    async fn roundtrip(c: &Client, addr: SocketAddr, proto: UpstreamProto) {
+    /// One request; how long it waited for a new connection, if it did.
+    async fn roundtrip(c: &Client, addr: SocketAddr, proto: UpstreamProto) -> Option<ConnectWait> {
         roundtrip_with(c, addr, proto, ConnSettings::default()).await
     }
 
@@ -688,14 +712,28 @@ mod tests {
         addr: SocketAddr,
         proto: UpstreamProto,
         conn: ConnSettings,
-    ) {
+    ) -> Option<ConnectWait> {
         let mut req = get();
         if proto == UpstreamProto::Http2 {
             *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
             *req.version_mut() = http::Version::HTTP_2;
         }
         let resp = c.send(addr, None, conn, proto, req).await.unwrap();
+        let waited = resp.extensions().get::<ConnectWait>().copied();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        waited
+    }
+
+    #[tokio::test]
+    async fn only_a_request_that_opened_its_connection_says_how_long_it_waited() {
+        for (h2, proto) in [(false, UpstreamProto::Http1), (true, UpstreamProto::Http2)] {
+            let (addr, conns) = server(h2).await;
+            let c = client(Duration::from_secs(10));
+            assert!(roundtrip(&c, addr, proto).await.is_some(), "{proto:?}");
+            until(|| c.pooled() != (0, 0)).await;
+            assert_eq!(roundtrip(&c, addr, proto).await, None, "{proto:?}");
+            assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
     }
 
     async fn until(mut f: impl FnMut() -> bool) {

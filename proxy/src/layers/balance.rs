@@ -4,13 +4,16 @@
 //! is sent ([`Upstream`]), and feeds the try's latency back to the
 //! endpoint's load (503 `UH` when nothing can be chosen).
 
+use std::time::Duration;
+
 use http::Version;
 use outrigger_api::ServiceProtocol;
 use tokio::time::Instant;
 use tower::Service;
 
 use crate::svc::{
-    always_ready, ErrorKind, Fut, HttpService, ProxyError, Req, Served, Upstream, UpstreamProto,
+    always_ready, ConnectWait, ErrorKind, Fut, HttpService, ProxyError, Req, Served, Upstream,
+    UpstreamProto,
 };
 use outrigger_proxy_policy::balance::{choose, Choice, Chosen, InFlightGuard, FAILURE_PENALTY};
 use outrigger_proxy_policy::chance::Chance;
@@ -108,7 +111,17 @@ impl<S: HttpService> Service<Req> for Balance<S> {
                 Err(e) if e.kind.is_endpoint_failure() => {
                     Some(start.elapsed().max(FAILURE_PENALTY))
                 }
-                _ => Some(start.elapsed()),
+                // Less the time spent opening a connection: that is the
+                // cost of a connect, not of the endpoint's answers, and a
+                // first answer that counted it would look slow for seconds.
+                Ok(rsp) => Some(
+                    start.elapsed().saturating_sub(
+                        rsp.extensions()
+                            .get::<ConnectWait>()
+                            .map_or(Duration::ZERO, |w| w.0),
+                    ),
+                ),
+                Err(_) => Some(start.elapsed()),
             };
             if let Some(rtt) = rtt {
                 stats.load.observe(rtt, Instant::now());
@@ -121,7 +134,7 @@ impl<S: HttpService> Service<Req> for Balance<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::{config, eject, service_ref, Scripted};
+    use crate::layers::testing::{config, eject, service_ref, Scripted, Step};
     use outrigger_proxy_policy::config::Config;
 
     /// The error the balancer answers for route 0's first destination.
@@ -164,5 +177,22 @@ http:
             refusal(&cfg).await,
             "all 1 endpoints of service web.shop are ejected by outlier detection"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_latency_leaves_out_the_wait_for_a_new_connection() {
+        let ms = Duration::from_millis;
+        let cfg = config(&[("web", 1, "")]);
+        let route = cfg.routes(&service_ref("web")).unwrap()[0].clone();
+        let svc = cfg.service(&service_ref("web")).unwrap().clone();
+        let mut balance = Balance::new(
+            Scripted::new([Step::Connected(ms(40), ms(10), 200)]),
+            Chance::seeded(1),
+        );
+        let mut req = crate::layers::testing::request_on_route(&route);
+        req.extensions_mut().insert(route.backends[0].1.clone());
+        balance.call(req).await.unwrap();
+        let estimate = svc.endpoints[0].stats.load.estimate(Instant::now());
+        assert_eq!(estimate, Some(ms(10).as_nanos() as f64));
     }
 }

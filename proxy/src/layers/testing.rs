@@ -14,7 +14,7 @@ use tower::Service;
 
 use crate::metrics::Workload;
 use crate::svc::{
-    full, Body, ErrorKind, Fut, ProxyError, Req, Rsp, Served, Upstream, UpstreamProto,
+    full, Body, ConnectWait, ErrorKind, Fut, ProxyError, Req, Rsp, Served, Upstream, UpstreamProto,
 };
 use outrigger_proxy_policy::balance::Chosen;
 use outrigger_proxy_policy::config::ServiceState;
@@ -31,6 +31,9 @@ pub enum Step {
     Status(u16),
     Error(ErrorKind),
     Delay(Duration, u16),
+    /// Opens a connection for the first duration (and says so), then
+    /// answers after the second.
+    Connected(Duration, Duration, u16),
     /// Never answers.
     Hang,
 }
@@ -140,10 +143,16 @@ impl Service<Req> for Scripted {
                 service: "web.shop".into(),
                 mtls: false,
             };
+            let mut waited = None;
             let status = match step {
                 Step::Status(s) => s,
                 Step::Delay(d, s) => {
                     tokio::time::sleep(d).await;
+                    s
+                }
+                Step::Connected(connect, answer, s) => {
+                    tokio::time::sleep(connect + answer).await;
+                    waited = Some(ConnectWait(connect));
                     s
                 }
                 Step::Hang => std::future::pending().await,
@@ -156,6 +165,9 @@ impl Service<Req> for Scripted {
             let mut resp = http::Response::new(full(format!("status {status}")));
             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
             resp.extensions_mut().insert(served);
+            if let Some(waited) = waited {
+                resp.extensions_mut().insert(waited);
+            }
             Ok(resp)
         })
     }
