@@ -12,7 +12,83 @@ use outrigger_control_plane::analyze::{Analysis, Finding};
 use outrigger_control_plane::translate::{ExportTo, Options};
 use serde::Serialize;
 
+use crate::cluster::ClusterArgs;
 use crate::output::{self, Format, OutputError};
+
+/// `outrigger analyze`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Manifest files, or folders read recursively for *.yaml and *.yml.
+    /// With --cluster, analyzed as if applied to what the cluster holds.
+    #[arg(required_unless_present = "cluster")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Analyze the mesh resources, Services, EndpointSlices, Pods and
+    /// Namespaces the cluster holds, with the control plane's options
+    /// (read from its Deployment in --mesh-namespace); with PATHs, their
+    /// objects replace the cluster's of the same kind and name.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = crate::inject::DEFAULT_MESH_NAMESPACE)]
+    pub mesh_namespace: String,
+    /// For files: who sees a Service without an outrigger.dev/export-to
+    /// annotation, as the control plane's flag ("." or "*").
+    #[arg(long, default_value = ".", conflicts_with = "cluster")]
+    pub default_export_to: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// Runs `outrigger analyze`: prints the report; whether everything would
+/// be accepted (the exit status: 0, else 1).
+pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    use outrigger_control_plane::analyze as cp;
+    let read_files = |namespace: &str| {
+        cp::read_paths(
+            &args.paths,
+            namespace,
+            outrigger_control_plane::folder::DEFAULT_MAX_FILE_BYTES,
+        )
+    };
+    let analysis = if args.cluster {
+        let config = cluster.config().await?;
+        let namespace = config.default_namespace.clone();
+        let client = cluster.client_from(config)?;
+        let options = options_from_cluster(client.clone(), &args.mesh_namespace)
+            .await?
+            .unwrap_or_else(|| {
+                eprintln!(
+                    "warning: no deployment/{CONTROL_PLANE_DEPLOYMENT} in namespace {}: \
+                     analyzing with the control plane's default options (pass --mesh-namespace)",
+                    args.mesh_namespace
+                );
+                Default::default()
+            });
+        let store = cp::from_cluster(client)
+            .await
+            .context("reading the mesh from the cluster")?;
+        let (store, errors) = if args.paths.is_empty() {
+            (store, Vec::new())
+        } else {
+            // A file that does not read leaves the cluster's object in
+            // the analysis: it is what stays in force when the apply fails.
+            let (files, errors) = read_files(&namespace)?;
+            (store.overlay(files), errors)
+        };
+        Analysis::of(&store, errors, &options)
+    } else {
+        let options =
+            options_from_args(&[format!("--default-export-to={}", args.default_export_to)])
+                .map_err(anyhow::Error::msg)?;
+        let namespace = cluster.namespace.as_deref().unwrap_or("default");
+        let (store, errors) = read_files(namespace)?;
+        Analysis::of(&store, errors, &options)
+    };
+    let report = Report::of(&analysis);
+    crate::output::print(&render(&report, args.output)?)?;
+    Ok(report.ok)
+}
 
 /// The control plane's Deployment in the chart.
 pub const CONTROL_PLANE_DEPLOYMENT: &str = "outrigger-control-plane";

@@ -70,7 +70,11 @@ impl ClusterArgs {
 
     /// A client for the cluster these flags name.
     pub async fn client(&self) -> Result<kube::Client, ClusterError> {
-        let config = self.config().await?;
+        self.client_from(self.config().await?)
+    }
+
+    /// A client for `config` (from [`Self::config`]).
+    pub fn client_from(&self, config: kube::Config) -> Result<kube::Client, ClusterError> {
         let url = config.cluster_url.to_string();
         kube::Client::try_from(config).map_err(|source| ClusterError::Client { url, source })
     }

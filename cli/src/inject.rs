@@ -31,6 +31,8 @@ use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome, SkipReason};
 use serde_json::{json, Value};
 
+use crate::cluster::ClusterArgs;
+
 /// The ConfigMap the chart renders the mesh config into (in the release
 /// namespace), and its key.
 pub const MESH_CONFIG_MAP: &str = "outrigger-mesh-config";
@@ -42,6 +44,86 @@ pub const ROOTS_VOLUME: &str = "roots";
 pub const ROOTS_KEY: &str = "roots.pem";
 /// The namespace `helm install` puts the mesh in, in the docs.
 pub const DEFAULT_MESH_NAMESPACE: &str = "outrigger-system";
+
+/// `outrigger inject`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The manifests (YAML documents or JSON objects); `-` reads stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub file: std::path::PathBuf,
+    /// The mesh config (the injector's YAML, as in the chart's
+    /// outrigger-mesh-config ConfigMap, key mesh.yaml); no cluster is read.
+    #[arg(long)]
+    pub mesh_config: Option<std::path::PathBuf>,
+    /// The mesh's trust roots (PEM). Default: the mesh config's trustRoots,
+    /// else (without --mesh-config) the Secret the injector mounts.
+    #[arg(long)]
+    pub trust_roots: Option<std::path::PathBuf>,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = DEFAULT_MESH_NAMESPACE)]
+    pub mesh_namespace: String,
+}
+
+/// Runs `outrigger inject`: the injected manifests on stdout, the notes on
+/// stderr.
+pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
+    use anyhow::{bail, Context as _};
+    let read = |path: &std::path::Path| -> anyhow::Result<String> {
+        if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the manifests from stdin")
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("-f {}", path.display()))
+        }
+    };
+    let input = read(&args.file)?;
+    let roots = match &args.trust_roots {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("--trust-roots {}", path.display()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                bail!("--trust-roots {}: no PEM certificate", path.display());
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let (cfg, namespace) = match &args.mesh_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--mesh-config {}", path.display()))?;
+            let mut cfg = MeshConfig::from_yaml(&text)
+                .with_context(|| format!("--mesh-config {}", path.display()))?;
+            if let Some(roots) = roots {
+                cfg.trust_roots = roots;
+            }
+            if cfg.trust_roots.trim().is_empty() {
+                bail!(
+                    "--mesh-config {} has no trustRoots: pass --trust-roots FILE (the mesh CA's \
+                     roots.pem), or the injected proxies could not trust the control plane",
+                    path.display()
+                );
+            }
+            let ns = cluster
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            (cfg, ns)
+        }
+        None => {
+            let config = cluster.config().await?;
+            let ns = config.default_namespace.clone();
+            let client = cluster
+                .client_from(config)
+                .context("building the Kubernetes client (or pass --mesh-config FILE)")?;
+            let cfg = mesh_config_from_cluster(client, &args.mesh_namespace, roots).await?;
+            (cfg, ns)
+        }
+    };
+    let injected = inject_manifests(&input, &cfg, &namespace)?;
+    eprint!("{}", note_lines(&injected.notes));
+    crate::output::print(&injected.text)?;
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
@@ -114,6 +196,7 @@ fn inject_json(
             doc,
             message: e.to_string(),
         })?;
+        notes.extend(not_an_object(&value, doc));
         let end = stream.byte_offset();
         let original = &input[start..end];
         if inject_object(&mut value, cfg, default_ns, notes)? {
@@ -194,6 +277,7 @@ fn inject_yaml_doc(
         doc: index,
         message: e.to_string(),
     })?;
+    notes.extend(not_an_object(&value, index));
     if !inject_object(&mut value, cfg, default_ns, notes)? {
         return Ok(text.to_string());
     }
@@ -206,6 +290,26 @@ fn inject_yaml_doc(
         format!("---\n{written}")
     } else {
         written
+    })
+}
+
+/// A note for document `doc` when it is not a Kubernetes object (a
+/// sequence, a scalar, a mapping without `kind`): it passes through as it
+/// is, which would otherwise go unsaid.
+fn not_an_object(value: &Value, doc: usize) -> Option<Note> {
+    let what = match value {
+        Value::Null => return None,
+        Value::Object(o) if o.get("kind").is_some_and(Value::is_string) => return None,
+        Value::Object(_) => "a mapping without kind",
+        Value::Array(_) => "a sequence",
+        _ => "a scalar",
+    };
+    Some(Note {
+        object: format!("document {doc}"),
+        message: format!(
+            "left as is: {what}, not a Kubernetes object (to inject several objects \
+             in one document, put them in the items of a kind: List)"
+        ),
     })
 }
 
@@ -560,6 +664,37 @@ spec:
         let pod = &first["items"][0]["spec"]["jobTemplate"]["spec"]["template"];
         assert_eq!(pod["spec"]["initContainers"][1]["name"], "outrigger-proxy");
         assert!(out.text.ends_with(&format!("\n{svc}\n")), "{}", out.text);
+    }
+
+    #[test]
+    fn what_is_not_a_kubernetes_object_passes_through_with_a_note() {
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"c"}]}}"#;
+        // A JSON array (kubectl applies none), then YAML without a kind.
+        for (input, what) in [
+            (format!("[{pod}]\n"), "a sequence"),
+            (
+                "name: web\nimage: nginx\n".to_string(),
+                "a mapping without kind",
+            ),
+        ] {
+            let out = inject_manifests(&input, &cfg(), "default").unwrap();
+            assert_eq!(out.text, input);
+            assert_eq!(
+                note_lines(&out.notes),
+                format!(
+                    "document 1: left as is: {what}, not a Kubernetes object (to inject \
+                     several objects in one document, put them in the items of a kind: List)\n"
+                )
+            );
+        }
+        // In a JSON stream, the second object is document 2.
+        let input = format!("{pod}\n\"just a string\"\n");
+        let out = inject_manifests(&input, &cfg(), "default").unwrap();
+        assert!(
+            note_lines(&out.notes).contains("document 2: left as is: a scalar"),
+            "{:?}",
+            out.notes
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ enum Command {
     ///   kubectl get deploy web -o yaml | outrigger inject | kubectl apply -f -
     ///   outrigger inject -f app.yaml --mesh-config mesh.yaml --trust-roots roots.pem
     #[command(verbatim_doc_comment)]
-    Inject(InjectArgs),
+    Inject(outrigger_cli::inject::Args),
     /// Report what the control plane would refuse, before it is applied:
     /// unsupported fields, unknown subsets, conflicts, export scope, subsets
     /// in use... (the control plane's own verdicts), over manifest files and
@@ -133,7 +133,7 @@ enum Command {
     ///   outrigger analyze --cluster
     ///   outrigger analyze routes/ -o json | jq '.findings[].field'
     #[command(verbatim_doc_comment)]
-    Analyze(AnalyzeArgs),
+    Analyze(outrigger_cli::analyze::Args),
     /// Print the client's version, the control plane's and the injector's
     /// (the image tag their Deployments run), and with --proxies each meshed
     /// pod's proxy version. Without a reachable cluster it prints the
@@ -202,45 +202,6 @@ struct VersionArgs {
     mesh_namespace: String,
     #[arg(short = 'o', long, value_enum, default_value_t)]
     output: outrigger_cli::output::Format,
-}
-
-#[derive(Debug, clap::Args)]
-struct AnalyzeArgs {
-    /// Manifest files, or folders read recursively for *.yaml and *.yml.
-    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
-    paths: Vec<std::path::PathBuf>,
-    /// Analyze the mesh resources, Services, EndpointSlices, Pods and
-    /// Namespaces the cluster holds, with the control plane's options
-    /// (read from its Deployment in --mesh-namespace).
-    #[arg(long)]
-    cluster: bool,
-    /// Where the mesh is installed (the chart's release namespace).
-    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
-    mesh_namespace: String,
-    /// For files: who sees a Service without an outrigger.dev/export-to
-    /// annotation, as the control plane's flag ("." or "*").
-    #[arg(long, default_value = ".", conflicts_with = "cluster")]
-    default_export_to: String,
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    output: outrigger_cli::output::Format,
-}
-
-#[derive(Debug, clap::Args)]
-struct InjectArgs {
-    /// The manifests (YAML documents or JSON objects); `-` reads stdin.
-    #[arg(short = 'f', long = "filename", default_value = "-")]
-    file: std::path::PathBuf,
-    /// The mesh config (the injector's YAML, as in the chart's
-    /// outrigger-mesh-config ConfigMap, key mesh.yaml); no cluster is read.
-    #[arg(long)]
-    mesh_config: Option<std::path::PathBuf>,
-    /// The mesh's trust roots (PEM). Default: the mesh config's trustRoots,
-    /// else (without --mesh-config) the Secret the injector mounts.
-    #[arg(long)]
-    trust_roots: Option<std::path::PathBuf>,
-    /// Where the mesh is installed (the chart's release namespace).
-    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
-    mesh_namespace: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -313,130 +274,20 @@ async fn run() -> Result<()> {
             output,
         } => run_stat(&cli.cluster, target, window, local, from, output).await?,
         Command::Demo(args) => outrigger_cli::demo::run(args).await?,
-        Command::Inject(args) => run_inject(&cli.cluster, args).await?,
+        Command::Inject(args) => outrigger_cli::inject::run(&cli.cluster, args).await?,
         Command::Version(args) => run_version(&cli.cluster, args).await?,
         Command::Check(args) => run_check(&cli.cluster, args).await?,
         Command::Analyze(args) => {
             // 1 means "would be refused": a failure to read is 2, as a usage error.
-            if let Err(e) = run_analyze(&cli.cluster, args).await {
-                eprintln!("Error: {}", describe(&e));
-                std::process::exit(2);
+            match outrigger_cli::analyze::run(&cli.cluster, args).await {
+                Ok(true) => {}
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("Error: {}", describe(&e));
+                    std::process::exit(2);
+                }
             }
         }
-    }
-    Ok(())
-}
-
-async fn run_inject(cluster: &ClusterArgs, args: InjectArgs) -> Result<()> {
-    use anyhow::{bail, Context as _};
-    use outrigger_injector::config::MeshConfig;
-    let read = |path: &std::path::Path| -> Result<String> {
-        if path.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin()).context("reading the manifests from stdin")
-        } else {
-            std::fs::read_to_string(path).with_context(|| format!("-f {}", path.display()))
-        }
-    };
-    let input = read(&args.file)?;
-    let roots = match &args.trust_roots {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("--trust-roots {}", path.display()))?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                bail!("--trust-roots {}: no PEM certificate", path.display());
-            }
-            Some(pem)
-        }
-        None => None,
-    };
-    let (cfg, namespace) = match &args.mesh_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--mesh-config {}", path.display()))?;
-            let mut cfg = MeshConfig::from_yaml(&text)
-                .with_context(|| format!("--mesh-config {}", path.display()))?;
-            if let Some(roots) = roots {
-                cfg.trust_roots = roots;
-            }
-            if cfg.trust_roots.trim().is_empty() {
-                bail!(
-                    "--mesh-config {} has no trustRoots: pass --trust-roots FILE (the mesh CA's \
-                     roots.pem), or the injected proxies could not trust the control plane",
-                    path.display()
-                );
-            }
-            let ns = cluster
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            (cfg, ns)
-        }
-        None => {
-            let config = cluster.config().await?;
-            let ns = config.default_namespace.clone();
-            let client = kube::Client::try_from(config)
-                .context("building the Kubernetes client (or pass --mesh-config FILE)")?;
-            let cfg = outrigger_cli::inject::mesh_config_from_cluster(
-                client,
-                &args.mesh_namespace,
-                roots,
-            )
-            .await?;
-            (cfg, ns)
-        }
-    };
-    let injected = outrigger_cli::inject::inject_manifests(&input, &cfg, &namespace)?;
-    eprint!("{}", outrigger_cli::inject::note_lines(&injected.notes));
-    let mut out = std::io::stdout().lock();
-    out.write_all(injected.text.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-async fn run_analyze(cluster: &ClusterArgs, args: AnalyzeArgs) -> Result<()> {
-    use anyhow::Context as _;
-    use outrigger_cli::analyze::{self, Report};
-    use outrigger_control_plane::analyze as cp;
-    let analysis = if args.cluster {
-        let client = cluster.client().await?;
-        let options = analyze::options_from_cluster(client.clone(), &args.mesh_namespace)
-            .await?
-            .unwrap_or_else(|| {
-                eprintln!(
-                    "warning: no deployment/{} in namespace {}: analyzing with the control \
-                     plane's default options (pass --mesh-namespace)",
-                    analyze::CONTROL_PLANE_DEPLOYMENT,
-                    args.mesh_namespace
-                );
-                Default::default()
-            });
-        let store = cp::from_cluster(client)
-            .await
-            .context("reading the mesh from the cluster")?;
-        cp::Analysis::of(&store, Vec::new(), &options)
-    } else {
-        let options = analyze::options_from_args(&[format!(
-            "--default-export-to={}",
-            args.default_export_to
-        )])
-        .map_err(anyhow::Error::msg)?;
-        let namespace = cluster
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let (store, errors) = cp::read_paths(
-            &args.paths,
-            &namespace,
-            outrigger_control_plane::folder::DEFAULT_MAX_FILE_BYTES,
-        )?;
-        cp::Analysis::of(&store, errors, &options)
-    };
-    let report = Report::of(&analysis);
-    let mut out = std::io::stdout().lock();
-    out.write_all(analyze::render(&report, args.output)?.as_bytes())?;
-    out.flush()?;
-    if !report.ok {
-        std::process::exit(1);
     }
     Ok(())
 }

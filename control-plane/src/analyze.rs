@@ -58,7 +58,7 @@ pub fn read_paths(
                 Folder::new(path, default_namespace).with_max_file_bytes(max_file_bytes);
             folder.rescan().map_err(read_err)?;
             let store = folder.store();
-            objects.extend(store_objects(store));
+            objects.extend(store.into_objects());
             errors.extend(folder.errors());
         } else {
             let (file_objects, file_errors) =
@@ -107,42 +107,6 @@ fn read_file(
         })
         .collect();
     Ok((parsed.objects, errors))
-}
-
-/// A store's objects again, for merging stores.
-fn store_objects(store: Store) -> impl Iterator<Item = crate::store::Object> {
-    use crate::store::Object;
-    let Store {
-        namespaces,
-        services,
-        endpoint_slices,
-        endpoints,
-        pods,
-        virtual_services,
-        destination_rules,
-        authorization_policies,
-        peer_authentications,
-        invalid: _,
-    } = store;
-    namespaces
-        .into_values()
-        .map(Object::Namespace)
-        .chain(services.into_values().map(Object::Service))
-        .chain(endpoint_slices.into_values().map(Object::EndpointSlice))
-        .chain(endpoints.into_values().map(Object::Endpoints))
-        .chain(pods.into_values().map(Object::Pod))
-        .chain(virtual_services.into_values().map(Object::VirtualService))
-        .chain(destination_rules.into_values().map(Object::DestinationRule))
-        .chain(
-            authorization_policies
-                .into_values()
-                .map(Object::AuthorizationPolicy),
-        )
-        .chain(
-            peer_authentications
-                .into_values()
-                .map(Object::PeerAuthentication),
-        )
 }
 
 /// What the cluster holds of every kind the translator reads (one list

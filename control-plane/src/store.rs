@@ -200,6 +200,76 @@ impl Store {
         store
     }
 
+    /// Every object again, kind by kind (the resources that did not read
+    /// are not objects, and are left out).
+    pub fn into_objects(self) -> impl Iterator<Item = Object> {
+        let Store {
+            namespaces,
+            services,
+            endpoint_slices,
+            endpoints,
+            pods,
+            virtual_services,
+            destination_rules,
+            authorization_policies,
+            peer_authentications,
+            invalid: _,
+        } = self;
+        namespaces
+            .into_values()
+            .map(Object::Namespace)
+            .chain(services.into_values().map(Object::Service))
+            .chain(endpoint_slices.into_values().map(Object::EndpointSlice))
+            .chain(endpoints.into_values().map(Object::Endpoints))
+            .chain(pods.into_values().map(Object::Pod))
+            .chain(virtual_services.into_values().map(Object::VirtualService))
+            .chain(destination_rules.into_values().map(Object::DestinationRule))
+            .chain(
+                authorization_policies
+                    .into_values()
+                    .map(Object::AuthorizationPolicy),
+            )
+            .chain(
+                peer_authentications
+                    .into_values()
+                    .map(Object::PeerAuthentication),
+            )
+    }
+
+    /// This store with `over`'s objects applied on top, as `kubectl apply`
+    /// of `over` to a cluster holding this store would leave it: an object
+    /// of `over` replaces the one of the same kind and key, a resource that
+    /// did not read included; the rest stays.
+    pub fn overlay(mut self, over: Store) -> Store {
+        for (id, why) in &over.invalid {
+            self.remove(id.0, &id.1);
+            self.invalid.insert(id.clone(), why.clone());
+        }
+        for o in over.into_objects() {
+            if let Some(id) = o.id() {
+                self.invalid.remove(&(id.kind, id.key));
+            }
+            self.insert(o);
+        }
+        self
+    }
+
+    /// Removes the object of `kind` (as [`Object::kind`] names it) and `key`.
+    fn remove(&mut self, kind: &str, key: &Key) {
+        match kind {
+            "Namespace" => drop(self.namespaces.remove(key)),
+            "Service" => drop(self.services.remove(key)),
+            "EndpointSlice" => drop(self.endpoint_slices.remove(key)),
+            "Endpoints" => drop(self.endpoints.remove(key)),
+            "Pod" => drop(self.pods.remove(key)),
+            "VirtualService" => drop(self.virtual_services.remove(key)),
+            "DestinationRule" => drop(self.destination_rules.remove(key)),
+            "AuthorizationPolicy" => drop(self.authorization_policies.remove(key)),
+            "PeerAuthentication" => drop(self.peer_authentications.remove(key)),
+            _ => {}
+        }
+    }
+
     /// Number of objects of every kind together.
     pub fn len(&self) -> usize {
         self.namespaces.len()
@@ -215,5 +285,69 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_documents;
+
+    fn store(text: &str) -> Store {
+        let parsed = parse_documents("test.yaml", text, "shop");
+        assert!(parsed.bad.is_empty(), "{:?}", parsed.bad);
+        Store::from_objects(parsed.objects)
+    }
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: Service
+metadata: { name: reviews }
+spec: { ports: [{ port: 80 }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews }
+spec: { hosts: [reviews], http: [{ route: [{ destination: { host: reviews } }] }] }
+";
+
+    #[test]
+    fn an_overlay_replaces_by_kind_and_key_and_keeps_the_rest() {
+        let mut cluster = store(CLUSTER);
+        let broken = ("DestinationRule", Key::new("shop", "reviews"));
+        cluster.invalid.insert(broken.clone(), "bad subset".into());
+        let files = store(
+            "\
+apiVersion: outrigger.dev/v1alpha1
+kind: VirtualService
+metadata: { name: reviews }
+spec: { hosts: [reviews], http: [{ timeout: 2s, route: [{ destination: { host: reviews } }] }] }
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: DestinationRule
+metadata: { name: reviews }
+spec: { host: reviews }
+",
+        );
+        let merged = cluster.overlay(files);
+        let key = Key::new("shop", "reviews");
+        assert!(merged.services.contains_key(&key), "the Service stays");
+        let vs = &merged.virtual_services[&key];
+        assert!(
+            vs.spec.http[0].timeout.is_some(),
+            "the file's VirtualService"
+        );
+        assert!(merged.destination_rules.contains_key(&key));
+        assert!(merged.invalid.is_empty(), "{:?}", merged.invalid);
+        assert_eq!(merged.len(), 3);
+
+        // A resource that did not read replaces a good one too.
+        let mut over = Store::default();
+        let vs_id = ("VirtualService", key.clone());
+        over.invalid
+            .insert(vs_id.clone(), "unsupported field".into());
+        let merged = store(CLUSTER).overlay(over);
+        assert!(!merged.virtual_services.contains_key(&key));
+        assert_eq!(merged.invalid[&vs_id], "unsupported field");
     }
 }

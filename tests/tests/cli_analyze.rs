@@ -236,3 +236,108 @@ async fn over_the_cluster_the_same_verdicts() {
         "{err}"
     );
 }
+
+/// Files with `--cluster`: analyzed as if applied to what the cluster
+/// holds. A file fixes the cluster's VirtualService of the same name (its
+/// finding goes), a new file's VirtualService for the same host conflicts
+/// with the cluster's, and a file that does not read leaves the cluster's
+/// object in the analysis.
+#[tokio::test]
+async fn files_over_the_cluster_replace_its_objects_of_the_same_name() {
+    let to_json = |text: &str| -> Vec<Value> { serde_saphyr::from_multiple(text).unwrap() };
+    let shop = to_json(SHOP);
+    let mut canary = to_json(&split("v3")).remove(0);
+    canary["metadata"]["name"] = json!("reviews-canary");
+    let dir = tempfile::tempdir().unwrap();
+    let api = fake_api_server(
+        BTreeMap::from([
+            ("/api/v1/services".to_string(), vec![shop[0].clone()]),
+            (
+                "/apis/outrigger.dev/v1alpha1/destinationrules".to_string(),
+                vec![shop[1].clone()],
+            ),
+            (
+                "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
+                vec![canary],
+            ),
+        ]),
+        dir.path(),
+    )
+    .await;
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let analyze = |files: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let mut args = vec!["analyze", "--cluster", "--kubeconfig", &kubeconfig];
+            args.extend(files.iter().map(String::as_str));
+            args.extend(["-n", "shop", "-o", "json"]);
+            let (status, out, err) = run("outrigger", &args).await;
+            let report: Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+            (status, report)
+        }
+    };
+    let names = |report: &Value| -> Vec<String> {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["name"].as_str().unwrap(),
+                    f["reason"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+
+    // The cluster alone: the canary's unknown subset.
+    let (status, report) = analyze(vec![]).await;
+    assert_eq!(status, 1);
+    assert_eq!(names(&report), ["reviews-canary UnknownSubset"]);
+
+    // The fix as a file (no namespace: -n shop); then a second
+    // VirtualService for the same host: it conflicts (the oldest wins,
+    // then the first by name, as the control plane admits them).
+    let fixed = split("v2").replace("name: reviews,", "name: reviews-canary,");
+    let fixed = fixed
+        .replace("namespace: shop ", "")
+        .replace(", namespace: shop", "");
+    assert!(!fixed.contains("namespace"), "{fixed}");
+    let fix = write(dir.path(), "fix/canary.yaml", &fixed);
+    let (status, report) = analyze(vec![fix.clone()]).await;
+    assert_eq!(status, 0, "{report}");
+    assert_eq!(names(&report), Vec::<String>::new());
+    assert!(
+        report["accepted"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("VirtualService shop/reviews-canary")),
+        "{report}"
+    );
+    let new = write(
+        dir.path(),
+        "new/v4.yaml",
+        &split("v4").replace("name: reviews,", "name: reviews-v4,"),
+    );
+    let (status, report) = analyze(vec![fix, new]).await;
+    assert_eq!(status, 1);
+    assert_eq!(names(&report), ["reviews-v4 Conflict"]);
+
+    // A file that does not read: reported, and the cluster's canary is
+    // still judged (it is what stays in force).
+    let broken = write(
+        dir.path(),
+        "broken.yaml",
+        "kind: VirtualService\nmetadata: [\n",
+    );
+    let (status, report) = analyze(vec![broken]).await;
+    assert_eq!(status, 1);
+    let found = names(&report);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found.contains(&"reviews-canary UnknownSubset".to_string()),
+        "{found:?}"
+    );
+}
