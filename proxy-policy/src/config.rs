@@ -32,6 +32,9 @@ pub struct Config {
     routes: HashMap<ServiceRef, Arc<[Arc<Route>]>>,
     /// Inbound listeners' rate limits, by listener name.
     inbound_limits: HashMap<String, Arc<PortLimits>>,
+    /// The service this proxy's own workload serves at each of its ports
+    /// (the inbound `destination_service`).
+    own_services: HashMap<u16, Name>,
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +227,7 @@ impl Config {
                 .as_deref()
                 .map_or_else(unknown, Arc::from),
         };
+        let own_services = own_services(&services, &proxy);
         Ok(Config {
             snapshot: Arc::new(snapshot),
             proxy,
@@ -233,6 +237,7 @@ impl Config {
             by_ref,
             routes,
             inbound_limits,
+            own_services,
         })
     }
 
@@ -254,6 +259,16 @@ impl Config {
         self.inbound_limits.get(listener)
     }
 
+    /// The service this proxy's workload serves at `port` (an inbound
+    /// connection's original destination port): `unknown` when no service
+    /// of the snapshot has this workload as an endpoint at that port.
+    pub fn own_service(&self, port: u16) -> Name {
+        self.own_services
+            .get(&port)
+            .cloned()
+            .unwrap_or_else(unknown)
+    }
+
     /// Every service entry (for the metrics of ejected endpoints).
     pub fn services(&self) -> &[Arc<ServiceState>] {
         &self.services
@@ -273,6 +288,33 @@ fn retire_departed(previous: &Config, services: &[Arc<ServiceState>]) {
             e.stats.outlier.retire(now);
         }
     }
+}
+
+/// The services whose endpoints include `proxy`'s workload (same name and
+/// namespace), by endpoint port; where several select the same port, the
+/// first by label, so the choice does not depend on the snapshot's order.
+fn own_services(services: &[Arc<ServiceState>], proxy: &Workload) -> HashMap<u16, Name> {
+    let mut by_port: HashMap<u16, Name> = HashMap::new();
+    if proxy.workload == unknown() {
+        return by_port;
+    }
+    for svc in services {
+        for ep in &svc.endpoints {
+            let ours = ep.peer.workload == proxy.workload && ep.peer.namespace == proxy.namespace;
+            if !ours {
+                continue;
+            }
+            by_port
+                .entry(ep.addr.port())
+                .and_modify(|l| {
+                    if svc.label < *l {
+                        *l = svc.label.clone();
+                    }
+                })
+                .or_insert_with(|| svc.label.clone());
+        }
+    }
+    by_port
 }
 
 fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>) -> ServiceState {
@@ -452,6 +494,48 @@ services:
         };
         assert_eq!(cfg.service(&r).unwrap().endpoints.len(), 2);
         assert_eq!(&*cfg.proxy.principal, "spiffe://td/ns/shop/sa/client");
+    }
+
+    #[test]
+    fn the_inbound_service_is_the_one_with_this_workload_at_the_port() {
+        let cfg = |proxy: &str| {
+            Config::try_from(
+                Snapshot::from_yaml(&format!(
+                    r#"
+version: "1"
+proxy: {proxy}
+services:
+  - name: web-canary
+    namespace: shop
+    ports: [80]
+    endpoints: [{{ address: "10.0.0.1:8080", workload: web }}]
+  - name: web
+    namespace: shop
+    ports: [80, 9090]
+    endpoints:
+      - {{ address: "10.0.0.1:8080", workload: web }}
+      - {{ address: "10.0.0.1:9090", workload: web }}
+      - {{ address: "10.0.0.3:7070", workload: other }}
+  - name: web
+    namespace: other-ns
+    ports: [80]
+    endpoints: [{{ address: "10.0.1.1:6060", workload: web }}]
+"#
+                ))
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let web = cfg("{ workload: web, namespace: shop }");
+        // Two services select port 8080: the first by label.
+        assert_eq!(&*web.own_service(8080), "web-canary.shop");
+        assert_eq!(&*web.own_service(9090), "web.shop");
+        // Another workload's port, and a same-named workload elsewhere.
+        assert_eq!(&*web.own_service(7070), "unknown");
+        assert_eq!(&*web.own_service(6060), "unknown");
+        // A proxy that does not know its workload claims nothing.
+        let anon = cfg("{ workload: unknown, namespace: shop }");
+        assert_eq!(&*anon.own_service(8080), "unknown");
     }
 
     #[test]

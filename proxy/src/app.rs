@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use outrigger_api::{Snapshot, ValidationErrors};
@@ -90,15 +90,10 @@ impl Proxy {
     pub async fn start(snapshot: Snapshot, opts: Options) -> Result<Self, StartError> {
         let cfg = Config::try_from(snapshot)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.applied(&cfg);
         let limits = cfg.limits.clone();
         let snapshot = cfg.snapshot.clone();
         let config = Arc::new(ArcSwap::from_pointee(cfg));
-        metrics.config_applied.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        metrics.config_last_applied.set(now as i64);
 
         let admin_bind = snapshot.admin.bind_addr().expect("validated");
         let admin_listener =
@@ -333,17 +328,12 @@ impl Applier {
         let version = snapshot.version.clone();
         let next = Config::build(snapshot, Some(&current))?;
         let inbound_changed = next.snapshot.inbound != current.snapshot.inbound;
+        self.metrics.applied(&next);
         self.config.store(Arc::new(next));
         if inbound_changed {
             self.inbound_changes
                 .send_modify(|generation| *generation += 1);
         }
-        self.metrics.config_applied.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.metrics.config_last_applied.set(now as i64);
         tracing::info!(%version, "snapshot applied");
         Ok(())
     }

@@ -370,7 +370,10 @@ impl Listener {
         };
         let service = match &target {
             Target::Service(r) => cfg.service(r).map_or_else(unknown, |s| s.label.clone()),
-            _ => unknown(),
+            // Inbound: the service this workload serves at the port the
+            // client dialed.
+            Target::App(a) => cfg.own_service(a.port()),
+            Target::Passthrough(_) => unknown(),
         };
         let mut traffic =
             TrafficLabels::new(direction, &local, &upstream_workload, service.clone());

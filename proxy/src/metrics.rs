@@ -498,6 +498,19 @@ impl Metrics {
             "1 when the proxy has a valid config and is not draining",
             ready.clone(),
         );
+        // Families whose label values are all known now start at zero.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let d = DirectionLabel { direction };
+            drop(tcp_rejected.get_or_create(&d));
+            drop(tcp_denied.get_or_create(&d));
+            drop(tcp_plaintext_refused.get_or_create(&d));
+            for reason in [Revocation::PlaintextOnStrict, Revocation::Denied] {
+                drop(tcp_revoked.get_or_create(&RevokedLabels { direction, reason }));
+            }
+        }
+        for result in ["ok", "error"] {
+            drop(identity_renewals.get_or_create(&ResultLabel { result }));
+        }
         Self {
             requests,
             request_duration,
@@ -527,6 +540,34 @@ impl Metrics {
             identity_renewals,
             ready,
             registry: Arc::new(reg),
+        }
+    }
+
+    /// Counts a configuration applied, and gives every per-service family a
+    /// series at zero for each of its services, so that each exists before
+    /// its first event and Prometheus's `increase()` counts that event.
+    pub fn applied(&self, cfg: &outrigger_proxy_policy::config::Config) {
+        self.config_applied.inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.config_last_applied.set(now as i64);
+        for svc in cfg.services() {
+            let l = ServiceLabel {
+                destination_service: svc.label.clone(),
+            };
+            for family in [
+                &self.retries,
+                &self.retry_successes,
+                &self.retry_budget_exhausted,
+                &self.retry_overflow,
+                &self.ejections,
+                &self.pool_overflow,
+            ] {
+                drop(family.get_or_create(&l));
+            }
+            drop(self.ejected.get_or_create(&l));
         }
     }
 
@@ -620,6 +661,42 @@ response_flags=\"-\"} 3"
             (&*inbound.source_workload, &*inbound.destination_workload),
             ("web", "client")
         );
+    }
+
+    #[test]
+    fn series_whose_labels_are_known_start_at_zero() {
+        let m = Metrics::new();
+        let cfg = outrigger_proxy_policy::testing::config(&[("web", 1, ""), ("db", 1, "")]);
+        m.applied(&cfg);
+        let text = m.encode();
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        for svc in ["web.shop", "db.shop"] {
+            for family in [
+                "outrigger_retries_total",
+                "outrigger_retry_successes_total",
+                "outrigger_retry_budget_exhausted_total",
+                "outrigger_retry_overflow_total",
+                "outrigger_outlier_ejections_total",
+                "outrigger_pool_overflow_total",
+                "outrigger_outlier_ejected_endpoints",
+            ] {
+                has(&format!("{family}{{destination_service=\"{svc}\"}} 0"));
+            }
+        }
+        for d in ["inbound", "outbound"] {
+            for family in [
+                "outrigger_tcp_connections_rejected_total",
+                "outrigger_tcp_denied_total",
+                "outrigger_tcp_plaintext_refused_total",
+            ] {
+                has(&format!("{family}{{direction=\"{d}\"}} 0"));
+            }
+            has(&format!(
+                "outrigger_tcp_connections_revoked_total{{direction=\"{d}\",reason=\"denied\"}} 0"
+            ));
+        }
+        has("outrigger_identity_renewals_total{result=\"error\"} 0");
+        has("outrigger_config_applied_total 1");
     }
 
     #[test]

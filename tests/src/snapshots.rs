@@ -21,11 +21,18 @@ limits: {{ drain_timeout: 5s, detect_timeout: 300ms{more_limits} }}
     )
 }
 
-/// The server-side proxy's snapshot: inbound on a free port, forwarding to `app`.
+/// The server-side proxy's snapshot: inbound on a free port, forwarding to
+/// `app`, which is the endpoint of its workload `web` in the service
+/// `web.shop` (as the control plane describes a pod's own service).
 pub fn server_snapshot(app: SocketAddr) -> Snapshot {
     Snapshot::from_yaml(&format!(
         r#"{}listeners:
   - {{ name: inbound, direction: inbound, bind: "127.0.0.1:0", app: "{app}" }}
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+    endpoints: [{{ address: "{app}", workload: web, meshed: true }}]
 "#,
         head("test-server", "web", "")
     ))

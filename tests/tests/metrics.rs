@@ -107,6 +107,8 @@ async fn request_metrics_match_the_traffic_sent() {
         ("direction", "inbound"),
         ("destination_workload", "web"),
         ("destination_namespace", "shop"),
+        // The service its workload serves at the port the client dialed.
+        ("destination_service", "web.shop"),
         ("source_workload", "unknown"),
     ];
     let mut ok = inbound.to_vec();

@@ -24,7 +24,7 @@ use crate::access_log::AccessLog;
 use crate::headers::ORIG_PROTO;
 use crate::identity::Identity;
 use crate::metrics::{
-    unknown, Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
+    Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
     TrafficLabels, Workload,
 };
 use crate::svc::PeerIdentity;
@@ -365,7 +365,8 @@ impl HttpProxy {
             served: Served {
                 addr,
                 peer: Workload::unknown(),
-                service: unknown(),
+                // The app's service (inbound), `unknown` (passthrough).
+                service: self.ctx.service.clone(),
                 mtls: false,
             },
         })
