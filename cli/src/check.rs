@@ -26,6 +26,7 @@ use outrigger_control_plane::status::ACCEPTED;
 use outrigger_identity::inspect;
 use outrigger_injector::annotations::{INJECT, PROXY_VERSION};
 use outrigger_injector::inject::PROXY_CONTAINER;
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -585,8 +586,9 @@ pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
 /// The mesh CA the control plane signs with (the `ca.pem` and `roots.pem`
 /// of the Secret its Deployment mounts): each certificate not expired (×)
 /// nor expiring within [`EXPIRY_WARNING`] (⚠), and the CA under the roots
-/// the proxies trust: its last certificate one of them or, when that is not
-/// self-signed, issued by one's name.
+/// the proxies trust: its last certificate one of them or signed by one's
+/// key ([`inspect::signed_by`]); an issuer named as a root but not signed
+/// by it fails naming both.
 pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
     let ns = &o.mesh_namespace;
     let rotate = "rotate the mesh CA as docs/security.md says (new root trusted, new root \
@@ -619,50 +621,70 @@ pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
     };
     let mut out = Vec::new();
     let top = chain.last().expect("not empty");
-    // A self-signed top must be one of the roots; an intermediate's issuer
-    // must be a root's subject (its signature is not checked here).
-    let trusted = roots.contains(top)
-        || inspect::names(top).is_ok_and(|(subject, issuer)| {
-            subject != issuer
-                && roots
-                    .iter()
-                    .any(|r| inspect::names(r).is_ok_and(|(s, _)| s == issuer))
-        });
-    if trusted {
-        out.push(Check::ok(
+    let subject = |c: &CertificateDer<'_>| inspect::names(c).map(|n| n.0).unwrap_or_default();
+    // The CA is under a root when it is one, or when a root's key signed
+    // its last certificate: names alone prove nothing.
+    let signer = roots
+        .iter()
+        .find(|r| *r == top || inspect::signed_by(top, r).is_ok());
+    let issuer = inspect::names(top).map(|n| n.1).unwrap_or_default();
+    let namesake = roots.iter().find(|r| subject(r) == issuer);
+    match (signer, namesake) {
+        (Some(_), _) => out.push(Check::ok(
             MESH_CA,
             format!(
                 "secret/{secret}: the CA is under the trust roots ({} root{})",
                 roots.len(),
                 if roots.len() == 1 { "" } else { "s" }
             ),
-        ));
-    } else {
-        out.push(Check::fail(
+        )),
+        (None, Some(root)) => out.push(Check::fail(
             MESH_CA,
             format!(
-                "secret/{secret}: the CA (ca.pem) is not under the trust roots (roots.pem): \
-                 proxies would refuse the certificates it signs"
+                "secret/{secret}: the CA (ca.pem, {}) names the root {} (roots.pem) as its \
+                 issuer, but that root's key did not sign it: proxies would refuse the \
+                 certificates it signs",
+                subject(top),
+                subject(root)
+            ),
+            "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA that \
+             root signed in identity.ca.cert and identity.ca.key, then restart the proxies",
+        )),
+        (None, None) => out.push(Check::fail(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA (ca.pem, {}) is not under the trust roots \
+                 (roots.pem): proxies would refuse the certificates it signs",
+                subject(top)
             ),
             "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
-        ));
+        )),
     }
+    // The certificate that expires first: (its file, its subject, when).
     let soonest = chain
         .iter()
-        .chain(&roots)
-        .filter_map(|c| inspect::not_after(c).ok())
+        .map(|c| ("ca.pem", c))
+        .chain(roots.iter().map(|c| ("roots.pem", c)))
+        .filter_map(|(file, c)| Some((inspect::not_after(c).ok()?, file, subject(c))))
         .min();
-    if let Some(at) = soonest {
+    if let Some((at, file, name)) = soonest {
+        let date = crate::proxy_config::rfc3339(
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
         match at.duration_since(now) {
             Err(_) => out.push(Check::fail(
                 MESH_CA,
-                format!("secret/{secret}: a CA or root certificate has expired"),
-                rotate,
+                format!("secret/{secret}: {file} ({name}) expired at {date}"),
+                format!(
+                    "{rotate}: until then the proxies' certificates cannot be renewed \
+                     nor trusted"
+                ),
             )),
             Ok(left) if left < EXPIRY_WARNING => out.push(Check::warn(
                 MESH_CA,
                 format!(
-                    "secret/{secret}: the CA expires in {} days (within 30)",
+                    "secret/{secret}: {file} ({name}) expires in {} days (within 30), at {date}",
                     left.as_secs() / 86_400
                 ),
                 rotate,
@@ -1467,26 +1489,7 @@ mod tests {
             pem(&Ca::generate("cluster.local", now).unwrap()),
             pem(&Ca::generate("cluster.local", now).unwrap()),
         );
-        let objects = |roots: &str| -> Objects {
-            let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
-            let mut secret = Secret::default();
-            secret.metadata.name = Some("outrigger-ca".into());
-            secret.data = Some(BTreeMap::from([
-                ("ca.pem".to_string(), b64(&ca)),
-                ("roots.pem".to_string(), b64(roots)),
-            ]));
-            Objects {
-                mesh_namespace: "mesh".into(),
-                deployments: vec![serde_json::from_value(json!({
-                    "metadata": {"name": "outrigger-control-plane"},
-                    "spec": {"selector": {}, "template": {"spec": {"containers": [],
-                        "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
-                }))
-                .unwrap()],
-                secrets: vec![secret],
-                ..Default::default()
-            }
-        };
+        let objects = |roots: &str| mesh_ca_objects(&ca, roots);
         let said = |o: &Objects| -> Vec<(Level, String)> {
             mesh_ca(o, now)
                 .into_iter()
@@ -1514,6 +1517,150 @@ mod tests {
         assert_eq!(
             said(&Objects::default())[0].1,
             "no mesh CA (a Secret with ca.pem the control plane mounts) in namespace "
+        );
+    }
+
+    /// The mesh CA's Secret holding `ca` and `roots`, mounted by the
+    /// control plane.
+    fn mesh_ca_objects(ca: &str, roots: &str) -> Objects {
+        let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("outrigger-ca".into());
+        secret.data = Some(BTreeMap::from([
+            ("ca.pem".to_string(), b64(ca)),
+            ("roots.pem".to_string(), b64(roots)),
+        ]));
+        Objects {
+            mesh_namespace: "mesh".into(),
+            deployments: vec![serde_json::from_value(json!({
+                "metadata": {"name": "outrigger-control-plane"},
+                "spec": {"selector": {}, "template": {"spec": {"containers": [],
+                    "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
+            }))
+            .unwrap()],
+            secrets: vec![secret],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_intermediate_is_under_the_root_that_signed_it_not_a_namesake() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        const DAY: Duration = Duration::from_secs(86_400);
+        let now = UNIX_EPOCH + 20_000 * DAY;
+        let params = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.not_before = (now - DAY).into();
+            p.not_after = (now + 400 * DAY).into();
+            p
+        };
+        let root = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(name).self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params(name), key))
+        };
+        let (root_pem, issuer) = root("outrigger root");
+        // The same name, another key.
+        let (namesake_pem, _) = root("outrigger root");
+        let mut intermediate = params("outrigger intermediate");
+        intermediate.not_after = (now + 100 * DAY).into();
+        let intermediate = intermediate
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap()
+            .pem();
+        let said = |o: &Objects, at: SystemTime| -> Vec<(Level, String, Option<String>)> {
+            mesh_ca(o, at)
+                .into_iter()
+                .map(|c| (c.level, c.message, c.hint))
+                .collect()
+        };
+        assert_eq!(
+            said(&mesh_ca_objects(&intermediate, &root_pem), now),
+            [
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA is under the trust roots (1 root)".into(),
+                    None
+                ),
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA valid for 100 more days".into(),
+                    None
+                ),
+            ]
+        );
+        let got = said(&mesh_ca_objects(&intermediate, &namesake_pem), now);
+        assert_eq!(
+            got[0],
+            (
+                Level::Fail,
+                "secret/outrigger-ca: the CA (ca.pem, CN=outrigger intermediate) names the root \
+                 CN=outrigger root (roots.pem) as its issuer, but that root's key did not sign \
+                 it: proxies would refuse the certificates it signs"
+                    .into(),
+                Some(
+                    "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA \
+                     that root signed in identity.ca.cert and identity.ca.key, then restart the \
+                     proxies"
+                        .into()
+                )
+            )
+        );
+        // Both roots: the one that signed it is among them.
+        assert_eq!(
+            said(
+                &mesh_ca_objects(&intermediate, &format!("{namesake_pem}{root_pem}")),
+                now
+            )[0]
+            .0,
+            Level::Ok
+        );
+        // The intermediate expires first: named, with its date.
+        let later = now + 101 * DAY;
+        let got = said(&mesh_ca_objects(&intermediate, &root_pem), later);
+        assert_eq!(
+            got[1].1,
+            format!(
+                "secret/outrigger-ca: ca.pem (CN=outrigger intermediate) expired at {}",
+                crate::proxy_config::rfc3339(
+                    ((now + 100 * DAY).duration_since(UNIX_EPOCH))
+                        .unwrap()
+                        .as_secs() as i64
+                )
+            )
+        );
+        assert_eq!(got[1].0, Level::Fail);
+        assert!(
+            got[1]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("rotate the mesh CA"),
+            "{got:?}"
+        );
+        let soon = now + 90 * DAY;
+        assert_eq!(
+            said(&mesh_ca_objects(&intermediate, &root_pem), soon)[1],
+            (
+                Level::Warn,
+                format!(
+                    "secret/outrigger-ca: ca.pem (CN=outrigger intermediate) expires in 10 days \
+                     (within 30), at {}",
+                    crate::proxy_config::rfc3339(
+                        (now + 100 * DAY)
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs() as i64
+                    )
+                ),
+                Some(
+                    "rotate the mesh CA as docs/security.md says (new root trusted, new root \
+                     signing, old root dropped)"
+                        .into()
+                )
+            )
         );
     }
 
