@@ -4,7 +4,7 @@
 //! [`post_install`] turns the objects the cluster holds ([`Objects`]) into
 //! [`Check`]s, and [`pre_install`] what `--pre` reads ([`PreObjects`]),
 //! pure; [`render`] is what to print; [`fetch`] and [`fetch_pre`] are the
-//! edges. The proxies' certificates and config streams are read from their
+//! edges, and [`run`] the command (with `--wait`'s retries). The proxies' certificates and config streams are read from their
 //! `/metrics` through the pod proxy ([`crate::proxy_admin`], [`crate::prom`]).
 //! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
 //! (what the chart's `crds/` is generated from), the webhook's serving
@@ -983,6 +983,75 @@ pub async fn fetch(
         }
     }
     Ok(objects)
+}
+
+/// `outrigger check`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The checks before install instead.
+    #[arg(long)]
+    pub pre: bool,
+    /// Retry until nothing fails or this much time has passed (e.g. 30s,
+    /// 5m), printing a progress line on stderr between tries.
+    #[arg(long, value_parser = crate::stat::parse_window)]
+    pub wait: Option<Duration>,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = crate::inject::DEFAULT_MESH_NAMESPACE)]
+    pub mesh_namespace: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// Why `outrigger check` could not print a report (a cluster that cannot
+/// be read is a failed check in the report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot write the report to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+}
+
+/// `outrigger check`: reads the cluster, checks, and prints the report;
+/// with `--wait`, tries again (a progress line on stderr) until nothing
+/// fails or the deadline passes. True when nothing failed (exit status 0).
+pub async fn run(cluster: &crate::cluster::ClusterArgs, args: CheckArgs) -> Result<bool, RunError> {
+    use std::io::Write as _;
+    let client = cluster.client().await?;
+    let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
+    let report = loop {
+        let report = if args.pre {
+            match fetch_pre(client.clone(), &args.mesh_namespace).await {
+                Ok(objects) => Report::of(pre_install(&objects)),
+                Err(e) => Report::of(vec![unreachable(&e)]),
+            }
+        } else {
+            match fetch(
+                client.clone(),
+                &args.mesh_namespace,
+                cluster.namespace.as_deref(),
+            )
+            .await
+            {
+                Ok(objects) => Report::of(post_install(&objects, SystemTime::now())),
+                Err(e) => Report::of(vec![unreachable(&e)]),
+            }
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match left {
+            Some(left) if !report.ok && !left.is_zero() => {
+                eprintln!("{}", progress(&report, left));
+                tokio::time::sleep(RETRY.min(left)).await;
+            }
+            _ => break report,
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(render(&report, args.output)?.as_bytes())?;
+    out.flush()?;
+    Ok(report.ok)
 }
 
 /// One kind of object the chart creates: (API group, resource, namespaced).
