@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1075,23 +1075,34 @@ pub const CHART_CREATES: &[Resource] = &[
     ("", "configmaps", true),
 ];
 
-/// Other meshes' injection webhooks (their configurations' names start so).
-pub const OTHER_INJECTORS: &[&str] = &[
-    "istio-sidecar-injector",
-    "istio-revision-tag",
-    "linkerd-proxy-injector",
+/// Meshes whose injectors are known: (a word of the webhook's or its
+/// configuration's name, the mesh). Words are split at `.`, `-` and `_`.
+pub const KNOWN_INJECTORS: &[(&str, &str)] = &[
+    ("istio", "Istio"),
+    ("linkerd", "Linkerd"),
+    ("kuma", "Kuma"),
+    ("consul", "Consul"),
+    ("osm", "Open Service Mesh"),
+    ("openservicemesh", "Open Service Mesh"),
+    ("outrigger", "Outrigger (another install)"),
 ];
+
+/// The namespaces the chart's webhook is never sent (its namespaceSelector
+/// in charts/outrigger/templates), besides the mesh's own.
+pub const NEVER_INJECTED: &[&str] = &["kube-system"];
 
 /// What the checks before install read: the API server's version (or why
 /// it could not be read), whether the user may create each thing the
-/// chart creates (allowed, the authorizer's reason), and the mutating
-/// webhook configurations already registered.
+/// chart creates (allowed, the authorizer's reason), the mutating
+/// webhook configurations already registered and the namespaces (or why
+/// they could not be listed).
 #[derive(Clone, Debug)]
 pub struct PreObjects {
     pub mesh_namespace: String,
     pub version: Result<k8s_openapi::apimachinery::pkg::version::Info, String>,
     pub access: Vec<(Resource, bool, String)>,
     pub webhooks: Vec<MutatingWebhookConfiguration>,
+    pub namespaces: Result<Vec<Namespace>, String>,
 }
 
 const API: &str = "kubernetes API";
@@ -1177,24 +1188,172 @@ pub fn pre_install(o: &PreObjects) -> Vec<Check> {
              can-i create ... shows what you may do)",
         ));
     }
-    let others: Vec<&str> = o
-        .webhooks
-        .iter()
-        .filter_map(|w| w.metadata.name.as_deref())
-        .filter(|n| OTHER_INJECTORS.iter().any(|p| n.starts_with(p)))
+    out.extend(other_webhooks(o));
+    out
+}
+
+/// Whether a webhook's rules send it pods being created (any API version;
+/// `pods` or every resource, not only subresources).
+fn mutates_pods_on_create(w: &MutatingWebhook) -> bool {
+    let has = |list: &Option<Vec<String>>, any: &[&str]| {
+        list.iter().flatten().any(|x| any.contains(&x.as_str()))
+    };
+    w.rules.iter().flatten().any(|r| {
+        has(&r.operations, &["CREATE", "*"])
+            && has(&r.api_groups, &["", "*"])
+            && has(&r.resources, &["pods", "*", "*/*"])
+            && r.scope.as_deref().is_none_or(|s| s != "Cluster")
+    })
+}
+
+/// The mesh a webhook belongs to, by a word of its or its configuration's
+/// name ([`KNOWN_INJECTORS`]).
+fn known_mesh(config: &str, webhook: &str) -> Option<&'static str> {
+    let words: Vec<&str> = config
+        .split(['.', '-', '_'])
+        .chain(webhook.split(['.', '-', '_']))
         .collect();
-    if others.is_empty() {
-        out.push(Check::ok(OTHER_MESHES, "no other mesh's injection webhook"));
+    KNOWN_INJECTORS
+        .iter()
+        .find(|(word, _)| words.contains(word))
+        .map(|(_, mesh)| *mesh)
+}
+
+/// A namespace's labels as a selector sees them: with
+/// `kubernetes.io/metadata.name`, which the API server always sets.
+fn namespace_labels(n: &Namespace) -> BTreeMap<String, String> {
+    let mut labels = n.metadata.labels.clone().unwrap_or_default();
+    labels
+        .entry("kubernetes.io/metadata.name".into())
+        .or_insert_with(|| n.metadata.name.clone().unwrap_or_default());
+    labels
+}
+
+/// Every other mutating webhook that would change the pods Outrigger
+/// injects: its rules send it pods on CREATE, its namespaceSelector
+/// matches a namespace annotated `outrigger.dev/inject: enabled` (or, none
+/// being annotated yet, any namespace the chart's webhook is sent), and
+/// its objectSelector matches a pod with no labels of its own. A known
+/// mesh's injector ([`KNOWN_INJECTORS`]) fails; any other warns, as it may
+/// reorder or remove the proxy. The chart's own webhook in the mesh
+/// namespace is not another.
+pub fn other_webhooks(o: &PreObjects) -> Vec<Check> {
+    let namespaces = match &o.namespaces {
+        Ok(n) => n,
+        Err(e) => {
+            return vec![Check::warn(
+                OTHER_MESHES,
+                format!("cannot list the namespaces ({e}): other webhooks not compared with them"),
+                "run the check as a user who may list namespaces (kubectl auth can-i list \
+                 namespaces)",
+            )]
+        }
+    };
+    let annotated: Vec<&Namespace> = namespaces
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECT))
+                .is_some_and(|v| v == "enabled")
+        })
+        .collect();
+    let targets: Vec<&Namespace> = if annotated.is_empty() {
+        namespaces
+            .iter()
+            .filter(|n| {
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                name != o.mesh_namespace && !NEVER_INJECTED.contains(&name)
+            })
+            .collect()
+    } else {
+        annotated.clone()
+    };
+    let which = if annotated.is_empty() {
+        format!("(no namespace is annotated {INJECT}: enabled yet, so every one it could be)")
+    } else {
+        format!("(annotated {INJECT}: enabled)")
+    };
+    let mut out = Vec::new();
+    for config in &o.webhooks {
+        let config_name = config.metadata.name.as_deref().unwrap_or_default();
+        for w in config.webhooks.iter().flatten() {
+            let ours = w.name == WEBHOOK
+                && w.client_config
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| s.namespace == o.mesh_namespace);
+            if ours || !mutates_pods_on_create(w) {
+                continue;
+            }
+            let what = format!(
+                "mutatingwebhookconfiguration {config_name}, webhook {}",
+                w.name
+            );
+            let pod = match crate::selector::matches(w.object_selector.as_ref(), &BTreeMap::new()) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(Check::warn(
+                        OTHER_MESHES,
+                        format!("{what}: objectSelector {e}"),
+                        "fix that webhook's objectSelector: the API server would refuse it",
+                    ));
+                    continue;
+                }
+            };
+            let mut overlap = Vec::new();
+            for n in &targets {
+                match crate::selector::matches(w.namespace_selector.as_ref(), &namespace_labels(n))
+                {
+                    Ok(true) if pod => overlap.push(n.metadata.name.as_deref().unwrap_or_default()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        out.push(Check::warn(
+                            OTHER_MESHES,
+                            format!("{what}: namespaceSelector {e}"),
+                            "fix that webhook's namespaceSelector: the API server would refuse it",
+                        ));
+                        overlap.clear();
+                        break;
+                    }
+                }
+            }
+            if overlap.is_empty() {
+                continue;
+            }
+            overlap.sort();
+            let namespaces = format!("{} {which}", overlap.join(", "));
+            out.push(match known_mesh(config_name, &w.name) {
+                Some(mesh) => Check::fail(
+                    OTHER_MESHES,
+                    format!(
+                        "{what} ({mesh}'s injector) would also inject the pods of {namespaces}"
+                    ),
+                    format!(
+                        "uninstall {mesh}, or turn its injection off in these namespaces (its own \
+                         label or annotation) before annotating them {INJECT}: enabled"
+                    ),
+                ),
+                None => Check::warn(
+                    OTHER_MESHES,
+                    format!("{what} also changes the pods created in {namespaces}"),
+                    format!(
+                        "check that it keeps the {PROXY_CONTAINER} init container first and \
+                         unchanged, or narrow its namespaceSelector or objectSelector"
+                    ),
+                ),
+            });
+        }
     }
-    for name in others {
-        out.push(Check::fail(
+    if out.is_empty() {
+        out.push(Check::ok(
             OTHER_MESHES,
             format!(
-                "mutatingwebhookconfiguration {name} would also inject the pods of annotated \
-                 namespaces"
+                "no other webhook changes the pods of {} namespace{} {which}",
+                targets.len(),
+                if targets.len() == 1 { "" } else { "s" }
             ),
-            "uninstall that mesh, or keep its injection off in the namespaces you annotate \
-             outrigger.dev/inject: enabled (its own label or annotation)",
         ));
     }
     out
@@ -1214,6 +1373,7 @@ pub async fn fetch_pre(
         version: client.apiserver_version().await.map_err(|e| e.to_string()),
         access: Vec::new(),
         webhooks: Vec::new(),
+        namespaces: Ok(Vec::new()),
     };
     if o.version.is_err() {
         return Ok(o);
@@ -1244,7 +1404,7 @@ pub async fn fetch_pre(
         o.access
             .push((*r, status.allowed, status.reason.unwrap_or_default()));
     }
-    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client)
+    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
@@ -1252,6 +1412,11 @@ pub async fn fetch_pre(
             what: "the mutatingwebhookconfigurations".into(),
             source,
         })?;
+    o.namespaces = Api::<Namespace>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| e.to_string());
     Ok(o)
 }
 
@@ -1266,9 +1431,6 @@ mod tests {
 
     #[test]
     fn before_install_version_permissions_and_other_meshes() {
-        let webhook = |name: &str| -> MutatingWebhookConfiguration {
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
-        };
         let o = PreObjects {
             mesh_namespace: "outrigger-system".into(),
             version: Ok(info("1", "28+")),
@@ -1276,10 +1438,12 @@ mod tests {
                 (CHART_CREATES[0], true, String::new()),
                 (CHART_CREATES[4], false, "no RBAC policy matched".into()),
             ],
-            webhooks: vec![
-                webhook("istio-sidecar-injector-1-22"),
-                webhook("cert-manager"),
-            ],
+            webhooks: vec![istio()],
+            namespaces: Ok(vec![ns(
+                "shop",
+                json!({"istio-injection": "enabled"}),
+                true,
+            )]),
         };
         let got = pre_install(&o);
         let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
@@ -1300,8 +1464,9 @@ mod tests {
                 ),
                 (
                     Level::Fail,
-                    "mutatingwebhookconfiguration istio-sidecar-injector-1-22 would also inject \
-                     the pods of annotated namespaces"
+                    "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                     namespace.sidecar-injector.istio.io (Istio's injector) would also inject \
+                     the pods of shop (annotated outrigger.dev/inject: enabled)"
                 ),
             ]
         );
@@ -1317,6 +1482,252 @@ mod tests {
             ..good
         };
         assert_eq!(pre_install(&gone).len(), 1);
+    }
+
+    /// A namespace with `labels`, annotated for Outrigger or not.
+    fn ns(name: &str, labels: Value, annotated: bool) -> Namespace {
+        let annotations = if annotated {
+            json!({"outrigger.dev/inject": "enabled"})
+        } else {
+            json!({})
+        };
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": labels, "annotations": annotations}}),
+        )
+        .unwrap()
+    }
+
+    /// Rules sending pods on `operations`.
+    fn pod_rules(operations: &[&str]) -> Value {
+        json!([{"operations": operations, "apiGroups": [""], "apiVersions": ["v1"],
+            "resources": ["pods"]}])
+    }
+
+    /// Istio's injector as its chart registers it: by the revision label,
+    /// by `istio-injection: enabled`, and by the pod's own label.
+    fn istio() -> MutatingWebhookConfiguration {
+        let not_false = json!({"matchExpressions": [
+            {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]});
+        serde_json::from_value(json!({"metadata": {"name": "istio-sidecar-injector"},
+            "webhooks": [
+                {"name": "rev.namespace.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio.io/rev", "operator": "In", "values": ["default"]},
+                    {"key": "istio-injection", "operator": "DoesNotExist"}]},
+                 "objectSelector": not_false,
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]},
+                {"name": "namespace.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+                 "objectSelector": not_false,
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]},
+                {"name": "object.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio-injection", "operator": "DoesNotExist"},
+                    {"key": "istio.io/rev", "operator": "DoesNotExist"}]},
+                 "objectSelector": {"matchExpressions": [
+                    {"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]}]},
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}))
+        .unwrap()
+    }
+
+    /// A configuration of one webhook named `name` with `rules`, and no
+    /// selectors but `namespace_selector`.
+    fn one_webhook(
+        config: &str,
+        name: &str,
+        rules: Value,
+        namespace_selector: Value,
+    ) -> MutatingWebhookConfiguration {
+        serde_json::from_value(json!({"metadata": {"name": config},
+            "webhooks": [{"name": name, "rules": rules, "namespaceSelector": namespace_selector,
+                "clientConfig": {"service": {"name": "svc", "namespace": "outrigger-system"}},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn other_webhooks_are_judged_by_the_pods_they_would_change() {
+        let namespaces = vec![
+            ns("shop", json!({"istio-injection": "enabled"}), true),
+            ns("web", json!({}), true),
+            ns("legacy", json!({"istio-injection": "enabled"}), false),
+            ns("kube-system", json!({}), false),
+            ns("outrigger-system", json!({}), false),
+        ];
+        let o = PreObjects {
+            mesh_namespace: "outrigger-system".into(),
+            version: Ok(info("1", "31")),
+            access: vec![],
+            webhooks: vec![
+                istio(),
+                // Any name: what it does counts.
+                one_webhook(
+                    "vault-agent",
+                    "vault.hashicorp.com",
+                    pod_rules(&["*"]),
+                    json!({}),
+                ),
+                // Only namespaces labelled team=data: none annotated is.
+                one_webhook(
+                    "data-defaults",
+                    "defaults.data.example.com",
+                    pod_rules(&["CREATE"]),
+                    json!({"matchLabels": {"team": "data"}}),
+                ),
+                // Pods on UPDATE only, and another kind on CREATE.
+                one_webhook(
+                    "relabel",
+                    "relabel.example.com",
+                    pod_rules(&["UPDATE"]),
+                    json!({}),
+                ),
+                one_webhook(
+                    "cert-manager-webhook",
+                    "webhook.cert-manager.io",
+                    json!([{"operations": ["CREATE"], "apiGroups": ["cert-manager.io"],
+                        "apiVersions": ["v1"], "resources": ["certificates"]}]),
+                    json!({}),
+                ),
+                // The chart's own.
+                one_webhook(
+                    "outrigger-injector-outrigger-system",
+                    WEBHOOK,
+                    pod_rules(&["CREATE"]),
+                    json!({}),
+                ),
+            ],
+            namespaces: Ok(namespaces.clone()),
+        };
+        let said = |o: &PreObjects| -> Vec<(Level, String)> {
+            other_webhooks(o)
+                .into_iter()
+                .map(|c| (c.level, c.message))
+                .collect()
+        };
+        assert_eq!(
+            said(&o),
+            [
+                (
+                    Level::Fail,
+                    "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                     namespace.sidecar-injector.istio.io (Istio's injector) would also inject \
+                     the pods of shop (annotated outrigger.dev/inject: enabled)"
+                        .into()
+                ),
+                (
+                    Level::Warn,
+                    "mutatingwebhookconfiguration vault-agent, webhook vault.hashicorp.com also \
+                     changes the pods created in shop, web (annotated outrigger.dev/inject: \
+                     enabled)"
+                        .into()
+                ),
+            ]
+        );
+        let hints: Vec<String> = other_webhooks(&o)
+            .into_iter()
+            .filter_map(|c| c.hint)
+            .collect();
+        assert_eq!(
+            hints,
+            [
+                "uninstall Istio, or turn its injection off in these namespaces (its own label \
+                 or annotation) before annotating them outrigger.dev/inject: enabled",
+                "check that it keeps the outrigger-proxy init container first and unchanged, or \
+                 narrow its namespaceSelector or objectSelector",
+            ]
+        );
+        // Before any namespace is annotated: every one the chart's webhook
+        // is sent is compared; another install of Outrigger is a mesh too.
+        let unannotated: Vec<Namespace> = namespaces
+            .iter()
+            .map(|n| {
+                let mut n = n.clone();
+                n.metadata.annotations = None;
+                n
+            })
+            .collect();
+        let before = PreObjects {
+            webhooks: vec![
+                istio(),
+                one_webhook(
+                    "outrigger-injector-mesh-b",
+                    WEBHOOK,
+                    pod_rules(&["CREATE"]),
+                    json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                        "operator": "NotIn", "values": ["kube-system", "mesh-b"]}]}),
+                ),
+            ],
+            namespaces: Ok(unannotated.clone()),
+            ..o.clone()
+        };
+        let mut b = before.clone();
+        b.webhooks[1].webhooks.as_mut().unwrap()[0]
+            .client_config
+            .service
+            .as_mut()
+            .unwrap()
+            .namespace = "mesh-b".into();
+        let every = "(no namespace is annotated outrigger.dev/inject: enabled yet, so every one \
+                     it could be)";
+        assert_eq!(
+            said(&b),
+            [
+                (
+                    Level::Fail,
+                    format!(
+                        "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                         namespace.sidecar-injector.istio.io (Istio's injector) would also \
+                         inject the pods of legacy, shop {every}"
+                    )
+                ),
+                (
+                    Level::Fail,
+                    format!(
+                        "mutatingwebhookconfiguration outrigger-injector-mesh-b, webhook \
+                         injector.outrigger.dev (Outrigger (another install)'s injector) would \
+                         also inject the pods of legacy, shop, web {every}"
+                    )
+                ),
+            ]
+        );
+        // Nothing else: one line saying what was compared.
+        let clean = PreObjects {
+            webhooks: vec![],
+            ..before.clone()
+        };
+        assert_eq!(
+            said(&clean),
+            [(
+                Level::Ok,
+                format!("no other webhook changes the pods of 3 namespaces {every}")
+            )]
+        );
+        // A selector the API server would refuse is named, not guessed.
+        let bad = PreObjects {
+            webhooks: vec![one_webhook(
+                "odd",
+                "odd.example.com",
+                pod_rules(&["CREATE"]),
+                json!({"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["1"]}]}),
+            )],
+            ..before.clone()
+        };
+        assert_eq!(
+            said(&bad),
+            [(
+                Level::Warn,
+                "mutatingwebhookconfiguration odd, webhook odd.example.com: namespaceSelector \
+                 matchExpressions key \"k\": unknown operator \"Gt\" (In, NotIn, Exists or \
+                 DoesNotExist)"
+                    .into()
+            )]
+        );
+        let unlisted = PreObjects {
+            namespaces: Err("forbidden".into()),
+            ..before
+        };
+        assert_eq!(said(&unlisted)[0].0, Level::Warn);
     }
 
     use super::*;
