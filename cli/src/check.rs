@@ -211,8 +211,15 @@ pub fn proxy_metrics(
         }
         Some(at) if at <= now_secs => {
             level = Level::Fail;
-            words.push("certificate expired".to_string());
-            hint = Some(format!("{logs}: it cannot renew its certificate"));
+            words.push(format!(
+                "certificate expired at {}",
+                crate::proxy_config::rfc3339(at as i64)
+            ));
+            hint = Some(format!(
+                "{logs}: it cannot renew its certificate; the control plane (the mesh CA) \
+                 must be running and reachable from it, and its CA not expired (see the \
+                 mesh CA lines)"
+            ));
         }
         Some(at) => {
             let left = Duration::from_secs_f64(at - now_secs);
@@ -1949,7 +1956,14 @@ mod tests {
                 "certificate expires in 30m, connected to the control plane".into()
             )
         );
-        assert_eq!(said(text(999_999, 1)).0, Level::Fail,);
+        assert_eq!(
+            said(text(999_999, 1)),
+            (
+                Level::Fail,
+                "certificate expired at 1970-01-12T13:46:39Z, connected to the control plane"
+                    .into()
+            )
+        );
         assert_eq!(
             said(text(0, 0)),
             (
