@@ -788,17 +788,20 @@ pub fn resources(list: &[(String, Value)]) -> Vec<Check> {
     out
 }
 
+/// Whether `n` asks for injection (`outrigger.dev/inject: enabled`), as
+/// the injector reads it.
+fn annotated(n: &Namespace) -> bool {
+    n.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| outrigger_injector::annotations::inject(a).is_ok_and(|v| v == Some(true)))
+}
+
 /// The namespaces annotated `outrigger.dev/inject: enabled`.
 pub fn namespaces(list: &[Namespace]) -> Check {
     let mut names: Vec<&str> = list
         .iter()
-        .filter(|n| {
-            n.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(INJECT))
-                .is_some_and(|v| v == "enabled")
-        })
+        .filter(|n| annotated(n))
         .filter_map(|n| n.metadata.name.as_deref())
         .collect();
     names.sort();
@@ -1256,16 +1259,7 @@ pub fn other_webhooks(o: &PreObjects) -> Vec<Check> {
             )]
         }
     };
-    let annotated: Vec<&Namespace> = namespaces
-        .iter()
-        .filter(|n| {
-            n.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(INJECT))
-                .is_some_and(|v| v == "enabled")
-        })
-        .collect();
+    let annotated: Vec<&Namespace> = namespaces.iter().filter(|n| annotated(n)).collect();
     let targets: Vec<&Namespace> = if annotated.is_empty() {
         namespaces
             .iter()

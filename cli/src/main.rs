@@ -154,15 +154,16 @@ enum Command {
     /// control plane and injector Deployments available and ready; the
     /// webhook registered, its caBundle accepting the injector's serving
     /// certificate for <service>.<namespace>.svc, not expiring within 30
-    /// days; the mesh CA under the trust roots, not expiring within 30
-    /// days; the mesh resources the control plane refused (Accepted=False);
+    /// days; the mesh CA signed by one of the trust roots, not expiring
+    /// within 30 days; the mesh resources the control plane refused (Accepted=False);
     /// the annotated namespaces; each meshed pod's proxy ready, of the
     /// control plane's version, its certificate not near expiry and its
     /// config stream connected (its /metrics, through the pod proxy).
     ///
     /// With --pre, before install: the API server reachable and new enough
     /// for native sidecars, permission to create what the chart creates,
-    /// no other mesh's injection webhook.
+    /// no other webhook changing the pods of the namespaces annotated for
+    /// injection (another mesh's injector fails, any other warns).
     ///
     /// Examples:
     ///   outrigger check --pre          # before helm install

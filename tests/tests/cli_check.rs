@@ -14,7 +14,7 @@ use outrigger_tests::chart::{
     chart_dir, fake_api_server_with_pods, merge_values, render_or_skip, test_ca, Rendered,
 };
 use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
-use outrigger_tests::{eventually, metric, run_bin, scrape, server_snapshot};
+use outrigger_tests::{cert_left, eventually, run_bin, server_snapshot};
 use serde_json::{json, Value};
 
 const NS: &str = "outrigger-system";
@@ -70,14 +70,8 @@ async fn certified(lifetime: std::time::Duration) -> Certified {
     let boot = server_snapshot("127.0.0.1:9".parse().unwrap());
     let proxy = waiting_proxy(boot.clone(), Some(identity.clone())).await;
     follow(&proxy, cp_addr, boot, "shop", "web-1", Some(identity));
-    let certified = || async {
-        outrigger_tests::ready(&proxy).await
-            && metric(
-                &scrape(&proxy).await,
-                "outrigger_identity_cert_expiry_timestamp_seconds",
-                &[],
-            ) > 0.0
-    };
+    let certified =
+        || async { outrigger_tests::ready(&proxy).await && cert_left(&proxy).await.is_some() };
     assert!(
         eventually(std::time::Duration::from_secs(15), certified).await,
         "the proxy was never certified"
@@ -97,18 +91,7 @@ async fn expired() -> Certified {
     let mut certified = certified(std::time::Duration::from_secs(3)).await;
     certified.cp.take().unwrap().stop().await;
     let proxy = &certified.proxy;
-    let past = || async {
-        let at = metric(
-            &scrape(proxy).await,
-            "outrigger_identity_cert_expiry_timestamp_seconds",
-            &[],
-        );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        at > 0.0 && at < now
-    };
+    let past = || async { cert_left(proxy).await.is_some_and(|l| l < 0.0) };
     assert!(
         eventually(std::time::Duration::from_secs(15), past).await,
         "the proxy's certificate never expired"
