@@ -4,7 +4,7 @@
 //! [`post_install`] turns the objects the cluster holds ([`Objects`]) into
 //! [`Check`]s, and [`pre_install`] what `--pre` reads ([`PreObjects`]),
 //! pure; [`render`] is what to print; [`fetch`] and [`fetch_pre`] are the
-//! edges. The proxies' certificates and config streams are read from their
+//! edges, and [`run`] the command (with `--wait`'s retries). The proxies' certificates and config streams are read from their
 //! `/metrics` through the pod proxy ([`crate::proxy_admin`], [`crate::prom`]).
 //! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
 //! (what the chart's `crds/` is generated from), the webhook's serving
@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -26,6 +26,7 @@ use outrigger_control_plane::status::ACCEPTED;
 use outrigger_identity::inspect;
 use outrigger_injector::annotations::{INJECT, PROXY_VERSION};
 use outrigger_injector::inject::PROXY_CONTAINER;
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -210,8 +211,15 @@ pub fn proxy_metrics(
         }
         Some(at) if at <= now_secs => {
             level = Level::Fail;
-            words.push("certificate expired".to_string());
-            hint = Some(format!("{logs}: it cannot renew its certificate"));
+            words.push(format!(
+                "certificate expired at {}",
+                crate::proxy_config::rfc3339(at as i64)
+            ));
+            hint = Some(format!(
+                "{logs}: it cannot renew its certificate; the control plane (the mesh CA) \
+                 must be running and reachable from it, and its CA not expired (see the \
+                 mesh CA lines)"
+            ));
         }
         Some(at) => {
             let left = Duration::from_secs_f64(at - now_secs);
@@ -585,8 +593,9 @@ pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
 /// The mesh CA the control plane signs with (the `ca.pem` and `roots.pem`
 /// of the Secret its Deployment mounts): each certificate not expired (×)
 /// nor expiring within [`EXPIRY_WARNING`] (⚠), and the CA under the roots
-/// the proxies trust: its last certificate one of them or, when that is not
-/// self-signed, issued by one's name.
+/// the proxies trust: its last certificate one of them or signed by one's
+/// key ([`inspect::signed_by`]); an issuer named as a root but not signed
+/// by it fails naming both.
 pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
     let ns = &o.mesh_namespace;
     let rotate = "rotate the mesh CA as docs/security.md says (new root trusted, new root \
@@ -619,50 +628,70 @@ pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
     };
     let mut out = Vec::new();
     let top = chain.last().expect("not empty");
-    // A self-signed top must be one of the roots; an intermediate's issuer
-    // must be a root's subject (its signature is not checked here).
-    let trusted = roots.contains(top)
-        || inspect::names(top).is_ok_and(|(subject, issuer)| {
-            subject != issuer
-                && roots
-                    .iter()
-                    .any(|r| inspect::names(r).is_ok_and(|(s, _)| s == issuer))
-        });
-    if trusted {
-        out.push(Check::ok(
+    let subject = |c: &CertificateDer<'_>| inspect::names(c).map(|n| n.0).unwrap_or_default();
+    // The CA is under a root when it is one, or when a root's key signed
+    // its last certificate: names alone prove nothing.
+    let signer = roots
+        .iter()
+        .find(|r| *r == top || inspect::signed_by(top, r).is_ok());
+    let issuer = inspect::names(top).map(|n| n.1).unwrap_or_default();
+    let namesake = roots.iter().find(|r| subject(r) == issuer);
+    match (signer, namesake) {
+        (Some(_), _) => out.push(Check::ok(
             MESH_CA,
             format!(
                 "secret/{secret}: the CA is under the trust roots ({} root{})",
                 roots.len(),
                 if roots.len() == 1 { "" } else { "s" }
             ),
-        ));
-    } else {
-        out.push(Check::fail(
+        )),
+        (None, Some(root)) => out.push(Check::fail(
             MESH_CA,
             format!(
-                "secret/{secret}: the CA (ca.pem) is not under the trust roots (roots.pem): \
-                 proxies would refuse the certificates it signs"
+                "secret/{secret}: the CA (ca.pem, {}) names the root {} (roots.pem) as its \
+                 issuer, but that root's key did not sign it: proxies would refuse the \
+                 certificates it signs",
+                subject(top),
+                subject(root)
+            ),
+            "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA that \
+             root signed in identity.ca.cert and identity.ca.key, then restart the proxies",
+        )),
+        (None, None) => out.push(Check::fail(
+            MESH_CA,
+            format!(
+                "secret/{secret}: the CA (ca.pem, {}) is not under the trust roots \
+                 (roots.pem): proxies would refuse the certificates it signs",
+                subject(top)
             ),
             "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
-        ));
+        )),
     }
+    // The certificate that expires first: (its file, its subject, when).
     let soonest = chain
         .iter()
-        .chain(&roots)
-        .filter_map(|c| inspect::not_after(c).ok())
+        .map(|c| ("ca.pem", c))
+        .chain(roots.iter().map(|c| ("roots.pem", c)))
+        .filter_map(|(file, c)| Some((inspect::not_after(c).ok()?, file, subject(c))))
         .min();
-    if let Some(at) = soonest {
+    if let Some((at, file, name)) = soonest {
+        let date = crate::proxy_config::rfc3339(
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        );
         match at.duration_since(now) {
             Err(_) => out.push(Check::fail(
                 MESH_CA,
-                format!("secret/{secret}: a CA or root certificate has expired"),
-                rotate,
+                format!("secret/{secret}: {file} ({name}) expired at {date}"),
+                format!(
+                    "{rotate}: until then the proxies' certificates cannot be renewed \
+                     nor trusted"
+                ),
             )),
             Ok(left) if left < EXPIRY_WARNING => out.push(Check::warn(
                 MESH_CA,
                 format!(
-                    "secret/{secret}: the CA expires in {} days (within 30)",
+                    "secret/{secret}: {file} ({name}) expires in {} days (within 30), at {date}",
                     left.as_secs() / 86_400
                 ),
                 rotate,
@@ -759,17 +788,20 @@ pub fn resources(list: &[(String, Value)]) -> Vec<Check> {
     out
 }
 
+/// Whether `n` asks for injection (`outrigger.dev/inject: enabled`), as
+/// the injector reads it.
+fn annotated(n: &Namespace) -> bool {
+    n.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| outrigger_injector::annotations::inject(a).is_ok_and(|v| v == Some(true)))
+}
+
 /// The namespaces annotated `outrigger.dev/inject: enabled`.
 pub fn namespaces(list: &[Namespace]) -> Check {
     let mut names: Vec<&str> = list
         .iter()
-        .filter(|n| {
-            n.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(INJECT))
-                .is_some_and(|v| v == "enabled")
-        })
+        .filter(|n| annotated(n))
         .filter_map(|n| n.metadata.name.as_deref())
         .collect();
     names.sort();
@@ -963,6 +995,75 @@ pub async fn fetch(
     Ok(objects)
 }
 
+/// `outrigger check`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The checks before install instead.
+    #[arg(long)]
+    pub pre: bool,
+    /// Retry until nothing fails or this much time has passed (e.g. 30s,
+    /// 5m), printing a progress line on stderr between tries.
+    #[arg(long, value_parser = crate::stat::parse_window)]
+    pub wait: Option<Duration>,
+    /// Where the mesh is installed (the chart's release namespace).
+    #[arg(long, default_value = crate::inject::DEFAULT_MESH_NAMESPACE)]
+    pub mesh_namespace: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// Why `outrigger check` could not print a report (a cluster that cannot
+/// be read is a failed check in the report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot write the report to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+}
+
+/// `outrigger check`: reads the cluster, checks, and prints the report;
+/// with `--wait`, tries again (a progress line on stderr) until nothing
+/// fails or the deadline passes. True when nothing failed (exit status 0).
+pub async fn run(cluster: &crate::cluster::ClusterArgs, args: CheckArgs) -> Result<bool, RunError> {
+    use std::io::Write as _;
+    let client = cluster.client().await?;
+    let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
+    let report = loop {
+        let report = if args.pre {
+            match fetch_pre(client.clone(), &args.mesh_namespace).await {
+                Ok(objects) => Report::of(pre_install(&objects)),
+                Err(e) => Report::of(vec![unreachable(&e)]),
+            }
+        } else {
+            match fetch(
+                client.clone(),
+                &args.mesh_namespace,
+                cluster.namespace.as_deref(),
+            )
+            .await
+            {
+                Ok(objects) => Report::of(post_install(&objects, SystemTime::now())),
+                Err(e) => Report::of(vec![unreachable(&e)]),
+            }
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        match left {
+            Some(left) if !report.ok && !left.is_zero() => {
+                eprintln!("{}", progress(&report, left));
+                tokio::time::sleep(RETRY.min(left)).await;
+            }
+            _ => break report,
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(render(&report, args.output)?.as_bytes())?;
+    out.flush()?;
+    Ok(report.ok)
+}
+
 /// One kind of object the chart creates: (API group, resource, namespaced).
 pub type Resource = (&'static str, &'static str, bool);
 
@@ -984,23 +1085,34 @@ pub const CHART_CREATES: &[Resource] = &[
     ("", "configmaps", true),
 ];
 
-/// Other meshes' injection webhooks (their configurations' names start so).
-pub const OTHER_INJECTORS: &[&str] = &[
-    "istio-sidecar-injector",
-    "istio-revision-tag",
-    "linkerd-proxy-injector",
+/// Meshes whose injectors are known: (a word of the webhook's or its
+/// configuration's name, the mesh). Words are split at `.`, `-` and `_`.
+pub const KNOWN_INJECTORS: &[(&str, &str)] = &[
+    ("istio", "Istio"),
+    ("linkerd", "Linkerd"),
+    ("kuma", "Kuma"),
+    ("consul", "Consul"),
+    ("osm", "Open Service Mesh"),
+    ("openservicemesh", "Open Service Mesh"),
+    ("outrigger", "Outrigger (another install)"),
 ];
+
+/// The namespaces the chart's webhook is never sent (its namespaceSelector
+/// in charts/outrigger/templates), besides the mesh's own.
+pub const NEVER_INJECTED: &[&str] = &["kube-system"];
 
 /// What the checks before install read: the API server's version (or why
 /// it could not be read), whether the user may create each thing the
-/// chart creates (allowed, the authorizer's reason), and the mutating
-/// webhook configurations already registered.
+/// chart creates (allowed, the authorizer's reason), the mutating
+/// webhook configurations already registered and the namespaces (or why
+/// they could not be listed).
 #[derive(Clone, Debug)]
 pub struct PreObjects {
     pub mesh_namespace: String,
     pub version: Result<k8s_openapi::apimachinery::pkg::version::Info, String>,
     pub access: Vec<(Resource, bool, String)>,
     pub webhooks: Vec<MutatingWebhookConfiguration>,
+    pub namespaces: Result<Vec<Namespace>, String>,
 }
 
 const API: &str = "kubernetes API";
@@ -1086,24 +1198,163 @@ pub fn pre_install(o: &PreObjects) -> Vec<Check> {
              can-i create ... shows what you may do)",
         ));
     }
-    let others: Vec<&str> = o
-        .webhooks
-        .iter()
-        .filter_map(|w| w.metadata.name.as_deref())
-        .filter(|n| OTHER_INJECTORS.iter().any(|p| n.starts_with(p)))
+    out.extend(other_webhooks(o));
+    out
+}
+
+/// Whether a webhook's rules send it pods being created (any API version;
+/// `pods` or every resource, not only subresources).
+fn mutates_pods_on_create(w: &MutatingWebhook) -> bool {
+    let has = |list: &Option<Vec<String>>, any: &[&str]| {
+        list.iter().flatten().any(|x| any.contains(&x.as_str()))
+    };
+    w.rules.iter().flatten().any(|r| {
+        has(&r.operations, &["CREATE", "*"])
+            && has(&r.api_groups, &["", "*"])
+            && has(&r.resources, &["pods", "*", "*/*"])
+            && r.scope.as_deref().is_none_or(|s| s != "Cluster")
+    })
+}
+
+/// The mesh a webhook belongs to, by a word of its or its configuration's
+/// name ([`KNOWN_INJECTORS`]).
+fn known_mesh(config: &str, webhook: &str) -> Option<&'static str> {
+    let words: Vec<&str> = config
+        .split(['.', '-', '_'])
+        .chain(webhook.split(['.', '-', '_']))
         .collect();
-    if others.is_empty() {
-        out.push(Check::ok(OTHER_MESHES, "no other mesh's injection webhook"));
+    KNOWN_INJECTORS
+        .iter()
+        .find(|(word, _)| words.contains(word))
+        .map(|(_, mesh)| *mesh)
+}
+
+/// A namespace's labels as a selector sees them: with
+/// `kubernetes.io/metadata.name`, which the API server always sets.
+fn namespace_labels(n: &Namespace) -> BTreeMap<String, String> {
+    let mut labels = n.metadata.labels.clone().unwrap_or_default();
+    labels
+        .entry("kubernetes.io/metadata.name".into())
+        .or_insert_with(|| n.metadata.name.clone().unwrap_or_default());
+    labels
+}
+
+/// Every other mutating webhook that would change the pods Outrigger
+/// injects: its rules send it pods on CREATE, its namespaceSelector
+/// matches a namespace annotated `outrigger.dev/inject: enabled` (or, none
+/// being annotated yet, any namespace the chart's webhook is sent), and
+/// its objectSelector matches a pod with no labels of its own. A known
+/// mesh's injector ([`KNOWN_INJECTORS`]) fails; any other warns, as it may
+/// reorder or remove the proxy. The chart's own webhook in the mesh
+/// namespace is not another.
+pub fn other_webhooks(o: &PreObjects) -> Vec<Check> {
+    let namespaces = match &o.namespaces {
+        Ok(n) => n,
+        Err(e) => {
+            return vec![Check::warn(
+                OTHER_MESHES,
+                format!("cannot list the namespaces ({e}): other webhooks not compared with them"),
+                "run the check as a user who may list namespaces (kubectl auth can-i list \
+                 namespaces)",
+            )]
+        }
+    };
+    let annotated: Vec<&Namespace> = namespaces.iter().filter(|n| annotated(n)).collect();
+    let targets: Vec<&Namespace> = if annotated.is_empty() {
+        namespaces
+            .iter()
+            .filter(|n| {
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                name != o.mesh_namespace && !NEVER_INJECTED.contains(&name)
+            })
+            .collect()
+    } else {
+        annotated.clone()
+    };
+    let which = if annotated.is_empty() {
+        format!("(no namespace is annotated {INJECT}: enabled yet, so every one it could be)")
+    } else {
+        format!("(annotated {INJECT}: enabled)")
+    };
+    let mut out = Vec::new();
+    for config in &o.webhooks {
+        let config_name = config.metadata.name.as_deref().unwrap_or_default();
+        for w in config.webhooks.iter().flatten() {
+            let ours = w.name == WEBHOOK
+                && w.client_config
+                    .service
+                    .as_ref()
+                    .is_some_and(|s| s.namespace == o.mesh_namespace);
+            if ours || !mutates_pods_on_create(w) {
+                continue;
+            }
+            let what = format!(
+                "mutatingwebhookconfiguration {config_name}, webhook {}",
+                w.name
+            );
+            let pod = match crate::selector::matches(w.object_selector.as_ref(), &BTreeMap::new()) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(Check::warn(
+                        OTHER_MESHES,
+                        format!("{what}: objectSelector {e}"),
+                        "fix that webhook's objectSelector: the API server would refuse it",
+                    ));
+                    continue;
+                }
+            };
+            let mut overlap = Vec::new();
+            for n in &targets {
+                match crate::selector::matches(w.namespace_selector.as_ref(), &namespace_labels(n))
+                {
+                    Ok(true) if pod => overlap.push(n.metadata.name.as_deref().unwrap_or_default()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        out.push(Check::warn(
+                            OTHER_MESHES,
+                            format!("{what}: namespaceSelector {e}"),
+                            "fix that webhook's namespaceSelector: the API server would refuse it",
+                        ));
+                        overlap.clear();
+                        break;
+                    }
+                }
+            }
+            if overlap.is_empty() {
+                continue;
+            }
+            overlap.sort();
+            let namespaces = format!("{} {which}", overlap.join(", "));
+            out.push(match known_mesh(config_name, &w.name) {
+                Some(mesh) => Check::fail(
+                    OTHER_MESHES,
+                    format!(
+                        "{what} ({mesh}'s injector) would also inject the pods of {namespaces}"
+                    ),
+                    format!(
+                        "uninstall {mesh}, or turn its injection off in these namespaces (its own \
+                         label or annotation) before annotating them {INJECT}: enabled"
+                    ),
+                ),
+                None => Check::warn(
+                    OTHER_MESHES,
+                    format!("{what} also changes the pods created in {namespaces}"),
+                    format!(
+                        "check that it keeps the {PROXY_CONTAINER} init container first and \
+                         unchanged, or narrow its namespaceSelector or objectSelector"
+                    ),
+                ),
+            });
+        }
     }
-    for name in others {
-        out.push(Check::fail(
+    if out.is_empty() {
+        out.push(Check::ok(
             OTHER_MESHES,
             format!(
-                "mutatingwebhookconfiguration {name} would also inject the pods of annotated \
-                 namespaces"
+                "no other webhook changes the pods of {} namespace{} {which}",
+                targets.len(),
+                if targets.len() == 1 { "" } else { "s" }
             ),
-            "uninstall that mesh, or keep its injection off in the namespaces you annotate \
-             outrigger.dev/inject: enabled (its own label or annotation)",
         ));
     }
     out
@@ -1123,6 +1374,7 @@ pub async fn fetch_pre(
         version: client.apiserver_version().await.map_err(|e| e.to_string()),
         access: Vec::new(),
         webhooks: Vec::new(),
+        namespaces: Ok(Vec::new()),
     };
     if o.version.is_err() {
         return Ok(o);
@@ -1153,7 +1405,7 @@ pub async fn fetch_pre(
         o.access
             .push((*r, status.allowed, status.reason.unwrap_or_default()));
     }
-    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client)
+    o.webhooks = Api::<MutatingWebhookConfiguration>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map(|l| l.items)
@@ -1161,6 +1413,11 @@ pub async fn fetch_pre(
             what: "the mutatingwebhookconfigurations".into(),
             source,
         })?;
+    o.namespaces = Api::<Namespace>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| e.to_string());
     Ok(o)
 }
 
@@ -1175,9 +1432,6 @@ mod tests {
 
     #[test]
     fn before_install_version_permissions_and_other_meshes() {
-        let webhook = |name: &str| -> MutatingWebhookConfiguration {
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
-        };
         let o = PreObjects {
             mesh_namespace: "outrigger-system".into(),
             version: Ok(info("1", "28+")),
@@ -1185,10 +1439,12 @@ mod tests {
                 (CHART_CREATES[0], true, String::new()),
                 (CHART_CREATES[4], false, "no RBAC policy matched".into()),
             ],
-            webhooks: vec![
-                webhook("istio-sidecar-injector-1-22"),
-                webhook("cert-manager"),
-            ],
+            webhooks: vec![istio()],
+            namespaces: Ok(vec![ns(
+                "shop",
+                json!({"istio-injection": "enabled"}),
+                true,
+            )]),
         };
         let got = pre_install(&o);
         let lines: Vec<(Level, &str)> = got.iter().map(|c| (c.level, c.message.as_str())).collect();
@@ -1209,8 +1465,9 @@ mod tests {
                 ),
                 (
                     Level::Fail,
-                    "mutatingwebhookconfiguration istio-sidecar-injector-1-22 would also inject \
-                     the pods of annotated namespaces"
+                    "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                     namespace.sidecar-injector.istio.io (Istio's injector) would also inject \
+                     the pods of shop (annotated outrigger.dev/inject: enabled)"
                 ),
             ]
         );
@@ -1226,6 +1483,252 @@ mod tests {
             ..good
         };
         assert_eq!(pre_install(&gone).len(), 1);
+    }
+
+    /// A namespace with `labels`, annotated for Outrigger or not.
+    fn ns(name: &str, labels: Value, annotated: bool) -> Namespace {
+        let annotations = if annotated {
+            json!({"outrigger.dev/inject": "enabled"})
+        } else {
+            json!({})
+        };
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": labels, "annotations": annotations}}),
+        )
+        .unwrap()
+    }
+
+    /// Rules sending pods on `operations`.
+    fn pod_rules(operations: &[&str]) -> Value {
+        json!([{"operations": operations, "apiGroups": [""], "apiVersions": ["v1"],
+            "resources": ["pods"]}])
+    }
+
+    /// Istio's injector as its chart registers it: by the revision label,
+    /// by `istio-injection: enabled`, and by the pod's own label.
+    fn istio() -> MutatingWebhookConfiguration {
+        let not_false = json!({"matchExpressions": [
+            {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]});
+        serde_json::from_value(json!({"metadata": {"name": "istio-sidecar-injector"},
+            "webhooks": [
+                {"name": "rev.namespace.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio.io/rev", "operator": "In", "values": ["default"]},
+                    {"key": "istio-injection", "operator": "DoesNotExist"}]},
+                 "objectSelector": not_false,
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]},
+                {"name": "namespace.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio-injection", "operator": "In", "values": ["enabled"]}]},
+                 "objectSelector": not_false,
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]},
+                {"name": "object.sidecar-injector.istio.io", "rules": pod_rules(&["CREATE"]),
+                 "namespaceSelector": {"matchExpressions": [
+                    {"key": "istio-injection", "operator": "DoesNotExist"},
+                    {"key": "istio.io/rev", "operator": "DoesNotExist"}]},
+                 "objectSelector": {"matchExpressions": [
+                    {"key": "sidecar.istio.io/inject", "operator": "In", "values": ["true"]}]},
+                 "clientConfig": {}, "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}))
+        .unwrap()
+    }
+
+    /// A configuration of one webhook named `name` with `rules`, and no
+    /// selectors but `namespace_selector`.
+    fn one_webhook(
+        config: &str,
+        name: &str,
+        rules: Value,
+        namespace_selector: Value,
+    ) -> MutatingWebhookConfiguration {
+        serde_json::from_value(json!({"metadata": {"name": config},
+            "webhooks": [{"name": name, "rules": rules, "namespaceSelector": namespace_selector,
+                "clientConfig": {"service": {"name": "svc", "namespace": "outrigger-system"}},
+                "sideEffects": "None", "admissionReviewVersions": ["v1"]}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn other_webhooks_are_judged_by_the_pods_they_would_change() {
+        let namespaces = vec![
+            ns("shop", json!({"istio-injection": "enabled"}), true),
+            ns("web", json!({}), true),
+            ns("legacy", json!({"istio-injection": "enabled"}), false),
+            ns("kube-system", json!({}), false),
+            ns("outrigger-system", json!({}), false),
+        ];
+        let o = PreObjects {
+            mesh_namespace: "outrigger-system".into(),
+            version: Ok(info("1", "31")),
+            access: vec![],
+            webhooks: vec![
+                istio(),
+                // Any name: what it does counts.
+                one_webhook(
+                    "vault-agent",
+                    "vault.hashicorp.com",
+                    pod_rules(&["*"]),
+                    json!({}),
+                ),
+                // Only namespaces labelled team=data: none annotated is.
+                one_webhook(
+                    "data-defaults",
+                    "defaults.data.example.com",
+                    pod_rules(&["CREATE"]),
+                    json!({"matchLabels": {"team": "data"}}),
+                ),
+                // Pods on UPDATE only, and another kind on CREATE.
+                one_webhook(
+                    "relabel",
+                    "relabel.example.com",
+                    pod_rules(&["UPDATE"]),
+                    json!({}),
+                ),
+                one_webhook(
+                    "cert-manager-webhook",
+                    "webhook.cert-manager.io",
+                    json!([{"operations": ["CREATE"], "apiGroups": ["cert-manager.io"],
+                        "apiVersions": ["v1"], "resources": ["certificates"]}]),
+                    json!({}),
+                ),
+                // The chart's own.
+                one_webhook(
+                    "outrigger-injector-outrigger-system",
+                    WEBHOOK,
+                    pod_rules(&["CREATE"]),
+                    json!({}),
+                ),
+            ],
+            namespaces: Ok(namespaces.clone()),
+        };
+        let said = |o: &PreObjects| -> Vec<(Level, String)> {
+            other_webhooks(o)
+                .into_iter()
+                .map(|c| (c.level, c.message))
+                .collect()
+        };
+        assert_eq!(
+            said(&o),
+            [
+                (
+                    Level::Fail,
+                    "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                     namespace.sidecar-injector.istio.io (Istio's injector) would also inject \
+                     the pods of shop (annotated outrigger.dev/inject: enabled)"
+                        .into()
+                ),
+                (
+                    Level::Warn,
+                    "mutatingwebhookconfiguration vault-agent, webhook vault.hashicorp.com also \
+                     changes the pods created in shop, web (annotated outrigger.dev/inject: \
+                     enabled)"
+                        .into()
+                ),
+            ]
+        );
+        let hints: Vec<String> = other_webhooks(&o)
+            .into_iter()
+            .filter_map(|c| c.hint)
+            .collect();
+        assert_eq!(
+            hints,
+            [
+                "uninstall Istio, or turn its injection off in these namespaces (its own label \
+                 or annotation) before annotating them outrigger.dev/inject: enabled",
+                "check that it keeps the outrigger-proxy init container first and unchanged, or \
+                 narrow its namespaceSelector or objectSelector",
+            ]
+        );
+        // Before any namespace is annotated: every one the chart's webhook
+        // is sent is compared; another install of Outrigger is a mesh too.
+        let unannotated: Vec<Namespace> = namespaces
+            .iter()
+            .map(|n| {
+                let mut n = n.clone();
+                n.metadata.annotations = None;
+                n
+            })
+            .collect();
+        let before = PreObjects {
+            webhooks: vec![
+                istio(),
+                one_webhook(
+                    "outrigger-injector-mesh-b",
+                    WEBHOOK,
+                    pod_rules(&["CREATE"]),
+                    json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                        "operator": "NotIn", "values": ["kube-system", "mesh-b"]}]}),
+                ),
+            ],
+            namespaces: Ok(unannotated.clone()),
+            ..o.clone()
+        };
+        let mut b = before.clone();
+        b.webhooks[1].webhooks.as_mut().unwrap()[0]
+            .client_config
+            .service
+            .as_mut()
+            .unwrap()
+            .namespace = "mesh-b".into();
+        let every = "(no namespace is annotated outrigger.dev/inject: enabled yet, so every one \
+                     it could be)";
+        assert_eq!(
+            said(&b),
+            [
+                (
+                    Level::Fail,
+                    format!(
+                        "mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+                         namespace.sidecar-injector.istio.io (Istio's injector) would also \
+                         inject the pods of legacy, shop {every}"
+                    )
+                ),
+                (
+                    Level::Fail,
+                    format!(
+                        "mutatingwebhookconfiguration outrigger-injector-mesh-b, webhook \
+                         injector.outrigger.dev (Outrigger (another install)'s injector) would \
+                         also inject the pods of legacy, shop, web {every}"
+                    )
+                ),
+            ]
+        );
+        // Nothing else: one line saying what was compared.
+        let clean = PreObjects {
+            webhooks: vec![],
+            ..before.clone()
+        };
+        assert_eq!(
+            said(&clean),
+            [(
+                Level::Ok,
+                format!("no other webhook changes the pods of 3 namespaces {every}")
+            )]
+        );
+        // A selector the API server would refuse is named, not guessed.
+        let bad = PreObjects {
+            webhooks: vec![one_webhook(
+                "odd",
+                "odd.example.com",
+                pod_rules(&["CREATE"]),
+                json!({"matchExpressions": [{"key": "k", "operator": "Gt", "values": ["1"]}]}),
+            )],
+            ..before.clone()
+        };
+        assert_eq!(
+            said(&bad),
+            [(
+                Level::Warn,
+                "mutatingwebhookconfiguration odd, webhook odd.example.com: namespaceSelector \
+                 matchExpressions key \"k\": unknown operator \"Gt\" (In, NotIn, Exists or \
+                 DoesNotExist)"
+                    .into()
+            )]
+        );
+        let unlisted = PreObjects {
+            namespaces: Err("forbidden".into()),
+            ..before
+        };
+        assert_eq!(said(&unlisted)[0].0, Level::Warn);
     }
 
     use super::*;
@@ -1447,7 +1950,14 @@ mod tests {
                 "certificate expires in 30m, connected to the control plane".into()
             )
         );
-        assert_eq!(said(text(999_999, 1)).0, Level::Fail,);
+        assert_eq!(
+            said(text(999_999, 1)),
+            (
+                Level::Fail,
+                "certificate expired at 1970-01-12T13:46:39Z, connected to the control plane"
+                    .into()
+            )
+        );
         assert_eq!(
             said(text(0, 0)),
             (
@@ -1467,26 +1977,7 @@ mod tests {
             pem(&Ca::generate("cluster.local", now).unwrap()),
             pem(&Ca::generate("cluster.local", now).unwrap()),
         );
-        let objects = |roots: &str| -> Objects {
-            let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
-            let mut secret = Secret::default();
-            secret.metadata.name = Some("outrigger-ca".into());
-            secret.data = Some(BTreeMap::from([
-                ("ca.pem".to_string(), b64(&ca)),
-                ("roots.pem".to_string(), b64(roots)),
-            ]));
-            Objects {
-                mesh_namespace: "mesh".into(),
-                deployments: vec![serde_json::from_value(json!({
-                    "metadata": {"name": "outrigger-control-plane"},
-                    "spec": {"selector": {}, "template": {"spec": {"containers": [],
-                        "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
-                }))
-                .unwrap()],
-                secrets: vec![secret],
-                ..Default::default()
-            }
-        };
+        let objects = |roots: &str| mesh_ca_objects(&ca, roots);
         let said = |o: &Objects| -> Vec<(Level, String)> {
             mesh_ca(o, now)
                 .into_iter()
@@ -1514,6 +2005,150 @@ mod tests {
         assert_eq!(
             said(&Objects::default())[0].1,
             "no mesh CA (a Secret with ca.pem the control plane mounts) in namespace "
+        );
+    }
+
+    /// The mesh CA's Secret holding `ca` and `roots`, mounted by the
+    /// control plane.
+    fn mesh_ca_objects(ca: &str, roots: &str) -> Objects {
+        let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("outrigger-ca".into());
+        secret.data = Some(BTreeMap::from([
+            ("ca.pem".to_string(), b64(ca)),
+            ("roots.pem".to_string(), b64(roots)),
+        ]));
+        Objects {
+            mesh_namespace: "mesh".into(),
+            deployments: vec![serde_json::from_value(json!({
+                "metadata": {"name": "outrigger-control-plane"},
+                "spec": {"selector": {}, "template": {"spec": {"containers": [],
+                    "volumes": [{"name": "ca", "secret": {"secretName": "outrigger-ca"}}]}}}
+            }))
+            .unwrap()],
+            secrets: vec![secret],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_intermediate_is_under_the_root_that_signed_it_not_a_namesake() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        const DAY: Duration = Duration::from_secs(86_400);
+        let now = UNIX_EPOCH + 20_000 * DAY;
+        let params = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.not_before = (now - DAY).into();
+            p.not_after = (now + 400 * DAY).into();
+            p
+        };
+        let root = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(name).self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params(name), key))
+        };
+        let (root_pem, issuer) = root("outrigger root");
+        // The same name, another key.
+        let (namesake_pem, _) = root("outrigger root");
+        let mut intermediate = params("outrigger intermediate");
+        intermediate.not_after = (now + 100 * DAY).into();
+        let intermediate = intermediate
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap()
+            .pem();
+        let said = |o: &Objects, at: SystemTime| -> Vec<(Level, String, Option<String>)> {
+            mesh_ca(o, at)
+                .into_iter()
+                .map(|c| (c.level, c.message, c.hint))
+                .collect()
+        };
+        assert_eq!(
+            said(&mesh_ca_objects(&intermediate, &root_pem), now),
+            [
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA is under the trust roots (1 root)".into(),
+                    None
+                ),
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA valid for 100 more days".into(),
+                    None
+                ),
+            ]
+        );
+        let got = said(&mesh_ca_objects(&intermediate, &namesake_pem), now);
+        assert_eq!(
+            got[0],
+            (
+                Level::Fail,
+                "secret/outrigger-ca: the CA (ca.pem, CN=outrigger intermediate) names the root \
+                 CN=outrigger root (roots.pem) as its issuer, but that root's key did not sign \
+                 it: proxies would refuse the certificates it signs"
+                    .into(),
+                Some(
+                    "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA \
+                     that root signed in identity.ca.cert and identity.ca.key, then restart the \
+                     proxies"
+                        .into()
+                )
+            )
+        );
+        // Both roots: the one that signed it is among them.
+        assert_eq!(
+            said(
+                &mesh_ca_objects(&intermediate, &format!("{namesake_pem}{root_pem}")),
+                now
+            )[0]
+            .0,
+            Level::Ok
+        );
+        // The intermediate expires first: named, with its date.
+        let later = now + 101 * DAY;
+        let got = said(&mesh_ca_objects(&intermediate, &root_pem), later);
+        assert_eq!(
+            got[1].1,
+            format!(
+                "secret/outrigger-ca: ca.pem (CN=outrigger intermediate) expired at {}",
+                crate::proxy_config::rfc3339(
+                    ((now + 100 * DAY).duration_since(UNIX_EPOCH))
+                        .unwrap()
+                        .as_secs() as i64
+                )
+            )
+        );
+        assert_eq!(got[1].0, Level::Fail);
+        assert!(
+            got[1]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("rotate the mesh CA"),
+            "{got:?}"
+        );
+        let soon = now + 90 * DAY;
+        assert_eq!(
+            said(&mesh_ca_objects(&intermediate, &root_pem), soon)[1],
+            (
+                Level::Warn,
+                format!(
+                    "secret/outrigger-ca: ca.pem (CN=outrigger intermediate) expires in 10 days \
+                     (within 30), at {}",
+                    crate::proxy_config::rfc3339(
+                        (now + 100 * DAY)
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs() as i64
+                    )
+                ),
+                Some(
+                    "rotate the mesh CA as docs/security.md says (new root trusted, new root \
+                     signing, old root dropped)"
+                        .into()
+                )
+            )
         );
     }
 

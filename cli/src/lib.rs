@@ -16,6 +16,7 @@
 //! | [`prom`] | reading the Prometheus text a proxy's `/metrics` answers |
 //! | [`proxy_admin`] | one proxy's admin port: at an address (`--local`), or a pod's through a port-forward or the API server's pod proxy |
 //! | [`proxy_config`] | `outrigger proxy-config`: the configuration in force in one proxy |
+//! | [`selector`] | Kubernetes label selectors held against labels (a webhook's namespace and object selectors) |
 //! | [`stat`] | `outrigger stat`: golden metrics per workload from two scrapes a window apart |
 //! | [`version`] | `outrigger version`: client, control plane, injector and proxies' versions |
 
@@ -28,5 +29,6 @@ pub mod output;
 pub mod prom;
 pub mod proxy_admin;
 pub mod proxy_config;
+pub mod selector;
 pub mod stat;
 pub mod version;

@@ -154,15 +154,16 @@ enum Command {
     /// control plane and injector Deployments available and ready; the
     /// webhook registered, its caBundle accepting the injector's serving
     /// certificate for <service>.<namespace>.svc, not expiring within 30
-    /// days; the mesh CA under the trust roots, not expiring within 30
-    /// days; the mesh resources the control plane refused (Accepted=False);
+    /// days; the mesh CA signed by one of the trust roots, not expiring
+    /// within 30 days; the mesh resources the control plane refused (Accepted=False);
     /// the annotated namespaces; each meshed pod's proxy ready, of the
     /// control plane's version, its certificate not near expiry and its
     /// config stream connected (its /metrics, through the pod proxy).
     ///
     /// With --pre, before install: the API server reachable and new enough
     /// for native sidecars, permission to create what the chart creates,
-    /// no other mesh's injection webhook.
+    /// no other webhook changing the pods of the namespaces annotated for
+    /// injection (another mesh's injector fails, any other warns).
     ///
     /// Examples:
     ///   outrigger check --pre          # before helm install
@@ -170,23 +171,7 @@ enum Command {
     ///   outrigger check --wait 5m      # retry until everything passes
     ///   outrigger check -o json | jq '.checks[] | select(.level == "fail")'
     #[command(verbatim_doc_comment)]
-    Check(CheckArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct CheckArgs {
-    /// The checks before install instead.
-    #[arg(long)]
-    pre: bool,
-    /// Retry until nothing fails or this much time has passed (e.g. 30s,
-    /// 5m), printing a progress line on stderr between tries.
-    #[arg(long, value_parser = outrigger_cli::stat::parse_window)]
-    wait: Option<std::time::Duration>,
-    /// Where the mesh is installed (the chart's release namespace).
-    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
-    mesh_namespace: String,
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    output: outrigger_cli::output::Format,
+    Check(outrigger_cli::check::CheckArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -276,7 +261,11 @@ async fn run() -> Result<()> {
         Command::Demo(args) => outrigger_cli::demo::run(args).await?,
         Command::Inject(args) => outrigger_cli::inject::run(&cli.cluster, args).await?,
         Command::Version(args) => run_version(&cli.cluster, args).await?,
-        Command::Check(args) => run_check(&cli.cluster, args).await?,
+        Command::Check(args) => {
+            if !outrigger_cli::check::run(&cli.cluster, args).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Analyze(args) => {
             // 1 means "would be refused": a failure to read is 2, as a usage error.
             match outrigger_cli::analyze::run(&cli.cluster, args).await {
@@ -327,46 +316,6 @@ async fn run_version(cluster: &ClusterArgs, args: VersionArgs) -> Result<()> {
     }
     print(&versions)?;
     if !versions.complete() {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-async fn run_check(cluster: &ClusterArgs, args: CheckArgs) -> Result<()> {
-    use outrigger_cli::check::{self, Report};
-    let client = cluster.client().await?;
-    let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
-    let report = loop {
-        let report = if args.pre {
-            match check::fetch_pre(client.clone(), &args.mesh_namespace).await {
-                Ok(objects) => Report::of(check::pre_install(&objects)),
-                Err(e) => Report::of(vec![check::unreachable(&e)]),
-            }
-        } else {
-            match check::fetch(
-                client.clone(),
-                &args.mesh_namespace,
-                cluster.namespace.as_deref(),
-            )
-            .await
-            {
-                Ok(objects) => {
-                    Report::of(check::post_install(&objects, std::time::SystemTime::now()))
-                }
-                Err(e) => Report::of(vec![check::unreachable(&e)]),
-            }
-        };
-        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        match left {
-            Some(left) if !report.ok && !left.is_zero() => {
-                eprintln!("{}", check::progress(&report, left));
-                tokio::time::sleep(check::RETRY.min(left)).await;
-            }
-            _ => break report,
-        }
-    };
-    print(&check::render(&report, args.output)?)?;
-    if !report.ok {
         std::process::exit(1);
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Reading certificates someone else made (a webhook's `caBundle`, its
 //! serving certificate): when they expire, and whether a chain is valid for
-//! a DNS name under given roots, as a TLS client (the API server) checks it.
+//! a DNS name under given roots, as a TLS client (the API server) checks it,
+//! and whether one certificate was signed by another's key ([`signed_by`],
+//! a verifier, so in `verify.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +13,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::RootCertStore;
 
 use crate::Error;
+
+pub use crate::verify::signed_by;
 
 /// The certificates of a PEM text, in order; `what` names it in errors.
 pub fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, Error> {

@@ -5,7 +5,9 @@
 //! - a mesh server accepts a client of its trust domain
 //!   ([`MeshClientVerifier`]);
 //! - a probe client accepts any server certificate, as kubelet does
-//!   ([`ServerVerifier::any`]).
+//!   ([`ServerVerifier::any`]);
+//! - a certificate was signed by another's key ([`signed_by`]: whether a
+//!   CA is under a root by its signature, not by its issuer's name).
 //!
 //! All of them check the handshake signatures with the provider's
 //! algorithms, as rustls' own verifiers do.
@@ -53,6 +55,46 @@ pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, Error> {
             "the certificate has {} spiffe:// URI SANs, expected one",
             uris.len()
         ))),
+    }
+}
+
+/// Whether `cert`'s signature verifies with `issuer`'s public key, by the
+/// algorithm `cert` names (one of the provider's): what makes `issuer` its
+/// issuer, whatever the names say. Validity dates are not looked at.
+pub fn signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> Result<(), Error> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("cannot parse the certificate: {e}")))?;
+    let key = webpki::EndEntityCert::try_from(issuer)
+        .map_err(|e| Error::Certificate(format!("cannot parse the issuer's certificate: {e}")))?;
+    let oid = parsed.signature_algorithm.algorithm.as_bytes();
+    // webpki's identifiers are the DER contents of an AlgorithmIdentifier:
+    // the OID (tag, length, bytes), then any parameters.
+    let names_oid =
+        |id: &[u8]| id.len() >= 2 && id[0] == 0x06 && id.get(2..2 + id[1] as usize) == Some(oid);
+    let candidates: Vec<_> = crate::tls::provider()
+        .signature_verification_algorithms
+        .all
+        .iter()
+        .filter(|alg| names_oid(alg.signature_alg_id().as_ref()))
+        .copied()
+        .collect();
+    if candidates.is_empty() {
+        return Err(Error::Certificate(format!(
+            "the certificate's signature algorithm {} is not one this CLI verifies",
+            parsed.signature_algorithm.algorithm
+        )));
+    }
+    let message = parsed.tbs_certificate.as_ref();
+    let signature = parsed.signature_value.data.as_ref();
+    if candidates
+        .iter()
+        .any(|alg| key.verify_signature(*alg, message, signature).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(Error::Certificate(
+            "its signature does not verify with the issuer's public key".into(),
+        ))
     }
 }
 
@@ -220,4 +262,75 @@ impl ClientCertVerifier for MeshClientVerifier {
     }
 
     signatures_checked_with_algorithms!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SignatureAlgorithm,
+    };
+
+    fn ca_params(name: &str) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+    }
+
+    /// A root named `name` with a key of `alg`: (its DER, its issuer).
+    fn root(
+        name: &str,
+        alg: &'static SignatureAlgorithm,
+    ) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let params = ca_params(name);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().clone(), Issuer::new(params, key))
+    }
+
+    #[test]
+    fn a_ca_is_signed_by_the_root_whose_key_signed_it_not_by_a_namesake() {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ] {
+            let (root_der, issuer) = root("outrigger root", alg);
+            // Another root of the same name, with its own key.
+            let (namesake, _) = root("outrigger root", alg);
+            let key = KeyPair::generate_for(alg).unwrap();
+            let intermediate = ca_params("outrigger intermediate")
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let intermediate = intermediate.der();
+            signed_by(intermediate, &root_der).unwrap();
+            signed_by(&root_der, &root_der).unwrap();
+            let e = signed_by(intermediate, &namesake).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "its signature does not verify with the issuer's public key",
+                "{alg:?}"
+            );
+            let e = signed_by(&root_der, intermediate).unwrap_err();
+            assert!(e.to_string().contains("does not verify"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_an_error_naming_which() {
+        let (root_der, _) = root("r", &rcgen::PKCS_ECDSA_P256_SHA256);
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let e = signed_by(&junk, &root_der).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot parse the certificate"),
+            "{e}"
+        );
+        let e = signed_by(&root_der, &junk).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot parse the issuer's certificate"),
+            "{e}"
+        );
+    }
 }

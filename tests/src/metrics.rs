@@ -1,5 +1,6 @@
-//! Reading Prometheus text: a proxy's `/metrics` ([`scrape`]) and one
-//! summed sample out of any exposition ([`metric`]).
+//! Reading Prometheus text: a proxy's `/metrics` ([`scrape`]), one
+//! summed sample out of any exposition ([`metric`]), and what is left of a
+//! proxy's certificate ([`cert_left`]).
 
 use outrigger_proxy::Proxy;
 
@@ -8,6 +9,22 @@ use crate::clients::get;
 /// The Prometheus text from a proxy's admin port.
 pub async fn scrape(proxy: &Proxy) -> String {
     get(proxy.admin_addr, "/metrics").await.1
+}
+
+/// Seconds from now to the end of `proxy`'s certificate, as its own
+/// `outrigger_identity_cert_expiry_timestamp_seconds` says (negative once
+/// past), or None while it has none.
+pub async fn cert_left(proxy: &Proxy) -> Option<f64> {
+    let at = metric(
+        &scrape(proxy).await,
+        "outrigger_identity_cert_expiry_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    (at > 0.0).then_some(at - now)
 }
 
 /// The value of the sample `name{...}` whose labels include every pair in

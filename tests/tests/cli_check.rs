@@ -14,7 +14,7 @@ use outrigger_tests::chart::{
     chart_dir, fake_api_server_with_pods, merge_values, render_or_skip, test_ca, Rendered,
 };
 use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
-use outrigger_tests::{eventually, metric, run_bin, scrape, server_snapshot};
+use outrigger_tests::{cert_left, eventually, run_bin, server_snapshot};
 use serde_json::{json, Value};
 
 const NS: &str = "outrigger-system";
@@ -33,7 +33,8 @@ const TAG: &str = "0.4.2";
 /// every meshed pod's admin port answers here.
 struct Certified {
     proxy: outrigger_proxy::Proxy,
-    _cp: ControlPlane,
+    /// None once stopped.
+    cp: Option<ControlPlane>,
     _dirs: (Dir, Dir),
 }
 
@@ -69,23 +70,33 @@ async fn certified(lifetime: std::time::Duration) -> Certified {
     let boot = server_snapshot("127.0.0.1:9".parse().unwrap());
     let proxy = waiting_proxy(boot.clone(), Some(identity.clone())).await;
     follow(&proxy, cp_addr, boot, "shop", "web-1", Some(identity));
-    let certified = || async {
-        outrigger_tests::ready(&proxy).await
-            && metric(
-                &scrape(&proxy).await,
-                "outrigger_identity_cert_expiry_timestamp_seconds",
-                &[],
-            ) > 0.0
-    };
+    let certified =
+        || async { outrigger_tests::ready(&proxy).await && cert_left(&proxy).await.is_some() };
     assert!(
         eventually(std::time::Duration::from_secs(15), certified).await,
         "the proxy was never certified"
     );
     Certified {
         proxy,
-        _cp: cp,
+        cp: Some(cp),
         _dirs: (tokens, mesh),
     }
+}
+
+/// A real proxy whose certificate has expired: certified for 3 s by its
+/// control plane, which then stops (the CA is away), so the last
+/// certificate it holds runs out. Once its end has passed, as the proxy's
+/// own metric says.
+async fn expired() -> Certified {
+    let mut certified = certified(std::time::Duration::from_secs(3)).await;
+    certified.cp.take().unwrap().stop().await;
+    let proxy = &certified.proxy;
+    let past = || async { cert_left(proxy).await.is_some_and(|l| l < 0.0) };
+    assert!(
+        eventually(std::time::Duration::from_secs(15), past).await,
+        "the proxy's certificate never expired"
+    );
+    certified
 }
 
 async fn run(objects: BTreeMap<String, Vec<Value>>, args: &[&str]) -> (i32, String, String) {
@@ -99,8 +110,16 @@ async fn run_with(
     args: &[&str],
     lifetime: std::time::Duration,
 ) -> (i32, String, String) {
+    run_against(objects, args, &certified(lifetime).await).await
+}
+
+/// [`run`], each meshed pod's admin port `proxy`'s.
+async fn run_against(
+    objects: BTreeMap<String, Vec<Value>>,
+    args: &[&str],
+    proxy: &Certified,
+) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let proxy = certified(lifetime).await;
     let pods = objects
         .get(PODS)
         .into_iter()
@@ -271,7 +290,17 @@ async fn a_healthy_mesh_passes_and_exits_0() {
 /// Runs the check over the healthy install changed by `fault`: exit 1, and
 /// a line starting with `line`, with its hint under it, among the output.
 async fn fails_with(fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>), line: &str, hint: &str) {
-    let Some(rendered) = chart(json!({}), NS) else {
+    fails_with_values(json!({}), fault, line, hint).await
+}
+
+/// [`fails_with`], the chart installed with `values`.
+async fn fails_with_values(
+    values: Value,
+    fault: impl FnOnce(&mut BTreeMap<String, Vec<Value>>),
+    line: &str,
+    hint: &str,
+) {
+    let Some(rendered) = chart(values, NS) else {
         return;
     };
     let mut objects = healthy(&rendered);
@@ -561,6 +590,17 @@ async fn pre(minor: &str, refused: &'static str, webhooks: Vec<Value>) -> (i32, 
             ],
         ),
         (WEBHOOKS.to_string(), webhooks),
+        // Annotated before the install; shop also for Istio.
+        (
+            NAMESPACES.to_string(),
+            vec![
+                json!({"metadata": {"name": "shop", "labels": {"istio-injection": "enabled"},
+                    "annotations": {"outrigger.dev/inject": "enabled"}}}),
+                json!({"metadata": {"name": "web",
+                    "annotations": {"outrigger.dev/inject": "enabled"}}}),
+                json!({"metadata": {"name": "kube-system"}}),
+            ],
+        ),
     ]);
     let review: Create = std::sync::Arc::new(move |sent: &Value| {
         let mut answer = sent.clone();
@@ -613,20 +653,43 @@ async fn before_install_a_ready_cluster_passes() {
          \n\
          other meshes\n\
          ------------\n\
-         ✔ no other mesh's injection webhook\n\
+         ✔ no other webhook changes the pods of 2 namespaces (annotated outrigger.dev/inject: enabled)\n\
          \n\
          Status check results are ✔\n"
     );
 }
 
+/// A webhook configuration as a mesh registers it: one webhook `name`
+/// sent pods on CREATE, with these selectors.
+fn pod_webhook(config: &str, name: &str, namespaces: Value, objects: Value) -> Value {
+    json!({"metadata": {"name": config}, "webhooks": [{"name": name,
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+            "resources": ["pods"]}],
+        "namespaceSelector": namespaces, "objectSelector": objects,
+        "clientConfig": {"service": {"name": "injector", "namespace": "elsewhere"}},
+        "sideEffects": "None", "admissionReviewVersions": ["v1"]}]})
+}
+
 #[tokio::test]
 async fn before_install_an_old_cluster_a_refused_permission_and_istio_fail() {
-    let (status, out, err) = pre(
-        "28",
-        "clusterrolebindings",
-        vec![json!({"metadata": {"name": "istio-sidecar-injector"}, "webhooks": []})],
-    )
-    .await;
+    // Istio's injector by namespace label (as its chart registers it), and
+    // another webhook on every pod.
+    let istio = pod_webhook(
+        "istio-sidecar-injector",
+        "namespace.sidecar-injector.istio.io",
+        json!({"matchExpressions": [
+            {"key": "istio-injection", "operator": "In", "values": ["enabled"]}]}),
+        json!({"matchExpressions": [
+            {"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]}),
+    );
+    let other = pod_webhook(
+        "pod-defaults",
+        "defaults.example.com",
+        json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+            "operator": "NotIn", "values": ["kube-system"]}]}),
+        json!({}),
+    );
+    let (status, out, err) = pre("28", "clusterrolebindings", vec![istio, other]).await;
     println!("{out}");
     assert_eq!(status, 1, "{out}{err}");
     for line in [
@@ -635,8 +698,13 @@ async fn before_install_an_old_cluster_a_refused_permission_and_istio_fail() {
          → upgrade the cluster to 1.29 or later, or install with --set proxy.nativeSidecar=false",
         "× may not create clusterrolebindings.rbac.authorization.k8s.io (cluster-wide)\n    \
          → install as a cluster admin",
-        "× mutatingwebhookconfiguration istio-sidecar-injector would also inject the pods of \
-         annotated namespaces\n    → uninstall that mesh",
+        "× mutatingwebhookconfiguration istio-sidecar-injector, webhook \
+         namespace.sidecar-injector.istio.io (Istio's injector) would also inject the pods of \
+         shop (annotated outrigger.dev/inject: enabled)\n    → uninstall Istio, or turn its \
+         injection off in these namespaces",
+        "⚠ mutatingwebhookconfiguration pod-defaults, webhook defaults.example.com also changes \
+         the pods created in shop, web (annotated outrigger.dev/inject: enabled)\n    → check \
+         that it keeps the outrigger-proxy init container first and unchanged",
     ] {
         assert!(out.contains(line), "no {line:?} in\n{out}");
     }
@@ -671,8 +739,9 @@ async fn a_proxy_certificate_near_expiry_warns() {
 }
 
 #[tokio::test]
-async fn a_mesh_ca_not_under_the_trust_roots_fails() {
+async fn a_mesh_ca_its_namesake_root_did_not_sign_fails_naming_both() {
     use base64::Engine as _;
+    // Another generated root: the same name as the chart's CA, another key.
     let (other_root, _) = test_ca();
     let roots = json!(base64::engine::general_purpose::STANDARD.encode(other_root));
     fails_with(
@@ -683,9 +752,70 @@ async fn a_mesh_ca_not_under_the_trust_roots_fails() {
                 }
             }
         },
-        "secret/outrigger-ca: the CA (ca.pem) is not under the trust roots (roots.pem): proxies \
-         would refuse the certificates it signs",
-        "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+        "secret/outrigger-ca: the CA (ca.pem, O=Outrigger, CN=Outrigger mesh CA for \
+         cluster.local) names the root O=Outrigger, CN=Outrigger mesh CA for cluster.local \
+         (roots.pem) as its issuer, but that root's key did not sign it: proxies would refuse \
+         the certificates it signs",
+        "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA that root \
+         signed in identity.ca.cert and identity.ca.key, then restart the proxies",
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_expired_mesh_ca_fails_naming_it_and_its_date() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    // The chart installed with a mesh CA (and so roots) that ended on
+    // 2025-06-30: the Secret the control plane mounts holds it.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "outrigger mesh CA");
+    params.not_before = rcgen::date_time_ymd(2024, 6, 30);
+    params.not_after = rcgen::date_time_ymd(2025, 6, 30);
+    let ca = params.self_signed(&key).unwrap();
+    fails_with_values(
+        json!({ "identity": { "ca": { "cert": ca.pem(), "key": key.serialize_pem() } } }),
+        |_| {},
+        "secret/outrigger-ca: ca.pem (CN=outrigger mesh CA) expired at 2025-06-30T00:00:00Z",
+        "rotate the mesh CA as docs/security.md says (new root trusted, new root signing, old \
+         root dropped): until then the proxies' certificates cannot be renewed nor trusted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_proxy_certificate_fails_naming_its_date() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let proxy = expired().await;
+    let (status, out, err) = run_against(healthy(&rendered), &[], &proxy).await;
+    println!("{out}");
+    assert_eq!(status, 1, "{out}{err}");
+    let start = "× pod shop/web-1: proxy ready, version 0.4.2, certificate expired at ";
+    let at = out
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in\n{out}"));
+    let line = out[at..].lines().next().unwrap();
+    let (date, rest) = line[start.len()..].split_at(20);
+    // YYYY-MM-DDTHH:MM:SSZ, then the stream the stopped CA also ended.
+    assert!(
+        date.as_bytes()[4] == b'-' && &date[10..11] == "T" && date.ends_with('Z'),
+        "{date}"
+    );
+    assert_eq!(rest, ", not connected to the control plane");
+    let hint = out[at..].lines().nth(1).unwrap();
+    assert_eq!(
+        hint,
+        "    → kubectl -n shop logs web-1 -c outrigger-proxy: it cannot renew its certificate; \
+         the control plane (the mesh CA) must be running and reachable from it, and its CA not \
+         expired (see the mesh CA lines)"
+    );
+    assert!(
+        out.ends_with("Status check results are ×: 1 failed\n"),
+        "{out}"
+    );
 }
