@@ -448,6 +448,7 @@ impl Listener {
                     proxy: local,
                     peer,
                     peer_identity,
+                    peer_workload: Default::default(),
                     drain: drain.clone(),
                     hold,
                     _guard: guard,

@@ -90,10 +90,39 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
                     "spiffe://cluster.local/ns/shop/sa/client"
                 ),
                 ("source_namespace", "shop"),
+                // Named by the client proxy, believed over mutual TLS.
+                ("source_workload", "client"),
             ]
         ),
         1.0,
         "{text}"
+    );
+    // The header that named it never reaches the app, nor one an app sets.
+    let mut req = hyper::Request::get("/headers")
+        .header("host", "web.shop")
+        .header("outrigger-source-workload", "forged")
+        .body(empty())
+        .unwrap();
+    *req.version_mut() = hyper::Version::HTTP_11;
+    let mut c = http1(client.listener_addr("outbound").unwrap()).await;
+    let seen = c.send_request(req).await.unwrap();
+    let seen = String::from_utf8(
+        http_body_util::BodyExt::collect(seen.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(!seen.contains("outrigger-source-workload"), "{seen}");
+    let inbound = [("direction", "inbound"), ("source_workload", "client")];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&scrape(&server).await, "outrigger_requests_total", &inbound) == 2.0
+        })
+        .await,
+        "{}",
+        scrape(&server).await
     );
     let text = scrape(&client).await;
     assert_eq!(
@@ -106,7 +135,7 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
                 ("destination_principal", WEB),
             ]
         ),
-        1.0,
+        2.0,
         "{text}"
     );
     // A plaintext client still gets in (PERMISSIVE), with no identity.
@@ -479,18 +508,48 @@ async fn no_principal_is_claimed_on_a_hop_without_mutual_tls() {
     )
     .await;
     assert_eq!(get(mesh.outbound(), "/").await.0, 200);
-    for (proxy, direction) in [(&mesh.client, "outbound"), (&mesh.server, "inbound")] {
-        let text = scrape(proxy).await;
+    // A client that names a workload itself, in plaintext, straight to the
+    // server's proxy: not believed either.
+    let mut c = http1(mesh.server.listener_addr("inbound").unwrap()).await;
+    let req = hyper::Request::get("/")
+        .header("host", "web.shop")
+        .header("outrigger-source-workload", "forged")
+        .body(empty())
+        .unwrap();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let forged = [("direction", "inbound"), ("source_workload", "forged")];
+    assert_eq!(
+        metric(
+            &scrape(&mesh.server).await,
+            "outrigger_requests_total",
+            &forged
+        ),
+        0.0
+    );
+    // Nor a workload: a name sent over plaintext is not believed.
+    for (proxy, direction, source) in [
+        (&mesh.client, "outbound", "client"),
+        (&mesh.server, "inbound", "unknown"),
+    ] {
+        let expected = if direction == "inbound" { 2.0 } else { 1.0 };
         let labels = [
             ("direction", direction),
+            ("source_workload", source),
             ("source_principal", "unknown"),
             ("destination_principal", "unknown"),
             ("connection_security_policy", "none"),
         ];
-        assert_eq!(
-            metric(&text, "outrigger_requests_total", &labels),
-            1.0,
-            "{text}"
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                metric(&scrape(proxy).await, "outrigger_requests_total", &labels) == expected
+            })
+            .await,
+            "{}",
+            scrape(proxy).await
         );
     }
 }

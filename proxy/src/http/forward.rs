@@ -15,7 +15,7 @@ use tower::Service;
 use super::client::Client;
 use super::hold::{until_revoked, Hold};
 use super::proxy::SentTo;
-use crate::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1};
+use crate::headers::{self, ORIG_PROTO, ORIG_PROTO_HTTP1, SOURCE_WORKLOAD};
 use crate::svc::{always_ready, Fut, Req, Rsp};
 use crate::svc::{response_version, BodyFault, ProxyError, Upstream, UpstreamProto};
 use crate::transport::idle::{Activity, Watched};
@@ -34,6 +34,8 @@ pub struct Forward {
     /// A tunnel with no byte either way for this long is closed, as an
     /// opaque splice is (`limits.tcp_idle_timeout`).
     tunnel_idle: std::time::Duration,
+    /// This proxy's workload, told to meshed endpoints ([`SOURCE_WORKLOAD`]).
+    source_workload: Option<HeaderValue>,
 }
 
 impl Forward {
@@ -42,12 +44,14 @@ impl Forward {
         conn: Arc<dyn Send + Sync>,
         hold: Option<Arc<Hold>>,
         tunnel_idle: std::time::Duration,
+        source_workload: Option<HeaderValue>,
     ) -> Self {
         Self {
             client,
             conn,
             hold,
             tunnel_idle,
+            source_workload,
         }
     }
 }
@@ -108,7 +112,7 @@ impl Forward {
         let client_version = req.version();
         let conn = conn_settings(&req);
         let (mut parts, body) = req.into_parts();
-        prepare(&mut parts, up);
+        prepare(&mut parts, up, self.source_workload.as_ref());
         let resp = self
             .client
             .send(
@@ -136,6 +140,7 @@ impl Forward {
         let protocol = parts.headers.get(UPGRADE).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&ORIG_PROTO);
+        tell_source(&mut parts.headers, up, self.source_workload.as_ref());
         let authority =
             headers::authority(&parts).or_else(|| Authority::try_from(up.addr.to_string()).ok());
         headers::to_http1(&mut parts, authority.as_ref(), false);
@@ -200,11 +205,21 @@ impl Forward {
     }
 }
 
+/// Removes any [`SOURCE_WORKLOAD`] the request came with, and names this
+/// proxy's workload in it to a meshed endpoint.
+fn tell_source(headers: &mut http::HeaderMap, up: &Upstream, source: Option<&HeaderValue>) {
+    headers.remove(&SOURCE_WORKLOAD);
+    if let (Some(_), Some(source)) = (&up.tls, source) {
+        headers.insert(SOURCE_WORKLOAD.clone(), source.clone());
+    }
+}
+
 /// Rewrites the request for the upstream hop.
-fn prepare(parts: &mut http::request::Parts, up: &Upstream) {
+fn prepare(parts: &mut http::request::Parts, up: &Upstream, source: Option<&HeaderValue>) {
     let client_h1 = parts.version != Version::HTTP_2;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&ORIG_PROTO);
+    tell_source(&mut parts.headers, up, source);
     // An HTTP/1.0 request may carry no Host at all: name the endpoint.
     let authority = headers::authority(parts).unwrap_or_else(|| {
         Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")

@@ -21,7 +21,7 @@ use super::body::{Record, RequestBody, ResponseBody};
 use super::client::Client;
 use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
-use crate::headers::ORIG_PROTO;
+use crate::headers::{workload_name, ORIG_PROTO, SOURCE_WORKLOAD};
 use crate::identity::Identity;
 use crate::metrics::{
     Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
@@ -90,6 +90,9 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// The peer proxy's identity, when it connected over mutual TLS.
     pub peer_identity: Option<PeerIdentity>,
+    /// The peer proxy's workload, as its first request on this mutual TLS
+    /// connection named it ([`SOURCE_WORKLOAD`]).
+    pub peer_workload: std::sync::OnceLock<Name>,
     pub drain: drain::Watch,
     /// What a later config may refuse this connection for (None: nothing).
     pub hold: Option<Arc<Hold>>,
@@ -162,7 +165,7 @@ fn traffic(ctx: &ConnContext, peer: &Workload, service: Name) -> TrafficLabels {
         // A peer proxy over mutual TLS: its certificate says who it is.
         Some(id) => {
             let peer = Workload {
-                workload: peer.workload.clone(),
+                workload: ctx.peer_workload.get().unwrap_or(&peer.workload).clone(),
                 namespace: id.namespace.clone(),
                 principal: id.uri.clone(),
             };
@@ -186,6 +189,11 @@ impl hyper::service::Service<Request<Incoming>> for HttpProxy {
 
 impl HttpProxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        if self.ctx.peer_identity.is_some() && self.ctx.peer_workload.get().is_none() {
+            if let Some(name) = req.headers().get(&SOURCE_WORKLOAD).and_then(workload_name) {
+                let _ = self.ctx.peer_workload.set(name);
+            }
+        }
         let client_version = req.version();
         let request_bytes = Counter::default();
         let mut record = self.record(
@@ -383,7 +391,11 @@ pub fn stack_for(
     hold: Option<Arc<Hold>>,
 ) -> Stack {
     let tunnel_idle = config.load().limits.tcp_idle_timeout;
-    let forward = super::forward::Forward::new(shared.client.clone(), conn, hold, tunnel_idle);
+    let source = Some(config.load().proxy.workload.clone())
+        .filter(|w| **w != *"unknown")
+        .and_then(|w| http::HeaderValue::from_str(&w).ok());
+    let forward =
+        super::forward::Forward::new(shared.client.clone(), conn, hold, tunnel_idle, source);
     match target {
         Target::Service(r) => BoxCloneSyncService::new(super::stack::outbound(
             config,
