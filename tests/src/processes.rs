@@ -93,22 +93,31 @@ impl PrometheusBin {
         found.map(Self)
     }
 
-    /// Starts it, scraping each of `targets`' `/metrics` every second.
+    /// Starts it, scraping each of `targets`' `/metrics` every second
+    /// (one job, `outrigger`).
     pub fn start(self, targets: &[std::net::SocketAddr]) -> Prometheus {
+        self.start_jobs(&[("outrigger", targets)])
+    }
+
+    /// Starts it with one scrape job per `(job name, targets)`, each
+    /// target's `/metrics` scraped every second over plain HTTP.
+    pub fn start_jobs(self, jobs: &[(&str, &[std::net::SocketAddr])]) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("outrigger-prom-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: [{}] }}]\n",
+        let mut yaml = String::from(
+            "global: { scrape_interval: 1s, scrape_timeout: 900ms }\nscrape_configs:\n",
+        );
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            yaml.push_str(&format!(
+                "  - job_name: {job}\n    static_configs: [{{ targets: [{}] }}]\n",
                 targets.join(", ")
-            ),
-        )
-        .unwrap();
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let port = free_port();
         let child = std::process::Command::new(self.0)
             .arg(format!("--config.file={}", config.display()))
