@@ -255,10 +255,15 @@ pub fn proxies(pods: &[Pod]) -> Vec<Proxy> {
     out
 }
 
-/// `version (commit)`: the commit shortened to 12 characters.
+/// A commit as printed: its first 12 characters.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// `version (commit)`, the commit shortened.
 fn with_sha(version: &str, sha: Option<&str>) -> String {
     match sha {
-        Some(sha) => format!("{version} ({})", &sha[..sha.len().min(12)]),
+        Some(sha) => format!("{version} ({})", short(sha)),
         None => version.to_string(),
     }
 }
@@ -287,8 +292,12 @@ pub fn render(v: &Versions, format: Format) -> Result<String, OutputError> {
         let line = match c {
             Some(c) => match c.source {
                 Source::Running => format!(
-                    "{label}: {pad}{} (running in pod {}; image {})\n",
-                    with_sha(&c.version, c.git_sha.as_deref()),
+                    "{label}: {pad}{} ({}running in pod {}; image {})\n",
+                    c.version,
+                    c.git_sha
+                        .as_deref()
+                        .map(|sha| format!("commit {}, ", short(sha)))
+                        .unwrap_or_default(),
                     c.pod.as_deref().unwrap_or(""),
                     c.image
                 ),
@@ -335,8 +344,8 @@ pub fn render(v: &Versions, format: Format) -> Result<String, OutputError> {
                 .collect();
             if let Some(first) = unread.first() {
                 out.push_str(&format!(
-                    "\n{} of {} proxies did not answer on their admin port; their image tag is shown \
-                     (first: {}/{}: {})\n",
+                    "\nThe running version of {} of {} proxies could not be read; their image tag \
+                     is shown (first: {}/{}: {})\n",
                     unread.len(),
                     proxies.len(),
                     first.namespace,
@@ -592,14 +601,14 @@ mod tests {
         assert_eq!(
             render(&v, Format::Table).unwrap(),
             "Client version:        0.1.0\n\
-             Control plane version: 0.1.1 (0123456789ab) (running in pod outrigger-control-plane-7c9-x; image ghcr.io/outrigger/control-plane:0.1.0)\n\
+             Control plane version: 0.1.1 (commit 0123456789ab, running in pod outrigger-control-plane-7c9-x; image ghcr.io/outrigger/control-plane:0.1.0)\n\
              Injector version:      not found (no deployment/outrigger-injector in namespace outrigger-system; pass --mesh-namespace)\n\
              \n\
              NAMESPACE  POD    PROXY VERSION  FROM\n\
              shop       web-1  0.1.1          running\n\
              shop       web-2  0.0.9          image tag\n\
              \n\
-             1 of 2 proxies did not answer on their admin port; their image tag is shown (first: shop/web-2: connection refused)\n"
+             The running version of 1 of 2 proxies could not be read; their image tag is shown (first: shop/web-2: connection refused)\n"
         );
         assert!(!v.complete());
         let mut v = v;

@@ -457,52 +457,16 @@ async fn prometheus_reads_build_and_process_metrics_of_all_three_binaries() {
     )
     .await;
     let kubeconfig = [("KUBECONFIG", api.kubeconfig.to_str().unwrap())];
-    let started = |name: &str, binary: &str| {
-        let d = r.get("Deployment", name);
-        let bin = workspace_bin(binary).unwrap_or_else(|| panic!("the {binary} binary"));
-        let c = Container::start(&r, d, &bin, &kubeconfig);
-        let port = d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let addr = c.ports[&port];
-        (c, addr)
-    };
-    let (cp, cp_metrics) = started("outrigger-control-plane", "outrigger-control-plane");
-    let (injector, injector_metrics) = started("outrigger-injector", "outrigger-injector");
-
-    let proxy_admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let snapshot = scratch.path().join("proxy.yaml");
-    std::fs::write(
-        &snapshot,
-        format!(
-            "version: \"static-1\"\nproxy: {{ workload: web, namespace: shop }}\n\
-             admin: {{ bind: \"{proxy_admin}\" }}\nlisteners: []\n"
-        ),
-    )
-    .unwrap();
-    let mut proxy = std::process::Command::new(
-        workspace_bin("outrigger-proxy").expect("the outrigger-proxy binary"),
-    )
-    .args([
-        "run",
-        "--config",
-        snapshot.to_str().unwrap(),
-        "--threads",
-        "1",
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _proxy = Kill(&mut proxy);
+    let (cp, cp_metrics) = Container::start_scraped(
+        &r,
+        "outrigger-control-plane",
+        "outrigger-control-plane",
+        &kubeconfig,
+    );
+    let (injector, injector_metrics) =
+        Container::start_scraped(&r, "outrigger-injector", "outrigger-injector", &kubeconfig);
+    let proxy = StaticProxy::start("web", "shop");
+    let proxy_admin = proxy.admin;
 
     for (what, addr) in [
         ("control plane", cp_metrics),
