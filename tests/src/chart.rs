@@ -934,6 +934,53 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
         .unwrap()
 }
 
+/// The three binaries running, as far as a test without a cluster can
+/// run them: the chart's control plane and injector (their Deployments,
+/// against the API server `env` names) and a proxy on a static snapshot;
+/// each serving `/metrics` once [`MeshBinaries::start`] returns.
+pub struct MeshBinaries {
+    pub control_plane: Container,
+    /// Where the control plane's metrics are (its `prometheus.io/port`).
+    pub control_plane_metrics: SocketAddr,
+    pub injector: Container,
+    /// Where the injector's metrics are (its `prometheus.io/port`).
+    pub injector_metrics: SocketAddr,
+    pub proxy: crate::StaticProxy,
+}
+
+impl MeshBinaries {
+    pub async fn start(rendered: &Rendered, env: &[(&str, &str)]) -> Self {
+        let (control_plane, control_plane_metrics) = Container::start_scraped(
+            rendered,
+            "outrigger-control-plane",
+            "outrigger-control-plane",
+            env,
+        );
+        let (injector, injector_metrics) =
+            Container::start_scraped(rendered, "outrigger-injector", "outrigger-injector", env);
+        let proxy = crate::StaticProxy::start("web", "shop");
+        for addr in [control_plane_metrics, injector_metrics, proxy.admin] {
+            let up = crate::eventually(std::time::Duration::from_secs(30), || async move {
+                matches!(crate::try_get(addr, "/metrics").await, Ok((200, _)))
+            })
+            .await;
+            assert!(
+                up,
+                "nothing serves /metrics on {addr}: {}{}",
+                control_plane.logs(),
+                injector.logs()
+            );
+        }
+        MeshBinaries {
+            control_plane,
+            control_plane_metrics,
+            injector,
+            injector_metrics,
+            proxy,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

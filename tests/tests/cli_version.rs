@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 use outrigger_tests::chart::{
-    fake_api_server, fake_api_server_with_pods, render_or_skip, test_ca, Container,
+    fake_api_server, fake_api_server_with_pods, render_or_skip, test_ca, MeshBinaries,
 };
-use outrigger_tests::{eventually, free_port, run_bin, try_get, StaticProxy};
+use outrigger_tests::{free_port, run_bin};
 use serde_json::{json, Value};
 
 const CLIENT: &str = env!("CARGO_PKG_VERSION");
@@ -42,6 +42,23 @@ fn running(pod: &str, image: &str) -> String {
 
 async fn run(args: &[&str]) -> (i32, String, String) {
     run_bin("outrigger", args, "").await
+}
+
+/// `outrigger version --proxies -n shop -o json`, which must succeed.
+async fn shop_json(kubeconfig: &str) -> Value {
+    let (status, out, err) = run(&[
+        "version",
+        "--proxies",
+        "-n",
+        "shop",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kubeconfig,
+    ])
+    .await;
+    assert_eq!(status, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 /// A pod in `ns`, meshed by the injector's function with proxy `image`.
@@ -130,19 +147,7 @@ async fn versions_of_the_control_plane_injector_and_proxies() {
     );
 
     // -n: that namespace's pods only; -o json: the same data.
-    let (status, out, err) = run(&[
-        "version",
-        "--proxies",
-        "-n",
-        "shop",
-        "-o",
-        "json",
-        "--kubeconfig",
-        &kubeconfig,
-    ])
-    .await;
-    assert_eq!(status, 0, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = shop_json(&kubeconfig).await;
     assert_eq!(v["client"]["version"], CLIENT);
     assert_eq!(v["server"]["controlPlane"]["version"], "0.4.2");
     let pods: Vec<&str> = v["server"]["proxies"]
@@ -216,27 +221,7 @@ async fn running_versions_come_from_the_processes() {
     let scratch = tempfile::tempdir().unwrap();
     let own_api = fake_api_server(BTreeMap::new(), scratch.path()).await;
     let env = [("KUBECONFIG", own_api.kubeconfig.to_str().unwrap())];
-    let (cp, cp_metrics) = Container::start_scraped(
-        &rendered,
-        "outrigger-control-plane",
-        "outrigger-control-plane",
-        &env,
-    );
-    let (injector, injector_metrics) =
-        Container::start_scraped(&rendered, "outrigger-injector", "outrigger-injector", &env);
-    let proxy = StaticProxy::start("web", "shop");
-    for addr in [cp_metrics, injector_metrics, proxy.admin] {
-        let up = eventually(std::time::Duration::from_secs(30), || async move {
-            matches!(try_get(addr, "/metrics").await, Ok((200, _)))
-        })
-        .await;
-        assert!(
-            up,
-            "nothing serves /metrics on {addr}: {}{}",
-            cp.logs(),
-            injector.logs()
-        );
-    }
+    let mesh = MeshBinaries::start(&rendered, &env).await;
 
     // The API server the CLI talks to: the chart's Deployments, a pod of
     // each (labelled as its template says), two meshed pods.
@@ -267,13 +252,13 @@ async fn running_versions_come_from_the_processes() {
         BTreeMap::from([
             (
                 "outrigger-system/outrigger-control-plane-0:15014".to_string(),
-                cp_metrics,
+                mesh.control_plane_metrics,
             ),
             (
                 "outrigger-system/outrigger-injector-0:9443".to_string(),
-                injector_metrics,
+                mesh.injector_metrics,
             ),
-            ("shop/web-1:4191".to_string(), proxy.admin),
+            ("shop/web-1:4191".to_string(), mesh.proxy.admin),
         ]),
         dir.path(),
     )
@@ -336,19 +321,7 @@ async fn running_versions_come_from_the_processes() {
     );
 
     // -o json: the same, with where each version came from.
-    let (status, out, err) = run(&[
-        "version",
-        "--proxies",
-        "-n",
-        "shop",
-        "-o",
-        "json",
-        "--kubeconfig",
-        &kubeconfig,
-    ])
-    .await;
-    assert_eq!(status, 0, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = shop_json(&kubeconfig).await;
     for c in ["controlPlane", "injector"] {
         assert_eq!(v["server"][c]["version"], CLIENT, "{c}");
         assert_eq!(v["server"][c]["source"], "running", "{c}");

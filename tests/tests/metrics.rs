@@ -436,7 +436,7 @@ async fn a_connection_hyper_drops_without_a_reply_counts_no_request() {
 /// requires them.
 #[tokio::test]
 async fn prometheus_reads_build_and_process_metrics_of_all_three_binaries() {
-    use outrigger_tests::chart::{fake_api_server, render_or_skip, test_ca, Container};
+    use outrigger_tests::chart::{fake_api_server, render_or_skip, test_ca, MeshBinaries};
     use serde_json::{json, Value};
     use std::collections::BTreeMap;
 
@@ -457,33 +457,9 @@ async fn prometheus_reads_build_and_process_metrics_of_all_three_binaries() {
     )
     .await;
     let kubeconfig = [("KUBECONFIG", api.kubeconfig.to_str().unwrap())];
-    let (cp, cp_metrics) = Container::start_scraped(
-        &r,
-        "outrigger-control-plane",
-        "outrigger-control-plane",
-        &kubeconfig,
-    );
-    let (injector, injector_metrics) =
-        Container::start_scraped(&r, "outrigger-injector", "outrigger-injector", &kubeconfig);
-    let proxy = StaticProxy::start("web", "shop");
-    let proxy_admin = proxy.admin;
-
-    for (what, addr) in [
-        ("control plane", cp_metrics),
-        ("injector", injector_metrics),
-        ("proxy", proxy_admin),
-    ] {
-        let up = eventually(Duration::from_secs(30), || async move {
-            matches!(try_get(addr, "/metrics").await, Ok((200, _)))
-        })
-        .await;
-        assert!(
-            up,
-            "the {what} never served /metrics on {addr}: {}{}",
-            cp.logs(),
-            injector.logs()
-        );
-    }
+    let mesh = MeshBinaries::start(&r, &kubeconfig).await;
+    let (cp_metrics, injector_metrics) = (mesh.control_plane_metrics, mesh.injector_metrics);
+    let proxy_admin = mesh.proxy.admin;
 
     let mut server = prometheus.start_jobs(&[
         ("control-plane", &[cp_metrics]),
@@ -566,6 +542,6 @@ async fn prometheus_reads_build_and_process_metrics_of_all_three_binaries() {
         assert!((0.0..600.0).contains(&cpu), "{job}: {cpu} CPU seconds");
     }
     assert!(!server.exited(), "prometheus exited early");
-    cp.running().unwrap();
-    injector.running().unwrap();
+    mesh.control_plane.running().unwrap();
+    mesh.injector.running().unwrap();
 }
