@@ -135,9 +135,12 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Analyze(outrigger_cli::analyze::Args),
     /// Print the client's version, the control plane's and the injector's
-    /// (the image tag their Deployments run), and with --proxies each meshed
-    /// pod's proxy version. Without a reachable cluster it prints the
-    /// client's version, says why on stderr and exits 1 (as kubectl does).
+    /// (what the running processes report in outrigger_build_info, read
+    /// through the API server's pod proxy), and with --proxies each meshed
+    /// pod's proxy version (from its admin port). Where a running version
+    /// cannot be read, the image tag stands in and the output says why.
+    /// Without a reachable cluster it prints the client's version, says why
+    /// on stderr and exits 1 (as kubectl does).
     ///
     /// Examples:
     ///   outrigger version
@@ -145,7 +148,7 @@ enum Command {
     ///   outrigger version --proxies -n shop -o json
     ///   outrigger version --client
     #[command(verbatim_doc_comment)]
-    Version(VersionArgs),
+    Version(outrigger_cli::version::Args),
     /// Check that the mesh is healthy, one line per check: ✔ passed, ⚠
     /// worth a look, × failed (with what to do). Exit status 0 only when
     /// nothing failed.
@@ -172,21 +175,6 @@ enum Command {
     ///   outrigger check -o json | jq '.checks[] | select(.level == "fail")'
     #[command(verbatim_doc_comment)]
     Check(outrigger_cli::check::CheckArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct VersionArgs {
-    /// Also each meshed pod's proxy version (in -n's namespace, else in all).
-    #[arg(long)]
-    proxies: bool,
-    /// Only the client's version; the cluster is not read.
-    #[arg(long, conflicts_with = "proxies")]
-    client: bool,
-    /// Where the mesh is installed (the chart's release namespace).
-    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
-    mesh_namespace: String,
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    output: outrigger_cli::output::Format,
 }
 
 fn main() -> std::process::ExitCode {
@@ -260,7 +248,7 @@ async fn run() -> Result<()> {
         } => run_stat(&cli.cluster, target, window, local, from, output).await?,
         Command::Demo(args) => outrigger_cli::demo::run(args).await?,
         Command::Inject(args) => outrigger_cli::inject::run(&cli.cluster, args).await?,
-        Command::Version(args) => run_version(&cli.cluster, args).await?,
+        Command::Version(args) => outrigger_cli::version::run(&cli.cluster, args).await?,
         Command::Check(args) => {
             if !outrigger_cli::check::run(&cli.cluster, args).await? {
                 std::process::exit(1);
@@ -277,46 +265,6 @@ async fn run() -> Result<()> {
                 }
             }
         }
-    }
-    Ok(())
-}
-
-async fn run_version(cluster: &ClusterArgs, args: VersionArgs) -> Result<()> {
-    use outrigger_cli::version::{self, Client, Versions};
-    let mut versions = Versions {
-        client: Client::this(),
-        server: None,
-    };
-    let print = |v: &Versions| -> Result<()> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(version::render(v, args.output)?.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    };
-    if args.client {
-        return print(&versions);
-    }
-    let proxies_in = args.proxies.then_some(cluster.namespace.as_deref());
-    let server = match cluster.client().await {
-        Ok(client) => version::fetch(client, &args.mesh_namespace, proxies_in)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    };
-    match server {
-        Ok(server) => versions.server = Some(server),
-        Err(e) => {
-            print(&versions)?;
-            eprintln!(
-                "Error: the cluster is unreachable: {e:#} (check --kubeconfig and --context; \
-                 --client prints the client's version alone)"
-            );
-            std::process::exit(1);
-        }
-    }
-    print(&versions)?;
-    if !versions.complete() {
-        std::process::exit(1);
     }
     Ok(())
 }

@@ -169,18 +169,16 @@ impl Admin {
             } => {
                 let mut bodies = Vec::new();
                 for path in paths {
-                    let uri = pod_proxy_path(namespace, name, path);
-                    let req = http::Request::get(uri)
-                        .body(Vec::new())
-                        .expect("a valid request");
-                    bodies.push(client.request_text(req).await.map_err(|source| {
-                        AdminError::Pod {
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                            path: path.to_string(),
-                            source,
-                        }
-                    })?);
+                    bodies.push(
+                        pod_get(client, namespace, name, ADMIN_PORT, path)
+                            .await
+                            .map_err(|source| AdminError::Pod {
+                                namespace: namespace.clone(),
+                                name: name.clone(),
+                                path: path.to_string(),
+                                source,
+                            })?,
+                    );
                 }
                 Ok(bodies)
             }
@@ -190,7 +188,33 @@ impl Admin {
 
 /// The API server path that proxies `path` to a pod's admin port.
 pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy{path}")
+    pod_port_proxy_path(namespace, name, ADMIN_PORT, path)
+}
+
+/// The API server path that proxies `path` to `port` of a pod.
+pub fn pod_port_proxy_path(namespace: &str, name: &str, port: u16, path: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy{path}")
+}
+
+/// The body of a GET of `path` on `port` of pod `namespace/name`, through
+/// the API server's pod proxy (plain HTTP from the API server to the pod),
+/// within [`ADMIN_TIMEOUT`]. The caller names the pod in its error.
+pub async fn pod_get(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, kube::Error> {
+    let req = http::Request::get(pod_port_proxy_path(namespace, name, port, path))
+        .body(Vec::new())
+        .expect("a valid request");
+    match tokio::time::timeout(ADMIN_TIMEOUT, client.request_text(req)).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {} s", ADMIN_TIMEOUT.as_secs()).into(),
+        )),
+    }
 }
 
 /// GETs of `paths` over one plain HTTP/1.1 connection to `addr`, all

@@ -252,6 +252,26 @@ impl Container {
         Container::start_in_pod(rendered, &pod, &name, binary, env, &[], None)
     }
 
+    /// Starts the workspace binary `binary` as deployment `name` of the
+    /// chart, with the address of the port its pod template's
+    /// `prometheus.io/port` annotation names (where its metrics are).
+    pub fn start_scraped(
+        rendered: &Rendered,
+        name: &str,
+        binary: &str,
+        env: &[(&str, &str)],
+    ) -> (Container, SocketAddr) {
+        let d = rendered.get("Deployment", name);
+        let bin = crate::workspace_bin(binary).unwrap_or_else(|| panic!("the {binary} binary"));
+        let c = Container::start(rendered, d, &bin, env);
+        let port = d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no prometheus.io/port annotation"))
+            .to_string();
+        let addr = c.ports[&port];
+        (c, addr)
+    }
+
     /// Starts `binary` as container `name` of `pod` (a Pod, or a pod
     /// template with its name and namespace filled in; the container may be
     /// an init container). Besides the container ports, each port in
@@ -556,7 +576,8 @@ pub async fn fake_api_server_with(
 }
 
 /// [`fake_api_server`], also serving, for the pods given (`"NS/NAME"` →
-/// the address their port is reached at), the pod proxy subresource
+/// the address their port is reached at, or `"NS/NAME:PORT"` for one
+/// port of a pod), the pod proxy subresource
 /// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the GET is
 /// forwarded there and its answer returned; unlike a real API server, it
 /// connects from loopback) and port-forward
@@ -570,14 +591,38 @@ pub async fn fake_api_server_with_pods(
     serve_fake_api(objects, BTreeMap::new(), pods, dir).await
 }
 
-/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`, `/PATH`).
-fn pod_proxy(path: &str) -> Option<(String, String)> {
+/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`,
+/// `PORT`, `/PATH`).
+fn pod_proxy(path: &str) -> Option<(String, String, String)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let (ns, rest) = rest.split_once("/pods/")?;
     let (name_port, rest) = rest.split_once("/proxy")?;
-    let (name, _port) = name_port.split_once(':')?;
+    let (name, port) = name_port.split_once(':')?;
     let rest = if rest.is_empty() { "/" } else { rest };
-    Some((format!("{ns}/{name}"), rest.to_string()))
+    Some((format!("{ns}/{name}"), port.to_string(), rest.to_string()))
+}
+
+/// Whether `object`'s labels match `selector`, a list's `labelSelector`
+/// query value (percent-encoded); only equalities (`k=v,k2=v2`) are read,
+/// and anything else matches.
+fn selected(object: &Value, selector: &str) -> bool {
+    let mut decoded = String::new();
+    let mut bytes = selector.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                decoded.push(u8::from_str_radix(&hex, 16).map_or('?', char::from));
+            }
+            b'+' => decoded.push(' '),
+            b => decoded.push(char::from(b)),
+        }
+    }
+    decoded
+        .split(',')
+        .filter_map(|term| term.split_once('='))
+        .filter(|(k, _)| !k.ends_with('!'))
+        .all(|(k, v)| object["metadata"]["labels"][k.trim()] == v.trim_start_matches('='))
 }
 
 /// `/api/v1/namespaces/NS/pods/NAME/portforward` → `NS/NAME`.
@@ -766,10 +811,14 @@ async fn serve_fake_api(
                             });
                         }
                         if req.method() == Method::GET {
-                            if let Some((pod, path)) = pod_proxy(req.uri().path()) {
-                                if let Some(addr) = pods.get(&pod) {
-                                    return Ok::<_, Infallible>(forward_get(*addr, &path).await);
-                                }
+                            if let Some((pod, port, path)) = pod_proxy(req.uri().path()) {
+                                // A pod's port given alone, else the pod's
+                                // one address for every port.
+                                let addr = pods.get(&format!("{pod}:{port}")).or(pods.get(&pod));
+                                return Ok::<_, Infallible>(match addr {
+                                    Some(addr) => forward_get(*addr, &path).await,
+                                    None => not_found_pod(&pod),
+                                });
                             }
                         }
                         if req.method() == Method::POST {
@@ -866,7 +915,13 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
             )))
             .unwrap();
     }
-    let items = objects.get(path).cloned().unwrap_or_default();
+    let mut items = objects.get(path).cloned().unwrap_or_default();
+    if let Some(selector) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+    {
+        items.retain(|o| selected(o, selector));
+    }
     let list = json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -879,6 +934,53 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
         .unwrap()
 }
 
+/// The three binaries running, as far as a test without a cluster can
+/// run them: the chart's control plane and injector (their Deployments,
+/// against the API server `env` names) and a proxy on a static snapshot;
+/// each serving `/metrics` once [`MeshBinaries::start`] returns.
+pub struct MeshBinaries {
+    pub control_plane: Container,
+    /// Where the control plane's metrics are (its `prometheus.io/port`).
+    pub control_plane_metrics: SocketAddr,
+    pub injector: Container,
+    /// Where the injector's metrics are (its `prometheus.io/port`).
+    pub injector_metrics: SocketAddr,
+    pub proxy: crate::StaticProxy,
+}
+
+impl MeshBinaries {
+    pub async fn start(rendered: &Rendered, env: &[(&str, &str)]) -> Self {
+        let (control_plane, control_plane_metrics) = Container::start_scraped(
+            rendered,
+            "outrigger-control-plane",
+            "outrigger-control-plane",
+            env,
+        );
+        let (injector, injector_metrics) =
+            Container::start_scraped(rendered, "outrigger-injector", "outrigger-injector", env);
+        let proxy = crate::StaticProxy::start("web", "shop");
+        for addr in [control_plane_metrics, injector_metrics, proxy.admin] {
+            let up = crate::eventually(std::time::Duration::from_secs(30), || async move {
+                matches!(crate::try_get(addr, "/metrics").await, Ok((200, _)))
+            })
+            .await;
+            assert!(
+                up,
+                "nothing serves /metrics on {addr}: {}{}",
+                control_plane.logs(),
+                injector.logs()
+            );
+        }
+        MeshBinaries {
+            control_plane,
+            control_plane_metrics,
+            injector,
+            injector_metrics,
+            proxy,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,13 +989,19 @@ mod tests {
     fn pod_proxy_and_port_forward_paths_name_the_pod() {
         assert_eq!(
             pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics"),
-            Some(("shop/web-0".into(), "/metrics".into()))
+            Some(("shop/web-0".into(), "4191".into(), "/metrics".into()))
         );
         assert_eq!(
             pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy"),
-            Some(("shop/web-0".into(), "/".into()))
+            Some(("shop/web-0".into(), "4191".into(), "/".into()))
         );
         assert_eq!(pod_proxy("/api/v1/namespaces/shop/pods"), None);
+        let pod =
+            json!({ "metadata": { "labels": { "app.kubernetes.io/name": "cp", "tier": "a" } } });
+        assert!(selected(&pod, "app.kubernetes.io%2Fname%3Dcp%2Ctier%3Da"));
+        assert!(selected(&pod, "tier==a"));
+        assert!(!selected(&pod, "app.kubernetes.io%2Fname%3Dinjector"));
+        assert!(selected(&pod, ""));
         assert_eq!(
             pod_port_forward("/api/v1/namespaces/shop/pods/web-0/portforward"),
             Some("shop/web-0".into())

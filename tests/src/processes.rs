@@ -1,7 +1,8 @@
 //! Waiting for things to be so: a condition polled until a limit
 //! ([`eventually`]), a proxy's readiness ([`ready`]); and for tests that run
 //! processes, the workspace's own binaries ([`workspace_bin`]) and a port
-//! to give them ([`free_port`]), and a real Prometheus ([`PrometheusBin`]).
+//! to give them ([`free_port`]), a real Prometheus ([`PrometheusBin`]), and
+//! the proxy binary on a static snapshot ([`StaticProxy`]).
 
 use std::time::Duration;
 
@@ -93,22 +94,31 @@ impl PrometheusBin {
         found.map(Self)
     }
 
-    /// Starts it, scraping each of `targets`' `/metrics` every second.
+    /// Starts it, scraping each of `targets`' `/metrics` every second
+    /// (one job, `outrigger`).
     pub fn start(self, targets: &[std::net::SocketAddr]) -> Prometheus {
+        self.start_jobs(&[("outrigger", targets)])
+    }
+
+    /// Starts it with one scrape job per `(job name, targets)`, each
+    /// target's `/metrics` scraped every second over plain HTTP.
+    pub fn start_jobs(self, jobs: &[(&str, &[std::net::SocketAddr])]) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("outrigger-prom-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: [{}] }}]\n",
+        let mut yaml = String::from(
+            "global: { scrape_interval: 1s, scrape_timeout: 900ms }\nscrape_configs:\n",
+        );
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            yaml.push_str(&format!(
+                "  - job_name: {job}\n    static_configs: [{{ targets: [{}] }}]\n",
                 targets.join(", ")
-            ),
-        )
-        .unwrap();
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let port = free_port();
         let child = std::process::Command::new(self.0)
             .arg(format!("--config.file={}", config.display()))
@@ -137,6 +147,59 @@ impl Prometheus {
 }
 
 impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real `outrigger-proxy` binary, run from a static snapshot with no
+/// listeners: only its admin port (`/metrics`, `/ready`); killed when
+/// dropped.
+pub struct StaticProxy {
+    child: std::process::Child,
+    pub admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl StaticProxy {
+    /// Starts it as workload `workload` of `namespace`, its admin port on a
+    /// free loopback port.
+    pub fn start(workload: &str, namespace: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let snapshot = dir.path().join("proxy.yaml");
+        std::fs::write(
+            &snapshot,
+            format!(
+                "version: \"static-1\"\nproxy: {{ workload: {workload}, namespace: {namespace} }}\n\
+                 admin: {{ bind: \"{admin}\" }}\nlisteners: []\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(
+            workspace_bin("outrigger-proxy").expect("the outrigger-proxy binary"),
+        )
+        .args([
+            "run",
+            "--config",
+            snapshot.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        StaticProxy {
+            child,
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for StaticProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

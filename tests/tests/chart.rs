@@ -174,6 +174,18 @@ fn bad_values_are_refused_naming_the_value() {
             json!({ "image": { "pullPolicy": "Sometimes" } }),
             "/image/pullPolicy",
         ),
+        (
+            json!({ "podMonitor": { "enabled": "yes" } }),
+            "/podMonitor/enabled",
+        ),
+        (
+            json!({ "podMonitor": { "interval": "30 seconds" } }),
+            "/podMonitor/interval",
+        ),
+        (
+            json!({ "controlPlane": { "metricsPort": 0 } }),
+            "/controlPlane/metricsPort",
+        ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
         merge_values(&mut values, extra.clone());
@@ -587,6 +599,77 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
     .await;
     assert!(patched, "no status write: {:?}\n{}", api.seen(), cp.logs());
     assert_granted(&r, "outrigger-control-plane", &api.seen());
+
+    // Prometheus, as the pod's annotations tell it: plain HTTP, on the
+    // metrics port, where build and process metrics are with the rest.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations.get("prometheus.io/scheme"), None);
+    let port: u64 = annotations["prometheus.io/port"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(named_port(c, "metrics"), port);
+    let (status, text) = outrigger_tests::get(cp.ports["metrics"], "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("outrigger_build_info{version=\"")
+            && text.contains("outrigger_cp_connected_proxies")
+            && text.contains("process_resident_memory_bytes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn podmonitors_are_optional_and_name_the_containers_ports() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    assert_eq!(r.all("PodMonitor").count(), 0);
+    let Some((r, _)) = rendered_with(json!({ "podMonitor": {
+        "enabled": true, "interval": "15s", "labels": { "release": "kube-prometheus" } } }))
+    else {
+        return;
+    };
+    let cp = r.get("Deployment", "outrigger-control-plane");
+    let injector = r.get("Deployment", "outrigger-injector");
+    let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+    for (name, deployment) in [
+        ("outrigger-control-plane", Some(cp)),
+        ("outrigger-injector", Some(injector)),
+        ("outrigger-proxies", None),
+    ] {
+        let m = r.get("PodMonitor", name);
+        assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(m["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus");
+        let endpoint = &m["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics", "{name}");
+        assert_eq!(endpoint["interval"], "15s", "{name}");
+        let port = endpoint["port"].as_str().unwrap();
+        match deployment {
+            // The PodMonitor selects its Deployment's pods, by a port the
+            // container declares, the one the pod's annotations name.
+            Some(d) => {
+                let labels = &d["spec"]["template"]["metadata"]["labels"];
+                for (k, v) in m["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+                    assert_eq!(&labels[k], v, "{name}: {k}");
+                }
+                let n = named_port(&container(d), port);
+                assert_eq!(
+                    d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+                    n.to_string(),
+                    "{name}"
+                );
+            }
+            // Proxies anywhere: the port the injector gives the proxy.
+            None => {
+                assert_eq!(m["spec"]["namespaceSelector"]["any"], true);
+                assert_eq!(port, "outrigger-admin");
+            }
+        }
+    }
 }
 
 /// The cluster path end to end, minus the kubelet's network: a pod the
