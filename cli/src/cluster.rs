@@ -64,9 +64,11 @@ pub enum ClusterError {
 pub fn never_reached(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(e);
     while let Some(err) = next {
-        if let Some(kube::Error::Service(_) | kube::Error::HyperError(_)) =
-            err.downcast_ref::<kube::Error>()
-        {
+        // A kube error, or one boxed to keep its carrier small.
+        let kube = err
+            .downcast_ref::<kube::Error>()
+            .or_else(|| err.downcast_ref::<Box<kube::Error>>().map(|b| &**b));
+        if let Some(kube::Error::Service(_) | kube::Error::HyperError(_)) = kube {
             let mut inner: &dyn std::error::Error = err;
             while let Some(source) = inner.source() {
                 inner = source;
@@ -188,10 +190,17 @@ mod tests {
                  lab): Connection refused (os error 111): {NEXT_STEP}"
             )
         );
+        // Boxed, as some callers carry it.
+        let err = client.apiserver_version().await.unwrap_err();
+        assert!(never_reached(&Boxed(Box::new(err))).is_some());
         // An answer, even a refusal, is not "unreachable".
         let answered = kube::Error::Api(Box::default());
         assert_eq!(never_reached(&answered), None);
     }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot get pods/proxy")]
+    struct Boxed(#[source] Box<kube::Error>);
 
     /// A caller's error with the kube error as its source.
     #[derive(Debug, thiserror::Error)]

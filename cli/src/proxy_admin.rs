@@ -89,7 +89,7 @@ pub enum AdminError {
         namespace: String,
         name: String,
         port: u16,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error(
         "the port-forward to pod {namespace}/{name}:{port} failed: {message} (is the pod's \
@@ -116,7 +116,7 @@ pub enum AdminError {
         namespace: String,
         name: String,
         path: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -186,7 +186,7 @@ impl Admin {
                         namespace: namespace.clone(),
                         name: name.clone(),
                         port: ADMIN_PORT,
-                        source,
+                        source: Box::new(source),
                     })?;
                 let stream = forward
                     .take_stream(ADMIN_PORT)
@@ -249,7 +249,7 @@ impl Admin {
                             namespace: namespace.clone(),
                             name: name.clone(),
                             path: path.to_string(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?));
                 }

@@ -49,11 +49,8 @@ fn endpoint(svc: &ServiceState, ep: &Endpoint, now: Instant, wall: SystemTime) -
         address: ep.addr.to_string(),
         state,
         ejected_for_ms: left.map(millis),
-        ejected_until_unix_ms: left.map(|left| {
-            (wall + left)
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| millis(d))
-        }),
+        ejected_until_unix_ms: left
+            .map(|left| (wall + left).duration_since(UNIX_EPOCH).map_or(0, millis)),
         ejections: status.map_or(0, |s| s.ejections),
         consecutive_5xx: status.map_or(0, |s| s.consecutive_5xx),
         consecutive_gateway_errors: status.map_or(0, |s| s.consecutive_gateway),

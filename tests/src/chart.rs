@@ -712,6 +712,10 @@ fn port_forward(
                      localhost:{port} inside namespace: connection refused"
                 )))
                 .await;
+            // Then the connection ends; after the client's first frame, so
+            // that the reason has reached it before the end does (kube's
+            // forwarder drops a reason that comes after a failed write).
+            let _ = stream.next().await;
             let _ = sink.send(Message::Close(None)).await;
             return;
         };
