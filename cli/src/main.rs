@@ -35,9 +35,11 @@ enum Command {
     /// Show the configuration in force in one proxy: its routes, endpoints,
     /// identity and inbound policies, read from its admin port.
     ///
-    /// Reads the proxy's admin /config (which it answers to loopback peers
-    /// only) and /metrics through a port-forward to the pod's port 4191, as
-    /// kubectl port-forward opens it; or at --local ADDR (the demo).
+    /// Reads the proxy's admin /config and /endpoints (which it answers to
+    /// loopback peers only: each endpoint's health, ejection, load) and
+    /// /metrics through a port-forward to the pod's port 4191, as kubectl
+    /// port-forward opens it; or at --local ADDR (the demo). A pod without
+    /// the proxy, or not running, says so first.
     ///
     /// Examples:
     ///   outrigger proxy-config web-5d9c7-x2x -n shop
@@ -63,6 +65,8 @@ enum Command {
     /// through the API server's pod proxy (no Prometheus needed), or the
     /// proxies at --local ADDR... (the demo); or asks Prometheus (--from)
     /// for the same numbers over the last --window.
+    /// A proxy that cannot be read is a warning on stderr; the exit status
+    /// is 1 only when none could be.
     ///
     /// Examples:
     ///   outrigger stat deploy -n shop
@@ -79,7 +83,7 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = stat::parse_window)]
         window: std::time::Duration,
         /// Scrape these proxy admin addresses instead of the cluster's pods
-        /// (rows are named by the proxies' own workload labels).
+        /// (rows are named by the proxies' own namespace and workload).
         #[arg(long, num_args = 1.., conflicts_with = "from")]
         local: Vec<std::net::SocketAddr>,
         /// Ask this Prometheus (http://HOST:PORT) instead of the proxies.
