@@ -118,9 +118,18 @@ impl ClusterArgs {
 
     /// A client for the cluster these flags name.
     pub async fn client(&self) -> Result<kube::Client, ClusterError> {
+        Ok(self.client_in().await?.0)
+    }
+
+    /// A client for the cluster these flags name, and the namespace they
+    /// name (-n, else the context's, else `default`).
+    pub async fn client_in(&self) -> Result<(kube::Client, String), ClusterError> {
         let config = self.config().await?;
+        let namespace = config.default_namespace.clone();
         let url = config.cluster_url.to_string();
-        kube::Client::try_from(config).map_err(|source| ClusterError::Client { url, source })
+        let client = kube::Client::try_from(config)
+            .map_err(|source| ClusterError::Client { url, source })?;
+        Ok((client, namespace))
     }
 
     /// `e` as [`ClusterError::Unreachable`] when it is a request that never

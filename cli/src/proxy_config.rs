@@ -210,11 +210,7 @@ pub async fn run(
     let admin = match (local, pod) {
         (Some(addr), _) => Admin::Local(addr),
         (None, pod) => {
-            let config = cluster.config().await?;
-            let namespace = config.default_namespace.clone();
-            let url = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config)
-                .map_err(|source| ClusterError::Client { url, source })?;
+            let (client, namespace) = cluster.client_in().await?;
             let name = pod.unwrap_or_default();
             ready_for_port_forward(&client, &namespace, &name).await?;
             Admin::PortForward {

@@ -740,11 +740,7 @@ pub async fn run(
     }
     let local_mode = !local.is_empty();
     let targets = if !local_mode {
-        let config = cluster.config().await?;
-        let namespace = config.default_namespace.clone();
-        let url = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config)
-            .map_err(|source| crate::cluster::ClusterError::Client { url, source })?;
+        let (client, namespace) = cluster.client_in().await?;
         edge::pods(&client, &selector, &namespace).await?
     } else {
         if selector.kind == Kind::Pod {

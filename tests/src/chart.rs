@@ -881,21 +881,27 @@ async fn serve_fake_api(
         }
     });
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
-             users: [{{name: fake, user: {{token: fake-token}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"), "fake");
     FakeApi {
         addr,
         kubeconfig,
         seen,
     }
+}
+
+/// Writes a kubeconfig at `path` whose one context, `context` (its
+/// current one), names the API server at `server` with a bearer token.
+pub fn write_kubeconfig(path: &Path, server: &str, context: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\n\
+             clusters: [{{name: {context}, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: {context}, user: {{token: fake-token}}}}]\n\
+             contexts: [{{name: {context}, context: {{cluster: {context}, user: {context}}}}}]\n"
+        ),
+    )
+    .unwrap();
 }
 
 fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {

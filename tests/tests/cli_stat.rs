@@ -265,16 +265,11 @@ async fn an_unreachable_cluster_is_named_with_the_next_step() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
+    outrigger_tests::chart::write_kubeconfig(
         &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
-             clusters: [{{name: lab, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: lab, context: {{cluster: lab, user: u}}}}]\n"
-        ),
-    )
-    .unwrap();
+        &format!("http://127.0.0.1:{port}"),
+        "lab",
+    );
     let kubeconfig = kubeconfig.to_str().unwrap();
     let want = format!(
         "Error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}/ (context \
