@@ -12,6 +12,7 @@
 pub mod authz;
 pub mod certify;
 mod duration;
+pub mod health;
 pub mod inbound;
 pub mod policy;
 pub mod probe;

@@ -575,14 +575,18 @@ pub async fn fake_api_server_with(
     serve_fake_api(objects, creates, BTreeMap::new(), dir).await
 }
 
-/// [`fake_api_server`], also serving, for the pods given (`"NS/NAME"` →
-/// the address their port is reached at, or `"NS/NAME:PORT"` for one
-/// port of a pod), the pod proxy subresource
-/// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the GET is
-/// forwarded there and its answer returned; unlike a real API server, it
-/// connects from loopback) and port-forward
+/// [`fake_api_server`], also serving, for the pods given, the pod proxy
+/// subresource (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the
+/// GET is forwarded there and its answer returned; unlike a real API
+/// server, it connects from loopback) and port-forward
 /// (`/api/v1/namespaces/NS/pods/NAME/portforward?ports=PORT`, a WebSocket
 /// speaking `v4.channel.k8s.io`, one port, as kubelet does).
+///
+/// A pod's ports: `"NS/NAME:PORT"` → the address that port is reached at;
+/// `"NS/NAME"` alone is the proxy's admin port (4191, as the injector sets
+/// it). Any other port of a pod given answers as nothing listening there
+/// would: the pod proxy with a 503 `error trying to reach service`, the
+/// port-forward with an error on its error channel. A pod not given is a 404.
 pub async fn fake_api_server_with_pods(
     objects: BTreeMap<String, Vec<Value>>,
     pods: BTreeMap<String, SocketAddr>,
@@ -591,15 +595,57 @@ pub async fn fake_api_server_with_pods(
     serve_fake_api(objects, BTreeMap::new(), pods, dir).await
 }
 
-/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`,
-/// `PORT`, `/PATH`).
-fn pod_proxy(path: &str) -> Option<(String, String, String)> {
+/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`, port,
+/// `/PATH`); without `:PORT`, the pod's first port, which this stand-in
+/// reads as 0 (none).
+fn pod_proxy(path: &str) -> Option<(String, u16, String)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let (ns, rest) = rest.split_once("/pods/")?;
     let (name_port, rest) = rest.split_once("/proxy")?;
-    let (name, port) = name_port.split_once(':')?;
+    let (name, port) = match name_port.split_once(':') {
+        Some((name, port)) => (name, port.parse().ok()?),
+        None => (name_port, 0),
+    };
     let rest = if rest.is_empty() { "/" } else { rest };
-    Some((format!("{ns}/{name}"), port.to_string(), rest.to_string()))
+    Some((format!("{ns}/{name}"), port, rest.to_string()))
+}
+
+/// The proxy's admin port in a pod, as the injector sets it (checked
+/// against `outrigger_injector::config::Ports` in this module's tests).
+pub const PROXY_ADMIN_PORT: u16 = 4191;
+
+/// Where a pod's `port` is reached: `Ok(addr)`; `Err(true)` when the pod
+/// is given but not that port, `Err(false)` when the pod is not given.
+fn pod_port(pods: &BTreeMap<String, SocketAddr>, pod: &str, port: u16) -> Result<SocketAddr, bool> {
+    if let Some(addr) = pods.get(&format!("{pod}:{port}")) {
+        return Ok(*addr);
+    }
+    if let Some(addr) = pods.get(pod) {
+        return if port == PROXY_ADMIN_PORT {
+            Ok(*addr)
+        } else {
+            Err(true)
+        };
+    }
+    let prefix = format!("{pod}:");
+    Err(pods.keys().any(|k| k.starts_with(&prefix)))
+}
+
+/// The API server's answer when nothing listens on the pod's port (it
+/// dials the pod's IP and is refused).
+fn refused_pod_port(pod: &str, port: u16) -> Response<Body> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!(
+            "error trying to reach service: dial tcp {pod}:{port}: connect: connection refused"
+        ),
+        "reason": "ServiceUnavailable", "code": 503,
+    });
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header("content-type", "application/json")
+        .body(full(status.to_string()))
+        .unwrap()
 }
 
 /// Whether `object`'s labels match `selector`, a list's `labelSelector`
@@ -635,10 +681,14 @@ fn pod_port_forward(path: &str) -> Option<String> {
 
 /// The API server's 404 for a pod it does not have (`NS/NAME`).
 fn not_found_pod(pod: &str) -> Response<Body> {
-    let name = pod.split_once('/').map_or(pod, |(_, n)| n);
+    not_found("pods", pod.split_once('/').map_or(pod, |(_, n)| n))
+}
+
+/// The API server's 404 for an object of `resource` it does not have.
+fn not_found(resource: &str, name: &str) -> Response<Body> {
     let status = json!({
         "kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "message": format!("pods \"{name}\" not found"),
+        "message": format!("{resource} \"{name}\" not found"),
         "reason": "NotFound", "code": 404,
     });
     Response::builder()
@@ -649,8 +699,13 @@ fn not_found_pod(pod: &str) -> Response<Body> {
 }
 
 /// Answers a port-forward's WebSocket upgrade and relays its first port's
-/// data channel to `addr`.
-fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+/// data channel to where that port of `pod` is reached (`addr` of it; an
+/// `Err` sends kubelet's refusal on the error channel instead).
+fn port_forward(
+    mut req: Request<Incoming>,
+    pod: &str,
+    addr: impl FnOnce(u16) -> Result<SocketAddr, bool>,
+) -> Response<Body> {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
@@ -669,6 +724,8 @@ fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> 
         .find_map(|kv| kv.strip_prefix("ports="))
         .and_then(|p| p.split([',', '%']).next()?.parse().ok())
         .unwrap_or(0);
+    let addr = addr(port).ok();
+    let pod = pod.to_string();
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
@@ -689,12 +746,24 @@ fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> 
                 return;
             }
         }
-        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        let refused = |why: String| Message::binary([&[1u8][..], why.as_bytes()].concat());
+        let Some(addr) = addr else {
+            // As kubelet words it when nothing listens on the port.
             let _ = sink
-                .send(Message::binary(
-                    [&[1u8][..], format!("cannot reach {addr}").as_bytes()].concat(),
-                ))
+                .send(refused(format!(
+                    "error forwarding port {port} to pod {pod}: failed to connect to \
+                     localhost:{port} inside namespace: connection refused"
+                )))
                 .await;
+            // Then the connection ends; after the client's first frame, so
+            // that the reason has reached it before the end does (kube's
+            // forwarder drops a reason that comes after a failed write).
+            let _ = stream.next().await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        };
+        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+            let _ = sink.send(refused(format!("cannot reach {addr}"))).await;
             return;
         };
         let (mut from_pod, mut to_pod) = tcp.into_split();
@@ -805,20 +874,25 @@ async fn serve_fake_api(
                         });
                         let (lists, creates) = &*objects;
                         if let Some(pod) = pod_port_forward(req.uri().path()) {
-                            return Ok::<_, Infallible>(match pods.get(&pod) {
-                                Some(addr) => port_forward(req, *addr),
-                                None => not_found_pod(&pod),
+                            let known = pods.contains_key(&pod)
+                                || pods.keys().any(|k| k.starts_with(&format!("{pod}:")));
+                            return Ok::<_, Infallible>(if known {
+                                port_forward(req, &pod, |port| pod_port(&pods, &pod, port))
+                            } else {
+                                not_found_pod(&pod)
                             });
                         }
                         if req.method() == Method::GET {
                             if let Some((pod, port, path)) = pod_proxy(req.uri().path()) {
-                                // A pod's port given alone, else the pod's
-                                // one address for every port.
-                                let addr = pods.get(&format!("{pod}:{port}")).or(pods.get(&pod));
-                                return Ok::<_, Infallible>(match addr {
-                                    Some(addr) => forward_get(*addr, &path).await,
-                                    None => not_found_pod(&pod),
-                                });
+                                match pod_port(&pods, &pod, port) {
+                                    Ok(addr) => {
+                                        return Ok::<_, Infallible>(forward_get(addr, &path).await)
+                                    }
+                                    Err(true) => {
+                                        return Ok::<_, Infallible>(refused_pod_port(&pod, port))
+                                    }
+                                    Err(false) => return Ok::<_, Infallible>(not_found_pod(&pod)),
+                                }
                             }
                         }
                         if req.method() == Method::POST {
@@ -850,21 +924,27 @@ async fn serve_fake_api(
         }
     });
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
-             users: [{{name: fake, user: {{token: fake-token}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"), "fake");
     FakeApi {
         addr,
         kubeconfig,
         seen,
     }
+}
+
+/// Writes a kubeconfig at `path` whose one context, `context` (its
+/// current one), names the API server at `server` with a bearer token.
+pub fn write_kubeconfig(path: &Path, server: &str, context: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\n\
+             clusters: [{{name: {context}, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: {context}, user: {{token: fake-token}}}}]\n\
+             contexts: [{{name: {context}, context: {{cluster: {context}, user: {context}}}}}]\n"
+        ),
+    )
+    .unwrap();
 }
 
 fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {
@@ -914,6 +994,19 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
                 pending,
             )))
             .unwrap();
+    }
+    // A named object of a collection given: it, or the API server's 404.
+    if let Some((collection, name)) = path.rsplit_once('/') {
+        if let (false, Some(items)) = (objects.contains_key(path), objects.get(collection)) {
+            let resource = collection.rsplit('/').next().unwrap_or_default();
+            return match items.iter().find(|o| o["metadata"]["name"] == name) {
+                Some(object) => Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(object.to_string()))
+                    .unwrap(),
+                None => not_found(resource, name),
+            };
+        }
     }
     let mut items = objects.get(path).cloned().unwrap_or_default();
     if let Some(selector) = query
@@ -989,11 +1082,25 @@ mod tests {
     fn pod_proxy_and_port_forward_paths_name_the_pod() {
         assert_eq!(
             pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics"),
-            Some(("shop/web-0".into(), "4191".into(), "/metrics".into()))
+            Some(("shop/web-0".into(), 4191, "/metrics".into()))
         );
         assert_eq!(
-            pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy"),
-            Some(("shop/web-0".into(), "4191".into(), "/".into()))
+            pod_proxy("/api/v1/namespaces/shop/pods/web-0:9090/proxy"),
+            Some(("shop/web-0".into(), 9090, "/".into()))
+        );
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let pods = BTreeMap::from([
+            ("shop/web-0".to_string(), addr(1)),
+            ("shop/cp-0:9090".to_string(), addr(2)),
+        ]);
+        assert_eq!(pod_port(&pods, "shop/web-0", 4191), Ok(addr(1)));
+        assert_eq!(pod_port(&pods, "shop/web-0", 8080), Err(true));
+        assert_eq!(pod_port(&pods, "shop/cp-0", 9090), Ok(addr(2)));
+        assert_eq!(pod_port(&pods, "shop/cp-0", 4191), Err(true));
+        assert_eq!(pod_port(&pods, "shop/gone-0", 4191), Err(false));
+        assert_eq!(
+            PROXY_ADMIN_PORT,
+            outrigger_injector::config::Ports::default().admin
         );
         assert_eq!(pod_proxy("/api/v1/namespaces/shop/pods"), None);
         let pod =
