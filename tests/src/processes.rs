@@ -75,6 +75,27 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// A scrape target: its `/metrics` address, the target labels Prometheus
+/// adds to its series (as Kubernetes service discovery adds `namespace`
+/// and `pod`), and whether it answers over TLS.
+pub struct Target {
+    pub addr: std::net::SocketAddr,
+    pub labels: Vec<(&'static str, String)>,
+    /// HTTPS, without verifying the certificate: the control plane's
+    /// carries only its SPIFFE ID.
+    pub tls: bool,
+}
+
+impl Target {
+    pub fn plain(addr: std::net::SocketAddr) -> Self {
+        Self {
+            addr,
+            labels: Vec::new(),
+            tls: false,
+        }
+    }
+}
+
 impl PrometheusBin {
     /// The binary, or `None` (the test skips, saying so) when it is not on
     /// PATH; CI sets `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one
@@ -95,20 +116,57 @@ impl PrometheusBin {
 
     /// Starts it, scraping each of `targets`' `/metrics` every second.
     pub fn start(self, targets: &[std::net::SocketAddr]) -> Prometheus {
+        let targets: Vec<Target> = targets.iter().map(|a| Target::plain(*a)).collect();
+        self.start_with(&targets, None)
+    }
+
+    /// Starts it, scraping each of `targets` every second and, with
+    /// `rules` (the text of a rules file), evaluating them every second.
+    pub fn start_with(self, targets: &[Target], rules: Option<&str>) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("outrigger-prom-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: [{}] }}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
+        let mut text = String::from(
+            "global: { scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s }\n",
+        );
+        if let Some(rules) = rules {
+            let file = dir.path().join("rules.yaml");
+            std::fs::write(&file, rules).unwrap();
+            text.push_str(&format!("rule_files: ['{}']\n", file.display()));
+        }
+        text.push_str("scrape_configs:\n");
+        for (tls, job) in [(false, "outrigger"), (true, "outrigger-tls")] {
+            let of_job: Vec<String> = targets
+                .iter()
+                .filter(|t| t.tls == tls)
+                .map(|t| {
+                    let labels: Vec<String> = t
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}: '{v}'"))
+                        .collect();
+                    format!(
+                        "      - {{ targets: ['{}'], labels: {{ {} }} }}\n",
+                        t.addr,
+                        labels.join(", ")
+                    )
+                })
+                .collect();
+            if of_job.is_empty() {
+                continue;
+            }
+            text.push_str(&format!("  - job_name: {job}\n"));
+            if tls {
+                text.push_str(
+                    "    scheme: https\n    tls_config: { insecure_skip_verify: true }\n",
+                );
+            }
+            text.push_str("    static_configs:\n");
+            text.push_str(&of_job.concat());
+        }
+        std::fs::write(&config, text).unwrap();
         let port = free_port();
         let child = std::process::Command::new(self.0)
             .arg(format!("--config.file={}", config.display()))
@@ -134,6 +192,48 @@ impl Prometheus {
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
+
+    /// GET `path` (e.g. `/api/v1/query`) with the query parameters `params`,
+    /// encoded: the JSON answer, or why there is none.
+    pub async fn api(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Value, String> {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+            .collect();
+        let uri = format!("{path}?{}", query.join("&"));
+        match crate::clients::try_get(self.addr, &uri).await {
+            Ok((_, body)) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// An instant query's result (`data.result`), or Prometheus's error.
+    pub async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let answer = self.api("/api/v1/query", &[("query", promql)]).await?;
+        if answer["status"] != "success" {
+            return Err(answer.to_string());
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// `text` as a URL query component: unreserved bytes kept, the rest as `%XX`.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for Prometheus {
