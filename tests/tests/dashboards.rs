@@ -132,7 +132,8 @@ fn the_published_copies_equal_the_charts_files() {
 }
 
 /// Every dashboard picks its data source from a `datasource` variable
-/// (no hard-coded UID), and every panel states its unit.
+/// (no hard-coded UID), and every panel states its unit, one the
+/// Prometheus test has a tolerance for, on a query of its shape.
 #[test]
 fn dashboards_take_their_data_source_from_a_variable_and_state_units() {
     for (name, d) in dashboards() {
@@ -192,10 +193,10 @@ fn dashboards_take_their_data_source_from_a_variable_and_state_units() {
                     t["datasource"]["uid"], "${datasource}",
                     "{name}: panel {title}"
                 );
-                assert!(
-                    t["expr"].as_str().is_some_and(|e| !e.is_empty()),
-                    "{name}: {title}"
-                );
+                let expr = t["expr"].as_str().unwrap_or_default();
+                assert!(!expr.is_empty(), "{name}: {title}");
+                // A tolerance for its unit, and a query of the unit's shape.
+                Class::of_unit(unit, expr);
             }
         }
     }
@@ -314,6 +315,20 @@ enum Class {
 
 impl Class {
     fn of_unit(unit: &str, expr: &str) -> Class {
+        // What the unit says the query computes, by its shape.
+        let per_second = ["reqps", "ops", "Bps"].contains(&unit);
+        assert!(
+            !per_second || (expr.contains("rate(") && !expr.contains('/')),
+            "a per-second unit ({unit}) on a query that takes no rate() or divides: {expr}"
+        );
+        assert!(
+            unit != "percentunit" || expr.contains('/') || expr.contains("mutual_tls"),
+            "a ratio unit on a query that divides nothing: {expr}"
+        );
+        assert!(
+            unit != "s" || expr.contains("histogram_quantile("),
+            "a latency unit on a query that takes no quantile: {expr}"
+        );
         match unit {
             "reqps" => Class::Requests,
             "ops" => Class::Events,
