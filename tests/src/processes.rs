@@ -63,6 +63,27 @@ pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+/// `promtool`, from the same Debian package as Prometheus, or `None` (the
+/// test skips, saying so) when it is not on PATH; CI sets
+/// `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one fails the test.
+pub fn promtool() -> Option<std::path::PathBuf> {
+    prometheus_tool("promtool")
+}
+
+/// `name` (a binary of Debian's prometheus package) on PATH, or `None`
+/// after saying so, unless `OUTRIGGER_REQUIRE_PROMETHEUS` makes it a failure.
+fn prometheus_tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = on_path(name);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
+            "{name} is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
+        );
+        eprintln!("{name} not found; skipping (install Debian's prometheus package to run it)");
+    }
+    found
+}
+
 /// The `prometheus` binary on PATH, for the tests that run a real one.
 pub struct PrometheusBin(std::path::PathBuf);
 
@@ -101,17 +122,7 @@ impl PrometheusBin {
     /// PATH; CI sets `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one
     /// fails the test.
     pub fn find() -> Option<Self> {
-        let found = on_path("prometheus");
-        if found.is_none() {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
-                "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
-            );
-            eprintln!(
-                "prometheus not found; skipping (install Debian's prometheus package to run it)"
-            );
-        }
-        found.map(Self)
+        prometheus_tool("prometheus").map(Self)
     }
 
     /// Starts it, scraping each of `targets`' `/metrics` every second.

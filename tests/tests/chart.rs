@@ -45,6 +45,16 @@ fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
     render_or_skip(values, "outrigger", NAMESPACE).map(|r| (r, cert))
 }
 
+/// helm lint --strict found nothing at warning level or above.
+fn assert_lints_clean(r: &Rendered) {
+    let serious: Vec<_> = r
+        .lint
+        .iter()
+        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+        .collect();
+    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+}
+
 fn typed<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(o: &Value) -> T {
     serde_json::from_value(o.clone()).unwrap_or_else(|e| {
         panic!(
@@ -61,13 +71,7 @@ fn the_chart_lints_clean_and_renders_the_mesh() {
     let Some((r, _)) = rendered_with(json!({})) else {
         return;
     };
-    // helm lint --strict: nothing at warning level or above.
-    let serious: Vec<_> = r
-        .lint
-        .iter()
-        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
-        .collect();
-    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+    assert_lints_clean(&r);
 
     // Every object is a valid object of its kind, in the release's
     // namespace when it is namespaced.
@@ -229,12 +233,7 @@ fn the_dashboards_and_the_rules_render_as_their_files() {
     })) else {
         return;
     };
-    let serious: Vec<_> = r
-        .lint
-        .iter()
-        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
-        .collect();
-    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+    assert_lints_clean(&r);
     let maps: Vec<_> = r
         .all("ConfigMap")
         .filter(|c| {
