@@ -11,10 +11,16 @@
 //! is tested without editing this test), runs through Prometheus's HTTP API
 //! and must return data within the tolerance of its class (see [`Class`]).
 //!
-//! Substitutions: template variables by the values their own `label_values`
-//! query finds (all of them, as "All" would), `$__rate_interval` and every
-//! range in the rules by [`WINDOW`] (the test's scrape interval is 1 s;
-//! rules use 5 m and 10 m windows).
+//! Substitutions: template variables by the values their own queries find
+//! (all of them, as "All" would), `$__rate_interval` and every range in the
+//! rules by [`WINDOW`] (the test's scrape interval is 1 s; rules use 5 m and
+//! 10 m windows). Each expression must pass once while the traffic runs.
+//!
+//! The control plane is scraped on its TLS port without verifying its
+//! certificate (it names only its SPIFFE ID). The `process_*` families and
+//! `outrigger_build_info` ([`PENDING_FAMILIES`]) come with another change:
+//! while no target exposes one, the expressions that need it are listed on
+//! stderr and not judged; once exposed, they are.
 //!
 //! Needs Debian's `prometheus` package (prometheus and promtool); without
 //! it the tests say so and pass, unless `OUTRIGGER_REQUIRE_PROMETHEUS=1`
