@@ -600,7 +600,11 @@ async fn variables(
             continue;
         }
         let var = v["name"].as_str().unwrap();
-        let q = v["query"]["query"].as_str().unwrap();
+        // The query as a string (Grafana reads the older object form too).
+        let q = v["query"]
+            .as_str()
+            .or(v["query"]["query"].as_str())
+            .unwrap_or_else(|| panic!("{name}: variable {var} has no query"));
         let values: Vec<String> = if let Some(promql) = q
             .strip_prefix("query_result(")
             .and_then(|q| q.strip_suffix(')'))
