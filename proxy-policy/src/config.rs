@@ -186,9 +186,12 @@ impl Config {
                     namespace: svc.namespace.clone(),
                     port: *port,
                 };
-                let list = build_routes(svc, *port, &services[i], |r| {
+                let mut list = build_routes(svc, *port, &services[i], |r| {
                     by_ref.get(r).map(|j| services[*j].clone())
                 });
+                if let Some(prev) = previous.and_then(|p| p.routes.get(&key)) {
+                    carry_route_buckets(&mut list, prev);
+                }
                 routes.insert(key, list.into());
             }
         }
@@ -198,10 +201,18 @@ impl Config {
             .iter()
             .filter(|l| !l.rate_limits.is_empty())
             .map(|l| {
+                let prev = previous.and_then(|p| p.inbound_limits.get(&l.name));
                 let limits = l
                     .rate_limits
                     .iter()
-                    .map(|rl| (rl.port, Arc::new(TokenBucket::from(&rl.token_bucket))))
+                    .map(|rl| {
+                        let bucket = TokenBucket::from(&rl.token_bucket);
+                        let kept = prev
+                            .and_then(|p| p.exactly(rl.port))
+                            .filter(|b| b.same_fill(&bucket))
+                            .cloned();
+                        (rl.port, kept.unwrap_or_else(|| Arc::new(bucket)))
+                    })
                     .collect();
                 (l.name.clone(), Arc::new(PortLimits::new(limits)))
             })
@@ -272,6 +283,27 @@ impl Config {
     /// Every service entry (for the metrics of ejected endpoints).
     pub fn services(&self) -> &[Arc<ServiceState>] {
         &self.services
+    }
+}
+
+/// A rate-limited route keeps the bucket of the route of the same name (or
+/// index) before, when its limit did not change: a configuration pushed for
+/// another reason (an endpoint came or went) must not hand out a full
+/// bucket again, or the limit would not hold while the mesh changes.
+fn carry_route_buckets(list: &mut [Arc<Route>], prev: &[Arc<Route>]) {
+    for route in list.iter_mut() {
+        let Some(bucket) = &route.rate_limit else {
+            continue;
+        };
+        let kept = prev
+            .iter()
+            .find(|p| p.label == route.label)
+            .and_then(|p| p.rate_limit.as_ref())
+            .filter(|b| b.same_fill(bucket))
+            .cloned();
+        if let Some(kept) = kept {
+            Arc::make_mut(route).rate_limit = Some(kept);
+        }
     }
 }
 
@@ -536,6 +568,71 @@ services:
         // A proxy that does not know its workload claims nothing.
         let anon = cfg("{ workload: unknown, namespace: shop }");
         assert_eq!(&*anon.own_service(8080), "unknown");
+    }
+
+    /// A config pushed for another reason (an endpoint joined) keeps the
+    /// rate limits' buckets as they were; a changed limit starts full.
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_rate_limit_keeps_its_tokens_across_configs() {
+        let snap = |endpoints: &str, max: u32| {
+            Snapshot::from_yaml(&format!(
+                r#"
+version: "1"
+listeners:
+  - name: inbound
+    direction: inbound
+    bind: "127.0.0.1:0"
+    app: "127.0.0.1:8080"
+    rate_limits: [{{ port: 8080, token_bucket: {{ maxTokens: {max}, fillInterval: 60s }} }}]
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+    endpoints: [{endpoints}]
+    http:
+      - name: limited
+        localRateLimit: {{ maxTokens: {max}, fillInterval: 60s }}
+        route: [{{ destination: {{ host: web }} }}]
+"#
+            ))
+            .unwrap()
+        };
+        let web = ServiceRef {
+            name: "web".into(),
+            namespace: "shop".into(),
+            port: 80,
+        };
+        let buckets = |cfg: &Config| {
+            let route = cfg.routes(&web).unwrap()[0].rate_limit.clone().unwrap();
+            let inbound = cfg
+                .inbound_limits("inbound")
+                .unwrap()
+                .for_port(8080)
+                .unwrap()
+                .clone();
+            [route, inbound]
+        };
+        let first = Config::try_from(snap(r#"{ address: "10.0.0.1:80" }"#, 2)).unwrap();
+        for b in buckets(&first) {
+            assert!(b.take().is_ok() && b.take().is_ok());
+            assert!(b.take().is_err(), "spent");
+        }
+        // An endpoint joins: still spent.
+        let joined = snap(
+            r#"{ address: "10.0.0.1:80" }, { address: "10.0.0.2:80" }"#,
+            2,
+        );
+        let second = Config::build(joined, Some(&first)).unwrap();
+        for b in buckets(&second) {
+            assert!(b.take().is_err(), "a push refilled an unchanged limit");
+        }
+        // The limit changes: a new, full bucket.
+        let raised = snap(r#"{ address: "10.0.0.1:80" }"#, 3);
+        let third = Config::build(raised, Some(&second)).unwrap();
+        for b in buckets(&third) {
+            assert!(b.take().is_ok() && b.take().is_ok() && b.take().is_ok());
+            assert!(b.take().is_err());
+        }
     }
 
     #[test]

@@ -34,6 +34,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `other` fills as this one does (same size, fill and
+    /// interval): a configuration that did not change a limit keeps its
+    /// bucket, tokens and all.
+    pub fn same_fill(&self, other: &TokenBucket) -> bool {
+        (self.max, self.per_fill, self.interval) == (other.max, other.per_fill, other.interval)
+    }
+
     /// Takes a token, or says how long until the next fill.
     pub fn take(&self) -> Result<(), Duration> {
         let now = Instant::now();
@@ -64,6 +71,14 @@ pub struct PortLimits {
 impl PortLimits {
     pub fn new(by_port: Vec<(Option<u16>, Arc<TokenBucket>)>) -> Self {
         Self { by_port }
+    }
+
+    /// The bucket given for exactly `port` (`None`: the listener-wide one).
+    pub fn exactly(&self, port: Option<u16>) -> Option<&Arc<TokenBucket>> {
+        self.by_port
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, b)| b)
     }
 
     /// The bucket for `port`: its own, else the listener-wide one.
