@@ -261,13 +261,20 @@ impl Admin {
 /// (the injector adds it as a native sidecar, an init container that
 /// keeps running, or as a plain container on older clusters).
 pub fn has_proxy(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    proxy_container(pod).is_some()
+}
+
+/// The pod's `outrigger-proxy` container, native sidecar or not.
+pub fn proxy_container(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Option<&k8s_openapi::api::core::v1::Container> {
     let proxy = outrigger_injector::inject::PROXY_CONTAINER;
-    pod.spec.as_ref().is_some_and(|spec| {
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .any(|c| c.name == proxy)
-    })
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == proxy)
 }
 
 /// The API server path that proxies `path` to a pod's admin port.

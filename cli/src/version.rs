@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::Api;
-use outrigger_injector::inject::{proxy_version, PROXY_CONTAINER};
+use outrigger_injector::inject::proxy_version;
 use serde::Serialize;
 
 use crate::cluster::ClusterArgs;
@@ -232,13 +232,7 @@ pub fn proxies(pods: &[Pod]) -> Vec<Proxy> {
     let mut out: Vec<Proxy> = pods
         .iter()
         .filter_map(|p| {
-            let spec = p.spec.as_ref()?;
-            let proxy = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(&spec.containers)
-                .find(|c| c.name == PROXY_CONTAINER)?;
+            let proxy = crate::proxy_admin::proxy_container(p)?;
             let image = proxy.image.clone().unwrap_or_default();
             Some(Proxy {
                 namespace: p.metadata.namespace.clone().unwrap_or_default(),
