@@ -120,6 +120,17 @@ impl Metrics {
             status_write_errors.clone(),
         );
         let certify_requests = Family::<ResultLabel, Counter>::default();
+        // Every result starts at zero, so that increase() counts the first.
+        for result in [
+            "issued",
+            "refused",
+            "unauthenticated",
+            "bad_request",
+            "rate_limited",
+            "unavailable",
+        ] {
+            drop(certify_requests.get_or_create(&ResultLabel { result }));
+        }
         reg.register(
             "outrigger_cp_certify_requests",
             "Certificate requests to the mesh CA, by result",

@@ -70,6 +70,11 @@ impl Metrics {
             "Malformed requests (bad_request) and pods admitted unchanged with a warning (cannot_handle)",
             errors.clone(),
         );
+        // Known reasons start at zero, so that Prometheus's increase()
+        // counts the first error (the alert on webhook errors needs it).
+        for reason in ["bad_request", "cannot_handle"] {
+            drop(errors.get_or_create(&ReasonLabel { reason }));
+        }
         let latency = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
         ]);

@@ -35,6 +35,9 @@ pub struct Config {
     /// The service this proxy's own workload serves at each of its ports
     /// (the inbound `destination_service`).
     own_services: HashMap<u16, Name>,
+    /// The workloads each SPIFFE ID is seen serving in the snapshot's
+    /// endpoints: what a peer proving that ID may be named.
+    peer_workloads: HashMap<Name, Vec<Name>>,
 }
 
 #[derive(Clone, Debug)]
@@ -239,6 +242,7 @@ impl Config {
                 .map_or_else(unknown, Arc::from),
         };
         let own_services = own_services(&services, &proxy);
+        let peer_workloads = peer_workloads(&services);
         Ok(Config {
             snapshot: Arc::new(snapshot),
             proxy,
@@ -249,6 +253,7 @@ impl Config {
             routes,
             inbound_limits,
             own_services,
+            peer_workloads,
         })
     }
 
@@ -278,6 +283,15 @@ impl Config {
             .get(&port)
             .cloned()
             .unwrap_or_else(unknown)
+    }
+
+    /// The workloads the snapshot's endpoints show `principal` (a
+    /// `spiffe://` ID) serving: what a peer that proved it may be named
+    /// (none: it stays `unknown`).
+    pub fn workloads_of(&self, principal: &str) -> &[Name] {
+        self.peer_workloads
+            .get(principal)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Every service entry (for the metrics of ejected endpoints).
@@ -347,6 +361,21 @@ fn own_services(services: &[Arc<ServiceState>], proxy: &Workload) -> HashMap<u16
         }
     }
     by_port
+}
+
+/// Each endpoint identity's workloads, without repeats.
+fn peer_workloads(services: &[Arc<ServiceState>]) -> HashMap<Name, Vec<Name>> {
+    let mut by_id: HashMap<Name, Vec<Name>> = HashMap::new();
+    for ep in services.iter().flat_map(|s| s.endpoints.iter()) {
+        if ep.peer.principal == unknown() || ep.peer.workload == unknown() {
+            continue;
+        }
+        let workloads = by_id.entry(ep.peer.principal.clone()).or_default();
+        if !workloads.contains(&ep.peer.workload) {
+            workloads.push(ep.peer.workload.clone());
+        }
+    }
+    by_id
 }
 
 fn build_service(svc: &outrigger_api::Service, prev: Option<&Arc<ServiceState>>) -> ServiceState {
@@ -633,6 +662,35 @@ services:
             assert!(b.take().is_ok() && b.take().is_ok() && b.take().is_ok());
             assert!(b.take().is_err());
         }
+    }
+
+    #[test]
+    fn a_peer_may_be_named_only_as_a_workload_its_identity_serves() {
+        let cfg = Config::try_from(
+            Snapshot::from_yaml(
+                r#"
+version: "1"
+services:
+  - name: web
+    namespace: shop
+    ports: [80]
+    endpoints:
+      - { address: "10.0.0.1:80", workload: web-v1, identity: "spiffe://td/ns/shop/sa/web", meshed: true }
+      - { address: "10.0.0.2:80", workload: web-v2, identity: "spiffe://td/ns/shop/sa/web", meshed: true }
+      - { address: "10.0.0.3:80", workload: web-v1, identity: "spiffe://td/ns/shop/sa/web", meshed: true }
+      - { address: "10.0.0.4:80", workload: other, meshed: true }
+"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> = cfg
+            .workloads_of("spiffe://td/ns/shop/sa/web")
+            .iter()
+            .map(|n| &**n)
+            .collect();
+        assert_eq!(names, ["web-v1", "web-v2"]);
+        assert!(cfg.workloads_of("spiffe://td/ns/shop/sa/client").is_empty());
     }
 
     #[test]

@@ -16,19 +16,10 @@ pub const ORIG_PROTO_HTTP1: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 /// its own workload's name, so that the inbound proxy can label the request's
 /// `source_workload` (a certificate names a namespace and a service account,
 /// not a workload; Istio exchanges the same in `x-envoy-peer-metadata`). The
-/// inbound proxy believes it only over mutual TLS, and every proxy removes it
-/// before a request goes on, so no app sets or sees it.
+/// inbound proxy believes it only over mutual TLS, and only as one of the
+/// workloads its configuration shows the peer's identity serving; every
+/// proxy removes it before a request goes on, so no app sets or sees it.
 pub static SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("outrigger-source-workload");
-
-/// A `SOURCE_WORKLOAD` value as a label: a Kubernetes object name (lower-case
-/// letters, digits, `-` and `.`, at most 253 bytes); anything else is ignored.
-pub fn workload_name(v: &HeaderValue) -> Option<std::sync::Arc<str>> {
-    let b = v.as_bytes();
-    let valid = (1..=253).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.');
-    valid.then(|| std::sync::Arc::from(std::str::from_utf8(b).expect("ASCII")))
-}
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1,
 /// plus the legacy `proxy-connection` and `keep-alive`).

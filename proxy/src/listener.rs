@@ -22,7 +22,7 @@ use crate::detect::{self, Hello, Protocol};
 use crate::http::hold::{refusal, refused, until_revoked, ConnGuard, Hold, Refusal};
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
-    unknown, Direction, DirectionLabel, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
+    unknown, Direction, DirectionLabel, Name, SecurityPolicy, TcpLabels, TrafficLabels, Workload,
 };
 use crate::svc::PeerIdentity;
 use crate::tcp;
@@ -441,6 +441,15 @@ impl Listener {
                 drop(guard);
             }
             None => {
+                // Who the peer may be: the workloads its identity serves.
+                let peer_workloads: Vec<Name> = peer_identity
+                    .as_ref()
+                    .map(|id| cfg.workloads_of(&id.uri).to_vec())
+                    .unwrap_or_default();
+                let peer_workload = std::sync::OnceLock::new();
+                if let [only] = peer_workloads.as_slice() {
+                    let _ = peer_workload.set(only.clone());
+                }
                 let ctx = Arc::new(ConnContext {
                     direction,
                     target,
@@ -448,7 +457,8 @@ impl Listener {
                     proxy: local,
                     peer,
                     peer_identity,
-                    peer_workload: Default::default(),
+                    peer_workload,
+                    peer_workloads,
                     drain: drain.clone(),
                     hold,
                     _guard: guard,

@@ -322,6 +322,9 @@ pub struct Metrics {
     /// Certificate requests to the control plane, by result (ok, error).
     pub identity_renewals: Family<ResultLabel, Counter>,
     pub ready: Gauge,
+    /// The services of the configuration in force, whose per-service
+    /// series [`Metrics::applied`] keeps.
+    services: Arc<std::sync::Mutex<std::collections::HashSet<Name>>>,
     registry: Arc<Registry>,
 }
 
@@ -540,6 +543,7 @@ impl Metrics {
             identity_expiry,
             identity_renewals,
             ready,
+            services: Default::default(),
             registry: Arc::new(reg),
         }
     }
@@ -554,22 +558,38 @@ impl Metrics {
             .unwrap_or_default()
             .as_secs();
         self.config_last_applied.set(now as i64);
-        for svc in cfg.services() {
+        let now: std::collections::HashSet<Name> =
+            cfg.services().iter().map(|s| s.label.clone()).collect();
+        let mut listed = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = [
+            &self.retries,
+            &self.retry_successes,
+            &self.retry_budget_exhausted,
+            &self.retry_overflow,
+            &self.ejections,
+            &self.pool_overflow,
+        ];
+        // A service gone from the configuration takes its series along, so
+        // they do not pile up as services come and go.
+        for gone in listed.difference(&now) {
             let l = ServiceLabel {
-                destination_service: svc.label.clone(),
+                destination_service: gone.clone(),
             };
-            for family in [
-                &self.retries,
-                &self.retry_successes,
-                &self.retry_budget_exhausted,
-                &self.retry_overflow,
-                &self.ejections,
-                &self.pool_overflow,
-            ] {
+            for family in counters {
+                family.remove(&l);
+            }
+            self.ejected.remove(&l);
+        }
+        for svc in &now {
+            let l = ServiceLabel {
+                destination_service: svc.clone(),
+            };
+            for family in counters {
                 drop(family.get_or_create(&l));
             }
             drop(self.ejected.get_or_create(&l));
         }
+        *listed = now;
     }
 
     /// The Prometheus text exposition of every family.
@@ -698,6 +718,20 @@ response_flags=\"-\"} 3"
         }
         has("outrigger_identity_renewals_total{result=\"error\"} 0");
         has("outrigger_config_applied_total 1");
+        // db leaves: its series go, web's stay (with their counts).
+        m.retries
+            .get_or_create(&ServiceLabel {
+                destination_service: "web.shop".into(),
+            })
+            .inc();
+        m.applied(&outrigger_proxy_policy::testing::config(&[("web", 1, "")]));
+        let text = m.encode();
+        assert!(!text.contains("db.shop"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "outrigger_retries_total{destination_service=\"web.shop\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What this build is: the version every Outrigger crate shares and the
-//! commit it was built from (captured by `runtime/build.rs`: the
-//! `OUTRIGGER_GIT_SHA` variable, else `git rev-parse HEAD`, else
-//! "unknown"). Read by `outrigger_build_info` in all three binaries and by
+//! commit it was built from (captured by `runtime/build.rs`: the build's
+//! `OUTRIGGER_GIT_SHA` variable, else "unknown"). Read by `outrigger_build_info` in all three binaries and by
 //! `outrigger version` for the client.
 
 /// The workspace version (every crate carries the same).
@@ -10,7 +9,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The full commit hash, or [`UNKNOWN_SHA`] when the build had none.
 pub const GIT_SHA: &str = env!("OUTRIGGER_BUILD_GIT_SHA");
 
-/// The `git_sha` of a build made outside a git checkout.
+/// The `git_sha` of a build that was not told its commit.
 pub const UNKNOWN_SHA: &str = "unknown";
 
 /// The commit, when the build knew it.

@@ -90,39 +90,12 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
                     "spiffe://cluster.local/ns/shop/sa/client"
                 ),
                 ("source_namespace", "shop"),
-                // Named by the client proxy, believed over mutual TLS.
-                ("source_workload", "client"),
+                // No workload in the configuration has its identity.
+                ("source_workload", "unknown"),
             ]
         ),
         1.0,
         "{text}"
-    );
-    // The header that named it never reaches the app, nor one an app sets.
-    let mut req = hyper::Request::get("/headers")
-        .header("host", "web.shop")
-        .header("outrigger-source-workload", "forged")
-        .body(empty())
-        .unwrap();
-    *req.version_mut() = hyper::Version::HTTP_11;
-    let mut c = http1(client.listener_addr("outbound").unwrap()).await;
-    let seen = c.send_request(req).await.unwrap();
-    let seen = String::from_utf8(
-        http_body_util::BodyExt::collect(seen.into_body())
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    assert!(!seen.contains("outrigger-source-workload"), "{seen}");
-    let inbound = [("direction", "inbound"), ("source_workload", "client")];
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            metric(&scrape(&server).await, "outrigger_requests_total", &inbound) == 2.0
-        })
-        .await,
-        "{}",
-        scrape(&server).await
     );
     let text = scrape(&client).await;
     assert_eq!(
@@ -135,7 +108,7 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
                 ("destination_principal", WEB),
             ]
         ),
-        2.0,
+        1.0,
         "{text}"
     );
     // A plaintext client still gets in (PERMISSIVE), with no identity.
@@ -153,6 +126,68 @@ async fn requests_between_two_proxies_ride_mutual_tls() {
         ),
         1.0,
         "{text}"
+    );
+}
+
+/// The server's proxy names its caller only as a workload its configuration
+/// shows the caller's identity serving: where two share it, the one the
+/// calling proxy names (never what the app wrote); where none does, not at
+/// all. The header never reaches the app.
+#[tokio::test]
+async fn the_calling_workload_is_one_its_identity_serves() {
+    let ca = Ca::generate(TD, SystemTime::now()).unwrap();
+    let app = app("web").await;
+    let client_id = "spiffe://cluster.local/ns/shop/sa/client";
+    let server = server(&ca, app, |s| {
+        let ep = |addr: &str, workload: &str| outrigger_api::Endpoint {
+            address: addr.into(),
+            labels: Default::default(),
+            workload: Some(workload.into()),
+            identity: Some(client_id.into()),
+            meshed: true,
+        };
+        let mut svc = s.services[0].clone();
+        svc.name = "clients".into();
+        svc.endpoints = vec![ep("127.0.0.2:80", "batch"), ep("127.0.0.3:80", "client")];
+        s.services.push(svc);
+    })
+    .await;
+    let client = client(&ca, server.listener_addr("inbound").unwrap(), WEB).await;
+    // The app names another workload of the same identity, first thing on
+    // a fresh connection: the client's proxy replaces it with its own.
+    let mut c = http1(client.listener_addr("outbound").unwrap()).await;
+    let req = hyper::Request::get("/headers")
+        .header("host", "web.shop")
+        .header("outrigger-source-workload", "batch")
+        .body(empty())
+        .unwrap();
+    let seen = c.send_request(req).await.unwrap();
+    let seen = http_body_util::BodyExt::collect(seen.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(!seen.contains("outrigger-source-workload"), "{seen}");
+    let named = |w: &'static str| [("direction", "inbound"), ("source_workload", w)];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(
+                &scrape(&server).await,
+                "outrigger_requests_total",
+                &named("client"),
+            ) == 1.0
+        })
+        .await,
+        "{}",
+        scrape(&server).await
+    );
+    assert_eq!(
+        metric(
+            &scrape(&server).await,
+            "outrigger_requests_total",
+            &named("batch")
+        ),
+        0.0
     );
 }
 

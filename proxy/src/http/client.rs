@@ -295,11 +295,15 @@ impl Client {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
         let key = self.key(addr, tls, conn);
+        let asked = Instant::now();
         let mut sender = self.connect_h1(&key, true).await?;
-        sender
+        let waited = asked.elapsed();
+        let mut resp = sender
             .send_request(req)
             .await
-            .map_err(|source| ClientError::Http { addr, source })
+            .map_err(|source| ClientError::Http { addr, source })?;
+        resp.extensions_mut().insert(ConnectWait(waited));
+        Ok(resp)
     }
 
     /// A connection to the key's endpoint: plain, or mesh TLS offering `alpn`.

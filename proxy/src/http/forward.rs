@@ -112,7 +112,12 @@ impl Forward {
         let client_version = req.version();
         let conn = conn_settings(&req);
         let (mut parts, body) = req.into_parts();
-        prepare(&mut parts, up, self.source_workload.as_ref());
+        let mtls = self.client.uses_tls(up.tls.as_ref());
+        prepare(
+            &mut parts,
+            up,
+            mtls.then_some(self.source_workload.as_ref()).flatten(),
+        );
         let resp = self
             .client
             .send(
@@ -140,7 +145,11 @@ impl Forward {
         let protocol = parts.headers.get(UPGRADE).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(&ORIG_PROTO);
-        tell_source(&mut parts.headers, up, self.source_workload.as_ref());
+        let mtls = self.client.uses_tls(up.tls.as_ref());
+        tell_source(
+            &mut parts.headers,
+            mtls.then_some(self.source_workload.as_ref()).flatten(),
+        );
         let authority =
             headers::authority(&parts).or_else(|| Authority::try_from(up.addr.to_string()).ok());
         headers::to_http1(&mut parts, authority.as_ref(), false);
@@ -206,20 +215,22 @@ impl Forward {
 }
 
 /// Removes any [`SOURCE_WORKLOAD`] the request came with, and names this
-/// proxy's workload in it to a meshed endpoint.
-fn tell_source(headers: &mut http::HeaderMap, up: &Upstream, source: Option<&HeaderValue>) {
+/// proxy's workload in it (`source`: given only for a mutual TLS hop to a
+/// meshed endpoint).
+fn tell_source(headers: &mut http::HeaderMap, source: Option<&HeaderValue>) {
     headers.remove(&SOURCE_WORKLOAD);
-    if let (Some(_), Some(source)) = (&up.tls, source) {
+    if let Some(source) = source {
         headers.insert(SOURCE_WORKLOAD.clone(), source.clone());
     }
 }
 
-/// Rewrites the request for the upstream hop.
+/// Rewrites the request for the upstream hop; `source`: this proxy's
+/// workload, to name on a mutual TLS hop.
 fn prepare(parts: &mut http::request::Parts, up: &Upstream, source: Option<&HeaderValue>) {
     let client_h1 = parts.version != Version::HTTP_2;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&ORIG_PROTO);
-    tell_source(&mut parts.headers, up, source);
+    tell_source(&mut parts.headers, source);
     // An HTTP/1.0 request may carry no Host at all: name the endpoint.
     let authority = headers::authority(parts).unwrap_or_else(|| {
         Authority::try_from(up.addr.to_string()).expect("a socket address is an authority")
@@ -234,5 +245,24 @@ fn prepare(parts: &mut http::request::Parts, up: &Upstream, source: Option<&Head
                 parts.headers.insert(ORIG_PROTO.clone(), ORIG_PROTO_HTTP1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_workload_is_replaced_on_mtls_and_removed_otherwise() {
+        let mut h = http::HeaderMap::new();
+        h.insert(SOURCE_WORKLOAD.clone(), HeaderValue::from_static("forged"));
+        let ours = HeaderValue::from_static("client");
+        tell_source(&mut h, Some(&ours));
+        assert_eq!(
+            h.get_all(&SOURCE_WORKLOAD).iter().collect::<Vec<_>>(),
+            [&ours]
+        );
+        tell_source(&mut h, None);
+        assert!(h.get(&SOURCE_WORKLOAD).is_none());
     }
 }

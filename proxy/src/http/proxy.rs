@@ -21,7 +21,7 @@ use super::body::{Record, RequestBody, ResponseBody};
 use super::client::Client;
 use super::hold::{ConnGuard, Hold};
 use crate::access_log::AccessLog;
-use crate::headers::{workload_name, ORIG_PROTO, SOURCE_WORKLOAD};
+use crate::headers::{ORIG_PROTO, SOURCE_WORKLOAD};
 use crate::identity::Identity;
 use crate::metrics::{
     Direction, GrpcStatus, Metrics, Name, RequestLabels, ResponseFlag, SecurityPolicy,
@@ -90,9 +90,13 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// The peer proxy's identity, when it connected over mutual TLS.
     pub peer_identity: Option<PeerIdentity>,
-    /// The peer proxy's workload, as its first request on this mutual TLS
-    /// connection named it ([`SOURCE_WORKLOAD`]).
+    /// The peer proxy's workload: the one workload the configuration shows
+    /// its identity serving, or, where it shows several, the one of them
+    /// its first request on this mutual TLS connection named
+    /// ([`SOURCE_WORKLOAD`]).
     pub peer_workload: std::sync::OnceLock<Name>,
+    /// The workloads the configuration shows the peer's identity serving.
+    pub peer_workloads: Vec<Name>,
     pub drain: drain::Watch,
     /// What a later config may refuse this connection for (None: nothing).
     pub hold: Option<Arc<Hold>>,
@@ -189,9 +193,16 @@ impl hyper::service::Service<Request<Incoming>> for HttpProxy {
 
 impl HttpProxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        if self.ctx.peer_identity.is_some() && self.ctx.peer_workload.get().is_none() {
-            if let Some(name) = req.headers().get(&SOURCE_WORKLOAD).and_then(workload_name) {
-                let _ = self.ctx.peer_workload.set(name);
+        if self.ctx.peer_workloads.len() > 1 && self.ctx.peer_workload.get().is_none() {
+            if let Some(v) = req.headers().get(&SOURCE_WORKLOAD) {
+                let named = self
+                    .ctx
+                    .peer_workloads
+                    .iter()
+                    .find(|w| w.as_bytes() == v.as_bytes());
+                if let Some(name) = named {
+                    let _ = self.ctx.peer_workload.set(name.clone());
+                }
             }
         }
         let client_version = req.version();
