@@ -24,8 +24,10 @@ use outrigger_runtime::drain;
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Write one `outrigger::access` log line per request.
-    pub access_log: bool,
+    /// One access-log line per request, in this format (off by default).
+    pub access_log: crate::access_log::Format,
+    /// Where access-log lines go: stdout, or a buffer (tests).
+    pub access_log_sink: crate::access_log::Sink,
     /// Stay unready (`/ready` 503) until the first [`Applier::apply`]
     /// succeeds: the bootstrap snapshot only binds the listeners, and the
     /// control plane's first update is the config to serve.
@@ -41,6 +43,8 @@ pub struct Options {
 pub enum StartError {
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
+    #[error("cannot start the access-log writer thread: {source}")]
+    AccessLog { source: std::io::Error },
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -130,7 +134,13 @@ impl Proxy {
                 identity: opts.identity.clone(),
             }),
             metrics: metrics.clone(),
-            access_log: opts.access_log,
+            access_log: crate::access_log::Logger::start(
+                opts.access_log,
+                &opts.access_log_sink,
+                metrics.access_log_dropped.clone(),
+            )
+            .map_err(|source| StartError::AccessLog { source })?
+            .map(Arc::new),
             identity: opts.identity.clone(),
             principal: opts
                 .identity
