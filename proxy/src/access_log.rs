@@ -39,40 +39,7 @@ pub const QUEUE_LINES: usize = 4096;
 
 /// Whether and how requests are logged (`--access-log`, the
 /// `config.outrigger.dev/access-log` annotation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Format {
-    #[default]
-    Off,
-    /// Envoy's default access-log line.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Off => "off",
-            Format::Text => "text",
-            Format::Json => "json",
-        }
-    }
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Format::Off),
-            "text" => Ok(Format::Text),
-            "json" => Ok(Format::Json),
-            other => Err(format!(
-                "{other:?} is not an access-log format: off, text or json"
-            )),
-        }
-    }
-}
+pub use outrigger_api::AccessLogFormat as Format;
 
 /// Where the lines go.
 #[derive(Clone, Debug, Default)]
