@@ -36,6 +36,8 @@ const MAX_HEADER: usize = 256;
 /// Lines waiting for the writer thread before new ones are dropped: about
 /// 2 MiB of 500-byte lines, a few seconds of a busy proxy's log.
 pub const QUEUE_LINES: usize = 4096;
+/// Lines written between two flushes at most, when they keep coming.
+const BATCH: usize = 256;
 
 /// Whether and how requests are logged (`--access-log`, the
 /// `config.outrigger.dev/access-log` annotation).
@@ -68,8 +70,15 @@ impl Write for BufferWriter {
 /// The queue to the writer thread; cheap to share.
 pub struct Logger {
     format: Format,
-    queue: SyncSender<String>,
+    queue: SyncSender<Queued>,
     dropped: Counter,
+}
+
+/// What the writer thread is handed.
+enum Queued {
+    Line(String),
+    /// Answer once everything before is written.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 impl Logger {
@@ -112,26 +121,46 @@ impl Logger {
 
     /// Queues one line (with its newline); never waits.
     pub fn send(&self, line: String) {
-        match self.queue.try_send(line) {
+        match self.queue.try_send(Queued::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.inc();
             }
         }
     }
+
+    /// Waits (blocking, at most `limit`) until the lines queued so far are
+    /// written: for the end of a drain, so that the last requests' lines
+    /// reach stdout before the process exits. False if they were not
+    /// (the queue was full, or the writer is slower than `limit`).
+    pub fn flush(&self, limit: Duration) -> bool {
+        let (done, written) = std::sync::mpsc::channel();
+        self.queue.try_send(Queued::Flush(done)).is_ok() && written.recv_timeout(limit).is_ok()
+    }
 }
 
 /// The writer thread: writes lines as they come, flushing when the queue
-/// is empty; ends when every [`Logger`] is gone.
-fn write_lines(lines: Receiver<String>, out: Box<dyn Write + Send>) {
+/// is empty (or every [`BATCH`] lines); ends when every [`Logger`] is
+/// gone.
+fn write_lines(queue: Receiver<Queued>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
-    while let Ok(line) = lines.recv() {
-        let mut result = out.write_all(line.as_bytes());
-        while let Ok(more) = lines.try_recv() {
-            result = result.and_then(|()| out.write_all(more.as_bytes()));
+    while let Ok(first) = queue.recv() {
+        let mut flushed = Vec::new();
+        let mut result = Ok(());
+        let more = std::iter::from_fn(|| queue.try_recv().ok()).take(BATCH);
+        for q in std::iter::once(first).chain(more) {
+            match q {
+                Queued::Line(line) => {
+                    result = result.and_then(|()| out.write_all(line.as_bytes()));
+                }
+                Queued::Flush(done) => flushed.push(done),
+            }
         }
         result = result.and_then(|()| out.flush());
+        for done in flushed {
+            let _ = done.send(());
+        }
         if let Err(e) = result {
             if !failed {
                 tracing::warn!(error = %e, "cannot write the access log; lines are lost until it can");
@@ -785,6 +814,8 @@ mod tests {
         }
         // The queue took 4; the other 16 were dropped, none waited.
         assert_eq!(dropped.get(), 16);
+        // Nor does a flush behind a full queue.
+        assert!(!logger.flush(Duration::from_secs(10)));
         drop(logger);
         drop(go);
         writer.join().unwrap();
@@ -799,13 +830,15 @@ mod tests {
         for i in 0..100 {
             logger.send(format!("line {i}\n"));
         }
-        drop(logger);
-        writer.join().unwrap();
+        assert!(logger.flush(Duration::from_secs(10)));
         let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
         assert_eq!(
             String::from_utf8(buf.lock().unwrap().clone()).unwrap(),
             want
         );
         assert_eq!(dropped.get(), 0);
+        // The writer ends with its last logger.
+        drop(logger);
+        writer.join().unwrap();
     }
 }
