@@ -521,7 +521,7 @@ fn version_str(v: Version) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{unknown, Direction, GrpcStatus, ResponseFlag, SecurityPolicy};
+    use crate::metrics::{unknown, Direction, GrpcStatus, ResponseFlag, Workload};
     use crate::metrics::{RequestLabels, TrafficLabels};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -619,19 +619,16 @@ mod tests {
         assert_eq!(at(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
     }
 
+    /// An inbound request to `web` in shop, from a caller it cannot name.
     fn labels() -> RequestLabels {
+        let web = Workload {
+            workload: "web".into(),
+            namespace: "shop".into(),
+            principal: unknown(),
+        };
+        let caller = Workload::unknown();
         RequestLabels {
-            traffic: TrafficLabels {
-                direction: Direction::Inbound,
-                source_workload: unknown(),
-                source_namespace: unknown(),
-                source_principal: unknown(),
-                destination_workload: "web".into(),
-                destination_namespace: "shop".into(),
-                destination_principal: unknown(),
-                destination_service: "web.shop".into(),
-                connection_security_policy: SecurityPolicy::MutualTls,
-            },
+            traffic: TrafficLabels::new(Direction::Inbound, &web, &caller, "web.shop".into()),
             response_code: 200,
             grpc_response_status: GrpcStatus(None),
             response_flags: ResponseFlag::None,

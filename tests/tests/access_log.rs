@@ -90,6 +90,36 @@ impl Pair {
         self.server.listener_addr("inbound").unwrap()
     }
 
+    /// Asserts each side's line, `same` but for what differs by side: the
+    /// direction, where it was sent, who called (the client proxy over
+    /// mutual TLS, inbound), the route (the service's one unnamed route,
+    /// outbound) and the protocol (the hop between the proxies is HTTP/2).
+    fn assert_sides(
+        &self,
+        format: Format,
+        since: SystemTime,
+        app: SocketAddr,
+        same: &Value,
+        (out, inb): (Value, Value),
+    ) {
+        let outbound = json!({
+            "direction": "outbound",
+            "route_name": "default",
+            "upstream_host": self.inbound().to_string(),
+            "downstream_peer_uri_san": "-",
+        });
+        let inbound = json!({
+            "direction": "inbound",
+            "protocol": "HTTP/2",
+            "upstream_host": app.to_string(),
+            "downstream_peer_uri_san": CLIENT,
+        });
+        let want = with(same, outbound);
+        assert_eq!(settled(out, since), want, "{format:?} outbound");
+        let want = with(same, inbound);
+        assert_eq!(settled(inb, since), want, "{format:?} inbound");
+    }
+
     /// The one line each side logged: (outbound, inbound).
     async fn logged(&self, format: Format) -> (Value, Value) {
         let out = lines(&self.client_log, 1).await.remove(0);
@@ -270,6 +300,7 @@ async fn an_http1_request_is_logged_with_every_field_on_both_sides() {
             "x_forwarded_for": "-",
             "user_agent": AGENT,
             "request_id": "req-7",
+            "protocol": "HTTP/1.1",
             "authority": "web.shop",
             "trace_id": TRACE,
             "destination_service": "web.shop",
@@ -277,36 +308,7 @@ async fn an_http1_request_is_logged_with_every_field_on_both_sides() {
             "upstream_request_attempt_count": 1,
             "grpc_status": null,
         });
-        assert_eq!(
-            settled(out, since),
-            with(
-                &same,
-                json!({
-                    "protocol": "HTTP/1.1",
-                    "direction": "outbound",
-                    // The service's one (unnamed) route.
-                    "route_name": "default",
-                    "upstream_host": pair.inbound().to_string(),
-                    // The app is no meshed caller.
-                    "downstream_peer_uri_san": "-",
-                })
-            ),
-            "{format:?} outbound"
-        );
-        assert_eq!(
-            settled(inb, since),
-            with(
-                &same,
-                json!({
-                    // The hop between the proxies is HTTP/2.
-                    "protocol": "HTTP/2",
-                    "direction": "inbound",
-                    "upstream_host": app.to_string(),
-                    "downstream_peer_uri_san": CLIENT,
-                })
-            ),
-            "{format:?} inbound"
-        );
+        pair.assert_sides(format, since, app, &same, (out, inb));
     }
 }
 
@@ -359,32 +361,7 @@ async fn an_http2_request_is_logged_with_every_field_on_both_sides() {
             "upstream_request_attempt_count": 1,
             "grpc_status": null,
         });
-        assert_eq!(
-            settled(out, since),
-            with(
-                &same,
-                json!({
-                    "direction": "outbound",
-                    // The service's one (unnamed) route.
-                    "route_name": "default",
-                    "upstream_host": pair.inbound().to_string(),
-                    "downstream_peer_uri_san": "-",
-                })
-            ),
-            "{format:?} outbound"
-        );
-        assert_eq!(
-            settled(inb, since),
-            with(
-                &same,
-                json!({
-                    "direction": "inbound",
-                    "upstream_host": app.to_string(),
-                    "downstream_peer_uri_san": CLIENT,
-                })
-            ),
-            "{format:?} inbound"
-        );
+        pair.assert_sides(format, since, app, &same, (out, inb));
     }
 }
 
@@ -452,32 +429,7 @@ async fn a_grpc_call_is_logged_with_its_status_on_both_sides() {
             "upstream_request_attempt_count": 1,
             "grpc_status": 0,
         });
-        assert_eq!(
-            settled(out, since),
-            with(
-                &same,
-                json!({
-                    "direction": "outbound",
-                    // The service's one (unnamed) route.
-                    "route_name": "default",
-                    "upstream_host": pair.inbound().to_string(),
-                    "downstream_peer_uri_san": "-",
-                })
-            ),
-            "{format:?} outbound"
-        );
-        assert_eq!(
-            settled(inb, since),
-            with(
-                &same,
-                json!({
-                    "direction": "inbound",
-                    "upstream_host": app.to_string(),
-                    "downstream_peer_uri_san": CLIENT,
-                })
-            ),
-            "{format:?} inbound"
-        );
+        pair.assert_sides(format, since, app, &same, (out, inb));
     }
 }
 
