@@ -4,8 +4,13 @@
 #   docker build --target control-plane -t outrigger/control-plane:TAG .
 #   docker build --target injector      -t outrigger/injector:TAG .
 # tests/e2e/kind.sh builds all three and loads them into a kind cluster.
+# .git is not sent to the build, so the commit the binaries report in
+# outrigger_build_info comes from a build argument ("unknown" without it):
+#   docker build --build-arg OUTRIGGER_GIT_SHA=$(git rev-parse HEAD) ...
 
 FROM rust:1.95-bookworm AS build
+ARG OUTRIGGER_GIT_SHA=""
+ENV OUTRIGGER_GIT_SHA=${OUTRIGGER_GIT_SHA}
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

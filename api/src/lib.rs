@@ -13,6 +13,7 @@ mod access_log;
 pub mod authz;
 pub mod certify;
 mod duration;
+pub mod health;
 pub mod inbound;
 pub mod policy;
 pub mod probe;

@@ -52,9 +52,7 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<bool> {
         )
     };
     let analysis = if args.cluster {
-        let config = cluster.config().await?;
-        let namespace = config.default_namespace.clone();
-        let client = cluster.client_from(config)?;
+        let (client, namespace) = cluster.client_in().await?;
         let options = options_from_cluster(client.clone(), &args.mesh_namespace)
             .await?
             .unwrap_or_else(|| {

@@ -110,10 +110,9 @@ pub async fn run(cluster: &ClusterArgs, args: Args) -> anyhow::Result<()> {
             (cfg, ns)
         }
         None => {
-            let config = cluster.config().await?;
-            let ns = config.default_namespace.clone();
-            let client = cluster
-                .client_from(config)
+            let (client, ns) = cluster
+                .client_in()
+                .await
                 .context("building the Kubernetes client (or pass --mesh-config FILE)")?;
             let cfg = mesh_config_from_cluster(client, &args.mesh_namespace, roots).await?;
             (cfg, ns)

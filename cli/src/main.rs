@@ -2,11 +2,10 @@
 
 use std::io::Write as _;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use outrigger_cli::cluster::ClusterArgs;
-use outrigger_cli::output::{self, Format};
-use outrigger_cli::proxy_admin::Admin;
+use outrigger_cli::output::Format;
 use outrigger_cli::{proxy_config, stat};
 
 /// The Outrigger service mesh, from the operator's side: its health, its
@@ -36,9 +35,11 @@ enum Command {
     /// Show the configuration in force in one proxy: its routes, endpoints,
     /// identity and inbound policies, read from its admin port.
     ///
-    /// Reads the proxy's admin /config (which it answers to loopback peers
-    /// only) and /metrics through a port-forward to the pod's port 4191, as
-    /// kubectl port-forward opens it; or at --local ADDR (the demo).
+    /// Reads the proxy's admin /config and /endpoints (which it answers to
+    /// loopback peers only: each endpoint's health, ejection, load) and
+    /// /metrics through a port-forward to the pod's port 4191, as kubectl
+    /// port-forward opens it; or at --local ADDR (the demo). A pod without
+    /// the proxy, or not running, says so first.
     ///
     /// Examples:
     ///   outrigger proxy-config web-5d9c7-x2x -n shop
@@ -64,6 +65,8 @@ enum Command {
     /// through the API server's pod proxy (no Prometheus needed), or the
     /// proxies at --local ADDR... (the demo); or asks Prometheus (--from)
     /// for the same numbers over the last --window.
+    /// A proxy that cannot be read is a warning on stderr; the exit status
+    /// is 1 only when none could be.
     ///
     /// Examples:
     ///   outrigger stat deploy -n shop
@@ -80,7 +83,7 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = stat::parse_window)]
         window: std::time::Duration,
         /// Scrape these proxy admin addresses instead of the cluster's pods
-        /// (rows are named by the proxies' own workload labels).
+        /// (rows are named by the proxies' own namespace and workload).
         #[arg(long, num_args = 1.., conflicts_with = "from")]
         local: Vec<std::net::SocketAddr>,
         /// Ask this Prometheus (http://HOST:PORT) instead of the proxies.
@@ -135,9 +138,12 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Analyze(outrigger_cli::analyze::Args),
     /// Print the client's version, the control plane's and the injector's
-    /// (the image tag their Deployments run), and with --proxies each meshed
-    /// pod's proxy version. Without a reachable cluster it prints the
-    /// client's version, says why on stderr and exits 1 (as kubectl does).
+    /// (what the running processes report in outrigger_build_info, read
+    /// through the API server's pod proxy), and with --proxies each meshed
+    /// pod's proxy version (from its admin port). Where a running version
+    /// cannot be read, the image tag stands in and the output says why.
+    /// Without a reachable cluster it prints the client's version, says why
+    /// on stderr and exits 1 (as kubectl does).
     ///
     /// Examples:
     ///   outrigger version
@@ -145,7 +151,7 @@ enum Command {
     ///   outrigger version --proxies -n shop -o json
     ///   outrigger version --client
     #[command(verbatim_doc_comment)]
-    Version(VersionArgs),
+    Version(outrigger_cli::version::Args),
     /// Check that the mesh is healthy, one line per check: ✔ passed, ⚠
     /// worth a look, × failed (with what to do). Exit status 0 only when
     /// nothing failed.
@@ -174,33 +180,27 @@ enum Command {
     Check(outrigger_cli::check::CheckArgs),
 }
 
-#[derive(Debug, clap::Args)]
-struct VersionArgs {
-    /// Also each meshed pod's proxy version (in -n's namespace, else in all).
-    #[arg(long)]
-    proxies: bool,
-    /// Only the client's version; the cluster is not read.
-    #[arg(long, conflicts_with = "proxies")]
-    client: bool,
-    /// Where the mesh is installed (the chart's release namespace).
-    #[arg(long, default_value = outrigger_cli::inject::DEFAULT_MESH_NAMESPACE)]
-    mesh_namespace: String,
-    #[arg(short = 'o', long, value_enum, default_value_t)]
-    output: outrigger_cli::output::Format,
-}
-
 fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {}", describe(&e));
-            std::process::ExitCode::FAILURE
+    let cli = Cli::parse();
+    let cluster = cli.cluster.clone();
+    runtime.block_on(async {
+        match run(cli).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                // A cluster that never answered: one line, the server, the context and
+                // what to do (cluster.rs), whichever request found it out.
+                match cluster.unreachable(e.as_ref()).await {
+                    Some(unreachable) => eprintln!("Error: {unreachable}"),
+                    None => eprintln!("Error: {}", describe(&e)),
+                }
+                std::process::ExitCode::FAILURE
+            }
         }
-    }
+    })
 }
 
 /// An error and its causes on one line, as `{:#}` prints them, without a
@@ -221,8 +221,7 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run() -> Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completion { shell } => {
             let mut out = std::io::stdout().lock();
@@ -233,34 +232,17 @@ async fn run() -> Result<()> {
             args,
             local,
             output,
-        } => {
-            let (pod, view) = proxy_config::arguments(&args, local.is_some())?;
-            let admin = match (local, pod) {
-                (Some(addr), _) => Admin::Local(addr),
-                (None, pod) => {
-                    let config = cli.cluster.config().await?;
-                    let namespace = config.default_namespace.clone();
-                    let client =
-                        kube::Client::try_from(config).context("cannot build a cluster client")?;
-                    Admin::PortForward {
-                        client,
-                        namespace,
-                        name: pod.unwrap_or_default(),
-                    }
-                }
-            };
-            run_proxy_config(view, admin, output).await?
-        }
+        } => proxy_config::run(&cli.cluster, &args, local, output).await?,
         Command::Stat {
             target,
             window,
             local,
             from,
             output,
-        } => run_stat(&cli.cluster, target, window, local, from, output).await?,
+        } => stat::run(&cli.cluster, target, window, local, from, output).await?,
         Command::Demo(args) => outrigger_cli::demo::run(args).await?,
         Command::Inject(args) => outrigger_cli::inject::run(&cli.cluster, args).await?,
-        Command::Version(args) => run_version(&cli.cluster, args).await?,
+        Command::Version(args) => outrigger_cli::version::run(&cli.cluster, args).await?,
         Command::Check(args) => {
             if !outrigger_cli::check::run(&cli.cluster, args).await? {
                 std::process::exit(1);
@@ -278,117 +260,5 @@ async fn run() -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-async fn run_version(cluster: &ClusterArgs, args: VersionArgs) -> Result<()> {
-    use outrigger_cli::version::{self, Client, Versions};
-    let mut versions = Versions {
-        client: Client::this(),
-        server: None,
-    };
-    let print = |v: &Versions| -> Result<()> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(version::render(v, args.output)?.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    };
-    if args.client {
-        return print(&versions);
-    }
-    let proxies_in = args.proxies.then_some(cluster.namespace.as_deref());
-    let server = match cluster.client().await {
-        Ok(client) => version::fetch(client, &args.mesh_namespace, proxies_in)
-            .await
-            .map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    };
-    match server {
-        Ok(server) => versions.server = Some(server),
-        Err(e) => {
-            print(&versions)?;
-            eprintln!(
-                "Error: the cluster is unreachable: {e:#} (check --kubeconfig and --context; \
-                 --client prints the client's version alone)"
-            );
-            std::process::exit(1);
-        }
-    }
-    print(&versions)?;
-    if !versions.complete() {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-async fn run_proxy_config(view: proxy_config::View, admin: Admin, format: Format) -> Result<()> {
-    let (snapshot, live) = proxy_config::fetch(&admin).await.with_context(|| {
-        format!(
-            "cannot read the configuration of the proxy at {}",
-            admin.describe()
-        )
-    })?;
-    let text = match output::structured(format, &proxy_config::view_value(view, &snapshot, &live))?
-    {
-        Some(text) => text,
-        None => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            proxy_config::render(view, &snapshot, &live, now)
-        }
-    };
-    print(&text)
-}
-
-async fn run_stat(
-    cluster: &ClusterArgs,
-    target: stat::Selector,
-    window: std::time::Duration,
-    local: Vec<std::net::SocketAddr>,
-    from: Option<String>,
-    format: Format,
-) -> Result<()> {
-    if let Some(url) = from {
-        let namespace = match cluster.namespace.clone() {
-            Some(ns) => ns,
-            // Without -n, the kubeconfig's namespace when there is one.
-            None => cluster
-                .config()
-                .await
-                .map_or_else(|_| "default".to_string(), |c| c.default_namespace),
-        };
-        let rows = stat::edge::from_prometheus(&url, &target, &namespace, window).await?;
-        return print_rows(&rows, format);
-    }
-    let targets = if local.is_empty() {
-        let config = cluster.config().await?;
-        let namespace = config.default_namespace.clone();
-        let client = kube::Client::try_from(config).context("cannot build a cluster client")?;
-        stat::edge::pods(&client, &target, &namespace).await?
-    } else {
-        local
-            .into_iter()
-            .map(|a| (String::new(), Admin::Local(a)))
-            .collect()
-    };
-    let (scrapes, elapsed) = stat::edge::scrape_twice(&targets, window)
-        .await
-        .context("cannot scrape the proxies' metrics")?;
-    print_rows(&stat::rows(&scrapes, elapsed), format)
-}
-
-fn print_rows(rows: &[stat::Row], format: Format) -> Result<()> {
-    let text = match output::structured(format, &rows)? {
-        Some(text) => text,
-        None => stat::render(rows),
-    };
-    print(&text)
-}
-
-fn print(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
     Ok(())
 }

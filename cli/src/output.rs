@@ -36,6 +36,25 @@ pub fn structured<T: Serialize>(format: Format, value: &T) -> Result<Option<Stri
     })
 }
 
+/// Milliseconds as people read them: whole from 10 up, else at most two
+/// decimals (`42`, `9.8`, `3`, `0.73`).
+pub fn millis(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{ms:.0}")
+    } else {
+        let s = format!("{ms:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Writes `text` to stdout, whole, and flushes it.
+pub fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// Rows under a header, each column as wide as its widest cell, two spaces
 /// between columns, no trailing spaces (kubectl's layout). Widths count
 /// characters, so a `✔` takes one column.
@@ -64,14 +83,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(&mut row.iter().map(String::as_str));
     }
     out
-}
-
-/// Writes `text` to stdout and flushes it.
-pub fn print(text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
 }
 
 #[cfg(test)]

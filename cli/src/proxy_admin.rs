@@ -31,6 +31,10 @@ pub const ADMIN_PORT: u16 = 4191;
 /// not a proxy).
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a failed port-forward waits for kubelet's reason on its error
+/// channel (it comes with the failure, or not at all).
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
 /// Where one proxy's admin port is.
 #[derive(Clone)]
 pub enum Admin {
@@ -85,7 +89,17 @@ pub enum AdminError {
         namespace: String,
         name: String,
         port: u16,
-        source: kube::Error,
+        source: Box<kube::Error>,
+    },
+    #[error(
+        "the port-forward to pod {namespace}/{name}:{port} failed: {message} (is the pod's \
+         proxy running, and listening on its admin port {port}?)"
+    )]
+    Refused {
+        namespace: String,
+        name: String,
+        port: u16,
+        message: String,
     },
     #[error("GET {path} from pod {namespace}/{name} through a port-forward failed: {source}")]
     Forwarded {
@@ -102,7 +116,7 @@ pub enum AdminError {
         namespace: String,
         name: String,
         path: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -128,9 +142,35 @@ impl Admin {
     /// The bodies of GETs of `paths`, in order, over one connection (one
     /// port-forward) where there is one.
     pub async fn get_all(&self, paths: &[&str]) -> Result<Vec<String>, AdminError> {
+        self.get_all_found(paths, &[])
+            .await
+            .map(|bodies| bodies.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// [`Admin::get_all`], where a path of `optional` the proxy answers 404
+    /// (an older proxy that does not serve it) is `None` instead of an
+    /// error. Through the pod proxy a 404 may be the API server's (no such
+    /// pod), so there every path is required.
+    pub async fn get_all_found(
+        &self,
+        paths: &[&str],
+        optional: &[&str],
+    ) -> Result<Vec<Option<String>>, AdminError> {
+        let wanted = |answers: Vec<Answer>| -> Result<Vec<Option<String>>, AdminError> {
+            answers
+                .into_iter()
+                .map(|a| match a {
+                    Answer::Body(b) => Ok(Some(b)),
+                    Answer::Failed(e) if not_found(&e).is_some_and(|p| optional.contains(&p)) => {
+                        Ok(None)
+                    }
+                    Answer::Failed(e) => Err(e),
+                })
+                .collect()
+        };
         match self {
             Admin::Local(addr) => {
-                get_from(*addr, "the proxy's admin port", paths, ADMIN_TIMEOUT).await
+                wanted(answers_from(*addr, "the proxy's admin port", paths, ADMIN_TIMEOUT).await?)
             }
             Admin::PortForward {
                 client,
@@ -146,21 +186,52 @@ impl Admin {
                         namespace: namespace.clone(),
                         name: name.clone(),
                         port: ADMIN_PORT,
-                        source,
+                        source: Box::new(source),
                     })?;
                 let stream = forward
                     .take_stream(ADMIN_PORT)
                     .expect("the stream of the port asked for");
+                let refusal = forward.take_error(ADMIN_PORT);
                 // Named as the proxy sees it: its own loopback admin port.
                 let at = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-                let bodies = get_over(stream, at, paths, ADMIN_TIMEOUT).await;
+                let answers = get_over(stream, at, paths, ADMIN_TIMEOUT).await;
+                // Failed: what kubelet said on the error channel, when it
+                // said something (nothing listens on the port, typically).
+                let said = match (&answers, refusal) {
+                    (Err(_), Some(said)) => tokio::time::timeout(REFUSAL_WAIT, said)
+                        .await
+                        .ok()
+                        .flatten(),
+                    _ => None,
+                };
                 forward.abort();
-                bodies.map_err(|e| AdminError::Forwarded {
+                if let Some(message) = said {
+                    return Err(AdminError::Refused {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        port: ADMIN_PORT,
+                        message,
+                    });
+                }
+                let forwarded = |path: String, e: AdminError| AdminError::Forwarded {
                     namespace: namespace.clone(),
                     name: name.clone(),
-                    path: paths.join(" "),
+                    path,
                     source: Box::new(e),
-                })
+                };
+                let answers = answers.map_err(|e| forwarded(paths.join(" "), e))?;
+                wanted(
+                    answers
+                        .into_iter()
+                        .zip(paths)
+                        .map(|(a, path)| match a {
+                            Answer::Failed(e) if not_found(&e).is_none() => {
+                                Answer::Failed(forwarded(path.to_string(), e))
+                            }
+                            a => a,
+                        })
+                        .collect(),
+                )
             }
             Admin::Pod {
                 client,
@@ -169,18 +240,16 @@ impl Admin {
             } => {
                 let mut bodies = Vec::new();
                 for path in paths {
-                    let uri = pod_proxy_path(namespace, name, path);
-                    let req = http::Request::get(uri)
-                        .body(Vec::new())
-                        .expect("a valid request");
-                    bodies.push(client.request_text(req).await.map_err(|source| {
-                        AdminError::Pod {
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                            path: path.to_string(),
-                            source,
-                        }
-                    })?);
+                    bodies.push(Some(
+                        pod_get(client, namespace, name, ADMIN_PORT, path)
+                            .await
+                            .map_err(|source| AdminError::Pod {
+                                namespace: namespace.clone(),
+                                name: name.clone(),
+                                path: path.to_string(),
+                                source: Box::new(source),
+                            })?,
+                    ));
                 }
                 Ok(bodies)
             }
@@ -188,9 +257,78 @@ impl Admin {
     }
 }
 
+/// Whether `pod` runs an Outrigger proxy: an `outrigger-proxy` container
+/// (the injector adds it as a native sidecar, an init container that
+/// keeps running, or as a plain container on older clusters).
+pub fn has_proxy(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let proxy = outrigger_injector::inject::PROXY_CONTAINER;
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == proxy)
+    })
+}
+
 /// The API server path that proxies `path` to a pod's admin port.
 pub fn pod_proxy_path(namespace: &str, name: &str, path: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy{path}")
+    pod_port_proxy_path(namespace, name, ADMIN_PORT, path)
+}
+
+/// The API server path that proxies `path` to `port` of a pod.
+pub fn pod_port_proxy_path(namespace: &str, name: &str, port: u16, path: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy{path}")
+}
+
+/// The body of a GET of `path` on `port` of pod `namespace/name`, through
+/// the API server's pod proxy (plain HTTP from the API server to the pod),
+/// within [`ADMIN_TIMEOUT`]. The caller names the pod in its error.
+pub async fn pod_get(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, kube::Error> {
+    let req = http::Request::get(pod_port_proxy_path(namespace, name, port, path))
+        .body(Vec::new())
+        .expect("a valid request");
+    match tokio::time::timeout(ADMIN_TIMEOUT, client.request_text(req)).await {
+        Ok(r) => r,
+        Err(_) => Err(kube::Error::Service(
+            format!("no answer within {} s", ADMIN_TIMEOUT.as_secs()).into(),
+        )),
+    }
+}
+
+/// What the admin port answered one GET: its body, or why not (its
+/// status, or the connection failing on the way).
+enum Answer {
+    Body(String),
+    Failed(AdminError),
+}
+
+/// The path a 404 answered, if `e` is one.
+fn not_found(e: &AdminError) -> Option<&str> {
+    match e {
+        AdminError::Status {
+            status: http::StatusCode::NOT_FOUND,
+            path,
+            ..
+        } => Some(path),
+        _ => None,
+    }
+}
+
+/// Every body, or the first failure.
+fn bodies(answers: Vec<Answer>) -> Result<Vec<String>, AdminError> {
+    answers
+        .into_iter()
+        .map(|a| match a {
+            Answer::Body(b) => Ok(b),
+            Answer::Failed(e) => Err(e),
+        })
+        .collect()
 }
 
 /// GETs of `paths` over one plain HTTP/1.1 connection to `addr`, all
@@ -201,6 +339,16 @@ pub(crate) async fn get_from(
     paths: &[&str],
     timeout: Duration,
 ) -> Result<Vec<String>, AdminError> {
+    bodies(answers_from(addr, what, paths, timeout).await?)
+}
+
+/// [`get_from`], each path's answer on its own.
+async fn answers_from(
+    addr: SocketAddr,
+    what: &'static str,
+    paths: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Answer>, AdminError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let tcp = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
         .await
@@ -229,7 +377,7 @@ async fn get_over<I>(
     addr: SocketAddr,
     paths: &[&str],
     timeout: Duration,
-) -> Result<Vec<String>, AdminError>
+) -> Result<Vec<Answer>, AdminError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -242,7 +390,7 @@ where
         })?
 }
 
-async fn exchange<I>(io: I, addr: SocketAddr, paths: &[&str]) -> Result<Vec<String>, AdminError>
+async fn exchange<I>(io: I, addr: SocketAddr, paths: &[&str]) -> Result<Vec<Answer>, AdminError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -255,7 +403,7 @@ where
         .await
         .map_err(|e| http(paths.first().copied().unwrap_or("/"), e))?;
     tokio::spawn(conn);
-    let mut bodies = Vec::new();
+    let mut answers = Vec::new();
     for path in paths {
         let req = http::Request::get(*path)
             .header(http::header::HOST, addr.to_string())
@@ -270,17 +418,18 @@ where
             .map_err(|e| http(path, e))?
             .to_bytes();
         let body = String::from_utf8_lossy(&body).into_owned();
-        if !status.is_success() {
-            return Err(AdminError::Status {
+        answers.push(if status.is_success() {
+            Answer::Body(body)
+        } else {
+            Answer::Failed(AdminError::Status {
                 addr,
                 path: path.to_string(),
                 status,
                 body: body.trim_end().to_string(),
-            });
-        }
-        bodies.push(body);
+            })
+        });
     }
-    Ok(bodies)
+    Ok(answers)
 }
 
 #[cfg(test)]

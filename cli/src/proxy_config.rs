@@ -1,22 +1,24 @@
 //! `outrigger proxy-config`: the configuration in force in one proxy, read
-//! from its admin `/config` (the snapshot in force, as the proxy holds it)
-//! and `/metrics` (what is live: the certificate's expiry, the endpoints
-//! outlier detection has ejected right now), shown as tables per view or
-//! whole as JSON/YAML.
+//! from its admin `/config` (the snapshot in force, as the proxy holds it),
+//! `/endpoints` (each endpoint's live state: ejected or not and until when,
+//! requests in flight, latency estimate, slow start) and `/metrics` (the
+//! certificate's expiry), shown as tables per view or whole as JSON/YAML.
 //!
-//! [`render`] and [`view_value`] are pure; [`fetch`] is the edge.
+//! [`render`] and [`view_value`] are pure; [`fetch`] and [`run`] are the edge.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use outrigger_api::authz::{AuthorizationAction, AuthorizationPolicy};
+use outrigger_api::health::{EndpointHealth, EndpointState, EndpointsHealth, ENDPOINTS_PATH};
 use outrigger_api::policy::{HttpMatch, HttpRoute, StringMatch};
 use outrigger_api::Snapshot;
 use serde::Serialize;
 
-use crate::output::table;
+use crate::cluster::{ClusterArgs, ClusterError};
+use crate::output::{self, table, Format, OutputError};
 use crate::prom;
-use crate::proxy_admin::{Admin, AdminError};
+use crate::proxy_admin::{self, Admin, AdminError};
 
 /// Which part of the configuration to show.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -66,7 +68,8 @@ pub fn arguments(args: &[String], local: bool) -> Result<(Option<String>, View),
     Ok((Some(pod.to_string()), view(args.get(1))?))
 }
 
-/// What a proxy tells beyond its snapshot, read from its `/metrics`.
+/// What a proxy tells beyond its snapshot: from its `/metrics`, and each
+/// endpoint's state from its `/endpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Live {
     /// When the certificate in use expires (Unix seconds); `None` before the
@@ -74,6 +77,8 @@ pub struct Live {
     pub cert_expiry_unix: Option<i64>,
     /// Service (`name.namespace`) → endpoints ejected right now.
     pub ejected: BTreeMap<String, u64>,
+    /// Every endpoint's state; `None` from a proxy older than `/endpoints`.
+    pub endpoints: Option<EndpointsHealth>,
 }
 
 impl Live {
@@ -96,10 +101,23 @@ impl Live {
         }
         live
     }
+
+    /// This endpoint's state, if the proxy told it.
+    fn endpoint(
+        &self,
+        service: &outrigger_api::Service,
+        address: &str,
+    ) -> Option<(bool, &EndpointHealth)> {
+        let s = self.endpoints.as_ref()?.services.iter().find(|s| {
+            s.name == service.name && s.namespace == service.namespace && s.ports == service.ports
+        })?;
+        let e = s.endpoints.iter().find(|e| e.address == address)?;
+        Some((s.outlier_detection, e))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyConfigError {
+pub enum FetchError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("{at} answered /config with something that is not a proxy snapshot: {source}")]
@@ -107,18 +125,163 @@ pub enum ProxyConfigError {
         at: String,
         source: outrigger_api::ParseError,
     },
+    #[error("{at} answered {ENDPOINTS_PATH} with something this CLI cannot read: {source}")]
+    Endpoints {
+        at: String,
+        source: serde_json::Error,
+    },
 }
 
-/// Reads the snapshot in force and the live state from one proxy.
-pub async fn fetch(admin: &Admin) -> Result<(Snapshot, Live), ProxyConfigError> {
-    let mut bodies = admin.get_all(&["/config", "/metrics"]).await?;
-    let metrics = bodies.pop().unwrap_or_default();
-    let config = bodies.pop().unwrap_or_default();
-    let snapshot = Snapshot::from_json(&config).map_err(|source| ProxyConfigError::Snapshot {
+/// Reads the snapshot in force and the live state from one proxy, over one
+/// connection.
+pub async fn fetch(admin: &Admin) -> Result<(Snapshot, Live), FetchError> {
+    let mut bodies = admin
+        .get_all_found(&["/config", "/metrics", ENDPOINTS_PATH], &[ENDPOINTS_PATH])
+        .await?;
+    let endpoints = bodies.pop().flatten();
+    let metrics = bodies.pop().flatten().unwrap_or_default();
+    let config = bodies.pop().flatten().unwrap_or_default();
+    let snapshot = Snapshot::from_json(&config).map_err(|source| FetchError::Snapshot {
         at: admin.describe(),
         source,
     })?;
-    Ok((snapshot, Live::from_metrics(&metrics)))
+    let mut live = Live::from_metrics(&metrics);
+    live.endpoints = endpoints
+        .map(|body| serde_json::from_str(&body))
+        .transpose()
+        .map_err(|source| FetchError::Endpoints {
+            at: admin.describe(),
+            source,
+        })?;
+    Ok((snapshot, live))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error(transparent)]
+    Arguments(#[from] ArgumentsError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("cannot read the configuration of the proxy at {at}: {source}")]
+    Read { at: String, source: FetchError },
+    #[error(
+        "no pod {name} in namespace {namespace}: `kubectl get pods -n {namespace}` lists them \
+         (or name another namespace with -n)"
+    )]
+    NoPod { namespace: String, name: String },
+    #[error("cannot get pod {namespace}/{name}: {source} (may you get pods there?)")]
+    GetPod {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
+    #[error(
+        "pod {namespace}/{name} has no {} container: is its namespace annotated \
+         (kubectl annotate namespace {namespace} {}=enabled), and was the pod created after?",
+        outrigger_injector::inject::PROXY_CONTAINER,
+        outrigger_injector::annotations::INJECT
+    )]
+    NotMeshed { namespace: String, name: String },
+    #[error(
+        "pod {namespace}/{name} is {phase}, not Running: its proxy answers once it runs \
+         (kubectl describe pod {name} -n {namespace} says why it does not)"
+    )]
+    NotRunning {
+        namespace: String,
+        name: String,
+        phase: String,
+    },
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+}
+
+/// `outrigger proxy-config`: `args` are `POD [VIEW]` (with `--local`,
+/// `[VIEW]`). A pod is looked at first, so that one without a proxy, or
+/// not running, says so before any port-forward is tried.
+pub async fn run(
+    cluster: &ClusterArgs,
+    args: &[String],
+    local: Option<std::net::SocketAddr>,
+    format: Format,
+) -> Result<(), ProxyConfigError> {
+    let (pod, view) = arguments(args, local.is_some())?;
+    let admin = match (local, pod) {
+        (Some(addr), _) => Admin::Local(addr),
+        (None, pod) => {
+            let (client, namespace) = cluster.client_in().await?;
+            let name = pod.unwrap_or_default();
+            ready_for_port_forward(&client, &namespace, &name).await?;
+            Admin::PortForward {
+                client,
+                namespace,
+                name,
+            }
+        }
+    };
+    let (snapshot, live) = fetch(&admin)
+        .await
+        .map_err(|source| ProxyConfigError::Read {
+            at: admin.describe(),
+            source,
+        })?;
+    let text = match output::structured(format, &view_value(view, &snapshot, &live))? {
+        Some(text) => text,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            render(view, &snapshot, &live, now)
+        }
+    };
+    Ok(output::print(&text)?)
+}
+
+/// The pod exists, runs an Outrigger proxy and is running; else why not.
+async fn ready_for_port_forward(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ProxyConfigError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let pod = api
+        .get_opt(name)
+        .await
+        .map_err(|source| ProxyConfigError::GetPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?
+        .ok_or_else(|| ProxyConfigError::NoPod {
+            namespace: namespace.into(),
+            name: name.into(),
+        })?;
+    pod_problem(&pod, namespace, name).map_or(Ok(()), Err)
+}
+
+/// Why `pod` cannot be asked for its proxy's configuration, if it cannot.
+fn pod_problem(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    namespace: &str,
+    name: &str,
+) -> Option<ProxyConfigError> {
+    if !proxy_admin::has_proxy(pod) {
+        return Some(ProxyConfigError::NotMeshed {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+    match phase.as_deref() {
+        Some("Running") => None,
+        other => Some(ProxyConfigError::NotRunning {
+            namespace: namespace.into(),
+            name: name.into(),
+            phase: other.unwrap_or("Unknown").into(),
+        }),
+    }
 }
 
 /// The tables for `view`; `now` (Unix seconds) says how far off expiry is.
@@ -314,14 +477,16 @@ fn endpoints(snapshot: &Snapshot, live: &Live) -> String {
                 .map(|s| s.name.as_str())
                 .collect();
             let labels: Vec<String> = ep.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            rows.push(vec![
+            let mut row = vec![
                 name.clone(),
                 ep.address.clone(),
                 ep.workload.clone().unwrap_or_else(|| "-".into()),
                 or_dash(labels.join(",")),
                 or_dash(subsets.join(",")),
                 if ep.meshed { "yes" } else { "no" }.into(),
-            ]);
+            ];
+            row.extend(health_cells(live.endpoint(service, &ep.address)));
+            rows.push(row);
         }
     }
     let mut out = if rows.is_empty() {
@@ -329,18 +494,81 @@ fn endpoints(snapshot: &Snapshot, live: &Live) -> String {
     } else {
         table(
             &[
-                "SERVICE", "ADDRESS", "WORKLOAD", "LABELS", "SUBSETS", "MESHED",
+                "SERVICE",
+                "ADDRESS",
+                "WORKLOAD",
+                "LABELS",
+                "SUBSETS",
+                "MESHED",
+                "HEALTH",
+                "EJECTED",
+                "IN FLIGHT",
+                "LATENCY",
             ],
             &rows,
         )
     };
-    for (service, n) in live.ejected.iter().filter(|(_, n)| **n > 0) {
+    if live.endpoints.is_none() {
+        // An older proxy: only how many are ejected, from its metrics.
         let _ = writeln!(
             out,
-            "{service}: {n} endpoint(s) ejected by outlier detection right now"
+            "(health unknown: this proxy does not answer {ENDPOINTS_PATH}; it is older than this CLI)"
         );
+        for (service, n) in live.ejected.iter().filter(|(_, n)| **n > 0) {
+            let _ = writeln!(
+                out,
+                "{service}: {n} endpoint(s) ejected by outlier detection right now"
+            );
+        }
     }
     out
+}
+
+/// HEALTH, EJECTED, IN FLIGHT and LATENCY of one endpoint (with whether its
+/// service has outlier detection); `?` where the proxy did not say.
+fn health_cells(health: Option<(bool, &EndpointHealth)>) -> [String; 4] {
+    let Some((detection, h)) = health else {
+        return ["?".into(), "?".into(), "?".into(), "?".into()];
+    };
+    let state = match (h.state, h.warming) {
+        (EndpointState::Healthy, Some(w)) => format!("WARMING {:.0}%", w * 100.0),
+        (state, _) => state.as_str().to_string(),
+    };
+    let before = if h.ejections > 0 {
+        format!(" ({}× so far)", h.ejections)
+    } else {
+        String::new()
+    };
+    let ejected = match h.state {
+        _ if !detection => "-".to_string(),
+        EndpointState::Healthy => format!("no{before}"),
+        EndpointState::Ejected => format!(
+            "{} left{before}",
+            seconds(h.ejected_for_ms.unwrap_or_default())
+        ),
+        EndpointState::TrialDue | EndpointState::Trial => format!("time up{before}"),
+    };
+    [
+        state,
+        ejected,
+        h.in_flight.to_string(),
+        h.latency_ms
+            .map_or("-".into(), |ms| format!("{}ms", output::millis(ms))),
+    ]
+}
+
+/// A time left as kubectl prints ages: `0.4s` (under 10 s), `42s`, `90s`
+/// (under 2 minutes), `3m5s`.
+fn seconds(ms: u64) -> String {
+    if ms < 10_000 {
+        return format!("{:.1}s", ms as f64 / 1000.0);
+    }
+    let s = ms.div_ceil(1000);
+    if s < 120 {
+        format!("{s}s")
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
 }
 
 fn identity(snapshot: &Snapshot, live: &Live, now: i64) -> String {
@@ -448,8 +676,17 @@ pub fn view_value(view: View, snapshot: &Snapshot, live: &Live) -> serde_json::V
             "name": s.name, "namespace": s.namespace, "http": s.http,
         })) }),
         View::Endpoints => json!({ "services": services(&|s| json!({
-            "name": s.name, "namespace": s.namespace, "endpoints": s.endpoints,
+            "name": s.name, "namespace": s.namespace,
+            "endpoints": s.endpoints.iter().map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some((_, h)) = live.endpoint(s, &e.address) {
+                    v["health"] = serde_json::to_value(h).unwrap_or_default();
+                }
+                v
+            }).collect::<Vec<_>>(),
             "subsets": s.subsets,
+            "outlier_detection": s.traffic_policy.as_ref()
+                .is_some_and(|t| t.outlier_detection.is_some()),
             "ejected": live.ejected.get(&format!("{}.{}", s.name, s.namespace)).copied().unwrap_or(0),
         })) }),
         View::Identity => json!({
@@ -565,9 +802,11 @@ inbound:
 
     #[test]
     fn each_view_renders_its_table() {
+        // From a proxy older than /endpoints: the count of the metrics.
         let live = Live {
             cert_expiry_unix: Some(1_800_000_000),
             ejected: [("reviews.shop".to_string(), 1)].into(),
+            endpoints: None,
         };
         let now = 1_800_000_000 - 86_400 - 3600 * 2;
         let s = snapshot();
@@ -584,11 +823,102 @@ inbound:
             "spiffe://cluster.local/ns/shop/sa/client  client    shop       2027-01-15T08:00:00Z (in 1d 2h)\n",
             "inbound mTLS: STRICT (ports: 8081 PERMISSIVE)\n",
             "only-frontend         ALLOW   principals=cluster.local/ns/shop/sa/frontend methods=GET\n",
-            "reviews.shop  10.0.0.2:9080  reviews-v2  version=v2  v2       no\n",
+            "reviews.shop  10.0.0.2:9080  reviews-v2  version=v2  v2       no      ?       ?        ?          ?\n",
+            "(health unknown: this proxy does not answer /endpoints; it is older than this CLI)\n",
             "reviews.shop: 1 endpoint(s) ejected by outlier detection right now\n",
         ] {
             assert!(all.contains(line), "{line:?} not in:\n{all}");
         }
+    }
+
+    #[test]
+    fn each_endpoint_shows_its_health_ejection_and_load() {
+        use outrigger_api::health::ServiceHealth;
+        let endpoint = |address: &str, state, left: Option<u64>, ejections| EndpointHealth {
+            address: address.into(),
+            state,
+            ejected_for_ms: left,
+            ejected_until_unix_ms: left.map(|l| 1_800_000_000_000 + l),
+            ejections,
+            consecutive_5xx: 0,
+            consecutive_gateway_errors: 0,
+            in_flight: 0,
+            latency_ms: None,
+            warming: None,
+        };
+        let mut measured = endpoint("10.0.0.2:9080", EndpointState::Healthy, None, 2);
+        measured.in_flight = 3;
+        measured.latency_ms = Some(2.456);
+        measured.warming = Some(0.4);
+        let live = Live {
+            endpoints: Some(EndpointsHealth {
+                services: vec![
+                    ServiceHealth {
+                        name: "reviews".into(),
+                        namespace: "shop".into(),
+                        ports: vec![80],
+                        outlier_detection: true,
+                        endpoints: vec![
+                            endpoint("10.0.0.1:9080", EndpointState::Ejected, Some(25_400), 1),
+                            measured,
+                        ],
+                    },
+                    // Another service's entry of the same name is not this one.
+                    ServiceHealth {
+                        name: "reviews".into(),
+                        namespace: "shop".into(),
+                        ports: vec![81],
+                        outlier_detection: false,
+                        endpoints: vec![endpoint("10.0.0.1:9080", EndpointState::Healthy, None, 0)],
+                    },
+                ],
+            }),
+            ..Live::default()
+        };
+        let table = render(View::Endpoints, &snapshot(), &live, 0);
+        assert_eq!(
+            table,
+            "SERVICE       ADDRESS        WORKLOAD    LABELS      SUBSETS  MESHED  HEALTH       EJECTED               IN FLIGHT  LATENCY\n\
+             reviews.shop  10.0.0.1:9080  reviews-v1  version=v1  v1       yes     EJECTED      26s left (1× so far)  0          -\n\
+             reviews.shop  10.0.0.2:9080  reviews-v2  version=v2  v2       no      WARMING 40%  no (2× so far)        3          2.46ms\n"
+        );
+        let json = view_value(View::Endpoints, &snapshot(), &live);
+        let first = &json["services"][0]["endpoints"][0];
+        assert_eq!(first["address"], "10.0.0.1:9080");
+        assert_eq!(first["health"]["state"], "ejected");
+        assert_eq!(first["health"]["ejected_for_ms"], 25_400);
+        assert_eq!(json["services"][1]["endpoints"], serde_json::json!([]));
+        assert_eq!(seconds(400), "0.4s");
+        assert_eq!(seconds(60_000), "60s");
+        assert_eq!(seconds(185_000), "3m5s");
+    }
+
+    #[test]
+    fn a_pod_without_the_proxy_or_not_running_says_so() {
+        let pod = |containers: serde_json::Value, phase: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "web-1", "namespace": "shop" },
+                "spec": { "containers": containers },
+                "status": { "phase": phase },
+            }))
+            .unwrap()
+        };
+        let plain = pod(serde_json::json!([{ "name": "web" }]), "Running");
+        assert_eq!(
+            pod_problem(&plain, "shop", "web-1").unwrap().to_string(),
+            "pod shop/web-1 has no outrigger-proxy container: is its namespace annotated \
+             (kubectl annotate namespace shop outrigger.dev/inject=enabled), and was the pod \
+             created after?"
+        );
+        let meshed = serde_json::json!([{ "name": "web" }, { "name": "outrigger-proxy" }]);
+        assert!(pod_problem(&pod(meshed.clone(), "Running"), "shop", "web-1").is_none());
+        assert_eq!(
+            pod_problem(&pod(meshed, "Pending"), "shop", "web-1")
+                .unwrap()
+                .to_string(),
+            "pod shop/web-1 is Pending, not Running: its proxy answers once it runs \
+             (kubectl describe pod web-1 -n shop says why it does not)"
+        );
     }
 
     #[test]

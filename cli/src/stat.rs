@@ -4,7 +4,12 @@
 //! proxies' `/metrics` a window apart.
 //!
 //! [`rows`] (counter and histogram deltas → rows), [`quantile`] and
-//! [`render`] are pure; the edge in the binary does the scraping.
+//! [`render`] are pure; [`edge`] lists the pods and scrapes them, [`run`]
+//! is the command.
+//!
+//! One proxy that cannot be read does not hide the others: their rows are
+//! printed, and a warning on stderr names the proxy and why. The command
+//! fails only when no proxy could be read.
 
 use std::collections::BTreeMap;
 
@@ -55,19 +60,34 @@ impl std::str::FromStr for Selector {
     }
 }
 
-/// One proxy scraped twice: the name its traffic is counted under (its
-/// workload, pod or namespace; empty: the workload its samples name), the
-/// first and the second exposition.
+/// One proxy scraped twice: what its traffic is counted under, the first
+/// and the second exposition.
 #[derive(Clone, Debug)]
 pub struct Scrape {
-    pub name: String,
+    pub counted_as: CountedAs,
     pub before: String,
     pub after: String,
+}
+
+/// What a proxy's traffic is counted under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CountedAs {
+    /// A name the caller knows (the pod's workload or name, in its
+    /// namespace; or a namespace, with none).
+    Named {
+        namespace: Option<String>,
+        name: String,
+    },
+    /// What the proxy's own samples name (`--local`): its namespace and
+    /// workload (`deploy`), or its namespace (`ns`).
+    Own(Kind),
 }
 
 /// One line of the result.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Row {
+    /// The namespace of a workload's or a pod's row; none for a namespace's.
+    pub namespace: Option<String>,
     pub name: String,
     pub direction: String,
     pub requests: f64,
@@ -113,19 +133,26 @@ fn deltas(name: &str, before: &[Sample], after: &[Sample]) -> Vec<Sample> {
         .collect()
 }
 
-/// The (name, direction) a sample counts under: the scrape's name, or
-/// without one the proxy's own workload as the sample names it.
-fn name_of(name: &str, s: &Sample) -> (String, String) {
+/// The (namespace, name, direction) a sample counts under.
+fn name_of(counted_as: &CountedAs, s: &Sample) -> (Option<String>, String, String) {
     let direction = s.label("direction").to_string();
-    if !name.is_empty() {
-        return (name.to_string(), direction);
-    }
-    let own = if direction == "inbound" {
-        s.label("destination_workload")
-    } else {
-        s.label("source_workload")
+    let (namespace, name) = match counted_as {
+        CountedAs::Named { namespace, name } => (namespace.clone(), name.clone()),
+        CountedAs::Own(kind) => {
+            // The proxy's own side of the traffic.
+            let side = if direction == "inbound" {
+                "destination"
+            } else {
+                "source"
+            };
+            let ns = s.label(&format!("{side}_namespace")).to_string();
+            match kind {
+                Kind::Ns => (None, ns),
+                _ => (Some(ns), s.label(&format!("{side}_workload")).to_string()),
+            }
+        }
     };
-    (own.to_string(), direction)
+    (namespace, name, direction)
 }
 
 fn successful(s: &Sample) -> bool {
@@ -144,11 +171,11 @@ pub fn rows(scrapes: &[Scrape], window: f64) -> Vec<Row> {
         mtls: f64,
         buckets: BTreeMap<String, f64>,
     }
-    let mut acc: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    let mut acc: BTreeMap<(Option<String>, String, String), Acc> = BTreeMap::new();
     for scrape in scrapes {
         let (before, after) = (prom::parse(&scrape.before), prom::parse(&scrape.after));
         for s in deltas(REQUESTS, &before, &after) {
-            let a = acc.entry(name_of(&scrape.name, &s)).or_default();
+            let a = acc.entry(name_of(&scrape.counted_as, &s)).or_default();
             a.requests += s.value;
             if successful(&s) {
                 a.ok += s.value;
@@ -158,12 +185,12 @@ pub fn rows(scrapes: &[Scrape], window: f64) -> Vec<Row> {
             }
         }
         for s in deltas(BUCKETS, &before, &after) {
-            let a = acc.entry(name_of(&scrape.name, &s)).or_default();
+            let a = acc.entry(name_of(&scrape.counted_as, &s)).or_default();
             *a.buckets.entry(s.label("le").to_string()).or_default() += s.value;
         }
     }
     acc.into_iter()
-        .map(|((name, direction), a)| {
+        .map(|((namespace, name, direction), a)| {
             let buckets: Vec<(f64, f64)> = a
                 .buckets
                 .iter()
@@ -172,6 +199,7 @@ pub fn rows(scrapes: &[Scrape], window: f64) -> Vec<Row> {
             let share = |n: f64| (a.requests > 0.0).then(|| n / a.requests);
             let q = |p: f64| quantile(p, &buckets).map(|s| s * 1000.0);
             Row {
+                namespace,
                 name,
                 direction,
                 requests: a.requests,
@@ -234,45 +262,40 @@ pub fn render(rows: &[Row]) -> String {
         return "no traffic in the window\n".into();
     }
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
-    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{}ms", round(v)));
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{}ms", crate::output::millis(v)));
+    // kubectl's NAMESPACE column, for workloads and pods.
+    let namespaced = rows.iter().any(|r| r.namespace.is_some());
     let lines: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
-                r.name.clone(),
-                r.direction.clone(),
-                pct(r.success),
-                format!("{:.1}rps", r.rps),
-                ms(r.p50_ms),
-                ms(r.p95_ms),
-                ms(r.p99_ms),
-                pct(r.mtls),
-            ]
+            let namespace = namespaced.then(|| r.namespace.clone().unwrap_or_default());
+            namespace
+                .into_iter()
+                .chain([
+                    r.name.clone(),
+                    r.direction.clone(),
+                    pct(r.success),
+                    format!("{:.1}rps", r.rps),
+                    ms(r.p50_ms),
+                    ms(r.p95_ms),
+                    ms(r.p99_ms),
+                    pct(r.mtls),
+                ])
+                .collect()
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "DIRECTION",
-            "SUCCESS",
-            "RPS",
-            "LATENCY_P50",
-            "LATENCY_P95",
-            "LATENCY_P99",
-            "MTLS",
-        ],
-        &lines,
-    )
-}
-
-/// Milliseconds as people read them: whole above 10, else two digits.
-fn round(ms: f64) -> String {
-    if ms >= 10.0 {
-        format!("{ms:.0}")
-    } else {
-        let s = format!("{ms:.2}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "DIRECTION",
+        "SUCCESS",
+        "RPS",
+        "LATENCY_P50",
+        "LATENCY_P95",
+        "LATENCY_P99",
+        "MTLS",
+    ];
+    table(&header[usize::from(!namespaced)..], &lines)
 }
 
 /// A window such as `30s`, `1m`, `500ms`, in seconds.
@@ -291,8 +314,15 @@ pub fn parse_window(s: &str) -> Result<std::time::Duration, String> {
 mod tests {
     use super::*;
 
+    fn named(name: &str) -> CountedAs {
+        CountedAs::Named {
+            namespace: None,
+            name: name.into(),
+        }
+    }
+
     fn exposition(ok: u64, failed: u64, plain: u64, buckets: &[(&str, u64)]) -> String {
-        let t = "direction=\"inbound\",destination_workload=\"web\"";
+        let t = "direction=\"inbound\",destination_workload=\"web\",destination_namespace=\"shop\"";
         let mut s = format!(
             "# TYPE outrigger_requests_total counter\n\
              outrigger_requests_total{{{t},connection_security_policy=\"mutual_tls\",response_code=\"200\",grpc_response_status=\"\"}} {ok}\n\
@@ -325,7 +355,7 @@ mod tests {
         );
         let rows = rows(
             &[Scrape {
-                name: "web".into(),
+                counted_as: named("web"),
                 before,
                 after,
             }],
@@ -353,7 +383,7 @@ mod tests {
         let after = exposition(5, 0, 0, &[("+Inf", 5)]);
         let r = &rows(
             &[Scrape {
-                name: "web".into(),
+                counted_as: named("web"),
                 before: before.clone(),
                 after,
             }],
@@ -362,7 +392,7 @@ mod tests {
         assert_eq!(r.requests, 5.0);
         let idle = rows(
             &[Scrape {
-                name: "web".into(),
+                counted_as: named("web"),
                 before: before.clone(),
                 after: before,
             }],
@@ -373,6 +403,49 @@ mod tests {
             render(&idle),
             "NAME  DIRECTION  SUCCESS  RPS     LATENCY_P50  LATENCY_P95  LATENCY_P99  MTLS\n\
              web   inbound    -        0.0rps  -            -            -            -\n"
+        );
+    }
+
+    /// `--local`: the proxies name their own rows, by namespace and
+    /// workload as the cluster's rows are (or by namespace for `ns`).
+    #[test]
+    fn local_rows_are_named_by_the_proxies_own_namespace_and_workload() {
+        let before = exposition(0, 0, 0, &[("+Inf", 0)]);
+        let after = exposition(10, 0, 0, &[("0.001", 10), ("+Inf", 10)]);
+        let scrape = |kind| Scrape {
+            counted_as: CountedAs::Own(kind),
+            before: before.clone(),
+            after: after.clone(),
+        };
+        let by_workload = rows(&[scrape(Kind::Deploy)], 1.0);
+        assert_eq!(
+            (
+                by_workload[0].namespace.as_deref(),
+                by_workload[0].name.as_str()
+            ),
+            (Some("shop"), "web")
+        );
+        assert_eq!(
+            render(&by_workload),
+            "NAMESPACE  NAME  DIRECTION  SUCCESS  RPS      LATENCY_P50  LATENCY_P95  LATENCY_P99  MTLS\n\
+             shop       web   inbound    100.00%  10.0rps  0.5ms        0.95ms       0.99ms       100.00%\n"
+        );
+        let by_namespace = rows(&[scrape(Kind::Ns)], 1.0);
+        assert_eq!(
+            (
+                by_namespace[0].namespace.as_deref(),
+                by_namespace[0].name.as_str()
+            ),
+            (None, "shop")
+        );
+        assert!(render(&by_namespace).starts_with("NAME  DIRECTION"));
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_be_read_is_named_in_a_warning() {
+        assert_eq!(
+            warning("pod shop/web-0", &"GET /metrics failed: reset"),
+            "warning: no rows from pod shop/web-0: GET /metrics failed: reset"
         );
     }
 
@@ -422,13 +495,24 @@ pub mod edge {
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, ListParams};
 
-    use super::{Kind, Scrape, Selector};
+    use super::{CountedAs, Kind, Scrape, Selector};
+    use crate::cluster::ClusterError;
     use crate::proxy_admin::{Admin, AdminError};
 
     #[derive(Debug, thiserror::Error)]
     pub enum StatError {
         #[error(transparent)]
         Admin(#[from] AdminError),
+        #[error(transparent)]
+        Cluster(#[from] ClusterError),
+        #[error("could not read any of the {0} proxies' /metrics (the warnings above say why)")]
+        NoneRead(usize),
+        #[error("pod rows need the cluster: with --local, say deploy or ns")]
+        LocalPods,
+        #[error(transparent)]
+        Output(#[from] crate::output::OutputError),
+        #[error("cannot write to stdout: {0}")]
+        Stdout(#[from] std::io::Error),
         #[error("cannot list the pods of namespace {namespace}: {source}")]
         List {
             namespace: String,
@@ -450,13 +534,13 @@ pub mod edge {
     }
 
     /// The meshed, running pods `selector` names in `namespace` (`ns/NAME`
-    /// names the namespace itself), each with the name its traffic is
-    /// counted under.
+    /// names the namespace itself), each with what its traffic is counted
+    /// under.
     pub async fn pods(
         client: &kube::Client,
         selector: &Selector,
         namespace: &str,
-    ) -> Result<Vec<(String, Admin)>, StatError> {
+    ) -> Result<Vec<(CountedAs, Admin)>, StatError> {
         let namespace = match (selector.kind, &selector.name) {
             (Kind::Ns, Some(ns)) => ns.clone(),
             _ => namespace.to_string(),
@@ -486,7 +570,10 @@ pub mod edge {
             };
             if wanted {
                 out.push((
-                    counted_as,
+                    CountedAs::Named {
+                        namespace: (selector.kind != Kind::Ns).then(|| namespace.clone()),
+                        name: counted_as,
+                    },
                     Admin::Pod {
                         client: client.clone(),
                         namespace: namespace.clone(),
@@ -507,25 +594,13 @@ pub mod edge {
     }
 
     fn meshed_and_running(pod: &Pod) -> bool {
-        let Some(spec) = &pod.spec else { return false };
-        let proxy = outrigger_injector_proxy_name();
-        let meshed = spec.containers.iter().any(|c| c.name == proxy)
-            || spec
-                .init_containers
-                .iter()
-                .flatten()
-                .any(|c| c.name == proxy);
+        let meshed = crate::proxy_admin::has_proxy(pod);
         let running = pod
             .status
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Running");
         meshed && running
-    }
-
-    /// The proxy container's name, as the injector sets it.
-    fn outrigger_injector_proxy_name() -> &'static str {
-        outrigger_injector::inject::PROXY_CONTAINER
     }
 
     /// The pod's top controller as the metrics name it (docs/metrics.md):
@@ -592,32 +667,110 @@ pub mod edge {
             }
             answers.push((query, answer));
         }
-        Ok(promql::rows(&answers, window.as_secs_f64()))
+        let namespace = (selector.kind != Kind::Ns).then_some(namespace);
+        Ok(promql::rows(&answers, window.as_secs_f64(), namespace))
     }
 
-    /// Each target's `/metrics`, twice, `window` apart; the seconds that
-    /// really passed between the two rounds.
+    /// Each target's `/metrics`, twice, `window` apart: the scrapes of
+    /// the targets read both times, the seconds that really passed between
+    /// the two rounds, and each target that could not be read (named as
+    /// [`Admin::describe`] names it) with why.
     pub async fn scrape_twice(
-        targets: &[(String, Admin)],
+        targets: &[(CountedAs, Admin)],
         window: Duration,
-    ) -> Result<(Vec<Scrape>, f64), StatError> {
+    ) -> (Vec<Scrape>, f64, Vec<(String, AdminError)>) {
         let started = Instant::now();
-        let mut before = Vec::new();
-        for (_, admin) in targets {
-            before.push(admin.get("/metrics").await?);
+        let mut failed = Vec::new();
+        let mut first = Vec::new();
+        for (counted_as, admin) in targets {
+            match admin.get("/metrics").await {
+                Ok(before) => first.push((counted_as, admin, before)),
+                Err(e) => failed.push((admin.describe(), e)),
+            }
         }
         tokio::time::sleep_until(started + window).await;
         let second = Instant::now();
         let mut scrapes = Vec::new();
-        for ((name, admin), before) in targets.iter().zip(before) {
-            scrapes.push(Scrape {
-                name: name.clone(),
-                before,
-                after: admin.get("/metrics").await?,
-            });
+        for (counted_as, admin, before) in first {
+            match admin.get("/metrics").await {
+                Ok(after) => scrapes.push(Scrape {
+                    counted_as: counted_as.clone(),
+                    before,
+                    after,
+                }),
+                Err(e) => failed.push((admin.describe(), e)),
+            }
         }
-        Ok((scrapes, (second - started).as_secs_f64()))
+        (scrapes, (second - started).as_secs_f64(), failed)
     }
+}
+
+/// `outrigger stat`: the rows for `selector`, from the cluster's pods, the
+/// proxies at `local`, or the Prometheus at `from`, printed as `format`
+/// says. A proxy that cannot be read is a warning on stderr; it fails only
+/// when none could be.
+pub async fn run(
+    cluster: &crate::cluster::ClusterArgs,
+    selector: Selector,
+    window: std::time::Duration,
+    local: Vec<std::net::SocketAddr>,
+    from: Option<String>,
+    format: crate::output::Format,
+) -> Result<(), edge::StatError> {
+    use crate::proxy_admin::Admin;
+    use edge::StatError;
+    let print = |rows: &[Row]| -> Result<(), StatError> {
+        let text = match crate::output::structured(format, &rows)? {
+            Some(text) => text,
+            None => render(rows),
+        };
+        Ok(crate::output::print(&text)?)
+    };
+    if let Some(url) = from {
+        let namespace = match cluster.namespace.clone() {
+            Some(ns) => ns,
+            // Without -n, the kubeconfig's namespace when there is one.
+            None => cluster
+                .config()
+                .await
+                .map_or_else(|_| "default".to_string(), |c| c.default_namespace),
+        };
+        let rows = edge::from_prometheus(&url, &selector, &namespace, window).await?;
+        return print(&rows);
+    }
+    let local_mode = !local.is_empty();
+    let targets = if !local_mode {
+        let (client, namespace) = cluster.client_in().await?;
+        edge::pods(&client, &selector, &namespace).await?
+    } else {
+        if selector.kind == Kind::Pod {
+            return Err(StatError::LocalPods);
+        }
+        local
+            .into_iter()
+            .map(|a| (CountedAs::Own(selector.kind), Admin::Local(a)))
+            .collect()
+    };
+    let (scrapes, elapsed, failed) = edge::scrape_twice(&targets, window).await;
+    for (what, why) in &failed {
+        eprintln!("{}", warning(what, why));
+    }
+    if scrapes.is_empty() {
+        return Err(StatError::NoneRead(targets.len()));
+    }
+    let mut rows = rows(&scrapes, elapsed);
+    if local_mode {
+        // The proxies name themselves: keep what the selector names.
+        if let Some(name) = &selector.name {
+            rows.retain(|r| r.name == *name);
+        }
+    }
+    print(&rows)
+}
+
+/// The stderr line for a proxy `stat` could not read.
+pub fn warning(what: &str, why: &dyn std::fmt::Display) -> String {
+    format!("warning: no rows from {what}: {why}")
 }
 
 #[cfg(test)]
@@ -776,8 +929,9 @@ pub mod promql {
         pub value: (f64, String),
     }
 
-    /// The rows from each query's answer; `window` in seconds.
-    pub fn rows(answers: &[(Query, Answer)], window: f64) -> Vec<Row> {
+    /// The rows from each query's answer; `window` in seconds; `namespace`
+    /// the rows' (none for namespaces' rows).
+    pub fn rows(answers: &[(Query, Answer)], window: f64, namespace: Option<&str>) -> Vec<Row> {
         let mut values: BTreeMap<(String, String), BTreeMap<Measure, f64>> = BTreeMap::new();
         for (query, answer) in answers {
             for s in answer.data.iter().flat_map(|d| &d.result) {
@@ -801,6 +955,7 @@ pub mod promql {
                 let share = |k| (rps > 0.0).then(|| m.get(&k).copied().unwrap_or(0.0) / rps);
                 let ms = |k| m.get(&k).map(|s| s * 1000.0);
                 Some(Row {
+                    namespace: namespace.map(str::to_string),
                     name,
                     direction,
                     requests: rps * window,
@@ -897,7 +1052,7 @@ pub mod promql {
                 .cloned()
                 .zip(values.iter().map(|v| answer(v)))
                 .collect();
-            let rows = rows(&answers, 10.0);
+            let rows = rows(&answers, 10.0, Some("shop"));
             assert_eq!(rows.len(), 1);
             let r = &rows[0];
             assert_eq!((r.name.as_str(), r.direction.as_str()), ("web", "inbound"));

@@ -56,6 +56,12 @@ enum Command {
         /// Address of the config server (`/v1/config`, `/metrics`, `/ready`).
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: String,
+        /// Also serve `GET /metrics` alone, in plain HTTP, on this address
+        /// (e.g. 0.0.0.0:15014, as the chart sets it): a Prometheus that
+        /// verifies TLS cannot scrape the config server once it serves TLS.
+        /// Without it, metrics are on --listen only.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         /// How often the folder is read again.
         #[arg(long, default_value = "500ms")]
         poll: outrigger_api::Duration,
@@ -162,6 +168,7 @@ fn run(command: Command) -> Result<ExitCode> {
             namespace,
             max_manifest_bytes,
             listen,
+            metrics_listen,
             poll,
             debounce,
             max_staleness,
@@ -226,7 +233,14 @@ fn run(command: Command) -> Result<ExitCode> {
                 None if kubernetes => Source::Kubernetes,
                 None => bail!("give --folder DIR or --kubernetes"),
             };
-            runtime.block_on(serve(source, listen, options, debounce, identity))?;
+            runtime.block_on(serve(
+                source,
+                listen,
+                metrics_listen,
+                options,
+                debounce,
+                identity,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds => {
@@ -351,6 +365,7 @@ fn certifier(
 async fn serve(
     source: Source,
     listen: String,
+    metrics_listen: Option<String>,
     options: Options,
     debounce: Debounce,
     identity: Identity,
@@ -359,9 +374,26 @@ async fn serve(
         .await
         .with_context(|| format!("--listen {listen}: cannot bind"))?;
     let bound = listener.local_addr()?;
+    let metrics_listener = match &metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let (tx, rx) = tokio::sync::watch::channel(None);
     let (stop_signal, stop) = drain::channel();
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(listen = ?l.local_addr().ok(), "serving /metrics in plain HTTP");
+        let m = metrics.clone();
+        tokio::spawn(outrigger_runtime::metrics::listener::serve_metrics(
+            l,
+            stop.clone(),
+            move || m.encode(),
+        ))
+    });
     let trust_domain = options.trust_domain.clone();
     let certify;
     let source = match source {
@@ -421,5 +453,8 @@ async fn serve(
     stop_signal.stop();
     let _ = source.await;
     let _ = server.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     Ok(())
 }

@@ -50,6 +50,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut reg = Registry::default();
+        outrigger_runtime::metrics::register_build_and_process(&mut reg);
         let connected_proxies = Gauge::default();
         reg.register(
             "outrigger_cp_connected_proxies",

@@ -39,6 +39,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut reg = Registry::default();
+        outrigger_runtime::metrics::register_build_and_process(&mut reg);
         let requests = Counter::default();
         reg.register(
             "outrigger_injector_requests",

@@ -182,7 +182,7 @@ pub enum Choice {
 }
 
 /// Slow start: the share of its load a joining endpoint may take now.
-fn warm_factor(stats: &EndpointStats, warmup: Option<Duration>, now: Instant) -> f64 {
+pub fn warm_factor(stats: &EndpointStats, warmup: Option<Duration>, now: Instant) -> f64 {
     match (stats.joined, warmup) {
         (Some(joined), Some(w)) if !w.is_zero() => {
             let age = now.saturating_duration_since(joined).as_secs_f64();

@@ -17,6 +17,7 @@
 //! | [`backoff`] | jittered exponential back-off: between retries, and before reconnecting to the control plane or the CA |
 //! | [`budget`] | the retry budget (a share of recent requests, a floor per second) |
 //! | [`balance`] | endpoint choice ([`balance::choose`]: P2C peak-EWMA, round robin, random, least request, slow start) and each endpoint's load |
+//! | [`health`] | the live state of every endpoint (ejection, load, slow start), as the admin port's `/endpoints` shows it |
 //! | [`outlier`] | outlier detection: the ejection state machine and an endpoint's detector |
 //! | [`pool`] | connection-pool limits: admission, retry slots, connection settings |
 //! | [`rate_limit`] | token buckets, per route and per inbound port |
@@ -35,6 +36,7 @@ pub mod chance;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod health;
 pub mod outlier;
 pub mod pool;
 pub mod rate_limit;

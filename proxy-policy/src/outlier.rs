@@ -114,6 +114,8 @@ pub struct Outlier {
     /// The ejection multiplier.
     times: u32,
     last_decay: Instant,
+    /// Ejections so far (a failed trial's included).
+    ejections: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +138,7 @@ impl Outlier {
             state: State::Healthy,
             times: 0,
             last_decay: now,
+            ejections: 0,
         }
     }
 
@@ -194,6 +197,7 @@ impl Outlier {
                     Transition::Recovered
                 } else {
                     self.times = self.times.saturating_add(1);
+                    self.ejections = self.ejections.saturating_add(1);
                     let until = now + policy.base_ejection * self.times;
                     self.state = State::Ejected { until };
                     Transition::Reejected { until }
@@ -219,6 +223,7 @@ impl Outlier {
                         && self.consecutive_gateway >= policy.consecutive_gateway);
                 if tripped && may_eject() {
                     self.times = self.times.saturating_add(1);
+                    self.ejections = self.ejections.saturating_add(1);
                     self.consecutive_5xx = 0;
                     self.consecutive_gateway = 0;
                     let until = now + policy.base_ejection * self.times;
@@ -228,6 +233,22 @@ impl Outlier {
                     Transition::None
                 }
             }
+        }
+    }
+
+    /// Where the endpoint stands at `now`, for the admin port.
+    pub fn status(&self, now: Instant) -> OutlierStatus {
+        let phase = match self.state {
+            State::Healthy => Phase::Healthy,
+            State::Ejected { until } if now < until => Phase::Ejected { until },
+            State::Trial { until } if now < until => Phase::Trial,
+            State::Ejected { .. } | State::Trial { .. } => Phase::TrialDue,
+        };
+        OutlierStatus {
+            phase,
+            ejections: self.ejections,
+            consecutive_5xx: self.consecutive_5xx,
+            consecutive_gateway: self.consecutive_gateway,
         }
     }
 
@@ -245,6 +266,31 @@ impl Outlier {
             self.last_decay = now;
         }
     }
+}
+
+/// Where one endpoint stands with outlier detection (see [`Outlier::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierStatus {
+    pub phase: Phase,
+    /// Ejections so far, a failed trial's included.
+    pub ejections: u32,
+    /// Consecutive errors counted towards the next ejection.
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: u32,
+}
+
+/// The state machine's state at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Healthy,
+    /// Ejected until then.
+    Ejected {
+        until: Instant,
+    },
+    /// The ejection is over; the next request may be the trial.
+    TrialDue,
+    /// The trial request is in flight.
+    Trial,
 }
 
 /// One endpoint's outlier detection under the config in force: the policy
@@ -316,6 +362,12 @@ impl Detector {
             Some(p) => outlier.begin_trial(p, now),
             None => false,
         }
+    }
+
+    /// See [`Outlier::status`]; `None` without outlier detection.
+    pub fn status(&self, now: Instant) -> Option<OutlierStatus> {
+        let j = self.lock();
+        j.policy.as_ref().map(|_| j.outlier.status(now))
     }
 
     /// See [`Outlier::abandon_trial`].
@@ -418,6 +470,44 @@ mod tests {
         assert_eq!(o.availability(Instant::now()), Availability::Ejected);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(o.availability(Instant::now()), Availability::TrialDue);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_tells_the_phase_the_count_and_until_when() {
+        let mut o = Outlier::new(Instant::now());
+        fail(&mut o, 2);
+        let status = o.status(Instant::now());
+        assert_eq!(
+            (status.phase, status.ejections, status.consecutive_5xx),
+            (Phase::Healthy, 0, 2)
+        );
+        let t0 = Instant::now();
+        fail(&mut o, 1);
+        let until = t0 + Duration::from_secs(30);
+        assert_eq!(
+            o.status(Instant::now()),
+            OutlierStatus {
+                phase: Phase::Ejected { until },
+                ejections: 1,
+                consecutive_5xx: 0,
+                consecutive_gateway: 0,
+            }
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(o.status(Instant::now()).phase, Phase::TrialDue);
+        assert!(o.begin_trial(&policy(), Instant::now()));
+        assert_eq!(o.status(Instant::now()).phase, Phase::Trial);
+        o.observe(Outcome::Status(503), &policy(), Instant::now(), || true);
+        let status = o.status(Instant::now());
+        assert_eq!(status.ejections, 2, "a failed trial is an ejection too");
+        assert_eq!(
+            status.phase,
+            Phase::Ejected {
+                until: Instant::now() + Duration::from_secs(60)
+            }
+        );
+        let d = Detector::new(None, Instant::now());
+        assert_eq!(d.status(Instant::now()), None, "no outlier detection");
     }
 
     #[tokio::test(start_paused = true)]

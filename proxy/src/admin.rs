@@ -1,11 +1,17 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config`,
-//! `POST /shutdown`, and kubelet's app probes under `/app-health/`
-//! ([`crate::probe`]).
+//! `/endpoints`, `POST /shutdown`, and kubelet's app probes under
+//! `/app-health/` ([`crate::probe`]).
+//!
+//! `/config` is the snapshot in force, unchanged (a valid bootstrap);
+//! `/endpoints` is the live state of its endpoints (ejections, load, slow
+//! start: [`outrigger_proxy_policy::health`]), which changes with every
+//! request.
 //!
 //! The admin port listens on the pod's IP (kubelet probes it there, and
 //! Prometheus scrapes it), so what it tells and does is split as Linkerd
 //! splits it: `/config` (the whole snapshot: endpoints, identities,
-//! authorization rules) and `/shutdown` answer loopback peers only, which
+//! authorization rules), `/endpoints` and `/shutdown` answer loopback
+//! peers only, which
 //! `kubectl port-forward` is (it connects inside the pod's network
 //! namespace); anyone who reaches the pod gets `/metrics`, `/ready`,
 //! `/live` and the app probes ([`loopback_only`]).
@@ -25,8 +31,10 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::probe::Probes;
 use crate::svc::{full, Body};
+use outrigger_api::health::ENDPOINTS_PATH;
 use outrigger_api::probe::APP_HEALTH_PREFIX;
 use outrigger_proxy_policy::config::Config;
+use outrigger_proxy_policy::health;
 use outrigger_runtime::{drain, metrics, serve};
 
 pub struct Admin {
@@ -77,26 +85,26 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }
-            (&Method::GET, "/config") => {
-                let mut r = Response::new(full(self.config.load().snapshot.to_json()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
+            (&Method::GET, "/config") => json(self.config.load().snapshot.to_json()),
+            (&Method::GET, ENDPOINTS_PATH) => {
+                // The wall clock only dates the ejections' ends.
+                let wall = std::time::SystemTime::now();
+                let now = tokio::time::Instant::now();
+                let health = health::endpoints(&self.config.load(), now, wall);
+                json(serde_json::to_string(&health).expect("plain data serializes"))
             }
             (&Method::POST, "/shutdown") => {
                 tracing::info!(%peer, "shutdown requested on the admin port");
                 self.shutdown.notify_one();
                 text(StatusCode::OK, "draining\n")
             }
-            (_, "/metrics" | "/live" | "/ready" | "/config") => {
+            (_, "/metrics" | "/live" | "/ready" | "/config" | ENDPOINTS_PATH) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
             }
             (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics /ready /live /config, or POST /shutdown\n",
+                "not found; try /metrics /ready /live /config /endpoints, or POST /shutdown\n",
             ),
         }
     }
@@ -129,7 +137,7 @@ impl Admin {
 }
 
 /// The admin paths only a peer inside the pod may use.
-const LOOPBACK_ONLY: [&str; 2] = ["/config", "/shutdown"];
+const LOOPBACK_ONLY: [&str; 3] = ["/config", ENDPOINTS_PATH, "/shutdown"];
 
 /// Whether `peer` may ask for `path`: `Err` with the 403's body when
 /// `path` answers loopback peers only and `peer` is not one. An IPv4 peer
@@ -142,6 +150,15 @@ fn loopback_only(path: &str, peer: IpAddr) -> Result<(), String> {
         "{path} answers loopback peers only (from inside the pod, or through \
          kubectl port-forward); not {peer}\n"
     ))
+}
+
+fn json(body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -162,12 +179,12 @@ mod tests {
     fn config_and_shutdown_answer_loopback_peers_only() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         for peer in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
-            for path in ["/config", "/shutdown", "/metrics", "/ready"] {
+            for path in ["/config", "/endpoints", "/shutdown", "/metrics", "/ready"] {
                 assert_eq!(loopback_only(path, ip(peer)), Ok(()), "{peer} {path}");
             }
         }
         for peer in ["10.0.0.5", "192.0.2.2", "::ffff:10.0.0.5", "fd00::2", "::"] {
-            for path in ["/config", "/shutdown"] {
+            for path in ["/config", "/endpoints", "/shutdown"] {
                 let why = loopback_only(path, ip(peer)).unwrap_err();
                 assert_eq!(
                     why,

@@ -335,6 +335,7 @@ pub struct ResultLabel {
 impl Metrics {
     pub fn new() -> Self {
         let mut reg = Registry::default();
+        outrigger_runtime::metrics::register_build_and_process(&mut reg);
         let requests = Family::<RequestLabels, Counter>::default();
         reg.register(
             "outrigger_requests",

@@ -1,13 +1,20 @@
 //! The `/metrics` answer of all three binaries: a `prometheus-client`
 //! registry encoded as OpenMetrics text, then served in the format the
 //! scraper asked for ([`exposition`]). Each binary keeps its own registry
-//! and families; only the encoding and the answer are shared.
+//! and families; only the encoding, the answer, and the families every
+//! binary has ([`register_build_and_process`]: `outrigger_build_info` and
+//! the `process_*` families of [`process`]) are shared.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub mod exposition;
+pub mod listener;
+pub mod process;
 
 pub use exposition::{ExpositionError, Format};
 
@@ -17,6 +24,33 @@ pub fn encode(registry: &Registry) -> String {
     prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// The labels of `outrigger_build_info`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub git_sha: &'static str,
+}
+
+/// Registers what every binary exposes besides its own families:
+/// `outrigger_build_info{version, git_sha}` (a gauge, always 1; see
+/// [`crate::build`]) and the `process_*` families, read from `/proc` at
+/// each scrape ([`process::ProcessCollector`]).
+pub fn register_build_and_process(registry: &mut Registry) {
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
+            version: crate::build::VERSION,
+            git_sha: crate::build::GIT_SHA,
+        })
+        .set(1);
+    registry.register(
+        "outrigger_build_info",
+        "The version and commit of this binary; always 1",
+        build,
+    );
+    registry.register_collector(Box::new(process::ProcessCollector));
 }
 
 /// The answer to `GET /metrics` with these request headers: `openmetrics`
@@ -88,6 +122,21 @@ mod tests {
         );
         assert!(body.contains("outrigger_things_total 1\n"), "{body}");
         assert!(!body.contains("# EOF"), "{body}");
+    }
+
+    #[test]
+    fn build_info_and_process_families_are_in_every_scrape() {
+        let mut reg = registry();
+        register_build_and_process(&mut reg);
+        let text = encode(&reg);
+        let want = format!(
+            "# TYPE outrigger_build_info gauge\noutrigger_build_info{{version=\"{}\",git_sha=\"{}\"}} 1\n",
+            crate::build::VERSION,
+            crate::build::GIT_SHA
+        );
+        assert!(text.contains(&want), "{want} in\n{text}");
+        assert!(text.contains("outrigger_things_total 1\n"), "{text}");
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
     }
 
     #[test]

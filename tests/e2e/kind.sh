@@ -61,7 +61,8 @@ kubectl config use-context "kind-$CLUSTER" >/dev/null
 
 step "images (tag $TAG)"
 for target in proxy control-plane injector; do
-  docker build --target "$target" -t "outrigger/$target:$TAG" .
+  docker build --target "$target" -t "outrigger/$target:$TAG" \
+    --build-arg OUTRIGGER_GIT_SHA="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
   kind load docker-image --name "$CLUSTER" "outrigger/$target:$TAG"
 done
 

@@ -252,6 +252,26 @@ impl Container {
         Container::start_in_pod(rendered, &pod, &name, binary, env, &[], None)
     }
 
+    /// Starts the workspace binary `binary` as deployment `name` of the
+    /// chart, with the address of the port its pod template's
+    /// `prometheus.io/port` annotation names (where its metrics are).
+    pub fn start_scraped(
+        rendered: &Rendered,
+        name: &str,
+        binary: &str,
+        env: &[(&str, &str)],
+    ) -> (Container, SocketAddr) {
+        let d = rendered.get("Deployment", name);
+        let bin = crate::workspace_bin(binary).unwrap_or_else(|| panic!("the {binary} binary"));
+        let c = Container::start(rendered, d, &bin, env);
+        let port = d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no prometheus.io/port annotation"))
+            .to_string();
+        let addr = c.ports[&port];
+        (c, addr)
+    }
+
     /// Starts `binary` as container `name` of `pod` (a Pod, or a pod
     /// template with its name and namespace filled in; the container may be
     /// an init container). Besides the container ports, each port in
@@ -555,13 +575,18 @@ pub async fn fake_api_server_with(
     serve_fake_api(objects, creates, BTreeMap::new(), dir).await
 }
 
-/// [`fake_api_server`], also serving, for the pods given (`"NS/NAME"` →
-/// the address their port is reached at), the pod proxy subresource
-/// (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the GET is
-/// forwarded there and its answer returned; unlike a real API server, it
-/// connects from loopback) and port-forward
+/// [`fake_api_server`], also serving, for the pods given, the pod proxy
+/// subresource (`GET /api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH`: the
+/// GET is forwarded there and its answer returned; unlike a real API
+/// server, it connects from loopback) and port-forward
 /// (`/api/v1/namespaces/NS/pods/NAME/portforward?ports=PORT`, a WebSocket
 /// speaking `v4.channel.k8s.io`, one port, as kubelet does).
+///
+/// A pod's ports: `"NS/NAME:PORT"` → the address that port is reached at;
+/// `"NS/NAME"` alone is the proxy's admin port (4191, as the injector sets
+/// it). Any other port of a pod given answers as nothing listening there
+/// would: the pod proxy with a 503 `error trying to reach service`, the
+/// port-forward with an error on its error channel. A pod not given is a 404.
 pub async fn fake_api_server_with_pods(
     objects: BTreeMap<String, Vec<Value>>,
     pods: BTreeMap<String, SocketAddr>,
@@ -570,14 +595,80 @@ pub async fn fake_api_server_with_pods(
     serve_fake_api(objects, BTreeMap::new(), pods, dir).await
 }
 
-/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`, `/PATH`).
-fn pod_proxy(path: &str) -> Option<(String, String)> {
+/// `/api/v1/namespaces/NS/pods/NAME:PORT/proxy/PATH` → (`NS/NAME`, port,
+/// `/PATH`); without `:PORT`, the pod's first port, which this stand-in
+/// reads as 0 (none).
+fn pod_proxy(path: &str) -> Option<(String, u16, String)> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let (ns, rest) = rest.split_once("/pods/")?;
     let (name_port, rest) = rest.split_once("/proxy")?;
-    let (name, _port) = name_port.split_once(':')?;
+    let (name, port) = match name_port.split_once(':') {
+        Some((name, port)) => (name, port.parse().ok()?),
+        None => (name_port, 0),
+    };
     let rest = if rest.is_empty() { "/" } else { rest };
-    Some((format!("{ns}/{name}"), rest.to_string()))
+    Some((format!("{ns}/{name}"), port, rest.to_string()))
+}
+
+/// The proxy's admin port in a pod, as the injector sets it (checked
+/// against `outrigger_injector::config::Ports` in this module's tests).
+pub const PROXY_ADMIN_PORT: u16 = 4191;
+
+/// Where a pod's `port` is reached: `Ok(addr)`; `Err(true)` when the pod
+/// is given but not that port, `Err(false)` when the pod is not given.
+fn pod_port(pods: &BTreeMap<String, SocketAddr>, pod: &str, port: u16) -> Result<SocketAddr, bool> {
+    if let Some(addr) = pods.get(&format!("{pod}:{port}")) {
+        return Ok(*addr);
+    }
+    if let Some(addr) = pods.get(pod) {
+        return if port == PROXY_ADMIN_PORT {
+            Ok(*addr)
+        } else {
+            Err(true)
+        };
+    }
+    let prefix = format!("{pod}:");
+    Err(pods.keys().any(|k| k.starts_with(&prefix)))
+}
+
+/// The API server's answer when nothing listens on the pod's port (it
+/// dials the pod's IP and is refused).
+fn refused_pod_port(pod: &str, port: u16) -> Response<Body> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!(
+            "error trying to reach service: dial tcp {pod}:{port}: connect: connection refused"
+        ),
+        "reason": "ServiceUnavailable", "code": 503,
+    });
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header("content-type", "application/json")
+        .body(full(status.to_string()))
+        .unwrap()
+}
+
+/// Whether `object`'s labels match `selector`, a list's `labelSelector`
+/// query value (percent-encoded); only equalities (`k=v,k2=v2`) are read,
+/// and anything else matches.
+fn selected(object: &Value, selector: &str) -> bool {
+    let mut decoded = String::new();
+    let mut bytes = selector.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                decoded.push(u8::from_str_radix(&hex, 16).map_or('?', char::from));
+            }
+            b'+' => decoded.push(' '),
+            b => decoded.push(char::from(b)),
+        }
+    }
+    decoded
+        .split(',')
+        .filter_map(|term| term.split_once('='))
+        .filter(|(k, _)| !k.ends_with('!'))
+        .all(|(k, v)| object["metadata"]["labels"][k.trim()] == v.trim_start_matches('='))
 }
 
 /// `/api/v1/namespaces/NS/pods/NAME/portforward` → `NS/NAME`.
@@ -590,10 +681,14 @@ fn pod_port_forward(path: &str) -> Option<String> {
 
 /// The API server's 404 for a pod it does not have (`NS/NAME`).
 fn not_found_pod(pod: &str) -> Response<Body> {
-    let name = pod.split_once('/').map_or(pod, |(_, n)| n);
+    not_found("pods", pod.split_once('/').map_or(pod, |(_, n)| n))
+}
+
+/// The API server's 404 for an object of `resource` it does not have.
+fn not_found(resource: &str, name: &str) -> Response<Body> {
     let status = json!({
         "kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "message": format!("pods \"{name}\" not found"),
+        "message": format!("{resource} \"{name}\" not found"),
         "reason": "NotFound", "code": 404,
     });
     Response::builder()
@@ -604,8 +699,13 @@ fn not_found_pod(pod: &str) -> Response<Body> {
 }
 
 /// Answers a port-forward's WebSocket upgrade and relays its first port's
-/// data channel to `addr`.
-fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+/// data channel to where that port of `pod` is reached (`addr` of it; an
+/// `Err` sends kubelet's refusal on the error channel instead).
+fn port_forward(
+    mut req: Request<Incoming>,
+    pod: &str,
+    addr: impl FnOnce(u16) -> Result<SocketAddr, bool>,
+) -> Response<Body> {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
@@ -624,6 +724,8 @@ fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> 
         .find_map(|kv| kv.strip_prefix("ports="))
         .and_then(|p| p.split([',', '%']).next()?.parse().ok())
         .unwrap_or(0);
+    let addr = addr(port).ok();
+    let pod = pod.to_string();
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
@@ -644,12 +746,24 @@ fn port_forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> 
                 return;
             }
         }
-        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        let refused = |why: String| Message::binary([&[1u8][..], why.as_bytes()].concat());
+        let Some(addr) = addr else {
+            // As kubelet words it when nothing listens on the port.
             let _ = sink
-                .send(Message::binary(
-                    [&[1u8][..], format!("cannot reach {addr}").as_bytes()].concat(),
-                ))
+                .send(refused(format!(
+                    "error forwarding port {port} to pod {pod}: failed to connect to \
+                     localhost:{port} inside namespace: connection refused"
+                )))
                 .await;
+            // Then the connection ends; after the client's first frame, so
+            // that the reason has reached it before the end does (kube's
+            // forwarder drops a reason that comes after a failed write).
+            let _ = stream.next().await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        };
+        let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+            let _ = sink.send(refused(format!("cannot reach {addr}"))).await;
             return;
         };
         let (mut from_pod, mut to_pod) = tcp.into_split();
@@ -760,15 +874,24 @@ async fn serve_fake_api(
                         });
                         let (lists, creates) = &*objects;
                         if let Some(pod) = pod_port_forward(req.uri().path()) {
-                            return Ok::<_, Infallible>(match pods.get(&pod) {
-                                Some(addr) => port_forward(req, *addr),
-                                None => not_found_pod(&pod),
+                            let known = pods.contains_key(&pod)
+                                || pods.keys().any(|k| k.starts_with(&format!("{pod}:")));
+                            return Ok::<_, Infallible>(if known {
+                                port_forward(req, &pod, |port| pod_port(&pods, &pod, port))
+                            } else {
+                                not_found_pod(&pod)
                             });
                         }
                         if req.method() == Method::GET {
-                            if let Some((pod, path)) = pod_proxy(req.uri().path()) {
-                                if let Some(addr) = pods.get(&pod) {
-                                    return Ok::<_, Infallible>(forward_get(*addr, &path).await);
+                            if let Some((pod, port, path)) = pod_proxy(req.uri().path()) {
+                                match pod_port(&pods, &pod, port) {
+                                    Ok(addr) => {
+                                        return Ok::<_, Infallible>(forward_get(addr, &path).await)
+                                    }
+                                    Err(true) => {
+                                        return Ok::<_, Infallible>(refused_pod_port(&pod, port))
+                                    }
+                                    Err(false) => return Ok::<_, Infallible>(not_found_pod(&pod)),
                                 }
                             }
                         }
@@ -801,21 +924,27 @@ async fn serve_fake_api(
         }
     });
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
-             users: [{{name: fake, user: {{token: fake-token}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
-        ),
-    )
-    .unwrap();
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"), "fake");
     FakeApi {
         addr,
         kubeconfig,
         seen,
     }
+}
+
+/// Writes a kubeconfig at `path` whose one context, `context` (its
+/// current one), names the API server at `server` with a bearer token.
+pub fn write_kubeconfig(path: &Path, server: &str, context: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\n\
+             clusters: [{{name: {context}, cluster: {{server: \"{server}\"}}}}]\n\
+             users: [{{name: {context}, user: {{token: fake-token}}}}]\n\
+             contexts: [{{name: {context}, context: {{cluster: {context}, user: {context}}}}}]\n"
+        ),
+    )
+    .unwrap();
 }
 
 fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {
@@ -866,7 +995,26 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
             )))
             .unwrap();
     }
-    let items = objects.get(path).cloned().unwrap_or_default();
+    // A named object of a collection given: it, or the API server's 404.
+    if let Some((collection, name)) = path.rsplit_once('/') {
+        if let (false, Some(items)) = (objects.contains_key(path), objects.get(collection)) {
+            let resource = collection.rsplit('/').next().unwrap_or_default();
+            return match items.iter().find(|o| o["metadata"]["name"] == name) {
+                Some(object) => Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(object.to_string()))
+                    .unwrap(),
+                None => not_found(resource, name),
+            };
+        }
+    }
+    let mut items = objects.get(path).cloned().unwrap_or_default();
+    if let Some(selector) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("labelSelector="))
+    {
+        items.retain(|o| selected(o, selector));
+    }
     let list = json!({
         "apiVersion": "v1",
         "kind": "List",
@@ -879,6 +1027,53 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
         .unwrap()
 }
 
+/// The three binaries running, as far as a test without a cluster can
+/// run them: the chart's control plane and injector (their Deployments,
+/// against the API server `env` names) and a proxy on a static snapshot;
+/// each serving `/metrics` once [`MeshBinaries::start`] returns.
+pub struct MeshBinaries {
+    pub control_plane: Container,
+    /// Where the control plane's metrics are (its `prometheus.io/port`).
+    pub control_plane_metrics: SocketAddr,
+    pub injector: Container,
+    /// Where the injector's metrics are (its `prometheus.io/port`).
+    pub injector_metrics: SocketAddr,
+    pub proxy: crate::StaticProxy,
+}
+
+impl MeshBinaries {
+    pub async fn start(rendered: &Rendered, env: &[(&str, &str)]) -> Self {
+        let (control_plane, control_plane_metrics) = Container::start_scraped(
+            rendered,
+            "outrigger-control-plane",
+            "outrigger-control-plane",
+            env,
+        );
+        let (injector, injector_metrics) =
+            Container::start_scraped(rendered, "outrigger-injector", "outrigger-injector", env);
+        let proxy = crate::StaticProxy::start("web", "shop");
+        for addr in [control_plane_metrics, injector_metrics, proxy.admin] {
+            let up = crate::eventually(std::time::Duration::from_secs(30), || async move {
+                matches!(crate::try_get(addr, "/metrics").await, Ok((200, _)))
+            })
+            .await;
+            assert!(
+                up,
+                "nothing serves /metrics on {addr}: {}{}",
+                control_plane.logs(),
+                injector.logs()
+            );
+        }
+        MeshBinaries {
+            control_plane,
+            control_plane_metrics,
+            injector,
+            injector_metrics,
+            proxy,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,13 +1082,33 @@ mod tests {
     fn pod_proxy_and_port_forward_paths_name_the_pod() {
         assert_eq!(
             pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy/metrics"),
-            Some(("shop/web-0".into(), "/metrics".into()))
+            Some(("shop/web-0".into(), 4191, "/metrics".into()))
         );
         assert_eq!(
-            pod_proxy("/api/v1/namespaces/shop/pods/web-0:4191/proxy"),
-            Some(("shop/web-0".into(), "/".into()))
+            pod_proxy("/api/v1/namespaces/shop/pods/web-0:9090/proxy"),
+            Some(("shop/web-0".into(), 9090, "/".into()))
+        );
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let pods = BTreeMap::from([
+            ("shop/web-0".to_string(), addr(1)),
+            ("shop/cp-0:9090".to_string(), addr(2)),
+        ]);
+        assert_eq!(pod_port(&pods, "shop/web-0", 4191), Ok(addr(1)));
+        assert_eq!(pod_port(&pods, "shop/web-0", 8080), Err(true));
+        assert_eq!(pod_port(&pods, "shop/cp-0", 9090), Ok(addr(2)));
+        assert_eq!(pod_port(&pods, "shop/cp-0", 4191), Err(true));
+        assert_eq!(pod_port(&pods, "shop/gone-0", 4191), Err(false));
+        assert_eq!(
+            PROXY_ADMIN_PORT,
+            outrigger_injector::config::Ports::default().admin
         );
         assert_eq!(pod_proxy("/api/v1/namespaces/shop/pods"), None);
+        let pod =
+            json!({ "metadata": { "labels": { "app.kubernetes.io/name": "cp", "tier": "a" } } });
+        assert!(selected(&pod, "app.kubernetes.io%2Fname%3Dcp%2Ctier%3Da"));
+        assert!(selected(&pod, "tier==a"));
+        assert!(!selected(&pod, "app.kubernetes.io%2Fname%3Dinjector"));
+        assert!(selected(&pod, ""));
         assert_eq!(
             pod_port_forward("/api/v1/namespaces/shop/pods/web-0/portforward"),
             Some("shop/web-0".into())

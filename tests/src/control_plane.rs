@@ -22,7 +22,7 @@ use outrigger_proxy::{Options, Proxy};
 use outrigger_runtime::drain;
 use tokio::sync::watch;
 
-use crate::identity::{control_plane_id, TRUST_DOMAIN};
+use crate::identity::{control_plane_id, workload_identity, TRUST_DOMAIN};
 
 /// A folder under the system temp dir, removed on drop.
 pub struct Dir(tempfile::TempDir);
@@ -167,4 +167,22 @@ pub fn follow(
         proxy.metrics.clone(),
     )
     .unwrap();
+}
+
+/// A proxy of pod `pod` (ServiceAccount `sa`) in `shop`, following the
+/// control plane at `cp` with an identity that starts from `ca`'s roots and
+/// certifies with the token file `tokens/shop/<sa>`, used for its mesh hops
+/// too (as the binary does).
+pub async fn certified_follower(
+    boot: Snapshot,
+    pod: &str,
+    sa: &str,
+    cp: SocketAddr,
+    ca: &outrigger_identity::Ca,
+    tokens: &Dir,
+) -> Proxy {
+    let identity = workload_identity("shop", sa, tokens.path().join("shop").join(sa), ca.roots());
+    let p = waiting_proxy(boot.clone(), Some(identity.clone())).await;
+    follow(&p, cp, boot, "shop", pod, Some(identity));
+    p
 }

@@ -15,7 +15,7 @@
 //! | [`mesh`] | [`Mesh`]: the client proxy and the server proxy in front of one app |
 //! | [`identity`] | [`workload_identity`] (certified by the control plane), [`held_identity`] (already holding a certificate) |
 //! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`], what is left of its certificate ([`cert_left`]) |
-//! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`run_bin`], [`free_port`], a real Prometheus ([`PrometheusBin`]) |
+//! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`run_bin`], [`free_port`], a real Prometheus ([`PrometheusBin`], its [`Target`]s, [`Prometheus::query`]) and [`promtool`], the proxy binary on a static snapshot ([`StaticProxy`]) |
 //! | [`control_plane`] | an in-process control plane on a folder, the folder, its certifier; proxies that wait for it and follow it |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
 //!
@@ -38,7 +38,10 @@ pub use clients::{get, http1, http2, https_get, keep_requesting, raw_get, tally,
 pub use identity::{held_identity, workload_identity};
 pub use mesh::Mesh;
 pub use metrics::{cert_left, metric, scrape};
-pub use processes::{eventually, free_port, on_path, ready, run_bin, workspace_bin, PrometheusBin};
+pub use processes::{
+    eventually, free_port, on_path, promtool, ready, run_bin, workspace_bin, Prometheus,
+    PrometheusBin, StaticProxy, Target,
+};
 pub use servers::{
     app, counted_app, serve_http, serve_https, serve_tcp, stalling_app, Answer, APP_TLS_NAME,
 };

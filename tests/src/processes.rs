@@ -1,7 +1,8 @@
 //! Waiting for things to be so: a condition polled until a limit
 //! ([`eventually`]), a proxy's readiness ([`ready`]); and for tests that run
 //! processes, the workspace's own binaries ([`workspace_bin`]) and a port
-//! to give them ([`free_port`]), and a real Prometheus ([`PrometheusBin`]).
+//! to give them ([`free_port`]), a real Prometheus ([`PrometheusBin`]), and
+//! the proxy binary on a static snapshot ([`StaticProxy`]).
 
 use std::time::Duration;
 
@@ -63,6 +64,27 @@ pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+/// `promtool`, from the same Debian package as Prometheus, or `None` (the
+/// test skips, saying so) when it is not on PATH; CI sets
+/// `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one fails the test.
+pub fn promtool() -> Option<std::path::PathBuf> {
+    prometheus_tool("promtool")
+}
+
+/// `name` (a binary of Debian's prometheus package) on PATH, or `None`
+/// after saying so, unless `OUTRIGGER_REQUIRE_PROMETHEUS` makes it a failure.
+fn prometheus_tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = on_path(name);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
+            "{name} is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
+        );
+        eprintln!("{name} not found; skipping (install Debian's prometheus package to run it)");
+    }
+    found
+}
+
 /// The `prometheus` binary on PATH, for the tests that run a real one.
 pub struct PrometheusBin(std::path::PathBuf);
 
@@ -75,40 +97,120 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
+/// A scrape target: its `/metrics` address, the target labels Prometheus
+/// adds to its series (as Kubernetes service discovery adds `namespace`
+/// and `pod`), and whether it answers over TLS.
+pub struct Target {
+    /// The scrape job it is in (`outrigger` unless named); a TLS target's
+    /// job is this name with `-tls`.
+    pub job: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub labels: Vec<(&'static str, String)>,
+    /// HTTPS, without verifying the certificate: the control plane's
+    /// carries only its SPIFFE ID.
+    pub tls: bool,
+}
+
+impl Target {
+    pub fn plain(addr: std::net::SocketAddr) -> Self {
+        Self {
+            job: "outrigger",
+            addr,
+            labels: Vec::new(),
+            tls: false,
+        }
+    }
+}
+
 impl PrometheusBin {
     /// The binary, or `None` (the test skips, saying so) when it is not on
     /// PATH; CI sets `OUTRIGGER_REQUIRE_PROMETHEUS`, so there a missing one
     /// fails the test.
     pub fn find() -> Option<Self> {
-        let found = on_path("prometheus");
-        if found.is_none() {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_PROMETHEUS").is_none(),
-                "prometheus is required (OUTRIGGER_REQUIRE_PROMETHEUS is set) but not on PATH"
-            );
-            eprintln!(
-                "prometheus not found; skipping (install Debian's prometheus package to run it)"
-            );
-        }
-        found.map(Self)
+        prometheus_tool("prometheus").map(Self)
     }
 
-    /// Starts it, scraping each of `targets`' `/metrics` every second.
+    /// Starts it, scraping each of `targets`' `/metrics` every second
+    /// (one job, `outrigger`).
     pub fn start(self, targets: &[std::net::SocketAddr]) -> Prometheus {
+        let targets: Vec<Target> = targets.iter().map(|a| Target::plain(*a)).collect();
+        self.start_with(&targets, None)
+    }
+
+    /// Starts it with one scrape job per `(job name, targets)`, each
+    /// target's `/metrics` scraped every second over plain HTTP.
+    pub fn start_jobs(self, jobs: &[(&'static str, &[std::net::SocketAddr])]) -> Prometheus {
+        let targets: Vec<Target> = jobs
+            .iter()
+            .flat_map(|(job, addrs)| {
+                addrs.iter().map(|a| Target {
+                    job,
+                    ..Target::plain(*a)
+                })
+            })
+            .collect();
+        self.start_with(&targets, None)
+    }
+
+    /// Starts it, scraping each of `targets` every second (one scrape job
+    /// per job name, in the order they first appear) and, with `rules`
+    /// (the text of a rules file), evaluating them every second.
+    pub fn start_with(self, targets: &[Target], rules: Option<&str>) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("outrigger-prom-")
             .tempdir()
             .unwrap();
         let config = dir.path().join("prometheus.yml");
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\nscrape_configs:\n  - job_name: outrigger\n    static_configs: [{{ targets: [{}] }}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
+        let mut text = String::from(
+            "global: { scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s }\n",
+        );
+        if let Some(rules) = rules {
+            let file = dir.path().join("rules.yaml");
+            std::fs::write(&file, rules).unwrap();
+            text.push_str(&format!("rule_files: ['{}']\n", file.display()));
+        }
+        text.push_str("scrape_configs:\n");
+        let mut jobs: Vec<(&str, bool)> = Vec::new();
+        for t in targets {
+            if !jobs.contains(&(t.job, t.tls)) {
+                jobs.push((t.job, t.tls));
+            }
+        }
+        for (name, tls) in jobs {
+            let job = if tls {
+                format!("{name}-tls")
+            } else {
+                name.to_string()
+            };
+            let of_job: Vec<String> = targets
+                .iter()
+                .filter(|t| t.tls == tls && t.job == name)
+                .map(|t| {
+                    let labels: Vec<String> = t
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}: '{v}'"))
+                        .collect();
+                    format!(
+                        "      - {{ targets: ['{}'], labels: {{ {} }} }}\n",
+                        t.addr,
+                        labels.join(", ")
+                    )
+                })
+                .collect();
+            if of_job.is_empty() {
+                continue;
+            }
+            text.push_str(&format!("  - job_name: {job}\n"));
+            if tls {
+                text.push_str(
+                    "    scheme: https\n    tls_config: { insecure_skip_verify: true }\n",
+                );
+            }
+            text.push_str("    static_configs:\n");
+            text.push_str(&of_job.concat());
+        }
+        std::fs::write(&config, text).unwrap();
         let port = free_port();
         let child = std::process::Command::new(self.0)
             .arg(format!("--config.file={}", config.display()))
@@ -134,9 +236,104 @@ impl Prometheus {
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
     }
+
+    /// GET `path` (e.g. `/api/v1/query`) with the query parameters `params`,
+    /// encoded: the JSON answer, or why there is none.
+    pub async fn api(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Value, String> {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+            .collect();
+        let uri = format!("{path}?{}", query.join("&"));
+        match crate::clients::try_get(self.addr, &uri).await {
+            Ok((_, body)) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// An instant query's result (`data.result`), or Prometheus's error.
+    pub async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let answer = self.api("/api/v1/query", &[("query", promql)]).await?;
+        if answer["status"] != "success" {
+            return Err(answer.to_string());
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// `text` as a URL query component: unreserved bytes kept, the rest as `%XX`.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real `outrigger-proxy` binary, run from a static snapshot with no
+/// listeners: only its admin port (`/metrics`, `/ready`); killed when
+/// dropped.
+pub struct StaticProxy {
+    child: std::process::Child,
+    pub admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl StaticProxy {
+    /// Starts it as workload `workload` of `namespace`, its admin port on a
+    /// free loopback port.
+    pub fn start(workload: &str, namespace: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let snapshot = dir.path().join("proxy.yaml");
+        std::fs::write(
+            &snapshot,
+            format!(
+                "version: \"static-1\"\nproxy: {{ workload: {workload}, namespace: {namespace} }}\n\
+                 admin: {{ bind: \"{admin}\" }}\nlisteners: []\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(
+            workspace_bin("outrigger-proxy").expect("the outrigger-proxy binary"),
+        )
+        .args([
+            "run",
+            "--config",
+            snapshot.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        StaticProxy {
+            child,
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for StaticProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

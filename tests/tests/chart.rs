@@ -45,6 +45,16 @@ fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
     render_or_skip(values, "outrigger", NAMESPACE).map(|r| (r, cert))
 }
 
+/// helm lint --strict found nothing at warning level or above.
+fn assert_lints_clean(r: &Rendered) {
+    let serious: Vec<_> = r
+        .lint
+        .iter()
+        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+        .collect();
+    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+}
+
 fn typed<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(o: &Value) -> T {
     serde_json::from_value(o.clone()).unwrap_or_else(|e| {
         panic!(
@@ -61,13 +71,7 @@ fn the_chart_lints_clean_and_renders_the_mesh() {
     let Some((r, _)) = rendered_with(json!({})) else {
         return;
     };
-    // helm lint --strict: nothing at warning level or above.
-    let serious: Vec<_> = r
-        .lint
-        .iter()
-        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
-        .collect();
-    assert!(serious.is_empty(), "helm lint: {serious:#?}");
+    assert_lints_clean(&r);
 
     // Every object is a valid object of its kind, in the release's
     // namespace when it is namespaced.
@@ -175,6 +179,26 @@ fn bad_values_are_refused_naming_the_value() {
             "/image/pullPolicy",
         ),
         (
+            json!({ "podMonitor": { "enabled": "yes" } }),
+            "/podMonitor/enabled",
+        ),
+        (
+            json!({ "podMonitor": { "interval": "30 seconds" } }),
+            "/podMonitor/interval",
+        ),
+        (
+            json!({ "controlPlane": { "metricsPort": 0 } }),
+            "/controlPlane/metricsPort",
+        ),
+        (
+            json!({ "prometheusRule": { "objectives": { "successRatio": 99 } } }),
+            "/prometheusRule/objectives/successRatio",
+        ),
+        (
+            json!({ "dashboards": { "enable": true } }),
+            "'enable' not allowed",
+        ),
+        (
             json!({ "proxy": { "accessLog": "on" } }),
             "/proxy/accessLog",
         ),
@@ -209,6 +233,113 @@ fn the_access_log_value_reaches_the_mesh_config() {
         let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap();
         assert_eq!(cfg.access_log.as_str(), format, "{text}");
     }
+}
+
+/// The dashboards (ConfigMaps for Grafana's sidecar) and the rules (a
+/// PrometheusRule) are off by default; on, they hold the chart's files
+/// unchanged (tests/tests/dashboards.rs tests those against a real
+/// Prometheus), labelled as the values say, with the objectives from the
+/// values.
+#[test]
+fn the_dashboards_and_the_rules_render_as_their_files() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    assert_eq!(r.all("PrometheusRule").count(), 0);
+    assert!(!r.all("ConfigMap").any(|c| c["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("outrigger-dashboard-")));
+
+    let chart = outrigger_tests::chart::chart_dir();
+    let rules_text = std::fs::read_to_string(chart.join("rules/outrigger.rules.yaml")).unwrap();
+    let rules: Value = serde_saphyr::from_str(&rules_text).unwrap();
+    let mut dashboards = BTreeMap::new();
+    for entry in std::fs::read_dir(chart.join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        dashboards.insert(name, std::fs::read_to_string(&path).unwrap());
+    }
+    assert_eq!(dashboards.len(), 4);
+
+    let Some((r, _)) = rendered_with(json!({
+        "dashboards": { "enabled": true, "annotations": { "grafana_folder": "Outrigger" } },
+        "prometheusRule": { "enabled": true, "labels": { "release": "kube-prometheus-stack" } },
+    })) else {
+        return;
+    };
+    assert_lints_clean(&r);
+    let maps: Vec<_> = r
+        .all("ConfigMap")
+        .filter(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("outrigger-dashboard-")
+        })
+        .collect();
+    assert_eq!(maps.len(), dashboards.len());
+    for (file, text) in &dashboards {
+        let name = format!("outrigger-dashboard-{}", file.trim_end_matches(".json"));
+        let map = r.get("ConfigMap", &name);
+        let typed_map: ConfigMap = typed(map);
+        let data = typed_map.data.unwrap_or_default();
+        assert_eq!(data.keys().collect::<Vec<_>>(), [file], "{name}");
+        assert!(data[file] == *text, "{name} differs from dashboards/{file}");
+        let meta = &map["metadata"];
+        assert_eq!(meta["namespace"], NAMESPACE);
+        assert_eq!(meta["labels"]["grafana_dashboard"], "1", "{name}");
+        assert_eq!(meta["labels"]["app.kubernetes.io/part-of"], "outrigger");
+        assert_eq!(meta["annotations"]["grafana_folder"], "Outrigger");
+    }
+    let rule = r.get("PrometheusRule", "outrigger");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "outrigger"
+    );
+    assert_eq!(
+        rule["spec"], rules,
+        "the PrometheusRule's spec is not the rules file"
+    );
+
+    // The sidecar's label, the namespaces and the objectives are values.
+    let Some((r, _)) = rendered_with(json!({
+        "dashboards": { "enabled": true, "label": "dashboard", "labelValue": "outrigger", "namespace": "monitoring" },
+        "prometheusRule": {
+            "enabled": true,
+            "namespace": "monitoring",
+            "objectives": { "successRatio": 0.995, "latencyP99Seconds": 0.25 },
+        },
+    })) else {
+        return;
+    };
+    let map = r.get("ConfigMap", "outrigger-dashboard-workload");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["dashboard"], "outrigger");
+    assert!(map["metadata"]["labels"].get("grafana_dashboard").is_none());
+    let rule = r.get("PrometheusRule", "outrigger");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    let mut expected = rules.clone();
+    let mut replaced = 0;
+    for group in expected["groups"].as_array_mut().unwrap() {
+        for r in group["rules"].as_array_mut().unwrap() {
+            let objective = match r["record"].as_str() {
+                Some("outrigger:objective:success_ratio") => "vector(0.995)",
+                Some("outrigger:objective:latency_p99_seconds") => "vector(0.25)",
+                _ => continue,
+            };
+            r["expr"] = json!(objective);
+            replaced += 1;
+        }
+    }
+    assert_eq!(replaced, 2, "the rules file has both objectives");
+    assert_eq!(rule["spec"], expected);
 }
 
 /// The pieces point at each other.
@@ -611,6 +742,77 @@ async fn the_charts_control_plane_serves_under_the_charts_ca() {
     .await;
     assert!(patched, "no status write: {:?}\n{}", api.seen(), cp.logs());
     assert_granted(&r, "outrigger-control-plane", &api.seen());
+
+    // Prometheus, as the pod's annotations tell it: plain HTTP, on the
+    // metrics port, where build and process metrics are with the rest.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations.get("prometheus.io/scheme"), None);
+    let port: u64 = annotations["prometheus.io/port"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(named_port(c, "metrics"), port);
+    let (status, text) = outrigger_tests::get(cp.ports["metrics"], "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("outrigger_build_info{version=\"")
+            && text.contains("outrigger_cp_connected_proxies")
+            && text.contains("process_resident_memory_bytes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn podmonitors_are_optional_and_name_the_containers_ports() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    assert_eq!(r.all("PodMonitor").count(), 0);
+    let Some((r, _)) = rendered_with(json!({ "podMonitor": {
+        "enabled": true, "interval": "15s", "labels": { "release": "kube-prometheus" } } }))
+    else {
+        return;
+    };
+    let cp = r.get("Deployment", "outrigger-control-plane");
+    let injector = r.get("Deployment", "outrigger-injector");
+    let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+    for (name, deployment) in [
+        ("outrigger-control-plane", Some(cp)),
+        ("outrigger-injector", Some(injector)),
+        ("outrigger-proxies", None),
+    ] {
+        let m = r.get("PodMonitor", name);
+        assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(m["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus");
+        let endpoint = &m["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics", "{name}");
+        assert_eq!(endpoint["interval"], "15s", "{name}");
+        let port = endpoint["port"].as_str().unwrap();
+        match deployment {
+            // The PodMonitor selects its Deployment's pods, by a port the
+            // container declares, the one the pod's annotations name.
+            Some(d) => {
+                let labels = &d["spec"]["template"]["metadata"]["labels"];
+                for (k, v) in m["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+                    assert_eq!(&labels[k], v, "{name}: {k}");
+                }
+                let n = named_port(&container(d), port);
+                assert_eq!(
+                    d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+                    n.to_string(),
+                    "{name}"
+                );
+            }
+            // Proxies anywhere: the port the injector gives the proxy.
+            None => {
+                assert_eq!(m["spec"]["namespaceSelector"]["any"], true);
+                assert_eq!(port, "outrigger-admin");
+            }
+        }
+    }
 }
 
 /// The cluster path end to end, minus the kubelet's network: a pod the

@@ -111,19 +111,47 @@ async fn a_wrong_address_names_it_and_the_next_step() {
     );
 }
 
+/// A pod as the API server lists it: running, with the proxy's container
+/// (a native sidecar) or without.
+fn pod(name: &str, meshed: bool) -> serde_json::Value {
+    let mut spec = serde_json::json!({ "containers": [{ "name": "app" }] });
+    if meshed {
+        spec["initContainers"] =
+            serde_json::json!([{ "name": "outrigger-proxy", "restartPolicy": "Always" }]);
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": spec,
+        "status": { "phase": "Running" },
+    })
+}
+
 /// In the cluster: a port-forward through the API server to the pod's
-/// admin port (the stand-in relays it to the real proxy).
+/// admin port (the stand-in relays it to the real proxy). The stand-in
+/// serves only the ports it is given, so a pod with a proxy on another
+/// port than 4191 shows that the port-forward asks for 4191.
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_a_pod_through_a_port_forward() {
     let mesh = Mesh::start(app("web").await).await;
     let dir = tempfile::tempdir().unwrap();
-    let pods = std::collections::BTreeMap::from([(
-        "shop/client-5d9c7-aaaaa".to_string(),
-        mesh.client.admin_addr,
+    let objects = std::collections::BTreeMap::from([(
+        "/api/v1/namespaces/shop/pods".to_string(),
+        vec![
+            pod("client-5d9c7-aaaaa", true),
+            pod("web-1", false),
+            pod("odd-0", true),
+        ],
     )]);
-    let api =
-        outrigger_tests::chart::fake_api_server_with_pods(Default::default(), pods, dir.path())
-            .await;
+    let pods = std::collections::BTreeMap::from([
+        (
+            "shop/client-5d9c7-aaaaa".to_string(),
+            mesh.client.admin_addr,
+        ),
+        // A proxy's admin port, but at the pod's 8080: not where it is asked.
+        ("shop/odd-0:8080".to_string(), mesh.client.admin_addr),
+    ]);
+    let api = outrigger_tests::chart::fake_api_server_with_pods(objects, pods, dir.path()).await;
     let kubeconfig = api.kubeconfig.to_str().unwrap();
     let args = |more: &[&'static str]| {
         let mut v = vec!["--kubeconfig", kubeconfig, "-n", "shop", "proxy-config"];
@@ -145,16 +173,145 @@ async fn reads_a_pod_through_a_port_forward() {
         .iter()
         .any(|r| r.path == "/api/v1/namespaces/shop/pods/client-5d9c7-aaaaa/portforward"));
 
-    // A pod the API server cannot forward to: named, with the next step.
-    let out = outrigger(&args(&["gone-0"])).await;
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    println!("{err}");
+    let fails = |pod: &'static str| {
+        let args = args(&[pod]);
+        async move {
+            let out = outrigger(&args).await;
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            println!("{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            err
+        }
+    };
+    // A pod the API server does not have: named, with the next step.
+    let err = fails("gone-0").await;
+    assert_eq!(
+        err,
+        "Error: no pod gone-0 in namespace shop: `kubectl get pods -n shop` lists them (or \
+         name another namespace with -n)\n"
+    );
+    // A pod without the proxy says so before any port-forward is tried.
+    let err = fails("web-1").await;
+    assert_eq!(
+        err,
+        "Error: pod shop/web-1 has no outrigger-proxy container: is its namespace annotated \
+         (kubectl annotate namespace shop outrigger.dev/inject=enabled), and was the pod \
+         created after?\n"
+    );
+    assert!(!api
+        .seen()
+        .iter()
+        .any(|r| r.path.contains("web-1/portforward")));
+    // Nothing listens on the pod's 4191: the port-forward's refusal.
+    let err = fails("odd-0").await;
     assert!(
-        err.contains("cannot port-forward to pod shop/gone-0:4191")
-            && err.contains("may you create pods/portforward there?"),
+        err.contains("cannot read the configuration of the proxy at pod shop/odd-0")
+            && err.contains(
+                "the port-forward to pod shop/odd-0:4191 failed: error forwarding port 4191 to pod \
+                 shop/odd-0: failed to connect to localhost:4191 inside namespace: connection \
+                 refused (is the pod's proxy running, and listening on its admin port 4191?)"
+            ),
         "{err}"
     );
+}
+
+/// An endpoint outlier detection ejected is shown as such, with how long
+/// it has left, and the other one's load; in JSON too.
+#[tokio::test(flavor = "multi_thread")]
+async fn shows_which_endpoint_is_ejected() {
+    use std::sync::atomic::Ordering;
+    let (bad, bad_hits) = counted_app("bad", |_, _| Answer::Status(500)).await;
+    let (good, _) = counted_app("good", |_, _| Answer::Status(200)).await;
+    let snapshot = web_snapshot(
+        "1",
+        &format!(
+            "endpoints:
+  - {{ address: \"{bad}\", workload: web-v1, labels: {{ version: v1 }} }}
+  - {{ address: \"{good}\", workload: web-v2, labels: {{ version: v2 }} }}
+trafficPolicy:
+  loadBalancer: {{ simple: ROUND_ROBIN }}
+  outlierDetection: {{ consecutive5xxErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 50 }}
+http:
+  - retries: {{ attempts: 0 }}
+"
+        ),
+    );
+    let proxy = outrigger_proxy::Proxy::start(snapshot, outrigger_proxy::Options::default())
+        .await
+        .unwrap();
+    let outbound = proxy.listener_addr("outbound").unwrap();
+    // Round robin: 4 requests give the bad endpoint its 2 errors.
+    for _ in 0..4 {
+        let _ = try_get(outbound, "/").await;
+    }
+    assert_eq!(bad_hits.load(Ordering::SeqCst), 2);
+    let admin = proxy.admin_addr.to_string();
+    let table = stdout(&outrigger(&["proxy-config", "--local", &admin, "endpoints"]).await);
+    println!("{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0]
+            .split("  ")
+            .filter(|c| !c.is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>(),
+        [
+            "SERVICE",
+            "ADDRESS",
+            "WORKLOAD",
+            "LABELS",
+            "SUBSETS",
+            "MESHED",
+            "HEALTH",
+            "EJECTED",
+            "IN FLIGHT",
+            "LATENCY"
+        ]
+    );
+    let row = |addr: std::net::SocketAddr| {
+        lines
+            .iter()
+            .find(|l| l.contains(&addr.to_string()))
+            .unwrap_or_else(|| panic!("no {addr} in\n{table}"))
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let ejected = row(bad);
+    assert_eq!(
+        ejected[..7],
+        [
+            "web.shop",
+            &bad.to_string(),
+            "web-v1",
+            "version=v1",
+            "-",
+            "no",
+            "EJECTED"
+        ]
+    );
+    assert!(
+        ["60s", "59s", "58s"]
+            .iter()
+            .any(|s| ejected[7] == format!("{s} left (1× so far)")),
+        "{ejected:?}"
+    );
+    assert_eq!(ejected[8], "0");
+    let healthy = row(good);
+    assert_eq!(healthy[6..8], ["HEALTHY", "no"]);
+    assert!(healthy[9].ends_with("ms"), "{healthy:?}");
+
+    let json =
+        stdout(&outrigger(&["proxy-config", "--local", &admin, "endpoints", "-o", "json"]).await);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let eps = &v["services"][0]["endpoints"];
+    assert_eq!(eps[0]["address"], bad.to_string());
+    assert_eq!(eps[0]["health"]["state"], "ejected");
+    assert_eq!(eps[0]["health"]["ejections"], 1);
+    assert_eq!(eps[1]["health"]["state"], "healthy");
+    assert_eq!(v["services"][0]["outlier_detection"], true);
 }
 
 /// A proxy following a real control plane (folder mode, with the mesh CA):
@@ -270,7 +427,7 @@ spec:
         "inbound mTLS: PERMISSIVE\n",
         "web.shop  canary-header  x-canary=1  web.shop/green                         -        -\n",
         "web.shop  route-1        *           web.shop/blue 90%, web.shop/green 10%  3s       2 attempts, 1s each, on 5xx\n",
-        "web.shop  10.0.0.7:8080  web-blue   app=web,version=blue   blue     no\n",
+        "web.shop  10.0.0.7:8080  web-blue   app=web,version=blue   blue     no      HEALTHY  -        0          -\n",
     ] {
         assert!(all.contains(line), "{line:?} not in\n{all}");
     }

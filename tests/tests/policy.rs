@@ -314,6 +314,63 @@ http:
     );
 }
 
+/// The admin port's `/endpoints` names the endpoint outlier detection
+/// ejected, until when and how often, and the other one's load.
+#[tokio::test]
+async fn the_admin_port_shows_which_endpoint_is_ejected_and_until_when() {
+    use outrigger_api::health::{EndpointState, EndpointsHealth};
+    let (bad, _) = counted_app("bad", |_, _| Answer::Status(500)).await;
+    let (good, _) = counted_app("good", ok).await;
+    let p = proxy(&format!(
+        "endpoints:\n{}{}trafficPolicy:
+  loadBalancer: {{ simple: ROUND_ROBIN }}
+  outlierDetection: {{ consecutive5xxErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 50 }}
+http:
+  - retries: {{ attempts: 0 }}
+",
+        ep(bad, "v1"),
+        ep(good, "v2")
+    ))
+    .await;
+    let read = || async {
+        let (status, body) = outrigger_tests::get(p.admin_addr, "/endpoints").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<EndpointsHealth>(&body).unwrap()
+    };
+    let before = read().await;
+    let web = &before.services[0];
+    assert_eq!((web.name.as_str(), web.outlier_detection), ("web", true));
+    assert!(web
+        .endpoints
+        .iter()
+        .all(|e| e.state == EndpointState::Healthy));
+
+    // Round robin: 4 requests give the bad endpoint its 2 errors.
+    let started = std::time::SystemTime::now();
+    for _ in 0..4 {
+        send(&p, get("/")).await;
+    }
+    let after = read().await;
+    let eps = &after.services[0].endpoints;
+    let bad_ep = eps.iter().find(|e| e.address == bad.to_string()).unwrap();
+    let good_ep = eps.iter().find(|e| e.address == good.to_string()).unwrap();
+    assert_eq!(bad_ep.state, EndpointState::Ejected, "{bad_ep:?}");
+    assert_eq!(bad_ep.ejections, 1);
+    let left = bad_ep.ejected_for_ms.unwrap();
+    assert!((50_000..=60_000).contains(&left), "{left} ms left");
+    let until =
+        std::time::UNIX_EPOCH + Duration::from_millis(bad_ep.ejected_until_unix_ms.unwrap());
+    let from_start = until.duration_since(started).unwrap();
+    assert!(
+        (Duration::from_secs(59)..=Duration::from_secs(61)).contains(&from_start),
+        "{from_start:?}"
+    );
+    assert_eq!(good_ep.state, EndpointState::Healthy);
+    assert_eq!(good_ep.ejected_for_ms, None);
+    assert!(good_ep.latency_ms.unwrap() > 0.0, "{good_ep:?}");
+    assert_eq!(good_ep.in_flight, 0);
+}
+
 #[tokio::test]
 async fn a_lone_ejected_endpoint_gets_a_quick_503_that_says_why() {
     let (bad, _) = counted_app("bad", |_, _| Answer::Status(500)).await;

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use outrigger_api::Snapshot;
 use outrigger_identity::Ca;
 use outrigger_proxy::Proxy;
-use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
+use outrigger_tests::control_plane::{certified_follower, certifier, ControlPlane, Dir};
 use outrigger_tests::*;
 
 const TD: &str = "cluster.local";
@@ -92,23 +92,6 @@ fn server_bootstrap(app: SocketAddr) -> Snapshot {
     s
 }
 
-/// A proxy of pod `pod` (ServiceAccount `sa`) in shop, following the
-/// control plane at `cp` with an identity that starts from `ca`'s roots,
-/// used for its mesh hops too (as the binary does).
-async fn with_identity(
-    boot: Snapshot,
-    pod: &str,
-    sa: &str,
-    cp: SocketAddr,
-    ca: &Ca,
-    tokens: &Dir,
-) -> Proxy {
-    let identity = workload_identity("shop", sa, tokens.path().join("shop").join(sa), ca.roots());
-    let p = waiting_proxy(boot.clone(), Some(identity.clone())).await;
-    follow(&p, cp, boot, "shop", pod, Some(identity));
-    p
-}
-
 async fn renewals(p: &Proxy) -> f64 {
     metric(
         &scrape(p).await,
@@ -165,7 +148,7 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
     let mesh_ca = |ca: Ca| Some(certifier(Arc::new(ca), LIFETIME, tokens.path()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cp_addr = listener.local_addr().unwrap();
-    let server = with_identity(
+    let server = certified_follower(
         server_bootstrap(app),
         "web-1",
         "web",
@@ -182,7 +165,7 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
         mesh_ca(Ca::from_pem(&old_cert, &old_key, None).unwrap()),
     )
     .await;
-    let client = with_identity(
+    let client = certified_follower(
         client_bootstrap(),
         "client-1",
         "client",
