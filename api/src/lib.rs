@@ -9,6 +9,7 @@
 //! deserialization would.
 #![forbid(unsafe_code)]
 
+mod access_log;
 pub mod authz;
 pub mod certify;
 mod duration;
@@ -22,6 +23,7 @@ pub mod spiffe;
 pub mod stream;
 mod validate;
 
+pub use access_log::AccessLogFormat;
 #[cfg(feature = "schema")]
 pub use duration::SCHEMA_PATTERN as DURATION_PATTERN;
 pub use duration::{Duration, DurationError};

@@ -22,8 +22,10 @@ pub const PROXY_MEMORY_REQUEST: &str = "config.outrigger.dev/proxy-memory-reques
 pub const PROXY_MEMORY_LIMIT: &str = "config.outrigger.dev/proxy-memory-limit";
 pub const PROXY_LOG_LEVEL: &str = "config.outrigger.dev/proxy-log-level";
 pub const NATIVE_SIDECAR: &str = "config.outrigger.dev/native-sidecar";
+/// `off`, `text` or `json`: the proxy's access log (`--access-log`).
+pub const ACCESS_LOG: &str = "config.outrigger.dev/access-log";
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     SKIP_INBOUND_PORTS,
     SKIP_OUTBOUND_PORTS,
     SKIP_SUBNETS,
@@ -34,6 +36,7 @@ const KNOWN: [&str; 10] = [
     PROXY_MEMORY_LIMIT,
     PROXY_LOG_LEVEL,
     NATIVE_SIDECAR,
+    ACCESS_LOG,
 ];
 
 /// The most ports a range may expand to in an opaque-ports list.
@@ -53,6 +56,7 @@ pub struct Overrides {
     pub limits: BTreeMap<String, String>,
     pub log_level: Option<String>,
     pub native_sidecar: Option<bool>,
+    pub access_log: Option<outrigger_api::AccessLogFormat>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +145,7 @@ pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, An
                     }
                 })
             }
+            ACCESS_LOG => o.access_log = Some(v.parse().map_err(|m: String| error(key, m))?),
             _ => {
                 return Err(error(
                     key,
@@ -174,6 +179,7 @@ mod tests {
             (PROXY_MEMORY_LIMIT, "256Mi"),
             (PROXY_LOG_LEVEL, "debug"),
             (NATIVE_SIDECAR, "false"),
+            (ACCESS_LOG, " json "),
             ("prometheus.io/scrape", "true"),
         ]))
         .unwrap();
@@ -199,6 +205,7 @@ mod tests {
         assert_eq!(o.limits["memory"], "256Mi");
         assert_eq!(o.log_level.as_deref(), Some("debug"));
         assert_eq!(o.native_sidecar, Some(false));
+        assert_eq!(o.access_log, Some(outrigger_api::AccessLogFormat::Json));
         assert_eq!(overrides(&map(&[])).unwrap(), Overrides::default());
     }
 
@@ -216,6 +223,12 @@ mod tests {
             (PROXY_MEMORY_LIMIT, "64MB", "not a Kubernetes quantity"),
             (PROXY_LOG_LEVEL, "[[", "is not a log filter"),
             (NATIVE_SIDECAR, "yes", "neither \"true\" nor \"false\""),
+            (
+                ACCESS_LOG,
+                "on",
+                "\"on\" is not an access-log format: off, text or json",
+            ),
+            (ACCESS_LOG, "JSON", "is not an access-log format"),
             (
                 "config.outrigger.dev/skip-inbound-port",
                 "80",

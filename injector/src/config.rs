@@ -49,6 +49,10 @@ pub struct MeshConfig {
     pub native_sidecar: bool,
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// Every proxy's access log (`off`, `text`, `json`) unless a pod's
+    /// `config.outrigger.dev/access-log` says otherwise.
+    #[serde(default)]
+    pub access_log: outrigger_api::AccessLogFormat,
     /// Ports the init step never redirects inbound, for every pod.
     #[serde(default)]
     pub skip_inbound_ports: Vec<u16>,
@@ -273,6 +277,7 @@ mod tests {
         assert_eq!(c.ports, Ports::default());
         assert_eq!(c.proxy_uid, 2102);
         assert!(c.native_sidecar);
+        assert_eq!(c.access_log, outrigger_api::AccessLogFormat::Off);
         assert_eq!(c.resources.requests["cpu"], "100m");
         assert_eq!(
             c.control_plane_identity(),
@@ -304,6 +309,7 @@ mod tests {
             ("proxyImage: x\nsidecar: yes", "unknown field"),
             ("proxyImage: x\nupgrades: ['web socket']", "upgrades"),
             ("proxyImage: x\npathNormalization: STRICT", "unknown variant"),
+            ("proxyImage: x\naccessLog: yes", "accessLog"),
         ] {
             let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

@@ -493,6 +493,10 @@ fn proxy_container(
             o.log_level.clone().unwrap_or_else(|| cfg.log_level.clone()),
         ),
         value(
+            "OUTRIGGER_ACCESS_LOG",
+            o.access_log.unwrap_or(cfg.access_log).to_string(),
+        ),
+        value(
             "OUTRIGGER_BOOTSTRAP",
             serde_json::to_string(&bootstrap(ns, o, cfg)).expect("serializes"),
         ),

@@ -194,6 +194,7 @@ fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
     assert_eq!(
         names,
         [
+            "OUTRIGGER_ACCESS_LOG",
             "OUTRIGGER_APP_PROBES",
             "OUTRIGGER_BOOTSTRAP",
             "OUTRIGGER_CONTROL_PLANE",
@@ -582,6 +583,43 @@ fn annotations_tune_the_init_step_the_bootstrap_and_the_resources() {
     assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "250m");
     assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "32Mi");
     assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "256Mi");
+}
+
+#[test]
+fn the_access_log_comes_from_the_pod_then_the_mesh_default() {
+    let access_log = |annotation: Option<&str>, mesh: &str| {
+        let mut pod = yaml(WEB);
+        if let Some(a) = annotation {
+            pod["metadata"]["annotations"] =
+                serde_json::json!({ "config.outrigger.dev/access-log": a });
+        }
+        let mut c = cfg();
+        c.access_log = mesh.parse().unwrap();
+        let (after, _, _) = injected(&pod, &enabled("shop"), &c);
+        let inits = after.spec.unwrap().init_containers.unwrap();
+        env(&inits[1])["OUTRIGGER_ACCESS_LOG"].clone()
+    };
+    // Off unless the mesh config or the pod says otherwise.
+    assert_eq!(access_log(None, "off"), "off");
+    assert_eq!(access_log(None, "json"), "json");
+    assert_eq!(access_log(Some("text"), "off"), "text");
+    assert_eq!(access_log(Some("off"), "json"), "off");
+    // The mesh default, from the chart's YAML.
+    let c = MeshConfig::from_yaml("proxyImage: x\naccessLog: text").unwrap();
+    assert_eq!(c.access_log.as_str(), "text");
+    let e = MeshConfig::from_yaml("proxyImage: x\naccessLog: verbose").unwrap_err();
+    assert!(e.to_string().contains("verbose"), "{e}");
+    // A bad value refuses the pod, naming the annotation.
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] =
+        serde_json::json!({ "config.outrigger.dev/access-log": "yes" });
+    match inject(&pod, &enabled("shop"), &cfg()) {
+        Outcome::Refuse(m) => assert_eq!(
+            m,
+            "annotation config.outrigger.dev/access-log: \"yes\" is not an access-log format: off, text or json"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -22,10 +22,15 @@ use crate::probe::Probes;
 use outrigger_proxy_policy::config::Config;
 use outrigger_runtime::drain;
 
+/// How long the end of a drain waits for the access log's last lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Write one `outrigger::access` log line per request.
-    pub access_log: bool,
+    /// One access-log line per request, in this format (off by default).
+    pub access_log: crate::access_log::Format,
+    /// Where access-log lines go: stdout, or a buffer (tests).
+    pub access_log_sink: crate::access_log::Sink,
     /// Stay unready (`/ready` 503) until the first [`Applier::apply`]
     /// succeeds: the bootstrap snapshot only binds the listeners, and the
     /// control plane's first update is the config to serve.
@@ -41,6 +46,8 @@ pub struct Options {
 pub enum StartError {
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
+    #[error("cannot start the access-log writer thread: {source}")]
+    AccessLog { source: std::io::Error },
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -119,6 +126,13 @@ impl Proxy {
 
         let configured = Arc::new(AtomicBool::new(!opts.wait_for_config));
         let inbound_changes = Arc::new(watch::Sender::new(0u64));
+        let access_log = crate::access_log::Logger::start(
+            opts.access_log,
+            &opts.access_log_sink,
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(|source| StartError::AccessLog { source })?
+        .map(Arc::new);
         let shared = Arc::new(Shared {
             configured: configured.clone(),
             inbound_changes: inbound_changes.clone(),
@@ -130,7 +144,7 @@ impl Proxy {
                 identity: opts.identity.clone(),
             }),
             metrics: metrics.clone(),
-            access_log: opts.access_log,
+            access_log: access_log.clone(),
             identity: opts.identity.clone(),
             principal: opts
                 .identity
@@ -209,6 +223,15 @@ impl Proxy {
                 }
             }
             stop_admin.stop();
+            // The last requests' lines out before the process ends.
+            if let Some(log) = access_log {
+                let flush = move || log.flush(ACCESS_LOG_FLUSH);
+                if !tokio::task::spawn_blocking(flush).await.unwrap_or(false) {
+                    tracing::warn!(
+                        "the access log's last lines may be lost: stdout did not take them"
+                    );
+                }
+            }
             outcome
         });
 

@@ -93,9 +93,11 @@ enum Command {
         /// This pod's IP (downward API): where app probes without a host go.
         #[arg(long, env = "POD_IP", default_value = "127.0.0.1")]
         pod_ip: std::net::IpAddr,
-        /// Log one line per request on the `outrigger::access` target.
-        #[arg(long)]
-        access_log: bool,
+        /// One access-log line per request on stdout: `off`, `text` (Envoy's
+        /// shape) or `json`; a bare `--access-log` means `text`.
+        #[arg(long, env = "OUTRIGGER_ACCESS_LOG", default_value = "off",
+              num_args = 0..=1, default_missing_value = "text")]
+        access_log: outrigger_proxy::access_log::Format,
         /// Log filter, e.g. `info` or `outrigger_proxy=debug,info`.
         #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
         log_level: String,
@@ -303,6 +305,7 @@ fn main() -> anyhow::Result<()> {
             let opts = Options {
                 probes: Arc::new(probes),
                 access_log,
+                access_log_sink: Default::default(),
                 wait_for_config: follow.is_some(),
                 identity: follow.as_ref().and_then(|f| f.identity.clone()),
             };

@@ -321,6 +321,8 @@ pub struct Metrics {
     pub identity_expiry: Gauge,
     /// Certificate requests to the control plane, by result (ok, error).
     pub identity_renewals: Family<ResultLabel, Counter>,
+    /// Access-log lines dropped because the writer's queue was full.
+    pub access_log_dropped: Counter,
     pub ready: Gauge,
     /// The services of the configuration in force, whose per-service
     /// series [`Metrics::applied`] keeps.
@@ -496,6 +498,12 @@ impl Metrics {
             "Unix time when the snapshot in force was applied",
             config_last_applied.clone(),
         );
+        let access_log_dropped = Counter::default();
+        reg.register(
+            "outrigger_access_log_dropped",
+            "Access-log lines dropped because stdout did not keep up (the writer's queue was full)",
+            access_log_dropped.clone(),
+        );
         let ready = Gauge::default();
         reg.register(
             "outrigger_ready",
@@ -542,6 +550,7 @@ impl Metrics {
             control_plane_connected,
             identity_expiry,
             identity_renewals,
+            access_log_dropped,
             ready,
             services: Default::default(),
             registry: Arc::new(reg),

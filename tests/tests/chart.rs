@@ -198,6 +198,15 @@ fn bad_values_are_refused_naming_the_value() {
             json!({ "dashboards": { "enable": true } }),
             "'enable' not allowed",
         ),
+        (
+            json!({ "proxy": { "accessLog": "on" } }),
+            "/proxy/accessLog",
+        ),
+        // Unquoted `off` in a values file is YAML's false.
+        (
+            json!({ "proxy": { "accessLog": false } }),
+            "/proxy/accessLog",
+        ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
         merge_values(&mut values, extra.clone());
@@ -209,6 +218,20 @@ fn bad_values_are_refused_naming_the_value() {
             }
             Ok(_) => panic!("{extra} was taken"),
         }
+    }
+}
+
+/// `proxy.accessLog` is the mesh config's default access log.
+#[test]
+fn the_access_log_value_reaches_the_mesh_config() {
+    for format in ["off", "text", "json"] {
+        let Some((r, _)) = rendered_with(json!({ "proxy": { "accessLog": format } })) else {
+            return;
+        };
+        let mesh = r.get("ConfigMap", "outrigger-mesh-config");
+        let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
+        let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap();
+        assert_eq!(cfg.access_log.as_str(), format, "{text}");
     }
 }
 
@@ -380,6 +403,7 @@ fn the_charts_pieces_agree() {
     );
     assert_eq!(cfg.trust_domain, "mesh.example");
     assert_eq!(cfg.proxy_image, "outrigger/proxy:0.1.0");
+    assert_eq!(cfg.access_log, outrigger_api::AccessLogFormat::Off);
     let cp_container = &cp_pod["containers"][0];
     assert_eq!(cp_container["image"], "outrigger/control-plane:0.1.0");
     assert!(args(cp_container).contains(&"--trust-domain=mesh.example".to_string()));

@@ -58,6 +58,7 @@ trustDomain: {{ .Values.trustDomain }}
 proxyUid: {{ .Values.proxy.uid }}
 nativeSidecar: {{ .Values.proxy.nativeSidecar }}
 logLevel: {{ .Values.proxy.logLevel | quote }}
+accessLog: {{ .Values.proxy.accessLog | quote }}
 resources:
   {{- toYaml .Values.proxy.resources | nindent 2 }}
 skipInboundPorts: {{ toJson .Values.proxy.skipInboundPorts }}

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Ended};
 use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
 use crate::svc::{Body, BodyFault, BoxError, ClientFault, RouteName};
 
@@ -218,7 +218,11 @@ impl Record {
             .get_or_create(&self.labels)
             .observe(elapsed.as_secs_f64());
         if let Some(log) = self.access {
-            log.emit(&self.labels, elapsed);
+            log.emit(&Ended {
+                labels: &self.labels,
+                duration: elapsed,
+                bytes_received: sent,
+            });
         }
     }
 }
@@ -262,6 +266,11 @@ impl HttpBody for ResponseBody {
         let res = this.inner.poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(a) = this.record.as_mut().and_then(|r| r.access.as_mut()) {
+                        a.bytes_sent += data.len() as u64;
+                    }
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     if let (Some(v), Some(r)) = (trailers.get("grpc-status"), this.record.as_mut())
                     {

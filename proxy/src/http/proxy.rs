@@ -20,7 +20,7 @@ use tower::util::BoxCloneSyncService;
 use super::body::{Record, RequestBody, ResponseBody};
 use super::client::Client;
 use super::hold::{ConnGuard, Hold};
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Logger, RequestHeaders};
 use crate::headers::{ORIG_PROTO, SOURCE_WORKLOAD};
 use crate::identity::Identity;
 use crate::metrics::{
@@ -40,7 +40,8 @@ pub struct Shared {
     /// This proxy's identity: with one, the inbound side accepts mutual TLS.
     pub identity: Option<Arc<Identity>>,
     pub metrics: Arc<Metrics>,
-    pub access_log: bool,
+    /// The access log's writer, when it is on.
+    pub access_log: Option<Arc<Logger>>,
     pub chance: Chance,
     /// False until the first config is applied, for a proxy that waits for
     /// the control plane: its inbound side then takes nothing, as the
@@ -208,7 +209,10 @@ impl HttpProxy {
         let client_version = req.version();
         let request_bytes = Counter::default();
         let mut record = self.record(
-            || (req.method().clone(), Some(req.uri().clone())),
+            || {
+                let headers = RequestHeaders::of(req.uri(), req.headers());
+                (req.method().clone(), Some(req.uri().clone()), headers)
+            },
             client_version,
             request_bytes.clone(),
         );
@@ -307,7 +311,10 @@ impl HttpProxy {
     /// itself (400 malformed, 414 URI too long, 431 head too large): counted
     /// and logged like every other local reply, flagged `DPE`.
     pub fn record_unreadable(&self, status: http::StatusCode) {
-        let unread = || (Method::from_bytes(b"-").expect("a token"), None);
+        let unread = || {
+            let method = Method::from_bytes(b"-").expect("a token");
+            (method, None, RequestHeaders::default())
+        };
         let mut record = self.record(unread, Version::HTTP_11, Counter::default());
         record.labels.response_code = status.as_u16();
         record.labels.response_flags = ResponseFlag::DownstreamProtocolError;
@@ -316,24 +323,30 @@ impl HttpProxy {
 
     /// What is recorded of a request that starts now on this connection,
     /// before its way down says more: where it came from, not yet where it
-    /// went. `what` (method, URI; no URI for a request that could not be
-    /// read) is asked only when the access log is on.
+    /// went. `what` (method, URI, what the log takes from the headers; no
+    /// URI for a request that could not be read) is asked only when the
+    /// access log is on.
     fn record(
         &self,
-        what: impl FnOnce() -> (Method, Option<http::Uri>),
+        what: impl FnOnce() -> (Method, Option<http::Uri>, RequestHeaders),
         version: Version,
         request_bytes: Counter,
     ) -> Record {
-        let access = self.shared.access_log.then(|| {
-            let (method, uri) = what();
+        let access = self.shared.access_log.as_ref().map(|logger| {
+            let (method, uri, request) = what();
             Box::new(AccessLog {
+                logger: logger.clone(),
+                start: std::time::SystemTime::now(),
                 method,
                 uri,
                 version,
+                request,
                 peer: self.ctx.peer,
+                peer_identity: self.ctx.peer_identity.as_ref().map(|p| p.uri.clone()),
                 upstream: None,
                 route: None,
                 attempts: None,
+                bytes_sent: 0,
             })
         });
         Record {
