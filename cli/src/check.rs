@@ -1097,6 +1097,9 @@ pub const KNOWN_INJECTORS: &[(&str, &str)] = &[
     ("outrigger", "Outrigger (another install)"),
 ];
 
+/// The annotation that asks Linkerd's injector for its proxy.
+const LINKERD_INJECT: &str = "linkerd.io/inject";
+
 /// The namespaces the chart's webhook is never sent (its namespaceSelector
 /// in charts/outrigger/templates), besides the mesh's own.
 pub const NEVER_INJECTED: &[&str] = &["kube-system"];
@@ -1320,12 +1323,27 @@ pub fn other_webhooks(o: &PreObjects) -> Vec<Check> {
                     }
                 }
             }
+            let mesh = known_mesh(config_name, &w.name);
+            if mesh == Some("Linkerd") {
+                // Linkerd's webhook is sent every namespace but injects
+                // only where `linkerd.io/inject: enabled` is annotated.
+                overlap.retain(|name| {
+                    targets.iter().any(|n| {
+                        n.metadata.name.as_deref() == Some(*name)
+                            && n.metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(LINKERD_INJECT))
+                                .is_some_and(|v| v == "enabled")
+                    })
+                });
+            }
             if overlap.is_empty() {
                 continue;
             }
             overlap.sort();
             let namespaces = format!("{} {which}", overlap.join(", "));
-            out.push(match known_mesh(config_name, &w.name) {
+            out.push(match mesh {
                 Some(mesh) => Check::fail(
                     OTHER_MESHES,
                     format!(
@@ -1637,6 +1655,48 @@ mod tests {
                 "check that it keeps the outrigger-proxy init container first and unchanged, or \
                  narrow its namespaceSelector or objectSelector",
             ]
+        );
+        // Linkerd's webhook is sent every namespace but injects only those
+        // annotated linkerd.io/inject: enabled: web, not shop.
+        let mut linkerd_ns = namespaces.clone();
+        linkerd_ns[1]
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("linkerd.io/inject".into(), "enabled".into());
+        let linkerd = PreObjects {
+            webhooks: vec![one_webhook(
+                "linkerd-proxy-injector-webhook-config",
+                "linkerd-proxy-injector.linkerd.io",
+                pod_rules(&["CREATE"]),
+                json!({"matchExpressions": [{"key": "config.linkerd.io/admission-webhooks",
+                    "operator": "NotIn", "values": ["disabled"]}]}),
+            )],
+            namespaces: Ok(linkerd_ns),
+            ..o.clone()
+        };
+        assert_eq!(
+            said(&linkerd),
+            [(
+                Level::Fail,
+                "mutatingwebhookconfiguration linkerd-proxy-injector-webhook-config, webhook \
+                 linkerd-proxy-injector.linkerd.io (Linkerd's injector) would also inject the \
+                 pods of web (annotated outrigger.dev/inject: enabled)"
+                    .into()
+            )]
+        );
+        let quiet = PreObjects {
+            namespaces: Ok(namespaces.clone()),
+            ..linkerd.clone()
+        };
+        assert_eq!(
+            said(&quiet),
+            [(
+                Level::Ok,
+                "no other webhook changes the pods of 2 namespaces (annotated \
+                 outrigger.dev/inject: enabled)"
+                    .into()
+            )]
         );
         // Before any namespace is annotated: every one the chart's webhook
         // is sent is compared; another install of Outrigger is a mesh too.
