@@ -731,27 +731,7 @@ fn until(seconds: i64) -> String {
     }
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC; the civil-from-days
-/// algorithm of Howard Hinnant).
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use outrigger_runtime::timestamp::rfc3339;
 
 #[cfg(test)]
 mod tests {
@@ -964,15 +944,6 @@ inbound:
         );
         assert_eq!(arguments(&args(&[]), true), Ok((None, View::All)));
         assert!(arguments(&args(&["web-0", "routes"]), true).is_err());
-    }
-
-    #[test]
-    fn dates_are_utc_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_800_000_000), "2027-01-15T08:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(until(86_400 + 7200), "in 1d 2h");
-        assert_eq!(until(-300), "EXPIRED 5m ago");
     }
 
     #[test]

@@ -483,29 +483,7 @@ impl std::fmt::Display for Text<'_> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), Envoy's `%START_TIME%`.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm), for days >= 0.
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
+pub use outrigger_runtime::timestamp::rfc3339_millis;
 
 fn version_str(v: Version) -> &'static str {
     match v {
@@ -608,15 +586,6 @@ mod tests {
             );
         }
         assert_eq!(trace_id(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn start_times_are_utc_rfc3339_with_milliseconds() {
-        let at = |ms: u64| rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
-        assert_eq!(at(951_782_400_007), "2000-02-29T00:00:00.007Z");
-        assert_eq!(at(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
     }
 
     /// An inbound request to `web` in shop, from a caller it cannot name.

@@ -9,6 +9,7 @@
 //! | [`serve`] | the accept loop of a server, with its TLS handshake |
 //! | [`metrics`] | the `/metrics` answer: format negotiation and encoding; build and process families; the plain metrics listener |
 //! | [`log`] | log set-up from the `--log-level` and `--log-format` flags |
+//! | [`timestamp`] | UTC timestamps as RFC 3339 text |
 
 pub mod build;
 pub mod drain;
@@ -16,3 +17,4 @@ pub mod log;
 pub mod metrics;
 pub mod serve;
 pub mod signal;
+pub mod timestamp;
