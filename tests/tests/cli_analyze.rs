@@ -137,6 +137,41 @@ async fn an_unsupported_field_exits_1_naming_it_and_its_line() {
     );
 }
 
+/// YAML documents as JSON values.
+fn to_json(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple(text).unwrap()
+}
+
+/// The split with subset `v3`, which the shop has not, named reviews-canary.
+fn canary() -> Value {
+    let mut vs = to_json(&split("v3")).remove(0);
+    vs["metadata"]["name"] = json!("reviews-canary");
+    vs
+}
+
+/// A stand-in API server holding the shop's Service and DestinationRule,
+/// `virtual_services`, and the objects of `more` (path → items).
+async fn shop_cluster(
+    virtual_services: Vec<Value>,
+    more: Vec<(&str, Vec<Value>)>,
+    dir: &Path,
+) -> outrigger_tests::chart::FakeApi {
+    let shop = to_json(SHOP);
+    let mut objects = BTreeMap::from([
+        ("/api/v1/services".to_string(), vec![shop[0].clone()]),
+        (
+            "/apis/outrigger.dev/v1alpha1/destinationrules".to_string(),
+            vec![shop[1].clone()],
+        ),
+        (
+            "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
+            virtual_services,
+        ),
+    ]);
+    objects.extend(more.into_iter().map(|(p, items)| (p.to_string(), items)));
+    fake_api_server(objects, dir).await
+}
+
 /// The cluster as the stand-in API server holds it: the shop's Service and
 /// DestinationRule, a VirtualService with an unknown subset, and one with a
 /// field Outrigger does not support (which the API server would hold if its
@@ -144,11 +179,7 @@ async fn an_unsupported_field_exits_1_naming_it_and_its_line() {
 /// Deployment (its options).
 #[tokio::test]
 async fn over_the_cluster_the_same_verdicts() {
-    let to_json = |text: &str| -> Vec<Value> { serde_saphyr::from_multiple(text).unwrap() };
-    let shop = to_json(SHOP);
     let good = to_json(&split("v2")).remove(0);
-    let mut bad_subset = to_json(&split("v3")).remove(0);
-    bad_subset["metadata"]["name"] = json!("reviews-canary");
     let mut unsupported = good.clone();
     unsupported["metadata"]["name"] = json!("reviews-mirror");
     unsupported["spec"]["http"][0]["mirror"] = json!({"host": "reviews"});
@@ -161,22 +192,12 @@ async fn over_the_cluster_the_same_verdicts() {
                      "--default-export-to=."]}]}}}
     });
     let dir = tempfile::tempdir().unwrap();
-    let api = fake_api_server(
-        BTreeMap::from([
-            ("/api/v1/services".to_string(), vec![shop[0].clone()]),
-            (
-                "/apis/outrigger.dev/v1alpha1/destinationrules".to_string(),
-                vec![shop[1].clone()],
-            ),
-            (
-                "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
-                vec![bad_subset, unsupported],
-            ),
-            (
-                "/apis/apps/v1/namespaces/outrigger-system/deployments".to_string(),
-                vec![deploy],
-            ),
-        ]),
+    let api = shop_cluster(
+        vec![canary(), unsupported],
+        vec![(
+            "/apis/apps/v1/namespaces/outrigger-system/deployments",
+            vec![deploy],
+        )],
         dir.path(),
     )
     .await;
@@ -244,26 +265,8 @@ async fn over_the_cluster_the_same_verdicts() {
 /// object in the analysis.
 #[tokio::test]
 async fn files_over_the_cluster_replace_its_objects_of_the_same_name() {
-    let to_json = |text: &str| -> Vec<Value> { serde_saphyr::from_multiple(text).unwrap() };
-    let shop = to_json(SHOP);
-    let mut canary = to_json(&split("v3")).remove(0);
-    canary["metadata"]["name"] = json!("reviews-canary");
     let dir = tempfile::tempdir().unwrap();
-    let api = fake_api_server(
-        BTreeMap::from([
-            ("/api/v1/services".to_string(), vec![shop[0].clone()]),
-            (
-                "/apis/outrigger.dev/v1alpha1/destinationrules".to_string(),
-                vec![shop[1].clone()],
-            ),
-            (
-                "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
-                vec![canary],
-            ),
-        ]),
-        dir.path(),
-    )
-    .await;
+    let api = shop_cluster(vec![canary()], vec![], dir.path()).await;
     let kubeconfig = api.kubeconfig.display().to_string();
     let analyze = |files: Vec<String>| {
         let kubeconfig = kubeconfig.clone();
