@@ -815,6 +815,56 @@ fn podmonitors_are_optional_and_name_the_containers_ports() {
     }
 }
 
+#[test]
+fn servicemonitors_scrape_the_metrics_ports_of_the_services() {
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    assert_eq!(r.all("ServiceMonitor").count(), 0);
+    let Some((r, _)) = rendered_with(json!({
+        "serviceMonitor": { "enabled": true, "interval": "30s", "labels": { "release": "kp" } },
+        "podMonitor": { "enabled": true } }))
+    else {
+        return;
+    };
+    for name in ["outrigger-control-plane", "outrigger-injector"] {
+        let m = r.get("ServiceMonitor", name);
+        assert_eq!(m["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(m["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(m["metadata"]["labels"]["release"], "kp");
+        let service = r.get("Service", name);
+        for (k, v) in m["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&service["metadata"]["labels"][k], v, "{name}: {k}");
+        }
+        let endpoint = &m["spec"]["endpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(endpoint["scheme"], "http");
+        assert_eq!(endpoint["interval"], "30s");
+        // The Service's port of that name leads to the container port the
+        // pod's prometheus.io/port annotation names: plain /metrics.
+        let port = service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == endpoint["port"])
+            .unwrap_or_else(|| panic!("{name}: no Service port {}", endpoint["port"]));
+        let deployment = r.get("Deployment", name);
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let target = named_port(container, port["targetPort"].as_str().unwrap());
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+            target.to_string(),
+            "{name}"
+        );
+        // Not scraped twice: the PodMonitors keep to the proxies.
+        assert!(
+            r.all("PodMonitor").all(|p| p["metadata"]["name"] != name),
+            "{name} has both a PodMonitor and a ServiceMonitor"
+        );
+    }
+    assert_eq!(r.all("PodMonitor").count(), 1);
+}
+
 /// The cluster path end to end, minus the kubelet's network: a pod the
 /// chart's injector injects gets a proxy that, started from the injected
 /// container (its args, its env with the downward API filled in, the
