@@ -163,10 +163,12 @@ pub fn post_install(o: &Objects, now: SystemTime) -> Vec<Check> {
     out
 }
 
-/// A workload certificate with less left than this is a warning: a proxy
-/// renews its certificate well before (at most of its life: the control
-/// plane's default lifetime is 24h), so one this close to its end is not
-/// being renewed.
+/// A workload certificate with less left than this is a warning, from a
+/// proxy that does not say when it renews (older than
+/// `outrigger_identity_cert_renew_at_timestamp_seconds`): the control
+/// plane's default lifetime is 24h, renewed with 7.2h left. Newer proxies
+/// are judged as the alert judges them
+/// ([`outrigger_identity::renewal::expiring_soon`]).
 pub const CERT_WARNING: Duration = Duration::from_secs(3600);
 
 /// What one proxy's `/metrics` says of its certificate
@@ -228,7 +230,15 @@ pub fn proxy_metrics(
             } else {
                 format!("{}m", left.as_secs() / 60)
             };
-            if left < CERT_WARNING {
+            let soon = match value("outrigger_identity_cert_renew_at_timestamp_seconds") {
+                Some(renew) if renew > 0.0 => outrigger_identity::renewal::expiring_soon(
+                    now,
+                    UNIX_EPOCH + Duration::from_secs_f64(renew),
+                    UNIX_EPOCH + Duration::from_secs_f64(at),
+                ),
+                _ => left < CERT_WARNING,
+            };
+            if soon {
                 level = Level::Warn;
                 words.push(format!("certificate expires in {shown}"));
                 hint = Some(format!("{logs}: it should have renewed its certificate"));
@@ -2026,6 +2036,27 @@ mod tests {
             )
         );
         assert_eq!(said(Err("503".into())).0, Level::Warn);
+        // A proxy that says when it renews is judged by its renewal window:
+        // a 24h certificate with 5h left is overdue, a 1h one with 17m
+        // left (renewed at 18m) is not.
+        let renewing = |expiry: u64, renew: u64| -> Result<String, String> {
+            Ok(format!(
+                "outrigger_identity_cert_expiry_timestamp_seconds {expiry}\n\
+                 outrigger_identity_cert_renew_at_timestamp_seconds {renew}\n\
+                 outrigger_control_plane_connected 1\n"
+            ))
+        };
+        let five_h = 1_000_000 + 5 * 3600;
+        assert_eq!(
+            said(renewing(five_h, five_h - 25_920)),
+            (
+                Level::Warn,
+                "certificate expires in 5h, connected to the control plane".into()
+            )
+        );
+        let soon = 1_000_000 + 17 * 60;
+        assert_eq!(said(renewing(soon, soon - 18 * 60)).0, Level::Ok);
+        assert_eq!(said(renewing(soon, soon - 30 * 60)).0, Level::Warn);
     }
 
     #[test]

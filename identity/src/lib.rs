@@ -2,13 +2,15 @@
 //! workload certificates (`ca.rs`), the rustls configurations of a mesh
 //! hop (`tls.rs`), and every certificate verifier, those that check the
 //! peer's SPIFFE identity and the one kubelet-style probes use
-//! (`verify.rs`).
+//! (`verify.rs`); when a certificate is renewed and when an unrenewed
+//! one is a problem (`renewal.rs`).
 //! Pure of I/O: the control plane serves the CA, the proxy holds the key
 //! and the connections.
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod inspect;
+pub mod renewal;
 pub mod spiffe;
 pub mod tls;
 mod verify;

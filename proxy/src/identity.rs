@@ -34,8 +34,7 @@ use crate::metrics::Metrics;
 use crate::transport::tls::Io;
 use outrigger_proxy_policy::chance::Chance;
 
-/// Share of a certificate's lifetime after which it is renewed.
-pub const RENEW_AT: f64 = 0.7;
+pub use outrigger_identity::renewal::{renew_at, RENEW_AT};
 
 /// How this proxy gets its identity.
 #[derive(Clone, Debug)]
@@ -336,13 +335,6 @@ fn certificates(
     Ok(certs)
 }
 
-/// When a certificate received at `now` and expiring at `not_after` is
-/// renewed: at [`RENEW_AT`] of what was left of its life.
-pub fn renew_at(now: SystemTime, not_after: SystemTime) -> SystemTime {
-    let life = not_after.duration_since(now).unwrap_or_default();
-    now + life.mul_f64(RENEW_AT)
-}
-
 /// The pause before retrying a failed request: jittered back-off, but
 /// never so long that the certificate in force (expiring at `expiry`)
 /// runs out first; with none, the back-off alone.
@@ -361,6 +353,12 @@ pub fn retry_pause(
     }
 }
 
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64
+}
+
 /// Keeps a certificate for as long as the process runs.
 pub async fn keep(identity: Arc<Identity>, address: String, metrics: Arc<Metrics>) {
     let chance = Chance::default();
@@ -372,14 +370,10 @@ pub async fn keep(identity: Arc<Identity>, address: String, metrics: Arc<Metrics
                 backoff.reset();
                 expiry = Some(not_after);
                 metrics.identity_renewals.get_or_create(&OK).inc();
-                metrics.identity_expiry.set(
-                    not_after
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs() as i64,
-                );
+                metrics.identity_expiry.set(unix_secs(not_after));
                 let now = SystemTime::now();
                 let at = renew_at(now, not_after);
+                metrics.identity_renew_at.set(unix_secs(at));
                 tracing::info!(identity = %identity.id, renew_in = ?at.duration_since(now).unwrap_or_default(), "certificate held");
                 at.duration_since(now).unwrap_or_default()
             }

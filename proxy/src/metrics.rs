@@ -319,6 +319,9 @@ pub struct Metrics {
     pub control_plane_connected: Gauge,
     /// When the certificate in use expires (Unix seconds; 0 before the first).
     pub identity_expiry: Gauge,
+    /// When the proxy renews the certificate in use (Unix seconds; 0 before
+    /// the first; in the past while renewal keeps failing).
+    pub identity_renew_at: Gauge,
     /// Certificate requests to the control plane, by result (ok, error).
     pub identity_renewals: Family<ResultLabel, Counter>,
     /// Access-log lines dropped because the writer's queue was full.
@@ -486,6 +489,12 @@ impl Metrics {
             "When the workload certificate in use expires (0 before the first)",
             identity_expiry.clone(),
         );
+        let identity_renew_at = Gauge::default();
+        reg.register(
+            "outrigger_identity_cert_renew_at_timestamp_seconds",
+            "When the proxy renews the workload certificate in use (0 before the first; in the past while renewal fails)",
+            identity_renew_at.clone(),
+        );
         let identity_renewals = Family::<ResultLabel, Counter>::default();
         reg.register(
             "outrigger_identity_renewals",
@@ -549,6 +558,7 @@ impl Metrics {
             config_last_applied,
             control_plane_connected,
             identity_expiry,
+            identity_renew_at,
             identity_renewals,
             access_log_dropped,
             ready,

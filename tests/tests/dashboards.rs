@@ -42,15 +42,18 @@ const WINDOW: &str = "10s";
 const RATE: f64 = 20.0;
 /// Alerts the test's traffic must fire (their expression returns data)...
 const FIRING: &[&str] = &[
-    "OutriggerSuccessRateLow",          // 503s on web
-    "OutriggerLatencyHigh",             // /slow/600 on web, 1 in 26 requests
-    "OutriggerCertificateExpiringSoon", // certificates live 1 h
-    "OutriggerInjectorErrors",          // unreadable AdmissionReviews
+    "OutriggerSuccessRateLow", // 503s on web
+    "OutriggerLatencyHigh",    // /slow/600 on web, 1 in 26 requests
+    "OutriggerInjectorErrors", // unreadable AdmissionReviews
 ];
 /// ...and those it must leave silent (the expression runs, with no data).
 const SILENT: &[&str] = &[
     "OutriggerControlPlaneDown",       // it is up and scraped
     "OutriggerProxiesRefusingUpdates", // nothing invalid is pushed
+    // Certificates live 1 h and are renewed on time: within 6 h of their
+    // end from the start, but not overdue (rules/outrigger.rules.test.yaml
+    // has it fire).
+    "OutriggerCertificateExpiringSoon",
 ];
 
 fn repo() -> PathBuf {
@@ -120,6 +123,29 @@ fn the_published_copies_equal_the_charts_files() {
         published == rules_text(),
         "rules/outrigger.rules.yaml differs from charts/outrigger/rules/outrigger.rules.yaml (the source): cp charts/outrigger/rules/outrigger.rules.yaml rules/"
     );
+}
+
+/// The certificate alert is the inequality `outrigger check` and the proxy
+/// share (`outrigger_identity::renewal`): its numbers are those constants.
+#[test]
+fn the_certificate_alert_uses_the_renewal_definition() {
+    use outrigger_identity::renewal::{EXPIRING_WITHIN, WINDOW_LEFT};
+    let expr = rules()
+        .into_iter()
+        .find(|r| r.alert.as_deref() == Some("OutriggerCertificateExpiringSoon"))
+        .expect("the alert OutriggerCertificateExpiringSoon")
+        .expr
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let expected = format!(
+        "outrigger_identity_cert_expiry_timestamp_seconds - time() < clamp_max( \
+         (outrigger_identity_cert_expiry_timestamp_seconds - \
+         outrigger_identity_cert_renew_at_timestamp_seconds) * {WINDOW_LEFT}, {} * 3600) \
+         and outrigger_identity_cert_expiry_timestamp_seconds > 0",
+        EXPIRING_WITHIN.as_secs() / 3600
+    );
+    assert_eq!(expr, expected);
 }
 
 /// Every dashboard picks its data source from a `datasource` variable
@@ -728,6 +754,17 @@ async fn every_dashboard_and_rule_query_answers_with_sane_values() {
         )),
     )
     .await;
+    // Its plain metrics port (the chart's --metrics-listen), which the
+    // chart's annotations and monitors name: Prometheus scrapes there.
+    let cp_metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_metrics_addr = cp_metrics.local_addr().unwrap();
+    let (_cp_metrics_stop, cp_metrics_watch) = outrigger_runtime::drain::channel();
+    let cp_encode = cp.metrics.clone();
+    tokio::spawn(outrigger_runtime::metrics::listener::serve_metrics(
+        cp_metrics,
+        cp_metrics_watch,
+        move || cp_encode.encode(),
+    ));
     let client = certified_follower(
         client_bootstrap(),
         "client-1",
@@ -826,21 +863,21 @@ async fn every_dashboard_and_rule_query_answers_with_sane_values() {
         labels: vec![("namespace", "shop".into()), ("pod", pod.into())],
         tls: false,
     };
-    let system_target = |addr, pod: &str, tls| Target {
+    let system_target = |addr, pod: &str| Target {
         job: "outrigger",
         addr,
         labels: vec![
             ("namespace", "outrigger-system".into()),
             ("pod", pod.into()),
         ],
-        tls,
+        tls: false,
     };
     let mut prom = prometheus.start_with(
         &[
             proxy_target(server.admin_addr, "web-1"),
             proxy_target(client.admin_addr, "client-1"),
-            system_target(cp_addr, "outrigger-control-plane-0", true),
-            system_target(injector, "outrigger-injector-0", false),
+            system_target(cp_metrics_addr, "outrigger-control-plane-0"),
+            system_target(injector, "outrigger-injector-0"),
         ],
         Some(&short_windows(&rules_text())),
     );
