@@ -58,6 +58,10 @@
 #     CG_RUNS=1                        how many times each setup is counted (fresh processes
 #                                      each time); more than one prints the median and spread
 #     CG_CONCURRENCY=4                 oha -c of the callgrind runs (the full run's is 4)
+#     CG_PROXY_ARGS=""                 more arguments for the callgrind client-side proxy, e.g.
+#                                      tracing: "--trace-collector http://127.0.0.1:PORT --trace-sampling 1"
+#                                      (the word UPSTREAM_PORT becomes the upstream's port, which
+#                                      answers any POST, so it serves as an OTLP sink)
 #   BASE_PORT=18100       ports used: BASE_PORT .. BASE_PORT+61 on 127.0.0.1
 #   SKIP_INSTALL=1  SKIP_BUILD=1  BUILD_REF=HEAD   as in bench/run.sh
 #   REPORT=path           the file whose policy section is (re)written (default: BENCHMARKS.md)
@@ -252,6 +256,8 @@ fi
 CG_N1=${CG_N1:-200} CG_N2=${CG_N2:-2200}
 [[ $CG_N1 =~ ^[0-9]+$ && $CG_N2 =~ ^[0-9]+$ ]] && ((CG_N2 > CG_N1)) || die "CG_N1 and CG_N2 must be whole numbers with CG_N2 > CG_N1"
 
+read -ra CG_EXTRA <<<"${CG_PROXY_ARGS:-}"
+CG_EXTRA=("${CG_EXTRA[@]/UPSTREAM_PORT/$P_UPSTREAM}")
 cg_prepare() {
   if ! command -v valgrind >/dev/null; then
     [[ -n ${SKIP_INSTALL:-} ]] && die "valgrind missing (apt-get install valgrind), or CG=0 to skip the instruction counts"
@@ -276,7 +282,7 @@ count_instructions() {
   for n in "$CG_N1" "$CG_N2"; do
     name="cg_${s}${tag}_$n"
     start "$name" valgrind --tool=callgrind --callgrind-out-file="$RES/cg-$s$tag-$n.out" \
-      "$PROXY" run --config "$CONF/cg-$v.yaml" --threads 1 --log-level warn
+      "$PROXY" run --config "$CONF/cg-$v.yaml" --threads 1 --log-level warn "${CG_EXTRA[@]}"
     deadline=$((SECONDS + 120))
     until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$P_CG_ADMIN/ready" 2>/dev/null; do
       alive "${PID[$name]}" || die "the callgrind proxy for $s exited (log: $LOGS/$name.log)"
@@ -334,7 +340,7 @@ if ((CG_ONLY)); then
   {
     echo "# client-side instructions per request under callgrind: (I($CG_N2 requests) - I($CG_N1 requests)) / $((CG_N2 - CG_N1)), oha -c $CG_CONCURRENCY"
     echo "# setup, median over $CG_RUNS run(s), each run, spread"
-    echo "# outrigger: $BUILT_FROM"
+    echo "# outrigger: $BUILT_FROM${CG_PROXY_ARGS:+, client side with: ${CG_EXTRA[*]}}"
     printf '%s\n' "${summary[@]}"
   } >"$RES/instructions.txt"
   log "instructions per request (written to $RES/instructions.txt):"
