@@ -14,7 +14,7 @@
 //! | [`snapshots`] | proxy snapshots: [`server_snapshot`], [`client_snapshot`], [`web_snapshot`] |
 //! | [`mesh`] | [`Mesh`]: the client proxy and the server proxy in front of one app |
 //! | [`identity`] | [`workload_identity`] (certified by the control plane), [`held_identity`] (already holding a certificate) |
-//! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`], what is left of its certificate ([`cert_left`]) |
+//! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`], what is left of its certificate ([`cert_left`]), every family in docs/metrics.md ([`assert_documented`]) |
 //! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`run_bin`], [`free_port`], a real Prometheus ([`PrometheusBin`], its [`Target`]s, [`Prometheus::query`]) and [`promtool`], the proxy binary on a static snapshot ([`StaticProxy`]) |
 //! | [`control_plane`] | an in-process control plane on a folder, the folder, its certifier; proxies that wait for it and follow it |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
@@ -37,7 +37,7 @@ pub use body::{empty, full, Body, BoxError};
 pub use clients::{get, http1, http2, https_get, keep_requesting, raw_get, tally, try_get};
 pub use identity::{held_identity, workload_identity};
 pub use mesh::Mesh;
-pub use metrics::{cert_left, metric, scrape};
+pub use metrics::{assert_documented, cert_left, metric, scrape};
 pub use processes::{
     eventually, free_port, on_path, promtool, ready, run_bin, workspace_bin, Prometheus,
     PrometheusBin, StaticProxy, Target,

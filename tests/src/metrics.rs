@@ -1,6 +1,8 @@
 //! Reading Prometheus text: a proxy's `/metrics` ([`scrape`]), one
-//! summed sample out of any exposition ([`metric`]), and what is left of a
-//! proxy's certificate ([`cert_left`]).
+//! summed sample out of any exposition ([`metric`]), what is left of a
+//! proxy's certificate ([`cert_left`]), and whether docs/metrics.md, the
+//! metrics reference, has a row for every family of an exposition
+//! ([`assert_documented`]).
 
 use outrigger_proxy::Proxy;
 
@@ -49,6 +51,55 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// Family name (as queried: counters with `_total`) → type, from the
+/// `# TYPE` lines of an exposition in either text format. Families with no
+/// series yet are not listed (prometheus-client writes none).
+pub fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').expect("# TYPE name type");
+            let name = match kind {
+                "counter" if !name.ends_with("_total") => format!("{name}_total"),
+                _ => name.to_string(),
+            };
+            (name, kind.to_string())
+        })
+        .collect()
+}
+
+/// The rows of docs/metrics.md's tables: family → type column.
+pub fn documented() -> std::collections::BTreeMap<String, String> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+    )
+    .expect("docs/metrics.md");
+    doc.lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((name.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect()
+}
+
+/// Panics unless every family `who` exposes in `text` has a row in
+/// docs/metrics.md with its type; returns how many families it checked.
+pub fn assert_documented(who: &str, text: &str) -> usize {
+    let docs = documented();
+    let found = families(text);
+    for (name, kind) in &found {
+        match docs.get(name) {
+            Some(t) => assert_eq!(
+                t, kind,
+                "docs/metrics.md gives {name} ({who}) the wrong type"
+            ),
+            None => panic!("{who}'s family {name} ({kind}) has no row in docs/metrics.md"),
+        }
+    }
+    found.len()
 }
 
 #[cfg(test)]

@@ -980,5 +980,16 @@ async fn every_dashboard_and_rule_query_answers_with_sane_values() {
             "{what}: no {status}: {seen:?}"
         );
     }
+    // Every family this traffic brought to life is in the reference.
+    for (who, addr) in [
+        ("the server-side proxy", server.admin_addr),
+        ("the client-side proxy", client.admin_addr),
+        ("the control plane", cp_metrics_addr),
+        ("the injector", injector),
+    ] {
+        let (code, text) = get(addr, "/metrics").await;
+        assert_eq!(code, 200, "{who}: {text}");
+        assert_documented(who, &text);
+    }
     cp.stop().await;
 }
