@@ -301,10 +301,12 @@ impl HttpProxy {
         let bytes = self
             .shared
             .metrics
-            .response_bytes
+            .bytes
             .get_or_create(&record.labels.traffic)
             .clone();
-        resp.map(|b| ResponseBody::new(b, bytes, record))
+        let response_bytes = bytes.response();
+        record.bytes = Some(bytes);
+        resp.map(|b| ResponseBody::new(b, response_bytes, record))
     }
 
     /// Records a request hyper refused while reading it, having answered it
@@ -362,6 +364,8 @@ impl HttpProxy {
             access,
             route: None,
             request_bytes,
+            bytes: None,
+            response_size: 0,
         }
     }
 
