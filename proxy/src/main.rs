@@ -121,8 +121,8 @@ enum Command {
         cluster_domain: String,
         /// The cluster's name (Istio format: `source_cluster`,
         /// `destination_cluster`).
-        #[arg(long, env = "OUTRIGGER_CLUSTER_ID", default_value = "Kubernetes")]
-        cluster_id: String,
+        #[arg(long, env = "OUTRIGGER_CLUSTER_NAME", default_value = "Kubernetes")]
+        cluster_name: String,
         /// This pod's labels that name its app, version and canonical
         /// service and revision, as a JSON object (the injector writes it).
         #[arg(long, env = "OUTRIGGER_POD_LABELS")]
@@ -240,7 +240,7 @@ fn main() -> anyhow::Result<()> {
             threads,
             metrics_format,
             cluster_domain,
-            cluster_id,
+            cluster_name,
             pod_labels,
         } => {
             let format = match log_format {
@@ -341,7 +341,7 @@ fn main() -> anyhow::Result<()> {
                 metrics: outrigger_proxy::metrics::MetricsOptions {
                     format: metrics_format,
                     cluster_domain,
-                    cluster_id,
+                    cluster_name,
                     pod_labels,
                 },
             };

@@ -32,7 +32,7 @@ pub struct MetricsOptions {
     /// `name.namespace.svc.<cluster_domain>`.
     pub cluster_domain: String,
     /// Istio's `source_cluster` and `destination_cluster` of known workloads.
-    pub cluster_id: String,
+    pub cluster_name: String,
     /// This proxy's own pod labels (its canonical service and revision,
     /// app and version), as the injector hands them over.
     pub pod_labels: BTreeMap<String, String>,
@@ -43,7 +43,7 @@ impl Default for MetricsOptions {
         Self {
             format: MetricsFormat::Outrigger,
             cluster_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
+            cluster_name: "Kubernetes".into(),
             pod_labels: BTreeMap::new(),
         }
     }
@@ -527,7 +527,7 @@ impl Metrics {
         let istio = (opts.format == MetricsFormat::Istio).then(|| {
             Arc::new(istio::Context::new(
                 &opts.cluster_domain,
-                &opts.cluster_id,
+                &opts.cluster_name,
                 opts.pod_labels.clone(),
             ))
         });

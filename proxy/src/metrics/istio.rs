@@ -423,7 +423,7 @@ mod tests {
         let m = Metrics::with_options(&MetricsOptions {
             format: MetricsFormat::Istio,
             cluster_domain: domain.into(),
-            cluster_id: "east".into(),
+            cluster_name: "east".into(),
             pod_labels: labels(&[("app", "productpage"), ("version", "v1")]),
         });
         let snapshot = outrigger_api::Snapshot::from_yaml(
