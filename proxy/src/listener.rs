@@ -389,6 +389,10 @@ impl Listener {
         if let Some(id) = &peer_identity {
             traffic.source_principal = id.uri.clone();
             traffic.source_namespace = id.namespace.clone();
+            // The one workload the configuration shows the identity serving.
+            if let [w] = cfg.workloads_of(&id.uri) {
+                traffic.source_workload = w.clone();
+            }
             traffic.connection_security_policy = SecurityPolicy::MutualTls;
         }
         let labels = TcpLabels {
