@@ -176,7 +176,63 @@ impl EncodeLabelValue for ResponseFlag {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GrpcStatus(pub Option<u8>);
 
+/// What [`GrpcStatus::PENDING`] holds: no gRPC code.
+const PENDING_CODE: u8 = u8::MAX;
+
 impl GrpcStatus {
+    /// A gRPC request (`content-type: application/grpc…`) whose response
+    /// has said no status yet; [`GrpcStatus::resolved`] when it ends, so
+    /// never part of a series' key.
+    pub const PENDING: GrpcStatus = GrpcStatus(Some(PENDING_CODE));
+
+    /// The status a request ends with: the one its response said, or, for
+    /// a gRPC request whose response said none (the proxy's own answer, a
+    /// response broken off), its HTTP status `http` mapped (as Envoy and
+    /// Istio do); none for other requests.
+    pub fn resolved(self, http: u16) -> Self {
+        if self == Self::PENDING {
+            GrpcStatus(Some(Self::from_http(http)))
+        } else {
+            self
+        }
+    }
+
+    /// [`GrpcStatus::PENDING`] for a gRPC request, else none.
+    pub fn of_request(headers: &http::HeaderMap) -> Self {
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            Self::PENDING
+        } else {
+            GrpcStatus(None)
+        }
+    }
+
+    /// The status the response said (0..=16), if any.
+    pub fn code(self) -> Option<u8> {
+        self.0.filter(|c| *c != PENDING_CODE)
+    }
+
+    /// Whether the request or its response was gRPC.
+    pub fn is_grpc(self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The status of a gRPC exchange that ended with the HTTP status `http`
+    /// and no `grpc-status`: gRPC's mapping of HTTP statuses (UNKNOWN for
+    /// any other, a 200 included).
+    pub fn from_http(http: u16) -> u8 {
+        match http {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        }
+    }
+
     /// Parses a `grpc-status` value; out-of-range codes become 2 (UNKNOWN), as
     /// gRPC clients treat them.
     pub fn parse(v: &[u8]) -> Self {
@@ -191,7 +247,7 @@ impl GrpcStatus {
 
 impl EncodeLabelValue for GrpcStatus {
     fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        match self.0 {
+        match self.code() {
             Some(c) => c.encode(e),
             None => "".encode(e),
         }
@@ -992,6 +1048,33 @@ response_flags=\"-\"} 3"
                 .any(|l| l == "outrigger_retries_total{destination_service=\"web.shop\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_grpc_request_without_a_status_ends_with_its_http_status_mapped() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(GrpcStatus::of_request(&h), GrpcStatus(None));
+        h.insert("content-type", "application/grpc+proto".parse().unwrap());
+        let pending = GrpcStatus::of_request(&h);
+        assert!(pending.is_grpc());
+        assert_eq!(pending.code(), None);
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (200, 2),
+            (0, 2),
+        ] {
+            assert_eq!(pending.resolved(http), GrpcStatus(Some(grpc)), "{http}");
+        }
+        // What the response said stays; other requests have none.
+        assert_eq!(GrpcStatus(Some(0)).resolved(503), GrpcStatus(Some(0)));
+        assert_eq!(GrpcStatus(None).resolved(503), GrpcStatus(None));
     }
 
     #[test]

@@ -290,7 +290,7 @@ async fn tick(n: u64, to: To) -> Vec<String> {
             try_get(details, "/").await.map(|r| r.0).ok()
         ),
     ];
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         seen.push(format!(
             "GET reviews 503 {:?}",
             try_get(reviews, "/status/503").await.map(|r| r.0).ok()

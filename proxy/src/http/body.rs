@@ -197,6 +197,10 @@ impl Record {
         if !completed && self.labels.response_flags == ResponseFlag::None {
             self.labels.response_flags = ResponseFlag::DownstreamConnectionTermination;
         }
+        self.labels.grpc_response_status = self
+            .labels
+            .grpc_response_status
+            .resolved(self.labels.response_code);
         let elapsed = self.start.elapsed();
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();

@@ -217,6 +217,8 @@ impl HttpProxy {
             request_bytes.clone(),
         );
 
+        record.labels.grpc_response_status = GrpcStatus::of_request(req.headers());
+
         if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
             let err = ProxyError::new(
                 ErrorKind::NotImplemented,

@@ -320,16 +320,13 @@ pub(super) fn encode_request(
     ctx: &Context,
     e: &mut LabelSetEncoder,
 ) -> std::fmt::Result {
-    // gRPC: the response said a gRPC status (a trailer, or a header of a
-    // trailers-only response).
-    let protocol = if r.grpc_response_status.0.is_some() {
-        "grpc"
-    } else {
-        "http"
-    };
+    // gRPC: the request said so (its content type), or its response did
+    // (a `grpc-status`).
+    let grpc = r.grpc_response_status;
+    let protocol = if grpc.is_grpc() { "grpc" } else { "http" };
     encode_traffic(&r.traffic, ctx, protocol, e)?;
     ("response_code", r.response_code).encode(e.encode_label())?;
-    ("grpc_response_status", r.grpc_response_status).encode(e.encode_label())?;
+    ("grpc_response_status", grpc).encode(e.encode_label())?;
     text(e, "response_flags", r.response_flags.as_str())
 }
 
@@ -345,11 +342,11 @@ pub(super) fn encode_tcp(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{
-        GrpcStatus, Metrics, MetricsFormat, MetricsOptions, ResponseFlag, TcpLabels, Workload,
-    };
     use super::*;
     use crate::detect::Protocol;
+    use crate::metrics::{
+        GrpcStatus, Metrics, MetricsFormat, MetricsOptions, ResponseFlag, TcpLabels, Workload,
+    };
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
