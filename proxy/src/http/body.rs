@@ -404,6 +404,33 @@ mod tests {
         assert_eq!(metrics.requests.get_or_create(&dc).get(), 1);
     }
 
+    #[tokio::test]
+    async fn a_grpc_request_answered_without_a_status_ends_with_the_mapped_one() {
+        let metrics = Arc::new(Metrics::new());
+        let mut pending = labels();
+        pending.grpc_response_status = GrpcStatus::PENDING;
+        pending.response_code = 503;
+        let record = Record {
+            metrics: metrics.clone(),
+            labels: pending,
+            start: Instant::now(),
+            access: None,
+            route: None,
+            request_bytes: Counter::default(),
+            bytes: None,
+            response_size: 0,
+        };
+        ResponseBody::new(body_of(vec![]), Counter::default(), record)
+            .collect()
+            .await
+            .unwrap();
+        let mut expected = labels();
+        expected.response_code = 503;
+        expected.grpc_response_status = GrpcStatus(Some(14));
+        assert_eq!(metrics.requests.get_or_create(&expected).get(), 1);
+        assert!(metrics.encode().contains("grpc_response_status=\"14\""));
+    }
+
     fn tokio_stream_from<T: Send + 'static>(
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> {

@@ -638,6 +638,42 @@ services:
     }
 
     #[test]
+    fn outbound_plaintext_names_no_principal_and_the_policy_unknown() {
+        let m = istio_metrics("cluster.local");
+        let details = Workload {
+            workload: "details-v1".into(),
+            namespace: "shop".into(),
+            principal: unknown(),
+        };
+        let t = TrafficLabels::new(Direction::Outbound, &me(), &details, "details.shop".into())
+            .proven();
+        m.requests
+            .get_or_create(&RequestLabels {
+                traffic: t,
+                response_code: 404,
+                grpc_response_status: GrpcStatus(None),
+                response_flags: ResponseFlag::None,
+            })
+            .inc();
+        let (l, _) = series(&m.encode(), "istio_requests_total");
+        expect(
+            &l,
+            &[
+                ("reporter", "source"),
+                ("source_principal", "unknown"),
+                ("destination_principal", "unknown"),
+                ("destination_workload", "details-v1"),
+                ("destination_canonical_service", "details-v1"),
+                ("destination_service", "details.shop.svc.cluster.local"),
+                ("request_protocol", "http"),
+                ("response_code", "404"),
+                ("grpc_response_status", ""),
+                ("connection_security_policy", "unknown"),
+            ],
+        );
+    }
+
+    #[test]
     fn a_workload_the_snapshot_does_not_show_falls_back_to_its_name() {
         let m = istio_metrics("cluster.local");
         let stranger = Workload {
