@@ -15,6 +15,7 @@ pub mod certify;
 mod duration;
 pub mod health;
 pub mod inbound;
+mod metrics_format;
 pub mod policy;
 pub mod probe;
 pub mod redirect;
@@ -27,6 +28,7 @@ pub use access_log::AccessLogFormat;
 #[cfg(feature = "schema")]
 pub use duration::SCHEMA_PATTERN as DURATION_PATTERN;
 pub use duration::{Duration, DurationError};
+pub use metrics_format::MetricsFormat;
 pub use snapshot::{
     Admin, Direction, Endpoint, HttpSettings, Limits, Listener, ParseError, PathNormalization,
     ProxyInfo, Service, ServiceProtocol, ServiceRef, Snapshot,

@@ -68,6 +68,18 @@ pub struct MeshConfig {
     /// CONNECT); any other upgrade is refused with 403.
     #[serde(default = "defaults::upgrades")]
     pub upgrades: Vec<String>,
+    /// Names and labels of every proxy's request and TCP metrics:
+    /// `outrigger` or `istio` (Istio's standard metrics).
+    #[serde(default)]
+    pub metrics_format: outrigger_api::MetricsFormat,
+    /// The cluster DNS suffix (Istio metrics: `destination_service` is
+    /// `name.namespace.svc.<clusterDomain>`).
+    #[serde(default = "defaults::cluster_domain")]
+    pub cluster_domain: String,
+    /// The cluster's name (Istio metrics: `source_cluster`,
+    /// `destination_cluster`; Istio's default is `Kubernetes`).
+    #[serde(default = "defaults::cluster_name")]
+    pub cluster_name: String,
 }
 
 /// The proxy's ports inside the pod.
@@ -165,6 +177,12 @@ mod defaults {
     pub fn trust_domain() -> String {
         "cluster.local".into()
     }
+    pub fn cluster_domain() -> String {
+        "cluster.local".into()
+    }
+    pub fn cluster_name() -> String {
+        "Kubernetes".into()
+    }
     pub fn proxy_uid() -> i64 {
         PROXY_UID
     }
@@ -227,6 +245,18 @@ impl MeshConfig {
         if self.proxy_uid <= 0 {
             return field("proxyUid", "must be a non-root UID (above 0)");
         }
+        let dns = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if !dns(&self.cluster_domain) {
+            return field("clusterDomain", "must be a DNS name, like cluster.local");
+        }
+        if self.cluster_name.trim().is_empty() {
+            return field("clusterName", "must not be empty");
+        }
         let p = &self.ports;
         if p.outbound == 0 || p.inbound == 0 || p.admin == 0 {
             return field("ports", "every port must be 1-65535");
@@ -278,6 +308,9 @@ mod tests {
         assert_eq!(c.proxy_uid, 2102);
         assert!(c.native_sidecar);
         assert_eq!(c.access_log, outrigger_api::AccessLogFormat::Off);
+        assert_eq!(c.metrics_format, outrigger_api::MetricsFormat::Outrigger);
+        assert_eq!(c.cluster_domain, "cluster.local");
+        assert_eq!(c.cluster_name, "Kubernetes");
         assert_eq!(c.resources.requests["cpu"], "100m");
         assert_eq!(
             c.control_plane_identity(),
@@ -310,6 +343,10 @@ mod tests {
             ("proxyImage: x\nupgrades: ['web socket']", "upgrades"),
             ("proxyImage: x\npathNormalization: STRICT", "unknown variant"),
             ("proxyImage: x\naccessLog: yes", "accessLog"),
+            ("proxyImage: x\nmetricsFormat: prometheus", "metricsFormat"),
+            ("proxyImage: x\nclusterDomain: ''", "clusterDomain"),
+            ("proxyImage: x\nclusterDomain: 'a..b'", "clusterDomain"),
+            ("proxyImage: x\nclusterName: ' '", "clusterName"),
         ] {
             let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

@@ -239,7 +239,11 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
         }
     }
 
-    let proxy = proxy_container(ns, o, cfg, native, &app_probes, &resources);
+    let mut proxy = proxy_container(ns, o, cfg, native, &app_probes, &resources);
+    proxy
+        .env
+        .get_or_insert_with(Vec::new)
+        .extend(metrics_env(pod, cfg));
     let init = init_container(o, cfg);
 
     // Init containers: ours first, then (native) the proxy, then the app's.
@@ -590,6 +594,49 @@ fn proxy_container(
         ..Default::default()
     }
 }
+
+/// What the proxy's metrics need from the mesh config and the pod: the
+/// format, the cluster's domain and name, and the pod's labels that name
+/// its app, version and canonical service and revision (Istio's injector
+/// hands its proxy the pod's labels too).
+fn metrics_env(pod: &Pod, cfg: &MeshConfig) -> Vec<EnvVar> {
+    let value = |name: &str, v: String| EnvVar {
+        name: name.into(),
+        value: Some(v),
+        value_from: None,
+    };
+    let mut env = vec![
+        value("OUTRIGGER_METRICS_FORMAT", cfg.metrics_format.to_string()),
+        value("OUTRIGGER_CLUSTER_DOMAIN", cfg.cluster_domain.clone()),
+        value("OUTRIGGER_CLUSTER_NAME", cfg.cluster_name.clone()),
+    ];
+    let labels: std::collections::BTreeMap<&str, &str> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| WORKLOAD_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if !labels.is_empty() {
+        env.push(value(
+            "OUTRIGGER_POD_LABELS",
+            serde_json::to_string(&labels).expect("serializes"),
+        ));
+    }
+    env
+}
+
+/// The pod labels the proxy's Istio-format metrics derive its app,
+/// version, canonical service and canonical revision from.
+pub const WORKLOAD_LABELS: [&str; 6] = [
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/version",
+    "app",
+    "version",
+];
 
 fn init_container(o: &Overrides, cfg: &MeshConfig) -> Container {
     let join = |v: Vec<String>| v.join(",");

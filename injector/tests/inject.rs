@@ -197,9 +197,13 @@ fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
             "OUTRIGGER_ACCESS_LOG",
             "OUTRIGGER_APP_PROBES",
             "OUTRIGGER_BOOTSTRAP",
+            "OUTRIGGER_CLUSTER_DOMAIN",
+            "OUTRIGGER_CLUSTER_NAME",
             "OUTRIGGER_CONTROL_PLANE",
             "OUTRIGGER_CONTROL_PLANE_IDENTITY",
             "OUTRIGGER_LOG",
+            "OUTRIGGER_METRICS_FORMAT",
+            "OUTRIGGER_POD_LABELS",
             "OUTRIGGER_TOKEN_FILE",
             "OUTRIGGER_TRUST_DOMAIN",
             "OUTRIGGER_TRUST_ROOTS_PEM",
@@ -583,6 +587,57 @@ fn annotations_tune_the_init_step_the_bootstrap_and_the_resources() {
     assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "250m");
     assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "32Mi");
     assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "256Mi");
+}
+
+#[test]
+fn the_metrics_format_and_what_istio_labels_need_reach_the_proxy() {
+    let proxy_env = |pod: &Value, c: &MeshConfig| {
+        let (after, _, _) = injected(pod, &enabled("shop"), c);
+        env(&after.spec.unwrap().init_containers.unwrap()[1])
+    };
+    // The defaults: outrigger's names, cluster.local, Kubernetes.
+    let e = proxy_env(&yaml(WEB), &cfg());
+    assert_eq!(e["OUTRIGGER_METRICS_FORMAT"], "outrigger");
+    assert_eq!(e["OUTRIGGER_CLUSTER_DOMAIN"], "cluster.local");
+    assert_eq!(e["OUTRIGGER_CLUSTER_NAME"], "Kubernetes");
+    assert_eq!(e["OUTRIGGER_POD_LABELS"], r#"{"app":"web"}"#);
+    // From the mesh config; only the labels Istio's derive from.
+    let c = MeshConfig::from_yaml(
+        "proxyImage: x\nmetricsFormat: istio\nclusterDomain: corp.example\nclusterName: east",
+    )
+    .unwrap();
+    let mut pod = yaml(WEB);
+    pod["metadata"]["labels"] = serde_json::json!({
+        "app": "web", "version": "v2", "pod-template-hash": "7d9f8b6c5d",
+        "service.istio.io/canonical-name": "shop-web",
+        "app.kubernetes.io/version": "2.1"
+    });
+    let e = proxy_env(&pod, &c);
+    assert_eq!(e["OUTRIGGER_METRICS_FORMAT"], "istio");
+    assert_eq!(e["OUTRIGGER_CLUSTER_DOMAIN"], "corp.example");
+    assert_eq!(e["OUTRIGGER_CLUSTER_NAME"], "east");
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&e["OUTRIGGER_POD_LABELS"]).unwrap();
+    assert_eq!(
+        labels.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "app",
+            "app.kubernetes.io/version",
+            "service.istio.io/canonical-name",
+            "version"
+        ]
+    );
+    // A pod without any of them: no labels to pass.
+    let mut pod = yaml(WEB);
+    pod["metadata"]["labels"] = serde_json::json!({ "tier": "front" });
+    assert!(!proxy_env(&pod, &c).contains_key("OUTRIGGER_POD_LABELS"));
+    // A bad format names the field, the value and the choices.
+    let e = MeshConfig::from_yaml("proxyImage: x\nmetricsFormat: prometheus")
+        .unwrap_err()
+        .to_string();
+    for part in ["metricsFormat", "prometheus", "outrigger", "istio"] {
+        assert!(e.contains(part), "{part}: {e}");
+    }
 }
 
 #[test]

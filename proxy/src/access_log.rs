@@ -358,7 +358,7 @@ impl AccessLog {
             route_name: self.route.as_deref().unwrap_or("-"),
             attempts: self.attempts.map_or(1, |a| a.0),
             downstream_remote_address: self.peer,
-            grpc_status: e.labels.grpc_response_status.0,
+            grpc_status: e.labels.grpc_response_status.code(),
         };
         match format {
             Format::Json => f.json(),

@@ -40,6 +40,8 @@ pub struct Options {
     pub identity: Option<Arc<Identity>>,
     /// Kubelet probes answered on the admin port (`/app-health/...`).
     pub probes: Arc<Probes>,
+    /// The request and TCP metrics' names and labels (`--metrics-format`).
+    pub metrics: crate::metrics::MetricsOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,7 @@ impl Proxy {
     /// starts serving. Nothing is bound if the snapshot is invalid.
     pub async fn start(snapshot: Snapshot, opts: Options) -> Result<Self, StartError> {
         let cfg = Config::try_from(snapshot)?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_options(&opts.metrics));
         metrics.applied(&cfg);
         let limits = cfg.limits.clone();
         let snapshot = cfg.snapshot.clone();

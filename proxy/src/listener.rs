@@ -389,6 +389,10 @@ impl Listener {
         if let Some(id) = &peer_identity {
             traffic.source_principal = id.uri.clone();
             traffic.source_namespace = id.namespace.clone();
+            // The one workload the configuration shows the identity serving.
+            if let [w] = cfg.workloads_of(&id.uri) {
+                traffic.source_workload = w.clone();
+            }
             traffic.connection_security_policy = SecurityPolicy::MutualTls;
         }
         let labels = TcpLabels {
@@ -396,11 +400,21 @@ impl Listener {
             protocol,
         };
         let m = &self.shared.metrics;
-        m.tcp_opened.get_or_create(&labels).inc();
-        guard.closed = Some(m.tcp_closed.get_or_create(&labels).clone());
-        let received = m.tcp_received_bytes.get_or_create(&labels).clone();
+        let (received, sent) = if m.counts_connection(protocol) {
+            m.tcp_opened.get_or_create(&labels).inc();
+            guard.closed = Some(m.tcp_closed.get_or_create(&labels).clone());
+            (
+                m.tcp_received_bytes.get_or_create(&labels).clone(),
+                m.tcp_sent_bytes.get_or_create(&labels).clone(),
+            )
+        } else {
+            // Istio's format counts opaque connections alone.
+            (
+                prometheus_client::metrics::counter::Counter::default(),
+                prometheus_client::metrics::counter::Counter::default(),
+            )
+        };
         received.inc_by(prefix.len() as u64);
-        let sent = m.tcp_sent_bytes.get_or_create(&labels).clone();
         let io = PrefixedIo::new(prefix, MeteredIo::metered(stream, received, sent));
 
         match opaque_upstream {

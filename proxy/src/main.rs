@@ -106,6 +106,27 @@ enum Command {
         /// Data-plane worker threads (default: one per core).
         #[arg(long, env = "OUTRIGGER_THREADS")]
         threads: Option<usize>,
+        /// Names and labels of the request and TCP metrics: `outrigger`
+        /// (`outrigger_*`) or `istio` (Istio's standard metrics, for
+        /// Istio's dashboards and Kiali; see docs/metrics.md).
+        #[arg(long, env = "OUTRIGGER_METRICS_FORMAT", default_value = "outrigger")]
+        metrics_format: outrigger_api::MetricsFormat,
+        /// The cluster DNS suffix (Istio format: `destination_service` is
+        /// `name.namespace.svc.<domain>`).
+        #[arg(
+            long,
+            env = "OUTRIGGER_CLUSTER_DOMAIN",
+            default_value = "cluster.local"
+        )]
+        cluster_domain: String,
+        /// The cluster's name (Istio format: `source_cluster`,
+        /// `destination_cluster`).
+        #[arg(long, env = "OUTRIGGER_CLUSTER_NAME", default_value = "Kubernetes")]
+        cluster_name: String,
+        /// This pod's labels that name its app, version and canonical
+        /// service and revision, as a JSON object (the injector writes it).
+        #[arg(long, env = "OUTRIGGER_POD_LABELS")]
+        pod_labels: Option<String>,
     },
     /// Check a snapshot file and list every error with its path.
     Check {
@@ -217,6 +238,10 @@ fn main() -> anyhow::Result<()> {
             log_level,
             log_format,
             threads,
+            metrics_format,
+            cluster_domain,
+            cluster_name,
+            pod_labels,
         } => {
             let format = match log_format {
                 LogFormat::Plain => log::Format::Plain,
@@ -302,12 +327,23 @@ fn main() -> anyhow::Result<()> {
                     Probes::parse(json, pod_ip).context("--app-probes (OUTRIGGER_APP_PROBES)")?
                 }
             };
+            let pod_labels = match pod_labels.as_deref().map(str::trim) {
+                None | Some("") => Default::default(),
+                Some(json) => serde_json::from_str(json)
+                    .context("--pod-labels (OUTRIGGER_POD_LABELS): a JSON object of strings")?,
+            };
             let opts = Options {
                 probes: Arc::new(probes),
                 access_log,
                 access_log_sink: Default::default(),
                 wait_for_config: follow.is_some(),
                 identity: follow.as_ref().and_then(|f| f.identity.clone()),
+                metrics: outrigger_proxy::metrics::MetricsOptions {
+                    format: metrics_format,
+                    cluster_domain,
+                    cluster_name,
+                    pod_labels,
+                },
             };
             rt.block_on(run(snapshot, &source, opts, follow))
         }

@@ -2,17 +2,52 @@
 //! port at `/metrics`. Every label value is bounded: names come from the
 //! snapshot, codes from small enumerations; no paths, no per-request values.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder,
+    LabelValueEncoder, MetricEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::detect::Protocol;
+pub use outrigger_api::MetricsFormat;
 pub use outrigger_proxy_policy::workload::{unknown, Name, Workload};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+
+pub mod istio;
+use istio::{BytesSide, View};
+
+/// How the request and TCP families are named and labelled
+/// (`--metrics-format`), and what Istio's labels need to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsOptions {
+    pub format: MetricsFormat,
+    /// The cluster DNS suffix: Istio's `destination_service` is
+    /// `name.namespace.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+    /// Istio's `source_cluster` and `destination_cluster` of known workloads.
+    pub cluster_name: String,
+    /// This proxy's own pod labels (its canonical service and revision,
+    /// app and version), as the injector hands them over.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        Self {
+            format: MetricsFormat::Outrigger,
+            cluster_domain: "cluster.local".into(),
+            cluster_name: "Kubernetes".into(),
+            pod_labels: BTreeMap::new(),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -141,7 +176,63 @@ impl EncodeLabelValue for ResponseFlag {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GrpcStatus(pub Option<u8>);
 
+/// What [`GrpcStatus::PENDING`] holds: no gRPC code.
+const PENDING_CODE: u8 = u8::MAX;
+
 impl GrpcStatus {
+    /// A gRPC request (`content-type: application/grpc…`) whose response
+    /// has said no status yet; [`GrpcStatus::resolved`] when it ends, so
+    /// never part of a series' key.
+    pub const PENDING: GrpcStatus = GrpcStatus(Some(PENDING_CODE));
+
+    /// The status a request ends with: the one its response said, or, for
+    /// a gRPC request whose response said none (the proxy's own answer, a
+    /// response broken off), its HTTP status `http` mapped (as Envoy and
+    /// Istio do); none for other requests.
+    pub fn resolved(self, http: u16) -> Self {
+        if self == Self::PENDING {
+            GrpcStatus(Some(Self::from_http(http)))
+        } else {
+            self
+        }
+    }
+
+    /// [`GrpcStatus::PENDING`] for a gRPC request, else none.
+    pub fn of_request(headers: &http::HeaderMap) -> Self {
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            Self::PENDING
+        } else {
+            GrpcStatus(None)
+        }
+    }
+
+    /// The status the response said (0..=16), if any.
+    pub fn code(self) -> Option<u8> {
+        self.0.filter(|c| *c != PENDING_CODE)
+    }
+
+    /// Whether the request or its response was gRPC.
+    pub fn is_grpc(self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The status of a gRPC exchange that ended with the HTTP status `http`
+    /// and no `grpc-status`: gRPC's mapping of HTTP statuses (UNKNOWN for
+    /// any other, a 200 included).
+    pub fn from_http(http: u16) -> u8 {
+        match http {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        }
+    }
+
     /// Parses a `grpc-status` value; out-of-range codes become 2 (UNKNOWN), as
     /// gRPC clients treat them.
     pub fn parse(v: &[u8]) -> Self {
@@ -156,7 +247,7 @@ impl GrpcStatus {
 
 impl EncodeLabelValue for GrpcStatus {
     fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        match self.0 {
+        match self.code() {
             Some(c) => c.encode(e),
             None => "".encode(e),
         }
@@ -164,7 +255,7 @@ impl EncodeLabelValue for GrpcStatus {
 }
 
 /// Who talks to whom, over what: shared by the request and byte families.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TrafficLabels {
     pub direction: Direction,
     pub source_workload: Name,
@@ -211,20 +302,154 @@ impl TrafficLabels {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+/// One label of the `outrigger_*` families.
+fn pair(e: &mut LabelSetEncoder, key: &str, value: impl EncodeLabelValue) -> std::fmt::Result {
+    (key, value).encode(e.encode_label())
+}
+
+impl TrafficLabels {
+    fn encode_outrigger(&self, e: &mut LabelSetEncoder) -> std::fmt::Result {
+        pair(e, "direction", self.direction)?;
+        pair(e, "source_workload", &*self.source_workload)?;
+        pair(e, "source_namespace", &*self.source_namespace)?;
+        pair(e, "source_principal", &*self.source_principal)?;
+        pair(e, "destination_workload", &*self.destination_workload)?;
+        pair(e, "destination_namespace", &*self.destination_namespace)?;
+        pair(e, "destination_principal", &*self.destination_principal)?;
+        pair(e, "destination_service", &*self.destination_service)?;
+        pair(
+            e,
+            "connection_security_policy",
+            self.connection_security_policy,
+        )
+    }
+}
+
+/// In an Istio family (see [`istio`]) Istio's labels, else Outrigger's.
+impl EncodeLabelSet for TrafficLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> std::fmt::Result {
+        match istio::context() {
+            Some(ctx) => istio::encode_traffic(self, &ctx, "http", e),
+            None => self.encode_outrigger(e),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestLabels {
-    #[prometheus(flatten)]
     pub traffic: TrafficLabels,
     pub response_code: u16,
     pub grpc_response_status: GrpcStatus,
     pub response_flags: ResponseFlag,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> std::fmt::Result {
+        match istio::context() {
+            Some(ctx) => istio::encode_request(self, &ctx, e),
+            None => {
+                self.traffic.encode_outrigger(e)?;
+                pair(e, "response_code", self.response_code)?;
+                pair(e, "grpc_response_status", self.grpc_response_status)?;
+                pair(e, "response_flags", self.response_flags)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TcpLabels {
-    #[prometheus(flatten)]
     pub traffic: TrafficLabels,
     pub protocol: Protocol,
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> std::fmt::Result {
+        match istio::context() {
+            Some(ctx) => istio::encode_tcp(&self.traffic, &ctx, e),
+            None => {
+                self.traffic.encode_outrigger(e)?;
+                pair(e, "protocol", self.protocol)
+            }
+        }
+    }
+}
+
+/// The bytes of one hop's requests and responses: counters (`outrigger`)
+/// or per-request size histograms (`istio`). One series per hop serves
+/// both sides, so a request looks its byte series up once.
+#[derive(Clone, Debug)]
+pub struct ByteMeters(Arc<ByteMetersInner>);
+
+#[derive(Debug)]
+struct ByteMetersInner {
+    request: Counter,
+    response: Counter,
+    /// `Some` in Istio's format: per-request sizes.
+    sizes: Option<(Histogram, Histogram)>,
+}
+
+impl ByteMeters {
+    fn totals() -> Self {
+        Self(Arc::new(ByteMetersInner {
+            request: Counter::default(),
+            response: Counter::default(),
+            sizes: None,
+        }))
+    }
+
+    fn sizes() -> Self {
+        Self(Arc::new(ByteMetersInner {
+            request: Counter::default(),
+            response: Counter::default(),
+            sizes: Some((
+                Histogram::new(istio::BUCKETS),
+                Histogram::new(istio::BUCKETS),
+            )),
+        }))
+    }
+
+    /// What the response body's bytes are counted into as they pass.
+    pub fn response(&self) -> Counter {
+        self.0.response.clone()
+    }
+
+    /// Records a finished request that read `request` body bytes from the
+    /// client and sent `response` body bytes back (the latter already
+    /// counted into [`ByteMeters::response`] as they passed).
+    pub fn finish(&self, request: u64, response: u64) {
+        match &self.0.sizes {
+            None => {
+                self.0.request.inc_by(request);
+            }
+            Some((req, rsp)) => {
+                req.observe(request as f64);
+                rsp.observe(response as f64);
+            }
+        }
+    }
+}
+
+impl TypedMetric for ByteMeters {}
+
+impl EncodeMetric for ByteMeters {
+    fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
+        let side = istio::bytes_side();
+        match (&self.0.sizes, side) {
+            (None, BytesSide::Request) => self.0.request.encode(encoder),
+            (None, BytesSide::Response) => self.0.response.encode(encoder),
+            (Some((req, _)), BytesSide::Request) => req.encode(encoder),
+            (Some((_, rsp)), BytesSide::Response) => rsp.encode(encoder),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        if self.0.sizes.is_some() {
+            MetricType::Histogram
+        } else {
+            MetricType::Counter
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -286,13 +511,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Istio's (Envoy's) buckets, in milliseconds.
+fn istio_histogram() -> Histogram {
+    Histogram::new(istio::BUCKETS)
+}
+
 /// Every metric family of the proxy. Cloning is cheap (handles to shared state).
 #[derive(Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
-    pub request_bytes: Family<TrafficLabels, Counter>,
-    pub response_bytes: Family<TrafficLabels, Counter>,
+    /// Request and response body bytes, one series per hop for both.
+    pub bytes: Family<TrafficLabels, ByteMeters, fn() -> ByteMeters>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_received_bytes: Family<TcpLabels, Counter>,
@@ -331,6 +561,11 @@ pub struct Metrics {
     /// series [`Metrics::applied`] keeps.
     services: Arc<std::sync::Mutex<std::collections::HashSet<Name>>>,
     registry: Arc<Registry>,
+    /// What a request's duration in seconds is multiplied by before it is
+    /// observed: 1 (`outrigger`, seconds) or 1000 (`istio`, milliseconds).
+    pub duration_scale: f64,
+    /// In Istio's format, the context its labels are encoded with.
+    istio: Option<Arc<istio::Context>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -340,58 +575,119 @@ pub struct ResultLabel {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_options(&MetricsOptions::default())
+    }
+
+    /// The families, the request and TCP ones named and labelled in
+    /// `opts.format`.
+    pub fn with_options(opts: &MetricsOptions) -> Self {
         let mut reg = Registry::default();
         outrigger_runtime::metrics::register_build_and_process(&mut reg);
+        let istio = (opts.format == MetricsFormat::Istio).then(|| {
+            Arc::new(istio::Context::new(
+                &opts.cluster_domain,
+                &opts.cluster_name,
+                opts.pod_labels.clone(),
+            ))
+        });
+        // Registers a request or TCP family: as it is, or as Istio's.
+        let mut family = |names: (&str, &str), help: &str, m: Box<dyn Metric>, bytes| match &istio {
+            None => reg.register(
+                names.0,
+                help,
+                View {
+                    inner: m,
+                    ctx: None,
+                    bytes,
+                },
+            ),
+            Some(ctx) => reg.register(
+                names.1,
+                help,
+                View {
+                    inner: m,
+                    ctx: Some(ctx.clone()),
+                    bytes,
+                },
+            ),
+        };
         let requests = Family::<RequestLabels, Counter>::default();
-        reg.register(
-            "outrigger_requests",
+        family(
+            ("outrigger_requests", "istio_requests"),
             "HTTP requests handled, counted when the response ends",
-            requests.clone(),
+            Box::new(requests.clone()),
+            None,
         );
+        let (buckets, duration_scale): (fn() -> Histogram, f64) = match istio {
+            None => (latency_histogram, 1.0),
+            Some(_) => (istio_histogram, 1000.0),
+        };
         let request_duration =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram as fn() -> Histogram,
-            );
-        reg.register(
-            "outrigger_request_duration_seconds",
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(buckets);
+        family(
+            (
+                "outrigger_request_duration_seconds",
+                "istio_request_duration_milliseconds",
+            ),
             "Time from receiving the request head to the end of the response",
-            request_duration.clone(),
+            Box::new(request_duration.clone()),
+            None,
         );
-        let request_bytes = Family::<TrafficLabels, Counter>::default();
-        reg.register(
-            "outrigger_request_bytes",
-            "HTTP request body bytes received from clients",
-            request_bytes.clone(),
+        let bytes = Family::<TrafficLabels, ByteMeters, fn() -> ByteMeters>::new_with_constructor(
+            match istio {
+                None => ByteMeters::totals,
+                Some(_) => ByteMeters::sizes,
+            },
         );
-        let response_bytes = Family::<TrafficLabels, Counter>::default();
-        reg.register(
-            "outrigger_response_bytes",
-            "HTTP response body bytes sent to clients",
-            response_bytes.clone(),
+        let bytes_type = match istio {
+            None => MetricType::Counter,
+            Some(_) => MetricType::Histogram,
+        };
+        family(
+            ("outrigger_request_bytes", "istio_request_bytes"),
+            "HTTP request body bytes received from clients (istio: per request)",
+            Box::new(bytes.clone()),
+            Some((BytesSide::Request, bytes_type)),
+        );
+        family(
+            ("outrigger_response_bytes", "istio_response_bytes"),
+            "HTTP response body bytes sent to clients (istio: per request)",
+            Box::new(bytes.clone()),
+            Some((BytesSide::Response, bytes_type)),
         );
         let tcp_opened = Family::<TcpLabels, Counter>::default();
-        reg.register(
-            "outrigger_tcp_connections_opened",
-            "Client connections accepted",
-            tcp_opened.clone(),
+        family(
+            (
+                "outrigger_tcp_connections_opened",
+                "istio_tcp_connections_opened",
+            ),
+            "Client connections accepted (istio: opaque TCP only)",
+            Box::new(tcp_opened.clone()),
+            None,
         );
         let tcp_closed = Family::<TcpLabels, Counter>::default();
-        reg.register(
-            "outrigger_tcp_connections_closed",
-            "Client connections closed",
-            tcp_closed.clone(),
+        family(
+            (
+                "outrigger_tcp_connections_closed",
+                "istio_tcp_connections_closed",
+            ),
+            "Client connections closed (istio: opaque TCP only)",
+            Box::new(tcp_closed.clone()),
+            None,
         );
         let tcp_received_bytes = Family::<TcpLabels, Counter>::default();
-        reg.register(
-            "outrigger_tcp_received_bytes",
-            "Bytes received from clients on accepted connections, all protocols",
-            tcp_received_bytes.clone(),
+        family(
+            ("outrigger_tcp_received_bytes", "istio_tcp_received_bytes"),
+            "Bytes received from clients on accepted connections (istio: opaque TCP only)",
+            Box::new(tcp_received_bytes.clone()),
+            None,
         );
         let tcp_sent_bytes = Family::<TcpLabels, Counter>::default();
-        reg.register(
-            "outrigger_tcp_sent_bytes",
-            "Bytes sent to clients on accepted connections, all protocols",
-            tcp_sent_bytes.clone(),
+        family(
+            ("outrigger_tcp_sent_bytes", "istio_tcp_sent_bytes"),
+            "Bytes sent to clients on accepted connections (istio: opaque TCP only)",
+            Box::new(tcp_sent_bytes.clone()),
+            None,
         );
         let tcp_rejected = Family::<DirectionLabel, Counter>::default();
         let tcp_denied = Family::<DirectionLabel, Counter>::default();
@@ -535,8 +831,7 @@ impl Metrics {
         Self {
             requests,
             request_duration,
-            request_bytes,
-            response_bytes,
+            bytes,
             tcp_opened,
             tcp_closed,
             tcp_received_bytes,
@@ -564,6 +859,8 @@ impl Metrics {
             ready,
             services: Default::default(),
             registry: Arc::new(reg),
+            duration_scale,
+            istio,
         }
     }
 
@@ -572,6 +869,9 @@ impl Metrics {
     /// its first event and Prometheus's `increase()` counts that event.
     pub fn applied(&self, cfg: &outrigger_proxy_policy::config::Config) {
         self.config_applied.inc();
+        if let Some(ctx) = &self.istio {
+            ctx.learn(cfg);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -609,6 +909,13 @@ impl Metrics {
             drop(self.ejected.get_or_create(&l));
         }
         *listed = now;
+    }
+
+    /// Whether a connection of `protocol` is counted in the TCP families:
+    /// every one in Outrigger's format, opaque ones alone in Istio's
+    /// (Istio's TCP metrics are those of its TCP proxy).
+    pub fn counts_connection(&self, protocol: Protocol) -> bool {
+        self.istio.is_none() || protocol == Protocol::Opaque
     }
 
     /// The Prometheus text exposition of every family.
@@ -751,6 +1058,33 @@ response_flags=\"-\"} 3"
                 .any(|l| l == "outrigger_retries_total{destination_service=\"web.shop\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_grpc_request_without_a_status_ends_with_its_http_status_mapped() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(GrpcStatus::of_request(&h), GrpcStatus(None));
+        h.insert("content-type", "application/grpc+proto".parse().unwrap());
+        let pending = GrpcStatus::of_request(&h);
+        assert!(pending.is_grpc());
+        assert_eq!(pending.code(), None);
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (200, 2),
+            (0, 2),
+        ] {
+            assert_eq!(pending.resolved(http), GrpcStatus(Some(grpc)), "{http}");
+        }
+        // What the response said stays; other requests have none.
+        assert_eq!(GrpcStatus(Some(0)).resolved(503), GrpcStatus(Some(0)));
+        assert_eq!(GrpcStatus(None).resolved(503), GrpcStatus(None));
     }
 
     #[test]

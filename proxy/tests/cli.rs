@@ -418,3 +418,29 @@ async fn a_bootstrap_from_the_environment_serves_and_wait_ready_sees_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bootstrap (OUTRIGGER_BOOTSTRAP)"));
 }
+
+#[test]
+fn a_bad_metrics_format_or_pod_labels_stop_the_proxy_naming_them() {
+    let path = temp_file(
+        "metrics-format.yaml",
+        "version: \"1\"\nadmin: { bind: \"127.0.0.1:0\" }\n",
+    );
+    let config = path.to_str().unwrap();
+    let out = run(&["run", "--config", config, "--metrics-format", "prometheus"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["--metrics-format", "\"prometheus\"", "outrigger or istio"] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--config", config, "--metrics-format", "istio"])
+        .env("OUTRIGGER_POD_LABELS", "[\"app\"]")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--pod-labels (OUTRIGGER_POD_LABELS): a JSON object of strings"),
+        "{err}"
+    );
+}

@@ -207,6 +207,12 @@ fn bad_values_are_refused_naming_the_value() {
             json!({ "proxy": { "accessLog": false } }),
             "/proxy/accessLog",
         ),
+        (
+            json!({ "proxy": { "metricsFormat": "prometheus" } }),
+            "/proxy/metricsFormat",
+        ),
+        (json!({ "clusterDomain": "a..b" }), "/clusterDomain"),
+        (json!({ "clusterName": "" }), "/clusterName"),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
         merge_values(&mut values, extra.clone());
@@ -232,6 +238,31 @@ fn the_access_log_value_reaches_the_mesh_config() {
         let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
         let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap();
         assert_eq!(cfg.access_log.as_str(), format, "{text}");
+    }
+}
+
+/// `proxy.metricsFormat`, `clusterDomain` and `clusterName` reach the mesh
+/// config (outrigger's names, cluster.local and Kubernetes by default).
+#[test]
+fn the_metrics_format_and_the_cluster_reach_the_mesh_config() {
+    for (extra, format, domain, name) in [
+        (json!({}), "outrigger", "cluster.local", "Kubernetes"),
+        (
+            json!({ "proxy": { "metricsFormat": "istio" }, "clusterDomain": "corp.example", "clusterName": "east" }),
+            "istio",
+            "corp.example",
+            "east",
+        ),
+    ] {
+        let Some((r, _)) = rendered_with(extra) else {
+            return;
+        };
+        let mesh = r.get("ConfigMap", "outrigger-mesh-config");
+        let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
+        let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap();
+        assert_eq!(cfg.metrics_format.as_str(), format, "{text}");
+        assert_eq!(cfg.cluster_domain, domain, "{text}");
+        assert_eq!(cfg.cluster_name, name, "{text}");
     }
 }
 

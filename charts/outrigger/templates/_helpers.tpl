@@ -65,4 +65,7 @@ skipInboundPorts: {{ toJson .Values.proxy.skipInboundPorts }}
 skipOutboundPorts: {{ toJson .Values.proxy.skipOutboundPorts }}
 pathNormalization: {{ .Values.proxy.pathNormalization }}
 upgrades: {{ toJson .Values.proxy.upgrades }}
+metricsFormat: {{ .Values.proxy.metricsFormat | quote }}
+clusterDomain: {{ .Values.clusterDomain | quote }}
+clusterName: {{ .Values.clusterName | quote }}
 {{- end }}

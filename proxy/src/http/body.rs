@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, Ended};
-use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
+use crate::metrics::{ByteMeters, GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
 use crate::svc::{Body, BodyFault, BoxError, ClientFault, RouteName};
 
 pin_project! {
@@ -185,6 +185,11 @@ pub struct Record {
     /// Request body bytes read so far (a standalone counter, added to the
     /// family under the final labels).
     pub request_bytes: Counter,
+    /// The hop's byte series, once the response head is labelled (else
+    /// looked up at the end).
+    pub bytes: Option<ByteMeters>,
+    /// Response body bytes sent so far.
+    pub response_size: u64,
 }
 
 impl Record {
@@ -192,15 +197,20 @@ impl Record {
         if !completed && self.labels.response_flags == ResponseFlag::None {
             self.labels.response_flags = ResponseFlag::DownstreamConnectionTermination;
         }
+        self.labels.grpc_response_status = self
+            .labels
+            .grpc_response_status
+            .resolved(self.labels.response_code);
         let elapsed = self.start.elapsed();
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();
-        if sent > 0 {
+        let bytes = self.bytes.take().unwrap_or_else(|| {
             self.metrics
-                .request_bytes
+                .bytes
                 .get_or_create(&self.labels.traffic)
-                .inc_by(sent);
-        }
+                .clone()
+        });
+        bytes.finish(sent, self.response_size);
         if let Some(r) = &self.route {
             self.metrics
                 .route_requests
@@ -216,7 +226,7 @@ impl Record {
         self.metrics
             .request_duration
             .get_or_create(&self.labels)
-            .observe(elapsed.as_secs_f64());
+            .observe(elapsed.as_secs_f64() * self.metrics.duration_scale);
         if let Some(log) = self.access {
             log.emit(&Ended {
                 labels: &self.labels,
@@ -267,6 +277,9 @@ impl HttpBody for ResponseBody {
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Some(r) = this.record.as_mut() {
+                        r.response_size += data.len() as u64;
+                    }
                     if let Some(a) = this.record.as_mut().and_then(|r| r.access.as_mut()) {
                         a.bytes_sent += data.len() as u64;
                     }
@@ -353,6 +366,8 @@ mod tests {
             access: None,
             route: None,
             request_bytes: Counter::default(),
+            bytes: None,
+            response_size: 0,
         };
         let collected = ResponseBody::new(body, bytes.clone(), record)
             .collect()
@@ -378,6 +393,8 @@ mod tests {
             access: None,
             route: None,
             request_bytes: Counter::default(),
+            bytes: None,
+            response_size: 0,
         };
         let rb = ResponseBody::new(body, Counter::default(), record);
         drop(rb);
@@ -385,6 +402,33 @@ mod tests {
         let mut dc = labels();
         dc.response_flags = ResponseFlag::DownstreamConnectionTermination;
         assert_eq!(metrics.requests.get_or_create(&dc).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_request_answered_without_a_status_ends_with_the_mapped_one() {
+        let metrics = Arc::new(Metrics::new());
+        let mut pending = labels();
+        pending.grpc_response_status = GrpcStatus::PENDING;
+        pending.response_code = 503;
+        let record = Record {
+            metrics: metrics.clone(),
+            labels: pending,
+            start: Instant::now(),
+            access: None,
+            route: None,
+            request_bytes: Counter::default(),
+            bytes: None,
+            response_size: 0,
+        };
+        ResponseBody::new(body_of(vec![]), Counter::default(), record)
+            .collect()
+            .await
+            .unwrap();
+        let mut expected = labels();
+        expected.response_code = 503;
+        expected.grpc_response_status = GrpcStatus(Some(14));
+        assert_eq!(metrics.requests.get_or_create(&expected).get(), 1);
+        assert!(metrics.encode().contains("grpc_response_status=\"14\""));
     }
 
     fn tokio_stream_from<T: Send + 'static>(

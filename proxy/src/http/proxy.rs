@@ -217,6 +217,8 @@ impl HttpProxy {
             request_bytes.clone(),
         );
 
+        record.labels.grpc_response_status = GrpcStatus::of_request(req.headers());
+
         if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
             let err = ProxyError::new(
                 ErrorKind::NotImplemented,
@@ -301,10 +303,12 @@ impl HttpProxy {
         let bytes = self
             .shared
             .metrics
-            .response_bytes
+            .bytes
             .get_or_create(&record.labels.traffic)
             .clone();
-        resp.map(|b| ResponseBody::new(b, bytes, record))
+        let response_bytes = bytes.response();
+        record.bytes = Some(bytes);
+        resp.map(|b| ResponseBody::new(b, response_bytes, record))
     }
 
     /// Records a request hyper refused while reading it, having answered it
@@ -362,6 +366,8 @@ impl HttpProxy {
             access,
             route: None,
             request_bytes,
+            bytes: None,
+            response_size: 0,
         }
     }
 
