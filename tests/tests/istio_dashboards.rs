@@ -757,4 +757,12 @@ async fn istios_dashboards_answer_from_the_istio_format() {
     ] {
         assert!(seen.get(kind).copied().unwrap_or(0) > 3, "{kind}: {seen:?}");
     }
+    // Every family the Istio format exposes is in the reference.
+    for (who, p) in [
+        ("productpage's proxy", &client),
+        ("reviews' proxy", &reviews),
+        ("mysqldb's proxy", &mysqldb),
+    ] {
+        assert_documented(who, &scrape(p).await);
+    }
 }
