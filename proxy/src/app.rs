@@ -40,6 +40,11 @@ pub struct Options {
     pub identity: Option<Arc<Identity>>,
     /// Kubelet probes answered on the admin port (`/app-health/...`).
     pub probes: Arc<Probes>,
+    /// Distributed tracing: off (None) unless a collector is set.
+    pub tracing: Option<crate::trace::Settings>,
+    /// Randomness for every decision (sampling, faults, balancing): the
+    /// thread's generator, or a seeded one in tests.
+    pub chance: outrigger_proxy_policy::chance::Chance,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub enum StartError {
     Invalid(#[from] ValidationErrors),
     #[error("cannot start the access-log writer thread: {source}")]
     AccessLog { source: std::io::Error },
+    #[error("cannot start the trace exporter thread: {source}")]
+    Tracing { source: std::io::Error },
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -133,10 +140,21 @@ impl Proxy {
         )
         .map_err(|source| StartError::AccessLog { source })?
         .map(Arc::new);
+        let tracer = match opts.tracing.clone() {
+            None => None,
+            Some(settings) => {
+                tracing::info!(collector = %settings.collector, sampling = %settings.sampling, "tracing on");
+                Some(Arc::new(
+                    crate::trace::Tracer::start(settings, metrics.tracing.clone())
+                        .map_err(|source| StartError::Tracing { source })?,
+                ))
+            }
+        };
         let shared = Arc::new(Shared {
+            tracer,
             configured: configured.clone(),
             inbound_changes: inbound_changes.clone(),
-            chance: outrigger_proxy_policy::chance::Chance::default(),
+            chance: opts.chance.clone(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.idle_timeout,

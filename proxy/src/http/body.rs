@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, Ended};
 use crate::metrics::{GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
 use crate::svc::{Body, BodyFault, BoxError, ClientFault, RouteName};
+use crate::trace::SpanRecord;
 
 pin_project! {
     pub struct CountedBody<B> {
@@ -185,6 +186,8 @@ pub struct Record {
     /// Request body bytes read so far (a standalone counter, added to the
     /// family under the final labels).
     pub request_bytes: Counter,
+    /// The request's span, when it is traced and sampled.
+    pub span: Option<Box<SpanRecord>>,
 }
 
 impl Record {
@@ -193,6 +196,9 @@ impl Record {
             self.labels.response_flags = ResponseFlag::DownstreamConnectionTermination;
         }
         let elapsed = self.start.elapsed();
+        if let Some(span) = self.span.take() {
+            span.end(&self.labels, self.route.as_ref().map(|r| r.route.clone()));
+        }
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();
         if sent > 0 {
@@ -353,6 +359,7 @@ mod tests {
             access: None,
             route: None,
             request_bytes: Counter::default(),
+            span: None,
         };
         let collected = ResponseBody::new(body, bytes.clone(), record)
             .collect()
@@ -378,6 +385,7 @@ mod tests {
             access: None,
             route: None,
             request_bytes: Counter::default(),
+            span: None,
         };
         let rb = ResponseBody::new(body, Counter::default(), record);
         drop(rb);

@@ -55,6 +55,8 @@ pub struct Shared {
     /// (mTLS mode, AuthorizationPolicies), so that open connections are
     /// held to them (see `http::hold::Hold`).
     pub inbound_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Distributed tracing, when a collector is set.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Shared {
@@ -160,6 +162,9 @@ fn label_served(ctx: &ConnContext, record: &mut Record, s: Served) {
     if let Some(a) = record.access.as_mut() {
         a.upstream = Some(s.addr);
     }
+    if let Some(span) = record.span.as_mut() {
+        span.upstream = Some(s.addr);
+    }
 }
 
 /// The labels of a hop between this proxy's workload and `peer`, before
@@ -206,6 +211,17 @@ impl HttpProxy {
                 }
             }
         }
+        let mut req = req;
+        crate::trace::ensure_request_id(req.headers_mut(), &self.shared.chance);
+        let span = match &self.shared.tracer {
+            None => None,
+            Some(t) => t.begin(
+                self.ctx.direction,
+                &mut req,
+                self.ctx.peer,
+                &self.shared.chance,
+            ),
+        };
         let client_version = req.version();
         let request_bytes = Counter::default();
         let mut record = self.record(
@@ -216,6 +232,7 @@ impl HttpProxy {
             client_version,
             request_bytes.clone(),
         );
+        record.span = span;
 
         if client_version == Version::HTTP_2 && req.method() == Method::CONNECT {
             let err = ProxyError::new(
@@ -232,6 +249,9 @@ impl HttpProxy {
         if let Some(up) = self.fixed_upstream(&req) {
             if let Some(a) = record.access.as_mut() {
                 a.upstream = Some(up.addr);
+            }
+            if let Some(span) = record.span.as_mut() {
+                span.upstream = Some(up.addr);
             }
             req.extensions_mut().insert(up);
         }
@@ -270,12 +290,21 @@ impl HttpProxy {
                 if let (Some(a), Some(n)) = (record.access.as_mut(), resp.extensions().get()) {
                     a.attempts = Some(*n);
                 }
+                if let (Some(s), Some(n)) = (
+                    record.span.as_mut(),
+                    resp.extensions().get::<crate::svc::Attempts>(),
+                ) {
+                    s.attempts = n.0;
+                }
                 (resp, flag, served, route)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request answered by the proxy");
                 if let (Some(a), Some(n)) = (record.access.as_mut(), e.attempts) {
                     a.attempts = Some(n);
+                }
+                if let (Some(s), Some(n)) = (record.span.as_mut(), e.attempts) {
+                    s.attempts = n.0;
                 }
                 let resp = e.to_response(crate::svc::response_version(client_version));
                 (
@@ -362,6 +391,7 @@ impl HttpProxy {
             access,
             route: None,
             request_bytes,
+            span: None,
         }
     }
 
