@@ -191,7 +191,10 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
 pub enum B3Says {
     Span(Parent),
     /// `b3: 0|1|d`, or `x-b3-sampled`/`x-b3-flags` without ids.
-    Decision { sampled: bool, debug: bool },
+    Decision {
+        sampled: bool,
+        debug: bool,
+    },
 }
 
 fn b3_sampling(s: &[u8]) -> Option<(bool, bool)> {
@@ -593,7 +596,9 @@ mod tests {
             "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
         )]))
         .child(0.0, &Chance::seeded(1));
-        assert!(child.traceparent().starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert!(child
+            .traceparent()
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
         assert!(child.traceparent().ends_with("-03"));
     }
 

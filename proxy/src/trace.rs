@@ -25,7 +25,9 @@ use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -437,7 +439,10 @@ impl Finished {
             .authority()
             .map(|a| a.as_str().to_string())
             .or_else(|| r.host.clone());
-        let (host, port) = match authority.as_deref().map(|a| a.parse::<http::uri::Authority>()) {
+        let (host, port) = match authority
+            .as_deref()
+            .map(|a| a.parse::<http::uri::Authority>())
+        {
             Some(Ok(a)) => (
                 Some(a.host().to_string()),
                 a.port_u16()
@@ -622,7 +627,10 @@ impl Exporter {
                         failing = false;
                     }
                     Err(e) => {
-                        self.counters.dropped.get_or_create(&EXPORT_FAILED).inc_by(n);
+                        self.counters
+                            .dropped
+                            .get_or_create(&EXPORT_FAILED)
+                            .inc_by(n);
                         if !failing {
                             tracing::warn!(collector = %self.settings.collector, error = %e, "cannot export spans; they are dropped until the collector takes them");
                         }
@@ -707,7 +715,9 @@ impl Exporter {
             }
         }
         let mut stream = stream.ok_or(last)?;
-        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
         stream.set_write_timeout(Some(left))?;
         stream.set_read_timeout(Some(left))?;
         let host = if c.host.contains(':') {
@@ -835,11 +845,14 @@ mod tests {
         let mut rec = tracer
             .begin(direction, &mut req, peer, &Chance::seeded(1))
             .unwrap();
-        req.extensions().get::<RetryEvents>().unwrap().push(RetryEvent {
-            at: SystemTime::now(),
-            attempt: 2,
-            previous: "503".into(),
-        });
+        req.extensions()
+            .get::<RetryEvents>()
+            .unwrap()
+            .push(RetryEvent {
+                at: SystemTime::now(),
+                attempt: 2,
+                previous: "503".into(),
+            });
         rec.upstream = Some("10.0.0.7:8080".parse().unwrap());
         rec.attempts = 2;
         rec.end(&labels(code, direction), Some("default".into()));

@@ -20,11 +20,11 @@ use tower::Service;
 use super::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::headers;
 use crate::metrics::{Metrics, Name, ResponseFlag, ServiceLabel};
-use crate::trace::{RetryEvent, RetryEvents};
 use crate::svc::{
     always_ready, Attempts, Body, Flagged, Fut, HttpService, ProxyError, Req, Rsp, Served,
     ATTEMPT_COUNT,
 };
+use crate::trace::{RetryEvent, RetryEvents};
 use outrigger_proxy_policy::chance::Chance;
 #[cfg(doc)]
 use outrigger_proxy_policy::retry::RetryPolicy;
