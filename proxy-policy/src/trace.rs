@@ -461,51 +461,7 @@ impl SpanContext {
 }
 
 /// A sampling percentage, 0 to 100 (Istio's `tracing.sampling`).
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
-pub struct Percent(f64);
-
-impl Percent {
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-impl Default for Percent {
-    /// 1 %, Istio's default.
-    fn default() -> Self {
-        Self(1.0)
-    }
-}
-
-impl TryFrom<f64> for Percent {
-    type Error = String;
-
-    fn try_from(v: f64) -> Result<Self, String> {
-        if (0.0..=100.0).contains(&v) {
-            Ok(Self(v))
-        } else {
-            Err(format!("{v} is not a percentage from 0 to 100"))
-        }
-    }
-}
-
-impl std::str::FromStr for Percent {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v: f64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a number from 0 to 100"))?;
-        Self::try_from(v)
-    }
-}
-
-impl std::fmt::Display for Percent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use outrigger_api::TraceSampling as Percent;
 
 /// A UUID version 4 (RFC 9562) from 128 random bits, as text: what Envoy
 /// puts in `x-request-id` when a request has none. On the stack; the
@@ -837,15 +793,6 @@ mod tests {
         assert!((1790..=2210).contains(&hits), "{hits}");
         assert!((0..1000).all(|_| !none.child(0.0, &c).sampled));
         assert!((0..1000).all(|_| none.child(100.0, &c).sampled));
-    }
-
-    #[test]
-    fn percentages_are_checked() {
-        assert_eq!("12.5".parse::<Percent>().unwrap().get(), 12.5);
-        assert!("101".parse::<Percent>().unwrap_err().contains("101"));
-        assert!("-1".parse::<Percent>().is_err());
-        assert!("lots".parse::<Percent>().unwrap_err().contains("lots"));
-        assert_eq!(Percent::default().get(), 1.0);
     }
 
     #[test]

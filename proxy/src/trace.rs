@@ -50,68 +50,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap, chance: &Chance) {
     }
 }
 
-/// Where spans go: an OTLP/HTTP collector, `http://host:port[/prefix]`
-/// (or `host:port`), posted to `<prefix>/v1/traces`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Collector {
-    pub host: String,
-    pub port: u16,
-    /// The path posted to, ending in `/v1/traces`.
-    pub path: String,
-}
-
-impl std::str::FromStr for Collector {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let with_scheme = if s.contains("://") {
-            s.to_string()
-        } else {
-            format!("http://{s}")
-        };
-        let uri: Uri = with_scheme
-            .parse()
-            .map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "{s:?}: scheme {other:?} is not supported; OTLP over plain HTTP (http://)"
-                ))
-            }
-            None => return Err(format!("{s:?} has no scheme")),
-        }
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("{s:?} names no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let prefix = uri.path().trim_end_matches('/');
-        let path = if prefix.ends_with("/v1/traces") {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/v1/traces")
-        };
-        Ok(Self {
-            host,
-            port: uri.port_u16().unwrap_or(80),
-            path,
-        })
-    }
-}
-
-impl std::fmt::Display for Collector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "http://[{}]:{}{}", self.host, self.port, self.path)
-        } else {
-            write!(f, "http://{}:{}{}", self.host, self.port, self.path)
-        }
-    }
-}
+/// Where spans go (`--trace-collector`).
+pub use outrigger_api::TraceCollector as Collector;
 
 /// How finished spans are batched (OpenTelemetry's batch span processor
 /// defaults).
@@ -763,28 +703,6 @@ impl Exporter {
 mod tests {
     use super::*;
     use crate::metrics::{unknown, GrpcStatus, SecurityPolicy, TrafficLabels};
-
-    #[test]
-    fn collector_urls() {
-        let c: Collector = "http://otel-collector.observability:4318".parse().unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.port, c.path.as_str()),
-            ("otel-collector.observability", 4318, "/v1/traces")
-        );
-        let c: Collector = "jaeger:4318".parse().unwrap();
-        assert_eq!(c.to_string(), "http://jaeger:4318/v1/traces");
-        let c: Collector = "http://c:4318/otlp/".parse().unwrap();
-        assert_eq!(c.path, "/otlp/v1/traces");
-        let c: Collector = "http://c/v1/traces".parse().unwrap();
-        assert_eq!((c.port, c.path.as_str()), (80, "/v1/traces"));
-        let c: Collector = "http://[::1]:4318".parse().unwrap();
-        assert_eq!(c.host, "::1");
-        assert!("https://c:4318"
-            .parse::<Collector>()
-            .unwrap_err()
-            .contains("https"));
-        assert!("http://".parse::<Collector>().is_err());
-    }
 
     #[test]
     fn a_request_id_is_added_only_when_missing() {
