@@ -207,6 +207,18 @@ fn bad_values_are_refused_naming_the_value() {
             json!({ "proxy": { "accessLog": false } }),
             "/proxy/accessLog",
         ),
+        (
+            json!({ "proxy": { "tracing": { "sampling": 150 } } }),
+            "/proxy/tracing/sampling",
+        ),
+        (
+            json!({ "proxy": { "tracing": { "collector": "https://otel:4318" } } }),
+            "/proxy/tracing/collector",
+        ),
+        (
+            json!({ "proxy": { "tracing": { "rate": 1 } } }),
+            "'rate' not allowed",
+        ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
         merge_values(&mut values, extra.clone());
@@ -233,6 +245,33 @@ fn the_access_log_value_reaches_the_mesh_config() {
         let cfg = outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap();
         assert_eq!(cfg.access_log.as_str(), format, "{text}");
     }
+}
+
+/// `proxy.tracing` is the mesh config's tracing: off by default, on with
+/// a collector, at the sampling given.
+#[test]
+fn the_tracing_values_reach_the_mesh_config() {
+    let mesh_config = |values: serde_json::Value| {
+        let (r, _) = rendered_with(values)?;
+        let mesh = r.get("ConfigMap", "outrigger-mesh-config");
+        let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
+        Some(outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap())
+    };
+    let Some(off) = mesh_config(json!({})) else {
+        return;
+    };
+    assert_eq!(off.tracing.collector, "");
+    assert_eq!(off.tracing.sampling.get(), 1.0);
+    let on = mesh_config(json!({ "proxy": { "tracing": {
+        "collector": "http://otel-collector.observability:4318",
+        "sampling": 12.5,
+    } } }))
+    .unwrap();
+    assert_eq!(
+        on.tracing.collector,
+        "http://otel-collector.observability:4318"
+    );
+    assert_eq!(on.tracing.sampling.get(), 12.5);
 }
 
 /// The dashboards (ConfigMaps for Grafana's sidecar) and the rules (a

@@ -65,4 +65,7 @@ skipInboundPorts: {{ toJson .Values.proxy.skipInboundPorts }}
 skipOutboundPorts: {{ toJson .Values.proxy.skipOutboundPorts }}
 pathNormalization: {{ .Values.proxy.pathNormalization }}
 upgrades: {{ toJson .Values.proxy.upgrades }}
+tracing:
+  collector: {{ .Values.proxy.tracing.collector | quote }}
+  sampling: {{ .Values.proxy.tracing.sampling }}
 {{- end }}
