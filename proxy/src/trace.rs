@@ -216,7 +216,6 @@ impl Tracer {
             trace_state,
             direction,
             start: SystemTime::now(),
-            started: Instant::now(),
             method: req.method().clone(),
             uri: req.uri().clone(),
             host: header("host"),
@@ -251,7 +250,6 @@ pub struct SpanRecord {
     trace_state: Option<String>,
     direction: Direction,
     start: SystemTime,
-    started: Instant,
     method: Method,
     uri: Uri,
     host: Option<String>,
@@ -278,10 +276,10 @@ struct Finished {
 }
 
 impl SpanRecord {
-    /// Ends the span with how the request ended and queues it (never waits;
-    /// a full queue drops it, counted).
-    pub fn end(self: Box<Self>, labels: &RequestLabels, route: Option<Name>) {
-        let end = self.start + self.started.elapsed();
+    /// Ends the span, `elapsed` after it began, with how the request ended,
+    /// and queues it (never waits; a full queue drops it, counted).
+    pub fn end(self: Box<Self>, labels: &RequestLabels, elapsed: Duration, route: Option<Name>) {
+        let end = self.start + elapsed;
         let queue = self.queue.clone();
         let dropped = self.counters.dropped.clone();
         let finished = Finished {
@@ -534,6 +532,10 @@ impl Exporter {
     /// Batches spans as they come (a batch leaves when full or when its
     /// first span has waited `delay`); ends when every sender is gone,
     /// exporting what is left.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the exporter's own OS thread, outside any runtime: wall-clock batching"
+    )]
     fn run(self, spans: Receiver<Finished>) {
         let b = &self.settings.batching;
         let mut batch: Vec<Finished> = Vec::with_capacity(b.max_spans);
@@ -636,6 +638,10 @@ impl Exporter {
     }
 
     /// Posts the batch; Ok on a 2xx answer.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "blocking I/O on the exporter's own OS thread: a wall-clock limit"
+    )]
     fn export(&self, batch: &[Finished]) -> std::io::Result<()> {
         use prost::Message as _;
         let body = self.request(batch).encode_to_vec();
@@ -773,7 +779,11 @@ mod tests {
             });
         rec.upstream = Some("10.0.0.7:8080".parse().unwrap());
         rec.attempts = 2;
-        rec.end(&labels(code, direction), Some("default".into()));
+        rec.end(
+            &labels(code, direction),
+            Duration::from_millis(3),
+            Some("default".into()),
+        );
         let f = rx.try_recv().unwrap();
         (f, rx)
     }
@@ -887,7 +897,7 @@ mod tests {
             let rec = tracer
                 .begin(Direction::Outbound, &mut req, peer, &Chance::seeded(1))
                 .unwrap();
-            rec.end(&labels(200, Direction::Outbound), None);
+            rec.end(&labels(200, Direction::Outbound), Duration::ZERO, None);
         }
         assert_eq!(counters.dropped.get_or_create(&QUEUE_FULL).get(), 2);
     }

@@ -394,7 +394,7 @@ async fn an_unreachable_collector_loses_spans_counted_and_never_a_request() {
     let app = app("web").await;
     let pair = Pair::start(&nowhere, 100.0, app).await;
     let n = 50;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut c = http1(pair.outbound()).await;
     for _ in 0..n {
         let req = Request::get("/")

@@ -197,7 +197,8 @@ impl Record {
         }
         let elapsed = self.start.elapsed();
         if let Some(span) = self.span.take() {
-            span.end(&self.labels, self.route.as_ref().map(|r| r.route.clone()));
+            let route = self.route.as_ref().map(|r| r.route.clone());
+            span.end(&self.labels, elapsed, route);
         }
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();
