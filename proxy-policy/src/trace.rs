@@ -79,7 +79,7 @@ impl TraceId {
 impl SpanId {
     /// A new random id (never all zero).
     pub fn random(chance: &Chance) -> Self {
-        let mut bits = chance.bits() as u64;
+        let mut bits = chance.bits64();
         if bits == 0 {
             bits = 1;
         }
@@ -91,14 +91,25 @@ impl SpanId {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits")
+}
+
+/// A header value from bytes built here (hex digits and dashes).
+fn header_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).expect("hex digits and dashes")
 }
 
 /// Lowercase hex digits only (W3C and B3 both say lowercase; an uppercase
@@ -381,15 +392,19 @@ pub struct SpanContext {
 }
 
 impl SpanContext {
+    /// `traceparent`, version 00, on the stack.
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id.bytes, &mut out[3..35]);
+        hex_into(&self.span_id.0, &mut out[36..52]);
+        hex_into(&[self.flags | u8::from(self.sampled)], &mut out[53..55]);
+        out
+    }
+
     /// `traceparent`, version 00.
     pub fn traceparent(&self) -> String {
-        let flags = self.flags | u8::from(self.sampled);
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id.hex(),
-            self.span_id.hex(),
-            hex(&[flags])
-        )
+        String::from_utf8(self.traceparent_bytes().to_vec()).expect("hex digits and dashes")
     }
 
     fn b3_state(&self) -> &'static str {
@@ -430,7 +445,7 @@ impl SpanContext {
         };
         let value = |s: String| HeaderValue::try_from(s).expect("hex and dashes");
         if forms.w3c {
-            headers.insert(TRACEPARENT, value(self.traceparent()));
+            headers.insert(TRACEPARENT, header_value(&self.traceparent_bytes()));
         }
         if !self.joined_w3c {
             headers.remove(TRACESTATE);
@@ -439,10 +454,22 @@ impl SpanContext {
             headers.insert(B3, value(self.b3_single()));
         }
         if forms.b3_multi {
-            headers.insert(B3_TRACE_ID, value(self.trace_id.b3_hex()));
-            headers.insert(B3_SPAN_ID, value(self.span_id.hex()));
+            let mut id = [0u8; 32];
+            let trace = if self.trace_id.short {
+                &self.trace_id.bytes[8..]
+            } else {
+                &self.trace_id.bytes[..]
+            };
+            let n = trace.len() * 2;
+            hex_into(trace, &mut id[..n]);
+            headers.insert(B3_TRACE_ID, header_value(&id[..n]));
+            hex_into(&self.span_id.0, &mut id[..16]);
+            headers.insert(B3_SPAN_ID, header_value(&id[..16]));
             match self.parent {
-                Some(p) => headers.insert(B3_PARENT_SPAN_ID, value(p.hex())),
+                Some(p) => {
+                    hex_into(&p.0, &mut id[..16]);
+                    headers.insert(B3_PARENT_SPAN_ID, header_value(&id[..16]))
+                }
                 None => headers.remove(B3_PARENT_SPAN_ID),
             };
             if self.debug {
@@ -467,20 +494,15 @@ pub use outrigger_api::TraceSampling as Percent;
 /// puts in `x-request-id` when a request has none. On the stack; the
 /// caller copies it into the header value.
 pub fn uuid_v4(bits: u128) -> [u8; 36] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut b = bits.to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = [b'-'; 36];
-    let mut i = 0;
-    for (n, byte) in b.iter().enumerate() {
-        if matches!(n, 4 | 6 | 8 | 10) {
-            i += 1;
-        }
-        out[i] = DIGITS[usize::from(byte >> 4)];
-        out[i + 1] = DIGITS[usize::from(byte & 0xf)];
-        i += 2;
-    }
+    hex_into(&b[..4], &mut out[..8]);
+    hex_into(&b[4..6], &mut out[9..13]);
+    hex_into(&b[6..8], &mut out[14..18]);
+    hex_into(&b[8..10], &mut out[19..23]);
+    hex_into(&b[10..], &mut out[24..]);
     out
 }
 
