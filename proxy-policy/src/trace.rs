@@ -376,6 +376,17 @@ impl Incoming {
     }
 }
 
+/// The trace a request names, for the access log: that of the first
+/// well-formed form (in [`Incoming::read`]'s order), else a lone
+/// well-formed `x-b3-traceid` (a B3 request without its span id still names
+/// its trace). [`TraceId::b3_hex`] writes it in the width it came in.
+pub fn trace_id_of(headers: &HeaderMap) -> Option<TraceId> {
+    Incoming::read(headers)
+        .parent
+        .map(|p| p.trace_id)
+        .or_else(|| parse_trace_id(headers.get(B3_TRACE_ID)?.as_bytes().trim_ascii()))
+}
+
 /// This hop's span, as passed to the next hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanContext {
