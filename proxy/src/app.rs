@@ -24,6 +24,8 @@ use outrigger_runtime::drain;
 
 /// How long the end of a drain waits for the access log's last lines.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+/// How long the end of a drain waits for the last spans' export.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -150,6 +152,7 @@ impl Proxy {
                 ))
             }
         };
+        let drain_tracer = tracer.clone();
         let shared = Arc::new(Shared {
             tracer,
             configured: configured.clone(),
@@ -247,6 +250,15 @@ impl Proxy {
                 if !tokio::task::spawn_blocking(flush).await.unwrap_or(false) {
                     tracing::warn!(
                         "the access log's last lines may be lost: stdout did not take them"
+                    );
+                }
+            }
+            // The last requests' spans out too.
+            if let Some(tracer) = drain_tracer {
+                let flush = move || tracer.flush(TRACE_FLUSH);
+                if !tokio::task::spawn_blocking(flush).await.unwrap_or(false) {
+                    tracing::warn!(
+                        "the last spans may be lost: the collector did not take them in time"
                     );
                 }
             }

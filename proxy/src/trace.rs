@@ -161,7 +161,7 @@ impl RetryEvents {
 /// The tracer: decides, rewrites the headers, queues finished spans.
 pub struct Tracer {
     sampling: Percent,
-    queue: SyncSender<Finished>,
+    queue: SyncSender<Queued>,
     counters: Counters,
 }
 
@@ -182,6 +182,15 @@ impl Tracer {
             queue,
             counters,
         })
+    }
+
+    /// Waits (blocking, at most `limit`) until the spans queued so far are
+    /// exported or dropped: for the end of a drain, so that the last
+    /// requests' spans leave before the process exits. False if they did
+    /// not in time (or the queue was full).
+    pub fn flush(&self, limit: Duration) -> bool {
+        let (done, exported) = std::sync::mpsc::channel();
+        self.queue.try_send(Queued::Flush(done)).is_ok() && exported.recv_timeout(limit).is_ok()
     }
 
     /// Joins the request's trace or starts one, and rewrites its headers
@@ -263,8 +272,15 @@ pub struct SpanRecord {
     /// Tries made (retries + 1).
     pub attempts: u32,
     retries: RetryEvents,
-    queue: SyncSender<Finished>,
+    queue: SyncSender<Queued>,
     counters: Counters,
+}
+
+/// What the exporter thread is handed.
+enum Queued {
+    Span(Box<Finished>),
+    /// Export what is batched now, and answer once that is done.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// A span ended: queued for the exporter thread, which builds its OTLP form.
@@ -288,7 +304,7 @@ impl SpanRecord {
             labels: labels.clone(),
             route,
         };
-        match queue.try_send(finished) {
+        match queue.try_send(Queued::Span(Box::new(finished))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 dropped.get_or_create(&QUEUE_FULL).inc();
@@ -536,9 +552,10 @@ impl Exporter {
         clippy::disallowed_methods,
         reason = "the exporter's own OS thread, outside any runtime: wall-clock batching"
     )]
-    fn run(self, spans: Receiver<Finished>) {
+    fn run(self, spans: Receiver<Queued>) {
         let b = &self.settings.batching;
         let mut batch: Vec<Finished> = Vec::with_capacity(b.max_spans);
+        let mut flushed: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut failing = false;
         loop {
@@ -547,17 +564,21 @@ impl Exporter {
                 Some(d) => spans.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             let ended = match next {
-                Ok(span) => {
+                Ok(Queued::Span(span)) => {
                     if batch.is_empty() {
                         deadline = Some(Instant::now() + b.delay);
                     }
-                    batch.push(span);
+                    batch.push(*span);
+                    false
+                }
+                Ok(Queued::Flush(done)) => {
+                    flushed.push(done);
                     false
                 }
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            let due = deadline.is_some_and(|d| Instant::now() >= d) || !flushed.is_empty();
             if !batch.is_empty() && (ended || due || batch.len() >= b.max_spans) {
                 let n = batch.len() as u64;
                 match self.export(&batch) {
@@ -581,6 +602,9 @@ impl Exporter {
                 }
                 batch.clear();
                 deadline = None;
+            }
+            for done in flushed.drain(..) {
+                let _ = done.send(());
             }
             if ended {
                 return;
@@ -745,7 +769,7 @@ mod tests {
         }
     }
 
-    fn finished(direction: Direction, code: u16) -> (Finished, Receiver<Finished>) {
+    fn finished(direction: Direction, code: u16) -> (Finished, Receiver<Queued>) {
         let (queue, rx) = sync_channel(4);
         let tracer = Tracer {
             sampling: Percent::try_from(100.0).unwrap(),
@@ -784,8 +808,10 @@ mod tests {
             Duration::from_millis(3),
             Some("default".into()),
         );
-        let f = rx.try_recv().unwrap();
-        (f, rx)
+        let Queued::Span(f) = rx.try_recv().unwrap() else {
+            panic!("a span")
+        };
+        (*f, rx)
     }
 
     fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a any_value::Value> {

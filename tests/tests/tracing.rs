@@ -449,3 +449,26 @@ async fn a_request_id_is_generated_when_missing_and_kept_when_sent_with_tracing_
     let saw = app_saw(mesh.outbound(), &[("x-request-id", "mine-1")]).await;
     assert_eq!(saw["x-request-id"], "mine-1");
 }
+
+#[tokio::test]
+async fn the_last_spans_leave_at_the_end_of_a_drain() {
+    let rx = OtlpReceiver::start().await;
+    let app = app("web").await;
+    // Batches that would wait an hour: only the drain sends them.
+    let mut opts = traced(&rx.url(), 100.0, 3, "web-0");
+    if let Some(t) = opts.tracing.as_mut() {
+        t.batching.delay = Duration::from_secs(3600);
+    }
+    let proxy = Proxy::start(server_snapshot(app), opts).await.unwrap();
+    let inbound = proxy.listener_addr("inbound").unwrap();
+    for _ in 0..3 {
+        let (status, _) = get(inbound, "/").await;
+        assert_eq!(status, 200);
+    }
+    assert!(rx.spans().is_empty(), "nothing before the batch is due");
+    let drained = proxy.stop(LIMIT).await;
+    assert_eq!(drained, outrigger_proxy::Drained::Clean);
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.kind() == SpanKind::Server));
+}
