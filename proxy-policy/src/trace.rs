@@ -107,9 +107,13 @@ fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).expect("hex digits")
 }
 
-/// A header value from bytes built here (hex digits and dashes).
+/// A header value from bytes built here (hex digits and dashes), unique to
+/// one request: marked sensitive, so that HTTP/2's header compression
+/// sends it as a literal rather than churning its table with it.
 fn header_value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).expect("hex digits and dashes")
+    let mut v = HeaderValue::from_bytes(bytes).expect("hex digits and dashes");
+    v.set_sensitive(true);
+    v
 }
 
 /// Lowercase hex digits only (W3C and B3 both say lowercase; an uppercase

@@ -39,14 +39,15 @@ pub use outrigger_proxy_policy::trace::Percent;
 use outrigger_proxy_policy::trace::{uuid_v4, Incoming, SpanContext, REQUEST_ID};
 
 /// Gives a request an `x-request-id` (UUID v4) when it has none; one it
-/// has is kept.
+/// has is kept. The value is marked sensitive: unique to each request, it
+/// has no place in HTTP/2's header compression table (HPACK sends it as a
+/// never-indexed literal instead of evicting useful entries).
 pub fn ensure_request_id(headers: &mut HeaderMap, chance: &Chance) {
     if !headers.contains_key(REQUEST_ID) {
         let id = uuid_v4(chance.bits());
-        headers.insert(
-            REQUEST_ID,
-            HeaderValue::from_bytes(&id).expect("hex and dashes"),
-        );
+        let mut value = HeaderValue::from_bytes(&id).expect("hex and dashes");
+        value.set_sensitive(true);
+        headers.insert(REQUEST_ID, value);
     }
 }
 

@@ -290,11 +290,10 @@ impl HttpProxy {
                 if let (Some(a), Some(n)) = (record.access.as_mut(), resp.extensions().get()) {
                     a.attempts = Some(*n);
                 }
-                if let (Some(s), Some(n)) = (
-                    record.span.as_mut(),
-                    resp.extensions().get::<crate::svc::Attempts>(),
-                ) {
-                    s.attempts = n.0;
+                if let Some(s) = record.span.as_mut() {
+                    if let Some(n) = resp.extensions().get::<crate::svc::Attempts>() {
+                        s.attempts = n.0;
+                    }
                 }
                 (resp, flag, served, route)
             }
