@@ -322,13 +322,11 @@ async fn a_request_without_a_trace_starts_one() {
             (trace, parent, flags),
             (client.trace_id(), server.span_id(), "01".into())
         );
-        if headers.is_empty() {
-            // A new trace leaves with traceparent and the B3 multi headers.
-            assert_eq!(saw["x-b3-traceid"], client.trace_id());
-            assert_eq!(saw["x-b3-spanid"], server.span_id());
-            assert_eq!(saw["x-b3-parentspanid"], client.span_id());
-            assert_eq!(saw["x-b3-sampled"], "1");
-        }
+        // A new trace leaves with traceparent alone.
+        assert!(
+            !saw.keys().any(|k| k.starts_with("x-b3-") || k == "b3"),
+            "{saw:?}"
+        );
     }
 }
 
