@@ -22,6 +22,7 @@ pub mod redirect;
 mod snapshot;
 pub mod spiffe;
 pub mod stream;
+mod trace;
 mod validate;
 
 pub use access_log::AccessLogFormat;
@@ -33,4 +34,5 @@ pub use snapshot::{
     Admin, Direction, Endpoint, HttpSettings, Limits, Listener, ParseError, PathNormalization,
     ProxyInfo, Service, ServiceProtocol, ServiceRef, Snapshot,
 };
+pub use trace::{TraceCollector, TraceSampling};
 pub use validate::{check_gateway, compile_full_match, FieldError, ValidationErrors, MESH_GATEWAY};

@@ -24,8 +24,11 @@ pub const PROXY_LOG_LEVEL: &str = "config.outrigger.dev/proxy-log-level";
 pub const NATIVE_SIDECAR: &str = "config.outrigger.dev/native-sidecar";
 /// `off`, `text` or `json`: the proxy's access log (`--access-log`).
 pub const ACCESS_LOG: &str = "config.outrigger.dev/access-log";
+/// The percentage (0-100) of new traces the pod's proxy samples
+/// (`--trace-sampling`), when the mesh has a collector.
+pub const TRACE_SAMPLING: &str = "config.outrigger.dev/trace-sampling";
 
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     SKIP_INBOUND_PORTS,
     SKIP_OUTBOUND_PORTS,
     SKIP_SUBNETS,
@@ -37,6 +40,7 @@ const KNOWN: [&str; 11] = [
     PROXY_LOG_LEVEL,
     NATIVE_SIDECAR,
     ACCESS_LOG,
+    TRACE_SAMPLING,
 ];
 
 /// The most ports a range may expand to in an opaque-ports list.
@@ -45,7 +49,7 @@ const MAX_OPAQUE_PORTS: usize = 1024;
 pub use outrigger_api::redirect::{parse_port_ranges, parse_subnets, PortRange, Subnet};
 
 /// What a pod asks for; `None`: the mesh config's default.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
     pub skip_inbound_ports: Vec<PortRange>,
     pub skip_outbound_ports: Vec<PortRange>,
@@ -57,6 +61,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub native_sidecar: Option<bool>,
     pub access_log: Option<outrigger_api::AccessLogFormat>,
+    pub trace_sampling: Option<outrigger_api::TraceSampling>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +151,9 @@ pub fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, An
                 })
             }
             ACCESS_LOG => o.access_log = Some(v.parse().map_err(|m: String| error(key, m))?),
+            TRACE_SAMPLING => {
+                o.trace_sampling = Some(v.parse().map_err(|m: String| error(key, m))?)
+            }
             _ => {
                 return Err(error(
                     key,
@@ -180,6 +188,7 @@ mod tests {
             (PROXY_LOG_LEVEL, "debug"),
             (NATIVE_SIDECAR, "false"),
             (ACCESS_LOG, " json "),
+            (TRACE_SAMPLING, "12.5"),
             ("prometheus.io/scrape", "true"),
         ]))
         .unwrap();
@@ -206,6 +215,7 @@ mod tests {
         assert_eq!(o.log_level.as_deref(), Some("debug"));
         assert_eq!(o.native_sidecar, Some(false));
         assert_eq!(o.access_log, Some(outrigger_api::AccessLogFormat::Json));
+        assert_eq!(o.trace_sampling.map(|s| s.get()), Some(12.5));
         assert_eq!(overrides(&map(&[])).unwrap(), Overrides::default());
     }
 

@@ -80,6 +80,24 @@ pub struct MeshConfig {
     /// `destination_cluster`; Istio's default is `Kubernetes`).
     #[serde(default = "defaults::cluster_name")]
     pub cluster_name: String,
+    /// Distributed tracing for every proxy: off unless a collector is set.
+    #[serde(default)]
+    pub tracing: Tracing,
+}
+
+/// Distributed tracing (the proxy's `--trace-collector` and
+/// `--trace-sampling`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// The OpenTelemetry collector (OTLP over HTTP), e.g.
+    /// `http://otel-collector.observability:4318`; empty: tracing off.
+    #[serde(default)]
+    pub collector: String,
+    /// The percentage of new traces sampled, unless a pod's
+    /// `config.outrigger.dev/trace-sampling` says otherwise.
+    #[serde(default)]
+    pub sampling: outrigger_api::TraceSampling,
 }
 
 /// The proxy's ports inside the pod.
@@ -274,6 +292,12 @@ impl MeshConfig {
                 &format!("[{i}] {u:?} is not an Upgrade protocol name"),
             );
         }
+        let collector = self.tracing.collector.trim();
+        if !collector.is_empty() {
+            if let Err(e) = collector.parse::<outrigger_api::TraceCollector>() {
+                return field("tracing.collector", &e);
+            }
+        }
         for (k, v) in self.resources.requests.iter().chain(&self.resources.limits) {
             if let Err(e) = quantity::parse(v) {
                 return field("resources", &format!("{k}: {e}"));
@@ -347,6 +371,12 @@ mod tests {
             ("proxyImage: x\nclusterDomain: ''", "clusterDomain"),
             ("proxyImage: x\nclusterDomain: 'a..b'", "clusterDomain"),
             ("proxyImage: x\nclusterName: ' '", "clusterName"),
+            (
+                "proxyImage: x\ntracing: { collector: 'https://c:4318' }",
+                "tracing.collector",
+            ),
+            ("proxyImage: x\ntracing: { sampling: 120 }", "120"),
+            ("proxyImage: x\ntracing: { rate: 1 }", "unknown field"),
         ] {
             let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

@@ -244,6 +244,7 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
         .env
         .get_or_insert_with(Vec::new)
         .extend(metrics_env(pod, cfg));
+    add_tracing(&mut proxy, pod, ns, o, cfg);
     let init = init_container(o, cfg);
 
     // Init containers: ours first, then (native) the proxy, then the app's.
@@ -452,6 +453,44 @@ pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig) -> Snapshot {
         ],
         services: Vec::new(),
         inbound: Default::default(),
+    }
+}
+
+/// Istio's canonical service labels, in the order it reads them.
+const CANONICAL_NAME_LABELS: [&str; 3] = [
+    "service.istio.io/canonical-name",
+    "app.kubernetes.io/name",
+    "app",
+];
+
+/// Tracing's settings for the proxy, when the mesh has a collector: the
+/// collector, the sampling (the pod's annotation, else the mesh's), and
+/// the spans' `service.name`, `<canonical name>.<namespace>` as Istio
+/// names it (from the pod's labels; without one, the proxy uses its
+/// workload's name).
+fn add_tracing(proxy: &mut Container, pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) {
+    let collector = cfg.tracing.collector.trim();
+    if collector.is_empty() {
+        return;
+    }
+    let value = |name: &str, v: String| EnvVar {
+        name: name.into(),
+        value: Some(v),
+        value_from: None,
+    };
+    let sampling = o.trace_sampling.unwrap_or(cfg.tracing.sampling);
+    let env = proxy.env.get_or_insert_with(Vec::new);
+    env.push(value("OUTRIGGER_TRACE_COLLECTOR", collector.to_string()));
+    env.push(value("OUTRIGGER_TRACE_SAMPLING", sampling.to_string()));
+    let labels = pod.metadata.labels.as_ref();
+    let canonical = CANONICAL_NAME_LABELS
+        .iter()
+        .find_map(|k| labels?.get(*k).filter(|v| !v.is_empty()));
+    if let Some(name) = canonical {
+        env.push(value(
+            "OUTRIGGER_TRACE_SERVICE_NAME",
+            format!("{name}.{ns}"),
+        ));
     }
 }
 

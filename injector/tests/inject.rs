@@ -678,6 +678,65 @@ fn the_access_log_comes_from_the_pod_then_the_mesh_default() {
 }
 
 #[test]
+fn tracing_reaches_the_proxy_only_with_a_collector() {
+    let traced = |annotation: Option<&str>, mesh: &str, labels: Value| {
+        let mut pod = yaml(WEB);
+        pod["metadata"]["labels"] = labels;
+        if let Some(a) = annotation {
+            pod["metadata"]["annotations"] =
+                serde_json::json!({ "config.outrigger.dev/trace-sampling": a });
+        }
+        let c = MeshConfig::from_yaml(&format!("proxyImage: x\n{mesh}")).unwrap();
+        let (after, _, _) = injected(&pod, &enabled("shop"), &c);
+        let inits = after.spec.unwrap().init_containers.unwrap();
+        env(&inits[1])
+    };
+    let app = serde_json::json!({ "app": "web" });
+    // Off by default: nothing for tracing in the proxy's environment.
+    let e = traced(Some("50"), "", app.clone());
+    assert!(!e.keys().any(|k| k.starts_with("OUTRIGGER_TRACE")), "{e:?}");
+    // A collector: on, at the mesh's sampling (1 % unless set).
+    let collector = "tracing: { collector: 'http://otel-collector.observability:4318' }";
+    let e = traced(None, collector, app.clone());
+    assert_eq!(
+        e["OUTRIGGER_TRACE_COLLECTOR"],
+        "http://otel-collector.observability:4318"
+    );
+    assert_eq!(e["OUTRIGGER_TRACE_SAMPLING"], "1");
+    // Istio's service name: the canonical name (labels in Istio's order).
+    assert_eq!(e["OUTRIGGER_TRACE_SERVICE_NAME"], "web.shop");
+    let e = traced(
+        None,
+        collector,
+        serde_json::json!({ "app": "web", "service.istio.io/canonical-name": "storefront" }),
+    );
+    assert_eq!(e["OUTRIGGER_TRACE_SERVICE_NAME"], "storefront.shop");
+    let e = traced(None, collector, serde_json::json!({}));
+    assert!(!e.contains_key("OUTRIGGER_TRACE_SERVICE_NAME"));
+    // The pod's annotation over the mesh's sampling.
+    let mesh = "tracing: { collector: 'otel:4318', sampling: 10 }";
+    assert_eq!(
+        traced(None, mesh, app.clone())["OUTRIGGER_TRACE_SAMPLING"],
+        "10"
+    );
+    assert_eq!(
+        traced(Some("0.5"), mesh, app.clone())["OUTRIGGER_TRACE_SAMPLING"],
+        "0.5"
+    );
+    // A bad value refuses the pod, naming the annotation.
+    let mut pod = yaml(WEB);
+    pod["metadata"]["annotations"] =
+        serde_json::json!({ "config.outrigger.dev/trace-sampling": "200" });
+    match inject(&pod, &enabled("shop"), &cfg()) {
+        Outcome::Refuse(m) => assert_eq!(
+            m,
+            "annotation config.outrigger.dev/trace-sampling: 200 is not a percentage from 0 to 100"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn who_is_skipped_and_why() {
     let c = cfg();
     let skip = |pod: &Value, ns: &Namespace| match inject(pod, ns, &c) {

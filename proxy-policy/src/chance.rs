@@ -47,6 +47,16 @@ impl Chance {
         })
     }
 
+    /// 64 uniform random bits (span ids).
+    pub fn bits64(&self) -> u64 {
+        self.with(|r| r.next_u64())
+    }
+
+    /// 128 uniform random bits (trace and span ids, request ids).
+    pub fn bits(&self) -> u128 {
+        self.with(|r| r.random::<u128>())
+    }
+
     /// True with probability `percent` / 100.
     pub fn percent(&self, percent: f64) -> bool {
         percent >= 100.0 || (percent > 0.0 && self.unit() * 100.0 < percent)

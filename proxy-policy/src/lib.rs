@@ -26,6 +26,7 @@
 //! | [`rewrite`] | header operations, URI and authority rewrite |
 //! | [`error`] | the kinds of the proxy's own answers, and their statuses |
 //! | [`chance`] | randomness: the thread's generator, or a seeded one in tests |
+//! | [`trace`] | distributed tracing: the trace context read from and written to headers (W3C, B3), the sampling decision, trace, span and request ids |
 //! | [`workload`] | who is at either end of a hop, as metrics name them |
 
 pub mod authz;
@@ -46,4 +47,5 @@ pub mod route;
 pub mod split;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;
 pub mod workload;

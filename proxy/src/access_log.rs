@@ -244,74 +244,11 @@ fn cut(s: &str, max: usize) -> String {
 }
 
 /// The trace a request belongs to, from its W3C `traceparent` or its B3
-/// headers (`b3`, then `x-b3-traceid`), the first well-formed one; None
-/// when there is none or none is well formed.
+/// headers (`b3`, then `x-b3-*`), the first well-formed one; None when
+/// there is none or none is well formed. The rules are tracing's
+/// ([`outrigger_proxy_policy::trace::trace_id_of`]).
 pub fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    get("traceparent")
-        .and_then(traceparent_trace_id)
-        .or_else(|| get("b3").and_then(b3_single_trace_id))
-        .or_else(|| get("x-b3-traceid").and_then(b3_trace_id))
-}
-
-fn lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn nonzero(s: &str) -> bool {
-    s.bytes().any(|b| b != b'0')
-}
-
-/// `version-traceid-parentid-flags` (W3C Trace Context): two hex digits of
-/// version (not `ff`; version `00` has nothing after the flags), 32 of
-/// trace id, 16 of parent id (neither all zeros), 2 of flags; lowercase.
-fn traceparent_trace_id(v: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let mut parts = s.split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let ok = lower_hex(version, 2)
-        && version != "ff"
-        && lower_hex(trace, 32)
-        && nonzero(trace)
-        && lower_hex(parent, 16)
-        && nonzero(parent)
-        && lower_hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
-    ok.then(|| trace.to_string())
-}
-
-/// A B3 trace id: 16 or 32 lowercase hex digits, not all zeros.
-fn b3_trace_id(v: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    ((lower_hex(s, 16) || lower_hex(s, 32)) && nonzero(s)).then(|| s.to_string())
-}
-
-/// The single `b3` header: `traceid-spanid[-sampled[-parentspanid]]`
-/// (a lone sampling decision, `0`, `1` or `d`, names no trace).
-fn b3_single_trace_id(v: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let mut parts = s.split('-');
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    if !(lower_hex(span, 16) && nonzero(span)) {
-        return None;
-    }
-    let sampled = parts.next();
-    if sampled.is_some_and(|d| !matches!(d, "0" | "1" | "d")) {
-        return None;
-    }
-    if let Some(parent) = parts.next() {
-        if !lower_hex(parent, 16) {
-            return None;
-        }
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    b3_trace_id(trace.as_bytes())
+    outrigger_proxy_policy::trace::trace_id_of(headers).map(|t| t.b3_hex())
 }
 
 /// How a request ended, as its metrics labelled it.

@@ -24,6 +24,8 @@ use outrigger_runtime::drain;
 
 /// How long the end of a drain waits for the access log's last lines.
 const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
+/// How long the end of a drain waits for the last spans' export.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -42,6 +44,11 @@ pub struct Options {
     pub probes: Arc<Probes>,
     /// The request and TCP metrics' names and labels (`--metrics-format`).
     pub metrics: crate::metrics::MetricsOptions,
+    /// Distributed tracing: off (None) unless a collector is set.
+    pub tracing: Option<crate::trace::Settings>,
+    /// Randomness for every decision (sampling, faults, balancing): the
+    /// thread's generator, or a seeded one in tests.
+    pub chance: outrigger_proxy_policy::chance::Chance,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,8 @@ pub enum StartError {
     Invalid(#[from] ValidationErrors),
     #[error("cannot start the access-log writer thread: {source}")]
     AccessLog { source: std::io::Error },
+    #[error("cannot start the trace exporter thread: {source}")]
+    Tracing { source: std::io::Error },
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: String,
@@ -135,10 +144,22 @@ impl Proxy {
         )
         .map_err(|source| StartError::AccessLog { source })?
         .map(Arc::new);
+        let tracer = match opts.tracing.clone() {
+            None => None,
+            Some(settings) => {
+                tracing::info!(collector = %settings.collector, sampling = %settings.sampling, "tracing on");
+                Some(Arc::new(
+                    crate::trace::Tracer::start(settings, metrics.tracing.clone())
+                        .map_err(|source| StartError::Tracing { source })?,
+                ))
+            }
+        };
+        let drain_tracer = tracer.clone();
         let shared = Arc::new(Shared {
+            tracer,
             configured: configured.clone(),
             inbound_changes: inbound_changes.clone(),
-            chance: outrigger_proxy_policy::chance::Chance::default(),
+            chance: opts.chance.clone(),
             client: Client::new(ClientSettings {
                 connect_timeout: limits.connect_timeout,
                 idle_timeout: limits.idle_timeout,
@@ -231,6 +252,15 @@ impl Proxy {
                 if !tokio::task::spawn_blocking(flush).await.unwrap_or(false) {
                     tracing::warn!(
                         "the access log's last lines may be lost: stdout did not take them"
+                    );
+                }
+            }
+            // The last requests' spans out too.
+            if let Some(tracer) = drain_tracer {
+                let flush = move || tracer.flush(TRACE_FLUSH);
+                if !tokio::task::spawn_blocking(flush).await.unwrap_or(false) {
+                    tracing::warn!(
+                        "the last spans may be lost: the collector did not take them in time"
                     );
                 }
             }

@@ -14,7 +14,7 @@
 //! | edges | [`app`], [`listener`], [`admin`], [`control`], [`probe`], [`init`] |
 //! | HTTP and TCP | [`http`] (server, request handler, the stack of layers in [`http::stack`], upstream client, forwarding), [`tcp`], [`identity`] |
 //! | layers | [`layers`]: the tower layers, each a thin wrapper over one decision |
-//! | shared | [`svc`] (request, response, body and error types, request extensions), [`metrics`], [`access_log`], [`headers`], [`detect`], [`transport`]; the drain is [`outrigger_runtime::drain`] |
+//! | shared | [`svc`] (request, response, body and error types, request extensions), [`metrics`], [`access_log`], [`headers`], [`detect`], [`transport`], [`trace`] (spans and their exporter); the drain is [`outrigger_runtime::drain`] |
 //! | decisions | the [`outrigger_proxy_policy`] crate: every decision and [`outrigger_proxy_policy::config`], its tables |
 #![forbid(unsafe_code)]
 
@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod probe;
 pub mod svc;
 pub mod tcp;
+pub mod trace;
 pub mod transport;
 
 pub use app::{Applier, Drained, Options, Proxy, StartError};

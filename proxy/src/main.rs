@@ -127,6 +127,20 @@ enum Command {
         /// service and revision, as a JSON object (the injector writes it).
         #[arg(long, env = "OUTRIGGER_POD_LABELS")]
         pod_labels: Option<String>,
+        /// Distributed tracing: the OpenTelemetry collector spans are sent
+        /// to, over OTLP/HTTP (protobuf), e.g.
+        /// `http://otel-collector.observability:4318` (posted to
+        /// `/v1/traces`). Tracing is off without it.
+        #[arg(long, env = "OUTRIGGER_TRACE_COLLECTOR")]
+        trace_collector: Option<String>,
+        /// The percentage (0-100) of the traces this proxy starts that are
+        /// sampled; a caller's sampling decision stands.
+        #[arg(long, env = "OUTRIGGER_TRACE_SAMPLING", default_value = "1")]
+        trace_sampling: String,
+        /// The spans' `service.name` (default: `<workload>.<namespace>`);
+        /// the injector sets the pod's canonical service name, as Istio does.
+        #[arg(long, env = "OUTRIGGER_TRACE_SERVICE_NAME")]
+        trace_service_name: Option<String>,
     },
     /// Check a snapshot file and list every error with its path.
     Check {
@@ -242,7 +256,16 @@ fn main() -> anyhow::Result<()> {
             cluster_domain,
             cluster_name,
             pod_labels,
+            trace_collector,
+            trace_sampling,
+            trace_service_name,
         } => {
+            let tracing_settings = tracing_settings(
+                trace_collector.as_deref(),
+                &trace_sampling,
+                trace_service_name,
+                pod_name.clone(),
+            )?;
             let format = match log_format {
                 LogFormat::Plain => log::Format::Plain,
                 LogFormat::Json => log::Format::Json,
@@ -344,10 +367,39 @@ fn main() -> anyhow::Result<()> {
                     cluster_name,
                     pod_labels,
                 },
+                tracing: tracing_settings,
+                chance: Default::default(),
             };
             rt.block_on(run(snapshot, &source, opts, follow))
         }
     }
+}
+
+/// Tracing's settings from the flags (None: off); errors name the flag.
+fn tracing_settings(
+    collector: Option<&str>,
+    sampling: &str,
+    service_name: Option<String>,
+    pod_name: Option<String>,
+) -> anyhow::Result<Option<outrigger_proxy::trace::Settings>> {
+    let sampling: outrigger_proxy::trace::Percent = sampling
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--trace-sampling (OUTRIGGER_TRACE_SAMPLING)")?;
+    let Some(collector) = collector.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let collector = collector
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--trace-collector (OUTRIGGER_TRACE_COLLECTOR)")?;
+    Ok(Some(outrigger_proxy::trace::Settings {
+        collector,
+        sampling,
+        service_name: service_name.filter(|s| !s.trim().is_empty()),
+        pod_name: pod_name.filter(|s| !s.is_empty()),
+        batching: Default::default(),
+    }))
 }
 
 /// The proxy's identity from its flags; errors name the flag.

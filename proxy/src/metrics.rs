@@ -557,6 +557,8 @@ pub struct Metrics {
     /// Access-log lines dropped because the writer's queue was full.
     pub access_log_dropped: Counter,
     pub ready: Gauge,
+    /// Spans exported and dropped (distributed tracing).
+    pub tracing: crate::trace::Counters,
     /// The services of the configuration in force, whose per-service
     /// series [`Metrics::applied`] keeps.
     services: Arc<std::sync::Mutex<std::collections::HashSet<Name>>>,
@@ -815,6 +817,7 @@ impl Metrics {
             "1 when the proxy has a valid config and is not draining",
             ready.clone(),
         );
+        let tracing = crate::trace::Counters::register(&mut reg);
         // Families whose label values are all known now start at zero.
         for direction in [Direction::Inbound, Direction::Outbound] {
             let d = DirectionLabel { direction };
@@ -857,6 +860,7 @@ impl Metrics {
             identity_renewals,
             access_log_dropped,
             ready,
+            tracing,
             services: Default::default(),
             registry: Arc::new(reg),
             duration_scale,

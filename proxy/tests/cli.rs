@@ -90,6 +90,36 @@ fn bad_app_probes_stop_the_proxy_naming_the_probe() {
 }
 
 #[test]
+fn bad_tracing_settings_stop_the_proxy_naming_the_flag() {
+    let path = format!(
+        "{}/../examples/static/server-proxy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for (env, value, want) in [
+        (
+            "OUTRIGGER_TRACE_SAMPLING",
+            "150",
+            "--trace-sampling (OUTRIGGER_TRACE_SAMPLING)",
+        ),
+        (
+            "OUTRIGGER_TRACE_COLLECTOR",
+            "https://otel:4318",
+            "--trace-collector (OUTRIGGER_TRACE_COLLECTOR)",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["run", "--config", &path])
+            .env(env, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(err.contains(value), "{err}");
+    }
+}
+
+#[test]
 fn check_accepts_the_checked_in_examples() {
     for f in ["client-proxy.yaml", "server-proxy.yaml"] {
         let path = format!("{}/../examples/static/{f}", env!("CARGO_MANIFEST_DIR"));

@@ -15,6 +15,7 @@
 //! | [`mesh`] | [`Mesh`]: the client proxy and the server proxy in front of one app |
 //! | [`identity`] | [`workload_identity`] (certified by the control plane), [`held_identity`] (already holding a certificate) |
 //! | [`metrics`] | [`scrape`] a proxy's `/metrics`, read one [`metric`], what is left of its certificate ([`cert_left`]), every family in docs/metrics.md ([`assert_documented`]) |
+//! | [`otlp`] | [`OtlpReceiver`]: an OTLP/HTTP trace receiver decoding the official protobuf messages, its spans ([`otlp::Received`]) |
 //! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`run_bin`], [`free_port`], a real Prometheus ([`PrometheusBin`], its [`Target`]s, [`Prometheus::query`]) and [`promtool`], the proxy binary on a static snapshot ([`StaticProxy`]) |
 //! | [`control_plane`] | an in-process control plane on a folder, the folder, its certifier; proxies that wait for it and follow it |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
@@ -29,6 +30,7 @@ pub mod control_plane;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod otlp;
 pub mod processes;
 pub mod servers;
 pub mod snapshots;
@@ -38,6 +40,7 @@ pub use clients::{get, http1, http2, https_get, keep_requesting, raw_get, tally,
 pub use identity::{held_identity, workload_identity};
 pub use mesh::Mesh;
 pub use metrics::{assert_documented, cert_left, metric, scrape};
+pub use otlp::OtlpReceiver;
 pub use processes::{
     eventually, free_port, on_path, promtool, ready, run_bin, workspace_bin, Prometheus,
     PrometheusBin, StaticProxy, Target,

@@ -343,6 +343,10 @@ async fn an_http2_request_is_logged_with_every_field_on_both_sides() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 10);
         let (out, inb) = pair.logged(format).await;
+        // No `x-request-id` came: the outbound proxy made one (a UUID v4,
+        // as Envoy does), which the inbound side received.
+        let id = out["request_id"].as_str().unwrap().to_string();
+        assert_eq!((id.len(), &id[14..15]), (36, "4"), "{id}");
         let same = json!({
             "method": "GET",
             "path": "/bytes/10",
@@ -353,7 +357,7 @@ async fn an_http2_request_is_logged_with_every_field_on_both_sides() {
             "bytes_sent": 10,
             "x_forwarded_for": "192.0.2.7",
             "user_agent": "h2-client",
-            "request_id": "-",
+            "request_id": id,
             "authority": "web.shop",
             "trace_id": "a3ce929d0e0e4736",
             "destination_service": "web.shop",

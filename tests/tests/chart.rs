@@ -213,6 +213,18 @@ fn bad_values_are_refused_naming_the_value() {
         ),
         (json!({ "clusterDomain": "a..b" }), "/clusterDomain"),
         (json!({ "clusterName": "" }), "/clusterName"),
+        (
+            json!({ "proxy": { "tracing": { "sampling": 150 } } }),
+            "/proxy/tracing/sampling",
+        ),
+        (
+            json!({ "proxy": { "tracing": { "collector": "https://otel:4318" } } }),
+            "/proxy/tracing/collector",
+        ),
+        (
+            json!({ "proxy": { "tracing": { "rate": 1 } } }),
+            "'rate' not allowed",
+        ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
         merge_values(&mut values, extra.clone());
@@ -264,6 +276,33 @@ fn the_metrics_format_and_the_cluster_reach_the_mesh_config() {
         assert_eq!(cfg.cluster_domain, domain, "{text}");
         assert_eq!(cfg.cluster_name, name, "{text}");
     }
+}
+
+/// `proxy.tracing` is the mesh config's tracing: off by default, on with
+/// a collector, at the sampling given.
+#[test]
+fn the_tracing_values_reach_the_mesh_config() {
+    let mesh_config = |values: serde_json::Value| {
+        let (r, _) = rendered_with(values)?;
+        let mesh = r.get("ConfigMap", "outrigger-mesh-config");
+        let text = String::from_utf8(data_of(mesh, "mesh.yaml").unwrap()).unwrap();
+        Some(outrigger_injector::config::MeshConfig::from_yaml(&text).unwrap())
+    };
+    let Some(off) = mesh_config(json!({})) else {
+        return;
+    };
+    assert_eq!(off.tracing.collector, "");
+    assert_eq!(off.tracing.sampling.get(), 1.0);
+    let on = mesh_config(json!({ "proxy": { "tracing": {
+        "collector": "http://otel-collector.observability:4318",
+        "sampling": 12.5,
+    } } }))
+    .unwrap();
+    assert_eq!(
+        on.tracing.collector,
+        "http://otel-collector.observability:4318"
+    );
+    assert_eq!(on.tracing.sampling.get(), 12.5);
 }
 
 /// The dashboards (ConfigMaps for Grafana's sidecar) and the rules (a

@@ -68,4 +68,7 @@ upgrades: {{ toJson .Values.proxy.upgrades }}
 metricsFormat: {{ .Values.proxy.metricsFormat | quote }}
 clusterDomain: {{ .Values.clusterDomain | quote }}
 clusterName: {{ .Values.clusterName | quote }}
+tracing:
+  collector: {{ .Values.proxy.tracing.collector | quote }}
+  sampling: {{ .Values.proxy.tracing.sampling }}
 {{- end }}

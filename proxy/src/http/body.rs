@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, Ended};
 use crate::metrics::{ByteMeters, GrpcStatus, Metrics, RequestLabels, ResponseFlag, RouteLabels};
 use crate::svc::{Body, BodyFault, BoxError, ClientFault, RouteName};
+use crate::trace::SpanRecord;
 
 pin_project! {
     pub struct CountedBody<B> {
@@ -190,6 +191,8 @@ pub struct Record {
     pub bytes: Option<ByteMeters>,
     /// Response body bytes sent so far.
     pub response_size: u64,
+    /// The request's span, when it is traced and sampled.
+    pub span: Option<Box<SpanRecord>>,
 }
 
 impl Record {
@@ -202,6 +205,10 @@ impl Record {
             .grpc_response_status
             .resolved(self.labels.response_code);
         let elapsed = self.start.elapsed();
+        if let Some(span) = self.span.take() {
+            let route = self.route.as_ref().map(|r| r.route.clone());
+            span.end(&self.labels, elapsed, route);
+        }
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();
         let bytes = self.bytes.take().unwrap_or_else(|| {
@@ -368,6 +375,7 @@ mod tests {
             request_bytes: Counter::default(),
             bytes: None,
             response_size: 0,
+            span: None,
         };
         let collected = ResponseBody::new(body, bytes.clone(), record)
             .collect()
@@ -395,6 +403,7 @@ mod tests {
             request_bytes: Counter::default(),
             bytes: None,
             response_size: 0,
+            span: None,
         };
         let rb = ResponseBody::new(body, Counter::default(), record);
         drop(rb);
@@ -419,6 +428,7 @@ mod tests {
             request_bytes: Counter::default(),
             bytes: None,
             response_size: 0,
+            span: None,
         };
         ResponseBody::new(body_of(vec![]), Counter::default(), record)
             .collect()

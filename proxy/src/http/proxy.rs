@@ -55,6 +55,8 @@ pub struct Shared {
     /// (mTLS mode, AuthorizationPolicies), so that open connections are
     /// held to them (see `http::hold::Hold`).
     pub inbound_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Distributed tracing, when a collector is set.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Shared {
@@ -160,6 +162,9 @@ fn label_served(ctx: &ConnContext, record: &mut Record, s: Served) {
     if let Some(a) = record.access.as_mut() {
         a.upstream = Some(s.addr);
     }
+    if let Some(span) = record.span.as_mut() {
+        span.upstream = Some(s.addr);
+    }
 }
 
 /// The labels of a hop between this proxy's workload and `peer`, before
@@ -206,6 +211,17 @@ impl HttpProxy {
                 }
             }
         }
+        let mut req = req;
+        crate::trace::ensure_request_id(req.headers_mut(), &self.shared.chance);
+        let span = match &self.shared.tracer {
+            None => None,
+            Some(t) => t.begin(
+                self.ctx.direction,
+                &mut req,
+                self.ctx.peer,
+                &self.shared.chance,
+            ),
+        };
         let client_version = req.version();
         let request_bytes = Counter::default();
         let mut record = self.record(
@@ -216,6 +232,7 @@ impl HttpProxy {
             client_version,
             request_bytes.clone(),
         );
+        record.span = span;
 
         record.labels.grpc_response_status = GrpcStatus::of_request(req.headers());
 
@@ -234,6 +251,9 @@ impl HttpProxy {
         if let Some(up) = self.fixed_upstream(&req) {
             if let Some(a) = record.access.as_mut() {
                 a.upstream = Some(up.addr);
+            }
+            if let Some(span) = record.span.as_mut() {
+                span.upstream = Some(up.addr);
             }
             req.extensions_mut().insert(up);
         }
@@ -272,12 +292,20 @@ impl HttpProxy {
                 if let (Some(a), Some(n)) = (record.access.as_mut(), resp.extensions().get()) {
                     a.attempts = Some(*n);
                 }
+                if let Some(s) = record.span.as_mut() {
+                    if let Some(n) = resp.extensions().get::<crate::svc::Attempts>() {
+                        s.attempts = n.0;
+                    }
+                }
                 (resp, flag, served, route)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "request answered by the proxy");
                 if let (Some(a), Some(n)) = (record.access.as_mut(), e.attempts) {
                     a.attempts = Some(n);
+                }
+                if let (Some(s), Some(n)) = (record.span.as_mut(), e.attempts) {
+                    s.attempts = n.0;
                 }
                 let resp = e.to_response(crate::svc::response_version(client_version));
                 (
@@ -368,6 +396,7 @@ impl HttpProxy {
             request_bytes,
             bytes: None,
             response_size: 0,
+            span: None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::svc::{
     always_ready, Attempts, Body, Flagged, Fut, HttpService, ProxyError, Req, Rsp, Served,
     ATTEMPT_COUNT,
 };
+use crate::trace::{RetryEvent, RetryEvents};
 use outrigger_proxy_policy::chance::Chance;
 #[cfg(doc)]
 use outrigger_proxy_policy::retry::RetryPolicy;
@@ -183,6 +184,16 @@ impl<S: HttpService> Service<Req> for Retry<S> {
                     return done(result, exhausted);
                 }
                 metrics.retries.get_or_create(&label()).inc();
+                if let Some(events) = template.extensions.get::<RetryEvents>() {
+                    events.push(RetryEvent {
+                        at: std::time::SystemTime::now(),
+                        attempt: n + 1,
+                        previous: match &result {
+                            Ok(resp) => resp.status().as_str().to_string(),
+                            Err(e) => ResponseFlag::from(e.kind).as_str().to_string(),
+                        },
+                    });
+                }
                 drop(result);
                 tokio::time::sleep(backoff(n, &chance)).await;
             }
