@@ -414,6 +414,35 @@ impl Incoming {
         incoming
     }
 
+    /// What this hop does with the request's trace, cheaply for the
+    /// requests it does not sample (most of them):
+    ///
+    /// - a well-formed context that says "not sampled" (or a lone B3 `0`)
+    ///   is passed on untouched: None;
+    /// - no trace header at all, from a meshed peer (`from_mesh`): the
+    ///   peer's proxy made the decision and sends a context whenever it
+    ///   samples, so none means not sampled: None, with no draw;
+    /// - no trace header at all otherwise: a draw; not sampled is None
+    ///   (nothing is written, so a meshed next hop takes it as above);
+    /// - otherwise (sampled; or headers that are malformed or defer the
+    ///   decision, which must be replaced so the next hop does not draw
+    ///   again): this hop's span, to write into the headers and to record
+    ///   if sampled ([`Incoming::child`]).
+    pub fn next(&self, percent: f64, from_mesh: bool, chance: &Chance) -> Option<SpanContext> {
+        let made = self
+            .parent
+            .and_then(|p| p.sampled.map(|s| (s, p.debug)))
+            .or(self.decision);
+        let any_form = self.forms.w3c || self.forms.b3_single || self.forms.b3_multi;
+        match made {
+            Some((false, _)) => None,
+            Some((true, _)) => Some(self.child(percent, chance)),
+            None if any_form => Some(self.child(percent, chance)),
+            None if from_mesh => None,
+            None => chance.percent(percent).then(|| self.child(100.0, chance)),
+        }
+    }
+
     /// This hop's span: a child of the caller's, or the root of a new
     /// trace. Parent-based sampling: the caller's decision (or a lone B3
     /// decision) stands; without one, a draw of `percent` (0-100).
@@ -585,6 +614,55 @@ pub fn uuid_v4(bits: u128) -> [u8; 36] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_sampled_or_unsettled_request_is_touched() {
+        let c = Chance::seeded(9);
+        let read = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            Incoming::read(&h)
+        };
+        let unsampled = read(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        )]);
+        assert_eq!(unsampled.next(100.0, false, &c), None, "passed on as it is");
+        assert_eq!(read(&[("b3", "0")]).next(100.0, false, &c), None);
+        assert_eq!(read(&[("x-b3-sampled", "0")]).next(100.0, true, &c), None);
+        let sampled = read(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]);
+        let ctx = sampled.next(0.0, true, &c).expect("the caller sampled it");
+        assert!(ctx.sampled);
+        assert_eq!(
+            ctx.parent.map(|p| p.0),
+            Some(*b"\xb7\xad\x6b\x71\x69\x20\x33\x31")
+        );
+        // Nothing came: from a meshed peer, that peer decided "no"; from
+        // elsewhere, a draw, and only a sampled draw writes anything.
+        let none = read(&[]);
+        assert!((0..1000).all(|_| none.next(100.0, true, &c).is_none()));
+        assert!((0..1000).all(|_| none.next(0.0, false, &c).is_none()));
+        assert!((0..1000).all(|_| none.next(100.0, false, &c).is_some_and(|x| x.sampled)));
+        let hits = (0..10_000)
+            .filter_map(|_| none.next(10.0, false, &c))
+            .count();
+        assert!((850..1150).contains(&hits), "{hits} of 10000 at 10 %");
+        // Malformed or deferring headers are replaced, sampled or not, so
+        // the next hop does not draw again.
+        let bad = read(&[("traceparent", "00-XYZ")]);
+        let ctx = bad.next(0.0, true, &c).expect("replaced");
+        assert!(!ctx.sampled && ctx.parent.is_none());
+        let deferred = read(&[
+            ("x-b3-traceid", "0af7651916cd43dd"),
+            ("x-b3-spanid", "b7ad6b7169203331"),
+        ]);
+        assert!(deferred.next(0.0, true, &c).is_some_and(|x| !x.sampled));
+    }
+
     use super::*;
 
     const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -199,15 +199,23 @@ impl Tracer {
     /// with this proxy's span as the next hop's parent. A sampled request
     /// gets the span to record (and, in its extensions, the place its
     /// retries are noted).
+    ///
+    /// A request it does not sample is left as it came whenever that is
+    /// enough for the next hop to agree ([`Incoming::next`]): a caller's
+    /// "not sampled" passes on untouched, and a new trace that is not
+    /// sampled sends nothing, which the next meshed proxy (`from_mesh`,
+    /// a peer over mutual TLS) takes as "not sampled". So most requests
+    /// cost a look at their headers and, at most, a draw.
     pub fn begin<B>(
         &self,
         direction: Direction,
         req: &mut http::Request<B>,
         peer: SocketAddr,
+        from_mesh: bool,
         chance: &Chance,
     ) -> Option<Box<SpanRecord>> {
         let incoming = Incoming::read(req.headers());
-        let ctx = incoming.child(self.sampling.get(), chance);
+        let ctx = incoming.next(self.sampling.get(), from_mesh, chance)?;
         let trace_state = (ctx.sampled && ctx.joined_w3c)
             .then(|| trace_state(req.headers()))
             .flatten();
@@ -793,7 +801,7 @@ mod tests {
             .unwrap();
         let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
         let mut rec = tracer
-            .begin(direction, &mut req, peer, &Chance::seeded(1))
+            .begin(direction, &mut req, peer, false, &Chance::seeded(1))
             .unwrap();
         req.extensions()
             .get::<RetryEvents>()
@@ -891,26 +899,94 @@ mod tests {
     }
 
     #[test]
-    fn an_unsampled_request_is_propagated_but_not_recorded() {
+    fn an_unsampled_request_is_neither_recorded_nor_rewritten() {
         let (queue, _rx) = sync_channel(1);
         let tracer = Tracer {
             sampling: Percent::try_from(0.0).unwrap(),
             queue,
             counters: Counters::default(),
         };
-        let mut req = http::Request::new(());
         let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        // A new trace not sampled: nothing is written (the next meshed
+        // proxy takes no context from a meshed peer as "not sampled").
+        let mut req = http::Request::new(());
         assert!(tracer
-            .begin(Direction::Outbound, &mut req, peer, &Chance::seeded(1))
+            .begin(
+                Direction::Outbound,
+                &mut req,
+                peer,
+                false,
+                &Chance::seeded(1)
+            )
             .is_none());
-        assert!(req.headers()["traceparent"]
-            .to_str()
-            .unwrap()
-            .ends_with("-00"));
+        assert!(req.headers().is_empty(), "{:?}", req.headers());
+        // A caller's "not sampled" passes on as it came.
+        let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        let mut req = http::Request::builder()
+            .header("traceparent", unsampled)
+            .body(())
+            .unwrap();
+        assert!(tracer
+            .begin(
+                Direction::Outbound,
+                &mut req,
+                peer,
+                false,
+                &Chance::seeded(1)
+            )
+            .is_none());
+        assert_eq!(req.headers()["traceparent"], unsampled);
+        // Malformed: replaced by a new, unsampled trace, so that the next
+        // hop does not draw again.
+        let mut req = http::Request::builder()
+            .header("traceparent", "00-nonsense")
+            .body(())
+            .unwrap();
+        assert!(tracer
+            .begin(
+                Direction::Outbound,
+                &mut req,
+                peer,
+                false,
+                &Chance::seeded(1)
+            )
+            .is_none());
+        let written = req.headers()["traceparent"].to_str().unwrap();
+        assert!(written.ends_with("-00") && written.len() == 55, "{written}");
         assert!(
             !req.headers().contains_key("x-b3-sampled"),
             "traceparent alone"
         );
+    }
+
+    #[test]
+    fn a_meshed_peer_without_a_trace_is_not_sampled_again() {
+        let (queue, _rx) = sync_channel(1);
+        let tracer = Tracer {
+            sampling: Percent::try_from(100.0).unwrap(),
+            queue,
+            counters: Counters::default(),
+        };
+        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        let mut req = http::Request::new(());
+        assert!(tracer
+            .begin(Direction::Inbound, &mut req, peer, true, &Chance::seeded(1))
+            .is_none());
+        assert!(req.headers().is_empty());
+        // From outside the mesh, this proxy starts the trace.
+        assert!(tracer
+            .begin(
+                Direction::Inbound,
+                &mut req,
+                peer,
+                false,
+                &Chance::seeded(1)
+            )
+            .is_some());
+        assert!(req.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .ends_with("-01"));
     }
 
     #[test]
@@ -926,7 +1002,13 @@ mod tests {
         for _ in 0..3 {
             let mut req = http::Request::new(());
             let rec = tracer
-                .begin(Direction::Outbound, &mut req, peer, &Chance::seeded(1))
+                .begin(
+                    Direction::Outbound,
+                    &mut req,
+                    peer,
+                    false,
+                    &Chance::seeded(1),
+                )
                 .unwrap();
             rec.end(&labels(200, Direction::Outbound), Duration::ZERO, None);
         }

@@ -335,8 +335,9 @@ async fn sampling_holds_its_ratio_and_the_server_follows_the_client() {
     let rx = OtlpReceiver::start().await;
     let app = app("web").await;
     // 10 % on the side that starts the traces; the server side would take
-    // none of its own (0 %): it follows the client's decision.
-    let pair = Pair::start_with(app, traced(&rx.url(), 0.0, 1, "web-0"), |o| {
+    // every trace of its own (100 %), yet it follows the client's decision,
+    // which for an unsampled request is no trace header at all.
+    let pair = Pair::start_with(app, traced(&rx.url(), 100.0, 1, "web-0"), |o| {
         *o = traced(&rx.url(), 10.0, 7, "client-0")
     })
     .await;
@@ -429,10 +430,11 @@ async fn an_unreachable_collector_loses_spans_counted_and_never_a_request() {
 }
 
 #[tokio::test]
-async fn a_request_id_is_generated_when_missing_and_kept_when_sent_with_tracing_off() {
+async fn a_request_id_is_generated_when_missing_with_tracing_on_and_kept_when_sent() {
+    let rx = OtlpReceiver::start().await;
     let app = app("web").await;
-    let mesh = Mesh::start(app).await;
-    let saw = app_saw(mesh.outbound(), &[]).await;
+    let pair = Pair::start(&rx.url(), 0.0, app).await;
+    let saw = app_saw(pair.outbound(), &[]).await;
     let id = &saw["x-request-id"];
     assert_eq!(id.len(), 36, "{id}");
     assert_eq!(&id[14..15], "4", "UUID version 4: {id}");
@@ -440,9 +442,20 @@ async fn a_request_id_is_generated_when_missing_and_kept_when_sent_with_tracing_
         matches!(&id[19..20], "8" | "9" | "a" | "b"),
         "variant: {id}"
     );
+    // Not sampled (0 %): nothing written for the next hops.
+    assert!(!saw.contains_key("traceparent"), "{saw:?}");
+    let saw = app_saw(pair.outbound(), &[("x-request-id", "mine-1")]).await;
+    assert_eq!(saw["x-request-id"], "mine-1");
+}
+
+#[tokio::test]
+async fn with_tracing_and_the_access_log_off_a_request_is_left_as_it_came() {
+    let app = app("web").await;
+    let mesh = Mesh::start(app).await;
+    let saw = app_saw(mesh.outbound(), &[]).await;
     assert!(
-        !saw.contains_key("traceparent"),
-        "tracing off adds no trace"
+        !saw.contains_key("x-request-id") && !saw.contains_key("traceparent"),
+        "{saw:?}"
     );
     let saw = app_saw(mesh.outbound(), &[("x-request-id", "mine-1")]).await;
     assert_eq!(saw["x-request-id"], "mine-1");

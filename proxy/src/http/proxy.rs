@@ -212,13 +212,19 @@ impl HttpProxy {
             }
         }
         let mut req = req;
-        crate::trace::ensure_request_id(req.headers_mut(), &self.shared.chance);
+        // The request id is for the access log and the spans: made only
+        // when one of them is on, so that with both off a request costs
+        // nothing more.
+        if self.shared.tracer.is_some() || self.shared.access_log.is_some() {
+            crate::trace::ensure_request_id(req.headers_mut(), &self.shared.chance);
+        }
         let span = match &self.shared.tracer {
             None => None,
             Some(t) => t.begin(
                 self.ctx.direction,
                 &mut req,
                 self.ctx.peer,
+                self.ctx.peer_identity.is_some(),
                 &self.shared.chance,
             ),
         };
