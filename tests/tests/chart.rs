@@ -274,6 +274,15 @@ fn bad_values_are_refused_naming_the_value() {
             json!({ "injector": { "podLabels": { "a": 1 } } }),
             "/injector/podLabels/a",
         ),
+        // The chart's own labels and annotations are not the values' to set.
+        (
+            json!({ "controlPlane": { "podLabels": { "app.kubernetes.io/name": "x" } } }),
+            "/controlPlane/podLabels/app.kubernetes.io~1name",
+        ),
+        (
+            json!({ "injector": { "podAnnotations": { "prometheus.io/port": "1" } } }),
+            "/injector/podAnnotations/prometheus.io~1port",
+        ),
         (
             json!({ "injector": { "reinvocationPolicy": "Always" } }),
             "/injector/reinvocationPolicy",
