@@ -3,6 +3,7 @@
 #   docker build --target proxy         -t outrigger/proxy:TAG .
 #   docker build --target control-plane -t outrigger/control-plane:TAG .
 #   docker build --target injector      -t outrigger/injector:TAG .
+#   docker build --target cli           -t outrigger/cli:TAG .  (helm test)
 # tests/e2e/kind.sh builds all three and loads them into a kind cluster.
 # .git is not sent to the build, so the commit the binaries report in
 # outrigger_build_info comes from a build argument ("unknown" without it):
@@ -17,9 +18,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
       -p outrigger-proxy -p outrigger-control-plane -p outrigger-injector \
+      -p outrigger-cli \
  && mkdir /out \
  && cp target/release/outrigger-proxy target/release/outrigger-control-plane \
-       target/release/outrigger-injector /out/
+       target/release/outrigger-injector target/release/outrigger /out/
 
 # The sidecar, and the init step (`outrigger-proxy init`, which needs
 # iptables: Debian's package has both the nft and the legacy backends). The
@@ -45,3 +47,9 @@ COPY --from=build /out/outrigger-injector /usr/local/bin/outrigger-injector
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/outrigger-injector"]
 CMD ["run"]
+
+# The command line (`outrigger`), for the chart's helm test (outrigger check).
+FROM gcr.io/distroless/cc-debian12:nonroot AS cli
+COPY --from=build /out/outrigger /usr/local/bin/outrigger
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/outrigger"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mesh on a real cluster: a kind cluster, the three images built from
+# The mesh on a real cluster: a kind cluster, the images built from
 # this checkout, the chart installed with a mesh CA made here, and a meshed
 # namespace with a web service (two versions) and a client. Checks, each
 # failing the run with what it saw:
@@ -9,7 +9,8 @@
 #   4. a VirtualService sending everything to v2 applies, then a 50/50 one
 #      splits traffic between v1 and v2;
 #   5. PERMISSIVE lets an unmeshed client in, STRICT keeps it out while the
-#      meshed client still gets through.
+#      meshed client still gets through;
+#   6. helm test passes (outrigger check, from the cli image, in the cluster).
 #
 # Needs docker, kind, kubectl, helm and openssl. It cannot run on the
 # project's CI machine (no Docker engine there); what it exercises is covered
@@ -60,7 +61,7 @@ kind get clusters 2>/dev/null | grep -qx "$CLUSTER" \
 kubectl config use-context "kind-$CLUSTER" >/dev/null
 
 step "images (tag $TAG)"
-for target in proxy control-plane injector; do
+for target in proxy control-plane injector cli; do
   docker build --target "$target" -t "outrigger/$target:$TAG" \
     --build-arg OUTRIGGER_GIT_SHA="$(git rev-parse HEAD 2>/dev/null || echo unknown)" .
   kind load docker-image --name "$CLUSTER" "outrigger/$target:$TAG"
@@ -167,5 +168,8 @@ for _ in $(seq 30); do
 done
 [[ -n "$refused" ]] || fail "STRICT still lets the unmeshed client in after 30 s"
 meshed -o /dev/null http://web.shop.svc/ || fail "STRICT refused the meshed client"
+
+step "6. helm test: outrigger check against the release"
+helm test outrigger -n "$NS" --timeout 5m --logs || fail "helm test: outrigger check failed"
 
 echo "kind end-to-end: all checks passed"

@@ -507,7 +507,8 @@ impl ApiRequest {
     /// The RBAC (API group, resource, verb) this request needs, as the API
     /// server's authorizer reads it: a collection is listed or watched, a
     /// named object got, patched, updated or deleted, and a subresource is
-    /// `resource/subresource`.
+    /// `resource/subresource` (whatever path follows it, as the proxy
+    /// subresource's).
     pub fn rbac(&self) -> (String, String, String) {
         let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
         let (group, rest) = match parts.as_slice() {
@@ -528,7 +529,9 @@ impl ApiRequest {
         let (resource, named) = match rest.as_slice() {
             [resource] => (resource.to_string(), false),
             [resource, _name] => (resource.to_string(), true),
-            [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+            // The proxy subresource carries a path after it
+            // (pods/NAME:PORT/proxy/metrics).
+            [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
             _ => panic!("cannot read {}", self.path),
         };
         let verb = match (self.method.as_str(), named, self.watch) {

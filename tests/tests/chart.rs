@@ -22,8 +22,10 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Affinity, Toleration, TopologySpreadConstraint};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use outrigger_tests::chart::{
     base64_decode, data_of, fake_api_server, fake_api_server_with, merge_values, render,
     render_or_skip, test_ca, token_audience, Container, RenderError, Rendered,
@@ -86,6 +88,9 @@ fn the_chart_lints_clean_and_renders_the_mesh() {
             "Secret" => drop(typed::<Secret>(o)),
             "ClusterRole" => drop(typed::<ClusterRole>(o)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(o)),
+            "Role" => drop(typed::<Role>(o)),
+            "RoleBinding" => drop(typed::<RoleBinding>(o)),
+            "Pod" => drop(typed::<Pod>(o)),
             "MutatingWebhookConfiguration" => drop(typed::<MutatingWebhookConfiguration>(o)),
             other => panic!("unexpected kind {other} in the chart"),
         }
@@ -106,18 +111,26 @@ fn the_chart_lints_clean_and_renders_the_mesh() {
     assert_eq!(
         names,
         [
+            "ClusterRole/outrigger-check-outrigger-system",
             "ClusterRole/outrigger-control-plane",
             "ClusterRole/outrigger-injector",
+            "ClusterRoleBinding/outrigger-check-outrigger-system",
             "ClusterRoleBinding/outrigger-control-plane",
             "ClusterRoleBinding/outrigger-injector",
             "ConfigMap/outrigger-mesh-config",
             "Deployment/outrigger-control-plane",
             "Deployment/outrigger-injector",
             "MutatingWebhookConfiguration/outrigger-injector-outrigger-system",
+            "Pod/outrigger-check",
+            "Role/outrigger-check",
+            "Role/outrigger-control-plane-leader",
+            "RoleBinding/outrigger-check",
+            "RoleBinding/outrigger-control-plane-leader",
             "Secret/outrigger-ca",
             "Secret/outrigger-injector-tls",
             "Service/outrigger-control-plane",
             "Service/outrigger-injector",
+            "ServiceAccount/outrigger-check",
             "ServiceAccount/outrigger-control-plane",
             "ServiceAccount/outrigger-injector",
         ]
@@ -224,6 +237,72 @@ fn bad_values_are_refused_naming_the_value() {
         (
             json!({ "proxy": { "tracing": { "rate": 1 } } }),
             "'rate' not allowed",
+        ),
+        (
+            json!({ "controlPlane": { "nodeSelecter": {} } }),
+            "'nodeSelecter' not allowed",
+        ),
+        (
+            json!({ "injector": { "image": { "digets": "x" } } }),
+            "'digets' not allowed",
+        ),
+        (
+            json!({ "controlPlane": { "image": { "digest": "latest" } } }),
+            "/controlPlane/image/digest",
+        ),
+        (
+            json!({ "injector": { "image": { "pullPolicy": "Sometimes" } } }),
+            "/injector/image/pullPolicy",
+        ),
+        (
+            json!({ "imagePullSecrets": [{ "nam": "x" }] }),
+            "/imagePullSecrets/0",
+        ),
+        (
+            json!({ "injector": { "tolerations": {} } }),
+            "/injector/tolerations",
+        ),
+        (
+            json!({ "controlPlane": { "podAntiAffinity": "hard" } }),
+            "/controlPlane/podAntiAffinity",
+        ),
+        (
+            json!({ "injector": { "podDisruptionBudget": { "maxUnavailable": 0 } } }),
+            "/injector/podDisruptionBudget/maxUnavailable",
+        ),
+        (
+            json!({ "injector": { "podLabels": { "a": 1 } } }),
+            "/injector/podLabels/a",
+        ),
+        // The chart's own labels and annotations are not the values' to set.
+        (
+            json!({ "controlPlane": { "podLabels": { "app.kubernetes.io/name": "x" } } }),
+            "/controlPlane/podLabels/app.kubernetes.io~1name",
+        ),
+        (
+            json!({ "injector": { "podAnnotations": { "prometheus.io/port": "1" } } }),
+            "/injector/podAnnotations/prometheus.io~1port",
+        ),
+        (
+            json!({ "injector": { "reinvocationPolicy": "Always" } }),
+            "/injector/reinvocationPolicy",
+        ),
+        (
+            json!({ "injector": { "matchConditions": [{ "name": "a" }] } }),
+            "/injector/matchConditions/0",
+        ),
+        (
+            json!({ "injector": { "matchConditions": [{ "name": "a", "expression": "true", "x": 1 }] } }),
+            "'x' not allowed",
+        ),
+        (
+            json!({ "injector": { "certManagerNamespace": "Cert_Manager" } }),
+            "/injector/certManagerNamespace",
+        ),
+        (json!({ "test": { "wait": "forever" } }), "/test/wait"),
+        (
+            json!({ "proxy": { "image": { "tagg": "x" } } }),
+            "'tagg' not allowed",
         ),
     ] {
         let mut values = json!({ "identity": { "ca": { "cert": cert, "key": key } } });
@@ -1280,4 +1359,422 @@ fn granted(r: &Rendered, account: &str) -> Vec<(String, String, String)> {
         }
     }
     out
+}
+
+/// The pod spec of a rendered Deployment, as its Kubernetes type.
+fn pod_spec_of(r: &Rendered, name: &str) -> (k8s_openapi::api::core::v1::PodSpec, Value) {
+    let d: Deployment = typed(r.get("Deployment", name));
+    let template = d.spec.expect("a spec").template;
+    let spec = template.spec.expect("a pod spec");
+    (spec, serde_json::to_value(template.metadata).unwrap())
+}
+
+/// Each component's values reach its pod spec, and each Kubernetes-typed
+/// value parses back as its type; the proxy's image reaches the mesh config.
+#[test]
+fn every_components_values_reach_its_pod() {
+    let component = |name: &str| {
+        json!({
+            "image": { "repository": format!("registry.example/{name}"), "digest": format!("sha256:{}", "ab".repeat(32)), "pullPolicy": "Always" },
+            "imagePullSecrets": ["shared", { "name": format!("{name}-pull") }],
+            "nodeSelector": { "kubernetes.io/os": "linux" },
+            "tolerations": [{ "key": "dedicated", "operator": "Equal", "value": "mesh", "effect": "NoSchedule" }],
+            "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [{ "matchExpressions": [{ "key": "pool", "operator": "In", "values": ["system"] }] }] } } },
+            "topologySpreadConstraints": [{ "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": { "matchLabels": { "app.kubernetes.io/name": name } } }],
+            "priorityClassName": "system-cluster-critical",
+            "podLabels": { "team": "mesh" },
+            "podAnnotations": { "example.com/owner": "mesh" },
+        })
+    };
+    let Some((r, _)) = rendered_with(json!({
+        "imagePullSecrets": [{ "name": "shared" }],
+        "controlPlane": component("control-plane"),
+        "injector": component("injector"),
+        "proxy": { "image": { "repository": "registry.example/proxy", "tag": "1.2.3", "pullPolicy": "Always" } },
+    })) else {
+        return;
+    };
+    assert_lints_clean(&r);
+    for (deployment, name) in [
+        ("outrigger-control-plane", "control-plane"),
+        ("outrigger-injector", "injector"),
+    ] {
+        let (spec, meta) = pod_spec_of(&r, deployment);
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some(format!("registry.example/{name}@sha256:{}", "ab".repeat(32)).as_str())
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        let secrets: Vec<_> = spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(
+            secrets,
+            ["shared".to_string(), format!("{name}-pull")],
+            "{deployment}: global first, once"
+        );
+        assert_eq!(
+            spec.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+            "linux"
+        );
+        let tolerations: &Vec<Toleration> = spec.tolerations.as_ref().unwrap();
+        assert_eq!(tolerations[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoSchedule"));
+        let affinity: &Affinity = spec.affinity.as_ref().unwrap();
+        let terms = &affinity
+            .node_affinity
+            .as_ref()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "pool");
+        assert!(
+            affinity.pod_anti_affinity.is_none(),
+            "no anti-affinity unless asked"
+        );
+        let spread: &Vec<TopologySpreadConstraint> =
+            spec.topology_spread_constraints.as_ref().unwrap();
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        assert_eq!(
+            spec.priority_class_name.as_deref(),
+            Some("system-cluster-critical")
+        );
+        assert_eq!(meta["labels"]["team"], "mesh");
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/name"], deployment,
+            "the chart's labels stay"
+        );
+        assert_eq!(meta["annotations"]["example.com/owner"], "mesh");
+        assert_eq!(meta["annotations"]["prometheus.io/scrape"], "true");
+    }
+    let mesh = r.get("ConfigMap", "outrigger-mesh-config")["data"]["mesh.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config =
+        outrigger_injector::config::MeshConfig::from_yaml(&mesh).expect("the injector takes it");
+    assert_eq!(config.proxy_image, "registry.example/proxy:1.2.3");
+    assert_eq!(config.image_pull_policy, "Always");
+
+    // Without component values: today's image.repository/tag, as before.
+    let Some((r, _)) = rendered_with(
+        json!({ "image": { "repository": "r.example/o", "tag": "9", "pullPolicy": "Never" } }),
+    ) else {
+        return;
+    };
+    for (deployment, name) in [
+        ("outrigger-control-plane", "control-plane"),
+        ("outrigger-injector", "injector"),
+    ] {
+        let (spec, _) = pod_spec_of(&r, deployment);
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(format!("r.example/o/{name}:9").as_str())
+        );
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Never")
+        );
+        assert!(
+            spec.image_pull_secrets.is_none()
+                && spec.affinity.is_none()
+                && spec.tolerations.is_none()
+        );
+    }
+    assert!(
+        r.all("PodDisruptionBudget").next().is_none(),
+        "one replica: no PDB"
+    );
+    let mesh = r.get("ConfigMap", "outrigger-mesh-config")["data"]["mesh.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = outrigger_injector::config::MeshConfig::from_yaml(&mesh).unwrap();
+    assert_eq!(config.proxy_image, "r.example/o/proxy:9");
+    assert_eq!(config.image_pull_policy, "Never");
+}
+
+/// values-ha.yaml: three replicas of each, spread softly over nodes, a PDB
+/// each, the webhook failing closed; the Lease RBAC is always there.
+#[test]
+fn the_ha_values_render_replicas_pdbs_anti_affinity_and_fail() {
+    let path = outrigger_tests::chart::chart_dir().join("values-ha.yaml");
+    let ha: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let Some((r, _)) = rendered_with(ha) else {
+        return;
+    };
+    assert_lints_clean(&r);
+    for name in ["outrigger-control-plane", "outrigger-injector"] {
+        let d: Deployment = typed(r.get("Deployment", name));
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3), "{name}");
+        let (spec, _) = pod_spec_of(&r, name);
+        let anti = spec
+            .affinity
+            .unwrap()
+            .pod_anti_affinity
+            .expect("anti-affinity");
+        assert!(
+            anti.required_during_scheduling_ignored_during_execution
+                .is_none(),
+            "soft only"
+        );
+        let preferred = anti
+            .preferred_during_scheduling_ignored_during_execution
+            .unwrap();
+        let term = &preferred[0].pod_affinity_term;
+        assert_eq!(term.topology_key, "kubernetes.io/hostname");
+        let selector = term
+            .label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(selector["app.kubernetes.io/name"], name);
+        assert_eq!(selector["app.kubernetes.io/instance"], "outrigger");
+
+        let pdb: PodDisruptionBudget = typed(r.get("PodDisruptionBudget", name));
+        let pdb_spec = pdb.spec.unwrap();
+        assert_eq!(
+            pdb_spec.max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+        );
+        assert!(pdb_spec.min_available.is_none());
+        // The PDB selects exactly the Deployment's pods.
+        let pdb_labels = serde_json::to_value(pdb_spec.selector.unwrap().match_labels).unwrap();
+        assert_eq!(
+            pdb_labels,
+            r.get("Deployment", name)["spec"]["selector"]["matchLabels"]
+        );
+    }
+    assert_eq!(webhook_of(&r)["webhooks"][0]["failurePolicy"], "Fail");
+    assert_lease_rbac(&r);
+
+    // The default: no PDBs, the Lease RBAC all the same; a PDB on request.
+    let Some((r, _)) = rendered_with(json!({})) else {
+        return;
+    };
+    assert!(r.all("PodDisruptionBudget").next().is_none());
+    assert_lease_rbac(&r);
+    let Some((r, _)) = rendered_with(
+        json!({ "injector": { "podDisruptionBudget": { "enabled": true, "maxUnavailable": "50%" } } }),
+    ) else {
+        return;
+    };
+    let pdb: PodDisruptionBudget = typed(r.get("PodDisruptionBudget", "outrigger-injector"));
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("50%".into()))
+    );
+    assert_eq!(r.all("PodDisruptionBudget").count(), 1);
+}
+
+/// The control plane's ServiceAccount may get, create and update Leases in
+/// the release's namespace, and nothing more through that Role.
+fn assert_lease_rbac(r: &Rendered) {
+    let role: Role = typed(r.get("Role", "outrigger-control-plane-leader"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["coordination.k8s.io".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["leases".to_string()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get", "create", "update"]);
+    let binding: RoleBinding = typed(r.get("RoleBinding", "outrigger-control-plane-leader"));
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(binding.role_ref.name, "outrigger-control-plane-leader");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (
+            subject.kind.as_str(),
+            subject.name.as_str(),
+            subject.namespace.as_deref()
+        ),
+        ("ServiceAccount", "outrigger-control-plane", Some(NAMESPACE))
+    );
+}
+
+/// The webhook's scope: never kube-system, the release's namespace,
+/// cert-manager's, or what is labelled outrigger.dev/inject=disabled (the
+/// injector's own opt-out value); reinvocationPolicy and matchConditions
+/// from the values.
+#[test]
+fn the_webhook_scope_excludes_cert_manager_and_opt_outs() {
+    let Some((r, _)) = rendered_with(json!({
+        "injector": {
+            "reinvocationPolicy": "Never",
+            "matchConditions": [{ "name": "not-jobs", "expression": "!has(object.metadata.ownerReferences)" }],
+        }
+    })) else {
+        return;
+    };
+    let config: MutatingWebhookConfiguration = typed(r.get(
+        "MutatingWebhookConfiguration",
+        "outrigger-injector-outrigger-system",
+    ));
+    let hook = &config.webhooks.unwrap()[0];
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("Never"));
+    let conditions = hook.match_conditions.as_ref().unwrap();
+    assert_eq!(conditions[0].name, "not-jobs");
+    assert_eq!(
+        conditions[0].expression,
+        "!has(object.metadata.ownerReferences)"
+    );
+    let expressions =
+        |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+            s.as_ref()
+                .unwrap()
+                .match_expressions
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.key, e.operator, e.values.unwrap()))
+                .collect::<Vec<_>>()
+        };
+    let disabled = (
+        outrigger_injector::annotations::INJECT.to_string(),
+        "NotIn".to_string(),
+        vec!["disabled".to_string()],
+    );
+    assert_eq!(
+        expressions(&hook.namespace_selector),
+        [
+            (
+                "kubernetes.io/metadata.name".to_string(),
+                "NotIn".to_string(),
+                vec![
+                    "kube-system".to_string(),
+                    NAMESPACE.to_string(),
+                    "cert-manager".to_string()
+                ]
+            ),
+            disabled.clone(),
+        ]
+    );
+    assert_eq!(expressions(&hook.object_selector), [disabled]);
+
+    // The defaults: IfNeeded, no conditions; no cert-manager exclusion when
+    // its namespace is emptied.
+    let Some((r, _)) = rendered_with(json!({ "injector": { "certManagerNamespace": "" } })) else {
+        return;
+    };
+    let w = &webhook_of(&r)["webhooks"][0];
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert!(w.get("matchConditions").is_none());
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["kube-system", NAMESPACE])
+    );
+}
+
+/// helm test: a hook Pod runs `outrigger check` on the release's namespace
+/// under its own ServiceAccount, which may read exactly what check reads.
+#[test]
+fn helm_test_runs_check_with_read_only_rbac() {
+    let Some((r, _)) = rendered_with(
+        json!({ "test": { "image": { "repository": "r.example/cli", "tag": "7" }, "wait": "90s" } }),
+    ) else {
+        return;
+    };
+    let pod: Pod = typed(r.get("Pod", "outrigger-check"));
+    let annotations = pod.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["helm.sh/hook"], "test");
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["outrigger.dev/inject"],
+        "disabled"
+    );
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("outrigger-check")
+    );
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let c = &spec.containers[0];
+    assert_eq!(c.image.as_deref(), Some("r.example/cli:7"));
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["/usr/local/bin/outrigger".to_string()][..])
+    );
+    assert_eq!(
+        c.args.as_deref().unwrap(),
+        ["check", "--mesh-namespace=outrigger-system", "--wait=90s"]
+    );
+    // Every object the test needs is a test hook too.
+    for (kind, name) in [
+        ("ServiceAccount", "outrigger-check"),
+        ("ClusterRole", "outrigger-check-outrigger-system"),
+        ("ClusterRoleBinding", "outrigger-check-outrigger-system"),
+        ("Role", "outrigger-check"),
+        ("RoleBinding", "outrigger-check"),
+    ] {
+        assert_eq!(
+            r.get(kind, name)["metadata"]["annotations"]["helm.sh/hook"],
+            "test",
+            "{kind}"
+        );
+    }
+    let mut cluster_wide = granted(&r, "outrigger-check");
+    cluster_wide.sort();
+    let own = |v: &[(&str, &str, &str)]| {
+        let mut v: Vec<(String, String, String)> = v
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    // cli/src/check.rs, fetch: lists cluster-wide, pods/proxy for the
+    // proxies' /metrics.
+    assert_eq!(
+        cluster_wide,
+        own(&[
+            ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                "list"
+            ),
+            ("", "namespaces", "list"),
+            ("", "pods", "list"),
+            ("", "pods/proxy", "get"),
+            ("outrigger.dev", "virtualservices", "list"),
+            ("outrigger.dev", "destinationrules", "list"),
+            ("outrigger.dev", "authorizationpolicies", "list"),
+            ("outrigger.dev", "peerauthentications", "list"),
+        ])
+    );
+    // The release's namespace only: its Deployments and Secrets.
+    let role: Role = typed(r.get("Role", "outrigger-check"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let mut in_namespace = Vec::new();
+    for rule in role.rules.unwrap() {
+        for g in rule.api_groups.unwrap() {
+            for res in rule.resources.clone().unwrap() {
+                for v in &rule.verbs {
+                    in_namespace.push((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    in_namespace.sort();
+    assert_eq!(
+        in_namespace,
+        own(&[("", "secrets", "list"), ("apps", "deployments", "list")])
+    );
+    let binding: RoleBinding = typed(r.get("RoleBinding", "outrigger-check"));
+    assert_eq!(binding.role_ref.name, "outrigger-check");
+    assert_eq!(binding.subjects.unwrap()[0].name, "outrigger-check");
 }

@@ -848,3 +848,96 @@ async fn an_expired_proxy_certificate_fails_naming_its_date() {
         "{out}"
     );
 }
+
+/// The rules a Role or ClusterRole of the chart grants, as (group,
+/// resource, verb).
+fn rules_of(role: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    out.push((
+                        g.as_str().unwrap().to_string(),
+                        r.as_str().unwrap().to_string(),
+                        v.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `helm test`'s Pod: its command and args, run against the healthy
+/// install, pass; every request it makes is granted to its ServiceAccount
+/// (cluster-wide by its ClusterRole, or in the release's namespace by its
+/// Role), and every grant is used: the RBAC is exactly what check reads.
+#[tokio::test]
+async fn the_helm_test_pod_passes_under_its_own_rbac() {
+    let Some(rendered) = chart(json!({}), NS) else {
+        return;
+    };
+    let pod = rendered.get("Pod", "outrigger-check");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["command"], json!(["/usr/local/bin/outrigger"]));
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(args[0], "check");
+    let account = pod["spec"]["serviceAccountName"].as_str().unwrap();
+
+    let proxy = certified(std::time::Duration::from_secs(24 * 3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let objects = healthy(&rendered);
+    let pods = BTreeMap::from([("shop/web-1".to_string(), proxy.proxy.admin_addr)]);
+    let api = fake_api_server_with_pods(objects, pods, dir.path()).await;
+    let kubeconfig = api.kubeconfig.display().to_string();
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(["--kubeconfig", &kubeconfig]);
+    let (status, out, err) = run_bin("outrigger", &all, "").await;
+    assert_eq!(status, 0, "{out}{err}");
+
+    let bound =
+        |binding: &Value| {
+            binding["subjects"].as_array().unwrap().iter().any(|s| {
+                s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NS
+            })
+        };
+    let mut cluster_wide = Vec::new();
+    for b in rendered.all("ClusterRoleBinding").filter(|b| bound(b)) {
+        cluster_wide.extend(rules_of(
+            rendered.get("ClusterRole", b["roleRef"]["name"].as_str().unwrap()),
+        ));
+    }
+    let mut in_namespace = Vec::new();
+    for b in rendered.all("RoleBinding").filter(|b| bound(b)) {
+        assert_eq!(b["metadata"]["namespace"], NS);
+        in_namespace.extend(rules_of(
+            rendered.get("Role", b["roleRef"]["name"].as_str().unwrap()),
+        ));
+    }
+    let mut used = std::collections::BTreeSet::new();
+    let seen = api.seen();
+    assert!(!seen.is_empty());
+    for request in seen {
+        let need = request.rbac();
+        let here = request.path.contains(&format!("/namespaces/{NS}/"));
+        let granted = cluster_wide.contains(&need) || (here && in_namespace.contains(&need));
+        assert!(
+            granted,
+            "{request:?} needs {need:?}, not granted to {account}"
+        );
+        used.insert(need);
+    }
+    for grant in cluster_wide.iter().chain(&in_namespace) {
+        assert!(
+            used.contains(grant),
+            "{grant:?} is granted but check never needs it"
+        );
+    }
+}

@@ -1,6 +1,99 @@
-{{/* An image of the mesh: <repository>/<name>:<tag>. */}}
+{{/*
+An image of the mesh, from the component's image values (dict "root" .
+"name" "control-plane" "image" .Values.controlPlane.image): its repository
+(default <image.repository>/<name>), then @<digest> when a digest is given,
+else :<tag> (default image.tag, then the chart's appVersion).
+*/}}
 {{- define "outrigger.image" -}}
-{{ .root.Values.image.repository }}/{{ .name }}:{{ .root.Values.image.tag | default .root.Chart.AppVersion }}
+{{- $image := .image | default dict -}}
+{{- $repository := $image.repository | default (printf "%s/%s" .root.Values.image.repository .name) -}}
+{{- if $image.digest -}}
+{{ $repository }}@{{ $image.digest }}
+{{- else -}}
+{{ $repository }}:{{ $image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* A component's imagePullPolicy: its own, else image.pullPolicy. */}}
+{{- define "outrigger.pullPolicy" -}}
+{{- $image := .image | default dict -}}
+{{ $image.pullPolicy | default .root.Values.image.pullPolicy }}
+{{- end }}
+
+{{/*
+The scheduling and pull fields of a component's pod spec (dict "root" .
+"name" "outrigger-control-plane" "values" .Values.controlPlane), at the pod
+spec's indentation: imagePullSecrets (the global ones, then the
+component's; names or {name} objects), nodeSelector, tolerations,
+affinity (with podAntiAffinity: soft, a preferred anti-affinity by
+hostname unless affinity has its own), topologySpreadConstraints,
+priorityClassName.
+*/}}
+{{- define "outrigger.podScheduling" -}}
+{{- $v := .values -}}
+{{- $secrets := list -}}
+{{- range (concat (.root.Values.imagePullSecrets | default list) ($v.imagePullSecrets | default list)) -}}
+{{- $name := . -}}
+{{- if kindIs "map" . }}{{ $name = .name }}{{ end -}}
+{{- if not (has $name $secrets) }}{{ $secrets = append $secrets $name }}{{ end -}}
+{{- end -}}
+{{- if $secrets }}
+imagePullSecrets:
+{{- range $secrets }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $affinity := deepCopy ($v.affinity | default dict) -}}
+{{- if and (eq ($v.podAntiAffinity | default "") "soft") (not (hasKey $affinity "podAntiAffinity")) -}}
+{{- $selector := dict "matchLabels" (dict "app.kubernetes.io/name" .name "app.kubernetes.io/instance" .root.Release.Name) -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" $selector -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) -}}
+{{- end -}}
+{{- with $affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+A PodDisruptionBudget for a component (dict "root" . "name"
+"outrigger-injector" "values" .Values.injector): rendered when it has more
+than one replica or its podDisruptionBudget.enabled is true.
+*/}}
+{{- define "outrigger.pdb" -}}
+{{- $pdb := .values.podDisruptionBudget | default dict -}}
+{{- if or (gt (int .values.replicas) 1) $pdb.enabled }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "outrigger.labels" .root | nindent 4 }}
+    app.kubernetes.io/name: {{ .name }}
+spec:
+  maxUnavailable: {{ $pdb.maxUnavailable | default 1 }}
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: {{ .name }}
+      app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end }}
 {{- end }}
 
 {{/* Labels every object of the chart carries. */}}
@@ -49,8 +142,8 @@ seccompProfile:
 
 {{/* The mesh config (the injector's --config): what every injected pod gets. */}}
 {{- define "outrigger.meshConfig" -}}
-proxyImage: {{ include "outrigger.image" (dict "root" . "name" "proxy") }}
-imagePullPolicy: {{ .Values.image.pullPolicy }}
+proxyImage: {{ include "outrigger.image" (dict "root" . "name" "proxy" "image" .Values.proxy.image) }}
+imagePullPolicy: {{ include "outrigger.pullPolicy" (dict "root" . "image" .Values.proxy.image) }}
 controlPlaneAddress: {{ include "outrigger.controlPlaneAddress" . }}
 controlPlaneNamespace: {{ .Release.Namespace }}
 controlPlaneServiceAccount: outrigger-control-plane
