@@ -521,8 +521,11 @@ fn istio_histogram() -> Histogram {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
-    /// Request and response body bytes, one series per hop for both.
+    /// Request and response body bytes, one series per hop for both
+    /// (`outrigger` format).
     pub bytes: Family<TrafficLabels, ByteMeters, fn() -> ByteMeters>,
+    /// Istio's format: each request's body sizes, by its request labels.
+    pub sizes: Option<Family<RequestLabels, ByteMeters, fn() -> ByteMeters>>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_received_bytes: Family<TcpLabels, Counter>,
@@ -635,26 +638,38 @@ impl Metrics {
             Box::new(request_duration.clone()),
             None,
         );
+        // Bytes: counters per hop (`outrigger`, looked up at the response
+        // head and counted as frames pass), or per-request size histograms
+        // with every request label (`istio`, as Istio's have them: looked
+        // up once, at the end). One lookup per request either way.
         let bytes = Family::<TrafficLabels, ByteMeters, fn() -> ByteMeters>::new_with_constructor(
-            match istio {
-                None => ByteMeters::totals,
-                Some(_) => ByteMeters::sizes,
-            },
+            ByteMeters::totals,
         );
-        let bytes_type = match istio {
-            None => MetricType::Counter,
-            Some(_) => MetricType::Histogram,
+        let sizes = istio.is_some().then(|| {
+            Family::<RequestLabels, ByteMeters, fn() -> ByteMeters>::new_with_constructor(
+                ByteMeters::sizes,
+            )
+        });
+        let (shown, bytes_type): (Box<dyn Fn() -> Box<dyn Metric>>, _) = match &sizes {
+            None => {
+                let b = bytes.clone();
+                (Box::new(move || Box::new(b.clone())), MetricType::Counter)
+            }
+            Some(s) => {
+                let s = s.clone();
+                (Box::new(move || Box::new(s.clone())), MetricType::Histogram)
+            }
         };
         family(
             ("outrigger_request_bytes", "istio_request_bytes"),
             "HTTP request body bytes received from clients (istio: per request)",
-            Box::new(bytes.clone()),
+            shown(),
             Some((BytesSide::Request, bytes_type)),
         );
         family(
             ("outrigger_response_bytes", "istio_response_bytes"),
             "HTTP response body bytes sent to clients (istio: per request)",
-            Box::new(bytes.clone()),
+            shown(),
             Some((BytesSide::Response, bytes_type)),
         );
         let tcp_opened = Family::<TcpLabels, Counter>::default();
@@ -835,6 +850,7 @@ impl Metrics {
             requests,
             request_duration,
             bytes,
+            sizes,
             tcp_opened,
             tcp_closed,
             tcp_received_bytes,

@@ -30,12 +30,13 @@ pin_project! {
     pub struct CountedBody<B> {
         #[pin]
         inner: B,
-        bytes: Counter,
+        bytes: Option<Counter>,
     }
 }
 
 impl<B> CountedBody<B> {
-    pub fn new(inner: B, bytes: Counter) -> Self {
+    /// Counts into `bytes`; with None, passes frames through uncounted.
+    pub fn new(inner: B, bytes: Option<Counter>) -> Self {
         Self { inner, bytes }
     }
 }
@@ -54,8 +55,8 @@ where
         let this = self.project();
         let res = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &res {
-            if let Some(data) = frame.data_ref() {
-                this.bytes.inc_by(data.len() as u64);
+            if let (Some(data), Some(bytes)) = (frame.data_ref(), this.bytes.as_ref()) {
+                bytes.inc_by(data.len() as u64);
             }
         }
         res
@@ -133,7 +134,7 @@ impl RequestBody {
             parts.extensions.insert(f.clone());
         }
         let body = RequestBody {
-            inner: CountedBody::new(body, bytes),
+            inner: CountedBody::new(body, Some(bytes)),
             fault,
         };
         Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
@@ -211,13 +212,20 @@ impl Record {
         }
         self.metrics.requests.get_or_create(&self.labels).inc();
         let sent = self.request_bytes.get();
-        let bytes = self.bytes.take().unwrap_or_else(|| {
-            self.metrics
-                .bytes
-                .get_or_create(&self.labels.traffic)
-                .clone()
-        });
-        bytes.finish(sent, self.response_size);
+        match &self.metrics.sizes {
+            Some(sizes) => sizes
+                .get_or_create(&self.labels)
+                .finish(sent, self.response_size),
+            None => {
+                let bytes = self.bytes.take().unwrap_or_else(|| {
+                    self.metrics
+                        .bytes
+                        .get_or_create(&self.labels.traffic)
+                        .clone()
+                });
+                bytes.finish(sent, self.response_size);
+            }
+        }
         if let Some(r) = &self.route {
             self.metrics
                 .route_requests
@@ -263,7 +271,7 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub fn new(inner: Body, bytes: Counter, record: Record) -> Self {
+    pub fn new(inner: Body, bytes: Option<Counter>, record: Record) -> Self {
         Self {
             inner: CountedBody::new(inner, bytes),
             record: Some(record),
@@ -377,7 +385,7 @@ mod tests {
             response_size: 0,
             span: None,
         };
-        let collected = ResponseBody::new(body, bytes.clone(), record)
+        let collected = ResponseBody::new(body, Some(bytes.clone()), record)
             .collect()
             .await
             .unwrap();
@@ -405,7 +413,7 @@ mod tests {
             response_size: 0,
             span: None,
         };
-        let rb = ResponseBody::new(body, Counter::default(), record);
+        let rb = ResponseBody::new(body, None, record);
         drop(rb);
         drop(tx);
         let mut dc = labels();
@@ -430,7 +438,7 @@ mod tests {
             response_size: 0,
             span: None,
         };
-        ResponseBody::new(body_of(vec![]), Counter::default(), record)
+        ResponseBody::new(body_of(vec![]), None, record)
             .collect()
             .await
             .unwrap();
@@ -456,7 +464,10 @@ mod tests {
             Frame::trailers(trailers),
         ]);
         let c = Counter::default();
-        CountedBody::new(body, c.clone()).collect().await.unwrap();
+        CountedBody::new(body, Some(c.clone()))
+            .collect()
+            .await
+            .unwrap();
         assert_eq!(c.get(), 3);
     }
 }

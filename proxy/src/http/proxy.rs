@@ -334,14 +334,23 @@ impl HttpProxy {
         if let Some(v) = resp.headers().get("grpc-status") {
             record.labels.grpc_response_status = GrpcStatus::parse(v.as_bytes());
         }
-        let bytes = self
-            .shared
-            .metrics
-            .bytes
-            .get_or_create(&record.labels.traffic)
-            .clone();
-        let response_bytes = bytes.response();
-        record.bytes = Some(bytes);
+        // The hop's byte counters, counted as the response passes; in
+        // Istio's format the sizes are recorded at the end, by the
+        // request's labels (`Record::finish`), and nothing counts here.
+        let response_bytes = match &self.shared.metrics.sizes {
+            Some(_) => None,
+            None => {
+                let bytes = self
+                    .shared
+                    .metrics
+                    .bytes
+                    .get_or_create(&record.labels.traffic)
+                    .clone();
+                let counter = bytes.response();
+                record.bytes = Some(bytes);
+                Some(counter)
+            }
+        };
         resp.map(|b| ResponseBody::new(b, response_bytes, record))
     }
 

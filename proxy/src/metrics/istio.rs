@@ -791,12 +791,23 @@ services:
             &reviews(),
             "reviews.shop".into(),
         );
-        let bytes = m.bytes.get_or_create(&t).clone();
-        // The response's bytes pass through the counter; the sizes count.
-        bytes.response().inc_by(2000);
+        let labels = RequestLabels {
+            traffic: t,
+            response_code: 200,
+            grpc_response_status: GrpcStatus(None),
+            response_flags: ResponseFlag::None,
+        };
+        // Keyed by the whole request's labels, as Istio's are: the
+        // response code and flags are on the size series too.
+        let sizes = m.sizes.as_ref().expect("Istio's format has sizes");
+        let bytes = sizes.get_or_create(&labels).clone();
         bytes.finish(100, 2000);
         bytes.finish(0, 7);
         let text = m.encode();
+        assert!(
+            !text.contains("outrigger_request_bytes") && !text.contains("outrigger_response_bytes"),
+            "{text}"
+        );
         for f in ["istio_request_bytes", "istio_response_bytes"] {
             assert!(text.contains(&format!("# TYPE {f} histogram")), "{text}");
         }
@@ -808,7 +819,15 @@ services:
         assert_eq!(bucket(&text, "istio_response_bytes", "2500.0"), "2");
         let (l, v) = series(&text, "istio_request_bytes_count");
         assert_eq!(v, "2");
-        expect(&l, &[("reporter", "source"), ("request_protocol", "http")]);
+        expect(
+            &l,
+            &[
+                ("reporter", "source"),
+                ("request_protocol", "http"),
+                ("response_code", "200"),
+                ("response_flags", "-"),
+            ],
+        );
         let (_, v) = series(&text, "istio_response_bytes_sum");
         assert_eq!(v, "2007.0");
     }
