@@ -375,6 +375,9 @@ impl EncodeLabelSet for TcpLabels {
     }
 }
 
+/// Istio's per-request body sizes, by the request's labels.
+pub type SizeFamily = Family<RequestLabels, ByteMeters, fn() -> ByteMeters>;
+
 /// The bytes of one hop's requests and responses: counters (`outrigger`)
 /// or per-request size histograms (`istio`). One series per hop serves
 /// both sides, so a request looks its byte series up once.
@@ -525,7 +528,7 @@ pub struct Metrics {
     /// (`outrigger` format).
     pub bytes: Family<TrafficLabels, ByteMeters, fn() -> ByteMeters>,
     /// Istio's format: each request's body sizes, by its request labels.
-    pub sizes: Option<Family<RequestLabels, ByteMeters, fn() -> ByteMeters>>,
+    pub sizes: Option<SizeFamily>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_received_bytes: Family<TcpLabels, Counter>,
@@ -645,11 +648,9 @@ impl Metrics {
         let bytes = Family::<TrafficLabels, ByteMeters, fn() -> ByteMeters>::new_with_constructor(
             ByteMeters::totals,
         );
-        let sizes = istio.is_some().then(|| {
-            Family::<RequestLabels, ByteMeters, fn() -> ByteMeters>::new_with_constructor(
-                ByteMeters::sizes,
-            )
-        });
+        let sizes = istio
+            .is_some()
+            .then(|| SizeFamily::new_with_constructor(ByteMeters::sizes));
         let (shown, bytes_type): (Box<dyn Fn() -> Box<dyn Metric>>, _) = match &sizes {
             None => {
                 let b = bytes.clone();
