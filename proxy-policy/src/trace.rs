@@ -3,10 +3,11 @@
 //! multi-header form), the context the proxy passes on in its place, the
 //! sampling decision, and the ids (trace, span, `x-request-id`).
 //!
-//! The proxy reads a request's context ([`Incoming::read`]), joins its trace
-//! or starts one ([`Incoming::child`], which draws the sampling decision
-//! where no parent made it), and rewrites the headers with its own span as
-//! the next hop's parent ([`SpanContext::write`]). What a malformed header
+//! The proxy reads a request's context ([`Incoming::read`]), decides what
+//! to do with it ([`Incoming::next`]: most unsampled requests pass
+//! untouched), joins its trace or starts one ([`Incoming::child`], which
+//! draws the sampling decision where no parent made it), and rewrites the
+//! headers with its own span as the next hop's parent ([`SpanContext::write`]). What a malformed header
 //! says is ignored: the request starts a new trace, it is never refused.
 //!
 //! Propagation rules (docs/observability.md, "Tracing"):
@@ -16,9 +17,9 @@
 //!   the next hop sees one trace, whichever form it reads); `tracestate` is
 //!   kept as is when the trace is joined through `traceparent`, and dropped
 //!   otherwise (W3C: it means nothing without its `traceparent`).
-//! - A request with none of them leaves with `traceparent` and the B3
-//!   multi headers (the form Istio's Zipkin set-up and its sample apps
-//!   propagate).
+//! - A request with none of them that is sampled leaves with `traceparent`
+//!   alone (as Envoy's OpenTelemetry tracer sends); one that is not sampled
+//!   leaves with nothing.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 

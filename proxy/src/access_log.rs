@@ -232,7 +232,7 @@ fn bounded(v: &[u8]) -> String {
 }
 
 /// `s`, cut to at most `max` bytes (at a character boundary) with `...`.
-fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

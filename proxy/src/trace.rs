@@ -225,10 +225,12 @@ impl Tracer {
         }
         let retries = RetryEvents::default();
         req.extensions_mut().insert(retries.clone());
+        // Owned and cut: a queued span holds no request buffer, and a
+        // client that forces sampling cannot make the queue's spans large.
         let header = |n: &str| {
             req.headers()
                 .get(n)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .map(|v| crate::access_log::cut(&String::from_utf8_lossy(v.as_bytes()), MAX_VALUE))
         };
         Some(Box::new(SpanRecord {
             ctx,
@@ -236,7 +238,7 @@ impl Tracer {
             direction,
             start: SystemTime::now(),
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            uri: owned_uri(req.uri()),
             host: header("host"),
             version: req.version(),
             user_agent: header("user-agent"),
@@ -251,7 +253,16 @@ impl Tracer {
     }
 }
 
-/// `tracestate` as received (several header lines joined by commas).
+/// The longest header value a span keeps (longer ones are cut).
+const MAX_VALUE: usize = 1024;
+/// The longest URI a span keeps.
+const MAX_URI: usize = 2048;
+/// W3C Trace Context: a `tracestate` longer than this may be dropped.
+const MAX_TRACE_STATE: usize = 512;
+
+/// `tracestate` as received (several header lines joined by commas);
+/// None when it is longer than [`MAX_TRACE_STATE`] (W3C lets a vendor
+/// drop it rather than keep a list that large).
 fn trace_state(headers: &HeaderMap) -> Option<String> {
     let mut out = String::new();
     for v in headers.get_all(outrigger_proxy_policy::trace::TRACESTATE) {
@@ -259,8 +270,21 @@ fn trace_state(headers: &HeaderMap) -> Option<String> {
             out.push(',');
         }
         out.push_str(v.to_str().ok()?);
+        if out.len() > MAX_TRACE_STATE {
+            return None;
+        }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// The request's URI, in memory of its own (the parsed one shares the
+/// connection's read buffer) and at most [`MAX_URI`] long.
+fn owned_uri(uri: &Uri) -> Uri {
+    let mut text = uri.to_string();
+    if text.len() > MAX_URI {
+        text.truncate(MAX_URI);
+    }
+    Uri::try_from(text).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// A sampled request's span, until its response ends.
@@ -957,6 +981,44 @@ mod tests {
             !req.headers().contains_key("x-b3-sampled"),
             "traceparent alone"
         );
+    }
+
+    #[test]
+    fn a_span_keeps_bounded_copies_of_what_the_request_said() {
+        let (queue, _rx) = sync_channel(1);
+        let tracer = Tracer {
+            sampling: Percent::try_from(100.0).unwrap(),
+            queue,
+            counters: Counters::default(),
+        };
+        let long = "a".repeat(10_000);
+        let state = (0..40)
+            .map(|i| format!("v{i}=xxxxxxxxxxxx"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut req = http::Request::builder()
+            .uri(format!("/{long}?q={long}"))
+            .header("user-agent", &long)
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("tracestate", &state)
+            .body(())
+            .unwrap();
+        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        let rec = tracer
+            .begin(
+                Direction::Outbound,
+                &mut req,
+                peer,
+                false,
+                &Chance::seeded(1),
+            )
+            .unwrap();
+        assert!(rec.uri.to_string().len() <= MAX_URI, "{}", rec.uri);
+        assert!(rec.user_agent.as_ref().unwrap().len() <= MAX_VALUE + 3);
+        assert_eq!(rec.trace_state, None, "{} bytes of tracestate", state.len());
     }
 
     #[test]
