@@ -87,7 +87,7 @@ impl ControlPlane {
             let tls = c
                 .server_tls(control_plane_id(), &[b"h2"], stopped.clone())
                 .unwrap();
-            server = server.with_certifier(c).with_tls(Arc::new(tls));
+            server = server.with_certifier(c).with_tls_swapped(tls);
         }
         let server = tokio::spawn(server.run(listener, stopped));
         Self {
