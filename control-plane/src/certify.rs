@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
 use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
@@ -28,11 +29,23 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_BODY: usize = 64 * 1024;
 
 pub struct Certifier {
-    ca: Arc<Ca>,
+    /// The CA in force: replaced whole when its Secret changes.
+    ca: ArcSwap<Ca>,
+    /// The control plane's own serving TLS, rebuilt when the CA changes.
+    serving: Mutex<Option<Serving>>,
     trust_domain: String,
     lifetime: Duration,
     authn: Arc<dyn Authenticate>,
     limits: Mutex<Buckets>,
+}
+
+/// The control plane's TLS as a server: its own certificate and the
+/// config clients are verified with (the CA's roots).
+struct Serving {
+    own: SpiffeId,
+    alpn: Vec<Vec<u8>>,
+    cert: Arc<CurrentCert>,
+    config: Arc<ArcSwap<rustls::ServerConfig>>,
 }
 
 /// Why a request got no certificate: the HTTP status and a message that
@@ -66,7 +79,8 @@ impl Certifier {
         authn: Arc<dyn Authenticate>,
     ) -> Self {
         Self {
-            ca,
+            ca: ArcSwap::new(ca),
+            serving: Mutex::new(None),
             trust_domain: trust_domain.into(),
             lifetime,
             authn,
@@ -85,7 +99,44 @@ impl Certifier {
 
     /// The PEM trust roots proxies need.
     pub fn roots_pem(&self) -> String {
-        self.ca.roots_pem()
+        self.ca.load().roots_pem()
+    }
+
+    /// How many trust roots the CA in force has.
+    pub fn roots_count(&self) -> usize {
+        self.ca.load().roots().len()
+    }
+
+    /// Puts `ca` in force: new certificates are signed by it, answers carry
+    /// its roots (proxies follow them), and the control plane's own
+    /// certificate and client verification move to it at once.
+    pub fn replace_ca(&self, ca: Ca) -> Result<(), outrigger_identity::Error> {
+        let previous = self.ca.swap(Arc::new(ca));
+        if let Err(e) = self.reserve() {
+            self.ca.store(previous);
+            let _ = self.reserve();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the serving TLS (when serving) under the CA in force.
+    fn reserve(&self) -> Result<(), outrigger_identity::Error> {
+        let serving = self.serving.lock().expect("serving lock");
+        let Some(s) = serving.as_ref() else {
+            return Ok(());
+        };
+        let (certified, _) = self.own_certificate(&s.own)?;
+        let alpn: Vec<&[u8]> = s.alpn.iter().map(Vec::as_slice).collect();
+        let config = outrigger_identity::tls::server_config_with(
+            s.cert.clone(),
+            &self.trust()?,
+            &alpn,
+            outrigger_identity::tls::ClientAuth::Optional,
+        )?;
+        s.cert.set(certified);
+        s.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// One request: `authorization` is the header's value, `body` the
@@ -142,8 +193,9 @@ impl Certifier {
             &caller.service_account,
         )
         .map_err(|e| Refusal::new(403, "refused", e.to_string()))?;
-        let issued = self
-            .ca
+        // One CA for the certificate and the roots sent with it.
+        let ca = self.ca.load_full();
+        let issued = ca
             .issue(&csr, &id, self.lifetime, SystemTime::now())
             .map_err(|e| Refusal::new(403, "refused", e.to_string()))?;
         let chain: String = issued.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
@@ -151,7 +203,7 @@ impl Certifier {
             id,
             CertifyResponse {
                 certificate_chain: chain,
-                trust_roots: self.ca.roots_pem(),
+                trust_roots: ca.roots_pem(),
                 expires_unix_secs: issued
                     .not_after
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -172,6 +224,7 @@ impl Certifier {
         let key = WorkloadKey::generate()?;
         let issued = self
             .ca
+            .load()
             .issue(&key.csr(id)?, id, self.lifetime, SystemTime::now())?;
         let (_, certified) = key.certified(issued.chain)?;
         Ok((certified, issued.not_after))
@@ -179,18 +232,19 @@ impl Certifier {
 
     /// The CA's roots as a trust bundle.
     pub fn trust(&self) -> Result<TrustBundle, outrigger_identity::Error> {
-        TrustBundle::new(&self.trust_domain, self.ca.roots())
+        TrustBundle::new(&self.trust_domain, self.ca.load().roots())
     }
 
     /// The control plane's TLS config, serving as `own` with a certificate
     /// kept renewed until `stop`: client certificates are optional (a proxy
-    /// asking for its first one has none) and verified when sent.
+    /// asking for its first one has none) and verified when sent. The
+    /// config is replaced when the CA is ([`Certifier::replace_ca`]).
     pub fn server_tls(
         self: &Arc<Self>,
         own: SpiffeId,
         alpn: &[&[u8]],
         stop: drain::Watch,
-    ) -> Result<rustls::ServerConfig, outrigger_identity::Error> {
+    ) -> Result<Arc<ArcSwap<rustls::ServerConfig>>, outrigger_identity::Error> {
         let cert = Arc::new(CurrentCert::default());
         cert.set(self.own_certificate(&own)?.0);
         let config = outrigger_identity::tls::server_config_with(
@@ -199,6 +253,13 @@ impl Certifier {
             alpn,
             outrigger_identity::tls::ClientAuth::Optional,
         )?;
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        *self.serving.lock().expect("serving lock") = Some(Serving {
+            own: own.clone(),
+            alpn: alpn.iter().map(|a| a.to_vec()).collect(),
+            cert: cert.clone(),
+            config: config.clone(),
+        });
         tokio::spawn(self.clone().keep_own_certificate(own, cert, stop));
         Ok(config)
     }
@@ -246,7 +307,16 @@ pub enum CaSource {
     /// A CA kept in this folder (`ca.pem`, `ca.key`), generated there on
     /// first use; `roots.pem` is written next to them for proxies.
     Dir(PathBuf),
+    /// A mounted Secret: cert-manager's `kubernetes.io/tls` layout
+    /// (`tls.crt`, `tls.key`, and `ca.crt` the trust roots) when `tls.crt`
+    /// is there, else Outrigger's own (`ca.pem`, `ca.key`, `roots.pem`).
+    /// Without a roots file, the chain's last certificate is the root.
+    Secret(PathBuf),
 }
+
+/// The files of a [`CaSource::Secret`] layout: certificate, key, roots.
+const TLS_LAYOUT: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+const OWN_LAYOUT: [&str; 3] = ["ca.pem", "ca.key", "roots.pem"];
 
 /// Why the mesh CA could not be had; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -273,13 +343,24 @@ impl CaSource {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
         match self {
             CaSource::Files { cert, key, roots } => {
+                let roots_path = roots;
                 let roots = roots.as_deref().map(read).transpose()?;
                 Ca::from_pem(&read(cert)?, &read(key)?, roots.as_deref()).map_err(|source| {
                     CaError::Invalid {
-                        place: format!("{} and {}", cert.display(), key.display()),
+                        place: match &roots_path {
+                            Some(r) => {
+                                format!("{}, {} and {}", cert.display(), key.display(), r.display())
+                            }
+                            None => format!("{} and {}", cert.display(), key.display()),
+                        },
                         source,
                     }
                 })
+            }
+            CaSource::Secret(dir) => {
+                let (cert, key, roots) = Self::secret_files(dir);
+                let roots = roots.filter(|r| r.exists());
+                CaSource::Files { cert, key, roots }.load(trust_domain)
             }
             CaSource::Dir(dir) => {
                 let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
@@ -301,6 +382,152 @@ impl CaSource {
                 let roots = dir.join("roots.pem");
                 std::fs::write(&roots, ca.roots_pem()).map_err(io(&roots))?;
                 Ok(ca)
+            }
+        }
+    }
+}
+
+impl CaSource {
+    /// The files of a Secret's directory, in the layout found there:
+    /// cert-manager's when `tls.crt` is there, else Outrigger's.
+    fn secret_files(dir: &Path) -> (PathBuf, PathBuf, Option<PathBuf>) {
+        let layout = if dir.join(TLS_LAYOUT[0]).exists() {
+            TLS_LAYOUT
+        } else {
+            OWN_LAYOUT
+        };
+        let [cert, key, roots] = layout.map(|f| dir.join(f));
+        (cert, key, Some(roots))
+    }
+
+    /// The files whose content makes this CA; a change in any of them is
+    /// a new CA to load. A generated CA (`Dir`) is not reloaded.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        match self {
+            CaSource::Files { cert, key, roots } => {
+                let mut files = vec![cert.clone(), key.clone()];
+                files.extend(roots.clone());
+                files
+            }
+            CaSource::Secret(dir) => TLS_LAYOUT
+                .iter()
+                .chain(OWN_LAYOUT.iter())
+                .map(|f| dir.join(f))
+                .collect(),
+            CaSource::Dir(_) => Vec::new(),
+        }
+    }
+
+    /// A hash of the watched files' contents (a missing file counts as
+    /// such): kubelet updates a mounted Secret by swapping a symlink, so
+    /// the content, not a modification time, says what changed.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for f in self.watched_files() {
+            std::fs::read(&f).ok().hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+/// What a look at the CA's files found.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Reload {
+    Unchanged,
+    /// A new CA is in force.
+    Applied,
+    /// The files changed to something that is not a good CA; the CA in
+    /// force stays.
+    Refused,
+}
+
+impl Reload {
+    /// The label of `outrigger_cp_ca_reloads_total`.
+    pub fn result(self) -> Option<&'static str> {
+        match self {
+            Reload::Unchanged => None,
+            Reload::Applied => Some("applied"),
+            Reload::Refused => Some("refused"),
+        }
+    }
+}
+
+/// Follows the CA's files: when their content changes, loads them and puts
+/// the new CA in force, or refuses it (logged, naming the files) and keeps
+/// the one in force. Never fails open.
+pub struct CaReloader {
+    source: CaSource,
+    trust_domain: String,
+    certifier: Arc<Certifier>,
+    seen: u64,
+}
+
+impl CaReloader {
+    /// `seen` is the fingerprint taken before the CA in force was loaded.
+    pub fn new(
+        source: CaSource,
+        trust_domain: impl Into<String>,
+        certifier: Arc<Certifier>,
+        seen: u64,
+    ) -> Self {
+        Self {
+            source,
+            trust_domain: trust_domain.into(),
+            certifier,
+            seen,
+        }
+    }
+
+    /// One look at the files.
+    pub fn check(&mut self) -> Reload {
+        let now = self.source.fingerprint();
+        if now == self.seen {
+            return Reload::Unchanged;
+        }
+        // A half-swapped read fails to load and is refused; the next look
+        // sees the finished content as another change.
+        self.seen = now;
+        let loaded = self
+            .source
+            .load(&self.trust_domain)
+            .map_err(|e| e.to_string())
+            .and_then(|ca| {
+                self.certifier
+                    .replace_ca(ca)
+                    .map_err(|e| format!("the control plane's own certificate: {e}"))
+            });
+        match loaded {
+            Ok(()) => {
+                tracing::info!(source = ?self.source, roots = %self.certifier.roots_count(), "mesh CA reloaded: new certificates are signed by it and proxies get its roots");
+                Reload::Applied
+            }
+            Err(e) => {
+                tracing::error!(source = ?self.source, error = %e, "mesh CA not reloaded: the CA in force stays");
+                Reload::Refused
+            }
+        }
+    }
+
+    /// Looks every `every` until `stop`, counting each reload by result.
+    pub async fn run(
+        mut self,
+        every: Duration,
+        reloads: prometheus_client::metrics::family::Family<
+            crate::metrics::ResultLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        stop: drain::Watch,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.signaled() => return,
+            }
+            if let Some(result) = self.check().result() {
+                reloads
+                    .get_or_create(&crate::metrics::ResultLabel { result })
+                    .inc();
             }
         }
     }
@@ -400,6 +627,168 @@ mod tests {
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
+    /// A Secret mounted as kubelet does: the files are links through
+    /// `..data`, a link to a timestamped folder swapped whole on update.
+    struct MountedSecret {
+        dir: tempfile::TempDir,
+        version: u32,
+    }
+
+    impl MountedSecret {
+        fn new(files: &[(&str, &str)]) -> Self {
+            let mut m = Self {
+                dir: tempfile::tempdir().unwrap(),
+                version: 0,
+            };
+            m.update(files);
+            m
+        }
+
+        fn update(&mut self, files: &[(&str, &str)]) {
+            use std::os::unix::fs::symlink;
+            self.version += 1;
+            let root = self.dir.path();
+            let data = format!("..v{}", self.version);
+            std::fs::create_dir(root.join(&data)).unwrap();
+            for (name, text) in files {
+                std::fs::write(root.join(&data).join(name), text).unwrap();
+                let link = root.join(name);
+                if link.symlink_metadata().is_err() {
+                    symlink(format!("..data/{name}"), &link).unwrap();
+                }
+            }
+            symlink(&data, root.join("..data_tmp")).unwrap();
+            std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        }
+
+        fn source(&self) -> CaSource {
+            CaSource::Secret(self.dir.path().to_path_buf())
+        }
+    }
+
+    /// The CA certificate that signed the first certificate of an answer.
+    fn issuer_of(answer: &CertifyResponse) -> String {
+        let certs: Vec<String> = answer
+            .certificate_chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .map(str::to_string)
+            .collect();
+        certs[1].clone()
+    }
+
+    #[tokio::test]
+    async fn a_trust_anchor_rotation_in_three_secret_updates_and_bad_secrets_refused() {
+        let now = SystemTime::now();
+        let old = Ca::generate("cluster.local", now).unwrap();
+        let new = Ca::generate("cluster.local", now).unwrap();
+        let (old_crt, old_key) = old.generated_pem().unwrap();
+        let (new_crt, new_key) = new.generated_pem().unwrap();
+        let both = format!("{old_crt}{new_crt}");
+        let mut secret = MountedSecret::new(&[
+            ("tls.crt", old_crt),
+            ("tls.key", old_key),
+            ("ca.crt", old_crt),
+        ]);
+        let source = secret.source();
+        let seen = source.fingerprint();
+        let c = Arc::new(
+            Certifier::new(
+                Arc::new(source.load("cluster.local").unwrap()),
+                "cluster.local",
+                DEFAULT_LIFETIME,
+                Arc::new(FakeAuthn),
+            )
+            .with_rate_limit(100.0, 100.0),
+        );
+        let mut reloader = CaReloader::new(source, "cluster.local", c.clone(), seen);
+        assert_eq!(reloader.check(), Reload::Unchanged);
+        let ask = || async {
+            c.certify(Some("Bearer web"), &body("web"), PEER)
+                .await
+                .unwrap()
+                .1
+        };
+
+        // 1. The new root joins the bundle; the old issuer still signs.
+        secret.update(&[
+            ("tls.crt", old_crt),
+            ("tls.key", old_key),
+            ("ca.crt", &both),
+        ]);
+        assert_eq!(reloader.check(), Reload::Applied);
+        let answer = ask().await;
+        assert_eq!(answer.trust_roots, both);
+        assert_eq!(issuer_of(&answer), old_crt);
+
+        // A key of another certificate is refused; the CA in force stays.
+        secret.update(&[
+            ("tls.crt", old_crt),
+            ("tls.key", new_key),
+            ("ca.crt", &both),
+        ]);
+        assert_eq!(reloader.check(), Reload::Refused);
+        assert_eq!(reloader.check(), Reload::Unchanged, "refused once");
+        assert_eq!(ask().await.trust_roots, both);
+        // So is junk.
+        secret.update(&[("tls.crt", "junk"), ("tls.key", old_key), ("ca.crt", &both)]);
+        assert_eq!(reloader.check(), Reload::Refused);
+        assert_eq!(issuer_of(&ask().await), old_crt);
+
+        // 2. The new issuer signs; both roots are still trusted.
+        secret.update(&[
+            ("tls.crt", new_crt),
+            ("tls.key", new_key),
+            ("ca.crt", &both),
+        ]);
+        assert_eq!(reloader.check(), Reload::Applied);
+        let answer = ask().await;
+        assert_eq!(issuer_of(&answer), new_crt);
+        assert_eq!(answer.trust_roots, both);
+
+        // An issuer not chained to the bundle is refused (here: step 3
+        // done wrong, removing the new root instead of the old one).
+        secret.update(&[
+            ("tls.crt", new_crt),
+            ("tls.key", new_key),
+            ("ca.crt", old_crt),
+        ]);
+        assert_eq!(reloader.check(), Reload::Refused);
+        assert_eq!(ask().await.trust_roots, both);
+
+        // 3. The old root leaves the bundle.
+        secret.update(&[
+            ("tls.crt", new_crt),
+            ("tls.key", new_key),
+            ("ca.crt", new_crt),
+        ]);
+        assert_eq!(reloader.check(), Reload::Applied);
+        let answer = ask().await;
+        assert_eq!(answer.trust_roots, new_crt);
+        assert_eq!(issuer_of(&answer), new_crt);
+    }
+
+    #[test]
+    fn a_secret_in_outriggers_own_layout_loads_and_a_refusal_names_the_files() {
+        let ca = Ca::generate("cluster.local", SystemTime::now()).unwrap();
+        let (crt, key) = ca.generated_pem().unwrap();
+        let secret = MountedSecret::new(&[("ca.pem", crt), ("ca.key", key)]);
+        let loaded = secret.source().load("cluster.local").unwrap();
+        assert_eq!(loaded.roots(), ca.roots());
+        let other = Ca::generate("cluster.local", SystemTime::now()).unwrap();
+        let bad = MountedSecret::new(&[
+            ("tls.crt", crt),
+            ("tls.key", other.generated_pem().unwrap().1),
+            ("ca.crt", crt),
+        ]);
+        let e = bad.source().load("cluster.local").unwrap_err().to_string();
+        let dir = bad.dir.path().display().to_string();
+        assert!(
+            e.contains(&format!("{dir}/tls.crt, {dir}/tls.key and {dir}/ca.crt")),
+            "{e}"
+        );
+        assert!(e.contains("CA key: it is not the key"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_caller_gets_a_certificate_for_its_own_service_account() {

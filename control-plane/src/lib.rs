@@ -15,6 +15,7 @@ pub mod certify;
 pub mod crd;
 pub mod folder;
 pub mod kubernetes;
+pub mod leader;
 pub mod manifest;
 pub mod metrics;
 pub mod publish;

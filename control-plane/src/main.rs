@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use outrigger_control_plane::analyze;
 use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
-use outrigger_control_plane::certify::{CaSource, Certifier};
+use outrigger_control_plane::certify::{CaReloader, CaSource, Certifier};
 use outrigger_control_plane::crd;
 use outrigger_control_plane::folder::{Folder, DEFAULT_MAX_FILE_BYTES};
 use outrigger_control_plane::kubernetes;
@@ -80,7 +80,7 @@ enum Command {
         default_export_to: String,
         /// The mesh CA's certificate (PEM: the signing certificate, then
         /// its issuers), e.g. from a mounted Secret. With --ca-key.
-        #[arg(long, requires = "ca_key", conflicts_with = "ca_dir")]
+        #[arg(long, requires = "ca_key", conflicts_with_all = ["ca_dir", "ca_secret"])]
         ca_cert: Option<PathBuf>,
         /// The mesh CA's private key (PEM).
         #[arg(long, requires = "ca_cert")]
@@ -92,8 +92,18 @@ enum Command {
         /// first start and reused after. Default:
         /// $XDG_STATE_HOME/outrigger/ca (~/.local/state/outrigger/ca); with
         /// --kubernetes there is no default (give a CA, or name a volume).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ca_secret")]
         ca_dir: Option<PathBuf>,
+        /// The mesh CA as a mounted Secret's directory: cert-manager's
+        /// `kubernetes.io/tls` layout (tls.crt, tls.key, ca.crt: the trust
+        /// roots) or Outrigger's (ca.pem, ca.key, roots.pem).
+        #[arg(long)]
+        ca_secret: Option<PathBuf>,
+        /// How often the CA's files (--ca-secret, --ca-cert/--ca-key/--ca-roots)
+        /// are read for a change; a good new CA is put in force without a
+        /// restart, a bad one is refused and the CA in force stays.
+        #[arg(long, default_value = "5s")]
+        ca_reload_interval: outrigger_api::Duration,
         /// Lifetime of workload certificates.
         #[arg(long, default_value = "24h")]
         certificate_lifetime: outrigger_api::Duration,
@@ -178,6 +188,8 @@ fn run(command: Command) -> Result<ExitCode> {
             ca_key,
             ca_roots,
             ca_dir,
+            ca_secret,
+            ca_reload_interval,
             certificate_lifetime,
             bootstrap_tokens,
             identity_namespace,
@@ -193,16 +205,18 @@ fn run(command: Command) -> Result<ExitCode> {
             .with_context(|| format!("--log-level {log_level:?}"))?;
             let default_export_to = ExportTo::parse(std::slice::from_ref(&default_export_to), ".")
                 .map_err(|e| anyhow::anyhow!("--default-export-to {default_export_to:?}: {e}"))?;
-            let ca = match (ca_cert, ca_key) {
-                (Some(cert), Some(key)) => CaSource::Files {
+            let ca = match (ca_cert, ca_key, ca_secret) {
+                (Some(cert), Some(key), _) => CaSource::Files {
                     cert,
                     key,
                     roots: ca_roots,
                 },
+                (_, _, Some(dir)) => CaSource::Secret(dir),
                 _ => CaSource::Dir(generated_ca_dir(ca_dir, kubernetes)?),
             };
             let identity = Identity {
                 ca,
+                reload: ca_reload_interval.get(),
                 lifetime: certificate_lifetime.get(),
                 bootstrap_tokens,
                 own: SpiffeId::new(
@@ -300,6 +314,8 @@ enum Source {
 /// How the control plane acts as the mesh CA.
 struct Identity {
     ca: CaSource,
+    /// How often the CA's files are looked at for a change.
+    reload: std::time::Duration,
     lifetime: std::time::Duration,
     bootstrap_tokens: Option<PathBuf>,
     /// The control plane's own identity.
@@ -314,8 +330,8 @@ fn generated_ca_dir(given: Option<PathBuf>, kubernetes: bool) -> Result<PathBuf>
     match given {
         Some(dir) => Ok(dir),
         None if kubernetes => bail!(
-            "--kubernetes needs the mesh CA: give --ca-cert and --ca-key (a Secret mounted \
-             as files), or --ca-dir on a volume that outlives a restart (a CA generated in \
+            "--kubernetes needs the mesh CA: give --ca-secret (a mounted Secret), or \
+             --ca-cert and --ca-key, or --ca-dir on a volume that outlives a restart (a CA generated in \
              the container would be replaced on every restart)"
         ),
         None => Ok(default_ca_dir()),
@@ -336,7 +352,7 @@ fn certifier(
     identity: &Identity,
     trust_domain: &str,
     kube: Option<kube::Client>,
-) -> Result<Option<Arc<Certifier>>> {
+) -> Result<Option<(Arc<Certifier>, u64)>> {
     let authn: Arc<dyn Authenticate> = match (kube, &identity.bootstrap_tokens) {
         (Some(client), _) => Arc::new(TokenReviewer::new(client)),
         (None, Some(dir)) => {
@@ -349,16 +365,21 @@ fn certifier(
             return Ok(None);
         }
     };
+    // Taken before loading, so that a change during the load is seen.
+    let seen = identity.ca.fingerprint();
     let ca = identity.ca.load(trust_domain)?;
     if let CaSource::Dir(dir) = &identity.ca {
         tracing::info!(roots = %dir.join("roots.pem").display(), "mesh CA ready; proxies trust the roots in this file");
     }
-    Ok(Some(Arc::new(Certifier::new(
-        Arc::new(ca),
-        trust_domain,
-        identity.lifetime,
-        authn,
-    ))))
+    Ok(Some((
+        Arc::new(Certifier::new(
+            Arc::new(ca),
+            trust_domain,
+            identity.lifetime,
+            authn,
+        )),
+        seen,
+    )))
 }
 
 /// The source's loop and the config server until SIGINT/SIGTERM.
@@ -435,15 +456,19 @@ async fn serve(
             ))
         }
     };
-    let mut server = Server::new(rx, metrics);
-    if let Some(c) = certify {
+    let mut server = Server::new(rx, metrics.clone());
+    if let Some((c, seen)) = certify {
+        if !identity.ca.watched_files().is_empty() {
+            let reloader = CaReloader::new(identity.ca.clone(), &trust_domain, c.clone(), seen);
+            tokio::spawn(reloader.run(identity.reload, metrics.ca_reloads.clone(), stop.clone()));
+        }
         // With a CA, everything is served over TLS under the control
         // plane's own identity, and streams need a client certificate.
         let tls = c
             .server_tls(identity.own.clone(), &[b"h2", b"http/1.1"], stop.clone())
             .context("the control plane's own certificate")?;
         tracing::info!(identity = %identity.own, "serving over TLS; proxies need the mesh roots");
-        server = server.with_certifier(c).with_tls(Arc::new(tls));
+        server = server.with_certifier(c).with_tls_swapped(tls);
     }
     let server = tokio::spawn(server.run(listener, stop));
     signal::shutdown()

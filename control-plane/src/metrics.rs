@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Certificate requests, by result: issued, refused, unauthenticated,
     /// bad_request, rate_limited, unavailable.
     pub certify_requests: Family<ResultLabel, Counter>,
+    /// Changes of the mesh CA's files, by result: applied, refused.
+    pub ca_reloads: Family<ResultLabel, Counter>,
     registry: Registry,
 }
 
@@ -136,6 +138,15 @@ impl Metrics {
             "Certificate requests to the mesh CA, by result",
             certify_requests.clone(),
         );
+        let ca_reloads = Family::<ResultLabel, Counter>::default();
+        for result in ["applied", "refused"] {
+            drop(ca_reloads.get_or_create(&ResultLabel { result }));
+        }
+        reg.register(
+            "outrigger_cp_ca_reloads",
+            "Changes of the mesh CA's files, by result: applied, or refused (the CA in force stays)",
+            ca_reloads.clone(),
+        );
         Self {
             connected_proxies,
             pushes,
@@ -149,6 +160,7 @@ impl Metrics {
             status_writes,
             status_write_errors,
             certify_requests,
+            ca_reloads,
             registry: reg,
         }
     }

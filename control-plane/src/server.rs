@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -120,7 +121,7 @@ pub struct Server {
     mesh: watch::Receiver<Option<Arc<Published>>>,
     metrics: Arc<Metrics>,
     certifier: Option<Arc<Certifier>>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// Who is on the other end of a connection.
@@ -175,7 +176,13 @@ impl Server {
 
     /// Serves over TLS with this config (the mesh CA's roots verify client
     /// certificates; streams then need one that matches the proxy).
-    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+    pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.with_tls_swapped(Arc::new(ArcSwap::new(config)))
+    }
+
+    /// Serves over TLS with the config in force in `config` at each new
+    /// connection (it follows the CA: [`Certifier::server_tls`]).
+    pub fn with_tls_swapped(mut self, config: Arc<ArcSwap<rustls::ServerConfig>>) -> Self {
         self.tls = Some(config);
         self
     }
@@ -188,7 +195,7 @@ impl Server {
             let this = self.clone();
             let stop = connections.clone();
             async move {
-                let Some(tls) = this.tls.clone() else {
+                let Some(tls) = this.tls.as_ref().map(|t| t.load_full()) else {
                     let peer = Peer {
                         addr,
                         tls: false,

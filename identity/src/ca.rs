@@ -12,6 +12,8 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 
+use x509_parser::certificate::X509Certificate;
+
 use crate::{Error, SpiffeId};
 
 /// Slack before "now" in a new certificate's validity, for peers whose
@@ -121,6 +123,8 @@ impl Ca {
                 reason: "no CERTIFICATE block".into(),
             });
         }
+        check_key_matches(first, &issuer)?;
+        check_chained(&chain, &roots)?;
         Ok(Self {
             issuer,
             chain,
@@ -211,6 +215,76 @@ impl Ca {
         chain.extend(self.chain.iter().cloned());
         Ok(Issued { chain, not_after })
     }
+}
+
+fn parse<'a>(der: &'a [u8], what: &'static str) -> Result<X509Certificate<'a>, Error> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| Error::Pem {
+            what,
+            reason: e.to_string(),
+        })
+}
+
+/// The key must be the signing certificate's: a mismatch would sign
+/// certificates no peer can verify.
+fn check_key_matches(cert: &[u8], issuer: &Issuer<'static, KeyPair>) -> Result<(), Error> {
+    let cert = parse(cert, "CA certificate")?;
+    if *cert.public_key().subject_public_key.data != *issuer.key().public_key_raw() {
+        return Err(Error::Pem {
+            what: "CA key",
+            reason: "it is not the key of the CA certificate (the first one)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Each certificate of the chain is signed by the next, and the last is a
+/// trust root or signed by one: a CA whose certificates the roots do not
+/// verify would break every peer's handshake.
+fn check_chained(chain: &[CertificateDer<'_>], roots: &[CertificateDer<'_>]) -> Result<(), Error> {
+    let not_chained = |reason: String| Error::Pem {
+        what: "CA certificate",
+        reason,
+    };
+    for (i, pair) in chain.windows(2).enumerate() {
+        let (child, parent) = (
+            parse(&pair[0], "CA certificate")?,
+            parse(&pair[1], "CA certificate")?,
+        );
+        child
+            .verify_signature(Some(parent.public_key()))
+            .map_err(|_| {
+                not_chained(format!(
+                    "certificate {} of the chain is not signed by certificate {}",
+                    i + 1,
+                    i + 2
+                ))
+            })?;
+    }
+    let last = chain.last().expect("not empty");
+    if roots.contains(last) {
+        return Ok(());
+    }
+    let last = parse(last, "CA certificate")?;
+    for root in roots {
+        let root = parse(root, "trust roots")?;
+        if root.subject() == last.issuer() && last.verify_signature(Some(root.public_key())).is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(not_chained(format!(
+        "issued by {:?}, which is not among the trust roots ({})",
+        last.issuer().to_string(),
+        roots
+            .iter()
+            .filter_map(|r| parse(r, "trust roots")
+                .ok()
+                .map(|r| format!("{:?}", r.subject().to_string())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// What to do with a key in a PEM form other than PKCS#8, the one the
@@ -399,6 +473,49 @@ mod tests {
             .unwrap();
         assert_eq!(issued.chain.len(), 3, "leaf, intermediate, root");
         assert_eq!(issued.chain[1], *inter.der());
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_or_a_root_that_did_not_sign_is_refused() {
+        let now = SystemTime::now();
+        let a = Ca::generate("cluster.local", now).unwrap();
+        let b = Ca::generate("cluster.local", now).unwrap();
+        let (a_cert, a_key) = a.generated_pem().unwrap();
+        let (_, b_key) = b.generated_pem().unwrap();
+        let e = Ca::from_pem(a_cert, b_key, None).err().unwrap().to_string();
+        assert!(e.starts_with("CA key: it is not the key"), "{e}");
+        let e = Ca::from_pem(a_cert, a_key, Some(&b.roots_pem()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not among the trust roots"), "{e}");
+        // A bundle holding both roots (a rotation's first step) is good.
+        let both = format!("{}{}", b.roots_pem(), a.roots_pem());
+        let ca = Ca::from_pem(a_cert, a_key, Some(&both)).unwrap();
+        assert_eq!(ca.roots().len(), 2);
+    }
+
+    #[test]
+    fn an_intermediate_alone_is_checked_against_its_root() {
+        let now = SystemTime::now();
+        let root = Ca::generate("cluster.local", now).unwrap();
+        let other = Ca::generate("cluster.local", now).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "issuer");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.not_before = (now - DAY).into();
+        params.not_after = (now + DAY).into();
+        let inter = params.signed_by(&key, &root.issuer).unwrap();
+        // cert-manager's layout: tls.crt is the issuer alone, ca.crt the root.
+        let key = key.serialize_pem();
+        Ca::from_pem(&inter.pem(), &key, Some(&root.roots_pem())).unwrap();
+        let e = Ca::from_pem(&inter.pem(), &key, Some(&other.roots_pem()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not among the trust roots"), "{e}");
     }
 
     #[test]

@@ -57,6 +57,16 @@ impl TrustBundle {
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
+
+    /// The roots' public keys (DER SubjectPublicKeyInfo contents), which
+    /// tell two bundles apart where subjects may be the same.
+    pub fn root_keys(&self) -> Vec<Vec<u8>> {
+        self.roots
+            .roots
+            .iter()
+            .map(|a| a.subject_public_key_info.as_ref().to_vec())
+            .collect()
+    }
 }
 
 /// A workload's private key. It is generated in the workload and never

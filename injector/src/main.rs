@@ -35,7 +35,8 @@ enum Command {
         tls_cert: PathBuf,
         #[arg(long, env = "OUTRIGGER_TLS_KEY")]
         tls_key: PathBuf,
-        /// How often the certificate files are checked for changes.
+        /// How often the certificate files and --trust-roots are checked
+        /// for changes.
         #[arg(long, default_value = "5s", value_parser = duration)]
         reload_every: Duration,
         #[arg(long, default_value = "0.0.0.0:8443")]
@@ -125,10 +126,15 @@ fn main() -> anyhow::Result<()> {
         };
         tokio::spawn(cert.clone().keep_reloading(reload_every));
         let webhook = Arc::new(Webhook {
-            config: Arc::new(mesh),
+            config: Arc::new(mesh).into(),
             namespaces,
             metrics: Arc::new(Metrics::new()),
         });
+        tokio::spawn(follow_trust_roots(
+            webhook.clone(),
+            trust_roots,
+            reload_every,
+        ));
         let (stop, stopped) = drain::channel();
         let l = TcpListener::bind(&listen)
             .await
@@ -147,4 +153,26 @@ fn main() -> anyhow::Result<()> {
         let _ = serving.await;
         Ok(())
     })
+}
+
+/// Keeps the roots given to newly injected pods equal to the mounted
+/// `--trust-roots` file (a CA rotation updates it); a file with no PEM
+/// certificate is refused and the roots in force stay.
+async fn follow_trust_roots(webhook: Arc<Webhook>, path: PathBuf, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match std::fs::read_to_string(&path) {
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {
+                if webhook.set_trust_roots(&pem) {
+                    tracing::info!(file = %path.display(), "trust roots reloaded: pods injected from now on trust them");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "trust roots not reloaded: no PEM certificate; the roots in force stay")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "trust roots not reloaded; the roots in force stay")
+            }
+        }
+    }
 }

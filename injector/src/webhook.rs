@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 
@@ -21,12 +22,28 @@ use crate::namespaces::Namespaces;
 pub struct BadRequest(pub String);
 
 pub struct Webhook {
-    pub config: Arc<MeshConfig>,
+    /// The mesh config in force; its trust roots follow `--trust-roots`
+    /// ([`Webhook::set_trust_roots`]).
+    pub config: ArcSwap<MeshConfig>,
     pub namespaces: Arc<Namespaces>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Webhook {
+    /// Pods injected from now on start trusting `pem` (a CA rotation
+    /// changed the roots; running proxies follow the CA themselves).
+    /// Returns whether anything changed.
+    pub fn set_trust_roots(&self, pem: &str) -> bool {
+        let current = self.config.load();
+        if current.trust_roots == pem {
+            return false;
+        }
+        let mut next = MeshConfig::clone(&current);
+        next.trust_roots = pem.to_string();
+        self.config.store(Arc::new(next));
+        true
+    }
+
     /// The answer to one request body.
     pub fn review(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadRequest> {
         #[allow(
@@ -92,7 +109,7 @@ impl Webhook {
             .clone()
             .or_else(|| object.metadata.generate_name.clone())
             .unwrap_or_default();
-        Ok(match inject(&pod, &namespace, &self.config) {
+        Ok(match inject(&pod, &namespace, &self.config.load()) {
             Outcome::Inject { patch, warnings } => {
                 self.metrics.injected.inc();
                 tracing::info!(namespace = %ns_name, pod = %name, dry_run = req.dry_run, "injected");
@@ -168,4 +185,24 @@ pub fn encode(review: &AdmissionReview<DynamicObject>) -> Vec<u8> {
         }
     }
     serde_json::to_vec(&v).expect("serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_trust_roots_reach_the_config_pods_are_injected_with() {
+        let webhook = Webhook {
+            config: Arc::new(MeshConfig::with_image("proxy:1")).into(),
+            namespaces: Arc::new(Namespaces::fixed([])),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let pem = "-----BEGIN CERTIFICATE-----\nnew\n-----END CERTIFICATE-----\n";
+        assert!(webhook.set_trust_roots(pem));
+        assert!(!webhook.set_trust_roots(pem), "unchanged");
+        let config = webhook.config.load();
+        assert_eq!(config.trust_roots, pem);
+        assert_eq!(config.proxy_image, "proxy:1", "the rest stays");
+    }
 }

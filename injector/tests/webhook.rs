@@ -59,7 +59,7 @@ async fn start() -> (Injector, CertificateDer<'static>) {
         ReloadingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap(),
     );
     let webhook = Arc::new(Webhook {
-        config: Arc::new(MeshConfig::with_image("ghcr.io/outrigger/proxy:0.1.0")),
+        config: Arc::new(MeshConfig::with_image("ghcr.io/outrigger/proxy:0.1.0")).into(),
         namespaces: Arc::new(Namespaces::fixed([Namespace {
             name: "shop".into(),
             annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),

@@ -672,6 +672,54 @@ fn the_webhook_takes_a_given_certificate_and_failure_policy() {
     assert_eq!(tls["secret"]["secretName"], "my-webhook-tls");
 }
 
+/// The mesh CA can be cert-manager's Secret (`kubernetes.io/tls`): the
+/// control plane reads either layout from the mounted folder (and re-reads
+/// it on change), and the injector hands proxies its `ca.crt`.
+#[test]
+fn the_mesh_ca_can_be_a_cert_manager_secret() {
+    let Some((r, _)) = rendered_with(json!({
+        "identity": { "ca": { "existingSecret": "mesh-ca", "existingSecretLayout": "tls" } }
+    })) else {
+        return;
+    };
+    assert_lints_clean(&r);
+    assert!(r
+        .all("Secret")
+        .all(|s| s["metadata"]["name"] != "outrigger-ca"));
+    let cp = r.get("Deployment", "outrigger-control-plane");
+    assert_eq!(volume(cp, "ca")["secret"]["secretName"], "mesh-ca");
+    let container = &cp["spec"]["template"]["spec"]["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "ca")
+        .unwrap();
+    assert!(args(container).contains(&format!(
+        "--ca-secret={}",
+        mount["mountPath"].as_str().unwrap()
+    )));
+    assert!(mount.get("subPath").is_none(), "a subPath is never updated");
+    let roots = volume(r.get("Deployment", "outrigger-injector"), "roots");
+    assert_eq!(roots["secret"]["secretName"], "mesh-ca");
+    assert_eq!(
+        roots["secret"]["items"],
+        json!([{ "key": "ca.crt", "path": "roots.pem" }])
+    );
+    // Outrigger's own layout stays the default.
+    let (r, _) = rendered_with(json!({})).unwrap();
+    let roots = volume(r.get("Deployment", "outrigger-injector"), "roots");
+    assert_eq!(roots["secret"]["items"][0]["key"], "roots.pem");
+    let Err(RenderError::Helm(e)) = render(
+        json!({ "identity": { "ca": { "existingSecret": "x", "existingSecretLayout": "pkcs12" } } }),
+        "outrigger",
+        NAMESPACE,
+    ) else {
+        panic!("an unknown layout was accepted");
+    };
+    assert!(e.contains("/identity/ca/existingSecretLayout"), "{e}");
+}
+
 /// cert-manager can issue the webhook's certificate: the chart renders a
 /// Certificate for the Service's names into the Secret the injector mounts,
 /// and leaves caBundle to cert-manager's CA injector.

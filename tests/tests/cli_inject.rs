@@ -53,7 +53,7 @@ fn mesh_files(dir: &Path) -> (String, String, MeshConfig) {
 /// `outrigger.dev/inject: enabled`): the pod with its patch applied.
 fn webhook_pod(cfg: &MeshConfig, ns: &str, template: &Value) -> Value {
     let webhook = Webhook {
-        config: Arc::new(cfg.clone()),
+        config: Arc::new(cfg.clone()).into(),
         namespaces: Arc::new(Namespaces::fixed([Namespace {
             name: ns.to_string(),
             annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),

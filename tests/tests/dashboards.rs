@@ -784,7 +784,8 @@ async fn every_dashboard_and_rule_query_answers_with_sane_values() {
     let webhook = Arc::new(outrigger_injector::webhook::Webhook {
         config: Arc::new(outrigger_injector::config::MeshConfig::with_image(
             "ghcr.io/outrigger/proxy:0.1.0",
-        )),
+        ))
+        .into(),
         namespaces: Arc::new(outrigger_injector::namespaces::Namespaces::fixed([])),
         metrics: Arc::new(outrigger_injector::metrics::Metrics::new()),
     });

@@ -333,7 +333,8 @@ async fn metrics_are_negotiated_and_the_classic_text_passes_promtool() {
     let webhook = std::sync::Arc::new(outrigger_injector::webhook::Webhook {
         config: std::sync::Arc::new(outrigger_injector::config::MeshConfig::with_image(
             "ghcr.io/outrigger/proxy:0.1.0",
-        )),
+        ))
+        .into(),
         namespaces: std::sync::Arc::new(outrigger_injector::namespaces::Namespaces::fixed([])),
         metrics: std::sync::Arc::new(outrigger_injector::metrics::Metrics::new()),
     });

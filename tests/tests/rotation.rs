@@ -13,9 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use outrigger_api::Snapshot;
+use outrigger_control_plane::certify::{CaReloader, CaSource};
+use outrigger_control_plane::metrics::ResultLabel;
 use outrigger_identity::Ca;
+use outrigger_identity::TrustBundle;
 use outrigger_proxy::Proxy;
-use outrigger_tests::control_plane::{certified_follower, certifier, ControlPlane, Dir};
+use outrigger_tests::control_plane::{
+    certified_follower, certifier, follow, waiting_proxy, ControlPlane, Dir, MountedSecret,
+};
+use outrigger_tests::identity::workload_identity;
 use outrigger_tests::*;
 
 const TD: &str = "cluster.local";
@@ -281,5 +287,172 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
         ) >= fresh_ok as f64,
         "{text}"
     );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_by_three_secret_updates_under_load_fails_no_request() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("outrigger_proxy=info,outrigger_control_plane=info")
+        .with_test_writer()
+        .try_init();
+    let app = app("web").await;
+    let tokens = Dir::new("secret-rotation-tokens");
+    std::fs::create_dir_all(tokens.path().join("shop")).unwrap();
+    std::fs::write(tokens.path().join("shop/web"), "token-web").unwrap();
+    std::fs::write(tokens.path().join("shop/client"), "token-client").unwrap();
+    let old = Ca::generate(TD, SystemTime::now()).unwrap();
+    let new = Ca::generate(TD, SystemTime::now()).unwrap();
+    let (old_cert, old_key) = pem_of(&old);
+    let (new_cert, new_key) = pem_of(&new);
+    let both_roots = format!("{old_cert}{new_cert}");
+    let mut secret = MountedSecret::new(&[
+        ("tls.crt", &old_cert),
+        ("tls.key", &old_key),
+        ("ca.crt", &old_cert),
+    ]);
+    let source = CaSource::Secret(secret.path().to_path_buf());
+    let seen = source.fingerprint();
+    let mesh_ca = certifier(Arc::new(source.load(TD).unwrap()), LIFETIME, tokens.path());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let dir = Dir::new("secret-rotation");
+    // The server proxy first, to know its inbound address for the mesh.
+    let server_id = workload_identity("shop", "web", tokens.path().join("shop/web"), old.roots());
+    let server = waiting_proxy(server_bootstrap(app), Some(server_id.clone())).await;
+    dir.write("mesh.yaml", &mesh(server.listener_addr("inbound").unwrap()));
+    let cp = ControlPlane::start_with(dir.path(), listener, Some(mesh_ca.clone())).await;
+    // As the binary runs it, counting into the control plane's metrics.
+    let reloads = cp.metrics.ca_reloads.clone();
+    let (stop_reloads, reload_stop) = outrigger_runtime::drain::channel();
+    tokio::spawn(CaReloader::new(source, TD, mesh_ca, seen).run(
+        Duration::from_millis(100),
+        reloads.clone(),
+        reload_stop,
+    ));
+    follow(
+        &server,
+        cp_addr,
+        server_bootstrap(app),
+        "shop",
+        "web-1",
+        Some(server_id.clone()),
+    );
+    let client_id = workload_identity(
+        "shop",
+        "client",
+        tokens.path().join("shop/client"),
+        old.roots(),
+    );
+    let client = waiting_proxy(client_bootstrap(), Some(client_id.clone())).await;
+    follow(
+        &client,
+        cp_addr,
+        client_bootstrap(),
+        "shop",
+        "client-1",
+        Some(client_id.clone()),
+    );
+    for p in [&server, &client] {
+        assert!(
+            eventually(Duration::from_secs(15), || ready(p)).await,
+            "never ready"
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let requesters = keep_requesting(client.listener_addr("http").unwrap(), stop.clone());
+    let fresh = Arc::new(AtomicUsize::new(0));
+    let connector = keep_connecting(
+        client.listener_addr("tcp").unwrap(),
+        stop.clone(),
+        fresh.clone(),
+    );
+
+    let applied = || {
+        reloads
+            .get_or_create(&ResultLabel { result: "applied" })
+            .get()
+    };
+    let steps = [
+        (
+            "the new root trusted beside the old",
+            &old_cert,
+            &old_key,
+            &both_roots,
+        ),
+        (
+            "the new root signing, both trusted",
+            &new_cert,
+            &new_key,
+            &both_roots,
+        ),
+        ("the old root dropped", &new_cert, &new_key, &new_cert),
+    ];
+    for (n, (step, cert, key, roots)) in steps.into_iter().enumerate() {
+        secret.update(&[("tls.crt", cert), ("tls.key", key), ("ca.crt", roots)]);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                applied() == n as u64 + 1
+            })
+            .await,
+            "{step}: the control plane did not reload the Secret"
+        );
+        // Two renewals: the second was asked for after the reload.
+        let before = [renewals(&server).await, renewals(&client).await];
+        for (p, b) in [&server, &client].into_iter().zip(before) {
+            assert!(
+                eventually(Duration::from_secs(15), || async {
+                    renewals(p).await >= b + 2.0
+                })
+                .await,
+                "{step}: no renewal"
+            );
+        }
+        let now = fresh.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                fresh.load(Ordering::SeqCst) > now + 5
+            })
+            .await,
+            "{step}: no fresh connection got through"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = tally(requesters).await;
+    let (fresh_ok, fresh_failed) = connector.await.unwrap();
+    assert_eq!(failed, 0, "pooled: {failed} failed of {}", ok + failed);
+    assert_eq!(
+        fresh_failed,
+        0,
+        "fresh connections: {fresh_failed} failed of {}",
+        fresh_ok + fresh_failed
+    );
+    assert!(ok > 100 && fresh_ok > 20, "{ok} pooled, {fresh_ok} fresh");
+    assert_eq!(
+        reloads
+            .get_or_create(&ResultLabel { result: "refused" })
+            .get(),
+        0
+    );
+    // Every proxy holds a certificate from the new issuer and trusts only
+    // the new root.
+    let only_new = TrustBundle::new(TD, new.roots()).unwrap().root_keys();
+    for (name, id) in [("web", &server_id), ("client", &client_id)] {
+        let cert = id.cert.get().expect("a certificate");
+        assert_eq!(
+            cert.cert[1],
+            new.roots()[0],
+            "{name}: not issued by the new CA"
+        );
+        assert_eq!(
+            id.trust().root_keys(),
+            only_new,
+            "{name}: trusts more than the new root"
+        );
+    }
+    stop_reloads.stop();
     cp.stop().await;
 }
