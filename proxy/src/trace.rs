@@ -13,7 +13,8 @@
 //! the batch (counted) and never holds a request.
 //!
 //! `x-request-id` (a UUID v4 when a request has none, as Envoy does) is
-//! [`ensure_request_id`], on whether tracing is on or off.
+//! [`ensure_request_id`]: for every request while the access log is on,
+//! and for each request this tracer samples.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -223,6 +224,8 @@ impl Tracer {
         if !ctx.sampled {
             return None;
         }
+        // A traced request carries an id its span and the apps' logs share.
+        ensure_request_id(req.headers_mut(), chance);
         let retries = RetryEvents::default();
         req.extensions_mut().insert(retries.clone());
         // Owned and cut: a queued span holds no request buffer, and a

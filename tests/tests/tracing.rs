@@ -430,10 +430,10 @@ async fn an_unreachable_collector_loses_spans_counted_and_never_a_request() {
 }
 
 #[tokio::test]
-async fn a_request_id_is_generated_when_missing_with_tracing_on_and_kept_when_sent() {
+async fn a_sampled_request_gets_a_request_id_when_missing_and_keeps_its_own() {
     let rx = OtlpReceiver::start().await;
     let app = app("web").await;
-    let pair = Pair::start(&rx.url(), 0.0, app).await;
+    let pair = Pair::start(&rx.url(), 100.0, app).await;
     let saw = app_saw(pair.outbound(), &[]).await;
     let id = &saw["x-request-id"];
     assert_eq!(id.len(), 36, "{id}");
@@ -442,10 +442,17 @@ async fn a_request_id_is_generated_when_missing_with_tracing_on_and_kept_when_se
         matches!(&id[19..20], "8" | "9" | "a" | "b"),
         "variant: {id}"
     );
-    // Not sampled (0 %): nothing written for the next hops.
-    assert!(!saw.contains_key("traceparent"), "{saw:?}");
+    assert!(saw["traceparent"].ends_with("-01"), "{saw:?}");
     let saw = app_saw(pair.outbound(), &[("x-request-id", "mine-1")]).await;
     assert_eq!(saw["x-request-id"], "mine-1");
+    // Not sampled: neither a request id nor a trace header is added.
+    let rx = OtlpReceiver::start().await;
+    let pair = Pair::start(&rx.url(), 0.0, app).await;
+    let saw = app_saw(pair.outbound(), &[]).await;
+    assert!(
+        !saw.contains_key("x-request-id") && !saw.contains_key("traceparent"),
+        "{saw:?}"
+    );
 }
 
 #[tokio::test]

@@ -212,10 +212,10 @@ impl HttpProxy {
             }
         }
         let mut req = req;
-        // The request id is for the access log and the spans: made only
-        // when one of them is on, so that with both off a request costs
-        // nothing more.
-        if self.shared.tracer.is_some() || self.shared.access_log.is_some() {
+        // The request id is for the access log and the spans: made for
+        // every request while the log is on, and for each sampled request
+        // by the tracer, so that otherwise a request costs nothing more.
+        if self.shared.access_log.is_some() {
             crate::trace::ensure_request_id(req.headers_mut(), &self.shared.chance);
         }
         let span = match &self.shared.tracer {
