@@ -23,7 +23,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::Api;
 use outrigger_control_plane::crd::{definitions, VERSION};
 use outrigger_control_plane::status::ACCEPTED;
-use outrigger_identity::inspect;
+use outrigger_identity::{inspect, SecretLayout};
 use outrigger_injector::annotations::{INJECT, PROXY_VERSION};
 use outrigger_injector::inject::PROXY_CONTAINER;
 use rustls::pki_types::CertificateDer;
@@ -600,34 +600,53 @@ pub fn webhook(o: &Objects, now: SystemTime) -> Vec<Check> {
     out
 }
 
-/// The mesh CA the control plane signs with (the `ca.pem` and `roots.pem`
-/// of the Secret its Deployment mounts): each certificate not expired (×)
-/// nor expiring within [`EXPIRY_WARNING`] (⚠), and the CA under the roots
-/// the proxies trust: its last certificate one of them or signed by one's
-/// key ([`inspect::signed_by`]); an issuer named as a root but not signed
-/// by it fails naming both.
+/// The mesh CA the control plane signs with (the certificate and roots of
+/// the Secret its Deployment mounts, in either layout the control plane
+/// reads: [`SecretLayout`]): each certificate not expired (×) nor expiring
+/// within [`EXPIRY_WARNING`] (⚠), and the CA under the roots the proxies
+/// trust: its last certificate one of them or signed by one's key
+/// ([`inspect::signed_by`]); an issuer named as a root but not signed by it
+/// fails naming both.
 pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
     let ns = &o.mesh_namespace;
     let rotate = "rotate the mesh CA as docs/security.md says (new root trusted, new root \
                   signing, old root dropped)";
-    let Some((secret, data)) = mounted_secret(o, CONTROL_PLANE.0, "ca.pem") else {
+    let Some((secret, data)) = mounted_secret(o, CONTROL_PLANE.0, SecretLayout::TLS.cert)
+        .or_else(|| mounted_secret(o, CONTROL_PLANE.0, SecretLayout::OUTRIGGER.cert))
+    else {
         return vec![Check::fail(
             MESH_CA,
-            format!("no mesh CA (a Secret with ca.pem the control plane mounts) in namespace {ns}"),
+            format!(
+                "no mesh CA (a Secret with ca.pem, or cert-manager's tls.crt, the control \
+                 plane mounts) in namespace {ns}"
+            ),
             "install the chart with identity.ca.cert and identity.ca.key (or \
              identity.ca.existingSecret)",
         )];
     };
+    let layout = SecretLayout::of(|k| data.contains_key(k));
+    let (cert_key, roots_key) = (layout.cert, layout.roots);
     let text = |key: &str| {
         data.get(key)
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             .unwrap_or_default()
     };
+    // Without a roots key, the control plane trusts the chain's last
+    // certificate alone.
+    let roots_text = match data.contains_key(roots_key) {
+        true => text(roots_key),
+        false => text(cert_key),
+    };
     let (chain, roots) = match (
-        inspect::certificates(&text("ca.pem"), "ca.pem"),
-        inspect::certificates(&text("roots.pem"), "roots.pem"),
+        inspect::certificates(&text(cert_key), cert_key),
+        inspect::certificates(&roots_text, roots_key),
     ) {
-        (Ok(c), Ok(r)) => (c, r),
+        (Ok(c), Ok(mut r)) => {
+            if !data.contains_key(roots_key) {
+                r = r.split_off(r.len() - 1);
+            }
+            (c, r)
+        }
         (Err(e), _) | (_, Err(e)) => {
             return vec![Check::fail(
                 MESH_CA,
@@ -658,30 +677,37 @@ pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
         (None, Some(root)) => out.push(Check::fail(
             MESH_CA,
             format!(
-                "secret/{secret}: the CA (ca.pem, {}) names the root {} (roots.pem) as its \
-                 issuer, but that root's key did not sign it: proxies would refuse the \
+                "secret/{secret}: the CA ({cert_key}, {}) names the root {} ({roots_key}) as \
+                 its issuer, but that root's key did not sign it: proxies would refuse the \
                  certificates it signs",
                 subject(top),
                 subject(root)
             ),
-            "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA that \
-             root signed in identity.ca.cert and identity.ca.key, then restart the proxies",
+            format!(
+                "put the root that signed the CA in the Secret's {roots_key} (identity.ca.roots), \
+                 or the CA that root signed in its {cert_key} and {} (identity.ca.cert and \
+                 identity.ca.key)",
+                layout.key
+            ),
         )),
         (None, None) => out.push(Check::fail(
             MESH_CA,
             format!(
-                "secret/{secret}: the CA (ca.pem, {}) is not under the trust roots \
-                 (roots.pem): proxies would refuse the certificates it signs",
+                "secret/{secret}: the CA ({cert_key}, {}) is not under the trust roots \
+                 ({roots_key}): proxies would refuse the certificates it signs",
                 subject(top)
             ),
-            "put the CA's root in identity.ca.roots (roots.pem), then restart the proxies",
+            format!(
+                "put the CA's root in the Secret's {roots_key} (identity.ca.roots): the control \
+                 plane re-reads it, and proxies take it with their next certificate"
+            ),
         )),
     }
     // The certificate that expires first: (its file, its subject, when).
     let soonest = chain
         .iter()
-        .map(|c| ("ca.pem", c))
-        .chain(roots.iter().map(|c| ("roots.pem", c)))
+        .map(|c| (cert_key, c))
+        .chain(roots.iter().map(|c| (roots_key, c)))
         .filter_map(|(file, c)| Some((inspect::not_after(c).ok()?, file, subject(c))))
         .min();
     if let Some((at, file, name)) = soonest {
@@ -2095,20 +2121,29 @@ mod tests {
         );
         assert_eq!(
             said(&Objects::default())[0].1,
-            "no mesh CA (a Secret with ca.pem the control plane mounts) in namespace "
+            "no mesh CA (a Secret with ca.pem, or cert-manager's tls.crt, the control plane \
+             mounts) in namespace "
         );
     }
 
     /// The mesh CA's Secret holding `ca` and `roots`, mounted by the
     /// control plane.
     fn mesh_ca_objects(ca: &str, roots: &str) -> Objects {
+        mesh_ca_secret(SecretLayout::OUTRIGGER, ca, Some(roots))
+    }
+
+    /// The mesh CA's Secret in `layout` (with a key that is not part of the
+    /// CA, as cert-manager's Secrets carry), mounted by the control plane.
+    fn mesh_ca_secret(layout: SecretLayout, ca: &str, roots: Option<&str>) -> Objects {
         let b64 = |t: &str| k8s_openapi::ByteString(t.as_bytes().to_vec());
         let mut secret = Secret::default();
         secret.metadata.name = Some("outrigger-ca".into());
-        secret.data = Some(BTreeMap::from([
-            ("ca.pem".to_string(), b64(ca)),
-            ("roots.pem".to_string(), b64(roots)),
-        ]));
+        let mut data = BTreeMap::from([
+            (layout.cert.to_string(), b64(ca)),
+            (layout.key.to_string(), b64("not read")),
+        ]);
+        data.extend(roots.map(|r| (layout.roots.to_string(), b64(r))));
+        secret.data = Some(data);
         Objects {
             mesh_namespace: "mesh".into(),
             deployments: vec![serde_json::from_value(json!({
@@ -2120,6 +2155,61 @@ mod tests {
             secrets: vec![secret],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_mesh_ca_is_read_in_cert_managers_layout_too() {
+        use outrigger_identity::Ca;
+        let now = SystemTime::now();
+        let pem = |ca: &Ca| ca.generated_pem().unwrap().0.to_string();
+        let (ca, other) = (
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+            pem(&Ca::generate("cluster.local", now).unwrap()),
+        );
+        let said = |o: &Objects| -> Vec<(Level, String)> {
+            mesh_ca(o, now)
+                .into_iter()
+                .map(|c| (c.level, c.message))
+                .collect()
+        };
+        let tls = SecretLayout::TLS;
+        assert_eq!(
+            said(&mesh_ca_secret(tls, &ca, Some(&format!("{other}{ca}"))))[0],
+            (
+                Level::Ok,
+                "secret/outrigger-ca: the CA is under the trust roots (2 roots)".into()
+            )
+        );
+        // Two generated CAs share their name: the other is a namesake,
+        // named with the Secret's own keys.
+        let name = "O=Outrigger, CN=Outrigger mesh CA for cluster.local";
+        assert_eq!(
+            said(&mesh_ca_secret(tls, &ca, Some(&other)))[0],
+            (
+                Level::Fail,
+                format!(
+                    "secret/outrigger-ca: the CA (tls.crt, {name}) names the root {name} \
+                     (ca.crt) as its issuer, but that root's key did not sign it: proxies \
+                     would refuse the certificates it signs"
+                )
+            )
+        );
+        // Without ca.crt (nor roots.pem), the control plane trusts the
+        // chain's last certificate: a self-signed CA is its own root.
+        for layout in [tls, SecretLayout::OUTRIGGER] {
+            assert_eq!(
+                said(&mesh_ca_secret(layout, &ca, None))[0],
+                (
+                    Level::Ok,
+                    "secret/outrigger-ca: the CA is under the trust roots (1 root)".into()
+                ),
+                "{layout:?}"
+            );
+        }
+        assert_eq!(
+            said(&mesh_ca_secret(tls, "not a certificate", Some(&ca)))[0].0,
+            Level::Fail
+        );
     }
 
     #[test]
@@ -2180,9 +2270,9 @@ mod tests {
                  it: proxies would refuse the certificates it signs"
                     .into(),
                 Some(
-                    "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA \
-                     that root signed in identity.ca.cert and identity.ca.key, then restart the \
-                     proxies"
+                    "put the root that signed the CA in the Secret's roots.pem \
+                     (identity.ca.roots), or the CA that root signed in its ca.pem and ca.key \
+                     (identity.ca.cert and identity.ca.key)"
                         .into()
                 )
             )

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use outrigger_api::certify::{CertifyRequest, CertifyResponse};
 use outrigger_identity::ca::pem;
-use outrigger_identity::{Ca, CurrentCert, SpiffeId, TrustBundle, WorkloadKey};
+use outrigger_identity::{Ca, CurrentCert, SecretLayout, SpiffeId, TrustBundle, WorkloadKey};
 use outrigger_runtime::drain;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateSigningRequestDer;
@@ -314,10 +314,6 @@ pub enum CaSource {
     Secret(PathBuf),
 }
 
-/// The files of a [`CaSource::Secret`] layout: certificate, key, roots.
-const TLS_LAYOUT: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
-const OWN_LAYOUT: [&str; 3] = ["ca.pem", "ca.key", "roots.pem"];
-
 /// Why the mesh CA could not be had; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -391,12 +387,8 @@ impl CaSource {
     /// The files of a Secret's directory, in the layout found there:
     /// cert-manager's when `tls.crt` is there, else Outrigger's.
     fn secret_files(dir: &Path) -> (PathBuf, PathBuf, Option<PathBuf>) {
-        let layout = if dir.join(TLS_LAYOUT[0]).exists() {
-            TLS_LAYOUT
-        } else {
-            OWN_LAYOUT
-        };
-        let [cert, key, roots] = layout.map(|f| dir.join(f));
+        let layout = SecretLayout::of(|f| dir.join(f).exists());
+        let [cert, key, roots] = layout.keys().map(|f| dir.join(f));
         (cert, key, Some(roots))
     }
 
@@ -409,9 +401,10 @@ impl CaSource {
                 files.extend(roots.clone());
                 files
             }
-            CaSource::Secret(dir) => TLS_LAYOUT
+            CaSource::Secret(dir) => SecretLayout::TLS
+                .keys()
                 .iter()
-                .chain(OWN_LAYOUT.iter())
+                .chain(SecretLayout::OUTRIGGER.keys().iter())
                 .map(|f| dir.join(f))
                 .collect(),
             CaSource::Dir(_) => Vec::new(),

@@ -23,6 +23,46 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// How long a generated root lasts.
 pub const GENERATED_ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// Where the three parts of a mesh CA are in a Kubernetes Secret (and in
+/// the folder it is mounted as): the signing certificate (then its
+/// issuers), its key, and the trust roots proxies hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretLayout {
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub roots: &'static str,
+}
+
+impl SecretLayout {
+    /// cert-manager's `kubernetes.io/tls` Secret: `ca.crt` the roots.
+    pub const TLS: Self = Self {
+        cert: "tls.crt",
+        key: "tls.key",
+        roots: "ca.crt",
+    };
+    /// Outrigger's own (the chart's `outrigger-ca`).
+    pub const OUTRIGGER: Self = Self {
+        cert: "ca.pem",
+        key: "ca.key",
+        roots: "roots.pem",
+    };
+
+    /// The layout of a Secret that holds the keys `has` says it holds:
+    /// cert-manager's when `tls.crt` is there, else Outrigger's.
+    pub fn of(has: impl Fn(&str) -> bool) -> Self {
+        if has(Self::TLS.cert) {
+            Self::TLS
+        } else {
+            Self::OUTRIGGER
+        }
+    }
+
+    /// Its three keys: certificate, key, roots.
+    pub fn keys(&self) -> [&'static str; 3] {
+        [self.cert, self.key, self.roots]
+    }
+}
+
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// The CA's own certificate, then its issuers (sent after each leaf).

@@ -15,7 +15,7 @@ pub mod spiffe;
 pub mod tls;
 mod verify;
 
-pub use ca::{Ca, Issued};
+pub use ca::{Ca, Issued, SecretLayout};
 pub use spiffe::SpiffeId;
 pub use tls::{CurrentCert, TrustBundle, WorkloadKey};
 

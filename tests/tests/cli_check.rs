@@ -785,8 +785,8 @@ async fn a_mesh_ca_its_namesake_root_did_not_sign_fails_naming_both() {
          cluster.local) names the root O=Outrigger, CN=Outrigger mesh CA for cluster.local \
          (roots.pem) as its issuer, but that root's key did not sign it: proxies would refuse \
          the certificates it signs",
-        "put the root that signed the CA in identity.ca.roots (roots.pem), or the CA that root \
-         signed in identity.ca.cert and identity.ca.key, then restart the proxies",
+        "put the root that signed the CA in the Secret's roots.pem (identity.ca.roots), or the \
+         CA that root signed in its ca.pem and ca.key (identity.ca.cert and identity.ca.key)",
     )
     .await;
 }
