@@ -621,43 +621,10 @@ mod tests {
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
 
-    /// A Secret mounted as kubelet does: the files are links through
-    /// `..data`, a link to a timestamped folder swapped whole on update.
-    struct MountedSecret {
-        dir: tempfile::TempDir,
-        version: u32,
-    }
+    use crate::mounted_secret::MountedSecret;
 
-    impl MountedSecret {
-        fn new(files: &[(&str, &str)]) -> Self {
-            let mut m = Self {
-                dir: tempfile::tempdir().unwrap(),
-                version: 0,
-            };
-            m.update(files);
-            m
-        }
-
-        fn update(&mut self, files: &[(&str, &str)]) {
-            use std::os::unix::fs::symlink;
-            self.version += 1;
-            let root = self.dir.path();
-            let data = format!("..v{}", self.version);
-            std::fs::create_dir(root.join(&data)).unwrap();
-            for (name, text) in files {
-                std::fs::write(root.join(&data).join(name), text).unwrap();
-                let link = root.join(name);
-                if link.symlink_metadata().is_err() {
-                    symlink(format!("..data/{name}"), &link).unwrap();
-                }
-            }
-            symlink(&data, root.join("..data_tmp")).unwrap();
-            std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-        }
-
-        fn source(&self) -> CaSource {
-            CaSource::Secret(self.dir.path().to_path_buf())
-        }
+    fn source(secret: &MountedSecret) -> CaSource {
+        CaSource::Secret(secret.path().to_path_buf())
     }
 
     /// The CA certificate that signed the first certificate of an answer.
@@ -683,7 +650,7 @@ mod tests {
             ("tls.key", old_key),
             ("ca.crt", old_crt),
         ]);
-        let source = secret.source();
+        let source = source(&secret);
         let seen = source.fingerprint();
         let c = Arc::new(
             Certifier::new(
@@ -766,7 +733,7 @@ mod tests {
         let ca = Ca::generate("cluster.local", SystemTime::now()).unwrap();
         let (crt, key) = ca.generated_pem().unwrap();
         let secret = MountedSecret::new(&[("ca.pem", crt), ("ca.key", key)]);
-        let loaded = secret.source().load("cluster.local").unwrap();
+        let loaded = source(&secret).load("cluster.local").unwrap();
         assert_eq!(loaded.roots(), ca.roots());
         let other = Ca::generate("cluster.local", SystemTime::now()).unwrap();
         let bad = MountedSecret::new(&[
@@ -774,8 +741,8 @@ mod tests {
             ("tls.key", other.generated_pem().unwrap().1),
             ("ca.crt", crt),
         ]);
-        let e = bad.source().load("cluster.local").unwrap_err().to_string();
-        let dir = bad.dir.path().display().to_string();
+        let e = source(&bad).load("cluster.local").unwrap_err().to_string();
+        let dir = bad.path().display().to_string();
         assert!(
             e.contains(&format!("{dir}/tls.crt, {dir}/tls.key and {dir}/ca.crt")),
             "{e}"

@@ -18,6 +18,8 @@ pub mod kubernetes;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
+#[cfg(any(test, feature = "test-support"))]
+pub mod mounted_secret;
 pub mod publish;
 pub mod server;
 pub mod status;

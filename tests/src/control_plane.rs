@@ -50,46 +50,7 @@ impl Dir {
     }
 }
 
-/// A Secret mounted as kubelet mounts it: each file is a link through
-/// `..data`, itself a link to a folder of the version, swapped atomically
-/// (a rename) on every update.
-pub struct MountedSecret {
-    dir: Dir,
-    version: u32,
-}
-
-impl MountedSecret {
-    pub fn new(files: &[(&str, &str)]) -> Self {
-        let mut m = Self {
-            dir: Dir::new("secret"),
-            version: 0,
-        };
-        m.update(files);
-        m
-    }
-
-    /// The Secret's new data, in force at once for every file.
-    pub fn update(&mut self, files: &[(&str, &str)]) {
-        use std::os::unix::fs::symlink;
-        self.version += 1;
-        let root = self.dir.path();
-        let data = format!("..v{}", self.version);
-        std::fs::create_dir(root.join(&data)).unwrap();
-        for (name, text) in files {
-            std::fs::write(root.join(&data).join(name), text).unwrap();
-            let link = root.join(name);
-            if link.symlink_metadata().is_err() {
-                symlink(format!("..data/{name}"), &link).unwrap();
-            }
-        }
-        symlink(&data, root.join("..data_tmp")).unwrap();
-        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
+pub use outrigger_control_plane::mounted_secret::MountedSecret;
 
 /// An in-process control plane on `listener`, reading `folder`.
 pub struct ControlPlane {
