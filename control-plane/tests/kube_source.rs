@@ -215,12 +215,18 @@ fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, drain::Signal) {
     let (tx, rx) = watch::channel(None);
     let (stop_tx, stop) = drain::channel();
     kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
+    // This replica leads (the Lease election is not part of these tests).
+    let (leading_tx, leading) = watch::channel(true);
+    tokio::spawn(async move {
+        leading_tx.closed().await;
+    });
     tokio::spawn(kubernetes::run(
         client,
         shared,
         Options::default(),
         Debounce::new(Duration::from_millis(10), Duration::from_millis(100)),
         tx,
+        leading,
         metrics.clone(),
         stop,
     ));
