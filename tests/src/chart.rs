@@ -1631,6 +1631,79 @@ mod tests {
     }
 
     #[test]
+    fn objects_are_found_under_either_form_of_their_collection() {
+        assert_eq!(
+            collection_forms("/apis/outrigger.dev/v1alpha1/virtualservices", "shop"),
+            [
+                "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
+                "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices".to_string(),
+            ]
+        );
+        assert_eq!(
+            collection_forms("/api/v1/namespaces/shop/pods", "shop")[0],
+            "/api/v1/pods"
+        );
+        let (forms, ns, name) =
+            object_of("/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web/status")
+                .unwrap();
+        assert_eq!(
+            (forms[0].as_str(), ns.as_str(), name.as_str()),
+            (
+                "/apis/outrigger.dev/v1alpha1/virtualservices",
+                "shop",
+                "web"
+            )
+        );
+        assert_eq!(object_of("/api/v1/namespaces/shop"), None);
+        let mut store = FakeStore {
+            lists: BTreeMap::from([(
+                forms[0].clone(),
+                vec![json!({ "metadata": { "name": "web", "namespace": "shop" } })],
+            )]),
+            version: 1,
+            events: Vec::new(),
+        };
+        let at = store
+            .find(&forms, "shop", "web")
+            .expect("found cluster-wide");
+        let written = store.write(
+            forms.clone(),
+            Some(at),
+            json!({ "metadata": { "name": "web", "namespace": "shop" }, "status": {} }),
+        );
+        assert_eq!(written["metadata"]["resourceVersion"], "2");
+        assert_eq!(store.events[0].2["type"], "MODIFIED");
+        assert_eq!(store.find(&forms, "other", "web"), None);
+    }
+
+    #[test]
+    fn a_merge_patch_replaces_merges_and_removes() {
+        let mut target = json!({ "a": 1, "status": { "x": 1, "y": [1] }, "gone": true });
+        merge_patch(
+            &mut target,
+            &json!({ "status": { "y": [2], "z": "new" }, "gone": null }),
+        );
+        assert_eq!(
+            target,
+            json!({ "a": 1, "status": { "x": 1, "y": [2], "z": "new" } })
+        );
+    }
+
+    #[test]
+    fn a_requests_namespace_is_that_of_its_resource() {
+        let req = |path: &str| ApiRequest {
+            method: "GET".into(),
+            path: path.into(),
+            watch: false,
+            token: String::new(),
+        };
+        let lease = req("/apis/coordination.k8s.io/v1/namespaces/outrigger-system/leases/x");
+        assert_eq!(lease.namespace(), Some("outrigger-system"));
+        assert_eq!(req("/api/v1/namespaces/shop").namespace(), None);
+        assert_eq!(req("/api/v1/pods").namespace(), None);
+    }
+
+    #[test]
     fn rewrites_stand_alone_matches_once() {
         let rules = [
             ("0.0.0.0:4191".to_string(), "127.0.0.1:41912".to_string()),
