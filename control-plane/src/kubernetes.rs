@@ -265,21 +265,31 @@ pub fn spawn_watchers(client: Client, shared: Arc<Shared>, metrics: Arc<Metrics>
 
 /// Translates debounced store changes and publishes them; the statuses
 /// that changed are written by a task of their own ([`status_writer`]), so a
-/// slow API server never delays a push. Publishes nothing (and `/ready`
-/// stays 503) until every kind has been listed once, so that proxies never
-/// get a partial mesh (Services without endpoints) after a restart.
+/// slow API server never delays a push, and only while `leading` says this
+/// replica leads (the Lease election, [`crate::election`]). Publishes
+/// nothing (and `/ready` stays 503) until every kind has been listed once,
+/// so that proxies never get a partial mesh (Services without endpoints)
+/// after a restart.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     shared: Arc<Shared>,
     options: Options,
     mut debounce: Debounce,
     tx: watch::Sender<Option<Arc<Published>>>,
+    leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     stop: drain::Watch,
 ) {
     let mut in_force: Option<Arc<Mesh>> = None;
     let (statuses, latest) = watch::channel(None);
-    tokio::spawn(status_writer(client, latest, metrics.clone(), stop.clone()));
+    tokio::spawn(status_writer(
+        client,
+        latest,
+        leading,
+        metrics.clone(),
+        stop.clone(),
+    ));
     loop {
         let wake = if shared.all_listed() {
             debounce.deadline()
@@ -315,29 +325,46 @@ pub async fn run(
 type ToWrite = Option<(Arc<State>, Arc<Mesh>)>;
 
 /// Writes the statuses of the latest published mesh, one resource at a
-/// time; a newer mesh replaces one still waiting. Failed writes are tried
-/// again after [`STATUS_RETRY`] (or at once when a newer mesh comes).
+/// time, while `leading` is true; a newer mesh replaces one still waiting.
+/// On gaining the leadership it writes every status that differs from the
+/// verdict; on losing it, it stops at once, a write in flight abandoned.
+/// Failed writes are tried again after [`STATUS_RETRY`] (or at once when a
+/// newer mesh comes).
 async fn status_writer(
     client: Client,
     mut latest: watch::Receiver<ToWrite>,
+    mut leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     stop: drain::Watch,
 ) {
     loop {
         tokio::select! {
             r = latest.changed() => if r.is_err() { return },
+            r = leading.changed() => if r.is_err() { return },
             _ = stop.signaled() => return,
         }
         loop {
+            if !*leading.borrow_and_update() {
+                break;
+            }
             let Some((state, mesh)) = latest.borrow_and_update().clone() else {
                 break;
             };
-            if write_statuses(&client, &state, &mesh, &metrics).await == 0 {
+            let failed = tokio::select! {
+                failed = write_statuses(&client, &state, &mesh, &metrics) => failed,
+                r = leading.wait_for(|leads| !*leads) => {
+                    if r.is_err() { return }
+                    break;
+                }
+                _ = stop.signaled() => return,
+            };
+            if failed == 0 {
                 break;
             }
             tokio::select! {
                 _ = tokio::time::sleep(STATUS_RETRY) => {}
                 r = latest.changed() => if r.is_err() { return },
+                r = leading.changed() => if r.is_err() { return },
                 _ = stop.signaled() => return,
             }
         }

@@ -10,7 +10,9 @@
 //! not renewed for `renew_deadline` (< the duration) stops leading at once,
 //! so two replicas never both write.
 //!
-//! Not wired into the binary yet: see the report of issue 18's item 2.
+//! [`crate::election`] is the edge that drives it against the API server;
+//! while [`Elector::leads`] holds, that replica's status writer writes.
+//! [`Timings`] are the three durations, checked against each other.
 
 use std::time::Duration;
 
@@ -23,6 +25,78 @@ use tokio::time::Instant;
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// The election's three durations: how long a Lease stays another's without
+/// a renewal, how long a leader keeps leading without one, and how often
+/// every replica tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    pub duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// Which of the three durations is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimingsError {
+    /// The Lease records its duration in whole seconds; a fraction would be
+    /// cut, and another replica would take over before this one stops.
+    #[error("the lease duration must be a whole number of seconds, at least 1 (got {0:?})")]
+    Duration(Duration),
+    #[error("the renew deadline ({renew_deadline:?}) must be shorter than the lease duration ({duration:?})")]
+    RenewDeadline {
+        renew_deadline: Duration,
+        duration: Duration,
+    },
+    #[error("the retry period ({retry_period:?}) must be above zero and shorter than the renew deadline ({renew_deadline:?})")]
+    RetryPeriod {
+        retry_period: Duration,
+        renew_deadline: Duration,
+    },
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            duration: LEASE_DURATION,
+            renew_deadline: RENEW_DEADLINE,
+            retry_period: RETRY_PERIOD,
+        }
+    }
+}
+
+impl Timings {
+    /// Checked as client-go checks them: retry < renew deadline < duration.
+    pub fn new(
+        duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Result<Self, TimingsError> {
+        if duration.subsec_nanos() != 0
+            || duration.is_zero()
+            || i32::try_from(duration.as_secs()).is_err()
+        {
+            return Err(TimingsError::Duration(duration));
+        }
+        if renew_deadline >= duration {
+            return Err(TimingsError::RenewDeadline {
+                renew_deadline,
+                duration,
+            });
+        }
+        if retry_period.is_zero() || retry_period >= renew_deadline {
+            return Err(TimingsError::RetryPeriod {
+                retry_period,
+                renew_deadline,
+            });
+        }
+        Ok(Self {
+            duration,
+            renew_deadline,
+            retry_period,
+        })
+    }
+}
 
 /// What to write, if anything.
 #[derive(Debug, PartialEq)]
@@ -129,6 +203,16 @@ impl Elector {
         }
     }
 
+    /// [`Elector::new`] with the durations of `timings`.
+    pub fn with_timings(me: impl Into<String>, timings: &Timings) -> Self {
+        Self::new(me, timings.duration, timings.renew_deadline)
+    }
+
+    /// This replica's identity (the holder it writes).
+    pub fn identity(&self) -> &str {
+        &self.me
+    }
+
     /// Our write was accepted (sent at `sent`, before the API answered).
     pub fn wrote(&mut self, sent: Instant) {
         self.renewed = Some(sent);
@@ -141,9 +225,33 @@ impl Elector {
             .is_some_and(|at| now.saturating_duration_since(at) < self.renew_deadline)
     }
 
+    /// When this replica stops leading unless a renewal is accepted first;
+    /// None when it does not lead.
+    pub fn leads_until(&self) -> Option<Instant> {
+        self.renewed.map(|at| at + self.renew_deadline)
+    }
+
     /// Another replica's write won (409, or it holds the lease): stop now.
     pub fn lost(&mut self) {
         self.renewed = None;
+    }
+
+    /// The Lease to write when this replica stops (client-go's
+    /// `ReleaseOnCancel`): no holder, so that the next replica to look takes
+    /// it at once; None when `current` is not ours to release. Stops leading.
+    pub fn release(&mut self, current: &LeaseSpec, wall: Timestamp) -> Option<LeaseSpec> {
+        self.renewed = None;
+        if current.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return None;
+        }
+        Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(MicroTime(wall)),
+            renew_time: Some(MicroTime(wall)),
+            lease_transitions: current.lease_transitions,
+            ..LeaseSpec::default()
+        })
     }
 }
 
@@ -219,6 +327,68 @@ mod tests {
         assert_eq!(taken.holder_identity.as_deref(), Some("b"));
         assert_eq!(taken.lease_transitions, Some(1));
         assert_eq!(taken.acquire_time, Some(MicroTime(wall(29))));
+    }
+
+    #[test]
+    fn timings_are_checked_against_each_other() {
+        let s = Duration::from_secs;
+        assert_eq!(Timings::new(s(15), s(10), s(2)), Ok(Timings::default()));
+        assert!(Timings::new(s(3), s(2), Duration::from_millis(500)).is_ok());
+        assert!(matches!(
+            Timings::new(s(10), s(10), s(2)),
+            Err(TimingsError::RenewDeadline { .. })
+        ));
+        assert!(matches!(
+            Timings::new(s(15), s(10), s(10)),
+            Err(TimingsError::RetryPeriod { .. })
+        ));
+        assert!(matches!(
+            Timings::new(s(15), s(10), Duration::ZERO),
+            Err(TimingsError::RetryPeriod { .. })
+        ));
+        for bad in [Duration::from_millis(2500), Duration::ZERO] {
+            assert_eq!(
+                Timings::new(bad, Duration::from_millis(100), Duration::from_millis(10)),
+                Err(TimingsError::Duration(bad))
+            );
+        }
+        assert!(TimingsError::Duration(Duration::from_millis(2500))
+            .to_string()
+            .contains("whole number of seconds"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_ends_at_the_renew_deadline_of_the_last_accepted_write() {
+        let mut a = Elector::new("a", LEASE_DURATION, RENEW_DEADLINE);
+        assert_eq!(a.leads_until(), None);
+        let t0 = Instant::now();
+        a.wrote(t0);
+        assert_eq!(a.leads_until(), Some(t0 + RENEW_DEADLINE));
+        let t1 = t0 + RETRY_PERIOD;
+        a.wrote(t1);
+        assert_eq!(a.leads_until(), Some(t1 + RENEW_DEADLINE));
+        a.lost();
+        assert_eq!(a.leads_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_releases_only_its_own_lease_and_stops_leading() {
+        let mut a = Elector::new("a", LEASE_DURATION, RENEW_DEADLINE);
+        let mut b = Elector::new("b", LEASE_DURATION, RENEW_DEADLINE);
+        let t0 = Instant::now();
+        let mut held = spec_of(a.decide(None, t0, wall(0)));
+        held.lease_transitions = Some(2);
+        a.wrote(t0);
+        assert_eq!(b.release(&held, wall(1)), None, "not b's to release");
+        let released = a.release(&held, wall(1)).expect("a holds it");
+        assert!(!a.leads(t0), "stops leading before the release is written");
+        assert_eq!(released.holder_identity, None);
+        assert_eq!(released.lease_transitions, Some(2));
+        // The next replica to read it takes it at once, without waiting out
+        // a lease duration.
+        let taken = spec_of(b.decide(Some(&released), t0, wall(1)));
+        assert_eq!(taken.holder_identity.as_deref(), Some("b"));
+        assert_eq!(taken.lease_transitions, Some(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,12 +7,17 @@
 //! manifests / kube watches ──▶ store ──▶ translate::Mesh::build ──▶ Mesh::config_for(proxy)
 //!                                           └─▶ verdicts (status.conditions[Accepted])
 //! ```
+//!
+//! In Kubernetes mode every replica serves config and certificates; the
+//! statuses are written by one, elected with a Lease (`leader.rs` decides,
+//! `election.rs` asks the API server).
 #![forbid(unsafe_code)]
 
 pub mod analyze;
 pub mod authn;
 pub mod certify;
 pub mod crd;
+pub mod election;
 pub mod folder;
 pub mod kubernetes;
 pub mod leader;

@@ -11,6 +11,7 @@ use outrigger_control_plane::analyze;
 use outrigger_control_plane::authn::{Authenticate, TokenFiles, TokenReviewer};
 use outrigger_control_plane::certify::{CaReloader, CaSource, Certifier};
 use outrigger_control_plane::crd;
+use outrigger_control_plane::election;
 use outrigger_control_plane::folder::{Folder, DEFAULT_MAX_FILE_BYTES};
 use outrigger_control_plane::kubernetes;
 use outrigger_control_plane::metrics::Metrics;
@@ -123,6 +124,8 @@ enum Command {
             default_value = "outrigger-control-plane"
         )]
         identity_service_account: String,
+        #[command(flatten)]
+        leader_election: LeaderElection,
         #[arg(long, default_value = "info")]
         log_level: String,
     },
@@ -134,6 +137,71 @@ enum Command {
         #[arg(long)]
         pod: String,
     },
+}
+
+/// Kubernetes mode: the Lease that elects the one replica writing statuses
+/// (every replica serves config and certificates). The names and defaults
+/// are kube-controller-manager's.
+#[derive(clap::Args)]
+struct LeaderElection {
+    /// This replica's identity in the Lease. Default: $POD_NAME (the chart
+    /// sets it from the pod's name), else $HOSTNAME.
+    #[arg(long, env = "POD_NAME")]
+    leader_elect_identity: Option<String>,
+    /// The Lease's name.
+    #[arg(long, default_value = election::LEASE_NAME)]
+    leader_elect_resource_name: String,
+    /// The Lease's namespace. Default: --identity-namespace ($POD_NAMESPACE).
+    #[arg(long)]
+    leader_elect_resource_namespace: Option<String>,
+    /// How long another replica waits, after the Lease was last renewed,
+    /// before taking it over (whole seconds).
+    #[arg(long, default_value = "15s")]
+    leader_elect_lease_duration: outrigger_api::Duration,
+    /// How long the leader keeps writing without a renewal accepted; less
+    /// than --leader-elect-lease-duration.
+    #[arg(long, default_value = "10s")]
+    leader_elect_renew_deadline: outrigger_api::Duration,
+    /// How often every replica reads (and the leader renews) the Lease; less
+    /// than --leader-elect-renew-deadline.
+    #[arg(long, default_value = "2s")]
+    leader_elect_retry_period: outrigger_api::Duration,
+}
+
+impl LeaderElection {
+    /// The Lease settings, each checked; an error names the flag.
+    fn config(self, namespace: &str, hostname: Option<String>) -> Result<election::LeaseConfig> {
+        use outrigger_control_plane::leader::{Timings, TimingsError};
+        let timings = Timings::new(
+            self.leader_elect_lease_duration.get(),
+            self.leader_elect_renew_deadline.get(),
+            self.leader_elect_retry_period.get(),
+        )
+        .map_err(|e| {
+            let flag = match e {
+                TimingsError::Duration(_) => "--leader-elect-lease-duration",
+                TimingsError::RenewDeadline { .. } => "--leader-elect-renew-deadline",
+                TimingsError::RetryPeriod { .. } => "--leader-elect-retry-period",
+            };
+            anyhow::anyhow!("{flag}: {e}")
+        })?;
+        let identity = self
+            .leader_elect_identity
+            .or(hostname)
+            .filter(|i| !i.is_empty())
+            .context(
+                "--leader-elect-identity: not given, and neither POD_NAME nor HOSTNAME is set \
+                 (the chart sets POD_NAME from the pod's name)",
+            )?;
+        Ok(election::LeaseConfig {
+            namespace: self
+                .leader_elect_resource_namespace
+                .unwrap_or_else(|| namespace.to_string()),
+            name: self.leader_elect_resource_name,
+            identity,
+            timings,
+        })
+    }
 }
 
 /// A folder of manifests, read once (`check`, `config`).
@@ -194,6 +262,7 @@ fn run(command: Command) -> Result<ExitCode> {
             bootstrap_tokens,
             identity_namespace,
             identity_service_account,
+            leader_election,
             log_level,
         } => {
             log::init(
@@ -244,7 +313,9 @@ fn run(command: Command) -> Result<ExitCode> {
                     max_file_bytes: max_manifest_bytes,
                     poll: poll.get(),
                 },
-                None if kubernetes => Source::Kubernetes,
+                None if kubernetes => Source::Kubernetes(
+                    leader_election.config(&identity_namespace, std::env::var("HOSTNAME").ok())?,
+                ),
                 None => bail!("give --folder DIR or --kubernetes"),
             };
             runtime.block_on(serve(
@@ -308,7 +379,7 @@ enum Source {
         max_file_bytes: u64,
         poll: std::time::Duration,
     },
-    Kubernetes,
+    Kubernetes(election::LeaseConfig),
 }
 
 /// How the control plane acts as the mesh CA.
@@ -417,6 +488,7 @@ async fn serve(
     });
     let trust_domain = options.trust_domain.clone();
     let certify;
+    let mut elector = None;
     let source = match source {
         Source::Folder {
             folder,
@@ -437,20 +509,29 @@ async fn serve(
                 stop.clone(),
             ))
         }
-        Source::Kubernetes => {
+        Source::Kubernetes(lease) => {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
-            tracing::info!(listen = %bound, "control plane watching the cluster");
+            tracing::info!(listen = %bound, identity = %lease.identity, lease = %lease.name, namespace = %lease.namespace, "control plane watching the cluster; status writes go through the Lease's leader");
             certify = certifier(&identity, &trust_domain, Some(client.clone()))?;
             let shared = Arc::new(kubernetes::Shared::default());
             kubernetes::spawn_watchers(client.clone(), shared.clone(), metrics.clone());
+            let (leading_tx, leading) = tokio::sync::watch::channel(false);
+            elector = Some(tokio::spawn(election::run(
+                client.clone(),
+                lease,
+                leading_tx,
+                metrics.clone(),
+                stop.clone(),
+            )));
             tokio::spawn(kubernetes::run(
                 client,
                 shared,
                 options,
                 debounce,
                 tx,
+                leading,
                 metrics.clone(),
                 stop.clone(),
             ))
@@ -477,6 +558,10 @@ async fn serve(
     tracing::info!("shutting down");
     stop_signal.stop();
     let _ = source.await;
+    // The leader stops writing and releases the Lease (bounded).
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
     let _ = server.await;
     if let Some(m) = metrics_server {
         let _ = m.await;

@@ -41,6 +41,10 @@ pub struct Metrics {
     /// Status conditions written to mesh resources, and failed writes.
     pub status_writes: Counter,
     pub status_write_errors: Counter,
+    /// 1 while this replica leads (writes the statuses), else 0.
+    pub leader: Gauge,
+    /// Times this replica gained or lost the leadership.
+    pub leader_changes: Counter,
     /// Certificate requests, by result: issued, refused, unauthenticated,
     /// bad_request, rate_limited, unavailable.
     pub certify_requests: Family<ResultLabel, Counter>,
@@ -121,6 +125,18 @@ impl Metrics {
             "Status writes that failed (tried again 5 s later, or with the next change)",
             status_write_errors.clone(),
         );
+        let leader = Gauge::default();
+        reg.register(
+            "outrigger_cp_leader",
+            "1 while this replica holds the Lease and writes the statuses, else 0",
+            leader.clone(),
+        );
+        let leader_changes = Counter::default();
+        reg.register(
+            "outrigger_cp_leader_changes",
+            "Times this replica gained or lost the leadership of the status writes",
+            leader_changes.clone(),
+        );
         let certify_requests = Family::<ResultLabel, Counter>::default();
         // Every result starts at zero, so that increase() counts the first.
         for result in [
@@ -159,6 +175,8 @@ impl Metrics {
             watch_errors,
             status_writes,
             status_write_errors,
+            leader,
+            leader_changes,
             certify_requests,
             ca_reloads,
             registry: reg,

@@ -46,6 +46,7 @@ fn kubernetes_mode_with_a_named_ca_dir_gets_past_the_ca_check() {
         .env("HOME", home.path())
         .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
         .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAME", "outrigger-control-plane-0")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -54,6 +55,69 @@ fn kubernetes_mode_with_a_named_ca_dir_gets_past_the_ca_check() {
         !stderr.contains("needs the mesh CA") && stderr.contains("no Kubernetes configuration"),
         "stderr: {stderr}"
     );
+}
+
+/// The Lease election's settings are checked before the cluster is looked
+/// for: each refusal names its flag, and without an identity (the pod's
+/// name, or the host's) the binary says where it comes from.
+#[test]
+fn leader_election_settings_are_refused_naming_the_flag() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = control_plane();
+        cmd.args(["run", "--kubernetes", "--listen", "127.0.0.1:0", "--ca-dir"])
+            .arg(home.path().join("ca"))
+            .args(extra)
+            .env_clear()
+            .env("KUBECONFIG", home.path().join("no-such-kubeconfig"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let pod = [("POD_NAME", "outrigger-control-plane-0")];
+    for (args, flag, why) in [
+        (
+            &["--leader-elect-renew-deadline=15s"][..],
+            "--leader-elect-renew-deadline",
+            "shorter than the lease duration",
+        ),
+        (
+            &["--leader-elect-retry-period=10s"][..],
+            "--leader-elect-retry-period",
+            "shorter than the renew deadline",
+        ),
+        (
+            &[
+                "--leader-elect-lease-duration=2500ms",
+                "--leader-elect-renew-deadline=1s",
+                "--leader-elect-retry-period=200ms",
+            ][..],
+            "--leader-elect-lease-duration",
+            "whole number of seconds",
+        ),
+    ] {
+        let (code, stderr) = run(args, &pod);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = run(&[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--leader-elect-identity") && stderr.contains("POD_NAME"),
+        "{stderr}"
+    );
+    // HOSTNAME will do; then the start goes on to look for the cluster.
+    let (code, stderr) = run(&[], &[("HOSTNAME", "cp-host")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no Kubernetes configuration"), "{stderr}");
 }
 
 /// The kind end-to-end test's manifests (`tests/e2e/`) are ones the control

@@ -203,9 +203,22 @@ fn config(rx: &Mesh) -> Option<outrigger_control_plane::translate::ProxyConfig> 
 
 type Mesh = watch::Receiver<Option<Arc<Published>>>;
 
-/// The Kubernetes source against the mock: its published meshes, its
-/// metrics, and the sender that stops it.
+/// The Kubernetes source against the mock, leading: its published meshes,
+/// its metrics, and the sender that stops it.
 fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, drain::Signal) {
+    let (leading_tx, leading) = watch::channel(true);
+    tokio::spawn(async move {
+        leading_tx.closed().await;
+    });
+    start_with(script, leading)
+}
+
+/// [`start`], leading while `leading` says so (as the Lease election
+/// would tell it).
+fn start_with(
+    script: Arc<Mutex<Script>>,
+    leading: watch::Receiver<bool>,
+) -> (Mesh, Arc<Metrics>, drain::Signal) {
     let (mock, handle) =
         tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
     tokio::spawn(serve(handle, script));
@@ -221,6 +234,7 @@ fn start(script: Arc<Mutex<Script>>) -> (Mesh, Arc<Metrics>, drain::Signal) {
         Options::default(),
         Debounce::new(Duration::from_millis(10), Duration::from_millis(100)),
         tx,
+        leading,
         metrics.clone(),
         stop,
     ));
@@ -305,6 +319,59 @@ async fn a_failed_status_write_is_tried_again() {
         1.0
     );
     assert_eq!(counter(&metrics, "outrigger_cp_status_writes_total"), 1.0);
+}
+
+/// Statuses are written only while the replica leads: none while it
+/// follows (the mesh is published all the same), every one that differs
+/// when it gains the lead, and no retry of a failed write once it has lost
+/// it.
+#[tokio::test(start_paused = true)]
+async fn statuses_are_written_only_while_leading() {
+    let script = Arc::new(Mutex::new(Script {
+        failing_patches: 1,
+        ..Script::default()
+    }));
+    script.lock().unwrap().lists.insert(
+        "/apis/outrigger.dev/v1alpha1/virtualservices",
+        vec![list(
+            "/apis/outrigger.dev/v1alpha1/virtualservices",
+            "10",
+            vec![virtual_service(Some("v9"), 1)],
+        )],
+    );
+    let patches = || script.lock().unwrap().patches.len();
+    let (leading_tx, leading) = watch::channel(false);
+    let (rx, metrics, _stop) = start_with(script.clone(), leading);
+    assert!(
+        eventually(Duration::from_secs(10), || config(&rx).is_some()).await,
+        "the mesh is published by a follower too"
+    );
+    tokio::time::sleep(kubernetes::STATUS_RETRY * 4).await;
+    assert_eq!(patches(), 0, "a follower writes nothing");
+
+    leading_tx.send_replace(true);
+    assert!(
+        eventually(Duration::from_secs(1), || patches() == 1).await,
+        "gaining the lead writes the status that differs"
+    );
+    // That write failed; the lead is lost before it is tried again.
+    leading_tx.send_replace(false);
+    tokio::time::sleep(kubernetes::STATUS_RETRY * 4).await;
+    assert_eq!(patches(), 1, "no retry once the lead is lost");
+    assert_eq!(counter(&metrics, "outrigger_cp_status_writes_total"), 0.0);
+
+    leading_tx.send_replace(true);
+    assert!(
+        eventually(kubernetes::STATUS_RETRY / 2, || patches() == 2).await,
+        "the lead regained: written at once, not at the next retry"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || counter(
+            &metrics,
+            "outrigger_cp_status_writes_total"
+        ) == 1.0)
+        .await
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,103 @@ impl Rendered {
         let kind = kind.to_string();
         self.objects.iter().filter(move |o| o["kind"] == *kind)
     }
+
+    /// What the chart's RBAC grants ServiceAccount `namespace/account`: the
+    /// rules of the roles its ClusterRoleBindings bind cluster-wide, and of
+    /// those its RoleBindings bind in their namespaces.
+    pub fn grants(&self, account: &str, namespace: &str) -> Grants {
+        let bound = |binding: &Value| {
+            binding["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == account
+                        && s["namespace"] == namespace
+                })
+        };
+        let role_of = |binding: &Value| {
+            let r = &binding["roleRef"];
+            self.get(r["kind"].as_str().unwrap(), r["name"].as_str().unwrap())
+        };
+        let mut grants = Grants::default();
+        for b in self.all("ClusterRoleBinding").filter(|b| bound(b)) {
+            grants.cluster.extend(rules_of(role_of(b)));
+        }
+        for b in self.all("RoleBinding").filter(|b| bound(b)) {
+            let ns = b["metadata"]["namespace"]
+                .as_str()
+                .expect("a RoleBinding's namespace");
+            grants
+                .namespaced
+                .entry(ns.to_string())
+                .or_default()
+                .extend(rules_of(role_of(b)));
+        }
+        grants
+    }
+}
+
+/// (API group, resource, verb) for each of a role's rules.
+fn rules_of(role: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let strings = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        for g in strings("apiGroups") {
+            for r in strings("resources") {
+                for v in strings("verbs") {
+                    out.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What RBAC grants one ServiceAccount ([`Rendered::grants`]).
+#[derive(Debug, Default)]
+pub struct Grants {
+    /// Through ClusterRoleBindings: everywhere.
+    pub cluster: Vec<(String, String, String)>,
+    /// Through RoleBindings: in their namespace only.
+    pub namespaced: BTreeMap<String, Vec<(String, String, String)>>,
+}
+
+impl Grants {
+    /// Whether the API server's authorizer would allow `request`.
+    pub fn allows(&self, request: &ApiRequest) -> bool {
+        let need = request.rbac();
+        self.cluster.contains(&need)
+            || request
+                .namespace()
+                .and_then(|ns| self.namespaced.get(ns))
+                .is_some_and(|rules| rules.contains(&need))
+    }
+
+    /// Panics naming the first of `seen` (a binary's requests) that the
+    /// grants do not allow, or if `seen` is empty.
+    pub fn assert_allow(&self, who: &str, seen: &[ApiRequest]) {
+        assert!(!seen.is_empty(), "{who} asked the API server nothing");
+        for req in seen {
+            assert!(
+                self.allows(req),
+                "{who} made {} {} (watch: {}), which needs {:?} (namespace {:?}); the chart grants {self:?}",
+                req.method,
+                req.path,
+                req.watch,
+                req.rbac(),
+                req.namespace(),
+            );
+        }
+    }
 }
 
 /// Why the chart could not be rendered here.
@@ -463,6 +560,39 @@ impl Container {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash or a lost node ends it (nothing runs on its
+    /// way out); returns once it has exited.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERM, as the kubelet stops a container: it drains and exits on
+    /// its own. Returns once it has exited, or panics with its logs after
+    /// `limit`.
+    pub async fn terminate(&self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let pid = self.child.lock().unwrap().id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let mut status = None;
+        let exited = crate::eventually(limit, || {
+            let done = self.child.lock().unwrap().try_wait().unwrap();
+            status = status.or(done);
+            async move { done.is_some() }
+        })
+        .await;
+        assert!(
+            exited,
+            "still running {limit:?} after SIGTERM: {}",
+            self.logs()
+        );
+        status.expect("exited")
+    }
+
     /// Whether it is still running (its exit, if not).
     pub fn running(&self) -> Result<(), String> {
         match self.child.lock().unwrap().try_wait().unwrap() {
@@ -481,18 +611,157 @@ impl Drop for Container {
 }
 
 /// A stand-in for the API server, for clients that list and watch: a list
-/// answers with the objects given for its path (none by default), a watch
-/// is held open with no events, `GET /version` answers the object given
-/// for "/version" (if any), a create at a path given to
-/// [`fake_api_server_with`] is answered by its function, a patch (a status
-/// write) is taken, anything else is a 404. Every request is
-/// recorded, so a test can hold what a binary asked for against the RBAC
-/// rules the chart grants it.
+/// answers with the objects given for its path (none by default) and the
+/// server's current resourceVersion; a watch from a resourceVersion sends
+/// every change made since (by [`FakeApi::replace`], a status write or a
+/// Lease write) to an object of its collection, and is held open; `GET
+/// /version` answers the object given for "/version" (if any); a create at
+/// a path given to [`fake_api_server_with`] is answered by its function; a
+/// patch of an object given (a status write) is merged into it as a JSON
+/// merge patch (a patch of another object is taken and answered with its
+/// name); `coordination.k8s.io/v1` Leases are kept as an API server keeps
+/// them (GET, 404 when absent; POST, 409 when present; PUT, 409 on a stale
+/// resourceVersion); anything else is a 404. Every write bumps the server's
+/// resourceVersion, and the object's. Every request is recorded, with the
+/// bearer token it came with, so a test can hold what a binary asked for
+/// against the RBAC rules the chart grants it, and tell two clients apart
+/// ([`FakeApi::kubeconfig_as`]).
 pub struct FakeApi {
     pub addr: SocketAddr,
-    /// A kubeconfig pointing at it.
+    /// A kubeconfig pointing at it (token `fake-token`).
     pub kubeconfig: PathBuf,
     seen: Arc<Mutex<Vec<ApiRequest>>>,
+    state: Arc<FakeState>,
+    dir: PathBuf,
+}
+
+/// What the stand-in API server holds: the objects by collection path, the
+/// changes made to them (for watches), and who is told of a change.
+struct FakeState {
+    store: Mutex<FakeStore>,
+    /// The resourceVersion after each write.
+    changed: tokio::sync::watch::Sender<u64>,
+    creates: BTreeMap<String, Create>,
+    pods: BTreeMap<String, SocketAddr>,
+}
+
+struct FakeStore {
+    lists: BTreeMap<String, Vec<Value>>,
+    /// The server's resourceVersion: bumped by every write.
+    version: u64,
+    /// Every change: its resourceVersion, the collections it is seen in
+    /// (cluster-wide and namespaced forms), and the watch event.
+    events: Vec<(u64, [String; 2], Value)>,
+}
+
+/// The API server's (and a watch's) two paths for the collection of an
+/// object in `namespace`: `/apis/G/V/R` and `/apis/G/V/namespaces/NS/R`,
+/// from either of them.
+fn collection_forms(collection: &str, namespace: &str) -> [String; 2] {
+    let parts: Vec<&str> = collection.split('/').collect();
+    let (prefix, rest) = match parts.as_slice() {
+        ["", "api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["", "apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return [collection.to_string(), collection.to_string()],
+    };
+    let resource = rest.last().copied().unwrap_or_default();
+    [
+        format!("{prefix}/{resource}"),
+        format!("{prefix}/namespaces/{namespace}/{resource}"),
+    ]
+}
+
+/// An object's path (`.../namespaces/NS/R/NAME[/status]`) → its collection
+/// forms, namespace and name.
+fn object_of(path: &str) -> Option<([String; 2], String, String)> {
+    let path = path.strip_suffix("/status").unwrap_or(path);
+    let (collection, name) = path.rsplit_once('/')?;
+    let (_, after) = collection.split_once("/namespaces/")?;
+    let (namespace, resource) = after.split_once('/')?;
+    if resource.contains('/') {
+        return None;
+    }
+    Some((
+        collection_forms(collection, namespace),
+        namespace.to_string(),
+        name.to_string(),
+    ))
+}
+
+/// RFC 7386: `patch` merged into `target`.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in fields {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+impl FakeState {
+    /// Whether the object at `path` (or its subresource) is one it holds.
+    fn holds(&self, path: &str) -> bool {
+        object_of(path).is_some_and(|(forms, namespace, name)| {
+            let store = self.store.lock().unwrap();
+            store.find(&forms, &namespace, &name).is_some()
+        })
+    }
+}
+
+impl FakeStore {
+    /// Where `name` in `namespace` is kept: its list's key and index.
+    fn find(&self, forms: &[String; 2], namespace: &str, name: &str) -> Option<(String, usize)> {
+        forms.iter().find_map(|collection| {
+            let items = self.lists.get(collection)?;
+            let i = items.iter().position(|o| {
+                o["metadata"]["name"] == name
+                    && (o["metadata"]["namespace"] == namespace
+                        || o["metadata"]["namespace"].is_null())
+            })?;
+            Some((collection.clone(), i))
+        })
+    }
+
+    /// Stores `object` (new, or at `at`) with a new resourceVersion and
+    /// records the change for watches; returns the object as stored.
+    fn write(
+        &mut self,
+        forms: [String; 2],
+        at: Option<(String, usize)>,
+        mut object: Value,
+    ) -> Value {
+        self.version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        let kind = match &at {
+            Some((collection, i)) => {
+                self.lists.get_mut(collection).unwrap()[*i] = object.clone();
+                "MODIFIED"
+            }
+            None => {
+                self.lists
+                    .entry(forms[1].clone())
+                    .or_default()
+                    .push(object.clone());
+                "ADDED"
+            }
+        };
+        self.events.push((
+            self.version,
+            forms,
+            json!({ "type": kind, "object": object.clone() }),
+        ));
+        object
+    }
 }
 
 /// One request the stand-in API server received.
@@ -501,9 +770,19 @@ pub struct ApiRequest {
     pub method: String,
     pub path: String,
     pub watch: bool,
+    /// The bearer token it came with.
+    pub token: String,
 }
 
 impl ApiRequest {
+    /// The namespace of a namespaced request (`.../namespaces/NS/RESOURCE...`);
+    /// None for a cluster-wide one, and for a Namespace object itself.
+    pub fn namespace(&self) -> Option<&str> {
+        let (_, after) = self.path.split_once("/namespaces/")?;
+        let (namespace, resource) = after.split_once('/')?;
+        (!resource.is_empty()).then_some(namespace)
+    }
+
     /// The RBAC (API group, resource, verb) this request needs, as the API
     /// server's authorizer reads it: a collection is listed or watched, a
     /// named object got, patched, updated or deleted, and a subresource is
@@ -552,6 +831,39 @@ impl FakeApi {
     /// What it was asked so far.
     pub fn seen(&self) -> Vec<ApiRequest> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// A kubeconfig pointing at it with `token` as the bearer token, so that
+    /// [`FakeApi::seen`] tells this client's requests from others'.
+    pub fn kubeconfig_as(&self, token: &str) -> PathBuf {
+        let path = self.dir.join(format!("kubeconfig-{token}"));
+        write_kubeconfig_with_token(&path, &format!("http://{}", self.addr), "fake", token);
+        path
+    }
+
+    /// The object at `path` (`.../namespaces/NS/RESOURCE/NAME`) as stored.
+    pub fn object(&self, path: &str) -> Option<Value> {
+        let (forms, namespace, name) = object_of(path)?;
+        let store = self.state.store.lock().unwrap();
+        let (collection, i) = store.find(&forms, &namespace, &name)?;
+        Some(store.lists[&collection][i].clone())
+    }
+
+    /// Replaces the object of `collection` with `object`'s name and
+    /// namespace (a client's update): stored with a new resourceVersion,
+    /// and sent to the watches of its collection. Panics if there is none.
+    pub fn replace(&self, collection: &str, object: Value) {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().expect("a name");
+        let forms = collection_forms(collection, namespace);
+        let mut store = self.state.store.lock().unwrap();
+        let at = store
+            .find(&forms, namespace, name)
+            .unwrap_or_else(|| panic!("{collection} has no {namespace}/{name}"));
+        store.write(forms, Some(at), object);
+        let version = store.version;
+        drop(store);
+        self.state.changed.send_replace(version);
     }
 }
 
@@ -851,43 +1163,61 @@ async fn serve_fake_api(
     pods: BTreeMap<String, SocketAddr>,
     dir: &Path,
 ) -> FakeApi {
-    let pods = Arc::new(pods);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let objects = Arc::new((objects, creates));
+    let state = Arc::new(FakeState {
+        store: Mutex::new(FakeStore {
+            lists: objects,
+            version: 1,
+            events: Vec::new(),
+        }),
+        changed: tokio::sync::watch::Sender::new(1),
+        creates,
+        pods,
+    });
     let seen: Arc<Mutex<Vec<ApiRequest>>> = Arc::default();
     let record = seen.clone();
+    let served = state.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (objects, record, pods) = (objects.clone(), record.clone(), pods.clone());
+            let (state, record) = (served.clone(), record.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (objects, record, pods) = (objects.clone(), record.clone(), pods.clone());
+                    let (state, record) = (state.clone(), record.clone());
                     async move {
                         let query = req.uri().query().unwrap_or("");
+                        let token = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .unwrap_or_default()
+                            .to_string();
+                        let watch = query
+                            .split('&')
+                            .any(|kv| kv == "watch=true" || kv == "watch=1");
                         record.lock().unwrap().push(ApiRequest {
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
-                            watch: query
-                                .split('&')
-                                .any(|kv| kv == "watch=true" || kv == "watch=1"),
+                            watch,
+                            token,
                         });
-                        let (lists, creates) = &*objects;
+                        let pods = &state.pods;
                         if let Some(pod) = pod_port_forward(req.uri().path()) {
                             let known = pods.contains_key(&pod)
                                 || pods.keys().any(|k| k.starts_with(&format!("{pod}:")));
                             return Ok::<_, Infallible>(if known {
-                                port_forward(req, &pod, |port| pod_port(&pods, &pod, port))
+                                port_forward(req, &pod, |port| pod_port(pods, &pod, port))
                             } else {
                                 not_found_pod(&pod)
                             });
                         }
                         if req.method() == Method::GET {
                             if let Some((pod, port, path)) = pod_proxy(req.uri().path()) {
-                                match pod_port(&pods, &pod, port) {
+                                match pod_port(pods, &pod, port) {
                                     Ok(addr) => {
                                         return Ok::<_, Infallible>(forward_get(addr, &path).await)
                                     }
@@ -899,14 +1229,9 @@ async fn serve_fake_api(
                             }
                         }
                         if req.method() == Method::POST {
-                            if let Some(create) = creates.get(req.uri().path()) {
+                            if let Some(create) = state.creates.get(req.uri().path()) {
                                 let create = create.clone();
-                                let sent = http_body_util::BodyExt::collect(req.into_body())
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let sent: Value =
-                                    serde_json::from_slice(&sent).unwrap_or(Value::Null);
+                                let sent = read_json(req).await;
                                 return Ok::<_, Infallible>(
                                     Response::builder()
                                         .status(StatusCode::CREATED)
@@ -916,7 +1241,18 @@ async fn serve_fake_api(
                                 );
                             }
                         }
-                        Ok::<_, Infallible>(answer(lists, &req))
+                        if is_lease(req.uri().path()) {
+                            return Ok::<_, Infallible>(lease(&state, req).await);
+                        }
+                        if req.method() == Method::GET && watch {
+                            return Ok::<_, Infallible>(watch_events(&state, &req));
+                        }
+                        if req.method() == Method::PATCH && state.holds(req.uri().path()) {
+                            let path = req.uri().path().to_string();
+                            return Ok::<_, Infallible>(patch(&state, &path, req).await);
+                        }
+                        let store = state.store.lock().unwrap();
+                        Ok::<_, Infallible>(answer(&store.lists, store.version, &req))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -932,30 +1268,218 @@ async fn serve_fake_api(
         addr,
         kubeconfig,
         seen,
+        state,
+        dir: dir.to_path_buf(),
     }
+}
+
+/// A request's body as JSON (Null when it is not).
+async fn read_json(req: Request<Incoming>) -> Value {
+    let sent = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&sent).unwrap_or(Value::Null)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+/// The API server's refusal of a write: `reason` (Conflict,
+/// AlreadyExists) with its code 409.
+fn conflict(reason: &str, message: String) -> Response<Body> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": message, "reason": reason, "code": 409,
+    });
+    json_response(StatusCode::CONFLICT, &status)
+}
+
+fn is_lease(path: &str) -> bool {
+    path.starts_with("/apis/coordination.k8s.io/v1/namespaces/")
+        && path.split('/').nth(6) == Some("leases")
+}
+
+/// A Lease's GET, POST or PUT, as the API server answers them.
+async fn lease(state: &FakeState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let collection = path.split('/').take(7).collect::<Vec<_>>().join("/");
+    let namespace = path.split('/').nth(5).unwrap_or_default().to_string();
+    let named = path.split('/').nth(7).map(str::to_string);
+    let sent = if method == Method::GET {
+        Value::Null
+    } else {
+        read_json(req).await
+    };
+    let forms = collection_forms(&collection, &namespace);
+    let mut store = state.store.lock().unwrap();
+    let response = match (&method, named) {
+        (&Method::GET, Some(name)) => match store.find(&forms, &namespace, &name) {
+            Some((c, i)) => json_response(StatusCode::OK, &store.lists[&c][i]),
+            None => not_found("leases.coordination.k8s.io", &name),
+        },
+        (&Method::POST, None) => {
+            let name = sent["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if store.find(&forms, &namespace, &name).is_some() {
+                conflict(
+                    "AlreadyExists",
+                    format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                )
+            } else {
+                let mut object = sent;
+                object["apiVersion"] = json!("coordination.k8s.io/v1");
+                object["kind"] = json!("Lease");
+                object["metadata"]["namespace"] = json!(namespace);
+                let stored = store.write(forms, None, object);
+                json_response(StatusCode::CREATED, &stored)
+            }
+        }
+        (&Method::PUT, Some(name)) => match store.find(&forms, &namespace, &name) {
+            None => not_found("leases.coordination.k8s.io", &name),
+            Some((c, i)) => {
+                let current = &store.lists[&c][i]["metadata"]["resourceVersion"];
+                if sent["metadata"]["resourceVersion"] != *current {
+                    conflict(
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": \
+                             the object has been modified; please apply your changes to the latest \
+                             version and try again"
+                        ),
+                    )
+                } else {
+                    let mut object = sent;
+                    object["apiVersion"] = json!("coordination.k8s.io/v1");
+                    object["kind"] = json!("Lease");
+                    object["metadata"]["namespace"] = json!(namespace);
+                    let stored = store.write(forms, Some((c, i)), object);
+                    json_response(StatusCode::OK, &stored)
+                }
+            }
+        },
+        _ => {
+            return Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .body(full("not served by the fake API server"))
+                .unwrap()
+        }
+    };
+    let version = store.version;
+    drop(store);
+    state.changed.send_replace(version);
+    response
+}
+
+/// A merge patch of an object given (a status write): merged into it.
+async fn patch(state: &FakeState, path: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some((forms, namespace, name)) = object_of(path) else {
+        return not_found("objects", path);
+    };
+    let sent = read_json(req).await;
+    let mut store = state.store.lock().unwrap();
+    let Some((c, i)) = store.find(&forms, &namespace, &name) else {
+        return not_found(forms[0].rsplit('/').next().unwrap_or_default(), &name);
+    };
+    let mut object = store.lists[&c][i].clone();
+    merge_patch(&mut object, &sent);
+    let stored = store.write(forms, Some((c, i)), object);
+    let version = store.version;
+    drop(store);
+    state.changed.send_replace(version);
+    json_response(StatusCode::OK, &stored)
+}
+
+/// A watch of a collection: every change since the resourceVersion it asks
+/// from (the server's current one if none), then each change as it comes.
+fn watch_events(state: &Arc<FakeState>, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut changed = state.changed.subscribe();
+    changed.mark_unchanged();
+    let since = {
+        let current = state.store.lock().unwrap().version;
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(current)
+    };
+    let state = state.clone();
+    changed.mark_unchanged();
+    let events = futures_util::stream::unfold((since, changed), move |(since, mut changed)| {
+        let state = state.clone();
+        let path = path.clone();
+        async move {
+            loop {
+                let (batch, version) = {
+                    let store = state.store.lock().unwrap();
+                    let batch: String = store
+                        .events
+                        .iter()
+                        .filter(|(v, forms, _)| *v > since && forms.contains(&path))
+                        .map(|(_, _, e)| format!("{e}\n"))
+                        .collect();
+                    (batch, store.version)
+                };
+                if !batch.is_empty() {
+                    let frame = Frame::data(Bytes::from(batch));
+                    return Some((Ok::<_, BoxError>(frame), (version, changed)));
+                }
+                if changed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
+            events,
+        )))
+        .unwrap()
 }
 
 /// Writes a kubeconfig at `path` whose one context, `context` (its
 /// current one), names the API server at `server` with a bearer token.
 pub fn write_kubeconfig(path: &Path, server: &str, context: &str) {
+    write_kubeconfig_with_token(path, server, context, "fake-token");
+}
+
+/// [`write_kubeconfig`] with `token` as the bearer token.
+pub fn write_kubeconfig_with_token(path: &Path, server: &str, context: &str, token: &str) {
     std::fs::write(
         path,
         format!(
             "apiVersion: v1\nkind: Config\ncurrent-context: {context}\n\
              clusters: [{{name: {context}, cluster: {{server: \"{server}\"}}}}]\n\
-             users: [{{name: {context}, user: {{token: fake-token}}}}]\n\
+             users: [{{name: {context}, user: {{token: {token}}}}}]\n\
              contexts: [{{name: {context}, context: {{cluster: {context}, user: {context}}}}}]\n"
         ),
     )
     .unwrap();
 }
 
-fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Response<Body> {
+fn answer(
+    objects: &BTreeMap<String, Vec<Value>>,
+    version: u64,
+    req: &Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let listable = path.starts_with("/api/") || path.starts_with("/apis/");
     if req.method() == Method::PATCH && listable {
-        // A status write: taken, and answered with the object's name.
+        // A status write to an object not given: taken, and answered with
+        // the object's name.
         let parts: Vec<&str> = path.split('/').collect();
         let name = parts.iter().rev().nth(1).copied().unwrap_or_default();
         let namespace = parts
@@ -985,19 +1509,6 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
             .body(full("not served by the fake API server"))
             .unwrap();
     }
-    if query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1")
-    {
-        // Open, and silent: no change ever comes.
-        let pending = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
-                pending,
-            )))
-            .unwrap();
-    }
     // A named object of a collection given: it, or the API server's 404.
     if let Some((collection, name)) = path.rsplit_once('/') {
         if let (false, Some(items)) = (objects.contains_key(path), objects.get(collection)) {
@@ -1021,7 +1532,7 @@ fn answer(objects: &BTreeMap<String, Vec<Value>>, req: &Request<Incoming>) -> Re
     let list = json!({
         "apiVersion": "v1",
         "kind": "List",
-        "metadata": { "resourceVersion": "1" },
+        "metadata": { "resourceVersion": version.to_string() },
         "items": items,
     });
     Response::builder()
@@ -1120,6 +1631,79 @@ mod tests {
     }
 
     #[test]
+    fn objects_are_found_under_either_form_of_their_collection() {
+        assert_eq!(
+            collection_forms("/apis/outrigger.dev/v1alpha1/virtualservices", "shop"),
+            [
+                "/apis/outrigger.dev/v1alpha1/virtualservices".to_string(),
+                "/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices".to_string(),
+            ]
+        );
+        assert_eq!(
+            collection_forms("/api/v1/namespaces/shop/pods", "shop")[0],
+            "/api/v1/pods"
+        );
+        let (forms, ns, name) =
+            object_of("/apis/outrigger.dev/v1alpha1/namespaces/shop/virtualservices/web/status")
+                .unwrap();
+        assert_eq!(
+            (forms[0].as_str(), ns.as_str(), name.as_str()),
+            (
+                "/apis/outrigger.dev/v1alpha1/virtualservices",
+                "shop",
+                "web"
+            )
+        );
+        assert_eq!(object_of("/api/v1/namespaces/shop"), None);
+        let mut store = FakeStore {
+            lists: BTreeMap::from([(
+                forms[0].clone(),
+                vec![json!({ "metadata": { "name": "web", "namespace": "shop" } })],
+            )]),
+            version: 1,
+            events: Vec::new(),
+        };
+        let at = store
+            .find(&forms, "shop", "web")
+            .expect("found cluster-wide");
+        let written = store.write(
+            forms.clone(),
+            Some(at),
+            json!({ "metadata": { "name": "web", "namespace": "shop" }, "status": {} }),
+        );
+        assert_eq!(written["metadata"]["resourceVersion"], "2");
+        assert_eq!(store.events[0].2["type"], "MODIFIED");
+        assert_eq!(store.find(&forms, "other", "web"), None);
+    }
+
+    #[test]
+    fn a_merge_patch_replaces_merges_and_removes() {
+        let mut target = json!({ "a": 1, "status": { "x": 1, "y": [1] }, "gone": true });
+        merge_patch(
+            &mut target,
+            &json!({ "status": { "y": [2], "z": "new" }, "gone": null }),
+        );
+        assert_eq!(
+            target,
+            json!({ "a": 1, "status": { "x": 1, "y": [2], "z": "new" } })
+        );
+    }
+
+    #[test]
+    fn a_requests_namespace_is_that_of_its_resource() {
+        let req = |path: &str| ApiRequest {
+            method: "GET".into(),
+            path: path.into(),
+            watch: false,
+            token: String::new(),
+        };
+        let lease = req("/apis/coordination.k8s.io/v1/namespaces/outrigger-system/leases/x");
+        assert_eq!(lease.namespace(), Some("outrigger-system"));
+        assert_eq!(req("/api/v1/namespaces/shop").namespace(), None);
+        assert_eq!(req("/api/v1/pods").namespace(), None);
+    }
+
+    #[test]
     fn rewrites_stand_alone_matches_once() {
         let rules = [
             ("0.0.0.0:4191".to_string(), "127.0.0.1:41912".to_string()),
@@ -1171,6 +1755,7 @@ mod tests {
                 method: method.into(),
                 path: path.into(),
                 watch,
+                token: String::new(),
             }
             .rbac()
         };

@@ -574,7 +574,7 @@ fn the_charts_pieces_agree() {
     // than that: the control plane watches the translator's inputs,
     // writes the mesh resources' status and creates TokenReviews; the
     // injector watches namespaces.
-    let cp_rules = granted(&r, "outrigger-control-plane");
+    let cp_rules = r.grants("outrigger-control-plane", NAMESPACE).cluster;
     for (group, resource) in [
         ("", "namespaces"),
         ("", "services"),
@@ -608,7 +608,7 @@ fn the_charts_pieces_agree() {
         !cp_rules.iter().any(|(_, res, _)| res == "secrets"),
         "the control plane reads no Secrets through the API"
     );
-    let inj_rules = granted(&r, "outrigger-injector");
+    let inj_rules = r.grants("outrigger-injector", NAMESPACE).cluster;
     for verb in ["list", "watch"] {
         assert!(inj_rules.contains(&("".into(), "namespaces".into(), verb.into())));
     }
@@ -1192,20 +1192,10 @@ async fn a_pod_the_chart_injects_joins_the_charts_mesh() {
 }
 
 /// Every request a binary made of the API server is one the chart's RBAC
-/// allows its ServiceAccount.
+/// allows its ServiceAccount (cluster-wide, or in the namespace of a
+/// RoleBinding).
 fn assert_granted(r: &Rendered, account: &str, seen: &[outrigger_tests::chart::ApiRequest]) {
-    assert!(!seen.is_empty(), "{account} asked the API server nothing");
-    let rules = granted(r, account);
-    for req in seen {
-        let need = req.rbac();
-        assert!(
-            rules.contains(&need),
-            "{account} made {} {} (watch: {}), which needs {need:?}; the chart grants {rules:?}",
-            req.method,
-            req.path,
-            req.watch
-        );
-    }
+    r.grants(account, NAMESPACE).assert_allow(account, seen);
 }
 
 /// Polls the readiness probe of `deployment`'s container (HTTP, as the
@@ -1378,35 +1368,6 @@ fn assert_selects(service: &Value, deployment: &Value) {
     for (k, v) in matching {
         assert_eq!(&labels[k], v, "the Deployment's selector {k}={v}");
     }
-}
-
-/// (group, resource, verb) granted to a ServiceAccount by the chart's
-/// ClusterRoleBindings.
-fn granted(r: &Rendered, account: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for binding in r.all("ClusterRoleBinding") {
-        let bound = binding["subjects"].as_array().unwrap().iter().any(|s| {
-            s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NAMESPACE
-        });
-        if !bound {
-            continue;
-        }
-        let role = r.get("ClusterRole", binding["roleRef"]["name"].as_str().unwrap());
-        for rule in role["rules"].as_array().unwrap() {
-            for g in rule["apiGroups"].as_array().unwrap() {
-                for res in rule["resources"].as_array().unwrap() {
-                    for v in rule["verbs"].as_array().unwrap() {
-                        out.push((
-                            g.as_str().unwrap().into(),
-                            res.as_str().unwrap().into(),
-                            v.as_str().unwrap().into(),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The pod spec of a rendered Deployment, as its Kubernetes type.
@@ -1774,7 +1735,7 @@ fn helm_test_runs_check_with_read_only_rbac() {
             "{kind}"
         );
     }
-    let mut cluster_wide = granted(&r, "outrigger-check");
+    let mut cluster_wide = r.grants("outrigger-check", NAMESPACE).cluster;
     cluster_wide.sort();
     let own = |v: &[(&str, &str, &str)]| {
         let mut v: Vec<(String, String, String)> = v

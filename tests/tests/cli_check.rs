@@ -849,26 +849,6 @@ async fn an_expired_proxy_certificate_fails_naming_its_date() {
     );
 }
 
-/// The rules a Role or ClusterRole of the chart grants, as (group,
-/// resource, verb).
-fn rules_of(role: &Value) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for g in rule["apiGroups"].as_array().unwrap() {
-            for r in rule["resources"].as_array().unwrap() {
-                for v in rule["verbs"].as_array().unwrap() {
-                    out.push((
-                        g.as_str().unwrap().to_string(),
-                        r.as_str().unwrap().to_string(),
-                        v.as_str().unwrap().to_string(),
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// `helm test`'s Pod: its command and args, run against the healthy
 /// install, pass; every request it makes is granted to its ServiceAccount
 /// (cluster-wide by its ClusterRole, or in the release's namespace by its
@@ -902,38 +882,16 @@ async fn the_helm_test_pod_passes_under_its_own_rbac() {
     let (status, out, err) = run_bin("outrigger", &all, "").await;
     assert_eq!(status, 0, "{out}{err}");
 
-    let bound =
-        |binding: &Value| {
-            binding["subjects"].as_array().unwrap().iter().any(|s| {
-                s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NS
-            })
-        };
-    let mut cluster_wide = Vec::new();
-    for b in rendered.all("ClusterRoleBinding").filter(|b| bound(b)) {
-        cluster_wide.extend(rules_of(
-            rendered.get("ClusterRole", b["roleRef"]["name"].as_str().unwrap()),
-        ));
-    }
-    let mut in_namespace = Vec::new();
-    for b in rendered.all("RoleBinding").filter(|b| bound(b)) {
-        assert_eq!(b["metadata"]["namespace"], NS);
-        in_namespace.extend(rules_of(
-            rendered.get("Role", b["roleRef"]["name"].as_str().unwrap()),
-        ));
-    }
-    let mut used = std::collections::BTreeSet::new();
+    let grants = rendered.grants(account, NS);
+    assert!(
+        grants.namespaced.keys().all(|ns| ns == NS),
+        "{account}: Roles bound outside the release's namespace: {grants:?}"
+    );
     let seen = api.seen();
-    assert!(!seen.is_empty());
-    for request in seen {
-        let need = request.rbac();
-        let here = request.path.contains(&format!("/namespaces/{NS}/"));
-        let granted = cluster_wide.contains(&need) || (here && in_namespace.contains(&need));
-        assert!(
-            granted,
-            "{request:?} needs {need:?}, not granted to {account}"
-        );
-        used.insert(need);
-    }
+    grants.assert_allow(account, &seen);
+    let used: std::collections::BTreeSet<_> = seen.iter().map(|r| r.rbac()).collect();
+    let in_namespace = grants.namespaced.get(NS).cloned().unwrap_or_default();
+    let cluster_wide = grants.cluster;
     for grant in cluster_wide.iter().chain(&in_namespace) {
         assert!(
             used.contains(grant),
