@@ -81,7 +81,10 @@ mod tests {
             json,
             r#"{"version":"v1","proxy":{"workload":"unknown","namespace":"default"},"services":[]}"#
         );
-        assert_eq!(serde_json::from_str::<ConfigUpdate>(&json).unwrap(), update(&[]));
+        assert_eq!(
+            serde_json::from_str::<ConfigUpdate>(&json).unwrap(),
+            update(&[])
+        );
     }
 
     #[test]

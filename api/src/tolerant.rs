@@ -184,7 +184,9 @@ impl<'de> de::Deserializer<'de> for Reader<'_> {
                 }
                 Ok(out)
             }
-            Value::Object(map) => visitor.visit_map(Entries::new(map, None, self.path, self.ignored)),
+            Value::Object(map) => {
+                visitor.visit_map(Entries::new(map, None, self.path, self.ignored))
+            }
         }
     }
 
@@ -195,7 +197,9 @@ impl<'de> de::Deserializer<'de> for Reader<'_> {
         visitor: V,
     ) -> Result<V::Value, Error> {
         match self.value {
-            Value::Object(map) => visitor.visit_map(Entries::new(map, Some(fields), self.path, self.ignored)),
+            Value::Object(map) => {
+                visitor.visit_map(Entries::new(map, Some(fields), self.path, self.ignored))
+            }
             _ => self.deserialize_any(visitor),
         }
     }
@@ -315,7 +319,10 @@ impl<'p> Entries<'p> {
 impl<'de> MapAccess<'de> for Entries<'_> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         for (key, value) in self.entries.by_ref() {
             if let Some(fields) = self.fields {
                 if !fields.contains(&key.as_str()) {
@@ -423,7 +430,10 @@ impl<'de, 'p> EnumAccess<'de> for Variant<'p> {
     type Error = Error;
     type Variant = Reader<'p>;
 
-    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, Reader<'p>), Error> {
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Reader<'p>), Error> {
         let read = seed.deserialize(Key(self.variant))?;
         Ok((
             read,
@@ -533,7 +543,10 @@ mod tests {
         assert_eq!(ignored.count, 5);
         // The strict reader of the same type refuses the same document.
         let strict = serde_json::from_slice::<Outer>(json).unwrap_err();
-        assert!(strict.to_string().contains("unknown field `future`"), "{strict}");
+        assert!(
+            strict.to_string().contains("unknown field `future`"),
+            "{strict}"
+        );
     }
 
     #[test]
@@ -541,7 +554,10 @@ mod tests {
         let wrong_type = from_json_slice::<Outer>(br#"{"name":"a","list":[{"n":1},{"n":"x"}]}"#)
             .unwrap_err()
             .to_string();
-        assert!(wrong_type.starts_with("list[1].n: invalid type: string"), "{wrong_type}");
+        assert!(
+            wrong_type.starts_with("list[1].n: invalid type: string"),
+            "{wrong_type}"
+        );
         let missing = from_json_slice::<Outer>(br#"{"inner":{"n":1}}"#)
             .unwrap_err()
             .to_string();
@@ -549,7 +565,10 @@ mod tests {
         let variant = from_json_slice::<Outer>(br#"{"name":"a","shape":"Triangle"}"#)
             .unwrap_err()
             .to_string();
-        assert!(variant.starts_with("shape: unknown variant `Triangle`"), "{variant}");
+        assert!(
+            variant.starts_with("shape: unknown variant `Triangle`"),
+            "{variant}"
+        );
         let port = from_json_slice::<Outer>(br#"{"name":"a","by_port":{"web":{"n":1}}}"#)
             .unwrap_err()
             .to_string();
