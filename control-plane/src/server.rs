@@ -25,13 +25,13 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use outrigger_api::certify::CERTIFY_PATH;
 use outrigger_api::features::{required_by, Feature, Part, FEATURES};
-use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_api::stream::{self, ConfigUpdate, Skew, CONFIG_PATH};
 use outrigger_runtime::{drain, metrics, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::certify::{Certifier, MAX_BODY as MAX_CERTIFY_BODY};
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::{Metrics, ResultLabel, SkewLabel};
 use crate::translate::{Mesh, ProxyId};
 use outrigger_identity::tls::peer_identity;
 use outrigger_identity::SpiffeId;
@@ -293,6 +293,33 @@ impl Server {
         }
     }
 
+    /// Counts a stream by the skew of its proxy's release against this
+    /// one's, and names a proxy outside the supported skew in the log.
+    fn note_skew(&self, req: &Request<Incoming>, id: &ProxyId) {
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let skew = stream::skew(outrigger_runtime::build::VERSION, agent);
+        self.metrics
+            .streams_by_skew
+            .get_or_create(&SkewLabel {
+                skew: skew.as_str(),
+            })
+            .inc();
+        if matches!(skew, Skew::TooOld | Skew::Newer) {
+            tracing::warn!(
+                namespace = %id.namespace,
+                pod = %id.pod,
+                proxy = agent.unwrap_or_default(),
+                control_plane = outrigger_runtime::build::VERSION,
+                skew = skew.as_str(),
+                "proxy outside the supported version skew (the control plane's release \
+                 or the one before): upgrade it, control plane first"
+            );
+        }
+    }
+
     /// Over TLS, a proxy is served only its own config ([`authorize`]).
     fn authorized(&self, peer: &Peer, id: &ProxyId) -> Result<(), String> {
         if !peer.tls {
@@ -319,7 +346,10 @@ impl Server {
             },
             (&Method::GET, CONFIG_PATH) => match proxy_of(&req) {
                 Ok(id) => match self.authorized(peer, &id) {
-                    Ok(()) => self.stream(id),
+                    Ok(()) => {
+                        self.note_skew(&req, &id);
+                        self.stream(id)
+                    }
                     Err(why) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
                 },
                 Err(e) => text(StatusCode::BAD_REQUEST, e),

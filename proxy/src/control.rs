@@ -24,7 +24,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_api::features::{self, Feature, FEATURES};
-use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH, PROXY_AGENT};
 use outrigger_api::tolerant::{self, Ignored, ReadError};
 use outrigger_api::Snapshot;
 use outrigger_proxy_policy::backoff::Backoff;
@@ -169,6 +169,7 @@ async fn session(
         follow.address, follow.namespace, follow.pod
     );
     let req = Request::get(uri)
+        .header(http::header::USER_AGENT, user_agent())
         .body(Empty::<Bytes>::new())
         .expect("a valid request");
     let resp = match send.send_request(req).await {
@@ -211,6 +212,12 @@ async fn session(
             }
         }
     }
+}
+
+/// How this proxy names itself to the control plane: its release, so the
+/// control plane can tell a proxy outside the supported skew.
+pub fn user_agent() -> String {
+    format!("{PROXY_AGENT}{}", outrigger_runtime::build::VERSION)
 }
 
 /// Applies one update line; true when it was applied.

@@ -236,8 +236,14 @@ pub async fn certified_follower(
 pub struct FakeStream {
     pub addr: SocketAddr,
     lines: watch::Sender<Vec<bytes::Bytes>>,
-    /// The request URIs the proxies opened the stream with.
-    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    requests: Arc<std::sync::Mutex<Vec<Opened>>>,
+}
+
+/// A stream a proxy opened on a [`FakeStream`].
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub uri: String,
+    pub user_agent: Option<String>,
 }
 
 impl FakeStream {
@@ -256,7 +262,15 @@ impl FakeStream {
                     *r.status_mut() = http::StatusCode::NOT_FOUND;
                     return r;
                 }
-                seen.lock().unwrap().push(req.uri().to_string());
+                let user_agent = req
+                    .headers()
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                seen.lock().unwrap().push(Opened {
+                    uri: req.uri().to_string(),
+                    user_agent,
+                });
                 // As a control plane does: the latest update at once, then
                 // every line sent from now on, in order.
                 let sent = rx.borrow_and_update().len().saturating_sub(1);
@@ -293,8 +307,8 @@ impl FakeStream {
             .send_modify(|all| all.push(bytes::Bytes::from(format!("{line}\n"))));
     }
 
-    /// The request URIs the stream was opened with so far.
-    pub fn requests(&self) -> Vec<String> {
+    /// The streams opened so far.
+    pub fn requests(&self) -> Vec<Opened> {
         self.requests.lock().unwrap().clone()
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use outrigger_proxy::Proxy;
-use outrigger_tests::control_plane::{follow, waiting_proxy, FakeStream};
+use outrigger_tests::control_plane::{follow, waiting_proxy, ControlPlane, Dir, FakeStream};
 use outrigger_tests::*;
 
 /// An update for the client's pod with `web.shop:80` at `endpoint`;
@@ -101,7 +101,80 @@ async fn a_newer_control_plane_is_followed_within_what_the_proxy_knows() {
         counter(&p, "outrigger_config_rejected_total", &[]).await,
         1.0
     );
-    assert_eq!(cp.requests().len(), 1, "one stream, never reopened");
+    // One stream, never reopened, on which the proxy named its release.
+    let opened = cp.requests();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(
+        opened[0].uri.contains("namespace=shop&pod=client-1"),
+        "{opened:?}"
+    );
+    assert_eq!(
+        opened[0].user_agent.as_deref(),
+        Some(format!("outrigger-proxy/{}", outrigger_runtime::build::VERSION).as_str())
+    );
+}
+
+/// The control plane counts each stream by its proxy's release against its
+/// own: the same or the one before is supported; newer, much older, or
+/// unsaid are counted apart (and the first two logged).
+#[tokio::test]
+async fn the_control_plane_counts_streams_by_the_proxies_release() {
+    let folder = Dir::new("skew");
+    let cp = ControlPlane::bind_and_start(folder.path()).await;
+    let (major, minor) = {
+        let mut v = outrigger_runtime::build::VERSION.split('.');
+        let major: u64 = v.next().unwrap().parse().unwrap();
+        let minor: u64 = v.next().unwrap().parse().unwrap();
+        (major, minor)
+    };
+    let agents = [
+        Some(format!(
+            "outrigger-proxy/{}",
+            outrigger_runtime::build::VERSION
+        )),
+        Some(format!("outrigger-proxy/{major}.{}.0", minor + 1)),
+        Some(format!("outrigger-proxy/{}.0.0", major + 1)),
+        None,
+    ];
+    for (i, agent) in agents.into_iter().enumerate() {
+        let mut send = http2(cp.addr).await;
+        let mut req = http::Request::get(format!(
+            "http://{}/v1/config?namespace=shop&pod=p{i}",
+            cp.addr
+        ));
+        if let Some(agent) = agent {
+            req = req.header(http::header::USER_AGENT, agent);
+        }
+        let req = req.body(empty()).unwrap();
+        // The stream stays open; its answer is not what is checked here.
+        tokio::spawn(async move {
+            let _answer = send.send_request(req).await;
+            std::future::pending::<()>().await;
+        });
+    }
+    let counted = |skew: &'static str| {
+        let metrics = cp.metrics.clone();
+        async move {
+            metric(
+                &metrics.encode(),
+                "outrigger_cp_streams_by_skew_total",
+                &[("skew", skew)],
+            )
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            counted("supported").await + counted("newer").await + counted("unknown").await == 4.0
+        })
+        .await,
+        "{}",
+        cp.metrics.encode()
+    );
+    assert_eq!(counted("supported").await, 1.0);
+    assert_eq!(counted("newer").await, 2.0);
+    assert_eq!(counted("unknown").await, 1.0);
+    assert_eq!(counted("too_old").await, 0.0);
+    cp.stop().await;
 }
 
 #[tokio::test]
