@@ -80,7 +80,21 @@ pub enum ReadError {
 
 /// Reads `bytes` as a `T`, leaving out (and reporting) every field a struct
 /// of `T` does not declare.
+///
+/// A document with no unknown field reads as the strict reader reads it,
+/// at its speed (it is tried first); only a document it refuses is read
+/// again through a tree, which takes about four times as long.
 pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Ignored), ReadError> {
+    if let Ok(read) = serde_json::from_slice(bytes) {
+        return Ok((read, Ignored::default()));
+    }
+    through_tree(bytes)
+}
+
+/// The tolerant read proper: the document as a tree, then `T` from it,
+/// keys its structs do not declare left out. A key given twice reads as
+/// its last value (the tree keeps one), where the strict reader refuses it.
+fn through_tree<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Ignored), ReadError> {
     let value: Value = serde_json::from_slice(bytes)?;
     let ignored = RefCell::new(Ignored::default());
     let read = T::deserialize(Reader {
@@ -333,7 +347,7 @@ impl<'de> MapAccess<'de> for Entries<'_> {
                 }
             }
             let read = seed
-                .deserialize(Key(key.clone()))
+                .deserialize(Key(&key))
                 .map_err(|e| e.at(&Path::Key(self.path, &key)))?;
             self.key = key;
             self.value = Some(value);
@@ -363,7 +377,7 @@ impl<'de> MapAccess<'de> for Entries<'_> {
 
 /// An object key: a string, or a number written as one (JSON keys are
 /// strings; maps keyed by port numbers read them back).
-struct Key(String);
+struct Key<'k>(&'k str);
 
 macro_rules! parse_key {
     ($($method:ident => $visit:ident),* $(,)?) => {
@@ -372,7 +386,7 @@ macro_rules! parse_key {
                 match self.0.parse() {
                     Ok(n) => visitor.$visit(n),
                     Err(_) => Err(de::Error::invalid_value(
-                        de::Unexpected::Str(&self.0),
+                        de::Unexpected::Str(self.0),
                         &visitor,
                     )),
                 }
@@ -381,11 +395,11 @@ macro_rules! parse_key {
     };
 }
 
-impl<'de> de::Deserializer<'de> for Key {
+impl<'de> de::Deserializer<'de> for Key<'_> {
     type Error = Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_string(self.0)
+        visitor.visit_str(self.0)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -394,7 +408,7 @@ impl<'de> de::Deserializer<'de> for Key {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        visitor.visit_enum(self.0.into_deserializer())
+        visitor.visit_enum(de::value::StrDeserializer::new(self.0))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -434,7 +448,7 @@ impl<'de, 'p> EnumAccess<'de> for Variant<'p> {
         self,
         seed: S,
     ) -> Result<(S::Value, Reader<'p>), Error> {
-        let read = seed.deserialize(Key(self.variant))?;
+        let read = seed.deserialize(Key(&self.variant))?;
         Ok((
             read,
             Reader {
@@ -596,9 +610,15 @@ mod tests {
             "services":[{"name":"api","namespace":"shop","ports":[80],
               "endpoints":[{"address":"10.0.0.1:80","meshed":true}]}]}"#;
         let strict: ConfigUpdate = serde_json::from_slice(json).unwrap();
-        let (tolerant, ignored) = from_json_slice::<ConfigUpdate>(json).unwrap();
+        // Through the tree (what a document with unknown fields takes) and
+        // through the strict reader tried first: the same update.
+        let (tolerant, ignored) = through_tree::<ConfigUpdate>(json).unwrap();
         assert_eq!(tolerant, strict);
         assert!(ignored.is_empty());
+        assert_eq!(
+            from_json_slice::<ConfigUpdate>(json).unwrap(),
+            (strict, ignored)
+        );
         let expected: Inbound =
             serde_json::from_str(r#"{"mtls":{"mode":"STRICT","ports":{"8080":"PERMISSIVE"}}}"#)
                 .unwrap();
