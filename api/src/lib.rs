@@ -13,6 +13,7 @@ mod access_log;
 pub mod authz;
 pub mod certify;
 mod duration;
+pub mod features;
 pub mod health;
 pub mod inbound;
 mod metrics_format;
@@ -22,6 +23,7 @@ pub mod redirect;
 mod snapshot;
 pub mod spiffe;
 pub mod stream;
+pub mod tolerant;
 mod trace;
 mod validate;
 

@@ -17,6 +17,12 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// A proxy's release against the control plane's (`outrigger_api::stream::Skew`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkewLabel {
+    pub skew: &'static str,
+}
+
 pub struct Metrics {
     /// Proxies holding a config stream open.
     pub connected_proxies: Gauge,
@@ -50,6 +56,8 @@ pub struct Metrics {
     pub certify_requests: Family<ResultLabel, Counter>,
     /// Changes of the mesh CA's files, by result: applied, refused.
     pub ca_reloads: Family<ResultLabel, Counter>,
+    /// Config streams opened, by the proxy's release against this one's.
+    pub streams_by_skew: Family<SkewLabel, Counter>,
     registry: Registry,
 }
 
@@ -163,6 +171,15 @@ impl Metrics {
             "Changes of the mesh CA's files, by result: applied, or refused (the CA in force stays)",
             ca_reloads.clone(),
         );
+        let streams_by_skew = Family::<SkewLabel, Counter>::default();
+        for skew in ["supported", "too_old", "newer", "unknown"] {
+            drop(streams_by_skew.get_or_create(&SkewLabel { skew }));
+        }
+        reg.register(
+            "outrigger_cp_streams_by_skew",
+            "Config streams opened, by the proxy's release against the control plane's: supported, too_old, newer, unknown",
+            streams_by_skew.clone(),
+        );
         Self {
             connected_proxies,
             pushes,
@@ -179,6 +196,7 @@ impl Metrics {
             leader_changes,
             certify_requests,
             ca_reloads,
+            streams_by_skew,
             registry: reg,
         }
     }

@@ -6,6 +6,10 @@
 //! the proxy's config from it, and writes an update only when the content
 //! changed (its version is a hash of the content). Translation happens once
 //! per change, elsewhere; a stream only filters.
+//!
+//! Each update lists in `requires` the features
+//! (`outrigger_api::features`) its content uses, so a proxy that lacks one
+//! refuses the update instead of applying it without the field.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,13 +24,14 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use outrigger_api::certify::CERTIFY_PATH;
-use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_api::features::{required_by, Feature, Part, FEATURES};
+use outrigger_api::stream::{self, ConfigUpdate, Skew, CONFIG_PATH};
 use outrigger_runtime::{drain, metrics, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::certify::{Certifier, MAX_BODY as MAX_CERTIFY_BODY};
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::{Metrics, ResultLabel, SkewLabel};
 use crate::translate::{Mesh, ProxyId};
 use outrigger_identity::tls::peer_identity;
 use outrigger_identity::SpiffeId;
@@ -39,14 +44,26 @@ pub struct Published {
     /// Each namespace's services, serialized once for all of its proxies
     /// (filled as streams ask).
     views: Mutex<HashMap<String, Arc<OnceCell<Arc<ServicesView>>>>>,
+    /// The features updates may require ([`FEATURES`]; tests use their own).
+    features: &'static [Feature],
 }
 
 impl Published {
     pub fn new(mesh: Arc<Mesh>, changed_at: Instant) -> Self {
+        Self::with_features(mesh, changed_at, FEATURES)
+    }
+
+    /// As [`Published::new`], with updates requiring features of `features`.
+    pub fn with_features(
+        mesh: Arc<Mesh>,
+        changed_at: Instant,
+        features: &'static [Feature],
+    ) -> Self {
         Self {
             mesh,
             changed_at,
             views: Mutex::default(),
+            features,
         }
     }
 
@@ -66,7 +83,10 @@ impl Published {
             let this = self.clone();
             let ns = ns.to_string();
             tokio::task::spawn_blocking(move || {
-                Arc::new(ServicesView::new(&this.mesh.services_for(&ns)))
+                Arc::new(ServicesView::new(
+                    &this.mesh.services_for(&ns),
+                    this.features,
+                ))
             })
             .await
             .expect("serializing services does not panic")
@@ -79,9 +99,22 @@ impl Published {
     /// part shared with the namespace's other proxies), and its version.
     async fn update_line(self: &Arc<Self>, id: &ProxyId) -> (String, [Bytes; 3]) {
         let view = self.services_view(&id.namespace).await;
-        let own = head_json(&self.mesh.proxy_info(id), &self.mesh.inbound_for(id));
+        let (proxy, inbound) = (self.mesh.proxy_info(id), self.mesh.inbound_for(id));
+        let own = head_json(&proxy, &inbound);
         let version = version_of(&own, view.hash);
+        let requires = merge(
+            &view.requires,
+            required_by(
+                self.features,
+                &[Part::Proxy(&proxy), Part::Inbound(&inbound)],
+            ),
+        );
         let mut head = format!("{{\"version\":\"{version}\",").into_bytes();
+        if !requires.is_empty() {
+            head.extend_from_slice(b"\"requires\":");
+            head.extend_from_slice(&serde_json::to_vec(&requires).expect("serializes"));
+            head.push(b',');
+        }
         head.extend_from_slice(&own);
         head.extend_from_slice(b",\"services\":");
         (
@@ -95,20 +128,31 @@ impl Published {
     }
 }
 
-/// A namespace's services as sent: the JSON array and its hash.
+/// A namespace's services as sent: the JSON array, its hash, and the
+/// features it uses.
 struct ServicesView {
     json: Bytes,
     hash: u64,
+    requires: Vec<String>,
 }
 
 impl ServicesView {
-    fn new(services: &[outrigger_api::Service]) -> Self {
+    fn new(services: &[outrigger_api::Service], features: &[Feature]) -> Self {
         let json = serde_json::to_vec(services).expect("serializes");
         Self {
             hash: fnv1a(FNV_OFFSET, &json),
             json: Bytes::from(json),
+            requires: required_by(features, &[Part::Services(services)]),
         }
     }
+}
+
+/// The union of two sorted lists of feature names, sorted.
+fn merge(a: &[String], mut b: Vec<String>) -> Vec<String> {
+    b.extend_from_slice(a);
+    b.sort();
+    b.dedup();
+    b
 }
 
 /// Empty lines on an idle stream, so that dead peers and middleboxes show up.
@@ -249,6 +293,33 @@ impl Server {
         }
     }
 
+    /// Counts a stream by the skew of its proxy's release against this
+    /// one's, and names a proxy outside the supported skew in the log.
+    fn note_skew(&self, req: &Request<Incoming>, id: &ProxyId) {
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let skew = stream::skew(outrigger_runtime::build::VERSION, agent);
+        self.metrics
+            .streams_by_skew
+            .get_or_create(&SkewLabel {
+                skew: skew.as_str(),
+            })
+            .inc();
+        if matches!(skew, Skew::TooOld | Skew::Newer) {
+            tracing::warn!(
+                namespace = %id.namespace,
+                pod = %id.pod,
+                proxy = agent.unwrap_or_default(),
+                control_plane = outrigger_runtime::build::VERSION,
+                skew = skew.as_str(),
+                "proxy outside the supported version skew (the control plane's release \
+                 or the one before): upgrade it, control plane first"
+            );
+        }
+    }
+
     /// Over TLS, a proxy is served only its own config ([`authorize`]).
     fn authorized(&self, peer: &Peer, id: &ProxyId) -> Result<(), String> {
         if !peer.tls {
@@ -275,7 +346,10 @@ impl Server {
             },
             (&Method::GET, CONFIG_PATH) => match proxy_of(&req) {
                 Ok(id) => match self.authorized(peer, &id) {
-                    Ok(()) => self.stream(id),
+                    Ok(()) => {
+                        self.note_skew(&req, &id);
+                        self.stream(id)
+                    }
                     Err(why) => text(StatusCode::FORBIDDEN, format!("{why}\n")),
                 },
                 Err(e) => text(StatusCode::BAD_REQUEST, e),
@@ -442,11 +516,24 @@ impl Server {
 /// One proxy's update from a translated mesh, as the stream sends it (for
 /// `/debug/config` and tests; the stream shares the services part).
 pub fn update_for(mesh: &Mesh, id: &ProxyId) -> ConfigUpdate {
+    update_with_features(mesh, id, FEATURES)
+}
+
+/// [`update_for`], with `requires` computed from `features`.
+pub fn update_with_features(mesh: &Mesh, id: &ProxyId, features: &[Feature]) -> ConfigUpdate {
     let config = mesh.config_for(id);
     let head = head_json(&config.proxy, &config.inbound);
     let services = serde_json::to_vec(&config.services).expect("serializes");
     ConfigUpdate {
         version: version_of(&head, fnv1a(FNV_OFFSET, &services)),
+        requires: required_by(
+            features,
+            &[
+                Part::Proxy(&config.proxy),
+                Part::Inbound(&config.inbound),
+                Part::Services(&config.services),
+            ],
+        ),
         proxy: config.proxy,
         inbound: config.inbound,
         services: config.services,
@@ -582,6 +669,55 @@ mod tests {
         );
         let (_, other) = p.update_line(&id("elsewhere", "a")).await;
         assert_eq!(&other[1][..], b"[]");
+    }
+
+    /// Features defined for the test: authorization rules (per proxy) and
+    /// HTTP routes (per namespace).
+    const TEST_FEATURES: &[Feature] = &[
+        Feature {
+            name: "test-authorization",
+            used_in: |p| matches!(p, Part::Inbound(i) if !i.authorization.is_empty()),
+        },
+        Feature {
+            name: "test-routes",
+            used_in: |p| matches!(p, Part::Services(s) if s.iter().any(|s| !s.http.is_empty())),
+        },
+    ];
+
+    #[tokio::test]
+    async fn the_streamed_line_requires_the_features_its_content_uses() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\nspec: { clusterIP: 10.0.0.1, ports: [{ port: 80 }] }\n---\napiVersion: v1\nkind: Pod\nmetadata: { name: a, namespace: shop, labels: { app: web } }\nspec: { serviceAccountName: buyer, containers: [{ name: app }] }\n---\napiVersion: outrigger.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: { name: read, namespace: shop }\nspec: { selector: { matchLabels: { app: web } }, rules: [{ to: [{ operation: { methods: [GET] } }] }] }\n---\napiVersion: outrigger.dev/v1alpha1\nkind: VirtualService\nmetadata: { name: web, namespace: shop }\nspec: { hosts: [web], http: [{ route: [{ destination: { host: web } }] }] }\n";
+        let parsed = manifest::parse("test.yaml", yaml, "default").unwrap();
+        let mesh = Arc::new(Mesh::build(
+            &Store::from_objects(parsed.objects),
+            &Options::default(),
+        ));
+        let p = Arc::new(Published::with_features(
+            mesh.clone(),
+            tokio::time::Instant::now().into_std(),
+            TEST_FEATURES,
+        ));
+        let line = |pod: &'static str| {
+            let p = p.clone();
+            async move {
+                let (_, chunks) = p.update_line(&id("shop", pod)).await;
+                serde_json::from_slice::<ConfigUpdate>(&chunks.concat()).unwrap()
+            }
+        };
+        // Pod a: selected by the policy, and its namespace has routes.
+        let a = line("a").await;
+        assert_eq!(a.requires, ["test-authorization", "test-routes"]);
+        assert_eq!(
+            a,
+            update_with_features(&mesh, &id("shop", "a"), TEST_FEATURES)
+        );
+        // An unknown pod of the namespace: the routes only.
+        assert_eq!(line("unknown").await.requires, ["test-routes"]);
+        // Required by nothing, the key is absent (previous proxies read it).
+        let none = Published::with_features(mesh, tokio::time::Instant::now().into_std(), &[]);
+        let (_, chunks) = Arc::new(none).update_line(&id("shop", "a")).await;
+        let text = String::from_utf8(chunks.concat()).unwrap();
+        assert!(!text.contains("requires"), "{text}");
     }
 
     #[tokio::test]

@@ -5,6 +5,12 @@
 //!
 //! - An update that fails validation is refused and logged with every
 //!   error; the snapshot in force stays (`outrigger_config_rejected`).
+//! - Version skew: each line is read tolerantly (`outrigger_api::tolerant`),
+//!   so fields of a newer control plane that this proxy predates are left
+//!   out, logged with their paths and counted
+//!   (`outrigger_control_plane_unknown_fields`); an update whose `requires`
+//!   names a feature this proxy lacks (`outrigger_api::features`) is
+//!   refused whole, as an invalid one is.
 //! - When the stream breaks, or stays silent past [`IDLE_LIMIT`] (the
 //!   control plane sends a heartbeat every 15 s), the proxy keeps serving with
 //!   the last good snapshot and reconnects after a fully jittered,
@@ -17,7 +23,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH};
+use outrigger_api::features::{self, Feature, FEATURES};
+use outrigger_api::stream::{ConfigUpdate, CONFIG_PATH, PROXY_AGENT};
+use outrigger_api::tolerant::{self, Ignored, ReadError};
 use outrigger_api::Snapshot;
 use outrigger_proxy_policy::backoff::Backoff;
 
@@ -161,6 +169,7 @@ async fn session(
         follow.address, follow.namespace, follow.pod
     );
     let req = Request::get(uri)
+        .header(http::header::USER_AGENT, user_agent())
         .body(Empty::<Bytes>::new())
         .expect("a valid request");
     let resp = match send.send_request(req).await {
@@ -198,19 +207,37 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // heartbeat
             }
-            if apply_line(&line, bootstrap, applier) {
+            if apply_line(&line, bootstrap, applier, metrics) {
                 backoff.reset();
             }
         }
     }
 }
 
+/// How this proxy names itself to the control plane: its release, so the
+/// control plane can tell a proxy outside the supported skew.
+pub fn user_agent() -> String {
+    format!("{PROXY_AGENT}{}", outrigger_runtime::build::VERSION)
+}
+
 /// Applies one update line; true when it was applied.
-fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier) -> bool {
-    let update: ConfigUpdate = match serde_json::from_slice(line) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(error = %e, "unreadable config update refused; the snapshot in force stays");
+fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier, metrics: &Metrics) -> bool {
+    let update = match read_update(line, FEATURES) {
+        Ok((update, ignored)) => {
+            if !ignored.is_empty() {
+                metrics.count_unknown_fields(crate::metrics::CONFIG_UPDATE, &ignored);
+                tracing::warn!(
+                    version = %update.version,
+                    count = ignored.count,
+                    fields = %ignored,
+                    "config update carries fields this proxy does not know (a newer \
+                     control plane); applied without them"
+                );
+            }
+            update
+        }
+        Err(refused) => {
+            tracing::error!("config update refused; the snapshot in force stays: {refused}");
             applier.count_rejected();
             return false;
         }
@@ -223,6 +250,36 @@ fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier) -> bool {
             false
         }
     }
+}
+
+/// Why an update line was refused before it became a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("unreadable: {0}")]
+    Unreadable(#[from] ReadError),
+    #[error(
+        "version {version} requires {} that this proxy lacks; upgrade the proxy",
+        missing.join(", ")
+    )]
+    Requires {
+        version: String,
+        missing: Vec<String>,
+    },
+}
+
+/// One update line as this proxy takes it, given the features it
+/// implements (`registry`): the update and the fields it left out, or why
+/// it is refused (never partly: a missing feature refuses it whole).
+pub fn read_update(line: &[u8], registry: &[Feature]) -> Result<(ConfigUpdate, Ignored), Refused> {
+    let (update, ignored) = tolerant::from_json_slice::<ConfigUpdate>(line)?;
+    let missing = features::missing(registry, &update.requires);
+    if !missing.is_empty() {
+        return Err(Refused::Requires {
+            version: update.version.clone(),
+            missing: missing.into_iter().map(str::to_string).collect(),
+        });
+    }
+    Ok((update, ignored))
 }
 
 /// Splits a byte stream into newline-terminated lines.
@@ -260,6 +317,67 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outrigger_api::features::Part;
+
+    const UPDATE: &str = r#"{"version":"v2","proxy":{"workload":"web","namespace":"shop"},
+        "services":[{"name":"api","namespace":"shop","ports":[80],
+          "endpoints":[{"address":"10.0.0.1:80"}]}]"#;
+
+    #[test]
+    fn unknown_fields_are_left_out_and_reported() {
+        // A top-level field and one nested in a service's endpoint.
+        let line = format!("{UPDATE},\"telemetry\":{{\"sampling\":1}}}}").replace(
+            r#""address":"10.0.0.1:80""#,
+            r#""address":"10.0.0.1:80","zone":"a""#,
+        );
+        let (update, ignored) = read_update(line.as_bytes(), FEATURES).unwrap();
+        assert_eq!(update.services[0].endpoints[0].address, "10.0.0.1:80");
+        let mut paths = ignored.paths.clone();
+        paths.sort();
+        assert_eq!(paths, ["services[0].endpoints[0].zone", "telemetry"]);
+        // The strict reader (what the previous release used) refuses it.
+        assert!(serde_json::from_str::<ConfigUpdate>(&line).is_err());
+    }
+
+    #[test]
+    fn an_update_requiring_a_missing_feature_is_refused_naming_it() {
+        let line = format!("{UPDATE},\"requires\":[\"from-the-future\",\"known\"]}}");
+        let err = read_update(line.as_bytes(), FEATURES).unwrap_err();
+        assert!(
+            matches!(&err, Refused::Requires { missing, .. } if missing == &["from-the-future", "known"]),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "version v2 requires from-the-future, known that this proxy lacks; upgrade the proxy"
+        );
+        // A proxy that implements the feature takes the same update.
+        let registry = [
+            Feature {
+                name: "from-the-future",
+                used_in: |_: Part<'_>| false,
+            },
+            Feature {
+                name: "known",
+                used_in: |_: Part<'_>| false,
+            },
+        ];
+        let (update, ignored) = read_update(line.as_bytes(), &registry).unwrap();
+        assert_eq!(update.requires, ["from-the-future", "known"]);
+        assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_update_is_refused_with_its_path() {
+        let line = UPDATE.replace(r#""ports":[80]"#, r#""ports":["http"]"#) + "}";
+        let err = read_update(line.as_bytes(), FEATURES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("unreadable: services[0].ports[0]: invalid type"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn lines_are_split_across_frames_and_heartbeats_are_empty() {

@@ -242,8 +242,9 @@ impl Identity {
     }
 
     /// One certificate request: a new key, a CSR, the token; on success the
-    /// certificate is in use and the expiry is returned.
-    pub async fn certify(&self, address: &str) -> Result<SystemTime, IdentityError> {
+    /// certificate is in use and its expiry is returned, with the fields of
+    /// the answer this proxy did not know.
+    pub async fn certify(&self, address: &str) -> Result<Certified, IdentityError> {
         let token =
             std::fs::read_to_string(&self.token_file).map_err(|source| IdentityError::Token {
                 path: self.token_file.clone(),
@@ -291,7 +292,8 @@ impl Identity {
                 message: String::from_utf8_lossy(&body).trim().to_string(),
             });
         }
-        let answer: CertifyResponse = serde_json::from_slice(&body)
+        // Read tolerantly: a newer control plane may add fields (version skew).
+        let (answer, ignored) = outrigger_api::tolerant::from_json_slice::<CertifyResponse>(&body)
             .map_err(|e| IdentityError::Http(format!("unreadable answer: {e}")))?;
         let chain = certificates(&answer.certificate_chain, "certificate_chain")?;
         let roots = certificates(&answer.trust_roots, "trust_roots")?;
@@ -307,7 +309,10 @@ impl Identity {
             .store(Arc::new(TrustBundle::new(self.id.trust_domain(), &roots)?));
         self.cert.set(certified);
         self.held.send_replace(true);
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(answer.expires_unix_secs))
+        Ok(Certified {
+            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(answer.expires_unix_secs),
+            ignored,
+        })
     }
 }
 
@@ -359,6 +364,14 @@ fn unix_secs(t: SystemTime) -> i64 {
         .as_secs() as i64
 }
 
+/// A certificate request that succeeded.
+pub struct Certified {
+    /// When the new certificate expires.
+    pub not_after: SystemTime,
+    /// Fields of the answer left out (a newer control plane's).
+    pub ignored: outrigger_api::tolerant::Ignored,
+}
+
 /// Keeps a certificate for as long as the process runs.
 pub async fn keep(identity: Arc<Identity>, address: String, metrics: Arc<Metrics>) {
     let chance = Chance::default();
@@ -366,7 +379,16 @@ pub async fn keep(identity: Arc<Identity>, address: String, metrics: Arc<Metrics
     let mut expiry: Option<SystemTime> = None;
     loop {
         let wait = match identity.certify(&address).await {
-            Ok(not_after) => {
+            Ok(Certified { not_after, ignored }) => {
+                if !ignored.is_empty() {
+                    metrics.count_unknown_fields(crate::metrics::CERTIFY_RESPONSE, &ignored);
+                    tracing::warn!(
+                        count = ignored.count,
+                        fields = %ignored,
+                        "certificate answer carries fields this proxy does not know (a newer \
+                         control plane); used without them"
+                    );
+                }
                 backoff.reset();
                 expiry = Some(not_after);
                 metrics.identity_renewals.get_or_create(&OK).inc();

@@ -553,6 +553,8 @@ pub struct Metrics {
     pub config_rejected: Counter,
     pub config_last_applied: Gauge,
     pub control_plane_connected: Gauge,
+    /// Fields of control-plane messages this proxy does not know, left out.
+    pub control_plane_unknown_fields: Family<MessageLabel, Counter>,
     /// When the certificate in use expires (Unix seconds; 0 before the first).
     pub identity_expiry: Gauge,
     /// When the proxy renews the certificate in use (Unix seconds; 0 before
@@ -576,12 +578,32 @@ pub struct Metrics {
     istio: Option<Arc<istio::Context>>,
 }
 
+/// Which control-plane message: [`CONFIG_UPDATE`] or [`CERTIFY_RESPONSE`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MessageLabel {
+    pub message: &'static str,
+}
+
+pub const CONFIG_UPDATE: MessageLabel = MessageLabel { message: "config" };
+pub const CERTIFY_RESPONSE: MessageLabel = MessageLabel { message: "certify" };
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
 
 impl Metrics {
+    /// Counts the fields a tolerant read of a `message` left out.
+    pub fn count_unknown_fields(
+        &self,
+        message: MessageLabel,
+        ignored: &outrigger_api::tolerant::Ignored,
+    ) {
+        self.control_plane_unknown_fields
+            .get_or_create(&message)
+            .inc_by(ignored.count as u64);
+    }
+
     pub fn new() -> Self {
         Self::with_options(&MetricsOptions::default())
     }
@@ -797,6 +819,12 @@ impl Metrics {
             "1 while the config stream from the control plane is open",
             control_plane_connected.clone(),
         );
+        let control_plane_unknown_fields = Family::<MessageLabel, Counter>::default();
+        reg.register(
+            "outrigger_control_plane_unknown_fields",
+            "Fields of control-plane messages this proxy does not know, left out (a newer control plane)",
+            control_plane_unknown_fields.clone(),
+        );
         let identity_expiry = Gauge::default();
         reg.register(
             "outrigger_identity_cert_expiry_timestamp_seconds",
@@ -847,6 +875,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             drop(identity_renewals.get_or_create(&ResultLabel { result }));
         }
+        for message in [CONFIG_UPDATE, CERTIFY_RESPONSE] {
+            drop(control_plane_unknown_fields.get_or_create(&message));
+        }
         Self {
             requests,
             request_duration,
@@ -872,6 +903,7 @@ impl Metrics {
             config_rejected,
             config_last_applied,
             control_plane_connected,
+            control_plane_unknown_fields,
             identity_expiry,
             identity_renew_at,
             identity_renewals,

@@ -188,3 +188,88 @@ pub async fn certified_follower(
     follow(&p, cp, boot, "shop", pod, Some(identity));
     p
 }
+
+/// A stand-in control plane that streams exactly the NDJSON lines a test
+/// gives it, over plain HTTP/2 (`GET /v1/config`): for updates the real
+/// control plane of this build never writes, such as a newer release's.
+/// A stream opens with the last line sent, then gets every line sent
+/// from then on.
+pub struct FakeStream {
+    pub addr: SocketAddr,
+    lines: watch::Sender<Vec<bytes::Bytes>>,
+    requests: Arc<std::sync::Mutex<Vec<Opened>>>,
+}
+
+/// A stream a proxy opened on a [`FakeStream`].
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub uri: String,
+    pub user_agent: Option<String>,
+}
+
+impl FakeStream {
+    pub async fn start() -> Self {
+        use http_body_util::{BodyExt, StreamBody};
+
+        let (lines, rx) = watch::channel(Vec::<bytes::Bytes>::new());
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let addr = crate::serve_http(move |req: http::Request<hyper::body::Incoming>| {
+            let mut rx = rx.clone();
+            let seen = seen.clone();
+            async move {
+                if req.uri().path() != outrigger_api::stream::CONFIG_PATH {
+                    let mut r = http::Response::new(crate::empty());
+                    *r.status_mut() = http::StatusCode::NOT_FOUND;
+                    return r;
+                }
+                let user_agent = req
+                    .headers()
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                seen.lock().unwrap().push(Opened {
+                    uri: req.uri().to_string(),
+                    user_agent,
+                });
+                // As a control plane does: the latest update at once, then
+                // every line sent from now on, in order.
+                let sent = rx.borrow_and_update().len().saturating_sub(1);
+                let body =
+                    futures_util::stream::unfold((rx, sent), |(mut rx, mut sent)| async move {
+                        loop {
+                            let next = rx.borrow_and_update().get(sent).cloned();
+                            if let Some(line) = next {
+                                sent += 1;
+                                let frame =
+                                    Ok::<_, crate::BoxError>(hyper::body::Frame::data(line));
+                                return Some((frame, (rx, sent)));
+                            }
+                            if rx.changed().await.is_err() {
+                                return None;
+                            }
+                        }
+                    });
+                http::Response::new(StreamBody::new(body).boxed_unsync())
+            }
+        })
+        .await;
+        FakeStream {
+            addr,
+            lines,
+            requests,
+        }
+    }
+
+    /// Streams `line` (a newline is added) to the proxy following.
+    pub fn send(&self, line: &str) {
+        assert!(!line.contains('\n'), "one update is one line");
+        self.lines
+            .send_modify(|all| all.push(bytes::Bytes::from(format!("{line}\n"))));
+    }
+
+    /// The streams opened so far.
+    pub fn requests(&self) -> Vec<Opened> {
+        self.requests.lock().unwrap().clone()
+    }
+}
