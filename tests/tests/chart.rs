@@ -189,6 +189,10 @@ fn bad_values_are_refused_naming_the_value() {
             "/image/pullPolicy",
         ),
         (
+            json!({ "proxyInit": { "image": { "pullPolicy": "Sometimes" } } }),
+            "/proxyInit/image/pullPolicy",
+        ),
+        (
             json!({ "podMonitor": { "enabled": "yes" } }),
             "/podMonitor/enabled",
         ),
@@ -805,6 +809,13 @@ async fn the_charts_injector_answers_the_api_server() {
         .find(|c| c.name == "outrigger-proxy")
         .expect("the proxy, as a native sidecar");
     assert_eq!(proxy.image.as_deref(), Some("outrigger/proxy:0.1.0"));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "outrigger-init")
+        .expect("the init step");
+    assert_eq!(init.image.as_deref(), Some("outrigger/proxy-init:0.1.0"));
     let env = |name: &str| {
         proxy
             .env
@@ -1544,6 +1555,60 @@ fn every_components_values_reach_its_pod() {
     let config = outrigger_injector::config::MeshConfig::from_yaml(&mesh).unwrap();
     assert_eq!(config.proxy_image, "r.example/o/proxy:9");
     assert_eq!(config.image_pull_policy, "Never");
+}
+
+/// `proxyInit.image` renders into the injector's mesh config, which the
+/// injector reads and puts on the init container of every injected pod;
+/// without it the init image is `<image.repository>/proxy-init` with the
+/// release's tag.
+#[test]
+fn the_proxy_init_image_reaches_the_init_container() {
+    use outrigger_injector::inject::{inject, Namespace, Outcome};
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pod = json!({
+        "metadata": { "name": "web", "namespace": "shop" },
+        "spec": { "containers": [{ "name": "web", "image": "web:1" }] }
+    });
+    let shop = Namespace {
+        name: "shop".into(),
+        annotations: BTreeMap::from([("outrigger.dev/inject".into(), "enabled".into())]),
+    };
+    for (values, image, policy) in [
+        (
+            json!({ "proxyInit": { "image": {
+                "repository": "r.example/init", "digest": digest, "pullPolicy": "Always" } },
+                "proxy": { "image": { "digest": format!("sha256:{}", "cd".repeat(32)) } } }),
+            format!("r.example/init@{digest}"),
+            "Always",
+        ),
+        (
+            json!({ "image": { "repository": "r.example/o", "tag": "9", "pullPolicy": "Never" } }),
+            "r.example/o/proxy-init:9".to_string(),
+            "Never",
+        ),
+    ] {
+        let Some((r, _)) = rendered_with(values) else {
+            return;
+        };
+        let mesh = r.get("ConfigMap", "outrigger-mesh-config")["data"]["mesh.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let config = outrigger_injector::config::MeshConfig::from_yaml(&mesh)
+            .unwrap_or_else(|e| panic!("{e}\n{mesh}"));
+        let Outcome::Inject { patch, .. } = inject(&pod, &shop, &config) else {
+            panic!("not injected");
+        };
+        let mut after = pod.clone();
+        json_patch::patch(&mut after, &patch).unwrap();
+        let after: Pod = serde_json::from_value(after).unwrap();
+        let inits = after.spec.unwrap().init_containers.unwrap();
+        let init = inits.iter().find(|c| c.name == "outrigger-init").unwrap();
+        assert_eq!(init.image.as_deref(), Some(image.as_str()), "{mesh}");
+        assert_eq!(init.image_pull_policy.as_deref(), Some(policy), "{mesh}");
+        let proxy = inits.iter().find(|c| c.name == "outrigger-proxy").unwrap();
+        assert_ne!(proxy.image, init.image);
+    }
 }
 
 /// values-ha.yaml: three replicas of each, spread softly over nodes, a PDB
