@@ -6,7 +6,9 @@ use outrigger_control_plane::crd;
 /// Where the generated CRDs are checked in: the plain manifests, and the
 /// template of the `outrigger-crds` chart (with Helm's keep policy), each
 /// with the function that generates it.
-const CHECKED_IN: [(&str, fn() -> String); 2] = [
+type Generator = fn() -> String;
+
+const CHECKED_IN: [(&str, Generator); 2] = [
     ("manifests/crds/outrigger.dev.yaml", crd::definitions_yaml),
     (
         "charts/outrigger-crds/templates/outrigger.dev.yaml",

@@ -241,10 +241,14 @@ proxy_metric() {
   kubectl get --raw "/api/v1/namespaces/shop/pods/$1:4191/proxy/metrics" \
     | awk -v m="^$2" '$1 ~ m { s += $NF } END { print s + 0 }'
 }
+# The control plane's running pods (not those terminating).
+cp_pods() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/name=outrigger-control-plane --no-headers \
+    | awk '$3 == "Running" { print $1 }'
+}
 cp_metric() {
   local pod
-  pod=$(kubectl -n "$NS" get pod -l app.kubernetes.io/name=outrigger-control-plane \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')
+  pod=$(cp_pods | head -n 1)
   kubectl get --raw "/api/v1/namespaces/$NS/pods/$pod:15014/proxy/metrics" \
     | awk -v m="^$1" '$1 ~ m { s += $NF } END { print s + 0 }'
 }
@@ -260,8 +264,7 @@ until_true() {
 }
 
 step "7. helm upgrade of both charts under load"
-cp_before=$(kubectl -n "$NS" get pod -l app.kubernetes.io/name=outrigger-control-plane \
-  -o jsonpath='{.items[*].metadata.uid}')
+cp_before=$(cp_pods)
 start_load
 sleep 5
 helm upgrade outrigger-crds charts/outrigger-crds -n "$NS" --wait
@@ -271,16 +274,19 @@ helm upgrade outrigger charts/outrigger -n "$NS" "${VALUES[@]}" \
   --set injector.podAnnotations.e2e/upgraded="$TAG" \
   --wait --timeout 5m
 kubectl -n "$NS" rollout status deploy/outrigger-control-plane --timeout 180s
-cp_after=$(kubectl -n "$NS" get pod -l app.kubernetes.io/name=outrigger-control-plane \
-  -o jsonpath='{.items[*].metadata.uid}')
-[[ "$cp_after" != "$cp_before" ]] || fail "the upgrade did not roll the control plane"
-connected() {
-  local pod
+# Reconnected: the one control plane pod left is a new one, and every proxy
+# of shop holds a config stream to it.
+reconnected() {
+  local pods pod
+  pods=$(cp_pods)
+  [[ $(wc -w <<<"$pods") == 1 ]] || return 1
+  ! grep -qxF "$pods" <<<"$cp_before" || return 1
+  (($(cp_metric outrigger_cp_connected_proxies) >= $(wc -w <<<"$(shop_pods)"))) || return 1
   for pod in $(shop_pods); do
     (($(proxy_metric "$pod" outrigger_control_plane_connected) == 1)) || return 1
   done
 }
-until_true 120 "a proxy of shop did not reconnect to the new control plane" connected
+until_true 120 "the proxies of shop did not reconnect to a new control plane" reconnected
 sleep 5
 stop_load "upgrade"
 

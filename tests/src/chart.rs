@@ -53,6 +53,16 @@ impl Rendered {
             .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
     }
 
+    /// `helm lint --strict` found nothing at warning level or above.
+    pub fn assert_lints_clean(&self) {
+        let serious: Vec<_> = self
+            .lint
+            .iter()
+            .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(serious.is_empty(), "helm lint: {serious:#?}");
+    }
+
     /// Every object of this kind.
     pub fn all(&self, kind: &str) -> impl Iterator<Item = &Value> {
         let kind = kind.to_string();

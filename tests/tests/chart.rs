@@ -47,16 +47,6 @@ fn rendered_with(extra: Value) -> Option<(Rendered, String)> {
     render_or_skip(values, "outrigger", NAMESPACE).map(|r| (r, cert))
 }
 
-/// helm lint --strict found nothing at warning level or above.
-fn assert_lints_clean(r: &Rendered) {
-    let serious: Vec<_> = r
-        .lint
-        .iter()
-        .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
-        .collect();
-    assert!(serious.is_empty(), "helm lint: {serious:#?}");
-}
-
 fn typed<T: for<'de> k8s_openapi::serde::Deserialize<'de>>(o: &Value) -> T {
     serde_json::from_value(o.clone()).unwrap_or_else(|e| {
         panic!(
@@ -73,7 +63,7 @@ fn the_chart_lints_clean_and_renders_the_mesh() {
     let Some((r, _)) = rendered_with(json!({})) else {
         return;
     };
-    assert_lints_clean(&r);
+    r.assert_lints_clean();
 
     // Every object is a valid object of its kind, in the release's
     // namespace when it is namespaced.
@@ -418,7 +408,7 @@ fn the_dashboards_and_the_rules_render_as_their_files() {
     })) else {
         return;
     };
-    assert_lints_clean(&r);
+    r.assert_lints_clean();
     let maps: Vec<_> = r
         .all("ConfigMap")
         .filter(|c| {
@@ -683,7 +673,7 @@ fn the_mesh_ca_can_be_a_cert_manager_secret() {
     })) else {
         return;
     };
-    assert_lints_clean(&r);
+    r.assert_lints_clean();
     assert!(r
         .all("Secret")
         .all(|s| s["metadata"]["name"] != "outrigger-ca"));
@@ -1450,7 +1440,7 @@ fn every_components_values_reach_its_pod() {
     })) else {
         return;
     };
-    assert_lints_clean(&r);
+    r.assert_lints_clean();
     for (deployment, name) in [
         ("outrigger-control-plane", "control-plane"),
         ("outrigger-injector", "injector"),
@@ -1620,7 +1610,7 @@ fn the_ha_values_render_replicas_pdbs_anti_affinity_and_fail() {
     let Some((r, _)) = rendered_with(ha) else {
         return;
     };
-    assert_lints_clean(&r);
+    r.assert_lints_clean();
     for name in ["outrigger-control-plane", "outrigger-injector"] {
         let d: Deployment = typed(r.get("Deployment", name));
         assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3), "{name}");
