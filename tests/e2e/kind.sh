@@ -235,8 +235,9 @@ stop_load() { # what: fails unless every request of the load succeeded
   [[ "$summary" =~ ^ok=([0-9]+)\ failed=0$ ]] || fail "$1: requests failed: $(cat "$WORK/load.log")"
   ((BASH_REMATCH[1] >= 50)) || fail "$1: only ${BASH_REMATCH[1]} requests were sent"
 }
-# The sum of a metric's samples (name and labels as a regex) at a proxy of
-# shop, or at the control plane's metrics port.
+# The sum of a metric's samples at a proxy of shop, or at the control
+# plane's metrics port: those whose name and labels match an awk regex
+# anchored at the start (end a plain name with $).
 proxy_metric() {
   kubectl get --raw "/api/v1/namespaces/shop/pods/$1:4191/proxy/metrics" \
     | awk -v m="^$2" '$1 ~ m { s += $NF } END { print s + 0 }'
@@ -281,9 +282,9 @@ reconnected() {
   pods=$(cp_pods)
   [[ $(wc -w <<<"$pods") == 1 ]] || return 1
   ! grep -qxF "$pods" <<<"$cp_before" || return 1
-  (($(cp_metric outrigger_cp_connected_proxies) >= $(wc -w <<<"$(shop_pods)"))) || return 1
+  (($(cp_metric 'outrigger_cp_connected_proxies$') >= $(wc -w <<<"$(shop_pods)"))) || return 1
   for pod in $(shop_pods); do
-    (($(proxy_metric "$pod" outrigger_control_plane_connected) == 1)) || return 1
+    (($(proxy_metric "$pod" 'outrigger_control_plane_connected$') == 1)) || return 1
   done
 }
 until_true 120 "the proxies of shop did not reconnect to a new control plane" reconnected
@@ -297,26 +298,27 @@ declare -A renewed
 renewals_noted() {
   local pod
   for pod in $(shop_pods); do
-    renewed[$pod]=$(proxy_metric "$pod" 'outrigger_identity_renewals_total\{.*result="ok"')
+    renewed[$pod]=$(proxy_metric "$pod" 'outrigger_identity_renewals_total[{].*result="ok"')
   done
 }
 all_renewed() {
   local pod
   for pod in $(shop_pods); do
-    (($(proxy_metric "$pod" 'outrigger_identity_renewals_total\{.*result="ok"') > ${renewed[$pod]:-0})) \
+    (($(proxy_metric "$pod" 'outrigger_identity_renewals_total[{].*result="ok"') > ${renewed[$pod]:-0})) \
       || return 1
   done
 }
-applied() { (($(cp_metric 'outrigger_cp_ca_reloads_total\{.*result="applied"') > APPLIED)); }
+applied() { (($(cp_metric 'outrigger_cp_ca_reloads_total[{].*result="applied"') > APPLIED)); }
 rotate() { # what cert key bundle
-  APPLIED=$(cp_metric 'outrigger_cp_ca_reloads_total\{.*result="applied"')
-  renewals_noted
+  APPLIED=$(cp_metric 'outrigger_cp_ca_reloads_total[{].*result="applied"')
   ca_secret "$2" "$3" "$4"
   # kubelet swaps the mounted Secret within about a minute; the control
   # plane re-reads it every 5 s.
   until_true 180 "$1: the control plane did not apply the new CA Secret" applied
+  # Renewals from now on are answered by the new CA, with its roots.
+  renewals_noted
   until_true 240 "$1: a proxy of shop did not renew its certificate" all_renewed
-  (($(cp_metric 'outrigger_cp_ca_reloads_total\{.*result="refused"') == 0)) \
+  (($(cp_metric 'outrigger_cp_ca_reloads_total[{].*result="refused"') == 0)) \
     || fail "$1: the control plane refused a CA Secret"
   echo "$1: applied, every proxy renewed"
 }
