@@ -1,10 +1,15 @@
 # syntax=docker/dockerfile:1
-# The mesh's three images, one target each:
+# The mesh's images, one target each:
 #   docker build --target proxy         -t outrigger/proxy:TAG .
+#   docker build --target proxy-init    -t outrigger/proxy-init:TAG .
 #   docker build --target control-plane -t outrigger/control-plane:TAG .
 #   docker build --target injector      -t outrigger/injector:TAG .
 #   docker build --target cli           -t outrigger/cli:TAG .  (helm test)
-# tests/e2e/kind.sh builds all three and loads them into a kind cluster.
+# tests/e2e/kind.sh builds them all and loads them into a kind cluster.
+# Every image runs as a non-root user except proxy-init (the iptables
+# redirect needs root with NET_ADMIN and NET_RAW; the injector sets that).
+# The binaries are built with the `image` profile: the release build without
+# debug info or symbols (Cargo.toml; sizes in README.md).
 # .git is not sent to the build, so the commit the binaries report in
 # outrigger_build_info comes from a build argument ("unknown" without it):
 #   docker build --build-arg OUTRIGGER_GIT_SHA=$(git rev-parse HEAD) ...
@@ -16,25 +21,34 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --profile image --locked \
       -p outrigger-proxy -p outrigger-control-plane -p outrigger-injector \
       -p outrigger-cli \
  && mkdir /out \
- && cp target/release/outrigger-proxy target/release/outrigger-control-plane \
-       target/release/outrigger-injector target/release/outrigger /out/
+ && cp target/image/outrigger-proxy target/image/outrigger-control-plane \
+       target/image/outrigger-injector target/image/outrigger /out/
 
-# The sidecar, and the init step (`outrigger-proxy init`, which needs
-# iptables: Debian's package has both the nft and the legacy backends). The
-# injector sets each container's user: the proxy runs as 2102, the init step
-# as root with NET_ADMIN and NET_RAW only.
-FROM debian:bookworm-slim AS proxy
-RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables \
- && rm -rf /var/lib/apt/lists/*
+# The sidecar: distroless, no shell, no iptables. The injector runs it as
+# 2102 (the UID the init step exempts from the redirect).
+FROM gcr.io/distroless/cc-debian12:nonroot AS proxy
 COPY --from=build /out/outrigger-proxy /usr/local/bin/outrigger-proxy
 USER 2102:2102
 ENTRYPOINT ["/usr/local/bin/outrigger-proxy"]
 CMD ["run"]
+
+# The init step of every injected pod: `outrigger-proxy init` (the same
+# binary as the sidecar, so the rules and the proxy's ports come from one
+# build) with iptables (Debian's package has both the nft and the legacy
+# backends). The injector runs it as root with NET_ADMIN and NET_RAW only;
+# nothing else in the mesh runs as root.
+FROM debian:bookworm-slim AS proxy-init
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/outrigger-proxy /usr/local/bin/outrigger-proxy
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/outrigger-proxy"]
+CMD ["init"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS control-plane
 COPY --from=build /out/outrigger-control-plane /usr/local/bin/outrigger-control-plane

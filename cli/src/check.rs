@@ -7,7 +7,7 @@
 //! edges, and [`run`] the command (with `--wait`'s retries). The proxies' certificates and config streams are read from their
 //! `/metrics` through the pod proxy ([`crate::proxy_admin`], [`crate::prom`]).
 //! The CRDs are held against [`outrigger_control_plane::crd::definitions`]
-//! (what the chart's `crds/` is generated from), the webhook's serving
+//! (what the outrigger-crds chart is generated from), the webhook's serving
 //! certificate against its `caBundle` as the API server would check it
 //! ([`outrigger_identity::inspect`]), and the `Accepted` conditions are the
 //! ones the control plane writes ([`outrigger_control_plane::status`]).
@@ -369,8 +369,8 @@ pub fn proxies(
 /// Each CRD this CLI knows: installed, and its schema the same as this
 /// CLI's (the served version's `openAPIV3Schema`).
 pub fn crds(installed: &[CustomResourceDefinition]) -> Vec<Check> {
-    let apply = "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml of this \
-                 release (helm installs crds/ on first install only), or run the outrigger \
+    let apply = "helm upgrade --install outrigger-crds with the outrigger-crds chart of this \
+                 release (before the outrigger chart; docs/install.md), or run the outrigger \
                  CLI of the release installed";
     definitions()
         .into_iter()
@@ -1103,8 +1103,8 @@ pub async fn run(cluster: &crate::cluster::ClusterArgs, args: CheckArgs) -> Resu
 /// One kind of object the chart creates: (API group, resource, namespaced).
 pub type Resource = (&'static str, &'static str, bool);
 
-/// What `helm install` of the chart creates (charts/outrigger/templates and
-/// crds/), for the permission check.
+/// What `helm install` of the two charts creates (charts/outrigger-crds and
+/// charts/outrigger), for the permission check.
 pub const CHART_CREATES: &[Resource] = &[
     ("apiextensions.k8s.io", "customresourcedefinitions", false),
     ("rbac.authorization.k8s.io", "clusterroles", false),
@@ -1877,7 +1877,7 @@ mod tests {
             .hint
             .as_deref()
             .unwrap()
-            .contains("crds/outrigger.dev.yaml"));
+            .contains("the outrigger-crds chart"));
     }
 
     fn deployment(name: &str, ready: i32, available: &str) -> Deployment {

@@ -354,14 +354,42 @@ fn keep_unknown_fields(node: &mut Value) {
     }
 }
 
-/// The CRDs as one multi-document YAML file (what `manifests/crds/` and the
-/// chart's `crds/` hold).
+/// The CRDs as one multi-document YAML file (what `manifests/crds/` holds).
 pub fn definitions_yaml() -> String {
+    to_yaml(definitions())
+}
+
+/// The annotation that makes Helm leave an object in place when its release
+/// is uninstalled (or when an upgrade no longer renders it).
+pub const HELM_KEEP: (&str, &str) = ("helm.sh/resource-policy", "keep");
+
+/// The CRDs as the `outrigger-crds` chart's template holds them: the same
+/// definitions, kept by Helm on uninstall ([`HELM_KEEP`]: deleting a CRD
+/// deletes every resource of its kind) and labelled as part of Outrigger.
+/// A template rather than the chart's `crds/`, so that `helm upgrade`
+/// upgrades them.
+pub fn chart_definitions_yaml() -> String {
+    let mut crds = definitions();
+    for crd in &mut crds {
+        let (key, value) = HELM_KEEP;
+        crd.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        crd.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("app.kubernetes.io/part-of".into(), "outrigger".into());
+    }
+    to_yaml(crds)
+}
+
+fn to_yaml(crds: Vec<CustomResourceDefinition>) -> String {
     let mut out = String::from(
         "# Generated from the Rust types in control-plane/src/crd.rs; do not edit.\n\
          # Regenerate: OUTRIGGER_BLESS=1 cargo test -p outrigger-control-plane --test crds\n",
     );
-    for crd in definitions() {
+    for crd in crds {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serializes to YAML"));
     }

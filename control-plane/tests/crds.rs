@@ -4,16 +4,22 @@
 use outrigger_control_plane::crd;
 
 /// Where the generated CRDs are checked in: the plain manifests, and the
-/// chart's `crds/` (which Helm installs before the templates).
-const CHECKED_IN: [&str; 2] = [
-    "manifests/crds/outrigger.dev.yaml",
-    "charts/outrigger/crds/outrigger.dev.yaml",
+/// template of the `outrigger-crds` chart (with Helm's keep policy), each
+/// with the function that generates it.
+type Generator = fn() -> String;
+
+const CHECKED_IN: [(&str, Generator); 2] = [
+    ("manifests/crds/outrigger.dev.yaml", crd::definitions_yaml),
+    (
+        "charts/outrigger-crds/templates/outrigger.dev.yaml",
+        crd::chart_definitions_yaml,
+    ),
 ];
 
 #[test]
 fn checked_in_crds_match_the_rust_types() {
-    let generated = crd::definitions_yaml();
-    for file in CHECKED_IN {
+    for (file, generate) in CHECKED_IN {
+        let generated = generate();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(file);
@@ -27,9 +33,37 @@ fn checked_in_crds_match_the_rust_types() {
         }
         panic!(
             "{file} is out of date with control-plane/src/crd.rs; regenerate it with \
-             `cargo run -p outrigger-control-plane -- crds > {file}` (or OUTRIGGER_BLESS=1 \
-             cargo test -p outrigger-control-plane --test crds)"
+             OUTRIGGER_BLESS=1 cargo test -p outrigger-control-plane --test crds"
         );
+    }
+}
+
+/// The chart's CRDs are the plain ones plus Helm's keep policy and the
+/// part-of label, nothing else.
+#[test]
+fn the_chart_crds_differ_only_by_helm_metadata() {
+    let plain: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&crd::definitions_yaml()).unwrap();
+    let chart: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&crd::chart_definitions_yaml()).unwrap();
+    assert_eq!(plain.len(), chart.len());
+    for (mut p, mut c) in plain.into_iter().zip(chart) {
+        let name = p["metadata"]["name"].clone();
+        assert_eq!(
+            c["metadata"]["annotations"][crd::HELM_KEEP.0],
+            crd::HELM_KEEP.1,
+            "{name}"
+        );
+        assert_eq!(
+            c["metadata"]["labels"]["app.kubernetes.io/part-of"], "outrigger",
+            "{name}"
+        );
+        for o in [&mut p, &mut c] {
+            let m = o["metadata"].as_object_mut().unwrap();
+            m.remove("annotations");
+            m.remove("labels");
+        }
+        assert_eq!(p, c, "{name}");
     }
 }
 

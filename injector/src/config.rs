@@ -16,11 +16,20 @@ pub const PROXY_UID: i64 = 2102;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshConfig {
-    /// The proxy's image; the init step runs the same image
-    /// (`outrigger-proxy init`).
+    /// The proxy's image (distroless: no shell, no iptables).
     pub proxy_image: String,
     #[serde(default = "defaults::pull_policy")]
     pub image_pull_policy: String,
+    /// The init step's image: `outrigger-proxy init` with iptables (the
+    /// Dockerfile's `proxy-init`). Absent: the proxy image's name with
+    /// `-init` and the same tag (`outrigger/proxy:0.1.0` →
+    /// `outrigger/proxy-init:0.1.0`); required when `proxyImage` is pinned
+    /// by digest, which names one image only. See [`MeshConfig::init_image`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_init_image: Option<String>,
+    /// The init image's pull policy; absent: `imagePullPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_init_image_pull_policy: Option<String>,
     /// `host:port` of the control plane's config and certify server.
     #[serde(default = "defaults::control_plane")]
     pub control_plane_address: String,
@@ -257,6 +266,18 @@ impl MeshConfig {
         if self.proxy_image.trim().is_empty() {
             return field("proxyImage", "must name an image");
         }
+        match &self.proxy_init_image {
+            Some(image) if image.trim().is_empty() => {
+                return field("proxyInitImage", "must name an image (or be left out)");
+            }
+            None if init_image_of(&self.proxy_image).is_none() => {
+                return field(
+                    "proxyInitImage",
+                    "must be given when proxyImage is pinned by digest (a digest names one image)",
+                );
+            }
+            _ => {}
+        }
         if !self.control_plane_address.contains(':') {
             return field("controlPlaneAddress", "must be host:port");
         }
@@ -312,6 +333,22 @@ impl MeshConfig {
         Ok(())
     }
 
+    /// The init container's image: `proxyInitImage`, else the one named
+    /// after the proxy image (`<name>-init`, same tag).
+    pub fn init_image(&self) -> String {
+        self.proxy_init_image
+            .clone()
+            .or_else(|| init_image_of(&self.proxy_image))
+            .expect("checked when the config was read: a digest needs proxyInitImage")
+    }
+
+    /// The init container's pull policy.
+    pub fn init_image_pull_policy(&self) -> &str {
+        self.proxy_init_image_pull_policy
+            .as_deref()
+            .unwrap_or(&self.image_pull_policy)
+    }
+
     /// The control plane's SPIFFE identity.
     pub fn control_plane_identity(&self) -> String {
         format!(
@@ -321,9 +358,60 @@ impl MeshConfig {
     }
 }
 
+/// `repo/name:tag` → `repo/name-init:tag` (no tag: `repo/name-init`); none
+/// for an image pinned by digest.
+fn init_image_of(proxy: &str) -> Option<String> {
+    if proxy.contains('@') {
+        return None;
+    }
+    let name = proxy.rfind('/').map_or(0, |i| i + 1);
+    Some(match proxy[name..].find(':') {
+        Some(i) => {
+            let (image, tag) = proxy.split_at(name + i);
+            format!("{image}-init{tag}")
+        }
+        None => format!("{proxy}-init"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_image_is_configured_or_named_after_the_proxy_image() {
+        for (proxy, init) in [
+            ("outrigger/proxy:0.1.0", "outrigger/proxy-init:0.1.0"),
+            ("localhost:5000/o/proxy:1", "localhost:5000/o/proxy-init:1"),
+            ("localhost:5000/o/proxy", "localhost:5000/o/proxy-init"),
+            ("proxy", "proxy-init"),
+        ] {
+            let c = MeshConfig::with_image(proxy);
+            assert_eq!(c.init_image(), init);
+            assert_eq!(c.init_image_pull_policy(), "IfNotPresent");
+        }
+        let c = MeshConfig::from_yaml(
+            "proxyImage: r.example/proxy@sha256:aa\n\
+             imagePullPolicy: Always\n\
+             proxyInitImage: r.example/init@sha256:bb\n\
+             proxyInitImagePullPolicy: IfNotPresent",
+        )
+        .unwrap();
+        assert_eq!(c.init_image(), "r.example/init@sha256:bb");
+        assert_eq!(c.init_image_pull_policy(), "IfNotPresent");
+        assert_eq!(c.image_pull_policy, "Always");
+    }
+
+    #[test]
+    fn a_digest_pinned_proxy_needs_an_init_image() {
+        for (yaml, why) in [
+            ("proxyImage: r.example/proxy@sha256:aa", "pinned by digest"),
+            ("proxyImage: p:1\nproxyInitImage: ' '", "must name an image"),
+        ] {
+            let e = MeshConfig::from_yaml(yaml).unwrap_err().to_string();
+            assert!(e.contains("proxyInitImage") && e.contains(why), "{e}");
+        }
+    }
 
     #[test]
     fn a_minimal_config_takes_every_default() {

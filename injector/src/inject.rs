@@ -3,8 +3,9 @@
 //! so will the CLI's offline `inject`.
 //!
 //! What a meshed pod gets:
-//! - `outrigger-init` (first init container): `outrigger-proxy init`, the
-//!   iptables redirect; the only piece with NET_ADMIN and NET_RAW;
+//! - `outrigger-init` (first init container): `outrigger-proxy init` in the
+//!   init image ([`MeshConfig::init_image`], with iptables), the iptables
+//!   redirect; the only piece with NET_ADMIN and NET_RAW, and root;
 //! - `outrigger-proxy`: as a native sidecar (an init container with
 //!   `restartPolicy: Always`, right after the init step, so even the app's
 //!   own init containers are meshed) or, where asked, as the first
@@ -711,8 +712,8 @@ fn init_container(o: &Overrides, cfg: &MeshConfig) -> Container {
     };
     Container {
         name: INIT_CONTAINER.into(),
-        image: Some(cfg.proxy_image.clone()),
-        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        image: Some(cfg.init_image()),
+        image_pull_policy: Some(cfg.init_image_pull_policy().into()),
         args: Some(args),
         resources: Some(ResourceRequirements {
             requests: Some(q(&[("cpu", "10m"), ("memory", "10Mi")])),

@@ -112,6 +112,36 @@ spec:
         exec: { command: [cat, /tmp/ready] }
 "#;
 
+/// The init step runs the configured init image with its own pull policy;
+/// the proxy keeps the proxy image.
+#[test]
+fn the_init_container_uses_the_configured_init_image() {
+    let mut c = cfg();
+    c.proxy_image = "r.example/proxy@sha256:1111".into();
+    c.image_pull_policy = "IfNotPresent".into();
+    c.proxy_init_image = Some("r.example/proxy-init@sha256:2222".into());
+    c.proxy_init_image_pull_policy = Some("Always".into());
+    for native in [true, false] {
+        c.native_sidecar = native;
+        let (after, _, _) = injected(&yaml(WEB), &enabled("shop"), &c);
+        let spec = after.spec.unwrap();
+        let inits = spec.init_containers.unwrap();
+        let init = inits.iter().find(|c| c.name == "outrigger-init").unwrap();
+        assert_eq!(
+            init.image.as_deref(),
+            Some("r.example/proxy-init@sha256:2222")
+        );
+        assert_eq!(init.image_pull_policy.as_deref(), Some("Always"));
+        let proxy = inits
+            .iter()
+            .chain(&spec.containers)
+            .find(|c| c.name == "outrigger-proxy")
+            .unwrap();
+        assert_eq!(proxy.image.as_deref(), Some("r.example/proxy@sha256:1111"));
+        assert_eq!(proxy.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+}
+
 #[test]
 fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
     let pod = yaml(WEB);
@@ -128,7 +158,11 @@ fn a_pod_from_a_replica_set_gets_the_init_step_and_a_native_sidecar() {
 
     // The init step: iptables with NET_ADMIN/NET_RAW, nothing more.
     let init = &inits[0];
-    assert_eq!(init.image.as_deref(), Some("ghcr.io/outrigger/proxy:0.1.0"));
+    assert_eq!(
+        init.image.as_deref(),
+        Some("ghcr.io/outrigger/proxy-init:0.1.0"),
+        "the proxy image's name with -init: the proxy image has no iptables"
+    );
     assert_eq!(
         init.args.as_deref().unwrap(),
         [

@@ -28,10 +28,18 @@ pub fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/outrigger")
 }
 
+/// The chart of the CRDs (`outrigger-crds`), in the repository.
+pub fn crds_chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/outrigger-crds")
+}
+
 /// The rendered chart: every object, in template order.
 #[derive(Debug)]
 pub struct Rendered {
     pub objects: Vec<Value>,
+    /// The objects of the chart's `crds/` directory, as Helm loads them
+    /// (applied on first install, never templated nor upgraded).
+    pub crds: Vec<Value>,
     /// `helm lint --strict`'s findings: `{severity, path, error}`.
     pub lint: Vec<Value>,
 }
@@ -43,6 +51,16 @@ impl Rendered {
             .iter()
             .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
+    }
+
+    /// `helm lint --strict` found nothing at warning level or above.
+    pub fn assert_lints_clean(&self) {
+        let serious: Vec<_> = self
+            .lint
+            .iter()
+            .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(serious.is_empty(), "helm lint: {serious:#?}");
     }
 
     /// Every object of this kind.
@@ -163,18 +181,7 @@ pub enum RenderError {
 /// `OUTRIGGER_REQUIRE_HELM` is set; a panic with Helm's message when it
 /// refuses the chart or the values.
 pub fn render_or_skip(values: Value, name: &str, namespace: &str) -> Option<Rendered> {
-    match render(values, name, namespace) {
-        Ok(r) => Some(r),
-        Err(RenderError::NoHelm(why)) => {
-            assert!(
-                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
-                "OUTRIGGER_REQUIRE_HELM is set, but the chart cannot be rendered: {why}"
-            );
-            eprintln!("skipped: {why} (pip install helm-python-sdk)");
-            None
-        }
-        Err(RenderError::Helm(e)) => panic!("helm refused the chart: {e}"),
-    }
+    render_chart_or_skip(&chart_dir(), values, name, namespace)
 }
 
 /// `from` over `into`, as Helm layers values: objects merge key by key,
@@ -193,9 +200,41 @@ pub fn merge_values(into: &mut Value, from: Value) {
 /// Renders the chart as `helm install NAME -n NAMESPACE` would, with
 /// `values` over values.yaml, and lints it.
 pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, RenderError> {
+    render_chart(&chart_dir(), values, name, namespace)
+}
+
+/// [`render_or_skip`] for the chart in `dir`.
+pub fn render_chart_or_skip(
+    dir: &Path,
+    values: Value,
+    name: &str,
+    namespace: &str,
+) -> Option<Rendered> {
+    match render_chart(dir, values, name, namespace) {
+        Ok(r) => Some(r),
+        Err(RenderError::NoHelm(why)) => {
+            assert!(
+                std::env::var_os("OUTRIGGER_REQUIRE_HELM").is_none(),
+                "OUTRIGGER_REQUIRE_HELM is set, but {} cannot be rendered: {why}",
+                dir.display()
+            );
+            eprintln!("skipped: {why} (pip install helm-python-sdk)");
+            None
+        }
+        Err(RenderError::Helm(e)) => panic!("helm refused {}: {e}", dir.display()),
+    }
+}
+
+/// [`render`] for the chart in `dir`.
+pub fn render_chart(
+    dir: &Path,
+    values: Value,
+    name: &str,
+    namespace: &str,
+) -> Result<Rendered, RenderError> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/render.py");
     let input = json!({
-        "chart": chart_dir(),
+        "chart": dir,
         "values": values,
         "name": name,
         "namespace": namespace,
@@ -222,16 +261,20 @@ pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, Re
     if let Some(e) = answer["error"].as_str() {
         return Err(RenderError::Helm(e.to_string()));
     }
-    let mut objects = Vec::new();
-    let rendered = answer["rendered"].as_object().expect("rendered templates");
-    for (template, text) in rendered {
-        if !template.ends_with(".yaml") {
-            continue; // NOTES.txt
+    let documents = |files: &Value| {
+        let mut objects = Vec::new();
+        for (file, text) in files.as_object().expect("files by name") {
+            if !file.ends_with(".yaml") {
+                continue; // NOTES.txt
+            }
+            let docs: Vec<Value> = serde_saphyr::from_multiple(text.as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{file} is not YAML: {e}\n{text}"));
+            objects.extend(docs.into_iter().filter(|d| !d.is_null()));
         }
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text.as_str().unwrap())
-            .unwrap_or_else(|e| panic!("{template} is not YAML: {e}\n{text}"));
-        objects.extend(docs.into_iter().filter(|d| !d.is_null()));
-    }
+        objects
+    };
+    let objects = documents(&answer["rendered"]);
+    let crds = documents(&answer["crds"]);
     let report = &answer["lint"];
     let errors = report["errors"]
         .as_array()
@@ -246,7 +289,11 @@ pub fn render(values: Value, name: &str, namespace: &str) -> Result<Rendered, Re
         .as_array()
         .expect("the lint report's messages")
         .clone();
-    Ok(Rendered { objects, lint })
+    Ok(Rendered {
+        objects,
+        crds,
+        lint,
+    })
 }
 
 /// A test mesh CA (ECDSA P-256, self-signed, the control plane's own

@@ -19,14 +19,16 @@
 //! | [`processes`] | [`eventually`], [`ready`], [`workspace_bin`], [`run_bin`], [`free_port`], a real Prometheus ([`PrometheusBin`], its [`Target`]s, [`Prometheus::query`]) and [`promtool`], the proxy binary on a static snapshot ([`StaticProxy`]) |
 //! | [`control_plane`] | an in-process control plane on a folder, the folder, its certifier; proxies that wait for it and follow it |
 //! | [`chart`] | the Helm chart rendered, a rendered container run, a fake API server |
+//! | [`crd_schema`] | a custom resource held against its CRD's served version and structural schema |
 //!
-//! Everything but `chart` and `control_plane` is re-exported here, so a test
+//! Everything but `chart`, `crd_schema` and `control_plane` is re-exported here, so a test
 //! file needs only `use outrigger_tests::*;`.
 
 pub mod body;
 pub mod chart;
 pub mod clients;
 pub mod control_plane;
+pub mod crd_schema;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;

@@ -54,6 +54,18 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
+/// The repository's examples of mesh resources are accepted as they are.
+#[tokio::test]
+async fn the_mesh_examples_are_accepted() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh");
+    let (code, out, err) = run("outrigger", &["analyze", examples.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("no findings: 4 mesh resources would be accepted"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn a_good_set_of_files_exits_0() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! `outrigger check`, the real binary, against the stand-in API server
 //! holding what `helm install` leaves: the chart rendered by the real Helm
 //! engine (its Deployments, made ready here, its webhook configuration and
-//! serving certificate Secret) and the chart's crds/, plus namespaces and
+//! serving certificate Secret) and the outrigger-crds chart, plus namespaces and
 //! mesh resources. Each fault this can create fails the check naming the
 //! cause; the healthy mesh exits 0.
 
@@ -11,7 +11,8 @@ use outrigger_injector::config::MeshConfig;
 use outrigger_injector::inject::{inject, Namespace, Outcome};
 
 use outrigger_tests::chart::{
-    chart_dir, fake_api_server_with_pods, merge_values, render_or_skip, test_ca, Rendered,
+    crds_chart_dir, fake_api_server_with_pods, merge_values, render_chart_or_skip, render_or_skip,
+    test_ca, Rendered,
 };
 use outrigger_tests::control_plane::{certifier, follow, waiting_proxy, ControlPlane, Dir};
 use outrigger_tests::{cert_left, eventually, run_bin, server_snapshot};
@@ -194,10 +195,14 @@ fn meshed(name: &str, version: &str) -> Value {
 
 /// What a healthy install holds.
 fn healthy(rendered: &Rendered) -> BTreeMap<String, Vec<Value>> {
-    let crds: Vec<Value> = serde_saphyr::from_multiple(
-        &std::fs::read_to_string(chart_dir().join("crds/outrigger.dev.yaml")).unwrap(),
+    let crds: Vec<Value> = render_chart_or_skip(
+        &crds_chart_dir(),
+        json!({}),
+        "outrigger-crds",
+        "outrigger-system",
     )
-    .unwrap();
+    .expect("the CRD chart renders where the main chart did")
+    .objects;
     BTreeMap::from([
         (CRDS.to_string(), crds),
         (
@@ -328,7 +333,7 @@ async fn a_missing_crd_fails() {
                 .retain(|c| c["spec"]["names"]["kind"] != "PeerAuthentication")
         },
         "customresourcedefinition peerauthentications.outrigger.dev is missing",
-        "kubectl apply --server-side -f the chart's crds/outrigger.dev.yaml",
+        "helm upgrade --install outrigger-crds with the outrigger-crds chart",
     )
     .await;
 }

@@ -144,6 +144,8 @@ seccompProfile:
 {{- define "outrigger.meshConfig" -}}
 proxyImage: {{ include "outrigger.image" (dict "root" . "name" "proxy" "image" .Values.proxy.image) }}
 imagePullPolicy: {{ include "outrigger.pullPolicy" (dict "root" . "image" .Values.proxy.image) }}
+proxyInitImage: {{ include "outrigger.image" (dict "root" . "name" "proxy-init" "image" .Values.proxyInit.image) }}
+proxyInitImagePullPolicy: {{ include "outrigger.pullPolicy" (dict "root" . "image" .Values.proxyInit.image) }}
 controlPlaneAddress: {{ include "outrigger.controlPlaneAddress" . }}
 controlPlaneNamespace: {{ .Release.Namespace }}
 controlPlaneServiceAccount: outrigger-control-plane

@@ -1,6 +1,7 @@
 """Renders and lints the chart with the real Helm engine (the helm-python-sdk
 wheel, Helm as a library; no cluster). Reads {"chart", "values", "name",
 "namespace"} as JSON on stdin; prints {"rendered": {template: text},
+"crds": {file: text} (the chart's crds/, which Helm applies as they are),
 "lint": report} or {"error": message} as JSON."""
 import json
 import sys
@@ -19,6 +20,7 @@ try:
     lint = helm_python.lint(
         args["chart"], args["values"], strict=True, namespace=args["namespace"]
     )
-    json.dump({"rendered": rendered, "lint": lint}, sys.stdout)
+    crds = {crd["name"]: crd["data"] for crd in chart.crds}
+    json.dump({"rendered": rendered, "crds": crds, "lint": lint}, sys.stdout)
 except helm_python.HelmError as e:
     json.dump({"error": str(e)}, sys.stdout)
