@@ -39,6 +39,29 @@ pub struct Feature {
     pub used_in: fn(Part<'_>) -> bool,
 }
 
+/// The structs a proxy must understand whole: an unknown field in one of
+/// them refuses the update (the configuration in force kept) instead of
+/// being left out, whether or not a [`Feature`] names it. They are where a
+/// dropped field would make the proxy enforce less than asked or send
+/// traffic where no route sent it: the inbound side's mTLS and
+/// authorization, a route's match, the client TLS mode. A field added to
+/// one of them is read by older proxies as a refusal: the fleet keeps its
+/// last good configuration until its proxies are upgraded, never a weaker
+/// one, even if the feature registry was not updated.
+pub const UNDERSTOOD_WHOLE: &[&str] = &[
+    "Inbound",
+    "Mtls",
+    "AuthorizationPolicy",
+    "AuthorizationRule",
+    "RuleFrom",
+    "Source",
+    "RuleTo",
+    "Operation",
+    "HttpMatch",
+    "StringMatch",
+    "ClientTls",
+];
+
 /// The features this build implements: what its proxy accepts in
 /// `requires`, and what its control plane lists when an update uses them.
 pub const FEATURES: &[Feature] = &[];
@@ -120,5 +143,77 @@ mod tests {
         let requires = required_by_update(&registry, &both);
         assert_eq!(missing(&[ROUTES], &requires), ["test-authorization"]);
         assert!(missing(&registry, &requires).is_empty());
+    }
+
+    #[test]
+    fn the_structs_understood_whole_are_the_wire_types_of_those_names() {
+        use crate::authz::{AuthorizationPolicy, AuthorizationRule, Operation, RuleFrom, RuleTo};
+        use crate::inbound::Mtls;
+        use crate::policy::{ClientTls, HttpMatch, StringMatch};
+        fn name<T>() -> &'static str {
+            let full = std::any::type_name::<T>();
+            full.rsplit("::").next().unwrap_or(full)
+        }
+        // A renamed type fails to compile here, or differs below.
+        let types = [
+            name::<Inbound>(),
+            name::<Mtls>(),
+            name::<AuthorizationPolicy>(),
+            name::<AuthorizationRule>(),
+            name::<RuleFrom>(),
+            name::<crate::authz::Source>(),
+            name::<RuleTo>(),
+            name::<Operation>(),
+            name::<HttpMatch>(),
+            name::<StringMatch>(),
+            name::<ClientTls>(),
+        ];
+        assert_eq!(types, UNDERSTOOD_WHOLE);
+    }
+
+    #[test]
+    fn an_unknown_field_where_dropping_it_weakens_a_setting_refuses_the_update() {
+        let read = |json: serde_json::Value| {
+            crate::tolerant::from_json_slice::<ConfigUpdate>(
+                json.to_string().as_bytes(),
+                UNDERSTOOD_WHOLE,
+            )
+        };
+        let with = |inbound: serde_json::Value, service_extra: serde_json::Value| {
+            let mut service = serde_json::json!({"name": "api", "namespace": "shop",
+                "ports": [80], "endpoints": [{"address": "10.0.0.1:80", "zone": "a"}],
+                "http": [{"name": "all", "match": [{"uri": {"prefix": "/"}}]}]});
+            service
+                .as_object_mut()
+                .unwrap()
+                .extend(service_extra.as_object().unwrap().clone());
+            serde_json::json!({"version": "1",
+                "proxy": {"workload": "web", "namespace": "shop"},
+                "inbound": inbound, "services": [service]})
+        };
+        // An endpoint's new field is left out and reported.
+        let (_, ignored) = read(with(serde_json::json!({}), serde_json::json!({}))).unwrap();
+        assert_eq!(ignored.paths, ["services[0].endpoints[0].zone"]);
+        // A new field of an authorization rule, of the mTLS settings or of
+        // a route's match refuses the whole update, naming it.
+        let rule = serde_json::json!({"authorization": [{"name": "shop/p",
+            "rules": [{"notWhen": "x"}]}]});
+        let e = read(with(rule, serde_json::json!({}))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("inbound.authorization[0].rules[0].notWhen: unknown field"),
+            "{e}"
+        );
+        let mtls = serde_json::json!({"mtls": {"mode": "STRICT", "minVersion": "1.3"}});
+        let e = read(with(mtls, serde_json::json!({}))).unwrap_err();
+        assert!(e.to_string().contains("of Mtls, which this proxy"), "{e}");
+        let matched = serde_json::json!({"http": [{"name": "all",
+            "match": [{"uri": {"prefix": "/"}, "queryParams": {"a": {"exact": "1"}}}]}]});
+        let e = read(with(serde_json::json!({}), matched)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("services[0].http[0].match[0].queryParams: unknown field"),
+            "{e}"
+        );
     }
 }

@@ -84,29 +84,44 @@ pub enum ReadError {
 /// A document with no unknown field reads as the strict reader reads it,
 /// at its speed (it is tried first); only a document it refuses is read
 /// again through a tree, which takes about four times as long.
-pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Ignored), ReadError> {
+///
+/// `whole` names the structs (by their Rust names, as serde's derive gives
+/// them) that must be understood whole: an unknown key in one of those
+/// refuses the read, naming it, instead of being left out. Those are the
+/// structs where a field dropped could make the proxy enforce less than
+/// asked ([`crate::features::UNDERSTOOD_WHOLE`]).
+pub fn from_json_slice<T: DeserializeOwned>(
+    bytes: &[u8],
+    whole: &'static [&'static str],
+) -> Result<(T, Ignored), ReadError> {
     if let Ok(read) = serde_json::from_slice(bytes) {
         return Ok((read, Ignored::default()));
     }
-    through_tree(bytes)
+    through_tree(bytes, whole)
 }
 
 /// The tolerant read proper: the document as a tree, then `T` from it,
 /// keys its structs do not declare left out. A key given twice reads as
 /// its last value (the tree keeps one), where the strict reader refuses it.
-fn through_tree<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Ignored), ReadError> {
+fn through_tree<T: DeserializeOwned>(
+    bytes: &[u8],
+    whole: &'static [&'static str],
+) -> Result<(T, Ignored), ReadError> {
     let value: Value = serde_json::from_slice(bytes)?;
-    let ignored = RefCell::new(Ignored::default());
+    let cx = Context {
+        ignored: RefCell::new(Ignored::default()),
+        whole,
+    };
     let read = T::deserialize(Reader {
         value,
         path: &Path::Root,
-        ignored: &ignored,
+        cx: &cx,
     })
     .map_err(|e| ReadError::Invalid {
         path: e.path.unwrap_or_default(),
         message: e.message,
     })?;
-    Ok((read, ignored.into_inner()))
+    Ok((read, cx.ignored.into_inner()))
 }
 
 /// Where a value is, rendered only when something needs naming.
@@ -160,11 +175,18 @@ impl de::Error for Error {
     }
 }
 
+/// What one read shares: the fields it left out, and the structs it must
+/// understand whole.
+struct Context {
+    ignored: RefCell<Ignored>,
+    whole: &'static [&'static str],
+}
+
 /// One JSON value and where it is.
 struct Reader<'p> {
     value: Value,
     path: &'p Path<'p>,
-    ignored: &'p RefCell<Ignored>,
+    cx: &'p Context,
 }
 
 impl<'de> de::Deserializer<'de> for Reader<'_> {
@@ -190,7 +212,7 @@ impl<'de> de::Deserializer<'de> for Reader<'_> {
                     items: items.into_iter(),
                     at: 0,
                     path: self.path,
-                    ignored: self.ignored,
+                    cx: self.cx,
                 };
                 let out = visitor.visit_seq(&mut seq)?;
                 if seq.at != len {
@@ -198,21 +220,21 @@ impl<'de> de::Deserializer<'de> for Reader<'_> {
                 }
                 Ok(out)
             }
-            Value::Object(map) => {
-                visitor.visit_map(Entries::new(map, None, self.path, self.ignored))
-            }
+            Value::Object(map) => visitor.visit_map(Entries::new(map, None, self.path, self.cx)),
         }
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
         match self.value {
             Value::Object(map) => {
-                visitor.visit_map(Entries::new(map, Some(fields), self.path, self.ignored))
+                let mut entries = Entries::new(map, Some(fields), self.path, self.cx);
+                entries.whole = self.cx.whole.contains(&name).then_some(name);
+                visitor.visit_map(entries)
             }
             _ => self.deserialize_any(visitor),
         }
@@ -247,7 +269,7 @@ impl<'de> de::Deserializer<'de> for Reader<'_> {
                     variant,
                     value,
                     path: self.path,
-                    ignored: self.ignored,
+                    cx: self.cx,
                 })
             }
             _ => Err(de::Error::custom(
@@ -271,7 +293,7 @@ struct Elements<'p> {
     items: std::vec::IntoIter<Value>,
     at: usize,
     path: &'p Path<'p>,
-    ignored: &'p RefCell<Ignored>,
+    cx: &'p Context,
 }
 
 impl<'de> SeqAccess<'de> for Elements<'_> {
@@ -289,7 +311,7 @@ impl<'de> SeqAccess<'de> for Elements<'_> {
         seed.deserialize(Reader {
             value,
             path: &path,
-            ignored: self.ignored,
+            cx: self.cx,
         })
         .map(Some)
         .map_err(|e| e.at(&path))
@@ -305,11 +327,14 @@ impl<'de> SeqAccess<'de> for Elements<'_> {
 struct Entries<'p> {
     entries: serde_json::map::IntoIter,
     fields: Option<&'static [&'static str]>,
+    /// The struct's name when it must be understood whole: an unknown key
+    /// in it refuses the read.
+    whole: Option<&'static str>,
     /// The key whose value comes next.
     key: String,
     value: Option<Value>,
     path: &'p Path<'p>,
-    ignored: &'p RefCell<Ignored>,
+    cx: &'p Context,
 }
 
 impl<'p> Entries<'p> {
@@ -317,15 +342,16 @@ impl<'p> Entries<'p> {
         map: Map<String, Value>,
         fields: Option<&'static [&'static str]>,
         path: &'p Path<'p>,
-        ignored: &'p RefCell<Ignored>,
+        cx: &'p Context,
     ) -> Self {
         Entries {
             entries: map.into_iter(),
             fields,
+            whole: None,
             key: String::new(),
             value: None,
             path,
-            ignored,
+            cx,
         }
     }
 }
@@ -340,7 +366,16 @@ impl<'de> MapAccess<'de> for Entries<'_> {
         for (key, value) in self.entries.by_ref() {
             if let Some(fields) = self.fields {
                 if !fields.contains(&key.as_str()) {
-                    self.ignored
+                    if let Some(name) = self.whole {
+                        return Err(<Error as de::Error>::custom(format_args!(
+                            "unknown field `{key}` of {name}, which this proxy must \
+                             understand whole (dropping it could weaken a security or \
+                             routing setting): upgrade the proxy"
+                        ))
+                        .at(&Path::Key(self.path, &key)));
+                    }
+                    self.cx
+                        .ignored
                         .borrow_mut()
                         .record(Path::Key(self.path, &key).to_string());
                     continue;
@@ -365,7 +400,7 @@ impl<'de> MapAccess<'de> for Entries<'_> {
         seed.deserialize(Reader {
             value,
             path: &path,
-            ignored: self.ignored,
+            cx: self.cx,
         })
         .map_err(|e| e.at(&path))
     }
@@ -437,7 +472,7 @@ struct Variant<'p> {
     variant: String,
     value: Value,
     path: &'p Path<'p>,
-    ignored: &'p RefCell<Ignored>,
+    cx: &'p Context,
 }
 
 impl<'de, 'p> EnumAccess<'de> for Variant<'p> {
@@ -454,7 +489,7 @@ impl<'de, 'p> EnumAccess<'de> for Variant<'p> {
             Reader {
                 value: self.value,
                 path: self.path,
-                ignored: self.ignored,
+                cx: self.cx,
             },
         ))
     }
@@ -531,7 +566,7 @@ mod tests {
             "list":[{"n":2},{"n":3,"new":true}],
             "by_port":{"8080":{"n":4,"more":"x"}},
             "shape":{"Box":{"side":5,"depth":6}}}"#;
-        let (read, ignored) = from_json_slice::<Outer>(json).unwrap();
+        let (read, ignored) = from_json_slice::<Outer>(json, &[]).unwrap();
         assert_eq!(
             read,
             Outer {
@@ -555,6 +590,22 @@ mod tests {
             ]
         );
         assert_eq!(ignored.count, 5);
+        // A struct named as understood whole refuses an unknown key in it,
+        // naming the key and where it is, and nothing else changes.
+        let e = from_json_slice::<Outer>(json, &["Inner"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "by_port.8080.more: unknown field `more` of Inner, which this proxy must \
+             understand whole (dropping it could weaken a security or routing setting): upgrade the proxy"
+        );
+        let outside = br#"{"name":"a","future":1,"inner":{"n":1}}"#;
+        assert_eq!(
+            from_json_slice::<Outer>(outside, &["Inner"])
+                .unwrap()
+                .1
+                .paths,
+            ["future"]
+        );
         // The strict reader of the same type refuses the same document.
         let strict = serde_json::from_slice::<Outer>(json).unwrap_err();
         assert!(
@@ -565,30 +616,31 @@ mod tests {
 
     #[test]
     fn everything_else_is_still_an_error_with_its_path() {
-        let wrong_type = from_json_slice::<Outer>(br#"{"name":"a","list":[{"n":1},{"n":"x"}]}"#)
-            .unwrap_err()
-            .to_string();
+        let wrong_type =
+            from_json_slice::<Outer>(br#"{"name":"a","list":[{"n":1},{"n":"x"}]}"#, &[])
+                .unwrap_err()
+                .to_string();
         assert!(
             wrong_type.starts_with("list[1].n: invalid type: string"),
             "{wrong_type}"
         );
-        let missing = from_json_slice::<Outer>(br#"{"inner":{"n":1}}"#)
+        let missing = from_json_slice::<Outer>(br#"{"inner":{"n":1}}"#, &[])
             .unwrap_err()
             .to_string();
         assert_eq!(missing, "missing field `name`");
-        let variant = from_json_slice::<Outer>(br#"{"name":"a","shape":"Triangle"}"#)
+        let variant = from_json_slice::<Outer>(br#"{"name":"a","shape":"Triangle"}"#, &[])
             .unwrap_err()
             .to_string();
         assert!(
             variant.starts_with("shape: unknown variant `Triangle`"),
             "{variant}"
         );
-        let port = from_json_slice::<Outer>(br#"{"name":"a","by_port":{"web":{"n":1}}}"#)
+        let port = from_json_slice::<Outer>(br#"{"name":"a","by_port":{"web":{"n":1}}}"#, &[])
             .unwrap_err()
             .to_string();
         assert!(port.starts_with("by_port.web: invalid value"), "{port}");
         assert!(matches!(
-            from_json_slice::<Outer>(b"{\"name\":"),
+            from_json_slice::<Outer>(b"{\"name\":", &[]),
             Err(ReadError::Json(_))
         ));
     }
@@ -597,7 +649,7 @@ mod tests {
     fn reports_are_bounded_and_the_count_is_not() {
         let members: Vec<String> = (0..40).map(|i| format!("\"extra{i:02}\":{i}")).collect();
         let json = format!("{{\"name\":\"a\",{}}}", members.join(","));
-        let (_, ignored) = from_json_slice::<Outer>(json.as_bytes()).unwrap();
+        let (_, ignored) = from_json_slice::<Outer>(json.as_bytes(), &[]).unwrap();
         assert_eq!(ignored.count, 40);
         assert_eq!(ignored.paths.len(), MAX_REPORTED);
         assert!(ignored.to_string().ends_with(" and 24 more"), "{ignored}");
@@ -612,11 +664,12 @@ mod tests {
         let strict: ConfigUpdate = serde_json::from_slice(json).unwrap();
         // Through the tree (what a document with unknown fields takes) and
         // through the strict reader tried first: the same update.
-        let (tolerant, ignored) = through_tree::<ConfigUpdate>(json).unwrap();
+        let (tolerant, ignored) =
+            through_tree::<ConfigUpdate>(json, crate::features::UNDERSTOOD_WHOLE).unwrap();
         assert_eq!(tolerant, strict);
         assert!(ignored.is_empty());
         assert_eq!(
-            from_json_slice::<ConfigUpdate>(json).unwrap(),
+            from_json_slice::<ConfigUpdate>(json, &[]).unwrap(),
             (strict, ignored)
         );
         let expected: Inbound =

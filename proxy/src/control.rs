@@ -271,7 +271,8 @@ pub enum Refused {
 /// implements (`registry`): the update and the fields it left out, or why
 /// it is refused (never partly: a missing feature refuses it whole).
 pub fn read_update(line: &[u8], registry: &[Feature]) -> Result<(ConfigUpdate, Ignored), Refused> {
-    let (update, ignored) = tolerant::from_json_slice::<ConfigUpdate>(line)?;
+    let (update, ignored) =
+        tolerant::from_json_slice::<ConfigUpdate>(line, outrigger_api::features::UNDERSTOOD_WHOLE)?;
     let missing = features::missing(registry, &update.requires);
     if !missing.is_empty() {
         return Err(Refused::Requires {

@@ -293,8 +293,11 @@ impl Identity {
             });
         }
         // Read tolerantly: a newer control plane may add fields (version skew).
-        let (answer, ignored) = outrigger_api::tolerant::from_json_slice::<CertifyResponse>(&body)
-            .map_err(|e| IdentityError::Http(format!("unreadable answer: {e}")))?;
+        let (answer, ignored) = outrigger_api::tolerant::from_json_slice::<CertifyResponse>(
+            &body,
+            outrigger_api::features::UNDERSTOOD_WHOLE,
+        )
+        .map_err(|e| IdentityError::Http(format!("unreadable answer: {e}")))?;
         let chain = certificates(&answer.certificate_chain, "certificate_chain")?;
         let roots = certificates(&answer.trust_roots, "trust_roots")?;
         let (id, certified) = key.certified(chain)?;
