@@ -415,12 +415,14 @@ impl<'de> MapAccess<'de> for Entries<'_> {
 struct Key<'k>(&'k str);
 
 macro_rules! parse_key {
-    ($($method:ident => $visit:ident),* $(,)?) => {
+    ($($method:ident => $visit:ident: $t:ty),* $(,)?) => {
         $(
             fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-                match self.0.parse() {
-                    Ok(n) => visitor.$visit(n),
-                    Err(_) => Err(de::Error::invalid_value(
+                // Only the number's own spelling, as the strict reader
+                // takes it: `+80` or `080` would make two keys one.
+                match self.0.parse::<$t>() {
+                    Ok(n) if n.to_string() == self.0 => visitor.$visit(n),
+                    _ => Err(de::Error::invalid_value(
                         de::Unexpected::Str(self.0),
                         &visitor,
                     )),
@@ -455,10 +457,10 @@ impl<'de> de::Deserializer<'de> for Key<'_> {
     }
 
     parse_key! {
-        deserialize_u8 => visit_u8, deserialize_u16 => visit_u16,
-        deserialize_u32 => visit_u32, deserialize_u64 => visit_u64,
-        deserialize_i8 => visit_i8, deserialize_i16 => visit_i16,
-        deserialize_i32 => visit_i32, deserialize_i64 => visit_i64,
+        deserialize_u8 => visit_u8: u8, deserialize_u16 => visit_u16: u16,
+        deserialize_u32 => visit_u32: u32, deserialize_u64 => visit_u64: u64,
+        deserialize_i8 => visit_i8: i8, deserialize_i16 => visit_i16: i16,
+        deserialize_i32 => visit_i32: i32, deserialize_i64 => visit_i64: i64,
     }
 
     forward_to_deserialize_any! {
@@ -639,6 +641,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(port.starts_with("by_port.web: invalid value"), "{port}");
+        // A number spelt otherwise than its own way, which would make two
+        // keys one, is refused as the strict reader refuses it (the
+        // unknown `x` sends the document through the tolerant reader).
+        for key in ["+80", "080", " 80"] {
+            let json = format!(r#"{{"name":"a","x":1,"by_port":{{"{key}":{{"n":1}}}}}}"#);
+            let e = from_json_slice::<Outer>(json.as_bytes(), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("by_port.{key}: invalid value")),
+                "{e}"
+            );
+            assert!(serde_json::from_slice::<Outer>(json.as_bytes()).is_err());
+        }
         assert!(matches!(
             from_json_slice::<Outer>(b"{\"name\":", &[]),
             Err(ReadError::Json(_))

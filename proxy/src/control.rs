@@ -190,6 +190,9 @@ async fn session(
     tracing::info!(control_plane = %follow.address, "config stream open");
     let mut body = resp.into_body();
     let mut lines = Lines::default();
+    // The unknown fields last logged on this stream: the same ones again are
+    // only counted.
+    let mut logged = Vec::new();
     loop {
         let frame = match tokio::time::timeout(IDLE_LIMIT, body.frame()).await {
             Err(_) => return Ended::Idle(IDLE_LIMIT),
@@ -207,7 +210,7 @@ async fn session(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // heartbeat
             }
-            if apply_line(&line, bootstrap, applier, metrics) {
+            if apply_line(&line, bootstrap, applier, metrics, &mut logged) {
                 backoff.reset();
             }
         }
@@ -220,12 +223,22 @@ pub fn user_agent() -> String {
     format!("{PROXY_AGENT}{}", outrigger_runtime::build::VERSION)
 }
 
-/// Applies one update line; true when it was applied.
-fn apply_line(line: &[u8], bootstrap: &Snapshot, applier: &Applier, metrics: &Metrics) -> bool {
+/// Applies one update line; true when it was applied. Unknown fields are
+/// counted every time, logged when they differ from those `logged` last.
+fn apply_line(
+    line: &[u8],
+    bootstrap: &Snapshot,
+    applier: &Applier,
+    metrics: &Metrics,
+    logged: &mut Vec<String>,
+) -> bool {
     let update = match read_update(line, FEATURES) {
         Ok((update, ignored)) => {
             if !ignored.is_empty() {
                 metrics.count_unknown_fields(crate::metrics::CONFIG_UPDATE, &ignored);
+            }
+            if !ignored.is_empty() && *logged != ignored.paths {
+                logged.clone_from(&ignored.paths);
                 tracing::warn!(
                     version = %update.version,
                     count = ignored.count,
