@@ -12,9 +12,12 @@
 #   5. PERMISSIVE lets an unmeshed client in, STRICT keeps it out while the
 #      meshed client still gets through;
 #   6. helm test passes (outrigger check, from the cli image, in the cluster);
-#   7. helm upgrade of both charts (the control plane and the injector rolled
-#      to new pods) while the client sends requests: none fails, and every
-#      proxy reconnects to the new control plane;
+#   7. helm upgrade of both charts while the client sends requests (this
+#      checkout's charts and images over themselves, with changed values
+#      that roll the control plane and the injector to new pods: the path
+#      an upgrade takes, not a change of version): none fails, both
+#      Deployments have new pods, and every proxy reconnects to the new
+#      control plane;
 #   8. the trust anchor rotated in the three Secret updates of
 #      docs/security.md (the new root trusted beside the old, the new root
 #      signs, the old root dropped) under the same load: no request fails,
@@ -100,6 +103,14 @@ if kubectl -n "$NS" get secret "$CA_SECRET" >/dev/null 2>&1; then
   kubectl -n "$NS" get secret "$CA_SECRET" -o jsonpath='{.data.tls\.crt}' | base64 -d >"$WORK/ca.pem"
   kubectl -n "$NS" get secret "$CA_SECRET" -o jsonpath='{.data.tls\.key}' | base64 -d >"$WORK/ca.key"
   echo "reusing the cluster's CA"
+elif kubectl -n "$NS" get secret outrigger-ca >/dev/null 2>&1; then
+  # A cluster kept by an earlier version of this script: the chart made the
+  # CA's Secret (outrigger-ca: ca.pem, ca.key) from values. Keep that CA, in
+  # the new layout.
+  kubectl -n "$NS" get secret outrigger-ca -o jsonpath='{.data.ca\.pem}' | base64 -d >"$WORK/ca.pem"
+  kubectl -n "$NS" get secret outrigger-ca -o jsonpath='{.data.ca\.key}' | base64 -d >"$WORK/ca.key"
+  ca_secret "$WORK/ca.pem" "$WORK/ca.key" "$WORK/ca.pem"
+  echo "reusing the cluster's CA (from the chart's outrigger-ca)"
 else
   new_root ca
   ca_secret "$WORK/ca.pem" "$WORK/ca.key" "$WORK/ca.pem"
@@ -266,15 +277,33 @@ until_true() {
 
 step "7. helm upgrade of both charts under load"
 cp_before=$(cp_pods)
+injector_before=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name=outrigger-injector \
+  -o jsonpath='{.items[*].metadata.name}')
+# A value this run has not used before, so the pods roll on a kept cluster
+# too.
+MARK=$(date +%s)
 start_load
 sleep 5
 helm upgrade outrigger-crds charts/outrigger-crds -n "$NS" --wait
 # Changed values: new pod annotations roll the control plane and the injector.
 helm upgrade outrigger charts/outrigger -n "$NS" "${VALUES[@]}" \
-  --set controlPlane.podAnnotations.e2e/upgraded="$TAG" \
-  --set injector.podAnnotations.e2e/upgraded="$TAG" \
+  --set controlPlane.podAnnotations.e2e/upgraded="$MARK" \
+  --set injector.podAnnotations.e2e/upgraded="$MARK" \
   --wait --timeout 5m
 kubectl -n "$NS" rollout status deploy/outrigger-control-plane --timeout 180s
+kubectl -n "$NS" rollout status deploy/outrigger-injector --timeout 180s
+# The injector's running pods (a pod being deleted shows Terminating).
+injector_pods() {
+  kubectl -n "$NS" get pods -l app.kubernetes.io/name=outrigger-injector --no-headers \
+    | awk '$3 == "Running" { print $1 }'
+}
+injector_rolled() {
+  local pod
+  for pod in $(injector_pods); do
+    ! grep -qw "$pod" <<<"$injector_before" || return 1
+  done
+}
+until_true 120 "the injector did not roll to new pods" injector_rolled
 # Reconnected: the one control plane pod left is a new one, and every proxy
 # of shop holds a config stream to it.
 reconnected() {
