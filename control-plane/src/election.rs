@@ -258,3 +258,234 @@ async fn release(api: &Api<Lease>, lease: &LeaseConfig, elector: &mut Elector, h
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! [`run`] against a mocked API server (kube's tower-test pattern) on a
+    //! paused clock: each test answers the elector's requests one by one.
+
+    use super::*;
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use serde_json::{json, Value};
+    use tower_test::mock::{Handle, SendResponse};
+
+    type Mock = Handle<Request<kube::client::Body>, Response<Full<Bytes>>>;
+    type Reply = SendResponse<Response<Full<Bytes>>>;
+
+    const ME: &str = "control-plane-a";
+    const PATH: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/outrigger-system/leases/outrigger-control-plane-leader";
+
+    struct Elected {
+        api: Mock,
+        leading: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+        _stop: drain::Signal,
+    }
+
+    /// [`run`] with the default timings, against a mock.
+    fn start() -> Elected {
+        let (mock, api) =
+            tower_test::mock::pair::<Request<kube::client::Body>, Response<Full<Bytes>>>();
+        let client = Client::new(mock, "default");
+        let (tx, leading) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
+        let (stop, watch) = drain::channel();
+        let lease = LeaseConfig {
+            namespace: "outrigger-system".into(),
+            name: LEASE_NAME.into(),
+            identity: ME.into(),
+            timings: Timings::default(),
+        };
+        tokio::spawn(run(client, lease, tx, metrics.clone(), watch));
+        Elected {
+            api,
+            leading,
+            metrics,
+            _stop: stop,
+        }
+    }
+
+    /// The next request: its method, and its body as JSON (Null if none).
+    async fn next(api: &mut Mock) -> (Method, Value, Reply) {
+        let (req, reply) = api.next_request().await.expect("a request");
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let expected = if method == Method::POST {
+            PATH.rsplit_once('/').unwrap().0
+        } else {
+            PATH
+        };
+        assert_eq!(path, expected, "{method} of the Lease");
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (method, body, reply)
+    }
+
+    /// Waits for `leading` to change (bounded: a regression fails, not
+    /// hangs) and returns it.
+    async fn changed(leading: &mut watch::Receiver<bool>) -> bool {
+        let limit = Timings::default().duration * 2;
+        tokio::time::timeout(limit, leading.changed())
+            .await
+            .expect("`leading` never changed")
+            .expect("the elector is running");
+        *leading.borrow_and_update()
+    }
+
+    fn answer(reply: Reply, status: StatusCode, body: &Value) {
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = status;
+        reply.send_response(response);
+    }
+
+    fn refusal(code: u16, reason: &str) -> Value {
+        json!({ "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": reason, "reason": reason, "code": code })
+    }
+
+    /// The Lease as the API server stores what was sent.
+    fn stored(mut sent: Value, version: u32) -> Value {
+        sent["apiVersion"] = json!("coordination.k8s.io/v1");
+        sent["kind"] = json!("Lease");
+        sent["metadata"]["namespace"] = json!("outrigger-system");
+        sent["metadata"]["resourceVersion"] = json!(version.to_string());
+        sent
+    }
+
+    /// The Lease is absent: GET 404, then the POST is accepted. Returns
+    /// the Lease stored and when the round was sent.
+    async fn create(e: &mut Elected) -> (Value, Instant) {
+        let (method, _, reply) = next(&mut e.api).await;
+        let sent = Instant::now();
+        assert_eq!(method, Method::GET);
+        answer(reply, StatusCode::NOT_FOUND, &refusal(404, "NotFound"));
+        let (method, body, reply) = next(&mut e.api).await;
+        assert_eq!(method, Method::POST);
+        assert_eq!(body["spec"]["holderIdentity"], ME);
+        let lease = stored(body, 1);
+        answer(reply, StatusCode::CREATED, &lease);
+        assert!(changed(&mut e.leading).await, "the created Lease is led");
+        assert_eq!(Instant::now(), sent, "leading at once");
+        assert_eq!(e.metrics.leader.get(), 1);
+        (lease, sent)
+    }
+
+    /// A renewal round: GET answered with `lease`, the PUT accepted.
+    async fn renew(e: &mut Elected, lease: &Value, version: u32) -> (Value, Instant) {
+        let (method, _, reply) = next(&mut e.api).await;
+        let sent = Instant::now();
+        assert_eq!(method, Method::GET);
+        answer(reply, StatusCode::OK, lease);
+        let (method, body, reply) = next(&mut e.api).await;
+        assert_eq!(method, Method::PUT);
+        assert_eq!(
+            body["metadata"]["resourceVersion"], lease["metadata"]["resourceVersion"],
+            "written on the version read"
+        );
+        let lease = stored(body, version);
+        answer(reply, StatusCode::OK, &lease);
+        (lease, sent)
+    }
+
+    /// Whether another replica, which first read `lease` at `at`, would take
+    /// it over at `now`.
+    fn rival_takes_over(lease: &Value, at: Instant, now: Instant) -> bool {
+        let spec: LeaseSpec = serde_json::from_value(lease["spec"].clone()).unwrap();
+        let mut rival = Elector::with_timings("control-plane-b", &Timings::default());
+        let wall = Timestamp::now();
+        assert!(matches!(
+            rival.decide(Some(&spec), at, wall),
+            Decision::Follow { .. }
+        ));
+        !matches!(
+            rival.decide(Some(&spec), now, wall),
+            Decision::Follow { .. }
+        )
+    }
+
+    /// The leader's next calls hang: it stops leading exactly at its renew
+    /// deadline (the last accepted write's send time + renew deadline),
+    /// while the call still hangs, and before a replica that saw that write
+    /// may take the Lease over.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_api_server_ends_the_leadership_at_the_renew_deadline() {
+        let timings = Timings::default();
+        let mut e = start();
+        let (lease, created) = create(&mut e).await;
+        let (lease, sent) = renew(&mut e, &lease, 2).await;
+        assert_eq!(sent, created + timings.retry_period);
+        assert!(*e.leading.borrow(), "renewed: still leading");
+
+        // The next round's GET is never answered (kept, not dropped).
+        let (method, _, _hung) = next(&mut e.api).await;
+        assert_eq!(method, Method::GET);
+        assert_eq!(Instant::now(), sent + timings.retry_period);
+        assert!(!changed(&mut e.leading).await);
+        assert_eq!(
+            Instant::now(),
+            sent + timings.renew_deadline,
+            "stopped leading at the renew deadline"
+        );
+        assert_eq!(e.metrics.leader.get(), 0);
+        assert_eq!(e.metrics.leader_changes.get(), 2);
+        assert!(
+            !rival_takes_over(&lease, sent, Instant::now()),
+            "no other replica may take over yet"
+        );
+        assert!(rival_takes_over(&lease, sent, sent + timings.duration));
+        // Nothing else was asked meanwhile: the call still hangs.
+        let more = tokio::time::timeout(timings.duration, e.api.next_request()).await;
+        assert!(more.is_err(), "no request while the GET hangs");
+        assert!(!*e.leading.borrow());
+    }
+
+    /// The API server answers every later call with an error: the same.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_api_server_ends_the_leadership_at_the_renew_deadline() {
+        let timings = Timings::default();
+        let mut e = start();
+        let (lease, _) = create(&mut e).await;
+        let (_, sent) = renew(&mut e, &lease, 2).await;
+        let mut failed = 0;
+        loop {
+            tokio::select! {
+                r = next(&mut e.api) => {
+                    let (method, _, reply) = r;
+                    assert_eq!(method, Method::GET);
+                    answer(reply, StatusCode::INTERNAL_SERVER_ERROR, &refusal(500, "InternalError"));
+                    failed += 1;
+                }
+                leads = changed(&mut e.leading) => {
+                    assert!(!leads);
+                    break;
+                }
+            }
+        }
+        assert_eq!(Instant::now(), sent + timings.renew_deadline);
+        assert!(failed >= 4, "tried every retry period: {failed}");
+        assert_eq!(e.metrics.leader.get(), 0);
+    }
+
+    /// A 409 on a renewal (another replica wrote first) ends the
+    /// leadership at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_on_renewal_ends_the_leadership_at_once() {
+        let mut e = start();
+        let (lease, _) = create(&mut e).await;
+        let (method, _, reply) = next(&mut e.api).await;
+        assert_eq!(method, Method::GET);
+        answer(reply, StatusCode::OK, &lease);
+        let (method, _, reply) = next(&mut e.api).await;
+        assert_eq!(method, Method::PUT);
+        let refused = Instant::now();
+        answer(reply, StatusCode::CONFLICT, &refusal(409, "Conflict"));
+        assert!(!changed(&mut e.leading).await);
+        assert_eq!(Instant::now(), refused, "stopped leading at once");
+        assert_eq!(e.metrics.leader.get(), 0);
+        assert_eq!(e.metrics.leader_changes.get(), 2);
+    }
+}

@@ -668,11 +668,12 @@ impl Drop for Container {
 /// merge patch (a patch of another object is taken and answered with its
 /// name); `coordination.k8s.io/v1` Leases are kept as an API server keeps
 /// them (GET, 404 when absent; POST, 409 when present; PUT, 409 on a stale
-/// resourceVersion); anything else is a 404. Every write bumps the server's
-/// resourceVersion, and the object's. Every request is recorded, with the
-/// bearer token it came with, so a test can hold what a binary asked for
-/// against the RBAC rules the chart grants it, and tell two clients apart
-/// ([`FakeApi::kubeconfig_as`]).
+/// resourceVersion), every write accepted kept in order with its writer
+/// ([`FakeApi::lease_writes`]); anything else is a 404. Every write bumps
+/// the server's resourceVersion, and the object's. Every request is
+/// recorded, with the bearer token it came with, so a test can hold what a
+/// binary asked for against the RBAC rules the chart grants it, and tell
+/// two clients apart ([`FakeApi::kubeconfig_as`]).
 pub struct FakeApi {
     pub addr: SocketAddr,
     /// A kubeconfig pointing at it (token `fake-token`).
@@ -699,6 +700,8 @@ struct FakeStore {
     /// Every change: its resourceVersion, the collections it is seen in
     /// (cluster-wide and namespaced forms), and the watch event.
     events: Vec<(u64, [String; 2], Value)>,
+    /// Every Lease write accepted, in order.
+    lease_writes: Vec<LeaseWrite>,
 }
 
 /// The API server's (and a watch's) two paths for the collection of an
@@ -811,6 +814,21 @@ impl FakeStore {
     }
 }
 
+/// One write of a Lease the stand-in API server accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseWrite {
+    /// The Lease's path (`.../namespaces/NS/leases/NAME`).
+    pub path: String,
+    /// POST (created) or PUT (replaced).
+    pub method: String,
+    /// The bearer token of the writer.
+    pub token: String,
+    /// The resourceVersion the write was made on (a PUT's), None for a POST.
+    pub on_version: Option<String>,
+    /// The Lease as stored by it, its new resourceVersion included.
+    pub stored: Value,
+}
+
 /// One request the stand-in API server received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiRequest {
@@ -886,6 +904,17 @@ impl FakeApi {
         let path = self.dir.join(format!("kubeconfig-{token}"));
         write_kubeconfig_with_token(&path, &format!("http://{}", self.addr), "fake", token);
         path
+    }
+
+    /// Every accepted write of the Lease at `path`, oldest first.
+    pub fn lease_writes(&self, path: &str) -> Vec<LeaseWrite> {
+        let store = self.state.store.lock().unwrap();
+        store
+            .lease_writes
+            .iter()
+            .filter(|w| w.path == path)
+            .cloned()
+            .collect()
     }
 
     /// The object at `path` (`.../namespaces/NS/RESOURCE/NAME`) as stored.
@@ -1217,6 +1246,7 @@ async fn serve_fake_api(
             lists: objects,
             version: 1,
             events: Vec::new(),
+            lease_writes: Vec::new(),
         }),
         changed: tokio::sync::watch::Sender::new(1),
         creates,
@@ -1250,7 +1280,7 @@ async fn serve_fake_api(
                             method: req.method().to_string(),
                             path: req.uri().path().to_string(),
                             watch,
-                            token,
+                            token: token.clone(),
                         });
                         let pods = &state.pods;
                         if let Some(pod) = pod_port_forward(req.uri().path()) {
@@ -1289,7 +1319,7 @@ async fn serve_fake_api(
                             }
                         }
                         if is_lease(req.uri().path()) {
-                            return Ok::<_, Infallible>(lease(&state, req).await);
+                            return Ok::<_, Infallible>(lease(&state, &token, req).await);
                         }
                         if req.method() == Method::GET && watch {
                             return Ok::<_, Infallible>(watch_events(&state, &req));
@@ -1352,8 +1382,9 @@ fn is_lease(path: &str) -> bool {
         && path.split('/').nth(6) == Some("leases")
 }
 
-/// A Lease's GET, POST or PUT, as the API server answers them.
-async fn lease(state: &FakeState, req: Request<Incoming>) -> Response<Body> {
+/// A Lease's GET, POST or PUT, as the API server answers them; every
+/// write accepted is kept, with `token`, its writer's.
+async fn lease(state: &FakeState, token: &str, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let collection = path.split('/').take(7).collect::<Vec<_>>().join("/");
@@ -1387,6 +1418,13 @@ async fn lease(state: &FakeState, req: Request<Incoming>) -> Response<Body> {
                 object["kind"] = json!("Lease");
                 object["metadata"]["namespace"] = json!(namespace);
                 let stored = store.write(forms, None, object);
+                store.lease_writes.push(LeaseWrite {
+                    path: format!("{collection}/{name}"),
+                    method: method.to_string(),
+                    token: token.to_string(),
+                    on_version: None,
+                    stored: stored.clone(),
+                });
                 json_response(StatusCode::CREATED, &stored)
             }
         }
@@ -1404,11 +1442,19 @@ async fn lease(state: &FakeState, req: Request<Incoming>) -> Response<Body> {
                         ),
                     )
                 } else {
+                    let on_version = current.as_str().map(str::to_string);
                     let mut object = sent;
                     object["apiVersion"] = json!("coordination.k8s.io/v1");
                     object["kind"] = json!("Lease");
                     object["metadata"]["namespace"] = json!(namespace);
                     let stored = store.write(forms, Some((c, i)), object);
+                    store.lease_writes.push(LeaseWrite {
+                        path,
+                        method: method.to_string(),
+                        token: token.to_string(),
+                        on_version,
+                        stored: stored.clone(),
+                    });
                     json_response(StatusCode::OK, &stored)
                 }
             }
@@ -1709,6 +1755,7 @@ mod tests {
             )]),
             version: 1,
             events: Vec::new(),
+            lease_writes: Vec::new(),
         };
         let at = store
             .find(&forms, "shop", "web")

@@ -3,8 +3,9 @@
 //! status writer with a `coordination.k8s.io/v1` Lease. Exactly one holds
 //! it and only that one writes statuses; a leader killed without warning
 //! (SIGKILL) is replaced once its Lease expires, and the successor writes
-//! the next status; a leader stopped (SIGTERM) releases the Lease and a
-//! follower takes it at its next try, well within a lease duration.
+//! the next status; a leader stopped (SIGTERM) releases the Lease (its last
+//! write clears the holder) and a follower takes it at its next try, over
+//! that released version, as the stand-in's history of Lease writes shows.
 //!
 //! The election's timings are shortened by flags (4 s / 2 s / 500 ms) so
 //! that the test takes seconds. Needs the Helm engine, as the chart tests.
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use outrigger_tests::chart::{
     fake_api_server, merge_values, render_or_skip, test_ca, ApiRequest, Container, FakeApi,
-    Rendered,
+    LeaseWrite, Rendered,
 };
 use outrigger_tests::{eventually, metric, try_get, workspace_bin};
 use serde_json::{json, Value};
@@ -281,20 +282,86 @@ async fn one_replica_writes_statuses_and_another_takes_over_when_it_goes() {
         c.name,
         logs(&[&c, successor])
     );
-    let successor_requests: Vec<ApiRequest> = api
+    // The proof of the handover is the Lease's history: the stopped
+    // leader's last write released it (no holder), on the version of its
+    // own last renewal, and the newcomer's take-over was written over that
+    // released version, with nothing in between.
+    let writes = api.lease_writes(LEASE);
+    let history = || {
+        writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} by {} on {:?} -> {}",
+                    w.method, w.token, w.on_version, w.stored["spec"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let released = writes
+        .iter()
+        .rposition(|w| w.token == successor.name)
+        .expect("the stopped leader wrote the Lease");
+    let release = &writes[released];
+    let version = |w: &LeaseWrite| w.stored["metadata"]["resourceVersion"].clone();
+    assert_eq!(release.method, "PUT", "{}", history());
+    assert!(
+        release.stored["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "the stopped leader's last write clears the holder:\n{}",
+        history()
+    );
+    let renewal = &writes[released - 1];
+    assert_eq!(
+        (
+            renewal.token.as_str(),
+            renewal.stored["spec"]["holderIdentity"].as_str()
+        ),
+        (successor.name.as_str(), Some(successor.name.as_str())),
+        "the release follows the leader's own renewal:\n{}",
+        history()
+    );
+    assert_eq!(
+        release.on_version.as_ref().map(|v| json!(v)),
+        Some(version(renewal)),
+        "released on the version it last wrote:\n{}",
+        history()
+    );
+    let takeover = writes
+        .get(released + 1)
+        .unwrap_or_else(|| panic!("no write after the release:\n{}", history()));
+    assert_eq!(
+        (takeover.method.as_str(), takeover.token.as_str()),
+        ("PUT", c.name.as_str()),
+        "{}",
+        history()
+    );
+    assert_eq!(
+        takeover.on_version.as_ref().map(|v| json!(v)),
+        Some(version(release)),
+        "the take-over is written over the released version:\n{}",
+        history()
+    );
+    assert_eq!(takeover.stored["spec"]["holderIdentity"], json!(c.name));
+    // Nothing asked by the stopped leader after its release.
+    let last = api
         .seen()
         .into_iter()
-        .filter(|q| q.token == successor.name)
-        .collect();
-    let last = successor_requests.last().unwrap();
+        .rfind(|q| q.token == successor.name)
+        .unwrap();
     assert_eq!(
         (last.method.as_str(), last.path.as_str()),
         ("PUT", LEASE),
-        "the stopped leader's last request releases the Lease"
+        "the stopped leader's last request is the release"
     );
+    // A sanity bound only (the history above is the proof): an expiry
+    // would take the whole lease duration.
     assert!(
-        handover < LEASE_DURATION - RETRY_PERIOD * 2,
-        "the handover took {handover:?}: as long as an expiry (the Lease was not released)\n{}",
+        handover < LEASE_DURATION,
+        "the handover took {handover:?}: as long as an expiry\n{}",
         successor.container.logs()
     );
     assert_eq!(api.object(LEASE).unwrap()["spec"]["leaseTransitions"], 2);
