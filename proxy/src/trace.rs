@@ -783,6 +783,24 @@ mod tests {
         assert_eq!(h["x-request-id"], id.as_str());
     }
 
+    /// The peer every test request comes from.
+    const PEER: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)),
+        41000,
+    );
+
+    /// A tracer sampling `percent` of new traces, its queue holding
+    /// `capacity` spans: (it, the queue's far end).
+    fn tracer(percent: f64, capacity: usize) -> (Tracer, Receiver<Queued>) {
+        let (queue, rx) = sync_channel(capacity);
+        let tracer = Tracer {
+            sampling: Percent::try_from(percent).unwrap(),
+            queue,
+            counters: Counters::default(),
+        };
+        (tracer, rx)
+    }
+
     fn labels(code: u16, direction: Direction) -> RequestLabels {
         RequestLabels {
             traffic: TrafficLabels {
@@ -807,12 +825,7 @@ mod tests {
     }
 
     fn finished(direction: Direction, code: u16) -> (Finished, Receiver<Queued>) {
-        let (queue, rx) = sync_channel(4);
-        let tracer = Tracer {
-            sampling: Percent::try_from(100.0).unwrap(),
-            queue,
-            counters: Counters::default(),
-        };
+        let (tracer, rx) = tracer(100.0, 4);
         let mut req = http::Request::builder()
             .method("GET")
             .uri("/items?page=2")
@@ -826,9 +839,8 @@ mod tests {
             .header("tracestate", "congo=t61rcWkgMzE")
             .body(())
             .unwrap();
-        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
         let mut rec = tracer
-            .begin(direction, &mut req, peer, false, &Chance::seeded(1))
+            .begin(direction, &mut req, PEER, false, &Chance::seeded(1))
             .unwrap();
         req.extensions()
             .get::<RetryEvents>()
@@ -927,13 +939,7 @@ mod tests {
 
     #[test]
     fn an_unsampled_request_is_neither_recorded_nor_rewritten() {
-        let (queue, _rx) = sync_channel(1);
-        let tracer = Tracer {
-            sampling: Percent::try_from(0.0).unwrap(),
-            queue,
-            counters: Counters::default(),
-        };
-        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        let (tracer, _rx) = tracer(0.0, 1);
         // A new trace not sampled: nothing is written (the next meshed
         // proxy takes no context from a meshed peer as "not sampled").
         let mut req = http::Request::new(());
@@ -941,7 +947,7 @@ mod tests {
             .begin(
                 Direction::Outbound,
                 &mut req,
-                peer,
+                PEER,
                 false,
                 &Chance::seeded(1)
             )
@@ -957,7 +963,7 @@ mod tests {
             .begin(
                 Direction::Outbound,
                 &mut req,
-                peer,
+                PEER,
                 false,
                 &Chance::seeded(1)
             )
@@ -973,7 +979,7 @@ mod tests {
             .begin(
                 Direction::Outbound,
                 &mut req,
-                peer,
+                PEER,
                 false,
                 &Chance::seeded(1)
             )
@@ -988,12 +994,7 @@ mod tests {
 
     #[test]
     fn a_span_keeps_bounded_copies_of_what_the_request_said() {
-        let (queue, _rx) = sync_channel(1);
-        let tracer = Tracer {
-            sampling: Percent::try_from(100.0).unwrap(),
-            queue,
-            counters: Counters::default(),
-        };
+        let (tracer, _rx) = tracer(100.0, 1);
         let long = "a".repeat(10_000);
         let state = (0..40)
             .map(|i| format!("v{i}=xxxxxxxxxxxx"))
@@ -1009,12 +1010,11 @@ mod tests {
             .header("tracestate", &state)
             .body(())
             .unwrap();
-        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
         let rec = tracer
             .begin(
                 Direction::Outbound,
                 &mut req,
-                peer,
+                PEER,
                 false,
                 &Chance::seeded(1),
             )
@@ -1026,16 +1026,10 @@ mod tests {
 
     #[test]
     fn a_meshed_peer_without_a_trace_is_not_sampled_again() {
-        let (queue, _rx) = sync_channel(1);
-        let tracer = Tracer {
-            sampling: Percent::try_from(100.0).unwrap(),
-            queue,
-            counters: Counters::default(),
-        };
-        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        let (tracer, _rx) = tracer(100.0, 1);
         let mut req = http::Request::new(());
         assert!(tracer
-            .begin(Direction::Inbound, &mut req, peer, true, &Chance::seeded(1))
+            .begin(Direction::Inbound, &mut req, PEER, true, &Chance::seeded(1))
             .is_none());
         assert!(req.headers().is_empty());
         // From outside the mesh, this proxy starts the trace.
@@ -1043,7 +1037,7 @@ mod tests {
             .begin(
                 Direction::Inbound,
                 &mut req,
-                peer,
+                PEER,
                 false,
                 &Chance::seeded(1)
             )
@@ -1056,21 +1050,15 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (queue, _rx) = sync_channel(1);
-        let counters = Counters::default();
-        let tracer = Tracer {
-            sampling: Percent::try_from(100.0).unwrap(),
-            queue,
-            counters: counters.clone(),
-        };
-        let peer: SocketAddr = "10.0.0.9:41000".parse().unwrap();
+        let (tracer, _rx) = tracer(100.0, 1);
+        let counters = tracer.counters.clone();
         for _ in 0..3 {
             let mut req = http::Request::new(());
             let rec = tracer
                 .begin(
                     Direction::Outbound,
                     &mut req,
-                    peer,
+                    PEER,
                     false,
                     &Chance::seeded(1),
                 )

@@ -127,6 +127,61 @@ fn keep_connecting(
     })
 }
 
+/// Requests through the client's proxy on pooled connections, and fresh
+/// connections (a handshake each) through its opaque hop, until finished.
+struct Load {
+    stop: Arc<AtomicBool>,
+    requesters: Vec<tokio::task::JoinHandle<(usize, usize)>>,
+    fresh: Arc<AtomicUsize>,
+    connector: tokio::task::JoinHandle<(usize, usize)>,
+}
+
+impl Load {
+    fn start(client: &Proxy) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fresh = Arc::new(AtomicUsize::new(0));
+        Load {
+            requesters: keep_requesting(client.listener_addr("http").unwrap(), stop.clone()),
+            connector: keep_connecting(
+                client.listener_addr("tcp").unwrap(),
+                stop.clone(),
+                fresh.clone(),
+            ),
+            stop,
+            fresh,
+        }
+    }
+
+    /// Waits until more fresh connections got through than when called.
+    async fn fresh_connections_get_through(&self, step: &str) {
+        let now = self.fresh.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                self.fresh.load(Ordering::SeqCst) > now + 5
+            })
+            .await,
+            "{step}: no fresh connection got through"
+        );
+    }
+
+    /// Stops, and asserts that no request failed, pooled or fresh, and
+    /// that enough of each went through: (pooled, fresh) answered.
+    async fn finish_with_no_failure(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (ok, failed) = tally(self.requesters).await;
+        let (fresh_ok, fresh_failed) = self.connector.await.unwrap();
+        assert_eq!(failed, 0, "pooled: {failed} failed of {}", ok + failed);
+        assert_eq!(
+            fresh_failed,
+            0,
+            "fresh connections: {fresh_failed} failed of {}",
+            fresh_ok + fresh_failed
+        );
+        assert!(ok > 100 && fresh_ok > 20, "{ok} pooled, {fresh_ok} fresh");
+        (ok, fresh_ok)
+    }
+}
+
 fn pem_of(ca: &Ca) -> (String, String) {
     let (c, k) = ca.generated_pem().unwrap();
     (c.to_string(), k.to_string())
@@ -190,14 +245,7 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
     // The server side is STRICT: nothing could fall back to plaintext.
     let config = get(server.admin_addr, "/config").await.1;
     assert!(config.contains("\"STRICT\""), "{config}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let requesters = keep_requesting(client.listener_addr("http").unwrap(), stop.clone());
-    let fresh = Arc::new(AtomicUsize::new(0));
-    let connector = keep_connecting(
-        client.listener_addr("tcp").unwrap(),
-        stop.clone(),
-        fresh.clone(),
-    );
+    let load = Load::start(&client);
 
     // Renewals under load: two each.
     for p in [&server, &client] {
@@ -245,27 +293,10 @@ async fn renewals_and_a_root_rotation_under_load_fail_no_request() {
             );
         }
         // Fresh handshakes happen after both renewed.
-        let now = fresh.load(Ordering::SeqCst);
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                fresh.load(Ordering::SeqCst) > now + 5
-            })
-            .await,
-            "{step}: no fresh connection got through"
-        );
+        load.fresh_connections_get_through(step).await;
     }
 
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(requesters).await;
-    let (fresh_ok, fresh_failed) = connector.await.unwrap();
-    assert_eq!(failed, 0, "pooled: {failed} failed of {}", ok + failed);
-    assert_eq!(
-        fresh_failed,
-        0,
-        "fresh connections: {fresh_failed} failed of {}",
-        fresh_ok + fresh_failed
-    );
-    assert!(ok > 100 && fresh_ok > 20, "{ok} pooled, {fresh_ok} fresh");
+    let (_, fresh_ok) = load.finish_with_no_failure().await;
     // Every hop was mutual TLS: the STRICT side refused nothing and saw the
     // client's identity.
     let text = scrape(&server).await;
@@ -361,14 +392,7 @@ async fn a_root_rotation_by_three_secret_updates_under_load_fails_no_request() {
         );
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let requesters = keep_requesting(client.listener_addr("http").unwrap(), stop.clone());
-    let fresh = Arc::new(AtomicUsize::new(0));
-    let connector = keep_connecting(
-        client.listener_addr("tcp").unwrap(),
-        stop.clone(),
-        fresh.clone(),
-    );
+    let load = Load::start(&client);
 
     let applied = || {
         reloads
@@ -410,27 +434,10 @@ async fn a_root_rotation_by_three_secret_updates_under_load_fails_no_request() {
                 "{step}: no renewal"
             );
         }
-        let now = fresh.load(Ordering::SeqCst);
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                fresh.load(Ordering::SeqCst) > now + 5
-            })
-            .await,
-            "{step}: no fresh connection got through"
-        );
+        load.fresh_connections_get_through(step).await;
     }
 
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed) = tally(requesters).await;
-    let (fresh_ok, fresh_failed) = connector.await.unwrap();
-    assert_eq!(failed, 0, "pooled: {failed} failed of {}", ok + failed);
-    assert_eq!(
-        fresh_failed,
-        0,
-        "fresh connections: {fresh_failed} failed of {}",
-        fresh_ok + fresh_failed
-    );
-    assert!(ok > 100 && fresh_ok > 20, "{ok} pooled, {fresh_ok} fresh");
+    load.finish_with_no_failure().await;
     assert_eq!(
         reloads
             .get_or_create(&ResultLabel { result: "refused" })

@@ -487,6 +487,17 @@ services:
         (out, line[close + 1..].trim().to_string())
     }
 
+    /// A plain HTTP request's labels: `traffic`, answered `code`, no gRPC
+    /// status, no response flag.
+    fn answered(traffic: TrafficLabels, code: u16) -> RequestLabels {
+        RequestLabels {
+            traffic,
+            response_code: code,
+            grpc_response_status: GrpcStatus(None),
+            response_flags: ResponseFlag::None,
+        }
+    }
+
     fn expect(got: &BTreeMap<String, String>, want: &[(&str, &str)]) {
         for (k, v) in want {
             assert_eq!(
@@ -607,12 +618,7 @@ services:
         let m = istio_metrics("cluster.local");
         let t =
             TrafficLabels::new(Direction::Inbound, &me(), &Workload::unknown(), unknown()).proven();
-        let r = RequestLabels {
-            traffic: t,
-            response_code: 200,
-            grpc_response_status: GrpcStatus(None),
-            response_flags: ResponseFlag::None,
-        };
+        let r = answered(t, 200);
         m.requests.get_or_create(&r).inc();
         let text = m.encode();
         let (l, _) = series(&text, "istio_requests_total");
@@ -647,14 +653,7 @@ services:
         };
         let t = TrafficLabels::new(Direction::Outbound, &me(), &details, "details.shop".into())
             .proven();
-        m.requests
-            .get_or_create(&RequestLabels {
-                traffic: t,
-                response_code: 404,
-                grpc_response_status: GrpcStatus(None),
-                response_flags: ResponseFlag::None,
-            })
-            .inc();
+        m.requests.get_or_create(&answered(t, 404)).inc();
         let (l, _) = series(&m.encode(), "istio_requests_total");
         expect(
             &l,
@@ -687,14 +686,7 @@ services:
             &stranger,
             "productpage.shop".into(),
         );
-        m.requests
-            .get_or_create(&RequestLabels {
-                traffic: t,
-                response_code: 200,
-                grpc_response_status: GrpcStatus(None),
-                response_flags: ResponseFlag::None,
-            })
-            .inc();
+        m.requests.get_or_create(&answered(t, 200)).inc();
         let (l, _) = series(&m.encode(), "istio_requests_total");
         expect(
             &l,
@@ -728,12 +720,7 @@ services:
             &reviews(),
             "reviews.shop".into(),
         );
-        let r = RequestLabels {
-            traffic: t,
-            response_code: 200,
-            grpc_response_status: GrpcStatus(None),
-            response_flags: ResponseFlag::None,
-        };
+        let r = answered(t, 200);
         // As `Record::finish` observes: seconds times the scale.
         assert_eq!(m.duration_scale, 1000.0);
         m.request_duration
@@ -791,12 +778,7 @@ services:
             &reviews(),
             "reviews.shop".into(),
         );
-        let labels = RequestLabels {
-            traffic: t,
-            response_code: 200,
-            grpc_response_status: GrpcStatus(None),
-            response_flags: ResponseFlag::None,
-        };
+        let labels = answered(t, 200);
         // Keyed by the whole request's labels, as Istio's are: the
         // response code and flags are on the size series too.
         let sizes = m.sizes.as_ref().expect("Istio's format has sizes");
