@@ -631,29 +631,25 @@ pub fn mesh_ca(o: &Objects, now: SystemTime) -> Vec<Check> {
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
             .unwrap_or_default()
     };
+    let unreadable = |e| {
+        vec![Check::fail(
+            MESH_CA,
+            format!("secret/{secret}: {e}"),
+            rotate,
+        )]
+    };
+    let chain = match inspect::certificates(&text(cert_key), cert_key) {
+        Ok(c) => c,
+        Err(e) => return unreadable(e),
+    };
     // Without a roots key, the control plane trusts the chain's last
     // certificate alone.
-    let roots_text = match data.contains_key(roots_key) {
-        true => text(roots_key),
-        false => text(cert_key),
-    };
-    let (chain, roots) = match (
-        inspect::certificates(&text(cert_key), cert_key),
-        inspect::certificates(&roots_text, roots_key),
-    ) {
-        (Ok(c), Ok(mut r)) => {
-            if !data.contains_key(roots_key) {
-                r = r.split_off(r.len() - 1);
-            }
-            (c, r)
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            return vec![Check::fail(
-                MESH_CA,
-                format!("secret/{secret}: {e}"),
-                rotate,
-            )]
-        }
+    let roots = match data.contains_key(roots_key) {
+        true => match inspect::certificates(&text(roots_key), roots_key) {
+            Ok(r) => r,
+            Err(e) => return unreadable(e),
+        },
+        false => chain.last().cloned().into_iter().collect(),
     };
     let mut out = Vec::new();
     let top = chain.last().expect("not empty");
