@@ -190,6 +190,14 @@ enum LogFormat {
     Json,
 }
 
+/// jemalloc (the `jemalloc` feature, on by default): it holds less per
+/// connection than the system allocator and, with its background thread
+/// (turned on in `run`), gives memory back to the system after a burst of
+/// connections. BENCHMARKS.md, "Memory per connection", has the measurements.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     match Command::parse() {
         Command::Init {
@@ -276,6 +284,14 @@ fn main() -> anyhow::Result<()> {
                 log::Output::Stderr,
                 log::Color::OnTerminal,
             )?;
+            // jemalloc purges freed pages only as the process allocates
+            // again, unless its background thread does it: without it a
+            // proxy left idle after a burst of connections keeps their
+            // memory. (`_RJEM_MALLOC_CONF` still tunes the rest.)
+            #[cfg(feature = "jemalloc")]
+            if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+                tracing::warn!(error = %e, "jemalloc's background thread did not start; freed memory returns to the system only as the proxy allocates again");
+            }
             let (snapshot, source) = match (&config, &bootstrap) {
                 (Some(path), _) => (load(path)?, path.display().to_string()),
                 (None, Some(text)) => (
