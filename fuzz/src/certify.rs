@@ -114,3 +114,41 @@ pub fn csr_der(data: &[u8]) {
         signed_by(&issued.chain[0], &issued.chain[1]).expect("signed by the CA");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        std::fs::read(crate::budget::corpus_dir("certify_request").join(name)).unwrap()
+    }
+
+    /// The seeds reach the properties' deep end: one is certified, one is
+    /// refused for asking another identity, one has no token.
+    #[test]
+    fn the_seeds_reach_issuance_and_each_refusal() {
+        let f = fixture();
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let status = |name: &str| {
+            let data = seed(name);
+            let at = data.iter().position(|&b| b == b'\n').unwrap();
+            let header = std::str::from_utf8(&data[..at]).unwrap();
+            let body = &data[at + 1..];
+            let header = (!header.is_empty()).then_some(header);
+            match f.runtime.block_on(f.certifier.certify(header, body, peer)) {
+                Ok(_) => 200,
+                Err(r) => r.status,
+            }
+        };
+        assert_eq!(status("buyer"), 200);
+        assert_eq!(status("wrong-identity"), 403);
+        assert_eq!(status("not-pem"), 400);
+        assert_eq!(status("no-token"), 401);
+        let der = std::fs::read(crate::budget::corpus_dir("csr_der").join("buyer.der")).unwrap();
+        let id = SpiffeId::new(TRUST_DOMAIN, "shop", "buyer").unwrap();
+        assert!(f
+            .ca
+            .issue(&der, &id, Duration::from_secs(60), SystemTime::now())
+            .is_ok());
+    }
+}

@@ -53,3 +53,19 @@ pub fn read_update(data: &[u8]) {
         assert_eq!(Config::build(snapshot, None).is_ok(), valid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seeds read, and one applied to the bootstrap builds, so the
+    /// target's properties run past the reader.
+    #[test]
+    fn the_seeds_read_and_build() {
+        let path = crate::budget::corpus_dir("config_stream").join("update");
+        let line = std::fs::read(path).unwrap();
+        let (update, _) =
+            outrigger_proxy::control::read_update(line.trim_ascii_end(), FEATURES).unwrap();
+        Config::build(update.apply_to(bootstrap()), None).unwrap();
+    }
+}

@@ -114,3 +114,26 @@ pub fn manifest(data: &[u8]) {
         Err(e) => assert_eq!(Some(&e), parsed.bad.first().map(|b| &b.error)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_read_and_errors_name_lines() {
+        let seed = |dir: &str, name: &str| {
+            std::fs::read_to_string(crate::budget::corpus_dir(dir).join(name)).unwrap()
+        };
+        let s = Snapshot::from_yaml(&seed("snapshot_yaml", "server-proxy.yaml")).unwrap();
+        Config::build(s, None).unwrap();
+        let parsed = manifest::parse_documents("f", &seed("manifest_yaml", "shop.yaml"), "shop");
+        assert!(parsed.bad.is_empty() && !parsed.objects.is_empty());
+        // The bad document starts on line 8; its error is on line 12.
+        let text = seed("manifest_yaml", "bad-second.yaml");
+        let parsed = manifest::parse_documents("f", &text, "shop");
+        assert_eq!(parsed.objects.len(), 1);
+        assert_eq!(parsed.bad.len(), 1);
+        assert!((8..=last_line(&text)).contains(&parsed.bad[0].error.line));
+        assert_eq!(lines_named("at line 3 column 4; line: 12"), [3, 12]);
+    }
+}
