@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use outrigger_control_plane::authn::{Authenticate, AuthnError, AuthnFuture, Caller};
+use outrigger_control_plane::authn::{
+    service_account_of, Authenticate, AuthnError, AuthnFuture, Caller,
+};
 use outrigger_control_plane::certify::Certifier;
 use outrigger_identity::inspect::{certificates, signed_by};
 use outrigger_identity::tls::peer_identity;
@@ -61,8 +63,8 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The input's first line is the `Authorization` header, the rest the
-/// body. Never panics; a refusal is 400, 401, 403 or 503 with a message;
+/// The input's first line is the `Authorization` header (and, read as a
+/// TokenReview's username, [`service_account`]), the rest the body. Never panics; a refusal is 400, 401, 403 or 503 with a message;
 /// a certificate is issued only to a known token, for exactly the
 /// identity that token has, signed by the CA, with the CA's roots.
 pub fn request(data: &[u8]) {
@@ -72,6 +74,9 @@ pub fn request(data: &[u8]) {
         None => (data, &[][..]),
     };
     let header = std::str::from_utf8(header).ok();
+    if let Some(username) = header {
+        service_account(username);
+    }
     let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
     match f.runtime.block_on(f.certifier.certify(header, body, peer)) {
         Ok((id, answer)) => {
@@ -98,6 +103,18 @@ pub fn request(data: &[u8]) {
             );
             assert!(!refusal.message.is_empty());
         }
+    }
+}
+
+/// A TokenReview's username read as a ServiceAccount (the token's other
+/// half: who the API server says the caller is): only
+/// `system:serviceaccount:<ns>:<name>`, both parts non-empty and without
+/// `:`, which it gives back exactly.
+fn service_account(username: &str) {
+    if let Ok(caller) = service_account_of(username) {
+        let (ns, sa) = (&caller.namespace, &caller.service_account);
+        assert!(!ns.is_empty() && !sa.is_empty() && !ns.contains(':') && !sa.contains(':'));
+        assert_eq!(format!("system:serviceaccount:{ns}:{sa}"), username);
     }
 }
 
