@@ -47,7 +47,11 @@ pub fn review(data: &[u8]) {
         return;
     };
     let answer: Value = serde_json::from_slice(&encode(&review)).expect("the answer is JSON");
-    let asked: Value = serde_json::from_slice(data).expect("what was answered is JSON");
+    // The typed read skips strings it ignores without checking their
+    // UTF-8: such a body is answered, though it is no JSON tree.
+    let Ok(asked) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(answer["kind"], "AdmissionReview");
     assert_eq!(answer["response"]["uid"], asked["request"]["uid"]);
