@@ -142,6 +142,12 @@ pub fn inject(pod: &Value, namespace: &Namespace, cfg: &MeshConfig) -> Outcome {
     let Some(spec) = typed.spec.as_ref() else {
         return Outcome::CannotHandle("the pod has no spec".into());
     };
+    // The typed read fills in a missing `metadata`; the patch's
+    // `/metadata/annotations` needs the one sent (the API server always
+    // sends it; a hand-made review may not).
+    if !pod.get("metadata").is_some_and(Value::is_object) {
+        return Outcome::CannotHandle("the pod has no metadata".into());
+    }
     if spec.host_network == Some(true) {
         return Outcome::Skip(SkipReason::HostNetwork);
     }

@@ -8,6 +8,14 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Amount(u128);
 
+impl Amount {
+    /// The amount in billionths of the unit: `1` is 1_000_000_000, `100m`
+    /// is 100_000_000. Written back as `<nanos>n`, it reads as the same.
+    pub fn nanos(self) -> u128 {
+        self.0
+    }
+}
+
 /// Reads a quantity; the message says what is wrong with it.
 pub fn parse(v: &str) -> Result<Amount, String> {
     let bad = || format!("{v:?} is not a Kubernetes quantity (such as 100m or 64Mi)");

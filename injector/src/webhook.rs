@@ -93,7 +93,14 @@ impl Webhook {
         let Some(object) = &req.object else {
             return Err(BadRequest("request.object is missing for CREATE".into()));
         };
-        let pod = serde_json::to_value(object).expect("a parsed object serializes");
+        // The patch is made against the pod as it was sent, not as the
+        // typed read fills it in (a `metadata` it did not have), so that
+        // every path the patch names exists in what the API server has.
+        // (The typed read skips the strings it ignores without checking
+        // their UTF-8: a body with invalid UTF-8 there fails only this.)
+        let sent: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| BadRequest(format!("not an AdmissionReview: {e}")))?;
+        let pod = &sent["request"]["object"];
         let ns_name = req
             .namespace
             .clone()
@@ -109,7 +116,7 @@ impl Webhook {
             .clone()
             .or_else(|| object.metadata.generate_name.clone())
             .unwrap_or_default();
-        Ok(match inject(&pod, &namespace, &self.config.load()) {
+        Ok(match inject(pod, &namespace, &self.config.load()) {
             Outcome::Inject { patch, warnings } => {
                 self.metrics.injected.inc();
                 tracing::info!(namespace = %ns_name, pod = %name, dry_run = req.dry_run, "injected");
@@ -190,6 +197,36 @@ pub fn encode(review: &AdmissionReview<DynamicObject>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target `admission_review`: the typed read skips a
+    /// string it ignores without checking its UTF-8, so the second read of
+    /// a pod's CREATE failed on it, and that read's `expect` panicked.
+    #[test]
+    fn invalid_utf8_where_the_typed_read_does_not_look_is_a_bad_request() {
+        let webhook = Webhook {
+            config: Arc::new(MeshConfig::with_image("proxy:1")).into(),
+            namespaces: Arc::new(Namespaces::fixed([])),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let mut body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+            "request":{"uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},
+            "resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE",
+            "userInfo":{},"object":{"metadata":{"name":"p"},"spec":{"containers":[]}},
+            "ignored":"X"}}"#
+            .to_vec();
+        assert!(
+            webhook.review(&body).is_ok(),
+            "the same review, valid, is answered"
+        );
+        let at = body.iter().position(|&b| b == b'X').unwrap();
+        body[at] = 0x93;
+        // The typed read takes it; only the read of the pod as sent fails.
+        assert!(serde_json::from_slice::<AdmissionReview<DynamicObject>>(&body).is_ok());
+        let Err(BadRequest(message)) = webhook.review(&body) else {
+            panic!("answered");
+        };
+        assert!(message.starts_with("not an AdmissionReview: "), "{message}");
+    }
 
     #[test]
     fn new_trust_roots_reach_the_config_pods_are_injected_with() {

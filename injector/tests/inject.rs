@@ -910,6 +910,14 @@ fn what_cannot_be_handled_is_said_and_left_alone() {
         inject(&broken, &enabled("shop"), &c),
         Outcome::CannotHandle(m) if m.starts_with("not a readable Pod")
     ));
+    // Found by the fuzz target `admission_review`: a pod sent without
+    // `metadata` reads (it is filled in), but a patch adding
+    // `/metadata/annotations` cannot apply to it: left alone, said why.
+    let bare = serde_json::json!({"spec": {"containers": [{"name": "web", "image": "web:1"}]}});
+    assert!(matches!(
+        inject(&bare, &enabled("shop"), &c),
+        Outcome::CannotHandle(m) if m == "the pod has no metadata"
+    ));
     // A probe on a port name the container does not have: left as it is,
     // with a warning.
     let pod = yaml(

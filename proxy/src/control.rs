@@ -296,16 +296,20 @@ pub fn read_update(line: &[u8], registry: &[Feature]) -> Result<(ConfigUpdate, I
     Ok((update, ignored))
 }
 
-/// Splits a byte stream into newline-terminated lines.
+/// Splits a byte stream into newline-terminated lines (public for the
+/// fuzz targets, `fuzz/`).
 #[derive(Default)]
-struct Lines {
+pub struct Lines {
     buf: BytesMut,
     /// Bytes of `buf` already searched for a newline.
     scanned: usize,
 }
 
 impl Lines {
-    fn push(&mut self, data: &Bytes) -> Result<(), ()> {
+    /// Adds the bytes of one frame; `Err` when a line grows past
+    /// [`MAX_UPDATE_BYTES`] without ending.
+    #[allow(clippy::result_unit_err, reason = "the caller names the error")]
+    pub fn push(&mut self, data: &Bytes) -> Result<(), ()> {
         self.buf.extend_from_slice(data);
         if self.buf.len() > MAX_UPDATE_BYTES && !self.buf[self.scanned..].contains(&b'\n') {
             return Err(());
@@ -315,7 +319,7 @@ impl Lines {
 
     /// The next complete line; each byte is searched once, however the
     /// line was split into frames.
-    fn next_line(&mut self) -> Option<Bytes> {
+    pub fn next_line(&mut self) -> Option<Bytes> {
         let Some(at) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
             self.scanned = self.buf.len();
             return None;

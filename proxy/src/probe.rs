@@ -288,8 +288,9 @@ where
 /// The gRPC Health Checking Protocol's client side, as kubelet's gRPC
 /// probe runs it: `grpc.health.v1.Health/Check` over plaintext HTTP/2.
 /// The protobuf messages are a string and an enum: written and read here
-/// rather than generated.
-mod grpc_health {
+/// rather than generated. Public for the fuzz targets (`fuzz/`), which read
+/// [`grpc_health::serving_status`] from untrusted bytes.
+pub mod grpc_health {
     use bytes::{BufMut, Bytes, BytesMut};
     use http::{Request, StatusCode};
     use http_body_util::{BodyExt, Full, Limited};

@@ -27,6 +27,12 @@ pub enum PathError {
     /// `%00` decodes to NUL, which Istio always refuses.
     #[error("the request path holds %00 (an encoded NUL byte)")]
     Nul,
+    /// A `%` that starts no escape, followed by characters that decode
+    /// to hex digits: `/%6%31dmin` would become `/%61dmin`, which no rule
+    /// on `/admin` matches and the app reads as `/admin`. (A `%` that
+    /// stays a lone `%`, as in `/100%`, is kept.)
+    #[error("the request path holds a % that decoding would join into an escape")]
+    JoinedEscape,
 }
 
 /// The normalized form of an origin-form `path` (no query), or `None` when
@@ -34,7 +40,8 @@ pub enum PathError {
 /// 1. `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` decoded;
 /// 2. `BASE`: percent-encoded unreserved characters (RFC 3986 §2.3)
 ///    decoded once, other escapes' hex digits in upper case, `\` becomes
-///    `/`, dot segments removed (RFC 3986 §5.2.4); `%00` refused;
+///    `/`, dot segments removed (RFC 3986 §5.2.4); `%00` refused, and a
+///    lone `%` that the decoding would join into a new escape;
 /// 3. `MERGE_SLASHES`: runs of `/` merged.
 ///
 /// A path that starts with neither `/` nor `\` (`*`, authority form) is
@@ -58,6 +65,8 @@ pub fn normalize_path(path: &str, mode: PathNormalization) -> Result<Option<Stri
     // that a decode produced is never decoded again).
     let decode_slashes = mode == PathNormalization::DecodeAndMergeSlashes;
     let mut decoded = Vec::with_capacity(bytes.len());
+    // Where each `%` that starts no escape landed in `decoded`.
+    let mut lone = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -80,10 +89,24 @@ pub fn normalize_path(path: &str, mode: PathNormalization) -> Result<Option<Stri
                 i += 3;
             }
             None => {
+                if b == b'%' {
+                    lone.push(decoded.len());
+                }
                 decoded.push(b);
                 i += 1;
             }
         }
+    }
+    // Decoding never makes an escape: a lone `%` now followed by two hex
+    // digits would read as one to the app (dot segments and slashes,
+    // removed below, are never hex digits, so this is the last chance).
+    let joins = |&at: &usize| {
+        decoded
+            .get(at + 1..at + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    if lone.iter().any(joins) {
+        return Err(PathError::JoinedEscape);
     }
     for b in &mut decoded {
         if *b == b'\\' {
@@ -265,21 +288,23 @@ impl<S: HttpService> Service<Req> for Admit<S> {
             }
         }
         if self.normalize && req.method() != Method::CONNECT {
-            match normalize_path(req.uri().path(), settings.path_normalization) {
-                Ok(None) => {}
-                Ok(Some(path)) => {
-                    if let Err(e) = set_path(req.uri_mut(), &path) {
-                        return Box::pin(async move { Err(e) });
-                    }
-                }
-                Err(e) => {
-                    let e = ProxyError::new(ErrorKind::BadRequest, e.to_string());
-                    return Box::pin(async move { Err(e) });
-                }
+            if let Err(e) = normalize_uri(req.uri_mut(), settings.path_normalization) {
+                return Box::pin(async move { Err(e) });
             }
         }
         drop(cfg);
         call(self.inner.clone(), req)
+    }
+}
+
+/// What [`Admit`] does to a request's URI: its path normalized in place
+/// (scheme, authority and query kept), or the 400 that refuses it. Pure;
+/// the policies after this layer see the URI it leaves.
+pub fn normalize_uri(uri: &mut Uri, mode: PathNormalization) -> Result<(), ProxyError> {
+    match normalize_path(uri.path(), mode) {
+        Ok(None) => Ok(()),
+        Ok(Some(path)) => set_path(uri, &path),
+        Err(e) => Err(ProxyError::new(ErrorKind::BadRequest, e.to_string())),
     }
 }
 
@@ -386,6 +411,27 @@ mod tests {
         }
         // A `%` not followed by two hex digits is kept as it is.
         assert_eq!(norm("/100%/x%zz", MergeSlashes), "/100%/x%zz");
+    }
+
+    #[test]
+    fn a_lone_percent_never_joins_what_decoding_puts_after_it() {
+        // Found by the fuzz target `normalize_path`: kept, `%6` and the
+        // decoded `1` made `/%61dmin`, past a rule on `/admin`, and the
+        // app reads `/admin`.
+        for mode in [Base, MergeSlashes, DecodeAndMergeSlashes] {
+            for form in ["/%6%31dmin", "/%%36%31dmin", "/x%%41%42", "/a%2%46"] {
+                assert_eq!(
+                    normalize_path(form, mode),
+                    Err(PathError::JoinedEscape),
+                    "{form} under {mode:?}"
+                );
+            }
+            // A lone `%` that stays lone is kept; an escape that decodes
+            // to a non-hex character next to it changes nothing.
+            assert_eq!(norm("/%6%7E", mode), "/%6~");
+            assert_eq!(norm("/50%/%61", mode), "/50%/a");
+        }
+        assert_eq!(normalize_path("/%6%31dmin", None), Ok(Option::None));
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
