@@ -280,10 +280,11 @@ pub enum ServiceProtocol {
     Detect,
     /// Skip detection: forward bytes as they come.
     Opaque,
-    /// Detected as `detect` is, and HTTP goes to the app as HTTP/1.1
-    /// whatever the client spoke (Istio: a port named `http`).
+    /// HTTP only: HTTP/1 (strictly), HTTP/2, or the app's own TLS; other
+    /// bytes are answered 400, never forwarded. HTTP goes to the app as
+    /// HTTP/1.1 whatever the client spoke (Istio: a port named `http`).
     Http,
-    /// Detected as `detect` is, and HTTP goes to the app as HTTP/2 (Istio:
+    /// HTTP only, as `http`, and HTTP goes to the app as HTTP/2 (Istio:
     /// `http2`, `grpc`, `h2c`).
     Http2,
 }

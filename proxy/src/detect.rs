@@ -608,62 +608,47 @@ mod tests {
     async fn on_an_http_port_a_client_that_stops_is_left_to_http1() {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GET /slow").await.unwrap();
-        let (p, buf) = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Http,
-        )
-        .await
-        .unwrap();
+        let (p, buf) = detect_on(&mut server, Duration::from_millis(300), Expect::Http)
+            .await
+            .unwrap();
         assert_eq!(p, Ok(Protocol::Http1));
         assert_eq!(&buf[..], b"GET /slow");
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"G@T / HTTP/1.1\r\n").await.unwrap();
-        let (p, _) = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Http,
-        )
-        .await
-        .unwrap();
+        let (p, _) = detect_on(&mut server, Duration::from_millis(300), Expect::Http)
+            .await
+            .unwrap();
         assert_eq!(p, Err(Malformed("a method that is not a token")));
         drop(client);
     }
 
     const FIRST: Duration = Duration::from_secs(3600);
 
+    /// [`detect`] with the first-byte wait and line limit every test here uses.
+    async fn detect_on(
+        io: &mut tokio::io::DuplexStream,
+        timeout: Duration,
+        expect: Expect,
+    ) -> std::io::Result<(Result<Protocol, Malformed>, BytesMut)> {
+        detect(io, timeout, MAX, Some(FIRST), expect).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_refused_after_the_first_byte_timeout_never_opaque() {
         let (client, mut server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let err = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap_err();
+        let err = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), FIRST);
         drop(client);
         // One that closes without a byte is refused at once.
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let err = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap_err();
+        let err = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
@@ -676,15 +661,9 @@ mod tests {
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             client
         });
-        let (p, _) = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap();
+        let (p, _) = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
+            .await
+            .unwrap();
         assert_eq!(p, Ok(Protocol::Http1));
         drop(writer.await.unwrap());
         // A dripping client is opaque once the deadline after its first
@@ -698,15 +677,9 @@ mod tests {
             }
             client
         });
-        let (p, buf) = detect(
-            &mut server,
-            Duration::from_millis(300),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap();
+        let (p, buf) = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
+            .await
+            .unwrap();
         assert_eq!(p, Ok(Protocol::Opaque));
         assert_eq!(&buf[..], b"GET");
         assert_eq!(start.elapsed(), Duration::from_millis(300));
@@ -725,15 +698,9 @@ mod tests {
                 .unwrap();
             client
         });
-        let (p, buf) = detect(
-            &mut server,
-            Duration::from_secs(1),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap();
+        let (p, buf) = detect_on(&mut server, Duration::from_secs(1), Expect::Any)
+            .await
+            .unwrap();
         assert_eq!(p, Ok(Protocol::Http1));
         assert!(buf.starts_with(b"GET /x HTTP/1.1\r\n"));
         drop(writer.await.unwrap());
@@ -744,15 +711,9 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
         drop(client);
-        let (p, buf) = detect(
-            &mut server,
-            Duration::from_secs(1),
-            MAX,
-            Some(FIRST),
-            Expect::Any,
-        )
-        .await
-        .unwrap();
+        let (p, buf) = detect_on(&mut server, Duration::from_secs(1), Expect::Any)
+            .await
+            .unwrap();
         assert_eq!(p, Ok(Protocol::Opaque));
         assert_eq!(&buf[..], b"GE");
     }

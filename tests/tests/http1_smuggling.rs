@@ -358,6 +358,12 @@ fn smuggling_cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "Transfer-Encoding on HTTP/1.0",
+            format!("POST /p HTTP/1.0\r\nhost: web.shop\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n{after}"),
+            &[400],
+            &[],
+        ),
+        case(
             "obs-fold in another header",
             format!("GET /f HTTP/1.1\r\nhost: web.shop\r\nx-a: 1\r\n\tx-b: 2\r\n\r\n{after}"),
             &[400],
@@ -671,4 +677,68 @@ async fn the_header_count_limit_is_the_snapshots() {
     s.limits.max_header_count = 0;
     let err = s.validate().unwrap_err().to_string();
     assert!(err.contains("limits.max_header_count"), "{err}");
+}
+
+/// An upstream that answers `200 early` as soon as it has a request head,
+/// without waiting for the body; it keeps reading until the proxy closes,
+/// and returns (through the channel) whether the body ever ended.
+async fn early_answering_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve_tcp(move |mut s: TcpStream| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut answered = false;
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                buf.extend_from_slice(&chunk[..n]);
+                if !answered && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    answered = true;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                    let _ = s.write_all(ok).await;
+                }
+                if n == 0 {
+                    let _ = tx.send(buf.ends_with(b"0\r\n\r\n"));
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_body_broken_after_the_upstream_answered_keeps_the_answer_and_closes() {
+    let (upstream, mut ended) = early_answering_upstream().await;
+    let mesh = mesh(upstream, false).await;
+    for (addr, via) in [(mesh.inbound(), "inbound"), (mesh.outbound(), "both")] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nhost: web.shop\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            .await
+            .unwrap();
+        // The upstream's answer arrives while the body is still open.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"early") {
+            let n = tokio::time::timeout(LIMIT, s.read(&mut chunk))
+                .await
+                .expect("the answer in time")
+                .unwrap();
+            assert!(n > 0, "{via}: closed before the answer: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK"), "{via}");
+        // Then the body breaks: the connection is closed, and the
+        // upstream sees its request body cut short, never ended.
+        s.write_all(b"zz\r\nnot a chunk\r\n").await.unwrap();
+        let rest = tokio::time::timeout(LIMIT, s.read_to_end(&mut got)).await;
+        assert!(rest.is_ok(), "{via}: left open");
+        let body_ended = tokio::time::timeout(LIMIT, ended.recv())
+            .await
+            .expect("the upstream connection closed")
+            .unwrap();
+        assert!(!body_ended, "{via}: the upstream saw a whole body");
+    }
 }
