@@ -424,6 +424,12 @@ fn smuggling_cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "no Host on HTTP/1.1",
+            format!("GET /h HTTP/1.1\r\n\r\n{after}"),
+            &[400],
+            &[],
+        ),
+        case(
             "an invalid Host",
             format!("GET /h HTTP/1.1\r\nhost: web.shop, admin.shop\r\n\r\n{after}"),
             &[400],

@@ -34,12 +34,15 @@ pub enum PathError {
 pub enum HostError {
     #[error("the request has more than one Host header")]
     Repeated,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    Missing,
     #[error("the Host header is not a valid host[:port]")]
     Invalid,
 }
 
-/// Decides a request's `Host`: more than one, or one that is no
-/// `host[:port]`, is refused (RFC 9112 §3.2); when an HTTP/1 target has
+/// Decides a request's `Host`: more than one, one that is no
+/// `host[:port]`, or none on an HTTP/1.1 request whose target names no
+/// authority, is refused (RFC 9112 §3.2); when an HTTP/1 target has
 /// an authority (absolute form) that authority is the host and a `Host`
 /// that differs is replaced by it (§3.2.2), so that routing, authorization
 /// and the app agree on one host. Returns the replacement, if any.
@@ -62,6 +65,9 @@ pub fn host(
         if v.as_bytes().contains(&b'@') || Authority::try_from(v.as_bytes()).is_err() {
             return Err(HostError::Invalid);
         }
+    }
+    if received.is_none() && version == Version::HTTP_11 && uri.authority().is_none() {
+        return Err(HostError::Missing);
     }
     let absolute = version != Version::HTTP_2 && method != Method::CONNECT;
     let Some(authority) = uri.authority().filter(|_| absolute) else {
@@ -379,7 +385,12 @@ mod tests {
             host(&get, &origin, &headers(&["web.shop"])),
             Ok(Option::None)
         );
-        assert_eq!(host(&get, &origin, &headers(&[])), Ok(Option::None));
+        assert_eq!(host(&get, &origin, &headers(&[])), Err(HostError::Missing));
+        assert_eq!(
+            super::host(Version::HTTP_10, &get, &origin, &headers(&[])),
+            Ok(Option::None),
+            "HTTP/1.0 has no Host"
+        );
         assert_eq!(host(&get, &origin, &headers(&[""])), Ok(Option::None));
         assert_eq!(
             host(&get, &origin, &headers(&["web.shop", "admin.shop"])),
