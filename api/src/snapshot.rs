@@ -82,6 +82,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list) accepted, in bytes.
     pub max_header_bytes: u32,
+    /// Most header fields an HTTP/1 request head may carry (Envoy's
+    /// `max_headers_count`); past it the request gets 431. HTTP/2 header
+    /// lists are bounded by `max_header_bytes` alone.
+    pub max_header_count: u32,
     /// How long protocol detection waits for a client's first bytes before the
     /// connection is treated as opaque TCP (server-speaks-first protocols).
     pub detect_timeout: Duration,
@@ -103,6 +107,7 @@ impl Default for Limits {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            max_header_count: 100,
             detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(90),
@@ -275,10 +280,11 @@ pub enum ServiceProtocol {
     Detect,
     /// Skip detection: forward bytes as they come.
     Opaque,
-    /// Detected as `detect` is, and HTTP goes to the app as HTTP/1.1
-    /// whatever the client spoke (Istio: a port named `http`).
+    /// HTTP only: HTTP/1 (strictly), HTTP/2, or the app's own TLS; other
+    /// bytes are answered 400, never forwarded. HTTP goes to the app as
+    /// HTTP/1.1 whatever the client spoke (Istio: a port named `http`).
     Http,
-    /// Detected as `detect` is, and HTTP goes to the app as HTTP/2 (Istio:
+    /// HTTP only, as `http`, and HTTP goes to the app as HTTP/2 (Istio:
     /// `http2`, `grpc`, `h2c`).
     Http2,
 }

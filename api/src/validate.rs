@@ -62,6 +62,9 @@ impl Errors {
 
 const MIN_HEADER_BYTES: u32 = 8 * 1024;
 const MAX_HEADER_BYTES: u32 = 1024 * 1024;
+/// The most header fields a request head may be allowed (each takes parser
+/// slots on every request, whatever its size).
+const MAX_HEADER_COUNT: u32 = 10_000;
 
 impl Snapshot {
     /// Port-level mTLS modes name real ports; authorization policies:
@@ -162,6 +165,15 @@ impl Snapshot {
                 format!(
                     "{} is out of range ({MIN_HEADER_BYTES}..={MAX_HEADER_BYTES})",
                     l.max_header_bytes
+                ),
+            );
+        }
+        if !(1..=MAX_HEADER_COUNT).contains(&l.max_header_count) {
+            errs.push(
+                "limits.max_header_count",
+                format!(
+                    "{} is out of range (1..={MAX_HEADER_COUNT})",
+                    l.max_header_count
                 ),
             );
         }
@@ -888,6 +900,7 @@ services:
         let ep = s.services[1].endpoints[0].clone();
         s.services[1].endpoints.push(ep);
         s.limits.max_header_bytes = 10;
+        s.limits.max_header_count = 0;
         let errs = s.validate().unwrap_err();
         assert_eq!(
             errs.paths(),
@@ -895,6 +908,7 @@ services:
                 "version",
                 "admin.bind",
                 "limits.max_header_bytes",
+                "limits.max_header_count",
                 "services[0].endpoints[0].address",
                 "services[0].endpoints[0].identity",
                 "services[1].addresses[0]",
@@ -906,7 +920,11 @@ services:
             "{errs}"
         );
         let text = errs.to_string();
-        assert!(text.starts_with("invalid snapshot (10 errors):"), "{text}");
+        assert!(text.starts_with("invalid snapshot (11 errors):"), "{text}");
+        assert!(
+            text.contains("limits.max_header_count: 0 is out of range (1..=10000)"),
+            "{text}"
+        );
         assert!(
             text.contains("services[0].endpoints[0].address: \"10.0.0.1\" is not an IP:port"),
             "{text}"

@@ -35,6 +35,9 @@ pub struct Config {
     /// The service this proxy's own workload serves at each of its ports
     /// (the inbound `destination_service`).
     own_services: HashMap<u16, Name>,
+    /// The ports of this proxy's own workload that every service serving
+    /// them declares HTTP (`http`, `http2`).
+    own_http_ports: HashSet<u16>,
     /// The workloads each SPIFFE ID is seen serving in the snapshot's
     /// endpoints: what a peer proving that ID may be named.
     peer_workloads: HashMap<Name, Vec<Name>>,
@@ -45,6 +48,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_header_count: usize,
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -226,6 +230,7 @@ impl Config {
             max_connections: l.max_connections as usize,
             header_read_timeout: l.header_read_timeout.get(),
             max_header_bytes: l.max_header_bytes as usize,
+            max_header_count: l.max_header_count as usize,
             detect_timeout: l.detect_timeout.get(),
             connect_timeout: l.connect_timeout.get(),
             idle_timeout: l.idle_timeout.get(),
@@ -242,6 +247,7 @@ impl Config {
                 .map_or_else(unknown, Arc::from),
         };
         let own_services = own_services(&services, &proxy);
+        let own_http_ports = own_http_ports(&services, &proxy);
         let peer_workloads = peer_workloads(&services);
         Ok(Config {
             snapshot: Arc::new(snapshot),
@@ -253,6 +259,7 @@ impl Config {
             routes,
             inbound_limits,
             own_services,
+            own_http_ports,
             peer_workloads,
         })
     }
@@ -283,6 +290,14 @@ impl Config {
             .get(&port)
             .cloned()
             .unwrap_or_else(unknown)
+    }
+
+    /// Whether this proxy's workload serves HTTP at `port` (an inbound
+    /// connection's original destination port): some service of the
+    /// snapshot has it as an endpoint at that port, and every such
+    /// service declares the port `http` or `http2`.
+    pub fn serves_http_at(&self, port: u16) -> bool {
+        self.own_http_ports.contains(&port)
     }
 
     /// The workloads the snapshot's endpoints show `principal` (a
@@ -361,6 +376,27 @@ fn own_services(services: &[Arc<ServiceState>], proxy: &Workload) -> HashMap<u16
         }
     }
     by_port
+}
+
+/// The endpoint ports of `proxy`'s workload that only services declaring
+/// HTTP select: one that declares anything else (`detect`, `opaque`) keeps
+/// the port to detection.
+fn own_http_ports(services: &[Arc<ServiceState>], proxy: &Workload) -> HashSet<u16> {
+    let mut http: HashMap<u16, bool> = HashMap::new();
+    if proxy.workload == unknown() {
+        return HashSet::new();
+    }
+    for svc in services {
+        let declared = matches!(svc.protocol, ServiceProtocol::Http | ServiceProtocol::Http2);
+        for ep in &svc.endpoints {
+            if ep.peer.workload == proxy.workload && ep.peer.namespace == proxy.namespace {
+                *http.entry(ep.addr.port()).or_insert(true) &= declared;
+            }
+        }
+    }
+    http.into_iter()
+        .filter_map(|(p, h)| h.then_some(p))
+        .collect()
 }
 
 /// Each endpoint identity's workloads, without repeats.
@@ -597,6 +633,38 @@ services:
         // A proxy that does not know its workload claims nothing.
         let anon = cfg("{ workload: unknown, namespace: shop }");
         assert_eq!(&*anon.own_service(8080), "unknown");
+    }
+
+    #[test]
+    fn an_app_port_serves_http_when_every_service_at_it_declares_http() {
+        let cfg = Config::try_from(
+            Snapshot::from_yaml(
+                r#"
+version: "1"
+proxy: { workload: web, namespace: shop }
+services:
+  - { name: web, namespace: shop, ports: [80], protocol: http,
+      endpoints: [{ address: "10.0.0.1:8080", workload: web }] }
+  - { name: grpc, namespace: shop, ports: [90], protocol: http2,
+      endpoints: [{ address: "10.0.0.1:9090", workload: web }] }
+  - { name: web-any, namespace: shop, ports: [80], protocol: http,
+      endpoints: [{ address: "10.0.0.1:7070", workload: web }] }
+  - { name: web-also, namespace: shop, ports: [81],
+      endpoints: [{ address: "10.0.0.1:7070", workload: web }] }
+  - { name: other, namespace: shop, ports: [80], protocol: http,
+      endpoints: [{ address: "10.0.0.2:6060", workload: other }] }
+"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(cfg.serves_http_at(8080));
+        assert!(cfg.serves_http_at(9090));
+        // Declared HTTP by one service, left to detection by another.
+        assert!(!cfg.serves_http_at(7070));
+        // Another workload's port; a port nobody serves.
+        assert!(!cfg.serves_http_at(6060));
+        assert!(!cfg.serves_http_at(5050));
     }
 
     /// A config pushed for another reason (an endpoint joined) keeps the

@@ -5,6 +5,11 @@
 //! protocols (MySQL, SMTP) send nothing, so they wait out the deadline and are
 //! treated as opaque TCP; ports marked opaque skip detection entirely.
 //!
+//! On a port declared HTTP ([`Expect::Http`]) nothing is taken for opaque
+//! TCP but a TLS ClientHello (the app's own TLS): [`classify_http`] wants
+//! the HTTP/2 preface or a well-formed HTTP/1 request line (RFC 9112 §3), and
+//! anything else is [`Malformed`], answered 400 and never forwarded.
+//!
 //! [`client_hello`] reads the server name of a TLS ClientHello, so that the
 //! inbound side tells mesh TLS from a peer proxy (which names
 //! `outrigger_identity::tls::MESH_SERVER_NAME`) from an app's own TLS.
@@ -83,6 +88,100 @@ pub fn classify(buf: &[u8], max_line: usize) -> Option<Protocol> {
         None if rest.iter().any(|&b| b < 0x20 && b != b'\r') => Some(Protocol::Opaque),
         None if buf.len() >= max_line => Some(Protocol::Http1),
         None => None,
+    }
+}
+
+/// What a port is known to carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing: the first bytes decide ([`classify`]).
+    Any,
+    /// HTTP, as its Service port declares (`http`, `http2`, `grpc`...):
+    /// strict HTTP/1, HTTP/2 or the app's own TLS ([`classify_http`]).
+    Http,
+}
+
+/// A client on a port declared HTTP whose first bytes are no HTTP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an HTTP request on a port declared HTTP: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// Decides what a client on a port declared HTTP speaks, or `None` when
+/// more bytes are needed: the HTTP/2 preface is HTTP/2, a TLS ClientHello
+/// is opaque (the app's own TLS, passed on as it is), a request line of
+/// RFC 9112 §3 (`method SP request-target SP HTTP/1.0|1.1 CRLF`, after
+/// any empty lines) is HTTP/1, and everything else is [`Malformed`]: a
+/// method that is no token (`G@T`), a leading NUL or space, HTTP/0.9 (no
+/// version), `HTTP/1.2` or `HTTP/2.0` in a request line, a bare LF ending
+/// it. A line still unfinished at `max_line` bytes goes to HTTP/1, whose
+/// parser answers 414 or 431. Pure.
+pub fn classify_http(buf: &[u8], max_line: usize) -> Option<Result<Protocol, Malformed>> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        if buf.len() >= H2_PREFACE.len() {
+            return Some(Ok(Protocol::Http2));
+        }
+        return None;
+    }
+    match client_hello(buf) {
+        Hello::NotTls => {}
+        Hello::NeedMore => return None,
+        Hello::ClientHello { .. } => return Some(Ok(Protocol::Opaque)),
+        Hello::Unreadable => return Some(Err(Malformed("a TLS record that is no ClientHello"))),
+    }
+    match strict_request_line(buf) {
+        Some(Ok(())) => Some(Ok(Protocol::Http1)),
+        Some(Err(why)) => Some(Err(Malformed(why))),
+        None if buf.len() >= max_line => Some(Ok(Protocol::Http1)),
+        None => None,
+    }
+}
+
+/// Checks the request line at the start of `buf` (RFC 9112 §3, empty
+/// lines before it skipped as §2.2 allows): `Some(Ok)` once it is whole
+/// and well-formed, `Some(Err)` with the reason as soon as it cannot be,
+/// `None` while every byte so far could still begin one.
+fn strict_request_line(mut buf: &[u8]) -> Option<Result<(), &'static str>> {
+    while let Some(rest) = buf.strip_prefix(b"\r\n") {
+        buf = rest;
+    }
+    if buf == b"\r" {
+        return None;
+    }
+    let method = buf.iter().take_while(|&&b| is_tchar(b)).count();
+    if method > MAX_METHOD_LEN {
+        return Some(Err("a method longer than 24 characters"));
+    }
+    match buf.get(method) {
+        None => return None,
+        Some(_) if method == 0 => return Some(Err("the request line starts with no method")),
+        Some(b' ') => {}
+        Some(_) => return Some(Err("a method that is not a token")),
+    }
+    let rest = &buf[method + 1..];
+    let target = rest.iter().take_while(|&&b| b > b' ' && b != 0x7f).count();
+    match rest.get(target) {
+        None => return None,
+        Some(_) if target == 0 => return Some(Err("no request target")),
+        Some(b' ') => {}
+        Some(b'\r' | b'\n') => return Some(Err("no HTTP version (HTTP/0.9)")),
+        Some(_) => return Some(Err("a control character in the request target")),
+    }
+    const VERSION: &[u8] = b"HTTP/1.";
+    let rest = &rest[target + 1..];
+    let n = rest.len().min(VERSION.len());
+    if rest[..n] != VERSION[..n] {
+        return Some(Err("a version other than HTTP/1.0 or HTTP/1.1"));
+    }
+    match rest.get(VERSION.len()..) {
+        None | Some([]) => None,
+        Some([b'0' | b'1']) | Some([b'0' | b'1', b'\r']) => None,
+        Some([b'0' | b'1', b'\r', b'\n', ..]) => Some(Ok(())),
+        Some([b'0' | b'1', b'\n', ..]) => Some(Err("a bare LF ends the request line")),
+        Some(_) => Some(Err("a version other than HTTP/1.0 or HTTP/1.1")),
     }
 }
 
@@ -207,6 +306,10 @@ impl<'a> Reader<'a> {
 /// `timeout` passes (then: opaque). Returns the decision and every byte read,
 /// which the caller replays in front of the stream.
 ///
+/// On a port declared HTTP ([`Expect::Http`]) [`classify_http`] decides
+/// instead, and a client that stops or closes before it has is HTTP/1: its
+/// parser then applies the header read timeout, or sees the end.
+///
 /// With `first_byte`, the deadline starts at the client's first byte, and a
 /// client that sends nothing is waited for up to `first_byte` and then
 /// refused (an error), never taken for opaque: no upstream connection is
@@ -218,22 +321,31 @@ pub async fn detect<I: AsyncRead + Unpin>(
     timeout: Duration,
     max_line: usize,
     first_byte: Option<Duration>,
-) -> std::io::Result<(Protocol, BytesMut)> {
+    expect: Expect,
+) -> std::io::Result<(Result<Protocol, Malformed>, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
     if let Some(first_byte) = first_byte {
         wait_first_byte(io, &mut buf, first_byte).await?;
     }
     let deadline = tokio::time::Instant::now() + timeout;
+    let undecided = match expect {
+        Expect::Any => Protocol::Opaque,
+        Expect::Http => Protocol::Http1,
+    };
     loop {
-        if let Some(p) = classify(&buf, max_line) {
-            return Ok((p, buf));
+        let decided = match expect {
+            Expect::Any => classify(&buf, max_line).map(Ok),
+            Expect::Http => classify_http(&buf, max_line),
+        };
+        if let Some(d) = decided {
+            return Ok((d, buf));
         }
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(4096);
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_elapsed) => return Ok((Protocol::Opaque, buf)),
-            Ok(Ok(0)) => return Ok((Protocol::Opaque, buf)),
+            Err(_elapsed) => return Ok((Ok(undecided), buf)),
+            Ok(Ok(0)) => return Ok((Ok(undecided), buf)),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
@@ -392,13 +504,140 @@ mod tests {
         assert_eq!(classify(&line, 4096), None);
     }
 
+    #[test]
+    fn an_http_port_takes_well_formed_http_and_tls_and_nothing_else() {
+        let http = |b: &[u8]| classify_http(b, MAX);
+        assert_eq!(http(b"GET / HTTP/1.1\r\n"), Some(Ok(Protocol::Http1)));
+        assert_eq!(
+            http(b"POST /a?b=c HTTP/1.0\r\nHost: x\r\n"),
+            Some(Ok(Protocol::Http1))
+        );
+        assert_eq!(
+            http(b"CONNECT db:5432 HTTP/1.1\r\n"),
+            Some(Ok(Protocol::Http1))
+        );
+        assert_eq!(
+            http(b"GET http://a.example/x HTTP/1.1\r\n"),
+            Some(Ok(Protocol::Http1))
+        );
+        // Empty lines before the request line are skipped (RFC 9112 2.2).
+        assert_eq!(
+            http(b"\r\n\r\nGET / HTTP/1.1\r\n"),
+            Some(Ok(Protocol::Http1))
+        );
+        assert_eq!(http(H2_PREFACE), Some(Ok(Protocol::Http2)));
+        // The app's own TLS passes, opaque.
+        let hello = real_client_hello("app.example.com");
+        assert_eq!(http(&hello), Some(Ok(Protocol::Opaque)));
+        for n in 1..hello.len() {
+            assert_eq!(http(&hello[..n]), None, "{n} bytes of a ClientHello");
+        }
+        let mut bad_hello = hello.clone();
+        bad_hello[5] = 2; // a ServerHello
+        assert!(matches!(http(&bad_hello), Some(Err(_))));
+
+        for (line, why) in [
+            (&b"G@T / HTTP/1.1\r\n"[..], "a method that is not a token"),
+            (b"GET /\r\n", "no HTTP version (HTTP/0.9)"),
+            (
+                b"GET / HTTP/1.2\r\n",
+                "a version other than HTTP/1.0 or HTTP/1.1",
+            ),
+            (
+                b"GET / HTTP/2.0\r\n",
+                "a version other than HTTP/1.0 or HTTP/1.1",
+            ),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nXX",
+                "a version other than HTTP/1.0 or HTTP/1.1",
+            ),
+            (
+                b"\x00GET / HTTP/1.1\r\n",
+                "the request line starts with no method",
+            ),
+            (
+                b" GET / HTTP/1.1\r\n",
+                "the request line starts with no method",
+            ),
+            (b"GET / HTTP/1.1\n", "a bare LF ends the request line"),
+            (
+                b"\nGET / HTTP/1.1\r\n",
+                "the request line starts with no method",
+            ),
+            (b"GET  / HTTP/1.1\r\n", "no request target"),
+            (
+                b"GET /a\x00b HTTP/1.1\r\n",
+                "a control character in the request target",
+            ),
+            (
+                b"GET / HTTP/1.1 \r\n",
+                "a version other than HTTP/1.0 or HTTP/1.1",
+            ),
+            (
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                "a method longer than 24 characters",
+            ),
+            (b"SSH-2.0-OpenSSH_9.2\r\n", "a method that is not a token"),
+            (
+                &[0x4a, 0x00, 0x00, 0x00, 0x0a],
+                "a method that is not a token",
+            ),
+        ] {
+            assert_eq!(
+                http(line),
+                Some(Err(Malformed(why))),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // Every proper prefix of a good line waits; a malformed line is
+        // refused as soon as its first wrong byte arrives.
+        let good = b"GET /x HTTP/1.1\r\n";
+        for n in 1..good.len() {
+            assert_eq!(http(&good[..n]), None, "{n} bytes");
+        }
+        assert!(matches!(http(b"G@"), Some(Err(_))));
+        assert!(matches!(http(b"GET / HTTP/1.3"), Some(Err(_))));
+        // Too long to finish before the limit: HTTP/1 answers 414/431.
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 100));
+        assert_eq!(classify_http(&long, 64), Some(Ok(Protocol::Http1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_an_http_port_a_client_that_stops_is_left_to_http1() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET /slow").await.unwrap();
+        let (p, buf) = detect_on(&mut server, Duration::from_millis(300), Expect::Http)
+            .await
+            .unwrap();
+        assert_eq!(p, Ok(Protocol::Http1));
+        assert_eq!(&buf[..], b"GET /slow");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"G@T / HTTP/1.1\r\n").await.unwrap();
+        let (p, _) = detect_on(&mut server, Duration::from_millis(300), Expect::Http)
+            .await
+            .unwrap();
+        assert_eq!(p, Err(Malformed("a method that is not a token")));
+        drop(client);
+    }
+
     const FIRST: Duration = Duration::from_secs(3600);
+
+    /// [`detect`] with the first-byte wait and line limit every test here uses.
+    async fn detect_on(
+        io: &mut tokio::io::DuplexStream,
+        timeout: Duration,
+        expect: Expect,
+    ) -> std::io::Result<(Result<Protocol, Malformed>, BytesMut)> {
+        detect(io, timeout, MAX, Some(FIRST), expect).await
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_refused_after_the_first_byte_timeout_never_opaque() {
         let (client, mut server) = tokio::io::duplex(64);
         let start = tokio::time::Instant::now();
-        let err = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
+        let err = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
@@ -407,7 +646,7 @@ mod tests {
         // One that closes without a byte is refused at once.
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let err = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
+        let err = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
@@ -422,10 +661,10 @@ mod tests {
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
             client
         });
-        let (p, _) = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
+        let (p, _) = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
             .await
             .unwrap();
-        assert_eq!(p, Protocol::Http1);
+        assert_eq!(p, Ok(Protocol::Http1));
         drop(writer.await.unwrap());
         // A dripping client is opaque once the deadline after its first
         // byte passes.
@@ -438,10 +677,10 @@ mod tests {
             }
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_millis(300), MAX, Some(FIRST))
+        let (p, buf) = detect_on(&mut server, Duration::from_millis(300), Expect::Any)
             .await
             .unwrap();
-        assert_eq!(p, Protocol::Opaque);
+        assert_eq!(p, Ok(Protocol::Opaque));
         assert_eq!(&buf[..], b"GET");
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         drop(dripper.await.unwrap());
@@ -459,10 +698,10 @@ mod tests {
                 .unwrap();
             client
         });
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, Some(FIRST))
+        let (p, buf) = detect_on(&mut server, Duration::from_secs(1), Expect::Any)
             .await
             .unwrap();
-        assert_eq!(p, Protocol::Http1);
+        assert_eq!(p, Ok(Protocol::Http1));
         assert!(buf.starts_with(b"GET /x HTTP/1.1\r\n"));
         drop(writer.await.unwrap());
     }
@@ -472,10 +711,10 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GE").await.unwrap();
         drop(client);
-        let (p, buf) = detect(&mut server, Duration::from_secs(1), MAX, Some(FIRST))
+        let (p, buf) = detect_on(&mut server, Duration::from_secs(1), Expect::Any)
             .await
             .unwrap();
-        assert_eq!(p, Protocol::Opaque);
+        assert_eq!(p, Ok(Protocol::Opaque));
         assert_eq!(&buf[..], b"GE");
     }
 }

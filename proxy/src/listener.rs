@@ -4,7 +4,8 @@
 //! ```text
 //! accept → limit → target (outbound: static target | original dst → service | passthrough;
 //!                          inbound: original dst port on localhost | configured app)
-//!        → opaque? (service protocol / inbound opaque port) or detect (deadline)
+//!        → opaque? (service protocol / inbound opaque port) or detect (deadline;
+//!          strict on a port declared HTTP: no opaque TCP but TLS, the rest 400)
 //!        → HTTP/1 | HTTP/2 → http::server  |  opaque → tcp::forward
 //! ```
 
@@ -18,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::detect::{self, Hello, Protocol};
+use crate::detect::{self, Expect, Hello, Protocol};
 use crate::http::hold::{refusal, refused, until_revoked, ConnGuard, Hold, Refusal};
 use crate::http::proxy::{stack_for, ConnContext, HttpProxy, Shared, Target};
 use crate::metrics::{
@@ -296,8 +297,18 @@ impl Listener {
             Target::Passthrough(_) => None,
             _ => Some(cfg.limits.tcp_idle_timeout),
         };
-        let (protocol, prefix) = if opaque {
-            (Protocol::Opaque, Default::default())
+        // A port declared HTTP (the service's, or the app port's) takes
+        // HTTP alone, and the app's own TLS: no other bytes are forwarded.
+        let expect = match &target {
+            Target::Service(r) => cfg
+                .service(r)
+                .filter(|s| matches!(s.protocol, ServiceProtocol::Http | ServiceProtocol::Http2))
+                .map_or(Expect::Any, |_| Expect::Http),
+            Target::App(app) if cfg.serves_http_at(app.port()) => Expect::Http,
+            Target::App(_) | Target::Passthrough(_) => Expect::Any,
+        };
+        let (detected, prefix) = if opaque {
+            (Ok(Protocol::Opaque), Default::default())
         } else {
             let detected = tokio::select! {
                 d = detect::detect(
@@ -305,6 +316,7 @@ impl Listener {
                     cfg.limits.detect_timeout,
                     cfg.limits.max_header_bytes,
                     first_byte,
+                    expect,
                 ) => d,
                 // A client still silent when draining begins holds nothing up.
                 _ = drain.signaled() => return,
@@ -316,6 +328,11 @@ impl Listener {
                     return;
                 }
             }
+        };
+        // Not HTTP on an HTTP port: an HTTP/1 connection, answered 400.
+        let (protocol, malformed) = match detected {
+            Ok(p) => (p, None),
+            Err(m) => (Protocol::Http1, Some(m)),
         };
 
         // Opaque connections to the app answer to its AuthorizationPolicies
@@ -491,6 +508,10 @@ impl Listener {
                     shared: self.shared.clone(),
                     stack,
                 };
+                if let Some(why) = malformed {
+                    crate::http::server::refuse_malformed(io, &svc, why).await;
+                    return;
+                }
                 let revoked = async move { until_revoked(hold.as_deref()).await };
                 crate::http::server::serve(io, protocol, svc, &cfg.limits, &drain, revoked).await;
             }

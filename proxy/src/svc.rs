@@ -262,6 +262,12 @@ impl ProxyError {
         if let Some(a) = self.attempts {
             h.insert(ATTEMPT_COUNT, HeaderValue::from(a.0));
         }
+        // A request that could not be taken as sent ends its HTTP/1
+        // connection (as Envoy closes after a protocol error): what follows
+        // it on the connection is never read as another request.
+        if matches!(self.kind, ErrorKind::BadRequest) && client_version != Version::HTTP_2 {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

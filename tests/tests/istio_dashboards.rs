@@ -210,7 +210,11 @@ async fn post(addr: SocketAddr, path: &str, size: usize) -> Result<u16, BoxError
     let (mut c, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let resp = c
-        .send_request(Request::post(path).body(full(vec![b'p'; size]))?)
+        .send_request(
+            Request::post(path)
+                .header("host", "reviews.shop:9080")
+                .body(full(vec![b'p'; size]))?,
+        )
         .await?;
     let status = resp.status().as_u16();
     resp.into_body().collect().await?;

@@ -4,10 +4,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::proxy::HttpProxy;
-use crate::detect::Protocol;
+use crate::detect::{Malformed, Protocol};
+use crate::svc::{ErrorKind, ProxyError};
 use outrigger_proxy_policy::config::Limits;
 use outrigger_runtime::drain;
 
@@ -64,6 +65,7 @@ pub async fn serve<I>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes)
+                .max_headers(limits.max_header_count)
                 .keep_alive(!draining)
                 .serve_connection(io, svc)
                 .with_upgrades();
@@ -110,6 +112,53 @@ fn answered_by_hyper(proto: Protocol, e: &hyper::Error) -> Option<http::StatusCo
     // The rest (method, header, URI, version) hyper answers 400, but for
     // its internal error, which has no predicate of its own.
     (!text.contains("internal error")).then_some(StatusCode::BAD_REQUEST)
+}
+
+/// How long a refused connection is read (and the bytes dropped) after
+/// its answer, and how much of it: closing a socket with unread bytes
+/// resets it, and a reset can destroy the answer before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Answers a client whose first bytes on a port declared HTTP are no HTTP
+/// request (`why`): 400 with `Connection: close` and the proxy's error
+/// headers (flag `DPE`), then the connection closed, and the request
+/// recorded as one that could not be read. Nothing is forwarded.
+pub async fn refuse_malformed<I>(mut io: I, svc: &HttpProxy, why: Malformed)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::debug!(peer = %svc.ctx.peer, reason = %why, "refused: not HTTP on an HTTP port");
+    let message = why.to_string();
+    let resp =
+        ProxyError::new(ErrorKind::BadRequest, message.clone()).to_response(http::Version::HTTP_11);
+    let body = format!("{message}\n");
+    let mut answer = format!("HTTP/1.1 {}\r\n", resp.status()).into_bytes();
+    for (name, value) in resp.headers() {
+        answer.extend_from_slice(name.as_str().as_bytes());
+        answer.extend_from_slice(b": ");
+        answer.extend_from_slice(value.as_bytes());
+        answer.extend_from_slice(b"\r\n");
+    }
+    answer.extend_from_slice(format!("content-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let answered = async {
+        io.write_all(&answer).await?;
+        io.shutdown().await
+    };
+    if answered.await.is_ok() {
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER, async {
+            while left > 0 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
+    svc.record_unreadable(http::StatusCode::BAD_REQUEST);
 }
 
 /// A connection told to shut down gracefully, given `deadline` (if any) to

@@ -1,18 +1,18 @@
-//! What the proxy accepts of a request before any policy sees it: the path
-//! normalized (Istio's `pathNormalization`), so that routing, authorization
-//! and the app all see one form of it, and only the allowed `Upgrade`s
-//! (Envoy's `upgrade_configs`), so that no tunnel opens that the settings
-//! did not ask for.
+//! What the proxy accepts of a request before any policy sees it: one
+//! host (RFC 9112 §3.2), the path normalized (Istio's `pathNormalization`),
+//! so that routing, authorization and the app all see one form of each,
+//! and only the allowed `Upgrade`s (Envoy's `upgrade_configs`), so that no
+//! tunnel opens that the settings did not ask for.
 //!
-//! [`normalize_path`] and [`upgrade`] are the pure decisions; [`Admit`] is
-//! the layer at the top of every stack that applies them.
+//! [`host`], [`normalize_path`] and [`upgrade`] are the pure decisions;
+//! [`Admit`] is the layer at the top of every stack that applies them.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::header::{CONNECTION, UPGRADE};
-use http::uri::{PathAndQuery, Uri};
-use http::{HeaderMap, Method, Version};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderMap, HeaderValue, Method, Version};
 use outrigger_api::{HttpSettings, PathNormalization};
 use tower::Service;
 
@@ -33,6 +33,56 @@ pub enum PathError {
     /// stays a lone `%`, as in `/100%`, is kept.)
     #[error("the request path holds a % that decoding would join into an escape")]
     JoinedEscape,
+}
+
+/// Why a request's host is refused (RFC 9112 §3.2: 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has more than one Host header")]
+    Repeated,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    Missing,
+    #[error("the Host header is not a valid host[:port]")]
+    Invalid,
+}
+
+/// Decides a request's `Host`: more than one, one that is no
+/// `host[:port]`, or none on an HTTP/1.1 request whose target names no
+/// authority, is refused (RFC 9112 §3.2); when an HTTP/1 target has
+/// an authority (absolute form) that authority is the host and a `Host`
+/// that differs is replaced by it (§3.2.2), so that routing, authorization
+/// and the app agree on one host. Returns the replacement, if any.
+/// `CONNECT`'s target is its authority, and its `Host` is left as it is;
+/// HTTP/2 carries its authority in `:authority`, which the proxy routes
+/// and forwards by. Pure.
+pub fn host(
+    version: Version,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, HostError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let received = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    if let Some(v) = received.filter(|v| !v.is_empty()) {
+        // A host and port, no user information.
+        if v.as_bytes().contains(&b'@') || Authority::try_from(v.as_bytes()).is_err() {
+            return Err(HostError::Invalid);
+        }
+    }
+    if received.is_none() && version == Version::HTTP_11 && uri.authority().is_none() {
+        return Err(HostError::Missing);
+    }
+    let absolute = version != Version::HTTP_2 && method != Method::CONNECT;
+    let Some(authority) = uri.authority().filter(|_| absolute) else {
+        return Ok(None);
+    };
+    if received.is_some_and(|v| v.as_bytes() == authority.as_str().as_bytes()) {
+        return Ok(None);
+    }
+    Ok(HeaderValue::from_str(authority.as_str()).ok())
 }
 
 /// The normalized form of an origin-form `path` (no query), or `None` when
@@ -235,9 +285,10 @@ fn strip_h2c(headers: &mut HeaderMap) {
     }
 }
 
-/// The layer: refuses a request whose path cannot be normalized (400
-/// `DPE`) or whose upgrade is not allowed (403), rewrites the path to its
-/// normal form, and strips `h2c` upgrades.
+/// The layer: refuses a request with a bad or repeated `Host`, or whose
+/// path cannot be normalized (400 `DPE`), or whose upgrade is not allowed
+/// (403); sets an absolute-form target's authority as its `Host`, rewrites
+/// the path to its normal form, and strips `h2c` upgrades.
 #[derive(Clone)]
 pub struct Admit<S> {
     inner: S,
@@ -272,6 +323,16 @@ impl<S: HttpService> Service<Req> for Admit<S> {
     always_ready!();
 
     fn call(&mut self, mut req: Req) -> Fut {
+        match host(req.version(), req.method(), req.uri(), req.headers()) {
+            Ok(None) => {}
+            Ok(Some(authority)) => {
+                req.headers_mut().insert(HOST, authority);
+            }
+            Err(e) => {
+                let e = ProxyError::new(ErrorKind::BadRequest, e.to_string());
+                return Box::pin(async move { Err(e) });
+            }
+        }
         let cfg = self.config.load();
         let settings = &cfg.snapshot.http;
         match upgrade(settings, req.version(), req.method(), req.headers()) {
@@ -330,6 +391,75 @@ mod tests {
         normalize_path(path, mode)
             .unwrap()
             .unwrap_or_else(|| path.to_string())
+    }
+
+    #[test]
+    fn one_valid_host_and_an_absolute_targets_authority_wins() {
+        let get = Method::GET;
+        let host = |m: &Method, u: &Uri, h: &HeaderMap| host(Version::HTTP_11, m, u, h);
+        let headers = |hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(HOST, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let origin: Uri = "/x".parse().unwrap();
+        let absolute: Uri = "http://api.example:8080/x".parse().unwrap();
+        assert_eq!(
+            host(&get, &origin, &headers(&["web.shop"])),
+            Ok(Option::None)
+        );
+        assert_eq!(host(&get, &origin, &headers(&[])), Err(HostError::Missing));
+        assert_eq!(
+            super::host(Version::HTTP_10, &get, &origin, &headers(&[])),
+            Ok(Option::None),
+            "HTTP/1.0 has no Host"
+        );
+        assert_eq!(host(&get, &origin, &headers(&[""])), Ok(Option::None));
+        assert_eq!(
+            host(&get, &origin, &headers(&["web.shop", "admin.shop"])),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(
+            host(&get, &origin, &headers(&["web.shop", "web.shop"])),
+            Err(HostError::Repeated)
+        );
+        for bad in ["a, b", "web shop", "web.shop/x", "@web"] {
+            assert_eq!(
+                host(&get, &origin, &headers(&[bad])),
+                Err(HostError::Invalid),
+                "{bad}"
+            );
+        }
+        // Absolute form: its authority is the host, whatever Host said.
+        assert_eq!(
+            host(&get, &absolute, &headers(&["other.example"])),
+            Ok(Some(HeaderValue::from_static("api.example:8080")))
+        );
+        assert_eq!(
+            host(&get, &absolute, &headers(&[])),
+            Ok(Some(HeaderValue::from_static("api.example:8080")))
+        );
+        assert_eq!(
+            host(&get, &absolute, &headers(&["api.example:8080"])),
+            Ok(Option::None)
+        );
+        assert_eq!(
+            host(&get, &absolute, &headers(&["a", "b"])),
+            Err(HostError::Repeated)
+        );
+        // CONNECT's target is an authority of its own.
+        let connect: Uri = "db:5432".parse().unwrap();
+        assert_eq!(
+            host(&Method::CONNECT, &connect, &headers(&["x"])),
+            Ok(Option::None)
+        );
+        // HTTP/2 routes by :authority; its Host is not rewritten.
+        assert_eq!(
+            super::host(Version::HTTP_2, &get, &absolute, &headers(&[])),
+            Ok(Option::None)
+        );
     }
 
     #[test]
