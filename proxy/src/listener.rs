@@ -49,13 +49,20 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Accepts until drain begins. Past `limits.max_connections` open
-    /// connections, new ones are closed at once and counted.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+    /// Accepts until `accepting` is signaled (during a drain, after the
+    /// accept window: connections accepted while draining are served in
+    /// drain mode). Past `limits.max_connections` open connections, new
+    /// ones are closed at once and counted.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: drain::Watch,
+        accepting: drain::Watch,
+    ) {
         let direction = Direction::from(self.spec.direction);
         loop {
             let accepted = tokio::select! {
-                _ = drain.signaled() => break,
+                _ = accepting.signaled() => break,
                 r = listener.accept() => r,
             };
             let (stream, peer) = match accepted {
