@@ -166,7 +166,10 @@ impl Snapshot {
             );
         }
         for (name, n) in [
-            ("http2_max_concurrent_streams", l.http2_max_concurrent_streams),
+            (
+                "http2_max_concurrent_streams",
+                l.http2_max_concurrent_streams,
+            ),
             (
                 "http2_max_pending_accept_reset_streams",
                 l.http2_max_pending_accept_reset_streams,

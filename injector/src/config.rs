@@ -485,7 +485,12 @@ mod tests {
         assert!(b.http.allows_upgrade("connect"));
         b.validate().unwrap();
         // The defaults: MERGE_SLASHES and WebSocket only.
-        let d = crate::inject::bootstrap("shop", &Default::default(), &MeshConfig::with_image("x"), None);
+        let d = crate::inject::bootstrap(
+            "shop",
+            &Default::default(),
+            &MeshConfig::with_image("x"),
+            None,
+        );
         assert_eq!(d.http, outrigger_api::HttpSettings::default());
     }
 }

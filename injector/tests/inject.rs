@@ -999,7 +999,11 @@ fn the_proxys_grace_period_follows_the_pods_termination_grace() {
         boot.validate().unwrap();
         boot.limits.drain_timeout.get()
     };
-    assert_eq!(grace_of(WEB), Duration::from_secs(25), "unset: 30 s less 5 s");
+    assert_eq!(
+        grace_of(WEB),
+        Duration::from_secs(25),
+        "unset: 30 s less 5 s"
+    );
     let with = |seconds: i64| {
         WEB.replace(
             "  serviceAccountName: web\n",
@@ -1007,8 +1011,16 @@ fn the_proxys_grace_period_follows_the_pods_termination_grace() {
         )
     };
     assert_eq!(grace_of(&with(120)), Duration::from_secs(115));
-    assert_eq!(grace_of(&with(10)), Duration::from_secs(8), "a fifth kept back");
-    assert_eq!(grace_of(&with(0)), Duration::from_secs(1), "never below 1 s");
+    assert_eq!(
+        grace_of(&with(10)),
+        Duration::from_secs(8),
+        "a fifth kept back"
+    );
+    assert_eq!(
+        grace_of(&with(0)),
+        Duration::from_secs(1),
+        "never below 1 s"
+    );
     // The pure rule, and what the kubelet does with the rest.
     use outrigger_injector::inject::drain_timeout;
     assert_eq!(drain_timeout(Some(60)), Duration::from_secs(55));

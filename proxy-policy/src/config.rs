@@ -257,8 +257,7 @@ impl Config {
             tcp_idle_timeout: l.tcp_idle_timeout.get(),
             http2: Http2Limits {
                 max_concurrent_streams: l.http2_max_concurrent_streams,
-                max_pending_accept_reset_streams: l.http2_max_pending_accept_reset_streams
-                    as usize,
+                max_pending_accept_reset_streams: l.http2_max_pending_accept_reset_streams as usize,
                 max_local_error_reset_streams: l.http2_max_local_error_reset_streams as usize,
                 max_control_frames_per_second: l.http2_max_control_frames_per_second,
             },

@@ -218,7 +218,9 @@ where
 
 fn assert_calm(seen: &Seen) {
     assert!(
-        seen.goaways.iter().any(|(_, code)| *code == ENHANCE_YOUR_CALM),
+        seen.goaways
+            .iter()
+            .any(|(_, code)| *code == ENHANCE_YOUR_CALM),
         "GOAWAY ENHANCE_YOUR_CALM expected: {seen:?}"
     );
 }
@@ -272,7 +274,10 @@ async fn continuation_flood_gets_goaway_enhance_your_calm() {
             let sent = a
                 .flood(|_| frame(CONTINUATION, 0, 1, &field), 100_000)
                 .await;
-            assert!(sent < 100_000, "still open after 100,000 CONTINUATION frames");
+            assert!(
+                sent < 100_000,
+                "still open after 100,000 CONTINUATION frames"
+            );
             a.closed().await
         },
     )

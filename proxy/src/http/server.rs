@@ -12,9 +12,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body::ResponseBody;
 use super::proxy::HttpProxy;
 use crate::detect::Protocol;
-use super::body::ResponseBody;
 use crate::transport::h2_guard::H2Guard;
 use crate::transport::idle::Activity;
 use crate::transport::metered::Observed;
@@ -62,11 +62,7 @@ pub async fn serve<I>(
     let result = match proto {
         Protocol::Http2 => {
             let h2 = &limits.http2;
-            let io = TokioIo::new(H2Guard::new(
-                io,
-                h2.max_control_frames_per_second,
-                peer,
-            ));
+            let io = TokioIo::new(H2Guard::new(io, h2.max_control_frames_per_second, peer));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(20))
@@ -184,7 +180,8 @@ impl hyper::service::Service<Request<Incoming>> for Closing {
         Box::pin(async move {
             let mut resp = answer.await?;
             in_flight.fetch_sub(1, Ordering::AcqRel);
-            let tunnel = resp.status().is_informational() || (connect && resp.status().is_success());
+            let tunnel =
+                resp.status().is_informational() || (connect && resp.status().is_success());
             if drain.is_draining() && !tunnel {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,

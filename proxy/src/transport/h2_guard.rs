@@ -194,7 +194,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<I> {
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        let (bucket, last_stream, flooded) = (&this.bucket, &mut this.last_stream, &mut this.flooded);
+        let (bucket, last_stream, flooded) =
+            (&this.bucket, &mut this.last_stream, &mut this.flooded);
         this.incoming.feed(&buf.filled()[before..], |head| {
             if head.kind == HEADERS {
                 *last_stream = (*last_stream).max(head.stream);
@@ -272,7 +273,12 @@ mod tests {
         bytes.extend(frame(HEADERS, 0x5, 3, b"\x82\x86\x84"));
         bytes.extend(frame(PING, ACK, 0, &[7; 8]));
         bytes.extend(frame(PING, 0, 0, &[1; 8]));
-        let want = vec![(SETTINGS, 0, 0, 6), (HEADERS, 0x5, 3, 3), (PING, ACK, 0, 8), (PING, 0, 0, 8)];
+        let want = vec![
+            (SETTINGS, 0, 0, 6),
+            (HEADERS, 0x5, 3, 3),
+            (PING, ACK, 0, 8),
+            (PING, 0, 0, 8),
+        ];
         for chunk in 1..=bytes.len() {
             let mut s = FrameScanner::client();
             let mut seen = Vec::new();
@@ -305,7 +311,10 @@ mod tests {
     #[test]
     fn a_goaway_frame_is_laid_out_as_rfc_9113_says() {
         let f = goaway(7, ENHANCE_YOUR_CALM, b"x");
-        assert_eq!(f, [0, 0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 11, b'x']);
+        assert_eq!(
+            f,
+            [0, 0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 11, b'x']
+        );
     }
 
     /// Over a real pipe: past the budget the next read fails and the
@@ -327,7 +336,10 @@ mod tests {
         let mut more = frame(PING, 0, 0, &[0; 8]);
         more.extend(frame(SETTINGS, 0, 0, &[]));
         client.write_all(&more).await.unwrap();
-        assert!(guard.read(&mut buf).await.is_ok(), "the frames read are handed on");
+        assert!(
+            guard.read(&mut buf).await.is_ok(),
+            "the frames read are handed on"
+        );
         let err = guard.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
         let mut sent = [0u8; 17];
@@ -342,7 +354,10 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (server, mut client) = tokio::io::duplex(1 << 16);
         let mut guard = H2Guard::new(server, 3, ([127, 0, 0, 1], 1).into());
-        client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
         guard.read(&mut buf).await.unwrap();
         for _ in 0..10 {
