@@ -333,3 +333,73 @@ async fn sigterm_under_http2_load_sends_goaway_and_loses_no_stream() {
     assert!(status.success(), "{status:?}\n{logs}");
     assert!(took < GRACE + MARGIN, "took {took:?}");
 }
+
+/// Reads until the peer closes; what it sent. An error (a reset) ends it
+/// too: what came before is kept.
+async fn read_to_close(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(LIMIT, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("still open after {LIMIT:?}: {}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// In a drain, an HTTP/1 keep-alive connection is closed only between
+/// requests: one that is idle is closed (after a quiet second), one whose
+/// next request is being read when the drain begins is answered, with
+/// `Connection: close`, then closed.
+#[tokio::test]
+async fn a_drain_closes_idle_http1_connections_and_serves_a_request_being_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app("web").await;
+    let mut snapshot = client_snapshot(&[(app, false)]);
+    snapshot.limits.drain_timeout = outrigger_api::Duration(GRACE);
+    let proxy = outrigger_proxy::Proxy::start(snapshot, outrigger_proxy::Options::default())
+        .await
+        .unwrap();
+    let addr = proxy.listener_addr("outbound").unwrap();
+    let admin = proxy.admin_addr;
+    let request = "GET / HTTP/1.1\r\nHost: web.shop\r\n\r\n";
+    // Two keep-alive connections, each answered once.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    for s in [&mut idle, &mut busy] {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    }
+    // The next request's first half is on its way when the drain begins.
+    busy.write_all(&request.as_bytes()[..20]).await.unwrap();
+    let drained = tokio::spawn(proxy.stop(GRACE + MARGIN));
+    assert!(
+        eventually(LIMIT, || async {
+            matches!(try_get(admin, "/ready").await, Ok((503, _)))
+        })
+        .await,
+        "draining"
+    );
+    busy.write_all(&request.as_bytes()[20..]).await.unwrap();
+    let answer = read_to_close(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("hello from web"), "{answer}");
+    // The idle one is closed without a word.
+    assert_eq!(read_to_close(&mut idle).await, "");
+    assert_eq!(
+        drained.await.unwrap(),
+        outrigger_proxy::Drained::Clean,
+        "nothing left open"
+    );
+}
