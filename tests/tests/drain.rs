@@ -344,7 +344,10 @@ async fn read_to_close(s: &mut TcpStream) -> String {
         match tokio::time::timeout(LIMIT, s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("still open after {LIMIT:?}: {}", String::from_utf8_lossy(&out)),
+            Err(_) => panic!(
+                "still open after {LIMIT:?}: {}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -375,7 +378,10 @@ async fn a_drain_closes_idle_http1_connections_and_serves_a_request_being_read()
         let n = s.read(&mut buf).await.unwrap();
         let head = String::from_utf8_lossy(&buf[..n]);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
     }
     // The next request's first half is on its way when the drain begins.
     busy.write_all(&request.as_bytes()[..20]).await.unwrap();
