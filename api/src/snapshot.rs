@@ -93,12 +93,34 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Idle pooled upstream connections are closed after this long.
     pub idle_timeout: Duration,
-    /// On shutdown, how long in-flight work may take before the proxy exits anyway.
+    /// The grace period: on shutdown, how long in-flight work may take
+    /// before the proxy exits anyway. In Kubernetes the injector sets it
+    /// from the pod's `terminationGracePeriodSeconds`, less a margin.
     pub drain_timeout: Duration,
+    /// On shutdown, how long the listeners keep accepting new connections
+    /// (served in drain mode: one request on HTTP/1, GOAWAY on HTTP/2)
+    /// while Kubernetes removes the endpoint; at most half of
+    /// `drain_timeout`, and over at once when no connection is open.
+    /// `0s` stops accepting at once.
+    pub drain_accept: Duration,
     /// An opaque TCP connection with no byte either way for this long is
     /// closed (Istio's TCP idle timeout). It also bounds how long a client
     /// that has sent nothing is held before any upstream connection exists.
     pub tcp_idle_timeout: Duration,
+    /// HTTP/2: streams one client connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: streams a client may open and reset before the proxy has
+    /// accepted them (the rapid-reset attack); past it, GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub http2_max_pending_accept_reset_streams: u32,
+    /// HTTP/2: streams the proxy may reset for a client's protocol errors
+    /// on one connection; past it, GOAWAY `ENHANCE_YOUR_CALM`.
+    pub http2_max_local_error_reset_streams: u32,
+    /// HTTP/2: PING and SETTINGS frames (not acknowledgements) a client may
+    /// send per second, as a bucket of as many; past it, GOAWAY
+    /// `ENHANCE_YOUR_CALM` and the connection is closed.
+    pub http2_max_control_frames_per_second: u32,
 }
 
 impl Default for Limits {
@@ -112,7 +134,12 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(20),
+            drain_accept: Duration::from_secs(5),
             tcp_idle_timeout: Duration::from_secs(3600),
+            http2_max_concurrent_streams: 100,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            http2_max_control_frames_per_second: 100,
         }
     }
 }

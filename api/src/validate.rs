@@ -177,6 +177,28 @@ impl Snapshot {
                 ),
             );
         }
+        for (name, n) in [
+            (
+                "http2_max_concurrent_streams",
+                l.http2_max_concurrent_streams,
+            ),
+            (
+                "http2_max_pending_accept_reset_streams",
+                l.http2_max_pending_accept_reset_streams,
+            ),
+            (
+                "http2_max_local_error_reset_streams",
+                l.http2_max_local_error_reset_streams,
+            ),
+            (
+                "http2_max_control_frames_per_second",
+                l.http2_max_control_frames_per_second,
+            ),
+        ] {
+            if n == 0 {
+                errs.push(format!("limits.{name}"), "must be at least 1");
+            }
+        }
         for (name, d) in [
             ("header_read_timeout", l.header_read_timeout),
             ("detect_timeout", l.detect_timeout),
@@ -1010,6 +1032,33 @@ services:
             ],
             "{errs}"
         );
+    }
+
+    #[test]
+    fn zero_http2_limits_are_refused_by_name() {
+        let mut s = good();
+        s.limits.http2_max_concurrent_streams = 0;
+        s.limits.http2_max_pending_accept_reset_streams = 0;
+        s.limits.http2_max_local_error_reset_streams = 0;
+        s.limits.http2_max_control_frames_per_second = 0;
+        let errs = s.validate().unwrap_err();
+        assert_eq!(
+            errs.paths(),
+            vec![
+                "limits.http2_max_concurrent_streams",
+                "limits.http2_max_pending_accept_reset_streams",
+                "limits.http2_max_local_error_reset_streams",
+                "limits.http2_max_control_frames_per_second",
+            ],
+            "{errs}"
+        );
+        assert!(errs.to_string().contains("must be at least 1"), "{errs}");
+        // A snapshot that names none of them gets the defaults.
+        let s = Snapshot::from_yaml("version: '1'\nlisteners: []\n").unwrap();
+        assert_eq!(s.limits.http2_max_concurrent_streams, 100);
+        assert_eq!(s.limits.http2_max_pending_accept_reset_streams, 20);
+        assert_eq!(s.limits.http2_max_local_error_reset_streams, 1024);
+        assert_eq!(s.limits.http2_max_control_frames_per_second, 100);
     }
 
     #[test]

@@ -477,7 +477,7 @@ mod tests {
             "proxyImage: x\npathNormalization: DECODE_AND_MERGE_SLASHES\nupgrades: [websocket, CONNECT]",
         )
         .unwrap();
-        let b = crate::inject::bootstrap("shop", &Default::default(), &c);
+        let b = crate::inject::bootstrap("shop", &Default::default(), &c, None);
         assert_eq!(
             b.http.path_normalization,
             outrigger_api::PathNormalization::DecodeAndMergeSlashes
@@ -485,7 +485,12 @@ mod tests {
         assert!(b.http.allows_upgrade("connect"));
         b.validate().unwrap();
         // The defaults: MERGE_SLASHES and WebSocket only.
-        let d = crate::inject::bootstrap("shop", &Default::default(), &MeshConfig::with_image("x"));
+        let d = crate::inject::bootstrap(
+            "shop",
+            &Default::default(),
+            &MeshConfig::with_image("x"),
+            None,
+        );
         assert_eq!(d.http, outrigger_api::HttpSettings::default());
     }
 }

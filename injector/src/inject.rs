@@ -246,7 +246,8 @@ fn build(pod: &Pod, ns: &str, o: &Overrides, cfg: &MeshConfig) -> Outcome {
         }
     }
 
-    let mut proxy = proxy_container(ns, o, cfg, native, &app_probes, &resources);
+    let grace = spec.termination_grace_period_seconds;
+    let mut proxy = proxy_container(ns, o, cfg, native, &app_probes, &resources, grace);
     proxy
         .env
         .get_or_insert_with(Vec::new)
@@ -416,9 +417,28 @@ fn original_probe(c: &Container, p: &Probe) -> Result<Option<AppProbe>, String> 
     Ok(None)
 }
 
+/// Kubernetes' `terminationGracePeriodSeconds` when a pod does not set it.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+/// The most of a pod's grace period kept back from the proxy's drain.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The proxy's grace period (`limits.drain_timeout`) for a pod whose
+/// `terminationGracePeriodSeconds` is `grace` (30 s when unset): the pod's
+/// grace less a margin, a fifth of it up to 5 s, so that the proxy has
+/// flushed its access log and spans (up to 3 s) and exited before the
+/// kubelet's SIGKILL; at least 1 s.
+pub fn drain_timeout(grace: Option<i64>) -> std::time::Duration {
+    let grace = std::time::Duration::from_secs(
+        grace.unwrap_or(DEFAULT_GRACE_SECONDS).max(0).unsigned_abs(),
+    );
+    let margin = (grace / 5).min(DRAIN_MARGIN);
+    (grace - margin).max(std::time::Duration::from_secs(1))
+}
+
 /// The proxy's bootstrap: its listeners and admin port (the services come
-/// from the control plane).
-pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig) -> Snapshot {
+/// from the control plane), and its grace period from the pod's
+/// `terminationGracePeriodSeconds` (`grace`; see [`drain_timeout`]).
+pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig, grace: Option<i64>) -> Snapshot {
     let listener = |name: &str, direction, bind: String, opaque_ports| Listener {
         name: name.into(),
         direction,
@@ -438,7 +458,10 @@ pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig) -> Snapshot {
         admin: Admin {
             bind: format!("0.0.0.0:{}", cfg.ports.admin),
         },
-        limits: Limits::default(),
+        limits: Limits {
+            drain_timeout: outrigger_api::Duration(drain_timeout(grace)),
+            ..Limits::default()
+        },
         http: HttpSettings {
             path_normalization: cfg.path_normalization,
             upgrades: cfg.upgrades.clone(),
@@ -508,6 +531,7 @@ fn proxy_container(
     native: bool,
     app_probes: &AppProbes,
     resources: &Resources,
+    grace: Option<i64>,
 ) -> Container {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
@@ -548,7 +572,7 @@ fn proxy_container(
         ),
         value(
             "OUTRIGGER_BOOTSTRAP",
-            serde_json::to_string(&bootstrap(ns, o, cfg)).expect("serializes"),
+            serde_json::to_string(&bootstrap(ns, o, cfg, grace)).expect("serializes"),
         ),
     ];
     if !app_probes.is_empty() {

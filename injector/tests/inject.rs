@@ -986,3 +986,52 @@ spec:
         })
     );
 }
+
+/// The proxy's grace period follows the pod's `terminationGracePeriodSeconds`
+/// (Kubernetes' 30 s when unset), less the margin that lets it exit before
+/// the kubelet's SIGKILL.
+#[test]
+fn the_proxys_grace_period_follows_the_pods_termination_grace() {
+    use std::time::Duration;
+    let grace_of = |pod: &str| {
+        let (after, _, _) = injected(&yaml(pod), &enabled("shop"), &cfg());
+        let spec = after.spec.unwrap();
+        let proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == "outrigger-proxy")
+            .unwrap()
+            .clone();
+        let boot = Snapshot::from_json(&env(&proxy)["OUTRIGGER_BOOTSTRAP"]).unwrap();
+        boot.validate().unwrap();
+        boot.limits.drain_timeout.get()
+    };
+    assert_eq!(
+        grace_of(WEB),
+        Duration::from_secs(25),
+        "unset: 30 s less 5 s"
+    );
+    let with = |seconds: i64| {
+        WEB.replace(
+            "  serviceAccountName: web\n",
+            &format!("  serviceAccountName: web\n  terminationGracePeriodSeconds: {seconds}\n"),
+        )
+    };
+    assert_eq!(grace_of(&with(120)), Duration::from_secs(115));
+    assert_eq!(
+        grace_of(&with(10)),
+        Duration::from_secs(8),
+        "a fifth kept back"
+    );
+    assert_eq!(
+        grace_of(&with(0)),
+        Duration::from_secs(1),
+        "never below 1 s"
+    );
+    // The pure rule, and what the kubelet does with the rest.
+    use outrigger_injector::inject::drain_timeout;
+    assert_eq!(drain_timeout(Some(60)), Duration::from_secs(55));
+    assert_eq!(drain_timeout(Some(3)), Duration::from_millis(2400));
+    assert_eq!(drain_timeout(Some(-5)), Duration::from_secs(1));
+}

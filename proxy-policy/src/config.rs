@@ -53,7 +53,30 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    /// How long listeners keep accepting once a drain begins (already
+    /// capped at half of `drain_timeout`: see [`Limits::accept_window`]).
+    pub drain_accept: Duration,
     pub tcp_idle_timeout: Duration,
+    pub http2: Http2Limits,
+}
+
+/// What one HTTP/2 client connection may do (server side).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub max_pending_accept_reset_streams: usize,
+    pub max_local_error_reset_streams: usize,
+    pub max_control_frames_per_second: u32,
+}
+
+impl Limits {
+    /// How long listeners keep accepting new connections after a drain
+    /// begins: `drain_accept`, but never more than half of the grace
+    /// period (`drain_timeout`), so that the connections accepted last
+    /// have the other half to finish.
+    pub fn accept_window(drain_accept: Duration, drain_timeout: Duration) -> Duration {
+        drain_accept.min(drain_timeout / 2)
+    }
 }
 
 /// One service entry of the snapshot, with its endpoints and policies.
@@ -235,7 +258,14 @@ impl Config {
             connect_timeout: l.connect_timeout.get(),
             idle_timeout: l.idle_timeout.get(),
             drain_timeout: l.drain_timeout.get(),
+            drain_accept: Limits::accept_window(l.drain_accept.get(), l.drain_timeout.get()),
             tcp_idle_timeout: l.tcp_idle_timeout.get(),
+            http2: Http2Limits {
+                max_concurrent_streams: l.http2_max_concurrent_streams,
+                max_pending_accept_reset_streams: l.http2_max_pending_accept_reset_streams as usize,
+                max_local_error_reset_streams: l.http2_max_local_error_reset_streams as usize,
+                max_control_frames_per_second: l.http2_max_control_frames_per_second,
+            },
         };
         let proxy = Workload {
             workload: Arc::from(snapshot.proxy.workload.as_str()),
@@ -574,6 +604,20 @@ services:
 "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_accept_window_leaves_half_the_grace_period_to_finish() {
+        let s = Duration::from_secs;
+        assert_eq!(Limits::accept_window(s(5), s(25)), s(5));
+        assert_eq!(Limits::accept_window(s(5), s(6)), s(3));
+        assert_eq!(Limits::accept_window(s(0), s(25)), s(0));
+        let mut snap = snapshot();
+        snap.limits.drain_timeout = outrigger_api::Duration(Duration::from_millis(300));
+        let cfg = Config::build(snap, None).unwrap();
+        assert_eq!(cfg.limits.drain_accept, Duration::from_millis(150));
+        assert_eq!(cfg.limits.http2.max_concurrent_streams, 100);
+        assert_eq!(cfg.limits.http2.max_pending_accept_reset_streams, 20);
     }
 
     #[test]

@@ -27,6 +27,24 @@ const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(1);
 /// How long the end of a drain waits for the last spans' export.
 const TRACE_FLUSH: Duration = Duration::from_secs(2);
 
+/// How often the accept window looks whether any connection is still open.
+const OPEN_POLL: Duration = Duration::from_millis(100);
+
+/// The accept window of a drain: completes `window` after it starts, or
+/// sooner, as soon as `nothing_open` says no connection is open (a proxy
+/// with nothing to finish exits at once; one still serving keeps taking
+/// the connections that arrive while Kubernetes removes its endpoint).
+async fn accept_window(window: Duration, nothing_open: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + window;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= end || nothing_open() {
+            return;
+        }
+        tokio::time::sleep(OPEN_POLL.min(end - now)).await;
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// One access-log line per request, in this format (off by default).
@@ -175,7 +193,9 @@ impl Proxy {
                 .map(|i| std::sync::Arc::from(i.id.to_string().as_str())),
         });
         let (signal, watch) = drain::channel();
+        let (stop_accepting, accepting) = drain::channel();
         let mut listeners = Vec::new();
+        let mut open = Vec::new();
         for (l, tcp) in bound {
             let local = tcp.local_addr().expect("bound socket has an address");
             listeners.push((l.name.clone(), local));
@@ -191,8 +211,9 @@ impl Proxy {
                 shared: shared.clone(),
                 connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             });
+            open.push(listener.connections.clone());
             tracing::info!(listener = %l.name, direction = l.direction.as_str(), addr = %local, "listening");
-            tokio::spawn(listener.run(tcp, watch.clone()));
+            tokio::spawn(listener.run(tcp, watch.clone(), accepting.clone()));
         }
 
         let ready = Arc::new(AtomicBool::new(!opts.wait_for_config));
@@ -228,15 +249,28 @@ impl Proxy {
         let trigger = shutdown.clone();
         let drain_metrics = metrics.clone();
         let deadline = limits.drain_timeout;
+        let window = limits.drain_accept;
+        let max_connections = limits.max_connections;
         let done = tokio::spawn(async move {
             trigger.notified().await;
             draining.store(true, Ordering::Release);
             ready.store(false, Ordering::Release);
             drain_metrics.ready.set(0);
-            tracing::info!(deadline = ?deadline, "draining: no new connections; finishing in-flight work");
+            tracing::info!(deadline = ?deadline, accepting = ?window, "draining: closing connections between requests; finishing in-flight work");
             drop(watch);
-            let outcome = match tokio::time::timeout(deadline, signal.drain()).await {
-                Ok(()) => Drained::Clean,
+            drop(accepting);
+            let nothing_open = move || {
+                open.iter()
+                    .all(|s| s.available_permits() == max_connections)
+            };
+            let accept_then_stop = async move {
+                accept_window(window, nothing_open).await;
+                tracing::info!("draining: no new connections");
+                stop_accepting.stop();
+            };
+            let drained = async { tokio::join!(signal.drain(), accept_then_stop) };
+            let outcome = match tokio::time::timeout(deadline, drained).await {
+                Ok(_) => Drained::Clean,
                 Err(_) => Drained::DeadlinePassed,
             };
             match outcome {
@@ -391,5 +425,43 @@ impl Applier {
         }
         tracing::info!(%version, "snapshot applied");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_accept_window_lasts_its_length_while_connections_are_open() {
+        let start = tokio::time::Instant::now();
+        accept_window(Duration::from_secs(5), || false).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_accept_window_ends_once_nothing_is_open() {
+        let start = tokio::time::Instant::now();
+        accept_window(Duration::from_secs(5), || true).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "idle: at once");
+        // The last connection closes 1.25 s in: the window ends at the
+        // next look, within one poll.
+        let looks = AtomicUsize::new(0);
+        let start = tokio::time::Instant::now();
+        accept_window(Duration::from_secs(5), || {
+            looks.fetch_add(1, Ordering::Relaxed);
+            start.elapsed() >= Duration::from_millis(1250)
+        })
+        .await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1300));
+        assert_eq!(looks.load(Ordering::Relaxed), 14);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_window_stops_accepting_at_once() {
+        let start = tokio::time::Instant::now();
+        accept_window(Duration::ZERO, || false).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

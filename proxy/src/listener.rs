@@ -33,6 +33,14 @@ use outrigger_proxy_policy::balance::{self, Choice};
 use outrigger_proxy_policy::config::Config;
 use outrigger_runtime::drain;
 
+/// Completes [`DRAIN_QUIET`](crate::http::server::DRAIN_QUIET) after a
+/// drain begins: a connection not yet past its handshake and protocol
+/// detection by then is closed.
+async fn silent_in_drain(drain: &drain::Watch) {
+    drain.signaled().await;
+    tokio::time::sleep(crate::http::server::DRAIN_QUIET).await;
+}
+
 /// One listener's settings, from its snapshot entry.
 pub struct ListenerSpec {
     pub name: String,
@@ -50,13 +58,20 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Accepts until drain begins. Past `limits.max_connections` open
-    /// connections, new ones are closed at once and counted.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+    /// Accepts until `accepting` is signaled (during a drain, after the
+    /// accept window: connections accepted while draining are served in
+    /// drain mode). Past `limits.max_connections` open connections, new
+    /// ones are closed at once and counted.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: drain::Watch,
+        accepting: drain::Watch,
+    ) {
         let direction = Direction::from(self.spec.direction);
         loop {
             let accepted = tokio::select! {
-                _ = drain.signaled() => break,
+                _ = accepting.signaled() => break,
                 r = listener.accept() => r,
             };
             let (stream, peer) = match accepted {
@@ -271,7 +286,7 @@ impl Listener {
         // (plaintext, or an app's own TLS) is taken only on a PERMISSIVE port.
         let accepted = tokio::select! {
             a = self.accept_mesh_tls(stream, &cfg, opaque) => a,
-            _ = drain.signaled() => return,
+            _ = silent_in_drain(&drain) => return,
         };
         let (mut stream, peer_identity, peer_opaque) = match accepted {
             Ok(s) => s,
@@ -318,8 +333,10 @@ impl Listener {
                     first_byte,
                     expect,
                 ) => d,
-                // A client still silent when draining begins holds nothing up.
-                _ = drain.signaled() => return,
+                // A client still silent once draining has begun holds
+                // nothing up (one accepted during the drain, or sending its
+                // first bytes, has a moment to be detected and served).
+                _ = silent_in_drain(&drain) => return,
             };
             match detected {
                 Ok(d) => d,

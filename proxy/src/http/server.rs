@@ -1,22 +1,44 @@
 //! Serves one detected HTTP connection with hyper, under the drain watch.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::body::ResponseBody;
 use super::proxy::HttpProxy;
 use crate::detect::{Malformed, Protocol};
 use crate::svc::{ErrorKind, ProxyError};
+use crate::transport::h2_guard::H2Guard;
+use crate::transport::idle::Activity;
+use crate::transport::metered::Observed;
 use outrigger_proxy_policy::config::Limits;
 use outrigger_runtime::drain;
 
-/// Serves HTTP/1 or HTTP/2 on `io` until the client is done. On drain, or
-/// once `revoked` completes (a new config refuses the connection), HTTP/1
-/// closes after the request in flight and HTTP/2 sends GOAWAY and finishes
-/// its open streams; once revoked, for at most `limits.drain_timeout`: what
-/// is still open then (a long stream, a slow download) is closed.
+/// How long an HTTP/1 connection must have been quiet (no byte either
+/// way, no request in flight) during a drain before it is closed: a
+/// client in the middle of sending its next request is served (with
+/// `Connection: close`) rather than cut.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1 or HTTP/2 on `io` until the client is done.
+///
+/// On drain, HTTP/1 answers the next request with `Connection: close` and
+/// closes after it; a connection with no request in flight is closed once
+/// it has been quiet for [`DRAIN_QUIET`] (never while a request is being
+/// read). HTTP/2 sends GOAWAY and finishes its open streams. The drain's
+/// deadline is the process's (the grace period, `limits.drain_timeout`).
+/// Once `revoked` completes (a new config refuses the connection), HTTP/1
+/// closes after the request in flight and HTTP/2 sends GOAWAY, both for
+/// at most `limits.drain_timeout`: what is still open then (a long stream,
+/// a slow download) is closed.
 pub async fn serve<I>(
     io: I,
     proto: Protocol,
@@ -36,16 +58,20 @@ pub async fn serve<I>(
             _ = revoked => Some(limits.drain_timeout),
         }
     };
-    let io = TokioIo::new(io);
     let peer = svc.ctx.peer;
     let recorder = svc.clone();
     let result = match proto {
         Protocol::Http2 => {
+            let h2 = &limits.http2;
+            let io = TokioIo::new(H2Guard::new(io, h2.max_control_frames_per_second, peer));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .max_header_list_size(limits.max_header_bytes as u32)
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(h2.max_local_error_reset_streams)
                 .adaptive_window(true)
                 .serve_connection(io, svc);
             tokio::pin!(conn);
@@ -61,6 +87,10 @@ pub async fn serve<I>(
             // A connection accepted just as draining began still gets its
             // first request served (already read during detection), then closes.
             let draining = drain.is_draining();
+            let activity = Activity::new();
+            let io = TokioIo::new(Observed::new(io, activity.clone()));
+            let svc = Closing::new(svc, drain.clone());
+            let in_flight = svc.in_flight.clone();
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
@@ -75,9 +105,21 @@ pub async fn serve<I>(
             } else {
                 tokio::select! {
                 r = conn.as_mut() => r,
-                    deadline = stop => {
-                        conn.as_mut().graceful_shutdown();
-                        finish(conn, deadline, peer).await
+                    deadline = stop => match deadline {
+                        Some(_) => {
+                            conn.as_mut().graceful_shutdown();
+                            finish(conn, deadline, peer).await
+                        }
+                        // Drain: the next response says `Connection:
+                        // close` (see `Closing`); a quiet connection is
+                        // closed between requests.
+                        None => tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = quiet(&activity, &in_flight) => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        },
                     }
                 }
             }
@@ -88,6 +130,68 @@ pub async fn serve<I>(
             recorder.record_unreadable(status);
         }
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Completes once the connection has had no request in flight and no byte
+/// either way for [`DRAIN_QUIET`].
+async fn quiet(activity: &Activity, in_flight: &AtomicUsize) {
+    loop {
+        activity.idle_for(DRAIN_QUIET).await;
+        if in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        // A request in flight with nothing passing (a slow upstream):
+        // look again later.
+        tokio::time::sleep(DRAIN_QUIET).await;
+    }
+}
+
+/// An HTTP/1 connection's service: counts the requests in flight, and once
+/// draining has begun marks each response `Connection: close`, so that
+/// hyper closes the connection after writing it (not a switch of
+/// protocols, nor a CONNECT tunnel, which end the HTTP exchange anyway).
+#[derive(Clone)]
+struct Closing {
+    inner: HttpProxy,
+    drain: drain::Watch,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Closing {
+    fn new(inner: HttpProxy, drain: drain::Watch) -> Self {
+        Self {
+            inner,
+            drain,
+            in_flight: Arc::default(),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Closing {
+    type Response = Response<ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let connect = req.method() == http::Method::CONNECT;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = self.in_flight.clone();
+        let drain = self.drain.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let tunnel =
+                resp.status().is_informational() || (connect && resp.status().is_success());
+            if drain.is_draining() && !tunnel {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -1,6 +1,7 @@
-//! Sockets: the replaying, byte-counting and idle-watching IO wrappers, original-destination
+//! Sockets: the replaying, byte-counting, idle-watching and HTTP/2 flood-guarding IO wrappers, original-destination
 //! lookup, and upstream connects.
 
+pub mod h2_guard;
 pub mod idle;
 pub mod metered;
 pub mod orig_dst;
