@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::detect::{Malformed, Protocol};
 use crate::svc::{ErrorKind, ProxyError};
 use crate::transport::h2_guard::H2Guard;
 use crate::transport::idle::Activity;
-use crate::transport::metered::Observed;
+use crate::transport::metered::{Observed, Observer};
 use outrigger_proxy_policy::config::Limits;
 use outrigger_runtime::drain;
 
@@ -87,9 +87,9 @@ pub async fn serve<I>(
             // A connection accepted just as draining began still gets its
             // first request served (already read during detection), then closes.
             let draining = drain.is_draining();
-            let activity = Activity::new();
-            let io = TokioIo::new(Observed::new(io, activity.clone()));
-            let svc = Closing::new(svc, drain.clone());
+            let turns = Turns::new();
+            let io = TokioIo::new(Observed::new(io, turns.clone()));
+            let svc = Closing::new(svc, drain.clone(), turns.clone());
             let in_flight = svc.in_flight.clone();
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -115,7 +115,7 @@ pub async fn serve<I>(
                         // closed between requests.
                         None => tokio::select! {
                             r = conn.as_mut() => r,
-                            _ = quiet(&activity, &in_flight) => {
+                            _ = quiet(&turns, &in_flight) => {
                                 conn.as_mut().graceful_shutdown();
                                 conn.await
                             }
@@ -133,17 +133,64 @@ pub async fn serve<I>(
     }
 }
 
-/// Completes once the connection has had no request in flight and no byte
-/// either way for [`DRAIN_QUIET`].
-async fn quiet(activity: &Activity, in_flight: &AtomicUsize) {
+/// Completes once the connection has had no request in flight, no part of
+/// a next request received, and no byte either way for [`DRAIN_QUIET`].
+async fn quiet(turns: &Turns, in_flight: &AtomicUsize) {
     loop {
-        activity.idle_for(DRAIN_QUIET).await;
-        if in_flight.load(Ordering::Acquire) == 0 {
+        turns.activity.idle_for(DRAIN_QUIET).await;
+        if in_flight.load(Ordering::Acquire) == 0 && !turns.arriving() {
             return;
         }
-        // A request in flight with nothing passing (a slow upstream):
-        // look again later.
+        // A request in flight with nothing passing (a slow upstream), or
+        // a next request's head coming slowly (bounded by the header read
+        // timeout): look again later.
         tokio::time::sleep(DRAIN_QUIET).await;
+    }
+}
+
+/// An HTTP/1 connection as its drain sees it: when a byte last passed
+/// either way, and whether the client has sent bytes since the last
+/// request was taken or answered, which are the start of its next one.
+#[derive(Debug)]
+struct Turns {
+    activity: Arc<Activity>,
+    /// Bytes received from the client.
+    read: AtomicU64,
+    /// `read` when a request was last taken or answered.
+    settled: AtomicU64,
+}
+
+impl Turns {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            activity: Activity::new(),
+            read: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+        })
+    }
+
+    /// A request was taken or answered: what the client has sent so far
+    /// belongs to it.
+    fn settle(&self) {
+        self.settled
+            .store(self.read.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Whether bytes have come from the client since: a next request on
+    /// its way.
+    fn arriving(&self) -> bool {
+        self.read.load(Ordering::Acquire) != self.settled.load(Ordering::Acquire)
+    }
+}
+
+impl Observer for Arc<Turns> {
+    fn read(&self, n: usize) {
+        self.activity.read(n);
+        self.read.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    fn written(&self, n: usize) {
+        self.activity.written(n);
     }
 }
 
@@ -156,14 +203,16 @@ struct Closing {
     inner: HttpProxy,
     drain: drain::Watch,
     in_flight: Arc<AtomicUsize>,
+    turns: Arc<Turns>,
 }
 
 impl Closing {
-    fn new(inner: HttpProxy, drain: drain::Watch) -> Self {
+    fn new(inner: HttpProxy, drain: drain::Watch, turns: Arc<Turns>) -> Self {
         Self {
             inner,
             drain,
             in_flight: Arc::default(),
+            turns,
         }
     }
 }
@@ -176,11 +225,14 @@ impl hyper::service::Service<Request<Incoming>> for Closing {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let connect = req.method() == http::Method::CONNECT;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.turns.settle();
         let in_flight = self.in_flight.clone();
+        let turns = self.turns.clone();
         let drain = self.drain.clone();
         let answer = self.inner.call(req);
         Box::pin(async move {
             let mut resp = answer.await?;
+            turns.settle();
             in_flight.fetch_sub(1, Ordering::AcqRel);
             let tunnel =
                 resp.status().is_informational() || (connect && resp.status().is_success());
@@ -284,5 +336,48 @@ where
             tracing::debug!(%peer, ?deadline, "still busy at the shutdown deadline; closing");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_a_request_whose_head_is_arriving() {
+        let turns = Turns::new();
+        let in_flight = AtomicUsize::new(0);
+        let (mut client, io) = tokio::io::duplex(64);
+        let mut io = Observed::new(io, turns.clone());
+        let mut buf = [0u8; 64];
+
+        // Nothing received: quiet after DRAIN_QUIET.
+        let start = Instant::now();
+        quiet(&turns, &in_flight).await;
+        assert_eq!(start.elapsed(), DRAIN_QUIET);
+
+        // Half a head, then a slow client: never quiet while it arrives.
+        client.write_all(b"GET / HT").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        assert!(turns.arriving());
+        let wait = quiet(&turns, &in_flight);
+        tokio::pin!(wait);
+        let long = Duration::from_secs(30);
+        assert!(tokio::time::timeout(long, &mut wait).await.is_err());
+
+        // The request is taken (and answered): quiet at the next look.
+        turns.settle();
+        assert!(!turns.arriving());
+        let start = Instant::now();
+        wait.await;
+        assert!(start.elapsed() <= DRAIN_QUIET, "{:?}", start.elapsed());
+
+        // A request in flight is never quiet either, however silent.
+        in_flight.store(1, Ordering::Release);
+        assert!(tokio::time::timeout(long, quiet(&turns, &in_flight))
+            .await
+            .is_err());
     }
 }
