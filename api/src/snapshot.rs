@@ -100,9 +100,14 @@ pub struct Limits {
     /// On shutdown, how long the listeners keep accepting new connections
     /// (served in drain mode: one request on HTTP/1, GOAWAY on HTTP/2)
     /// while Kubernetes removes the endpoint; at most half of
-    /// `drain_timeout`, and over at once when no connection is open.
-    /// `0s` stops accepting at once.
+    /// `drain_timeout`. `0s` stops accepting at once.
     pub drain_accept: Duration,
+    /// Whether the accept window ends early, as soon as no connection is
+    /// open (Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`), so that an idle
+    /// proxy exits at once. On by default; the injector turns it off for a
+    /// sidecar that is not native, whose app may still be running, and
+    /// calling out, while the pod terminates.
+    pub drain_exit_when_idle: bool,
     /// An opaque TCP connection with no byte either way for this long is
     /// closed (Istio's TCP idle timeout). It also bounds how long a client
     /// that has sent nothing is held before any upstream connection exists.
@@ -135,6 +140,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(20),
             drain_accept: Duration::from_secs(5),
+            drain_exit_when_idle: true,
             tcp_idle_timeout: Duration::from_secs(3600),
             http2_max_concurrent_streams: 100,
             http2_max_pending_accept_reset_streams: 20,

@@ -477,7 +477,7 @@ mod tests {
             "proxyImage: x\npathNormalization: DECODE_AND_MERGE_SLASHES\nupgrades: [websocket, CONNECT]",
         )
         .unwrap();
-        let b = crate::inject::bootstrap("shop", &Default::default(), &c, None);
+        let b = crate::inject::bootstrap("shop", &Default::default(), &c, None, true);
         assert_eq!(
             b.http.path_normalization,
             outrigger_api::PathNormalization::DecodeAndMergeSlashes
@@ -490,6 +490,7 @@ mod tests {
             &Default::default(),
             &MeshConfig::with_image("x"),
             None,
+            true,
         );
         assert_eq!(d.http, outrigger_api::HttpSettings::default());
     }

@@ -438,7 +438,13 @@ pub fn drain_timeout(grace: Option<i64>) -> std::time::Duration {
 /// The proxy's bootstrap: its listeners and admin port (the services come
 /// from the control plane), and its grace period from the pod's
 /// `terminationGracePeriodSeconds` (`grace`; see [`drain_timeout`]).
-pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig, grace: Option<i64>) -> Snapshot {
+pub fn bootstrap(
+    ns: &str,
+    o: &Overrides,
+    cfg: &MeshConfig,
+    grace: Option<i64>,
+    native: bool,
+) -> Snapshot {
     let listener = |name: &str, direction, bind: String, opaque_ports| Listener {
         name: name.into(),
         direction,
@@ -460,6 +466,10 @@ pub fn bootstrap(ns: &str, o: &Overrides, cfg: &MeshConfig, grace: Option<i64>) 
         },
         limits: Limits {
             drain_timeout: outrigger_api::Duration(drain_timeout(grace)),
+            // Not native, the app gets SIGTERM with the proxy and may call
+            // out while it shuts down: the proxy takes those calls for the
+            // whole accept window, even when idle (Istio's default).
+            drain_exit_when_idle: native,
             ..Limits::default()
         },
         http: HttpSettings {
@@ -572,7 +582,7 @@ fn proxy_container(
         ),
         value(
             "OUTRIGGER_BOOTSTRAP",
-            serde_json::to_string(&bootstrap(ns, o, cfg, grace)).expect("serializes"),
+            serde_json::to_string(&bootstrap(ns, o, cfg, grace, native)).expect("serializes"),
         ),
     ];
     if !app_probes.is_empty() {

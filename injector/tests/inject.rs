@@ -1035,3 +1035,28 @@ fn the_proxys_grace_period_follows_the_pods_termination_grace() {
     assert_eq!(drain_timeout(Some(3)), Duration::from_millis(2400));
     assert_eq!(drain_timeout(Some(-5)), Duration::from_secs(1));
 }
+
+/// A native sidecar gets SIGTERM once the app has exited, so an idle proxy
+/// may exit at once; one that is not native gets it with the app, which may
+/// still call out while it shuts down, so the proxy keeps accepting for its
+/// whole accept window (Istio's default; `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`
+/// is the opt-out there).
+#[test]
+fn only_a_native_sidecar_exits_its_drain_as_soon_as_it_is_idle() {
+    let mut c = cfg();
+    for native in [true, false] {
+        c.native_sidecar = native;
+        let (after, _, _) = injected(&yaml(WEB), &enabled("shop"), &c);
+        let spec = after.spec.unwrap();
+        let proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == "outrigger-proxy")
+            .unwrap()
+            .clone();
+        let boot = Snapshot::from_json(&env(&proxy)["OUTRIGGER_BOOTSTRAP"]).unwrap();
+        boot.validate().unwrap();
+        assert_eq!(boot.limits.drain_exit_when_idle, native, "native: {native}");
+    }
+}

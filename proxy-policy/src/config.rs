@@ -56,6 +56,8 @@ pub struct Limits {
     /// How long listeners keep accepting once a drain begins (already
     /// capped at half of `drain_timeout`: see [`Limits::accept_window`]).
     pub drain_accept: Duration,
+    /// Whether the accept window ends as soon as no connection is open.
+    pub drain_exit_when_idle: bool,
     pub tcp_idle_timeout: Duration,
     pub http2: Http2Limits,
 }
@@ -259,6 +261,7 @@ impl Config {
             idle_timeout: l.idle_timeout.get(),
             drain_timeout: l.drain_timeout.get(),
             drain_accept: Limits::accept_window(l.drain_accept.get(), l.drain_timeout.get()),
+            drain_exit_when_idle: l.drain_exit_when_idle,
             tcp_idle_timeout: l.tcp_idle_timeout.get(),
             http2: Http2Limits {
                 max_concurrent_streams: l.http2_max_concurrent_streams,

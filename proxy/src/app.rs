@@ -30,15 +30,17 @@ const TRACE_FLUSH: Duration = Duration::from_secs(2);
 /// How often the accept window looks whether any connection is still open.
 const OPEN_POLL: Duration = Duration::from_millis(100);
 
-/// The accept window of a drain: completes `window` after it starts, or
-/// sooner, as soon as `nothing_open` says no connection is open (a proxy
-/// with nothing to finish exits at once; one still serving keeps taking
-/// the connections that arrive while Kubernetes removes its endpoint).
-async fn accept_window(window: Duration, nothing_open: impl Fn() -> bool) {
+/// The accept window of a drain: completes `window` after it starts, or,
+/// with `exit_when_idle`, as soon as `nothing_open` says no connection is
+/// open (a proxy with nothing to finish exits at once; one still serving
+/// keeps taking the connections that arrive while Kubernetes removes its
+/// endpoint). Without it the window always runs its length: a sidecar
+/// whose app is still shutting down keeps taking the app's calls.
+async fn accept_window(window: Duration, exit_when_idle: bool, nothing_open: impl Fn() -> bool) {
     let end = tokio::time::Instant::now() + window;
     loop {
         let now = tokio::time::Instant::now();
-        if now >= end || nothing_open() {
+        if now >= end || (exit_when_idle && nothing_open()) {
             return;
         }
         tokio::time::sleep(OPEN_POLL.min(end - now)).await;
@@ -250,6 +252,7 @@ impl Proxy {
         let drain_metrics = metrics.clone();
         let deadline = limits.drain_timeout;
         let window = limits.drain_accept;
+        let exit_when_idle = limits.drain_exit_when_idle;
         let max_connections = limits.max_connections;
         let done = tokio::spawn(async move {
             trigger.notified().await;
@@ -264,7 +267,7 @@ impl Proxy {
                     .all(|s| s.available_permits() == max_connections)
             };
             let accept_then_stop = async move {
-                accept_window(window, nothing_open).await;
+                accept_window(window, exit_when_idle, nothing_open).await;
                 tracing::info!("draining: no new connections");
                 stop_accepting.stop();
             };
@@ -436,20 +439,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_accept_window_lasts_its_length_while_connections_are_open() {
         let start = tokio::time::Instant::now();
-        accept_window(Duration::from_secs(5), || false).await;
+        accept_window(Duration::from_secs(5), true, || false).await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_accept_window_ends_once_nothing_is_open() {
         let start = tokio::time::Instant::now();
-        accept_window(Duration::from_secs(5), || true).await;
+        accept_window(Duration::from_secs(5), true, || true).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "idle: at once");
         // The last connection closes 1.25 s in: the window ends at the
         // next look, within one poll.
         let looks = AtomicUsize::new(0);
         let start = tokio::time::Instant::now();
-        accept_window(Duration::from_secs(5), || {
+        accept_window(Duration::from_secs(5), true, || {
             looks.fetch_add(1, Ordering::Relaxed);
             start.elapsed() >= Duration::from_millis(1250)
         })
@@ -459,9 +462,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn not_exiting_when_idle_the_accept_window_runs_its_length() {
+        let start = tokio::time::Instant::now();
+        accept_window(Duration::from_secs(5), false, || true).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_zero_window_stops_accepting_at_once() {
         let start = tokio::time::Instant::now();
-        accept_window(Duration::ZERO, || false).await;
+        accept_window(Duration::ZERO, true, || false).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }
