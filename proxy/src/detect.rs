@@ -108,7 +108,8 @@ pub struct Malformed(pub &'static str);
 
 /// Decides what a client on a port declared HTTP speaks, or `None` when
 /// more bytes are needed: the HTTP/2 preface is HTTP/2, a TLS ClientHello
-/// is opaque (the app's own TLS, passed on as it is), a request line of
+/// is opaque (the app's own TLS, passed on as it is; also one split over
+/// several records, which RFC 8446 §5.1 allows), a request line of
 /// RFC 9112 §3 (`method SP request-target SP HTTP/1.0|1.1 CRLF`, after
 /// any empty lines) is HTTP/1, and everything else is [`Malformed`]: a
 /// method that is no token (`G@T`), a leading NUL or space, HTTP/0.9 (no
@@ -130,6 +131,7 @@ pub fn classify_http(buf: &[u8], max_line: usize) -> Option<Result<Protocol, Mal
         Hello::NotTls => {}
         Hello::NeedMore => return None,
         Hello::ClientHello { .. } => return Some(Ok(Protocol::Opaque)),
+        Hello::Unreadable if begins_split_client_hello(buf) => return Some(Ok(Protocol::Opaque)),
         Hello::Unreadable => return Some(Err(Malformed("a TLS record that is no ClientHello"))),
     }
     match strict_request_line(buf) {
@@ -137,6 +139,23 @@ pub fn classify_http(buf: &[u8], max_line: usize) -> Option<Result<Protocol, Mal
         Some(Err(why)) => Some(Err(Malformed(why))),
         None if buf.len() >= max_line => Some(Ok(Protocol::Http1)),
         None => None,
+    }
+}
+
+/// Whether `buf` starts with a TLS handshake record that begins a
+/// ClientHello longer than the record: one split over several records,
+/// which the app's TLS puts back together. Pure.
+fn begins_split_client_hello(buf: &[u8]) -> bool {
+    let Some(header) = buf.get(..5) else {
+        return false;
+    };
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    match buf.get(5..9) {
+        Some(&[1, a, b, c]) if (4..=MAX_RECORD).contains(&len) => {
+            let hello = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            hello > len - 4
+        }
+        _ => false,
     }
 }
 
@@ -535,6 +554,17 @@ mod tests {
         let mut bad_hello = hello.clone();
         bad_hello[5] = 2; // a ServerHello
         assert!(matches!(http(&bad_hello), Some(Err(_))));
+        // A ClientHello split over two records (RFC 8446 5.1): opaque too.
+        let body = &hello[5..];
+        let cut = body.len() / 2;
+        let mut split = Vec::new();
+        for part in [&body[..cut], &body[cut..]] {
+            split.extend_from_slice(&[0x16, 3, 1]);
+            split.extend_from_slice(&u16::try_from(part.len()).unwrap().to_be_bytes());
+            split.extend_from_slice(part);
+        }
+        assert_eq!(client_hello(&split), Hello::Unreadable);
+        assert_eq!(http(&split), Some(Ok(Protocol::Opaque)));
 
         for (line, why) in [
             (&b"G@T / HTTP/1.1\r\n"[..], "a method that is not a token"),
