@@ -139,6 +139,10 @@ pub struct H2Guard<I> {
     bucket: TokenBucket,
     last_stream: u32,
     flooded: bool,
+    /// Whether the server (hyper, draining) has sent a GOAWAY of its own:
+    /// then no second one, whose last stream id could be higher than the
+    /// first's (RFC 9113 §6.8 forbids raising it).
+    server_goaway: bool,
     /// Whether the GOAWAY was tried (once).
     told: bool,
     peer: std::net::SocketAddr,
@@ -155,6 +159,7 @@ impl<I> H2Guard<I> {
             bucket: TokenBucket::new(per_second, per_second, Duration::from_secs(1)),
             last_stream: 0,
             flooded: false,
+            server_goaway: false,
             told: false,
             peer,
         }
@@ -181,12 +186,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<I> {
             if !this.told {
                 this.told = true;
                 tracing::warn!(peer = %this.peer, "HTTP/2 control-frame flood: GOAWAY ENHANCE_YOUR_CALM, closing");
-                if this.outgoing.at_boundary() {
+                if this.outgoing.at_boundary() && !this.server_goaway {
                     let frame = goaway(this.last_stream, ENHANCE_YOUR_CALM, b"control frame flood");
-                    if let Poll::Ready(Ok(n)) = Pin::new(&mut this.io).poll_write(cx, &frame) {
-                        if n == frame.len() {
-                            let _ = Pin::new(&mut this.io).poll_flush(cx);
+                    // As much of it as the socket takes now: the connection
+                    // ends with this read either way.
+                    let mut sent = 0;
+                    while sent < frame.len() {
+                        match Pin::new(&mut this.io).poll_write(cx, &frame[sent..]) {
+                            Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                            _ => break,
                         }
+                    }
+                    if sent == frame.len() {
+                        let _ = Pin::new(&mut this.io).poll_flush(cx);
                     }
                 }
             }
@@ -216,7 +228,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for H2Guard<I> {
         let this = &mut *self;
         let res = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            this.outgoing.feed(&buf[..n], |_| {});
+            let goaway_sent = &mut this.server_goaway;
+            this.outgoing
+                .feed(&buf[..n], |head| *goaway_sent |= head.kind == GOAWAY);
         }
         res
     }
@@ -231,7 +245,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for H2Guard<I> {
         if let Poll::Ready(Ok(mut n)) = res {
             for b in bufs {
                 let take = n.min(b.len());
-                this.outgoing.feed(&b[..take], |_| {});
+                let goaway_sent = &mut this.server_goaway;
+                this.outgoing
+                    .feed(&b[..take], |head| *goaway_sent |= head.kind == GOAWAY);
                 n -= take;
                 if n == 0 {
                     break;
@@ -346,6 +362,33 @@ mod tests {
         let mut sent = vec![0u8; want.len()];
         client.read_exact(&mut sent).await.unwrap();
         assert_eq!(sent, want);
+    }
+
+    /// A server already going away (a drain's GOAWAY, last stream 1) is
+    /// never followed by the guard's own GOAWAY, whose last stream (the
+    /// client's, 5) would be higher: the connection just ends.
+    #[tokio::test(start_paused = true)]
+    async fn after_the_servers_goaway_a_flood_ends_the_connection_without_a_second() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(1 << 16);
+        let mut guard = H2Guard::new(server, 1, ([127, 0, 0, 1], 1).into());
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(HEADERS, 0x5, 5, b"\x82"));
+        client.write_all(&hello).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(guard.read(&mut buf).await.unwrap(), hello.len());
+        let drain = goaway(1, 0, b"");
+        guard.write_all(&drain).await.unwrap();
+        let mut flood = frame(PING, 0, 0, &[0; 8]);
+        flood.extend(frame(PING, 0, 0, &[0; 8]));
+        client.write_all(&flood).await.unwrap();
+        assert!(guard.read(&mut buf).await.is_ok());
+        let err = guard.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        drop(guard);
+        let mut sent = Vec::new();
+        client.read_to_end(&mut sent).await.unwrap();
+        assert_eq!(sent, drain, "the server's GOAWAY only");
     }
 
     /// The budget is a rate: a client that pings steadily within it is
