@@ -175,3 +175,83 @@ fn u16len(n: usize) -> [u8; 2] {
         .expect("a length within a record")
         .to_be_bytes()
 }
+
+/// Request-line bounds for `classify_http`, as for [`classify`].
+pub const HTTP_DICTIONARY: &[&[u8]] = &[
+    b"GET ",
+    b"CONNECT ",
+    b" HTTP/1.1\r\n",
+    b" HTTP/1.0\r\n",
+    b" HTTP/1.2\r\n",
+    b"\n",
+    b"\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"\x00",
+    b"\x16\x03\x01",
+    b"@",
+];
+
+/// `classify_http` (ports declared HTTP) never panics; once a prefix
+/// decides, every longer prefix decides alike (an error stays an error,
+/// a protocol the same protocol), except that a line forced to HTTP/1 at
+/// `max_line` bytes may later prove malformed; HTTP/2 only after the
+/// whole preface; opaque only for a TLS handshake record; HTTP/1 only
+/// for a whole request line ending in ` HTTP/1.0` or ` HTTP/1.1` and
+/// CRLF, or a line that reached `max_line`.
+pub fn classify_http(data: &[u8]) {
+    let data = &data[..data.len().min(2048)];
+    for max_line in MAX_LINES {
+        let mut first: Option<(usize, Result<Protocol, detect::Malformed>)> = None;
+        for n in 0..=data.len() {
+            let prefix = &data[..n];
+            let decided = detect::classify_http(prefix, max_line);
+            match (&first, &decided) {
+                (None, Some(d)) => first = Some((n, *d)),
+                (None, None) => {}
+                (Some((at, _)), None) => {
+                    panic!("decided at {at} bytes, undecided again at {n} (max_line {max_line})")
+                }
+                (Some((at, d)), Some(e)) => {
+                    let same = match (d, e) {
+                        (Ok(p), Ok(q)) => p == q,
+                        (Err(_), Err(_)) => true,
+                        _ => false,
+                    };
+                    let forced = *d == Ok(Protocol::Http1) && !has_line_end(&data[..*at]);
+                    assert!(
+                        same || forced,
+                        "{d:?} at {at} bytes, {e:?} at {n} (max_line {max_line})"
+                    );
+                }
+            }
+            match decided {
+                Some(Ok(Protocol::Http2)) => assert!(prefix.starts_with(H2_PREFACE)),
+                Some(Ok(Protocol::Opaque)) => assert_eq!(prefix.first(), Some(&0x16)),
+                Some(Ok(Protocol::Http1)) => {
+                    let line_ok = request_line(prefix)
+                        .is_some_and(|l| l.ends_with(b" HTTP/1.1") || l.ends_with(b" HTTP/1.0"));
+                    assert!(
+                        line_ok || n >= max_line,
+                        "HTTP/1 without a whole request line: {:?}",
+                        prefix.escape_ascii().to_string()
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether `b`, past any empty lines, holds a line end.
+fn has_line_end(b: &[u8]) -> bool {
+    request_line(b).is_some()
+}
+
+/// The first line of `b` that is not empty, without its CRLF, once whole.
+fn request_line(mut b: &[u8]) -> Option<&[u8]> {
+    while let Some(rest) = b.strip_prefix(b"\r\n") {
+        b = rest;
+    }
+    let end = b.windows(2).position(|w| w == b"\r\n")?;
+    Some(&b[..end])
+}

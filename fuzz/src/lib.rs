@@ -15,6 +15,8 @@ pub mod certify;
 pub mod config_stream;
 pub mod detect;
 pub mod grpc_health;
+pub mod h2_frames;
+pub mod host;
 pub mod hostile_paths;
 pub mod path;
 pub mod quantity;
@@ -40,6 +42,24 @@ pub const TARGETS: &[Target] = &[
         name: "classify",
         run: detect::classify,
         dictionary: detect::DICTIONARY,
+        cases: 4000,
+    },
+    Target {
+        name: "classify_http",
+        run: detect::classify_http,
+        dictionary: detect::HTTP_DICTIONARY,
+        cases: 4000,
+    },
+    Target {
+        name: "h2_frames",
+        run: h2_frames::scan,
+        dictionary: h2_frames::DICTIONARY,
+        cases: 4000,
+    },
+    Target {
+        name: "host",
+        run: host::decide,
+        dictionary: host::DICTIONARY,
         cases: 4000,
     },
     Target {

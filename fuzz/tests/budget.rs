@@ -38,6 +38,9 @@ macro_rules! targets {
 
 targets!(
     classify,
+    classify_http,
+    h2_frames,
+    host,
     client_hello,
     grpc_health,
     config_stream,
