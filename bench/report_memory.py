@@ -138,8 +138,9 @@ def main():
                 f"The allocator, measured: the system allocator holds {sysalloc['per_conn']:.1f} KiB per idle connection and "
                 + (f"was back within 2× idle after {sysalloc['returned']} s" if sysalloc["returned"] is not None
                    else f"kept {mib(sysalloc['after_end'])} {a.settle} s after the connections closed")
-                + f"; jemalloc with its background thread holds {per:.1f} KiB and gave the memory back"
-                + (f" after {ret} s." if ret is not None else " (not within the window).")
+                + f"; jemalloc with its background thread holds {per:.1f} KiB and "
+                + (f"gave the memory back after {ret} s." if ret is not None
+                   else f"kept {mib(o['after_end'])} {a.settle} s after the connections closed.")
             )
     out.append("")
     out.append(f"{end}")
