@@ -111,6 +111,11 @@ def main():
             f"{mib(v['after_end'])} | {returned} | {mib(v['slow_peak']) if v['slow_peak'] else '–'} | {closed} | "
             f"{mib(v['slow_after']) if v['slow_after'] else '–'} | {v['failed']} |"
         )
+    skipped = os.path.join(a.results, "haproxy-skipped.txt")
+    if os.path.exists(skipped):
+        with open(skipped) as f:
+            out.append("")
+            out.append(f.read().strip() + ".")
     out.append("")
     o = s.get("outrigger-jemalloc")
     if o:
