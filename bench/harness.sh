@@ -157,7 +157,8 @@ prepare_binaries() {
       BUILT_FROM="work tree at git $(git -C "$ROOT" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)"
       git -C "$ROOT" diff --quiet HEAD -- proxy api identity control-plane bench/src 2>/dev/null || BUILT_FROM+=" with uncommitted changes in proxy/, api/, identity/, control-plane/ or bench/src/"
     else
-      BUILT_FROM="SKIP_BUILD=1: binaries already in $TARGET_DIR/release, source revision not checked"
+      # A script run by another (bench/run.sh's soak) is told what its parent built.
+      BUILT_FROM=${PARENT_BUILT_FROM:-"SKIP_BUILD=1: binaries already in ${TARGET_DIR#"$ROOT"/}/release, source revision not checked"}
     fi
   fi
   PROXY=$TARGET_DIR/release/outrigger-proxy

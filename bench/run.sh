@@ -471,5 +471,5 @@ if ((SOAK_S > 0)); then
   log "soak: $SOAK_S s of mixed traffic, control-plane restart every $restart s, certificates of $cert s (bench/soak.sh)"
   DURATION=${SOAK_S}s RESTART_EVERY=${restart}s CERT_LIFETIME=${cert}s EDIT_EVERY=10s WARMUP='' \
     BASE_PORT=$((BASE_PORT + 800)) THREADS=$THREADS REPORT=$REPORT SKIP_BUILD=1 SKIP_INSTALL=1 \
-    BUILD_REF='' CARGO_TARGET_DIR=$TARGET_DIR "$HERE/soak.sh" || die "the soak failed (logs: $HERE/out-soak/logs)"
+    BUILD_REF='' CARGO_TARGET_DIR=$TARGET_DIR PARENT_BUILT_FROM=$BUILT_FROM "$HERE/soak.sh" || die "the soak failed (logs: $HERE/out-soak/logs)"
 fi
