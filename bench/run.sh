@@ -38,6 +38,9 @@
 #   SKIP_BUILD=1          use the release binaries already built
 #   BUILD_REF=HEAD        build that commit (exported clean to /tmp, target/bench-ref) instead of the work tree
 #   REPORT=path           where to write the report (default: BENCHMARKS.md at the repo root)
+#   SOAK=5m               then a short soak (bench/soak.sh: mixed traffic under config edits,
+#                         control-plane restarts every 2/5 of it and certificate renewals), its own
+#                         section; 60s by default when DURATION is under 15s; SOAK=0 skips it
 
 set -euo pipefail
 
@@ -62,6 +65,7 @@ DISTURBED_CORES=${DISTURBED_CORES:-0.1}
 RERUNS=${RERUNS:-10}
 BASE_PORT=${BASE_PORT:-18000}
 REPORT=${REPORT:-$ROOT/BENCHMARKS.md}
+SOAK=${SOAK:-}
 
 
 source "$HERE/harness.sh"
@@ -72,6 +76,12 @@ secs_of "$PROBE" >/dev/null
 [[ $PROBE_STEPS =~ ^[1-9][0-9]*$ ]] || die "PROBE_STEPS must be a positive integer"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer"
 [[ $UPSTREAM_THREADS =~ ^[1-9][0-9]*$ ]] || die "UPSTREAM_THREADS must be a positive integer"
+if [[ -z $SOAK ]]; then
+  if ((DURATION_S < 15)); then SOAK=60s; else SOAK=5m; fi
+fi
+[[ $SOAK =~ ^([0-9]+)([sm]?)$ ]] || die "SOAK must be 0, Ns or Nm, got '$SOAK'"
+SOAK_S=${BASH_REMATCH[1]}
+[[ ${BASH_REMATCH[2]} == m ]] && SOAK_S=$((SOAK_S * 60))
 
 # ---------------------------------------------------------------------------
 # Ports (all on 127.0.0.1)
@@ -449,3 +459,17 @@ machine_info "$OUT/machine.txt" "$LOADAVG_BEFORE"
 
 python3 "$HERE/report.py" --out-dir "$OUT" --root "$ROOT" --report "$REPORT"
 log "report written to $REPORT"
+
+# ---------------------------------------------------------------------------
+# 6. A short soak (bench/soak.sh, its own section of the report): restarts
+# scaled so that it sees at least one, certificates short enough that it sees
+# renewals. Its ports lie 800 above ours; the settings are passed explicitly
+# so that this script's own (DURATION, WARMUP) do not leak into it.
+if ((SOAK_S > 0)); then
+  restart=$((SOAK_S * 2 / 5)); ((restart >= 20)) || restart=20
+  cert=180; ((SOAK_S >= 300)) || cert=$((SOAK_S / 2 > 20 ? SOAK_S / 2 : 20))
+  log "soak: $SOAK_S s of mixed traffic, control-plane restart every $restart s, certificates of $cert s (bench/soak.sh)"
+  DURATION=${SOAK_S}s RESTART_EVERY=${restart}s CERT_LIFETIME=${cert}s EDIT_EVERY=10s WARMUP='' \
+    BASE_PORT=$((BASE_PORT + 800)) THREADS=$THREADS REPORT=$REPORT SKIP_BUILD=1 SKIP_INSTALL=1 \
+    BUILD_REF='' CARGO_TARGET_DIR=$TARGET_DIR PARENT_BUILT_FROM=$BUILT_FROM "$HERE/soak.sh" || die "the soak failed (logs: $HERE/out-soak/logs)"
+fi
