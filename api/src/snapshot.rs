@@ -103,8 +103,9 @@ pub struct Limits {
     /// `drain_timeout`. `0s` stops accepting at once.
     pub drain_accept: Duration,
     /// Whether the accept window ends early, as soon as no connection is
-    /// open (Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`), so that an idle
-    /// proxy exits at once. On by default; the injector turns it off for a
+    /// open, so that an idle proxy exits at once (Istio's nearest setting,
+    /// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`, first waits 5 s). On by default; the
+    /// injector turns it off for a
     /// sidecar that is not native, whose app may still be running, and
     /// calling out, while the pod terminates.
     pub drain_exit_when_idle: bool,

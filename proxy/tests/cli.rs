@@ -317,11 +317,6 @@ async fn drain_with_request_in_flight(trigger: impl AsyncFnOnce(&Running)) {
     let logs = stderr_of(&mut proxy.child);
     assert!(status.success(), "{status:?}\n{logs}");
     assert!(logs.contains("\"message\":\"drained\""), "{logs}");
-    // The accept window ended (the listeners closed) before the drain
-    // was done.
-    let closed = logs.find("draining: no new connections");
-    let drained = logs.find("\"message\":\"drained\"");
-    assert!(closed.is_some() && closed < drained, "{logs}");
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ pub async fn serve<I>(
                         // closed between requests.
                         None => tokio::select! {
                             r = conn.as_mut() => r,
-                            _ = quiet(&turns, &in_flight) => {
+                            _ = quiet(&turns, &in_flight, patience(limits)) => {
                                 conn.as_mut().graceful_shutdown();
                                 conn.await
                             }
@@ -133,12 +133,23 @@ pub async fn serve<I>(
     }
 }
 
+/// How long a drain waits, in silence, for the rest of a request head
+/// that has begun to arrive: the header read timeout, after which hyper
+/// drops the head anyway, but at most half of the grace period. It also
+/// bounds bytes taken for a next head that were not one (a request body
+/// read after its response).
+fn patience(limits: &Limits) -> Duration {
+    limits.header_read_timeout.min(limits.drain_timeout / 2)
+}
+
 /// Completes once the connection has had no request in flight, no part of
-/// a next request received, and no byte either way for [`DRAIN_QUIET`].
-async fn quiet(turns: &Turns, in_flight: &AtomicUsize) {
+/// a next request received (or nothing more of it for `patience`), and no
+/// byte either way for [`DRAIN_QUIET`].
+async fn quiet(turns: &Turns, in_flight: &AtomicUsize, patience: Duration) {
     loop {
         turns.activity.idle_for(DRAIN_QUIET).await;
-        if in_flight.load(Ordering::Acquire) == 0 && !turns.arriving() {
+        let waited_enough = turns.activity.quiet_for() >= patience;
+        if in_flight.load(Ordering::Acquire) == 0 && (!turns.arriving() || waited_enough) {
             return;
         }
         // A request in flight with nothing passing (a slow upstream), or
@@ -345,6 +356,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
+    const PATIENCE: Duration = Duration::from_secs(60);
+
     #[tokio::test(start_paused = true)]
     async fn a_drain_waits_for_a_request_whose_head_is_arriving() {
         let turns = Turns::new();
@@ -355,14 +368,14 @@ mod tests {
 
         // Nothing received: quiet after DRAIN_QUIET.
         let start = Instant::now();
-        quiet(&turns, &in_flight).await;
+        quiet(&turns, &in_flight, PATIENCE).await;
         assert_eq!(start.elapsed(), DRAIN_QUIET);
 
         // Half a head, then a slow client: never quiet while it arrives.
         client.write_all(b"GET / HT").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 8);
         assert!(turns.arriving());
-        let wait = quiet(&turns, &in_flight);
+        let wait = quiet(&turns, &in_flight, PATIENCE);
         tokio::pin!(wait);
         let long = Duration::from_secs(30);
         assert!(tokio::time::timeout(long, &mut wait).await.is_err());
@@ -374,10 +387,25 @@ mod tests {
         wait.await;
         assert!(start.elapsed() <= DRAIN_QUIET, "{:?}", start.elapsed());
 
-        // A request in flight is never quiet either, however silent.
+        // Bytes that began no request (or a head never finished): quiet
+        // once silent for the patience, not before.
+        client.write_all(b"rest of a body").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let start = Instant::now();
+        quiet(&turns, &in_flight, PATIENCE).await;
+        assert!(start.elapsed() >= PATIENCE, "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= PATIENCE + DRAIN_QUIET,
+            "{:?}",
+            start.elapsed()
+        );
+
+        // A request in flight is never quiet, however silent.
         in_flight.store(1, Ordering::Release);
-        assert!(tokio::time::timeout(long, quiet(&turns, &in_flight))
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(long, quiet(&turns, &in_flight, PATIENCE))
+                .await
+                .is_err()
+        );
     }
 }

@@ -35,6 +35,11 @@ impl Activity {
         self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 
+    /// How long since a byte last passed.
+    pub fn quiet_for(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.last())
+    }
+
     /// Completes once no byte has passed for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
