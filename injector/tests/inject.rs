@@ -993,20 +993,7 @@ spec:
 #[test]
 fn the_proxys_grace_period_follows_the_pods_termination_grace() {
     use std::time::Duration;
-    let grace_of = |pod: &str| {
-        let (after, _, _) = injected(&yaml(pod), &enabled("shop"), &cfg());
-        let spec = after.spec.unwrap();
-        let proxy = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .find(|c| c.name == "outrigger-proxy")
-            .unwrap()
-            .clone();
-        let boot = Snapshot::from_json(&env(&proxy)["OUTRIGGER_BOOTSTRAP"]).unwrap();
-        boot.validate().unwrap();
-        boot.limits.drain_timeout.get()
-    };
+    let grace_of = |pod: &str| bootstrap_of(pod, &cfg()).limits.drain_timeout.get();
     assert_eq!(
         grace_of(WEB),
         Duration::from_secs(25),
@@ -1046,17 +1033,23 @@ fn only_a_native_sidecar_exits_its_drain_as_soon_as_it_is_idle() {
     let mut c = cfg();
     for native in [true, false] {
         c.native_sidecar = native;
-        let (after, _, _) = injected(&yaml(WEB), &enabled("shop"), &c);
-        let spec = after.spec.unwrap();
-        let proxy = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .find(|c| c.name == "outrigger-proxy")
-            .unwrap()
-            .clone();
-        let boot = Snapshot::from_json(&env(&proxy)["OUTRIGGER_BOOTSTRAP"]).unwrap();
-        boot.validate().unwrap();
+        let boot = bootstrap_of(WEB, &c);
         assert_eq!(boot.limits.drain_exit_when_idle, native, "native: {native}");
     }
+}
+
+/// The bootstrap the injector gives the proxy of `pod` (YAML), validated.
+fn bootstrap_of(pod: &str, c: &MeshConfig) -> Snapshot {
+    let (after, _, _) = injected(&yaml(pod), &enabled("shop"), c);
+    let spec = after.spec.unwrap();
+    let proxy = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == "outrigger-proxy")
+        .unwrap()
+        .clone();
+    let boot = Snapshot::from_json(&env(&proxy)["OUTRIGGER_BOOTSTRAP"]).unwrap();
+    boot.validate().unwrap();
+    boot
 }
